@@ -1,0 +1,175 @@
+//! Command-line interface: clap derive types only. Behaviour lives in `commands/`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+const AFTER_HELP: &str = "\
+Examples:
+  litekeeper check                      Is every configured database reachable and sane?
+  litekeeper run chat backup            Back up the database named \"chat\" now
+  litekeeper run chat prune --dry-run   Show what a prune would delete, change nothing
+  litekeeper schedule --count 3         When will each job run next?
+  litekeeper status                     When did each job last run, and how did it go?
+  litekeeper daemon                     Run every job on its schedule (what the service does)
+  litekeeper demo                       Try it all on a generated sample database
+
+Configuration: -c FILE, else $LITEKEEPER_CONFIG, else /etc/litekeeper/litekeeper.toml
+(as root) or $XDG_CONFIG_HOME/litekeeper/litekeeper.toml. Any key can be overridden from the
+environment: LITEKEEPER__DAEMON__MAX_CONCURRENT_JOBS=4.
+
+Exit codes: 0 ok, 1 job failed or check found a problem, 64 usage, 65 corrupt data,
+66 missing input, 73 cannot create output, 74 I/O error, 75 lock busy (try later),
+78 configuration error.";
+
+/// Keeps SQLite databases healthy: prune old data, VACUUM, verified backups, on a schedule.
+#[derive(Debug, Parser)]
+#[command(name = "litekeeper", version, about, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// Configuration file [default: /etc/litekeeper/litekeeper.toml as root, else
+    /// $XDG_CONFIG_HOME/litekeeper/litekeeper.toml]
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "LITEKEEPER_CONFIG",
+        value_name = "FILE"
+    )]
+    pub config: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where log lines go and how they look.
+#[derive(Debug, Clone, Args)]
+pub struct LogArgs {
+    /// Log destination: journald when stderr is the journal (systemd sets JOURNAL_STREAM),
+    /// else stderr. Force one with journald|stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogTarget::Auto, value_name = "TARGET")]
+    pub log_target: LogTarget,
+
+    /// Format of log lines on stderr: human (default) or json (one object per line).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human, value_name = "FORMAT")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogTarget {
+    Auto,
+    Journald,
+    Stderr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run every configured job on its schedule until SIGTERM (the systemd service).
+    ///
+    /// Speaks sd_notify (READY, STATUS, WATCHDOG), reloads the configuration on SIGHUP (a broken
+    /// new file is logged and the old one kept) and stops gracefully on SIGTERM/SIGINT: running
+    /// jobs stop at their next safe point and are recorded.
+    ///
+    /// Example: litekeeper daemon -c /etc/litekeeper/litekeeper.toml
+    Daemon,
+
+    /// Run one job on one database now, on the daemon's code path (systemd timers call this).
+    ///
+    /// Takes the database's lock first. If another job holds it, exits 75 naming the holder
+    /// (on_busy = "skip") or waits for it (on_busy = "wait", or --wait).
+    ///
+    /// Examples:
+    ///   litekeeper run chat backup
+    ///   litekeeper run chat prune --dry-run
+    ///   litekeeper run chat vacuum --wait 10m
+    Run(RunArgs),
+
+    /// Check the configuration and every database: reachable, writable, WAL, not corrupt.
+    ///
+    /// Says for each database what is wrong and what to do (missing directory or file,
+    /// permissions, not a database, corrupt, locked, I/O error, journal mode). Exits 1 when any
+    /// database has a problem, 78 when the configuration itself is invalid.
+    ///
+    /// Examples:
+    ///   litekeeper check
+    ///   litekeeper check chat files
+    Check(CheckArgs),
+
+    /// Last and next run of every job, read from the state database (no daemon needed).
+    ///
+    /// Examples:
+    ///   litekeeper status
+    ///   litekeeper status --json | jq '.jobs[] | select(.last.outcome == "failed")'
+    Status(StatusArgs),
+
+    /// Next run times of every scheduled job, in the configured time zone and in UTC.
+    ///
+    /// Example: litekeeper schedule --count 5
+    Schedule(ScheduleArgs),
+
+    /// Build a realistic sample (chat DB, blob DB, uploads) and run every job on it.
+    ///
+    /// Writes the sample and a config for it into DIR (default: a new temporary directory),
+    /// then runs prune, vacuum and backup and prints what changed.
+    ///
+    /// Example: litekeeper demo /tmp/lk-demo
+    Demo(DemoArgs),
+}
+
+/// A job kind as typed on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum JobArg {
+    Prune,
+    Vacuum,
+    Backup,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Database name, as in `[[database]] name = "…"`.
+    pub database: String,
+    /// Job to run.
+    #[arg(value_enum)]
+    pub job: JobArg,
+    /// Report what would be done, change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// If the database is busy with another job, wait up to this long for it ("30s", "10m")
+    /// instead of exiting 75. Without a value: wait as long as it takes.
+    #[arg(long, value_name = "DURATION", num_args = 0..=1, default_missing_value = "forever")]
+    pub wait: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Only these databases (default: all).
+    pub databases: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print JSON (a stable contract, documented in README.md).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ScheduleArgs {
+    /// How many upcoming runs to show per job.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub count: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Directory for the sample (created; must be empty or not exist). Default: a new temp dir.
+    pub dir: Option<PathBuf>,
+}

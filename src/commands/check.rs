@@ -1,0 +1,100 @@
+//! `litekeeper check [DB…]`: configuration, directories and every database, with the reason
+//! and the fix for each problem. Exit 1 when anything is broken; warnings are advice.
+
+use std::path::Path;
+
+use crate::cli::CheckArgs;
+use crate::config::JournalMode;
+use crate::exit::{ExitCode, Failure};
+use crate::sqlite::{self, Severity};
+
+pub fn run(path: &Path, args: CheckArgs) -> Result<ExitCode, Failure> {
+    let config = super::load_config(path)?;
+    println!(
+        "{}: configuration ok ({} databases)",
+        config.file.display(),
+        config.databases.len()
+    );
+    for name in &args.databases {
+        if config.database(name).is_none() {
+            return Err(Failure::new(
+                ExitCode::Usage,
+                anyhow::anyhow!("no database named {name:?} in {}", config.file.display()),
+            ));
+        }
+    }
+    let mut errors = 0;
+    let mut warnings = 0;
+    for dir in [&config.daemon.state_dir, &config.daemon.lock_dir] {
+        if let Some(problem) = dir_problem(dir) {
+            println!("error: {problem}");
+            errors += 1;
+        }
+    }
+    let timeout = config.daemon.busy_timeout;
+    for db in &config.databases {
+        if !args.databases.is_empty() && !args.databases.contains(&db.name) {
+            continue;
+        }
+        let want_wal = db.journal_mode == JournalMode::Wal;
+        let mut files = vec![(String::new(), db.path.clone())];
+        files.extend(
+            db.attach
+                .iter()
+                .map(|a| (format!(" (attached as {})", a.alias), a.path.clone())),
+        );
+        for (label, file) in files {
+            let findings = sqlite::diagnose(&file, want_wal, timeout);
+            if findings.is_empty() {
+                println!("{}{label}: ok: {}", db.name, file.display());
+            }
+            for f in findings {
+                let tag = match f.severity {
+                    Severity::Error => {
+                        errors += 1;
+                        "error"
+                    }
+                    Severity::Warning => {
+                        warnings += 1;
+                        "warning"
+                    }
+                };
+                println!("{}{label}: {tag}: {}", db.name, f.what);
+                println!("{}{label}:   fix: {}", db.name, f.fix);
+            }
+        }
+    }
+    println!("{errors} error(s), {warnings} warning(s)");
+    Ok(if errors > 0 {
+        ExitCode::Failed
+    } else {
+        ExitCode::Ok
+    })
+}
+
+/// A state or lock directory must exist (or be creatable) and be writable.
+fn dir_problem(dir: &Path) -> Option<String> {
+    let mut probe = dir;
+    while !probe.exists() {
+        probe = probe.parent()?;
+    }
+    let c =
+        std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(probe.as_os_str())).ok()?;
+    // SAFETY: c is a valid C string.
+    let writable = unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) == 0 };
+    if !probe.is_dir() {
+        Some(format!(
+            "{}: not a directory (needed for {})",
+            probe.display(),
+            dir.display()
+        ))
+    } else if !writable {
+        Some(format!(
+            "{}: not writable, so {} cannot be used (fix its owner or set daemon.state_dir / daemon.lock_dir)",
+            probe.display(),
+            dir.display()
+        ))
+    } else {
+        None
+    }
+}

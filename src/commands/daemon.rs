@@ -1,0 +1,125 @@
+//! `litekeeper daemon`: load the configuration, schedule every job, speak sd_notify, reload on
+//! SIGHUP (a broken new file is logged and the old one kept), stop gracefully on SIGTERM/SIGINT
+//! (a second signal stops waiting for running jobs).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::exit::{ExitCode, Failure, OrExit};
+use crate::jobs::Env;
+use crate::logging::message_id;
+use crate::scheduler::Scheduler;
+use crate::sqlite::Pools;
+use crate::state::State;
+use crate::{config, lock, notify};
+
+pub fn run(path: &Path) -> Result<ExitCode, Failure> {
+    let config = super::load_config(path)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(config.daemon.max_concurrent_jobs + 8)
+        .enable_all()
+        .build()
+        .or_exit(ExitCode::IoErr)?;
+    rt.block_on(serve(path, config))
+}
+
+fn make_env(config: Config, cancel: CancellationToken) -> Result<Env, Failure> {
+    let state = State::open(&config.daemon.state_dir, config.daemon.keep_history)
+        .or_exit(ExitCode::CantCreate)?;
+    lock::ensure_dir(&config.daemon.lock_dir)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{}: cannot create lock_dir: {e}",
+                config.daemon.lock_dir.display()
+            )
+        })
+        .or_exit(ExitCode::CantCreate)?;
+    Ok(Env {
+        pools: Pools::new(&config),
+        config: Arc::new(config),
+        state,
+        cancel,
+    })
+}
+
+async fn serve(path: &Path, config: Config) -> Result<ExitCode, Failure> {
+    let cancel = CancellationToken::new();
+    let env = make_env(config, cancel.clone())?;
+    let mut hup = signal(SignalKind::hangup()).or_exit(ExitCode::IoErr)?;
+    let mut term = signal(SignalKind::terminate()).or_exit(ExitCode::IoErr)?;
+    let mut int = signal(SignalKind::interrupt()).or_exit(ExitCode::IoErr)?;
+
+    let jobs = env.config.scheduled_jobs().count();
+    let databases = env.config.databases.len();
+    let scheduler = Scheduler::start(env).await.or_exit(ExitCode::Failed)?;
+    let watchdog_stop = CancellationToken::new();
+    let watchdog = notify::spawn_watchdog(watchdog_stop.clone());
+    notify::ready();
+    tracing::info!(
+        message_id = message_id::DAEMON_STARTED,
+        "started: {databases} database(s), {jobs} scheduled job(s), config {}",
+        path.display()
+    );
+    scheduler.catch_up().await;
+
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                notify::reloading();
+                match config::load(path) {
+                    Ok(new) => match make_env(new, cancel.clone()) {
+                        Ok(env) => {
+                            let jobs = env.config.scheduled_jobs().count();
+                            scheduler.reload(env).await;
+                            tracing::info!(message_id = message_id::DAEMON_RELOADED, "configuration reloaded: {jobs} scheduled job(s)");
+                        }
+                        Err(e) => tracing::error!(message_id = message_id::RELOAD_FAILED, "reload failed, keeping the previous configuration: {e}"),
+                    },
+                    Err(e) => tracing::error!(
+                        message_id = message_id::RELOAD_FAILED,
+                        "reload failed, keeping the previous configuration: {}",
+                        e.to_string().replace('\n', "; ")
+                    ),
+                }
+                notify::ready();
+                // STATUS again: reloading cleared it for systemd's view.
+                let running = scheduler.running();
+                if !running.is_empty() {
+                    notify::status(&format!("running {}", running.join(", ")));
+                }
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+
+    notify::stopping();
+    let running = scheduler.running();
+    tracing::info!(
+        message_id = message_id::DAEMON_STOPPING,
+        "stopping: {} running job(s) will stop at their next safe point",
+        running.len()
+    );
+    notify::status(&if running.is_empty() {
+        "stopping".to_string()
+    } else {
+        format!("stopping; waiting for {}", running.join(", "))
+    });
+    let stopped = scheduler.shutdown();
+    tokio::pin!(stopped);
+    let code = tokio::select! {
+        _ = &mut stopped => ExitCode::Ok,
+        _ = term.recv() => { tracing::warn!("second signal: not waiting for running jobs"); ExitCode::Failed }
+        _ = int.recv() => { tracing::warn!("second signal: not waiting for running jobs"); ExitCode::Failed }
+    };
+    watchdog_stop.cancel();
+    if let Some(w) = watchdog {
+        let _ = w.await;
+    }
+    Ok(code)
+}

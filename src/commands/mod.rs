@@ -1,0 +1,52 @@
+//! One module per subcommand, dispatched from `run`. Each returns the exit code to use.
+
+pub mod check;
+pub mod daemon;
+pub mod demo;
+pub mod run;
+pub mod schedule;
+pub mod status;
+
+use std::path::PathBuf;
+
+use crate::cli::{Cli, Command};
+use crate::config::{self, Config};
+use crate::exit::{ExitCode, Failure};
+use crate::paths::Defaults;
+
+/// Run the parsed command line.
+pub fn run(cli: Cli) -> Result<ExitCode, Failure> {
+    let path = config_path(cli.config.clone());
+    match cli.command {
+        Command::Daemon => daemon::run(&path),
+        Command::Run(args) => run::run(&path, args),
+        Command::Check(args) => check::run(&path, args),
+        Command::Status(args) => status::run(&path, args),
+        Command::Schedule(args) => schedule::run(&path, args),
+        Command::Demo(args) => demo::run(args),
+    }
+}
+
+/// `-c FILE`, else `$LITEKEEPER_CONFIG` (handled by clap), else the per-user default.
+pub fn config_path(given: Option<PathBuf>) -> PathBuf {
+    given.unwrap_or_else(|| Defaults::for_current_user().config_file)
+}
+
+/// Load the configuration, mapping problems to exit 78.
+pub fn load_config(path: &std::path::Path) -> Result<Config, Failure> {
+    Ok(config::load(path)?)
+}
+
+/// A runtime for the one-shot commands: blocking threads do the SQLite work.
+pub fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            Failure::new(
+                ExitCode::IoErr,
+                anyhow::anyhow!("cannot start the async runtime: {e}"),
+            )
+        })
+}

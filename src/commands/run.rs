@@ -1,0 +1,117 @@
+//! `litekeeper run DB JOB`: one job now, through the same `jobs::execute` as the daemon.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{JobArg, RunArgs};
+use crate::config::{validate::parse_duration, OnBusy};
+use crate::exit::{ExitCode, Failure, OrExit};
+use crate::jobs::{self, Env, JobKind, Outcome, Request, Trigger};
+use crate::sqlite::Pools;
+use crate::state::State;
+
+pub fn job_kind(arg: JobArg) -> JobKind {
+    match arg {
+        JobArg::Prune => JobKind::Prune,
+        JobArg::Vacuum => JobKind::Vacuum,
+        JobArg::Backup => JobKind::Backup,
+    }
+}
+
+pub fn run(path: &Path, args: RunArgs) -> Result<ExitCode, Failure> {
+    let config = Arc::new(super::load_config(path)?);
+    let kind = job_kind(args.job);
+    let db = config.database(&args.database).cloned().ok_or_else(|| {
+        let names: Vec<&str> = config.databases.iter().map(|d| d.name.as_str()).collect();
+        Failure::new(
+            ExitCode::Usage,
+            anyhow::anyhow!(
+                "no database named {:?} in {} (configured: {})",
+                args.database,
+                config.file.display(),
+                if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join(", ")
+                }
+            ),
+        )
+    })?;
+    if db.timing(kind).is_none() {
+        return Err(Failure::new(
+            ExitCode::Config,
+            anyhow::anyhow!(
+                "{}: database {:?} has no [database.{}] section; add one to enable this job",
+                config.file.display(),
+                db.name,
+                kind.as_str()
+            ),
+        ));
+    }
+    let on_busy = match args.wait.as_deref() {
+        None => None,
+        Some("forever") => Some(OnBusy::Wait(None)),
+        Some(text) => Some(OnBusy::Wait(Some(parse_duration(text).map_err(
+            |reason| {
+                Failure::new(
+                    ExitCode::Usage,
+                    anyhow::anyhow!("--wait {text:?}: {reason}"),
+                )
+            },
+        )?))),
+    };
+    let state = State::open(&config.daemon.state_dir, config.daemon.keep_history)
+        .or_exit(ExitCode::CantCreate)?;
+    let rt = super::runtime()?;
+    let report = rt.block_on(async {
+        let cancel = CancellationToken::new();
+        spawn_signal_cancel(cancel.clone());
+        let env = Env {
+            pools: Pools::new(&config),
+            config: config.clone(),
+            state,
+            cancel,
+        };
+        let req = Request {
+            db,
+            kind,
+            trigger: Trigger::Cli,
+            dry_run: args.dry_run,
+            on_busy,
+        };
+        jobs::execute(&env, req).await
+    });
+    let line = format!(
+        "{} {}: {}",
+        report.job.as_str(),
+        report.database,
+        report.summary
+    );
+    match report.outcome {
+        Outcome::Ok | Outcome::DryRun => println!("{line} ({} ms)", report.duration_ms),
+        Outcome::Skipped if report.exit == ExitCode::Ok => println!("{line}"),
+        Outcome::Skipped | Outcome::Failed => eprintln!("litekeeper: {line}"),
+    }
+    Ok(report.exit)
+}
+
+/// SIGINT/SIGTERM fire the cancel token: the job stops at its next safe point.
+pub fn spawn_signal_cancel(cancel: CancellationToken) {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = int.recv() => {},
+            _ = term.recv() => {},
+        }
+        eprintln!("litekeeper: stopping at the next safe point (signal received)");
+        cancel.cancel();
+    });
+}

@@ -1,0 +1,249 @@
+//! The validated, immutable configuration every other module works with.
+//!
+//! Built once by `validate` from the raw file; durations are parsed, cron expressions checked,
+//! paths absolute, names checked. A `Config` is shared as `Arc<Config>` and replaced whole on
+//! reload, never mutated.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::jobs::JobKind;
+use crate::schedule::{Schedule, Zone};
+
+#[derive(Debug)]
+pub struct Config {
+    /// The file this was loaded from (named in messages).
+    pub file: PathBuf,
+    pub daemon: Daemon,
+    pub databases: Vec<Arc<Database>>,
+}
+
+impl Config {
+    pub fn database(&self, name: &str) -> Option<&Arc<Database>> {
+        self.databases.iter().find(|d| d.name == name)
+    }
+
+    /// Every (database, job) pair that has a schedule, in config order.
+    pub fn scheduled_jobs(&self) -> impl Iterator<Item = (&Arc<Database>, JobKind, &Timing)> {
+        self.databases.iter().flat_map(|db| {
+            JobKind::ALL.into_iter().filter_map(move |kind| {
+                db.timing(kind)
+                    .filter(|t| t.schedule.is_some())
+                    .map(|t| (db, kind, t))
+            })
+        })
+    }
+}
+
+#[derive(Debug)]
+pub struct Daemon {
+    /// Zone cron expressions are read in.
+    pub timezone: Zone,
+    /// Jobs running at once across all databases (one per database, always).
+    pub max_concurrent_jobs: usize,
+    pub state_dir: PathBuf,
+    pub lock_dir: PathBuf,
+    /// Statements slower than this are logged.
+    pub slow_statement: Duration,
+    /// How long a statement waits for another connection's lock (SQLite busy_timeout).
+    pub busy_timeout: Duration,
+    /// Run a job once at start-up if its last scheduled time passed while the daemon was down.
+    pub catch_up: bool,
+    /// Run history older than this is deleted from the state DB.
+    pub keep_history: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnBusy {
+    /// Another job holds the database: record a skipped run (exit 75 from `run`).
+    Skip,
+    /// Wait for the lock, up to the timeout (None: no limit).
+    Wait(Option<Duration>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JournalMode {
+    /// Switch the database to WAL once (the default; what every pooled app wants).
+    Wal,
+    /// Leave the journal mode as the application set it.
+    Keep,
+}
+
+#[derive(Debug)]
+pub struct Database {
+    pub name: String,
+    pub path: PathBuf,
+    /// Other database files attached under an alias (e.g. the blob DB as `files`).
+    pub attach: Vec<Attachment>,
+    pub on_busy: OnBusy,
+    pub journal_mode: JournalMode,
+    pub prune: Option<Prune>,
+    pub vacuum: Option<Vacuum>,
+    pub backup: Option<Backup>,
+}
+
+impl Database {
+    pub fn timing(&self, kind: JobKind) -> Option<&Timing> {
+        match kind {
+            JobKind::Prune => self.prune.as_ref().map(|p| &p.timing),
+            JobKind::Vacuum => self.vacuum.as_ref().map(|v| &v.timing),
+            JobKind::Backup => self.backup.as_ref().map(|b| &b.timing),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Attachment {
+    pub alias: String,
+    pub path: PathBuf,
+}
+
+/// When a job runs: a cron schedule (None: only on demand, e.g. from a systemd timer) and a
+/// random delay of up to `jitter` after each scheduled time.
+#[derive(Debug, Clone)]
+pub struct Timing {
+    pub schedule: Option<Schedule>,
+    pub jitter: Duration,
+}
+
+#[derive(Debug)]
+pub struct Prune {
+    pub timing: Timing,
+    pub max_lock: Duration,
+    pub pause: Duration,
+    pub max_fraction: f64,
+    pub max_rows: Option<u64>,
+    pub dry_run: bool,
+    pub rules: Vec<Rule>,
+    pub files: Vec<FilesRule>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeFormat {
+    Unix,
+    UnixMs,
+    Iso8601,
+    Julian,
+}
+
+/// A table reference as written: `table` or `alias.table` (an attached database).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableRef {
+    pub schema: Option<String>,
+    pub table: String,
+}
+
+#[derive(Debug, Clone)]
+pub enum Rule {
+    /// Rows whose `column` is older than `older_than` (and match `filter`).
+    Age {
+        table: TableRef,
+        column: String,
+        older_than: Duration,
+        time_format: TimeFormat,
+        filter: Option<String>,
+    },
+    /// Rows matching `filter`.
+    Where { table: TableRef, filter: String },
+    /// Rows of `table` whose `key` (column or SQL expression) has no row in `parent`.
+    Orphan {
+        table: TableRef,
+        key: String,
+        parent: TableRef,
+        parent_column: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entries {
+    Files,
+    Dirs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileAction {
+    Delete,
+    Quarantine,
+}
+
+#[derive(Debug, Clone)]
+pub struct FilesRule {
+    pub dir: PathBuf,
+    /// Regex with a named group `id`; None with `entries = "dirs"` means the name is the id.
+    pub pattern: Option<regex::Regex>,
+    pub entries: Entries,
+    pub referenced_by: String,
+    pub min_age: Duration,
+    pub action: FileAction,
+    pub quarantine_days: u32,
+    pub allow_empty_reference: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VacuumMode {
+    Auto,
+    Full,
+    Incremental,
+    Never,
+}
+
+/// A "worth it" threshold: a share of the pages or a byte count.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Threshold {
+    Fraction(f64),
+    Bytes(u64),
+}
+
+#[derive(Debug)]
+pub struct Vacuum {
+    pub timing: Timing,
+    pub mode: VacuumMode,
+    pub min_free: Threshold,
+    pub convert_auto_vacuum: bool,
+    pub temp_dir: Option<PathBuf>,
+    pub max_duration: Option<Duration>,
+    pub analyze: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackupMethod {
+    /// SQLite's online backup API, stepped, under a read transaction.
+    Online,
+    /// `VACUUM INTO`: a compacted copy.
+    VacuumInto,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Zstd { level: i32 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verify {
+    None,
+    Quick,
+    Full,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Keep {
+    pub last: u32,
+    pub hourly: u32,
+    pub daily: u32,
+    pub weekly: u32,
+    pub monthly: u32,
+    pub yearly: u32,
+}
+
+#[derive(Debug)]
+pub struct Backup {
+    pub timing: Timing,
+    pub dir: PathBuf,
+    pub method: BackupMethod,
+    pub compression: Compression,
+    pub verify: Verify,
+    pub keep: Keep,
+    pub max_age: Option<Duration>,
+}

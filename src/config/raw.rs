@@ -1,0 +1,124 @@
+//! The configuration file as serde sees it: every key, with defaults left as `None` and unknown
+//! keys rejected. Nothing outside `config/` uses these types; `validate` turns them into the
+//! domain types of `model`.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub daemon: RawDaemon,
+    #[serde(default)]
+    pub database: Vec<RawDatabase>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDaemon {
+    pub timezone: Option<String>,
+    pub max_concurrent_jobs: Option<i64>,
+    pub state_dir: Option<String>,
+    pub lock_dir: Option<String>,
+    pub slow_statement: Option<String>,
+    pub busy_timeout: Option<String>,
+    pub catch_up: Option<bool>,
+    pub keep_history: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDatabase {
+    pub name: String,
+    pub path: String,
+    #[serde(default)]
+    pub attach: BTreeMap<String, String>,
+    pub on_busy: Option<String>,
+    pub wait_timeout: Option<String>,
+    pub journal_mode: Option<String>,
+    pub prune: Option<RawPrune>,
+    pub vacuum: Option<RawVacuum>,
+    pub backup: Option<RawBackup>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrune {
+    pub schedule: Option<String>,
+    pub jitter: Option<String>,
+    pub max_lock: Option<String>,
+    pub pause: Option<String>,
+    pub max_fraction: Option<f64>,
+    pub max_rows: Option<i64>,
+    pub dry_run: Option<bool>,
+    #[serde(default)]
+    pub rule: Vec<RawRule>,
+    #[serde(default)]
+    pub files: Vec<RawFiles>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub table: String,
+    pub older_than: Option<String>,
+    pub column: Option<String>,
+    pub time_format: Option<String>,
+    #[serde(rename = "where")]
+    pub filter: Option<String>,
+    pub key: Option<String>,
+    pub parent: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFiles {
+    pub dir: String,
+    pub pattern: Option<String>,
+    pub entries: Option<String>,
+    pub referenced_by: String,
+    pub min_age: Option<String>,
+    pub action: Option<String>,
+    pub quarantine_days: Option<i64>,
+    pub allow_empty_reference: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVacuum {
+    pub schedule: Option<String>,
+    pub jitter: Option<String>,
+    pub mode: Option<String>,
+    pub min_free: Option<String>,
+    pub convert_auto_vacuum: Option<bool>,
+    pub temp_dir: Option<String>,
+    pub max_duration: Option<String>,
+    pub analyze: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackup {
+    pub schedule: Option<String>,
+    pub jitter: Option<String>,
+    pub dir: Option<String>,
+    pub method: Option<String>,
+    pub compress: Option<String>,
+    pub compress_level: Option<i64>,
+    pub verify: Option<String>,
+    pub keep: Option<RawKeep>,
+    pub max_age: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKeep {
+    pub last: Option<i64>,
+    pub hourly: Option<i64>,
+    pub daily: Option<i64>,
+    pub weekly: Option<i64>,
+    pub monthly: Option<i64>,
+    pub yearly: Option<i64>,
+}

@@ -1,0 +1,665 @@
+//! The one step from raw serde types to the domain types of `model`: defaults applied, every
+//! value parsed and checked. Problems are collected with their key path so the loader can name
+//! file, line, key and value for each.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::model::*;
+use super::raw::*;
+use super::KeyPath;
+use crate::paths::Defaults;
+use crate::schedule::{Schedule, Zone};
+
+/// One thing wrong with the configuration.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    pub key: KeyPath,
+    pub reason: String,
+    pub got: Option<String>,
+}
+
+/// Collects problems while validating; each check returns a usable fallback so validation
+/// continues and reports everything at once.
+#[derive(Default)]
+struct Checker {
+    problems: Vec<Problem>,
+}
+
+impl Checker {
+    fn fail(&mut self, key: &KeyPath, reason: impl Into<String>, got: Option<String>) {
+        self.problems.push(Problem {
+            key: key.clone(),
+            reason: reason.into(),
+            got,
+        });
+    }
+
+    fn duration(&mut self, key: &KeyPath, value: Option<&String>, default: Duration) -> Duration {
+        let Some(text) = value else { return default };
+        match parse_duration(text) {
+            Ok(d) => d,
+            Err(reason) => {
+                self.fail(key, reason, Some(text.clone()));
+                default
+            }
+        }
+    }
+
+    fn opt_duration(&mut self, key: &KeyPath, value: Option<&String>) -> Option<Duration> {
+        value.map(|v| self.duration(key, Some(v), Duration::ZERO))
+    }
+
+    fn abs_path(&mut self, key: &KeyPath, text: &str) -> PathBuf {
+        let p = PathBuf::from(text);
+        if text.is_empty() || !p.is_absolute() {
+            self.fail(
+                key,
+                "expected an absolute path like \"/var/lib/app/app.db\"",
+                Some(text.to_string()),
+            );
+        }
+        p
+    }
+
+    fn count(&mut self, key: &KeyPath, value: Option<i64>, default: u32) -> u32 {
+        match value {
+            None => default,
+            Some(v) if (0..=u32::MAX as i64).contains(&v) => v as u32,
+            Some(v) => {
+                self.fail(key, "expected a whole number >= 0", Some(v.to_string()));
+                default
+            }
+        }
+    }
+
+    fn choice<T: Copy>(
+        &mut self,
+        key: &KeyPath,
+        value: Option<&String>,
+        options: &[(&str, T)],
+        default: T,
+    ) -> T {
+        let Some(text) = value else { return default };
+        if let Some((_, v)) = options.iter().find(|(name, _)| *name == text) {
+            return *v;
+        }
+        let names: Vec<String> = options.iter().map(|(n, _)| format!("\"{n}\"")).collect();
+        self.fail(
+            key,
+            format!("expected one of {}", names.join(", ")),
+            Some(text.clone()),
+        );
+        default
+    }
+
+    fn schedule(&mut self, key: &KeyPath, value: Option<&String>) -> Option<Schedule> {
+        let text = value?;
+        match Schedule::parse(text) {
+            Ok(s) => Some(s),
+            Err(reason) => {
+                self.fail(
+                    key,
+                    format!("invalid cron schedule: {reason}"),
+                    Some(text.clone()),
+                );
+                None
+            }
+        }
+    }
+
+    fn timing(
+        &mut self,
+        key: &KeyPath,
+        schedule: Option<&String>,
+        jitter: Option<&String>,
+    ) -> Timing {
+        Timing {
+            schedule: self.schedule(&key.key("schedule"), schedule),
+            jitter: self.duration(&key.key("jitter"), jitter, Duration::ZERO),
+        }
+    }
+}
+
+/// Parse "90d", "30m", "100ms", "1h 30m" (humantime syntax).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim())
+        .map_err(|_| "expected a duration like \"90d\", \"30m\" or \"100ms\"".to_string())
+}
+
+/// Parse "20%" as a fraction or "64MiB"/"1GB"/"4096" as bytes.
+pub fn parse_threshold(text: &str) -> Result<Threshold, String> {
+    const HINT: &str = "expected a share like \"20%\" or a size like \"64MiB\"";
+    let t = text.trim();
+    if let Some(num) = t.strip_suffix('%') {
+        let v: f64 = num.trim().parse().map_err(|_| HINT.to_string())?;
+        if !(0.0..=100.0).contains(&v) {
+            return Err("a share must be between 0% and 100%".into());
+        }
+        return Ok(Threshold::Fraction(v / 100.0));
+    }
+    parse_size(t)
+        .map(Threshold::Bytes)
+        .map_err(|_| HINT.to_string())
+}
+
+/// Parse a byte size: a number with an optional unit (B, KB, KiB, MB, MiB, GB, GiB, TB, TiB).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let num: f64 = num.parse().map_err(|_| format!("not a size: {text:?}"))?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "kib" => 1024.0,
+        "m" | "mb" => 1e6,
+        "mib" => 1024.0 * 1024.0,
+        "g" | "gb" => 1e9,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        "t" | "tb" => 1e12,
+        "tib" => 1024.0f64.powi(4),
+        _ => return Err(format!("unknown size unit in {text:?}")),
+    };
+    Ok((num * mult) as u64)
+}
+
+fn is_db_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Validate the raw configuration into domain types, or return every problem found.
+pub fn validate(
+    raw: RawConfig,
+    file: PathBuf,
+    defaults: &Defaults,
+) -> Result<Config, Vec<Problem>> {
+    let mut c = Checker::default();
+    let d = &raw.daemon;
+    let dk = KeyPath::root().key("daemon");
+
+    let timezone = match d.timezone.as_deref() {
+        None => Zone::Local,
+        Some(t) => Zone::parse(t).unwrap_or_else(|reason| {
+            c.fail(&dk.key("timezone"), reason, Some(t.to_string()));
+            Zone::Local
+        }),
+    };
+    let max_concurrent_jobs = match d.max_concurrent_jobs {
+        None => 2,
+        Some(n) if (1..=1024).contains(&n) => n as usize,
+        Some(n) => {
+            c.fail(
+                &dk.key("max_concurrent_jobs"),
+                "expected a number from 1 to 1024",
+                Some(n.to_string()),
+            );
+            2
+        }
+    };
+    let state_dir = match &d.state_dir {
+        Some(p) => c.abs_path(&dk.key("state_dir"), p),
+        None => defaults.state_dir.clone(),
+    };
+    let lock_dir = match &d.lock_dir {
+        Some(p) => c.abs_path(&dk.key("lock_dir"), p),
+        None => defaults.lock_dir.clone(),
+    };
+    let daemon = Daemon {
+        timezone,
+        max_concurrent_jobs,
+        state_dir,
+        lock_dir,
+        slow_statement: c.duration(
+            &dk.key("slow_statement"),
+            d.slow_statement.as_ref(),
+            Duration::from_millis(100),
+        ),
+        busy_timeout: c.duration(
+            &dk.key("busy_timeout"),
+            d.busy_timeout.as_ref(),
+            Duration::from_secs(5),
+        ),
+        catch_up: d.catch_up.unwrap_or(true),
+        keep_history: c.duration(
+            &dk.key("keep_history"),
+            d.keep_history.as_ref(),
+            Duration::from_secs(90 * 86400),
+        ),
+    };
+
+    let mut databases: Vec<Arc<Database>> = Vec::new();
+    for (i, rd) in raw.database.iter().enumerate() {
+        let key = KeyPath::root().key("database").index(i);
+        if !is_db_name(&rd.name) {
+            c.fail(
+                &key.key("name"),
+                "expected a name of lower-case letters, digits, '_' and '-' ([a-z0-9_-]+)",
+                Some(rd.name.clone()),
+            );
+        } else if databases.iter().any(|other| other.name == rd.name) {
+            c.fail(
+                &key.key("name"),
+                "duplicate database name",
+                Some(rd.name.clone()),
+            );
+        }
+        databases.push(Arc::new(database(&mut c, &key, rd, &daemon)));
+    }
+    if c.problems.is_empty() {
+        Ok(Config {
+            file,
+            daemon,
+            databases,
+        })
+    } else {
+        Err(c.problems)
+    }
+}
+
+fn database(c: &mut Checker, key: &KeyPath, rd: &RawDatabase, daemon: &Daemon) -> Database {
+    let path = c.abs_path(&key.key("path"), &rd.path);
+    let mut attach = Vec::new();
+    for (alias, p) in &rd.attach {
+        let k = key.key("attach").key(alias);
+        if !is_identifier(alias) || alias == "main" || alias == "temp" {
+            c.fail(
+                &k,
+                "an attach alias must be an SQL identifier other than main/temp",
+                Some(alias.clone()),
+            );
+        }
+        attach.push(Attachment {
+            alias: alias.clone(),
+            path: c.abs_path(&k, p),
+        });
+    }
+    let wait_timeout = c.opt_duration(&key.key("wait_timeout"), rd.wait_timeout.as_ref());
+    let on_busy = c.choice(
+        &key.key("on_busy"),
+        rd.on_busy.as_ref(),
+        &[("skip", OnBusy::Skip), ("wait", OnBusy::Wait(wait_timeout))],
+        OnBusy::Skip,
+    );
+    let journal_mode = c.choice(
+        &key.key("journal_mode"),
+        rd.journal_mode.as_ref(),
+        &[("wal", JournalMode::Wal), ("keep", JournalMode::Keep)],
+        JournalMode::Wal,
+    );
+    let aliases: Vec<&str> = rd.attach.keys().map(String::as_str).collect();
+    Database {
+        name: rd.name.clone(),
+        path,
+        attach,
+        on_busy,
+        journal_mode,
+        prune: rd
+            .prune
+            .as_ref()
+            .map(|p| prune(c, &key.key("prune"), p, &aliases)),
+        vacuum: rd.vacuum.as_ref().map(|v| vacuum(c, &key.key("vacuum"), v)),
+        backup: rd
+            .backup
+            .as_ref()
+            .map(|b| backup(c, &key.key("backup"), b, &rd.name, daemon)),
+    }
+}
+
+fn table_ref(c: &mut Checker, key: &KeyPath, text: &str, aliases: &[&str]) -> TableRef {
+    let parts: Vec<&str> = text.split('.').collect();
+    let (schema, table) = match parts.as_slice() {
+        [t] => (None, *t),
+        [s, t] => (Some(s.to_string()), *t),
+        _ => {
+            c.fail(
+                key,
+                "expected \"table\" or \"alias.table\"",
+                Some(text.into()),
+            );
+            (None, text)
+        }
+    };
+    if !is_identifier(table) {
+        c.fail(key, "not a valid table name", Some(text.into()));
+    }
+    if let Some(s) = &schema {
+        if s != "main" && !aliases.contains(&s.as_str()) {
+            c.fail(
+                key,
+                format!("unknown database alias {s:?}: add it to this database's `attach`"),
+                Some(text.into()),
+            );
+        }
+    }
+    TableRef {
+        schema,
+        table: table.to_string(),
+    }
+}
+
+fn prune(c: &mut Checker, key: &KeyPath, p: &RawPrune, aliases: &[&str]) -> Prune {
+    let max_fraction = match p.max_fraction {
+        None => 0.5,
+        Some(f) if f > 0.0 && f <= 1.0 => f,
+        Some(f) => {
+            c.fail(
+                &key.key("max_fraction"),
+                "expected a share between 0 (exclusive) and 1",
+                Some(f.to_string()),
+            );
+            0.5
+        }
+    };
+    let max_rows = match p.max_rows {
+        None => None,
+        Some(n) if n > 0 => Some(n as u64),
+        Some(n) => {
+            c.fail(
+                &key.key("max_rows"),
+                "expected a number > 0",
+                Some(n.to_string()),
+            );
+            None
+        }
+    };
+    let mut rules = Vec::new();
+    for (i, r) in p.rule.iter().enumerate() {
+        let k = key.key("rule").index(i);
+        let table = table_ref(c, &k.key("table"), &r.table, aliases);
+        let rule = match (&r.older_than, &r.key, &r.parent, &r.filter) {
+            (Some(age), None, None, filter) => {
+                let Some(column) = r.column.clone() else {
+                    c.fail(&k, "an age rule (older_than) needs `column`", None);
+                    continue;
+                };
+                Rule::Age {
+                    table,
+                    column,
+                    older_than: c.duration(&k.key("older_than"), Some(age), Duration::ZERO),
+                    time_format: c.choice(
+                        &k.key("time_format"),
+                        r.time_format.as_ref(),
+                        &[
+                            ("unix", TimeFormat::Unix),
+                            ("unix_ms", TimeFormat::UnixMs),
+                            ("iso8601", TimeFormat::Iso8601),
+                            ("julian", TimeFormat::Julian),
+                        ],
+                        TimeFormat::Unix,
+                    ),
+                    filter: filter.clone(),
+                }
+            }
+            (None, Some(expr), Some(parent), None) => {
+                let pk = k.key("parent");
+                let (ptable, pcol) = match parent.rsplit_once('.') {
+                    Some((t, col)) if is_identifier(col) => (t, col),
+                    _ => {
+                        c.fail(&pk, "expected \"table.column\"", Some(parent.clone()));
+                        continue;
+                    }
+                };
+                Rule::Orphan {
+                    table,
+                    key: expr.clone(),
+                    parent: table_ref(c, &pk, ptable, aliases),
+                    parent_column: pcol.to_string(),
+                }
+            }
+            (None, None, None, Some(filter)) => Rule::Where {
+                table,
+                filter: filter.clone(),
+            },
+            _ => {
+                c.fail(
+                    &k,
+                    "a rule is one of: age (older_than + column [+ where]), orphan (key + \
+                     parent) or where (where alone)",
+                    None,
+                );
+                continue;
+            }
+        };
+        if r.column.is_some() && !matches!(rule, Rule::Age { .. }) {
+            c.fail(
+                &k.key("column"),
+                "`column` belongs to age rules only",
+                r.column.clone(),
+            );
+        }
+        rules.push(rule);
+    }
+    let mut files = Vec::new();
+    for (i, f) in p.files.iter().enumerate() {
+        let k = key.key("files").index(i);
+        let entries = c.choice(
+            &k.key("entries"),
+            f.entries.as_ref(),
+            &[("files", Entries::Files), ("dirs", Entries::Dirs)],
+            Entries::Files,
+        );
+        let pattern = match &f.pattern {
+            Some(text) => match regex::Regex::new(text) {
+                Ok(re) if re.capture_names().any(|n| n == Some("id")) => Some(re),
+                Ok(_) => {
+                    c.fail(
+                        &k.key("pattern"),
+                        "the pattern needs a named group `id`, e.g. '^(?P<id>[0-9a-f-]{36})_'",
+                        Some(text.clone()),
+                    );
+                    None
+                }
+                Err(e) => {
+                    let first = e
+                        .to_string()
+                        .lines()
+                        .last()
+                        .unwrap_or("")
+                        .trim()
+                        .to_string();
+                    c.fail(
+                        &k.key("pattern"),
+                        format!("invalid regex: {first}"),
+                        Some(text.clone()),
+                    );
+                    None
+                }
+            },
+            None if entries == Entries::Dirs => None,
+            None => {
+                c.fail(
+                    &k,
+                    "a files rule needs `pattern` (with a group `id`) or entries = \"dirs\"",
+                    None,
+                );
+                None
+            }
+        };
+        files.push(FilesRule {
+            dir: c.abs_path(&k.key("dir"), &f.dir),
+            pattern,
+            entries,
+            referenced_by: f.referenced_by.clone(),
+            min_age: c.duration(
+                &k.key("min_age"),
+                f.min_age.as_ref(),
+                Duration::from_secs(86400),
+            ),
+            action: c.choice(
+                &k.key("action"),
+                f.action.as_ref(),
+                &[
+                    ("delete", FileAction::Delete),
+                    ("quarantine", FileAction::Quarantine),
+                ],
+                FileAction::Delete,
+            ),
+            quarantine_days: c.count(&k.key("quarantine_days"), f.quarantine_days, 7),
+            allow_empty_reference: f.allow_empty_reference.unwrap_or(false),
+        });
+    }
+    Prune {
+        timing: c.timing(key, p.schedule.as_ref(), p.jitter.as_ref()),
+        max_lock: c.duration(
+            &key.key("max_lock"),
+            p.max_lock.as_ref(),
+            Duration::from_millis(50),
+        ),
+        pause: c.duration(
+            &key.key("pause"),
+            p.pause.as_ref(),
+            Duration::from_millis(50),
+        ),
+        max_fraction,
+        max_rows,
+        dry_run: p.dry_run.unwrap_or(false),
+        rules,
+        files,
+    }
+}
+
+fn vacuum(c: &mut Checker, key: &KeyPath, v: &RawVacuum) -> Vacuum {
+    let min_free = match &v.min_free {
+        None => Threshold::Fraction(0.2),
+        Some(text) => parse_threshold(text).unwrap_or_else(|reason| {
+            c.fail(&key.key("min_free"), reason, Some(text.clone()));
+            Threshold::Fraction(0.2)
+        }),
+    };
+    Vacuum {
+        timing: c.timing(key, v.schedule.as_ref(), v.jitter.as_ref()),
+        mode: c.choice(
+            &key.key("mode"),
+            v.mode.as_ref(),
+            &[
+                ("auto", VacuumMode::Auto),
+                ("full", VacuumMode::Full),
+                ("incremental", VacuumMode::Incremental),
+                ("never", VacuumMode::Never),
+            ],
+            VacuumMode::Auto,
+        ),
+        min_free,
+        convert_auto_vacuum: v.convert_auto_vacuum.unwrap_or(false),
+        temp_dir: v
+            .temp_dir
+            .as_ref()
+            .map(|p| c.abs_path(&key.key("temp_dir"), p)),
+        max_duration: c.opt_duration(&key.key("max_duration"), v.max_duration.as_ref()),
+        analyze: v.analyze.unwrap_or(false),
+    }
+}
+
+fn backup(c: &mut Checker, key: &KeyPath, b: &RawBackup, name: &str, daemon: &Daemon) -> Backup {
+    let level = match b.compress_level {
+        None => 3,
+        Some(l) if (1..=22).contains(&l) => l as i32,
+        Some(l) => {
+            c.fail(
+                &key.key("compress_level"),
+                "expected a zstd level from 1 to 22",
+                Some(l.to_string()),
+            );
+            3
+        }
+    };
+    let keep = match &b.keep {
+        None => Keep {
+            daily: 7,
+            ..Keep::default()
+        },
+        Some(k) => {
+            let kk = key.key("keep");
+            Keep {
+                last: c.count(&kk.key("last"), k.last, 0),
+                hourly: c.count(&kk.key("hourly"), k.hourly, 0),
+                daily: c.count(&kk.key("daily"), k.daily, 0),
+                weekly: c.count(&kk.key("weekly"), k.weekly, 0),
+                monthly: c.count(&kk.key("monthly"), k.monthly, 0),
+                yearly: c.count(&kk.key("yearly"), k.yearly, 0),
+            }
+        }
+    };
+    Backup {
+        timing: c.timing(key, b.schedule.as_ref(), b.jitter.as_ref()),
+        dir: match &b.dir {
+            Some(p) => c.abs_path(&key.key("dir"), p),
+            None => daemon.state_dir.join("backups").join(name),
+        },
+        method: c.choice(
+            &key.key("method"),
+            b.method.as_ref(),
+            &[
+                ("backup", BackupMethod::Online),
+                ("vacuum_into", BackupMethod::VacuumInto),
+            ],
+            BackupMethod::Online,
+        ),
+        compression: c.choice(
+            &key.key("compress"),
+            b.compress.as_ref(),
+            &[
+                ("none", Compression::None),
+                ("zstd", Compression::Zstd { level }),
+            ],
+            Compression::None,
+        ),
+        verify: c.choice(
+            &key.key("verify"),
+            b.verify.as_ref(),
+            &[
+                ("none", Verify::None),
+                ("quick", Verify::Quick),
+                ("full", Verify::Full),
+            ],
+            Verify::Quick,
+        ),
+        keep,
+        max_age: c.opt_duration(&key.key("max_age"), b.max_age.as_ref()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(
+            parse_duration("90d").unwrap(),
+            Duration::from_secs(90 * 86400)
+        );
+        assert_eq!(parse_duration("100ms").unwrap(), Duration::from_millis(100));
+        assert_eq!(parse_duration("1h 30m").unwrap(), Duration::from_secs(5400));
+        assert!(parse_duration("ninety").is_err());
+        assert_eq!(parse_size("64MiB").unwrap(), 64 << 20);
+        assert_eq!(parse_size("1GB").unwrap(), 1_000_000_000);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("12 parsecs").is_err());
+        assert_eq!(parse_threshold("20%").unwrap(), Threshold::Fraction(0.2));
+        assert_eq!(parse_threshold("1KiB").unwrap(), Threshold::Bytes(1024));
+        assert!(parse_threshold("120%").is_err());
+    }
+
+    #[test]
+    fn names() {
+        assert!(is_db_name("chat-2_a"));
+        assert!(!is_db_name("Chat"));
+        assert!(!is_db_name("a b"));
+        assert!(!is_db_name(""));
+        assert!(is_identifier("_files1"));
+        assert!(!is_identifier("1files"));
+    }
+}

@@ -1,0 +1,80 @@
+//! Process exit codes (sysexits where one fits) and the error type that carries one to `main`.
+//!
+//! Every command returns `Result<ExitCode, Failure>`; `main` prints the failure once and exits
+//! with its code. The table is documented in README.md ("Exit codes") and must stay in sync.
+
+use std::fmt;
+
+/// A documented exit status of the `litekeeper` binary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ExitCode {
+    /// Everything asked for was done.
+    Ok = 0,
+    /// A job ran and failed, or `check` found a problem.
+    Failed = 1,
+    /// The command line was wrong (EX_USAGE).
+    Usage = 64,
+    /// A database or backup is corrupt (EX_DATAERR).
+    DataErr = 65,
+    /// A database or input file does not exist (EX_NOINPUT).
+    NoInput = 66,
+    /// An output file or directory could not be created (EX_CANTCREAT).
+    CantCreate = 73,
+    /// An I/O error (EX_IOERR).
+    IoErr = 74,
+    /// Try again later: the database lock is held by another job (EX_TEMPFAIL).
+    TempFail = 75,
+    /// The configuration is invalid (EX_CONFIG).
+    Config = 78,
+}
+
+impl ExitCode {
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+}
+
+/// An error on its way to `main`: what to print and which exit code to use.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: ExitCode,
+    pub error: anyhow::Error,
+}
+
+impl Failure {
+    pub fn new(code: ExitCode, error: impl Into<anyhow::Error>) -> Self {
+        Failure {
+            code,
+            error: error.into(),
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // One line: the error and its causes joined, as ripgrep does.
+        write!(f, "{}", self.error)?;
+        for cause in self.error.chain().skip(1) {
+            write!(f, ": {cause}")?;
+        }
+        Ok(())
+    }
+}
+
+impl From<crate::config::ConfigError> for Failure {
+    fn from(e: crate::config::ConfigError) -> Self {
+        Failure::new(ExitCode::Config, e)
+    }
+}
+
+/// Attach an exit code to any error: `result.or_exit(ExitCode::IoErr)?`.
+pub trait OrExit<T> {
+    fn or_exit(self, code: ExitCode) -> Result<T, Failure>;
+}
+
+impl<T, E: Into<anyhow::Error>> OrExit<T> for Result<T, E> {
+    fn or_exit(self, code: ExitCode) -> Result<T, Failure> {
+        self.map_err(|e| Failure::new(code, e))
+    }
+}

@@ -1,0 +1,8 @@
+//! The backup job. Not built yet (issue #4): it refuses with a clear error rather than
+//! pretending to have done anything.
+
+use super::{JobCtx, JobError, JobResult};
+
+pub fn run(_ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
+    Err(JobError::NotBuilt("backup"))
+}

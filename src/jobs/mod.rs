@@ -1,0 +1,344 @@
+//! The one execute path every job takes, from the daemon and from `litekeeper run` alike:
+//! take the database's lock (skip or wait) → check the files → run the job on a blocking
+//! thread with its own pooled connection, cancel token checked at safe points → a `Report`,
+//! recorded in the state DB and logged as one journal event.
+
+pub mod backup;
+pub mod prune;
+pub mod vacuum;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, Database, OnBusy};
+use crate::exit::ExitCode;
+use crate::lock::{self, LockError};
+use crate::sqlite::{self, Conn, Pools};
+use crate::state::State;
+
+/// The closed set of jobs; each has one module.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobKind {
+    Prune,
+    Vacuum,
+    Backup,
+}
+
+impl JobKind {
+    /// In the order the demo and a full maintenance pass run them.
+    pub const ALL: [JobKind; 3] = [JobKind::Prune, JobKind::Vacuum, JobKind::Backup];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Prune => "prune",
+            JobKind::Vacuum => "vacuum",
+            JobKind::Backup => "backup",
+        }
+    }
+}
+
+impl FromStr for JobKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        JobKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| format!("unknown job {s:?} (prune, vacuum or backup)"))
+    }
+}
+
+/// What started a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Trigger {
+    Schedule,
+    Cli,
+    CatchUp,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Schedule => "schedule",
+            Trigger::Cli => "cli",
+            Trigger::CatchUp => "catch-up",
+        }
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    Ok,
+    Failed,
+    /// Not run: the lock was busy, or there was nothing worth doing.
+    Skipped,
+    DryRun,
+}
+
+/// Figures a job reports (`rows_deleted`, `bytes_before`, `backup_path`, …), also written as
+/// `LITEKEEPER_<NAME>` journal fields.
+pub type Figures = serde_json::Map<String, serde_json::Value>;
+
+/// Everything known about one finished run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub run_id: String,
+    pub database: String,
+    pub job: JobKind,
+    pub trigger: Trigger,
+    pub started: DateTime<Utc>,
+    pub finished: DateTime<Utc>,
+    pub duration_ms: u64,
+    pub outcome: Outcome,
+    /// One human line: what was done, or why not.
+    pub summary: String,
+    pub figures: Figures,
+    pub error: Option<String>,
+    /// Exit code `litekeeper run` uses for this report.
+    #[serde(skip)]
+    pub exit: ExitCode,
+}
+
+/// What a job module returns when it did not fail.
+#[derive(Debug, Default)]
+pub struct JobResult {
+    pub summary: String,
+    pub figures: Figures,
+    /// Set when the job decided there was nothing worth doing.
+    pub skipped: bool,
+}
+
+/// Why a job failed; each maps to an exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("the {0} job is not built yet in this version of litekeeper")]
+    NotBuilt(&'static str),
+    #[error("{0}")]
+    Database(sqlite::Finding),
+    #[error("cannot get a connection to {path}: {message}")]
+    Pool { path: String, message: String },
+    #[error("{context}: {source}")]
+    Sqlite {
+        context: String,
+        source: rusqlite::Error,
+    },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+    #[error("cancelled (shutdown or time limit) at a safe point; committed work is kept")]
+    Cancelled,
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl JobError {
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            JobError::Database(f) => f.code,
+            JobError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => {
+                ExitCode::IoErr
+            }
+            JobError::Io { .. } => ExitCode::IoErr,
+            JobError::Sqlite { source, .. } => match source.sqlite_error_code() {
+                Some(rusqlite::ErrorCode::DatabaseCorrupt)
+                | Some(rusqlite::ErrorCode::NotADatabase) => ExitCode::DataErr,
+                Some(rusqlite::ErrorCode::SystemIoFailure)
+                | Some(rusqlite::ErrorCode::DiskFull) => ExitCode::IoErr,
+                Some(rusqlite::ErrorCode::DatabaseBusy)
+                | Some(rusqlite::ErrorCode::DatabaseLocked) => ExitCode::TempFail,
+                _ => ExitCode::Failed,
+            },
+            _ => ExitCode::Failed,
+        }
+    }
+}
+
+/// What a job module gets to work with. Runs on a blocking thread.
+pub struct JobCtx<'a> {
+    pub config: &'a Config,
+    pub db: &'a Database,
+    pub conn: &'a mut Conn,
+    pub cancel: &'a CancellationToken,
+    pub dry_run: bool,
+}
+
+impl JobCtx<'_> {
+    /// Call at safe points: returns `Err(Cancelled)` once shutdown or a time limit fired.
+    pub fn checkpoint(&self) -> Result<(), JobError> {
+        if self.cancel.is_cancelled() {
+            Err(JobError::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// One request to run a job.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub db: Arc<Database>,
+    pub kind: JobKind,
+    pub trigger: Trigger,
+    pub dry_run: bool,
+    /// Overrides the database's `on_busy` (from `run --wait`).
+    pub on_busy: Option<OnBusy>,
+}
+
+/// Shared by all runs of one process: configuration, pools, state, shutdown signal.
+#[derive(Clone)]
+pub struct Env {
+    pub config: Arc<Config>,
+    pub pools: Pools,
+    pub state: State,
+    pub cancel: CancellationToken,
+}
+
+/// Run one job end to end and always return a report (recorded and logged).
+pub async fn execute(env: &Env, req: Request) -> Report {
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    let started = Utc::now();
+    let clock = Instant::now();
+    crate::logging::job_started(&run_id, &req.db.name, req.kind, req.trigger);
+    let mut report = run_locked(env, &req, &run_id, started).await;
+    report.finished = Utc::now();
+    report.duration_ms = clock.elapsed().as_millis() as u64;
+    let state = env.state.clone();
+    let to_record = report.clone();
+    match tokio::task::spawn_blocking(move || state.finish(&to_record)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!("could not record run {run_id}: {e}"),
+        Err(e) => tracing::error!("could not record run {run_id}: {e}"),
+    }
+    crate::logging::job_finished(&report);
+    report
+}
+
+async fn run_locked(env: &Env, req: &Request, run_id: &str, started: DateTime<Utc>) -> Report {
+    let db = &req.db;
+    let mut report = Report {
+        run_id: run_id.to_string(),
+        database: db.name.clone(),
+        job: req.kind,
+        trigger: req.trigger,
+        started,
+        finished: started,
+        duration_ms: 0,
+        outcome: Outcome::Failed,
+        summary: String::new(),
+        figures: Figures::new(),
+        error: None,
+        exit: ExitCode::Failed,
+    };
+    let lock_dir = &env.config.daemon.lock_dir;
+    let guard = match req.on_busy.unwrap_or(db.on_busy) {
+        OnBusy::Skip => lock::try_acquire(lock_dir, &db.name, req.kind.as_str()),
+        OnBusy::Wait(timeout) => {
+            lock::acquire_waiting(lock_dir, &db.name, req.kind.as_str(), timeout, &env.cancel).await
+        }
+    };
+    let guard = match guard {
+        Ok(g) => g,
+        Err(LockError::Busy { database, holder }) => {
+            report.outcome = Outcome::Skipped;
+            report.exit = ExitCode::TempFail;
+            report.summary = format!("skipped: database {database:?} is busy, {holder}");
+            return report;
+        }
+        Err(e @ LockError::Cancelled(_)) => {
+            report.error = Some(e.to_string());
+            report.summary = format!("failed: {e}");
+            return report;
+        }
+        Err(e) => {
+            report.exit = ExitCode::CantCreate;
+            report.error = Some(e.to_string());
+            report.summary = format!("failed: {e}");
+            return report;
+        }
+    };
+    // Recorded as running only once we hold the lock, so a skipped run never shows as running.
+    let state = env.state.clone();
+    let (id, name, kind, trigger) = (run_id.to_string(), db.name.clone(), req.kind, req.trigger);
+    if let Ok(Err(e)) =
+        tokio::task::spawn_blocking(move || state.start(&id, &name, kind, trigger, started)).await
+    {
+        tracing::warn!("could not record the start of run {run_id}: {e}");
+    }
+
+    let env2 = env.clone();
+    let req2 = req.clone();
+    let result = tokio::task::spawn_blocking(move || run_blocking(&env2, &req2)).await;
+    drop(guard);
+    match result {
+        Ok(Ok(r)) => {
+            report.outcome = if r.skipped {
+                Outcome::Skipped
+            } else if req.dry_run {
+                Outcome::DryRun
+            } else {
+                Outcome::Ok
+            };
+            report.exit = ExitCode::Ok;
+            report.summary = r.summary;
+            report.figures = r.figures;
+        }
+        Ok(Err(e)) => {
+            report.exit = e.exit_code();
+            report.error = Some(e.to_string());
+            report.summary = format!("failed: {e}");
+        }
+        Err(join) => {
+            report.error = Some(format!("job thread panicked: {join}"));
+            report.summary = "failed: internal error (job thread panicked)".into();
+        }
+    }
+    report
+}
+
+fn run_blocking(env: &Env, req: &Request) -> Result<JobResult, JobError> {
+    let db = &req.db;
+    sqlite::preflight(&db.path).map_err(JobError::Database)?;
+    for a in &db.attach {
+        sqlite::preflight(&a.path).map_err(JobError::Database)?;
+    }
+    let pool = env
+        .pools
+        .get(&db.name)
+        .cloned()
+        .unwrap_or_else(|| sqlite::pool_for(db, env.config.daemon.busy_timeout));
+    let mut conn = pool.get().map_err(|e| JobError::Pool {
+        path: db.path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let mut ctx = JobCtx {
+        config: &env.config,
+        db,
+        conn: &mut conn,
+        cancel: &env.cancel,
+        dry_run: req.dry_run,
+    };
+    ctx.checkpoint()?;
+    match req.kind {
+        JobKind::Prune => prune::run(&mut ctx),
+        JobKind::Vacuum => vacuum::run(&mut ctx),
+        JobKind::Backup => backup::run(&mut ctx),
+    }
+}
+
+/// Sleep for `d` unless cancelled first; true when the full time passed.
+pub async fn sleep_unless_cancelled(d: Duration, cancel: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = cancel.cancelled() => false,
+        _ = tokio::time::sleep(d) => true,
+    }
+}

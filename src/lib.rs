@@ -1,0 +1,33 @@
+//! litekeeper keeps SQLite databases healthy in production: it prunes old and orphaned data,
+//! reclaims space with VACUUM and takes verified online backups, on a schedule, under systemd,
+//! reporting every run to the journal.
+//!
+//! # Layout
+//! - `cli`: clap types for the command line (no behaviour).
+//! - `commands`: one module per subcommand (`daemon`, `run`, `check`, `status`, `schedule`, `demo`).
+//! - `config`: loading (`toml` + environment via `config`), raw serde types, validation into
+//!   the immutable domain `model`.
+//! - `schedule`: cron parsing, next/previous run in a time zone, jitter; pure.
+//! - `scheduler`: the daemon's timer (tokio-cron-scheduler), per-database queues, catch-up, shutdown.
+//! - `jobs`: the one execute path (lock → blocking thread → report) and one module per job.
+//! - `sqlite`: connection pools, pragmas, REGEXP, slow-statement log, diagnosis.
+//! - `lock`: per-database flock files naming their holder.
+//! - `state`: run history in the state database.
+//! - `logging`: journald or stderr, event fields and MESSAGE_IDs.
+//! - `notify`: sd_notify messages and the watchdog.
+//! - `paths`: default locations for root and for users.
+//! - `exit`: exit codes and the error type that carries them to `main`.
+
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod exit;
+pub mod jobs;
+pub mod lock;
+pub mod logging;
+pub mod notify;
+pub mod paths;
+pub mod schedule;
+pub mod scheduler;
+pub mod sqlite;
+pub mod state;

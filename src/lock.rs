@@ -1,0 +1,201 @@
+//! The per-database lock: an exclusive `flock` on `lock_dir/<name>.lock`, held for a job's
+//! whole run, so the daemon, a timer's `litekeeper run` and a person at a shell never run two
+//! jobs on one database at once. The holder writes its pid, job and start time into the file
+//! so a refused caller can say who holds it. flock dies with its process: no stale locks.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+/// A held lock; dropping it releases the flock.
+#[derive(Debug)]
+pub struct LockGuard {
+    file: File,
+    path: PathBuf,
+}
+
+impl LockGuard {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        // Clear the holder line so a stale reader does not name us; the flock goes with the fd.
+        let _ = self.file.set_len(0);
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// Another job holds the lock; the text describes the holder.
+    #[error("database {database:?} is busy: {holder}")]
+    Busy { database: String, holder: String },
+    #[error("stopped while waiting for the lock of database {0:?}")]
+    Cancelled(String),
+    #[error("{}: cannot open lock file: {source} (check that lock_dir exists and is writable, and is not a symlink)", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Create the lock directory (0750) if needed.
+pub fn ensure_dir(dir: &Path) -> std::io::Result<()> {
+    if !dir.is_dir() {
+        std::fs::create_dir_all(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))?;
+    }
+    Ok(())
+}
+
+fn open(dir: &Path, database: &str) -> Result<(File, PathBuf), LockError> {
+    let path = dir.join(format!("{database}.lock"));
+    let io = |source| LockError::Io {
+        path: path.clone(),
+        source,
+    };
+    ensure_dir(dir).map_err(io)?;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o640)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&path)
+        .map_err(io)?;
+    Ok((file, path))
+}
+
+fn holder(file: &mut File) -> String {
+    let mut s = String::new();
+    let _ = file.seek(SeekFrom::Start(0));
+    let _ = file.read_to_string(&mut s);
+    let s = s.trim();
+    if s.is_empty() {
+        "held by another process (holder unknown)".to_string()
+    } else {
+        format!("held by {s}")
+    }
+}
+
+fn claim(mut file: File, path: PathBuf, job: &str) -> Result<LockGuard, LockError> {
+    let line = format!(
+        "pid {} running {job} since {}\n",
+        std::process::id(),
+        chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ")
+    );
+    let written = file
+        .set_len(0)
+        .and_then(|_| file.seek(SeekFrom::Start(0)))
+        .and_then(|_| file.write_all(line.as_bytes()));
+    written.map_err(|source| LockError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    Ok(LockGuard { file, path })
+}
+
+/// Take the lock now or report who holds it.
+pub fn try_acquire(dir: &Path, database: &str, job: &str) -> Result<LockGuard, LockError> {
+    let (mut file, path) = open(dir, database)?;
+    match file.try_lock() {
+        Ok(()) => claim(file, path, job),
+        Err(std::fs::TryLockError::WouldBlock) => Err(LockError::Busy {
+            database: database.to_string(),
+            holder: holder(&mut file),
+        }),
+        Err(std::fs::TryLockError::Error(source)) => Err(LockError::Io { path, source }),
+    }
+}
+
+/// Wait for the lock up to `timeout` (None: no limit), giving up when `cancel` fires.
+pub async fn acquire_waiting(
+    dir: &Path,
+    database: &str,
+    job: &str,
+    timeout: Option<Duration>,
+    cancel: &CancellationToken,
+) -> Result<LockGuard, LockError> {
+    let start = Instant::now();
+    loop {
+        match try_acquire(dir, database, job) {
+            Err(LockError::Busy { database, holder }) => {
+                if timeout.is_some_and(|t| start.elapsed() >= t) {
+                    return Err(LockError::Busy {
+                        database,
+                        holder: format!(
+                            "{holder} (waited {})",
+                            humantime::format_duration(timeout.unwrap_or_default())
+                        ),
+                    });
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => return Err(LockError::Cancelled(database)),
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+            }
+            other => return other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_taker_is_refused_and_told_the_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = try_acquire(dir.path(), "chat", "backup").unwrap();
+        match try_acquire(dir.path(), "chat", "prune") {
+            Err(LockError::Busy { holder, .. }) => {
+                assert!(
+                    holder.contains(&format!("pid {} running backup", std::process::id())),
+                    "{holder}"
+                )
+            }
+            other => panic!("expected busy, got {other:?}"),
+        }
+        // other databases are independent
+        let _other = try_acquire(dir.path(), "files", "vacuum").unwrap();
+        drop(g);
+        try_acquire(dir.path(), "chat", "prune").unwrap();
+    }
+
+    #[test]
+    fn refuses_a_symlinked_lock_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", dir.path().join("chat.lock")).unwrap();
+        assert!(matches!(
+            try_acquire(dir.path(), "chat", "backup"),
+            Err(LockError::Io { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn waiting_gets_the_lock_when_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = try_acquire(dir.path(), "chat", "backup").unwrap();
+        let d = dir.path().to_path_buf();
+        let waiter = tokio::spawn(async move {
+            acquire_waiting(
+                &d,
+                "chat",
+                "prune",
+                Some(Duration::from_secs(5)),
+                &CancellationToken::new(),
+            )
+            .await
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(g);
+        assert!(waiter.await.unwrap().is_ok());
+    }
+}

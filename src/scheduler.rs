@@ -1,0 +1,330 @@
+//! The daemon's scheduler: tokio-cron-scheduler is the timer, `schedule` decides the times.
+//!
+//! Each scheduled job is armed as a one-shot tokio-cron-scheduler job at its next run time as
+//! computed by `schedule` in the configured zone; when it fires it re-arms itself from that
+//! time. This sidesteps two traps of the crate's own cron jobs (it freezes the zone's UTC
+//! offset when a job is created, and it ANDs day-of-month with day-of-week) and keeps
+//! `litekeeper schedule` exactly what the daemon does. Around it:
+//! - one job per database at a time (a per-database queue, plus the cross-process lock);
+//! - a tick for a job that is still queued or running is coalesced, not stacked;
+//! - `max_concurrent_jobs` across databases (a semaphore);
+//! - per-job jitter, catch-up of a run missed while the daemon was down;
+//! - running jobs are tracked and awaited on shutdown (the crate does not wait).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use tokio::sync::Semaphore;
+use tokio_cron_scheduler::{Job, JobScheduler};
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+use crate::jobs::{self, Env, JobKind, Request, Trigger};
+
+type Key = (String, JobKind);
+
+/// What the daemon runs jobs with; swapped whole on reload.
+struct Current {
+    env: Env,
+    permits: Arc<Semaphore>,
+    generation: u64,
+}
+
+pub struct Scheduler {
+    cron: JobScheduler,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    current: Mutex<Current>,
+    generation: AtomicU64,
+    armed_ids: Mutex<HashMap<Key, Uuid>>,
+    next_runs: Mutex<BTreeMap<Key, DateTime<Utc>>>,
+    queued: Mutex<HashSet<Key>>,
+    running: Mutex<Vec<Key>>,
+    db_queues: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    tracker: TaskTracker,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("scheduler: {0}")]
+pub struct SchedulerError(String);
+
+impl Scheduler {
+    /// Start the timer and arm every scheduled job of `env.config`.
+    pub async fn start(env: Env) -> Result<Scheduler, SchedulerError> {
+        let cron = JobScheduler::new()
+            .await
+            .map_err(|e| SchedulerError(e.to_string()))?;
+        cron.start()
+            .await
+            .map_err(|e| SchedulerError(e.to_string()))?;
+        let permits = Arc::new(Semaphore::new(env.config.daemon.max_concurrent_jobs));
+        let inner = Arc::new(Inner {
+            current: Mutex::new(Current {
+                env,
+                permits,
+                generation: 0,
+            }),
+            generation: AtomicU64::new(0),
+            armed_ids: Mutex::new(HashMap::new()),
+            next_runs: Mutex::new(BTreeMap::new()),
+            queued: Mutex::new(HashSet::new()),
+            running: Mutex::new(Vec::new()),
+            db_queues: Mutex::new(HashMap::new()),
+            tracker: TaskTracker::new(),
+        });
+        let s = Scheduler { cron, inner };
+        s.arm_all(Utc::now()).await;
+        Ok(s)
+    }
+
+    /// Run, once, every job whose last scheduled time passed since its last recorded run
+    /// (like systemd's `Persistent=true`). Jobs that never ran are not caught up.
+    pub async fn catch_up(&self) {
+        let env = self.inner.env();
+        if !env.config.daemon.catch_up {
+            return;
+        }
+        let now = Utc::now();
+        let zone = env.config.daemon.timezone.clone();
+        for (db, kind, timing) in env.config.scheduled_jobs() {
+            let Some(schedule) = &timing.schedule else {
+                continue;
+            };
+            let state = env.state.clone();
+            let (name, k) = (db.name.clone(), kind);
+            let last = tokio::task::spawn_blocking(move || state.last_scheduled_start(&name, k))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .flatten();
+            let Some(last) = last else { continue };
+            if schedule
+                .next_after(last, &zone)
+                .is_some_and(|due| due < now)
+            {
+                tracing::info!(
+                    "{} {}: missed a scheduled run while stopped; catching up",
+                    kind.as_str(),
+                    db.name
+                );
+                let inner = self.inner.clone();
+                let name = db.name.clone();
+                self.inner
+                    .tracker
+                    .spawn(async move { inner.dispatch(name, kind, Trigger::CatchUp).await });
+            }
+        }
+    }
+
+    /// Replace the configuration: re-arm every job from now. Running jobs finish with the
+    /// configuration they started with.
+    pub async fn reload(&self, env: Env) {
+        let old_ids = std::mem::take(&mut *self.inner.armed_ids.lock().unwrap());
+        for id in old_ids.into_values() {
+            let _ = self.cron.remove(&id).await;
+        }
+        let generation = self.inner.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        {
+            let mut cur = self.inner.current.lock().unwrap();
+            cur.permits = Arc::new(Semaphore::new(env.config.daemon.max_concurrent_jobs));
+            cur.env = env;
+            cur.generation = generation;
+        }
+        self.inner.next_runs.lock().unwrap().clear();
+        self.arm_all(Utc::now()).await;
+    }
+
+    async fn arm_all(&self, after: DateTime<Utc>) {
+        let env = self.inner.env();
+        for (db, kind, _) in env.config.scheduled_jobs() {
+            arm(&self.cron, &self.inner, db.name.clone(), kind, after).await;
+        }
+        self.inner.publish_status();
+    }
+
+    /// Stop arming, fire the cancel token, and wait for running jobs to reach a safe point.
+    pub async fn shutdown(mut self) {
+        let _ = self.cron.shutdown().await;
+        self.inner.env().cancel.cancel();
+        self.inner.tracker.close();
+        self.inner.tracker.wait().await;
+    }
+
+    /// Jobs currently running, as "job db".
+    pub fn running(&self) -> Vec<String> {
+        self.inner.running_names()
+    }
+}
+
+impl Inner {
+    fn env(&self) -> Env {
+        self.current.lock().unwrap().env.clone()
+    }
+
+    fn running_names(&self) -> Vec<String> {
+        self.running
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(db, k)| format!("{} {db}", k.as_str()))
+            .collect()
+    }
+
+    /// "running prune chat" or "idle; next: backup chat at 02:00".
+    fn publish_status(&self) {
+        let running = self.running_names();
+        let text = if !running.is_empty() {
+            format!("running {}", running.join(", "))
+        } else {
+            let next = self.next_runs.lock().unwrap();
+            match next.iter().min_by_key(|(_, t)| **t) {
+                Some(((db, k), t)) => {
+                    let zone = self
+                        .current
+                        .lock()
+                        .unwrap()
+                        .env
+                        .config
+                        .daemon
+                        .timezone
+                        .clone();
+                    format!("idle; next: {} {db} at {}", k.as_str(), zone.format(*t))
+                }
+                None => "idle; nothing scheduled".to_string(),
+            }
+        };
+        crate::notify::status(&text);
+    }
+
+    fn db_queue(&self, db: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.db_queues
+            .lock()
+            .unwrap()
+            .entry(db.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Queue one run: one job per database at a time, bounded across databases.
+    async fn dispatch(self: Arc<Self>, db: String, kind: JobKind, trigger: Trigger) {
+        let key = (db.clone(), kind);
+        if !self.queued.lock().unwrap().insert(key.clone()) {
+            tracing::debug!(
+                "{} {db}: previous run still queued or running; tick coalesced",
+                kind.as_str()
+            );
+            return;
+        }
+        let queue = self.db_queue(&db);
+        let _turn = queue.lock().await;
+        let (env, permits) = {
+            let cur = self.current.lock().unwrap();
+            (cur.env.clone(), cur.permits.clone())
+        };
+        let _permit = permits.acquire_owned().await;
+        let database = env.config.database(&db).cloned();
+        if let (Some(database), false) = (database, env.cancel.is_cancelled()) {
+            self.running.lock().unwrap().push(key.clone());
+            self.publish_status();
+            let req = Request {
+                db: database,
+                kind,
+                trigger,
+                dry_run: false,
+                on_busy: None,
+            };
+            jobs::execute(&env, req).await;
+            self.running.lock().unwrap().retain(|k| k != &key);
+        }
+        self.queued.lock().unwrap().remove(&key);
+        self.publish_status();
+    }
+}
+
+/// Arm the next run of one job after `after`, as a one-shot timer.
+fn arm<'a>(
+    cron: &'a JobScheduler,
+    inner: &'a Arc<Inner>,
+    db: String,
+    kind: JobKind,
+    after: DateTime<Utc>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+    Box::pin(async move {
+        let (env, generation) = {
+            let cur = inner.current.lock().unwrap();
+            (cur.env.clone(), cur.generation)
+        };
+        let Some(database) = env.config.database(&db) else {
+            return;
+        };
+        let Some(timing) = database.timing(kind) else {
+            return;
+        };
+        let Some(schedule) = &timing.schedule else {
+            return;
+        };
+        let zone = &env.config.daemon.timezone;
+        let Some(at) = schedule.next_after(after, zone) else {
+            tracing::warn!(
+                "{} {db}: schedule {:?} has no future run",
+                kind.as_str(),
+                schedule.text()
+            );
+            return;
+        };
+        let jitter = timing.jitter;
+        inner
+            .next_runs
+            .lock()
+            .unwrap()
+            .insert((db.clone(), kind), at);
+        let wait = (at - Utc::now()).to_std().unwrap_or_default();
+        let instant = std::time::Instant::now() + wait;
+        let (inner2, cron2) = (inner.clone(), cron.clone());
+        let key = (db.clone(), kind);
+        let job = Job::new_one_shot_at_instant_async(instant, move |_id, _locked| {
+            let (inner, cron, db) = (inner2.clone(), cron2.clone(), db.clone());
+            Box::pin(async move {
+                if inner.generation.load(Ordering::SeqCst) != generation {
+                    return; // armed by a configuration that has since been reloaded
+                }
+                let tracker = inner.tracker.clone();
+                tracker.spawn(async move {
+                    // The crate fires on whole seconds; never run before the computed time.
+                    let early = (at - Utc::now()).to_std().unwrap_or_default();
+                    let cancel = inner.env().cancel;
+                    if !jobs::sleep_unless_cancelled(early, &cancel).await {
+                        return;
+                    }
+                    arm(&cron, &inner, db.clone(), kind, at).await;
+                    inner.publish_status();
+                    let delay = crate::schedule::jitter_delay(jitter);
+                    if !delay.is_zero() {
+                        tracing::debug!(
+                            "{} {db}: waiting {} ms of jitter",
+                            kind.as_str(),
+                            delay.as_millis()
+                        );
+                        if !jobs::sleep_unless_cancelled(delay, &cancel).await {
+                            return;
+                        }
+                    }
+                    inner.dispatch(db, kind, Trigger::Schedule).await;
+                });
+            })
+        });
+        match job {
+            Ok(job) => match cron.add(job).await {
+                Ok(id) => {
+                    inner.armed_ids.lock().unwrap().insert(key, id);
+                }
+                Err(e) => tracing::error!("{} {}: cannot arm the timer: {e}", kind.as_str(), key.0),
+            },
+            Err(e) => tracing::error!("{} {}: cannot arm the timer: {e}", kind.as_str(), key.0),
+        }
+    })
+}

@@ -1,0 +1,529 @@
+//! SQLite access: one r2d2 pool per database (open flags without CREATE, WAL, busy timeout,
+//! REGEXP, attached databases, `SELECT 1` on check-out, slow-statement log) and `diagnose`,
+//! which tells an operator why a database cannot be used and what to do about it.
+//!
+//! Only this module and `jobs/` touch connections, and only on blocking threads.
+
+use std::collections::HashMap;
+use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use r2d2::{Pool, PooledConnection};
+use r2d2_sqlite::SqliteConnectionManager;
+use rusqlite::{ffi, Connection, OpenFlags};
+
+use crate::config::{Config, Database, JournalMode};
+use crate::exit::ExitCode;
+
+pub type SqlitePool = Pool<SqliteConnectionManager>;
+pub type Conn = PooledConnection<SqliteConnectionManager>;
+
+/// Statements slower than this (in nanoseconds) are logged; set from `daemon.slow_statement`.
+static SLOW_NANOS: AtomicU64 = AtomicU64::new(100_000_000);
+
+/// Flags for every connection: read-write, never create (a missing database is an error, not
+/// a new empty file), URI names so attached databases get the same treatment.
+pub fn open_flags() -> OpenFlags {
+    OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX
+}
+
+/// A `file:` URI opening `path` read-write without creating it.
+pub fn uri(path: &Path, mode: &str) -> String {
+    let mut out = String::from("file:");
+    for &b in path.as_os_str().as_bytes() {
+        match b {
+            b'%' | b'?' | b'#' => out.push_str(&format!("%{b:02X}")),
+            _ => out.push(b as char),
+        }
+    }
+    format!("{out}?mode={mode}")
+}
+
+/// Settings applied to every new connection.
+#[derive(Debug, Clone)]
+pub struct ConnSettings {
+    pub busy_timeout: Duration,
+    pub journal_mode: JournalMode,
+    pub attach: Vec<(String, PathBuf)>,
+}
+
+impl ConnSettings {
+    pub fn for_database(db: &Database, busy_timeout: Duration) -> Self {
+        ConnSettings {
+            busy_timeout,
+            journal_mode: db.journal_mode,
+            attach: db
+                .attach
+                .iter()
+                .map(|a| (a.alias.clone(), a.path.clone()))
+                .collect(),
+        }
+    }
+}
+
+/// Prepare a fresh connection: pragmas, WAL, REGEXP, attachments, slow-statement hook.
+pub fn init_connection(conn: &mut Connection, s: &ConnSettings) -> rusqlite::Result<()> {
+    conn.busy_timeout(s.busy_timeout)?;
+    if s.journal_mode == JournalMode::Wal {
+        let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0))?;
+        }
+    }
+    add_regexp(conn)?;
+    for (alias, path) in &s.attach {
+        conn.execute("ATTACH DATABASE ?1 AS ?2", (uri(path, "rw"), alias))?;
+    }
+    install_slow_log(conn);
+    Ok(())
+}
+
+/// `x REGEXP y` for rules' SQL, with compiled patterns cached per statement.
+fn add_regexp(conn: &Connection) -> rusqlite::Result<()> {
+    use rusqlite::functions::FunctionFlags;
+    conn.create_scalar_function(
+        "regexp",
+        2,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        |ctx| {
+            let re: Arc<regex::Regex> = ctx.get_or_create_aux(0, |v| {
+                regex::Regex::new(v.as_str()?)
+                    .map_err(|e| rusqlite::Error::UserFunctionError(Box::new(e)))
+            })?;
+            let text = match ctx.get_raw(1) {
+                rusqlite::types::ValueRef::Null => return Ok(None),
+                v => v
+                    .as_str()
+                    .map_err(|e| rusqlite::Error::UserFunctionError(e.into()))?,
+            };
+            Ok(Some(re.is_match(text)))
+        },
+    )
+}
+
+/// Set the slow-statement threshold (process-wide; one daemon has one config).
+pub fn set_slow_threshold(d: Duration) {
+    SLOW_NANOS.store(d.as_nanos().min(u64::MAX as u128) as u64, Ordering::Relaxed);
+}
+
+fn install_slow_log(conn: &Connection) {
+    // SAFETY: the handle is valid for the connection's life; the callback only reads the
+    // statement it is given, and uses no context pointer.
+    unsafe {
+        ffi::sqlite3_trace_v2(
+            conn.handle(),
+            ffi::SQLITE_TRACE_PROFILE as c_uint,
+            Some(profile_callback),
+            std::ptr::null_mut(),
+        );
+    }
+}
+
+unsafe extern "C" fn profile_callback(
+    _event: c_uint,
+    _ctx: *mut c_void,
+    stmt: *mut c_void,
+    nanos: *mut c_void,
+) -> c_int {
+    let nanos = *(nanos as *const i64);
+    if nanos < 0 || (nanos as u64) < SLOW_NANOS.load(Ordering::Relaxed) {
+        return 0;
+    }
+    let stmt = stmt as *mut ffi::sqlite3_stmt;
+    let cstr = |p: *const c_char| {
+        if p.is_null() {
+            String::new()
+        } else {
+            CStr::from_ptr(p).to_string_lossy().into_owned()
+        }
+    };
+    let sql = cstr(ffi::sqlite3_sql(stmt));
+    let expanded_ptr = ffi::sqlite3_expanded_sql(stmt);
+    let expanded = cstr(expanded_ptr);
+    if !expanded_ptr.is_null() {
+        ffi::sqlite3_free(expanded_ptr as *mut c_void);
+    }
+    let db = ffi::sqlite3_db_handle(stmt);
+    let file = cstr(ffi::sqlite3_db_filename(db, c"main".as_ptr()));
+    let params = extract_params(&sql, &expanded);
+    crate::logging::slow_statement(&file, Duration::from_nanos(nanos as u64), &sql, &params);
+    0
+}
+
+/// Cut `s` to `max` characters, marking the cut.
+pub fn truncate(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+/// Recover each bound parameter's rendering from SQLite's expanded SQL, cut to 100
+/// characters; blobs are shown by size only.
+pub fn extract_params(template: &str, expanded: &str) -> Vec<String> {
+    let t: Vec<char> = template.chars().collect();
+    let e: Vec<char> = expanded.chars().collect();
+    let (mut i, mut j) = (0, 0);
+    let mut quote: Option<char> = None;
+    let mut out = Vec::new();
+    while i < t.len() && j < e.len() {
+        let c = t[i];
+        if let Some(q) = quote {
+            if c == q {
+                quote = None;
+            }
+        } else if c == '\'' || c == '"' {
+            quote = Some(c);
+        } else if c == '?'
+            || (matches!(c, ':' | '@' | '$')
+                && t.get(i + 1)
+                    .is_some_and(|n| n.is_alphanumeric() || *n == '_'))
+        {
+            // skip the parameter token in the template
+            i += 1;
+            while i < t.len() && (t[i].is_alphanumeric() || t[i] == '_') {
+                i += 1;
+            }
+            // read one literal from the expanded text
+            let start = j;
+            if e[j] == '\'' {
+                j += 1;
+                while j < e.len() {
+                    if e[j] == '\'' {
+                        if e.get(j + 1) == Some(&'\'') {
+                            j += 2;
+                            continue;
+                        }
+                        j += 1;
+                        break;
+                    }
+                    j += 1;
+                }
+                out.push(truncate(&e[start..j].iter().collect::<String>(), 100));
+            } else if (e[j] == 'x' || e[j] == 'X') && e.get(j + 1) == Some(&'\'') {
+                j += 2;
+                while j < e.len() && e[j] != '\'' {
+                    j += 1;
+                }
+                out.push(format!("<blob {} bytes>", (j - start - 2) / 2));
+                j += 1;
+            } else {
+                while j < e.len()
+                    && (e[j].is_ascii_alphanumeric() || matches!(e[j], '.' | '-' | '+'))
+                {
+                    j += 1;
+                }
+                out.push(truncate(&e[start..j].iter().collect::<String>(), 100));
+            }
+            continue;
+        }
+        if t[i] != e[j] {
+            break; // texts diverged: stop rather than guess
+        }
+        i += 1;
+        j += 1;
+    }
+    out
+}
+
+/// One pool per configured database, created lazily (no connection is opened until a job
+/// asks), so a missing database never stops the daemon from starting.
+#[derive(Clone, Default)]
+pub struct Pools {
+    pools: HashMap<String, SqlitePool>,
+}
+
+impl Pools {
+    pub fn new(config: &Config) -> Self {
+        set_slow_threshold(config.daemon.slow_statement);
+        let pools = config
+            .databases
+            .iter()
+            .map(|db| (db.name.clone(), pool_for(db, config.daemon.busy_timeout)))
+            .collect();
+        Pools { pools }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&SqlitePool> {
+        self.pools.get(name)
+    }
+}
+
+/// Build the pool for one database (opens nothing yet).
+pub fn pool_for(db: &Database, busy_timeout: Duration) -> SqlitePool {
+    let settings = ConnSettings::for_database(db, busy_timeout);
+    let manager = SqliteConnectionManager::file(uri(&db.path, "rw"))
+        .with_flags(open_flags())
+        .with_init(move |c| init_connection(c, &settings));
+    Pool::builder()
+        .max_size(4)
+        .min_idle(Some(0))
+        .idle_timeout(Some(Duration::from_secs(300)))
+        .connection_timeout(busy_timeout + Duration::from_secs(1))
+        .test_on_check_out(true) // r2d2_sqlite's is_valid runs `SELECT 1`
+        .build_unchecked(manager)
+}
+
+/// How bad a finding is: errors make `check` exit 1, warnings are advice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+/// One thing `diagnose` found, with the exit code a job would fail with.
+#[derive(Debug, Clone)]
+pub struct Finding {
+    pub severity: Severity,
+    pub code: ExitCode,
+    /// What is wrong, naming the path.
+    pub what: String,
+    /// What to do about it.
+    pub fix: String,
+}
+
+impl Finding {
+    fn error(code: ExitCode, what: String, fix: impl Into<String>) -> Self {
+        Finding {
+            severity: Severity::Error,
+            code,
+            what,
+            fix: fix.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Finding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.what, self.fix)
+    }
+}
+
+fn access(path: &Path, mode: c_int) -> bool {
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: c is a valid NUL-terminated string.
+    unsafe { libc::access(c.as_ptr(), mode) == 0 }
+}
+
+/// Cheap checks on the file system only: directory, file, permissions, header. Jobs run these
+/// before taking a connection so a broken setup fails fast with a clear reason.
+pub fn preflight(path: &Path) -> Result<(), Finding> {
+    let shown = path.display();
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    if !dir.is_dir() {
+        return Err(Finding::error(
+            ExitCode::NoInput,
+            format!("{shown}: directory {} does not exist", dir.display()),
+            "create it, or correct `path` in the configuration",
+        ));
+    }
+    if !access(dir, libc::W_OK | libc::X_OK) {
+        return Err(Finding::error(
+            ExitCode::NoInput,
+            format!(
+                "{shown}: no write permission on directory {} (WAL mode creates the -wal and -shm files there)",
+                dir.display()
+            ),
+            "run litekeeper as the database's owner, or grant that user write access to the directory",
+        ));
+    }
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Finding::error(
+                ExitCode::NoInput,
+                format!("{shown}: database file does not exist"),
+                "correct `path`; litekeeper never creates databases",
+            ))
+        }
+        Err(e) => {
+            return Err(Finding::error(
+                ExitCode::IoErr,
+                format!("{shown}: cannot stat: {e}"),
+                "check the path and the disk",
+            ))
+        }
+    };
+    if !meta.is_file() {
+        return Err(Finding::error(
+            ExitCode::NoInput,
+            format!("{shown}: not a regular file"),
+            "point `path` at the database file itself",
+        ));
+    }
+    if !access(path, libc::R_OK | libc::W_OK) {
+        return Err(Finding::error(
+            ExitCode::NoInput,
+            format!("{shown}: no read/write permission on the file"),
+            "run litekeeper as the database's owner, or grant that user read and write access",
+        ));
+    }
+    let mut header = [0u8; 16];
+    let n = File::open(path)
+        .and_then(|mut f| f.read(&mut header))
+        .map_err(|e| {
+            Finding::error(
+                ExitCode::IoErr,
+                format!("{shown}: cannot read: {e}"),
+                "check the disk (dmesg) and the file",
+            )
+        })?;
+    if n == 0 {
+        return Err(Finding::error(
+            ExitCode::DataErr,
+            format!("{shown}: file is empty (0 bytes), not an application database"),
+            "correct `path`, or let the application create its database first",
+        ));
+    }
+    if n < 16 || &header != b"SQLite format 3\0" {
+        return Err(Finding::error(
+            ExitCode::DataErr,
+            format!("{shown}: not an SQLite database (bad file header)"),
+            "correct `path`; if this was the database, restore it from a backup",
+        ));
+    }
+    Ok(())
+}
+
+/// Translate an SQLite error into a finding that says why and what to do.
+pub fn explain(path: &Path, e: &rusqlite::Error, busy_timeout: Duration) -> Finding {
+    use rusqlite::ErrorCode as C;
+    let shown = path.display();
+    let code = e.sqlite_error_code();
+    match code {
+        Some(C::DatabaseBusy) | Some(C::DatabaseLocked) => Finding::error(
+            ExitCode::TempFail,
+            format!(
+                "{shown}: locked by another process for longer than busy_timeout ({})",
+                humantime::format_duration(busy_timeout)
+            ),
+            "find the holder with `fuser -v` on the file; retry later or raise daemon.busy_timeout",
+        ),
+        Some(C::NotADatabase) => Finding::error(
+            ExitCode::DataErr,
+            format!("{shown}: not a database (or encrypted): {e}"),
+            "correct `path`; if this was the database, restore it from a backup",
+        ),
+        Some(C::DatabaseCorrupt) => Finding::error(
+            ExitCode::DataErr,
+            format!("{shown}: database is corrupt: {e}"),
+            "stop the application and restore the newest verified backup",
+        ),
+        Some(C::SystemIoFailure) | Some(C::DiskFull) => Finding::error(
+            ExitCode::IoErr,
+            format!("{shown}: I/O error: {e}"),
+            "check the disk (dmesg, df) and the file system",
+        ),
+        Some(C::ReadOnly) | Some(C::PermissionDenied) | Some(C::CannotOpen) => Finding::error(
+            ExitCode::NoInput,
+            format!("{shown}: cannot open read-write: {e}"),
+            "check owner and permissions of the file, its -wal/-shm files and its directory",
+        ),
+        _ => Finding::error(
+            ExitCode::Failed,
+            format!("{shown}: {e}"),
+            "see the SQLite error above",
+        ),
+    }
+}
+
+/// Full diagnosis of one database file for `check`: file system, open, integrity (quick_check),
+/// write lock within the busy timeout, journal mode. Never creates or modifies anything.
+pub fn diagnose(path: &Path, want_wal: bool, busy_timeout: Duration) -> Vec<Finding> {
+    if let Err(f) = preflight(path) {
+        return vec![f];
+    }
+    let conn = match Connection::open_with_flags(uri(path, "rw"), open_flags()) {
+        Ok(c) => c,
+        Err(e) => return vec![explain(path, &e, busy_timeout)],
+    };
+    let run = || -> rusqlite::Result<Vec<Finding>> {
+        conn.busy_timeout(busy_timeout)?;
+        let mut found = Vec::new();
+        let check: Vec<String> = conn
+            .prepare("PRAGMA quick_check(5)")?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        if check != ["ok"] {
+            found.push(Finding::error(
+                ExitCode::DataErr,
+                format!(
+                    "{}: database is corrupt: quick_check says {}",
+                    path.display(),
+                    check.join("; ")
+                ),
+                "stop the application and restore the newest verified backup",
+            ));
+            return Ok(found);
+        }
+        // Can we get the write lock within the timeout? (prune and vacuum need it)
+        conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;")?;
+        let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+        if want_wal && !mode.eq_ignore_ascii_case("wal") {
+            found.push(Finding {
+                severity: Severity::Warning,
+                code: ExitCode::Ok,
+                what: format!("{}: journal mode is {mode}, not WAL", path.display()),
+                fix: "litekeeper switches it to WAL on its first job (readers then never block \
+                      writers); set journal_mode = \"keep\" to leave it"
+                    .into(),
+            });
+        }
+        Ok(found)
+    };
+    match run() {
+        Ok(f) => f,
+        Err(e) => vec![explain(path, &e, busy_timeout)],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_are_recovered_and_cut() {
+        let long = "y".repeat(300);
+        let expanded = format!("SELECT * FROM t WHERE a = 'it''s' AND b = 42 AND c = x'00ff10' AND d = '{long}' AND e = NULL");
+        let p = extract_params(
+            "SELECT * FROM t WHERE a = ? AND b = ?2 AND c = :blob AND d = @d AND e = $e",
+            &expanded,
+        );
+        assert_eq!(p.len(), 5, "{p:?}");
+        assert_eq!(p[0], "'it''s'");
+        assert_eq!(p[1], "42");
+        assert_eq!(p[2], "<blob 3 bytes>");
+        assert_eq!(p[3].chars().count(), 101);
+        assert_eq!(p[4], "NULL");
+        // a '?' inside a string literal of the template is not a parameter
+        assert_eq!(extract_params("SELECT '?' , ?", "SELECT '?' , 7"), ["7"]);
+    }
+
+    #[test]
+    fn uri_escapes() {
+        assert_eq!(
+            uri(Path::new("/a/b?c#d%.db"), "rw"),
+            "file:/a/b%3Fc%23d%25.db?mode=rw"
+        );
+    }
+
+    #[test]
+    fn missing_file_is_never_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nope.db");
+        let f = diagnose(&path, true, Duration::from_millis(100));
+        assert_eq!(f[0].code, ExitCode::NoInput);
+        assert!(!path.exists());
+        let r = Connection::open_with_flags(uri(&path, "rw"), open_flags());
+        assert!(r.is_err());
+        assert!(!path.exists());
+    }
+}

@@ -1,0 +1,255 @@
+//! Run history in a small SQLite database in `state_dir` (`state.db`): one row per job run,
+//! inserted when it starts and completed when it ends, so `status` shows running and
+//! interrupted runs too. Schema migrations use `PRAGMA user_version`; history older than
+//! `keep_history` is deleted after every recorded run.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use serde::Serialize;
+
+use crate::jobs::{JobKind, Outcome, Report, Trigger};
+
+const MIGRATIONS: &[&str] = &[
+    // v1
+    "CREATE TABLE runs (
+        id          TEXT PRIMARY KEY,
+        database    TEXT NOT NULL,
+        job         TEXT NOT NULL,
+        trigger     TEXT NOT NULL,
+        pid         INTEGER NOT NULL,
+        started_at  INTEGER NOT NULL,  -- unix milliseconds
+        finished_at INTEGER,           -- NULL while running (or if the process was killed)
+        outcome     TEXT NOT NULL,     -- running | ok | failed | skipped | dry-run
+        figures     TEXT NOT NULL DEFAULT '{}',
+        summary     TEXT NOT NULL DEFAULT '',
+        error       TEXT
+    );
+    CREATE INDEX runs_by_job ON runs (database, job, started_at);
+    CREATE INDEX runs_by_time ON runs (started_at);",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("{}: state database: {source} (check that state_dir exists and is writable)", path.display())]
+    Sqlite {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("{}: cannot create state directory: {source}", path.display())]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The state database; cheap to clone, opens a short-lived connection per operation.
+#[derive(Debug, Clone)]
+pub struct State {
+    path: PathBuf,
+    keep: Duration,
+}
+
+/// The last recorded run of one job, as `status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRecord {
+    pub id: String,
+    pub trigger: String,
+    pub started: DateTime<Utc>,
+    pub finished: Option<DateTime<Utc>>,
+    pub duration_ms: Option<i64>,
+    /// ok | failed | skipped | dry-run | running | interrupted
+    pub outcome: String,
+    pub summary: String,
+    pub error: Option<String>,
+    pub figures: serde_json::Value,
+}
+
+fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn from_ms(v: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(v).single().unwrap_or_default()
+}
+
+fn pid_alive(pid: i64) -> bool {
+    // SAFETY: kill with signal 0 only checks for existence.
+    pid > 0
+        && unsafe {
+            libc::kill(pid as libc::pid_t, 0) == 0 || *libc::__errno_location() == libc::EPERM
+        }
+}
+
+impl State {
+    /// Open (creating directory, file and schema as needed) the state DB in `dir`.
+    pub fn open(dir: &Path, keep: Duration) -> Result<State, StateError> {
+        std::fs::create_dir_all(dir).map_err(|source| StateError::Dir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let state = State {
+            path: dir.join("state.db"),
+            keep,
+        };
+        state.with(|c| migrate(c))?;
+        Ok(state)
+    }
+
+    /// Open an existing state DB read-only; None when there is none yet.
+    pub fn open_existing(dir: &Path, keep: Duration) -> Option<State> {
+        let path = dir.join("state.db");
+        path.is_file().then_some(State { path, keep })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, StateError> {
+        let run = || {
+            let mut c = Connection::open_with_flags(
+                &self.path,
+                OpenFlags::SQLITE_OPEN_READ_WRITE
+                    | OpenFlags::SQLITE_OPEN_CREATE
+                    | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?;
+            c.busy_timeout(Duration::from_secs(10))?;
+            c.pragma_update(None, "journal_mode", "WAL")?;
+            c.pragma_update(None, "synchronous", "NORMAL")?;
+            f(&mut c)
+        };
+        run().map_err(|source| StateError::Sqlite {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    /// Record that a run started (outcome `running`).
+    pub fn start(
+        &self,
+        id: &str,
+        db: &str,
+        job: JobKind,
+        trigger: Trigger,
+        started: DateTime<Utc>,
+    ) -> Result<(), StateError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO runs (id, database, job, trigger, pid, started_at, outcome) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running')",
+                params![id, db, job.as_str(), trigger.as_str(), std::process::id(), ms(started)],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// Complete a run with its report, then drop history older than `keep`.
+    pub fn finish(&self, r: &Report) -> Result<(), StateError> {
+        let cutoff = ms(r.finished) - self.keep.as_millis() as i64;
+        self.with(|c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "INSERT INTO runs (id, database, job, trigger, pid, started_at, finished_at, outcome, figures, summary, error)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                 ON CONFLICT (id) DO UPDATE SET finished_at = excluded.finished_at, outcome = excluded.outcome,
+                   figures = excluded.figures, summary = excluded.summary, error = excluded.error",
+                params![
+                    r.run_id,
+                    r.database,
+                    r.job.as_str(),
+                    r.trigger.as_str(),
+                    std::process::id(),
+                    ms(r.started),
+                    ms(r.finished),
+                    r.outcome.as_str(),
+                    serde_json::Value::Object(r.figures.clone()).to_string(),
+                    r.summary,
+                    r.error,
+                ],
+            )?;
+            tx.execute("DELETE FROM runs WHERE started_at < ?1", [cutoff])?;
+            tx.commit()
+        })
+    }
+
+    /// The newest run of one job, if any.
+    pub fn last_run(&self, db: &str, job: JobKind) -> Result<Option<RunRecord>, StateError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT id, trigger, started_at, finished_at, outcome, summary, error, figures, pid
+                 FROM runs WHERE database = ?1 AND job = ?2 ORDER BY started_at DESC LIMIT 1",
+                params![db, job.as_str()],
+                |row| {
+                    let started: i64 = row.get(2)?;
+                    let finished: Option<i64> = row.get(3)?;
+                    let mut outcome: String = row.get(4)?;
+                    let pid: i64 = row.get(8)?;
+                    if outcome == "running" && !pid_alive(pid) {
+                        outcome = "interrupted".into();
+                    }
+                    let figures: String = row.get(7)?;
+                    Ok(RunRecord {
+                        id: row.get(0)?,
+                        trigger: row.get(1)?,
+                        started: from_ms(started),
+                        finished: finished.map(from_ms),
+                        duration_ms: finished.map(|f| f - started),
+                        outcome,
+                        summary: row.get(5)?,
+                        error: row.get(6)?,
+                        figures: serde_json::from_str(&figures).unwrap_or_default(),
+                    })
+                },
+            )
+            .optional()
+        })
+    }
+
+    /// When a run of this job was last started by its schedule or a catch-up (for catch-up).
+    pub fn last_scheduled_start(
+        &self,
+        db: &str,
+        job: JobKind,
+    ) -> Result<Option<DateTime<Utc>>, StateError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT max(started_at) FROM runs WHERE database = ?1 AND job = ?2",
+                params![db, job.as_str()],
+                |row| row.get::<_, Option<i64>>(0),
+            )
+            .map(|v| v.map(from_ms))
+        })
+    }
+
+    /// Number of recorded runs (for tests and `status`).
+    pub fn count(&self) -> Result<i64, StateError> {
+        self.with(|c| c.query_row("SELECT count(*) FROM runs", [], |r| r.get(0)))
+    }
+}
+
+fn migrate(c: &mut Connection) -> rusqlite::Result<()> {
+    let version: usize = c.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = c.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Failed => "failed",
+            Outcome::Skipped => "skipped",
+            Outcome::DryRun => "dry-run",
+        }
+    }
+}
