@@ -1,1 +1,12 @@
+//! One integration-test binary: every test runs the real `litekeeper` executable in a temp dir.
 
+mod util;
+
+mod check;
+mod config_errors;
+mod config_files;
+mod daemon;
+mod demo;
+mod journal;
+mod run_lock;
+mod status;
