@@ -52,10 +52,7 @@ impl TestEnv {
 
     /// The real binary with `-c <config>`, a clean environment for litekeeper's variables.
     pub fn cmd(&self) -> Command {
-        let mut c = Command::cargo_bin("litekeeper").unwrap();
-        self.scrub(c.as_std_mut());
-        c.arg("-c").arg(self.config_path());
-        c
+        Command::from_std(self.std_cmd())
     }
 
     /// The same, as a std Command (for spawning long-running processes).
