@@ -17,6 +17,11 @@ use crate::paths::Defaults;
 /// Run the parsed command line.
 pub fn run(cli: Cli) -> Result<ExitCode, Failure> {
     let path = config_path(cli.config.clone());
+    if !matches!(cli.command, Command::Daemon) {
+        // `litekeeper schedule | head` should end quietly, as Unix tools do.
+        // SAFETY: setting a signal disposition to its default has no preconditions.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     match cli.command {
         Command::Daemon => daemon::run(&path),
         Command::Run(args) => run::run(&path, args),
