@@ -96,7 +96,7 @@ impl Scheduler {
             };
             let state = env.state.clone();
             let (name, k) = (db.name.clone(), kind);
-            let last = tokio::task::spawn_blocking(move || state.last_scheduled_start(&name, k))
+            let last = tokio::task::spawn_blocking(move || state.last_start(&name, k))
                 .await
                 .ok()
                 .and_then(Result::ok)

@@ -255,6 +255,20 @@ impl Pools {
     }
 }
 
+/// One small thread for the upkeep of every pool (r2d2 would start three per pool: 300
+/// threads for a 100-database fleet).
+fn maintenance_threads() -> Arc<scheduled_thread_pool::ScheduledThreadPool> {
+    static POOL: std::sync::OnceLock<Arc<scheduled_thread_pool::ScheduledThreadPool>> =
+        std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        Arc::new(scheduled_thread_pool::ScheduledThreadPool::with_name(
+            "litekeeper-pool-{}",
+            1,
+        ))
+    })
+    .clone()
+}
+
 /// Build the pool for one database (opens nothing yet).
 pub fn pool_for(db: &Database, busy_timeout: Duration) -> SqlitePool {
     let settings = ConnSettings::for_database(db, busy_timeout);
@@ -262,6 +276,7 @@ pub fn pool_for(db: &Database, busy_timeout: Duration) -> SqlitePool {
         .with_flags(open_flags())
         .with_init(move |c| init_connection(c, &settings));
     Pool::builder()
+        .thread_pool(maintenance_threads())
         .max_size(4)
         .min_idle(Some(0))
         .idle_timeout(Some(Duration::from_secs(300)))
@@ -526,4 +541,51 @@ mod tests {
         assert!(r.is_err());
         assert!(!path.exists());
     }
+    #[test]
+    fn slow_statements_are_logged_with_cut_sql_and_params() {
+        use std::sync::Mutex;
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("slow.db");
+        Connection::open(&path).unwrap().execute_batch("CREATE TABLE t(x)").unwrap();
+        let mut conn = Connection::open_with_flags(uri(&path, "rw"), open_flags()).unwrap();
+        let settings = ConnSettings {
+            busy_timeout: Duration::from_secs(1),
+            journal_mode: JournalMode::Wal,
+            attach: vec![],
+        };
+        init_connection(&mut conn, &settings).unwrap();
+        let long_sql = format!("SELECT ?1, ?2, '{}'", "z".repeat(400));
+        tracing::subscriber::with_default(subscriber, || {
+            set_slow_threshold(Duration::ZERO);
+            conn.query_row(&long_sql, (&"p".repeat(250), &vec![1u8, 2, 3]), |_| Ok(()))
+                .unwrap();
+            set_slow_threshold(Duration::from_millis(100));
+        });
+        let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let line = out.lines().find(|l| l.contains("slow statement")).expect(&out);
+        assert!(line.contains(&format!("'{}…", "p".repeat(99))), "{line}");
+        assert!(!line.contains(&"p".repeat(101)), "{line}");
+        assert!(line.contains("<blob 3 bytes>"), "{line}");
+        // the SQL is cut to 200 characters
+        assert!(line.contains(&format!("{}…", "z".repeat(200 - 21))), "{line}");
+        assert!(!line.contains(&"z".repeat(200)), "{line}");
+    }
 }
+

@@ -210,8 +210,8 @@ impl State {
         })
     }
 
-    /// When a run of this job was last started by its schedule or a catch-up (for catch-up).
-    pub fn last_scheduled_start(
+    /// When a run of this job last started, by any trigger (catch-up skips a job run since).
+    pub fn last_start(
         &self,
         db: &str,
         job: JobKind,
@@ -251,5 +251,56 @@ impl Outcome {
             Outcome::Skipped => "skipped",
             Outcome::DryRun => "dry-run",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exit::ExitCode;
+
+    fn report(id: &str, started: DateTime<Utc>) -> Report {
+        Report {
+            run_id: id.into(),
+            database: "chat".into(),
+            job: JobKind::Backup,
+            trigger: Trigger::Cli,
+            started,
+            finished: started + chrono::Duration::seconds(1),
+            duration_ms: 1000,
+            outcome: Outcome::Ok,
+            summary: "done".into(),
+            figures: Default::default(),
+            error: None,
+            exit: ExitCode::Ok,
+        }
+    }
+
+    #[test]
+    fn history_prunes_itself_and_keeps_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = State::open(dir.path(), Duration::from_secs(90 * 86400)).unwrap();
+        let now = Utc::now();
+        state.finish(&report("old", now - chrono::Duration::days(100))).unwrap();
+        assert_eq!(state.count().unwrap(), 1);
+        state.finish(&report("recent", now - chrono::Duration::days(10))).unwrap();
+        assert_eq!(state.count().unwrap(), 1, "a run 100 days old goes once a newer run is recorded");
+        state.finish(&report("new", now)).unwrap();
+        assert_eq!(state.count().unwrap(), 2);
+        let last = state.last_run("chat", JobKind::Backup).unwrap().unwrap();
+        assert_eq!(last.id, "new");
+        assert_eq!(last.outcome, "ok");
+        assert_eq!(last.duration_ms, Some(1000));
+    }
+
+    #[test]
+    fn a_run_whose_process_died_reads_as_interrupted() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = State::open(dir.path(), Duration::from_secs(86400)).unwrap();
+        state.start("r1", "chat", JobKind::Prune, Trigger::Schedule, Utc::now()).unwrap();
+        assert_eq!(state.last_run("chat", JobKind::Prune).unwrap().unwrap().outcome, "running");
+        let c = Connection::open(state.path()).unwrap();
+        c.execute("UPDATE runs SET pid = 2147483000", []).unwrap();
+        assert_eq!(state.last_run("chat", JobKind::Prune).unwrap().unwrap().outcome, "interrupted");
     }
 }

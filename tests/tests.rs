@@ -2,6 +2,7 @@
 
 mod util;
 
+mod catch_up;
 mod check;
 mod config_errors;
 mod config_files;
