@@ -3,6 +3,7 @@
 //! reporting every run to the journal.
 //!
 //! # Layout
+//! - `archive`: backup directories: file names, manifest, atomic writes, leftovers.
 //! - `cli`: clap types for the command line (no behaviour).
 //! - `commands`: one module per subcommand (`daemon`, `run`, `check`, `status`, `schedule`, `demo`).
 //! - `config`: loading (`toml` + environment via `config`), raw serde types, validation into
@@ -18,6 +19,7 @@
 //! - `paths`: default locations for root and for users.
 //! - `exit`: exit codes and the error type that carries them to `main`.
 
+pub mod archive;
 pub mod cli;
 pub mod commands;
 pub mod config;

@@ -261,10 +261,12 @@ fn maintenance_threads() -> Arc<scheduled_thread_pool::ScheduledThreadPool> {
     static POOL: std::sync::OnceLock<Arc<scheduled_thread_pool::ScheduledThreadPool>> =
         std::sync::OnceLock::new();
     POOL.get_or_init(|| {
-        Arc::new(scheduled_thread_pool::ScheduledThreadPool::with_name(
-            "litekeeper-pool-{}",
-            1,
-        ))
+        Arc::new(
+            scheduled_thread_pool::ScheduledThreadPool::builder()
+                .num_threads(1)
+                .thread_name_pattern("litekeeper-pool-{}")
+                .build(),
+        )
     })
     .clone()
 }
@@ -563,7 +565,10 @@ mod tests {
             .finish();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("slow.db");
-        Connection::open(&path).unwrap().execute_batch("CREATE TABLE t(x)").unwrap();
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("CREATE TABLE t(x)")
+            .unwrap();
         let mut conn = Connection::open_with_flags(uri(&path, "rw"), open_flags()).unwrap();
         let settings = ConnSettings {
             busy_timeout: Duration::from_secs(1),
@@ -579,13 +584,18 @@ mod tests {
             set_slow_threshold(Duration::from_millis(100));
         });
         let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
-        let line = out.lines().find(|l| l.contains("slow statement")).expect(&out);
+        let line = out
+            .lines()
+            .find(|l| l.contains("slow statement"))
+            .expect(&out);
         assert!(line.contains(&format!("'{}…", "p".repeat(99))), "{line}");
         assert!(!line.contains(&"p".repeat(101)), "{line}");
         assert!(line.contains("<blob 3 bytes>"), "{line}");
         // the SQL is cut to 200 characters
-        assert!(line.contains(&format!("{}…", "z".repeat(200 - 21))), "{line}");
+        assert!(
+            line.contains(&format!("{}…", "z".repeat(200 - 21))),
+            "{line}"
+        );
         assert!(!line.contains(&"z".repeat(200)), "{line}");
     }
 }
-

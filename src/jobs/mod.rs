@@ -139,6 +139,11 @@ pub enum JobError {
     Cancelled,
     #[error("{0}")]
     Refused(String),
+    /// A copy did not pass verification.
+    #[error("{0}")]
+    VerifyFailed(String),
+    #[error("{0}")]
+    Archive(crate::archive::ArchiveError),
 }
 
 impl JobError {
@@ -158,6 +163,10 @@ impl JobError {
                 | Some(rusqlite::ErrorCode::DatabaseLocked) => ExitCode::TempFail,
                 _ => ExitCode::Failed,
             },
+            JobError::VerifyFailed(_) => ExitCode::DataErr,
+            JobError::Refused(_) => ExitCode::CantCreate,
+            JobError::Archive(crate::archive::ArchiveError::Refused { .. }) => ExitCode::CantCreate,
+            JobError::Archive(_) => ExitCode::IoErr,
             _ => ExitCode::Failed,
         }
     }

@@ -1,0 +1,456 @@
+//! A backup directory on disk: how backup files are named, the manifest that records their
+//! checksums and verification, and the careful file handling every writer uses (temp name in
+//! the target directory, fsync, rename, fsync the directory; leftovers of a killed run are
+//! removed by the next one). Only names matching our pattern are ever touched.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Suffix of temp files; a leading dot hides them from `ls`.
+pub const TMP_SUFFIX: &str = ".litekeeper-tmp";
+/// Suffix added to a backup that failed verification.
+pub const FAILED_SUFFIX: &str = ".failed";
+pub const MANIFEST: &str = "manifest.json";
+const TIME_FORMAT: &str = "%Y%m%d-%H%M%S";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error("{}: {what}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        what: &'static str,
+        source: io::Error,
+    },
+    #[error("{}: {reason}", path.display())]
+    Refused { reason: String, path: PathBuf },
+}
+
+fn io_err<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(io::Error) -> ArchiveError + 'a {
+    move |source| ArchiveError::Io {
+        path: path.to_path_buf(),
+        what,
+        source,
+    }
+}
+
+/// The parts of a backup file name: `{series}-{YYYYMMDD-HHMMSS}.db[.zst][.failed]` (UTC).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupName {
+    /// Which source file: the database file's stem, or an attachment's alias.
+    pub series: String,
+    pub time: DateTime<Utc>,
+    pub compressed: bool,
+    pub failed: bool,
+}
+
+impl BackupName {
+    pub fn file_name(&self) -> String {
+        format!(
+            "{}-{}.db{}{}",
+            self.series,
+            self.time.format(TIME_FORMAT),
+            if self.compressed { ".zst" } else { "" },
+            if self.failed { FAILED_SUFFIX } else { "" }
+        )
+    }
+
+    /// Parse one of our names; anything else is None (and never touched).
+    pub fn parse(name: &str) -> Option<BackupName> {
+        let (rest, failed) = match name.strip_suffix(FAILED_SUFFIX) {
+            Some(r) => (r, true),
+            None => (name, false),
+        };
+        let (rest, compressed) = match rest.strip_suffix(".zst") {
+            Some(r) => (r, true),
+            None => (rest, false),
+        };
+        let rest = rest.strip_suffix(".db")?;
+        if rest.len() < 17 || !rest.is_char_boundary(rest.len() - 15) {
+            return None;
+        }
+        let (series, stamp) = rest.split_at(rest.len() - 15);
+        let series = series.strip_suffix('-')?;
+        if series.is_empty() || series.starts_with('.') {
+            return None;
+        }
+        let naive = NaiveDateTime::parse_from_str(stamp, TIME_FORMAT).ok()?;
+        Some(BackupName {
+            series: series.to_string(),
+            time: Utc.from_utc_datetime(&naive),
+            compressed,
+            failed,
+        })
+    }
+}
+
+/// A backup file found in a directory.
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub name: BackupName,
+    pub path: PathBuf,
+    pub size: u64,
+}
+
+/// Every backup file (ours by name) in `dir`, newest first.
+pub fn list(dir: &Path) -> Result<Vec<Found>, ArchiveError> {
+    let mut out = Vec::new();
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(io_err(dir, "cannot list backup directory")(e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(io_err(dir, "cannot list backup directory"))?;
+        let Some(file_name) = entry.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        let Some(name) = BackupName::parse(&file_name) else {
+            continue;
+        };
+        let meta = entry
+            .metadata()
+            .map_err(io_err(&entry.path(), "cannot stat"))?;
+        if !meta.is_file() {
+            continue;
+        }
+        out.push(Found {
+            name,
+            path: entry.path(),
+            size: meta.len(),
+        });
+    }
+    out.sort_by(|a, b| {
+        b.name
+            .time
+            .cmp(&a.name.time)
+            .then(a.name.series.cmp(&b.name.series))
+    });
+    Ok(out)
+}
+
+/// Create `dir` (mode 0700) if needed; refuse a symlink or a directory owned by someone else.
+pub fn ensure_private_dir(dir: &Path) -> Result<(), ArchiveError> {
+    match fs::symlink_metadata(dir) {
+        Ok(meta) => {
+            if meta.file_type().is_symlink() {
+                return Err(ArchiveError::Refused { reason: "is a symlink; refusing to write backups through it (point `dir` at the real directory)".into(), path: dir.to_path_buf() });
+            }
+            if !meta.is_dir() {
+                return Err(ArchiveError::Refused {
+                    reason: "is not a directory".into(),
+                    path: dir.to_path_buf(),
+                });
+            }
+            // SAFETY: geteuid cannot fail.
+            let me = unsafe { libc::geteuid() };
+            if meta.uid() != me {
+                return Err(ArchiveError::Refused { reason: format!(
+                        "is owned by uid {}, not by us (uid {me}); chown it to the user litekeeper runs as",
+                        meta.uid()
+                    ), path: dir.to_path_buf() });
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            fs::create_dir_all(dir).map_err(io_err(dir, "cannot create backup directory"))?;
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+                .map_err(io_err(dir, "cannot set mode 0700"))?;
+            Ok(())
+        }
+        Err(e) => Err(io_err(dir, "cannot stat backup directory")(e)),
+    }
+}
+
+/// The temp path a file destined for `dir/final_name` is written under.
+pub fn temp_path(dir: &Path, final_name: &str) -> PathBuf {
+    dir.join(format!(".{final_name}{TMP_SUFFIX}"))
+}
+
+/// Remove temp files a killed run left in `dir` (call with the database's lock held).
+pub fn clean_leftovers(dir: &Path) -> Result<Vec<PathBuf>, ArchiveError> {
+    let mut removed = Vec::new();
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Ok(removed);
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        // Our temp files, and SQLite's journals beside them.
+        let ours = name.starts_with('.')
+            && ["", "-journal", "-wal", "-shm"]
+                .iter()
+                .any(|s| name.ends_with(&format!("{TMP_SUFFIX}{s}")));
+        if ours {
+            fs::remove_file(entry.path())
+                .map_err(io_err(&entry.path(), "cannot remove leftover temp file"))?;
+            removed.push(entry.path());
+        }
+    }
+    Ok(removed)
+}
+
+/// Create a new file with mode 0600 (fails if it exists).
+pub fn create_private(path: &Path) -> Result<File, ArchiveError> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+        .map_err(io_err(path, "cannot create file"))
+}
+
+pub fn fsync_file(path: &Path) -> Result<(), ArchiveError> {
+    File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err(path, "cannot fsync"))
+}
+
+pub fn fsync_dir(dir: &Path) -> Result<(), ArchiveError> {
+    File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err(dir, "cannot fsync directory"))
+}
+
+/// Move a finished, fsynced temp file to its final name and make the rename durable.
+/// Refuses to replace an existing file.
+pub fn commit(tmp: &Path, final_path: &Path) -> Result<(), ArchiveError> {
+    if final_path.exists() {
+        return Err(ArchiveError::Refused {
+            reason: "already exists; not replacing it".into(),
+            path: final_path.to_path_buf(),
+        });
+    }
+    fs::rename(tmp, final_path).map_err(io_err(final_path, "cannot rename into place"))?;
+    fsync_dir(final_path.parent().unwrap_or(Path::new("/")))
+}
+
+/// Write `bytes` to `path` atomically (temp + fsync + rename + fsync dir), replacing it.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ArchiveError> {
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = temp_path(dir, name);
+    let _ = fs::remove_file(&tmp);
+    let mut f = create_private(&tmp)?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(io_err(&tmp, "cannot write"))?;
+    fs::rename(&tmp, path).map_err(io_err(path, "cannot rename into place"))?;
+    fsync_dir(dir)
+}
+
+/// SHA-256 (hex) of a file's bytes.
+pub fn sha256_file(path: &Path) -> Result<String, ArchiveError> {
+    let mut f = File::open(path).map_err(io_err(path, "cannot read"))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(io_err(path, "cannot read"))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex(&h.finalize()))
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Bytes available to us on the file system holding `dir`.
+pub fn free_bytes(dir: &Path) -> Result<u64, ArchiveError> {
+    let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(dir.as_os_str()))
+        .map_err(|_| ArchiveError::Refused {
+            reason: "path contains NUL".into(),
+            path: dir.to_path_buf(),
+        })?;
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c is a valid C string and s a valid out-pointer.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
+        return Err(io_err(dir, "cannot statvfs")(io::Error::last_os_error()));
+    }
+    Ok(s.f_bavail as u64 * s.f_frsize as u64)
+}
+
+/// How a backup was checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verified {
+    /// quick_check + foreign_key_check + page and row counts matched.
+    Quick,
+    /// integrity_check + foreign_key_check + page and row counts matched.
+    Full,
+    /// verify = "none": not checked.
+    None,
+    /// Verification failed; the file carries the `.failed` suffix.
+    Failed,
+}
+
+/// What the manifest records about one backup file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Entry {
+    pub file: String,
+    pub series: String,
+    pub database: String,
+    pub source: String,
+    pub created_at: DateTime<Utc>,
+    /// Size of the file as stored (compressed size for `.zst`).
+    pub size: u64,
+    /// SHA-256 of the file as stored.
+    pub sha256: String,
+    pub compressed: bool,
+    pub verified: Verified,
+    /// Pages of the source snapshot and of the copy.
+    pub page_count: u64,
+    pub page_size: u64,
+    /// Rows per table in the source snapshot (when verified).
+    pub tables: BTreeMap<String, i64>,
+    pub duration_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `manifest.json` in a backup directory.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Manifest {
+    pub version: u32,
+    pub backups: Vec<Entry>,
+}
+
+impl Manifest {
+    /// Read the manifest of `dir` (empty when there is none yet).
+    pub fn load(dir: &Path) -> Result<Manifest, ArchiveError> {
+        let path = dir.join(MANIFEST);
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| ArchiveError::Refused {
+                reason: format!(
+                    "unreadable manifest ({e}); move it aside and the next backup writes a new one"
+                ),
+                path: path,
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Manifest {
+                version: 1,
+                backups: Vec::new(),
+            }),
+            Err(e) => Err(io_err(&path, "cannot read manifest")(e)),
+        }
+    }
+
+    pub fn get(&self, file: &str) -> Option<&Entry> {
+        self.backups.iter().find(|e| e.file == file)
+    }
+
+    /// Add or replace the entry for `entry.file`.
+    pub fn upsert(&mut self, entry: Entry) {
+        self.backups.retain(|e| e.file != entry.file);
+        self.backups.push(entry);
+        self.backups
+            .sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.file.cmp(&b.file)));
+    }
+
+    /// Drop entries whose file is gone.
+    pub fn retain_existing(&mut self, dir: &Path) {
+        self.backups.retain(|e| dir.join(&e.file).exists());
+    }
+
+    /// Write atomically to `dir/manifest.json`.
+    pub fn save(&self, dir: &Path) -> Result<(), ArchiveError> {
+        let mut m = self.clone();
+        m.version = 1;
+        let bytes = serde_json::to_vec_pretty(&m).expect("manifest serializes");
+        write_atomic(&dir.join(MANIFEST), &bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_foreign_names_are_ignored() {
+        let t = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
+        for (compressed, failed, text) in [
+            (false, false, "chatbot-20260102-030405.db"),
+            (true, false, "chatbot-20260102-030405.db.zst"),
+            (false, true, "chatbot-20260102-030405.db.failed"),
+        ] {
+            let n = BackupName {
+                series: "chatbot".into(),
+                time: t,
+                compressed,
+                failed,
+            };
+            assert_eq!(n.file_name(), text);
+            assert_eq!(BackupName::parse(text), Some(n));
+        }
+        let n = BackupName::parse("my-app-20260102-030405.db").unwrap();
+        assert_eq!(n.series, "my-app");
+        for foreign in [
+            "chatbot.db",
+            "chatbot-2026-01-02.db",
+            "-20260102-030405.db",
+            "chatbot-20261302-030405.db",
+            ".chatbot-20260102-030405.db.litekeeper-tmp",
+            "manifest.json",
+            "notes-20260102-030405.txt",
+        ] {
+            assert_eq!(BackupName::parse(foreign), None, "{foreign}");
+        }
+    }
+
+    #[test]
+    fn leftovers_are_cleaned_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let keep = ["chatbot-20260102-030405.db", "notes.txt", ".hidden"];
+        for k in keep {
+            fs::write(dir.path().join(k), b"x").unwrap();
+        }
+        fs::write(temp_path(dir.path(), "chatbot-20260102-040000.db"), b"x").unwrap();
+        fs::write(
+            dir.path()
+                .join(".chatbot-20260102-040000.db.litekeeper-tmp-journal"),
+            b"x",
+        )
+        .unwrap();
+        assert_eq!(clean_leftovers(dir.path()).unwrap().len(), 2);
+        for k in keep {
+            assert!(dir.path().join(k).exists(), "{k}");
+        }
+    }
+
+    #[test]
+    fn private_dir_refuses_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        ensure_private_dir(&real).unwrap();
+        assert_eq!(
+            fs::metadata(&real).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        assert!(matches!(
+            ensure_private_dir(&link),
+            Err(ArchiveError::Refused { .. })
+        ));
+    }
+
+    #[test]
+    fn commit_never_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let fin = dir.path().join("a-20260102-030405.db");
+        fs::write(&fin, b"old").unwrap();
+        let tmp = temp_path(dir.path(), "a-20260102-030405.db");
+        fs::write(&tmp, b"new").unwrap();
+        assert!(commit(&tmp, &fin).is_err());
+        assert_eq!(fs::read(&fin).unwrap(), b"old");
+    }
+}
