@@ -115,6 +115,22 @@ pub enum Command {
     /// Example: litekeeper schedule --count 5
     Schedule(ScheduleArgs),
 
+    /// Backups on disk: list them with size, age, verification and what keeps them.
+    #[command(subcommand)]
+    Backups(BackupsCommand),
+
+    /// Restore a database from a verified backup (to a new path, or in place).
+    ///
+    /// The backup's SHA-256 (from the manifest) and integrity are checked first. By default the
+    /// restored copy is written to a new path (--to); --in-place replaces the live database
+    /// under its lock, keeping the current file as `<db>.pre-restore-<time>`.
+    ///
+    /// Examples:
+    ///   litekeeper restore chat --to /tmp/chat-restored.db
+    ///   litekeeper restore chat chatbot-20260101-020000.db.zst --to /tmp/old.db
+    ///   systemctl stop chatapp && litekeeper restore chat --in-place
+    Restore(RestoreArgs),
+
     /// Build a realistic sample (chat DB, blob DB, uploads) and run every job on it.
     ///
     /// Writes the sample and a config for it into DIR (default: a new temporary directory),
@@ -172,4 +188,42 @@ pub struct ScheduleArgs {
 pub struct DemoArgs {
     /// Directory for the sample (created; must be empty or not exist). Default: a new temp dir.
     pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupsCommand {
+    /// Every backup with time, age, size, compression, verification, SHA-256 prefix and the
+    /// retention rules keeping it; totals per database. Works without the daemon.
+    ///
+    /// Examples:
+    ///   litekeeper backups list
+    ///   litekeeper backups list chat --json
+    List(BackupsListArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BackupsListArgs {
+    /// Only this database (default: all with a backup section).
+    pub database: Option<String>,
+    /// Print JSON (a stable contract, documented in README.md).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// Database name, as in `[[database]] name = "…"`.
+    pub database: String,
+    /// Backup file name (as listed by `backups list`); default: the newest verified backup.
+    pub backup: Option<String>,
+    /// Write the restored database to this new path (must not exist).
+    #[arg(long, value_name = "PATH", conflicts_with = "in_place")]
+    pub to: Option<PathBuf>,
+    /// Replace the live database (under its lock), keeping the current file as
+    /// `<db>.pre-restore-<time>`. Stop the application first.
+    #[arg(long)]
+    pub in_place: bool,
+    /// With --in-place: restore even if other processes have the database open.
+    #[arg(long, requires = "in_place")]
+    pub force: bool,
 }

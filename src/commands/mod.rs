@@ -1,15 +1,17 @@
 //! One module per subcommand, dispatched from `run`. Each returns the exit code to use.
 
+pub mod backups;
 pub mod check;
 pub mod daemon;
 pub mod demo;
+pub mod restore;
 pub mod run;
 pub mod schedule;
 pub mod status;
 
 use std::path::PathBuf;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{BackupsCommand, Cli, Command};
 use crate::config::{self, Config};
 use crate::exit::{ExitCode, Failure};
 use crate::paths::Defaults;
@@ -28,6 +30,8 @@ pub fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Check(args) => check::run(&path, args),
         Command::Status(args) => status::run(&path, args),
         Command::Schedule(args) => schedule::run(&path, args),
+        Command::Backups(BackupsCommand::List(args)) => backups::list(&path, args),
+        Command::Restore(args) => restore::run(&path, args),
         Command::Demo(args) => demo::run(args),
     }
 }

@@ -434,6 +434,7 @@ fn copy_snapshot(
         let backup = SqliteBackup::new_with_names(conn, source.schema.as_str(), &mut dst, MAIN_DB)
             .map_err(sql(format!("{shown}: start backup")))?;
         let mut last_remaining: Option<i32> = None;
+        let bar = progress_bar(&source.series, snap.page_count);
         loop {
             ctx.checkpoint()?;
             match backup
@@ -449,6 +450,12 @@ fn copy_snapshot(
                 snap.restarts += 1;
             }
             last_remaining = Some(p.remaining);
+            if let Some(bar) = &bar {
+                bar.set_position((p.pagecount - p.remaining).max(0) as u64);
+            }
+        }
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
         }
         Ok(snap)
     })();
@@ -631,4 +638,22 @@ fn apply_retention(
     _manifest: &mut Manifest,
 ) -> Result<RetentionOutcome, JobError> {
     Ok(RetentionOutcome::default())
+}
+
+/// A progress bar on stderr, only when a person is watching (a TTY).
+fn progress_bar(series: &str, pages: u64) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(pages);
+    let style = indicatif::ProgressStyle::with_template(
+        "{prefix} [{bar:30}] {pos}/{len} pages, {per_sec}, eta {eta}",
+    )
+    .map(|s| s.progress_chars("=> "));
+    if let Ok(style) = style {
+        bar.set_style(style);
+    }
+    bar.set_prefix(format!("backup {series}"));
+    Some(bar)
 }
