@@ -2,6 +2,7 @@
 
 mod util;
 
+mod backup;
 mod catch_up;
 mod check;
 mod config_errors;

@@ -1,0 +1,406 @@
+//! Backups and restores on real files with the real binary: under a busy writer, killed
+//! mid-copy, restored to a new path and in place, refused when damaged, out of space.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use litekeeper::archive::{BackupName, Manifest};
+use rusqlite::Connection;
+
+use crate::util::{both, is_root, TestEnv};
+
+/// A config with one database `chat` (+ attached `files`) backed up into `<tmp>/backups`.
+fn setup(env: &TestEnv, backup_extra: &str) -> (PathBuf, PathBuf) {
+    let db = env.sqlite(
+        "app/chat.db",
+        "PRAGMA journal_mode=WAL;
+         CREATE TABLE chat(id INTEGER PRIMARY KEY, body TEXT NOT NULL, ts INTEGER);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 5000)
+         INSERT INTO chat(body, ts) SELECT hex(randomblob(100)), i FROM n;",
+    );
+    let files = env.sqlite(
+        "app/files.db",
+        "CREATE TABLE blob(key TEXT PRIMARY KEY, data BLOB);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 300)
+         INSERT INTO blob SELECT i || '/0', randomblob(300) FROM n;",
+    );
+    let backups = env.path("backups/chat");
+    env.write_config(&format!(
+        "{}[[database]]\nname = \"chat\"\npath = \"{}\"\nattach = {{ files = \"{}\" }}\n[database.backup]\ndir = \"{}\"\n{backup_extra}\n",
+        env.daemon_section(""),
+        db.display(),
+        files.display(),
+        backups.display()
+    ));
+    (db, backups)
+}
+
+fn backup_cmd(env: &TestEnv) -> assert_cmd::Command {
+    let mut c = env.cmd();
+    c.env("LK_BACKUP_WIP", "1");
+    c
+}
+
+fn ours(dir: &Path) -> Vec<(BackupName, PathBuf)> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    let n = e.file_name().to_str()?.to_string();
+                    BackupName::parse(&n).map(|b| (b, e.path()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort_by(|a, b| a.1.cmp(&b.1));
+    v
+}
+
+fn count(path: &Path, sql: &str) -> i64 {
+    Connection::open(path)
+        .unwrap()
+        .query_row(sql, [], |r| r.get(0))
+        .unwrap()
+}
+
+#[test]
+fn backup_of_main_and_attached_is_verified_private_and_self_contained() {
+    let env = TestEnv::new();
+    let (_db, dir) = setup(&env, "verify = \"full\"");
+    let out = backup_cmd(&env)
+        .args(["run", "chat", "backup"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    let files = ours(&dir);
+    assert_eq!(files.len(), 2, "{files:?}");
+    let series: Vec<&str> = files.iter().map(|(n, _)| n.series.as_str()).collect();
+    assert_eq!(series, ["chat", "files"]);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    for (_, p) in &files {
+        assert_eq!(
+            std::fs::metadata(p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let c = Connection::open(p).unwrap();
+        let mode: String = c
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "delete", "{}", p.display());
+    }
+    assert_eq!(count(&files[0].1, "SELECT count(*) FROM chat"), 5000);
+    assert_eq!(count(&files[1].1, "SELECT count(*) FROM blob"), 300);
+    let m = Manifest::load(&dir).unwrap();
+    assert_eq!(m.backups.len(), 2);
+    let e = m
+        .get(files[0].1.file_name().unwrap().to_str().unwrap())
+        .unwrap();
+    assert_eq!(e.tables.get("chat"), Some(&5000));
+    assert_eq!(
+        e.sha256,
+        litekeeper::archive::sha256_file(&files[0].1).unwrap()
+    );
+    assert_eq!(serde_json::to_value(e.verified).unwrap(), "full");
+}
+
+#[test]
+fn backup_under_a_busy_writer_finishes_and_holds_every_earlier_row() {
+    let env = TestEnv::new();
+    let (db, dir) = setup(&env, "compress = \"zstd\"");
+    // Make the copy take a while: ~60 MB.
+    Connection::open(&db)
+        .unwrap()
+        .execute_batch(
+            "CREATE TABLE bulk(x BLOB);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 15000)
+             INSERT INTO bulk SELECT randomblob(4000) FROM n;",
+        )
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let commits = Arc::new(AtomicI64::new(0));
+    let writer = {
+        let (stop, commits, db) = (stop.clone(), commits.clone(), db.clone());
+        std::thread::spawn(move || {
+            let c = Connection::open(&db).unwrap();
+            c.busy_timeout(Duration::from_secs(5)).unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                c.execute("INSERT INTO chat(body, ts) VALUES ('live', 0)", [])
+                    .unwrap();
+                commits.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let before_max = count(&db, "SELECT max(id) FROM chat");
+    let c0 = commits.load(Ordering::Relaxed);
+    let t0 = Instant::now();
+    let out = backup_cmd(&env)
+        .args(["run", "chat", "backup"])
+        .output()
+        .unwrap();
+    let took = t0.elapsed();
+    let during = commits.load(Ordering::Relaxed) - c0;
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    let rate = during as f64 / took.as_secs_f64();
+    assert!(
+        rate >= 200.0,
+        "writer managed only {rate:.0} commits/s during the backup"
+    );
+    // Restore to a new path and check what it holds.
+    let restored = env.path("restored.db");
+    let out = env
+        .cmd()
+        .args(["restore", "chat", "--to"])
+        .arg(&restored)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    let c = Connection::open(&restored).unwrap();
+    let ok: String = c
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(ok, "ok");
+    let held: i64 = c
+        .query_row(
+            "SELECT count(*) FROM chat WHERE id <= ?1",
+            [before_max],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        held, before_max,
+        "every row committed before the backup started is in it"
+    );
+    assert!(ours(&dir).iter().all(|(n, _)| n.compressed));
+}
+
+#[test]
+fn killed_backup_leaves_no_final_file_and_next_run_cleans_up() {
+    let env = TestEnv::new();
+    let (db, dir) = setup(&env, "");
+    Connection::open(&db)
+        .unwrap()
+        .execute_batch(
+            "CREATE TABLE bulk(x BLOB);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 50000)
+             INSERT INTO bulk SELECT randomblob(4000) FROM n;",
+        )
+        .unwrap();
+    let mut child = env
+        .std_cmd()
+        .env("LK_BACKUP_WIP", "1")
+        .args(["run", "chat", "backup"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let tmp_seen = loop {
+        let tmp = std::fs::read_dir(&dir)
+            .map(|rd| {
+                rd.flatten()
+                    .any(|e| e.file_name().to_string_lossy().ends_with(".litekeeper-tmp"))
+            })
+            .unwrap_or(false);
+        if tmp || Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+            break tmp;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    let _ = child.wait();
+    assert!(
+        tmp_seen,
+        "the copy never started (or finished before it could be killed)"
+    );
+    assert!(
+        ours(&dir).is_empty(),
+        "a killed backup left a file under a final name: {:?}",
+        ours(&dir)
+    );
+    // The source is intact.
+    assert_eq!(count(&db, "SELECT count(*) FROM bulk"), 50000);
+    let out = backup_cmd(&env)
+        .args(["run", "chat", "backup"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    let leftovers: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert_eq!(ours(&dir).len(), 2);
+}
+
+#[test]
+fn in_place_restore_replaces_stale_wal_and_keeps_the_previous_file() {
+    let env = TestEnv::new();
+    let (db, _dir) = setup(&env, "");
+    let out = backup_cmd(&env)
+        .args(["run", "chat", "backup"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    // Change the live DB after the backup, leaving its changes in a -wal that stays behind.
+    let keep_open = Connection::open(&db).unwrap();
+    keep_open
+        .execute_batch("PRAGMA wal_autocheckpoint=0; DELETE FROM chat WHERE id > 100;")
+        .unwrap();
+    let wal = PathBuf::from(format!("{}-wal", db.display()));
+    assert!(std::fs::metadata(&wal).unwrap().len() > 0);
+    // Simulate a crashed app: copy db + wal + shm aside while open, then close.
+    drop(keep_open);
+    // An open connection from another process is refused without --force.
+    let holder = std::process::Command::new("python3")
+        .args(["-c", "import sqlite3,sys,time; c=sqlite3.connect(sys.argv[1]); c.execute('select 1').fetchall(); print('ok', flush=True); time.sleep(30)"])
+        .arg(&db)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut holder = scopeguard(holder);
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.0.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let out = env
+        .cmd()
+        .args(["restore", "chat", "--in-place"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(75), "{}", both(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&holder.0.id().to_string()),
+        "{}",
+        both(&out)
+    );
+    let _ = holder.0.kill();
+    let _ = holder.0.wait();
+    // Leave a stale -wal/-shm with post-backup changes next to the DB, then restore in place.
+    Connection::open(&db)
+        .unwrap()
+        .execute_batch("PRAGMA wal_autocheckpoint=0; DELETE FROM chat WHERE id > 50;")
+        .unwrap();
+    let out = env
+        .cmd()
+        .args(["restore", "chat", "--in-place"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM chat"),
+        5000,
+        "the backup's content, not the stale WAL's"
+    );
+    let kept: Vec<PathBuf> = std::fs::read_dir(env.path("app"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.to_string_lossy().contains("chat.db.pre-restore-")
+                && !p.to_string_lossy().ends_with("-wal")
+        })
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(
+        count(&kept[0], "SELECT count(*) FROM chat"),
+        50,
+        "the pre-restore copy keeps its WAL's changes"
+    );
+}
+
+struct Guard(std::process::Child);
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+fn scopeguard(c: std::process::Child) -> Guard {
+    Guard(c)
+}
+
+#[test]
+fn damaged_backup_is_refused_with_65() {
+    let env = TestEnv::new();
+    let (_db, dir) = setup(&env, "");
+    let out = backup_cmd(&env)
+        .args(["run", "chat", "backup"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    let (_, main) = ours(&dir)
+        .into_iter()
+        .find(|(n, _)| n.series == "chat")
+        .unwrap();
+    let mut bytes = std::fs::read(&main).unwrap();
+    bytes[8192] ^= 0xff;
+    std::fs::write(&main, bytes).unwrap();
+    let target = env.path("r.db");
+    let out = env
+        .cmd()
+        .args(["restore", "chat", "--to"])
+        .arg(&target)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(65), "{}", both(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("checksum mismatch"),
+        "{}",
+        both(&out)
+    );
+    assert!(!target.exists());
+}
+
+#[test]
+fn full_backup_directory_fails_cleanly() {
+    if !is_root() {
+        eprintln!("skipped: needs root to mount a small tmpfs");
+        return;
+    }
+    let env = TestEnv::new();
+    let (db, dir) = setup(&env, "");
+    Connection::open(&db)
+        .unwrap()
+        .execute_batch(
+            "CREATE TABLE bulk(x BLOB);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 1000)
+             INSERT INTO bulk SELECT randomblob(4000) FROM n;",
+        )
+        .unwrap();
+    std::fs::create_dir_all(&dir).unwrap();
+    let bin = assert_cmd::cargo::cargo_bin("litekeeper");
+    let script = format!(
+        "mount -t tmpfs -o size=1m,mode=0700 tmpfs '{dir}' && exec '{bin}' -c '{cfg}' run chat backup; ",
+        dir = dir.display(),
+        bin = bin.display(),
+        cfg = env.config_path().display()
+    );
+    let out = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .env("LK_BACKUP_WIP", "1")
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(73), "{}", both(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not enough free space") && err.contains(&dir.display().to_string()),
+        "{}",
+        both(&out)
+    );
+}
