@@ -156,9 +156,11 @@ pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
     let mut manifest = Manifest::load(dir)?;
     let mut written = Vec::new();
     let mut failure = None;
+    let mut restarts = 0;
     for source in &sources {
         match copy_one(ctx, cfg, source, stamp) {
-            Ok(entry) => {
+            Ok((entry, r)) => {
+                restarts += r;
                 written.push(entry.clone());
                 manifest.upsert(entry);
             }
@@ -207,6 +209,7 @@ pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
     );
     figures.insert("sha256".into(), main.sha256.clone().into());
     figures.insert("retention_deleted".into(), retention.deleted.len().into());
+    figures.insert("restarts".into(), restarts.into());
     let verified = match main.verified {
         Verified::None => "not verified".to_string(),
         v => format!(
@@ -291,7 +294,7 @@ fn copy_one(
     cfg: &Backup,
     source: &Source,
     stamp: DateTime<Utc>,
-) -> Result<Entry, (Option<Entry>, JobError)> {
+) -> Result<(Entry, u32), (Option<Entry>, JobError)> {
     let started = Instant::now();
     let dir = &cfg.dir;
     let raw_name = BackupName {
@@ -301,7 +304,9 @@ fn copy_one(
     let tmp = archive::temp_path(dir, &raw_name.file_name());
     let mut temps = TempFiles(vec![tmp.clone()]);
     let snapshot = copy_snapshot(ctx, cfg, source, &tmp).map_err(|e| (None, e))?;
+    let copied = started.elapsed();
     archive::fsync_file(&tmp).map_err(|e| (None, e.into()))?;
+    let synced = started.elapsed();
 
     let mut entry = Entry {
         file: String::new(),
@@ -363,10 +368,19 @@ fn copy_one(
     entry.compressed = final_name.compressed;
     entry.size = file_size(&stored_tmp);
     entry.sha256 = archive::sha256_file(&stored_tmp).map_err(|e| (None, e.into()))?;
+    let hashed = started.elapsed();
     archive::commit(&stored_tmp, &dir.join(&entry.file)).map_err(|e| (None, e.into()))?;
     temps.0.retain(|p| p != &stored_tmp);
     entry.duration_ms = started.elapsed().as_millis() as u64;
-    Ok(entry)
+    tracing::debug!(
+        "{}: copy {} ms, fsync {} ms, verify+compress+hash {} ms, {} restarts",
+        source.series,
+        copied.as_millis(),
+        (synced - copied).as_millis(),
+        (hashed - synced).as_millis(),
+        snapshot.restarts
+    );
+    Ok((entry, snapshot.restarts))
 }
 
 /// Copy `source` into the new file `tmp` from one read snapshot, recording what it held.
