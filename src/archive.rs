@@ -334,7 +334,7 @@ impl Manifest {
                 reason: format!(
                     "unreadable manifest ({e}); move it aside and the next backup writes a new one"
                 ),
-                path: path,
+                path,
             }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Manifest {
                 version: 1,

@@ -8,6 +8,7 @@
 //! - `commands`: one module per subcommand (`daemon`, `run`, `check`, `status`, `schedule`, `demo`).
 //! - `config`: loading (`toml` + environment via `config`), raw serde types, validation into
 //!   the immutable domain `model`.
+//! - `demo`: the sample chat app `litekeeper demo` builds and maintains.
 //! - `schedule`: cron parsing, next/previous run in a time zone, jitter; pure.
 //! - `scheduler`: the daemon's timer (tokio-cron-scheduler), per-database queues, catch-up, shutdown.
 //! - `jobs`: the one execute path (lock → blocking thread → report) and one module per job.
@@ -23,6 +24,7 @@ pub mod archive;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod demo;
 pub mod exit;
 pub mod jobs;
 pub mod lock;

@@ -48,8 +48,10 @@ pub fn stderr_is_journal() -> bool {
 
 /// Install the global subscriber. Errors are returned (not fatal): logging falls back to stderr.
 pub fn init(args: &LogArgs) -> Result<(), String> {
-    let filter =
-        || EnvFilter::try_from_env("LITEKEEPER_LOG").unwrap_or_else(|_| EnvFilter::new("info,tokio_cron_scheduler=warn"));
+    let filter = || {
+        EnvFilter::try_from_env("LITEKEEPER_LOG")
+            .unwrap_or_else(|_| EnvFilter::new("info,tokio_cron_scheduler=warn"))
+    };
     let want_journal = match args.log_target {
         LogTarget::Journald => true,
         LogTarget::Stderr => false,

@@ -4,6 +4,12 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = litekeeper::cli::Cli::parse();
+    if matches!(cli.command, litekeeper::cli::Command::Demo(_))
+        && std::env::var_os("LITEKEEPER_LOG").is_none()
+    {
+        // The demo prints its own report; job events would only repeat it.
+        std::env::set_var("LITEKEEPER_LOG", "off");
+    }
     if let Err(e) = litekeeper::logging::init(&cli.log) {
         eprintln!("litekeeper: warning: {e}");
     }

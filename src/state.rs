@@ -94,7 +94,7 @@ impl State {
             path: dir.join("state.db"),
             keep,
         };
-        state.with(|c| migrate(c))?;
+        state.with(migrate)?;
         Ok(state)
     }
 
@@ -211,11 +211,7 @@ impl State {
     }
 
     /// When a run of this job last started, by any trigger (catch-up skips a job run since).
-    pub fn last_start(
-        &self,
-        db: &str,
-        job: JobKind,
-    ) -> Result<Option<DateTime<Utc>>, StateError> {
+    pub fn last_start(&self, db: &str, job: JobKind) -> Result<Option<DateTime<Utc>>, StateError> {
         self.with(|c| {
             c.query_row(
                 "SELECT max(started_at) FROM runs WHERE database = ?1 AND job = ?2",
@@ -281,10 +277,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let state = State::open(dir.path(), Duration::from_secs(90 * 86400)).unwrap();
         let now = Utc::now();
-        state.finish(&report("old", now - chrono::Duration::days(100))).unwrap();
+        state
+            .finish(&report("old", now - chrono::Duration::days(100)))
+            .unwrap();
         assert_eq!(state.count().unwrap(), 1);
-        state.finish(&report("recent", now - chrono::Duration::days(10))).unwrap();
-        assert_eq!(state.count().unwrap(), 1, "a run 100 days old goes once a newer run is recorded");
+        state
+            .finish(&report("recent", now - chrono::Duration::days(10)))
+            .unwrap();
+        assert_eq!(
+            state.count().unwrap(),
+            1,
+            "a run 100 days old goes once a newer run is recorded"
+        );
         state.finish(&report("new", now)).unwrap();
         assert_eq!(state.count().unwrap(), 2);
         let last = state.last_run("chat", JobKind::Backup).unwrap().unwrap();
@@ -297,10 +301,26 @@ mod tests {
     fn a_run_whose_process_died_reads_as_interrupted() {
         let dir = tempfile::tempdir().unwrap();
         let state = State::open(dir.path(), Duration::from_secs(86400)).unwrap();
-        state.start("r1", "chat", JobKind::Prune, Trigger::Schedule, Utc::now()).unwrap();
-        assert_eq!(state.last_run("chat", JobKind::Prune).unwrap().unwrap().outcome, "running");
+        state
+            .start("r1", "chat", JobKind::Prune, Trigger::Schedule, Utc::now())
+            .unwrap();
+        assert_eq!(
+            state
+                .last_run("chat", JobKind::Prune)
+                .unwrap()
+                .unwrap()
+                .outcome,
+            "running"
+        );
         let c = Connection::open(state.path()).unwrap();
         c.execute("UPDATE runs SET pid = 2147483000", []).unwrap();
-        assert_eq!(state.last_run("chat", JobKind::Prune).unwrap().unwrap().outcome, "interrupted");
+        assert_eq!(
+            state
+                .last_run("chat", JobKind::Prune)
+                .unwrap()
+                .unwrap()
+                .outcome,
+            "interrupted"
+        );
     }
 }

@@ -39,9 +39,7 @@ fn setup(env: &TestEnv, backup_extra: &str) -> (PathBuf, PathBuf) {
 }
 
 fn backup_cmd(env: &TestEnv) -> assert_cmd::Command {
-    let mut c = env.cmd();
-    c.env("LK_BACKUP_WIP", "1");
-    c
+    env.cmd()
 }
 
 fn ours(dir: &Path) -> Vec<(BackupName, PathBuf)> {
@@ -198,7 +196,6 @@ fn killed_backup_leaves_no_final_file_and_next_run_cleans_up() {
         .unwrap();
     let mut child = env
         .std_cmd()
-        .env("LK_BACKUP_WIP", "1")
         .args(["run", "chat", "backup"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -392,7 +389,6 @@ fn full_backup_directory_fails_cleanly() {
     );
     let out = std::process::Command::new("unshare")
         .args(["--mount", "--propagation", "private", "sh", "-c", &script])
-        .env("LK_BACKUP_WIP", "1")
         .env("NO_COLOR", "1")
         .output()
         .unwrap();

@@ -27,17 +27,36 @@ fn setup(env: &TestEnv, catch_up: bool, last_run: chrono::DateTime<Utc>) {
         TestEnv::database_section("chat", &db, "[database.backup]\nschedule = \"0 0 1 1 *\"")
     ));
     let state = State::open(&env.path("state"), Duration::from_secs(10 * 365 * 86400)).unwrap();
-    state.start("old-run", "chat", JobKind::Backup, Trigger::Schedule, last_run).unwrap();
+    state
+        .start(
+            "old-run",
+            "chat",
+            JobKind::Backup,
+            Trigger::Schedule,
+            last_run,
+        )
+        .unwrap();
 }
 
 fn triggers(env: &TestEnv) -> Vec<String> {
     let c = rusqlite::Connection::open(env.path("state/state.db")).unwrap();
-    let mut s = c.prepare("SELECT trigger FROM runs WHERE id != 'old-run' AND finished_at IS NOT NULL").unwrap();
-    s.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+    let mut s = c
+        .prepare("SELECT trigger FROM runs WHERE id != 'old-run' AND finished_at IS NOT NULL")
+        .unwrap();
+    s.query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
 }
 
 fn run_daemon_for(env: &TestEnv, d: Duration, until_one_run: bool) -> Vec<String> {
-    let child = env.std_cmd().arg("daemon").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let child = env
+        .std_cmd()
+        .arg("daemon")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let _guard = Daemon(child);
     let deadline = Instant::now() + d;
     while Instant::now() < deadline {
@@ -53,7 +72,11 @@ fn run_daemon_for(env: &TestEnv, d: Duration, until_one_run: bool) -> Vec<String
 fn missed_run_is_caught_up_once() {
     let env = TestEnv::new();
     // Last run before 2026-01-01 00:00 UTC: that yearly run was missed.
-    setup(&env, true, Utc.with_ymd_and_hms(2025, 12, 30, 0, 0, 0).unwrap());
+    setup(
+        &env,
+        true,
+        Utc.with_ymd_and_hms(2025, 12, 30, 0, 0, 0).unwrap(),
+    );
     let got = run_daemon_for(&env, Duration::from_secs(10), true);
     assert_eq!(got, ["catch-up"]);
 }
@@ -70,7 +93,11 @@ fn nothing_missed_nothing_caught_up() {
 #[test]
 fn catch_up_can_be_turned_off() {
     let env = TestEnv::new();
-    setup(&env, false, Utc.with_ymd_and_hms(2025, 12, 30, 0, 0, 0).unwrap());
+    setup(
+        &env,
+        false,
+        Utc.with_ymd_and_hms(2025, 12, 30, 0, 0, 0).unwrap(),
+    );
     let got = run_daemon_for(&env, Duration::from_secs(2), false);
     assert!(got.is_empty(), "{got:?}");
 }

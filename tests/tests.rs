@@ -9,6 +9,7 @@ mod config_errors;
 mod config_files;
 mod daemon;
 mod demo;
+mod demo_run;
 mod journal;
 mod run_lock;
 mod status;

@@ -1,11 +1,165 @@
-//! `litekeeper demo [DIR]`: placeholder until the demo lands in this session.
+//! `litekeeper demo [DIR]`: build the sample of `crate::demo`, then run every job on it in
+//! order (prune → vacuum → backup) through the same execute path as the daemon, and print
+//! what changed.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
 
 use crate::cli::DemoArgs;
-use crate::exit::{ExitCode, Failure};
+use crate::demo::{self, Sample};
+use crate::exit::{ExitCode, Failure, OrExit};
+use crate::jobs::{self, backup::human_bytes, Env, JobKind, Outcome, Request, Trigger};
+use crate::sqlite::Pools;
+use crate::state::State;
 
-pub fn run(_args: DemoArgs) -> Result<ExitCode, Failure> {
-    Err(Failure::new(
-        ExitCode::Failed,
-        anyhow::anyhow!("demo not built yet"),
-    ))
+/// Figures of the sample, before and after the jobs.
+struct Figures {
+    rows: Vec<(&'static str, i64)>,
+    uploads: usize,
+    sizes: Vec<(&'static str, u64)>,
+    backups: usize,
+}
+
+fn size(p: &Path) -> u64 {
+    std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+}
+
+fn measure(s: &Sample) -> anyhow::Result<Figures> {
+    let c = rusqlite::Connection::open_with_flags(
+        &s.main_db,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )?;
+    let b = rusqlite::Connection::open_with_flags(
+        &s.blob_db,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )?;
+    let count = |c: &rusqlite::Connection, t: &str| -> anyhow::Result<i64> {
+        Ok(c.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0))?)
+    };
+    let wal = |p: &Path| PathBuf::from(format!("{}-wal", p.display()));
+    Ok(Figures {
+        rows: vec![
+            ("chats", count(&c, "chat")?),
+            ("messages", count(&c, "message")?),
+            ("files (rows)", count(&c, "file")?),
+            ("blobs", count(&b, "blob")?),
+        ],
+        uploads: std::fs::read_dir(&s.uploads)
+            .map(|d| d.count())
+            .unwrap_or(0),
+        sizes: vec![
+            ("chat.db", size(&s.main_db)),
+            ("chat.db-wal", size(&wal(&s.main_db))),
+            ("files.db", size(&s.blob_db)),
+        ],
+        backups: crate::archive::list(&s.backups)
+            .map(|l| l.len())
+            .unwrap_or(0),
+    })
+}
+
+pub fn run(args: DemoArgs) -> Result<ExitCode, Failure> {
+    let dir = match args.dir {
+        Some(d) => d,
+        None => std::env::temp_dir().join(format!(
+            "litekeeper-demo-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        )),
+    };
+    if dir.exists()
+        && std::fs::read_dir(&dir)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
+        return Err(Failure::new(
+            ExitCode::CantCreate,
+            anyhow::anyhow!(
+                "{}: not empty; the demo writes only into a new or empty directory",
+                dir.display()
+            ),
+        ));
+    }
+    let sample = demo::build(&dir).or_exit(ExitCode::CantCreate)?;
+    let config = Arc::new(crate::config::load(&sample.config)?);
+    println!("litekeeper demo in {}", dir.display());
+    println!("  sample: a chat app with a main DB, a blob DB keyed {{message_id}}/{{index}} and an uploads dir");
+    println!("  config: {}\n", sample.config.display());
+    let before = measure(&sample).or_exit(ExitCode::IoErr)?;
+
+    let state = State::open(&config.daemon.state_dir, config.daemon.keep_history)
+        .or_exit(ExitCode::CantCreate)?;
+    let rt = super::runtime()?;
+    let db = config.databases[0].clone();
+    let mut failed = false;
+    for kind in JobKind::ALL {
+        let env = Env {
+            pools: Pools::new(&config),
+            config: config.clone(),
+            state: state.clone(),
+            cancel: CancellationToken::new(),
+        };
+        let req = Request {
+            db: db.clone(),
+            kind,
+            trigger: Trigger::Cli,
+            dry_run: false,
+            on_busy: None,
+        };
+        let report = rt.block_on(jobs::execute(&env, req));
+        let not_built = report
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains(jobs::NOT_BUILT));
+        let line = match report.outcome {
+            _ if not_built => "not available yet in this version".to_string(),
+            Outcome::Failed => {
+                failed = true;
+                format!("FAILED: {}", report.error.as_deref().unwrap_or(""))
+            }
+            _ => format!(
+                "{} in {} ms: {}",
+                report.outcome.as_str(),
+                report.duration_ms,
+                report.summary
+            ),
+        };
+        println!("  {:<7} {line}", kind.as_str());
+    }
+
+    let after = measure(&sample).or_exit(ExitCode::IoErr)?;
+    println!("\n  {:<14} {:>12} {:>12}", "", "before", "after");
+    for ((name, b), (_, a)) in before.rows.iter().zip(&after.rows) {
+        println!("  {name:<14} {b:>12} {a:>12}");
+    }
+    println!(
+        "  {:<14} {:>12} {:>12}",
+        "upload files", before.uploads, after.uploads
+    );
+    for ((name, b), (_, a)) in before.sizes.iter().zip(&after.sizes) {
+        println!(
+            "  {name:<14} {:>12} {:>12}",
+            human_bytes(*b),
+            human_bytes(*a)
+        );
+    }
+    println!(
+        "  {:<14} {:>12} {:>12}",
+        "backups", before.backups, after.backups
+    );
+    let c = sample.config.display();
+    println!("\nTry next:");
+    println!("  litekeeper -c {c} status");
+    println!("  litekeeper -c {c} schedule");
+    println!("  litekeeper -c {c} check");
+    println!(
+        "  litekeeper -c {c} restore chat --to {}/restored.db",
+        dir.display()
+    );
+    Ok(if failed {
+        ExitCode::Failed
+    } else {
+        ExitCode::Ok
+    })
 }

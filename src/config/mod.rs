@@ -232,7 +232,7 @@ fn span_of(root: &toml::de::DeTable, key: &KeyPath) -> Option<std::ops::Range<us
                 .iter()
                 .find(|(name, _)| name.get_ref() == k)
                 .map(|(_, v)| v),
-            (Seg::Index(i), _, Some(DeValue::Array(a))) => a.iter().nth(*i),
+            (Seg::Index(i), _, Some(DeValue::Array(a))) => a.get(*i),
             _ => None,
         };
         let Some(v) = next else { break };

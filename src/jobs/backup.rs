@@ -97,11 +97,6 @@ struct Snapshot {
 }
 
 pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
-    // TEMPORARY GATE (removed before commit of the backup job): helpers' tests still use
-    // backup as the not-built job.
-    if std::env::var_os("LK_BACKUP_WIP").is_none() {
-        return Err(JobError::NotBuilt("backup"));
-    }
     let cfg = ctx
         .db
         .backup
@@ -166,7 +161,7 @@ pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
             }
             Err((entry, e)) => {
                 if let Some(entry) = entry {
-                    manifest.upsert(entry);
+                    manifest.upsert(*entry);
                 }
                 failure = Some(e);
                 break;
@@ -222,7 +217,7 @@ pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
     };
     Ok(JobResult {
         summary: format!(
-            "wrote {} ({}, {verified}) to {}; retention deleted {}",
+            "wrote {} ({}, {verified}) to {}; {}",
             written
                 .iter()
                 .map(|e| e.file.as_str())
@@ -230,7 +225,7 @@ pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
                 .join(", "),
             human_bytes(bytes),
             dir.display(),
-            retention.deleted.len()
+            retention.summary
         ),
         figures,
         skipped: false,
@@ -287,6 +282,9 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
+/// A copy that failed: the manifest entry of its `.failed` file (when stored) and why.
+type CopyFailure = (Option<Box<Entry>>, JobError);
+
 /// Copy, verify, compress and commit one source. On a verification failure the entry for the
 /// `.failed` file is returned with the error, for the manifest.
 fn copy_one(
@@ -294,7 +292,7 @@ fn copy_one(
     cfg: &Backup,
     source: &Source,
     stamp: DateTime<Utc>,
-) -> Result<(Entry, u32), (Option<Entry>, JobError)> {
+) -> Result<(Entry, u32), CopyFailure> {
     let started = Instant::now();
     let dir = &cfg.dir;
     let raw_name = BackupName {
@@ -344,7 +342,10 @@ fn copy_one(
                 source.path.display(),
                 failed_path.display()
             );
-            return Err((stored.ok().map(|_| entry), JobError::VerifyFailed(msg)));
+            return Err((
+                stored.ok().map(|_| Box::new(entry)),
+                JobError::VerifyFailed(msg),
+            ));
         }
         entry.verified = if cfg.verify == Verify::Full {
             Verified::Full
@@ -408,15 +409,16 @@ fn copy_snapshot(
             r.get::<_, String>(0)
         })
         .map_err(sql("journal_mode of the copy"))?;
-        let mut snap = Snapshot::default();
-        snap.page_count = dst
-            .query_row("PRAGMA page_count", [], |r| r.get::<_, i64>(0))
-            .map_err(sql("page_count"))? as u64;
-        snap.page_size = dst
-            .query_row("PRAGMA page_size", [], |r| r.get::<_, i64>(0))
-            .map_err(sql("page_size"))? as u64;
-        snap.tables = row_counts(&dst, "main").map_err(sql("row counts of the copy"))?;
-        return Ok(snap);
+        return Ok(Snapshot {
+            page_count: dst
+                .query_row("PRAGMA page_count", [], |r| r.get::<_, i64>(0))
+                .map_err(sql("page_count"))? as u64,
+            page_size: dst
+                .query_row("PRAGMA page_size", [], |r| r.get::<_, i64>(0))
+                .map_err(sql("page_size"))? as u64,
+            tables: row_counts(&dst, "main").map_err(sql("row counts of the copy"))?,
+            ..Snapshot::default()
+        });
     }
     archive::create_private(tmp)?;
     let mut dst = Connection::open_with_flags(
@@ -427,13 +429,14 @@ fn copy_snapshot(
     conn.execute_batch("BEGIN")
         .map_err(sql(format!("{shown}: begin read transaction")))?;
     let result = (|| -> Result<Snapshot, JobError> {
-        let mut snap = Snapshot::default();
         // The first read pins this schema's snapshot for the whole copy.
-        snap.page_count = conn
+        let mut snap = Snapshot::default();
+        let page_count = conn
             .query_row(&format!("PRAGMA {schema}.page_count"), [], |r| {
                 r.get::<_, i64>(0)
             })
             .map_err(sql(format!("{shown}: page_count")))? as u64;
+        snap.page_count = page_count;
         snap.page_size = conn
             .query_row(&format!("PRAGMA {schema}.page_size"), [], |r| {
                 r.get::<_, i64>(0)
@@ -637,21 +640,25 @@ impl From<ArchiveError> for JobError {
 #[derive(Debug, Default)]
 pub struct RetentionOutcome {
     pub deleted: Vec<String>,
+    pub summary: String,
 }
 
 /// One line saying what retention would delete now.
 fn retention_preview(_dir: &Path, _cfg: &Backup, _now: DateTime<Utc>) -> Result<String, JobError> {
-    Ok("retention: not applied yet".to_string())
+    Ok("retention is not applied yet in this version (old backups are kept)".to_string())
 }
 
-/// Delete what the retention policy does not keep (placeholder until retention lands).
+/// Delete what the retention policy does not keep. Not built yet: keeps everything and says so.
 fn apply_retention(
     _dir: &Path,
     _cfg: &Backup,
     _now: DateTime<Utc>,
     _manifest: &mut Manifest,
 ) -> Result<RetentionOutcome, JobError> {
-    Ok(RetentionOutcome::default())
+    Ok(RetentionOutcome {
+        deleted: Vec::new(),
+        summary: "retention is not applied yet in this version (old backups are kept)".into(),
+    })
 }
 
 /// A progress bar on stderr, only when a person is watching (a TTY).

@@ -116,6 +116,9 @@ pub struct JobResult {
     pub skipped: bool,
 }
 
+/// Words every "not built yet" error contains (the demo skips such jobs).
+pub const NOT_BUILT: &str = "not built yet";
+
 /// Why a job failed; each maps to an exit code.
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {

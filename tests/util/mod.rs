@@ -16,7 +16,10 @@ pub struct TestEnv {
 impl TestEnv {
     pub fn new() -> Self {
         TestEnv {
-            dir: tempfile::Builder::new().prefix("lk-test-").tempdir().unwrap(),
+            dir: tempfile::Builder::new()
+                .prefix("lk-test-")
+                .tempdir()
+                .unwrap(),
         }
     }
 
@@ -47,7 +50,10 @@ impl TestEnv {
 
     /// A `[[database]]` stanza for `name` at `path` with the given extra lines.
     pub fn database_section(name: &str, path: &Path, extra: &str) -> String {
-        format!("[[database]]\nname = \"{name}\"\npath = \"{}\"\n{extra}\n", path.display())
+        format!(
+            "[[database]]\nname = \"{name}\"\npath = \"{}\"\n{extra}\n",
+            path.display()
+        )
     }
 
     /// The real binary with `-c <config>`, a clean environment for litekeeper's variables.
@@ -65,11 +71,17 @@ impl TestEnv {
 
     fn scrub(&self, c: &mut StdCommand) {
         for (k, _) in std::env::vars() {
-            if k.starts_with("LITEKEEPER") || k == "NOTIFY_SOCKET" || k == "JOURNAL_STREAM" || k.starts_with("WATCHDOG_") {
+            if k.starts_with("LITEKEEPER")
+                || k == "NOTIFY_SOCKET"
+                || k == "JOURNAL_STREAM"
+                || k.starts_with("WATCHDOG_")
+            {
                 c.env_remove(k);
             }
         }
-        c.env("NO_COLOR", "1").env("TZ", "UTC").current_dir(self.dir.path());
+        c.env("NO_COLOR", "1")
+            .env("TZ", "UTC")
+            .current_dir(self.dir.path());
     }
 
     /// Create an SQLite database file at `rel` and run `sql` in it.
