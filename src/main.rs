@@ -3,7 +3,20 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    let cli = litekeeper::cli::Cli::parse();
+    let cli = match litekeeper::cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version go to stdout and succeed; every other command-line mistake
+        // (unknown subcommand or flag, missing or invalid argument, bare `litekeeper`) is
+        // a usage error: EX_USAGE (64) as README documents, not clap's default 2.
+        Err(e) => {
+            let _ = e.print();
+            return std::process::ExitCode::from(if e.use_stderr() {
+                litekeeper::exit::ExitCode::Usage.code()
+            } else {
+                litekeeper::exit::ExitCode::Ok.code()
+            });
+        }
+    };
     if matches!(cli.command, litekeeper::cli::Command::Demo(_))
         && std::env::var_os("LITEKEEPER_LOG").is_none()
     {

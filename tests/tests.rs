@@ -6,6 +6,7 @@ mod backup;
 mod catch_up;
 mod check;
 mod config_errors;
+mod config_examples;
 mod config_files;
 mod daemon;
 mod demo;
