@@ -38,6 +38,8 @@ pub enum LockError {
     Busy { database: String, holder: String },
     #[error("stopped while waiting for the lock of database {0:?}")]
     Cancelled(String),
+    #[error("{}: the lock file is a symlink; refusing to follow it (remove it: litekeeper creates its own)", path.display())]
+    Symlink { path: PathBuf },
     #[error("{}: cannot open lock file: {source} (check that lock_dir exists and is writable, and is not a symlink)", path.display())]
     Io {
         path: PathBuf,
@@ -68,9 +70,13 @@ fn open(dir: &Path, database: &str) -> Result<(File, PathBuf), LockError> {
         .truncate(false)
         .mode(0o640)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&path)
-        .map_err(io)?;
-    Ok((file, path))
+        .open(&path);
+    match file {
+        Ok(file) => Ok((file, path)),
+        // O_NOFOLLOW on a symlink fails with ELOOP: say what it means.
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => Err(LockError::Symlink { path }),
+        Err(e) => Err(io(e)),
+    }
 }
 
 fn holder(file: &mut File) -> String {
@@ -175,7 +181,7 @@ mod tests {
         std::os::unix::fs::symlink("/etc/passwd", dir.path().join("chat.lock")).unwrap();
         assert!(matches!(
             try_acquire(dir.path(), "chat", "backup"),
-            Err(LockError::Io { .. })
+            Err(LockError::Symlink { .. })
         ));
     }
 

@@ -9,7 +9,6 @@ mod config_errors;
 mod config_examples;
 mod config_files;
 mod daemon;
-mod demo;
 mod demo_run;
 mod journal;
 mod run_lock;
