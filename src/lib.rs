@@ -18,6 +18,7 @@
 //! - `logging`: journald or stderr, event fields and MESSAGE_IDs.
 //! - `notify`: sd_notify messages and the watchdog.
 //! - `paths`: default locations for root and for users.
+//! - `retention`: which backups to keep and why; pure.
 //! - `exit`: exit codes and the error type that carries them to `main`.
 
 pub mod archive;
@@ -31,6 +32,7 @@ pub mod lock;
 pub mod logging;
 pub mod notify;
 pub mod paths;
+pub mod retention;
 pub mod schedule;
 pub mod scheduler;
 pub mod sqlite;

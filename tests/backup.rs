@@ -128,11 +128,14 @@ fn backup_under_a_busy_writer_finishes_and_holds_every_earlier_row() {
         std::thread::spawn(move || {
             let c = Connection::open(&db).unwrap();
             c.busy_timeout(Duration::from_secs(5)).unwrap();
+            // synchronous=NORMAL (what WAL apps use): commits are cheap, so the rate stays
+            // well above 200/s even on a loaded CI machine.
+            c.execute_batch("PRAGMA synchronous=NORMAL").unwrap();
             while !stop.load(Ordering::Relaxed) {
                 c.execute("INSERT INTO chat(body, ts) VALUES ('live', 0)", [])
                     .unwrap();
                 commits.fetch_add(1, Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(2));
+                std::thread::sleep(Duration::from_micros(500));
             }
         })
     };

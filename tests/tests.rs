@@ -11,5 +11,6 @@ mod config_files;
 mod daemon;
 mod demo_run;
 mod journal;
+mod retention;
 mod run_lock;
 mod status;

@@ -11,7 +11,7 @@
 //! and the job fails. Retention then runs (see `retention`), only when every copy verified.
 
 use std::collections::BTreeMap;
-use std::fs::File;
+use std::fs::{self, File};
 use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -24,6 +24,8 @@ use sha2::{Digest, Sha256};
 use super::{JobCtx, JobError, JobResult};
 use crate::archive::{self, ArchiveError, BackupName, Entry, Manifest, Verified};
 use crate::config::{Backup, BackupMethod, Compression, Database, Verify};
+use crate::retention;
+use crate::schedule::Zone;
 
 /// Pages copied per backup step: cancel is checked between steps.
 const PAGES_PER_STEP: i32 = 1024;
@@ -133,7 +135,7 @@ pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
             .iter()
             .map(|s| final_name(s, stamp, cfg).file_name())
             .collect();
-        let plan = retention_preview(dir, cfg, Utc::now())?;
+        let plan = retention_preview(ctx.db, cfg, &ctx.config.daemon.timezone, stamp)?;
         figures.insert("would_write".into(), names.clone().into());
         figures.insert("bytes_before".into(), need.into());
         return Ok(JobResult {
@@ -178,7 +180,13 @@ pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
     let bytes: u64 = written.iter().map(|e| e.size).sum();
     let pages: u64 = written.iter().map(|e| e.page_count).sum();
     let main = &written[0];
-    let retention = apply_retention(dir, cfg, Utc::now(), &mut manifest)?;
+    let retention = apply_retention(
+        ctx.db,
+        cfg,
+        &ctx.config.daemon.timezone,
+        Utc::now(),
+        &mut manifest,
+    )?;
     figures.insert(
         "backup_path".into(),
         dir.join(&main.file).display().to_string().into(),
@@ -640,25 +648,154 @@ impl From<ArchiveError> for JobError {
 #[derive(Debug, Default)]
 pub struct RetentionOutcome {
     pub deleted: Vec<String>,
+    pub kept: usize,
     pub summary: String,
 }
 
-/// One line saying what retention would delete now.
-fn retention_preview(_dir: &Path, _cfg: &Backup, _now: DateTime<Utc>) -> Result<String, JobError> {
-    Ok("retention is not applied yet in this version (old backups are kept)".to_string())
+/// One backup file with its manifest entry and retention's decision.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    pub found: archive::Found,
+    pub entry: Option<Entry>,
+    pub decision: retention::Decision,
 }
 
-/// Delete what the retention policy does not keep. Not built yet: keeps everything and says so.
+/// Every backup of `db`'s series in `cfg.dir` (newest first) with what retention decides for
+/// it at `now`. Files of other series in a shared directory are not ours to judge. `pending`
+/// is the time of a backup about to be written (a dry run): it takes part in the decision as
+/// a verified backup but is not listed.
+pub fn retention_plan(
+    db: &Database,
+    cfg: &Backup,
+    zone: &Zone,
+    now: DateTime<Utc>,
+    pending: Option<DateTime<Utc>>,
+) -> Result<Vec<Planned>, ArchiveError> {
+    let manifest = Manifest::load(&cfg.dir)?;
+    let found = archive::list(&cfg.dir)?;
+    let policy = retention::Policy {
+        keep: cfg.keep,
+        max_age: cfg.max_age,
+    };
+    let mut out = Vec::new();
+    for series in sources(db).into_iter().map(|s| s.series) {
+        let files: Vec<archive::Found> = found
+            .iter()
+            .filter(|f| f.name.series == series)
+            .cloned()
+            .collect();
+        let mut candidates: Vec<retention::Candidate> = files
+            .iter()
+            .map(|f| retention::Candidate {
+                time: f.name.time,
+                failed: f.name.failed,
+                verified: !f.name.failed
+                    && manifest
+                        .get(&f.name.file_name())
+                        .is_some_and(|e| matches!(e.verified, Verified::Quick | Verified::Full)),
+            })
+            .collect();
+        candidates.extend(pending.map(|time| retention::Candidate {
+            time,
+            failed: false,
+            verified: true,
+        }));
+        let decisions = retention::decide(&candidates, &policy, now, zone);
+        for (f, decision) in files.into_iter().zip(decisions) {
+            out.push(Planned {
+                entry: manifest.get(&f.name.file_name()).cloned(),
+                found: f,
+                decision,
+            });
+        }
+    }
+    out.sort_by(|a, b| {
+        b.found
+            .name
+            .time
+            .cmp(&a.found.name.time)
+            .then(a.found.name.series.cmp(&b.found.name.series))
+    });
+    Ok(out)
+}
+
+/// One line saying what retention would delete after a backup taken at `stamp`.
+fn retention_preview(
+    db: &Database,
+    cfg: &Backup,
+    zone: &Zone,
+    stamp: DateTime<Utc>,
+) -> Result<String, JobError> {
+    let plan = retention_plan(db, cfg, zone, stamp, Some(stamp))?;
+    let doomed: Vec<&Planned> = plan.iter().filter(|p| !p.decision.keep()).collect();
+    if doomed.is_empty() {
+        return Ok(format!(
+            "retention would delete nothing ({} kept)",
+            plan.len()
+        ));
+    }
+    let bytes: u64 = doomed.iter().map(|p| p.found.size).sum();
+    Ok(format!(
+        "retention would delete {} of {} backups ({}): {}",
+        doomed.len(),
+        plan.len(),
+        human_bytes(bytes),
+        doomed
+            .iter()
+            .map(|p| p.found.name.file_name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
+}
+
+/// Delete what the retention policy does not keep (only files named by our pattern, listed
+/// fresh from the directory), then drop their manifest entries.
 fn apply_retention(
-    _dir: &Path,
-    _cfg: &Backup,
-    _now: DateTime<Utc>,
-    _manifest: &mut Manifest,
+    db: &Database,
+    cfg: &Backup,
+    zone: &Zone,
+    now: DateTime<Utc>,
+    manifest: &mut Manifest,
 ) -> Result<RetentionOutcome, JobError> {
-    Ok(RetentionOutcome {
-        deleted: Vec::new(),
-        summary: "retention is not applied yet in this version (old backups are kept)".into(),
-    })
+    let plan = retention_plan(db, cfg, zone, now, None)?;
+    let mut out = RetentionOutcome::default();
+    let mut freed = 0;
+    for p in &plan {
+        if p.decision.keep() {
+            out.kept += 1;
+            continue;
+        }
+        match fs::remove_file(&p.found.path) {
+            Ok(()) => {
+                freed += p.found.size;
+                out.deleted.push(p.found.name.file_name());
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(JobError::Archive(ArchiveError::Io {
+                    path: p.found.path.clone(),
+                    what: "cannot delete an expired backup",
+                    source: e,
+                }))
+            }
+        }
+    }
+    if !out.deleted.is_empty() {
+        archive::fsync_dir(&cfg.dir)?;
+        manifest.retain_existing(&cfg.dir);
+        manifest.save(&cfg.dir)?;
+    }
+    out.summary = if out.deleted.is_empty() {
+        format!("retention kept all {} backups", out.kept)
+    } else {
+        format!(
+            "retention deleted {} ({} freed), kept {}",
+            out.deleted.len(),
+            human_bytes(freed),
+            out.kept
+        )
+    };
+    Ok(out)
 }
 
 /// A progress bar on stderr, only when a person is watching (a TTY).
