@@ -33,16 +33,43 @@ fn demo_builds_a_sample_runs_the_jobs_and_refuses_a_used_dir() {
     )
     .unwrap();
     let n = |sql: &str| -> i64 { main.query_row(sql, [], |r| r.get(0)).unwrap() };
-    assert_eq!(n("SELECT count(*) FROM chat"), 2000);
-    // The cases prune rules act on are there:
-    assert!(n("SELECT count(*) FROM chat WHERE updated_at < strftime('%s','now') - 90*86400 AND archived = 0 AND pinned = 0 AND folder_id IS NULL") > 500);
-    assert!(n("SELECT count(*) FROM message WHERE chat_id NOT IN (SELECT id FROM chat)") >= 600);
-    assert!(n("SELECT count(*) FROM files.blob WHERE substr(key, 1, instr(key, '/') - 1) NOT IN (SELECT id FROM message)") >= 500);
+    // Prune ran after its dry-run preview: the preview's count of old chats is what went.
+    assert!(
+        stdout.contains("prune --dry-run: dry run: would delete"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("prune   ok"), "{stdout}");
+    let previewed: i64 = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("rule[0]"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no rule[0] row in:\n{stdout}"));
+    assert!(previewed > 500, "{stdout}");
+    assert_eq!(n("SELECT count(*) FROM chat"), 2000 - previewed);
+    // Nothing the rules select is left, and what they protect is still there.
+    assert_eq!(n("SELECT count(*) FROM chat WHERE updated_at < strftime('%s','now') - 90*86400 AND archived = 0 AND pinned = 0 AND folder_id IS NULL"), 0);
+    assert!(
+        n("SELECT count(*) FROM chat WHERE updated_at < strftime('%s','now') - 90*86400") > 0,
+        "protected old chats were kept"
+    );
+    assert_eq!(
+        n("SELECT count(*) FROM message WHERE chat_id NOT IN (SELECT id FROM chat)"),
+        0
+    );
+    assert!(n("SELECT count(*) FROM message") > 0);
+    assert_eq!(n("SELECT count(*) FROM files.blob WHERE substr(key, 1, instr(key, '/') - 1) NOT IN (SELECT id FROM message)"), 0);
+    assert!(n("SELECT count(*) FROM files.blob") > 0);
     let uploads = std::fs::read_dir(dir.join("app/uploads")).unwrap().count() as i64;
     assert_eq!(
-        uploads - n("SELECT count(*) FROM file"),
-        60,
-        "orphaned uploads"
+        uploads,
+        n("SELECT count(*) FROM file"),
+        "orphaned uploads left"
+    );
+    assert_eq!(
+        main.query_row("PRAGMA integrity_check", [], |r| r.get::<_, String>(0))
+            .unwrap(),
+        "ok"
     );
     // The backup step really ran: two verified files in the manifest.
     let m = litekeeper::archive::Manifest::load(&dir.join("backups/chat")).unwrap();

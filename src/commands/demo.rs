@@ -93,6 +93,27 @@ pub fn run(args: DemoArgs) -> Result<ExitCode, Failure> {
     let rt = super::runtime()?;
     let db = config.databases[0].clone();
     let mut failed = false;
+    // Preview first, as an operator would: what prune would delete, per rule.
+    let preview = rt.block_on(jobs::execute(
+        &Env {
+            pools: Pools::new(&config),
+            config: config.clone(),
+            state: state.clone(),
+            cancel: CancellationToken::new(),
+        },
+        Request {
+            db: db.clone(),
+            kind: JobKind::Prune,
+            trigger: Trigger::Cli,
+            dry_run: true,
+            on_busy: None,
+        },
+    ));
+    println!("  prune --dry-run: {}", preview.summary);
+    for l in jobs::prune::rules_table(&preview.figures) {
+        println!("  {l}");
+    }
+    println!();
     for kind in JobKind::ALL {
         let env = Env {
             pools: Pools::new(&config),
@@ -126,6 +147,11 @@ pub fn run(args: DemoArgs) -> Result<ExitCode, Failure> {
             ),
         };
         println!("  {:<7} {line}", kind.as_str());
+        if kind == JobKind::Prune && report.outcome == Outcome::Ok {
+            for l in jobs::prune::rules_table(&report.figures) {
+                println!("  {l}");
+            }
+        }
     }
 
     let after = measure(&sample).or_exit(ExitCode::IoErr)?;

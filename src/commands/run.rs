@@ -90,7 +90,14 @@ pub fn run(path: &Path, args: RunArgs) -> Result<ExitCode, Failure> {
         report.summary
     );
     match report.outcome {
-        Outcome::Ok | Outcome::DryRun => println!("{line} ({} ms)", report.duration_ms),
+        Outcome::Ok | Outcome::DryRun => {
+            println!("{line} ({} ms)", report.duration_ms);
+            if report.job == JobKind::Prune {
+                for l in jobs::prune::rules_table(&report.figures) {
+                    println!("{l}");
+                }
+            }
+        }
         Outcome::Skipped if report.exit == ExitCode::Ok => println!("{line}"),
         Outcome::Skipped | Outcome::Failed => eprintln!("litekeeper: {line}"),
     }

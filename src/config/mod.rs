@@ -24,13 +24,15 @@ pub const ENV_PREFIX: &str = "LITEKEEPER";
 /// The configuration could not be used. Display is one line per problem.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    // `cause` is deliberately not a `#[source]`: the message already shows it, and `Failure`
+    // appends every source of the chain, which printed it twice.
     #[error(
-        "{}: cannot read the configuration file: {source} (create it from config/litekeeper.toml, or pass -c FILE)",
+        "{}: cannot read the configuration file: {cause} (create it from config/litekeeper.toml, or pass -c FILE)",
         path.display()
     )]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{}", .0.join("\n"))]
     Invalid(Vec<String>),
@@ -98,9 +100,9 @@ impl fmt::Display for KeyPath {
 
 /// Load and validate the configuration file at `path`, with environment overrides.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
         path: path.to_path_buf(),
-        source,
+        cause,
     })?;
     let env: Vec<(String, String)> = std::env::vars()
         .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}__")))
@@ -206,6 +208,20 @@ fn format_problem(
         .map(|span| position(text, Some(span)))
         .unwrap_or_default();
     format!("{fname}{pos}: {key}: {}{got}", p.reason)
+}
+
+/// `file:line:col: key: reason` for a problem found after loading (e.g. a rule that does not
+/// fit the live schema): the file is read again for the position.
+pub fn locate(file: &Path, key: &KeyPath, names: &[String], reason: &str) -> String {
+    let fname = file.display().to_string();
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    let spans = toml::de::DeTable::parse(&text).ok();
+    let pos = spans
+        .as_ref()
+        .and_then(|s| span_of(s.get_ref(), key))
+        .map(|span| position(&text, Some(span)))
+        .unwrap_or_default();
+    format!("{fname}{pos}: {}: {reason}", key.describe(names))
 }
 
 fn env_var_for(key: &KeyPath) -> String {

@@ -142,6 +142,9 @@ pub enum JobError {
     Cancelled,
     #[error("{0}")]
     Refused(String),
+    /// The configuration does not fit the live database (a rule names a missing column…).
+    #[error("{0}")]
+    Config(String),
     /// A copy did not pass verification.
     #[error("{0}")]
     VerifyFailed(String),
@@ -168,6 +171,7 @@ impl JobError {
             },
             JobError::VerifyFailed(_) => ExitCode::DataErr,
             JobError::Refused(_) => ExitCode::CantCreate,
+            JobError::Config(_) => ExitCode::Config,
             JobError::Archive(crate::archive::ArchiveError::Refused { .. }) => ExitCode::CantCreate,
             JobError::Archive(_) => ExitCode::IoErr,
             _ => ExitCode::Failed,
