@@ -11,6 +11,7 @@ mod config_files;
 mod daemon;
 mod demo_run;
 mod journal;
+mod prune;
 mod retention;
 mod run_lock;
 mod status;

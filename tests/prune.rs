@@ -1,0 +1,531 @@
+//! The prune job on real databases and directories: each rule kind deletes exactly the rows a
+//! query written here independently selects, cascades complete in one run, files rules spare
+//! young, referenced and symlinked entries, quarantine moves then expires, dry runs change
+//! nothing, the guards refuse, and a killed prune leaves only whole batches.
+
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, SystemTime};
+
+use rusqlite::Connection;
+
+use crate::util::{both, TestEnv};
+
+const DAY: i64 = 86_400;
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+fn config(env: &TestEnv, db: &Path, attach: Option<&Path>, prune: &str) {
+    let attach = attach
+        .map(|p| format!("attach = {{ files = \"{}\" }}\n", p.display()))
+        .unwrap_or_default();
+    env.write_config(&format!(
+        "{}[[database]]\nname = \"chat\"\npath = \"{}\"\n{attach}[database.prune]\npause = \"0s\"\n{prune}\n",
+        env.daemon_section("timezone = \"UTC\""),
+        db.display()
+    ));
+}
+
+fn q(db: &Path, sql: &str) -> i64 {
+    let c = Connection::open(db).unwrap();
+    c.query_row(sql, [], |r| r.get(0)).unwrap()
+}
+
+fn ids(db: &Path, sql: &str) -> Vec<i64> {
+    let c = Connection::open(db).unwrap();
+    let mut st = c.prepare(sql).unwrap();
+    st.query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+fn run_prune(env: &TestEnv, extra: &[&str]) -> std::process::Output {
+    env.cmd()
+        .args(["run", "chat", "prune"])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+/// A chat-app main DB: chats with ages and flags, messages, and an attached blob DB.
+fn chat_app(env: &TestEnv) -> (PathBuf, PathBuf) {
+    let n = now();
+    let main = env.sqlite(
+        "app/chat.db",
+        &format!(
+            "PRAGMA journal_mode=WAL;
+             CREATE TABLE chat(id TEXT PRIMARY KEY, updated_at INTEGER, updated_ms INTEGER,
+                               updated_iso TEXT, updated_jd REAL, archived INTEGER, pinned INTEGER);
+             CREATE TABLE message(id TEXT PRIMARY KEY, chat_id TEXT, body TEXT);
+             WITH RECURSIVE i(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM i WHERE x < 400)
+             INSERT INTO chat SELECT 'c' || x, {n} - x * {DAY}, ({n} - x * {DAY}) * 1000,
+                    strftime('%Y-%m-%dT%H:%M:%SZ', {n} - x * {DAY}, 'unixepoch'),
+                    julianday({n} - x * {DAY}, 'unixepoch'),
+                    x % 7 = 0, x % 11 = 0 FROM i;
+             WITH RECURSIVE i(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM i WHERE x < 2400)
+             INSERT INTO message SELECT 'm' || x, 'c' || (x % 460 + 1), 'hello' FROM i;"
+        ),
+    );
+    let blobs = env.sqlite(
+        "app/files.db",
+        "PRAGMA journal_mode=WAL;
+         CREATE TABLE blob(key TEXT PRIMARY KEY, data BLOB) WITHOUT ROWID;
+         WITH RECURSIVE i(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM i WHERE x < 2600)
+         INSERT INTO blob SELECT 'm' || x || '/' || (x % 3), randomblob(50) FROM i;
+         INSERT INTO blob VALUES ('m5/0.thumb', x'00'), ('no-slash', x'00');",
+    );
+    (main, blobs)
+}
+
+#[test]
+fn age_rules_in_every_time_format_delete_exactly_the_old_rows() {
+    for (column, format) in [
+        ("updated_at", "unix"),
+        ("updated_ms", "unix_ms"),
+        ("updated_iso", "iso8601"),
+        ("updated_jd", "julian"),
+    ] {
+        let env = TestEnv::new();
+        let (db, _) = chat_app(&env);
+        config(
+            &env,
+            &db,
+            None,
+            &format!(
+                "max_fraction = 1.0\n[[database.prune.rule]]\ntable = \"chat\"\ncolumn = \"{column}\"\nolder_than = \"2388h\"\ntime_format = \"{format}\"\nwhere = \"archived = 0 AND pinned = 0\""
+            ),
+        );
+        // 99.5 days: no row sits within hours of the cutoff. Independent: by the unix column.
+        let cutoff = now() - 2388 * 3600;
+        let expect_left = ids(
+            &db,
+            &format!("SELECT rowid FROM chat WHERE NOT (updated_at < {cutoff} AND archived = 0 AND pinned = 0) ORDER BY rowid"),
+        );
+        let o = run_prune(&env, &[]);
+        assert_eq!(o.status.code(), Some(0), "{format}: {}", both(&o));
+        let left = ids(&db, "SELECT rowid FROM chat ORDER BY rowid");
+        assert_eq!(left, expect_left, "{format}");
+        assert!(
+            left.len() < 400 && left.len() > 100,
+            "{format}: {}",
+            left.len()
+        );
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            stdout.contains(&format!("deleted {} rows", 400 - left.len())),
+            "{format}: {stdout}"
+        );
+    }
+}
+
+#[test]
+fn where_and_orphan_rules_cascade_across_attached_databases_in_one_run() {
+    let env = TestEnv::new();
+    let (db, blobs) = chat_app(&env);
+    config(
+        &env,
+        &db,
+        Some(&blobs),
+        "max_fraction = 1.0
+[[database.prune.rule]]
+table = \"chat\"
+where = \"archived = 1 AND pinned = 0\"
+[[database.prune.rule]]
+table = \"message\"
+key = \"chat_id\"
+parent = \"chat.id\"
+[[database.prune.rule]]
+table = \"files.blob\"
+key = \"substr(key, 1, instr(key, '/') - 1)\"
+parent = \"message.id\"",
+    );
+    let c = Connection::open(&db).unwrap();
+    c.execute("ATTACH ?1 AS files", [blobs.to_str().unwrap()])
+        .unwrap();
+    let count = |sql: &str| -> i64 { c.query_row(sql, [], |r| r.get(0)).unwrap() };
+    let chats_left = count("SELECT count(*) FROM chat WHERE NOT (archived = 1 AND pinned = 0)");
+    // Messages whose chat survives; blobs whose message survives (keys without '/' give ''
+    // and '' is no message id, so they go too; NULL keys would stay).
+    let messages_left = count(
+        "SELECT count(*) FROM message WHERE chat_id IN (SELECT id FROM chat WHERE NOT (archived = 1 AND pinned = 0))",
+    );
+    let blobs_left = count(
+        "SELECT count(*) FROM files.blob WHERE substr(key, 1, instr(key, '/') - 1) IN
+           (SELECT id FROM message WHERE chat_id IN (SELECT id FROM chat WHERE NOT (archived = 1 AND pinned = 0)))",
+    );
+    assert!(blobs_left > 100 && messages_left > 100);
+    let o = run_prune(&env, &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    assert_eq!(count("SELECT count(*) FROM chat"), chats_left);
+    assert_eq!(count("SELECT count(*) FROM message"), messages_left);
+    assert_eq!(count("SELECT count(*) FROM files.blob"), blobs_left);
+    // The thumbnail of a surviving message survives with it.
+    let m5_alive = count("SELECT count(*) FROM message WHERE id = 'm5'");
+    assert_eq!(
+        count("SELECT count(*) FROM files.blob WHERE key = 'm5/0.thumb'"),
+        m5_alive
+    );
+    for db in [&db, &blobs] {
+        assert_eq!(
+            Connection::open(db)
+                .unwrap()
+                .query_row("PRAGMA integrity_check", [], |r| r.get::<_, String>(0))
+                .unwrap(),
+            "ok"
+        );
+    }
+    // A second run finds nothing more: the cascade completed in one run.
+    let o = run_prune(&env, &[]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("deleted 0 rows"),
+        "{}",
+        both(&o)
+    );
+}
+
+#[test]
+fn dry_run_changes_nothing_and_shows_counts_and_samples() {
+    let env = TestEnv::new();
+    let (db, blobs) = chat_app(&env);
+    let uploads = env.path("uploads");
+    std::fs::create_dir_all(&uploads).unwrap();
+    std::fs::write(uploads.join("c1_a.txt"), "x").unwrap();
+    std::fs::write(uploads.join("zzz_orphan.txt"), "xyz").unwrap();
+    config(
+        &env,
+        &db,
+        Some(&blobs),
+        &format!(
+            "max_fraction = 1.0
+[[database.prune.rule]]
+table = \"chat\"
+where = \"archived = 1\"
+[[database.prune.files]]
+dir = \"{}\"
+pattern = '^(?P<id>[a-z0-9]+)_'
+referenced_by = \"SELECT id FROM chat\"
+min_age = \"0s\"",
+            uploads.display()
+        ),
+    );
+    // Checkpoint so the file bytes are the whole state, then compare bytes after.
+    Connection::open(&db)
+        .unwrap()
+        .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+        .unwrap();
+    let before = std::fs::read(&db).unwrap();
+    let o = run_prune(&env, &["--dry-run"]);
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let archived = q(&db, "SELECT count(*) FROM chat WHERE archived = 1");
+    assert!(
+        out.contains(&format!("would delete {archived} rows and 1 files (3 B)")),
+        "{out}"
+    );
+    assert!(out.contains("(e.g. 7, 14, 21, 28, 35)"), "{out}");
+    assert!(out.contains("zzz_orphan.txt"), "{out}");
+    assert_eq!(
+        std::fs::read(&db).unwrap(),
+        before,
+        "dry run changed the DB"
+    );
+    assert!(uploads.join("zzz_orphan.txt").exists());
+    // dry_run = true in the config does the same without the flag.
+    let cfg = std::fs::read_to_string(env.config_path())
+        .unwrap()
+        .replace("max_fraction = 1.0", "max_fraction = 1.0\ndry_run = true");
+    std::fs::write(env.config_path(), cfg).unwrap();
+    let o = run_prune(&env, &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("dry run"));
+    assert_eq!(q(&db, "SELECT count(*) FROM chat"), 400);
+}
+
+#[test]
+fn max_fraction_and_missing_columns_refuse_before_deleting() {
+    let env = TestEnv::new();
+    let (db, _) = chat_app(&env);
+    config(
+        &env,
+        &db,
+        None,
+        "[[database.prune.rule]]\ntable = \"chat\"\nwhere = \"archived = 0\"",
+    );
+    let o = run_prune(&env, &[]);
+    assert_ne!(o.status.code(), Some(0), "{}", both(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("more than max_fraction 50%") && err.contains("rule[0]"),
+        "{}",
+        both(&o)
+    );
+    assert_eq!(q(&db, "SELECT count(*) FROM chat"), 400);
+
+    // A rule naming a missing column: exit 78 with the config line of the key.
+    env.write_config(&format!(
+        "{}[[database]]\nname = \"chat\"\npath = \"{}\"\n[database.prune]\n[[database.prune.rule]]\ntable = \"chat\"\ncolumn = \"created\"\nolder_than = \"1d\"\n",
+        env.daemon_section(""),
+        db.display()
+    ));
+    let line = std::fs::read_to_string(env.config_path())
+        .unwrap()
+        .lines()
+        .position(|l| l.starts_with("column = "))
+        .unwrap()
+        + 1;
+    let o = run_prune(&env, &[]);
+    assert_eq!(o.status.code(), Some(78), "{}", both(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!("litekeeper.toml:{line}:"))
+            && err.contains("no column \"created\" in chat"),
+        "{}",
+        both(&o)
+    );
+    // A `where` with a second statement is refused, nothing runs.
+    env.write_config(&format!(
+        "{}[[database]]\nname = \"chat\"\npath = \"{}\"\n[database.prune]\n[[database.prune.rule]]\ntable = \"chat\"\nwhere = \"1; DROP TABLE chat\"\n",
+        env.daemon_section(""),
+        db.display()
+    ));
+    let o = run_prune(&env, &[]);
+    assert_eq!(o.status.code(), Some(78), "{}", both(&o));
+    assert_eq!(q(&db, "SELECT count(*) FROM chat"), 400);
+}
+
+#[test]
+fn max_rows_caps_one_run_and_without_rowid_tables_batch_on_their_key() {
+    let env = TestEnv::new();
+    let (db, blobs) = chat_app(&env);
+    config(
+        &env,
+        &db,
+        Some(&blobs),
+        "max_fraction = 1.0\nmax_rows = 1000\n[[database.prune.rule]]\ntable = \"files.blob\"\nwhere = \"length(data) > 10\"",
+    );
+    let o = run_prune(&env, &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("stopped at max_rows = 1000"),
+        "{}",
+        both(&o)
+    );
+    assert_eq!(q(&blobs, "SELECT count(*) FROM blob"), 2602 - 1000);
+    // Deleted in key order: the survivors are the largest keys.
+    let smallest_left: String = Connection::open(&blobs)
+        .unwrap()
+        .query_row(
+            "SELECT min(key) FROM blob WHERE length(data) > 10",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let deleted_below: i64 = q(
+        &blobs,
+        &format!("SELECT count(*) FROM blob WHERE key < '{smallest_left}' AND length(data) > 10"),
+    );
+    assert_eq!(deleted_below, 0);
+    let o = run_prune(&env, &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let o = run_prune(&env, &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    assert_eq!(q(&blobs, "SELECT count(*) FROM blob"), 2);
+}
+
+fn set_age(path: &Path, age: Duration) {
+    let t = SystemTime::now() - age;
+    std::fs::File::open(path).unwrap().set_modified(t).unwrap();
+}
+
+#[test]
+fn files_rule_spares_young_referenced_and_symlinked_entries() {
+    let env = TestEnv::new();
+    let (db, _) = chat_app(&env);
+    let uploads = env.path("uploads");
+    std::fs::create_dir_all(&uploads).unwrap();
+    let outside = env.path("precious.txt");
+    std::fs::write(&outside, "outside").unwrap();
+    let old = Duration::from_secs(3 * 86400);
+    for (name, age) in [
+        ("c1_kept.txt", old),               // referenced
+        ("c999_orphan.txt", old),           // orphan: deleted
+        ("c998_young.txt", Duration::ZERO), // orphan, too young
+        ("README", old),                    // does not match the pattern
+    ] {
+        let p = uploads.join(name);
+        std::fs::write(&p, "data").unwrap();
+        set_age(&p, age);
+    }
+    symlink(&outside, uploads.join("c997_link.txt")).unwrap();
+    // entries = "dirs": one directory per id.
+    let vectors = env.path("vectors");
+    for d in ["c2", "c996"] {
+        std::fs::create_dir_all(vectors.join(d).join("sub")).unwrap();
+        std::fs::write(vectors.join(d).join("sub/index.bin"), "0123456789").unwrap();
+        set_age(&vectors.join(d), old);
+    }
+    symlink(env.path("app"), vectors.join("c995")).unwrap();
+    config(
+        &env,
+        &db,
+        None,
+        &format!(
+            "max_fraction = 1.0
+[[database.prune.files]]
+dir = \"{}\"
+pattern = '^(?P<id>c[0-9]+)_'
+referenced_by = \"SELECT id FROM chat\"
+min_age = \"1d\"
+[[database.prune.files]]
+dir = \"{}\"
+entries = \"dirs\"
+referenced_by = \"SELECT id FROM chat\"
+min_age = \"1d\"",
+            uploads.display(),
+            vectors.display()
+        ),
+    );
+    let o = run_prune(&env, &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let mut left: Vec<String> = std::fs::read_dir(&uploads)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        ["README", "c1_kept.txt", "c997_link.txt", "c998_young.txt"]
+    );
+    assert_eq!(std::fs::read_to_string(&outside).unwrap(), "outside");
+    assert!(vectors.join("c2/sub/index.bin").exists());
+    assert!(!vectors.join("c996").exists());
+    assert!(vectors.join("c995").is_symlink());
+    assert!(env.path("app/chat.db").exists());
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("and 2 files (14 B)"), "{out}");
+}
+
+#[test]
+fn quarantine_moves_then_expires_and_empty_reference_is_refused() {
+    let env = TestEnv::new();
+    let (db, _) = chat_app(&env);
+    let uploads = env.path("uploads");
+    std::fs::create_dir_all(&uploads).unwrap();
+    std::fs::write(uploads.join("c999_orphan.txt"), "data").unwrap();
+    std::fs::write(uploads.join("c1_kept.txt"), "data").unwrap();
+    let expired = uploads.join(".litekeeper-quarantine/2020-01-01");
+    std::fs::create_dir_all(&expired).unwrap();
+    std::fs::write(expired.join("c5_old.txt"), "old").unwrap();
+    let rule = |reference: &str| {
+        format!(
+            "max_fraction = 1.0
+[[database.prune.files]]
+dir = \"{}\"
+pattern = '^(?P<id>c[0-9]+)_'
+referenced_by = \"{reference}\"
+min_age = \"0s\"
+action = \"quarantine\"
+quarantine_days = 7",
+            uploads.display()
+        )
+    };
+    // A reference query that returns nothing must not empty the directory.
+    config(&env, &db, None, &rule("SELECT id FROM chat WHERE 0"));
+    let o = run_prune(&env, &[]);
+    assert_ne!(o.status.code(), Some(0), "{}", both(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("referenced_by returned no ids"),
+        "{}",
+        both(&o)
+    );
+    assert!(uploads.join("c999_orphan.txt").exists());
+
+    config(&env, &db, None, &rule("SELECT id FROM chat"));
+    let o = run_prune(&env, &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    let moved = uploads
+        .join(".litekeeper-quarantine")
+        .join(&today)
+        .join("c999_orphan.txt");
+    assert!(moved.exists(), "{}", both(&o));
+    assert!(!uploads.join("c999_orphan.txt").exists());
+    assert!(uploads.join("c1_kept.txt").exists());
+    assert!(!expired.exists(), "expired quarantine day not purged");
+}
+
+#[test]
+fn killed_prune_leaves_only_whole_batches() {
+    let env = TestEnv::new();
+    let db = env.sqlite(
+        "app/big.db",
+        "PRAGMA journal_mode=WAL;
+         CREATE TABLE ev(id INTEGER PRIMARY KEY, ts INTEGER, body TEXT);
+         CREATE INDEX ev_ts ON ev(ts);
+         WITH RECURSIVE i(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM i WHERE x < 60000)
+         INSERT INTO ev SELECT x, x % 2, hex(randomblob(20)) FROM i;",
+    );
+    env.write_config(&format!(
+        "{}[[database]]\nname = \"chat\"\npath = \"{}\"\n[database.prune]\nmax_lock = \"2ms\"\npause = \"5ms\"\nmax_fraction = 0.6\n[[database.prune.rule]]\ntable = \"ev\"\nwhere = \"ts = 0\"\n",
+        env.daemon_section(""),
+        db.display()
+    ));
+    let mut child = env
+        .std_cmd()
+        .args(["run", "chat", "prune"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill once some but not all batches are in.
+    let start = std::time::Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(50));
+        let left = q(&db, "SELECT count(*) FROM ev WHERE ts = 0");
+        if left < 29_000 || start.elapsed() > Duration::from_secs(20) {
+            break;
+        }
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    child.wait().unwrap();
+    let c = Connection::open(&db).unwrap();
+    assert_eq!(
+        c.query_row("PRAGMA integrity_check", [], |r| r.get::<_, String>(0))
+            .unwrap(),
+        "ok"
+    );
+    let left = q(&db, "SELECT count(*) FROM ev WHERE ts = 0");
+    assert!(
+        left > 0 && left < 30_000,
+        "kill did not land mid-prune: {left} left"
+    );
+    // Whole batches in key order: every matching row below the first survivor is gone and
+    // every matching row from it on is still there. No other row was touched.
+    let first_left = q(&db, "SELECT min(id) FROM ev WHERE ts = 0");
+    assert_eq!(
+        q(
+            &db,
+            &format!("SELECT count(*) FROM ev WHERE ts = 0 AND id < {first_left}")
+        ),
+        0
+    );
+    assert_eq!(
+        q(
+            &db,
+            &format!("SELECT count(*) FROM ev WHERE ts = 0 AND id >= {first_left}")
+        ),
+        (60_000 - first_left) / 2 + 1
+    );
+    assert_eq!(q(&db, "SELECT count(*) FROM ev WHERE ts = 1"), 30_000);
+    // The lock is free and the next run finishes the job.
+    let o = run_prune(&env, &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    assert_eq!(q(&db, "SELECT count(*) FROM ev WHERE ts = 0"), 0);
+}
