@@ -376,11 +376,32 @@ pub fn preflight(path: &Path) -> Result<(), Finding> {
             "point `path` at the database file itself",
         ));
     }
-    if !access(path, libc::R_OK | libc::W_OK) {
+    // Read and write are told apart: the fix differs (a read-only file may be deliberate).
+    let who = || {
+        use std::os::unix::fs::MetadataExt;
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let me = unsafe { libc::geteuid() };
+        format!(
+            "mode {:04o}, owner uid {}, litekeeper runs as uid {me}",
+            meta.mode() & 0o7777,
+            meta.uid()
+        )
+    };
+    if !access(path, libc::R_OK) {
         return Err(Finding::error(
             ExitCode::NoInput,
-            format!("{shown}: no read/write permission on the file"),
+            format!("{shown}: no read permission on the file ({})", who()),
             "run litekeeper as the database's owner, or grant that user read and write access",
+        ));
+    }
+    if !access(path, libc::W_OK) {
+        return Err(Finding::error(
+            ExitCode::NoInput,
+            format!(
+                "{shown}: no write permission on the file ({}); prune, vacuum and the switch to WAL need it",
+                who()
+            ),
+            "run litekeeper as the database's owner, or grant that user write access",
         ));
     }
     let mut header = [0u8; 16];
@@ -470,12 +491,21 @@ pub fn diagnose(path: &Path, want_wal: bool, busy_timeout: Duration) -> Vec<Find
             .query_map([], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
         if check != ["ok"] {
+            // One line per finding: SQLite's messages can contain newlines
+            // ("*** in database main ***\nTree 2 page 71 …"), which would break `check`'s
+            // "NAME: error: …" lines.
+            let said: Vec<&str> = check
+                .iter()
+                .flat_map(|m| m.lines())
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
             found.push(Finding::error(
                 ExitCode::DataErr,
                 format!(
                     "{}: database is corrupt: quick_check says {}",
                     path.display(),
-                    check.join("; ")
+                    said.join("; ")
                 ),
                 "stop the application and restore the newest verified backup",
             ));

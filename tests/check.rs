@@ -1,1 +1,702 @@
-//! (tests to come)
+//! `litekeeper check` on real files: every failure cause is named with its path and a fix, the
+//! exit code says whether anything is broken, and nothing is created or changed on the way.
+//!
+//! Permission cases run the binary as uid/gid 65534 through `setpriv` when the tests run as
+//! root (root ignores file permissions), and directly with plain chmod otherwise.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command as StdCommand, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use rusqlite::Connection;
+
+use crate::util::{both, is_root, TestEnv};
+
+/// The unprivileged user and group the permission tests run as when we are root.
+pub(crate) const NOBODY: u32 = 65534;
+
+/// Make `env`'s temp dir usable by [`NOBODY`]: the dir readable (tempfile makes it 0700), the
+/// config readable, and the state and lock dirs of `daemon_section` owned by that user.
+pub(crate) fn open_to_nobody(env: &TestEnv) {
+    set_mode(env.dir.path(), 0o755);
+    if env.config_path().exists() {
+        set_mode(&env.config_path(), 0o644);
+    }
+    for d in ["state", "locks"] {
+        let p = env.path(d);
+        std::fs::create_dir_all(&p).unwrap();
+        give_to_nobody(&p);
+    }
+}
+
+/// chown to [`NOBODY`] when root (as another user the files are already ours).
+pub(crate) fn give_to_nobody(p: &Path) {
+    if is_root() {
+        std::os::unix::fs::chown(p, Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+}
+
+pub(crate) fn set_mode(p: &Path, mode: u32) {
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// The real binary as an unprivileged user (through setpriv when root), litekeeper's own
+/// environment variables removed; no `-c` is added.
+pub(crate) fn unprivileged(env: &TestEnv) -> StdCommand {
+    let bin = binary_for_nobody(env);
+    let mut c = if is_root() {
+        let mut c = StdCommand::new("setpriv");
+        c.arg(format!("--reuid={NOBODY}"))
+            .arg(format!("--regid={NOBODY}"))
+            .arg("--clear-groups")
+            .arg(bin);
+        c
+    } else {
+        StdCommand::new(bin)
+    };
+    for (k, _) in std::env::vars() {
+        if k.starts_with("LITEKEEPER")
+            || k.starts_with("XDG_")
+            || k == "NOTIFY_SOCKET"
+            || k == "JOURNAL_STREAM"
+        {
+            c.env_remove(k);
+        }
+    }
+    c.env("NO_COLOR", "1")
+        .env("TZ", "UTC")
+        .current_dir(env.dir.path());
+    c
+}
+
+/// The test binary's path if [`NOBODY`] can run it there, else a copy inside the temp dir
+/// (a target dir under a 0700 home would be out of that user's reach).
+fn binary_for_nobody(env: &TestEnv) -> PathBuf {
+    let bin = assert_cmd::cargo::cargo_bin("litekeeper");
+    if !is_root() {
+        return bin;
+    }
+    let probe = StdCommand::new("setpriv")
+        .arg(format!("--reuid={NOBODY}"))
+        .arg(format!("--regid={NOBODY}"))
+        .arg("--clear-groups")
+        .arg(&bin)
+        .arg("--version")
+        .output()
+        .expect("setpriv (util-linux) is needed for the permission tests");
+    if probe.status.success() {
+        return bin;
+    }
+    let copy = env.path("litekeeper-bin");
+    std::fs::copy(&bin, &copy).unwrap();
+    set_mode(&copy, 0o755);
+    copy
+}
+
+/// `[daemon]` + one `[[database]]` per (name, path), written as the config.
+fn config_for(env: &TestEnv, dbs: &[(&str, &Path)], db_extra: &str) {
+    let mut text = env.daemon_section("");
+    for (name, path) in dbs {
+        text.push_str(&TestEnv::database_section(name, path, db_extra));
+    }
+    env.write_config(&text);
+}
+
+fn check(env: &TestEnv, args: &[&str]) -> Output {
+    env.cmd().arg("check").args(args).output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The `NAME: error: …` / `NAME: warning: …` line and the `NAME:   fix: …` line after it.
+fn finding(o: &Output, name: &str, tag: &str) -> (String, String) {
+    let out = stdout(o);
+    let lines: Vec<&str> = out.lines().collect();
+    let prefix = format!("{name}: {tag}: ");
+    let i = lines
+        .iter()
+        .position(|l| l.starts_with(&prefix))
+        .unwrap_or_else(|| panic!("no {prefix:?} line\n{}", both(o)));
+    let fix = lines
+        .get(i + 1)
+        .filter(|l| l.starts_with(&format!("{name}:   fix: ")))
+        .unwrap_or_else(|| panic!("no fix line after {prefix:?}\n{}", both(o)));
+    (lines[i].to_string(), fix.to_string())
+}
+
+fn assert_summary(o: &Output, errors: usize, warnings: usize) {
+    let out = stdout(o);
+    let want = format!("{errors} error(s), {warnings} warning(s)");
+    assert_eq!(out.lines().last(), Some(want.as_str()), "{}", both(o));
+}
+
+/// The -wal, -shm and -journal companions of a database path.
+fn companions(db: &Path) -> Vec<PathBuf> {
+    ["-wal", "-shm", "-journal"]
+        .iter()
+        .map(|s| PathBuf::from(format!("{}{s}", db.display())))
+        .collect()
+}
+
+fn assert_contains(haystack: &str, needles: &[&str], o: &Output) {
+    for n in needles {
+        assert!(
+            haystack.to_lowercase().contains(&n.to_lowercase()),
+            "{n:?} not in {haystack:?}\n{}",
+            both(o)
+        );
+    }
+}
+
+/// A WAL database with a table of `rows` rows of ~100 bytes.
+fn wal_db(env: &TestEnv, rel: &str, rows: u32) -> PathBuf {
+    env.sqlite(
+        rel,
+        &format!(
+            "PRAGMA journal_mode=WAL;
+             CREATE TABLE chat(id INTEGER PRIMARY KEY, body TEXT NOT NULL);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < {rows})
+             INSERT INTO chat(body) SELECT hex(randomblob(50)) FROM n;"
+        ),
+    )
+}
+
+#[test]
+fn healthy_wal_database_is_ok_and_left_untouched() {
+    let env = TestEnv::new();
+    let db = wal_db(&env, "app/chat.db", 100);
+    config_for(&env, &[("chat", &db)], "");
+    let before = std::fs::read(&db).unwrap();
+    let out = check(&env, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    let text = stdout(&out);
+    assert!(
+        text.starts_with(&format!(
+            "{}: configuration ok (1 databases)\n",
+            env.config_path().display()
+        )),
+        "{}",
+        both(&out)
+    );
+    assert!(
+        text.contains(&format!("chat: ok: {}\n", db.display())),
+        "{}",
+        both(&out)
+    );
+    assert_summary(&out, 0, 0);
+    assert!(out.stderr.is_empty(), "{}", both(&out));
+    assert_eq!(
+        std::fs::read(&db).unwrap(),
+        before,
+        "check changed the file"
+    );
+}
+
+#[test]
+fn missing_directory_is_named() {
+    let env = TestEnv::new();
+    let db = env.path("no/such/dir/chat.db");
+    config_for(&env, &[("chat", &db)], "");
+    let out = check(&env, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", both(&out));
+    let (what, fix) = finding(&out, "chat", "error");
+    assert_contains(
+        &what,
+        &[
+            &db.display().to_string(),
+            &format!(
+                "directory {} does not exist",
+                env.path("no/such/dir").display()
+            ),
+        ],
+        &out,
+    );
+    assert_contains(&fix, &["create it", "correct `path`"], &out);
+    assert_summary(&out, 1, 0);
+    assert!(!env.path("no").exists(), "check created the directory");
+}
+
+#[test]
+fn missing_file_is_named_and_never_created() {
+    let env = TestEnv::new();
+    std::fs::create_dir(env.path("app")).unwrap();
+    let db = env.path("app/chat.db");
+    config_for(&env, &[("chat", &db)], "");
+    let out = check(&env, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", both(&out));
+    let (what, fix) = finding(&out, "chat", "error");
+    assert_contains(
+        &what,
+        &[&db.display().to_string(), "database file does not exist"],
+        &out,
+    );
+    assert_contains(&fix, &["never creates databases"], &out);
+    assert!(!db.exists(), "check created {}", db.display());
+    for c in companions(&db) {
+        assert!(!c.exists(), "check created {}", c.display());
+    }
+    assert_eq!(std::fs::read_dir(env.path("app")).unwrap().count(), 0);
+}
+
+/// The database at `rel` as a fresh WAL DB in a directory `dir_rel`, with `file_mode`;
+/// `dir_owned`: whether the directory belongs to the user check runs as.
+fn permission_case(
+    env: &TestEnv,
+    dir_rel: &str,
+    file_mode: u32,
+    dir_owned: bool,
+) -> (PathBuf, Output) {
+    let db = wal_db(env, &format!("{dir_rel}/chat.db"), 10);
+    let dir = env.path(dir_rel);
+    config_for(env, &[("chat", &db)], "");
+    open_to_nobody(env);
+    give_to_nobody(&db);
+    set_mode(&db, file_mode);
+    if dir_owned {
+        give_to_nobody(&dir);
+        set_mode(&dir, 0o755);
+    } else if is_root() {
+        set_mode(&dir, 0o755); // root's, so not writable for the unprivileged user
+    } else {
+        set_mode(&dir, 0o555);
+    }
+    let out = unprivileged(env)
+        .arg("-c")
+        .arg(env.config_path())
+        .arg("check")
+        .output()
+        .unwrap();
+    // Leave the temp dir removable when not root.
+    set_mode(&dir, 0o755);
+    (db, out)
+}
+
+#[test]
+fn unreadable_file_is_named() {
+    let env = TestEnv::new();
+    let (db, out) = permission_case(&env, "app", 0o200, true);
+    assert_eq!(out.status.code(), Some(1), "{}", both(&out));
+    let (what, fix) = finding(&out, "chat", "error");
+    assert_contains(
+        &what,
+        &[
+            &db.display().to_string(),
+            "no read permission on the file",
+            "mode 0200",
+        ],
+        &out,
+    );
+    assert_contains(&fix, &["owner", "read"], &out);
+    assert_summary(&out, 1, 0);
+}
+
+#[test]
+fn read_only_file_is_named() {
+    let env = TestEnv::new();
+    let (db, out) = permission_case(&env, "app", 0o400, true);
+    assert_eq!(out.status.code(), Some(1), "{}", both(&out));
+    let (what, fix) = finding(&out, "chat", "error");
+    assert_contains(
+        &what,
+        &[
+            &db.display().to_string(),
+            "no write permission on the file",
+            "mode 0400",
+        ],
+        &out,
+    );
+    assert!(!what.contains("read permission"), "{}", both(&out));
+    assert_contains(&fix, &["write access"], &out);
+    assert_summary(&out, 1, 0);
+}
+
+#[test]
+fn unwritable_directory_is_named_because_wal_needs_it() {
+    let env = TestEnv::new();
+    let (db, out) = permission_case(&env, "app", 0o600, false);
+    assert_eq!(out.status.code(), Some(1), "{}", both(&out));
+    let (what, fix) = finding(&out, "chat", "error");
+    assert_contains(
+        &what,
+        &[
+            &db.display().to_string(),
+            &format!(
+                "no write permission on directory {}",
+                env.path("app").display()
+            ),
+            "-wal and -shm",
+        ],
+        &out,
+    );
+    assert_contains(&fix, &["write access to the directory"], &out);
+    assert_summary(&out, 1, 0);
+    for c in companions(&db) {
+        assert!(!c.exists(), "{} appeared", c.display());
+    }
+}
+
+#[test]
+fn garbage_files_are_not_a_database() {
+    let env = TestEnv::new();
+    std::fs::create_dir(env.path("app")).unwrap();
+    let random = env.path("app/random.db");
+    let bytes: Vec<u8> = (0..8192u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&random, &bytes).unwrap();
+    let text = env.path("app/notes.db");
+    std::fs::write(&text, "this is a text file, not a database\n".repeat(50)).unwrap();
+    let short = env.path("app/short.db");
+    std::fs::write(&short, "hi\n").unwrap();
+    config_for(
+        &env,
+        &[("random", &random), ("notes", &text), ("short", &short)],
+        "",
+    );
+    let out = check(&env, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", both(&out));
+    for (name, path) in [("random", &random), ("notes", &text), ("short", &short)] {
+        let (what, fix) = finding(&out, name, "error");
+        assert_contains(
+            &what,
+            &[&path.display().to_string(), "not an SQLite database"],
+            &out,
+        );
+        assert_contains(&fix, &["restore it from a backup"], &out);
+        for c in companions(path) {
+            assert!(!c.exists(), "{} appeared", c.display());
+        }
+    }
+    assert_eq!(std::fs::read(&random).unwrap(), bytes, "check wrote to it");
+    assert_summary(&out, 3, 0);
+}
+
+/// SQLite would open a 0-byte file as an empty database (and write a header into it on the
+/// first write); for an application database that is a wrong path or an app that never ran.
+#[test]
+fn empty_file_is_an_error_and_stays_empty() {
+    let env = TestEnv::new();
+    std::fs::create_dir(env.path("app")).unwrap();
+    let db = env.path("app/chat.db");
+    std::fs::write(&db, b"").unwrap();
+    config_for(&env, &[("chat", &db)], "");
+    let out = check(&env, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", both(&out));
+    let (what, fix) = finding(&out, "chat", "error");
+    assert_contains(
+        &what,
+        &[&db.display().to_string(), "file is empty (0 bytes)"],
+        &out,
+    );
+    assert_contains(&fix, &["correct `path`", "create its database"], &out);
+    assert_eq!(
+        std::fs::metadata(&db).unwrap().len(),
+        0,
+        "check wrote to it"
+    );
+    for c in companions(&db) {
+        assert!(!c.exists(), "{} appeared", c.display());
+    }
+}
+
+#[test]
+fn corrupt_btree_page_is_reported_corrupt_on_one_line() {
+    let env = TestEnv::new();
+    let db = wal_db(&env, "app/chat.db", 5000);
+    // Everything is in the main file: the connection that created it checkpointed on close.
+    assert!(!companions(&db)[0].exists());
+    let mut bytes = std::fs::read(&db).unwrap();
+    let page_size = u16::from_be_bytes([bytes[16], bytes[17]]) as usize;
+    let pages = bytes.len() / page_size;
+    assert!(pages > 40, "only {pages} pages");
+    // A leaf page of `chat` in the middle of the file (all pages but 1 and the root are the
+    // table's leaves and interior pages): smash its cell-pointer array, not its header byte.
+    let start = (pages / 2) * page_size;
+    assert!(
+        matches!(bytes[start], 0x0d | 0x05),
+        "page type {}",
+        bytes[start]
+    );
+    for b in &mut bytes[start + 8..start + 8 + 200] {
+        *b = 0xff;
+    }
+    std::fs::write(&db, &bytes).unwrap();
+    let healthy = wal_db(&env, "app/other.db", 10);
+    config_for(&env, &[("chat", &db), ("other", &healthy)], "");
+
+    let out = check(&env, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", both(&out));
+    let (what, fix) = finding(&out, "chat", "error");
+    assert_contains(
+        &what,
+        &[
+            &db.display().to_string(),
+            "database is corrupt",
+            "quick_check says",
+        ],
+        &out,
+    );
+    assert_contains(&fix, &["restore the newest verified backup"], &out);
+    // quick_check's multi-line text is folded: every line but the first and the summary is a
+    // `NAME: …` line.
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    for l in &lines[1..lines.len() - 1] {
+        assert!(
+            l.starts_with("chat: ") || l.starts_with("chat (") || l.starts_with("other: "),
+            "stray line {l:?}\n{}",
+            both(&out)
+        );
+    }
+    assert!(
+        text.contains(&format!("other: ok: {}", healthy.display())),
+        "{}",
+        both(&out)
+    );
+    assert_summary(&out, 1, 0);
+}
+
+/// A python3 process holding a lock on `db` until dropped.
+struct Holder(Child);
+
+impl Holder {
+    /// Run `script` (with the path as argv[1]) and wait for it to print its ready line.
+    fn start(db: &Path, script: &str) -> Holder {
+        let child = StdCommand::new("python3")
+            .arg("-c")
+            .arg(script)
+            .arg(db)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("python3 is needed for the lock tests");
+        let mut h = Holder(child);
+        let mut line = String::new();
+        BufReader::new(h.0.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "held", "python3 did not take the lock");
+        h
+    }
+
+    fn stop(mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn assert_locked(env: &TestEnv, db: &Path) {
+    let t0 = Instant::now();
+    let out = check(env, &[]);
+    let took = t0.elapsed();
+    assert_eq!(out.status.code(), Some(1), "{}", both(&out));
+    let (what, fix) = finding(&out, "chat", "error");
+    assert_contains(
+        &what,
+        &[
+            &db.display().to_string(),
+            "locked by another process for longer than busy_timeout (300ms)",
+        ],
+        &out,
+    );
+    assert_contains(&fix, &["fuser -v", "daemon.busy_timeout"], &out);
+    assert_summary(&out, 1, 0);
+    // It waited for busy_timeout (300ms), not SQLite's default 5s.
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(4),
+        "took {took:?}"
+    );
+}
+
+#[test]
+fn rollback_database_locked_exclusively_is_named_locked() {
+    let env = TestEnv::new();
+    let db = env.sqlite(
+        "app/chat.db",
+        "CREATE TABLE chat(id INTEGER PRIMARY KEY); INSERT INTO chat DEFAULT VALUES;",
+    );
+    config_for(&env, &[("chat", &db)], "journal_mode = \"keep\"");
+    let holder = Holder::start(
+        &db,
+        "import sqlite3, sys, time\n\
+         c = sqlite3.connect(sys.argv[1], isolation_level=None)\n\
+         c.execute('BEGIN EXCLUSIVE')\n\
+         print('held', flush=True)\n\
+         time.sleep(60)\n",
+    );
+    assert_locked(&env, &db);
+    holder.stop();
+    // Once the holder is gone the same database is fine.
+    let out = check(&env, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    assert_summary(&out, 0, 0);
+}
+
+#[test]
+fn wal_database_in_exclusive_locking_mode_is_named_locked() {
+    let env = TestEnv::new();
+    let db = wal_db(&env, "app/chat.db", 10);
+    config_for(&env, &[("chat", &db)], "");
+    let holder = Holder::start(
+        &db,
+        "import sqlite3, sys, time\n\
+         c = sqlite3.connect(sys.argv[1], isolation_level=None)\n\
+         c.execute('PRAGMA locking_mode=EXCLUSIVE')\n\
+         c.execute('INSERT INTO chat(body) VALUES (1)')\n\
+         print('held', flush=True)\n\
+         time.sleep(60)\n",
+    );
+    assert_locked(&env, &db);
+    holder.stop();
+    let out = check(&env, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+}
+
+#[test]
+fn rollback_journal_is_a_warning_and_left_alone() {
+    let env = TestEnv::new();
+    let db = env.sqlite(
+        "app/chat.db",
+        "CREATE TABLE chat(id INTEGER PRIMARY KEY); INSERT INTO chat DEFAULT VALUES;",
+    );
+    config_for(&env, &[("chat", &db)], "");
+    let out = check(&env, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    let (what, fix) = finding(&out, "chat", "warning");
+    assert_contains(
+        &what,
+        &[&db.display().to_string(), "journal mode is delete, not WAL"],
+        &out,
+    );
+    assert_contains(
+        &fix,
+        &["switches it to WAL", "journal_mode = \"keep\""],
+        &out,
+    );
+    assert_summary(&out, 0, 1);
+    let mode: String = Connection::open(&db)
+        .unwrap()
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "delete", "check must not switch the journal mode");
+
+    // journal_mode = "keep": the application's choice, no warning.
+    config_for(&env, &[("chat", &db)], "journal_mode = \"keep\"");
+    let out = check(&env, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    assert!(
+        stdout(&out).contains(&format!("chat: ok: {}", db.display())),
+        "{}",
+        both(&out)
+    );
+    assert_summary(&out, 0, 0);
+}
+
+#[test]
+fn unknown_database_name_is_a_usage_error() {
+    let env = TestEnv::new();
+    let db = wal_db(&env, "app/chat.db", 10);
+    config_for(&env, &[("chat", &db)], "");
+    for args in [&["nosuchdb"][..], &["chat", "nosuchdb"][..]] {
+        let out = check(&env, args);
+        assert_eq!(out.status.code(), Some(64), "{args:?}\n{}", both(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            err.trim_end(),
+            format!(
+                "litekeeper: error: no database named \"nosuchdb\" in {}",
+                env.config_path().display()
+            ),
+            "{}",
+            both(&out)
+        );
+        assert!(!stdout(&out).contains("chat: ok"), "{}", both(&out));
+    }
+}
+
+#[test]
+fn one_broken_database_does_not_hide_the_others() {
+    let env = TestEnv::new();
+    let a = wal_db(&env, "app/a.db", 10);
+    let missing = env.path("app/gone.db");
+    let c = wal_db(&env, "app/c.db", 10);
+    config_for(
+        &env,
+        &[("alpha", &a), ("gone", &missing), ("gamma", &c)],
+        "",
+    );
+    let out = check(&env, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", both(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("configuration ok (3 databases)"),
+        "{}",
+        both(&out)
+    );
+    assert!(
+        text.contains(&format!("alpha: ok: {}", a.display())),
+        "{}",
+        both(&out)
+    );
+    assert!(
+        text.contains(&format!("gamma: ok: {}", c.display())),
+        "{}",
+        both(&out)
+    );
+    let (what, _) = finding(&out, "gone", "error");
+    assert_contains(&what, &["database file does not exist"], &out);
+    assert_summary(&out, 1, 0);
+
+    // Naming only the healthy ones: only they are checked, and all is well.
+    let out = check(&env, &["alpha", "gamma"]);
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    assert!(!stdout(&out).contains("gone"), "{}", both(&out));
+    assert_summary(&out, 0, 0);
+    // Naming the broken one alone fails.
+    let out = check(&env, &["gone"]);
+    assert_eq!(out.status.code(), Some(1), "{}", both(&out));
+    assert!(!stdout(&out).contains("alpha"), "{}", both(&out));
+}
+
+#[test]
+fn broken_attached_database_is_named_with_its_alias() {
+    let env = TestEnv::new();
+    let db = wal_db(&env, "app/chat.db", 10);
+    let files = env.path("app/files.db");
+    let mut f = std::fs::File::create(&files).unwrap();
+    f.write_all(b"definitely not sqlite, just some bytes to make it long enough")
+        .unwrap();
+    env.write_config(&format!(
+        "{}{}",
+        env.daemon_section(""),
+        TestEnv::database_section(
+            "chat",
+            &db,
+            &format!("attach = {{ files = \"{}\" }}", files.display())
+        )
+    ));
+    let out = check(&env, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", both(&out));
+    assert!(
+        stdout(&out).contains(&format!("chat: ok: {}", db.display())),
+        "{}",
+        both(&out)
+    );
+    let (what, _) = finding(&out, "chat (attached as files)", "error");
+    assert_contains(
+        &what,
+        &[&files.display().to_string(), "not an SQLite database"],
+        &out,
+    );
+}
