@@ -45,6 +45,22 @@ pub fn uri(path: &Path, mode: &str) -> String {
     format!("{out}?mode={mode}")
 }
 
+/// A read-only connection to `db` with its attachments, for checks that must not change
+/// anything (not even the journal mode).
+pub fn open_readonly(db: &Database, busy_timeout: Duration) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        uri(&db.path, "ro"),
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(busy_timeout)?;
+    for a in &db.attach {
+        conn.execute("ATTACH DATABASE ?1 AS ?2", (uri(&a.path, "ro"), &a.alias))?;
+    }
+    Ok(conn)
+}
+
 /// Settings applied to every new connection.
 #[derive(Debug, Clone)]
 pub struct ConnSettings {

@@ -176,7 +176,7 @@ fn healthy_wal_database_is_ok_and_left_untouched() {
     let text = stdout(&out);
     assert!(
         text.starts_with(&format!(
-            "{}: configuration ok (1 databases)\n",
+            "{}: configuration ok (1 database)\n",
             env.config_path().display()
         )),
         "{}",

@@ -85,7 +85,7 @@ fn non_root_reads_config_from_xdg_config_home() {
     let text = stdout(&out);
     assert!(
         text.starts_with(&format!(
-            "{}: configuration ok (1 databases)\n",
+            "{}: configuration ok (1 database)\n",
             cfg.display()
         )),
         "{}",

@@ -529,3 +529,50 @@ fn killed_prune_leaves_only_whole_batches() {
     assert_eq!(o.status.code(), Some(0), "{}", both(&o));
     assert_eq!(q(&db, "SELECT count(*) FROM ev WHERE ts = 0"), 0);
 }
+
+#[test]
+fn check_reports_rules_that_do_not_fit_the_schema_with_their_line() {
+    let env = TestEnv::new();
+    let (db, blobs) = chat_app(&env);
+    config(
+        &env,
+        &db,
+        Some(&blobs),
+        "[[database.prune.rule]]
+table = \"chat\"
+column = \"created\"
+older_than = \"1d\"
+[[database.prune.rule]]
+table = \"files.blobz\"
+where = \"1\"
+[[database.prune.rule]]
+table = \"message\"
+key = \"chat_id\"
+parent = \"chat.uuid\"
+[[database.prune.files]]
+dir = \"/tmp\"
+entries = \"dirs\"
+referenced_by = \"DELETE FROM chat\"",
+    );
+    let text = std::fs::read_to_string(env.config_path()).unwrap();
+    let line_of = |needle: &str| text.lines().position(|l| l.starts_with(needle)).unwrap() + 1;
+    let before = std::fs::read(&db).unwrap();
+    let o = env.cmd().arg("check").output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", both(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    for (needle, reason) in [
+        ("column = ", "no column \"created\" in chat"),
+        ("table = \"files.blobz\"", "no table files.blobz"),
+        ("parent = ", "no column \"uuid\" in chat"),
+        ("referenced_by = ", "must be a read-only SELECT"),
+    ] {
+        let want = format!("litekeeper.toml:{}:", line_of(needle));
+        assert!(
+            out.lines().any(|l| l.contains(&want) && l.contains(reason)),
+            "no {want} … {reason} in:\n{out}"
+        );
+    }
+    assert!(out.contains("4 error(s)"), "{out}");
+    assert_eq!(std::fs::read(&db).unwrap(), before, "check changed the DB");
+    assert_eq!(q(&db, "SELECT count(*) FROM chat"), 400);
+}

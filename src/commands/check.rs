@@ -3,6 +3,8 @@
 
 use std::path::Path;
 
+use chrono::Utc;
+
 use crate::cli::CheckArgs;
 use crate::config::JournalMode;
 use crate::exit::{ExitCode, Failure};
@@ -10,11 +12,6 @@ use crate::sqlite::{self, Severity};
 
 pub fn run(path: &Path, args: CheckArgs) -> Result<ExitCode, Failure> {
     let config = super::load_config(path)?;
-    println!(
-        "{}: configuration ok ({} databases)",
-        config.file.display(),
-        config.databases.len()
-    );
     for name in &args.databases {
         if config.database(name).is_none() {
             return Err(Failure::new(
@@ -23,6 +20,12 @@ pub fn run(path: &Path, args: CheckArgs) -> Result<ExitCode, Failure> {
             ));
         }
     }
+    let n = config.databases.len();
+    println!(
+        "{}: configuration ok ({n} database{})",
+        config.file.display(),
+        if n == 1 { "" } else { "s" }
+    );
     let mut errors = 0;
     let mut warnings = 0;
     for dir in [&config.daemon.state_dir, &config.daemon.lock_dir] {
@@ -43,8 +46,10 @@ pub fn run(path: &Path, args: CheckArgs) -> Result<ExitCode, Failure> {
                 .iter()
                 .map(|a| (format!(" (attached as {})", a.alias), a.path.clone())),
         );
+        let mut reachable = true;
         for (label, file) in files {
             let findings = sqlite::diagnose(&file, want_wal, timeout);
+            reachable &= !findings.iter().any(|f| f.severity == Severity::Error);
             if findings.is_empty() {
                 println!("{}{label}: ok: {}", db.name, file.display());
             }
@@ -61,6 +66,32 @@ pub fn run(path: &Path, args: CheckArgs) -> Result<ExitCode, Failure> {
                 };
                 println!("{}{label}: {tag}: {}", db.name, f.what);
                 println!("{}{label}:   fix: {}", db.name, f.fix);
+            }
+        }
+        // Prune rules must fit the live schema: checked read-only, each problem with its line.
+        if let (true, Some(prune)) = (reachable, &db.prune) {
+            let names: Vec<String> = config.databases.iter().map(|d| d.name.clone()).collect();
+            let index = config
+                .databases
+                .iter()
+                .position(|d| d.name == db.name)
+                .unwrap_or(0);
+            let problems = match sqlite::open_readonly(db, timeout) {
+                Ok(conn) => crate::jobs::prune::check_schema(&conn, index, prune, Utc::now())
+                    .into_iter()
+                    .map(|p| crate::config::locate(&config.file, &p.key, &names, &p.reason))
+                    .collect(),
+                Err(e) => vec![format!(
+                    "cannot open read-only to check the prune rules: {e}"
+                )],
+            };
+            for p in problems {
+                errors += 1;
+                println!("{}: error: {p}", db.name);
+                println!(
+                    "{}:   fix: make the rule match the database's schema (or the schema the rule)",
+                    db.name
+                );
             }
         }
     }
