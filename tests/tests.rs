@@ -15,3 +15,4 @@ mod prune;
 mod retention;
 mod run_lock;
 mod status;
+mod vacuum;

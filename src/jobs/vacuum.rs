@@ -1,8 +1,485 @@
-//! The vacuum job. Not built yet (issue #6): it refuses with a clear error rather than
-//! pretending to have done anything.
+//! The vacuum job: reclaim free pages only when it is worth it, never leave a half-done
+//! database, and keep the WAL and the planner healthy afterwards.
+//!
+//! Each database file of the job (main and attached) is judged on its own: below `min_free`
+//! it is a recorded no-op ("skipped: 3% free < 20%"). `auto` uses incremental vacuum when the
+//! file has `auto_vacuum = INCREMENTAL`, full VACUUM otherwise. A full VACUUM is one
+//! transaction: SQLite's interrupt (on SIGTERM or after `max_duration`) rolls it back and the
+//! file is unchanged. Incremental vacuum frees pages in chunks sized like prune's batches, with
+//! the same pause, so the application's writers keep going. Before a full VACUUM the free disk
+//! space is checked (SQLite writes a temp copy and, in WAL mode, the new content to the WAL).
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use rusqlite::Connection;
+use serde::Serialize;
 
 use super::{JobCtx, JobError, JobResult};
+use crate::config::{Threshold, Vacuum, VacuumMode};
+use crate::jobs::backup::human_bytes;
+use crate::jobs::prune::{qi, truncate_wal};
 
-pub fn run(_ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
-    Err(JobError::NotBuilt("vacuum"))
+/// Pages freed per incremental step at first; adapts to the lock budget.
+const FIRST_CHUNK: i64 = 256;
+const MAX_CHUNK: i64 = 65_536;
+
+fn sql_err(context: impl Into<String>) -> impl FnOnce(rusqlite::Error) -> JobError {
+    let context = context.into();
+    move |source| JobError::Sqlite { context, source }
+}
+
+/// Page figures of one database file.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+struct Pages {
+    page_size: i64,
+    pages: i64,
+    freelist: i64,
+    file_bytes: u64,
+    wal_bytes: u64,
+}
+
+fn file_len(p: &Path) -> u64 {
+    std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+}
+
+fn wal_path(p: &Path) -> PathBuf {
+    let mut s = p.as_os_str().to_owned();
+    s.push("-wal");
+    PathBuf::from(s)
+}
+
+fn measure(conn: &Connection, schema: &str, path: &Path) -> Result<Pages, JobError> {
+    let get = |pragma: &str| -> Result<i64, JobError> {
+        conn.query_row(&format!("PRAGMA {}.{pragma}", qi(schema)), [], |r| r.get(0))
+            .map_err(sql_err(format!("{}: PRAGMA {pragma}", path.display())))
+    };
+    Ok(Pages {
+        page_size: get("page_size")?,
+        pages: get("page_count")?,
+        freelist: get("freelist_count")?,
+        file_bytes: file_len(path),
+        wal_bytes: file_len(&wal_path(path)),
+    })
+}
+
+/// What happened to one file.
+#[derive(Debug, Serialize)]
+struct FileReport {
+    schema: String,
+    path: String,
+    /// full | incremental | convert | skipped
+    action: String,
+    before: Pages,
+    after: Pages,
+    duration_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: Option<String>,
+}
+
+fn percent(p: &Pages) -> f64 {
+    if p.pages == 0 {
+        0.0
+    } else {
+        p.freelist as f64 * 100.0 / p.pages as f64
+    }
+}
+
+/// None when worth it; else why not ("3% free < 20%").
+fn below_threshold(p: &Pages, min: Threshold) -> Option<String> {
+    match min {
+        Threshold::Fraction(f) => {
+            let share = if p.pages == 0 {
+                0.0
+            } else {
+                p.freelist as f64 / p.pages as f64
+            };
+            (share < f).then(|| format!("{:.0}% free < {:.0}%", share * 100.0, f * 100.0))
+        }
+        Threshold::Bytes(b) => {
+            let free = (p.freelist * p.page_size) as u64;
+            (free < b).then(|| format!("{} free < {}", human_bytes(free), human_bytes(b)))
+        }
+    }
+}
+
+/// The directory SQLite puts VACUUM's temp file in: `temp_dir`, else what the unix VFS uses.
+fn temp_dir_for(cfg: &Vacuum) -> PathBuf {
+    if let Some(d) = &cfg.temp_dir {
+        return d.clone();
+    }
+    for var in ["SQLITE_TMPDIR", "TMPDIR"] {
+        if let Some(v) = std::env::var_os(var) {
+            let p = PathBuf::from(v);
+            if p.is_dir() {
+                return p;
+            }
+        }
+    }
+    for d in ["/var/tmp", "/usr/tmp", "/tmp"] {
+        if Path::new(d).is_dir() {
+            return PathBuf::from(d);
+        }
+    }
+    PathBuf::from(".")
+}
+
+/// Free space for a full VACUUM of `db_path` (about its size in the temp dir and again in the
+/// database's directory for the WAL, twice its size when both are one file system).
+fn preflight(cfg: &Vacuum, db_path: &Path, size: u64) -> Result<(), JobError> {
+    let db_dir = db_path.parent().unwrap_or(Path::new("/"));
+    let tmp = temp_dir_for(cfg);
+    let free = |d: &Path| crate::archive::free_bytes(d).map_err(JobError::Archive);
+    let dev = |d: &Path| std::fs::metadata(d).map(|m| m.dev()).ok();
+    let (db_free, tmp_free) = (free(db_dir)?, free(&tmp)?);
+    let same = dev(db_dir).is_some() && dev(db_dir) == dev(&tmp);
+    let short = if same {
+        (db_free < 2 * size).then(|| {
+            format!(
+                "{} has {} free, VACUUM needs about {} (twice the database: a temp copy in {} and the new content in the WAL)",
+                db_dir.display(),
+                human_bytes(db_free),
+                human_bytes(2 * size),
+                tmp.display()
+            )
+        })
+    } else if db_free < size {
+        Some(format!(
+            "{} has {} free, VACUUM needs about {} there for the WAL",
+            db_dir.display(),
+            human_bytes(db_free),
+            human_bytes(size)
+        ))
+    } else if tmp_free < size {
+        Some(format!(
+            "temp directory {} has {} free, VACUUM needs about {} there",
+            tmp.display(),
+            human_bytes(tmp_free),
+            human_bytes(size)
+        ))
+    } else {
+        None
+    };
+    match short {
+        Some(why) => Err(JobError::Refused(format!(
+            "not enough disk space to VACUUM {}: {why}; free some space or set vacuum.temp_dir to a larger file system. The database was not touched",
+            db_path.display()
+        ))),
+        None => Ok(()),
+    }
+}
+
+pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
+    let cfg = ctx
+        .db
+        .vacuum
+        .as_ref()
+        .ok_or_else(|| JobError::Refused("no [database.vacuum] section".into()))?;
+    let started = Instant::now();
+    let deadline = cfg.max_duration.map(|d| started + d);
+    let mut files: Vec<(String, PathBuf)> = vec![("main".into(), ctx.db.path.clone())];
+    files.extend(
+        ctx.db
+            .attach
+            .iter()
+            .map(|a| (a.alias.clone(), a.path.clone())),
+    );
+    if let Some(t) = &cfg.temp_dir {
+        // Process-wide in SQLite; every VACUUM of this process uses the configured directory.
+        ctx.conn
+            .execute_batch(&format!(
+                "PRAGMA temp_store_directory = '{}'",
+                t.display().to_string().replace('\'', "''")
+            ))
+            .map_err(sql_err(format!("vacuum.temp_dir {}", t.display())))?;
+    }
+    let mut reports = Vec::new();
+    for (schema, path) in &files {
+        ctx.checkpoint()?;
+        reports.push(vacuum_one(ctx, cfg, schema, path, deadline)?);
+    }
+    if cfg.analyze {
+        ctx.conn
+            .execute_batch("ANALYZE")
+            .map_err(sql_err("ANALYZE"))?;
+    }
+    ctx.conn
+        .execute_batch("PRAGMA optimize")
+        .map_err(sql_err("PRAGMA optimize"))?;
+
+    let skipped = reports.iter().all(|r| r.action == "skipped");
+    let sum = |f: fn(&Pages) -> u64, after: bool| -> u64 {
+        reports
+            .iter()
+            .map(|r| f(if after { &r.after } else { &r.before }))
+            .sum()
+    };
+    let mut figures = super::Figures::new();
+    figures.insert(
+        "bytes_before".into(),
+        sum(|p| p.file_bytes + p.wal_bytes, false).into(),
+    );
+    figures.insert(
+        "bytes_after".into(),
+        sum(|p| p.file_bytes + p.wal_bytes, true).into(),
+    );
+    figures.insert(
+        "freelist_before".into(),
+        sum(|p| p.freelist as u64, false).into(),
+    );
+    figures.insert(
+        "freelist_after".into(),
+        sum(|p| p.freelist as u64, true).into(),
+    );
+    figures.insert(
+        "files".into(),
+        serde_json::to_value(&reports).unwrap_or_default(),
+    );
+    let parts: Vec<String> = reports
+        .iter()
+        .map(|r| {
+            let name = Path::new(&r.path)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            match r.action.as_str() {
+                a if a.ends_with("(dry run)") => {
+                    format!("{name}: {}", r.note.clone().unwrap_or_default())
+                }
+                "skipped" => format!(
+                    "{name} skipped: {}",
+                    r.note.clone().unwrap_or_default()
+                ),
+                action => format!(
+                    "{action} vacuum of {name}: {} -> {} (free pages {} -> {}, {:.0}% -> {:.0}%), WAL {} -> {}{}",
+                    human_bytes(r.before.file_bytes),
+                    human_bytes(r.after.file_bytes),
+                    r.before.freelist,
+                    r.after.freelist,
+                    percent(&r.before),
+                    percent(&r.after),
+                    human_bytes(r.before.wal_bytes),
+                    human_bytes(r.after.wal_bytes),
+                    r.note.as_ref().map(|n| format!(" ({n})")).unwrap_or_default()
+                ),
+            }
+        })
+        .collect();
+    Ok(JobResult {
+        summary: if skipped {
+            format!("skipped: {}", parts.join("; ").replace(" skipped: ", ": "))
+        } else {
+            parts.join("; ")
+        },
+        figures,
+        skipped,
+    })
+}
+
+fn vacuum_one(
+    ctx: &JobCtx<'_>,
+    cfg: &Vacuum,
+    schema: &str,
+    path: &Path,
+    deadline: Option<Instant>,
+) -> Result<FileReport, JobError> {
+    let conn: &Connection = ctx.conn;
+    let started = Instant::now();
+    let before = measure(conn, schema, path)?;
+    let auto_vacuum: i64 = conn
+        .query_row(&format!("PRAGMA {}.auto_vacuum", qi(schema)), [], |r| {
+            r.get(0)
+        })
+        .map_err(sql_err(format!("{}: PRAGMA auto_vacuum", path.display())))?;
+    let mut report = FileReport {
+        schema: schema.to_string(),
+        path: path.display().to_string(),
+        action: "skipped".into(),
+        before,
+        after: before,
+        duration_ms: 0,
+        note: None,
+    };
+    let convert = cfg.convert_auto_vacuum && auto_vacuum != 2;
+    let action = match (cfg.mode, auto_vacuum) {
+        (VacuumMode::Never, _) => {
+            report.note = Some("mode = never".into());
+            return Ok(report);
+        }
+        _ if convert => "convert",
+        (VacuumMode::Full, _) => "full",
+        (VacuumMode::Auto, 2) => "incremental",
+        (VacuumMode::Auto, _) => "full",
+        (VacuumMode::Incremental, 2) => "incremental",
+        (VacuumMode::Incremental, _) => {
+            return Err(JobError::Config(format!(
+                "{}: vacuum.mode = \"incremental\" needs auto_vacuum = INCREMENTAL in the database (it is {}); set convert_auto_vacuum = true once (one full VACUUM), or use mode = \"auto\"",
+                path.display(),
+                match auto_vacuum {
+                    0 => "NONE",
+                    _ => "FULL",
+                }
+            )))
+        }
+    };
+    if !convert {
+        if let Some(why) = below_threshold(&before, cfg.min_free) {
+            report.note = Some(why);
+            return Ok(report);
+        }
+    }
+    if dry_run_note(ctx, &mut report, action) {
+        return Ok(report);
+    }
+    match action {
+        "incremental" => incremental(ctx, schema, path, deadline, &mut report)?,
+        _ => {
+            preflight(cfg, path, before.file_bytes + before.wal_bytes)?;
+            if convert {
+                conn.execute_batch(&format!("PRAGMA {}.auto_vacuum = INCREMENTAL", qi(schema)))
+                    .map_err(sql_err(format!("{}: setting auto_vacuum", path.display())))?;
+                report.note = Some("converted to auto_vacuum = INCREMENTAL".into());
+            }
+            full(ctx, schema, path, deadline)?;
+        }
+    }
+    report.action = action.to_string();
+    truncate_wal(conn, &qi(schema));
+    report.after = measure(conn, schema, path)?;
+    report.duration_ms = started.elapsed().as_millis() as u64;
+    Ok(report)
+}
+
+/// In a dry run, say what would happen and stop.
+fn dry_run_note(ctx: &JobCtx<'_>, report: &mut FileReport, action: &str) -> bool {
+    if !ctx.dry_run {
+        return false;
+    }
+    report.action = format!("{action} (dry run)");
+    report.note = Some(format!(
+        "would run a {action} vacuum; {} free pages ({})",
+        report.before.freelist,
+        human_bytes((report.before.freelist * report.before.page_size) as u64)
+    ));
+    true
+}
+
+/// One full VACUUM, interrupted on cancel or at the deadline (rolled back: file unchanged).
+fn full(
+    ctx: &JobCtx<'_>,
+    schema: &str,
+    path: &Path,
+    deadline: Option<Instant>,
+) -> Result<(), JobError> {
+    let conn: &Connection = ctx.conn;
+    let handle = conn.get_interrupt_handle();
+    let finished = AtomicBool::new(false);
+    let timed_out = AtomicBool::new(false);
+    let result = std::thread::scope(|s| {
+        s.spawn(|| {
+            while !finished.load(Ordering::Relaxed) {
+                let late = deadline.is_some_and(|d| Instant::now() >= d);
+                if ctx.cancel.is_cancelled() || late {
+                    timed_out.store(late, Ordering::Relaxed);
+                    handle.interrupt();
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        let r = conn.execute_batch(&format!("VACUUM {}", qi(schema)));
+        finished.store(true, Ordering::Relaxed);
+        r
+    });
+    match result {
+        Ok(()) => Ok(()),
+        Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::OperationInterrupted) => {
+            if timed_out.load(Ordering::Relaxed) {
+                Err(JobError::Refused(format!(
+                    "VACUUM of {} stopped after max_duration; it was rolled back and the database is unchanged (raise vacuum.max_duration, or use incremental mode)",
+                    path.display()
+                )))
+            } else {
+                Err(JobError::Cancelled)
+            }
+        }
+        Err(e) => Err(sql_err(format!("VACUUM of {}", path.display()))(e)),
+    }
+}
+
+/// `incremental_vacuum` in chunks sized to the lock budget, pausing between them.
+fn incremental(
+    ctx: &JobCtx<'_>,
+    schema: &str,
+    path: &Path,
+    deadline: Option<Instant>,
+    report: &mut FileReport,
+) -> Result<(), JobError> {
+    let conn: &Connection = ctx.conn;
+    let (max_lock, pause) = ctx
+        .db
+        .prune
+        .as_ref()
+        .map(|p| (p.max_lock, p.pause))
+        .unwrap_or((Duration::from_millis(50), Duration::from_millis(50)));
+    let mut chunk = FIRST_CHUNK;
+    let mut chunks = 0u32;
+    let mut longest = Duration::ZERO;
+    loop {
+        ctx.checkpoint()?;
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            report.note = Some(format!(
+                "stopped at max_duration after {chunks} chunks; the rest next time"
+            ));
+            return Ok(());
+        }
+        let free: i64 = conn
+            .query_row(&format!("PRAGMA {}.freelist_count", qi(schema)), [], |r| {
+                r.get(0)
+            })
+            .map_err(sql_err(format!("{}: freelist_count", path.display())))?;
+        if free == 0 {
+            break;
+        }
+        let t = Instant::now();
+        // incremental_vacuum frees one page per step: step it to the end (execute_batch
+        // would stop after the first page).
+        conn.prepare(&format!(
+            "PRAGMA {}.incremental_vacuum({})",
+            qi(schema),
+            chunk.min(free)
+        ))
+        .and_then(|mut st| {
+            let mut rows = st.raw_query();
+            while rows.next()?.is_some() {}
+            Ok(())
+        })
+        .map_err(sql_err(format!("{}: incremental_vacuum", path.display())))?;
+        let took = t.elapsed();
+        longest = longest.max(took);
+        chunks += 1;
+        if took > max_lock {
+            chunk =
+                ((chunk as f64 * max_lock.as_secs_f64() / took.as_secs_f64() * 0.8) as i64).max(16);
+        } else if took < max_lock / 3 {
+            chunk = (chunk * 2).min(MAX_CHUNK);
+        }
+        if chunks.is_multiple_of(8) {
+            let _ = conn.query_row(
+                &format!("PRAGMA {}.wal_checkpoint(PASSIVE)", qi(schema)),
+                [],
+                |_| Ok(()),
+            );
+        }
+        if !pause.is_zero() {
+            std::thread::sleep(pause);
+        }
+    }
+    report.note = Some(format!(
+        "{chunks} chunks, longest {} ms",
+        longest.as_millis()
+    ));
+    Ok(())
 }
