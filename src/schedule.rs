@@ -148,6 +148,7 @@ impl Schedule {
         };
         for (field, name) in fields.iter().zip(names) {
             check_field(field, name)?;
+            check_range(field, name)?;
         }
         let cron = CronParser::builder()
             .seconds(Seconds::Optional)
@@ -297,6 +298,45 @@ fn check_field(field: &str, name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Numbers must lie in the field's range and steps must be at least 1 (croner's own message
+/// does not say which field).
+fn check_range(field: &str, name: &str) -> Result<(), String> {
+    let (lo, hi) = match name {
+        "second" | "minute" => (0, 59),
+        "hour" => (0, 23),
+        "day-of-month" => (1, 31),
+        "month" => (1, 12),
+        _ => (0, 7),
+    };
+    for part in field.split(',') {
+        let (range, step) = match part.split_once('/') {
+            Some((r, s)) => (r, Some(s)),
+            None => (part, None),
+        };
+        if let Some(step) = step {
+            match step.parse::<u32>() {
+                Ok(n) if n >= 1 && n <= hi.max(1) => {}
+                _ => {
+                    return Err(format!(
+                        "{name} field {field:?}: step {step:?} must be a number from 1 to {}",
+                        hi.max(1)
+                    ))
+                }
+            }
+        }
+        for n in range.split('-') {
+            if let Ok(v) = n.parse::<u32>() {
+                if v < lo || v > hi {
+                    return Err(format!(
+                        "{name} field {field:?}: {v} is out of range ({lo}-{hi})"
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Whether every letter in `field` belongs to a valid name for that field.
 fn contains_name(field: &str, name: &str) -> bool {
     let upper = field.to_ascii_uppercase();
@@ -404,6 +444,21 @@ mod tests {
             assert!(Schedule::parse(bad).is_err(), "{bad:?} should be rejected");
         }
         assert!(Schedule::parse("*/15 1-5,7 * jan-mar mon-fri").is_ok());
+        assert_eq!(
+            Schedule::parse("61 2 * * *").unwrap_err(),
+            "minute field \"61\": 61 is out of range (0-59)"
+        );
+        assert_eq!(
+            Schedule::parse("0 2 0 * *").unwrap_err(),
+            "day-of-month field \"0\": 0 is out of range (1-31)"
+        );
+        assert!(Schedule::parse("*/0 * * * *")
+            .unwrap_err()
+            .contains("step \"0\""));
+        assert!(
+            Schedule::parse("0 0 * * 7").is_ok(),
+            "7 is Sunday, as in cron"
+        );
     }
 
     #[test]

@@ -153,7 +153,7 @@ fn cases() -> Vec<Case> {
             says: &[
                 "database \"chat\" prune.schedule:",
                 "invalid cron schedule",
-                "out of bounds",
+                "minute field \"61\": 61 is out of range (0-59)",
                 "(got \"61 4 * * *\")",
             ],
         },
