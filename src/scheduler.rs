@@ -139,9 +139,20 @@ impl Scheduler {
     }
 
     async fn arm_all(&self, after: DateTime<Utc>) {
-        let env = self.inner.env();
+        let (env, generation) = {
+            let cur = self.inner.current.lock().unwrap();
+            (cur.env.clone(), cur.generation)
+        };
         for (db, kind, _) in env.config.scheduled_jobs() {
-            arm(&self.cron, &self.inner, db.name.clone(), kind, after).await;
+            arm(
+                &self.cron,
+                &self.inner,
+                db.name.clone(),
+                kind,
+                after,
+                generation,
+            )
+            .await;
         }
         self.inner.publish_status();
     }
@@ -174,10 +185,18 @@ impl Inner {
             .collect()
     }
 
-    /// "running prune chat" or "idle; next: backup chat at 02:00".
+    /// "running prune chat" or "idle; next: backup chat at 02:00"; once shutdown has begun,
+    /// "stopping; waiting for …" / "stopping" (no next run will come).
     fn publish_status(&self) {
         let running = self.running_names();
-        let text = if !running.is_empty() {
+        let stopping = self.current.lock().unwrap().env.cancel.is_cancelled();
+        let text = if stopping {
+            if running.is_empty() {
+                "stopping".to_string()
+            } else {
+                format!("stopping; waiting for {}", running.join(", "))
+            }
+        } else if !running.is_empty() {
             format!("running {}", running.join(", "))
         } else {
             let next = self.next_runs.lock().unwrap();
@@ -245,27 +264,42 @@ impl Inner {
     }
 }
 
-/// Arm the next run of one job after `after`, as a one-shot timer.
+/// Waits shorter than this are timed with a plain tokio sleep, not a tokio-cron-scheduler job.
+/// The crate turns an instant into a tick in whole seconds (truncating: a job less than a
+/// second away is due at once), and it registers a job's metadata and its code in two
+/// independent tasks: a job already due when added can be activated before its code is there,
+/// and is then dropped ("Error getting … from job code") — and with it every later run of
+/// the schedule, since each run arms the next. Seen with `* * * * * *` every few seconds.
+/// From two seconds on, the crate's tick is at least a second after the job is added.
+const SHORT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Arm the next run of one job after `after`, as a one-shot timer of configuration
+/// `generation`. Returns false, arming nothing, when a reload has replaced that configuration
+/// (its own `arm_all` armed every job again).
 fn arm<'a>(
     cron: &'a JobScheduler,
     inner: &'a Arc<Inner>,
     db: String,
     kind: JobKind,
     after: DateTime<Utc>,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+    generation: u64,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + 'a>> {
     Box::pin(async move {
-        let (env, generation) = {
+        let env = {
             let cur = inner.current.lock().unwrap();
-            (cur.env.clone(), cur.generation)
+            if cur.generation != generation {
+                return false;
+            }
+            cur.env.clone()
         };
         let Some(database) = env.config.database(&db) else {
-            return;
+            return true;
         };
         let Some(timing) = database.timing(kind) else {
-            return;
+            return true;
         };
         let Some(schedule) = &timing.schedule else {
-            return;
+            return true;
         };
         let zone = &env.config.daemon.timezone;
         let Some(at) = schedule.next_after(after, zone) else {
@@ -274,7 +308,7 @@ fn arm<'a>(
                 kind.as_str(),
                 schedule.text()
             );
-            return;
+            return true;
         };
         let jitter = timing.jitter;
         inner
@@ -283,38 +317,21 @@ fn arm<'a>(
             .unwrap()
             .insert((db.clone(), kind), at);
         let wait = (at - Utc::now()).to_std().unwrap_or_default();
+        if wait < SHORT_WAIT {
+            let (inner2, cron2) = (inner.clone(), cron.clone());
+            inner
+                .tracker
+                .spawn(fire(cron2, inner2, db, kind, at, jitter, generation));
+            return true;
+        }
         let instant = std::time::Instant::now() + wait;
         let (inner2, cron2) = (inner.clone(), cron.clone());
         let key = (db.clone(), kind);
         let job = Job::new_one_shot_at_instant_async(instant, move |_id, _locked| {
             let (inner, cron, db) = (inner2.clone(), cron2.clone(), db.clone());
             Box::pin(async move {
-                if inner.generation.load(Ordering::SeqCst) != generation {
-                    return; // armed by a configuration that has since been reloaded
-                }
                 let tracker = inner.tracker.clone();
-                tracker.spawn(async move {
-                    // The crate fires on whole seconds; never run before the computed time.
-                    let early = (at - Utc::now()).to_std().unwrap_or_default();
-                    let cancel = inner.env().cancel;
-                    if !jobs::sleep_unless_cancelled(early, &cancel).await {
-                        return;
-                    }
-                    arm(&cron, &inner, db.clone(), kind, at).await;
-                    inner.publish_status();
-                    let delay = crate::schedule::jitter_delay(jitter);
-                    if !delay.is_zero() {
-                        tracing::debug!(
-                            "{} {db}: waiting {} ms of jitter",
-                            kind.as_str(),
-                            delay.as_millis()
-                        );
-                        if !jobs::sleep_unless_cancelled(delay, &cancel).await {
-                            return;
-                        }
-                    }
-                    inner.dispatch(db, kind, Trigger::Schedule).await;
-                });
+                tracker.spawn(fire(cron, inner, db, kind, at, jitter, generation));
             })
         });
         match job {
@@ -326,5 +343,45 @@ fn arm<'a>(
             },
             Err(e) => tracing::error!("{} {}: cannot arm the timer: {e}", kind.as_str(), key.0),
         }
+        true
     })
+}
+
+/// A timer armed for `at` went off (the crate's may go off early: it fires on whole
+/// seconds): wait until `at`, arm the next run, then run this one — unless a reload replaced
+/// the configuration meanwhile, which armed this job again: a stale timer neither runs nor
+/// re-arms, so one job never gets a second chain of timers.
+async fn fire(
+    cron: JobScheduler,
+    inner: Arc<Inner>,
+    db: String,
+    kind: JobKind,
+    at: DateTime<Utc>,
+    jitter: std::time::Duration,
+    generation: u64,
+) {
+    if inner.generation.load(Ordering::SeqCst) != generation {
+        return;
+    }
+    let early = (at - Utc::now()).to_std().unwrap_or_default();
+    let cancel = inner.env().cancel;
+    if !jobs::sleep_unless_cancelled(early, &cancel).await {
+        return;
+    }
+    if !arm(&cron, &inner, db.clone(), kind, at, generation).await {
+        return;
+    }
+    inner.publish_status();
+    let delay = crate::schedule::jitter_delay(jitter);
+    if !delay.is_zero() {
+        tracing::debug!(
+            "{} {db}: waiting {} ms of jitter",
+            kind.as_str(),
+            delay.as_millis()
+        );
+        if !jobs::sleep_unless_cancelled(delay, &cancel).await {
+            return;
+        }
+    }
+    inner.dispatch(db, kind, Trigger::Schedule).await;
 }
