@@ -138,6 +138,50 @@ pub enum Command {
     ///
     /// Example: litekeeper demo /tmp/lk-demo
     Demo(DemoArgs),
+
+    /// Write systemd drop-ins from the configuration: a timer schedule per database and job
+    /// (cron as OnCalendar=, jitter as RandomizedDelaySec=) and ReadWritePaths= for the units.
+    ///
+    /// Without --out, writes to /etc/systemd/system (root) or, with --user, to
+    /// ~/.config/systemd/user; then run `systemctl [--user] daemon-reload` and enable the
+    /// timers, e.g. `systemctl enable --now litekeeper-backup@chat.timer`.
+    ///
+    /// Examples:
+    ///   litekeeper systemd-units --out /tmp/units
+    ///   litekeeper systemd-units --user
+    #[command(name = "systemd-units")]
+    SystemdUnits(UnitsArgs),
+
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    ///
+    /// Example: litekeeper completions bash > /usr/share/bash-completion/completions/litekeeper
+    Completions(CompletionsArgs),
+
+    /// Print the man page (roff) to stdout; packaging uses it.
+    #[command(hide = true)]
+    Manpage,
+}
+
+#[derive(Debug, Args)]
+pub struct UnitsArgs {
+    /// Directory to write into (default: the systemd unit directory for the user).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Units for `systemctl --user` (no User=, no system-only hardening); default directory
+    /// ~/.config/systemd/user.
+    #[arg(long)]
+    pub user: bool,
+    /// Also write the unit files themselves (service, timer templates), not only drop-ins:
+    /// for installs without the package.
+    #[arg(long)]
+    pub with_units: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 /// A job kind as typed on the command line.

@@ -19,6 +19,7 @@
 //! - `notify`: sd_notify messages and the watchdog.
 //! - `paths`: default locations for root and for users.
 //! - `retention`: which backups to keep and why; pure.
+//! - `units`: cron as `OnCalendar=`, and the systemd drop-ins `systemd-units` writes.
 //! - `exit`: exit codes and the error type that carries them to `main`.
 
 pub mod archive;
@@ -37,3 +38,4 @@ pub mod schedule;
 pub mod scheduler;
 pub mod sqlite;
 pub mod state;
+pub mod units;

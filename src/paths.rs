@@ -17,8 +17,33 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// The first path of a systemd-provided directory variable (`STATE_DIRECTORY=/var/lib/x`,
+/// possibly `:`-separated), when set and absolute.
+fn systemd_dir(var: &str) -> Option<PathBuf> {
+    let v = std::env::var(var).ok()?;
+    let first = PathBuf::from(v.split(':').next()?);
+    first.is_absolute().then_some(first)
+}
+
 impl Defaults {
+    /// systemd's `StateDirectory=`, `RuntimeDirectory=` and `ConfigurationDirectory=` (as
+    /// `$STATE_DIRECTORY` …) come first: a service running as the `litekeeper` user gets the
+    /// directories its unit created. Then root's system paths, then the XDG paths.
     pub fn for_current_user() -> Self {
+        let mut d = Self::by_user();
+        if let Some(p) = systemd_dir("STATE_DIRECTORY") {
+            d.state_dir = p;
+        }
+        if let Some(p) = systemd_dir("RUNTIME_DIRECTORY") {
+            d.lock_dir = p;
+        }
+        if let Some(p) = systemd_dir("CONFIGURATION_DIRECTORY") {
+            d.config_file = p.join("litekeeper.toml");
+        }
+        d
+    }
+
+    fn by_user() -> Self {
         if is_root() {
             return Defaults {
                 config_file: PathBuf::from("/etc/litekeeper/litekeeper.toml"),

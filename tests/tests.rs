@@ -15,4 +15,5 @@ mod prune;
 mod retention;
 mod run_lock;
 mod status;
+mod units;
 mod vacuum;

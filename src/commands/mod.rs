@@ -8,6 +8,7 @@ pub mod restore;
 pub mod run;
 pub mod schedule;
 pub mod status;
+pub mod units;
 
 use std::path::PathBuf;
 
@@ -33,6 +34,20 @@ pub fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Backups(BackupsCommand::List(args)) => backups::list(&path, args),
         Command::Restore(args) => restore::run(&path, args),
         Command::Demo(args) => demo::run(args),
+        Command::SystemdUnits(args) => units::run(&path, args),
+        Command::Completions(args) => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            clap_complete::generate(args.shell, &mut cmd, "litekeeper", &mut std::io::stdout());
+            Ok(ExitCode::Ok)
+        }
+        Command::Manpage => {
+            use clap::CommandFactory;
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut std::io::stdout())
+                .map_err(|e| Failure::new(ExitCode::IoErr, anyhow::anyhow!("man page: {e}")))?;
+            Ok(ExitCode::Ok)
+        }
     }
 }
 

@@ -73,6 +73,7 @@ impl TestEnv {
         for (k, _) in std::env::vars() {
             if k.starts_with("LITEKEEPER")
                 || k == "NOTIFY_SOCKET"
+                || k.ends_with("_DIRECTORY")
                 || k == "JOURNAL_STREAM"
                 || k.starts_with("WATCHDOG_")
             {

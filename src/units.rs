@@ -1,0 +1,321 @@
+//! systemd units from the configuration: cron schedules as `OnCalendar=` lines (pure), and the
+//! drop-ins `litekeeper systemd-units` writes (timers per database and job, `ReadWritePaths=`
+//! for the service).
+//!
+//! Conversion: every cron field is expanded to its set of values and written back as lists and
+//! `a..b` ranges, so steps, ranges and names all come out exact. When both day-of-month and
+//! day-of-week are restricted, cron runs on days matching *either*; `OnCalendar=` ANDs its
+//! parts, so such a schedule becomes two lines (timers fire on the union of their lines). A
+//! field counts as restricted unless it starts with `*` (Vixie cron's rule, which croner and
+//! so the daemon follow too). The zone is appended (`… Europe/Berlin`) unless it is `local`.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::config::{Config, Database};
+use crate::jobs::JobKind;
+use crate::schedule::{Schedule, Zone};
+
+const WEEKDAY_NAMES: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
+const MONTHS: [&str; 12] = [
+    "JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC",
+];
+const DAYS: [&str; 7] = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"];
+
+fn macro_text(text: &str) -> Option<&'static str> {
+    Some(match text.to_ascii_lowercase().as_str() {
+        "@yearly" | "@annually" => "0 0 1 1 *",
+        "@monthly" => "0 0 1 * *",
+        "@weekly" => "0 0 * * 0",
+        "@daily" | "@midnight" => "0 0 * * *",
+        "@hourly" => "0 * * * *",
+        _ => return None,
+    })
+}
+
+fn value(token: &str, field: usize) -> Result<u32, String> {
+    let up = token.to_ascii_uppercase();
+    let named = match field {
+        4 => MONTHS.iter().position(|m| *m == up).map(|i| i as u32 + 1),
+        5 => DAYS.iter().position(|d| *d == up).map(|i| i as u32),
+        _ => None,
+    };
+    named
+        .or_else(|| token.parse().ok())
+        .ok_or_else(|| format!("cannot read {token:?}"))
+}
+
+/// Expand one field (index 0 second … 5 day-of-week) into its values.
+fn expand(text: &str, field: usize) -> Result<BTreeSet<u32>, String> {
+    let (lo, hi) = [(0, 59), (0, 59), (0, 23), (1, 31), (1, 12), (0, 7)][field];
+    let mut out = BTreeSet::new();
+    for part in text.split(',') {
+        let (range, step) = match part.split_once('/') {
+            Some((r, s)) => (
+                r,
+                s.parse::<u32>()
+                    .map_err(|_| format!("bad step in {part:?}"))?,
+            ),
+            None => (part, 1),
+        };
+        let (a, b) = if range == "*" {
+            (lo, hi)
+        } else if let Some((a, b)) = range.split_once('-') {
+            (value(a, field)?, value(b, field)?)
+        } else {
+            let a = value(range, field)?;
+            // "5/15" means from 5 to the end in steps of 15.
+            (a, if part.contains('/') { hi } else { a })
+        };
+        let mut v = a;
+        while v <= b {
+            out.insert(if field == 5 && v == 7 { 0 } else { v });
+            v += step.max(1);
+        }
+    }
+    Ok(out)
+}
+
+/// `1..5,7,9` (numbers, two digits for time fields), or `*` when the set is the whole range.
+fn compact(set: &BTreeSet<u32>, lo: u32, hi: u32, width: usize) -> String {
+    if set.len() as u32 == hi - lo + 1 {
+        return "*".into();
+    }
+    let v: Vec<u32> = set.iter().copied().collect();
+    let mut parts = Vec::new();
+    let mut i = 0;
+    while i < v.len() {
+        let mut j = i;
+        while j + 1 < v.len() && v[j + 1] == v[j] + 1 {
+            j += 1;
+        }
+        let f = |n: u32| format!("{n:0width$}");
+        if j > i {
+            parts.push(format!("{}..{}", f(v[i]), f(v[j])));
+        } else {
+            parts.push(f(v[i]));
+        }
+        i = j + 1;
+    }
+    parts.join(",")
+}
+
+/// Weekdays Mon..Sun order, runs compressed: `Mon..Fri`, `Sat,Sun`.
+fn weekdays(set: &BTreeSet<u32>) -> String {
+    let order = [1, 2, 3, 4, 5, 6, 0];
+    let present: Vec<u32> = order.iter().copied().filter(|d| set.contains(d)).collect();
+    let pos = |d: u32| order.iter().position(|x| *x == d).unwrap_or(0);
+    let mut parts = Vec::new();
+    let mut i = 0;
+    while i < present.len() {
+        let mut j = i;
+        while j + 1 < present.len() && pos(present[j + 1]) == pos(present[j]) + 1 {
+            j += 1;
+        }
+        let name = |d: u32| WEEKDAY_NAMES[d as usize];
+        if j >= i + 2 {
+            parts.push(format!("{}..{}", name(present[i]), name(present[j])));
+        } else {
+            for d in &present[i..=j] {
+                parts.push(name(*d).to_string());
+            }
+        }
+        i = j + 1;
+    }
+    parts.join(",")
+}
+
+/// The `OnCalendar=` values for a schedule read in `zone` (one, or two for cron's
+/// day-of-month OR day-of-week).
+pub fn on_calendar(schedule: &Schedule, zone: &Zone) -> Result<Vec<String>, String> {
+    let text = schedule.text().trim();
+    let text = macro_text(text).unwrap_or(text);
+    let mut fields: Vec<&str> = text.split_whitespace().collect();
+    if fields.len() == 5 {
+        fields.insert(0, "0");
+    }
+    if fields.len() != 6 {
+        return Err(format!("cannot convert {text:?}"));
+    }
+    let sets: Vec<BTreeSet<u32>> = fields
+        .iter()
+        .enumerate()
+        .map(|(i, f)| expand(f, i))
+        .collect::<Result<_, _>>()?;
+    let time = format!(
+        "{}:{}:{}",
+        compact(&sets[2], 0, 23, 2),
+        compact(&sets[1], 0, 59, 2),
+        compact(&sets[0], 0, 59, 2)
+    );
+    let month = compact(&sets[4], 1, 12, 2);
+    let dom = compact(&sets[3], 1, 31, 2);
+    let dow_all = sets[5].len() == 7;
+    let dom_restricted = !fields[3].starts_with('*');
+    let dow_restricted = !fields[5].starts_with('*');
+    let suffix = match zone {
+        Zone::Local => String::new(),
+        other => format!(" {other}"),
+    };
+    let line = |dow: Option<String>, dom: &str| match dow {
+        Some(d) => format!("{d} *-{month}-{dom} {time}{suffix}"),
+        None => format!("*-{month}-{dom} {time}{suffix}"),
+    };
+    let dow = (!dow_all).then(|| weekdays(&sets[5]));
+    Ok(match (dom_restricted, dow_restricted) {
+        (true, true) => vec![line(None, &dom), line(dow, "*")],
+        (false, true) => vec![line(dow, "*")],
+        // A day-of-week starting with `*` (e.g. `*/2`) leaves the days to day-of-month.
+        (true, false) => vec![line(None, &dom)],
+        (false, false) => vec![line(dow, &dom)],
+    })
+}
+
+/// `RandomizedDelaySec=` value for a jitter.
+pub fn randomized_delay(jitter: Duration) -> String {
+    format!("{}s", jitter.as_secs())
+}
+
+/// One file to write under the unit directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnitFile {
+    /// Relative path, e.g. `litekeeper-backup@chat.timer.d/schedule.conf`.
+    pub path: PathBuf,
+    pub text: String,
+}
+
+/// Timer drop-ins for every scheduled job, and the service's `ReadWritePaths=` drop-in.
+pub fn drop_ins(config: &Config) -> Result<Vec<UnitFile>, String> {
+    let mut out = Vec::new();
+    let zone = &config.daemon.timezone;
+    for db in &config.databases {
+        for kind in JobKind::ALL {
+            let Some(timing) = db.timing(kind) else {
+                continue;
+            };
+            let Some(schedule) = &timing.schedule else {
+                continue;
+            };
+            let lines = on_calendar(schedule, zone)
+                .map_err(|e| format!("database {:?} {}: {e}", db.name, kind.as_str()))?;
+            let mut text = format!(
+                "# Generated by `litekeeper systemd-units` from {} ({} schedule {:?}).\n[Timer]\nOnCalendar=\n",
+                config.file.display(),
+                kind.as_str(),
+                schedule.text()
+            );
+            for l in lines {
+                text.push_str(&format!("OnCalendar={l}\n"));
+            }
+            text.push_str(&format!(
+                "RandomizedDelaySec={}\n",
+                randomized_delay(timing.jitter)
+            ));
+            out.push(UnitFile {
+                path: PathBuf::from(format!(
+                    "litekeeper-{}@{}.timer.d/schedule.conf",
+                    kind.as_str(),
+                    db.name
+                )),
+                text,
+            });
+        }
+    }
+    let paths = writable_paths(config);
+    let mut text = format!(
+        "# Generated by `litekeeper systemd-units` from {}: the paths jobs write to.\n[Service]\n",
+        config.file.display()
+    );
+    for p in &paths {
+        text.push_str(&format!("ReadWritePaths=-{}\n", p.display()));
+    }
+    for unit in [
+        "litekeeper.service.d",
+        "litekeeper-prune@.service.d",
+        "litekeeper-vacuum@.service.d",
+        "litekeeper-backup@.service.d",
+    ] {
+        out.push(UnitFile {
+            path: PathBuf::from(unit).join("paths.conf"),
+            text: text.clone(),
+        });
+    }
+    Ok(out)
+}
+
+/// Directories the jobs write to: each database's directory (WAL, -shm, VACUUM, restore),
+/// attached databases' directories, backup directories, files-rule directories, state, locks.
+pub fn writable_paths(config: &Config) -> Vec<PathBuf> {
+    let mut set = BTreeSet::new();
+    set.insert(config.daemon.state_dir.clone());
+    set.insert(config.daemon.lock_dir.clone());
+    for db in &config.databases {
+        for p in db_paths(db) {
+            set.insert(p);
+        }
+    }
+    set.into_iter().collect()
+}
+
+fn db_paths(db: &Database) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    let parent = |p: &std::path::Path| p.parent().map(|d| d.to_path_buf());
+    v.extend(parent(&db.path));
+    for a in &db.attach {
+        v.extend(parent(&a.path));
+    }
+    if let Some(b) = &db.backup {
+        v.push(b.dir.clone());
+    }
+    if let Some(p) = &db.prune {
+        v.extend(p.files.iter().map(|f| f.dir.clone()));
+    }
+    if let Some(vac) = &db.vacuum {
+        v.extend(vac.temp_dir.clone());
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cal(text: &str) -> Vec<String> {
+        on_calendar(&Schedule::parse(text).unwrap(), &Zone::Utc).unwrap()
+    }
+
+    #[test]
+    fn common_schedules() {
+        assert_eq!(cal("0 2 * * *"), ["*-*-* 02:00:00 UTC"]);
+        assert_eq!(cal("@daily"), ["*-*-* 00:00:00 UTC"]);
+        assert_eq!(cal("0 3 * * SUN"), ["Sun *-*-* 03:00:00 UTC"]);
+        assert_eq!(cal("*/15 * * * *"), ["*-*-* *:00,15,30,45:00 UTC"]);
+        assert_eq!(cal("30 4 * * mon-fri"), ["Mon..Fri *-*-* 04:30:00 UTC"]);
+        assert_eq!(cal("0 0 1 */3 *"), ["*-01,04,07,10-01 00:00:00 UTC"]);
+        assert_eq!(cal("*/20 * * * * *"), ["*-*-* *:*:00,20,40 UTC"]);
+        assert_eq!(
+            cal("0 9-17/4 * * 6,0"),
+            ["Sat,Sun *-*-* 09,13,17:00:00 UTC"]
+        );
+        assert_eq!(cal("0 0 * * 7"), ["Sun *-*-* 00:00:00 UTC"]);
+    }
+
+    #[test]
+    fn day_of_month_or_day_of_week_becomes_two_lines() {
+        assert_eq!(
+            cal("0 2 1,15 * MON"),
+            ["*-*-01,15 02:00:00 UTC", "Mon *-*-* 02:00:00 UTC"]
+        );
+    }
+
+    #[test]
+    fn local_zone_has_no_suffix() {
+        let s = Schedule::parse("0 2 * * *").unwrap();
+        assert_eq!(on_calendar(&s, &Zone::Local).unwrap(), ["*-*-* 02:00:00"]);
+        assert_eq!(
+            on_calendar(&s, &Zone::parse("Europe/Berlin").unwrap()).unwrap(),
+            ["*-*-* 02:00:00 Europe/Berlin"]
+        );
+    }
+}
