@@ -183,6 +183,13 @@ fn backup_under_a_busy_writer_finishes_and_holds_every_earlier_row() {
         "every row committed before the backup started is in it"
     );
     assert!(ours(&dir).iter().all(|(n, _)| n.compressed));
+    // The manifest's checksum is the compressed file's own SHA-256.
+    let m = Manifest::load(&dir).unwrap();
+    for (name, path) in ours(&dir) {
+        let e = m.get(&name.file_name()).unwrap();
+        assert_eq!(e.sha256, litekeeper::archive::sha256_file(&path).unwrap());
+        assert_eq!(e.size, std::fs::metadata(&path).unwrap().len());
+    }
 }
 
 #[test]

@@ -311,8 +311,7 @@ fn copy_one(
     let mut temps = TempFiles(vec![tmp.clone()]);
     let snapshot = copy_snapshot(ctx, cfg, source, &tmp).map_err(|e| (None, e))?;
     let copied = started.elapsed();
-    archive::fsync_file(&tmp).map_err(|e| (None, e.into()))?;
-    let synced = started.elapsed();
+    let uncompressed = cfg.compression == Compression::None;
 
     let mut entry = Entry {
         file: String::new(),
@@ -330,53 +329,69 @@ fn copy_one(
         duration_ms: 0,
         error: None,
     };
-    if cfg.verify != Verify::None {
-        if let Err(problem) = verify_copy(&tmp, cfg.verify, cfg.method, &snapshot) {
-            let failed = BackupName {
-                failed: true,
-                ..raw_name.clone()
-            };
-            let failed_path = dir.join(failed.file_name());
-            let stored = archive::commit(&tmp, &failed_path);
-            temps.0.clear();
-            entry.file = failed.file_name();
-            entry.verified = Verified::Failed;
-            entry.size = file_size(&failed_path);
-            entry.sha256 = archive::sha256_file(&failed_path).unwrap_or_default();
-            entry.error = Some(problem.clone());
-            entry.duration_ms = started.elapsed().as_millis() as u64;
-            let msg = format!(
-                "backup of {} failed verification ({problem}); kept as {} for inspection, retention deleted nothing",
-                source.path.display(),
-                failed_path.display()
-            );
-            return Err((
-                stored.ok().map(|_| Box::new(entry)),
-                JobError::VerifyFailed(msg),
-            ));
-        }
-        entry.verified = if cfg.verify == Verify::Full {
-            Verified::Full
-        } else {
-            Verified::Quick
+    // The copy's bytes are final now: an uncompressed backup's SHA-256 is computed on another
+    // core while this one syncs and verifies (both only read the file).
+    let (synced, checked, raw_sha) = std::thread::scope(|s| {
+        let hasher = uncompressed.then(|| s.spawn(|| archive::sha256_file(&tmp)));
+        let synced = archive::fsync_file(&tmp).map(|_| started.elapsed());
+        let checked = match (&synced, cfg.verify) {
+            (Err(_), _) | (_, Verify::None) => Ok(()),
+            _ => verify_copy(&tmp, cfg.verify, cfg.method, &snapshot),
         };
+        let sha = hasher.map(|h| h.join().expect("hash thread"));
+        (synced, checked, sha)
+    });
+    let synced = synced.map_err(|e| (None, e.into()))?;
+    if let Err(problem) = checked {
+        let failed = BackupName {
+            failed: true,
+            ..raw_name.clone()
+        };
+        let failed_path = dir.join(failed.file_name());
+        let stored = archive::commit(&tmp, &failed_path);
+        temps.0.clear();
+        entry.file = failed.file_name();
+        entry.verified = Verified::Failed;
+        entry.size = file_size(&failed_path);
+        entry.sha256 = archive::sha256_file(&failed_path).unwrap_or_default();
+        entry.error = Some(problem.clone());
+        entry.duration_ms = started.elapsed().as_millis() as u64;
+        let msg = format!(
+            "backup of {} failed verification ({problem}); kept as {} for inspection, retention deleted nothing",
+            source.path.display(),
+            failed_path.display()
+        );
+        return Err((
+            stored.ok().map(|_| Box::new(entry)),
+            JobError::VerifyFailed(msg),
+        ));
     }
+    entry.verified = match cfg.verify {
+        Verify::None => Verified::None,
+        Verify::Quick => Verified::Quick,
+        Verify::Full => Verified::Full,
+    };
     ctx.checkpoint().map_err(|e| (None, e))?;
 
     let final_name = final_name(source, stamp, cfg);
-    let stored_tmp = match cfg.compression {
-        Compression::None => tmp.clone(),
+    let (stored_tmp, sha) = match cfg.compression {
+        Compression::None => (
+            tmp.clone(),
+            raw_sha
+                .expect("hashed above")
+                .map_err(|e| (None, e.into()))?,
+        ),
         Compression::Zstd { level } => {
             let ztmp = archive::temp_path(dir, &final_name.file_name());
             temps.0.push(ztmp.clone());
-            compress(&tmp, &ztmp, level).map_err(|e| (None, e))?;
-            ztmp
+            let sha = compress(&tmp, &ztmp, level).map_err(|e| (None, e))?;
+            (ztmp, sha)
         }
     };
     entry.file = final_name.file_name();
     entry.compressed = final_name.compressed;
     entry.size = file_size(&stored_tmp);
-    entry.sha256 = archive::sha256_file(&stored_tmp).map_err(|e| (None, e.into()))?;
+    entry.sha256 = sha;
     let hashed = started.elapsed();
     archive::commit(&stored_tmp, &dir.join(&entry.file)).map_err(|e| (None, e.into()))?;
     temps.0.retain(|p| p != &stored_tmp);
@@ -591,7 +606,24 @@ fn verify_copy(
 }
 
 /// Stream-compress `from` into `to` (mode 0600), then decompress it again and compare hashes.
-fn compress(from: &Path, to: &Path, level: i32) -> Result<(), JobError> {
+/// Read-through SHA-256: the round-trip check reads the compressed file once, and its
+/// checksum comes from that same read.
+struct HashingReader<R> {
+    inner: R,
+    hash: Sha256,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Compress `from` into `to` (streaming), fsync, and prove it decompresses to the same bytes;
+/// returns the SHA-256 of the compressed file.
+fn compress(from: &Path, to: &Path, level: i32) -> Result<String, JobError> {
     let io = |context: String| move |source| JobError::Io { context, source };
     let mut input =
         BufReader::new(File::open(from).map_err(io(format!("{}: open", from.display())))?);
@@ -616,9 +648,11 @@ fn compress(from: &Path, to: &Path, level: i32) -> Result<(), JobError> {
         .map_err(io(format!("{}: write", to.display())))?;
     out.sync_all()
         .map_err(io(format!("{}: fsync", to.display())))?;
-    let mut dec =
-        zstd::stream::Decoder::new(File::open(to).map_err(io(format!("{}: open", to.display())))?)
-            .map_err(io(format!("{}: zstd", to.display())))?;
+    let mut dec = zstd::stream::Decoder::new(HashingReader {
+        inner: File::open(to).map_err(io(format!("{}: open", to.display())))?,
+        hash: Sha256::new(),
+    })
+    .map_err(io(format!("{}: zstd", to.display())))?;
     let mut round = Sha256::new();
     loop {
         let n = dec
@@ -629,13 +663,17 @@ fn compress(from: &Path, to: &Path, level: i32) -> Result<(), JobError> {
         }
         round.update(&buf[..n]);
     }
+    // Read whatever the decoder left (a trailing frame) so the checksum covers every byte.
+    let mut reader = dec.finish();
+    std::io::copy(&mut reader, &mut std::io::sink())
+        .map_err(io(format!("{}: read", to.display())))?;
     if round.finalize() != raw_hash.finalize() {
         return Err(JobError::VerifyFailed(format!(
             "{}: compressed copy does not decompress to the backup",
             to.display()
         )));
     }
-    Ok(())
+    Ok(archive::hex(&reader.get_ref().hash.clone().finalize()))
 }
 
 impl From<ArchiveError> for JobError {
