@@ -221,6 +221,21 @@ min_age = \"0s\"",
         .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
         .unwrap();
     let before = std::fs::read(&db).unwrap();
+    let listing = |d: &Path| {
+        let mut v: Vec<(String, u64)> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    e.metadata().unwrap().len(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let files_before = listing(&uploads);
     let o = run_prune(&env, &["--dry-run"]);
     assert_eq!(o.status.code(), Some(0), "{}", both(&o));
     let out = String::from_utf8_lossy(&o.stdout);
