@@ -410,3 +410,89 @@ fn full_backup_directory_fails_cleanly() {
         both(&out)
     );
 }
+
+/// Every row of every table, in a canonical order, as text.
+fn dump(path: &Path) -> Vec<String> {
+    let c = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let tables: Vec<String> = c
+        .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let mut out = Vec::new();
+    for t in tables {
+        let mut st = c
+            .prepare(&format!("SELECT * FROM \"{t}\" ORDER BY 1"))
+            .unwrap();
+        let n = st.column_count();
+        let rows = st
+            .query_map([], |r| {
+                let vals: Vec<String> = (0..n)
+                    .map(|i| format!("{:?}", r.get::<_, rusqlite::types::Value>(i).unwrap()))
+                    .collect();
+                Ok(format!("{t}: {}", vals.join("|")))
+            })
+            .unwrap();
+        out.extend(rows.map(Result::unwrap));
+    }
+    out
+}
+
+#[test]
+fn restore_to_a_new_path_equals_the_backup_and_restores_zstd() {
+    let env = TestEnv::new();
+    let (db, dir) = setup(&env, "");
+    let o = backup_cmd(&env)
+        .args(["run", "chat", "backup"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let (_, plain) = ours(&dir)
+        .into_iter()
+        .find(|(n, _)| n.series == "chat")
+        .unwrap();
+    // The live database moves on after the backup.
+    Connection::open(&db)
+        .unwrap()
+        .execute_batch(
+            "DELETE FROM chat WHERE id % 3 = 0; INSERT INTO chat(body, ts) VALUES ('later', 1);",
+        )
+        .unwrap();
+    let restored = env.path("restored.db");
+    let o = env
+        .cmd()
+        .args(["restore", "chat", "--to"])
+        .arg(&restored)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let want = dump(&plain);
+    assert_eq!(want.len(), 5000);
+    assert_eq!(dump(&restored), want);
+    assert_ne!(dump(&db), want);
+
+    // The same through a compressed backup, named explicitly.
+    let cfg = std::fs::read_to_string(env.config_path()).unwrap() + "compress = \"zstd\"\n";
+    std::fs::write(env.config_path(), cfg).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100)); // a new timestamp
+    let o = backup_cmd(&env)
+        .args(["run", "chat", "backup"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let (zname, _) = ours(&dir)
+        .into_iter()
+        .find(|(n, _)| n.series == "chat" && n.compressed)
+        .unwrap();
+    let restored2 = env.path("restored2.db");
+    let o = env
+        .cmd()
+        .args(["restore", "chat", &zname.file_name(), "--to"])
+        .arg(&restored2)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    assert_eq!(dump(&restored2), dump(&db));
+}
