@@ -251,7 +251,7 @@ min_age = \"0s\"",
         before,
         "dry run changed the DB"
     );
-    assert!(uploads.join("zzz_orphan.txt").exists());
+    assert_eq!(listing(&uploads), files_before, "dry run changed the files");
     // dry_run = true in the config does the same without the flag.
     let cfg = std::fs::read_to_string(env.config_path())
         .unwrap()
