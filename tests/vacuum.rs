@@ -311,3 +311,56 @@ echo after $(sha256sum '{db}')",
     assert!(hash("before").is_some());
     assert_eq!(hash("before"), hash("after"), "the database changed");
 }
+
+#[test]
+fn convert_auto_vacuum_switches_to_incremental_once() {
+    let env = TestEnv::new();
+    let db = half_empty(&env, "app/chat.db", 3000, false);
+    assert_eq!(pragma(&db, "auto_vacuum"), 0);
+    // mode = incremental on a database that is not in incremental mode: a clear refusal.
+    config(&env, &db, "mode = \"incremental\"");
+    let o = env.cmd().args(["run", "chat", "vacuum"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(78), "{}", both(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("convert_auto_vacuum = true"),
+        "{}",
+        both(&o)
+    );
+    // Converting runs even below min_free (it is a one-time change), then stays incremental.
+    config(
+        &env,
+        &db,
+        "mode = \"auto\"\nmin_free = \"99%\"\nconvert_auto_vacuum = true\nanalyze = true",
+    );
+    let before_rows = rows(&db);
+    let o = env.cmd().args(["run", "chat", "vacuum"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("converted to auto_vacuum = INCREMENTAL"),
+        "{}",
+        both(&o)
+    );
+    assert_eq!(pragma(&db, "auto_vacuum"), 2);
+    assert_eq!(pragma(&db, "freelist_count"), 0);
+    assert_eq!(rows(&db), before_rows);
+    assert_eq!(integrity(&db), "ok");
+    // analyze = true left statistics behind.
+    assert!(
+        Connection::open(&db)
+            .unwrap()
+            .query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE name = 'sqlite_stat1'",
+                [],
+                |r| r.get::<_, i64>(0)
+            )
+            .unwrap()
+            == 1
+    );
+    // Next time: already incremental, nothing to convert, below min_free: skipped.
+    let o = env.cmd().args(["run", "chat", "vacuum"]).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("skipped"),
+        "{}",
+        both(&o)
+    );
+}
