@@ -300,6 +300,9 @@ pub fn pool_for(db: &Database, busy_timeout: Duration) -> SqlitePool {
         .idle_timeout(Some(Duration::from_secs(300)))
         .connection_timeout(busy_timeout + Duration::from_secs(1))
         .test_on_check_out(true) // r2d2_sqlite's is_valid runs `SELECT 1`
+        // A failed connect is reported once, by the job, with its diagnosis: r2d2's default
+        // handler would log every retry as a bare "database is locked".
+        .error_handler(Box::new(r2d2::NopErrorHandler))
         .build_unchecked(manager)
 }
 
@@ -489,11 +492,38 @@ pub fn explain(path: &Path, e: &rusqlite::Error, busy_timeout: Duration) -> Find
     }
 }
 
+/// A non-empty `-journal` beside the database starting with SQLite's journal magic.
+pub fn has_rollback_journal(path: &Path) -> bool {
+    const MAGIC: [u8; 8] = [0xd9, 0xd5, 0x05, 0xf9, 0x20, 0xa1, 0x63, 0xd7];
+    let mut journal = path.as_os_str().to_owned();
+    journal.push("-journal");
+    let mut head = [0u8; 8];
+    File::open(journal)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .map(|_| head == MAGIC)
+        .unwrap_or(false)
+}
+
 /// Full diagnosis of one database file for `check`: file system, open, integrity (quick_check),
 /// write lock within the busy timeout, journal mode. Never creates or modifies anything.
 pub fn diagnose(path: &Path, want_wal: bool, busy_timeout: Duration) -> Vec<Finding> {
     if let Err(f) = preflight(path) {
         return vec![f];
+    }
+    // Opening a database with a hot journal rolls the interrupted transaction back, which is a
+    // change: `check` only reports it and leaves the recovery to the next job.
+    if has_rollback_journal(path) {
+        return vec![Finding {
+            severity: Severity::Warning,
+            code: ExitCode::Ok,
+            what: format!(
+                "{}: a rollback journal (-journal) is present: a transaction was interrupted (or is running right now); not checked further so nothing changes",
+                path.display()
+            ),
+            fix: "the next job's open rolls the interrupted transaction back (SQLite's recovery); \
+                  run `litekeeper check` again afterwards"
+                .into(),
+        }];
     }
     let conn = match Connection::open_with_flags(uri(path, "rw"), open_flags()) {
         Ok(c) => c,

@@ -3,6 +3,7 @@
 mod util;
 
 mod backup;
+mod bad_db;
 mod catch_up;
 mod check;
 mod config_errors;

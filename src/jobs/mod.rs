@@ -332,9 +332,17 @@ fn run_blocking(env: &Env, req: &Request) -> Result<JobResult, JobError> {
         .get(&db.name)
         .cloned()
         .unwrap_or_else(|| sqlite::pool_for(db, env.config.daemon.busy_timeout));
-    let mut conn = pool.get().map_err(|e| JobError::Pool {
-        path: db.path.display().to_string(),
-        message: e.to_string(),
+    let mut conn = pool.get().map_err(|e| {
+        // Say why, with the exit code that fits (locked: 75, corrupt: 65, …).
+        let busy = env.config.daemon.busy_timeout;
+        sqlite::diagnose(&db.path, false, busy)
+            .into_iter()
+            .find(|f| f.severity == sqlite::Severity::Error)
+            .map(JobError::Database)
+            .unwrap_or_else(|| JobError::Pool {
+                path: db.path.display().to_string(),
+                message: e.to_string(),
+            })
     })?;
     let mut ctx = JobCtx {
         config: &env.config,
