@@ -496,3 +496,52 @@ fn restore_to_a_new_path_equals_the_backup_and_restores_zstd() {
     assert_eq!(o.status.code(), Some(0), "{}", both(&o));
     assert_eq!(dump(&restored2), dump(&db));
 }
+
+#[test]
+fn restore_onto_a_full_file_system_fails_cleanly() {
+    if !is_root() {
+        eprintln!("skipped: needs root to mount a small tmpfs");
+        return;
+    }
+    let env = TestEnv::new();
+    let (db, _) = setup(&env, "compress = \"zstd\"");
+    Connection::open(&db)
+        .unwrap()
+        .execute_batch(
+            "CREATE TABLE bulk(x BLOB);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 1000)
+             INSERT INTO bulk SELECT randomblob(4000) FROM n;",
+        )
+        .unwrap();
+    let o = backup_cmd(&env)
+        .args(["run", "chat", "backup"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let small = env.path("small");
+    std::fs::create_dir_all(&small).unwrap();
+    let before = std::fs::read(&db).unwrap();
+    let script = format!(
+        "mount -t tmpfs -o size=1m tmpfs '{small}' && '{bin}' -c '{cfg}' restore chat --to '{small}/r.db'; echo rc=$?; ls -A '{small}'",
+        small = small.display(),
+        bin = assert_cmd::cargo::cargo_bin("litekeeper").display(),
+        cfg = env.config_path().display()
+    );
+    let out = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("rc=73"), "{}", both(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not enough free space to restore")
+            && err.contains(&small.display().to_string()),
+        "{}",
+        both(&out)
+    );
+    // Nothing was left in the small file system (ls printed nothing after rc=).
+    assert_eq!(stdout.trim().lines().last(), Some("rc=73"), "{stdout}");
+    assert_eq!(std::fs::read(&db).unwrap(), before, "the source changed");
+}

@@ -7,7 +7,7 @@
 //! `<db>.pre-restore-<time>` (+ `-wal`), removes the stale `-shm`, and checks the result.
 
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -17,7 +17,7 @@ use crate::archive::{self, BackupName, Manifest, Verified};
 use crate::cli::RestoreArgs;
 use crate::config::Database;
 use crate::exit::{ExitCode, Failure, OrExit};
-use crate::jobs::backup::sources;
+use crate::jobs::backup::{human_bytes, sources};
 use crate::lock::{self, LockError};
 
 fn fail(code: ExitCode, msg: String) -> Failure {
@@ -147,6 +147,24 @@ pub fn run(path: &Path, args: RestoreArgs) -> Result<ExitCode, Failure> {
         .file_name()
         .and_then(|n| n.to_str())
         .unwrap_or("restore.db");
+    // Room for the restored file (its uncompressed size; the manifest knows the pages).
+    let need = if name.compressed {
+        entry.page_count * entry.page_size
+    } else {
+        entry.size
+    };
+    let free = archive::free_bytes(&target_dir).or_exit(ExitCode::IoErr)?;
+    if free < need {
+        return Err(fail(
+            ExitCode::CantCreate,
+            format!(
+                "{}: not enough free space to restore: needs {}, {} free; free some space or restore --to a larger file system. Nothing was written",
+                target_dir.display(),
+                human_bytes(need),
+                human_bytes(free)
+            ),
+        ));
+    }
     let tmp = archive::temp_path(&target_dir, target_name);
     let _ = fs::remove_file(&tmp);
     let cleanup = TempFile(tmp.clone());
@@ -283,19 +301,48 @@ fn pick_backup(
 fn write_plain(from: &Path, compressed: bool, tmp: &Path) -> Result<(), Failure> {
     let mut out = archive::create_private(tmp).or_exit(ExitCode::CantCreate)?;
     let input = File::open(from).or_exit(ExitCode::NoInput)?;
-    let copied = if compressed {
-        zstd::stream::Decoder::new(input).and_then(|mut d| io::copy(&mut d, &mut out))
+    let mut reader: Box<dyn Read> = if compressed {
+        Box::new(zstd::stream::Decoder::new(input).map_err(|e| {
+            fail(
+                ExitCode::DataErr,
+                format!("{}: cannot read the backup: {e}", from.display()),
+            )
+        })?)
     } else {
-        let mut input = input;
-        io::copy(&mut input, &mut out)
+        Box::new(input)
     };
-    copied.and_then(|_| out.flush()).map_err(|e| {
-        fail(
-            ExitCode::DataErr,
-            format!("{}: cannot read the backup: {e}", from.display()),
-        )
-    })?;
+    // Reading and writing fail for different reasons: a damaged backup, or a full disk.
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = reader.read(&mut buf).map_err(|e| {
+            fail(
+                ExitCode::DataErr,
+                format!("{}: cannot read the backup: {e}", from.display()),
+            )
+        })?;
+        if n == 0 {
+            break;
+        }
+        out.write_all(&buf[..n]).map_err(|e| write_failed(tmp, e))?;
+    }
+    out.sync_all().map_err(|e| write_failed(tmp, e))?;
     Ok(())
+}
+
+fn write_failed(tmp: &Path, e: io::Error) -> Failure {
+    let dir = tmp.parent().unwrap_or(Path::new("/"));
+    let hint = if e.raw_os_error() == Some(libc::ENOSPC) {
+        "; free some space or restore --to a larger file system"
+    } else {
+        ""
+    };
+    fail(
+        ExitCode::IoErr,
+        format!(
+            "{}: cannot write the restored copy: {e}{hint}. Nothing was put in place",
+            dir.display()
+        ),
+    )
 }
 
 /// Open read-only and run quick_check.
