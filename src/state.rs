@@ -85,15 +85,33 @@ fn pid_alive(pid: i64) -> bool {
 
 impl State {
     /// Open (creating directory, file and schema as needed) the state DB in `dir`.
+    /// A new directory is made 0700 and a new state.db 0600 (SQLite gives its -wal and -shm
+    /// the same mode): run history names databases and paths.
     pub fn open(dir: &Path, keep: Duration) -> Result<State, StateError> {
-        std::fs::create_dir_all(dir).map_err(|source| StateError::Dir {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        let dir_err = |source| StateError::Dir {
             path: dir.to_path_buf(),
             source,
-        })?;
-        let state = State {
-            path: dir.join("state.db"),
-            keep,
         };
+        if !dir.is_dir() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(dir_err)?;
+        }
+        let path = dir.join("state.db");
+        if !path.exists() {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&path)
+                .map_err(dir_err)?;
+        }
+        let state = State { path, keep };
         state.with(migrate)?;
         Ok(state)
     }

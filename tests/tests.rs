@@ -11,6 +11,7 @@ mod config_examples;
 mod config_files;
 mod daemon;
 mod demo_run;
+mod hostile;
 mod journal;
 mod prune;
 mod retention;

@@ -163,6 +163,17 @@ fn parse_raw(text: &str, fname: &str) -> Result<RawConfig, ConfigError> {
 
 /// Re-read file + `LITEKEEPER__…` variables through the `config` crate.
 fn layer_env(text: &str, fname: &str, env: &[(String, String)]) -> Result<RawConfig, ConfigError> {
+    // The environment reaches [daemon] and top-level keys; [[database]] entries are a list,
+    // which environment variables cannot address reliably: say so instead of a serde error.
+    if let Some((k, _)) = env.iter().find(|(k, _)| {
+        k.to_ascii_uppercase()
+            .starts_with(&format!("{ENV_PREFIX}__DATABASE"))
+    }) {
+        return Err(ConfigError::Invalid(vec![format!(
+            "{k}: [[database]] entries cannot be set from the environment (only [daemon] keys, \
+             e.g. LITEKEEPER__DAEMON__BUSY_TIMEOUT); edit {fname} instead"
+        )]));
+    }
     let source = config::Environment::with_prefix(ENV_PREFIX)
         .prefix_separator("__")
         .separator("__")

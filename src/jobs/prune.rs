@@ -891,6 +891,16 @@ pub fn truncate_wal(conn: &Connection, schema: &str) {
     );
 }
 
+/// A file name fit for a one-line report: quoted and escaped when it holds control characters
+/// (a name with a newline must not break the output or the journal line).
+fn printable(name: &str) -> String {
+    if name.chars().any(char::is_control) {
+        format!("{name:?}")
+    } else {
+        name.to_string()
+    }
+}
+
 /// One directory entry a files rule may act on.
 struct Entry {
     name: String,
@@ -989,7 +999,11 @@ fn prune_files(
     }
     candidates.sort_by(|a, b| a.name.cmp(&b.name));
     rep.matched = candidates.len() as u64;
-    rep.samples = candidates.iter().take(5).map(|c| c.name.clone()).collect();
+    rep.samples = candidates
+        .iter()
+        .take(5)
+        .map(|c| printable(&c.name))
+        .collect();
     if dry_run {
         rep.files = Some(candidates.len() as u64);
         rep.bytes = Some(candidates.iter().map(|c| c.bytes).sum());
