@@ -16,6 +16,7 @@ mod journal;
 mod prune;
 mod retention;
 mod run_lock;
+mod soak;
 mod status;
 mod units;
 mod vacuum;
