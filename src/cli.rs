@@ -217,8 +217,25 @@ pub struct CheckArgs {
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// Print JSON (a stable contract, documented in README.md).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "check")]
     pub json: bool,
+    /// Monitoring check (Nagios/Icinga plugin style): one line per problem, or one OK line,
+    /// and exit 0 OK, 1 WARNING (last run failed or was interrupted, job never ran),
+    /// 2 CRITICAL (no success within the max age), 3 UNKNOWN (configuration or state DB
+    /// unreadable). These codes differ from every other command's.
+    #[arg(long)]
+    pub check: bool,
+    /// With --check: the longest a job may go without a successful run, per job, e.g.
+    /// "backup=26h,prune=8d". Default for a scheduled job: twice the longest gap between its
+    /// scheduled times around now, plus its jitter; a job without a schedule is only
+    /// age-checked when named here.
+    #[arg(
+        long,
+        requires = "check",
+        value_delimiter = ',',
+        value_name = "JOB=DURATION"
+    )]
+    pub max_age: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -15,6 +15,7 @@
 //! - `sqlite`: connection pools, pragmas, REGEXP, slow-statement log, diagnosis.
 //! - `lock`: per-database flock files naming their holder.
 //! - `state`: run history in the state database.
+//! - `metrics`: the Prometheus textfile written after every run; history queries for `status --check`.
 //! - `logging`: journald or stderr, event fields and MESSAGE_IDs.
 //! - `notify`: sd_notify messages and the watchdog.
 //! - `paths`: default locations for root and for users.
@@ -31,6 +32,7 @@ pub mod exit;
 pub mod jobs;
 pub mod lock;
 pub mod logging;
+pub mod metrics;
 pub mod notify;
 pub mod paths;
 pub mod retention;

@@ -47,6 +47,14 @@ pub fn stderr_is_journal() -> bool {
 }
 
 /// Install the global subscriber. Errors are returned (not fatal): logging falls back to stderr.
+static TO_JOURNAL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// True once `init` chose journald: a command's own summary line would only repeat the
+/// structured event there.
+pub fn to_journal() -> bool {
+    TO_JOURNAL.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 pub fn init(args: &LogArgs) -> Result<(), String> {
     let filter = || {
         EnvFilter::try_from_env("LITEKEEPER_LOG")
@@ -67,6 +75,7 @@ pub fn init(args: &LogArgs) -> Result<(), String> {
                     .with(notice.with_filter(filter_fn(|m| m.target() == NOTICE)))
                     .try_init()
                     .map_err(|e| e.to_string())?;
+                TO_JOURNAL.store(true, std::sync::atomic::Ordering::Relaxed);
                 return Ok(());
             }
             Err(e) => warning = Some(format!("cannot log to journald ({e}); logging to stderr")),

@@ -246,15 +246,20 @@ impl State {
     }
 }
 
+/// Bring the schema to the newest version. The version is read inside a write transaction,
+/// so two processes creating the state DB at once (daemon and a timer's run) do not both
+/// apply the same migration.
 fn migrate(c: &mut Connection) -> rusqlite::Result<()> {
-    let version: usize = c.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
-        let tx = c.transaction()?;
+    loop {
+        let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let version = tx.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
+        let Some(sql) = MIGRATIONS.get(version) else {
+            return Ok(());
+        };
         tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.pragma_update(None, "user_version", (version + 1) as i64)?;
         tx.commit()?;
     }
-    Ok(())
 }
 
 impl Outcome {

@@ -212,6 +212,8 @@ pub fn drop_ins(config: &Config) -> Result<Vec<UnitFile>, String> {
                 "RandomizedDelaySec={}\n",
                 randomized_delay(timing.jitter)
             ));
+            // systemd's default AccuracySec=1min would move runs by up to a minute.
+            text.push_str("AccuracySec=1s\n");
             out.push(UnitFile {
                 path: PathBuf::from(format!(
                     "litekeeper-{}@{}.timer.d/schedule.conf",
@@ -250,6 +252,9 @@ pub fn writable_paths(config: &Config) -> Vec<PathBuf> {
     let mut set = BTreeSet::new();
     set.insert(config.daemon.state_dir.clone());
     set.insert(config.daemon.lock_dir.clone());
+    if let Some(dir) = config.daemon.metrics_file.as_ref().and_then(|f| f.parent()) {
+        set.insert(dir.to_path_buf());
+    }
     for db in &config.databases {
         for p in db_paths(db) {
             set.insert(p);

@@ -51,6 +51,7 @@ fn the_example_documents_every_key() {
         "max_concurrent_jobs",
         "state_dir",
         "lock_dir",
+        "metrics_file",
         "slow_statement",
         "busy_timeout",
         "catch_up",

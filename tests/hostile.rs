@@ -281,3 +281,29 @@ fn environment_overrides_cannot_send_an_unprivileged_daemon_elsewhere() {
         both(&o)
     );
 }
+
+#[test]
+fn root_runs_as_the_owner_of_state_dir() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let env = TestEnv::new();
+    let db = app(&env);
+    config(
+        &env,
+        &db,
+        &format!("[database.backup]\ndir = \"{}\"", env.path("b").display()),
+    );
+    open_to_nobody(&env);
+    crate::check::give_to_nobody(&env.path("app"));
+    crate::check::give_to_nobody(&db);
+    std::fs::create_dir_all(env.path("b")).unwrap();
+    crate::check::give_to_nobody(&env.path("b"));
+    let o = env.cmd().args(["run", "chat", "backup"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    for p in ["state/state.db", "locks/chat.lock", "b/manifest.json"] {
+        let uid = std::fs::metadata(env.path(p)).unwrap().uid();
+        assert_eq!(uid, 65534, "{p} is owned by uid {uid}");
+    }
+}

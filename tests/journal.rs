@@ -390,7 +390,7 @@ fn auto_detects_the_journal_stream() {
     let Some(j) = Journald::start() else { return };
     let env = TestEnv::new();
     setup(&env);
-    let under_cat = |identifier: &str, set_stream: &str| -> Vec<Value> {
+    let under_cat = |identifier: &str, set_stream: &str, native: bool| -> Vec<Value> {
         let mut c = j.in_namespace(&env, "systemd-cat");
         c.args(["-t", identifier, "sh", "-c"])
             .arg(format!("{set_stream} exec \"$0\" \"$@\""))
@@ -401,13 +401,19 @@ fn auto_detects_the_journal_stream() {
         let (pid, out) = run(c);
         assert_eq!(out.status.code(), Some(0), "{}", both(&out));
         j.send_marker(identifier);
-        // The summary line is printed last on the stream, the marker sent after exit on the
-        // native socket: once both are in, everything the run logged is.
-        let all = j.wait_for("summary line and marker", |all| {
+        // On the stream the summary line is printed last; natively the finish event is the
+        // last entry (the summary is not repeated on the stream). With the marker sent after
+        // exit on the native socket, once both are in, everything the run logged is.
+        let all = j.wait_for("last line and marker", |all| {
             has_marker(all, identifier)
                 && all.iter().any(|e| {
-                    field(e, "SYSLOG_IDENTIFIER") == Some(identifier)
-                        && field(e, "MESSAGE").is_some_and(|m| m.starts_with("backup chat: "))
+                    if native {
+                        field(e, "_PID") == Some(pid.to_string().as_str())
+                            && field(e, "MESSAGE_ID") == Some(JOB_FINISHED)
+                    } else {
+                        field(e, "SYSLOG_IDENTIFIER") == Some(identifier)
+                            && field(e, "MESSAGE").is_some_and(|m| m.starts_with("backup chat: "))
+                    }
                 })
         });
         // nsenter, systemd-cat and sh all exec: the streamed lines and the native entries of
@@ -420,6 +426,7 @@ fn auto_detects_the_journal_stream() {
     let native = under_cat(
         "lk-stream",
         "export JOURNAL_STREAM=$(stat -L -c %d:%i /proc/self/fd/2);",
+        true,
     );
     let events: Vec<Value> = native
         .iter()
@@ -437,6 +444,12 @@ fn auto_detects_the_journal_stream() {
         streamed.iter().all(|m| !m.contains("started")),
         "log lines also went to stderr: {streamed:?}"
     );
+    assert!(
+        streamed
+            .iter()
+            .all(|m| !m.starts_with("backup chat: wrote")),
+        "the summary repeats the finish event on the stream: {streamed:?}"
+    );
 
     for (identifier, set_stream) in [
         ("lk-no-stream", ""),
@@ -445,7 +458,7 @@ fn auto_detects_the_journal_stream() {
             "export JOURNAL_STREAM=$(stat -L -c %d:%i /dev/null);",
         ),
     ] {
-        let plain = under_cat(identifier, set_stream);
+        let plain = under_cat(identifier, set_stream, false);
         assert!(
             plain
                 .iter()

@@ -567,7 +567,7 @@ parent = \"chat.uuid\"
 [[database.prune.files]]
 dir = \"/tmp\"
 entries = \"dirs\"
-referenced_by = \"DELETE FROM chat\"",
+referenced_by = \"WITH k AS (SELECT 1) DELETE FROM chat RETURNING id\"",
     );
     let text = std::fs::read_to_string(env.config_path()).unwrap();
     let line_of = |needle: &str| text.lines().position(|l| l.starts_with(needle)).unwrap() + 1;

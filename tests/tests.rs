@@ -3,6 +3,7 @@
 mod util;
 
 mod backup;
+mod bad_config;
 mod bad_db;
 mod catch_up;
 mod check;
@@ -12,11 +13,16 @@ mod config_files;
 mod daemon;
 mod demo_run;
 mod hostile;
+mod injection;
 mod journal;
+mod kill;
+mod metrics;
 mod prune;
 mod retention;
 mod run_lock;
 mod soak;
 mod status;
+mod status_check;
+mod systemd_e2e;
 mod units;
 mod vacuum;

@@ -190,14 +190,17 @@ pub fn run(path: &Path, args: RestoreArgs) -> Result<ExitCode, Failure> {
     })?;
 
     if args.in_place {
-        let stamp = chrono::Utc::now().format("%Y%m%d-%H%M%S");
-        let keep = PathBuf::from(format!("{}.pre-restore-{stamp}", target.display()));
         let side = |p: &Path, s: &str| PathBuf::from(format!("{}{s}", p.display()));
+        let keep = keep_path(&target);
         if target.exists() {
-            fs::rename(&target, &keep).or_exit(ExitCode::IoErr)?;
+            // Linked, not moved: the live name keeps the old database until the one rename
+            // below replaces it, so a process killed at any point leaves there either the old
+            // database or the restored one.
+            link_or_move(&target, &keep).or_exit(ExitCode::IoErr)?;
             // The WAL belongs to the old file: keep it with it so that copy stays complete.
             if side(&target, "-wal").exists() {
-                fs::rename(side(&target, "-wal"), side(&keep, "-wal")).or_exit(ExitCode::IoErr)?;
+                link_or_move(&side(&target, "-wal"), &side(&keep, "-wal"))
+                    .or_exit(ExitCode::IoErr)?;
             }
         }
         let _ = fs::remove_file(side(&target, "-shm"));
@@ -229,6 +232,29 @@ pub fn run(path: &Path, args: RestoreArgs) -> Result<ExitCode, Failure> {
         );
     }
     Ok(ExitCode::Ok)
+}
+
+/// `<db>.pre-restore-<time>`, with `-2`, `-3`… when a restore in the same second kept one.
+fn keep_path(target: &Path) -> PathBuf {
+    let stamp = chrono::Utc::now().format("%Y%m%d-%H%M%S");
+    let base = format!("{}.pre-restore-{stamp}", target.display());
+    let taken = |p: &str| Path::new(p).exists() || Path::new(&format!("{p}-wal")).exists();
+    if !taken(&base) {
+        return PathBuf::from(base);
+    }
+    (2..)
+        .map(|n| format!("{base}-{n}"))
+        .find(|p| !taken(p))
+        .map(PathBuf::from)
+        .expect("a free name")
+}
+
+/// A second name for `from` (a hard link), or where the file system has none, a move.
+fn link_or_move(from: &Path, to: &Path) -> io::Result<()> {
+    match fs::hard_link(from, to) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => fs::rename(from, to),
+        other => other,
+    }
 }
 
 fn verified_word(v: Verified) -> &'static str {

@@ -62,6 +62,7 @@ pub fn run(path: &Path, args: RunArgs) -> Result<ExitCode, Failure> {
             },
         )?))),
     };
+    run_as_state_owner(&config.daemon.state_dir)?;
     let state = State::open(&config.daemon.state_dir, config.daemon.keep_history)
         .or_exit(ExitCode::CantCreate)?;
     let rt = super::runtime()?;
@@ -77,7 +78,11 @@ pub fn run(path: &Path, args: RunArgs) -> Result<ExitCode, Failure> {
         let req = Request {
             db,
             kind,
-            trigger: Trigger::Cli,
+            trigger: if std::env::var("LITEKEEPER_TRIGGER").as_deref() == Ok("timer") {
+                Trigger::Timer
+            } else {
+                Trigger::Cli
+            },
             dry_run: args.dry_run,
             on_busy,
         };
@@ -89,6 +94,10 @@ pub fn run(path: &Path, args: RunArgs) -> Result<ExitCode, Failure> {
         report.database,
         report.summary
     );
+    // Under systemd the journal already has the finish event with every field.
+    if crate::logging::to_journal() {
+        return Ok(report.exit);
+    }
     match report.outcome {
         Outcome::Ok | Outcome::DryRun => {
             println!("{line} ({} ms)", report.duration_ms);
@@ -102,6 +111,48 @@ pub fn run(path: &Path, args: RunArgs) -> Result<ExitCode, Failure> {
         Outcome::Skipped | Outcome::Failed => eprintln!("litekeeper: {line}"),
     }
     Ok(report.exit)
+}
+
+/// As root, run as the user who owns `state_dir` (the service's user: `litekeeper`, or the
+/// app's user with a `User=` drop-in), as `sudo -u` would: a root-owned state.db, lock or
+/// backup would lock the service out of its own files afterwards.
+fn run_as_state_owner(state_dir: &Path) -> Result<(), Failure> {
+    use std::os::unix::fs::MetadataExt;
+    if !crate::paths::is_root() {
+        return Ok(());
+    }
+    let Ok(meta) = std::fs::metadata(state_dir) else {
+        return Ok(());
+    };
+    let (uid, gid) = (meta.uid(), meta.gid());
+    if uid == 0 {
+        return Ok(());
+    }
+    // SAFETY: plain libc calls with valid arguments; getpwuid's result is only read here.
+    let ok = unsafe {
+        let pw = libc::getpwuid(uid);
+        let groups_ok = if pw.is_null() {
+            libc::setgroups(0, std::ptr::null()) == 0
+        } else {
+            libc::initgroups((*pw).pw_name, gid) == 0
+        };
+        groups_ok && libc::setgid(gid) == 0 && libc::setuid(uid) == 0
+    };
+    if !ok {
+        return Err(Failure::new(
+            ExitCode::CantCreate,
+            anyhow::anyhow!(
+                "{}: owned by uid {uid}; cannot switch to that user ({}); run the job through its unit (systemctl start litekeeper-JOB@DB.service)",
+                state_dir.display(),
+                std::io::Error::last_os_error()
+            ),
+        ));
+    }
+    tracing::info!(
+        "running as uid {uid} gid {gid}, the owner of {} (as the service does)",
+        state_dir.display()
+    );
+    Ok(())
 }
 
 /// SIGINT/SIGTERM fire the cancel token: the job stops at its next safe point.

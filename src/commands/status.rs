@@ -1,15 +1,25 @@
 //! `litekeeper status [--json]`: last and next run of every configured job, read from the
 //! state DB, so it works with or without the daemon. The JSON shape is a documented contract
 //! (README.md, "status --json").
+//!
+//! `litekeeper status --check [--max-age JOB=DURATION,…]` is a monitoring check in the
+//! Nagios/Icinga plugin style: one line per problem (worst first) or one OK line, and exit
+//! 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (README.md, "status --check").
 
+use std::collections::BTreeMap;
+use std::io::Write as _;
 use std::path::Path;
+use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::cli::StatusArgs;
+use crate::config::validate::parse_duration;
 use crate::exit::{ExitCode, Failure, OrExit};
 use crate::jobs::JobKind;
+use crate::metrics::{self, History};
+use crate::schedule::{Schedule, Zone};
 use crate::state::{RunRecord, State};
 
 #[derive(Serialize)]
@@ -30,6 +40,17 @@ struct JobStatus {
 }
 
 pub fn run(path: &Path, args: StatusArgs) -> Result<ExitCode, Failure> {
+    if args.check {
+        let (code, lines) = check(path, &args.max_age, Utc::now());
+        let mut out = std::io::stdout().lock();
+        for l in lines {
+            let _ = writeln!(out, "{l}");
+        }
+        let _ = out.flush();
+        // Monitoring exit codes (2 CRITICAL, 3 UNKNOWN) are not sysexits codes, so they are
+        // not `ExitCode`s: exit here.
+        std::process::exit(code.code());
+    }
     let config = super::load_config(path)?;
     let now = Utc::now();
     let zone = &config.daemon.timezone;
@@ -109,4 +130,258 @@ pub fn run(path: &Path, args: StatusArgs) -> Result<ExitCode, Failure> {
         );
     }
     Ok(ExitCode::Ok)
+}
+
+/// Severity of a `status --check` result, ordered; the exit code is the worst one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum CheckCode {
+    Ok = 0,
+    Warning = 1,
+    Critical = 2,
+    Unknown = 3,
+}
+
+impl CheckCode {
+    pub fn code(self) -> i32 {
+        self as i32
+    }
+
+    fn word(self) -> &'static str {
+        match self {
+            CheckCode::Ok => "OK",
+            CheckCode::Warning => "WARNING",
+            CheckCode::Critical => "CRITICAL",
+            CheckCode::Unknown => "UNKNOWN",
+        }
+    }
+}
+
+/// The check: its exit code and the lines to print (worst problem first, or one OK line).
+pub fn check(path: &Path, max_age: &[String], now: DateTime<Utc>) -> (CheckCode, Vec<String>) {
+    match check_jobs(path, max_age, now) {
+        Ok(r) => r,
+        Err(msg) => (CheckCode::Unknown, vec![format!("UNKNOWN: {msg}")]),
+    }
+}
+
+fn check_jobs(
+    path: &Path,
+    max_age: &[String],
+    now: DateTime<Utc>,
+) -> Result<(CheckCode, Vec<String>), String> {
+    let overrides = parse_max_ages(max_age)?;
+    let config = crate::config::load(path).map_err(|e| e.to_string())?;
+    let zone = &config.daemon.timezone;
+    let state_path = config.daemon.state_dir.join("state.db");
+    let unreadable = |e: &dyn std::fmt::Display| {
+        format!(
+            "{}: cannot read the state database: {e} (run the check as root or as the user litekeeper runs as)",
+            state_path.display()
+        )
+    };
+    // No state DB yet: nothing ever ran. Anything else that stops us reading it is UNKNOWN.
+    let conn = match std::fs::metadata(&state_path) {
+        Ok(_) => Some(metrics::open(&state_path, true).map_err(|e| unreadable(&e))?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(unreadable(&e)),
+    };
+    let mut problems: Vec<(CheckCode, String)> = Vec::new();
+    let (mut jobs, mut aged) = (0, 0);
+    for db in &config.databases {
+        for kind in JobKind::ALL {
+            let Some(timing) = db.timing(kind) else {
+                continue;
+            };
+            jobs += 1;
+            let max = overrides.get(&kind).copied().or_else(|| {
+                timing
+                    .schedule
+                    .as_ref()
+                    .and_then(|s| default_max_age(s, timing.jitter, now, zone))
+            });
+            aged += usize::from(max.is_some());
+            let history = match &conn {
+                Some(c) => metrics::history(c, &db.name, kind).map_err(|e| unreadable(&e))?,
+                None => History::default(),
+            };
+            for (code, text) in judge(&history, max, now) {
+                problems.push((
+                    code,
+                    format!("{} {} {}: {text}", code.word(), kind.as_str(), db.name),
+                ));
+            }
+        }
+    }
+    // Worst first (a monitoring system shows the first line as the status), config order within.
+    problems.sort_by_key(|(code, _)| std::cmp::Reverse(*code));
+    let code = problems.first().map_or(CheckCode::Ok, |(c, _)| *c);
+    if problems.is_empty() {
+        let dbs = config.databases.len();
+        let line = if jobs == 0 {
+            format!("OK: no jobs configured in {}", config.file.display())
+        } else {
+            format!(
+                "OK: {jobs} job{} on {dbs} database{}: no failures, every age-checked job ({aged}) succeeded within its max age",
+                if jobs == 1 { "" } else { "s" },
+                if dbs == 1 { "" } else { "s" },
+            )
+        };
+        return Ok((CheckCode::Ok, vec![line]));
+    }
+    Ok((code, problems.into_iter().map(|(_, l)| l).collect()))
+}
+
+/// The rules (README.md, "status --check"): a failed or interrupted last run is a WARNING, and
+/// so is a job with a max age that never ran; no success within the max age is CRITICAL.
+fn judge(h: &History, max_age: Option<Duration>, now: DateTime<Utc>) -> Vec<(CheckCode, String)> {
+    let mut out = Vec::new();
+    let ago = |t: DateTime<Utc>| fmt_age((now - t).to_std().unwrap_or_default());
+    if let Some(latest) = h.latest.as_ref().filter(|r| r.outcome == "interrupted") {
+        out.push((
+            CheckCode::Warning,
+            format!(
+                "last run was interrupted (its process died; started {} ago)",
+                ago(latest.started)
+            ),
+        ));
+    }
+    if let Some(last) = h.last_finished.as_ref().filter(|r| r.outcome == "failed") {
+        let why = last.error.as_deref().unwrap_or(&last.summary);
+        let why = crate::sqlite::truncate(why.lines().next().unwrap_or(""), 200);
+        let text = if h.failed_in_a_row > 1 {
+            format!(
+                "last {} runs failed, the latest {} ago: {why}",
+                h.failed_in_a_row,
+                ago(last.ended())
+            )
+        } else {
+            format!("last run failed {} ago: {why}", ago(last.ended()))
+        };
+        out.push((CheckCode::Warning, text));
+    }
+    if let Some(max) = max_age {
+        let max_text = fmt_age(max);
+        let too_old = |t: DateTime<Utc>| (now - t).to_std().unwrap_or_default() > max;
+        match (&h.last_success, h.first_started) {
+            (Some(s), _) if too_old(s.ended()) => out.push((
+                CheckCode::Critical,
+                format!("last success {} ago (max {max_text})", ago(s.ended())),
+            )),
+            (Some(_), _) => {}
+            (None, None) => out.push((
+                CheckCode::Warning,
+                format!("never ran (max age {max_text})"),
+            )),
+            (None, Some(first)) if too_old(first) => out.push((
+                CheckCode::Critical,
+                format!(
+                    "no successful run in the history, which starts {} ago (max {max_text})",
+                    ago(first)
+                ),
+            )),
+            (None, Some(_)) => {}
+        }
+    }
+    out
+}
+
+/// `--max-age backup=26h,prune=8d` (clap splits at commas).
+fn parse_max_ages(items: &[String]) -> Result<BTreeMap<JobKind, Duration>, String> {
+    let mut out = BTreeMap::new();
+    for item in items {
+        let bad = |why: String| format!("--max-age {item:?}: {why}");
+        let (job, age) = item
+            .split_once('=')
+            .ok_or_else(|| bad("expected JOB=DURATION, like backup=26h".into()))?;
+        let job: JobKind = job.trim().parse().map_err(bad)?;
+        out.insert(job, parse_duration(age).map_err(bad)?);
+    }
+    Ok(out)
+}
+
+/// Default max age of a scheduled job: twice the longest gap between consecutive scheduled
+/// times around `now` (the two before it, the three after), plus the jitter. So a job whose last
+/// or next-to-last scheduled run succeeded is never flagged, even on irregular schedules
+/// (weekdays only, monthly).
+pub fn default_max_age(
+    schedule: &Schedule,
+    jitter: Duration,
+    now: DateTime<Utc>,
+    zone: &Zone,
+) -> Option<Duration> {
+    let p1 = schedule.prev_before(now, zone);
+    let p2 = p1.and_then(|p| schedule.prev_before(p, zone));
+    let mut times: Vec<DateTime<Utc>> = [p2, p1].into_iter().flatten().collect();
+    // From p1, not from now: a run due exactly at `now` is neither before nor after it.
+    times.extend(schedule.upcoming(p1.unwrap_or(now), zone, 3));
+    let gap = times.windows(2).map(|w| w[1] - w[0]).max()?;
+    Some(gap.to_std().ok()? * 2 + jitter)
+}
+
+/// "45s", "20m", "30h", "30h5m", "8d", "2d4h", "2d30m": compact, to the minute, rounded down.
+pub fn fmt_age(d: Duration) -> String {
+    let s = d.as_secs();
+    if s < 60 {
+        return format!("{s}s");
+    }
+    let m = s / 60;
+    let (days, hours, mins) = if m < 48 * 60 {
+        (0, m / 60, m % 60)
+    } else {
+        (m / 1440, m / 60 % 24, m % 60)
+    };
+    let mut out = String::new();
+    for (n, unit) in [(days, "d"), (hours, "h"), (mins, "m")] {
+        if n > 0 {
+            out.push_str(&format!("{n}{unit}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn ages_read_compactly() {
+        assert_eq!(fmt_age(Duration::from_secs(45)), "45s");
+        assert_eq!(fmt_age(Duration::from_secs(20 * 60 + 59)), "20m");
+        assert_eq!(fmt_age(Duration::from_secs(30 * 3600)), "30h");
+        assert_eq!(fmt_age(Duration::from_secs(30 * 3600 + 300)), "30h5m");
+        assert_eq!(fmt_age(Duration::from_secs(8 * 86400)), "8d");
+        assert_eq!(fmt_age(Duration::from_secs(2 * 86400 + 4 * 3600)), "2d4h");
+    }
+
+    #[test]
+    fn default_max_age_follows_the_schedule() {
+        let age = |expr: &str, jitter: u64, now: &str| {
+            let s = Schedule::parse(expr).unwrap();
+            fmt_age(default_max_age(&s, Duration::from_secs(jitter), utc(now), &Zone::Utc).unwrap())
+        };
+        assert_eq!(age("0 2 * * *", 0, "2026-03-04T12:00:00Z"), "2d");
+        assert_eq!(age("0 2 * * *", 1800, "2026-03-04T12:00:00Z"), "2d30m");
+        assert_eq!(age("0 3 * * SUN", 0, "2026-03-04T12:00:00Z"), "14d");
+        assert_eq!(age("*/15 * * * *", 0, "2026-03-04T12:00:00Z"), "30m");
+        assert_eq!(age("*/15 * * * *", 0, "2026-03-04T12:07:00Z"), "30m");
+        // Weekdays only: on a Monday the weekend gap (3 days) is in the window.
+        assert_eq!(age("0 2 * * MON-FRI", 0, "2026-03-02T01:00:00Z"), "6d");
+    }
+
+    #[test]
+    fn max_age_flag_parses_and_names_the_bad_part() {
+        let m = parse_max_ages(&["backup=26h".into(), "prune=8d".into()]).unwrap();
+        assert_eq!(m[&JobKind::Backup], Duration::from_secs(26 * 3600));
+        assert_eq!(m[&JobKind::Prune], Duration::from_secs(8 * 86400));
+        let e = parse_max_ages(&["backups=26h".into()]).unwrap_err();
+        assert!(e.contains("unknown job"), "{e}");
+        let e = parse_max_ages(&["backup".into()]).unwrap_err();
+        assert!(e.contains("JOB=DURATION"), "{e}");
+        let e = parse_max_ages(&["backup=soon".into()]).unwrap_err();
+        assert!(e.contains("duration"), "{e}");
+    }
 }

@@ -52,6 +52,8 @@ pub struct Daemon {
     pub catch_up: bool,
     /// Run history older than this is deleted from the state DB.
     pub keep_history: Duration,
+    /// Prometheus textfile written (atomically, from the state DB) after every run.
+    pub metrics_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

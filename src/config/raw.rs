@@ -16,7 +16,7 @@ pub struct RawConfig {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "the [daemon] table")]
 pub struct RawDaemon {
     pub timezone: Option<String>,
     pub max_concurrent_jobs: Option<i64>,
@@ -26,10 +26,14 @@ pub struct RawDaemon {
     pub busy_timeout: Option<String>,
     pub catch_up: Option<bool>,
     pub keep_history: Option<String>,
+    pub metrics_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a [[database]] table with name and path"
+)]
 pub struct RawDatabase {
     pub name: String,
     pub path: String,
@@ -44,7 +48,7 @@ pub struct RawDatabase {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "the [database.prune] table")]
 pub struct RawPrune {
     pub schedule: Option<String>,
     pub jitter: Option<String>,
@@ -60,7 +64,7 @@ pub struct RawPrune {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a [[database.prune.rule]] table")]
 pub struct RawRule {
     pub table: String,
     pub older_than: Option<String>,
@@ -73,7 +77,7 @@ pub struct RawRule {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a [[database.prune.files]] table")]
 pub struct RawFiles {
     pub dir: String,
     pub pattern: Option<String>,
@@ -86,7 +90,7 @@ pub struct RawFiles {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "the [database.vacuum] table")]
 pub struct RawVacuum {
     pub schedule: Option<String>,
     pub jitter: Option<String>,
@@ -99,7 +103,7 @@ pub struct RawVacuum {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "the [database.backup] table")]
 pub struct RawBackup {
     pub schedule: Option<String>,
     pub jitter: Option<String>,
@@ -113,7 +117,10 @@ pub struct RawBackup {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a table of counts like { last = 3, daily = 7 }"
+)]
 pub struct RawKeep {
     pub last: Option<i64>,
     pub hourly: Option<i64>,

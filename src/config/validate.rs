@@ -167,6 +167,19 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     Ok((num * mult) as u64)
 }
 
+/// An absolute path naming a file (not a directory) for the Prometheus textfile.
+fn metrics_file(c: &mut Checker, key: &KeyPath, text: &str) -> PathBuf {
+    let p = c.abs_path(key, text);
+    if p.is_absolute() && (text.ends_with('/') || p.file_name().is_none()) {
+        c.fail(
+            key,
+            "expected the path of a file, like \"/var/lib/prometheus/node-exporter/litekeeper.prom\"",
+            Some(text.to_string()),
+        );
+    }
+    p
+}
+
 fn is_db_name(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
@@ -177,6 +190,159 @@ fn is_identifier(s: &str) -> bool {
     let mut chars = s.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Split a table name as written in a rule into its parts: `chat`, `files.blob`, or with
+/// double-quoted parts for names that are not plain identifiers (`"my table"`,
+/// `files."a ""b"""`, SQL's quoting, `""` for a quote). A bare part must be an identifier, so
+/// SQL written where a name belongs (`chat; DROP TABLE x`) is refused, while a quoted name is
+/// only ever looked up and used quoted.
+fn split_table_name(text: &str) -> Option<Vec<String>> {
+    let mut parts = Vec::new();
+    let mut rest = text;
+    loop {
+        let part;
+        if let Some(quoted) = rest.strip_prefix('"') {
+            let mut name = String::new();
+            let mut chars = quoted.char_indices();
+            let end = loop {
+                match chars.next()? {
+                    (i, '"') if quoted[i + 1..].starts_with('"') => {
+                        name.push('"');
+                        chars.next();
+                    }
+                    (i, '"') => break i + 1,
+                    (_, c) => name.push(c),
+                }
+            };
+            if name.is_empty() {
+                return None;
+            }
+            part = name;
+            rest = &quoted[end..];
+        } else {
+            let end = rest.find('.').unwrap_or(rest.len());
+            if !is_identifier(&rest[..end]) {
+                return None;
+            }
+            part = rest[..end].to_string();
+            rest = &rest[end..];
+        }
+        parts.push(part);
+        match rest.strip_prefix('.') {
+            Some(r) => rest = r,
+            None if rest.is_empty() => return Some(parts),
+            None => return None,
+        }
+    }
+}
+
+/// Why an SQL expression (`where`, `key`) cannot be pasted into litekeeper's statements, if it
+/// cannot. The expression is placed inside parentheses in a SELECT and a DELETE, so it must
+/// stay inside them: no `;` (a second statement), no `)` closing more than it opened (`a = 1)
+/// OR (1` would turn `age AND (where)` into `age AND (a = 1) OR (1)`: every row), no `--` or
+/// unterminated `/*` comment (either would swallow the rest of the statement), every quote
+/// closed. Checked when the file is loaded; the live schema is checked at job start.
+fn sql_expr_problem(text: &str) -> Option<String> {
+    if text.trim().is_empty() {
+        return Some("expected an SQL expression, like \"archived = 1\"".into());
+    }
+    if text.contains(';') {
+        return Some("must be a single SQL expression (no `;`)".into());
+    }
+    let b = text.as_bytes();
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            q @ (b'\'' | b'"' | b'`' | b'[') => {
+                let close = if q == b'[' { b']' } else { q };
+                let mut j = i + 1;
+                loop {
+                    if j >= b.len() {
+                        return Some(format!(
+                            "a quoted string or name opened with {} is never closed",
+                            q as char
+                        ));
+                    }
+                    if b[j] == close {
+                        // A doubled quote is a quote inside the string, not its end.
+                        if close != b']' && b.get(j + 1) == Some(&close) {
+                            j += 2;
+                            continue;
+                        }
+                        break;
+                    }
+                    j += 1;
+                }
+                i = j;
+            }
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                return Some(
+                    "must not contain a `--` comment: it would cut off the rest of the statement \
+                     the expression is placed in"
+                        .into(),
+                );
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => match text[i + 2..].find("*/") {
+                Some(end) => i += end + 3,
+                None => return Some("a `/*` comment is never closed".into()),
+            },
+            b'(' => depth += 1,
+            b')' if depth == 0 => {
+                return Some(
+                    "closes a parenthesis it did not open: the expression must stay inside its \
+                     own parentheses"
+                        .into(),
+                );
+            }
+            b')' => depth -= 1,
+            _ => {}
+        }
+        i += 1;
+    }
+    if depth > 0 {
+        return Some("opens a parenthesis it does not close".into());
+    }
+    None
+}
+
+/// Why `referenced_by` is not a single read-only SELECT, when that shows without a database:
+/// a second statement, or a statement that is not a query (PRAGMA, ATTACH, DELETE…). At job
+/// start SQLite also confirms that it is read-only and returns a column.
+fn reference_query_problem(text: &str) -> Option<String> {
+    let trimmed = text.trim().trim_end_matches(';').trim();
+    if trimmed.is_empty() {
+        return Some("expected a SELECT returning the ids still in use".into());
+    }
+    if trimmed.contains(';') {
+        return Some("must be a single SELECT (no `;` inside)".into());
+    }
+    // The first keyword, after any leading comments and parentheses.
+    let mut rest = trimmed;
+    loop {
+        rest = rest.trim_start().trim_start_matches('(').trim_start();
+        if let Some(r) = rest.strip_prefix("--") {
+            rest = r.split_once('\n').map_or("", |(_, after)| after);
+        } else if let Some(r) = rest.strip_prefix("/*") {
+            rest = r.split_once("*/").map_or("", |(_, after)| after);
+        } else {
+            break;
+        }
+    }
+    let word: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_alphabetic())
+        .collect::<String>()
+        .to_ascii_uppercase();
+    if matches!(word.as_str(), "SELECT" | "WITH" | "VALUES") {
+        return None;
+    }
+    Some(if word.is_empty() {
+        "must be a single read-only SELECT returning the ids".into()
+    } else {
+        format!("must be a single read-only SELECT returning the ids, not {word}")
+    })
 }
 
 /// Validate the raw configuration into domain types, or return every problem found.
@@ -237,6 +403,10 @@ pub fn validate(
             d.keep_history.as_ref(),
             Duration::from_secs(90 * 86400),
         ),
+        metrics_file: d
+            .metrics_file
+            .as_ref()
+            .map(|p| metrics_file(&mut c, &dk.key("metrics_file"), p)),
     };
 
     let mut databases: Vec<Arc<Database>> = Vec::new();
@@ -257,6 +427,9 @@ pub fn validate(
         }
         databases.push(Arc::new(database(&mut c, &key, rd, &daemon)));
     }
+    let names: Vec<String> = raw.database.iter().map(|d| d.name.clone()).collect();
+    same_file_twice(&mut c, &databases, &names);
+    backups_in_files_rule_dirs(&mut c, &raw, &databases, &names);
     if c.problems.is_empty() {
         Ok(Config {
             file,
@@ -265,6 +438,126 @@ pub fn validate(
         })
     } else {
         Err(c.problems)
+    }
+}
+
+/// Two `[[database]]` stanzas on one file would run their jobs on it at once (locks are per
+/// stanza) and back it up twice: the second is refused, naming the first.
+fn same_file_twice(c: &mut Checker, databases: &[Arc<Database>], names: &[String]) {
+    for (i, db) in databases.iter().enumerate() {
+        if !db.path.is_absolute() {
+            continue;
+        }
+        if let Some(j) = databases[..i].iter().position(|d| d.path == db.path) {
+            let first = KeyPath::root().key("database").index(j).key("path");
+            c.fail(
+                &KeyPath::root().key("database").index(i).key("path"),
+                format!(
+                    "the same file as {}; one database file takes one [[database]] stanza \
+                     (two would run their jobs on it at once)",
+                    first.describe(names)
+                ),
+                Some(db.path.display().to_string()),
+            );
+        }
+    }
+}
+
+/// A files rule deletes the entries of its directory that no row references. If that
+/// directory holds a backup directory, the rule must not be able to take backups for orphans:
+/// refused when the backup directory is the rule's directory and the rule's pattern matches
+/// backup file names, or is a sub-directory of it that a `entries = "dirs"` rule would take as
+/// an id. (Files rules never descend, so backups deeper down, or in a sub-directory of a rule
+/// on files, are safe.)
+fn backups_in_files_rule_dirs(
+    c: &mut Checker,
+    raw: &RawConfig,
+    databases: &[Arc<Database>],
+    names: &[String],
+) {
+    let stamp = chrono::DateTime::from_timestamp(1_735_786_800, 0).unwrap_or_default();
+    for (i, db) in databases.iter().enumerate() {
+        let Some(backup) = &db.backup else { continue };
+        if !backup.dir.is_absolute() {
+            continue;
+        }
+        // The names a backup of this database leaves in its directory.
+        let mut samples = vec![crate::archive::MANIFEST.to_string()];
+        for source in crate::jobs::backup::sources(db) {
+            for (compressed, failed) in [(false, false), (true, false), (false, true)] {
+                samples.push(
+                    crate::archive::BackupName {
+                        series: source.series.clone(),
+                        time: stamp,
+                        compressed,
+                        failed,
+                    }
+                    .file_name(),
+                );
+            }
+        }
+        let bkey = KeyPath::root().key("database").index(i).key("backup");
+        let explicit = raw.database[i]
+            .backup
+            .as_ref()
+            .is_some_and(|b| b.dir.is_some());
+        let (key, how) = if explicit {
+            (bkey.key("dir"), String::new())
+        } else {
+            (
+                bkey.clone(),
+                " (the default, {state_dir}/backups/{name})".to_string(),
+            )
+        };
+        for (j, other) in databases.iter().enumerate() {
+            let Some(prune) = &other.prune else { continue };
+            for (n, f) in prune.files.iter().enumerate() {
+                let Ok(rel) = backup.dir.strip_prefix(&f.dir) else {
+                    continue;
+                };
+                let fkey = KeyPath::root()
+                    .key("database")
+                    .index(j)
+                    .key("prune")
+                    .key("files")
+                    .index(n)
+                    .key("dir");
+                let takes = |name: &str| match &f.pattern {
+                    Some(re) => re.captures(name).and_then(|m| m.name("id")).is_some(),
+                    None => true,
+                };
+                let first = rel.components().next().and_then(|p| p.as_os_str().to_str());
+                let why = match (first, f.entries) {
+                    (None, Entries::Files) => samples.iter().find(|s| takes(s)).map(|s| {
+                        format!(
+                            "its pattern matches backup file names like {s:?}, so it would \
+                             delete backups as unreferenced"
+                        )
+                    }),
+                    (Some(sub), Entries::Dirs)
+                        if sub != crate::jobs::prune::QUARANTINE_DIR && takes(sub) =>
+                    {
+                        Some(format!(
+                            "it takes each sub-directory as an id (entries = \"dirs\"), so it \
+                             would delete {sub:?}, which holds the backups, as unreferenced"
+                        ))
+                    }
+                    _ => None,
+                };
+                if let Some(why) = why {
+                    c.fail(
+                        &key,
+                        format!(
+                            "backups{how} would go inside the directory of {} ({:?}), and {why}; \
+                             put backups in a directory no files rule scans",
+                            fkey.describe(names),
+                            f.dir.display().to_string()
+                        ),
+                        Some(backup.dir.display().to_string()),
+                    );
+                }
+            }
+        }
     }
 }
 
@@ -318,22 +611,30 @@ fn database(c: &mut Checker, key: &KeyPath, rd: &RawDatabase, daemon: &Daemon) -
 }
 
 fn table_ref(c: &mut Checker, key: &KeyPath, text: &str, aliases: &[&str]) -> TableRef {
-    let parts: Vec<&str> = text.split('.').collect();
+    let Some(parts) = split_table_name(text) else {
+        c.fail(
+            key,
+            "not a valid table name: a name with characters other than letters, digits and '_' \
+             goes in double quotes, like '\"my table\"' (and is then used quoted, never as SQL)",
+            Some(text.into()),
+        );
+        return TableRef {
+            schema: None,
+            table: text.to_string(),
+        };
+    };
     let (schema, table) = match parts.as_slice() {
-        [t] => (None, *t),
-        [s, t] => (Some(s.to_string()), *t),
+        [t] => (None, t.clone()),
+        [s, t] => (Some(s.clone()), t.clone()),
         _ => {
             c.fail(
                 key,
                 "expected \"table\" or \"alias.table\"",
                 Some(text.into()),
             );
-            (None, text)
+            (None, text.to_string())
         }
     };
-    if !is_identifier(table) {
-        c.fail(key, "not a valid table name", Some(text.into()));
-    }
     if let Some(s) = &schema {
         if s != "main" && !aliases.contains(&s.as_str()) {
             c.fail(
@@ -343,10 +644,7 @@ fn table_ref(c: &mut Checker, key: &KeyPath, text: &str, aliases: &[&str]) -> Ta
             );
         }
     }
-    TableRef {
-        schema,
-        table: table.to_string(),
-    }
+    TableRef { schema, table }
 }
 
 fn prune(c: &mut Checker, key: &KeyPath, p: &RawPrune, aliases: &[&str]) -> Prune {
@@ -378,6 +676,11 @@ fn prune(c: &mut Checker, key: &KeyPath, p: &RawPrune, aliases: &[&str]) -> Prun
     for (i, r) in p.rule.iter().enumerate() {
         let k = key.key("rule").index(i);
         let table = table_ref(c, &k.key("table"), &r.table, aliases);
+        for (name, expr) in [("where", &r.filter), ("key", &r.key)] {
+            if let Some(why) = expr.as_deref().and_then(sql_expr_problem) {
+                c.fail(&k.key(name), why, expr.clone());
+            }
+        }
         let rule = match (&r.older_than, &r.key, &r.parent, &r.filter) {
             (Some(age), None, None, filter) => {
                 let Some(column) = r.column.clone() else {
@@ -444,6 +747,9 @@ fn prune(c: &mut Checker, key: &KeyPath, p: &RawPrune, aliases: &[&str]) -> Prun
     let mut files = Vec::new();
     for (i, f) in p.files.iter().enumerate() {
         let k = key.key("files").index(i);
+        if let Some(why) = reference_query_problem(&f.referenced_by) {
+            c.fail(&k.key("referenced_by"), why, Some(f.referenced_by.clone()));
+        }
         let entries = c.choice(
             &k.key("entries"),
             f.entries.as_ref(),
@@ -661,5 +967,74 @@ mod tests {
         assert!(!is_db_name(""));
         assert!(is_identifier("_files1"));
         assert!(!is_identifier("1files"));
+    }
+
+    #[test]
+    fn table_names_bare_or_quoted() {
+        let split = |s: &str| split_table_name(s);
+        assert_eq!(split("chat"), Some(vec!["chat".into()]));
+        assert_eq!(
+            split("files.blob"),
+            Some(vec!["files".into(), "blob".into()])
+        );
+        assert_eq!(
+            split(r#"files."a.b ""c""; x""#),
+            Some(vec!["files".into(), r#"a.b "c"; x"#.into()])
+        );
+        for bad in [
+            "chat; DROP TABLE x",
+            r#""chat"; DROP TABLE x"#,
+            r#""chat"#,
+            r#""""#,
+            "chat.",
+            "",
+        ] {
+            assert_eq!(split(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn expressions_stay_inside_their_parentheses() {
+        for ok in [
+            "archived = 0 AND (pinned = 0 OR folder_id IS NULL)",
+            "note = 'a) OR (1 -- x' AND \"we\"\"ird\" = [x)]",
+            "substr(key, 1, instr(key, '/') - 1) /* the id */",
+            "a - -1",
+        ] {
+            assert_eq!(sql_expr_problem(ok), None, "{ok:?}");
+        }
+        for bad in [
+            "1; DROP TABLE x",
+            "a = 1) OR (1",
+            "a = 1 -- tail",
+            "(a = 1",
+            "a = 'x",
+            "a /* x",
+            "  ",
+        ] {
+            assert!(sql_expr_problem(bad).is_some(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn reference_queries_are_one_select() {
+        for ok in [
+            "SELECT id FROM file",
+            "select id from file;",
+            "-- in use\nWITH f AS (SELECT id FROM file) SELECT id FROM f",
+            "VALUES ('a')",
+        ] {
+            assert_eq!(reference_query_problem(ok), None, "{ok:?}");
+        }
+        for bad in [
+            "DELETE FROM file RETURNING id",
+            "SELECT 1; DROP TABLE file",
+            "PRAGMA table_info(file)",
+            "ATTACH 'x.db' AS x",
+            "/* x */ VACUUM INTO '/tmp/x'",
+            "",
+        ] {
+            assert!(reference_query_problem(bad).is_some(), "{bad:?}");
+        }
     }
 }

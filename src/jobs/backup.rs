@@ -155,7 +155,7 @@ pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
     let mut failure = None;
     let mut restarts = 0;
     for source in &sources {
-        match copy_one(ctx, cfg, source, stamp) {
+        match copy_one(ctx, cfg, source, stamp, &mut manifest) {
             Ok((entry, r)) => {
                 restarts += r;
                 written.push(entry.clone());
@@ -294,12 +294,14 @@ pub fn human_bytes(n: u64) -> String {
 type CopyFailure = (Option<Box<Entry>>, JobError);
 
 /// Copy, verify, compress and commit one source. On a verification failure the entry for the
-/// `.failed` file is returned with the error, for the manifest.
+/// `.failed` file is returned with the error, for the manifest. A good copy's entry is saved
+/// in `manifest` before the file takes its final name.
 fn copy_one(
     ctx: &JobCtx<'_>,
     cfg: &Backup,
     source: &Source,
     stamp: DateTime<Utc>,
+    manifest: &mut Manifest,
 ) -> Result<(Entry, u32), CopyFailure> {
     let started = Instant::now();
     let dir = &cfg.dir;
@@ -393,7 +395,15 @@ fn copy_one(
     entry.size = file_size(&stored_tmp);
     entry.sha256 = sha;
     let hashed = started.elapsed();
-    archive::commit(&stored_tmp, &dir.join(&entry.file)).map_err(|e| (None, e.into()))?;
+    // The manifest names the file before it appears under its final name: a process killed in
+    // between leaves an entry without a file (dropped by the next save), never a backup that
+    // the manifest does not know (restore would refuse it, retention count it unverified).
+    manifest.upsert(entry.clone());
+    manifest.save(dir).map_err(|e| (None, e.into()))?;
+    if let Err(e) = archive::commit(&stored_tmp, &dir.join(&entry.file)) {
+        manifest.backups.retain(|m| m.file != entry.file);
+        return Err((None, e.into()));
+    }
     temps.0.retain(|p| p != &stored_tmp);
     entry.duration_ms = started.elapsed().as_millis() as u64;
     tracing::debug!(

@@ -1,7 +1,8 @@
 //! The one execute path every job takes, from the daemon and from `litekeeper run` alike:
 //! take the database's lock (skip or wait) → check the files → run the job on a blocking
 //! thread with its own pooled connection, cancel token checked at safe points → a `Report`,
-//! recorded in the state DB and logged as one journal event.
+//! recorded in the state DB (then the metrics file, if configured, is rewritten from it) and
+//! logged as one journal event.
 
 pub mod backup;
 pub mod prune;
@@ -60,6 +61,8 @@ pub enum Trigger {
     Schedule,
     Cli,
     CatchUp,
+    /// `litekeeper run` started by a systemd timer's service (`LITEKEEPER_TRIGGER=timer`).
+    Timer,
 }
 
 impl Trigger {
@@ -68,6 +71,7 @@ impl Trigger {
             Trigger::Schedule => "schedule",
             Trigger::Cli => "cli",
             Trigger::CatchUp => "catch-up",
+            Trigger::Timer => "timer",
         }
     }
 }
@@ -235,6 +239,7 @@ pub async fn execute(env: &Env, req: Request) -> Report {
         Ok(Err(e)) => tracing::error!("could not record run {run_id}: {e}"),
         Err(e) => tracing::error!("could not record run {run_id}: {e}"),
     }
+    crate::metrics::update(&env.config, &env.state).await;
     crate::logging::job_finished(&report);
     report
 }

@@ -1,0 +1,581 @@
+//! Prometheus metrics for node_exporter's textfile collector (text format 0.0.4), written to
+//! `daemon.metrics_file` after every run, and the run-history queries `status --check` shares.
+//!
+//! The whole file is rendered from the state DB, never from the run that just ended alone, so
+//! the daemon and a timer's `litekeeper run` finishing at the same time both leave a complete
+//! file: each writer takes `lock_dir/metrics.prom.lock`, reads the state DB (which already
+//! holds its own run) and replaces the file atomically (temporary file in the same directory,
+//! fsync, rename, fsync of the directory). Whoever writes last has seen every recorded run.
+//!
+//! `litekeeper_runs_total` must never go down, but the run history is pruned after
+//! `keep_history`, so the totals live in two tables of the state DB that only this module
+//! touches: `metrics_runs_total` (the counts) and `metrics_counted` (ids already added).
+//!
+//! A write failure is logged as a warning and never fails the job.
+
+use std::fmt::Write as _;
+use std::fs::{File, OpenOptions};
+use std::io::Write as _;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, TimeZone, Utc};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+
+use crate::config::Config;
+use crate::jobs::JobKind;
+use crate::state::State;
+
+/// The final outcomes a run is recorded with (`running` is not final).
+pub const OUTCOMES: [&str; 4] = ["ok", "failed", "skipped", "dry-run"];
+
+/// SQL condition on a `runs` row: the run succeeded. `ok`, or `skipped` with figures: a vacuum
+/// that found too little free space to be worth it did its job, while a run skipped because
+/// another job held the database has no figures and did nothing.
+pub const SUCCESS: &str =
+    "finished_at IS NOT NULL AND (outcome = 'ok' OR (outcome = 'skipped' AND figures <> '{}'))";
+
+/// Lock file in `lock_dir` serialising metrics writers ('.' cannot occur in a database name,
+/// so it never collides with a database's lock).
+const LOCK_FILE: &str = "metrics.prom.lock";
+
+/// How long a writer waits for another one before giving up (a write takes milliseconds).
+const LOCK_WAIT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("{}: cannot take the metrics lock: {source}", path.display())]
+    Lock {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("metrics: cannot read the state database {}: {source}", path.display())]
+    State {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error(
+        "{}: cannot write the metrics file: {source} (its directory must exist and be writable by litekeeper; under systemd it must be in ReadWritePaths=)",
+        path.display()
+    )]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// After a run: rewrite the metrics file if one is configured; a failure is only logged.
+pub async fn update(config: &Arc<Config>, state: &State) {
+    let Some(path) = config.daemon.metrics_file.clone() else {
+        return;
+    };
+    let (config, state) = (config.clone(), state.clone());
+    match tokio::task::spawn_blocking(move || write(&config, &state)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!("could not update the metrics: {e}"),
+        Err(e) => tracing::warn!("could not update the metrics file {}: {e}", path.display()),
+    }
+}
+
+/// Rewrite `daemon.metrics_file` (if set) from the state DB, under the metrics lock.
+pub fn write(config: &Config, state: &State) -> Result<(), MetricsError> {
+    let Some(target) = &config.daemon.metrics_file else {
+        return Ok(());
+    };
+    let lock_path = config.daemon.lock_dir.join(LOCK_FILE);
+    let _lock = lock(&config.daemon.lock_dir, &lock_path).map_err(|source| MetricsError::Lock {
+        path: lock_path.clone(),
+        source,
+    })?;
+    let db_err = |source| MetricsError::State {
+        path: state.path().to_path_buf(),
+        source,
+    };
+    let mut c = open(state.path(), false).map_err(db_err)?;
+    tally(&mut c).map_err(db_err)?;
+    let text = render(config, &c).map_err(db_err)?;
+    drop(c);
+    write_atomic(target, &text).map_err(|source| MetricsError::Write {
+        path: target.clone(),
+        source,
+    })
+}
+
+fn lock(dir: &Path, path: &Path) -> std::io::Result<File> {
+    crate::lock::ensure_dir(dir)?;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o640)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("held by another litekeeper process for {LOCK_WAIT:?}"),
+                ))
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(e),
+        }
+    }
+}
+
+/// Replace `target` with `text`: a temporary file beside it (hidden, not `*.prom`, so the
+/// collector never reads it half-written), mode 0644 whatever the umask, fsync, rename, fsync
+/// of the directory.
+fn write_atomic(target: &Path, text: &str) -> std::io::Result<()> {
+    let dir = match target.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}.tmp", uuid::Uuid::new_v4().simple()));
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp)?;
+        f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, target)?;
+        File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Open the state DB; read-only for `status --check` (which must not need write access).
+pub fn open(path: &Path, read_only: bool) -> rusqlite::Result<Connection> {
+    let flags = if read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+    } | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let c = Connection::open_with_flags(path, flags)?;
+    c.busy_timeout(Duration::from_secs(10))?;
+    // Fails here, not later, on a file that is not a state database.
+    c.query_row(
+        "SELECT count(*) FROM (SELECT 1 FROM runs LIMIT 1)",
+        [],
+        |_| Ok(()),
+    )?;
+    Ok(c)
+}
+
+/// Add every finished run not counted yet to `metrics_runs_total`, in one transaction.
+fn tally(c: &mut Connection) -> rusqlite::Result<()> {
+    let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS metrics_runs_total (
+            database TEXT NOT NULL,
+            job      TEXT NOT NULL,
+            outcome  TEXT NOT NULL,
+            runs     INTEGER NOT NULL,
+            PRIMARY KEY (database, job, outcome)
+        ) WITHOUT ROWID;
+        CREATE TABLE IF NOT EXISTS metrics_counted (id TEXT PRIMARY KEY) WITHOUT ROWID;
+        INSERT INTO metrics_runs_total (database, job, outcome, runs)
+            SELECT database, job, outcome, count(*) FROM runs r
+            WHERE finished_at IS NOT NULL
+              AND NOT EXISTS (SELECT 1 FROM metrics_counted m WHERE m.id = r.id)
+            GROUP BY database, job, outcome
+            ON CONFLICT (database, job, outcome) DO UPDATE SET runs = runs + excluded.runs;
+        INSERT INTO metrics_counted (id)
+            SELECT id FROM runs r
+            WHERE finished_at IS NOT NULL
+              AND NOT EXISTS (SELECT 1 FROM metrics_counted m WHERE m.id = r.id);
+        DELETE FROM metrics_counted WHERE id NOT IN (SELECT id FROM runs);",
+    )?;
+    tx.commit()
+}
+
+/// One recorded run, as the metrics and `status --check` read it.
+#[derive(Debug, Clone)]
+pub struct Run {
+    /// ok | failed | skipped | dry-run | running | interrupted (its process died)
+    pub outcome: String,
+    pub started: DateTime<Utc>,
+    pub finished: Option<DateTime<Utc>>,
+    pub summary: String,
+    pub error: Option<String>,
+    pub figures: serde_json::Value,
+}
+
+impl Run {
+    /// When it ended (finished), else when it started.
+    pub fn ended(&self) -> DateTime<Utc> {
+        self.finished.unwrap_or(self.started)
+    }
+
+    fn figure(&self, key: &str) -> Option<u64> {
+        self.figures.get(key).and_then(|v| v.as_u64())
+    }
+}
+
+/// What the history says about one job of one database.
+#[derive(Debug, Clone, Default)]
+pub struct History {
+    /// The newest run, finished or not.
+    pub latest: Option<Run>,
+    /// The newest run with a final outcome.
+    pub last_finished: Option<Run>,
+    /// The newest successful run (see `SUCCESS`).
+    pub last_success: Option<Run>,
+    /// Finished runs that failed since the last finished run that did not.
+    pub failed_in_a_row: u32,
+    /// When the oldest run still in the history started.
+    pub first_started: Option<DateTime<Utc>>,
+}
+
+fn from_ms(v: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(v).single().unwrap_or_default()
+}
+
+fn pid_alive(pid: i64) -> bool {
+    // SAFETY: kill with signal 0 only checks for existence.
+    pid > 0
+        && unsafe {
+            libc::kill(pid as libc::pid_t, 0) == 0 || *libc::__errno_location() == libc::EPERM
+        }
+}
+
+fn run_row(row: &rusqlite::Row) -> rusqlite::Result<Run> {
+    let mut outcome: String = row.get(0)?;
+    let pid: i64 = row.get(6)?;
+    if outcome == "running" && !pid_alive(pid) {
+        outcome = "interrupted".into();
+    }
+    let figures: String = row.get(5)?;
+    Ok(Run {
+        outcome,
+        started: from_ms(row.get(1)?),
+        finished: row.get::<_, Option<i64>>(2)?.map(from_ms),
+        summary: row.get(3)?,
+        error: row.get(4)?,
+        figures: serde_json::from_str(&figures).unwrap_or_default(),
+    })
+}
+
+/// Read the history of one job from the state DB.
+pub fn history(c: &Connection, db: &str, job: JobKind) -> rusqlite::Result<History> {
+    let one = |cond: &str| -> rusqlite::Result<Option<Run>> {
+        c.query_row(
+            &format!(
+                "SELECT outcome, started_at, finished_at, summary, error, figures, pid FROM runs
+                 WHERE database = ?1 AND job = ?2 AND ({cond}) ORDER BY started_at DESC LIMIT 1"
+            ),
+            params![db, job.as_str()],
+            run_row,
+        )
+        .optional()
+    };
+    let latest = one("1")?;
+    if latest.is_none() {
+        return Ok(History::default());
+    }
+    Ok(History {
+        latest,
+        last_finished: one("finished_at IS NOT NULL")?,
+        last_success: one(SUCCESS)?,
+        failed_in_a_row: c.query_row(
+            "SELECT count(*) FROM runs WHERE database = ?1 AND job = ?2 AND outcome = 'failed'
+               AND started_at > coalesce((SELECT max(started_at) FROM runs WHERE database = ?1
+                 AND job = ?2 AND finished_at IS NOT NULL AND outcome <> 'failed'), -1)",
+            params![db, job.as_str()],
+            |r| r.get(0),
+        )?,
+        first_started: c
+            .query_row(
+                "SELECT min(started_at) FROM runs WHERE database = ?1 AND job = ?2",
+                params![db, job.as_str()],
+                |r| r.get::<_, Option<i64>>(0),
+            )?
+            .map(from_ms),
+    })
+}
+
+/// One metric family: HELP, TYPE and its samples, always written together.
+struct Family {
+    name: &'static str,
+    kind: &'static str,
+    help: &'static str,
+    samples: Vec<(Vec<(&'static str, String)>, String)>,
+}
+
+impl Family {
+    fn gauge(name: &'static str, help: &'static str) -> Self {
+        Family {
+            name,
+            kind: "gauge",
+            help,
+            samples: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, labels: &[(&'static str, &str)], value: String) {
+        let labels = labels.iter().map(|(k, v)| (*k, v.to_string())).collect();
+        self.samples.push((labels, value));
+    }
+
+    fn render(&self, out: &mut String) {
+        let _ = writeln!(out, "# HELP {} {}", self.name, self.help);
+        let _ = writeln!(out, "# TYPE {} {}", self.name, self.kind);
+        for (labels, value) in &self.samples {
+            out.push_str(self.name);
+            if !labels.is_empty() {
+                out.push('{');
+                for (i, (k, v)) in labels.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    let _ = write!(out, "{k}=\"{}\"", escape(v));
+                }
+                out.push('}');
+            }
+            let _ = writeln!(out, " {value}");
+        }
+    }
+}
+
+/// A label value as the text format wants it: backslash, double quote and newline escaped.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Milliseconds as seconds with three decimals, exactly (no float rounding).
+fn seconds(ms: i64) -> String {
+    format!("{}.{:03}", ms.div_euclid(1000), ms.rem_euclid(1000))
+}
+
+fn ts(t: DateTime<Utc>) -> String {
+    seconds(t.timestamp_millis())
+}
+
+fn file_len(p: &Path) -> Option<u64> {
+    std::fs::metadata(p).ok().map(|m| m.len())
+}
+
+fn wal_of(p: &Path) -> PathBuf {
+    let mut s = p.as_os_str().to_owned();
+    s.push("-wal");
+    PathBuf::from(s)
+}
+
+/// The whole metrics file for every configured job, from the state DB and the database files.
+pub fn render(config: &Config, c: &Connection) -> rusqlite::Result<String> {
+    let mut last_run = Family::gauge(
+        "litekeeper_last_run_timestamp_seconds",
+        "When the last finished run of the job ended (any outcome), Unix time.",
+    );
+    let mut last_success = Family::gauge(
+        "litekeeper_last_success_timestamp_seconds",
+        "When the last successful run of the job ended (ok, or skipped because there was nothing worth doing), Unix time.",
+    );
+    let mut last_duration = Family::gauge(
+        "litekeeper_last_duration_seconds",
+        "How long the last finished run of the job took.",
+    );
+    let mut last_outcome = Family::gauge(
+        "litekeeper_last_outcome",
+        "Outcome of the last finished run of the job: 1 for its outcome, 0 for the others.",
+    );
+    let mut runs_total = Family {
+        name: "litekeeper_runs_total",
+        kind: "counter",
+        help: "Finished runs of the job by outcome.",
+        samples: Vec::new(),
+    };
+    let mut rows_deleted = Family::gauge(
+        "litekeeper_last_prune_deleted_rows",
+        "Rows the last successful prune deleted.",
+    );
+    let mut files_deleted = Family::gauge(
+        "litekeeper_last_prune_deleted_files",
+        "Files the last successful prune deleted or quarantined.",
+    );
+    let mut bytes_freed = Family::gauge(
+        "litekeeper_last_prune_freed_bytes",
+        "Bytes of files the last successful prune deleted or quarantined.",
+    );
+    let mut backup_time = Family::gauge(
+        "litekeeper_last_backup_timestamp_seconds",
+        "When the last successful backup ended, Unix time.",
+    );
+    let mut backup_size = Family::gauge(
+        "litekeeper_last_backup_size_bytes",
+        "Size on disk of the files the last successful backup wrote (compressed size, attached databases included).",
+    );
+    let mut db_size = Family::gauge(
+        "litekeeper_database_size_bytes",
+        "Size of the database file (schema main, or an attached database's alias) when the metrics were written.",
+    );
+    let mut wal_size = Family::gauge(
+        "litekeeper_wal_size_bytes",
+        "Size of the database's -wal file (0 when there is none) when the metrics were written.",
+    );
+
+    let totals_sql =
+        "SELECT outcome, runs FROM metrics_runs_total WHERE database = ?1 AND job = ?2";
+    let has_totals: bool = c.query_row(
+        "SELECT count(*) FROM sqlite_schema WHERE name = 'metrics_runs_total'",
+        [],
+        |r| r.get::<_, i64>(0).map(|n| n > 0),
+    )?;
+    for db in &config.databases {
+        let name = db.name.as_str();
+        for kind in JobKind::ALL {
+            if db.timing(kind).is_none() {
+                continue;
+            }
+            let job = kind.as_str();
+            let labels = [("database", name), ("job", job)];
+            let h = history(c, name, kind)?;
+            if let Some(r) = &h.last_finished {
+                last_run.push(&labels, ts(r.ended()));
+                let ms = (r.ended() - r.started).num_milliseconds().max(0);
+                last_duration.push(&labels, seconds(ms));
+                for o in OUTCOMES {
+                    let v = if r.outcome == o { "1" } else { "0" };
+                    last_outcome.push(
+                        &[("database", name), ("job", job), ("outcome", o)],
+                        v.into(),
+                    );
+                }
+            }
+            if let Some(r) = &h.last_success {
+                last_success.push(&labels, ts(r.ended()));
+                let db_label = [("database", name)];
+                match kind {
+                    JobKind::Prune if r.outcome == "ok" => {
+                        for (family, key) in [
+                            (&mut rows_deleted, "rows_deleted"),
+                            (&mut files_deleted, "files_deleted"),
+                            (&mut bytes_freed, "bytes_freed"),
+                        ] {
+                            if let Some(v) = r.figure(key) {
+                                family.push(&db_label, v.to_string());
+                            }
+                        }
+                    }
+                    JobKind::Backup if r.outcome == "ok" => {
+                        backup_time.push(&db_label, ts(r.ended()));
+                        if let Some(v) = r.figure("bytes_after") {
+                            backup_size.push(&db_label, v.to_string());
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            let mut counts = [0i64; OUTCOMES.len()];
+            if has_totals {
+                let mut stmt = c.prepare_cached(totals_sql)?;
+                let rows = stmt.query_map(params![name, job], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+                })?;
+                for row in rows {
+                    let (outcome, n) = row?;
+                    if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome) {
+                        counts[i] = n;
+                    }
+                }
+            }
+            for (o, n) in OUTCOMES.iter().zip(counts) {
+                runs_total.push(
+                    &[("database", name), ("job", job), ("outcome", o)],
+                    n.to_string(),
+                );
+            }
+        }
+        let files = std::iter::once(("main", db.path.as_path())).chain(
+            db.attach
+                .iter()
+                .map(|a| (a.alias.as_str(), a.path.as_path())),
+        );
+        for (schema, path) in files {
+            if let Some(len) = file_len(path) {
+                let labels = [("database", name), ("schema", schema)];
+                db_size.push(&labels, len.to_string());
+                wal_size.push(&labels, file_len(&wal_of(path)).unwrap_or(0).to_string());
+            }
+        }
+    }
+
+    let mut out = String::new();
+    for f in [
+        &last_run,
+        &last_success,
+        &last_duration,
+        &last_outcome,
+        &runs_total,
+        &rows_deleted,
+        &files_deleted,
+        &bytes_freed,
+        &backup_time,
+        &backup_size,
+        &db_size,
+        &wal_size,
+    ] {
+        f.render(&mut out);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds_are_exact() {
+        assert_eq!(seconds(1_767_225_600_123), "1767225600.123");
+        assert_eq!(seconds(5), "0.005");
+        assert_eq!(seconds(0), "0.000");
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let mut f = Family::gauge("x", "help");
+        f.push(&[("a", "q\"b\\c\nd")], "1".into());
+        let mut out = String::new();
+        f.render(&mut out);
+        assert_eq!(
+            out,
+            "# HELP x help\n# TYPE x gauge\nx{a=\"q\\\"b\\\\c\\nd\"} 1\n"
+        );
+    }
+
+    #[test]
+    fn atomic_write_replaces_the_file_with_mode_0644() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("m.prom");
+        std::fs::write(&target, "old").unwrap();
+        write_atomic(&target, "new\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "new\n");
+        let mode = std::fs::metadata(&target).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o644);
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "no temporary file is left behind");
+        assert!(write_atomic(&dir.path().join("missing/m.prom"), "x").is_err());
+    }
+}
