@@ -216,6 +216,8 @@ pub struct CheckArgs {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
+    /// Only these databases (default: all).
+    pub databases: Vec<String>,
     /// Print JSON (a stable contract, documented in README.md).
     #[arg(long, conflicts_with = "check")]
     pub json: bool,

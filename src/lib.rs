@@ -18,6 +18,7 @@
 //! - `metrics`: the Prometheus textfile written after every run; history queries for `status --check`.
 //! - `logging`: journald or stderr, event fields and MESSAGE_IDs.
 //! - `notify`: sd_notify messages and the watchdog.
+//! - `pings`: health pings (healthchecks.io style) on a job's start, success and failure.
 //! - `paths`: default locations for root and for users.
 //! - `retention`: which backups to keep and why; pure.
 //! - `units`: cron as `OnCalendar=`, and the systemd drop-ins `systemd-units` writes.
@@ -35,6 +36,7 @@ pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod paths;
+pub mod pings;
 pub mod retention;
 pub mod schedule;
 pub mod scheduler;

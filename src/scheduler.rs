@@ -45,8 +45,15 @@ struct Inner {
     queued: Mutex<HashSet<Key>>,
     running: Mutex<Vec<Key>>,
     db_queues: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Fleet members found at the latest scan, by name (their jobs are dispatched by name).
+    fleet_dbs: Mutex<HashMap<String, Arc<crate::config::Database>>>,
+    /// Member names per fleet at the latest scan: a vanished one is reported once.
+    fleet_known: Mutex<HashMap<String, BTreeMap<String, String>>>,
     tracker: TaskTracker,
 }
+
+/// Timers of a fleet's jobs are keyed by this prefix and the fleet's name template.
+const FLEET: &str = "fleet:";
 
 #[derive(Debug, thiserror::Error)]
 #[error("scheduler: {0}")]
@@ -74,6 +81,8 @@ impl Scheduler {
             queued: Mutex::new(HashSet::new()),
             running: Mutex::new(Vec::new()),
             db_queues: Mutex::new(HashMap::new()),
+            fleet_dbs: Mutex::new(HashMap::new()),
+            fleet_known: Mutex::new(HashMap::new()),
             tracker: TaskTracker::new(),
         });
         let s = Scheduler { cron, inner };
@@ -154,6 +163,18 @@ impl Scheduler {
             )
             .await;
         }
+        self.inner.remember_fleets(&env.config);
+        for (fleet, kind, _) in env.config.fleet_jobs() {
+            arm(
+                &self.cron,
+                &self.inner,
+                format!("{FLEET}{}", fleet.name),
+                kind,
+                after,
+                generation,
+            )
+            .await;
+        }
         self.inner.publish_status();
     }
 
@@ -219,6 +240,93 @@ impl Inner {
         crate::notify::status(&text);
     }
 
+    /// Record the fleet members a (re)loaded configuration found; what changed since the
+    /// last scan is reported once.
+    fn remember_fleets(&self, config: &crate::config::Config) {
+        for fleet in &config.fleets {
+            let members: Vec<Arc<crate::config::Database>> = config
+                .databases
+                .iter()
+                .filter(|d| d.fleet.as_deref() == Some(fleet.name.as_str()))
+                .cloned()
+                .collect();
+            self.update_fleet(&fleet.name, &members);
+        }
+    }
+
+    /// Replace a fleet's members, logging the ones that appeared and vanished.
+    fn update_fleet(&self, fleet: &str, members: &[Arc<crate::config::Database>]) {
+        let now: BTreeMap<String, String> = members
+            .iter()
+            .map(|d| (d.name.clone(), d.path.display().to_string()))
+            .collect();
+        {
+            let mut known = self.fleet_known.lock().unwrap();
+            if let Some(before) = known.get(fleet) {
+                for (name, path) in &now {
+                    if !before.contains_key(name) {
+                        tracing::info!("fleet {fleet}: new database {name} ({path})");
+                    }
+                }
+                for (name, path) in before {
+                    if !now.contains_key(name) {
+                        tracing::warn!(
+                            "fleet {fleet}: database {name} ({path}) is gone; no longer scheduled"
+                        );
+                    }
+                }
+            }
+            known.insert(fleet.to_string(), now);
+        }
+        let mut dbs = self.fleet_dbs.lock().unwrap();
+        dbs.retain(|_, d| d.fleet.as_deref() != Some(fleet));
+        for m in members {
+            dbs.insert(m.name.clone(), m.clone());
+        }
+    }
+
+    /// A fleet's job is due: scan its files again, report members that appeared or vanished
+    /// (once), and queue the job for every member, each after its own random share of the
+    /// jitter so a large fleet spreads over the window.
+    async fn dispatch_fleet(
+        self: Arc<Self>,
+        fleet_name: String,
+        kind: JobKind,
+        jitter: std::time::Duration,
+    ) {
+        let env = self.env();
+        let Some(fleet) = env.config.fleet(&fleet_name) else {
+            return;
+        };
+        let (index, raw_name) = (fleet.index, fleet.name.clone());
+        let config = env.config.clone();
+        let scanned = tokio::task::spawn_blocking(move || {
+            let fleet = config.fleets.iter().find(|f| f.index == index)?;
+            Some(crate::config::validate::expand_fleet(fleet, &config.daemon))
+        })
+        .await
+        .ok()
+        .flatten();
+        let Some((members, skipped)) = scanned else {
+            return;
+        };
+        for s in skipped {
+            tracing::debug!("fleet {raw_name}: {s}");
+        }
+        self.update_fleet(&raw_name, &members);
+        for m in members {
+            let inner = self.clone();
+            let cancel = env.cancel.clone();
+            let name = m.name.clone();
+            self.tracker.spawn(async move {
+                let delay = crate::schedule::jitter_delay(jitter);
+                if jobs::sleep_unless_cancelled(delay, &cancel).await {
+                    inner.dispatch(name, kind, Trigger::Schedule).await;
+                }
+            });
+        }
+    }
+
     fn db_queue(&self, db: &str) -> Arc<tokio::sync::Mutex<()>> {
         self.db_queues
             .lock()
@@ -245,7 +353,11 @@ impl Inner {
             (cur.env.clone(), cur.permits.clone())
         };
         let _permit = permits.acquire_owned().await;
-        let database = env.config.database(&db).cloned();
+        let database = env
+            .config
+            .database(&db)
+            .cloned()
+            .or_else(|| self.fleet_dbs.lock().unwrap().get(&db).cloned());
         if let (Some(database), false) = (database, env.cancel.is_cancelled()) {
             self.running.lock().unwrap().push(key.clone());
             self.publish_status();
@@ -292,7 +404,11 @@ fn arm<'a>(
             }
             cur.env.clone()
         };
-        let Some(database) = env.config.database(&db) else {
+        let database = match db.strip_prefix(FLEET) {
+            Some(fleet) => env.config.fleet(fleet).map(|f| &f.template),
+            None => env.config.database(&db),
+        };
+        let Some(database) = database else {
             return true;
         };
         let Some(timing) = database.timing(kind) else {
@@ -372,6 +488,10 @@ async fn fire(
         return;
     }
     inner.publish_status();
+    if let Some(fleet) = db.strip_prefix(FLEET) {
+        inner.dispatch_fleet(fleet.to_string(), kind, jitter).await;
+        return;
+    }
     let delay = crate::schedule::jitter_delay(jitter);
     if !delay.is_zero() {
         tracing::debug!(

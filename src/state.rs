@@ -197,34 +197,48 @@ impl State {
 
     /// The newest run of one job, if any.
     pub fn last_run(&self, db: &str, job: JobKind) -> Result<Option<RunRecord>, StateError> {
+        Ok(self.last_runs(&[(db.to_string(), job)])?.pop().flatten())
+    }
+
+    /// The last run of each (database, job), on one connection: `status` of a fleet of
+    /// thousands asks for all of them at once.
+    pub fn last_runs(
+        &self,
+        keys: &[(String, JobKind)],
+    ) -> Result<Vec<Option<RunRecord>>, StateError> {
         self.with(|c| {
-            c.query_row(
+            let mut st = c.prepare(
                 "SELECT id, trigger, started_at, finished_at, outcome, summary, error, figures, pid
                  FROM runs WHERE database = ?1 AND job = ?2 ORDER BY started_at DESC LIMIT 1",
-                params![db, job.as_str()],
-                |row| {
-                    let started: i64 = row.get(2)?;
-                    let finished: Option<i64> = row.get(3)?;
-                    let mut outcome: String = row.get(4)?;
-                    let pid: i64 = row.get(8)?;
-                    if outcome == "running" && !pid_alive(pid) {
-                        outcome = "interrupted".into();
-                    }
-                    let figures: String = row.get(7)?;
-                    Ok(RunRecord {
-                        id: row.get(0)?,
-                        trigger: row.get(1)?,
-                        started: from_ms(started),
-                        finished: finished.map(from_ms),
-                        duration_ms: finished.map(|f| f - started),
-                        outcome,
-                        summary: row.get(5)?,
-                        error: row.get(6)?,
-                        figures: serde_json::from_str(&figures).unwrap_or_default(),
+            )?;
+            let mut out = Vec::with_capacity(keys.len());
+            for (db, job) in keys {
+                out.push(
+                    st.query_row(params![db, job.as_str()], |row| {
+                        let started: i64 = row.get(2)?;
+                        let finished: Option<i64> = row.get(3)?;
+                        let mut outcome: String = row.get(4)?;
+                        let pid: i64 = row.get(8)?;
+                        if outcome == "running" && !pid_alive(pid) {
+                            outcome = "interrupted".into();
+                        }
+                        let figures: String = row.get(7)?;
+                        Ok(RunRecord {
+                            id: row.get(0)?,
+                            trigger: row.get(1)?,
+                            started: from_ms(started),
+                            finished: finished.map(from_ms),
+                            duration_ms: finished.map(|f| f - started),
+                            outcome,
+                            summary: row.get(5)?,
+                            error: row.get(6)?,
+                            figures: serde_json::from_str(&figures).unwrap_or_default(),
+                        })
                     })
-                },
-            )
-            .optional()
+                    .optional()?,
+                );
+            }
+            Ok(out)
         })
     }
 

@@ -64,6 +64,8 @@ fn the_example_documents_every_key() {
         "journal_mode",
         "schedule",
         "jitter",
+        "ping",
+        "ping_timeout",
         "max_lock",
         "pause",
         "max_fraction",

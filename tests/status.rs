@@ -56,6 +56,15 @@ fn status_before_any_run_lists_jobs_with_next_times() {
     // A job without a schedule is on demand: no next run.
     let p = job(&v, "chat", "prune");
     assert!(p["schedule"].is_null() && p["next_run"].is_null(), "{p:#}");
+    // A filter by database name; an unknown name is a usage error.
+    let o = env
+        .cmd()
+        .args(["status", "chat", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let o = env.cmd().args(["status", "nosuch"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(64), "{}", both(&o));
     // No state DB is created by a read-only status call.
     assert!(!env.path("state/state.db").exists());
 }

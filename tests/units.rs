@@ -200,11 +200,12 @@ fn generated_drop_ins_carry_the_schedule_jitter_and_paths() {
     )));
     let exe = assert_cmd::cargo::cargo_bin("litekeeper");
     assert!(read("litekeeper.service").contains(&format!("ExecStart={} daemon", exe.display())));
-    // User units: no User=, no ReadWritePaths drop-ins.
+    // User units: no User=, sandboxed through a user namespace, paths opened by the drop-in.
     let user = write_units(&env, true);
     let svc = std::fs::read_to_string(user.join("litekeeper.service")).unwrap();
     assert!(!svc.contains("User="), "{svc}");
-    assert!(!user.join("litekeeper.service.d/paths.conf").exists());
+    assert!(svc.contains("PrivateUsers=yes"), "{svc}");
+    assert!(user.join("litekeeper.service.d/paths.conf").exists());
     assert!(user
         .join("litekeeper-backup@chat.timer.d/schedule.conf")
         .exists());
@@ -282,8 +283,13 @@ fn every_unit_verifies_and_services_are_hardened() {
                 target.display(),
                 both(&o)
             );
-            if name.ends_with(".service") && !is_user {
-                let o = analyze(&["security", "--offline=yes", &t], &rt);
+            if name.ends_with(".service") {
+                let mut sargs = vec!["security", "--offline=yes"];
+                if is_user {
+                    sargs.push("--user");
+                }
+                sargs.push(&t);
+                let o = analyze(&sargs, &rt);
                 let out = String::from_utf8_lossy(&o.stdout);
                 let score: f64 = out
                     .lines()
@@ -300,4 +306,29 @@ fn every_unit_verifies_and_services_are_hardened() {
             }
         }
     }
+}
+
+#[test]
+fn network_is_opened_only_for_health_pings() {
+    let env = TestEnv::new();
+    let out = write_units(&env, false);
+    assert!(!out.join("litekeeper.service.d/network.conf").exists());
+    let cfg = std::fs::read_to_string(env.config_path()).unwrap().replace(
+        "jitter = \"30m\"",
+        "jitter = \"30m\"\nping = \"https://hc-ping.example/abc\"",
+    );
+    std::fs::write(env.config_path(), cfg).unwrap();
+    let o = env
+        .cmd()
+        .args(["systemd-units", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let net =
+        std::fs::read_to_string(out.join("litekeeper-backup@.service.d/network.conf")).unwrap();
+    assert!(
+        net.contains("PrivateNetwork=no") && net.contains("AF_INET6"),
+        "{net}"
+    );
 }

@@ -88,16 +88,24 @@ pub fn run(path: &Path, args: RunArgs) -> Result<ExitCode, Failure> {
         };
         jobs::execute(&env, req).await
     });
+    // Under systemd the journal already has the finish event with every field.
+    if !crate::logging::to_journal() {
+        print_report(&report);
+    }
+    // The job is done and recorded; its last health ping gets at most its ping_timeout.
+    crate::pings::wait_for_pending();
+    Ok(report.exit)
+}
+
+/// The run's one line (stdout when it did its work, stderr when it did not), plus the prune
+/// rules table.
+fn print_report(report: &jobs::Report) {
     let line = format!(
         "{} {}: {}",
         report.job.as_str(),
         report.database,
         report.summary
     );
-    // Under systemd the journal already has the finish event with every field.
-    if crate::logging::to_journal() {
-        return Ok(report.exit);
-    }
     match report.outcome {
         Outcome::Ok | Outcome::DryRun => {
             println!("{line} ({} ms)", report.duration_ms);
@@ -110,7 +118,6 @@ pub fn run(path: &Path, args: RunArgs) -> Result<ExitCode, Failure> {
         Outcome::Skipped if report.exit == ExitCode::Ok => println!("{line}"),
         Outcome::Skipped | Outcome::Failed => eprintln!("litekeeper: {line}"),
     }
-    Ok(report.exit)
 }
 
 /// As root, run as the user who owns `state_dir` (the service's user: `litekeeper`, or the

@@ -55,15 +55,36 @@ pub fn run(path: &Path, args: StatusArgs) -> Result<ExitCode, Failure> {
     let now = Utc::now();
     let zone = &config.daemon.timezone;
     let state = State::open_existing(&config.daemon.state_dir, config.daemon.keep_history);
+    for name in &args.databases {
+        if config.database(name).is_none() {
+            return Err(Failure::new(
+                ExitCode::Usage,
+                anyhow::anyhow!("no database named {name:?} in {}", config.file.display()),
+            ));
+        }
+    }
+    let wanted: Vec<(&std::sync::Arc<crate::config::Database>, JobKind)> = config
+        .databases
+        .iter()
+        .filter(|db| args.databases.is_empty() || args.databases.contains(&db.name))
+        .flat_map(|db| {
+            JobKind::ALL
+                .into_iter()
+                .filter(|k| db.timing(*k).is_some())
+                .map(move |k| (db, k))
+        })
+        .collect();
+    // One query per job on one connection (a fleet has thousands of databases).
+    let keys: Vec<(String, JobKind)> = wanted.iter().map(|(d, k)| (d.name.clone(), *k)).collect();
+    let lasts = match &state {
+        Some(s) => s.last_runs(&keys).or_exit(ExitCode::IoErr)?,
+        None => vec![None; keys.len()],
+    };
     let mut jobs = Vec::new();
-    for db in &config.databases {
-        for kind in JobKind::ALL {
+    for ((db, kind), last) in wanted.into_iter().zip(lasts) {
+        {
             let Some(timing) = db.timing(kind) else {
                 continue;
-            };
-            let last = match &state {
-                Some(s) => s.last_run(&db.name, kind).or_exit(ExitCode::IoErr)?,
-                None => None,
             };
             jobs.push(JobStatus {
                 database: db.name.clone(),

@@ -116,10 +116,6 @@ pub fn run(path: &Path, args: UnitsArgs) -> Result<ExitCode, Failure> {
             });
         }
     }
-    if args.user {
-        // A user manager has no ReadWritePaths= sandbox to open up: drop those drop-ins.
-        files.retain(|f| !f.path.ends_with("paths.conf"));
-    }
     if args.with_units {
         let exe = std::env::current_exe()
             .ok()
@@ -143,6 +139,29 @@ pub fn run(path: &Path, args: UnitsArgs) -> Result<ExitCode, Failure> {
         std::fs::set_permissions(&target, std::os::unix::fs::PermissionsExt::from_mode(0o644))
             .or_exit(ExitCode::CantCreate)?;
         println!("wrote {}", target.display());
+    }
+    // ReadWritePaths=-DIR is dropped by systemd while DIR does not exist, and then the
+    // sandboxed job cannot create it. A user manager's paths are the user's own: make the
+    // missing ones (0700) now. For the system units, say so rather than fail at the first run.
+    for p in units::writable_paths(&config) {
+        if p.exists() {
+            continue;
+        }
+        if args.user {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&p)
+                .or_exit(ExitCode::CantCreate)?;
+            println!("created {}", p.display());
+        } else {
+            println!(
+                "warning: {} does not exist yet; create it (owned by the service's user) before \
+                 starting, or the sandboxed jobs cannot write there",
+                p.display()
+            );
+        }
     }
     let ctl = if args.user {
         "systemctl --user"

@@ -16,23 +16,59 @@ pub struct Config {
     /// The file this was loaded from (named in messages).
     pub file: PathBuf,
     pub daemon: Daemon,
+    /// Every database: the plain ones and the current members of each fleet.
     pub databases: Vec<Arc<Database>>,
+    /// `[[database]]` stanzas whose path is a glob: one database per matching file.
+    pub fleets: Vec<Fleet>,
+}
+
+/// A `[[database]]` stanza with a wildcard path (`/srv/app/tenants/*.db`) and a name template
+/// (`tenant-{stem}`): re-scanned on every schedule tick and on reload.
+#[derive(Debug)]
+pub struct Fleet {
+    /// Its index among the `[[database]]` stanzas (for messages).
+    pub index: usize,
+    /// The name template as written, e.g. `tenant-{stem}`; also the fleet's name in messages.
+    pub name: String,
+    pub raw: super::raw::RawDatabase,
+    /// The stanza validated with a sample stem: its schedules and jitters.
+    pub template: Arc<Database>,
 }
 
 impl Config {
+    /// Scheduled jobs of the fleets: (fleet, job, timing).
+    pub fn fleet_jobs(&self) -> impl Iterator<Item = (&Fleet, JobKind, &Timing)> {
+        self.fleets.iter().flat_map(|f| {
+            JobKind::ALL.into_iter().filter_map(move |kind| {
+                f.template
+                    .timing(kind)
+                    .filter(|t| t.schedule.is_some())
+                    .map(|t| (f, kind, t))
+            })
+        })
+    }
+
+    pub fn fleet(&self, name: &str) -> Option<&Fleet> {
+        self.fleets.iter().find(|f| f.name == name)
+    }
+
     pub fn database(&self, name: &str) -> Option<&Arc<Database>> {
         self.databases.iter().find(|d| d.name == name)
     }
 
-    /// Every (database, job) pair that has a schedule, in config order.
+    /// Every (database, job) pair that has a schedule, in config order (fleet members are
+    /// scheduled through their fleet: see `fleet_jobs`).
     pub fn scheduled_jobs(&self) -> impl Iterator<Item = (&Arc<Database>, JobKind, &Timing)> {
-        self.databases.iter().flat_map(|db| {
-            JobKind::ALL.into_iter().filter_map(move |kind| {
-                db.timing(kind)
-                    .filter(|t| t.schedule.is_some())
-                    .map(|t| (db, kind, t))
+        self.databases
+            .iter()
+            .filter(|db| db.fleet.is_none())
+            .flat_map(|db| {
+                JobKind::ALL.into_iter().filter_map(move |kind| {
+                    db.timing(kind)
+                        .filter(|t| t.schedule.is_some())
+                        .map(|t| (db, kind, t))
+                })
             })
-        })
     }
 }
 
@@ -83,6 +119,8 @@ pub struct Database {
     pub prune: Option<Prune>,
     pub vacuum: Option<Vacuum>,
     pub backup: Option<Backup>,
+    /// The fleet (name template) this database was found by, if any.
+    pub fleet: Option<String>,
 }
 
 impl Database {
@@ -102,11 +140,22 @@ pub struct Attachment {
 }
 
 /// When a job runs: a cron schedule (None: only on demand, e.g. from a systemd timer) and a
-/// random delay of up to `jitter` after each scheduled time.
+/// random delay of up to `jitter` after each scheduled time; and whom it tells (`ping`).
 #[derive(Debug, Clone)]
 pub struct Timing {
     pub schedule: Option<Schedule>,
     pub jitter: Duration,
+    /// Health pings on start, success and failure (see `pings`).
+    pub ping: Option<Ping>,
+}
+
+/// A job's health-check URL, healthchecks.io style: `{url}/start`, `{url}`, `{url}/fail`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ping {
+    /// Absolute http:// or https:// URL.
+    pub url: String,
+    /// How long one ping may take in all, retries included.
+    pub timeout: Duration,
 }
 
 #[derive(Debug)]

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     #[serde(default)]
@@ -15,7 +15,7 @@ pub struct RawConfig {
     pub database: Vec<RawDatabase>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "the [daemon] table")]
 pub struct RawDaemon {
     pub timezone: Option<String>,
@@ -29,7 +29,7 @@ pub struct RawDaemon {
     pub metrics_file: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(
     deny_unknown_fields,
     expecting = "a [[database]] table with name and path"
@@ -47,11 +47,13 @@ pub struct RawDatabase {
     pub backup: Option<RawBackup>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "the [database.prune] table")]
 pub struct RawPrune {
     pub schedule: Option<String>,
     pub jitter: Option<String>,
+    pub ping: Option<String>,
+    pub ping_timeout: Option<String>,
     pub max_lock: Option<String>,
     pub pause: Option<String>,
     pub max_fraction: Option<f64>,
@@ -63,7 +65,7 @@ pub struct RawPrune {
     pub files: Vec<RawFiles>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a [[database.prune.rule]] table")]
 pub struct RawRule {
     pub table: String,
@@ -76,7 +78,7 @@ pub struct RawRule {
     pub parent: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a [[database.prune.files]] table")]
 pub struct RawFiles {
     pub dir: String,
@@ -89,11 +91,13 @@ pub struct RawFiles {
     pub allow_empty_reference: Option<bool>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "the [database.vacuum] table")]
 pub struct RawVacuum {
     pub schedule: Option<String>,
     pub jitter: Option<String>,
+    pub ping: Option<String>,
+    pub ping_timeout: Option<String>,
     pub mode: Option<String>,
     pub min_free: Option<String>,
     pub convert_auto_vacuum: Option<bool>,
@@ -102,11 +106,13 @@ pub struct RawVacuum {
     pub analyze: Option<bool>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "the [database.backup] table")]
 pub struct RawBackup {
     pub schedule: Option<String>,
     pub jitter: Option<String>,
+    pub ping: Option<String>,
+    pub ping_timeout: Option<String>,
     pub dir: Option<String>,
     pub method: Option<String>,
     pub compress: Option<String>,
@@ -116,7 +122,7 @@ pub struct RawBackup {
     pub max_age: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(
     deny_unknown_fields,
     expecting = "a table of counts like { last = 3, daily = 7 }"

@@ -114,10 +114,33 @@ impl Checker {
         key: &KeyPath,
         schedule: Option<&String>,
         jitter: Option<&String>,
+        ping: Option<&String>,
+        ping_timeout: Option<&String>,
     ) -> Timing {
+        let schedule = self.schedule(&key.key("schedule"), schedule);
+        let jitter = self.duration(&key.key("jitter"), jitter, Duration::ZERO);
+        let timeout_key = key.key("ping_timeout");
+        let timeout = self.duration(&timeout_key, ping_timeout, crate::pings::DEFAULT_TIMEOUT);
+        if timeout.is_zero() {
+            self.fail(
+                &timeout_key,
+                "expected a duration above 0",
+                ping_timeout.cloned(),
+            );
+        }
+        let ping = ping.map(|url| {
+            if let Err(reason) = crate::pings::check_url(url) {
+                self.fail(&key.key("ping"), reason, Some(url.clone()));
+            }
+            Ping {
+                url: url.clone(),
+                timeout,
+            }
+        });
         Timing {
-            schedule: self.schedule(&key.key("schedule"), schedule),
-            jitter: self.duration(&key.key("jitter"), jitter, Duration::ZERO),
+            schedule,
+            jitter,
+            ping,
         }
     }
 }
@@ -410,8 +433,54 @@ pub fn validate(
     };
 
     let mut databases: Vec<Arc<Database>> = Vec::new();
+    let mut fleets = Vec::new();
     for (i, rd) in raw.database.iter().enumerate() {
         let key = KeyPath::root().key("database").index(i);
+        if is_glob(&rd.path) {
+            // A fleet: the stanza is checked once with a sample stem, members come from the
+            // file system (now, and again on every tick and reload).
+            if !rd.name.contains("{stem}") {
+                c.fail(
+                    &key.key("name"),
+                    "a path with a wildcard makes one database per file: the name must contain \
+                     {stem}, e.g. \"tenant-{stem}\"",
+                    Some(rd.name.clone()),
+                );
+            }
+            if let Some(dir) = rd.backup.as_ref().and_then(|b| b.dir.as_ref()) {
+                if !dir.contains("{stem}") && !dir.contains("{name}") {
+                    c.fail(
+                        &key.key("backup").key("dir"),
+                        "every database of a fleet needs its own backup directory: put {name} \
+                         or {stem} in it, e.g. \"/var/backups/tenants/{name}\"",
+                        Some(dir.clone()),
+                    );
+                }
+            }
+            let sample = member_name(&rd.name, "sample");
+            if !is_db_name(&sample) {
+                c.fail(
+                    &key.key("name"),
+                    "expected a name template of lower-case letters, digits, '_', '-' and {stem}",
+                    Some(rd.name.clone()),
+                );
+            }
+            let template = substitute(
+                rd,
+                "sample",
+                &sample,
+                &rd.path.replace(['*', '?', '[', ']'], "x"),
+            );
+            let mut db = database(&mut c, &key, &template, &daemon);
+            db.fleet = Some(rd.name.clone());
+            fleets.push(Fleet {
+                index: i,
+                name: rd.name.clone(),
+                raw: rd.clone(),
+                template: Arc::new(db),
+            });
+            continue;
+        }
         if !is_db_name(&rd.name) {
             c.fail(
                 &key.key("name"),
@@ -431,10 +500,28 @@ pub fn validate(
     same_file_twice(&mut c, &databases, &names);
     backups_in_files_rule_dirs(&mut c, &raw, &databases, &names);
     if c.problems.is_empty() {
+        for f in &fleets {
+            let (members, skipped) = expand_fleet(f, &daemon);
+            for s in skipped {
+                tracing::warn!("fleet {}: {s}", f.name);
+            }
+            for m in members {
+                if databases.iter().any(|d| d.name == m.name) {
+                    tracing::warn!(
+                        "fleet {}: {} is skipped: a database of that name is configured",
+                        f.name,
+                        m.name
+                    );
+                    continue;
+                }
+                databases.push(m);
+            }
+        }
         Ok(Config {
             file,
             daemon,
             databases,
+            fleets,
         })
     } else {
         Err(c.problems)
@@ -607,7 +694,108 @@ fn database(c: &mut Checker, key: &KeyPath, rd: &RawDatabase, daemon: &Daemon) -
             .backup
             .as_ref()
             .map(|b| backup(c, &key.key("backup"), b, &rd.name, daemon)),
+        fleet: None,
     }
+}
+
+/// Glob characters that make a `path` a fleet.
+pub fn is_glob(path: &str) -> bool {
+    path.contains(['*', '?', '['])
+}
+
+/// A fleet member's name: the template with `{stem}`, lower-cased, anything outside
+/// `[a-z0-9_-]` replaced by `-`.
+fn member_name(template: &str, stem: &str) -> String {
+    template
+        .replace("{stem}", stem)
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
+/// The stanza with `{stem}` and `{name}` filled in wherever a member needs its own value.
+fn substitute(raw: &RawDatabase, stem: &str, name: &str, path: &str) -> RawDatabase {
+    let fill = |s: &str| s.replace("{stem}", stem).replace("{name}", name);
+    let mut r = raw.clone();
+    r.name = name.to_string();
+    r.path = path.to_string();
+    for v in r.attach.values_mut() {
+        *v = fill(v);
+    }
+    if let Some(b) = r.backup.as_mut() {
+        b.dir = b.dir.as_deref().map(fill);
+        b.ping = b.ping.as_deref().map(fill);
+    }
+    if let Some(p) = r.prune.as_mut() {
+        for f in &mut p.files {
+            f.dir = fill(&f.dir);
+        }
+        p.ping = p.ping.as_deref().map(fill);
+    }
+    if let Some(v) = r.vacuum.as_mut() {
+        v.ping = v.ping.as_deref().map(fill);
+    }
+    r
+}
+
+/// The current members of a fleet, sorted by path. Files whose stanza does not validate (a
+/// name that collides, say) are skipped with a reason.
+pub fn expand_fleet(fleet: &Fleet, daemon: &Daemon) -> (Vec<Arc<Database>>, Vec<String>) {
+    let mut members: Vec<Arc<Database>> = Vec::new();
+    let mut skipped = Vec::new();
+    let Ok(paths) = glob::glob(&fleet.raw.path) else {
+        return (members, vec![format!("bad pattern {:?}", fleet.raw.path)]);
+    };
+    let key = KeyPath::root().key("database").index(fleet.index);
+    for path in paths.flatten() {
+        // Only regular files, never through a symlink; SQLite's own side files are no members.
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        let text = path.to_string_lossy().into_owned();
+        if !meta.is_file()
+            || ["-wal", "-shm", "-journal"]
+                .iter()
+                .any(|s| text.ends_with(s))
+        {
+            continue;
+        }
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let name = member_name(&fleet.name, &stem);
+        if members.iter().any(|m| m.name == name) {
+            skipped.push(format!(
+                "{text}: its name {name:?} is taken by another file"
+            ));
+            continue;
+        }
+        let mut c = Checker::default();
+        let mut db = database(
+            &mut c,
+            &key,
+            &substitute(&fleet.raw, &stem, &name, &text),
+            daemon,
+        );
+        if !c.problems.is_empty() || !is_db_name(&name) {
+            skipped.push(format!(
+                "{text}: not a valid member ({} problem(s))",
+                c.problems.len().max(1)
+            ));
+            continue;
+        }
+        db.fleet = Some(fleet.name.clone());
+        members.push(Arc::new(db));
+    }
+    (members, skipped)
 }
 
 fn table_ref(c: &mut Checker, key: &KeyPath, text: &str, aliases: &[&str]) -> TableRef {
@@ -817,7 +1005,13 @@ fn prune(c: &mut Checker, key: &KeyPath, p: &RawPrune, aliases: &[&str]) -> Prun
         });
     }
     Prune {
-        timing: c.timing(key, p.schedule.as_ref(), p.jitter.as_ref()),
+        timing: c.timing(
+            key,
+            p.schedule.as_ref(),
+            p.jitter.as_ref(),
+            p.ping.as_ref(),
+            p.ping_timeout.as_ref(),
+        ),
         max_lock: c.duration(
             &key.key("max_lock"),
             p.max_lock.as_ref(),
@@ -845,7 +1039,13 @@ fn vacuum(c: &mut Checker, key: &KeyPath, v: &RawVacuum) -> Vacuum {
         }),
     };
     Vacuum {
-        timing: c.timing(key, v.schedule.as_ref(), v.jitter.as_ref()),
+        timing: c.timing(
+            key,
+            v.schedule.as_ref(),
+            v.jitter.as_ref(),
+            v.ping.as_ref(),
+            v.ping_timeout.as_ref(),
+        ),
         mode: c.choice(
             &key.key("mode"),
             v.mode.as_ref(),
@@ -899,7 +1099,13 @@ fn backup(c: &mut Checker, key: &KeyPath, b: &RawBackup, name: &str, daemon: &Da
         }
     };
     Backup {
-        timing: c.timing(key, b.schedule.as_ref(), b.jitter.as_ref()),
+        timing: c.timing(
+            key,
+            b.schedule.as_ref(),
+            b.jitter.as_ref(),
+            b.ping.as_ref(),
+            b.ping_timeout.as_ref(),
+        ),
         dir: match &b.dir {
             Some(p) => c.abs_path(&key.key("dir"), p),
             None => daemon.state_dir.join("backups").join(name),

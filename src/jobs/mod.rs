@@ -2,7 +2,8 @@
 //! take the database's lock (skip or wait) → check the files → run the job on a blocking
 //! thread with its own pooled connection, cancel token checked at safe points → a `Report`,
 //! recorded in the state DB (then the metrics file, if configured, is rewritten from it) and
-//! logged as one journal event.
+//! logged as one journal event. A job with `ping` also queues health pings (`pings`) on start
+//! and when it is recorded; they are sent from their own thread and never delay the job.
 
 pub mod backup;
 pub mod prune;
@@ -229,7 +230,8 @@ pub async fn execute(env: &Env, req: Request) -> Report {
     let started = Utc::now();
     let clock = Instant::now();
     crate::logging::job_started(&run_id, &req.db.name, req.kind, req.trigger);
-    let mut report = run_locked(env, &req, &run_id, started).await;
+    let mut pinger = None;
+    let mut report = run_locked(env, &req, &run_id, started, &mut pinger).await;
     report.finished = Utc::now();
     report.duration_ms = clock.elapsed().as_millis() as u64;
     let state = env.state.clone();
@@ -239,12 +241,19 @@ pub async fn execute(env: &Env, req: Request) -> Report {
         Ok(Err(e)) => tracing::error!("could not record run {run_id}: {e}"),
         Err(e) => tracing::error!("could not record run {run_id}: {e}"),
     }
+    crate::pings::finished(&req, pinger, &report);
     crate::metrics::update(&env.config, &env.state).await;
     crate::logging::job_finished(&report);
     report
 }
 
-async fn run_locked(env: &Env, req: &Request, run_id: &str, started: DateTime<Utc>) -> Report {
+async fn run_locked(
+    env: &Env,
+    req: &Request,
+    run_id: &str,
+    started: DateTime<Utc>,
+    pinger: &mut Option<crate::pings::Pinger>,
+) -> Report {
     let db = &req.db;
     let mut report = Report {
         run_id: run_id.to_string(),
@@ -295,6 +304,7 @@ async fn run_locked(env: &Env, req: &Request, run_id: &str, started: DateTime<Ut
     {
         tracing::warn!("could not record the start of run {run_id}: {e}");
     }
+    *pinger = crate::pings::started(req, run_id);
 
     let env2 = env.clone();
     let req2 = req.clone();

@@ -1,0 +1,174 @@
+//! Fleets: one `[[database]]` stanza with a wildcard path becomes one database per file, with
+//! its own lock, state and backups; the daemon re-scans on every tick, picks up new files and
+//! reports vanished ones once.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use rusqlite::Connection;
+
+use crate::util::{both, TestEnv};
+
+fn tenant(env: &TestEnv, i: u32) {
+    env.sqlite(
+        &format!("tenants/t{i:02}.db"),
+        &format!("PRAGMA journal_mode=WAL; CREATE TABLE note(x); INSERT INTO note VALUES ({i});"),
+    );
+}
+
+fn config(env: &TestEnv, schedule: &str) {
+    env.write_config(&format!(
+        "{}[[database]]\nname = \"tenant-{{stem}}\"\npath = \"{}/*.db\"\n[database.backup]\n{schedule}dir = \"{}/{{name}}\"\nkeep = {{ last = 1 }}\n",
+        env.daemon_section("timezone = \"UTC\"\nmax_concurrent_jobs = 4"),
+        env.path("tenants").display(),
+        env.path("backups").display()
+    ));
+}
+
+fn ok_runs(env: &TestEnv, db: &str) -> i64 {
+    Connection::open(env.path("state/state.db"))
+        .ok()
+        .and_then(|c| {
+            c.query_row(
+                "SELECT count(*) FROM runs WHERE database = ?1 AND outcome = 'ok'",
+                [db],
+                |r| r.get(0),
+            )
+            .ok()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn every_file_is_a_database_with_its_own_backups() {
+    let env = TestEnv::new();
+    for i in 0..3 {
+        tenant(&env, i);
+    }
+    config(&env, "");
+    let o = env
+        .cmd()
+        .args(["run", "tenant-t01", "backup"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    assert!(env.path("backups/tenant-t01/manifest.json").exists());
+    assert!(!env.path("backups/tenant-t00").exists());
+    let o = env.cmd().args(["status", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let names: Vec<&str> = v["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["database"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["tenant-t00", "tenant-t01", "tenant-t02"]);
+    let o = env.cmd().arg("check").output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+
+    // A fleet needs {stem} in its name and its own backup directory per member.
+    env.write_config(&format!(
+        "{}[[database]]\nname = \"tenant\"\npath = \"{}/*.db\"\n",
+        env.daemon_section(""),
+        env.path("tenants").display()
+    ));
+    let o = env.cmd().arg("check").output().unwrap();
+    assert_eq!(o.status.code(), Some(78), "{}", both(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("{stem}"),
+        "{}",
+        both(&o)
+    );
+    env.write_config(&format!(
+        "{}[[database]]\nname = \"t-{{stem}}\"\npath = \"{}/*.db\"\n[database.backup]\ndir = \"{}\"\n",
+        env.daemon_section(""),
+        env.path("tenants").display(),
+        env.path("backups").display()
+    ));
+    let o = env.cmd().arg("check").output().unwrap();
+    assert_eq!(o.status.code(), Some(78), "{}", both(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("its own backup directory"),
+        "{}",
+        both(&o)
+    );
+}
+
+#[test]
+fn fifty_databases_one_added_one_removed_between_ticks() {
+    let env = TestEnv::new();
+    for i in 0..50 {
+        tenant(&env, i);
+    }
+    config(&env, "schedule = \"*/2 * * * * *\"\n");
+    let log = env.path("daemon.log");
+    let mut child = env
+        .std_cmd()
+        .arg("daemon")
+        .env("LITEKEEPER_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let wait = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    wait("a backup of all 50", &|| {
+        (0..50).all(|i| ok_runs(&env, &format!("tenant-t{i:02}")) >= 1)
+    });
+    // Between ticks: one file added, one removed.
+    tenant(&env, 50);
+    std::fs::remove_file(env.path("tenants/t00.db")).unwrap();
+    let _ = std::fs::remove_file(env.path("tenants/t00.db-wal"));
+    let _ = std::fs::remove_file(env.path("tenants/t00.db-shm"));
+    wait("a backup of the new tenant", &|| {
+        ok_runs(&env, "tenant-t50") >= 1
+    });
+    let gone_runs = ok_runs(&env, "tenant-t00");
+    // A few more ticks: the vanished tenant is reported once and not run again.
+    let t1 = ok_runs(&env, "tenant-t01");
+    wait("two more ticks", &|| ok_runs(&env, "tenant-t01") >= t1 + 2);
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let text = std::fs::read_to_string(&log).unwrap();
+    let gone = text
+        .lines()
+        .filter(|l| l.contains("database tenant-t00") && l.contains("is gone"))
+        .count();
+    assert_eq!(gone, 1, "vanished tenant reported {gone} times:\n{text}");
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.contains("new database tenant-t50"))
+            .count(),
+        1,
+        "{text}"
+    );
+    assert_eq!(
+        ok_runs(&env, "tenant-t00"),
+        gone_runs,
+        "the vanished tenant kept running"
+    );
+    // Each tenant has its own backup directory with one backup (keep last = 1).
+    for i in 1..=50 {
+        let dir = env.path(&format!("backups/tenant-t{i:02}"));
+        let n = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".db")
+            })
+            .count();
+        assert_eq!(n, 1, "{}", dir.display());
+    }
+    assert!(
+        !env.path("tenants/t00.db").exists(),
+        "a vanished database was recreated"
+    );
+}
