@@ -192,6 +192,16 @@ pub fn run(path: &Path, args: RestoreArgs) -> Result<ExitCode, Failure> {
     if args.in_place {
         let side = |p: &Path, s: &str| PathBuf::from(format!("{}{s}", p.display()));
         let keep = keep_path(&target);
+        if target.exists() && side(&target, "-wal").exists() {
+            // Fold the old WAL into the old file first: the stale WAL is removed below, and a
+            // process killed between that and the final rename must not leave the old file
+            // without transactions that lived only in its WAL. (Best effort: a damaged
+            // database being replaced may refuse, and its kept copy has the WAL anyway.)
+            if let Ok(c) = Connection::open_with_flags(&target, OpenFlags::SQLITE_OPEN_READ_WRITE) {
+                let _ = c.busy_timeout(std::time::Duration::from_secs(5));
+                let _ = c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+            }
+        }
         if target.exists() {
             // Linked, not moved: the live name keeps the old database until the one rename
             // below replaces it, so a process killed at any point leaves there either the old
