@@ -14,6 +14,7 @@
 //! fall-back day it runs once, at the first of the two 02:30s. Jobs with a wildcard or stepped
 //! hour follow real elapsed time through both repeated hours.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
@@ -82,7 +83,8 @@ impl fmt::Display for Zone {
 #[derive(Clone)]
 pub struct Schedule {
     text: String,
-    cron: Cron,
+    /// Shared: every member of a fleet has the same schedule, and a parsed one is a few KiB.
+    cron: std::sync::Arc<Cron>,
 }
 
 impl fmt::Debug for Schedule {
@@ -108,6 +110,26 @@ const WEEKDAYS: [&str; 7] = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"];
 impl Schedule {
     /// Parse and check a cron expression; the error says what is wrong with which field.
     pub fn parse(text: &str) -> Result<Schedule, String> {
+        // Every member of a fleet has the same schedules: parse each text once per thread
+        // (croner's parse dominated loading a 10,000-member fleet).
+        thread_local! {
+            static PARSED: std::cell::RefCell<HashMap<String, Result<Schedule, String>>> =
+                std::cell::RefCell::new(HashMap::new());
+        }
+        if let Some(hit) = PARSED.with_borrow(|parsed| parsed.get(text).cloned()) {
+            return hit;
+        }
+        let result = Self::parse_uncached(text);
+        PARSED.with_borrow_mut(|parsed| {
+            if parsed.len() >= 256 {
+                parsed.clear();
+            }
+            parsed.insert(text.to_string(), result.clone());
+        });
+        result
+    }
+
+    fn parse_uncached(text: &str) -> Result<Schedule, String> {
         let trimmed = text.trim();
         if trimmed.starts_with('@') {
             let lower = trimmed.to_ascii_lowercase();
@@ -125,7 +147,7 @@ impl Schedule {
                 .map_err(|e| e.to_string())?;
             return Ok(Schedule {
                 text: trimmed.to_string(),
-                cron,
+                cron: cron.into(),
             });
         }
         let fields: Vec<&str> = trimmed.split_whitespace().collect();
@@ -159,7 +181,7 @@ impl Schedule {
             .map_err(|e| e.to_string())?;
         Ok(Schedule {
             text: trimmed.to_string(),
-            cron,
+            cron: cron.into(),
         })
     }
 

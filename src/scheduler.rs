@@ -287,7 +287,9 @@ impl Inner {
 
     /// A fleet's job is due: scan its files again, report members that appeared or vanished
     /// (once), and queue the job for every member, each after its own random share of the
-    /// jitter so a large fleet spreads over the window.
+    /// jitter so a large fleet spreads over the window. One task feeds them in order of their
+    /// delays and starts a member's task only once a permit is free, so 10,000 members cost
+    /// one sleeping task, not 10,000.
     async fn dispatch_fleet(
         self: Arc<Self>,
         fleet_name: String,
@@ -314,15 +316,28 @@ impl Inner {
             tracing::debug!("fleet {raw_name}: {s}");
         }
         self.update_fleet(&raw_name, &members);
-        for m in members {
+        let mut plan: Vec<(std::time::Duration, String)> = members
+            .iter()
+            .map(|m| (crate::schedule::jitter_delay(jitter), m.name.clone()))
+            .collect();
+        drop(members);
+        plan.sort_unstable();
+        let start = tokio::time::Instant::now();
+        for (delay, name) in plan {
+            tokio::select! {
+                _ = env.cancel.cancelled() => return,
+                _ = tokio::time::sleep_until(start + delay) => {}
+            }
+            let permits = self.current.lock().unwrap().permits.clone();
+            let permit = tokio::select! {
+                _ = env.cancel.cancelled() => return,
+                p = permits.acquire_owned() => p.ok(),
+            };
             let inner = self.clone();
-            let cancel = env.cancel.clone();
-            let name = m.name.clone();
             self.tracker.spawn(async move {
-                let delay = crate::schedule::jitter_delay(jitter);
-                if jobs::sleep_unless_cancelled(delay, &cancel).await {
-                    inner.dispatch(name, kind, Trigger::Schedule).await;
-                }
+                inner
+                    .dispatch_with(name, kind, Trigger::Schedule, permit)
+                    .await
             });
         }
     }
@@ -338,6 +353,19 @@ impl Inner {
 
     /// Queue one run: one job per database at a time, bounded across databases.
     async fn dispatch(self: Arc<Self>, db: String, kind: JobKind, trigger: Trigger) {
+        self.dispatch_with(db, kind, trigger, None).await
+    }
+
+    /// `dispatch`, with a permit the caller already holds (a fleet's feeder). The permit is
+    /// kept only if the database's queue is free at once: waiting for the queue while holding
+    /// a permit could deadlock against a run that holds the queue and waits for a permit.
+    async fn dispatch_with(
+        self: Arc<Self>,
+        db: String,
+        kind: JobKind,
+        trigger: Trigger,
+        permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) {
         let key = (db.clone(), kind);
         if !self.queued.lock().unwrap().insert(key.clone()) {
             tracing::debug!(
@@ -347,12 +375,21 @@ impl Inner {
             return;
         }
         let queue = self.db_queue(&db);
-        let _turn = queue.lock().await;
+        let (_turn, held) = match queue.try_lock() {
+            Ok(turn) => (turn, permit),
+            Err(_) => {
+                drop(permit);
+                (queue.lock().await, None)
+            }
+        };
         let (env, permits) = {
             let cur = self.current.lock().unwrap();
             (cur.env.clone(), cur.permits.clone())
         };
-        let _permit = permits.acquire_owned().await;
+        let _permit = match held {
+            Some(p) => Ok(p),
+            None => permits.acquire_owned().await,
+        };
         let database = env
             .config
             .database(&db)

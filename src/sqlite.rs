@@ -249,10 +249,13 @@ pub fn extract_params(template: &str, expanded: &str) -> Vec<String> {
 }
 
 /// One pool per configured database, created lazily (no connection is opened until a job
-/// asks), so a missing database never stops the daemon from starting.
+/// asks), so a missing database never stops the daemon from starting. Fleet members get
+/// none: a fleet can have thousands, and a pool keeps its connection (3 file descriptors and
+/// the -shm mapping) for minutes after a run; a member's job opens one connection and closes
+/// it when done. Cloning is cheap (the map is shared): every run carries a copy.
 #[derive(Clone, Default)]
 pub struct Pools {
-    pools: HashMap<String, SqlitePool>,
+    pools: Arc<HashMap<String, SqlitePool>>,
 }
 
 impl Pools {
@@ -261,9 +264,12 @@ impl Pools {
         let pools = config
             .databases
             .iter()
+            .filter(|db| db.fleet.is_none())
             .map(|db| (db.name.clone(), pool_for(db, config.daemon.busy_timeout)))
             .collect();
-        Pools { pools }
+        Pools {
+            pools: Arc::new(pools),
+        }
     }
 
     pub fn get(&self, name: &str) -> Option<&SqlitePool> {
@@ -289,21 +295,38 @@ fn maintenance_threads() -> Arc<scheduled_thread_pool::ScheduledThreadPool> {
 
 /// Build the pool for one database (opens nothing yet).
 pub fn pool_for(db: &Database, busy_timeout: Duration) -> SqlitePool {
+    builder(busy_timeout)
+        .max_size(4)
+        .idle_timeout(Some(Duration::from_secs(300)))
+        .build_unchecked(manager(db, busy_timeout))
+}
+
+/// A pool for one run (fleet members): its connection closes when the run drops it. No idle
+/// timeout and no lifetime, so r2d2 schedules no reaper, which would outlive the pool.
+pub fn one_run_pool(db: &Database, busy_timeout: Duration) -> SqlitePool {
+    builder(busy_timeout)
+        .max_size(1)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .build_unchecked(manager(db, busy_timeout))
+}
+
+fn manager(db: &Database, busy_timeout: Duration) -> SqliteConnectionManager {
     let settings = ConnSettings::for_database(db, busy_timeout);
-    let manager = SqliteConnectionManager::file(uri(&db.path, "rw"))
+    SqliteConnectionManager::file(uri(&db.path, "rw"))
         .with_flags(open_flags())
-        .with_init(move |c| init_connection(c, &settings));
+        .with_init(move |c| init_connection(c, &settings))
+}
+
+fn builder(busy_timeout: Duration) -> r2d2::Builder<SqliteConnectionManager> {
     Pool::builder()
         .thread_pool(maintenance_threads())
-        .max_size(4)
         .min_idle(Some(0))
-        .idle_timeout(Some(Duration::from_secs(300)))
         .connection_timeout(busy_timeout + Duration::from_secs(1))
         .test_on_check_out(true) // r2d2_sqlite's is_valid runs `SELECT 1`
         // A failed connect is reported once, by the job, with its diagnosis: r2d2's default
         // handler would log every retry as a bare "database is locked".
         .error_handler(Box::new(r2d2::NopErrorHandler))
-        .build_unchecked(manager)
 }
 
 /// How bad a finding is: errors make `check` exit 1, warnings are advice.

@@ -166,9 +166,11 @@ impl State {
         })
     }
 
-    /// Complete a run with its report, then drop history older than `keep`.
-    pub fn finish(&self, r: &Report) -> Result<(), StateError> {
+    /// Complete a run with its report, then drop this job's history older than `db_keep` (the
+    /// database's `keep_history`) and anybody's older than `keep` (the longest of them all).
+    pub fn finish(&self, r: &Report, db_keep: Duration) -> Result<(), StateError> {
         let cutoff = ms(r.finished) - self.keep.as_millis() as i64;
+        let db_cutoff = ms(r.finished) - db_keep.as_millis() as i64;
         self.with(|c| {
             let tx = c.transaction()?;
             tx.execute(
@@ -189,6 +191,10 @@ impl State {
                     r.summary,
                     r.error,
                 ],
+            )?;
+            tx.execute(
+                "DELETE FROM runs WHERE database = ?1 AND job = ?2 AND started_at < ?3",
+                params![r.database, r.job.as_str(), db_cutoff],
             )?;
             tx.execute("DELETE FROM runs WHERE started_at < ?1", [cutoff])?;
             tx.commit()
@@ -315,23 +321,59 @@ mod tests {
         let state = State::open(dir.path(), Duration::from_secs(90 * 86400)).unwrap();
         let now = Utc::now();
         state
-            .finish(&report("old", now - chrono::Duration::days(100)))
+            .finish(
+                &report("old", now - chrono::Duration::days(100)),
+                NINETY_DAYS,
+            )
             .unwrap();
         assert_eq!(state.count().unwrap(), 1);
         state
-            .finish(&report("recent", now - chrono::Duration::days(10)))
+            .finish(
+                &report("recent", now - chrono::Duration::days(10)),
+                NINETY_DAYS,
+            )
             .unwrap();
         assert_eq!(
             state.count().unwrap(),
             1,
             "a run 100 days old goes once a newer run is recorded"
         );
-        state.finish(&report("new", now)).unwrap();
+        state.finish(&report("new", now), NINETY_DAYS).unwrap();
         assert_eq!(state.count().unwrap(), 2);
         let last = state.last_run("chat", JobKind::Backup).unwrap().unwrap();
         assert_eq!(last.id, "new");
         assert_eq!(last.outcome, "ok");
         assert_eq!(last.duration_ms, Some(1000));
+    }
+
+    const NINETY_DAYS: Duration = Duration::from_secs(90 * 86400);
+
+    #[test]
+    fn a_database_keeps_its_own_history_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = State::open(dir.path(), NINETY_DAYS).unwrap();
+        let now = Utc::now();
+        let week = Duration::from_secs(7 * 86400);
+        let mut other = report("other-old", now - chrono::Duration::days(20));
+        other.database = "blobs".into();
+        state.finish(&other, NINETY_DAYS).unwrap();
+        state
+            .finish(&report("old", now - chrono::Duration::days(20)), week)
+            .unwrap();
+        state.finish(&report("new", now), week).unwrap();
+        let c = Connection::open(state.path()).unwrap();
+        let ids: Vec<String> = c
+            .prepare("SELECT id FROM runs ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(
+            ids,
+            ["new", "other-old"],
+            "chat's 20-day-old run goes (it keeps 7 days), blobs' stays (90 days)"
+        );
     }
 
     #[test]

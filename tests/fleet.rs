@@ -172,3 +172,79 @@ fn fifty_databases_one_added_one_removed_between_ticks() {
         "a vanished database was recreated"
     );
 }
+
+/// A fleet's members keep 7 days of history by default (a daily round of thousands would
+/// otherwise keep 90 days of rows each); a stanza's own `keep_history` wins.
+#[test]
+fn fleet_members_keep_a_week_of_history_unless_told_otherwise() {
+    use litekeeper::exit::ExitCode;
+    use litekeeper::jobs::{JobKind, Outcome, Report, Trigger};
+    use litekeeper::state::State;
+    let env = TestEnv::new();
+    for i in 0..2 {
+        tenant(&env, i);
+    }
+    config(&env, "");
+    let state = State::open(&env.path("state"), Duration::from_secs(90 * 86400)).unwrap();
+    let old = |id: &str, db: &str, days: i64| {
+        let finished = chrono::Utc::now() - chrono::Duration::days(days);
+        state
+            .finish(
+                &Report {
+                    run_id: id.into(),
+                    database: db.into(),
+                    job: JobKind::Backup,
+                    trigger: Trigger::Schedule,
+                    started: finished,
+                    finished,
+                    duration_ms: 5,
+                    outcome: Outcome::Ok,
+                    summary: "ok".into(),
+                    figures: Default::default(),
+                    error: None,
+                    exit: ExitCode::Ok,
+                },
+                Duration::from_secs(90 * 86400),
+            )
+            .unwrap();
+    };
+    old("t00-10d", "tenant-t00", 10);
+    old("t01-10d", "tenant-t01", 10);
+    old("t01-30d", "tenant-t01", 30);
+    let ids = |db: &str| -> Vec<String> {
+        let c = Connection::open(env.path("state/state.db")).unwrap();
+        let mut st = c
+            .prepare("SELECT id FROM runs WHERE database = ?1 ORDER BY started_at")
+            .unwrap();
+        st.query_map([db], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    let run = |db: &str| {
+        let o = env.cmd().args(["run", db, "backup"]).output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    };
+    run("tenant-t00");
+    assert_eq!(ids("tenant-t00").len(), 1, "the 10-day-old run is gone");
+    assert_eq!(
+        ids("tenant-t01"),
+        ["t01-30d", "t01-10d"],
+        "only t00's history was pruned"
+    );
+
+    // The stanza's own keep_history (here 20 days) wins over the fleet default.
+    let text = std::fs::read_to_string(env.path("litekeeper.toml")).unwrap();
+    std::fs::write(
+        env.path("litekeeper.toml"),
+        text.replace("path = ", "keep_history = \"20d\"\npath = "),
+    )
+    .unwrap();
+    run("tenant-t01");
+    let left = ids("tenant-t01");
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert_eq!(
+        left[0], "t01-10d",
+        "the 30-day-old run went, the 10-day-old stayed"
+    );
+}

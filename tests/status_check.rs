@@ -35,20 +35,23 @@ fn state(env: &TestEnv) -> State {
 fn record(state: &State, job: JobKind, outcome: Outcome, ago: chrono::Duration, figures: Figures) {
     let finished = Utc::now() - ago;
     state
-        .finish(&Report {
-            run_id: uuid(),
-            database: "chat".into(),
-            job,
-            trigger: Trigger::Schedule,
-            started: finished - chrono::Duration::seconds(1),
-            finished,
-            duration_ms: 1000,
-            outcome,
-            summary: format!("{outcome:?}"),
-            figures,
-            error: (outcome == Outcome::Failed).then(|| "disk I/O error\nsecond line".into()),
-            exit: ExitCode::Ok,
-        })
+        .finish(
+            &Report {
+                run_id: uuid(),
+                database: "chat".into(),
+                job,
+                trigger: Trigger::Schedule,
+                started: finished - chrono::Duration::seconds(1),
+                finished,
+                duration_ms: 1000,
+                outcome,
+                summary: format!("{outcome:?}"),
+                figures,
+                error: (outcome == Outcome::Failed).then(|| "disk I/O error\nsecond line".into()),
+                exit: ExitCode::Ok,
+            },
+            Duration::from_secs(365 * 86400),
+        )
         .unwrap();
 }
 

@@ -19,6 +19,7 @@ use crate::{config, lock, notify};
 
 pub fn run(path: &Path) -> Result<ExitCode, Failure> {
     let config = super::load_config(path)?;
+    raise_open_files_limit();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(config.daemon.max_concurrent_jobs + 8)
@@ -28,8 +29,33 @@ pub fn run(path: &Path) -> Result<ExitCode, Failure> {
     rt.block_on(serve(path, config))
 }
 
+/// Raise the soft limit on open files to the hard one, as systemd advises for programs that
+/// need many (its default soft limit is 1024, the hard one 512K): each running job holds a
+/// database's 3 files plus backup, lock and state files. litekeeper never uses select(2).
+fn raise_open_files_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return;
+        }
+        // Capped: an unlimited hard limit is refused (above fs.nr_open).
+        let want = lim.rlim_max.min(524_288);
+        if lim.rlim_cur < want {
+            let soft = lim.rlim_cur;
+            lim.rlim_cur = want;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                tracing::debug!("could not raise the open files limit from {soft}");
+            }
+        }
+    }
+}
+
 fn make_env(config: Config, cancel: CancellationToken) -> Result<Env, Failure> {
-    let state = State::open(&config.daemon.state_dir, config.daemon.keep_history)
+    let state = State::open(&config.daemon.state_dir, config.longest_keep_history())
         .or_exit(ExitCode::CantCreate)?;
     lock::ensure_dir(&config.daemon.lock_dir)
         .map_err(|e| {
@@ -48,6 +74,7 @@ fn make_env(config: Config, cancel: CancellationToken) -> Result<Env, Failure> {
 }
 
 async fn serve(path: &Path, config: Config) -> Result<ExitCode, Failure> {
+    crate::metrics::write_in_background();
     let cancel = CancellationToken::new();
     let env = make_env(config, cancel.clone())?;
     let mut hup = signal(SignalKind::hangup()).or_exit(ExitCode::IoErr)?;
@@ -117,6 +144,7 @@ async fn serve(path: &Path, config: Config) -> Result<ExitCode, Failure> {
         _ = term.recv() => { tracing::warn!("second signal: not waiting for running jobs"); ExitCode::Failed }
         _ = int.recv() => { tracing::warn!("second signal: not waiting for running jobs"); ExitCode::Failed }
     };
+    crate::metrics::flush().await;
     watchdog_stop.cancel();
     if let Some(w) = watchdog {
         let _ = w.await;

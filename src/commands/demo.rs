@@ -88,7 +88,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode, Failure> {
     println!("  config: {}\n", sample.config.display());
     let before = measure(&sample).or_exit(ExitCode::IoErr)?;
 
-    let state = State::open(&config.daemon.state_dir, config.daemon.keep_history)
+    let state = State::open(&config.daemon.state_dir, config.longest_keep_history())
         .or_exit(ExitCode::CantCreate)?;
     let rt = super::runtime()?;
     let db = config.databases[0].clone();

@@ -63,7 +63,7 @@ pub fn run(path: &Path, args: RunArgs) -> Result<ExitCode, Failure> {
         )?))),
     };
     run_as_state_owner(&config.daemon.state_dir)?;
-    let state = State::open(&config.daemon.state_dir, config.daemon.keep_history)
+    let state = State::open(&config.daemon.state_dir, config.longest_keep_history())
         .or_exit(ExitCode::CantCreate)?;
     let rt = super::runtime()?;
     let report = rt.block_on(async {

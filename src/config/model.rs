@@ -4,6 +4,7 @@
 //! paths absolute, names checked. A `Config` is shared as `Arc<Config>` and replaced whole on
 //! reload, never mutated.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +21,8 @@ pub struct Config {
     pub databases: Vec<Arc<Database>>,
     /// `[[database]]` stanzas whose path is a glob: one database per matching file.
     pub fleets: Vec<Fleet>,
+    /// Position of each database in `databases`, by name (a fleet can have thousands).
+    pub by_name: HashMap<String, usize>,
 }
 
 /// A `[[database]]` stanza with a wildcard path (`/srv/app/tenants/*.db`) and a name template
@@ -52,8 +55,18 @@ impl Config {
         self.fleets.iter().find(|f| f.name == name)
     }
 
+    /// The longest history any database keeps: runs older than this go, whoever they are of
+    /// (databases that left the configuration included).
+    pub fn longest_keep_history(&self) -> Duration {
+        self.databases
+            .iter()
+            .map(|d| d.keep_history)
+            .chain(self.fleets.iter().map(|f| f.template.keep_history))
+            .fold(self.daemon.keep_history, Duration::max)
+    }
+
     pub fn database(&self, name: &str) -> Option<&Arc<Database>> {
-        self.databases.iter().find(|d| d.name == name)
+        self.by_name.get(name).map(|&i| &self.databases[i])
     }
 
     /// Every (database, job) pair that has a schedule, in config order (fleet members are
@@ -121,7 +134,14 @@ pub struct Database {
     pub backup: Option<Backup>,
     /// The fleet (name template) this database was found by, if any.
     pub fleet: Option<String>,
+    /// Run history of this database older than this is deleted (`daemon.keep_history`, or
+    /// `FLEET_KEEP_HISTORY` for fleet members, unless the stanza sets its own).
+    pub keep_history: Duration,
 }
+
+/// A fleet member's history is kept this long by default (at most `daemon.keep_history`):
+/// 10,000 members backed up daily would otherwise keep 900,000 runs in state.db.
+pub const FLEET_KEEP_HISTORY: Duration = Duration::from_secs(7 * 86400);
 
 impl Database {
     pub fn timing(&self, kind: JobKind) -> Option<&Timing> {

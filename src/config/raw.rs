@@ -42,6 +42,7 @@ pub struct RawDatabase {
     pub on_busy: Option<String>,
     pub wait_timeout: Option<String>,
     pub journal_mode: Option<String>,
+    pub keep_history: Option<String>,
     pub prune: Option<RawPrune>,
     pub vacuum: Option<RawVacuum>,
     pub backup: Option<RawBackup>,

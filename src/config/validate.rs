@@ -473,6 +473,9 @@ pub fn validate(
             );
             let mut db = database(&mut c, &key, &template, &daemon);
             db.fleet = Some(rd.name.clone());
+            if rd.keep_history.is_none() {
+                db.keep_history = daemon.keep_history.min(FLEET_KEEP_HISTORY);
+            }
             fleets.push(Fleet {
                 index: i,
                 name: rd.name.clone(),
@@ -500,13 +503,18 @@ pub fn validate(
     same_file_twice(&mut c, &databases, &names);
     backups_in_files_rule_dirs(&mut c, &raw, &databases, &names);
     if c.problems.is_empty() {
+        let mut by_name: std::collections::HashMap<String, usize> = databases
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.name.clone(), i))
+            .collect();
         for f in &fleets {
             let (members, skipped) = expand_fleet(f, &daemon);
             for s in skipped {
                 tracing::warn!("fleet {}: {s}", f.name);
             }
             for m in members {
-                if databases.iter().any(|d| d.name == m.name) {
+                if by_name.contains_key(&m.name) {
                     tracing::warn!(
                         "fleet {}: {} is skipped: a database of that name is configured",
                         f.name,
@@ -514,6 +522,7 @@ pub fn validate(
                     );
                     continue;
                 }
+                by_name.insert(m.name.clone(), databases.len());
                 databases.push(m);
             }
         }
@@ -522,6 +531,7 @@ pub fn validate(
             daemon,
             databases,
             fleets,
+            by_name,
         })
     } else {
         Err(c.problems)
@@ -679,6 +689,11 @@ fn database(c: &mut Checker, key: &KeyPath, rd: &RawDatabase, daemon: &Daemon) -
         JournalMode::Wal,
     );
     let aliases: Vec<&str> = rd.attach.keys().map(String::as_str).collect();
+    let keep_history = c.duration(
+        &key.key("keep_history"),
+        rd.keep_history.as_ref(),
+        daemon.keep_history,
+    );
     Database {
         name: rd.name.clone(),
         path,
@@ -695,6 +710,7 @@ fn database(c: &mut Checker, key: &KeyPath, rd: &RawDatabase, daemon: &Daemon) -
             .as_ref()
             .map(|b| backup(c, &key.key("backup"), b, &rd.name, daemon)),
         fleet: None,
+        keep_history,
     }
 }
 
@@ -754,6 +770,7 @@ pub fn expand_fleet(fleet: &Fleet, daemon: &Daemon) -> (Vec<Arc<Database>>, Vec<
         return (members, vec![format!("bad pattern {:?}", fleet.raw.path)]);
     };
     let key = KeyPath::root().key("database").index(fleet.index);
+    let mut taken = std::collections::HashSet::new();
     for path in paths.flatten() {
         // Only regular files, never through a symlink; SQLite's own side files are no members.
         let Ok(meta) = std::fs::symlink_metadata(&path) else {
@@ -772,7 +789,7 @@ pub fn expand_fleet(fleet: &Fleet, daemon: &Daemon) -> (Vec<Arc<Database>>, Vec<
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
         let name = member_name(&fleet.name, &stem);
-        if members.iter().any(|m| m.name == name) {
+        if !taken.insert(name.clone()) {
             skipped.push(format!(
                 "{text}: its name {name:?} is taken by another file"
             ));
@@ -793,6 +810,7 @@ pub fn expand_fleet(fleet: &Fleet, daemon: &Daemon) -> (Vec<Arc<Database>>, Vec<
             continue;
         }
         db.fleet = Some(fleet.name.clone());
+        db.keep_history = fleet.template.keep_history;
         members.push(Arc::new(db));
     }
     (members, skipped)

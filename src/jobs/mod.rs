@@ -236,7 +236,8 @@ pub async fn execute(env: &Env, req: Request) -> Report {
     report.duration_ms = clock.elapsed().as_millis() as u64;
     let state = env.state.clone();
     let to_record = report.clone();
-    match tokio::task::spawn_blocking(move || state.finish(&to_record)).await {
+    let keep = req.db.keep_history;
+    match tokio::task::spawn_blocking(move || state.finish(&to_record, keep)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::error!("could not record run {run_id}: {e}"),
         Err(e) => tracing::error!("could not record run {run_id}: {e}"),
@@ -346,7 +347,7 @@ fn run_blocking(env: &Env, req: &Request) -> Result<JobResult, JobError> {
         .pools
         .get(&db.name)
         .cloned()
-        .unwrap_or_else(|| sqlite::pool_for(db, env.config.daemon.busy_timeout));
+        .unwrap_or_else(|| sqlite::one_run_pool(db, env.config.daemon.busy_timeout));
     let mut conn = pool.get().map_err(|e| {
         // Say why, with the exit code that fits (locked: 75, corrupt: 65, …).
         let busy = env.config.daemon.busy_timeout;
