@@ -3,6 +3,7 @@
 //! per database. Reads only the backup directories and their manifests: no daemon needed.
 //! The JSON shape is a documented contract (README.md, "backups list --json").
 
+use std::io::Write;
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
@@ -12,7 +13,13 @@ use crate::cli::BackupsListArgs;
 use crate::config::Database;
 use crate::exit::{ExitCode, Failure, OrExit};
 use crate::jobs::backup::{human_bytes, retention_plan, Planned};
+use crate::schedule::Zone;
 
+use super::stream_json::{self, PrettyObject, Stop};
+
+/// The `--json` document. It is streamed ([`write_json`]), never built whole; this is its
+/// shape, which the streaming test checks byte for byte.
+#[cfg(test)]
 #[derive(Serialize)]
 struct ListJson {
     generated_at: DateTime<Utc>,
@@ -77,45 +84,78 @@ pub fn list(path: &Path, args: BackupsListArgs) -> Result<ExitCode, Failure> {
             .map(|d| d.as_ref())
             .collect(),
     };
-    let mut out = Vec::new();
-    for db in dbs {
+    // Each database is listed as soon as its directory is read; the first before any output,
+    // so a first directory that cannot be read prints nothing but the error.
+    let mut listed = dbs.iter().map(|db| {
         let cfg = db.backup.as_ref().expect("filtered above");
         let plan = retention_plan(db, cfg, zone, now, None).or_exit(ExitCode::IoErr)?;
-        out.push(to_json(db, &cfg.dir, &plan, now));
-    }
-    if args.json {
-        let doc = ListJson {
-            generated_at: now,
-            timezone: zone.to_string(),
-            databases: out,
-        };
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&doc).or_exit(ExitCode::Failed)?
-        );
-        return Ok(ExitCode::Ok);
-    }
-    if out.is_empty() {
-        println!(
+        Ok(to_json(db, &cfg.dir, &plan, now))
+    });
+    let first = listed.next().transpose()?;
+    let listed = first.into_iter().map(Ok).chain(listed);
+    let mut out = stream_json::stdout();
+    stream_json::finish(if args.json {
+        write_json(&mut out, now, &zone.to_string(), listed)
+    } else if dbs.is_empty() {
+        writeln!(
+            out,
             "no database in {} has a [database.backup] section",
             config.file.display()
-        );
+        )
+        .and_then(|()| out.flush())
+        .map_err(Stop::from)
+    } else {
+        write_human(&mut out, zone, listed)
+    })
+}
+
+/// `backups list --json`, database by database, byte-identical to `to_string_pretty` of
+/// [`ListJson`].
+fn write_json(
+    out: &mut impl Write,
+    now: DateTime<Utc>,
+    timezone: &str,
+    listed: impl Iterator<Item = Result<DatabaseJson, Failure>>,
+) -> Result<(), Stop> {
+    let mut doc = PrettyObject::new(&mut *out);
+    doc.field("generated_at", &now)?;
+    doc.field("timezone", timezone)?;
+    let mut databases = doc.array("databases")?;
+    for d in listed {
+        databases.item(&d?)?;
+        databases.flush()?;
     }
-    for (i, d) in out.iter().enumerate() {
+    databases.end()?.end()?;
+    writeln!(out)?;
+    out.flush()?;
+    Ok(())
+}
+
+/// `backups list`: one block per database, printed once its directory is read.
+fn write_human(
+    out: &mut impl Write,
+    zone: &Zone,
+    listed: impl Iterator<Item = Result<DatabaseJson, Failure>>,
+) -> Result<(), Stop> {
+    for (i, d) in listed.enumerate() {
+        let d = d?;
         if i > 0 {
-            println!();
+            writeln!(out)?;
         }
-        println!("{} ({})", d.database, d.dir);
+        writeln!(out, "{} ({})", d.database, d.dir)?;
         if d.backups.is_empty() {
-            println!("  no backups yet");
+            writeln!(out, "  no backups yet")?;
+            out.flush()?;
             continue;
         }
-        println!(
+        writeln!(
+            out,
             "  {:<27} {:>8} {:>10}  {:<4} {:<8} {:<12}  kept by",
             "time", "age", "size", "zstd", "verified", "sha256"
-        );
+        )?;
         for b in &d.backups {
-            println!(
+            writeln!(
+                out,
                 "  {:<27} {:>8} {:>10}  {:<4} {:<8} {:<12}  {}",
                 zone.format(b.created_at),
                 age(b.age_seconds),
@@ -131,9 +171,10 @@ pub fn list(path: &Path, args: BackupsListArgs) -> Result<ExitCode, Failure> {
                 } else {
                     b.kept_by.join(", ")
                 }
-            );
+            )?;
         }
-        println!(
+        writeln!(
+            out,
             "  total: {} backup{}, {}{}",
             d.count,
             if d.count == 1 { "" } else { "s" },
@@ -143,9 +184,10 @@ pub fn list(path: &Path, args: BackupsListArgs) -> Result<ExitCode, Failure> {
             } else {
                 String::new()
             }
-        );
+        )?;
+        out.flush()?;
     }
-    Ok(ExitCode::Ok)
+    Ok(())
 }
 
 fn to_json(db: &Database, dir: &Path, plan: &[Planned], now: DateTime<Utc>) -> DatabaseJson {
@@ -197,5 +239,70 @@ fn age(secs: i64) -> String {
         s if s >= 3600 => format!("{}h {}m", s / 3600, s % 3600 / 60),
         s if s >= 60 => format!("{}m", s / 60),
         s => format!("{s}s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn databases(n: usize) -> Vec<DatabaseJson> {
+        (0..n)
+            .map(|i| {
+                let backups: Vec<BackupJson> = (0..i % 3)
+                    .map(|j| BackupJson {
+                        file: format!("t{i}-2026112{j}-010002.db.zst"),
+                        path: format!("/var/backups/t{i}/t{i}-2026112{j}-010002.db.zst"),
+                        series: format!("t{i}"),
+                        created_at: utc("2026-11-25T01:00:02Z"),
+                        age_seconds: 65169,
+                        size: 20971520,
+                        compressed: j == 0,
+                        verified: "quick".into(),
+                        sha256: (j == 0).then(|| "99ab27678f350989e810b6ed83b3924c".into()),
+                        kept_by: if j == 0 {
+                            vec!["last".into(), "newest".into()]
+                        } else {
+                            vec![]
+                        },
+                    })
+                    .collect();
+                DatabaseJson {
+                    database: format!("tenant-t{i}"),
+                    dir: format!("/var/backups/\"t{i}\""),
+                    count: backups.len(),
+                    total_bytes: backups.iter().map(|b| b.size).sum(),
+                    expired: backups.iter().filter(|b| b.kept_by.is_empty()).count(),
+                    backups,
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn streamed_json_is_byte_identical_to_the_whole_document() {
+        let now = utc("2026-11-25T19:16:11.5Z");
+        for n in [0, 1, 2, 7] {
+            let whole = serde_json::to_string_pretty(&ListJson {
+                generated_at: now,
+                timezone: "Europe/Berlin".into(),
+                databases: databases(n),
+            })
+            .unwrap()
+                + "\n";
+            let mut out = Vec::new();
+            write_json(
+                &mut out,
+                now,
+                "Europe/Berlin",
+                databases(n).into_iter().map(Ok),
+            )
+            .unwrap();
+            assert_eq!(String::from_utf8(out).unwrap(), whole, "{n} databases");
+        }
     }
 }

@@ -8,6 +8,7 @@ pub mod restore;
 pub mod run;
 pub mod schedule;
 pub mod status;
+pub mod stream_json;
 pub mod units;
 
 use std::path::PathBuf;

@@ -7,7 +7,7 @@
 //! 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (README.md, "status --check").
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
+use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
@@ -22,6 +22,11 @@ use crate::metrics::{self, History};
 use crate::schedule::{Schedule, Zone};
 use crate::state::{RunRecord, State};
 
+use super::stream_json::{self, PrettyObject, Stop};
+
+/// The `--json` document. It is streamed ([`write_json`]), never built whole; this is its
+/// shape, which the streaming test checks byte for byte.
+#[cfg(test)]
 #[derive(Serialize)]
 struct StatusJson {
     generated_at: chrono::DateTime<Utc>,
@@ -39,6 +44,10 @@ struct JobStatus {
     last: Option<RunRecord>,
 }
 
+/// Jobs asked of the state DB per query batch, and printed together: a fleet of thousands
+/// of databases shows its first rows at once instead of after the last query.
+const BATCH: usize = 256;
+
 pub fn run(path: &Path, args: StatusArgs) -> Result<ExitCode, Failure> {
     if args.check {
         let (code, lines) = check(path, &args.max_age, Utc::now());
@@ -54,7 +63,7 @@ pub fn run(path: &Path, args: StatusArgs) -> Result<ExitCode, Failure> {
     let config = super::load_config(path)?;
     let now = Utc::now();
     let zone = &config.daemon.timezone;
-    let state = State::open_existing(&config.daemon.state_dir, config.daemon.keep_history);
+    let state = State::open_existing(&config.daemon.state_dir, config.longest_keep_history());
     for name in &args.databases {
         if config.database(name).is_none() {
             return Err(Failure::new(
@@ -74,21 +83,22 @@ pub fn run(path: &Path, args: StatusArgs) -> Result<ExitCode, Failure> {
                 .map(move |k| (db, k))
         })
         .collect();
-    // One query per job on one connection (a fleet has thousands of databases).
-    let keys: Vec<(String, JobKind)> = wanted.iter().map(|(d, k)| (d.name.clone(), *k)).collect();
-    let lasts = match &state {
-        Some(s) => s.last_runs(&keys).or_exit(ExitCode::IoErr)?,
-        None => vec![None; keys.len()],
-    };
-    let mut jobs = Vec::new();
-    for ((db, kind), last) in wanted.into_iter().zip(lasts) {
-        {
-            let Some(timing) = db.timing(kind) else {
+    // One query per job on one connection per batch (a fleet has thousands of databases).
+    let mut batches = wanted.chunks(BATCH).map(|batch| {
+        let keys: Vec<(String, JobKind)> =
+            batch.iter().map(|(d, k)| (d.name.clone(), *k)).collect();
+        let lasts = match &state {
+            Some(s) => s.last_runs(&keys).or_exit(ExitCode::IoErr)?,
+            None => vec![None; keys.len()],
+        };
+        let mut jobs = Vec::with_capacity(batch.len());
+        for ((db, kind), last) in batch.iter().zip(lasts) {
+            let Some(timing) = db.timing(*kind) else {
                 continue;
             };
             jobs.push(JobStatus {
                 database: db.name.clone(),
-                job: kind,
+                job: *kind,
                 schedule: timing.schedule.as_ref().map(|s| s.text().to_string()),
                 next_run: timing
                     .schedule
@@ -97,60 +107,101 @@ pub fn run(path: &Path, args: StatusArgs) -> Result<ExitCode, Failure> {
                 last,
             });
         }
+        Ok(jobs)
+    });
+    // The first batch before any output: an unreadable state DB prints nothing but the error.
+    let first = batches.next().transpose()?;
+    let batches = first.into_iter().map(Ok).chain(batches);
+    let mut out = stream_json::stdout();
+    stream_json::finish(if args.json {
+        let state_db = config.daemon.state_dir.join("state.db");
+        write_json(
+            &mut out,
+            now,
+            &zone.to_string(),
+            &state_db.display().to_string(),
+            batches,
+        )
+    } else {
+        if wanted.is_empty() {
+            writeln!(out, "no jobs configured in {}", config.file.display()).map_err(Stop::from)
+        } else {
+            Ok(())
+        }
+        .and_then(|()| write_table(&mut out, zone, batches))
+    })
+}
+
+/// `status --json`, batch by batch, byte-identical to `to_string_pretty` of [`StatusJson`].
+fn write_json(
+    out: &mut impl Write,
+    now: DateTime<Utc>,
+    timezone: &str,
+    state_db: &str,
+    batches: impl Iterator<Item = Result<Vec<JobStatus>, Failure>>,
+) -> Result<(), Stop> {
+    let mut doc = PrettyObject::new(&mut *out);
+    doc.field("generated_at", &now)?;
+    doc.field("timezone", timezone)?;
+    doc.field("state_db", state_db)?;
+    let mut jobs = doc.array("jobs")?;
+    for batch in batches {
+        for j in &batch? {
+            jobs.item(j)?;
+        }
+        jobs.flush()?;
     }
-    if args.json {
-        let out = StatusJson {
-            generated_at: now,
-            timezone: zone.to_string(),
-            state_db: config
-                .daemon
-                .state_dir
-                .join("state.db")
-                .display()
-                .to_string(),
-            jobs,
-        };
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&out).or_exit(ExitCode::Failed)?
-        );
-        return Ok(ExitCode::Ok);
-    }
-    if jobs.is_empty() {
-        println!("no jobs configured in {}", config.file.display());
-    }
-    println!(
+    jobs.end()?.end()?;
+    writeln!(out)?;
+    out.flush()?;
+    Ok(())
+}
+
+/// `status`: the table, batch by batch. The columns have fixed widths, so no row waits for
+/// the others.
+fn write_table(
+    out: &mut impl Write,
+    zone: &Zone,
+    batches: impl Iterator<Item = Result<Vec<JobStatus>, Failure>>,
+) -> Result<(), Stop> {
+    writeln!(
+        out,
         "{:<16} {:<7} {:<12} {:<26} {:>9}  {:<26}  summary",
         "database", "job", "last", "at", "took", "next"
-    );
-    for j in &jobs {
-        let (outcome, at, took, summary) = match &j.last {
-            Some(r) => (
-                r.outcome.clone(),
-                zone.format(r.started),
-                r.duration_ms
-                    .map(|d| format!("{d} ms"))
-                    .unwrap_or_else(|| "-".into()),
-                r.summary.clone(),
-            ),
-            None => ("never".into(), "-".into(), "-".into(), String::new()),
-        };
-        let next = match (&j.next_run, &j.schedule) {
-            (Some(t), _) => zone.format(*t),
-            (None, None) => "on demand".into(),
-            (None, Some(_)) => "-".into(),
-        };
-        println!(
-            "{:<16} {:<7} {:<12} {:<26} {:>9}  {:<26}  {summary}",
-            j.database,
-            j.job.as_str(),
-            outcome,
-            at,
-            took,
-            next
-        );
+    )?;
+    out.flush()?;
+    for batch in batches {
+        for j in &batch? {
+            let (outcome, at, took, summary) = match &j.last {
+                Some(r) => (
+                    r.outcome.clone(),
+                    zone.format(r.started),
+                    r.duration_ms
+                        .map(|d| format!("{d} ms"))
+                        .unwrap_or_else(|| "-".into()),
+                    r.summary.clone(),
+                ),
+                None => ("never".into(), "-".into(), "-".into(), String::new()),
+            };
+            let next = match (&j.next_run, &j.schedule) {
+                (Some(t), _) => zone.format(*t),
+                (None, None) => "on demand".into(),
+                (None, Some(_)) => "-".into(),
+            };
+            writeln!(
+                out,
+                "{:<16} {:<7} {:<12} {:<26} {:>9}  {:<26}  {summary}",
+                j.database,
+                j.job.as_str(),
+                outcome,
+                at,
+                took,
+                next
+            )?;
+        }
+        out.flush()?;
     }
-    Ok(ExitCode::Ok)
+    Ok(())
 }
 
 /// Severity of a `status --check` result, ordered; the exit code is the worst one.
@@ -391,6 +442,62 @@ mod tests {
         assert_eq!(age("*/15 * * * *", 0, "2026-03-04T12:07:00Z"), "30m");
         // Weekdays only: on a Monday the weekend gap (3 days) is in the window.
         assert_eq!(age("0 2 * * MON-FRI", 0, "2026-03-02T01:00:00Z"), "6d");
+    }
+
+    fn jobs(n: usize) -> Vec<JobStatus> {
+        (0..n)
+            .map(|i| JobStatus {
+                database: format!("tenant-{i:05}"),
+                job: JobKind::ALL[i % JobKind::ALL.len()],
+                schedule: (i % 3 != 0).then(|| "0 2 * * *".to_string()),
+                next_run: (i % 3 != 0).then(|| utc("2026-11-25T01:00:00.123456789Z")),
+                last: (i % 2 == 0).then(|| RunRecord {
+                    id: format!("run-{i}"),
+                    trigger: "schedule".into(),
+                    started: utc("2026-11-24T01:00:00.5Z"),
+                    finished: (i % 4 == 0).then(|| utc("2026-11-24T01:00:01Z")),
+                    duration_ms: (i % 4 == 0).then_some(500),
+                    outcome: "ok".into(),
+                    summary: "wrote \"x\"\nand ü".into(),
+                    error: None,
+                    figures: serde_json::json!({
+                        "bytes_after": 21495808,
+                        "rules": [{"rule": "rule[0]", "deleted": 3}, {}],
+                        "empty": [],
+                    }),
+                }),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn streamed_json_is_byte_identical_to_the_whole_document() {
+        let now = utc("2026-11-25T00:10:00.987654321Z");
+        for n in [0, 1, 2, BATCH, BATCH + 1, 3 * BATCH + 7] {
+            let whole = serde_json::to_string_pretty(&StatusJson {
+                generated_at: now,
+                timezone: "Europe/Berlin".into(),
+                state_db: "/var/lib/litekeeper/state.db".into(),
+                jobs: jobs(n),
+            })
+            .unwrap()
+                + "\n";
+            let mut all = jobs(n).into_iter();
+            let batches = std::iter::from_fn(|| {
+                let b: Vec<JobStatus> = all.by_ref().take(BATCH).collect();
+                (!b.is_empty()).then_some(Ok(b))
+            });
+            let mut out = Vec::new();
+            write_json(
+                &mut out,
+                now,
+                "Europe/Berlin",
+                "/var/lib/litekeeper/state.db",
+                batches,
+            )
+            .unwrap();
+            assert_eq!(String::from_utf8(out).unwrap(), whole, "{n} jobs");
+        }
     }
 
     #[test]
