@@ -19,7 +19,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use chrono::{DateTime, Offset, TimeZone, Utc};
+use chrono::{DateTime, Offset, TimeZone, Timelike, Utc};
 use croner::parser::{CronParser, Seconds, Year};
 use croner::{Cron, JobType};
 
@@ -192,6 +192,8 @@ impl Schedule {
 
     /// The first run strictly after `after`, reading the expression in `zone`.
     pub fn next_after(&self, after: DateTime<Utc>, zone: &Zone) -> Option<DateTime<Utc>> {
+        // Cron times are whole seconds; croner would carry `after`'s fraction into its answer.
+        let after = after.with_nanosecond(0).unwrap_or(after);
         match zone {
             Zone::Local => self.next_in(after, &chrono::Local),
             Zone::Utc => self.next_in(after, &Utc),
@@ -201,6 +203,12 @@ impl Schedule {
 
     /// The last run strictly before `before` (for catch-up after downtime).
     pub fn prev_before(&self, before: DateTime<Utc>, zone: &Zone) -> Option<DateTime<Utc>> {
+        // Whole seconds (see `next_after`): from the next whole second, which keeps a run at
+        // `before`'s own second, earlier than `before` itself.
+        let before = match before.timestamp_subsec_nanos() {
+            0 => before,
+            n => before + chrono::Duration::nanoseconds(1_000_000_000 - i64::from(n)),
+        };
         match zone {
             Zone::Local => self.prev_in(before, &chrono::Local),
             Zone::Utc => self.prev_in(before, &Utc),
@@ -399,6 +407,37 @@ mod tests {
     fn next(expr: &str, after: &str, z: &str) -> String {
         let s = Schedule::parse(expr).unwrap();
         s.next_after(utc(after), &zone(z)).unwrap().to_rfc3339()
+    }
+
+    #[test]
+    fn run_times_are_whole_seconds_and_strictly_later() {
+        for text in ["*/5 * * * *", "* * * * * *", "30 4 * * *"] {
+            let s = Schedule::parse(text).unwrap();
+            for after in [
+                "2026-03-01T04:29:59.600Z",
+                "2026-03-01T04:30:00.200Z",
+                "2026-03-01T04:30:00Z",
+                "2026-03-01T04:30:59.999999999Z",
+            ] {
+                let after = utc(after);
+                for zone in [Zone::Utc, Zone::parse("Europe/Berlin").unwrap()] {
+                    let next = s.next_after(after, &zone).unwrap();
+                    assert_eq!(
+                        next.timestamp_subsec_nanos(),
+                        0,
+                        "{text} after {after}: {next}"
+                    );
+                    assert!(next > after, "{text} after {after}: {next}");
+                    let prev = s.prev_before(after, &zone).unwrap();
+                    assert_eq!(
+                        prev.timestamp_subsec_nanos(),
+                        0,
+                        "{text} before {after}: {prev}"
+                    );
+                    assert!(prev < after, "{text} before {after}: {prev}");
+                }
+            }
+        }
     }
 
     #[test]
