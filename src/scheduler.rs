@@ -91,8 +91,59 @@ impl Scheduler {
     }
 
     /// Run, once, every job whose last scheduled time passed since its last recorded run
-    /// (like systemd's `Persistent=true`). Jobs that never ran are not caught up.
+    /// (like systemd's `Persistent=true`). Jobs that never ran are not caught up. A fleet's
+    /// members are judged one by one and fed like a tick, spread over the job's jitter.
     pub async fn catch_up(&self) {
+        self.catch_up_plain().await;
+        self.catch_up_fleets().await;
+    }
+
+    async fn catch_up_fleets(&self) {
+        let env = self.inner.env();
+        if !env.config.daemon.catch_up {
+            return;
+        }
+        let now = Utc::now();
+        let zone = env.config.daemon.timezone.clone();
+        for (fleet, kind, timing) in env.config.fleet_jobs() {
+            let Some(schedule) = &timing.schedule else {
+                continue;
+            };
+            let state = env.state.clone();
+            let Ok(Ok(last)) = tokio::task::spawn_blocking(move || state.last_starts(kind)).await
+            else {
+                continue;
+            };
+            let due: Vec<String> = env
+                .config
+                .databases
+                .iter()
+                .filter(|d| d.fleet.as_deref() == Some(fleet.name.as_str()))
+                .filter(|d| {
+                    last.get(&d.name).is_some_and(|&l| {
+                        schedule.next_after(l, &zone).is_some_and(|due| due < now)
+                    })
+                })
+                .map(|d| d.name.clone())
+                .collect();
+            if due.is_empty() {
+                continue;
+            }
+            tracing::info!(
+                "{} fleet {}: {} database(s) missed a scheduled run while stopped; catching up",
+                kind.as_str(),
+                fleet.name,
+                due.len()
+            );
+            let inner = self.inner.clone();
+            let jitter = timing.jitter;
+            self.inner.tracker.spawn(async move {
+                inner.feed(due, kind, Trigger::CatchUp, jitter).await;
+            });
+        }
+    }
+
+    async fn catch_up_plain(&self) {
         let env = self.inner.env();
         if !env.config.daemon.catch_up {
             return;
@@ -316,29 +367,40 @@ impl Inner {
             tracing::debug!("fleet {raw_name}: {s}");
         }
         self.update_fleet(&raw_name, &members);
-        let mut plan: Vec<(std::time::Duration, String)> = members
-            .iter()
-            .map(|m| (crate::schedule::jitter_delay(jitter), m.name.clone()))
-            .collect();
+        let names = members.iter().map(|m| m.name.clone()).collect();
         drop(members);
+        self.feed(names, kind, Trigger::Schedule, jitter).await;
+    }
+
+    /// Start `kind` for each of `names` after its own random share of `jitter`, in order of
+    /// those delays, each only once a permit is free (one task for a whole fleet).
+    async fn feed(
+        self: &Arc<Self>,
+        names: Vec<String>,
+        kind: JobKind,
+        trigger: Trigger,
+        jitter: std::time::Duration,
+    ) {
+        let cancel = self.env().cancel;
+        let mut plan: Vec<(std::time::Duration, String)> = names
+            .into_iter()
+            .map(|name| (crate::schedule::jitter_delay(jitter), name))
+            .collect();
         plan.sort_unstable();
         let start = tokio::time::Instant::now();
         for (delay, name) in plan {
             tokio::select! {
-                _ = env.cancel.cancelled() => return,
+                _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep_until(start + delay) => {}
             }
             let permits = self.current.lock().unwrap().permits.clone();
             let permit = tokio::select! {
-                _ = env.cancel.cancelled() => return,
+                _ = cancel.cancelled() => return,
                 p = permits.acquire_owned() => p.ok(),
             };
             let inner = self.clone();
-            self.tracker.spawn(async move {
-                inner
-                    .dispatch_with(name, kind, Trigger::Schedule, permit)
-                    .await
-            });
+            self.tracker
+                .spawn(async move { inner.dispatch_with(name, kind, trigger, permit).await });
         }
     }
 

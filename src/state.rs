@@ -260,6 +260,22 @@ impl State {
         })
     }
 
+    /// When each database's runs of `job` last started (a fleet's catch-up asks for thousands).
+    pub fn last_starts(
+        &self,
+        job: JobKind,
+    ) -> Result<std::collections::HashMap<String, DateTime<Utc>>, StateError> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT database, max(started_at) FROM runs WHERE job = ?1 GROUP BY database",
+            )?;
+            let rows = st.query_map([job.as_str()], |r| {
+                Ok((r.get::<_, String>(0)?, from_ms(r.get(1)?)))
+            })?;
+            rows.collect()
+        })
+    }
+
     /// Number of recorded runs (for tests and `status`).
     pub fn count(&self) -> Result<i64, StateError> {
         self.with(|c| c.query_row("SELECT count(*) FROM runs", [], |r| r.get(0)))

@@ -101,3 +101,59 @@ fn catch_up_can_be_turned_off() {
     let got = run_daemon_for(&env, Duration::from_secs(2), false);
     assert!(got.is_empty(), "{got:?}");
 }
+
+/// A fleet's members are caught up one by one: only the member whose run was missed runs
+/// (spread over the job's jitter), not the one that ran since, nor the one that never ran.
+#[test]
+fn a_fleet_catches_up_only_the_members_that_missed_a_run() {
+    let env = TestEnv::new();
+    for t in ["t00", "t01", "t02"] {
+        env.sqlite(&format!("tenants/{t}.db"), "CREATE TABLE t(x);");
+    }
+    env.write_config(&format!(
+        "{}[[database]]\nname = \"tenant-{{stem}}\"\npath = \"{}/*.db\"\n[database.backup]\nschedule = \"0 0 1 1 *\"\njitter = \"1s\"\ndir = \"{}/{{name}}\"\n",
+        env.daemon_section("timezone = \"UTC\""),
+        env.path("tenants").display(),
+        env.path("backups").display()
+    ));
+    let state = State::open(&env.path("state"), Duration::from_secs(10 * 365 * 86400)).unwrap();
+    let missed = Utc.with_ymd_and_hms(2025, 12, 30, 0, 0, 0).unwrap();
+    let recent = Utc::now() - chrono::Duration::hours(1);
+    for (id, db, at) in [
+        ("old-run", "tenant-t00", missed),
+        ("old-run-2", "tenant-t01", recent),
+    ] {
+        state
+            .start(id, db, JobKind::Backup, Trigger::Schedule, at)
+            .unwrap();
+    }
+    let child = env
+        .std_cmd()
+        .arg("daemon")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _guard = Daemon(child);
+    let runs = || -> Vec<(String, String)> {
+        let c = rusqlite::Connection::open(env.path("state/state.db")).unwrap();
+        let mut s = c
+            .prepare(
+                "SELECT database, trigger FROM runs WHERE id NOT LIKE 'old-run%' \
+                 AND finished_at IS NOT NULL ORDER BY database",
+            )
+            .unwrap();
+        s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while runs().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(runs(), [("tenant-t00".to_string(), "catch-up".to_string())]);
+    assert!(env.path("backups/tenant-t00/manifest.json").exists());
+    assert!(!env.path("backups/tenant-t02").exists());
+}
