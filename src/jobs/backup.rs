@@ -459,6 +459,11 @@ fn copy_snapshot(
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(sql(tmp.display().to_string()))?;
+    // The copy is a temporary file until it is fsynced and renamed: SQLite need not journal
+    // or sync it (a crash leaves a temp file that the next run removes). Its data is synced
+    // once, by `copy_one`, while the hash is computed.
+    dst.execute_batch("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;")
+        .map_err(sql(format!("{}: settings of the copy", tmp.display())))?;
     conn.execute_batch("BEGIN")
         .map_err(sql(format!("{shown}: begin read transaction")))?;
     let result = (|| -> Result<Snapshot, JobError> {
