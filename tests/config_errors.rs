@@ -96,7 +96,7 @@ fn cases() -> Vec<Case> {
         },
         Case {
             name: "bad duration: a word",
-            text: "[[database]]\nname = \"chat\"\npath = \"/srv/app/chat.db\"\nwait_timeout = \"ninety\"\n",
+            text: "[[database]]\nname = \"chat\"\npath = \"/srv/app/chat.db\"\nwait_timeout = \"ninety\"\non_busy = \"wait\"\n",
             pos: "4:16",
             says: &[
                 "database \"chat\" wait_timeout:",

@@ -676,6 +676,13 @@ fn database(c: &mut Checker, key: &KeyPath, rd: &RawDatabase, daemon: &Daemon) -
         });
     }
     let wait_timeout = c.opt_duration(&key.key("wait_timeout"), rd.wait_timeout.as_ref());
+    if rd.wait_timeout.is_some() && rd.on_busy.as_deref() != Some("wait") {
+        c.fail(
+            &key.key("wait_timeout"),
+            "`wait_timeout` applies only with on_busy = \"wait\" (the default, \"skip\", never waits)",
+            rd.wait_timeout.clone(),
+        );
+    }
     let on_busy = c.choice(
         &key.key("on_busy"),
         rd.on_busy.as_ref(),
@@ -948,6 +955,13 @@ fn prune(c: &mut Checker, key: &KeyPath, p: &RawPrune, aliases: &[&str]) -> Prun
                 r.column.clone(),
             );
         }
+        if r.time_format.is_some() && !matches!(rule, Rule::Age { .. }) {
+            c.fail(
+                &k.key("time_format"),
+                "`time_format` belongs to age rules only (older_than + column)",
+                r.time_format.clone(),
+            );
+        }
         rules.push(rule);
     }
     let mut files = Vec::new();
@@ -1018,7 +1032,17 @@ fn prune(c: &mut Checker, key: &KeyPath, p: &RawPrune, aliases: &[&str]) -> Prun
                 ],
                 FileAction::Delete,
             ),
-            quarantine_days: c.count(&k.key("quarantine_days"), f.quarantine_days, 7),
+            quarantine_days: {
+                if f.quarantine_days.is_some() && f.action.as_deref() != Some("quarantine") {
+                    c.fail(
+                        &k.key("quarantine_days"),
+                        "`quarantine_days` applies only with action = \"quarantine\" (the \
+                         default, \"delete\", deletes at once)",
+                        f.quarantine_days.map(|d| d.to_string()),
+                    );
+                }
+                c.count(&k.key("quarantine_days"), f.quarantine_days, 7)
+            },
             allow_empty_reference: f.allow_empty_reference.unwrap_or(false),
         });
     }
@@ -1087,6 +1111,13 @@ fn vacuum(c: &mut Checker, key: &KeyPath, v: &RawVacuum) -> Vacuum {
 }
 
 fn backup(c: &mut Checker, key: &KeyPath, b: &RawBackup, name: &str, daemon: &Daemon) -> Backup {
+    if b.compress_level.is_some() && b.compress.as_deref() != Some("zstd") {
+        c.fail(
+            &key.key("compress_level"),
+            "`compress_level` applies only with compress = \"zstd\" (the default is \"none\")",
+            b.compress_level.map(|l| l.to_string()),
+        );
+    }
     let level = match b.compress_level {
         None => 3,
         Some(l) if (1..=22).contains(&l) => l as i32,
