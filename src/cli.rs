@@ -81,7 +81,7 @@ pub enum Command {
     /// Example: litekeeper daemon -c /etc/litekeeper/litekeeper.toml
     Daemon,
 
-    /// Run one job on one database now, on the daemon's code path (systemd timers call this).
+    /// Run one job on one database now, on the daemon's code path (systemd timers call this)
     ///
     /// Takes the database's lock first. If another job holds it, exits 75 naming the holder
     /// (on_busy = "skip") or waits for it (on_busy = "wait", or --wait).
@@ -90,9 +90,11 @@ pub enum Command {
     ///   litekeeper run chat backup
     ///   litekeeper run chat prune --dry-run
     ///   litekeeper run chat vacuum --wait 10m
+    ///   litekeeper run tenant backup          (fleet "tenant-{stem}": every member)
+    #[command(verbatim_doc_comment)]
     Run(RunArgs),
 
-    /// Check the configuration and every database: reachable, writable, WAL, not corrupt.
+    /// Check the configuration and every database: reachable, writable, WAL, not corrupt
     ///
     /// Says for each database what is wrong and what to do (missing directory or file,
     /// permissions, not a database, corrupt, locked, I/O error, journal mode). Exits 1 when any
@@ -101,13 +103,15 @@ pub enum Command {
     /// Examples:
     ///   litekeeper check
     ///   litekeeper check chat files
+    #[command(verbatim_doc_comment)]
     Check(CheckArgs),
 
-    /// Last and next run of every job, read from the state database (no daemon needed).
+    /// Last and next run of every job, read from the state database (no daemon needed)
     ///
     /// Examples:
     ///   litekeeper status
     ///   litekeeper status --json | jq '.jobs[] | select(.last.outcome == "failed")'
+    #[command(verbatim_doc_comment)]
     Status(StatusArgs),
 
     /// Next run times of every scheduled job, in the configured time zone and in UTC.
@@ -119,7 +123,7 @@ pub enum Command {
     #[command(subcommand)]
     Backups(BackupsCommand),
 
-    /// Restore a database from a verified backup (to a new path, or in place).
+    /// Restore a database from a verified backup (to a new path, or in place)
     ///
     /// The backup's SHA-256 (from the manifest) and integrity are checked first. By default the
     /// restored copy is written to a new path (--to); --in-place replaces the live database
@@ -129,6 +133,7 @@ pub enum Command {
     ///   litekeeper restore chat --to /tmp/chat-restored.db
     ///   litekeeper restore chat chatbot-20260101-020000.db.zst --to /tmp/old.db
     ///   systemctl stop chatapp && litekeeper restore chat --in-place
+    #[command(verbatim_doc_comment)]
     Restore(RestoreArgs),
 
     /// Build a realistic sample (chat DB, blob DB, uploads) and run every job on it.
@@ -194,7 +199,8 @@ pub enum JobArg {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Database name, as in `[[database]] name = "…"`.
+    /// Database name, as in `[[database]] name = "…"`, or a fleet's name without {stem}
+    /// (`tenant` for `tenant-{stem}`: every current member, `max_concurrent_jobs` at a time).
     pub database: String,
     /// Job to run.
     #[arg(value_enum)]
@@ -210,13 +216,13 @@ pub struct RunArgs {
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
-    /// Only these databases (default: all).
+    /// Only these databases or fleets (a fleet's name without {stem}; default: all).
     pub databases: Vec<String>,
 }
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// Only these databases (default: all).
+    /// Only these databases or fleets (a fleet's name without {stem}; default: all).
     pub databases: Vec<String>,
     /// Print JSON (a stable contract, documented in README.md).
     #[arg(long, conflicts_with = "check")]
@@ -261,12 +267,13 @@ pub enum BackupsCommand {
     /// Examples:
     ///   litekeeper backups list
     ///   litekeeper backups list chat --json
+    #[command(verbatim_doc_comment)]
     List(BackupsListArgs),
 }
 
 #[derive(Debug, Args)]
 pub struct BackupsListArgs {
-    /// Only this database (default: all with a backup section).
+    /// Only this database or fleet (default: all with a backup section).
     pub database: Option<String>,
     /// Print JSON (a stable contract, documented in README.md).
     #[arg(long)]

@@ -248,3 +248,144 @@ fn fleet_members_keep_a_week_of_history_unless_told_otherwise() {
         "the 30-day-old run went, the 10-day-old stayed"
     );
 }
+
+/// A fleet is run as a whole by its handle (`tenant` for `tenant-{stem}`), which is what its
+/// timer does: every current member runs, one failing member fails the run but not the others.
+#[test]
+fn the_fleet_runs_as_a_whole_by_its_handle() {
+    let env = TestEnv::new();
+    for i in 0..3 {
+        tenant(&env, i);
+    }
+    config(&env, "");
+    let o = env
+        .cmd()
+        .args(["run", "tenant", "backup"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("backup fleet tenant: 3 database(s): 3 ok, 0 busy, 0 failed"),
+        "{out}"
+    );
+    for i in 0..3 {
+        assert_eq!(ok_runs(&env, &format!("tenant-t{i:02}")), 1);
+        assert!(env
+            .path(&format!("backups/tenant-t{i:02}/manifest.json"))
+            .exists());
+    }
+
+    // `status`, `backups list` and `check` take the handle too: every member.
+    let o = env
+        .cmd()
+        .args(["status", "--json", "tenant"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["jobs"].as_array().unwrap().len(), 3, "{v}");
+    let o = env
+        .cmd()
+        .args(["backups", "list", "--json", "tenant"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["databases"].as_array().unwrap().len(), 3, "{v}");
+    let o = env.cmd().args(["check", "tenant"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+
+    // A member that is no database: the run fails with that member's code, the others run.
+    std::fs::write(
+        env.path("tenants/t01.db"),
+        b"not a database at all, just text",
+    )
+    .unwrap();
+    let o = env
+        .cmd()
+        .args(["run", "tenant", "backup"])
+        .output()
+        .unwrap();
+    assert_ne!(o.status.code(), Some(0), "{}", both(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("backup fleet tenant: 3 database(s): 2 ok, 0 busy, 1 failed (tenant-t01)"),
+        "{err}"
+    );
+    assert_eq!(ok_runs(&env, "tenant-t00"), 2);
+    assert_eq!(ok_runs(&env, "tenant-t02"), 2);
+    assert_eq!(ok_runs(&env, "tenant-t01"), 1);
+
+    // Unknown names list the fleet's handle, not its thousands of members.
+    let o = env
+        .cmd()
+        .args(["run", "tenants", "backup"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(64), "{}", both(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("(configured: tenant)"), "{err}");
+
+    // A plain database may not take the fleet's handle.
+    let text = std::fs::read_to_string(env.config_path()).unwrap();
+    std::fs::write(
+        env.config_path(),
+        format!(
+            "{text}[[database]]\nname = \"tenant\"\npath = \"{}\"\n",
+            env.path("tenants/t00.db").display()
+        ),
+    )
+    .unwrap();
+    let o = env.cmd().arg("check").output().unwrap();
+    assert_eq!(o.status.code(), Some(78), "{}", both(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("called \"tenant\""),
+        "{}",
+        both(&o)
+    );
+}
+
+/// `systemd-units` makes one timer per fleet job (the handle as its instance), not one per
+/// member, and opens the fleet's fixed directories, so members added later are covered.
+#[test]
+fn a_fleet_gets_one_timer_per_job_and_its_fixed_directories() {
+    let env = TestEnv::new();
+    for i in 0..3 {
+        tenant(&env, i);
+    }
+    config(&env, "schedule = \"0 2 * * *\"\n");
+    let out = env.path("units");
+    let o = env
+        .cmd()
+        .args(["systemd-units", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let timer = std::fs::read_to_string(out.join("litekeeper-backup@tenant.timer.d/schedule.conf"))
+        .unwrap();
+    assert!(timer.contains("OnCalendar=*-*-* 02:00:00 UTC"), "{timer}");
+    let names: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !names.iter().any(|n| n.contains("tenant-t0")),
+        "no timer per member: {names:?}"
+    );
+    let paths = std::fs::read_to_string(out.join("litekeeper.service.d/paths.conf")).unwrap();
+    for dir in ["tenants", "backups"] {
+        assert!(
+            paths.contains(&format!("ReadWritePaths=-{}\n", env.path(dir).display())),
+            "{dir}: {paths}"
+        );
+    }
+    assert!(
+        !paths.contains("tenant-t0"),
+        "no member directories: {paths}"
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("litekeeper-backup@tenant.timer"),
+        "{}",
+        both(&o)
+    );
+}

@@ -59,6 +59,14 @@ pub fn list(path: &Path, args: BackupsListArgs) -> Result<ExitCode, Failure> {
     let now = Utc::now();
     let zone = &config.daemon.timezone;
     let dbs: Vec<&Database> = match &args.database {
+        Some(name) if config.database(name).is_none() && config.fleet_by_handle(name).is_some() => {
+            let fleet = config.fleet_by_handle(name).expect("checked");
+            config
+                .members(fleet)
+                .filter(|d| d.backup.is_some())
+                .map(|d| d.as_ref())
+                .collect()
+        }
         Some(name) => {
             let db = config.database(name).ok_or_else(|| {
                 Failure::new(

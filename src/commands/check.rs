@@ -12,14 +12,7 @@ use crate::sqlite::{self, Severity};
 
 pub fn run(path: &Path, args: CheckArgs) -> Result<ExitCode, Failure> {
     let config = super::load_config(path)?;
-    for name in &args.databases {
-        if config.database(name).is_none() {
-            return Err(Failure::new(
-                ExitCode::Usage,
-                anyhow::anyhow!("no database named {name:?} in {}", config.file.display()),
-            ));
-        }
-    }
+    let selected = super::selected(&config, &args.databases)?;
     let n = config.databases.len();
     println!(
         "{}: configuration ok ({n} database{})",
@@ -36,7 +29,7 @@ pub fn run(path: &Path, args: CheckArgs) -> Result<ExitCode, Failure> {
     }
     let timeout = config.daemon.busy_timeout;
     for db in &config.databases {
-        if !args.databases.is_empty() && !args.databases.contains(&db.name) {
+        if selected.as_ref().is_some_and(|s| !s.contains(&db.name)) {
             continue;
         }
         let want_wal = db.journal_mode == JournalMode::Wal;

@@ -62,6 +62,44 @@ pub fn load_config(path: &std::path::Path) -> Result<Config, Failure> {
     Ok(config::load(path)?)
 }
 
+/// The databases named on the command line (a fleet's handle names all its current members);
+/// None when no name was given (all of them). An unknown name is a usage error.
+pub fn selected(
+    config: &Config,
+    names: &[String],
+) -> Result<Option<std::collections::HashSet<String>>, Failure> {
+    if names.is_empty() {
+        return Ok(None);
+    }
+    let mut set = std::collections::HashSet::new();
+    for name in names {
+        if config.database(name).is_some() {
+            set.insert(name.clone());
+        } else if let Some(fleet) = config.fleet_by_handle(name) {
+            set.extend(config.members(fleet).map(|d| d.name.clone()));
+        } else {
+            return Err(Failure::new(
+                ExitCode::Usage,
+                anyhow::anyhow!(
+                    "no {} named {name:?} in {}",
+                    what_is_named(config),
+                    config.file.display()
+                ),
+            ));
+        }
+    }
+    Ok(Some(set))
+}
+
+/// "database", or "database or fleet" when fleets are configured (for "no … named").
+pub fn what_is_named(config: &Config) -> &'static str {
+    if config.fleets.is_empty() {
+        "database"
+    } else {
+        "database or fleet"
+    }
+}
+
 /// A runtime for the one-shot commands: blocking threads do the SQLite work.
 pub fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
     tokio::runtime::Builder::new_multi_thread()

@@ -23,32 +23,30 @@ pub fn job_kind(arg: JobArg) -> JobKind {
 pub fn run(path: &Path, args: RunArgs) -> Result<ExitCode, Failure> {
     let config = Arc::new(super::load_config(path)?);
     let kind = job_kind(args.job);
-    let db = config.database(&args.database).cloned().ok_or_else(|| {
-        let names: Vec<&str> = config.databases.iter().map(|d| d.name.as_str()).collect();
-        Failure::new(
-            ExitCode::Usage,
-            anyhow::anyhow!(
-                "no database named {:?} in {} (configured: {})",
-                args.database,
-                config.file.display(),
-                if names.is_empty() {
-                    "none".to_string()
-                } else {
-                    names.join(", ")
+    // A database, or a whole fleet by its handle (`tenant` for `tenant-{stem}`).
+    let targets: Vec<Arc<crate::config::Database>> = match config.database(&args.database) {
+        Some(db) => vec![db.clone()],
+        None => match config.fleet_by_handle(&args.database) {
+            Some(fleet) => {
+                if fleet.template.timing(kind).is_none() {
+                    return Err(no_section(&config, &fleet.name, kind));
                 }
-            ),
-        )
-    })?;
+                config.members(fleet).cloned().collect()
+            }
+            None => return Err(unknown_database(&config, &args.database)),
+        },
+    };
+    let Some(db) = targets.first().cloned() else {
+        // A fleet whose directory has no member right now: nothing to do.
+        println!(
+            "{} {}: the fleet has no databases now; nothing to do",
+            kind.as_str(),
+            args.database
+        );
+        return Ok(ExitCode::Ok);
+    };
     if db.timing(kind).is_none() {
-        return Err(Failure::new(
-            ExitCode::Config,
-            anyhow::anyhow!(
-                "{}: database {:?} has no [database.{}] section; add one to enable this job",
-                config.file.display(),
-                db.name,
-                kind.as_str()
-            ),
-        ));
+        return Err(no_section(&config, &db.name, kind));
     }
     let on_busy = match args.wait.as_deref() {
         None => None,
@@ -66,7 +64,13 @@ pub fn run(path: &Path, args: RunArgs) -> Result<ExitCode, Failure> {
     let state = State::open(&config.daemon.state_dir, config.longest_keep_history())
         .or_exit(ExitCode::CantCreate)?;
     let rt = super::runtime()?;
-    let report = rt.block_on(async {
+    let trigger = if std::env::var("LITEKEEPER_TRIGGER").as_deref() == Ok("timer") {
+        Trigger::Timer
+    } else {
+        Trigger::Cli
+    };
+    let fleet = config.database(&args.database).is_none();
+    let exits = rt.block_on(async {
         let cancel = CancellationToken::new();
         spawn_signal_cancel(cancel.clone());
         let env = Env {
@@ -75,26 +79,135 @@ pub fn run(path: &Path, args: RunArgs) -> Result<ExitCode, Failure> {
             state,
             cancel,
         };
-        let req = Request {
-            db,
-            kind,
-            trigger: if std::env::var("LITEKEEPER_TRIGGER").as_deref() == Ok("timer") {
-                Trigger::Timer
-            } else {
-                Trigger::Cli
-            },
-            dry_run: args.dry_run,
-            on_busy,
-        };
-        jobs::execute(&env, req).await
+        // A fleet's members run `max_concurrent_jobs` at a time, as in the daemon.
+        let permits = Arc::new(tokio::sync::Semaphore::new(
+            config.daemon.max_concurrent_jobs,
+        ));
+        let mut set = tokio::task::JoinSet::new();
+        for db in targets {
+            let (env, permits) = (env.clone(), permits.clone());
+            let req = Request {
+                db,
+                kind,
+                trigger,
+                dry_run: args.dry_run,
+                on_busy,
+            };
+            set.spawn(async move {
+                let _permit = permits.acquire_owned().await;
+                if env.cancel.is_cancelled() {
+                    return None;
+                }
+                let report = jobs::execute(&env, req).await;
+                // Under systemd the journal already has the finish event with every field.
+                if !crate::logging::to_journal() {
+                    print_report(&report);
+                }
+                Some((report.database, report.exit))
+            });
+        }
+        let mut exits = Vec::new();
+        while let Some(done) = set.join_next().await {
+            if let Ok(Some(exit)) = done {
+                exits.push(exit);
+            }
+        }
+        exits
     });
-    // Under systemd the journal already has the finish event with every field.
-    if !crate::logging::to_journal() {
-        print_report(&report);
-    }
-    // The job is done and recorded; its last health ping gets at most its ping_timeout.
+    // The jobs are done and recorded; their last health pings get at most their ping_timeout.
     crate::pings::wait_for_pending();
-    Ok(report.exit)
+    if !fleet {
+        return Ok(exits.first().map_or(ExitCode::Failed, |(_, e)| *e));
+    }
+    Ok(fleet_summary(&args.database, kind, &exits))
+}
+
+/// The last line of a fleet's run, and its exit code: the first failure's, else 75 if a
+/// member was busy, else 0.
+fn fleet_summary(handle: &str, kind: JobKind, exits: &[(String, ExitCode)]) -> ExitCode {
+    let failed: Vec<&str> = exits
+        .iter()
+        .filter(|(_, e)| !matches!(e, ExitCode::Ok | ExitCode::TempFail))
+        .map(|(d, _)| d.as_str())
+        .collect();
+    let busy = exits
+        .iter()
+        .filter(|(_, e)| *e == ExitCode::TempFail)
+        .count();
+    let ok = exits.len() - failed.len() - busy;
+    let mut line = format!(
+        "{} fleet {handle}: {} database(s): {ok} ok, {busy} busy, {} failed",
+        kind.as_str(),
+        exits.len(),
+        failed.len()
+    );
+    if !failed.is_empty() {
+        let shown: Vec<&str> = failed.iter().take(10).copied().collect();
+        line.push_str(&format!(" ({}", shown.join(", ")));
+        if failed.len() > shown.len() {
+            line.push_str(&format!(" and {} more", failed.len() - shown.len()));
+        }
+        line.push(')');
+    }
+    if crate::logging::to_journal() {
+        tracing::info!("{line}");
+    } else if failed.is_empty() && busy == 0 {
+        println!("{line}");
+    } else {
+        eprintln!("litekeeper: {line}");
+    }
+    if let Some(first) = exits
+        .iter()
+        .find(|(_, e)| !matches!(e, ExitCode::Ok | ExitCode::TempFail))
+    {
+        first.1
+    } else if busy > 0 {
+        ExitCode::TempFail
+    } else {
+        ExitCode::Ok
+    }
+}
+
+fn unknown_database(config: &crate::config::Config, name: &str) -> Failure {
+    let mut names: Vec<&str> = config
+        .databases
+        .iter()
+        .filter(|d| d.fleet.is_none())
+        .map(|d| d.name.as_str())
+        .chain(config.fleets.iter().map(|f| f.handle.as_str()))
+        .collect();
+    let more = names.len().saturating_sub(20);
+    names.truncate(20);
+    Failure::new(
+        ExitCode::Usage,
+        anyhow::anyhow!(
+            "no {} named {name:?} in {} (configured: {}{})",
+            super::what_is_named(config),
+            config.file.display(),
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(", ")
+            },
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
+        ),
+    )
+}
+
+fn no_section(config: &crate::config::Config, name: &str, kind: JobKind) -> Failure {
+    Failure::new(
+        ExitCode::Config,
+        anyhow::anyhow!(
+            "{}: database {:?} has no [database.{}] section; add one to enable this job",
+            config.file.display(),
+            name,
+            kind.as_str()
+        ),
+    )
 }
 
 /// The run's one line (stdout when it did its work, stderr when it did not), plus the prune

@@ -64,18 +64,11 @@ pub fn run(path: &Path, args: StatusArgs) -> Result<ExitCode, Failure> {
     let now = Utc::now();
     let zone = &config.daemon.timezone;
     let state = State::open_existing(&config.daemon.state_dir, config.longest_keep_history());
-    for name in &args.databases {
-        if config.database(name).is_none() {
-            return Err(Failure::new(
-                ExitCode::Usage,
-                anyhow::anyhow!("no database named {name:?} in {}", config.file.display()),
-            ));
-        }
-    }
+    let selected = super::selected(&config, &args.databases)?;
     let wanted: Vec<(&std::sync::Arc<crate::config::Database>, JobKind)> = config
         .databases
         .iter()
-        .filter(|db| args.databases.is_empty() || args.databases.contains(&db.name))
+        .filter(|db| selected.as_ref().is_none_or(|s| s.contains(&db.name)))
         .flat_map(|db| {
             JobKind::ALL
                 .into_iter()

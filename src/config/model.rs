@@ -33,6 +33,8 @@ pub struct Fleet {
     pub index: usize,
     /// The name template as written, e.g. `tenant-{stem}`; also the fleet's name in messages.
     pub name: String,
+    /// The whole fleet's name in `run`, `status` and timer units: `tenant` for `tenant-{stem}`.
+    pub handle: String,
     pub raw: super::raw::RawDatabase,
     /// The stanza validated with a sample stem: its schedules and jitters.
     pub template: Arc<Database>,
@@ -53,6 +55,18 @@ impl Config {
 
     pub fn fleet(&self, name: &str) -> Option<&Fleet> {
         self.fleets.iter().find(|f| f.name == name)
+    }
+
+    /// The fleet `run`, `status` and timer units call `handle`.
+    pub fn fleet_by_handle(&self, handle: &str) -> Option<&Fleet> {
+        self.fleets.iter().find(|f| f.handle == handle)
+    }
+
+    /// The current members of `fleet`.
+    pub fn members<'a>(&'a self, fleet: &'a Fleet) -> impl Iterator<Item = &'a Arc<Database>> {
+        self.databases
+            .iter()
+            .filter(move |d| d.fleet.as_deref() == Some(fleet.name.as_str()))
     }
 
     /// The longest history any database keeps: runs older than this go, whoever they are of

@@ -203,6 +203,22 @@ fn metrics_file(c: &mut Checker, key: &KeyPath, text: &str) -> PathBuf {
     p
 }
 
+/// What a fleet is called as a whole: its name template without `{stem}` and the separators
+/// around it (`tenant-{stem}` → `tenant`), or `fleet<N>` when nothing is left.
+pub fn fleet_handle(template: &str, index: usize) -> String {
+    let mut handle = member_name(template, "")
+        .trim_matches(['-', '_'])
+        .to_string();
+    while handle.contains("--") {
+        handle = handle.replace("--", "-");
+    }
+    if handle.is_empty() || !is_db_name(&handle) {
+        format!("fleet{index}")
+    } else {
+        handle
+    }
+}
+
 fn is_db_name(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
@@ -479,6 +495,7 @@ pub fn validate(
             fleets.push(Fleet {
                 index: i,
                 name: rd.name.clone(),
+                handle: fleet_handle(&rd.name, i),
                 raw: rd.clone(),
                 template: Arc::new(db),
             });
@@ -498,6 +515,23 @@ pub fn validate(
             );
         }
         databases.push(Arc::new(database(&mut c, &key, rd, &daemon)));
+    }
+    // A fleet's handle names the whole fleet in `run`, `status` and timer units.
+    for (n, f) in fleets.iter().enumerate() {
+        let taken = databases.iter().any(|d| d.name == f.handle)
+            || fleets[..n].iter().any(|o| o.handle == f.handle);
+        if taken {
+            c.fail(
+                &KeyPath::root().key("database").index(f.index).key("name"),
+                format!(
+                    "this fleet is called {:?} in `run`, `status` and timer units (its name \
+                     without {{stem}}), and that name is taken by another database or fleet; \
+                     rename one of them",
+                    f.handle
+                ),
+                Some(f.name.clone()),
+            );
+        }
     }
     let names: Vec<String> = raw.database.iter().map(|d| d.name.clone()).collect();
     same_file_twice(&mut c, &databases, &names);
