@@ -429,8 +429,10 @@ fn copy_snapshot(
     let shown = source.path.display().to_string();
     if cfg.method == BackupMethod::VacuumInto {
         // VACUUM cannot run inside a transaction: the snapshot is VACUUM's own.
-        conn.execute(&format!("VACUUM {schema} INTO ?1"), [tmp.to_string_lossy()])
-            .map_err(sql(format!("VACUUM INTO from {shown}")))?;
+        crate::sqlite::expected_slow(|| {
+            conn.execute(&format!("VACUUM {schema} INTO ?1"), [tmp.to_string_lossy()])
+        })
+        .map_err(sql(format!("VACUUM INTO from {shown}")))?;
         std::fs::set_permissions(tmp, std::os::unix::fs::PermissionsExt::from_mode(0o600))
             .map_err(|source| JobError::Io {
                 context: format!("{}: chmod 0600", tmp.display()),
@@ -481,10 +483,13 @@ fn copy_snapshot(
             })
             .map_err(sql(format!("{shown}: page_size")))? as u64;
         if cfg.verify != Verify::None {
-            snap.tables =
-                row_counts(conn, &source.schema).map_err(sql(format!("{shown}: row counts")))?;
-            snap.fk_violations = fk_violations(conn, &source.schema)
-                .map_err(sql(format!("{shown}: foreign_key_check")))?;
+            crate::sqlite::expected_slow(|| -> Result<(), JobError> {
+                snap.tables = row_counts(conn, &source.schema)
+                    .map_err(sql(format!("{shown}: row counts")))?;
+                snap.fk_violations = fk_violations(conn, &source.schema)
+                    .map_err(sql(format!("{shown}: foreign_key_check")))?;
+                Ok(())
+            })?;
         }
         let backup = SqliteBackup::new_with_names(conn, source.schema.as_str(), &mut dst, MAIN_DB)
             .map_err(sql(format!("{shown}: start backup")))?;

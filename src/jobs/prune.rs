@@ -663,6 +663,10 @@ pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
 /// Rows the rule matches now, and rows in its table. (The planner may use an index here: this
 /// is one read, unlike the batch scans, which must follow the key order.)
 fn count(conn: &Connection, r: &Resolved) -> Result<(u64, u64), JobError> {
+    crate::sqlite::expected_slow(|| count_now(conn, r))
+}
+
+fn count_now(conn: &Connection, r: &Resolved) -> Result<(u64, u64), JobError> {
     let matched: i64 = conn
         .query_row(
             &format!("SELECT count(*) FROM {} WHERE {}", r.table, r.predicate),

@@ -389,7 +389,8 @@ fn full(
                 std::thread::sleep(Duration::from_millis(20));
             }
         });
-        let r = conn.execute_batch(&format!("VACUUM {}", qi(schema)));
+        let r =
+            crate::sqlite::expected_slow(|| conn.execute_batch(&format!("VACUUM {}", qi(schema))));
         finished.store(true, Ordering::Relaxed);
         r
     });
