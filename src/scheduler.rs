@@ -294,6 +294,11 @@ impl Inner {
     /// Record the fleet members a (re)loaded configuration found; what changed since the
     /// last scan is reported once.
     fn remember_fleets(&self, config: &crate::config::Config) {
+        // Members of fleets no longer configured are no longer dispatched.
+        self.fleet_dbs
+            .lock()
+            .unwrap()
+            .retain(|_, d| d.fleet.as_ref().is_some_and(|f| config.fleet(f).is_some()));
         for fleet in &config.fleets {
             let members: Vec<Arc<crate::config::Database>> = config
                 .databases
@@ -360,9 +365,17 @@ impl Inner {
         .await
         .ok()
         .flatten();
-        let Some((members, skipped)) = scanned else {
+        let Some((mut members, skipped)) = scanned else {
             return;
         };
+        // As at load: a member may not take the name of a plain database or of a fleet.
+        members.retain(|m| {
+            let plain = env
+                .config
+                .database(&m.name)
+                .is_some_and(|d| d.fleet.is_none());
+            !plain && env.config.fleet_by_handle(&m.name).is_none()
+        });
         for s in skipped {
             tracing::debug!("fleet {raw_name}: {s}");
         }
@@ -457,6 +470,8 @@ impl Inner {
             .database(&db)
             .cloned()
             .or_else(|| self.fleet_dbs.lock().unwrap().get(&db).cloned());
+        // A reload may have removed the job (or the database) since this run was queued.
+        let database = database.filter(|d| d.timing(kind).is_some());
         if let (Some(database), false) = (database, env.cancel.is_cancelled()) {
             self.running.lock().unwrap().push(key.clone());
             self.publish_status();

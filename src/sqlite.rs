@@ -301,15 +301,16 @@ impl Pools {
     }
 }
 
-/// One small thread for the upkeep of every pool (r2d2 would start three per pool: 300
-/// threads for a 100-database fleet).
+/// A few small threads shared by every pool (r2d2 would start three per pool: 300 threads for
+/// 100 databases). r2d2 also opens connections on them, and opening a locked database waits
+/// up to busy_timeout: more than one, so one locked database does not hold up the others.
 fn maintenance_threads() -> Arc<scheduled_thread_pool::ScheduledThreadPool> {
     static POOL: std::sync::OnceLock<Arc<scheduled_thread_pool::ScheduledThreadPool>> =
         std::sync::OnceLock::new();
     POOL.get_or_init(|| {
         Arc::new(
             scheduled_thread_pool::ScheduledThreadPool::builder()
-                .num_threads(1)
+                .num_threads(4)
                 .thread_name_pattern("litekeeper-pool-{}")
                 .build(),
         )
@@ -325,14 +326,12 @@ pub fn pool_for(db: &Database, busy_timeout: Duration) -> SqlitePool {
         .build_unchecked(manager(db, busy_timeout))
 }
 
-/// A pool for one run (fleet members): its connection closes when the run drops it. No idle
-/// timeout and no lifetime, so r2d2 schedules no reaper, which would outlive the pool.
-pub fn one_run_pool(db: &Database, busy_timeout: Duration) -> SqlitePool {
-    builder(busy_timeout)
-        .max_size(1)
-        .idle_timeout(None)
-        .max_lifetime(None)
-        .build_unchecked(manager(db, busy_timeout))
+/// One connection for one run (fleet members), opened on the calling thread with the settings
+/// of a pooled one and closed when dropped: a fleet has thousands of members, and r2d2 opens
+/// connections on its shared upkeep thread, where one locked database would hold up the rest.
+pub fn connect_once(db: &Database, busy_timeout: Duration) -> Result<Connection, rusqlite::Error> {
+    use r2d2::ManageConnection;
+    manager(db, busy_timeout).connect()
 }
 
 fn manager(db: &Database, busy_timeout: Duration) -> SqliteConnectionManager {

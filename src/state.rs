@@ -192,11 +192,15 @@ impl State {
                     r.error,
                 ],
             )?;
+            // Never the run just recorded, however short the history is.
             tx.execute(
-                "DELETE FROM runs WHERE database = ?1 AND job = ?2 AND started_at < ?3",
-                params![r.database, r.job.as_str(), db_cutoff],
+                "DELETE FROM runs WHERE database = ?1 AND job = ?2 AND started_at < ?3 AND id <> ?4",
+                params![r.database, r.job.as_str(), db_cutoff, r.run_id],
             )?;
-            tx.execute("DELETE FROM runs WHERE started_at < ?1", [cutoff])?;
+            tx.execute(
+                "DELETE FROM runs WHERE started_at < ?1 AND id <> ?2",
+                params![cutoff, r.run_id],
+            )?;
             tx.commit()
         })
     }
@@ -389,6 +393,20 @@ mod tests {
             ids,
             ["new", "other-old"],
             "chat's 20-day-old run goes (it keeps 7 days), blobs' stays (90 days)"
+        );
+    }
+
+    #[test]
+    fn the_run_just_recorded_stays_however_short_the_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = State::open(dir.path(), Duration::ZERO).unwrap();
+        state
+            .finish(&report("long", Utc::now()), Duration::ZERO)
+            .unwrap();
+        assert_eq!(state.count().unwrap(), 1);
+        assert_eq!(
+            state.last_run("chat", JobKind::Backup).unwrap().unwrap().id,
+            "long"
         );
     }
 

@@ -338,7 +338,11 @@ fn fleet_paths(f: &crate::config::Fleet) -> Vec<PathBuf> {
     if let Some(t) = raw.vacuum.as_ref().and_then(|v| v.temp_dir.as_deref()) {
         v.extend(fixed_dir(t, false));
     }
-    v.into_iter().filter(|p| p.is_absolute()).collect()
+    // A pattern that is variable from its first component on (`/*/app.db`) opens nothing:
+    // never the whole file system.
+    v.into_iter()
+        .filter(|p| p.is_absolute() && p.parent().is_some())
+        .collect()
 }
 
 fn db_paths(db: &Database) -> Vec<PathBuf> {

@@ -389,3 +389,127 @@ fn a_fleet_gets_one_timer_per_job_and_its_fixed_directories() {
         both(&o)
     );
 }
+
+/// A member whose database is locked by the application fails on its own (busy); the
+/// healthy members of the same fleet run are not held up waiting for a connection.
+#[test]
+fn a_locked_member_does_not_hold_up_the_others() {
+    let env = TestEnv::new();
+    for i in 0..4 {
+        tenant(&env, i);
+    }
+    config(&env, "");
+    let text = std::fs::read_to_string(env.config_path()).unwrap();
+    std::fs::write(
+        env.config_path(),
+        text.replace("busy_timeout = \"300ms\"", "busy_timeout = \"2s\""),
+    )
+    .unwrap();
+    let mut holders = Vec::new();
+    for i in 0..3 {
+        let c = Connection::open(env.path(&format!("tenants/t{i:02}.db"))).unwrap();
+        c.execute_batch("PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE;")
+            .unwrap();
+        holders.push(c);
+    }
+    let o = env
+        .cmd()
+        .args(["run", "tenant", "backup"])
+        .output()
+        .unwrap();
+    drop(holders);
+    assert_ne!(o.status.code(), Some(0), "{}", both(&o));
+    assert_eq!(ok_runs(&env, "tenant-t03"), 1, "{}", both(&o));
+    for i in 0..3 {
+        assert_eq!(ok_runs(&env, &format!("tenant-t{i:02}")), 0);
+    }
+}
+
+/// SIGTERM stops a fleet run between members: the members not started are counted as not
+/// run and the run does not exit 0.
+#[test]
+fn a_signal_stops_a_fleet_run_and_says_what_did_not_run() {
+    let env = TestEnv::new();
+    for i in 0..60 {
+        tenant(&env, i);
+    }
+    config(&env, "");
+    let text = std::fs::read_to_string(env.config_path()).unwrap();
+    std::fs::write(
+        env.config_path(),
+        text.replace("max_concurrent_jobs = 4", "max_concurrent_jobs = 1"),
+    )
+    .unwrap();
+    let child = env
+        .std_cmd()
+        .args(["run", "tenant", "backup"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Stop once a few members are done.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ok_runs_all(&env) < 3 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let o = child.wait_with_output().unwrap();
+    let done = ok_runs_all(&env);
+    assert!(
+        done < 60,
+        "all 60 ran before the signal: make the fleet bigger"
+    );
+    assert_ne!(o.status.code(), Some(0), "{}", both(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("backup fleet tenant: 60 database(s)"), "{err}");
+    assert!(err.contains("not run (stopped by a signal)"), "{err}");
+}
+
+fn ok_runs_all(env: &TestEnv) -> i64 {
+    Connection::open(env.path("state/state.db"))
+        .ok()
+        .and_then(|c| {
+            c.query_row("SELECT count(*) FROM runs WHERE outcome = 'ok'", [], |r| {
+                r.get(0)
+            })
+            .ok()
+        })
+        .unwrap_or(0)
+}
+
+/// A fleet run writes the metrics file once a second at most, and once more at the end: the
+/// file has every member's run.
+#[test]
+fn a_fleet_run_leaves_metrics_for_every_member() {
+    let env = TestEnv::new();
+    for i in 0..5 {
+        tenant(&env, i);
+    }
+    config(&env, "");
+    let prom = env.path("lk.prom");
+    let text = std::fs::read_to_string(env.config_path()).unwrap();
+    std::fs::write(
+        env.config_path(),
+        text.replace(
+            "max_concurrent_jobs = 4",
+            &format!(
+                "max_concurrent_jobs = 4\nmetrics_file = \"{}\"",
+                prom.display()
+            ),
+        ),
+    )
+    .unwrap();
+    let o = env
+        .cmd()
+        .args(["run", "tenant", "backup"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let metrics = std::fs::read_to_string(&prom).unwrap();
+    for i in 0..5 {
+        let line = format!(
+            "litekeeper_last_success_timestamp_seconds{{database=\"tenant-t{i:02}\",job=\"backup\"}}"
+        );
+        assert!(metrics.contains(&line), "{line} missing:\n{metrics}");
+    }
+}

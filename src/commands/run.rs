@@ -70,7 +70,13 @@ pub fn run(path: &Path, args: RunArgs) -> Result<ExitCode, Failure> {
         Trigger::Cli
     };
     let fleet = config.database(&args.database).is_none();
-    let exits = rt.block_on(async {
+    let members = targets.len();
+    if fleet {
+        // Every member's run rewrites the metrics from the whole history: once a second is
+        // plenty (the last write happens before exit).
+        crate::metrics::write_in_background();
+    }
+    let (exits, stopped) = rt.block_on(async {
         let cancel = CancellationToken::new();
         spawn_signal_cancel(cancel.clone());
         let env = Env {
@@ -112,19 +118,29 @@ pub fn run(path: &Path, args: RunArgs) -> Result<ExitCode, Failure> {
                 exits.push(exit);
             }
         }
-        exits
+        crate::metrics::flush().await;
+        (exits, env.cancel.is_cancelled())
     });
     // The jobs are done and recorded; their last health pings get at most their ping_timeout.
     crate::pings::wait_for_pending();
     if !fleet {
         return Ok(exits.first().map_or(ExitCode::Failed, |(_, e)| *e));
     }
-    Ok(fleet_summary(&args.database, kind, &exits))
+    Ok(fleet_summary(&args.database, kind, exits, members, stopped))
 }
 
-/// The last line of a fleet's run, and its exit code: the first failure's, else 75 if a
-/// member was busy, else 0.
-fn fleet_summary(handle: &str, kind: JobKind, exits: &[(String, ExitCode)]) -> ExitCode {
+/// The last line of a fleet's run, and its exit code: the failure of the first member (by
+/// name) that failed, else 75 if members were busy or a signal stopped the run before every
+/// member ran, else 0.
+fn fleet_summary(
+    handle: &str,
+    kind: JobKind,
+    mut exits: Vec<(String, ExitCode)>,
+    members: usize,
+    stopped: bool,
+) -> ExitCode {
+    exits.sort_by(|a, b| a.0.cmp(&b.0));
+    let not_run = members - exits.len();
     let failed: Vec<&str> = exits
         .iter()
         .filter(|(_, e)| !matches!(e, ExitCode::Ok | ExitCode::TempFail))
@@ -136,9 +152,8 @@ fn fleet_summary(handle: &str, kind: JobKind, exits: &[(String, ExitCode)]) -> E
         .count();
     let ok = exits.len() - failed.len() - busy;
     let mut line = format!(
-        "{} fleet {handle}: {} database(s): {ok} ok, {busy} busy, {} failed",
+        "{} fleet {handle}: {members} database(s): {ok} ok, {busy} busy, {} failed",
         kind.as_str(),
-        exits.len(),
         failed.len()
     );
     if !failed.is_empty() {
@@ -149,9 +164,12 @@ fn fleet_summary(handle: &str, kind: JobKind, exits: &[(String, ExitCode)]) -> E
         }
         line.push(')');
     }
+    if not_run > 0 || stopped {
+        line.push_str(&format!(", {not_run} not run (stopped by a signal)"));
+    }
     if crate::logging::to_journal() {
         tracing::info!("{line}");
-    } else if failed.is_empty() && busy == 0 {
+    } else if failed.is_empty() && busy == 0 && not_run == 0 && !stopped {
         println!("{line}");
     } else {
         eprintln!("litekeeper: {line}");
@@ -161,7 +179,7 @@ fn fleet_summary(handle: &str, kind: JobKind, exits: &[(String, ExitCode)]) -> E
         .find(|(_, e)| !matches!(e, ExitCode::Ok | ExitCode::TempFail))
     {
         first.1
-    } else if busy > 0 {
+    } else if busy > 0 || not_run > 0 || stopped {
         ExitCode::TempFail
     } else {
         ExitCode::Ok

@@ -204,19 +204,22 @@ fn metrics_file(c: &mut Checker, key: &KeyPath, text: &str) -> PathBuf {
 }
 
 /// What a fleet is called as a whole: its name template without `{stem}` and the separators
-/// around it (`tenant-{stem}` → `tenant`), or `fleet<N>` when nothing is left.
-pub fn fleet_handle(template: &str, index: usize) -> String {
-    let mut handle = member_name(template, "")
-        .trim_matches(['-', '_'])
-        .to_string();
-    while handle.contains("--") {
-        handle = handle.replace("--", "-");
-    }
-    if handle.is_empty() || !is_db_name(&handle) {
-        format!("fleet{index}")
-    } else {
-        handle
-    }
+/// around it (`tenant-{stem}` → `tenant`); for a bare `{stem}`, the name of the directory the
+/// pattern starts in (`/srv/app/tenants/*.db` → `tenants`); `fleet<N>` if neither gives one.
+pub fn fleet_handle(template: &str, pattern: &str, index: usize) -> String {
+    let clean = |text: &str| {
+        let mut h = member_name(text, "").trim_matches(['-', '_']).to_string();
+        while h.contains("--") {
+            h = h.replace("--", "-");
+        }
+        Some(h).filter(|h| !h.is_empty() && is_db_name(h))
+    };
+    let fixed = &pattern[..pattern.find(['*', '?', '[']).unwrap_or(pattern.len())];
+    let dir = fixed.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
+    let dir_name = dir.rsplit('/').next().unwrap_or("");
+    clean(template)
+        .or_else(|| clean(dir_name))
+        .unwrap_or_else(|| format!("fleet{index}"))
 }
 
 fn is_db_name(s: &str) -> bool {
@@ -495,7 +498,7 @@ pub fn validate(
             fleets.push(Fleet {
                 index: i,
                 name: rd.name.clone(),
-                handle: fleet_handle(&rd.name, i),
+                handle: fleet_handle(&rd.name, &rd.path, i),
                 raw: rd.clone(),
                 template: Arc::new(db),
             });
@@ -548,6 +551,15 @@ pub fn validate(
                 tracing::warn!("fleet {}: {s}", f.name);
             }
             for m in members {
+                if fleets.iter().any(|f| f.handle == m.name) {
+                    tracing::warn!(
+                        "fleet {}: {} is skipped: it is the name of a fleet (`run {}`)",
+                        f.name,
+                        m.name,
+                        m.name
+                    );
+                    continue;
+                }
                 if by_name.contains_key(&m.name) {
                     tracing::warn!(
                         "fleet {}: {} is skipped: a database of that name is configured",
@@ -1256,6 +1268,18 @@ mod tests {
         assert!(!is_db_name(""));
         assert!(is_identifier("_files1"));
         assert!(!is_identifier("1files"));
+    }
+
+    #[test]
+    fn fleet_handles() {
+        assert_eq!(fleet_handle("tenant-{stem}", "/srv/t/*.db", 0), "tenant");
+        assert_eq!(fleet_handle("{stem}_Data", "/srv/t/*.db", 0), "data");
+        assert_eq!(
+            fleet_handle("{stem}", "/srv/app/tenants/*.db", 0),
+            "tenants"
+        );
+        assert_eq!(fleet_handle("{stem}", "/srv/app/tenant-*.db", 0), "app");
+        assert_eq!(fleet_handle("{stem}", "/*/app.db", 3), "fleet3");
     }
 
     #[test]

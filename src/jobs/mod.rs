@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, Database, OnBusy};
 use crate::exit::ExitCode;
 use crate::lock::{self, LockError};
-use crate::sqlite::{self, Conn, Pools};
+use crate::sqlite::{self, Pools};
 use crate::state::State;
 
 /// The closed set of jobs; each has one module.
@@ -188,7 +188,7 @@ impl JobError {
 pub struct JobCtx<'a> {
     pub config: &'a Config,
     pub db: &'a Database,
-    pub conn: &'a mut Conn,
+    pub conn: &'a mut rusqlite::Connection,
     pub cancel: &'a CancellationToken,
     pub dry_run: bool,
 }
@@ -343,27 +343,37 @@ fn run_blocking(env: &Env, req: &Request) -> Result<JobResult, JobError> {
     for a in &db.attach {
         sqlite::preflight(&a.path).map_err(JobError::Database)?;
     }
-    let pool = env
-        .pools
-        .get(&db.name)
-        .cloned()
-        .unwrap_or_else(|| sqlite::one_run_pool(db, env.config.daemon.busy_timeout));
-    let mut conn = pool.get().map_err(|e| {
-        // Say why, with the exit code that fits (locked: 75, corrupt: 65, …).
-        let busy = env.config.daemon.busy_timeout;
+    let busy = env.config.daemon.busy_timeout;
+    // Say why a connection cannot be had, with the exit code that fits (locked: 75, corrupt:
+    // 65, …).
+    let why = |e: String| {
         sqlite::diagnose(&db.path, false, busy)
             .into_iter()
             .find(|f| f.severity == sqlite::Severity::Error)
             .map(JobError::Database)
             .unwrap_or_else(|| JobError::Pool {
                 path: db.path.display().to_string(),
-                message: e.to_string(),
+                message: e,
             })
-    })?;
+    };
+    // A plain database's pooled connection, or a fleet member's own one, opened on this
+    // thread and closed when the run ends.
+    let mut pooled;
+    let mut own;
+    let conn: &mut rusqlite::Connection = match env.pools.get(&db.name) {
+        Some(pool) => {
+            pooled = pool.get().map_err(|e| why(e.to_string()))?;
+            &mut pooled
+        }
+        None => {
+            own = sqlite::connect_once(db, busy).map_err(|e| why(e.to_string()))?;
+            &mut own
+        }
+    };
     let mut ctx = JobCtx {
         config: &env.config,
         db,
-        conn: &mut conn,
+        conn,
         cancel: &env.cancel,
         dry_run: req.dry_run,
     };
