@@ -195,8 +195,10 @@ fn check_expr(conn: &Connection, table: &str, expr: &str) -> Result<(), String> 
     match conn.prepare(&sql) {
         Ok(st) if st.readonly() => Ok(()),
         Ok(_) => Err("must not modify anything".into()),
+        // SQLite's words only: the probe statement around the expression is ours.
         Err(e) => Err(match e {
             rusqlite::Error::SqliteFailure(_, Some(m)) => m,
+            rusqlite::Error::SqlInputError { msg, .. } => msg,
             other => other.to_string(),
         }),
     }
@@ -278,11 +280,19 @@ fn resolve(
         };
         let qt = qtable(table);
         let has_col = |c: &str| cols.iter().any(|(n, _)| n.eq_ignore_ascii_case(c));
+        let col_list = cols
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
         let expr_ok = |key: KeyPath, expr: &str, problems: &mut Vec<SchemaProblem>| match check_expr(
             conn, &qt, expr,
         ) {
             Ok(()) => true,
-            Err(reason) => {
+            Err(mut reason) => {
+                if reason.starts_with("no such column") {
+                    reason = format!("{reason} in {} (it has: {col_list})", display_table(table));
+                }
                 problems.push(SchemaProblem { key, reason });
                 false
             }
@@ -444,6 +454,7 @@ fn check_reference_query(conn: &Connection, sql: &str) -> Result<(), String> {
         Ok(_) => Ok(()),
         Err(e) => Err(match e {
             rusqlite::Error::SqliteFailure(_, Some(m)) => m,
+            rusqlite::Error::SqlInputError { msg, .. } => msg,
             other => other.to_string(),
         }),
     }
