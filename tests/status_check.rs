@@ -345,3 +345,39 @@ fn check_flags_are_usage_errors_elsewhere() {
         assert_eq!(o.status.code(), Some(64), "{args:?}: {}", both(&o));
     }
 }
+
+/// `status --check DB…` checks only those databases (one monitoring service per database);
+/// an unknown name is UNKNOWN.
+#[test]
+fn check_can_be_limited_to_named_databases() {
+    let env = TestEnv::new();
+    let chat = env.sqlite("app/chat.db", "CREATE TABLE t(x);");
+    let blobs = env.sqlite("app/blobs.db", "CREATE TABLE t(x);");
+    env.write_config(&format!(
+        "{}{}{}",
+        env.daemon_section("timezone = \"UTC\""),
+        TestEnv::database_section("chat", &chat, "[database.backup]\nschedule = \"0 2 * * *\""),
+        TestEnv::database_section(
+            "blobs",
+            &blobs,
+            "[database.backup]\nschedule = \"0 2 * * *\""
+        )
+    ));
+    let s = state(&env);
+    ok(&s, JobKind::Backup, hours(3)); // chat only: blobs never ran
+    let (code, lines) = check(&env, &[]);
+    assert_eq!(code, 1, "{lines:?}");
+    assert!(lines[0].contains("blobs"), "{lines:?}");
+    let (code, lines) = check(&env, &["chat"]);
+    assert_eq!(code, 0, "{lines:?}");
+    assert!(
+        lines[0].starts_with("OK: 1 job on 1 database:"),
+        "{lines:?}"
+    );
+    let (code, lines) = check(&env, &["nosuch"]);
+    assert_eq!(code, 3, "{lines:?}");
+    assert!(
+        lines[0].starts_with("UNKNOWN: ") && lines[0].contains("nosuch"),
+        "{lines:?}"
+    );
+}

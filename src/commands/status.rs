@@ -50,7 +50,7 @@ const BATCH: usize = 256;
 
 pub fn run(path: &Path, args: StatusArgs) -> Result<ExitCode, Failure> {
     if args.check {
-        let (code, lines) = check(path, &args.max_age, Utc::now());
+        let (code, lines) = check(path, &args.max_age, &args.databases, Utc::now());
         let mut out = std::io::stdout().lock();
         for l in lines {
             let _ = writeln!(out, "{l}");
@@ -222,8 +222,13 @@ impl CheckCode {
 }
 
 /// The check: its exit code and the lines to print (worst problem first, or one OK line).
-pub fn check(path: &Path, max_age: &[String], now: DateTime<Utc>) -> (CheckCode, Vec<String>) {
-    match check_jobs(path, max_age, now) {
+pub fn check(
+    path: &Path,
+    max_age: &[String],
+    only: &[String],
+    now: DateTime<Utc>,
+) -> (CheckCode, Vec<String>) {
+    match check_jobs(path, max_age, only, now) {
         Ok(r) => r,
         Err(msg) => (CheckCode::Unknown, vec![format!("UNKNOWN: {msg}")]),
     }
@@ -232,10 +237,13 @@ pub fn check(path: &Path, max_age: &[String], now: DateTime<Utc>) -> (CheckCode,
 fn check_jobs(
     path: &Path,
     max_age: &[String],
+    only: &[String],
     now: DateTime<Utc>,
 ) -> Result<(CheckCode, Vec<String>), String> {
     let overrides = parse_max_ages(max_age)?;
     let config = crate::config::load(path).map_err(|e| e.to_string())?;
+    // One service per database (or fleet) in the monitoring system: `status --check chat`.
+    let selected = super::selected(&config, only).map_err(|f| f.to_string())?;
     let zone = &config.daemon.timezone;
     let state_path = config.daemon.state_dir.join("state.db");
     let unreadable = |e: &dyn std::fmt::Display| {
@@ -253,6 +261,9 @@ fn check_jobs(
     let mut problems: Vec<(CheckCode, String)> = Vec::new();
     let (mut jobs, mut aged) = (0, 0);
     for db in &config.databases {
+        if selected.as_ref().is_some_and(|s| !s.contains(&db.name)) {
+            continue;
+        }
         for kind in JobKind::ALL {
             let Some(timing) = db.timing(kind) else {
                 continue;
@@ -281,7 +292,9 @@ fn check_jobs(
     problems.sort_by_key(|(code, _)| std::cmp::Reverse(*code));
     let code = problems.first().map_or(CheckCode::Ok, |(c, _)| *c);
     if problems.is_empty() {
-        let dbs = config.databases.len();
+        let dbs = selected
+            .as_ref()
+            .map_or(config.databases.len(), |s| s.len());
         let line = if jobs == 0 {
             format!("OK: no jobs configured in {}", config.file.display())
         } else {
