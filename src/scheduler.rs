@@ -376,6 +376,11 @@ impl Inner {
                 .is_some_and(|d| d.fleet.is_none());
             !plain && env.config.fleet_by_handle(&m.name).is_none()
         });
+        // Nor the name of another fleet's member (at load the first fleet keeps it).
+        {
+            let dbs = self.fleet_dbs.lock().unwrap();
+            members.retain(|m| dbs.get(&m.name).is_none_or(|d| d.fleet == m.fleet));
+        }
         for s in skipped {
             tracing::debug!("fleet {raw_name}: {s}");
         }
@@ -471,7 +476,7 @@ impl Inner {
             .cloned()
             .or_else(|| self.fleet_dbs.lock().unwrap().get(&db).cloned());
         // A reload may have removed the job (or the database) since this run was queued.
-        let database = database.filter(|d| d.timing(kind).is_some());
+        let database = database.filter(|d| d.timing(kind).is_some_and(|t| t.schedule.is_some()));
         if let (Some(database), false) = (database, env.cancel.is_cancelled()) {
             self.running.lock().unwrap().push(key.clone());
             self.publish_status();

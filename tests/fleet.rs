@@ -459,10 +459,15 @@ fn a_signal_stops_a_fleet_run_and_says_what_did_not_run() {
         done < 60,
         "all 60 ran before the signal: make the fleet bigger"
     );
-    assert_ne!(o.status.code(), Some(0), "{}", both(&o));
+    // Stopped, not failed: 75, which the units count as success (a `systemctl stop`).
+    assert_eq!(o.status.code(), Some(75), "{}", both(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("backup fleet tenant: 60 database(s)"), "{err}");
-    assert!(err.contains("not run (stopped by a signal)"), "{err}");
+    assert!(err.contains(" 0 failed, "), "{err}");
+    assert!(
+        err.contains("stopped by a signal before finishing"),
+        "{err}"
+    );
 }
 
 fn ok_runs_all(env: &TestEnv) -> i64 {
@@ -511,5 +516,71 @@ fn a_fleet_run_leaves_metrics_for_every_member() {
             "litekeeper_last_success_timestamp_seconds{{database=\"tenant-t{i:02}\",job=\"backup\"}}"
         );
         assert!(metrics.contains(&line), "{line} missing:\n{metrics}");
+    }
+}
+
+/// Fleet names: two stanzas may not share a name template; a bare `{stem}` fleet is called
+/// after its directory unless that name is taken; a fleet that matches no file now is a
+/// WARNING for `status --check`, not OK.
+#[test]
+fn fleet_names_and_an_empty_fleet() {
+    let env = TestEnv::new();
+    std::fs::create_dir_all(env.path("app/a")).unwrap();
+    std::fs::create_dir_all(env.path("app/b")).unwrap();
+    let app = env.sqlite("app/app.db", "CREATE TABLE t(x);");
+    env.sqlite("app/a/x.db", "CREATE TABLE t(x);");
+    let fleet = |dir: &str| {
+        format!(
+            "[[database]]\nname = \"{{stem}}\"\npath = \"{}/*.db\"\n[database.backup]\nschedule = \"0 2 * * *\"\ndir = \"{}/{{name}}\"\n",
+            env.path(dir).display(),
+            env.path("backups").display()
+        )
+    };
+    // Two `{stem}` fleets: refused, naming the second.
+    env.write_config(&format!(
+        "{}{}{}",
+        env.daemon_section(""),
+        fleet("app/a"),
+        fleet("app/b")
+    ));
+    let o = env.cmd().arg("check").output().unwrap();
+    assert_eq!(o.status.code(), Some(78), "{}", both(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("same name template"),
+        "{}",
+        both(&o)
+    );
+    // `{stem}` over app/a/*.db is "a"; over app/*.db it would be "app", which the plain
+    // database has: then it is "fleet1".
+    env.write_config(&format!(
+        "{}{}{}",
+        env.daemon_section("timezone = \"UTC\""),
+        TestEnv::database_section("app", &app, ""),
+        fleet("app/a")
+    ));
+    let o = env.cmd().args(["run", "a", "backup"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    env.write_config(&format!(
+        "{}{}{}",
+        env.daemon_section("timezone = \"UTC\""),
+        TestEnv::database_section("app", &app, ""),
+        fleet("app/b").replace("app/b/*.db", "app/*.db")
+    ));
+    let o = env.cmd().args(["status", "fleet1"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    // app/b has no database: WARNING for the fleet, by its handle and in the whole check.
+    env.write_config(&format!(
+        "{}{}",
+        env.daemon_section("timezone = \"UTC\""),
+        fleet("app/b")
+    ));
+    for args in [&["status", "--check", "b"][..], &["status", "--check"][..]] {
+        let o = env.cmd().args(args).output().unwrap();
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", both(&o));
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            out.starts_with("WARNING fleet b: no database matches "),
+            "{args:?}: {out}"
+        );
     }
 }

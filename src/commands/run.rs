@@ -76,7 +76,7 @@ pub fn run(path: &Path, args: RunArgs) -> Result<ExitCode, Failure> {
         // plenty (the last write happens before exit).
         crate::metrics::write_in_background();
     }
-    let (exits, stopped) = rt.block_on(async {
+    let exits = rt.block_on(async {
         let cancel = CancellationToken::new();
         spawn_signal_cancel(cancel.clone());
         let env = Env {
@@ -90,7 +90,9 @@ pub fn run(path: &Path, args: RunArgs) -> Result<ExitCode, Failure> {
             config.daemon.max_concurrent_jobs,
         ));
         let mut set = tokio::task::JoinSet::new();
+        let mut names = std::collections::HashMap::new();
         for db in targets {
+            let name = db.name.clone();
             let (env, permits) = (env.clone(), permits.clone());
             let req = Request {
                 db,
@@ -99,90 +101,114 @@ pub fn run(path: &Path, args: RunArgs) -> Result<ExitCode, Failure> {
                 dry_run: args.dry_run,
                 on_busy,
             };
-            set.spawn(async move {
+            let task = set.spawn(async move {
                 let _permit = permits.acquire_owned().await;
                 if env.cancel.is_cancelled() {
-                    return None;
+                    return (req.db.name.clone(), Ended::NotStarted);
                 }
                 let report = jobs::execute(&env, req).await;
                 // Under systemd the journal already has the finish event with every field.
                 if !crate::logging::to_journal() {
                     print_report(&report);
                 }
-                Some((report.database, report.exit))
+                let stopped = env.cancel.is_cancelled()
+                    && report.outcome == Outcome::Failed
+                    && report.exit == ExitCode::TempFail;
+                let ended = if stopped {
+                    Ended::Stopped
+                } else {
+                    Ended::Ran(report.exit)
+                };
+                (report.database, ended)
             });
+            names.insert(task.id(), name);
         }
-        let mut exits = Vec::new();
-        while let Some(done) = set.join_next().await {
-            if let Ok(Some(exit)) = done {
-                exits.push(exit);
+        let mut ends = Vec::new();
+        while let Some(done) = set.join_next_with_id().await {
+            match done {
+                Ok((_, end)) => ends.push(end),
+                // A member's task panicked: a failure of that member.
+                Err(e) => ends.push((
+                    names.get(&e.id()).cloned().unwrap_or_default(),
+                    Ended::Ran(ExitCode::Failed),
+                )),
             }
         }
         crate::metrics::flush().await;
-        (exits, env.cancel.is_cancelled())
+        ends
     });
     // The jobs are done and recorded; their last health pings get at most their ping_timeout.
     crate::pings::wait_for_pending();
     if !fleet {
-        return Ok(exits.first().map_or(ExitCode::Failed, |(_, e)| *e));
+        return Ok(match exits.first() {
+            Some((_, Ended::Ran(code))) => *code,
+            Some(_) => ExitCode::TempFail,
+            None => ExitCode::Failed,
+        });
     }
-    Ok(fleet_summary(&args.database, kind, exits, members, stopped))
+    Ok(fleet_summary(&args.database, kind, exits, members))
+}
+
+/// How one member of a fleet run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    Ran(ExitCode),
+    /// A signal stopped it at a safe point.
+    Stopped,
+    /// A signal came before its turn.
+    NotStarted,
 }
 
 /// The last line of a fleet's run, and its exit code: the failure of the first member (by
 /// name) that failed, else 75 if members were busy or a signal stopped the run before every
-/// member ran, else 0.
+/// member finished (a `systemctl stop` is no failure), else 0.
 fn fleet_summary(
     handle: &str,
     kind: JobKind,
-    mut exits: Vec<(String, ExitCode)>,
+    mut ends: Vec<(String, Ended)>,
     members: usize,
-    stopped: bool,
 ) -> ExitCode {
-    exits.sort_by(|a, b| a.0.cmp(&b.0));
-    let not_run = members - exits.len();
-    let failed: Vec<&str> = exits
+    ends.sort_by(|a, b| a.0.cmp(&b.0));
+    let failed: Vec<(&str, ExitCode)> = ends
         .iter()
-        .filter(|(_, e)| !matches!(e, ExitCode::Ok | ExitCode::TempFail))
-        .map(|(d, _)| d.as_str())
+        .filter_map(|(d, e)| match e {
+            Ended::Ran(c) if !matches!(c, ExitCode::Ok | ExitCode::TempFail) => {
+                Some((d.as_str(), *c))
+            }
+            _ => None,
+        })
         .collect();
-    let busy = exits
-        .iter()
-        .filter(|(_, e)| *e == ExitCode::TempFail)
-        .count();
-    let ok = exits.len() - failed.len() - busy;
+    let count = |want: fn(&Ended) -> bool| ends.iter().filter(|(_, e)| want(e)).count();
+    let ok = count(|e| *e == Ended::Ran(ExitCode::Ok));
+    let busy = count(|e| *e == Ended::Ran(ExitCode::TempFail));
+    let stopped = count(|e| matches!(e, Ended::Stopped | Ended::NotStarted));
     let mut line = format!(
         "{} fleet {handle}: {members} database(s): {ok} ok, {busy} busy, {} failed",
         kind.as_str(),
         failed.len()
     );
     if !failed.is_empty() {
-        let shown: Vec<&str> = failed.iter().take(10).copied().collect();
+        let shown: Vec<&str> = failed.iter().take(10).map(|(d, _)| *d).collect();
         line.push_str(&format!(" ({}", shown.join(", ")));
         if failed.len() > shown.len() {
             line.push_str(&format!(" and {} more", failed.len() - shown.len()));
         }
         line.push(')');
     }
-    if not_run > 0 || stopped {
-        line.push_str(&format!(", {not_run} not run (stopped by a signal)"));
+    if stopped > 0 {
+        line.push_str(&format!(", {stopped} stopped by a signal before finishing"));
     }
     if crate::logging::to_journal() {
         tracing::info!("{line}");
-    } else if failed.is_empty() && busy == 0 && not_run == 0 && !stopped {
+    } else if failed.is_empty() && busy == 0 && stopped == 0 {
         println!("{line}");
     } else {
         eprintln!("litekeeper: {line}");
     }
-    if let Some(first) = exits
-        .iter()
-        .find(|(_, e)| !matches!(e, ExitCode::Ok | ExitCode::TempFail))
-    {
-        first.1
-    } else if busy > 0 || not_run > 0 || stopped {
-        ExitCode::TempFail
-    } else {
-        ExitCode::Ok
+    match failed.first() {
+        Some((_, code)) => *code,
+        None if busy > 0 || stopped > 0 => ExitCode::TempFail,
+        None => ExitCode::Ok,
     }
 }
 

@@ -288,6 +288,23 @@ fn check_jobs(
             }
         }
     }
+    // A fleet with jobs but no database now (an empty or unmounted directory) is backed up by
+    // nobody: not OK.
+    for f in &config.fleets {
+        let named = only.is_empty() || only.contains(&f.handle);
+        let has_jobs = JobKind::ALL
+            .into_iter()
+            .any(|k| f.template.timing(k).is_some());
+        if named && has_jobs && config.members(f).next().is_none() {
+            problems.push((
+                CheckCode::Warning,
+                format!(
+                    "WARNING fleet {}: no database matches {} now",
+                    f.handle, f.raw.path
+                ),
+            ));
+        }
+    }
     // Worst first (a monitoring system shows the first line as the status), config order within.
     problems.sort_by_key(|(code, _)| std::cmp::Reverse(*code));
     let code = problems.first().map_or(CheckCode::Ok, |(c, _)| *c);

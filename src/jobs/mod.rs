@@ -179,6 +179,8 @@ impl JobError {
             JobError::Config(_) => ExitCode::Config,
             JobError::Archive(crate::archive::ArchiveError::Refused { .. }) => ExitCode::CantCreate,
             JobError::Archive(_) => ExitCode::IoErr,
+            // Stopped by a signal (a `systemctl stop`), not failed: try again later.
+            JobError::Cancelled => ExitCode::TempFail,
             _ => ExitCode::Failed,
         }
     }
@@ -286,6 +288,7 @@ async fn run_locked(
             return report;
         }
         Err(e @ LockError::Cancelled(_)) => {
+            report.exit = ExitCode::TempFail;
             report.error = Some(e.to_string());
             report.summary = format!("failed: {e}");
             return report;
