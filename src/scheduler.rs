@@ -94,36 +94,57 @@ impl Scheduler {
     /// (like systemd's `Persistent=true`). Jobs that never ran are not caught up. A fleet's
     /// members are judged one by one and fed like a tick, spread over the job's jitter.
     pub async fn catch_up(&self) {
-        self.catch_up_plain().await;
-        self.catch_up_fleets().await;
-    }
-
-    async fn catch_up_fleets(&self) {
         let env = self.inner.env();
         if !env.config.daemon.catch_up {
             return;
         }
         let now = Utc::now();
         let zone = env.config.daemon.timezone.clone();
+        // When each database's jobs last started: one query per job kind.
+        let state = env.state.clone();
+        let last = tokio::task::spawn_blocking(move || {
+            JobKind::ALL
+                .into_iter()
+                .map(|k| Ok((k, state.last_starts(k)?)))
+                .collect::<Result<HashMap<_, _>, crate::state::StateError>>()
+        })
+        .await
+        .ok()
+        .and_then(Result::ok);
+        let Some(last) = last else {
+            return;
+        };
+        let missed =
+            |db: &crate::config::Database, kind: JobKind, schedule: &crate::schedule::Schedule| {
+                last.get(&kind)
+                    .and_then(|l| l.get(&db.name))
+                    .is_some_and(|&l| schedule.next_after(l, &zone).is_some_and(|due| due < now))
+            };
+        for (db, kind, timing) in env.config.scheduled_jobs() {
+            let Some(schedule) = &timing.schedule else {
+                continue;
+            };
+            if missed(db, kind, schedule) {
+                tracing::info!(
+                    "{} {}: missed a scheduled run while stopped; catching up",
+                    kind.as_str(),
+                    db.name
+                );
+                let inner = self.inner.clone();
+                let name = db.name.clone();
+                self.inner
+                    .tracker
+                    .spawn(async move { inner.dispatch(name, kind, Trigger::CatchUp).await });
+            }
+        }
         for (fleet, kind, timing) in env.config.fleet_jobs() {
             let Some(schedule) = &timing.schedule else {
                 continue;
             };
-            let state = env.state.clone();
-            let Ok(Ok(last)) = tokio::task::spawn_blocking(move || state.last_starts(kind)).await
-            else {
-                continue;
-            };
             let due: Vec<String> = env
                 .config
-                .databases
-                .iter()
-                .filter(|d| d.fleet.as_deref() == Some(fleet.name.as_str()))
-                .filter(|d| {
-                    last.get(&d.name).is_some_and(|&l| {
-                        schedule.next_after(l, &zone).is_some_and(|due| due < now)
-                    })
-                })
+                .members(fleet)
+                .filter(|d| missed(d, kind, schedule))
                 .map(|d| d.name.clone())
                 .collect();
             if due.is_empty() {
@@ -140,43 +161,6 @@ impl Scheduler {
             self.inner.tracker.spawn(async move {
                 inner.feed(due, kind, Trigger::CatchUp, jitter).await;
             });
-        }
-    }
-
-    async fn catch_up_plain(&self) {
-        let env = self.inner.env();
-        if !env.config.daemon.catch_up {
-            return;
-        }
-        let now = Utc::now();
-        let zone = env.config.daemon.timezone.clone();
-        for (db, kind, timing) in env.config.scheduled_jobs() {
-            let Some(schedule) = &timing.schedule else {
-                continue;
-            };
-            let state = env.state.clone();
-            let (name, k) = (db.name.clone(), kind);
-            let last = tokio::task::spawn_blocking(move || state.last_start(&name, k))
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .flatten();
-            let Some(last) = last else { continue };
-            if schedule
-                .next_after(last, &zone)
-                .is_some_and(|due| due < now)
-            {
-                tracing::info!(
-                    "{} {}: missed a scheduled run while stopped; catching up",
-                    kind.as_str(),
-                    db.name
-                );
-                let inner = self.inner.clone();
-                let name = db.name.clone();
-                self.inner
-                    .tracker
-                    .spawn(async move { inner.dispatch(name, kind, Trigger::CatchUp).await });
-            }
         }
     }
 
@@ -300,12 +284,8 @@ impl Inner {
             .unwrap()
             .retain(|_, d| d.fleet.as_ref().is_some_and(|f| config.fleet(f).is_some()));
         for fleet in &config.fleets {
-            let members: Vec<Arc<crate::config::Database>> = config
-                .databases
-                .iter()
-                .filter(|d| d.fleet.as_deref() == Some(fleet.name.as_str()))
-                .cloned()
-                .collect();
+            let members: Vec<Arc<crate::config::Database>> =
+                config.members(fleet).cloned().collect();
             self.update_fleet(&fleet.name, &members);
         }
     }

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use r2d2::{Pool, PooledConnection};
+use r2d2::Pool;
 use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{ffi, Connection, OpenFlags};
 
@@ -22,7 +22,6 @@ use crate::config::{Config, Database, JournalMode};
 use crate::exit::ExitCode;
 
 pub type SqlitePool = Pool<SqliteConnectionManager>;
-pub type Conn = PooledConnection<SqliteConnectionManager>;
 
 /// Statements slower than this (in nanoseconds) are logged; set from `daemon.slow_statement`.
 static SLOW_NANOS: AtomicU64 = AtomicU64::new(100_000_000);
@@ -320,9 +319,16 @@ fn maintenance_threads() -> Arc<scheduled_thread_pool::ScheduledThreadPool> {
 
 /// Build the pool for one database (opens nothing yet).
 pub fn pool_for(db: &Database, busy_timeout: Duration) -> SqlitePool {
-    builder(busy_timeout)
+    Pool::builder()
+        .thread_pool(maintenance_threads())
         .max_size(4)
+        .min_idle(Some(0))
         .idle_timeout(Some(Duration::from_secs(300)))
+        .connection_timeout(busy_timeout + Duration::from_secs(1))
+        .test_on_check_out(true) // r2d2_sqlite's is_valid runs `SELECT 1`
+        // A failed connect is reported once, by the job, with its diagnosis: r2d2's default
+        // handler would log every retry as a bare "database is locked".
+        .error_handler(Box::new(r2d2::NopErrorHandler))
         .build_unchecked(manager(db, busy_timeout))
 }
 
@@ -339,17 +345,6 @@ fn manager(db: &Database, busy_timeout: Duration) -> SqliteConnectionManager {
     SqliteConnectionManager::file(uri(&db.path, "rw"))
         .with_flags(open_flags())
         .with_init(move |c| init_connection(c, &settings))
-}
-
-fn builder(busy_timeout: Duration) -> r2d2::Builder<SqliteConnectionManager> {
-    Pool::builder()
-        .thread_pool(maintenance_threads())
-        .min_idle(Some(0))
-        .connection_timeout(busy_timeout + Duration::from_secs(1))
-        .test_on_check_out(true) // r2d2_sqlite's is_valid runs `SELECT 1`
-        // A failed connect is reported once, by the job, with its diagnosis: r2d2's default
-        // handler would log every retry as a bare "database is locked".
-        .error_handler(Box::new(r2d2::NopErrorHandler))
 }
 
 /// How bad a finding is: errors make `check` exit 1, warnings are advice.

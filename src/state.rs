@@ -252,19 +252,8 @@ impl State {
         })
     }
 
-    /// When a run of this job last started, by any trigger (catch-up skips a job run since).
-    pub fn last_start(&self, db: &str, job: JobKind) -> Result<Option<DateTime<Utc>>, StateError> {
-        self.with(|c| {
-            c.query_row(
-                "SELECT max(started_at) FROM runs WHERE database = ?1 AND job = ?2",
-                params![db, job.as_str()],
-                |row| row.get::<_, Option<i64>>(0),
-            )
-            .map(|v| v.map(from_ms))
-        })
-    }
-
-    /// When each database's runs of `job` last started (a fleet's catch-up asks for thousands).
+    /// When each database's runs of `job` last started, by any trigger (catch-up skips a job
+    /// run since; one query for all databases, a fleet has thousands).
     pub fn last_starts(
         &self,
         job: JobKind,

@@ -49,15 +49,19 @@ fn triggers(env: &TestEnv) -> Vec<String> {
         .collect()
 }
 
+fn start_daemon(env: &TestEnv) -> Daemon {
+    Daemon(
+        env.std_cmd()
+            .arg("daemon")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
 fn run_daemon_for(env: &TestEnv, d: Duration, until_one_run: bool) -> Vec<String> {
-    let child = env
-        .std_cmd()
-        .arg("daemon")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _guard = Daemon(child);
+    let _guard = start_daemon(env);
     let deadline = Instant::now() + d;
     while Instant::now() < deadline {
         if until_one_run && !triggers(env).is_empty() {
@@ -127,14 +131,7 @@ fn a_fleet_catches_up_only_the_members_that_missed_a_run() {
             .start(id, db, JobKind::Backup, Trigger::Schedule, at)
             .unwrap();
     }
-    let child = env
-        .std_cmd()
-        .arg("daemon")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _guard = Daemon(child);
+    let _guard = start_daemon(&env);
     let runs = || -> Vec<(String, String)> {
         let c = rusqlite::Connection::open(env.path("state/state.db")).unwrap();
         let mut s = c

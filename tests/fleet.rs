@@ -25,6 +25,13 @@ fn config(env: &TestEnv, schedule: &str) {
     ));
 }
 
+/// Replace `from` (which must be there) with `to` in the configuration file.
+fn edit_config(env: &TestEnv, from: &str, to: &str) {
+    let text = std::fs::read_to_string(env.config_path()).unwrap();
+    assert!(text.contains(from), "{from:?} not in:\n{text}");
+    std::fs::write(env.config_path(), text.replace(from, to)).unwrap();
+}
+
 fn ok_runs(env: &TestEnv, db: &str) -> i64 {
     Connection::open(env.path("state/state.db"))
         .ok()
@@ -234,12 +241,7 @@ fn fleet_members_keep_a_week_of_history_unless_told_otherwise() {
     );
 
     // The stanza's own keep_history (here 20 days) wins over the fleet default.
-    let text = std::fs::read_to_string(env.path("litekeeper.toml")).unwrap();
-    std::fs::write(
-        env.path("litekeeper.toml"),
-        text.replace("path = ", "keep_history = \"20d\"\npath = "),
-    )
-    .unwrap();
+    edit_config(&env, "path = ", "keep_history = \"20d\"\npath = ");
     run("tenant-t01");
     let left = ids("tenant-t01");
     assert_eq!(left.len(), 2, "{left:?}");
@@ -399,12 +401,7 @@ fn a_locked_member_does_not_hold_up_the_others() {
         tenant(&env, i);
     }
     config(&env, "");
-    let text = std::fs::read_to_string(env.config_path()).unwrap();
-    std::fs::write(
-        env.config_path(),
-        text.replace("busy_timeout = \"300ms\"", "busy_timeout = \"2s\""),
-    )
-    .unwrap();
+    edit_config(&env, "busy_timeout = \"300ms\"", "busy_timeout = \"2s\"");
     let mut holders = Vec::new();
     for i in 0..3 {
         let c = Connection::open(env.path(&format!("tenants/t{i:02}.db"))).unwrap();
@@ -434,12 +431,7 @@ fn a_signal_stops_a_fleet_run_and_says_what_did_not_run() {
         tenant(&env, i);
     }
     config(&env, "");
-    let text = std::fs::read_to_string(env.config_path()).unwrap();
-    std::fs::write(
-        env.config_path(),
-        text.replace("max_concurrent_jobs = 4", "max_concurrent_jobs = 1"),
-    )
-    .unwrap();
+    edit_config(&env, "max_concurrent_jobs = 4", "max_concurrent_jobs = 1");
     let child = env
         .std_cmd()
         .args(["run", "tenant", "backup"])
@@ -492,18 +484,14 @@ fn a_fleet_run_leaves_metrics_for_every_member() {
     }
     config(&env, "");
     let prom = env.path("lk.prom");
-    let text = std::fs::read_to_string(env.config_path()).unwrap();
-    std::fs::write(
-        env.config_path(),
-        text.replace(
-            "max_concurrent_jobs = 4",
-            &format!(
-                "max_concurrent_jobs = 4\nmetrics_file = \"{}\"",
-                prom.display()
-            ),
+    edit_config(
+        &env,
+        "max_concurrent_jobs = 4",
+        &format!(
+            "max_concurrent_jobs = 4\nmetrics_file = \"{}\"",
+            prom.display()
         ),
-    )
-    .unwrap();
+    );
     let o = env
         .cmd()
         .args(["run", "tenant", "backup"])

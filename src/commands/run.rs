@@ -24,18 +24,19 @@ pub fn run(path: &Path, args: RunArgs) -> Result<ExitCode, Failure> {
     let config = Arc::new(super::load_config(path)?);
     let kind = job_kind(args.job);
     // A database, or a whole fleet by its handle (`tenant` for `tenant-{stem}`).
-    let targets: Vec<Arc<crate::config::Database>> = match config.database(&args.database) {
-        Some(db) => vec![db.clone()],
-        None => match config.fleet_by_handle(&args.database) {
-            Some(fleet) => {
-                if fleet.template.timing(kind).is_none() {
-                    return Err(no_section(&config, &fleet.name, kind));
+    let (targets, fleet): (Vec<Arc<crate::config::Database>>, bool) =
+        match config.database(&args.database) {
+            Some(db) => (vec![db.clone()], false),
+            None => match config.fleet_by_handle(&args.database) {
+                Some(fleet) => {
+                    if fleet.template.timing(kind).is_none() {
+                        return Err(no_section(&config, &fleet.name, kind));
+                    }
+                    (config.members(fleet).cloned().collect(), true)
                 }
-                config.members(fleet).cloned().collect()
-            }
-            None => return Err(unknown_database(&config, &args.database)),
-        },
-    };
+                None => return Err(unknown_database(&config, &args.database)),
+            },
+        };
     let Some(db) = targets.first().cloned() else {
         // A fleet whose directory has no member right now: nothing to do.
         println!(
@@ -69,7 +70,6 @@ pub fn run(path: &Path, args: RunArgs) -> Result<ExitCode, Failure> {
     } else {
         Trigger::Cli
     };
-    let fleet = config.database(&args.database).is_none();
     let members = targets.len();
     if fleet {
         // Every member's run rewrites the metrics from the whole history: once a second is

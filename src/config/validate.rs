@@ -205,14 +205,17 @@ fn metrics_file(c: &mut Checker, key: &KeyPath, text: &str) -> PathBuf {
 
 /// What a fleet is called as a whole: its name template without `{stem}` and the separators
 /// around it (`tenant-{stem}` → `tenant`); for a bare `{stem}`, the name of the directory the
-/// pattern starts in (`/srv/app/tenants/*.db` → `tenants`) if free, else `fleet<N>`.
+/// pattern starts in (`/srv/app/tenants/*.db` → `tenants`), else `fleet<N>`. (`validate`
+/// moves a directory's name that is taken to `fleet<N>`.)
 pub fn fleet_handle(template: &str, pattern: &str, index: usize) -> String {
     template_handle(template)
         .or_else(|| dir_handle(pattern))
         .unwrap_or_else(|| format!("fleet{index}"))
 }
 
-fn clean_handle(text: &str) -> Option<String> {
+/// The handle a name template gives (`tenant-{stem}` → `tenant`), if any; also used to
+/// clean a directory's name.
+fn template_handle(text: &str) -> Option<String> {
     let mut h = member_name(text, "").trim_matches(['-', '_']).to_string();
     while h.contains("--") {
         h = h.replace("--", "-");
@@ -220,16 +223,11 @@ fn clean_handle(text: &str) -> Option<String> {
     Some(h).filter(|h| !h.is_empty() && is_db_name(h))
 }
 
-/// The handle a name template gives (`tenant-{stem}` → `tenant`), if any.
-fn template_handle(template: &str) -> Option<String> {
-    clean_handle(template)
-}
-
 /// The name of the directory a fleet's pattern starts in.
 fn dir_handle(pattern: &str) -> Option<String> {
     let fixed = &pattern[..pattern.find(['*', '?', '[']).unwrap_or(pattern.len())];
     let dir = fixed.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
-    clean_handle(dir.rsplit('/').next().unwrap_or(""))
+    template_handle(dir.rsplit('/').next().unwrap_or(""))
 }
 
 fn is_db_name(s: &str) -> bool {
@@ -529,9 +527,9 @@ pub fn validate(
         }
         databases.push(Arc::new(database(&mut c, &key, rd, &daemon)));
     }
-    // A fleet's handle names the whole fleet in `run`, `status` and timer units: the name
-    // template without {stem} must be free; a handle derived from the directory (a bare
-    // `{stem}` template) falls back to `fleet<N>` when taken.
+    // A fleet's handle names the whole fleet in `run`, `status` and timer units: one made from
+    // the name template must be free; one made from the directory (a bare `{stem}` template)
+    // falls back to `fleet<N>` when taken.
     for n in 0..fleets.len() {
         let taken = |h: &str, fleets: &[Fleet]| {
             databases.iter().any(|d| d.name == h) || fleets[..n].iter().any(|o| o.handle == h)
@@ -540,48 +538,44 @@ pub fn validate(
             .key("database")
             .index(fleets[n].index)
             .key("name");
-        if fleets[..n].iter().any(|o| o.name == fleets[n].name) {
+        let template = fleets[n].name.clone();
+        if fleets[..n].iter().any(|o| o.name == template) {
             c.fail(
                 &key,
                 "another fleet has the same name template; give each its own (e.g. \"a-{stem}\" \
                  and \"b-{stem}\")",
-                Some(fleets[n].name.clone()),
+                Some(template),
             );
             continue;
         }
-        let (template, pattern, index) = (
-            fleets[n].name.clone(),
-            fleets[n].raw.path.clone(),
-            fleets[n].index,
-        );
-        match template_handle(&template) {
-            Some(h) if taken(&h, &fleets) => c.fail(
+        let handle = fleets[n].handle.clone();
+        if !taken(&handle, &fleets) {
+            continue;
+        }
+        if template_handle(&template).is_some() {
+            c.fail(
                 &key,
                 format!(
-                    "this fleet is called {h:?} in `run`, `status` and timer units (its name \
+                    "this fleet is called {handle:?} in `run`, `status` and timer units (its name \
                      without {{stem}}), and that name is taken by another database or fleet; \
                      rename one of them"
                 ),
-                Some(template.clone()),
-            ),
-            Some(h) => fleets[n].handle = h,
-            None => {
-                let handle = dir_handle(&pattern)
-                    .into_iter()
-                    .chain(std::iter::once(format!("fleet{index}")))
-                    .find(|h| !taken(h, &fleets));
-                match handle {
-                    Some(h) => fleets[n].handle = h,
-                    None => c.fail(
-                        &key,
-                        format!(
-                            "this fleet needs a name for `run`, `status` and timer units and \
-                             fleet{index} is taken: put a prefix in its name, e.g. \"t-{{stem}}\""
-                        ),
-                        Some(template.clone()),
-                    ),
-                }
-            }
+                Some(template),
+            );
+            continue;
+        }
+        let fallback = format!("fleet{}", fleets[n].index);
+        if taken(&fallback, &fleets) {
+            c.fail(
+                &key,
+                format!(
+                    "this fleet needs a name for `run`, `status` and timer units and {fallback} \
+                     is taken: put a prefix in its name, e.g. \"t-{{stem}}\""
+                ),
+                Some(template),
+            );
+        } else {
+            fleets[n].handle = fallback;
         }
     }
     let names: Vec<String> = raw.database.iter().map(|d| d.name.clone()).collect();
