@@ -2,6 +2,13 @@
 //! checksums and verification, and the careful file handling every writer uses (temp name in
 //! the target directory, fsync, rename, fsync the directory; leftovers of a killed run are
 //! removed by the next one). Only names matching our pattern are ever touched.
+//!
+//! The manifest is the truth about a directory: a backup belongs to the database its entry
+//! names ([`list_of`]), whatever its file name says, and a file named like a backup that the
+//! manifest does not know is never counted or deleted, only reported ([`unrecorded`]). Several
+//! databases may share a directory: whoever cleans leftovers, updates the manifest or applies
+//! retention holds the directory's own lock ([`DirLock`], `.litekeeper.lock`), and a temp file
+//! is flocked by the process writing it ([`TempFile`]), so cleanup never takes a live one.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -18,7 +25,11 @@ pub const TMP_SUFFIX: &str = ".litekeeper-tmp";
 /// Suffix added to a backup that failed verification.
 pub const FAILED_SUFFIX: &str = ".failed";
 pub const MANIFEST: &str = "manifest.json";
+/// The backup directory's lock file (a flock, never deleted).
+pub const DIR_LOCK: &str = ".litekeeper.lock";
 const TIME_FORMAT: &str = "%Y%m%d-%H%M%S";
+/// The longest file name most Linux file systems take (NAME_MAX).
+pub const NAME_MAX: usize = 255;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
@@ -77,7 +88,7 @@ impl BackupName {
         }
         let (series, stamp) = rest.split_at(rest.len() - 15);
         let series = series.strip_suffix('-')?;
-        if series.is_empty() || series.starts_with('.') {
+        if series.is_empty() {
             return None;
         }
         let naive = NaiveDateTime::parse_from_str(stamp, TIME_FORMAT).ok()?;
@@ -96,6 +107,90 @@ pub struct Found {
     pub name: BackupName,
     pub path: PathBuf,
     pub size: u64,
+    /// Its manifest entry (from [`list_of`]); None for a file the manifest does not know.
+    pub entry: Option<Entry>,
+}
+
+impl Found {
+    /// The file name in its directory.
+    pub fn file(&self) -> String {
+        match &self.entry {
+            Some(e) => e.file.clone(),
+            None => self.name.file_name(),
+        }
+    }
+
+    /// Recorded in the manifest with the size it has on disk: a backup retention may count.
+    pub fn recorded(&self) -> bool {
+        self.entry.as_ref().is_some_and(|e| e.size == self.size)
+    }
+}
+
+fn newest_first(v: &mut [Found]) {
+    v.sort_by(|a, b| {
+        b.name
+            .time
+            .cmp(&a.name.time)
+            .then(a.name.series.cmp(&b.name.series))
+            .then(a.path.cmp(&b.path))
+    });
+}
+
+/// The backups of `database` in `dir`: every manifest entry recorded for it whose file is
+/// there (a regular file, not a symlink), newest first, except that backups dated in the
+/// future (the clock moved back) come last: never preferred over real ones. Entries of other
+/// databases sharing the directory are not listed, whatever their file names look like.
+/// Time, series, compression and failure come from the entry, not from the file name.
+pub fn list_of(
+    dir: &Path,
+    manifest: &Manifest,
+    database: &str,
+) -> Result<Vec<Found>, ArchiveError> {
+    let mut out = Vec::new();
+    for e in manifest.backups.iter().filter(|e| e.database == database) {
+        if e.file.contains('/') || e.file.is_empty() {
+            continue;
+        }
+        let path = dir.join(&e.file);
+        let meta = match fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+            Err(err) => return Err(io_err(&path, "cannot stat")(err)),
+        };
+        if !meta.is_file() {
+            continue;
+        }
+        out.push(Found {
+            name: BackupName {
+                series: e.series.clone(),
+                time: e.created_at,
+                compressed: e.compressed,
+                failed: e.verified == Verified::Failed,
+            },
+            path,
+            size: meta.len(),
+            entry: Some(e.clone()),
+        });
+    }
+    newest_first(&mut out);
+    let soon = Utc::now() + crate::retention::FUTURE_SLACK;
+    out.sort_by_key(|f| f.name.time > soon);
+    Ok(out)
+}
+
+/// Files in `dir` named like backups of one of `series` that the manifest does not know (a
+/// run killed before its manifest update, or garbage): never counted, never deleted, reported.
+pub fn unrecorded(
+    dir: &Path,
+    manifest: &Manifest,
+    series: &[String],
+) -> Result<Vec<Found>, ArchiveError> {
+    let mut out: Vec<Found> = list(dir)?
+        .into_iter()
+        .filter(|f| series.contains(&f.name.series) && manifest.get(&f.file()).is_none())
+        .collect();
+    newest_first(&mut out);
+    Ok(out)
 }
 
 /// Every backup file (ours by name) in `dir`, newest first.
@@ -124,15 +219,112 @@ pub fn list(dir: &Path) -> Result<Vec<Found>, ArchiveError> {
             name,
             path: entry.path(),
             size: meta.len(),
+            entry: None,
         });
     }
-    out.sort_by(|a, b| {
-        b.name
-            .time
-            .cmp(&a.name.time)
-            .then(a.name.series.cmp(&b.name.series))
-    });
+    newest_first(&mut out);
     Ok(out)
+}
+
+/// Refuse a name longer than the file system takes, saying which and what to do.
+pub fn check_name_length(name: &str, whose: &Path, what: &str) -> Result<(), ArchiveError> {
+    if name.len() <= NAME_MAX {
+        return Ok(());
+    }
+    Err(ArchiveError::Refused {
+        reason: format!(
+            "{what} would be {} bytes long ({}…), over the file-system limit of {NAME_MAX} bytes \
+             per name; give the file a shorter name",
+            name.len(),
+            name.chars().take(40).collect::<String>()
+        ),
+        path: whose.to_path_buf(),
+    })
+}
+
+/// The backup directory's lock, held while cleaning leftovers, updating the manifest and
+/// applying retention: databases sharing a directory take turns. Dropping it releases it.
+#[derive(Debug)]
+pub struct DirLock {
+    _file: File,
+}
+
+/// Take `dir`'s lock (waits while another job holds it; those hold it for moments).
+pub fn lock_dir(dir: &Path) -> Result<DirLock, ArchiveError> {
+    let path = dir.join(DIR_LOCK);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&path)
+        .map_err(io_err(
+            &path,
+            "cannot open the backup directory's lock file",
+        ))?;
+    // std's file locks are flock(2) on Linux.
+    file.lock()
+        .map_err(io_err(&path, "cannot lock the backup directory"))?;
+    Ok(DirLock { _file: file })
+}
+
+/// A temp file being written: created new (mode 0600) and flocked for as long as this value
+/// lives, so [`clean_leftovers`] knows a live process owns it.
+#[derive(Debug)]
+pub struct TempFile {
+    pub path: PathBuf,
+    file: File,
+}
+
+impl TempFile {
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+}
+
+/// Create `path` as a new temp file owned (flocked) by this process.
+pub fn create_temp(path: &Path) -> Result<TempFile, ArchiveError> {
+    for _ in 0..3 {
+        let file = create_private(path)?;
+        file.try_lock().map_err(|e| {
+            io_err(path, "cannot lock temp file")(match e {
+                std::fs::TryLockError::Error(e) => e,
+                std::fs::TryLockError::WouldBlock => io::ErrorKind::WouldBlock.into(),
+            })
+        })?;
+        // A cleanup that opened the name before the lock was taken may have removed it.
+        let ours = file.metadata().map_err(io_err(path, "cannot stat"))?;
+        match fs::symlink_metadata(path) {
+            Ok(m) if m.dev() == ours.dev() && m.ino() == ours.ino() => {
+                return Ok(TempFile {
+                    path: path.to_path_buf(),
+                    file,
+                })
+            }
+            _ => continue,
+        }
+    }
+    Err(ArchiveError::Refused {
+        reason:
+            "temp file removed under us three times; is another program cleaning this directory?"
+                .into(),
+        path: path.to_path_buf(),
+    })
+}
+
+/// True when some live process holds a flock on `path` (a temp file being written). A file
+/// that cannot be opened (gone, not ours) counts as not owned.
+fn owned_by_a_live_process(path: &Path) -> bool {
+    let Ok(f) = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(path)
+    else {
+        return false;
+    };
+    matches!(f.try_lock_shared(), Err(std::fs::TryLockError::WouldBlock))
 }
 
 /// Create `dir` (mode 0700) if needed; refuse a symlink or a directory owned by someone else.
@@ -173,8 +365,10 @@ pub fn temp_path(dir: &Path, final_name: &str) -> PathBuf {
     dir.join(format!(".{final_name}{TMP_SUFFIX}"))
 }
 
-/// Remove temp files a killed run left in `dir` (call with the database's lock held).
-pub fn clean_leftovers(dir: &Path) -> Result<Vec<PathBuf>, ArchiveError> {
+/// Remove temp files a killed run left in `dir`: ours by name, and owned by no live process
+/// (a job of another database sharing the directory may be writing one). Call with the
+/// directory's lock held.
+pub fn clean_leftovers(dir: &Path, _held: &DirLock) -> Result<Vec<PathBuf>, ArchiveError> {
     let mut removed = Vec::new();
     let Ok(entries) = fs::read_dir(dir) else {
         return Ok(removed);
@@ -182,12 +376,15 @@ pub fn clean_leftovers(dir: &Path) -> Result<Vec<PathBuf>, ArchiveError> {
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        // Our temp files, and SQLite's journals beside them.
-        let ours = name.starts_with('.')
-            && ["", "-journal", "-wal", "-shm"]
-                .iter()
-                .any(|s| name.ends_with(&format!("{TMP_SUFFIX}{s}")));
-        if ours {
+        // Our temp files, and SQLite's journals beside them (owned with their temp file).
+        let Some(side) = ["", "-journal", "-wal", "-shm"]
+            .into_iter()
+            .find(|s| name.ends_with(&format!("{TMP_SUFFIX}{s}")))
+        else {
+            continue;
+        };
+        let owner = dir.join(&name[..name.len() - side.len()]);
+        if name.starts_with('.') && !owned_by_a_live_process(&owner) {
             fs::remove_file(entry.path())
                 .map_err(io_err(&entry.path(), "cannot remove leftover temp file"))?;
             removed.push(entry.path());
@@ -361,8 +558,9 @@ impl Manifest {
         self.backups.retain(|e| dir.join(&e.file).exists());
     }
 
-    /// Write atomically to `dir/manifest.json`.
-    pub fn save(&self, dir: &Path) -> Result<(), ArchiveError> {
+    /// Write atomically to `dir/manifest.json`, with the directory's lock held (the caller
+    /// loaded the manifest under the same lock: no other job's update is lost).
+    pub fn save(&self, dir: &Path, _held: &DirLock) -> Result<(), ArchiveError> {
         let mut m = self.clone();
         m.version = 1;
         let bytes = serde_json::to_vec_pretty(&m).expect("manifest serializes");
@@ -399,6 +597,7 @@ mod tests {
             "-20260102-030405.db",
             "chatbot-20261302-030405.db",
             ".chatbot-20260102-030405.db.litekeeper-tmp",
+            DIR_LOCK,
             "manifest.json",
             "notes-20260102-030405.txt",
         ] {
@@ -420,10 +619,17 @@ mod tests {
             b"x",
         )
         .unwrap();
-        assert_eq!(clean_leftovers(dir.path()).unwrap().len(), 2);
+        let live = create_temp(&temp_path(dir.path(), "other-20260102-040000.db")).unwrap();
+        let held = lock_dir(dir.path()).unwrap();
+        assert_eq!(clean_leftovers(dir.path(), &held).unwrap().len(), 2);
         for k in keep {
             assert!(dir.path().join(k).exists(), "{k}");
         }
+        assert!(live.path.exists(), "a live temp file was removed");
+        let path = live.path.clone();
+        drop(live);
+        assert_eq!(clean_leftovers(dir.path(), &held).unwrap(), [path]);
+        assert!(dir.path().join(DIR_LOCK).exists());
     }
 
     #[test]

@@ -12,6 +12,12 @@
 //! verified backup are always kept; and when the newest file of a series is a failed backup,
 //! nothing at all is deleted (something is wrong; an operator should look first). Failed
 //! backups never fill a bucket; they are kept while no newer good backup exists.
+//!
+//! Only what the manifest vouches for counts. A file it does not know (or whose size differs
+//! from its entry) never fills a slot and is never deleted: it is kept and reported
+//! (`not-in-manifest`). A backup dated after `now` (the clock moved back, or a foreign file)
+//! never fills a slot either, nor becomes the newest: kept and reported (`future-dated`). A
+//! backup written by the deciding run is never deleted by it (`this-run`).
 
 use std::fmt;
 use std::time::Duration;
@@ -30,6 +36,27 @@ pub struct Candidate {
     pub failed: bool,
     /// Verified by quick or full check (false for `verify = "none"` or unknown).
     pub verified: bool,
+    /// Recorded in the manifest, with the size it has on disk.
+    pub recorded: bool,
+    /// Written by the run that decides (never deleted by it).
+    pub this_run: bool,
+}
+
+/// A backup dated more than this after `now` is future-dated (a few seconds are normal: a
+/// run moves its stamp on while a file of that second exists).
+pub const FUTURE_SLACK: chrono::Duration = chrono::Duration::minutes(5);
+
+impl Candidate {
+    /// A good, recorded, verified backup taken now (a dry run's preview of the next one).
+    pub fn pending(time: DateTime<Utc>) -> Candidate {
+        Candidate {
+            time,
+            failed: false,
+            verified: true,
+            recorded: true,
+            this_run: true,
+        }
+    }
 }
 
 /// Why a backup is kept.
@@ -51,6 +78,13 @@ pub enum Reason {
     FailedRecent,
     /// The newest backup failed: nothing is deleted until a good one exists.
     NewestFailed,
+    /// Written by this run: never deleted by it.
+    ThisRun,
+    /// Dated in the future (the clock moved back?): kept, never counted; reported.
+    FutureDated,
+    /// Named like a backup but unknown to the manifest (or of another size): kept, never
+    /// counted; reported.
+    NotInManifest,
 }
 
 impl Reason {
@@ -67,6 +101,9 @@ impl Reason {
             Reason::NewestVerified => "newest-verified",
             Reason::FailedRecent => "failed-recent",
             Reason::NewestFailed => "newest-failed",
+            Reason::ThisRun => "this-run",
+            Reason::FutureDated => "future-dated",
+            Reason::NotInManifest => "not-in-manifest",
         }
     }
 }
@@ -140,14 +177,27 @@ pub fn decide(
     zone: &Zone,
 ) -> Vec<Decision> {
     let mut reasons: Vec<Vec<Reason>> = vec![Vec::new(); backups.len()];
-    // Newest first; ties keep input order so the result is deterministic.
-    let mut order: Vec<usize> = (0..backups.len()).collect();
+    for (i, b) in backups.iter().enumerate() {
+        if !b.recorded {
+            reasons[i].push(Reason::NotInManifest);
+        } else if b.time > now + FUTURE_SLACK {
+            reasons[i].push(Reason::FutureDated);
+        }
+        if b.this_run {
+            reasons[i].push(Reason::ThisRun);
+        }
+    }
+    // Newest first among the backups that count; ties keep input order so the result is
+    // deterministic.
+    let mut order: Vec<usize> = (0..backups.len())
+        .filter(|&i| backups[i].recorded && backups[i].time <= now + FUTURE_SLACK)
+        .collect();
     order.sort_by(|&a, &b| backups[b].time.cmp(&backups[a].time).then(a.cmp(&b)));
 
     if let Some(&newest) = order.first() {
         if backups[newest].failed {
-            for (i, r) in reasons.iter_mut().enumerate() {
-                r.push(if i == newest {
+            for &i in &order {
+                reasons[i].push(if i == newest {
                     Reason::FailedRecent
                 } else {
                     Reason::NewestFailed
@@ -204,7 +254,8 @@ pub fn decide(
     // Failed backups newer than the newest good one stay for inspection. (The newest file is
     // good here, so this only matters for equal times; kept for clarity.)
     let newest_good = good.first().map(|&i| backups[i].time);
-    for (i, b) in backups.iter().enumerate() {
+    for &i in &order {
+        let b = &backups[i];
         if b.failed && newest_good.is_none_or(|t| b.time >= t) {
             reasons[i].push(Reason::FailedRecent);
         }
@@ -244,6 +295,16 @@ mod tests {
             time: t,
             failed: false,
             verified: true,
+            recorded: true,
+            this_run: false,
+        }
+    }
+
+    fn failed(t: DateTime<Utc>) -> Candidate {
+        Candidate {
+            failed: true,
+            verified: false,
+            ..good(t)
         }
     }
 
@@ -359,9 +420,8 @@ mod tests {
         let v = vec![
             good(t),
             Candidate {
-                time: t + chrono::Duration::days(1),
-                failed: false,
                 verified: false, // verify = "none"
+                ..good(t + chrono::Duration::days(1))
             },
         ];
         // A policy that keeps nothing at all still keeps the newest and the newest verified.
@@ -380,11 +440,7 @@ mod tests {
         let mut v: Vec<Candidate> = (0..30)
             .map(|d| good(t + chrono::Duration::days(d)))
             .collect();
-        v.push(Candidate {
-            time: t + chrono::Duration::days(31),
-            failed: true,
-            verified: false,
-        });
+        v.push(failed(t + chrono::Duration::days(31)));
         let policy = Policy {
             keep: keep(1, 0, 0, 0, 0, 0),
             max_age: None,
@@ -400,11 +456,7 @@ mod tests {
         let t = Utc.with_ymd_and_hms(2025, 6, 1, 2, 0, 0).unwrap();
         let v = vec![
             good(t),
-            Candidate {
-                time: t + chrono::Duration::days(1),
-                failed: true,
-                verified: false,
-            },
+            failed(t + chrono::Duration::days(1)),
             good(t + chrono::Duration::days(2)),
         ];
         let policy = Policy {
@@ -431,8 +483,62 @@ mod tests {
             keep: keep(0, 0, 1, 0, 0, 0),
             max_age: None,
         };
-        let d = decide(&v, &policy, t, &Zone::Utc);
+        let d = decide(&v, &policy, t + chrono::Duration::hours(3), &Zone::Utc);
         assert!(!d[0].keep() && !d[1].keep());
         assert!(d[2].reasons.contains(&Reason::Daily));
+    }
+
+    #[test]
+    fn only_recorded_backups_of_the_past_fill_slots() {
+        let now = Utc.with_ymd_and_hms(2025, 6, 10, 12, 0, 0).unwrap();
+        let fresh = Candidate {
+            this_run: true,
+            ..good(now)
+        };
+        let garbage = Candidate {
+            recorded: false,
+            ..good(now + chrono::Duration::days(400))
+        };
+        // The clock was ahead when these were taken; a garbage file has a future name too.
+        let future = good(now + chrono::Duration::days(30));
+        let yesterday = good(now - chrono::Duration::days(1));
+        let old = good(now - chrono::Duration::days(2));
+        let v = vec![old, yesterday, future, garbage, fresh];
+        let policy = Policy {
+            keep: keep(2, 0, 0, 0, 0, 0),
+            max_age: None,
+        };
+        let d = decide(&v, &policy, now, &Zone::Utc);
+        assert!(!d[0].keep(), "{:?}", d[0]);
+        assert_eq!(d[1].reasons, vec![Reason::Last]);
+        assert_eq!(d[2].reasons, vec![Reason::FutureDated]);
+        assert_eq!(d[3].reasons, vec![Reason::NotInManifest]);
+        assert_eq!(
+            d[4].reasons,
+            vec![
+                Reason::Last,
+                Reason::Newest,
+                Reason::NewestVerified,
+                Reason::ThisRun
+            ]
+        );
+        // Even a policy that would drop it keeps this run's backup; a failed newest that is
+        // only a future-dated or unknown file does not stop retention.
+        let v = vec![
+            Candidate {
+                this_run: true,
+                ..good(now - chrono::Duration::days(3))
+            },
+            good(now - chrono::Duration::days(1)),
+            failed(now + chrono::Duration::days(9)),
+            Candidate {
+                recorded: false,
+                ..failed(now)
+            },
+        ];
+        let d = decide(&v, &policy, now, &Zone::Utc);
+        assert_eq!(d[0].reasons, vec![Reason::Last, Reason::ThisRun]);
+        assert_eq!(d[2].reasons, vec![Reason::FutureDated]);
+        assert_eq!(d[3].reasons, vec![Reason::NotInManifest]);
     }
 }

@@ -968,10 +968,12 @@ const FOREIGN: [&str; 5] = [
 ];
 
 /// Old backups of series `chat` (tiny files, eight a day through 2025) that are not there,
-/// written; their names.
+/// written and recorded in the manifest (retention judges only what it records); their names.
 fn fabricate(dir: &Path) -> BTreeSet<String> {
     let start = chrono::NaiveDate::from_ymd_opt(2025, 1, 1).unwrap();
     let mut all = BTreeSet::new();
+    let held = litekeeper::archive::lock_dir(dir).unwrap();
+    let mut m = Manifest::load(dir).unwrap();
     for k in 0..FABRICATED {
         let day = start + chrono::Duration::days((k / 8) as i64);
         let name = format!("chat-{}-{:02}0000.db", day.format("%Y%m%d"), (k % 8) * 3);
@@ -979,8 +981,28 @@ fn fabricate(dir: &Path) -> BTreeSet<String> {
         if !p.exists() {
             std::fs::write(&p, b"old backup").unwrap();
         }
+        if m.get(&name).is_none() {
+            let n = litekeeper::archive::BackupName::parse(&name).unwrap();
+            m.upsert(litekeeper::archive::Entry {
+                file: name.clone(),
+                series: n.series,
+                database: "chat".into(),
+                source: "chat.db".into(),
+                created_at: n.time,
+                size: 10,
+                sha256: litekeeper::archive::sha256_file(&p).unwrap(),
+                compressed: false,
+                verified: Verified::Quick,
+                page_count: 1,
+                page_size: 4096,
+                tables: Default::default(),
+                duration_ms: 1,
+                error: None,
+            });
+        }
         all.insert(name);
     }
+    m.save(dir, &held).unwrap();
     all
 }
 

@@ -35,14 +35,40 @@ fn names(dir: &Path) -> Vec<String> {
     v
 }
 
-/// Old backups of series `chat`, one per day at 02:00 UTC for `days` days ending 2026-01-10,
-/// plus files that only look like ours.
+/// Record `files` (present in `dir`) in its manifest as backups of `chat` (a `.failed` one as
+/// failed), as a backup run would have.
+pub fn record(dir: &Path, files: &[String]) {
+    let path = dir.join("manifest.json");
+    let mut m: Value = std::fs::read(&path)
+        .map(|b| serde_json::from_slice(&b).unwrap())
+        .unwrap_or_else(|_| serde_json::json!({"version": 1, "backups": []}));
+    for f in files {
+        let name = litekeeper::archive::BackupName::parse(f).unwrap();
+        m["backups"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({
+                "file": f, "series": name.series, "database": "chat", "source": "chat.db",
+                "created_at": name.time, "size": std::fs::metadata(dir.join(f)).unwrap().len(),
+                "sha256": litekeeper::archive::sha256_file(&dir.join(f)).unwrap(),
+                "compressed": false, "verified": if name.failed { "failed" } else { "quick" },
+                "page_count": 1, "page_size": 4096, "tables": {}, "duration_ms": 1,
+            }));
+    }
+    std::fs::write(path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+}
+
+/// Old backups of series `chat` (in the manifest), one per day at 02:00 UTC for `days` days
+/// ending 2026-01-10, plus files that only look like ours.
 fn fabricate_history(dir: &Path, days: u32) {
     std::fs::create_dir_all(dir).unwrap();
+    let mut made = Vec::new();
     for d in 0..days {
         let name = format!("chat-202601{:02}-020000.db", 10 - d);
-        std::fs::write(dir.join(name), b"old backup").unwrap();
+        std::fs::write(dir.join(&name), b"old backup").unwrap();
+        made.push(name);
     }
+    record(dir, &made);
     for foreign in [
         "notes.txt",
         "chat-2026.db",
@@ -132,7 +158,7 @@ fn backup_applies_retention_and_touches_only_our_files() {
     );
     assert_eq!(backups[1]["file"], "chat-20260110-020000.db");
     assert_eq!(backups[1]["kept_by"], serde_json::json!(["daily"]));
-    assert_eq!(backups[1]["verified"], "unknown");
+    assert_eq!(backups[1]["verified"], "quick");
     assert_eq!(
         db["total_bytes"].as_u64().unwrap(),
         backups
@@ -148,6 +174,10 @@ fn a_failed_newest_backup_stops_retention() {
     let dir = setup(&env, "keep = { last = 1 }");
     fabricate_history(&dir, 3);
     std::fs::write(dir.join("chat-20260111-020000.db.failed"), b"bad").unwrap();
+    record(
+        dir.as_path(),
+        &["chat-20260111-020000.db.failed".to_string()],
+    );
     let v = list_json(&env);
     let backups = v["databases"][0]["backups"].as_array().unwrap();
     assert_eq!(backups.len(), 4);

@@ -2,6 +2,7 @@
 
 mod util;
 
+mod archive;
 mod backup;
 mod bad_config;
 mod bad_db;

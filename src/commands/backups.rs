@@ -1,7 +1,9 @@
 //! `litekeeper backups list [DB] [--json]`: every backup on disk with its time, age, size,
 //! compression, verification, SHA-256 prefix and the retention rules keeping it, plus totals
 //! per database. Reads only the backup directories and their manifests: no daemon needed.
-//! The JSON shape is a documented contract (README.md, "backups list --json").
+//! The JSON shape is a documented contract (README.md, "backups list --json"). A database
+//! whose backups cannot be listed (or written) says so in its own entry: the others are
+//! listed, the document stays whole, and the exit code says that something was wrong.
 
 use std::io::Write;
 use std::path::Path;
@@ -11,8 +13,8 @@ use serde::Serialize;
 
 use crate::cli::BackupsListArgs;
 use crate::config::Database;
-use crate::exit::{ExitCode, Failure, OrExit};
-use crate::jobs::backup::{human_bytes, retention_plan, Planned};
+use crate::exit::{ExitCode, Failure};
+use crate::jobs::backup::{check_names, human_bytes, plan_warnings, retention_plan, Planned};
 use crate::schedule::Zone;
 
 use super::stream_json::{self, PrettyObject, Stop};
@@ -35,6 +37,10 @@ struct DatabaseJson {
     total_bytes: u64,
     /// How many retention would delete if it ran now.
     expired: usize,
+    /// Why this database's backups cannot be listed or written (null when all is well).
+    error: Option<String>,
+    /// Files here that need an operator's look (unknown to the manifest, future-dated).
+    warnings: Vec<String>,
     backups: Vec<BackupJson>,
 }
 
@@ -52,6 +58,8 @@ struct BackupJson {
     sha256: Option<String>,
     /// Retention rules keeping it; empty when retention would delete it now.
     kept_by: Vec<String>,
+    /// Why this file needs an operator's look (null when all is well).
+    warning: Option<String>,
 }
 
 pub fn list(path: &Path, args: BackupsListArgs) -> Result<ExitCode, Failure> {
@@ -92,17 +100,36 @@ pub fn list(path: &Path, args: BackupsListArgs) -> Result<ExitCode, Failure> {
             .map(|d| d.as_ref())
             .collect(),
     };
-    // Each database is listed as soon as its directory is read; the first before any output,
-    // so a first directory that cannot be read prints nothing but the error.
-    let mut listed = dbs.iter().map(|db| {
+    // Each database is listed as soon as its directory is read; one that cannot be read is
+    // an entry with its error (and a line on stderr), and the listing goes on.
+    let failed = std::cell::Cell::new(0usize);
+    let listed = dbs.iter().map(|db| {
         let cfg = db.backup.as_ref().expect("filtered above");
-        let plan = retention_plan(db, cfg, zone, now, None).or_exit(ExitCode::IoErr)?;
-        Ok(to_json(db, &cfg.dir, &plan, now))
+        let listed = check_names(db, cfg)
+            .map_err(|e| format!("its backups cannot be written: {e}"))
+            .and_then(|()| {
+                retention_plan(db, cfg, zone, now, None, &[]).map_err(|e| e.to_string())
+            });
+        Ok(match listed {
+            Ok(plan) => to_json(db, &cfg.dir, &plan, now),
+            Err(e) => {
+                failed.set(failed.get() + 1);
+                eprintln!("litekeeper: backups list {}: {e}", db.name);
+                DatabaseJson {
+                    database: db.name.clone(),
+                    dir: cfg.dir.display().to_string(),
+                    count: 0,
+                    total_bytes: 0,
+                    expired: 0,
+                    error: Some(e),
+                    warnings: Vec::new(),
+                    backups: Vec::new(),
+                }
+            }
+        })
     });
-    let first = listed.next().transpose()?;
-    let listed = first.into_iter().map(Ok).chain(listed);
     let mut out = stream_json::stdout();
-    stream_json::finish(if args.json {
+    let code = stream_json::finish(if args.json {
         write_json(&mut out, now, &zone.to_string(), listed)
     } else if dbs.is_empty() {
         writeln!(
@@ -114,7 +141,16 @@ pub fn list(path: &Path, args: BackupsListArgs) -> Result<ExitCode, Failure> {
         .map_err(Stop::from)
     } else {
         write_human(&mut out, zone, listed)
-    })
+    })?;
+    match failed.get() {
+        0 => Ok(code),
+        n => Err(Failure::new(
+            ExitCode::IoErr,
+            anyhow::anyhow!(
+                "the backups of {n} database(s) could not be listed; see their entries above"
+            ),
+        )),
+    }
 }
 
 /// `backups list --json`, database by database, byte-identical to `to_string_pretty` of
@@ -151,6 +187,11 @@ fn write_human(
             writeln!(out)?;
         }
         writeln!(out, "{} ({})", d.database, d.dir)?;
+        if let Some(e) = &d.error {
+            writeln!(out, "  error: {e}")?;
+            out.flush()?;
+            continue;
+        }
         if d.backups.is_empty() {
             writeln!(out, "  no backups yet")?;
             out.flush()?;
@@ -181,6 +222,9 @@ fn write_human(
                 }
             )?;
         }
+        for w in &d.warnings {
+            writeln!(out, "  warning: {w}")?;
+        }
         writeln!(
             out,
             "  total: {} backup{}, {}{}",
@@ -202,7 +246,7 @@ fn to_json(db: &Database, dir: &Path, plan: &[Planned], now: DateTime<Utc>) -> D
     let backups: Vec<BackupJson> = plan
         .iter()
         .map(|p| BackupJson {
-            file: p.found.name.file_name(),
+            file: p.found.file(),
             path: p.found.path.display().to_string(),
             series: p.found.name.series.clone(),
             created_at: p.found.name.time,
@@ -227,6 +271,7 @@ fn to_json(db: &Database, dir: &Path, plan: &[Planned], now: DateTime<Utc>) -> D
                 .iter()
                 .map(|r| r.as_str().to_string())
                 .collect(),
+            warning: p.warning(),
         })
         .collect();
     DatabaseJson {
@@ -235,6 +280,8 @@ fn to_json(db: &Database, dir: &Path, plan: &[Planned], now: DateTime<Utc>) -> D
         count: backups.len(),
         total_bytes: backups.iter().map(|b| b.size).sum(),
         expired: backups.iter().filter(|b| b.kept_by.is_empty()).count(),
+        error: None,
+        warnings: plan_warnings(plan),
         backups,
     }
 }
@@ -277,6 +324,7 @@ mod tests {
                         } else {
                             vec![]
                         },
+                        warning: (j == 1).then(|| "dated in the future".into()),
                     })
                     .collect();
                 DatabaseJson {
@@ -285,6 +333,8 @@ mod tests {
                     count: backups.len(),
                     total_bytes: backups.iter().map(|b| b.size).sum(),
                     expired: backups.iter().filter(|b| b.kept_by.is_empty()).count(),
+                    error: (i == 3).then(|| "a \"bad\"\nerror".into()),
+                    warnings: vec![format!("w{i}"); i % 2],
                     backups,
                 }
             })

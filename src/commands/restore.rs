@@ -291,7 +291,7 @@ fn pick_backup(
     manifest: &Manifest,
     wanted: Option<&str>,
 ) -> Result<(BackupName, String), Failure> {
-    let found = archive::list(dir).or_exit(ExitCode::NoInput)?;
+    let found = archive::list_of(dir, manifest, &db.name).or_exit(ExitCode::NoInput)?;
     if let Some(w) = wanted {
         let w = Path::new(w)
             .file_name()

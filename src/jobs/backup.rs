@@ -40,28 +40,38 @@ pub struct Source {
     pub path: PathBuf,
 }
 
+/// The series of a database file: its stem without leading dots (`.ht.sqlite` → `ht`: a
+/// backup file's name never starts with a dot, so it is neither hidden nor taken for a temp
+/// file); None when nothing is left or the stem is not UTF-8 (the database's name is used).
+pub fn stem_series(path: &Path) -> Option<String> {
+    path.file_stem()
+        .and_then(|s| s.to_str())
+        .map(|s| s.trim_start_matches('.'))
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+}
+
+/// An attachment's series: its alias, or `{alias}-attached` when that is the main series.
+pub fn attached_series(main: &str, alias: &str) -> String {
+    if alias == main {
+        format!("{alias}-attached")
+    } else {
+        alias.to_string()
+    }
+}
+
 /// The files a backup of `db` copies, in order.
 pub fn sources(db: &Database) -> Vec<Source> {
-    let stem = db
-        .path
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or(&db.name)
-        .to_string();
+    let stem = stem_series(&db.path).unwrap_or_else(|| db.name.clone());
     let mut out = vec![Source {
         schema: "main".into(),
         series: stem.clone(),
         path: db.path.clone(),
     }];
     for a in &db.attach {
-        let series = if a.alias == stem {
-            format!("{}-attached", a.alias)
-        } else {
-            a.alias.clone()
-        };
         out.push(Source {
             schema: a.alias.clone(),
-            series,
+            series: attached_series(&stem, &a.alias),
             path: a.path.clone(),
         });
     }
@@ -77,15 +87,47 @@ fn sql(context: impl Into<String>) -> impl FnOnce(rusqlite::Error) -> JobError {
     move |source| JobError::Sqlite { context, source }
 }
 
-/// Removes temp files unless the run got them safely into place.
-struct TempFiles(Vec<PathBuf>);
+/// Removes temp files unless the run got them safely into place; each stays flocked (owned
+/// by this live process, see `archive::clean_leftovers`) until then.
+struct TempFiles(Vec<archive::TempFile>);
+
+impl TempFiles {
+    fn forget(&mut self, path: &Path) {
+        self.0.retain(|t| t.path != path);
+    }
+}
 
 impl Drop for TempFiles {
     fn drop(&mut self) {
-        for p in &self.0 {
-            let _ = std::fs::remove_file(p);
+        for t in &self.0 {
+            let _ = std::fs::remove_file(&t.path);
         }
     }
+}
+
+/// The longest names a backup of `db` creates must fit the file system: refused up front,
+/// naming the file, instead of failing mid-run with "File name too long".
+pub fn check_names(db: &Database, cfg: &Backup) -> Result<(), ArchiveError> {
+    for part in cfg.dir.iter().filter_map(|p| p.to_str()) {
+        archive::check_name_length(part, &cfg.dir, "a directory name in the backup directory")?;
+    }
+    let stamp = DateTime::<Utc>::UNIX_EPOCH;
+    for s in sources(db) {
+        let longest = BackupName {
+            series: s.series.clone(),
+            time: stamp,
+            compressed: true,
+            failed: true,
+        };
+        let tmp = archive::temp_path(&cfg.dir, &longest.file_name());
+        let name = tmp.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        archive::check_name_length(
+            &format!("{name}-journal"),
+            &s.path,
+            "the name of a backup of this file",
+        )?;
+    }
+    Ok(())
 }
 
 /// What the source looked like in the snapshot the copy was taken from.
@@ -105,15 +147,8 @@ pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
         .as_ref()
         .ok_or_else(|| JobError::Refused("no [database.backup] section".into()))?;
     let dir = &cfg.dir;
+    check_names(ctx.db, cfg)?;
     archive::ensure_private_dir(dir)?;
-    let cleaned = archive::clean_leftovers(dir)?;
-    if !cleaned.is_empty() {
-        tracing::info!(
-            "{}: removed {} leftover temp file(s) of an interrupted backup",
-            dir.display(),
-            cleaned.len()
-        );
-    }
     let sources = sources(ctx.db);
     let need: u64 = sources
         .iter()
@@ -149,31 +184,21 @@ pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
         });
     }
 
+    let cleaned = archive::clean_leftovers(dir, &archive::lock_dir(dir)?)?;
+    if !cleaned.is_empty() {
+        tracing::info!(
+            "{}: removed {} leftover temp file(s) of an interrupted backup",
+            dir.display(),
+            cleaned.len()
+        );
+    }
     let started = Instant::now();
-    let mut manifest = Manifest::load(dir)?;
     let mut written = Vec::new();
-    let mut failure = None;
     let mut restarts = 0;
     for source in &sources {
-        match copy_one(ctx, cfg, source, stamp, &mut manifest) {
-            Ok((entry, r)) => {
-                restarts += r;
-                written.push(entry.clone());
-                manifest.upsert(entry);
-            }
-            Err((entry, e)) => {
-                if let Some(entry) = entry {
-                    manifest.upsert(*entry);
-                }
-                failure = Some(e);
-                break;
-            }
-        }
-    }
-    manifest.retain_existing(dir);
-    manifest.save(dir)?;
-    if let Some(e) = failure {
-        return Err(e);
+        let (entry, r) = copy_one(ctx, cfg, source, stamp)?;
+        restarts += r;
+        written.push(entry);
     }
 
     let elapsed = started.elapsed();
@@ -185,8 +210,9 @@ pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
         cfg,
         &ctx.config.daemon.timezone,
         Utc::now(),
-        &mut manifest,
+        &written.iter().map(|e| e.file.clone()).collect::<Vec<_>>(),
     )?;
+    figures.insert("retention_warnings".into(), retention.warnings.len().into());
     figures.insert(
         "backup_path".into(),
         dir.join(&main.file).display().to_string().into(),
@@ -290,19 +316,32 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
-/// A copy that failed: the manifest entry of its `.failed` file (when stored) and why.
-type CopyFailure = (Option<Box<Entry>>, JobError);
+/// Record `entry` in the manifest and move `tmp` to its final name, both under the
+/// directory's lock: the manifest names the file before it appears under its final name (a
+/// process killed in between leaves an entry without a file, dropped by the next save, never
+/// a backup the manifest does not know), and no other job's manifest update is lost.
+fn record_and_commit(dir: &Path, entry: &Entry, tmp: &Path) -> Result<(), ArchiveError> {
+    let held = archive::lock_dir(dir)?;
+    let mut manifest = Manifest::load(dir)?;
+    manifest.retain_existing(dir);
+    manifest.upsert(entry.clone());
+    manifest.save(dir, &held)?;
+    if let Err(e) = archive::commit(tmp, &dir.join(&entry.file)) {
+        manifest.backups.retain(|m| m.file != entry.file);
+        let _ = manifest.save(dir, &held);
+        return Err(e);
+    }
+    Ok(())
+}
 
-/// Copy, verify, compress and commit one source. On a verification failure the entry for the
-/// `.failed` file is returned with the error, for the manifest. A good copy's entry is saved
-/// in `manifest` before the file takes its final name.
+/// Copy, verify, compress and commit one source. A copy that fails verification is stored
+/// as `.failed` with its manifest entry, and the job fails.
 fn copy_one(
     ctx: &JobCtx<'_>,
     cfg: &Backup,
     source: &Source,
     stamp: DateTime<Utc>,
-    manifest: &mut Manifest,
-) -> Result<(Entry, u32), CopyFailure> {
+) -> Result<(Entry, u32), JobError> {
     let started = Instant::now();
     let dir = &cfg.dir;
     let raw_name = BackupName {
@@ -310,8 +349,8 @@ fn copy_one(
         ..final_name(source, stamp, cfg)
     };
     let tmp = archive::temp_path(dir, &raw_name.file_name());
-    let mut temps = TempFiles(vec![tmp.clone()]);
-    let snapshot = copy_snapshot(ctx, cfg, source, &tmp).map_err(|e| (None, e))?;
+    let mut temps = TempFiles(vec![archive::create_temp(&tmp)?]);
+    let snapshot = copy_snapshot(ctx, cfg, source, &tmp)?;
     let copied = started.elapsed();
     let uncompressed = cfg.compression == Compression::None;
 
@@ -343,51 +382,49 @@ fn copy_one(
         let sha = hasher.map(|h| h.join().expect("hash thread"));
         (synced, checked, sha)
     });
-    let synced = synced.map_err(|e| (None, e.into()))?;
+    let synced = synced?;
     if let Err(problem) = checked {
         let failed = BackupName {
             failed: true,
             ..raw_name.clone()
         };
         let failed_path = dir.join(failed.file_name());
-        let stored = archive::commit(&tmp, &failed_path);
-        temps.0.clear();
         entry.file = failed.file_name();
         entry.verified = Verified::Failed;
-        entry.size = file_size(&failed_path);
-        entry.sha256 = archive::sha256_file(&failed_path).unwrap_or_default();
+        entry.size = file_size(&tmp);
+        entry.sha256 = archive::sha256_file(&tmp).unwrap_or_default();
         entry.error = Some(problem.clone());
         entry.duration_ms = started.elapsed().as_millis() as u64;
+        let stored = record_and_commit(dir, &entry, &tmp);
+        if stored.is_ok() {
+            temps.forget(&tmp);
+        }
         let msg = format!(
-            "backup of {} failed verification ({problem}); kept as {} for inspection, retention deleted nothing",
+            "backup of {} failed verification ({problem}); {}, retention deleted nothing",
             source.path.display(),
-            failed_path.display()
+            match stored {
+                Ok(()) => format!("kept as {} for inspection", failed_path.display()),
+                Err(e) => format!("could not keep it for inspection ({e})"),
+            }
         );
-        return Err((
-            stored.ok().map(|_| Box::new(entry)),
-            JobError::VerifyFailed(msg),
-        ));
+        return Err(JobError::VerifyFailed(msg));
     }
     entry.verified = match cfg.verify {
         Verify::None => Verified::None,
         Verify::Quick => Verified::Quick,
         Verify::Full => Verified::Full,
     };
-    ctx.checkpoint().map_err(|e| (None, e))?;
+    ctx.checkpoint()?;
 
     let final_name = final_name(source, stamp, cfg);
     let (stored_tmp, sha) = match cfg.compression {
-        Compression::None => (
-            tmp.clone(),
-            raw_sha
-                .expect("hashed above")
-                .map_err(|e| (None, e.into()))?,
-        ),
+        Compression::None => (tmp.clone(), raw_sha.expect("hashed above")?),
         Compression::Zstd { level } => {
-            let ztmp = archive::temp_path(dir, &final_name.file_name());
-            temps.0.push(ztmp.clone());
-            let sha = compress(&tmp, &ztmp, level).map_err(|e| (None, e))?;
-            (ztmp, sha)
+            let ztmp = archive::create_temp(&archive::temp_path(dir, &final_name.file_name()))?;
+            let sha = compress(&tmp, ztmp.file(), &ztmp.path, level)?;
+            let path = ztmp.path.clone();
+            temps.0.push(ztmp);
+            (path, sha)
         }
     };
     entry.file = final_name.file_name();
@@ -395,16 +432,8 @@ fn copy_one(
     entry.size = file_size(&stored_tmp);
     entry.sha256 = sha;
     let hashed = started.elapsed();
-    // The manifest names the file before it appears under its final name: a process killed in
-    // between leaves an entry without a file (dropped by the next save), never a backup that
-    // the manifest does not know (restore would refuse it, retention count it unverified).
-    manifest.upsert(entry.clone());
-    manifest.save(dir).map_err(|e| (None, e.into()))?;
-    if let Err(e) = archive::commit(&stored_tmp, &dir.join(&entry.file)) {
-        manifest.backups.retain(|m| m.file != entry.file);
-        return Err((None, e.into()));
-    }
-    temps.0.retain(|p| p != &stored_tmp);
+    record_and_commit(dir, &entry, &stored_tmp)?;
+    temps.forget(&stored_tmp);
     entry.duration_ms = started.elapsed().as_millis() as u64;
     tracing::debug!(
         "{}: copy {} ms, fsync {} ms, verify+compress+hash {} ms, {} restarts",
@@ -417,7 +446,8 @@ fn copy_one(
     Ok((entry, snapshot.restarts))
 }
 
-/// Copy `source` into the new file `tmp` from one read snapshot, recording what it held.
+/// Copy `source` into the new, empty file `tmp` from one read snapshot, recording what it
+/// held.
 fn copy_snapshot(
     ctx: &JobCtx<'_>,
     cfg: &Backup,
@@ -455,7 +485,6 @@ fn copy_snapshot(
             ..Snapshot::default()
         });
     }
-    archive::create_private(tmp)?;
     let mut dst = Connection::open_with_flags(
         tmp,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -643,11 +672,10 @@ impl<R: Read> Read for HashingReader<R> {
 
 /// Compress `from` into `to` (streaming), fsync, and prove it decompresses to the same bytes;
 /// returns the SHA-256 of the compressed file.
-fn compress(from: &Path, to: &Path, level: i32) -> Result<String, JobError> {
+fn compress(from: &Path, out: &File, to: &Path, level: i32) -> Result<String, JobError> {
     let io = |context: String| move |source| JobError::Io { context, source };
     let mut input =
         BufReader::new(File::open(from).map_err(io(format!("{}: open", from.display())))?);
-    let out = archive::create_private(to)?;
     let mut enc =
         zstd::stream::Encoder::new(out, level).map_err(io(format!("{}: zstd", to.display())))?;
     let mut raw_hash = Sha256::new();
@@ -707,6 +735,8 @@ impl From<ArchiveError> for JobError {
 pub struct RetentionOutcome {
     pub deleted: Vec<String>,
     pub kept: usize,
+    /// Files retention would not judge (unknown to the manifest, dated in the future).
+    pub warnings: Vec<String>,
     pub summary: String,
 }
 
@@ -718,25 +748,60 @@ pub struct Planned {
     pub decision: retention::Decision,
 }
 
-/// Every backup of `db`'s series in `cfg.dir` (newest first) with what retention decides for
-/// it at `now`. Files of other series in a shared directory are not ours to judge. `pending`
-/// is the time of a backup about to be written (a dry run): it takes part in the decision as
-/// a verified backup but is not listed.
+impl Planned {
+    /// Why this file needs an operator's look, if it does.
+    pub fn warning(&self) -> Option<String> {
+        let r = &self.decision.reasons;
+        if r.contains(&retention::Reason::NotInManifest) {
+            Some(match &self.entry {
+                Some(e) => format!(
+                    "its size ({} bytes) is not the size recorded in the manifest ({}): not counted by retention and never deleted by it; check it and remove it by hand",
+                    self.found.size, e.size
+                ),
+                None => "named like a backup but not in the manifest: not counted by retention and never deleted by it; check it and remove it by hand".into(),
+            })
+        } else if r.contains(&retention::Reason::FutureDated) {
+            Some(
+                "dated in the future (was the clock ahead, or moved back?): kept, but not counted by retention until its time has come"
+                    .into(),
+            )
+        } else {
+            None
+        }
+    }
+}
+
+/// Every backup of `db` in `cfg.dir` (newest first) with what retention decides for it at
+/// `now`: the manifest's entries for `db` (other databases' entries in a shared directory
+/// are not ours to judge), by series, plus files named like one of `db`'s series that the
+/// manifest does not know (kept and reported). `pending` is the time of a backup about to be
+/// written (a dry run): it takes part in the decision as a verified backup but is not listed.
+/// `this_run` names the files the deciding run wrote.
 pub fn retention_plan(
     db: &Database,
     cfg: &Backup,
     zone: &Zone,
     now: DateTime<Utc>,
     pending: Option<DateTime<Utc>>,
+    this_run: &[String],
 ) -> Result<Vec<Planned>, ArchiveError> {
     let manifest = Manifest::load(&cfg.dir)?;
-    let found = archive::list(&cfg.dir)?;
+    let mut found = archive::list_of(&cfg.dir, &manifest, &db.name)?;
+    let mut series: Vec<String> = sources(db).into_iter().map(|s| s.series).collect();
+    found.extend(archive::unrecorded(&cfg.dir, &manifest, &series)?);
+    // Series of this database's that its configuration no longer names (an attachment
+    // removed, a renamed file) keep their own retention.
+    for f in &found {
+        if !series.contains(&f.name.series) {
+            series.push(f.name.series.clone());
+        }
+    }
     let policy = retention::Policy {
         keep: cfg.keep,
         max_age: cfg.max_age,
     };
     let mut out = Vec::new();
-    for series in sources(db).into_iter().map(|s| s.series) {
+    for series in series {
         let files: Vec<archive::Found> = found
             .iter()
             .filter(|f| f.name.series == series)
@@ -748,20 +813,18 @@ pub fn retention_plan(
                 time: f.name.time,
                 failed: f.name.failed,
                 verified: !f.name.failed
-                    && manifest
-                        .get(&f.name.file_name())
+                    && f.entry
+                        .as_ref()
                         .is_some_and(|e| matches!(e.verified, Verified::Quick | Verified::Full)),
+                recorded: f.recorded(),
+                this_run: this_run.contains(&f.file()),
             })
             .collect();
-        candidates.extend(pending.map(|time| retention::Candidate {
-            time,
-            failed: false,
-            verified: true,
-        }));
+        candidates.extend(pending.map(retention::Candidate::pending));
         let decisions = retention::decide(&candidates, &policy, now, zone);
         for (f, decision) in files.into_iter().zip(decisions) {
             out.push(Planned {
-                entry: manifest.get(&f.name.file_name()).cloned(),
+                entry: f.entry.clone(),
                 found: f,
                 decision,
             });
@@ -773,8 +836,39 @@ pub fn retention_plan(
             .time
             .cmp(&a.found.name.time)
             .then(a.found.name.series.cmp(&b.found.name.series))
+            .then(a.found.path.cmp(&b.found.path))
     });
     Ok(out)
+}
+
+/// One line per file of the plan an operator should look at.
+pub fn plan_warnings(plan: &[Planned]) -> Vec<String> {
+    let mut unknown = Vec::new();
+    let mut future = Vec::new();
+    for p in plan {
+        let r = &p.decision.reasons;
+        if r.contains(&retention::Reason::NotInManifest) {
+            unknown.push(p.found.file());
+        } else if r.contains(&retention::Reason::FutureDated) {
+            future.push(p.found.file());
+        }
+    }
+    let mut out = Vec::new();
+    if !unknown.is_empty() {
+        out.push(format!(
+            "{} file(s) named like backups are not in the manifest (or not of its size), so retention neither counts nor deletes them; check and remove them by hand: {}",
+            unknown.len(),
+            unknown.join(", ")
+        ));
+    }
+    if !future.is_empty() {
+        out.push(format!(
+            "{} backup(s) dated in the future (the clock moved back?) are kept but not counted: {}",
+            future.len(),
+            future.join(", ")
+        ));
+    }
+    out
 }
 
 /// One line saying what retention would delete after a backup taken at `stamp`.
@@ -784,39 +878,48 @@ fn retention_preview(
     zone: &Zone,
     stamp: DateTime<Utc>,
 ) -> Result<String, JobError> {
-    let plan = retention_plan(db, cfg, zone, stamp, Some(stamp))?;
+    let plan = retention_plan(db, cfg, zone, stamp, Some(stamp), &[])?;
+    let warnings = plan_warnings(&plan)
+        .into_iter()
+        .map(|w| format!("; warning: {w}"))
+        .collect::<String>();
     let doomed: Vec<&Planned> = plan.iter().filter(|p| !p.decision.keep()).collect();
     if doomed.is_empty() {
         return Ok(format!(
-            "retention would delete nothing ({} kept)",
+            "retention would delete nothing ({} kept){warnings}",
             plan.len()
         ));
     }
     let bytes: u64 = doomed.iter().map(|p| p.found.size).sum();
     Ok(format!(
-        "retention would delete {} of {} backups ({}): {}",
+        "retention would delete {} of {} backups ({}): {}{warnings}",
         doomed.len(),
         plan.len(),
         human_bytes(bytes),
         doomed
             .iter()
-            .map(|p| p.found.name.file_name())
+            .map(|p| p.found.file())
             .collect::<Vec<_>>()
             .join(", ")
     ))
 }
 
-/// Delete what the retention policy does not keep (only files named by our pattern, listed
-/// fresh from the directory), then drop their manifest entries.
+/// Delete what the retention policy does not keep (only backups the manifest records for
+/// `db`, never the files `written` by this run), then drop their manifest entries; all under
+/// the directory's lock.
 fn apply_retention(
     db: &Database,
     cfg: &Backup,
     zone: &Zone,
     now: DateTime<Utc>,
-    manifest: &mut Manifest,
+    written: &[String],
 ) -> Result<RetentionOutcome, JobError> {
-    let plan = retention_plan(db, cfg, zone, now, None)?;
-    let mut out = RetentionOutcome::default();
+    let held = archive::lock_dir(&cfg.dir)?;
+    let plan = retention_plan(db, cfg, zone, now, None, written)?;
+    let mut out = RetentionOutcome {
+        warnings: plan_warnings(&plan),
+        ..RetentionOutcome::default()
+    };
     let mut freed = 0;
     for p in &plan {
         if p.decision.keep() {
@@ -826,7 +929,7 @@ fn apply_retention(
         match fs::remove_file(&p.found.path) {
             Ok(()) => {
                 freed += p.found.size;
-                out.deleted.push(p.found.name.file_name());
+                out.deleted.push(p.found.file());
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => {
@@ -840,8 +943,16 @@ fn apply_retention(
     }
     if !out.deleted.is_empty() {
         archive::fsync_dir(&cfg.dir)?;
-        manifest.retain_existing(&cfg.dir);
-        manifest.save(&cfg.dir)?;
+    }
+    let mut manifest = Manifest::load(&cfg.dir)?;
+    let before = manifest.backups.len();
+    manifest.retain_existing(&cfg.dir);
+    if manifest.backups.len() != before {
+        manifest.save(&cfg.dir, &held)?;
+    }
+    drop(held);
+    for w in &out.warnings {
+        tracing::warn!("backup {}: {}: {w}", db.name, cfg.dir.display());
     }
     out.summary = if out.deleted.is_empty() {
         format!("retention kept all {} backups", out.kept)
@@ -853,6 +964,10 @@ fn apply_retention(
             out.kept
         )
     };
+    for w in &out.warnings {
+        out.summary.push_str("; warning: ");
+        out.summary.push_str(w);
+    }
     Ok(out)
 }
 
