@@ -580,6 +580,7 @@ pub fn validate(
     }
     let names: Vec<String> = raw.database.iter().map(|d| d.name.clone()).collect();
     same_file_twice(&mut c, &databases, &names);
+    backup_series_collide(&mut c, &raw, &databases, &fleets, &names);
     backups_in_files_rule_dirs(&mut c, &raw, &databases, &names);
     if c.problems.is_empty() {
         let mut by_name: std::collections::HashMap<String, usize> = databases
@@ -646,6 +647,147 @@ fn same_file_twice(c: &mut Checker, databases: &[Arc<Database>], names: &[String
             );
         }
     }
+}
+
+/// Two databases whose backups share a directory and a series (`db` for two apps' `db.sqlite3`,
+/// or an attachment's alias that is another database's stem) would each take the other's
+/// backups for their own: refused, naming both. Fleets count too: two fleets whose backup
+/// `dir` has `{stem}` but no `{name}` and is the same template, or such a template that
+/// expands to a database's backup directory with a stem whose series that database has.
+fn backup_series_collide(
+    c: &mut Checker,
+    raw: &RawConfig,
+    databases: &[Arc<Database>],
+    fleets: &[Fleet],
+    names: &[String],
+) {
+    use crate::jobs::backup::{attached_series, sources, stem_series};
+    let series =
+        |db: &Database| -> Vec<String> { sources(db).into_iter().map(|s| s.series).collect() };
+    // The same directory however it is written: resolved when it exists.
+    let real = |p: &std::path::Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let plain: Vec<usize> = (0..raw.database.len())
+        .filter(|&i| !is_glob(&raw.database[i].path))
+        .collect();
+    if plain.len() != databases.len() {
+        return;
+    }
+    let dir_key = |i: usize| {
+        let k = KeyPath::root().key("database").index(i).key("backup");
+        match raw.database[i].backup.as_ref().and_then(|b| b.dir.as_ref()) {
+            Some(_) => k.key("dir"),
+            None => k,
+        }
+    };
+    let clash = |c: &mut Checker, at: usize, other: usize, dir: &std::path::Path, series: &str| {
+        let other = KeyPath::root().key("database").index(other);
+        c.fail(
+            &dir_key(at),
+            format!(
+                "backs up into the same directory as {}, and both would name backups \
+                 \"{series}-<time>.db\": each would list, restore and expire the other's \
+                 backups as its own; give each database its own backup dir",
+                other.describe(names)
+            ),
+            Some(dir.display().to_string()),
+        );
+    };
+    let mut seen: Vec<(usize, PathBuf, Vec<String>)> = Vec::new();
+    for (k, db) in databases.iter().enumerate() {
+        let Some(b) = &db.backup else { continue };
+        if !b.dir.is_absolute() {
+            continue;
+        }
+        let dir = real(&b.dir);
+        let mine = series(db);
+        if let Some((j, s)) = seen.iter().find_map(|(j, d, theirs)| {
+            (d == &dir).then(|| {
+                mine.iter()
+                    .find(|s| theirs.contains(s))
+                    .map(|s| (*j, s.clone()))
+            })?
+        }) {
+            clash(c, plain[k], j, &b.dir, &s);
+        }
+        seen.push((plain[k], dir, mine));
+    }
+    // Fleets whose every member shares one directory template ({stem}, no {name}).
+    let stem_dirs: Vec<(&Fleet, String)> = fleets
+        .iter()
+        .filter_map(|f| {
+            let d = f.raw.backup.as_ref()?.dir.clone()?;
+            (d.contains("{stem}") && !d.contains("{name}")).then_some((f, d))
+        })
+        .collect();
+    for (n, (f, d)) in stem_dirs.iter().enumerate() {
+        if let Some((g, _)) = stem_dirs[..n]
+            .iter()
+            .find(|(_, e)| std::path::Path::new(e) == std::path::Path::new(d))
+        {
+            let other = KeyPath::root().key("database").index(g.index);
+            c.fail(
+                &KeyPath::root()
+                    .key("database")
+                    .index(f.index)
+                    .key("backup")
+                    .key("dir"),
+                format!(
+                    "the same directory template as {}: two files with one stem, one in each \
+                     fleet, would share a directory and a series and take each other's backups; \
+                     put {{name}} in it",
+                    other.describe(names)
+                ),
+                Some(d.clone()),
+            );
+        }
+        // A plain database's directory that this template makes for some stem.
+        for (k, db) in databases.iter().enumerate() {
+            let Some(b) = &db.backup else { continue };
+            let Some(stem) = stem_in(d, &b.dir) else {
+                continue;
+            };
+            let Some(main) = stem_series(std::path::Path::new(&format!("{stem}.db"))) else {
+                continue;
+            };
+            let mut theirs: Vec<String> = f
+                .template
+                .attach
+                .iter()
+                .map(|a| attached_series(&main, &a.alias))
+                .collect();
+            theirs.push(main);
+            if let Some(s) = series(db).into_iter().find(|s| theirs.contains(s)) {
+                clash(c, plain[k], f.index, &b.dir, &s);
+            }
+        }
+    }
+}
+
+/// The stem for which the directory template `template` (with `{stem}`) is `dir`, if any.
+fn stem_in(template: &str, dir: &std::path::Path) -> Option<String> {
+    let t: Vec<&str> = template.trim_end_matches('/').split('/').collect();
+    let d: Vec<&str> = dir.to_str()?.trim_end_matches('/').split('/').collect();
+    if t.len() != d.len() {
+        return None;
+    }
+    let mut stem: Option<&str> = None;
+    for (t, d) in t.iter().zip(&d) {
+        let Some((pre, post)) = t.split_once("{stem}") else {
+            if t != d {
+                return None;
+            }
+            continue;
+        };
+        if post.contains("{stem}") {
+            return None;
+        }
+        let s = d.strip_prefix(pre)?.strip_suffix(post)?;
+        if s.is_empty() || stem.is_some_and(|x| x != s) {
+            return None;
+        }
+        stem = Some(s);
+    }
+    stem.map(str::to_string)
 }
 
 /// A files rule deletes the entries of its directory that no row references. If that
