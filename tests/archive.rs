@@ -145,6 +145,18 @@ fn two_series_in_one_directory_are_refused_at_load() {
             ],
             ["a-{stem}", "shop"],
         ),
+        (
+            "a fleet's {name} directory is a database's directory",
+            vec![
+                format!(
+                    "[[database]]\nname = \"t-{{stem}}\"\npath = \"{}/*.sqlite3\"\n[database.backup]\ndir = \"{}/{{name}}\"\n",
+                    env.path("blog").display(),
+                    bk.display()
+                ),
+                backup_stanza("shop", &shop, &bk.join("t-db"), ""),
+            ],
+            ["t-{stem}", "shop"],
+        ),
     ];
     for (what, stanzas, [one, two]) in cases {
         configure(&env, &stanzas);

@@ -651,9 +651,9 @@ fn same_file_twice(c: &mut Checker, databases: &[Arc<Database>], names: &[String
 
 /// Two databases whose backups share a directory and a series (`db` for two apps' `db.sqlite3`,
 /// or an attachment's alias that is another database's stem) would each take the other's
-/// backups for their own: refused, naming both. Fleets count too: two fleets whose backup
-/// `dir` has `{stem}` but no `{name}` and is the same template, or such a template that
-/// expands to a database's backup directory with a stem whose series that database has.
+/// backups for their own: refused, naming both. Fleets count too (`{name}` read as the name
+/// template): two fleets with the same backup `dir` template, or a template that expands to
+/// a database's backup directory with a stem whose series that database has.
 fn backup_series_collide(
     c: &mut Checker,
     raw: &RawConfig,
@@ -711,12 +711,18 @@ fn backup_series_collide(
         }
         seen.push((plain[k], dir, mine));
     }
-    // Fleets whose every member shares one directory template ({stem}, no {name}).
+    // Fleets' directory templates, `{name}` read as the name template (`{stem}` in it).
     let stem_dirs: Vec<(&Fleet, String)> = fleets
         .iter()
         .filter_map(|f| {
-            let d = f.raw.backup.as_ref()?.dir.clone()?;
-            (d.contains("{stem}") && !d.contains("{name}")).then_some((f, d))
+            let d = f
+                .raw
+                .backup
+                .as_ref()?
+                .dir
+                .as_ref()?
+                .replace("{name}", &f.name);
+            d.contains("{stem}").then_some((f, d))
         })
         .collect();
     for (n, (f, d)) in stem_dirs.iter().enumerate() {
@@ -732,12 +738,12 @@ fn backup_series_collide(
                     .key("backup")
                     .key("dir"),
                 format!(
-                    "the same directory template as {}: two files with one stem, one in each \
-                     fleet, would share a directory and a series and take each other's backups; \
-                     put {{name}} in it",
+                    "the same backup directory template as {}: two files with one stem, one in \
+                     each fleet, would share a directory and a series and take each other's \
+                     backups; give each fleet its own directory",
                     other.describe(names)
                 ),
-                Some(d.clone()),
+                f.raw.backup.as_ref().and_then(|b| b.dir.clone()),
             );
         }
         // A plain database's directory that this template makes for some stem.
