@@ -551,3 +551,35 @@ fn a_member_with_a_long_name_breaks_only_its_own_entry() {
         both(&o)
     );
 }
+
+/// Both copy methods write into a temp file their run owns (created empty and flocked first),
+/// compressed or not, and the result restores.
+#[test]
+fn vacuum_into_and_zstd_write_into_owned_temp_files() {
+    let env = TestEnv::new();
+    let dir = env.path("bk");
+    let db = db_with(&env, "app/chat.db", "chat");
+    for extra in [
+        "method = \"vacuum_into\"",
+        "method = \"vacuum_into\"\ncompress = \"zstd\"",
+        "compress = \"zstd\"",
+    ] {
+        configure(&env, &[backup_stanza("chat", &db, &dir, extra)]);
+        run_ok(&env, &["run", "chat", "backup"]);
+        let out = env.path("r.db");
+        let _ = std::fs::remove_file(&out);
+        let o = env
+            .cmd()
+            .args(["restore", "chat", "--to"])
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{extra}: {}", both(&o));
+        assert_eq!(rows(&out), ["chat"], "{extra}");
+    }
+    let temps: Vec<String> = names(&dir)
+        .into_iter()
+        .filter(|n| n.contains("litekeeper-tmp"))
+        .collect();
+    assert!(temps.is_empty(), "{temps:?}");
+}

@@ -432,9 +432,9 @@ fn copy_one(
     entry.size = file_size(&stored_tmp);
     entry.sha256 = sha;
     let hashed = started.elapsed();
+    entry.duration_ms = hashed.as_millis() as u64;
     record_and_commit(dir, &entry, &stored_tmp)?;
     temps.forget(&stored_tmp);
-    entry.duration_ms = started.elapsed().as_millis() as u64;
     tracing::debug!(
         "{}: copy {} ms, fsync {} ms, verify+compress+hash {} ms, {} restarts",
         source.series,
