@@ -286,8 +286,11 @@ fn to_json(db: &Database, dir: &Path, plan: &[Planned], now: DateTime<Utc>) -> D
     }
 }
 
-/// "3d 4h", "17h", "12m", "40s".
+/// "3d 4h", "17h", "12m", "40s"; "future" for a backup dated after now.
 fn age(secs: i64) -> String {
+    if secs < -(crate::retention::FUTURE_SLACK.num_seconds()) {
+        return "future".into();
+    }
     let s = secs.max(0);
     match s {
         s if s >= 86400 => format!("{}d {}h", s / 86400, s % 86400 / 3600),
