@@ -20,6 +20,7 @@ mod kill;
 mod metrics;
 mod pings;
 mod prune;
+mod restore;
 mod retention;
 mod run_lock;
 mod soak;
