@@ -154,13 +154,21 @@ pub fn run(path: &Path, args: RestoreArgs) -> Result<ExitCode, Failure> {
             return Err(fail(
                 ExitCode::TempFail,
                 format!(
-                    "{}: could not check whether other processes have it open: the open files of {} process(es) of other users are not readable as uid {} (pid {}); stop the application, then pass --force, or run restore as root",
+                    "{}: could not check whether other processes have it open: the open files of {} process(es) of other users who may open it are not readable as uid {} (pid {}); stop the application, then pass --force, or run restore as root",
                     target.display(),
                     open.unreadable.len(),
                     // SAFETY: getuid cannot fail.
                     unsafe { libc::getuid() },
                     pid_list(&open.unreadable)
                 ),
+            ));
+        }
+        if open.unreadable_root > 0 && !crate::paths::is_root() {
+            notes.push(format!(
+                "not checked: {} process(es) of root (their open files are not readable as uid {}); run restore as root to check them too",
+                open.unreadable_root,
+                // SAFETY: getuid cannot fail.
+                unsafe { libc::getuid() }
             ));
         }
         if !open.ours.is_empty() {
@@ -646,6 +654,15 @@ fn swap_in(tmp: &Path, target: &Path, keep: &Path) -> Result<bool, Failure> {
             }
         }
         archive::fsync_dir(dir).or_exit(ExitCode::IoErr)?;
+    } else {
+        // No database here now: sidecars left by one that was are kept aside, not deleted.
+        for (from, to) in move_aside_stale(target)? {
+            println!(
+                "moved a stale {} (no database file beside it) aside to {}",
+                from.display(),
+                to.display()
+            );
+        }
     }
     for s in SIDECARS {
         match fs::remove_file(side(target, s)) {
@@ -727,8 +744,59 @@ struct Openers {
     /// litekeeper processes (the daemon's idle pooled connection; its pool reconnects when
     /// the file behind the path changes).
     ours: Vec<u32>,
-    /// Processes whose open files we may not read (other users', when not root).
+    /// Processes whose open files we may not read (other users', when not root) and whose
+    /// user could open the database (by its mode bits).
     unreadable: Vec<u32>,
+    /// Processes of root whose open files we may not read (root can open anything).
+    unreadable_root: usize,
+}
+
+/// The effective user and groups of `pid`, from `/proc/PID/status` (readable by anyone).
+fn proc_ids(pid: u32) -> Option<(u32, Vec<u32>)> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |key: &str| -> Vec<u32> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(|v| {
+                v.split_whitespace()
+                    .filter_map(|n| n.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // "Uid:	real	effective	saved	fs": the file-system ids decide what it may open.
+    let uid = *field("Uid:").get(3)?;
+    let mut groups = field("Gid:")
+        .get(3)
+        .into_iter()
+        .copied()
+        .collect::<Vec<_>>();
+    groups.extend(field("Groups:"));
+    Some((uid, groups))
+}
+
+/// The permission bits (rwx, 0..=7) of `meta` that apply to a process of `uid` in `groups`.
+fn bits_for(meta: &fs::Metadata, uid: u32, groups: &[u32]) -> u32 {
+    let mode = meta.mode();
+    if uid == meta.uid() {
+        (mode >> 6) & 7
+    } else if groups.contains(&meta.gid()) {
+        (mode >> 3) & 7
+    } else {
+        mode & 7
+    }
+}
+
+/// Whether a (non-root) process of `uid` in `groups` may open `db` by this path: it may search
+/// every directory above it and read or write the file.
+fn may_open(db: &Path, meta: &fs::Metadata, uid: u32, groups: &[u32]) -> bool {
+    let dirs_ok = db
+        .ancestors()
+        .skip(1)
+        .filter(|d| !d.as_os_str().is_empty())
+        .all(|d| fs::metadata(d).map_or(true, |m| bits_for(&m, uid, groups) & 1 != 0));
+    dirs_ok && bits_for(meta, uid, groups) & 6 != 0
 }
 
 /// Processes (other than this one) with the database or its -wal/-shm/-journal open, found by
@@ -740,6 +808,7 @@ fn open_by_others(db: &Path) -> Openers {
         .chain(SIDECARS.iter().map(|s| side(db, s)))
         .filter_map(|p| fs::metadata(p).ok().map(id))
         .collect();
+    let db_meta = fs::metadata(db).ok();
     let me = std::process::id();
     let my_exe = fs::metadata("/proc/self/exe").ok().map(id);
     let my_name = fs::read_link("/proc/self/exe")
@@ -770,9 +839,22 @@ fn open_by_others(db: &Path) -> Openers {
         let fds = match fs::read_dir(p.path().join("fd")) {
             Ok(fds) => fds,
             Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-                // Kernel threads (empty command line) open no files.
-                if fs::read(p.path().join("cmdline")).is_ok_and(|c| !c.is_empty()) {
-                    found.unreadable.push(pid);
+                // Kernel threads (empty command line) open no files; other users' processes
+                // matter when their user may open the database.
+                if !fs::read(p.path().join("cmdline")).is_ok_and(|c| !c.is_empty()) {
+                    continue;
+                }
+                match proc_ids(pid) {
+                    Some((0, _)) => found.unreadable_root += 1,
+                    Some((uid, groups)) => {
+                        if db_meta
+                            .as_ref()
+                            .is_none_or(|m| may_open(db, m, uid, &groups))
+                        {
+                            found.unreadable.push(pid);
+                        }
+                    }
+                    None => {}
                 }
                 continue;
             }
