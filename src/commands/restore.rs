@@ -846,15 +846,14 @@ fn open_by_others(db: &Path) -> Openers {
                 }
                 match proc_ids(pid) {
                     Some((0, _)) => found.unreadable_root += 1,
-                    Some((uid, groups)) => {
+                    Some((uid, groups))
                         if db_meta
                             .as_ref()
-                            .is_none_or(|m| may_open(db, m, uid, &groups))
-                        {
-                            found.unreadable.push(pid);
-                        }
+                            .is_none_or(|m| may_open(db, m, uid, &groups)) =>
+                    {
+                        found.unreadable.push(pid)
                     }
-                    None => {}
+                    _ => {}
                 }
                 continue;
             }
