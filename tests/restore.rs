@@ -539,13 +539,18 @@ fn daemon_pool_is_not_the_app_and_follows_an_in_place_restore() {
 
 /// The marker in the newest backup file of `dir` (backups are uncompressed here).
 fn newest_marker(dir: &Path) -> Option<String> {
+    newest_marker_of(dir, "chat")
+}
+
+/// The same for one series.
+fn newest_marker_of(dir: &Path, series: &str) -> Option<String> {
     let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
         .ok()?
         .flatten()
         .map(|e| e.path())
         .filter(|p| {
             let n = p.file_name().unwrap().to_string_lossy();
-            n.starts_with("chat-") && n.ends_with(".db")
+            n.starts_with(&format!("{series}-")) && n.ends_with(".db")
         })
         .collect();
     names.sort();
@@ -553,4 +558,83 @@ fn newest_marker(dir: &Path) -> Option<String> {
     let c =
         Connection::open_with_flags(&newest, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).ok()?;
     c.query_row("SELECT v FROM marker", [], |r| r.get(0)).ok()
+}
+
+/// The same for an attached database restored in place: the daemon's pooled connection has it
+/// attached, and its next backup of that series reads the restored file.
+#[test]
+fn daemon_pool_follows_an_in_place_restore_of_an_attached_database() {
+    let env = TestEnv::new();
+    let db = env.sqlite(
+        "app/chat.db",
+        "CREATE TABLE marker(v TEXT); INSERT INTO marker VALUES ('main');",
+    );
+    let files = env.sqlite(
+        "app/files.db",
+        "CREATE TABLE marker(v TEXT); INSERT INTO marker VALUES ('backup');",
+    );
+    let dir = env.path("backups");
+    env.write_config(&format!(
+        "{}[[database]]\nname = \"chat\"\npath = \"{}\"\nattach = {{ files = \"{}\" }}\n\
+         journal_mode = \"keep\"\n[database.backup]\nschedule = \"* * * * * *\"\ndir = \"{}\"\n\
+         keep = {{ last = 100 }}\n",
+        env.daemon_section(""),
+        db.display(),
+        files.display(),
+        dir.display()
+    ));
+    let out = env.cmd().args(["run", "chat", "backup"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    let first = litekeeper::archive::list(&dir)
+        .unwrap()
+        .into_iter()
+        .find(|f| f.name.series == "files")
+        .unwrap()
+        .path
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    set_marker(&files, "live");
+    let mut daemon = env
+        .std_cmd()
+        .arg("daemon")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while newest_marker_of(&dir, "files").as_deref() != Some("live") {
+        assert!(Instant::now() < deadline, "no daemon backup");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    loop {
+        let out = env
+            .cmd()
+            .args(["restore", "chat", &first, "--in-place"])
+            .output()
+            .unwrap();
+        if out.status.code() == Some(75) && String::from_utf8_lossy(&out.stderr).contains("is busy")
+        {
+            assert!(Instant::now() < deadline, "always busy: {}", both(&out));
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        }
+        assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+        break;
+    }
+    assert_eq!(marker(&files), "backup");
+    set_marker(&files, "after-restore");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while newest_marker_of(&dir, "files").as_deref() != Some("after-restore") {
+        assert!(
+            Instant::now() < deadline,
+            "the daemon still backs up the old attached file: newest marker {:?}",
+            newest_marker_of(&dir, "files")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // SAFETY: our own child.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    let _ = daemon.wait();
 }

@@ -488,6 +488,21 @@ fn side(p: &Path, s: &str) -> PathBuf {
 /// the file it points to (the link stays; SQLite, too, keeps the sidecars beside the real
 /// file). A dangling symlink is refused.
 fn live_file(path: &Path) -> Result<PathBuf, Failure> {
+    let real = resolve_link(path)?;
+    // A FIFO or device there would hang SQLite's open, and is no database to replace.
+    if fs::metadata(&real).is_ok_and(|m| !m.is_file()) {
+        return Err(fail(
+            ExitCode::NoInput,
+            format!(
+                "{}: not a regular file; move it away, then restore --in-place (or restore --to a new path)",
+                real.display()
+            ),
+        ));
+    }
+    Ok(real)
+}
+
+fn resolve_link(path: &Path) -> Result<PathBuf, Failure> {
     match fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_symlink() => fs::canonicalize(path).map_err(|e| {
             fail(
@@ -879,5 +894,55 @@ struct TempFile(PathBuf);
 impl Drop for TempFile {
     fn drop(&mut self) {
         remove_temp(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(p: &Path, bytes: &[u8]) {
+        fs::write(p, bytes).unwrap();
+    }
+
+    #[test]
+    fn swap_back_undoes_swap_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("app.db");
+        let tmp = dir.path().join(".app.db.litekeeper-tmp");
+        let keep = dir.path().join("app.db.pre-restore-x");
+        put(&target, b"old");
+        put(&side(&target, "-wal"), b"old wal");
+        put(&side(&target, "-journal"), b"old journal");
+        put(&side(&target, "-shm"), b"old shm");
+        put(&tmp, b"new");
+        assert!(swap_in(&tmp, &target, &keep).unwrap());
+        assert_eq!(fs::read(&target).unwrap(), b"new");
+        assert_eq!(fs::read(&keep).unwrap(), b"old");
+        assert_eq!(fs::read(side(&keep, "-wal")).unwrap(), b"old wal");
+        assert_eq!(fs::read(side(&keep, "-journal")).unwrap(), b"old journal");
+        for s in SIDECARS {
+            assert!(!side(&target, s).exists(), "{s} left beside the new file");
+        }
+        swap_back(&target, &keep).unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"old");
+        assert_eq!(fs::read(side(&target, "-wal")).unwrap(), b"old wal");
+        assert_eq!(fs::read(side(&target, "-journal")).unwrap(), b"old journal");
+        assert!(!keep.exists());
+    }
+
+    #[test]
+    fn new_target_refuses_links_sidecar_names_and_the_backup_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let backups = dir.path().join("b");
+        fs::create_dir(&backups).unwrap();
+        let ok = dir.path().join("new.db");
+        assert!(new_target(&ok, dir.path(), &backups).is_ok());
+        std::os::unix::fs::symlink("/nonexistent", &ok).unwrap();
+        assert!(new_target(&ok, dir.path(), &backups).is_err());
+        for bad in ["x.db-wal", "x.db-shm", "x.db-journal"] {
+            assert!(new_target(&dir.path().join(bad), dir.path(), &backups).is_err());
+        }
+        assert!(new_target(&backups.join("n.db"), &backups, &backups).is_err());
     }
 }
