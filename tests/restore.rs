@@ -638,3 +638,40 @@ fn daemon_pool_follows_an_in_place_restore_of_an_attached_database() {
     unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
     let _ = daemon.wait();
 }
+
+/// A live file that cannot be made whole (a hot journal beside a damaged file) is not replaced
+/// without --force: nothing is kept aside, the restored file is not put in place.
+#[test]
+fn in_place_restore_refuses_a_live_file_it_cannot_make_whole() {
+    let env = TestEnv::new();
+    let (db, _dir) = journal_setup(&env);
+    set_marker(&db, "live");
+    make_hot_journal(&db);
+    // Damage the header too: SQLite rolls the journal back, then cannot read the file.
+    let mut bytes = std::fs::read(&db).unwrap();
+    bytes[..16].copy_from_slice(b"not a database!\0");
+    std::fs::write(&db, &bytes).unwrap();
+    let out = env
+        .cmd()
+        .args(["restore", "chat", "--in-place"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(65), "{}", both(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("chat.db-journal") && err.contains("--force"),
+        "{}",
+        both(&out)
+    );
+    assert!(kept(&db).is_empty());
+    assert_eq!(&std::fs::read(&db).unwrap()[..16], b"not a database!\0");
+    // --force: the restore goes ahead (the damaged file is kept aside).
+    let out = env
+        .cmd()
+        .args(["restore", "chat", "--in-place", "--force"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    assert_eq!(marker(&db), "backup");
+    assert_eq!(kept(&db).len(), 1);
+}

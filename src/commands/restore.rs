@@ -187,7 +187,7 @@ pub fn run(path: &Path, args: RestoreArgs) -> Result<ExitCode, Failure> {
                 return Err(fail(
                     if why.busy { ExitCode::TempFail } else { ExitCode::DataErr },
                     format!(
-                        "{}: {}; nothing was changed. Let the application (or `sqlite3 {} 'PRAGMA quick_check'`) open it once so SQLite recovers it, or pass --force to restore anyway (the previous file is kept with its journal)",
+                        "{}: {}; it was not replaced. If the application is running, stop it first; if the file is damaged, pass --force to restore over it anyway (it is kept as {}.pre-restore-… with the journal or WAL that is left beside it)",
                         target.display(),
                         why.text,
                         target.display()
@@ -623,7 +623,7 @@ fn settle(target: &Path) -> Result<(), Unsettled> {
             e.sqlite_error_code(),
             Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
         ),
-        text: format!("{names} hold changes not yet in the file, and applying them failed: {e}"),
+        text: format!("it could not be made whole with {names} beside it ({e})"),
     };
     let c = Connection::open_with_flags(
         target,
@@ -645,7 +645,7 @@ fn settle(target: &Path) -> Result<(), Unsettled> {
             return Err(Unsettled {
                 busy: true,
                 text: format!(
-                    "{names}: its WAL could not be folded in (another connection is using it)"
+                    "its WAL ({names}) could not be folded into it: another connection is reading it"
                 ),
             });
         }
