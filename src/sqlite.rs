@@ -21,7 +21,7 @@ use rusqlite::{ffi, Connection, OpenFlags};
 use crate::config::{Config, Database, JournalMode};
 use crate::exit::ExitCode;
 
-pub type SqlitePool = Pool<SqliteConnectionManager>;
+pub type SqlitePool = Pool<Manager>;
 
 /// Statements slower than this (in nanoseconds) are logged; set from `daemon.slow_statement`.
 static SLOW_NANOS: AtomicU64 = AtomicU64::new(100_000_000);
@@ -329,7 +329,65 @@ pub fn pool_for(db: &Database, busy_timeout: Duration) -> SqlitePool {
         // A failed connect is reported once, by the job, with its diagnosis: r2d2's default
         // handler would log every retry as a bare "database is locked".
         .error_handler(Box::new(r2d2::NopErrorHandler))
-        .build_unchecked(manager(db, busy_timeout))
+        .build_unchecked(Manager(manager(db, busy_timeout)))
+}
+
+/// r2d2_sqlite's manager with one more test at check-out: a connection whose database file
+/// (main or attached) is no longer the file at its path — restored in place, replaced — is
+/// dropped and a new one is opened on the file there now. The test is SQLite's own
+/// `SQLITE_FCNTL_HAS_MOVED` (the path's inode against the open file's), which also makes the
+/// old connection close without checkpointing into, or deleting, the new file's WAL.
+pub struct Manager(SqliteConnectionManager);
+
+impl r2d2::ManageConnection for Manager {
+    type Connection = Connection;
+    type Error = rusqlite::Error;
+
+    fn connect(&self) -> Result<Connection, rusqlite::Error> {
+        self.0.connect()
+    }
+
+    fn is_valid(&self, conn: &mut Connection) -> Result<(), rusqlite::Error> {
+        self.0.is_valid(conn)?;
+        match moved_schema(conn) {
+            None => Ok(()),
+            Some(schema) => Err(rusqlite::Error::SqliteFailure(
+                ffi::Error::new(ffi::SQLITE_READONLY_DBMOVED),
+                Some(format!(
+                    "{schema}: the file at its path was replaced; reconnecting"
+                )),
+            )),
+        }
+    }
+
+    fn has_broken(&self, conn: &mut Connection) -> bool {
+        self.0.has_broken(conn)
+    }
+}
+
+/// The first schema (`main` or an attachment's alias) whose file is no longer the one at its
+/// path.
+fn moved_schema(conn: &Connection) -> Option<String> {
+    let names: Vec<String> = conn
+        .prepare("PRAGMA database_list")
+        .and_then(|mut s| s.query_map([], |r| r.get(1))?.collect())
+        .ok()?;
+    names.into_iter().filter(|n| n != "temp").find(|name| {
+        let Ok(cname) = std::ffi::CString::new(name.as_str()) else {
+            return false;
+        };
+        let mut moved: c_int = 0;
+        // SAFETY: a valid handle, a NUL-terminated schema name, and an int for the answer.
+        let rc = unsafe {
+            ffi::sqlite3_file_control(
+                conn.handle(),
+                cname.as_ptr(),
+                ffi::SQLITE_FCNTL_HAS_MOVED,
+                &mut moved as *mut c_int as *mut c_void,
+            )
+        };
+        rc == ffi::SQLITE_OK && moved != 0
+    })
 }
 
 /// One connection for one run (fleet members), opened on the calling thread with the settings
