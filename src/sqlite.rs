@@ -32,13 +32,16 @@ pub fn open_flags() -> OpenFlags {
     OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX
 }
 
-/// A `file:` URI opening `path` read-write without creating it.
+/// A `file:` URI opening `path` with `mode` (`rw`, `ro`), never creating it. Every byte
+/// outside printable ASCII is percent-encoded, so a name in UTF-8 (`ünï.db`) reaches SQLite
+/// byte for byte (SQLite decodes `%XX` to one byte).
 pub fn uri(path: &Path, mode: &str) -> String {
     let mut out = String::from("file:");
     for &b in path.as_os_str().as_bytes() {
         match b {
             b'%' | b'?' | b'#' => out.push_str(&format!("%{b:02X}")),
-            _ => out.push(b as char),
+            0x21..=0x7e => out.push(b as char),
+            _ => out.push_str(&format!("%{b:02X}")),
         }
     }
     format!("{out}?mode={mode}")
@@ -647,6 +650,20 @@ mod tests {
             uri(Path::new("/a/b?c#d%.db"), "rw"),
             "file:/a/b%3Fc%23d%25.db?mode=rw"
         );
+        assert_eq!(
+            uri(Path::new("/a/ün ï.db"), "ro"),
+            "file:/a/%C3%BCn%20%C3%AF.db?mode=ro"
+        );
+        // The URI opens the file of that name, not a mangled one.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ünï 数据.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("CREATE TABLE t(x)")
+            .unwrap();
+        let c = Connection::open_with_flags(uri(&path, "rw"), open_flags()).unwrap();
+        c.execute("INSERT INTO t VALUES (1)", []).unwrap();
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]
