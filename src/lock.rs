@@ -40,6 +40,8 @@ pub enum LockError {
     Cancelled(String),
     #[error("{}: the lock file is a symlink; refusing to follow it (remove it: litekeeper creates its own)", path.display())]
     Symlink { path: PathBuf },
+    #[error("{}: the lock file is not a regular file ({kind}); remove it (litekeeper creates its own)", path.display())]
+    NotRegular { path: PathBuf, kind: &'static str },
     #[error("{}: cannot open lock file: {source} (check that lock_dir exists and is writable, and is not a symlink)", path.display())]
     Io {
         path: PathBuf,
@@ -69,10 +71,20 @@ fn open(dir: &Path, database: &str) -> Result<(File, PathBuf), LockError> {
         .create(true)
         .truncate(false)
         .mode(0o640)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(&path);
     match file {
-        Ok(file) => Ok((file, path)),
+        Ok(file) => {
+            // A FIFO or device in its place: refuse (writes could block, flock means nothing).
+            use std::os::unix::fs::MetadataExt;
+            let meta = file.metadata().map_err(io)?;
+            if !meta.is_file() {
+                let kind =
+                    crate::safe_fs::describe(rustix::fs::FileType::from_raw_mode(meta.mode()));
+                return Err(LockError::NotRegular { path, kind });
+            }
+            Ok((file, path))
+        }
         // O_NOFOLLOW on a symlink fails with ELOOP: say what it means.
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => Err(LockError::Symlink { path }),
         Err(e) => Err(io(e)),
