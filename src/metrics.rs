@@ -239,7 +239,10 @@ pub fn open(path: &Path, read_only: bool) -> rusqlite::Result<Connection> {
         if let Ok(Some(kind)) = crate::safe_fs::special_file_at(&p) {
             return Err(rusqlite::Error::SqliteFailure(
                 rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
-                Some(format!("{}: not a regular file ({kind}); remove it", p.display())),
+                Some(format!(
+                    "{}: not a regular file ({kind}); remove it",
+                    p.display()
+                )),
             ));
         }
     }

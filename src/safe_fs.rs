@@ -226,8 +226,7 @@ impl DirHandle {
         check_name(name)?;
         let st = rfs::statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW)?;
         let modified = if st.st_mtime >= 0 {
-            SystemTime::UNIX_EPOCH
-                + Duration::new(st.st_mtime as u64, st.st_mtime_nsec as u32)
+            SystemTime::UNIX_EPOCH + Duration::new(st.st_mtime as u64, st.st_mtime_nsec as u32)
         } else {
             SystemTime::UNIX_EPOCH
         };
@@ -375,8 +374,14 @@ mod tests {
         std::fs::write(d.join("a"), "1").unwrap();
         std::fs::write(d.join("b"), "2").unwrap();
         let q = h.create_dir(OsStr::new("q"), 0o700).unwrap();
-        assert_eq!(h.move_into(OsStr::new("a"), &q, OsStr::new("x")).unwrap(), "x");
-        assert_eq!(h.move_into(OsStr::new("b"), &q, OsStr::new("x")).unwrap(), "x.1");
+        assert_eq!(
+            h.move_into(OsStr::new("a"), &q, OsStr::new("x")).unwrap(),
+            "x"
+        );
+        assert_eq!(
+            h.move_into(OsStr::new("b"), &q, OsStr::new("x")).unwrap(),
+            "x.1"
+        );
         assert_eq!(std::fs::read_to_string(d.join("q/x")).unwrap(), "1");
         assert_eq!(h.tree_bytes(OsStr::new("q")), 2);
         h.remove_tree(OsStr::new("q")).unwrap();

@@ -521,13 +521,13 @@ pub fn preflight(path: &Path) -> Result<(), Finding> {
             .open(path)
     }
     .and_then(|mut f| f.read(&mut header))
-        .map_err(|e| {
-            Finding::error(
-                ExitCode::IoErr,
-                format!("{shown}: cannot read: {e}"),
-                "check the disk (dmesg) and the file",
-            )
-        })?;
+    .map_err(|e| {
+        Finding::error(
+            ExitCode::IoErr,
+            format!("{shown}: cannot read: {e}"),
+            "check the disk (dmesg) and the file",
+        )
+    })?;
     if n == 0 {
         return Err(Finding::error(
             ExitCode::DataErr,

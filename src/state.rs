@@ -136,9 +136,9 @@ impl State {
         f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
     ) -> Result<T, StateError> {
         // SQLite would block forever opening a FIFO here (lstat only, nothing is opened).
-        for p in std::iter::once(self.path.clone()).chain(
-            ["-wal", "-shm", "-journal"].map(|s| crate::sqlite::sidecar(&self.path, s)),
-        ) {
+        for p in std::iter::once(self.path.clone())
+            .chain(["-wal", "-shm", "-journal"].map(|s| crate::sqlite::sidecar(&self.path, s)))
+        {
             if let Ok(Some(kind)) = crate::safe_fs::special_file_at(&p) {
                 return Err(StateError::NotRegular { path: p, kind });
             }

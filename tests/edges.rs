@@ -44,7 +44,10 @@ fn a_lock_directory_removed_under_a_running_job_does_not_let_a_second_job_in() {
     let lock = env.path("locks/chat.lock");
     let deadline = Instant::now() + Duration::from_secs(60);
     while !std::fs::read_to_string(&lock).is_ok_and(|s| s.contains("running prune")) {
-        assert!(Instant::now() < deadline, "the first job never took its lock");
+        assert!(
+            Instant::now() < deadline,
+            "the first job never took its lock"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     std::fs::remove_dir_all(env.path("locks")).unwrap();
@@ -63,7 +66,11 @@ fn a_lock_directory_removed_under_a_running_job_does_not_let_a_second_job_in() {
     let second = env.cmd().args(["run", "chat", "vacuum"]).output().unwrap();
     let still_running = first.try_wait().unwrap().is_none();
     let o = first.wait_with_output().unwrap();
-    assert!(still_running, "the first job ended too soon to test\n{}", both(&o));
+    assert!(
+        still_running,
+        "the first job ended too soon to test\n{}",
+        both(&o)
+    );
     assert_eq!(
         second.status.code(),
         Some(75),
@@ -90,7 +97,10 @@ fn a_database_path_that_is_not_ascii_is_checked_and_backed_up() {
         "app/ünï 数据.db",
         "CREATE TABLE t(x); INSERT INTO t VALUES (42);",
     );
-    let files = env.sqlite("app/fïles.db", "CREATE TABLE blob(x); INSERT INTO blob VALUES (7);");
+    let files = env.sqlite(
+        "app/fïles.db",
+        "CREATE TABLE blob(x); INSERT INTO blob VALUES (7);",
+    );
     config(
         &env,
         &db,
@@ -109,7 +119,12 @@ fn a_database_path_that_is_not_ascii_is_checked_and_backed_up() {
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert!(names.iter().all(|n| n.starts_with("ünï 数据.db") || n.starts_with("fïles.db")), "{names:?}");
+    assert!(
+        names
+            .iter()
+            .all(|n| n.starts_with("ünï 数据.db") || n.starts_with("fïles.db")),
+        "{names:?}"
+    );
     let backups: Vec<_> = std::fs::read_dir(env.path("bäckups"))
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -149,12 +164,12 @@ fn a_guard_refusing_one_rule_skips_it_and_the_later_rules_run() {
     };
     assert_eq!(n("one"), 1, "the refused rule deleted something");
     assert_eq!(n("many"), 90, "the later rule did not run");
-    let o = env
-        .cmd()
-        .args(["status", "--json"])
-        .output()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&o.stdout).contains("refused"), "{}", both(&o));
+    let o = env.cmd().args(["status", "--json"]).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("refused"),
+        "{}",
+        both(&o)
+    );
 }
 
 #[test]
@@ -167,7 +182,11 @@ fn attach_aliases_that_are_reserved_or_clash_in_any_case_are_refused_at_load() {
         (format!("TEMP = \"{}\"", files.display()), "TEMP"),
         (format!("tEmP = \"{}\"", files.display()), "tEmP"),
         (
-            format!("files = \"{}\", Files = \"{}\"", files.display(), files.display()),
+            format!(
+                "files = \"{}\", Files = \"{}\"",
+                files.display(),
+                files.display()
+            ),
             "Files",
         ),
     ] {

@@ -352,7 +352,10 @@ fn chown_tree(p: &Path) {
 }
 
 /// Run to the end, or kill after `limit` and fail: a hang is the defect under test.
-fn output_within(mut cmd: std::process::Command, limit: std::time::Duration) -> std::process::Output {
+fn output_within(
+    mut cmd: std::process::Command,
+    limit: std::time::Duration,
+) -> std::process::Output {
     use std::process::Stdio;
     let mut child = cmd
         .stdout(Stdio::piped())
@@ -383,7 +386,12 @@ fn names_in(dir: &Path) -> Vec<String> {
 fn mkfifo(p: &Path) {
     let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
     // SAFETY: c is a valid NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o666) }, 0, "mkfifo {}", p.display());
+    assert_eq!(
+        unsafe { libc::mkfifo(c.as_ptr(), 0o666) },
+        0,
+        "mkfifo {}",
+        p.display()
+    );
 }
 
 fn files_rule(uploads: &Path, action: &str) -> String {
@@ -415,7 +423,9 @@ fn quarantine_day_directory_that_is_a_symlink_is_never_followed(who: As) {
     // elsewhere; an expired one as well.
     let now = chrono::Utc::now();
     for d in [-1i64, 0, 1] {
-        let day = (now + chrono::Duration::days(d)).format("%Y-%m-%d").to_string();
+        let day = (now + chrono::Duration::days(d))
+            .format("%Y-%m-%d")
+            .to_string();
         symlink(&target, q.join(day)).unwrap();
     }
     symlink(&expired_target, q.join("2001-01-01")).unwrap();
@@ -429,8 +439,18 @@ fn quarantine_day_directory_that_is_a_symlink_is_never_followed(who: As) {
         },
         std::time::Duration::from_secs(60),
     );
-    assert_eq!(names_in(&target), ["precious"], "moved through a symlink ({who:?})\n{}", both(&o));
-    assert_eq!(names_in(&expired_target), ["precious"], "{who:?}\n{}", both(&o));
+    assert_eq!(
+        names_in(&target),
+        ["precious"],
+        "moved through a symlink ({who:?})\n{}",
+        both(&o)
+    );
+    assert_eq!(
+        names_in(&expired_target),
+        ["precious"],
+        "{who:?}\n{}",
+        both(&o)
+    );
     assert!(uploads.join("c1_keep.txt").exists());
     assert_eq!(o.status.code(), Some(73), "{who:?}\n{}", both(&o));
     let err = String::from_utf8_lossy(&o.stderr);
@@ -482,7 +502,10 @@ fn files_rule_redirected_mid_run_stays_in_its_directory(who: As, action: &str) {
     let deadline = Instant::now() + std::time::Duration::from_secs(120);
     while first.exists() {
         assert!(Instant::now() < deadline, "the job never started removing");
-        assert!(child.try_wait().unwrap().is_none(), "the job ended before removing");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the job ended before removing"
+        );
         std::hint::spin_loop();
     }
     let real = env.path("uploads.real");
@@ -497,7 +520,10 @@ fn files_rule_redirected_mid_run_stays_in_its_directory(who: As, action: &str) {
         N - left.len(),
         both(&o)
     );
-    assert!(!target.join(".litekeeper-quarantine").exists(), "{who:?} {action}");
+    assert!(
+        !target.join(".litekeeper-quarantine").exists(),
+        "{who:?} {action}"
+    );
     assert_eq!(o.status.code(), Some(0), "{who:?} {action}\n{}", both(&o));
     // Everything happened in the directory that was listed (now uploads.real).
     let mut expect = vec!["k1_keep".to_string()];
@@ -538,15 +564,31 @@ fn files_rule_redirected_mid_run_quarantines_only_in_its_directory_unprivileged(
 fn special_files_beside_a_database_are_refused(who: As) {
     let limit = std::time::Duration::from_secs(60);
     for (case, commands) in [
-        ("-journal", &[&["check"][..], &["run", "chat", "backup"], &["run", "chat", "prune"]][..]),
+        (
+            "-journal",
+            &[
+                &["check"][..],
+                &["run", "chat", "backup"],
+                &["run", "chat", "prune"],
+            ][..],
+        ),
         ("-wal", &[&["check"][..], &["run", "chat", "backup"]][..]),
         ("-shm", &[&["check"][..], &["run", "chat", "vacuum"]][..]),
         ("main", &[&["check"][..], &["run", "chat", "backup"]][..]),
-        ("attached-wal", &[&["check"][..], &["run", "chat", "backup"]][..]),
-        ("state.db", &[&["run", "chat", "backup"][..], &["status"]][..]),
+        (
+            "attached-wal",
+            &[&["check"][..], &["run", "chat", "backup"]][..],
+        ),
+        (
+            "state.db",
+            &[&["run", "chat", "backup"][..], &["status"]][..],
+        ),
         ("state.db-wal", &[&["run", "chat", "backup"][..]][..]),
         ("lock", &[&["run", "chat", "backup"][..]][..]),
-        ("manifest", &[&["run", "chat", "backup"][..], &["backups", "list"]][..]),
+        (
+            "manifest",
+            &[&["run", "chat", "backup"][..], &["backups", "list"]][..],
+        ),
     ] {
         let env = TestEnv::new();
         let db = env.sqlite(

@@ -761,7 +761,12 @@ fn database(c: &mut Checker, key: &KeyPath, rd: &RawDatabase, daemon: &Daemon) -
                 "an attach alias must be an SQL identifier other than main/temp",
                 Some(alias.clone()),
             );
-        } else if let Some(other) = rd.attach.keys().take(i).find(|o| o.eq_ignore_ascii_case(alias)) {
+        } else if let Some(other) = rd
+            .attach
+            .keys()
+            .take(i)
+            .find(|o| o.eq_ignore_ascii_case(alias))
+        {
             c.fail(
                 &k,
                 format!("attach aliases differ only in case from {other:?}; SQLite sees one name"),

@@ -653,7 +653,11 @@ pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
     let bytes: u64 = files_reports.iter().map(|r| r.bytes.unwrap_or(0)).sum();
     let mut figures = super::Figures::new();
     let all: Vec<&RuleReport> = reports.iter().chain(files_reports.iter()).collect();
-    let refused: Vec<&str> = all.iter().filter(|r| r.refused.is_some()).map(|r| r.rule.as_str()).collect();
+    let refused: Vec<&str> = all
+        .iter()
+        .filter(|r| r.refused.is_some())
+        .map(|r| r.rule.as_str())
+        .collect();
     let refused_note = if refused.is_empty() {
         String::new()
     } else {
