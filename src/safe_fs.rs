@@ -26,7 +26,7 @@ pub fn describe(t: FileType) -> &'static str {
         FileType::RegularFile => "a regular file",
         FileType::Directory => "a directory",
         FileType::Symlink => "a symlink",
-        FileType::Fifo => "a FIFO (named pipe)",
+        FileType::Fifo => "a FIFO",
         FileType::Socket => "a socket",
         FileType::CharacterDevice => "a character device",
         FileType::BlockDevice => "a block device",
@@ -343,7 +343,7 @@ mod tests {
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
         let e = open_regular(&p, false, false).unwrap_err();
         assert!(e.to_string().contains("FIFO"), "{e}");
-        assert_eq!(special_file_at(&p).unwrap(), Some("a FIFO (named pipe)"));
+        assert_eq!(special_file_at(&p).unwrap(), Some("a FIFO"));
         std::fs::write(dir.path().join("f"), "x").unwrap();
         assert_eq!(read_regular(&dir.path().join("f")).unwrap(), b"x");
         assert_eq!(special_file_at(&dir.path().join("f")).unwrap(), None);
