@@ -321,17 +321,26 @@ async fn run_locked(
     let mut job = tokio::task::spawn_blocking(move || run_blocking(&env2, &req2));
     // While it runs, keep the lock at its path (someone may remove the lock directory).
     let mut lost = None;
+    let mut warned = false;
     let mut tick = tokio::time::interval(LOCK_CHECK);
     let result = loop {
         tokio::select! {
             r = &mut job => break r,
-            _ = tick.tick(), if lost.is_none() => {
-                if let Err(e) = guard.keep() {
+            _ = tick.tick(), if lost.is_none() => match guard.keep() {
+                Ok(()) => {}
+                // Another job holds the database now: this one stops.
+                Err(e @ LockError::Busy { .. }) => {
                     tracing::error!("{e}; stopping {} at its next safe point", req.kind.as_str());
                     lost = Some(e);
                     job_cancel.cancel();
                 }
-            }
+                // No new lock file could be made; nor can another job's (same user): go on.
+                Err(e) if !warned => {
+                    tracing::warn!("the lock file was removed and cannot be put back: {e}");
+                    warned = true;
+                }
+                Err(_) => {}
+            },
         }
     };
     drop(guard);
