@@ -506,7 +506,7 @@ fn files_rule_redirected_mid_run_stays_in_its_directory(who: As, action: &str) {
             child.try_wait().unwrap().is_none(),
             "the job ended before removing"
         );
-        std::hint::spin_loop();
+        std::thread::sleep(std::time::Duration::from_micros(200));
     }
     let real = env.path("uploads.real");
     std::fs::rename(&uploads, &real).unwrap();
