@@ -526,7 +526,8 @@ impl Manifest {
     /// Read the manifest of `dir` (empty when there is none yet).
     pub fn load(dir: &Path) -> Result<Manifest, ArchiveError> {
         let path = dir.join(MANIFEST);
-        match fs::read(&path) {
+        // Only a regular file: a FIFO named manifest.json must not hang the job.
+        match crate::safe_fs::read_regular(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| ArchiveError::Refused {
                 reason: format!(
                     "unreadable manifest ({e}); move it aside and the next backup writes a new one"

@@ -22,6 +22,7 @@
 //! - `paths`: default locations for root and for users.
 //! - `retention`: which backups to keep and why; pure.
 //! - `units`: cron as `OnCalendar=`, and the systemd drop-ins `systemd-units` writes.
+//! - `safe_fs`: directory handles that never follow symlinks; opening only regular files.
 //! - `exit`: exit codes and the error type that carries them to `main`.
 
 pub mod archive;
@@ -38,6 +39,7 @@ pub mod notify;
 pub mod paths;
 pub mod pings;
 pub mod retention;
+pub mod safe_fs;
 pub mod schedule;
 pub mod scheduler;
 pub mod sqlite;

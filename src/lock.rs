@@ -2,6 +2,12 @@
 //! whole run, so the daemon, a timer's `litekeeper run` and a person at a shell never run two
 //! jobs on one database at once. The holder writes its pid, job and start time into the file
 //! so a refused caller can say who holds it. flock dies with its process: no stale locks.
+//!
+//! A flock belongs to an inode, the lock to a path: after taking it we check that the file we
+//! hold is still the one at the path (device and inode), else we try again. While a job runs,
+//! `LockGuard::keep` is called periodically: if the lock file (or the whole lock directory)
+//! was removed, the holder puts a new one at the path and locks it too, so a second job finds
+//! it busy; if another job got there first, the holder is told to stop.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -16,11 +22,54 @@ use tokio_util::sync::CancellationToken;
 pub struct LockGuard {
     file: File,
     path: PathBuf,
+    dir: PathBuf,
+    database: String,
+    job: String,
+    /// Files locked earlier whose path was removed under us (see `keep`); held to the end.
+    earlier: Vec<File>,
 }
 
 impl LockGuard {
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Make sure the lock is still at its path. When the lock file (or its directory) was
+    /// removed or replaced, lock a new file at the path and keep both. `Err(Busy)` when
+    /// another job took the path meanwhile: the caller must stop its job.
+    pub fn keep(&mut self) -> Result<(), LockError> {
+        if same_file(&self.file, &self.path) {
+            return Ok(());
+        }
+        let (file, path) = open(&self.dir, &self.database)?;
+        match file.try_lock() {
+            Ok(()) => {
+                let file = claim(file, &path, &self.job)?;
+                // The new file is the one at the path now; the old one stays locked to the end.
+                let old = std::mem::replace(&mut self.file, file);
+                self.earlier.push(old);
+                tracing::warn!(
+                    "{}: the lock file was removed while {} ran on {:?}; a new one was put in its place",
+                    self.path.display(),
+                    self.job,
+                    self.database
+                );
+                Ok(())
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut file = file;
+                Err(LockError::Busy {
+                    database: self.database.clone(),
+                    holder: format!(
+                        "its lock file {} was removed while {} ran, and another process took the new one: {}",
+                        self.path.display(),
+                        self.job,
+                        holder(&mut file)
+                    ),
+                })
+            }
+            Err(std::fs::TryLockError::Error(source)) => Err(LockError::Io { path, source }),
+        }
     }
 }
 
@@ -28,6 +77,15 @@ impl Drop for LockGuard {
     fn drop(&mut self) {
         // Clear the holder line so a stale reader does not name us; the flock goes with the fd.
         let _ = self.file.set_len(0);
+    }
+}
+
+/// The open `file` is the file at `path` (same device and inode; the path not followed).
+fn same_file(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), std::fs::symlink_metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
     }
 }
 
@@ -40,6 +98,8 @@ pub enum LockError {
     Cancelled(String),
     #[error("{}: the lock file is a symlink; refusing to follow it (remove it: litekeeper creates its own)", path.display())]
     Symlink { path: PathBuf },
+    #[error("{}: the lock file is not a regular file ({kind}); remove it (litekeeper creates its own)", path.display())]
+    NotRegular { path: PathBuf, kind: &'static str },
     #[error("{}: cannot open lock file: {source} (check that lock_dir exists and is writable, and is not a symlink)", path.display())]
     Io {
         path: PathBuf,
@@ -69,10 +129,20 @@ fn open(dir: &Path, database: &str) -> Result<(File, PathBuf), LockError> {
         .create(true)
         .truncate(false)
         .mode(0o640)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(&path);
     match file {
-        Ok(file) => Ok((file, path)),
+        Ok(file) => {
+            // A FIFO or device in its place: refuse (writes could block, flock means nothing).
+            use std::os::unix::fs::MetadataExt;
+            let meta = file.metadata().map_err(io)?;
+            if !meta.is_file() {
+                let kind =
+                    crate::safe_fs::describe(rustix::fs::FileType::from_raw_mode(meta.mode()));
+                return Err(LockError::NotRegular { path, kind });
+            }
+            Ok((file, path))
+        }
         // O_NOFOLLOW on a symlink fails with ELOOP: say what it means.
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => Err(LockError::Symlink { path }),
         Err(e) => Err(io(e)),
@@ -91,7 +161,8 @@ fn holder(file: &mut File) -> String {
     }
 }
 
-fn claim(mut file: File, path: PathBuf, job: &str) -> Result<LockGuard, LockError> {
+/// Write our holder line into a file we just locked.
+fn claim(mut file: File, path: &Path, job: &str) -> Result<File, LockError> {
     let line = format!(
         "pid {} running {job} since {}\n",
         std::process::id(),
@@ -102,23 +173,48 @@ fn claim(mut file: File, path: PathBuf, job: &str) -> Result<LockGuard, LockErro
         .and_then(|_| file.seek(SeekFrom::Start(0)))
         .and_then(|_| file.write_all(line.as_bytes()));
     written.map_err(|source| LockError::Io {
-        path: path.clone(),
+        path: path.to_path_buf(),
         source,
     })?;
-    Ok(LockGuard { file, path })
+    Ok(file)
 }
 
 /// Take the lock now or report who holds it.
 pub fn try_acquire(dir: &Path, database: &str, job: &str) -> Result<LockGuard, LockError> {
-    let (mut file, path) = open(dir, database)?;
-    match file.try_lock() {
-        Ok(()) => claim(file, path, job),
-        Err(std::fs::TryLockError::WouldBlock) => Err(LockError::Busy {
-            database: database.to_string(),
-            holder: holder(&mut file),
-        }),
-        Err(std::fs::TryLockError::Error(source)) => Err(LockError::Io { path, source }),
+    // The file may be removed or replaced between our open and our flock (by a cleanup, or
+    // a lock directory removed and made again): then we hold a lock nobody else can see, so
+    // we try again with the file now at the path.
+    for _ in 0..20 {
+        let (mut file, path) = open(dir, database)?;
+        match file.try_lock() {
+            Ok(()) if !same_file(&file, &path) => continue,
+            Ok(()) => {
+                return Ok(LockGuard {
+                    file: claim(file, &path, job)?,
+                    path,
+                    dir: dir.to_path_buf(),
+                    database: database.to_string(),
+                    job: job.to_string(),
+                    earlier: Vec::new(),
+                })
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(LockError::Busy {
+                    database: database.to_string(),
+                    holder: holder(&mut file),
+                })
+            }
+            Err(std::fs::TryLockError::Error(source)) => {
+                return Err(LockError::Io { path, source })
+            }
+        }
     }
+    Err(LockError::Io {
+        path: dir.join(format!("{database}.lock")),
+        source: std::io::Error::other(
+            "the lock file was replaced every time it was locked; is something removing lock_dir?",
+        ),
+    })
 }
 
 /// Wait for the lock up to `timeout` (None: no limit), giving up when `cancel` fires.
@@ -183,6 +279,35 @@ mod tests {
             try_acquire(dir.path(), "chat", "backup"),
             Err(LockError::Symlink { .. })
         ));
+    }
+
+    #[test]
+    fn a_removed_lock_file_is_put_back_by_its_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let locks = dir.path().join("locks");
+        let mut g = try_acquire(&locks, "chat", "prune").unwrap();
+        g.keep().unwrap();
+        std::fs::remove_dir_all(&locks).unwrap();
+        g.keep().unwrap();
+        let line = std::fs::read_to_string(locks.join("chat.lock")).unwrap();
+        assert!(line.contains("running prune"), "{line}");
+        assert!(matches!(
+            try_acquire(&locks, "chat", "vacuum"),
+            Err(LockError::Busy { .. })
+        ));
+        // Someone else took the path before the holder noticed: the holder must stop.
+        std::fs::remove_dir_all(&locks).unwrap();
+        let _other = try_acquire(&locks, "chat", "backup").unwrap();
+        match g.keep() {
+            Err(LockError::Busy { holder, .. }) => {
+                assert!(holder.contains("running backup"), "{holder}")
+            }
+            other => panic!("expected busy, got {other:?}"),
+        }
+        drop(g);
+        // The other holder's line is intact.
+        let line = std::fs::read_to_string(locks.join("chat.lock")).unwrap();
+        assert!(line.contains("running backup"), "{line}");
     }
 
     #[tokio::test]

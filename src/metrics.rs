@@ -232,6 +232,20 @@ pub fn open(path: &Path, read_only: bool) -> rusqlite::Result<Connection> {
     } else {
         OpenFlags::SQLITE_OPEN_READ_WRITE
     } | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    // A FIFO in place of the state DB or a sidecar would block SQLite's open forever.
+    for p in std::iter::once(path.to_path_buf())
+        .chain(["-wal", "-shm", "-journal"].map(|s| crate::sqlite::sidecar(path, s)))
+    {
+        if let Ok(Some(kind)) = crate::safe_fs::special_file_at(&p) {
+            return Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
+                Some(format!(
+                    "{}: not a regular file ({kind}); remove it",
+                    p.display()
+                )),
+            ));
+        }
+    }
     let c = Connection::open_with_flags(path, flags)?;
     c.busy_timeout(Duration::from_secs(10))?;
     // Fails here, not later, on a file that is not a state database.

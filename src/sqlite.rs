@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
-use std::fs::File;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -32,13 +31,16 @@ pub fn open_flags() -> OpenFlags {
     OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX
 }
 
-/// A `file:` URI opening `path` read-write without creating it.
+/// A `file:` URI opening `path` with `mode` (`rw`, `ro`), never creating it. Every byte
+/// outside printable ASCII is percent-encoded, so a name in UTF-8 (`ünï.db`) reaches SQLite
+/// byte for byte (SQLite decodes `%XX` to one byte).
 pub fn uri(path: &Path, mode: &str) -> String {
     let mut out = String::from("file:");
     for &b in path.as_os_str().as_bytes() {
         match b {
             b'%' | b'?' | b'#' => out.push_str(&format!("%{b:02X}")),
-            _ => out.push(b as char),
+            0x21..=0x7e => out.push(b as char),
+            _ => out.push_str(&format!("%{b:02X}")),
         }
     }
     format!("{out}?mode={mode}")
@@ -448,8 +450,50 @@ fn access(path: &Path, mode: c_int) -> bool {
     unsafe { libc::access(c.as_ptr(), mode) == 0 }
 }
 
-/// Cheap checks on the file system only: directory, file, permissions, header. Jobs run these
-/// before taking a connection so a broken setup fails fast with a clear reason.
+/// The files SQLite opens beside a database: its WAL, shared-memory index and rollback
+/// journal.
+pub const SIDECARS: [&str; 3] = ["-wal", "-shm", "-journal"];
+
+/// `path` with a sidecar suffix (`-wal`…).
+pub fn sidecar(path: &Path, suffix: &str) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(suffix);
+    PathBuf::from(p)
+}
+
+/// Refuse a sidecar (`-wal`, `-shm`, `-journal`) that exists but is not a regular file: SQLite
+/// would open a FIFO there and block forever, lock held, deaf to SIGTERM. Looked at with
+/// lstat, nothing is opened. Run right before SQLite opens `path`.
+pub fn refuse_special_sidecars(path: &Path) -> Result<(), Finding> {
+    for suffix in SIDECARS {
+        let p = sidecar(path, suffix);
+        match crate::safe_fs::special_file_at(&p) {
+            Ok(None) => {}
+            Ok(Some(kind)) => {
+                return Err(Finding::error(
+                    ExitCode::NoInput,
+                    format!(
+                        "{}: not a regular file ({kind}) where SQLite keeps the database's {suffix} file; refusing to open the database (SQLite would block on it)",
+                        p.display()
+                    ),
+                    "remove it; SQLite creates its -wal, -shm and -journal files itself",
+                ))
+            }
+            Err(e) => {
+                return Err(Finding::error(
+                    ExitCode::IoErr,
+                    format!("{}: cannot stat: {e}", p.display()),
+                    "check the directory's permissions and the disk",
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Cheap checks on the file system only: directory, file, permissions, header, and that no
+/// special file sits where SQLite keeps the sidecars. Jobs run these before taking a
+/// connection so a broken setup fails fast with a clear reason; nothing here can block.
 pub fn preflight(path: &Path) -> Result<(), Finding> {
     let shown = path.display();
     let dir = path.parent().unwrap_or(Path::new("/"));
@@ -488,12 +532,15 @@ pub fn preflight(path: &Path) -> Result<(), Finding> {
         }
     };
     if !meta.is_file() {
+        use std::os::unix::fs::MetadataExt;
+        let kind = crate::safe_fs::describe(rustix::fs::FileType::from_raw_mode(meta.mode()));
         return Err(Finding::error(
             ExitCode::NoInput,
-            format!("{shown}: not a regular file"),
+            format!("{shown}: not a regular file ({kind})"),
             "point `path` at the database file itself",
         ));
     }
+    refuse_special_sidecars(path)?;
     // Read and write are told apart: the fix differs (a read-only file may be deliberate).
     let who = || {
         use std::os::unix::fs::MetadataExt;
@@ -523,15 +570,22 @@ pub fn preflight(path: &Path) -> Result<(), Finding> {
         ));
     }
     let mut header = [0u8; 16];
-    let n = File::open(path)
-        .and_then(|mut f| f.read(&mut header))
-        .map_err(|e| {
-            Finding::error(
-                ExitCode::IoErr,
-                format!("{shown}: cannot read: {e}"),
-                "check the disk (dmesg) and the file",
-            )
-        })?;
+    // O_NONBLOCK: should a FIFO have taken the file's place since the stat, fail, not hang.
+    let n = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(path)
+    }
+    .and_then(|mut f| f.read(&mut header))
+    .map_err(|e| {
+        Finding::error(
+            ExitCode::IoErr,
+            format!("{shown}: cannot read: {e}"),
+            "check the disk (dmesg) and the file",
+        )
+    })?;
     if n == 0 {
         return Err(Finding::error(
             ExitCode::DataErr,
@@ -594,10 +648,8 @@ pub fn explain(path: &Path, e: &rusqlite::Error, busy_timeout: Duration) -> Find
 /// A non-empty `-journal` beside the database starting with SQLite's journal magic.
 pub fn has_rollback_journal(path: &Path) -> bool {
     const MAGIC: [u8; 8] = [0xd9, 0xd5, 0x05, 0xf9, 0x20, 0xa1, 0x63, 0xd7];
-    let mut journal = path.as_os_str().to_owned();
-    journal.push("-journal");
     let mut head = [0u8; 8];
-    File::open(journal)
+    crate::safe_fs::open_regular(&sidecar(path, "-journal"), false, false)
         .and_then(|mut f| f.read_exact(&mut head))
         .map(|_| head == MAGIC)
         .unwrap_or(false)
@@ -705,6 +757,20 @@ mod tests {
             uri(Path::new("/a/b?c#d%.db"), "rw"),
             "file:/a/b%3Fc%23d%25.db?mode=rw"
         );
+        assert_eq!(
+            uri(Path::new("/a/ün ï.db"), "ro"),
+            "file:/a/%C3%BCn%20%C3%AF.db?mode=ro"
+        );
+        // The URI opens the file of that name, not a mangled one.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ünï 数据.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("CREATE TABLE t(x)")
+            .unwrap();
+        let c = Connection::open_with_flags(uri(&path, "rw"), open_flags()).unwrap();
+        c.execute("INSERT INTO t VALUES (1)", []).unwrap();
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]

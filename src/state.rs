@@ -38,6 +38,8 @@ pub enum StateError {
         path: PathBuf,
         source: rusqlite::Error,
     },
+    #[error("{}: not a regular file ({kind}); remove it: the state database and its -wal/-shm must be regular files", path.display())]
+    NotRegular { path: PathBuf, kind: &'static str },
     #[error("{}: cannot create state directory: {source}", path.display())]
     Dir {
         path: PathBuf,
@@ -119,7 +121,10 @@ impl State {
     /// Open an existing state DB read-only; None when there is none yet.
     pub fn open_existing(dir: &Path, keep: Duration) -> Option<State> {
         let path = dir.join("state.db");
-        path.is_file().then_some(State { path, keep })
+        // Something that is not a regular file is kept, so the first query says what it is.
+        std::fs::symlink_metadata(&path)
+            .is_ok()
+            .then_some(State { path, keep })
     }
 
     pub fn path(&self) -> &Path {
@@ -130,6 +135,14 @@ impl State {
         &self,
         f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
     ) -> Result<T, StateError> {
+        // SQLite would block forever opening a FIFO here (lstat only, nothing is opened).
+        for p in std::iter::once(self.path.clone())
+            .chain(["-wal", "-shm", "-journal"].map(|s| crate::sqlite::sidecar(&self.path, s)))
+        {
+            if let Ok(Some(kind)) = crate::safe_fs::special_file_at(&p) {
+                return Err(StateError::NotRegular { path: p, kind });
+            }
+        }
         let run = || {
             let mut c = Connection::open_with_flags(
                 &self.path,

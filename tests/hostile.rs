@@ -307,3 +307,353 @@ fn root_runs_as_the_owner_of_state_dir() {
         assert_eq!(uid, 65534, "{p} is owned by uid {uid}");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Escapes and hangs of issue 13: each scenario is one function, run as root (or whoever runs
+// the tests) and again as an unprivileged user (uid 65534 through setpriv when root).
+
+/// Who runs litekeeper in a scenario.
+#[derive(Clone, Copy, Debug)]
+enum As {
+    Us,
+    Nobody,
+}
+
+/// The real binary with `-c <config>`, as `who`.
+fn lk(env: &TestEnv, who: As) -> std::process::Command {
+    match who {
+        As::Us => env.std_cmd(),
+        As::Nobody => {
+            let mut c = unprivileged(env);
+            c.arg("-c").arg(env.config_path());
+            c
+        }
+    }
+}
+
+/// Make everything under the temp dir usable by `who` (a no-op for ourselves).
+fn hand_over(env: &TestEnv, who: As) {
+    if let As::Nobody = who {
+        open_to_nobody(env);
+        chown_tree(env.dir.path());
+    }
+}
+
+fn chown_tree(p: &Path) {
+    crate::check::give_to_nobody(p);
+    let meta = std::fs::symlink_metadata(p).unwrap();
+    if meta.is_dir() {
+        for e in std::fs::read_dir(p).unwrap() {
+            chown_tree(&e.unwrap().path());
+        }
+    } else if meta.file_type().is_symlink() && is_root() {
+        std::os::unix::fs::lchown(p, Some(65534), Some(65534)).unwrap();
+    }
+}
+
+/// Run to the end, or kill after `limit` and fail: a hang is the defect under test.
+fn output_within(
+    mut cmd: std::process::Command,
+    limit: std::time::Duration,
+) -> std::process::Output {
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            let o = child.wait_with_output().unwrap();
+            panic!("still running after {limit:?}: hung\n{}", both(&o));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+fn mkfifo(p: &Path) {
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+    // SAFETY: c is a valid NUL-terminated path.
+    assert_eq!(
+        unsafe { libc::mkfifo(c.as_ptr(), 0o666) },
+        0,
+        "mkfifo {}",
+        p.display()
+    );
+}
+
+fn files_rule(uploads: &Path, action: &str) -> String {
+    format!(
+        "[database.prune]\nmax_fraction = 1.0\n[[database.prune.files]]\ndir = \"{}\"\npattern = '^(?P<id>[a-z][0-9]+)_'\nreferenced_by = \"SELECT id FROM file\"\nmin_age = \"0s\"\naction = \"{action}\"\n",
+        uploads.display()
+    )
+}
+
+fn quarantine_day_directory_that_is_a_symlink_is_never_followed(who: As) {
+    let env = TestEnv::new();
+    let db = app(&env);
+    Connection::open(&db)
+        .unwrap()
+        .execute("INSERT INTO file VALUES ('c1')", [])
+        .unwrap();
+    let uploads = env.path("uploads");
+    let q = uploads.join(".litekeeper-quarantine");
+    std::fs::create_dir_all(&q).unwrap();
+    std::fs::write(uploads.join("c1_keep.txt"), "kept").unwrap();
+    std::fs::write(uploads.join("c2_orphan.txt"), "orphan").unwrap();
+    let target = env.path("target");
+    std::fs::create_dir_all(&target).unwrap();
+    std::fs::write(target.join("precious"), "x").unwrap();
+    let expired_target = env.path("expired-target");
+    std::fs::create_dir_all(&expired_target).unwrap();
+    std::fs::write(expired_target.join("precious"), "x").unwrap();
+    // Today's day directory (yesterday's and tomorrow's too, in case the day turns) points
+    // elsewhere; an expired one as well.
+    let now = chrono::Utc::now();
+    for d in [-1i64, 0, 1] {
+        let day = (now + chrono::Duration::days(d))
+            .format("%Y-%m-%d")
+            .to_string();
+        symlink(&target, q.join(day)).unwrap();
+    }
+    symlink(&expired_target, q.join("2001-01-01")).unwrap();
+    config(&env, &db, &files_rule(&uploads, "quarantine"));
+    hand_over(&env, who);
+    let o = output_within(
+        {
+            let mut c = lk(&env, who);
+            c.args(["run", "chat", "prune"]);
+            c
+        },
+        std::time::Duration::from_secs(60),
+    );
+    assert_eq!(
+        names_in(&target),
+        ["precious"],
+        "moved through a symlink ({who:?})\n{}",
+        both(&o)
+    );
+    assert_eq!(
+        names_in(&expired_target),
+        ["precious"],
+        "{who:?}\n{}",
+        both(&o)
+    );
+    assert!(uploads.join("c1_keep.txt").exists());
+    assert_eq!(o.status.code(), Some(73), "{who:?}\n{}", both(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("is a symlink"), "{who:?}\n{}", both(&o));
+    assert!(
+        std::fs::read_to_string(uploads.join("c2_orphan.txt")).unwrap() == "orphan",
+        "the orphan stays where it was when its quarantine is refused"
+    );
+}
+
+#[test]
+fn quarantine_day_directory_that_is_a_symlink_is_never_followed_as_root() {
+    quarantine_day_directory_that_is_a_symlink_is_never_followed(As::Us);
+}
+
+#[test]
+fn quarantine_day_directory_that_is_a_symlink_is_never_followed_unprivileged() {
+    quarantine_day_directory_that_is_a_symlink_is_never_followed(As::Nobody);
+}
+
+/// The uploads directory is swapped for a symlink while the job removes files: the removals
+/// that follow must stay in the directory that was listed. A real race, made reliable: the
+/// job removes 20,000 orphans in name order; the test swaps as soon as the first is gone.
+fn files_rule_redirected_mid_run_stays_in_its_directory(who: As, action: &str) {
+    const N: usize = 20_000;
+    let env = TestEnv::new();
+    let db = app(&env);
+    Connection::open(&db)
+        .unwrap()
+        .execute("INSERT INTO file VALUES ('k1')", [])
+        .unwrap();
+    let uploads = env.path("uploads");
+    let target = env.path("target");
+    std::fs::create_dir_all(&uploads).unwrap();
+    std::fs::create_dir_all(&target).unwrap();
+    std::fs::write(uploads.join("k1_keep"), "kept").unwrap();
+    for i in 0..N {
+        std::fs::File::create(uploads.join(format!("f{i:05}_x"))).unwrap();
+        std::fs::File::create(target.join(format!("f{i:05}_x"))).unwrap();
+    }
+    config(&env, &db, &files_rule(&uploads, action));
+    hand_over(&env, who);
+    let mut cmd = lk(&env, who);
+    cmd.args(["run", "chat", "prune"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let first = uploads.join("f00000_x");
+    let deadline = Instant::now() + std::time::Duration::from_secs(120);
+    while first.exists() {
+        assert!(Instant::now() < deadline, "the job never started removing");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the job ended before removing"
+        );
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+    let real = env.path("uploads.real");
+    std::fs::rename(&uploads, &real).unwrap();
+    symlink(&target, &uploads).unwrap();
+    let o = child.wait_with_output().unwrap();
+    let left = names_in(&target);
+    assert_eq!(
+        left.len(),
+        N,
+        "{} files of the symlink's target were removed ({who:?}, {action})\n{}",
+        N - left.len(),
+        both(&o)
+    );
+    assert!(
+        !target.join(".litekeeper-quarantine").exists(),
+        "{who:?} {action}"
+    );
+    assert_eq!(o.status.code(), Some(0), "{who:?} {action}\n{}", both(&o));
+    // Everything happened in the directory that was listed (now uploads.real).
+    let mut expect = vec!["k1_keep".to_string()];
+    if action == "quarantine" {
+        expect.insert(0, ".litekeeper-quarantine".into());
+        let q = real.join(".litekeeper-quarantine");
+        let days = names_in(&q);
+        assert_eq!(days.len(), 1, "{days:?}");
+        assert_eq!(names_in(&q.join(&days[0])).len(), N);
+    }
+    assert_eq!(names_in(&real), expect, "{who:?} {action}");
+}
+
+#[test]
+fn files_rule_redirected_mid_run_deletes_only_in_its_directory_as_root() {
+    files_rule_redirected_mid_run_stays_in_its_directory(As::Us, "delete");
+}
+
+#[test]
+fn files_rule_redirected_mid_run_deletes_only_in_its_directory_unprivileged() {
+    files_rule_redirected_mid_run_stays_in_its_directory(As::Nobody, "delete");
+}
+
+#[test]
+fn files_rule_redirected_mid_run_quarantines_only_in_its_directory_as_root() {
+    files_rule_redirected_mid_run_stays_in_its_directory(As::Us, "quarantine");
+}
+
+#[test]
+fn files_rule_redirected_mid_run_quarantines_only_in_its_directory_unprivileged() {
+    files_rule_redirected_mid_run_stays_in_its_directory(As::Nobody, "quarantine");
+}
+
+/// A FIFO (or other special file) where litekeeper expects a regular file: a database's
+/// `-journal`, `-wal`, `-shm`, the database itself, the state DB, a lock file, a backup
+/// manifest. Every command that meets one ends at once with a clear error naming it; none
+/// blocks.
+fn special_files_beside_a_database_are_refused(who: As) {
+    let limit = std::time::Duration::from_secs(60);
+    for (case, commands) in [
+        (
+            "-journal",
+            &[
+                &["check"][..],
+                &["run", "chat", "backup"],
+                &["run", "chat", "prune"],
+            ][..],
+        ),
+        ("-wal", &[&["check"][..], &["run", "chat", "backup"]][..]),
+        ("-shm", &[&["check"][..], &["run", "chat", "vacuum"]][..]),
+        ("main", &[&["check"][..], &["run", "chat", "backup"]][..]),
+        (
+            "attached-wal",
+            &[&["check"][..], &["run", "chat", "backup"]][..],
+        ),
+        (
+            "state.db",
+            &[&["run", "chat", "backup"][..], &["status"]][..],
+        ),
+        ("state.db-wal", &[&["run", "chat", "backup"][..]][..]),
+        ("lock", &[&["run", "chat", "backup"][..]][..]),
+        (
+            "manifest",
+            &[&["run", "chat", "backup"][..], &["backups", "list"]][..],
+        ),
+    ] {
+        let env = TestEnv::new();
+        let db = env.sqlite(
+            "app/b.db",
+            "PRAGMA journal_mode=DELETE; CREATE TABLE t(x); INSERT INTO t VALUES (1);",
+        );
+        let files = env.sqlite("app/files.db", "CREATE TABLE blob(x);");
+        let fifo = match case {
+            "main" => {
+                std::fs::remove_file(&db).unwrap();
+                db.clone()
+            }
+            "attached-wal" => env.path("app/files.db-wal"),
+            "state.db" | "state.db-wal" => {
+                std::fs::create_dir_all(env.path("state")).unwrap();
+                env.path(&format!("state/{case}"))
+            }
+            "lock" => {
+                std::fs::create_dir_all(env.path("locks")).unwrap();
+                env.path("locks/chat.lock")
+            }
+            "manifest" => {
+                std::fs::create_dir_all(env.path("backups")).unwrap();
+                env.path("backups/manifest.json")
+            }
+            suffix => env.path(&format!("app/b.db{suffix}")),
+        };
+        mkfifo(&fifo);
+        env.write_config(&format!(
+            "{}{}",
+            env.daemon_section(""),
+            TestEnv::database_section(
+                "chat",
+                &db,
+                &format!(
+                    "journal_mode = \"keep\"\nattach = {{ files = \"{}\" }}\n[database.backup]\ndir = \"{}\"\n[database.prune]\n[[database.prune.rule]]\ntable = \"t\"\nwhere = \"x > 5\"\n[database.vacuum]\n",
+                    files.display(),
+                    env.path("backups").display()
+                )
+            )
+        ));
+        hand_over(&env, who);
+        for args in commands {
+            let mut c = lk(&env, who);
+            c.args(*args);
+            let o = output_within(c, limit);
+            let text = both(&o);
+            assert_ne!(o.status.code(), Some(0), "{case} {args:?} {who:?}\n{text}");
+            assert!(
+                text.contains(&fifo.display().to_string()) && text.contains("not a regular file"),
+                "{case} {args:?} {who:?}: the FIFO is not named\n{text}"
+            );
+        }
+        // Nothing was opened through it or put in its place.
+        let ft = std::fs::symlink_metadata(&fifo).unwrap().file_type();
+        assert!(std::os::unix::fs::FileTypeExt::is_fifo(&ft), "{case}");
+    }
+}
+
+#[test]
+fn special_files_beside_a_database_are_refused_as_root() {
+    special_files_beside_a_database_are_refused(As::Us);
+}
+
+#[test]
+fn special_files_beside_a_database_are_refused_unprivileged() {
+    special_files_beside_a_database_are_refused(As::Nobody);
+}

@@ -273,11 +273,17 @@ fn max_fraction_and_missing_columns_refuse_before_deleting() {
         None,
         "[[database.prune.rule]]\ntable = \"chat\"\nwhere = \"archived = 0\"",
     );
+    // The guard refuses the rule: skipped with a warning, the run itself is ok (issue 13).
     let o = run_prune(&env, &[]);
-    assert_ne!(o.status.code(), Some(0), "{}", both(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         err.contains("more than max_fraction 50%") && err.contains("rule[0]"),
+        "{}",
+        both(&o)
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("refused by a guard: rule[0]"),
         "{}",
         both(&o)
     );
@@ -453,8 +459,14 @@ quarantine_days = 7",
     };
     // A reference query that returns nothing must not empty the directory.
     config(&env, &db, None, &rule("SELECT id FROM chat WHERE 0"));
+    // A guard's refusal: the rule is skipped with a warning, the run is ok (issue 13).
     let o = run_prune(&env, &[]);
-    assert_ne!(o.status.code(), Some(0), "{}", both(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("refused by a guard: files[0]"),
+        "{}",
+        both(&o)
+    );
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("referenced_by returned no ids"),
         "{}",

@@ -13,6 +13,7 @@ mod config_examples;
 mod config_files;
 mod daemon;
 mod demo_run;
+mod edges;
 mod fleet;
 mod hostile;
 mod injection;

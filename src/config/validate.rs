@@ -897,12 +897,27 @@ fn backups_in_files_rule_dirs(
 fn database(c: &mut Checker, key: &KeyPath, rd: &RawDatabase, daemon: &Daemon) -> Database {
     let path = c.abs_path(&key.key("path"), &rd.path);
     let mut attach = Vec::new();
-    for (alias, p) in &rd.attach {
+    for (i, (alias, p)) in rd.attach.iter().enumerate() {
         let k = key.key("attach").key(alias);
-        if !is_identifier(alias) || alias == "main" || alias == "temp" {
+        // SQLite's schema names ignore ASCII case: `Main` is `main`, `Files` is `files`.
+        if !is_identifier(alias)
+            || alias.eq_ignore_ascii_case("main")
+            || alias.eq_ignore_ascii_case("temp")
+        {
             c.fail(
                 &k,
                 "an attach alias must be an SQL identifier other than main/temp",
+                Some(alias.clone()),
+            );
+        } else if let Some(other) = rd
+            .attach
+            .keys()
+            .take(i)
+            .find(|o| o.eq_ignore_ascii_case(alias))
+        {
+            c.fail(
+                &k,
+                format!("attach aliases differ only in case from {other:?}; SQLite sees one name"),
                 Some(alias.clone()),
             );
         }
@@ -1085,7 +1100,7 @@ fn table_ref(c: &mut Checker, key: &KeyPath, text: &str, aliases: &[&str]) -> Ta
         }
     };
     if let Some(s) = &schema {
-        if s != "main" && !aliases.contains(&s.as_str()) {
+        if !s.eq_ignore_ascii_case("main") && !aliases.iter().any(|a| a.eq_ignore_ascii_case(s)) {
             c.fail(
                 key,
                 format!("unknown database alias {s:?}: add it to this database's `attach`"),

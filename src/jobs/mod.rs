@@ -226,6 +226,9 @@ pub struct Env {
     pub cancel: CancellationToken,
 }
 
+/// How often a running job checks that its lock file is still in place.
+const LOCK_CHECK: Duration = Duration::from_millis(250);
+
 /// Run one job end to end and always return a report (recorded and logged).
 pub async fn execute(env: &Env, req: Request) -> Report {
     let run_id = uuid::Uuid::new_v4().simple().to_string();
@@ -279,7 +282,7 @@ async fn run_locked(
             lock::acquire_waiting(lock_dir, &db.name, req.kind.as_str(), timeout, &env.cancel).await
         }
     };
-    let guard = match guard {
+    let mut guard = match guard {
         Ok(g) => g,
         Err(LockError::Busy { database, holder }) => {
             report.outcome = Outcome::Skipped;
@@ -310,10 +313,43 @@ async fn run_locked(
     }
     *pinger = crate::pings::started(req, run_id);
 
-    let env2 = env.clone();
+    // The job gets its own cancel token: shutdown cancels it, and so does losing the lock.
+    let mut env2 = env.clone();
+    env2.cancel = env.cancel.child_token();
+    let job_cancel = env2.cancel.clone();
     let req2 = req.clone();
-    let result = tokio::task::spawn_blocking(move || run_blocking(&env2, &req2)).await;
+    let mut job = tokio::task::spawn_blocking(move || run_blocking(&env2, &req2));
+    // While it runs, keep the lock at its path (someone may remove the lock directory).
+    let mut lost = None;
+    let mut warned = false;
+    let mut tick = tokio::time::interval(LOCK_CHECK);
+    let result = loop {
+        tokio::select! {
+            r = &mut job => break r,
+            _ = tick.tick(), if lost.is_none() => match guard.keep() {
+                Ok(()) => {}
+                // Another job holds the database now: this one stops.
+                Err(e @ LockError::Busy { .. }) => {
+                    tracing::error!("{e}; stopping {} at its next safe point", req.kind.as_str());
+                    lost = Some(e);
+                    job_cancel.cancel();
+                }
+                // No new lock file could be made; nor can another job's (same user): go on.
+                Err(e) if !warned => {
+                    tracing::warn!("the lock file was removed and cannot be put back: {e}");
+                    warned = true;
+                }
+                Err(_) => {}
+            },
+        }
+    };
     drop(guard);
+    if let (Some(e), Ok(Err(JobError::Cancelled))) = (&lost, &result) {
+        report.exit = ExitCode::TempFail;
+        report.error = Some(e.to_string());
+        report.summary = format!("stopped: {e}; committed work is kept");
+        return report;
+    }
     match result {
         Ok(Ok(r)) => {
             report.outcome = if r.skipped {

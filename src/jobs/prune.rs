@@ -14,7 +14,8 @@
 //! returns nothing deletes nothing (unless `allow_empty_reference`).
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::ffi::OsStr;
+use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 use chrono::{DateTime, Utc};
@@ -27,6 +28,7 @@ use crate::config::{
     Config, Database, Entries, FileAction, FilesRule, KeyPath, Prune, Rule, TableRef, TimeFormat,
 };
 use crate::jobs::backup::human_bytes;
+use crate::safe_fs::{self, DirHandle, Kind};
 
 /// Where quarantined files go, inside the rule's directory.
 pub const QUARANTINE_DIR: &str = ".litekeeper-quarantine";
@@ -498,7 +500,7 @@ pub fn rules_table(figures: &super::Figures) -> Vec<String> {
             .unwrap_or_default();
         let bytes = r.get("bytes").and_then(|v| v.as_u64());
         out.push(format!(
-            "  {:<9} {:>9} {:>9} {:>8} {:>10}  {}{}{}",
+            "  {:<9} {:>9} {:>9} {:>8} {:>10}  {}{}{}{}",
             r.get("rule").and_then(|v| v.as_str()).unwrap_or("?"),
             n("matched"),
             if dry { n("matched") } else { n("deleted") },
@@ -513,7 +515,12 @@ pub fn rules_table(figures: &super::Figures) -> Vec<String> {
             r.get("note")
                 .and_then(|v| v.as_str())
                 .map(|n| format!("; {n}"))
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            if r.get("refused").is_some() {
+                "; REFUSED by a guard, skipped (see the warning)"
+            } else {
+                ""
+            }
         ));
     }
     out
@@ -540,6 +547,9 @@ struct RuleReport {
     bytes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     note: Option<String>,
+    /// Why a guard (max_fraction, an empty reference) refused the rule; nothing of it ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refused: Option<String>,
 }
 
 fn db_index(config: &Config, db: &Database) -> usize {
@@ -598,14 +608,16 @@ pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
             continue;
         }
         if total > 0 && matched as f64 / total as f64 > prune.max_fraction {
-            return Err(JobError::Refused(format!(
-                "{} ({}) would delete {matched} of {total} rows ({:.0}%), more than max_fraction {:.0}%; nothing of it was deleted. Check the rule with `litekeeper run {} prune --dry-run`, or raise max_fraction if this is intended",
+            // A guard's refusal skips this rule only: the later rules still run.
+            reports.push(refuse(rep, format!(
+                "{} ({}) refused by max_fraction: would delete {matched} of {total} rows ({:.0}%), more than max_fraction {:.0}%; nothing of it was deleted. Check the rule with `litekeeper run {} prune --dry-run`, or raise max_fraction if this is intended",
                 r.label,
                 r.what,
                 matched as f64 * 100.0 / total as f64,
                 prune.max_fraction * 100.0,
                 ctx.db.name
             )));
+            continue;
         }
         schemas_touched.insert(r.table.split('.').next().unwrap_or("main").to_string());
         let done = delete_in_batches(ctx, prune, r, &mut budget, &mut rep);
@@ -641,6 +653,20 @@ pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
     let bytes: u64 = files_reports.iter().map(|r| r.bytes.unwrap_or(0)).sum();
     let mut figures = super::Figures::new();
     let all: Vec<&RuleReport> = reports.iter().chain(files_reports.iter()).collect();
+    let refused: Vec<&str> = all
+        .iter()
+        .filter(|r| r.refused.is_some())
+        .map(|r| r.rule.as_str())
+        .collect();
+    let refused_note = if refused.is_empty() {
+        String::new()
+    } else {
+        figures.insert("rules_refused".into(), refused.len().into());
+        format!(
+            "; refused by a guard: {} (skipped, see the warnings; the other rules ran)",
+            refused.join(", ")
+        )
+    };
     figures.insert(
         "rules".into(),
         serde_json::to_value(&all).unwrap_or_default(),
@@ -659,7 +685,7 @@ pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
         let batches: u32 = reports.iter().map(|r| r.batches).sum();
         let max_ms = reports.iter().map(|r| r.max_batch_ms).max().unwrap_or(0);
         format!(
-            "deleted {rows} rows in {batches} batches (longest {max_ms} ms) and {files} files ({}){}",
+            "deleted {rows} rows in {batches} batches (longest {max_ms} ms) and {files} files ({}){}{refused_note}",
             human_bytes(bytes),
             stopped_early.map(|s| format!("; {s}")).unwrap_or_default()
         )
@@ -919,10 +945,50 @@ fn printable(name: &str) -> String {
 /// One directory entry a files rule may act on.
 struct Entry {
     name: String,
-    path: PathBuf,
+    is_dir: bool,
     bytes: u64,
 }
 
+/// A files rule's directory could not be opened as a real directory.
+fn open_rule_dir(label: &str, dir: &Path) -> Result<DirHandle, JobError> {
+    DirHandle::open(dir).map_err(|e| {
+        if let Some(kind) = safe_fs::not_a_dir(&e) {
+            JobError::Refused(format!(
+                "{label}: {} is {kind}; files rules act only on a real directory (symlinks are never followed)",
+                dir.display(),
+            ))
+        } else {
+            JobError::Io {
+                context: format!("{label}: {}", dir.display()),
+                source: e,
+            }
+        }
+    })
+}
+
+/// Open (creating it 0700) the directory `name` inside `parent`, refusing a symlink or
+/// anything else in its place; `shown` is its path for messages.
+fn own_dir(parent: &DirHandle, name: &str, shown: &Path) -> Result<DirHandle, JobError> {
+    parent.create_dir(OsStr::new(name), 0o700).map_err(|e| {
+        if let Some(kind) = safe_fs::not_a_dir(&e) {
+            JobError::Refused(format!(
+                "{} is {kind}, not a real directory; nothing was moved. Remove it (litekeeper creates its own quarantine)",
+                shown.display(),
+            ))
+        } else {
+            JobError::Io {
+                context: format!("creating {}", shown.display()),
+                source: e,
+            }
+        }
+    })
+}
+
+/// Files rule: compare the directory's entries with the ids `referenced_by` returns and
+/// delete (or quarantine) the rest. The directory is opened once, without following a
+/// symlink, and everything after that (listing, sizes, removal, the quarantine and its
+/// expiry) goes through that handle: swapping the directory or anything in it for a symlink
+/// mid-run cannot redirect the job.
 fn prune_files(
     ctx: &JobCtx<'_>,
     prune: &Prune,
@@ -942,44 +1008,37 @@ fn prune_files(
         ..Default::default()
     };
     let io = |context: String| move |source| JobError::Io { context, source };
-    let meta =
-        std::fs::symlink_metadata(&f.dir).map_err(io(format!("{label}: {}", f.dir.display())))?;
-    if meta.file_type().is_symlink() || !meta.is_dir() {
-        return Err(JobError::Refused(format!(
-            "{label}: {} is {}; files rules act only on a real directory (symlinks are never followed)",
-            f.dir.display(),
-            if meta.file_type().is_symlink() { "a symlink" } else { "not a directory" }
-        )));
-    }
+    let dir = open_rule_dir(&label, &f.dir)?;
     if f.action == FileAction::Quarantine && !dry_run {
-        purge_quarantine(&f.dir, f.quarantine_days, now, &mut rep)?;
+        purge_quarantine(&dir, &f.dir, f.quarantine_days, now, &mut rep)?;
     }
     // The ids the application still references.
     let referenced = referenced_ids(ctx.conn, &f.referenced_by, &label)?;
     if referenced.is_empty() && !f.allow_empty_reference {
-        return Err(JobError::Refused(format!(
-            "{label}: referenced_by returned no ids, so every file in {} would look orphaned; nothing was deleted. Check the query, or set allow_empty_reference = true if an empty result is real",
-            f.dir.display()
-        )));
+        return Ok(refuse(
+            rep,
+            format!(
+                "{label}: referenced_by returned no ids, so every file in {} would look orphaned; nothing was deleted. Check the query, or set allow_empty_reference = true if an empty result is real",
+                f.dir.display()
+            ),
+        ));
     }
     let min_age = f.min_age;
     let mut candidates = Vec::new();
     let mut matching = 0u64;
-    let rd =
-        std::fs::read_dir(&f.dir).map_err(io(format!("{label}: listing {}", f.dir.display())))?;
-    for entry in rd {
-        let entry = entry.map_err(io(format!("{label}: listing {}", f.dir.display())))?;
-        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+    let listing = dir
+        .entries()
+        .map_err(io(format!("{label}: listing {}", f.dir.display())))?;
+    for entry in listing {
+        let Some(name) = entry.name.to_str().map(str::to_string) else {
             continue; // not UTF-8: cannot match a pattern, never touched
         };
         if name == QUARANTINE_DIR {
             continue;
         }
-        // file_type() of a DirEntry does not follow symlinks.
-        let Ok(ft) = entry.file_type() else { continue };
         let wanted = match f.entries {
-            Entries::Files => ft.is_file(),
-            Entries::Dirs => ft.is_dir(),
+            Entries::Files => entry.kind == Kind::File,
+            Entries::Dirs => entry.kind == Kind::Dir,
         };
         if !wanted {
             continue;
@@ -995,22 +1054,29 @@ fn prune_files(
         if referenced.contains(&id) {
             continue;
         }
-        let Ok(meta) = entry.metadata() else { continue };
-        let age = meta
-            .modified()
-            .ok()
-            .and_then(|m| SystemTime::now().duration_since(m).ok())
+        let Ok(meta) = dir.meta(&entry.name) else {
+            continue;
+        };
+        if meta.kind != entry.kind {
+            continue; // replaced since the listing
+        }
+        let age = SystemTime::now()
+            .duration_since(meta.modified)
             .unwrap_or(Duration::ZERO);
         if age < min_age {
             continue;
         }
-        let path = entry.path();
-        let bytes = if ft.is_dir() {
-            dir_bytes(&path)
+        let is_dir = entry.kind == Kind::Dir;
+        let bytes = if is_dir {
+            dir.tree_bytes(&entry.name)
         } else {
-            meta.len()
+            meta.len
         };
-        candidates.push(Entry { name, path, bytes });
+        candidates.push(Entry {
+            name,
+            is_dir,
+            bytes,
+        });
     }
     candidates.sort_by(|a, b| a.name.cmp(&b.name));
     rep.matched = candidates.len() as u64;
@@ -1025,31 +1091,36 @@ fn prune_files(
         return Ok(rep);
     }
     if matching > 0 && candidates.len() as f64 / matching as f64 > prune.max_fraction {
-        return Err(JobError::Refused(format!(
-            "{label}: would remove {} of {matching} entries in {} ({:.0}%), more than max_fraction {:.0}%; nothing was removed. Check referenced_by with `litekeeper run {} prune --dry-run`, or raise max_fraction",
-            candidates.len(),
-            f.dir.display(),
-            candidates.len() as f64 * 100.0 / matching as f64,
-            prune.max_fraction * 100.0,
-            ctx.db.name
-        )));
+        return Ok(refuse(
+            rep,
+            format!(
+                "{label}: refused by max_fraction: would remove {} of {matching} entries in {} ({:.0}%), more than max_fraction {:.0}%; nothing of it was removed. Check referenced_by with `litekeeper run {} prune --dry-run`, or raise max_fraction",
+                candidates.len(),
+                f.dir.display(),
+                candidates.len() as f64 * 100.0 / matching as f64,
+                prune.max_fraction * 100.0,
+                ctx.db.name
+            ),
+        ));
     }
-    let qdir = f
-        .dir
-        .join(QUARANTINE_DIR)
-        .join(now.format("%Y-%m-%d").to_string());
+    let day = now.format("%Y-%m-%d").to_string();
+    let qpath = f.dir.join(QUARANTINE_DIR).join(&day);
+    // Today's quarantine directory, opened (or made) before anything moves: a symlink in its
+    // place refuses the rule with nothing moved.
+    let qdir = if f.action == FileAction::Quarantine && !candidates.is_empty() {
+        let q = own_dir(&dir, QUARANTINE_DIR, &f.dir.join(QUARANTINE_DIR))?;
+        Some(own_dir(&q, &day, &qpath)?)
+    } else {
+        None
+    };
     let (mut files, mut bytes) = (0u64, 0u64);
     for c in &candidates {
         ctx.checkpoint()?;
-        let result = match f.action {
-            FileAction::Delete => {
-                if c.path.is_dir() && !c.path.is_symlink() {
-                    std::fs::remove_dir_all(&c.path)
-                } else {
-                    std::fs::remove_file(&c.path)
-                }
-            }
-            FileAction::Quarantine => quarantine(&qdir, c),
+        let name = OsStr::new(&c.name);
+        let result = match &qdir {
+            None if c.is_dir => dir.remove_tree(name),
+            None => dir.remove_file(name),
+            Some(q) => dir.move_into(name, q, name).map(|_| ()),
         };
         match result {
             Ok(()) => {
@@ -1061,7 +1132,7 @@ fn prune_files(
                 rep.files = Some(files);
                 rep.bytes = Some(bytes);
                 return Err(JobError::Io {
-                    context: format!("{label}: removing {}", c.path.display()),
+                    context: format!("{label}: removing {}", f.dir.join(&c.name).display()),
                     source: e,
                 });
             }
@@ -1070,10 +1141,17 @@ fn prune_files(
     rep.deleted = files;
     rep.files = Some(files);
     rep.bytes = Some(bytes);
-    if f.action == FileAction::Quarantine && files > 0 {
-        rep.note = Some(format!("moved to {}", qdir.display()));
+    if qdir.is_some() && files > 0 {
+        rep.note = Some(format!("moved to {}", qpath.display()));
     }
     Ok(rep)
+}
+
+/// A guard's refusal: the rule is skipped with `why` (logged as a warning), the run goes on.
+fn refuse(mut rep: RuleReport, why: String) -> RuleReport {
+    tracing::warn!("{why}");
+    rep.refused = Some(why);
+    rep
 }
 
 fn referenced_ids(conn: &Connection, sql: &str, label: &str) -> Result<HashSet<String>, JobError> {
@@ -1118,85 +1196,59 @@ fn referenced_ids(conn: &Connection, sql: &str, label: &str) -> Result<HashSet<S
     Ok(out)
 }
 
-/// Move an entry into today's quarantine directory (same file system: a rename).
-fn quarantine(qdir: &Path, c: &Entry) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(qdir)?;
-    let mut target = qdir.join(&c.name);
-    let mut n = 1;
-    while target.symlink_metadata().is_ok() {
-        target = qdir.join(format!("{}.{n}", c.name));
-        n += 1;
-    }
-    std::fs::rename(&c.path, &target)
-}
-
-/// Remove quarantine day directories older than `days`.
+/// Remove quarantine day directories older than `days`, through the rule directory's handle.
+/// Only real directories named like a day are ours; anything else there is left alone.
 fn purge_quarantine(
-    dir: &Path,
+    dir: &DirHandle,
+    shown: &Path,
     days: u32,
     now: DateTime<Utc>,
     rep: &mut RuleReport,
 ) -> Result<(), JobError> {
-    let q = dir.join(QUARANTINE_DIR);
-    let Ok(meta) = std::fs::symlink_metadata(&q) else {
-        return Ok(());
+    let qshown = shown.join(QUARANTINE_DIR);
+    let q = match dir.open_dir(OsStr::new(QUARANTINE_DIR)) {
+        Ok(q) => q,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if safe_fs::not_a_dir(&e).is_some() => {
+            return Err(JobError::Refused(format!(
+                "{} is {}, not a real directory; remove it (litekeeper creates its own quarantine)",
+                qshown.display(),
+                safe_fs::not_a_dir(&e).unwrap_or("not a directory")
+            )))
+        }
+        Err(source) => {
+            return Err(JobError::Io {
+                context: format!("opening {}", qshown.display()),
+                source,
+            })
+        }
     };
-    if meta.file_type().is_symlink() || !meta.is_dir() {
-        return Err(JobError::Refused(format!(
-            "{} is not a real directory; remove it (litekeeper creates its own quarantine)",
-            q.display()
-        )));
-    }
     let today = now.date_naive();
     let mut purged = Vec::new();
-    for entry in std::fs::read_dir(&q).map_err(|source| JobError::Io {
-        context: format!("listing {}", q.display()),
+    let entries = q.entries().map_err(|source| JobError::Io {
+        context: format!("listing {}", qshown.display()),
         source,
-    })? {
-        let Ok(entry) = entry else { continue };
-        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+    })?;
+    for entry in entries {
+        let Some(name) = entry.name.to_str() else {
             continue;
         };
-        let Ok(day) = chrono::NaiveDate::parse_from_str(&name, "%Y-%m-%d") else {
+        let Ok(day) = chrono::NaiveDate::parse_from_str(name, "%Y-%m-%d") else {
             continue;
         };
-        if !entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-            continue;
+        if entry.kind != Kind::Dir {
+            continue; // a symlink or file named like a day is not ours
         }
         if (today - day).num_days() > days as i64 {
-            std::fs::remove_dir_all(entry.path()).map_err(|source| JobError::Io {
-                context: format!("purging {}", entry.path().display()),
+            q.remove_tree(&entry.name).map_err(|source| JobError::Io {
+                context: format!("purging {}", qshown.join(name).display()),
                 source,
             })?;
-            purged.push(name);
+            purged.push(name.to_string());
         }
     }
     if !purged.is_empty() {
         rep.note = Some(format!("purged quarantine days {}", purged.join(", ")));
     }
     Ok(())
-}
-
-/// Total size of the files under `dir` (symlinks not followed).
-fn dir_bytes(dir: &Path) -> u64 {
-    let mut total = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let Ok(ft) = e.file_type() else { continue };
-            if ft.is_dir() {
-                stack.push(e.path());
-            } else if ft.is_file() {
-                total += e.metadata().map(|m| m.len()).unwrap_or(0);
-            }
-        }
-    }
-    total
 }
