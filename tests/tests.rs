@@ -13,6 +13,7 @@ mod config_files;
 mod daemon;
 mod demo_run;
 mod fleet;
+mod fleet_names;
 mod hostile;
 mod injection;
 mod journal;
