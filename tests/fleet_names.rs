@@ -54,7 +54,10 @@ fn tree(dir: &Path) -> Vec<String> {
 
 fn status_check(env: &TestEnv) -> (Option<i32>, String) {
     let o = env.cmd().args(["status", "--check"]).output().unwrap();
-    (o.status.code(), String::from_utf8_lossy(&o.stdout).into_owned())
+    (
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+    )
 }
 
 #[test]
@@ -73,7 +76,10 @@ fn a_stem_of_dots_never_reaches_the_parent_directory() {
     let data = env.path("data");
     std::fs::create_dir_all(data.join("uploads/good")).unwrap();
     std::fs::write(data.join("c9_precious.txt"), "precious").unwrap();
-    set_age(&data.join("c9_precious.txt"), Duration::from_secs(3 * 86400));
+    set_age(
+        &data.join("c9_precious.txt"),
+        Duration::from_secs(3 * 86400),
+    );
     std::fs::write(data.join("uploads/good/c8_orphan.txt"), "x").unwrap();
     set_age(
         &data.join("uploads/good/c8_orphan.txt"),
@@ -111,7 +117,10 @@ fn a_stem_of_dots_never_reaches_the_parent_directory() {
             .all(|f| f == "inner" || f == "inner/good" || f.starts_with("inner/good/")),
         "a backup landed outside bk/inner/<member>: {bk:?}"
     );
-    assert!(bk.contains(&"inner/good/manifest.json".to_string()), "{bk:?}");
+    assert!(
+        bk.contains(&"inner/good/manifest.json".to_string()),
+        "{bk:?}"
+    );
     let (code, out) = status_check(&env);
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("...db"), "{out}");
@@ -313,7 +322,13 @@ fn two_files_with_one_member_name_are_both_refused_and_reported() {
     }
     let o = env.cmd().args(["run", "t", "backup"]).output().unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", both(&o));
-    assert_eq!(tree(&env.path("bk")).iter().filter(|f| !f.contains('/')).count(), 1);
+    assert_eq!(
+        tree(&env.path("bk"))
+            .iter()
+            .filter(|f| !f.contains('/'))
+            .count(),
+        1
+    );
     assert!(env.path("bk/t-solo").exists());
 }
 

@@ -88,6 +88,17 @@ pub fn run(path: &Path, args: CheckArgs) -> Result<ExitCode, Failure> {
             }
         }
     }
+    // Files of a fleet that are no member (a collision, a bad name, a symlink): warnings, as
+    // the configuration itself is fine.
+    for f in &config.fleets {
+        if !(args.databases.is_empty() || args.databases.contains(&f.handle)) {
+            continue;
+        }
+        for r in f.rejected.iter().filter(|r| r.is_problem()) {
+            warnings += 1;
+            println!("{}: warning: {}", f.handle, r.reason);
+        }
+    }
     println!("{errors} error(s), {warnings} warning(s)");
     Ok(if errors > 0 {
         ExitCode::Failed
