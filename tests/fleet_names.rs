@@ -390,3 +390,389 @@ fn the_daemon_reports_what_a_scan_skips_once() {
         "{text}"
     );
 }
+
+/// The member rule, written again here as the test's oracle: the stem of a file that may be a
+/// member, and the name it makes with `template`.
+fn oracle_stem_ok(stem: &str) -> bool {
+    !stem.is_empty()
+        && stem != "."
+        && stem != ".."
+        && !stem.chars().any(char::is_control)
+        && !stem.starts_with('-')
+        && stem.len() <= 200
+}
+
+fn oracle_name(template: &str, stem: &str) -> String {
+    template
+        .replacen("{stem}", stem, 1)
+        .chars()
+        .map(|c| match c.to_ascii_lowercase() {
+            c @ ('a'..='z' | '0'..='9' | '_' | '-') => c,
+            _ => '-',
+        })
+        .collect()
+}
+
+/// A file name for a message (control characters escaped), as litekeeper shows it.
+fn shown(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// Random stems: pieces of unicode, dots, spaces, quotes, control characters, dashes,
+/// template and glob characters; plus the fixed hard cases (case and separator twins, `..`,
+/// 200- and 252-byte stems).
+fn random_stems(rng: &mut impl rand::Rng, n: usize) -> Vec<String> {
+    const PIECES: &[&str] = &[
+        "a",
+        "B",
+        "z9",
+        "acme",
+        "\u{e9}",
+        "\u{65e5}\u{672c}",
+        "\u{1f600}",
+        " ",
+        "'",
+        "\"",
+        ".",
+        "..",
+        "-",
+        "_",
+        "\n",
+        "\t",
+        "\u{1}",
+        "\u{7f}",
+        "|",
+        "%",
+        "{stem}",
+        "{name}",
+        "$(x)",
+        "*",
+        "?",
+        "[",
+        "\\",
+        "e\u{301}",
+    ];
+    let mut out: Vec<String> = [
+        "acme",
+        "ACME",
+        "Acme",
+        "a b",
+        "a-b",
+        "a.b",
+        ".",
+        "..",
+        "...",
+        "-",
+        "-rf",
+        "-h",
+        ".ht",
+        "x{name}",
+        "caf\u{e9}",
+        "cafe\u{301}",
+        "a\nb",
+        "t",
+        "\u{1f600}",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    out.push("y".repeat(200));
+    out.push("Y".repeat(200)); // a case twin of the 200-byte stem
+    out.push("x".repeat(252)); // a 255-byte file name
+    while out.len() < n {
+        let k = rng.random_range(1..=5);
+        let stem: String = (0..k)
+            .map(|_| PIECES[rng.random_range(0..PIECES.len())])
+            .collect();
+        out.push(stem);
+        // Now and then a case twin of what came before.
+        if rng.random_bool(0.15) {
+            let prev = out[rng.random_range(0..out.len())].to_uppercase();
+            out.push(prev);
+        }
+    }
+    out
+}
+
+/// Random member file names through every template (`{stem}` and `{name}` in a backup
+/// directory, `{stem}` in a files rule's directory and in an attachment) and every command:
+/// every path written stays below its template's fixed part, nothing outside changes, each
+/// collision is reported naming its files, and each member's restore returns its own data.
+/// The seed is printed; `FLEET_NAMES_SEED=N` runs one again.
+#[test]
+fn generated_names_stay_in_their_place() {
+    use rand::SeedableRng;
+    let seed: u64 = std::env::var("FLEET_NAMES_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand::random());
+    println!("FLEET_NAMES_SEED={seed}");
+    eprintln!("FLEET_NAMES_SEED={seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let env = TestEnv::new();
+    let root = env.path("r");
+    // Sentinels next to and above every fixed part: nothing may touch them.
+    for dir in ["", "bk", "up", "att", "tenants", "other", "bk2"] {
+        let d = root.join(dir);
+        std::fs::create_dir_all(&d).unwrap();
+        let s = d.join("c7_sentinel.txt");
+        std::fs::write(&s, "sentinel").unwrap();
+        set_age(&s, Duration::from_secs(3 * 86400));
+    }
+    let outside_before = tree(&root);
+
+    // Fleet "t": tenants/*.db; fleet "other" (bare {stem}): other/*.sqlite, some of whose
+    // names are made to collide with fleet t's.
+    let mut files: Vec<(&str, String)> = Vec::new(); // (fleet, stem)
+    let mut seen = std::collections::HashSet::new();
+    for stem in random_stems(&mut rng, 60) {
+        let file = format!("{stem}.db");
+        if file.len() > 255 || file.contains('/') || file.contains('\0') || !seen.insert(file) {
+            continue;
+        }
+        files.push(("t", stem));
+    }
+    let firsts: Vec<String> = files.iter().take(12).map(|(_, s)| s.clone()).collect();
+    for stem in firsts.iter().map(|s| format!("t-{s}")).chain(
+        ["other", "t", "-x", "solo2", "b c", "B-C"]
+            .iter()
+            .map(|s| s.to_string()),
+    ) {
+        let file = format!("{stem}.sqlite");
+        if file.len() <= 255 && !file.contains('/') {
+            files.push(("other", stem));
+        }
+    }
+    for (fleet, stem) in &files {
+        let (dir, ext) = if *fleet == "t" {
+            ("tenants", "db")
+        } else {
+            ("other", "sqlite")
+        };
+        let p = root.join(dir).join(format!("{stem}.{ext}"));
+        let c = Connection::open(&p).unwrap();
+        // A 255-byte name has no room for `-journal`: no journal file while creating it.
+        c.execute_batch(
+            "PRAGMA journal_mode = MEMORY; CREATE TABLE t(x); CREATE TABLE file(id TEXT);
+             INSERT INTO file VALUES ('c1');",
+        )
+        .unwrap();
+        c.execute("INSERT INTO t VALUES (?1)", [format!("{fleet}/{stem}")])
+            .unwrap();
+        if *fleet == "t" && oracle_stem_ok(stem) {
+            // The attachment and the files-rule directory the templates name.
+            Connection::open(root.join("att").join(format!("{stem}.files")))
+                .unwrap()
+                .execute_batch("CREATE TABLE blob(x);")
+                .unwrap();
+            let up = root.join("up").join(stem);
+            std::fs::create_dir_all(&up).unwrap();
+            std::fs::write(up.join("c9_orphan.txt"), "x").unwrap();
+            set_age(&up.join("c9_orphan.txt"), Duration::from_secs(3 * 86400));
+        }
+    }
+
+    // The oracle: which files are members, which names collide.
+    let mut by_name: std::collections::BTreeMap<String, Vec<(&str, &str)>> = Default::default();
+    for (fleet, stem) in &files {
+        let template = if *fleet == "t" { "t-{stem}" } else { "{stem}" };
+        let name = oracle_name(template, stem);
+        if oracle_stem_ok(stem) && !name.starts_with('-') {
+            by_name.entry(name).or_default().push((fleet, stem));
+        }
+    }
+    let members: std::collections::BTreeMap<String, (&str, &str)> = by_name
+        .iter()
+        .filter(|(n, v)| v.len() == 1 && *n != "t" && *n != "other")
+        .map(|(n, v)| (n.clone(), v[0]))
+        .collect();
+    let collisions: Vec<&Vec<(&str, &str)>> = by_name.values().filter(|v| v.len() > 1).collect();
+    assert!(!collisions.is_empty(), "the generator made no collision");
+
+    env.write_config(&format!(
+        "{}[[database]]\nname = \"t-{{stem}}\"\npath = \"{r}/tenants/*.db\"\n\
+         attach = {{ files = \"{r}/att/{{stem}}.files\" }}\n\
+         [database.prune]\nmax_fraction = 1.0\n[[database.prune.files]]\ndir = \"{r}/up/{{stem}}\"\n\
+         pattern = '^(?P<id>c[0-9]+)_'\nreferenced_by = \"SELECT id FROM file\"\nmin_age = \"1d\"\n\
+         [database.backup]\ndir = \"{r}/bk/{{stem}}/{{name}}\"\n\
+         [[database]]\nname = \"{{stem}}\"\npath = \"{r}/other/*.sqlite\"\n\
+         [database.backup]\ndir = \"{r}/bk2/{{name}}\"\n",
+        env.daemon_section("max_concurrent_jobs = 4"),
+        r = root.display(),
+    ));
+
+    // status --json: exactly the oracle's members.
+    let o = env.cmd().args(["status", "--json"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "seed {seed}: {}", both(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let mut got: Vec<String> = v["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["database"].as_str().unwrap().to_string())
+        .collect();
+    got.dedup();
+    got.sort();
+    let want: Vec<String> = members.keys().cloned().collect();
+    assert_eq!(got, want, "seed {seed}: members");
+
+    // Non-ASCII paths cannot be opened until issue 13 item 14 (the URI, another branch) is
+    // merged: until then, runs of such members may fail and their restores are not checked.
+    let unicode_ok = {
+        let probe = TestEnv::new();
+        let db = probe.sqlite("\u{fc}n\u{ef}.db", "CREATE TABLE t(x);");
+        probe.write_config(&format!(
+            "{}{}",
+            probe.daemon_section(""),
+            TestEnv::database_section("u", &db, "")
+        ));
+        probe.cmd().arg("check").output().unwrap().status.code() == Some(0)
+    };
+    println!("non-ASCII paths open: {unicode_ok}");
+    // Every command, on the whole fleets and on members.
+    for args in [
+        &["run", "t", "prune"][..],
+        &["run", "t", "backup"],
+        &["run", "other", "backup"],
+        &["check"],
+    ] {
+        let o = env.cmd().args(args).output().unwrap();
+        let code = o.status.code();
+        assert!(
+            code == Some(0) || (args[0] == "check" && code == Some(1)) || !unicode_ok,
+            "seed {seed}: {args:?}: {}",
+            both(&o)
+        );
+        // What the fleet skipped is named, one line each.
+        let err = String::from_utf8_lossy(&o.stderr);
+        let bad: Vec<&str> = err
+            .lines()
+            .filter(|l| l.chars().any(|c| c.is_control()))
+            .collect();
+        // (The mangled URI of issue 13 item 14 shows C1 controls: checked after the merge.)
+        assert!(
+            bad.is_empty() || !unicode_ok,
+            "seed {seed}: {args:?}: {bad:?}"
+        );
+    }
+    for (name, _) in members.iter().take(6) {
+        let o = env.cmd().args(["run", name, "vacuum"]).output().unwrap();
+        assert!(o.status.code().is_some(), "seed {seed}: {}", both(&o));
+    }
+    let o = env
+        .cmd()
+        .args(["backups", "list", "--json"])
+        .output()
+        .unwrap();
+    let listed: serde_json::Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("seed {seed}: backups list --json: {e}: {}", both(&o)));
+    assert!(listed.is_object() || listed.is_array(), "seed {seed}");
+
+    // Backups: every file below bk/<stem>/<name>/ or bk2/<name>/ of a member, nothing else.
+    for f in tree(&root.join("bk")) {
+        if f == "c7_sentinel.txt" {
+            continue;
+        }
+        let mut parts = f.splitn(3, '/');
+        let (stem, name) = (parts.next().unwrap(), parts.next());
+        let ok = members
+            .iter()
+            .any(|(n, (fl, s))| *fl == "t" && *s == stem && name.is_none_or(|x| x == n));
+        assert!(ok, "seed {seed}: bk/{f:?} belongs to no member");
+    }
+    for f in tree(&root.join("bk2")) {
+        if f == "c7_sentinel.txt" {
+            continue;
+        }
+        let name = f.split('/').next().unwrap();
+        assert!(
+            members.get(name).is_some_and(|(fl, _)| *fl == "other"),
+            "seed {seed}: bk2/{f:?} belongs to no member"
+        );
+    }
+    // Sentinels survived; the orphans of members were pruned, others' were not.
+    for dir in ["", "bk", "up", "att", "tenants", "other", "bk2"] {
+        assert_eq!(
+            std::fs::read_to_string(root.join(dir).join("c7_sentinel.txt"))
+                .ok()
+                .as_deref(),
+            Some("sentinel"),
+            "seed {seed}: {dir}/c7_sentinel.txt"
+        );
+    }
+    for (fleet, stem) in &files {
+        if *fleet != "t" || !oracle_stem_ok(stem) || (!unicode_ok && !stem.is_ascii()) {
+            continue;
+        }
+        let member = members.values().any(|(f, s)| f == fleet && s == stem);
+        assert_eq!(
+            !root.join("up").join(stem).join("c9_orphan.txt").exists(),
+            member,
+            "seed {seed}: up/{stem:?}: pruned iff a member"
+        );
+    }
+    let now = tree(&root);
+    for f in &outside_before {
+        assert!(now.contains(f), "seed {seed}: {f:?} vanished");
+    }
+
+    // Collisions: CRITICAL in status --check, naming every file of each.
+    let o = env.cmd().args(["status", "--check"]).output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(2), "seed {seed}: {out}");
+    assert!(out.starts_with("CRITICAL"), "seed {seed}: {out}");
+    for group in &collisions {
+        let line = out.lines().find(|l| {
+            l.contains("CRITICAL")
+                && group.iter().all(|(fl, s)| {
+                    let ext = if *fl == "t" { "db" } else { "sqlite" };
+                    l.contains(&shown(&format!("/{s}.{ext}")))
+                })
+        });
+        assert!(
+            line.is_some(),
+            "seed {seed}: collision {group:?} not reported:\n{out}"
+        );
+    }
+    // One problem, one line: no control character reaches the output.
+    let bad: Vec<&str> = out
+        .lines()
+        .filter(|l| l.chars().any(|c| c.is_control()))
+        .collect();
+    assert!(bad.is_empty() || !unicode_ok, "seed {seed}: {bad:?}");
+
+    // Restore gives each member its own data (leading-dot stems: see issue 14 item 6).
+    let outdir = env.path("restored");
+    std::fs::create_dir_all(&outdir).unwrap();
+    for (name, (fleet, stem)) in members.iter() {
+        if stem.starts_with('.') || (!unicode_ok && !stem.is_ascii()) {
+            continue;
+        }
+        let to = outdir.join(format!("{name}.db"));
+        let o = env
+            .cmd()
+            .args(["restore", name, "--to"])
+            .arg(&to)
+            .output()
+            .unwrap();
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "seed {seed}: restore {name}: {}",
+            both(&o)
+        );
+        let x: String = Connection::open(&to)
+            .unwrap()
+            .query_row("SELECT x FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(x, format!("{fleet}/{stem}"), "seed {seed}: restore {name}");
+    }
+}

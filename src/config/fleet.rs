@@ -165,7 +165,7 @@ fn walk(dir: &Path, rest: &[String], found: &mut Vec<Found>, rejected: &mut Vec<
                 reason: format!(
                     "{} is skipped: it is a symlink, and a fleet never follows one (put the file \
                      itself there)",
-                    path.display()
+                    shown(&path)
                 ),
                 path,
             });
@@ -184,7 +184,7 @@ fn walk(dir: &Path, rest: &[String], found: &mut Vec<Found>, rejected: &mut Vec<
                         kind: RejectKind::BadName,
                         reason: format!(
                             "{} is no member: its name is not UTF-8 (rename the file)",
-                            path.display()
+                            shown(&path)
                         ),
                         path,
                     });
@@ -204,7 +204,7 @@ fn walk(dir: &Path, rest: &[String], found: &mut Vec<Found>, rejected: &mut Vec<
                 kind: RejectKind::NotAFile,
                 reason: format!(
                     "{} is skipped: it is a {}, not a database file",
-                    path.display(),
+                    shown(&path),
                     if ft.is_dir() {
                         "directory"
                     } else {
@@ -244,8 +244,7 @@ pub fn stem_problem(stem: &str) -> Option<String> {
 /// A fleet member's name: the template with `{stem}`, lower-cased, anything outside
 /// `[a-z0-9_-]` replaced by `-`.
 pub fn member_name(template: &str, stem: &str) -> String {
-    template
-        .replace("{stem}", stem)
+    fill(template, stem, "{name}")
         .to_ascii_lowercase()
         .chars()
         .map(|c| {
@@ -285,9 +284,9 @@ fn url_encode(text: &str) -> String {
 /// The stanza with `{stem}` and `{name}` filled in wherever a member needs its own value (in
 /// ping URLs the stem is percent-encoded).
 pub fn substitute(raw: &RawDatabase, stem: &str, name: &str, path: &str) -> RawDatabase {
-    let fill = |s: &str| s.replace("{stem}", stem).replace("{name}", name);
+    let fill = |s: &str| fill(s, stem, name);
     let url_stem = url_encode(stem);
-    let url = |s: &str| s.replace("{stem}", &url_stem).replace("{name}", name);
+    let url = |s: &str| self::fill(s, &url_stem, name);
     let mut r = raw.clone();
     r.name = name.to_string();
     r.path = path.to_string();
@@ -308,6 +307,43 @@ pub fn substitute(raw: &RawDatabase, stem: &str, name: &str, path: &str) -> RawD
         v.ping = v.ping.as_deref().map(url);
     }
     r
+}
+
+/// `template` with `{stem}` and `{name}` replaced in one pass (a stem holding the text
+/// `{name}` stays as it is).
+fn fill(template: &str, stem: &str, name: &str) -> String {
+    let mut out = String::new();
+    let mut rest = template;
+    while let Some(i) = rest.find('{') {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        if let Some(t) = tail.strip_prefix("{stem}") {
+            out.push_str(stem);
+            rest = t;
+        } else if let Some(t) = tail.strip_prefix("{name}") {
+            out.push_str(name);
+            rest = t;
+        } else {
+            out.push('{');
+            rest = &tail[1..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// A path for a message: control characters escaped, so one problem stays one line.
+pub fn shown(path: &Path) -> String {
+    path.to_string_lossy()
+        .chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// The fixed part of a path template: its directories before the first `{`.
@@ -409,7 +445,7 @@ pub fn scan(fleets: &[Fleet], n: usize, daemon: &Daemon, taken: &dyn Fn(&str) ->
         if let Some(why) = stem_problem(&f.stem).or_else(|| name_problem(&name)) {
             rejected.push(Rejected {
                 kind: RejectKind::BadName,
-                reason: format!("{} is no member: {why} (rename the file)", f.path.display()),
+                reason: format!("{} is no member: {why} (rename the file)", shown(&f.path)),
                 path: f.path,
             });
             continue;
@@ -433,7 +469,7 @@ pub fn scan(fleets: &[Fleet], n: usize, daemon: &Daemon, taken: &dyn Fn(&str) ->
     // One line per collision, naming every file of it.
     for (name, paths) in &by_name {
         if paths.len() > 1 {
-            let all: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+            let all: Vec<String> = paths.iter().map(|p| shown(p)).collect();
             rejected.push(Rejected {
                 kind: RejectKind::Collision,
                 reason: format!(
@@ -457,7 +493,7 @@ pub fn scan(fleets: &[Fleet], n: usize, daemon: &Daemon, taken: &dyn Fn(&str) ->
                 reason: format!(
                     "{} is no member: its name {name:?} is that of a configured database or \
                      fleet (rename the file or the template)",
-                    f.path.display()
+                    shown(&f.path)
                 ),
                 path: f.path,
             });
@@ -479,7 +515,7 @@ pub fn scan(fleets: &[Fleet], n: usize, daemon: &Daemon, taken: &dyn Fn(&str) ->
         }) {
             rejected.push(Rejected {
                 kind: RejectKind::BadName,
-                reason: format!("{} is no member: {why} (rename the file)", f.path.display()),
+                reason: format!("{} is no member: {why} (rename the file)", shown(&f.path)),
                 path: f.path,
             });
             continue;
@@ -531,7 +567,7 @@ fn is_link(dir: &rustix::fd::OwnedFd, name: &str) -> bool {
 pub fn verify_member(fleet: &Fleet, db: &Database) -> Result<PathBuf, MemberError> {
     use rustix::fs::{fstat, open, FileType, Mode, OFlags};
     let (root, _) = split_pattern(&fleet.raw.path);
-    let shown = db.path.display();
+    let shown = shown(&db.path);
     let rel = db.path.strip_prefix(&root).map_err(|_| {
         MemberError::Refused(format!(
             "{shown}: not below the fleet's directory {}",
@@ -609,11 +645,7 @@ pub fn verify_member(fleet: &Fleet, db: &Database) -> Result<PathBuf, MemberErro
 pub fn no_symlink_below(fixed: &Path, path: &Path) -> Result<(), String> {
     use rustix::fs::{open, Mode, OFlags};
     let Ok(rel) = path.strip_prefix(fixed) else {
-        return Err(format!(
-            "{} is not below {}",
-            path.display(),
-            fixed.display()
-        ));
+        return Err(format!("{} is not below {}", shown(&path), fixed.display()));
     };
     let Ok(mut dir) = open(
         fixed,
@@ -634,17 +666,17 @@ pub fn no_symlink_below(fixed: &Path, path: &Path) -> Result<(), String> {
                 return Err(format!(
                     "{}: refused: {part:?} below {} is a symlink; a fleet member's paths never \
                      follow one (remove the link)",
-                    path.display(),
+                    shown(&path),
                     fixed.display()
                 ));
             }
-            Err(e) => return Err(format!("{}: {part:?}: {e}", path.display())),
+            Err(e) => return Err(format!("{}: {part:?}: {e}", shown(&path))),
         }
     }
     if is_link_path(path) {
         return Err(format!(
             "{}: refused: it is a symlink; a fleet member's paths never follow one",
-            path.display()
+            shown(&path)
         ));
     }
     Ok(())
