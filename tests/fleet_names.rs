@@ -513,7 +513,7 @@ fn generated_names_stay_in_their_place() {
     let seed: u64 = std::env::var("FLEET_NAMES_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| rand::random());
+        .unwrap_or_else(rand::random);
     println!("FLEET_NAMES_SEED={seed}");
     eprintln!("FLEET_NAMES_SEED={seed}");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);

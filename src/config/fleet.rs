@@ -645,7 +645,7 @@ pub fn verify_member(fleet: &Fleet, db: &Database) -> Result<PathBuf, MemberErro
 pub fn no_symlink_below(fixed: &Path, path: &Path) -> Result<(), String> {
     use rustix::fs::{open, Mode, OFlags};
     let Ok(rel) = path.strip_prefix(fixed) else {
-        return Err(format!("{} is not below {}", shown(&path), fixed.display()));
+        return Err(format!("{} is not below {}", shown(path), fixed.display()));
     };
     let Ok(mut dir) = open(
         fixed,
@@ -666,17 +666,17 @@ pub fn no_symlink_below(fixed: &Path, path: &Path) -> Result<(), String> {
                 return Err(format!(
                     "{}: refused: {part:?} below {} is a symlink; a fleet member's paths never \
                      follow one (remove the link)",
-                    shown(&path),
+                    shown(path),
                     fixed.display()
                 ));
             }
-            Err(e) => return Err(format!("{}: {part:?}: {e}", shown(&path))),
+            Err(e) => return Err(format!("{}: {part:?}: {e}", shown(path))),
         }
     }
     if is_link_path(path) {
         return Err(format!(
             "{}: refused: it is a symlink; a fleet member's paths never follow one",
-            shown(&path)
+            shown(path)
         ));
     }
     Ok(())
