@@ -776,3 +776,47 @@ fn generated_names_stay_in_their_place() {
         assert_eq!(x, format!("{fleet}/{stem}"), "seed {seed}: restore {name}");
     }
 }
+
+/// A directory below a template's fixed part that is a symlink (a tenant's `uploads/alice`
+/// pointing elsewhere, a backup directory swapped for a link) is refused when the job would
+/// use it: nothing is written or deleted through it.
+#[test]
+fn a_symlink_below_a_templates_fixed_part_is_refused_at_use() {
+    let env = TestEnv::new();
+    make_db(
+        &env.path("tenants/alice.db"),
+        "CREATE TABLE file(id TEXT); INSERT INTO file VALUES ('c1');",
+    );
+    let victim = env.path("victim");
+    std::fs::create_dir_all(&victim).unwrap();
+    std::fs::create_dir_all(victim.join("files")).unwrap();
+    std::fs::write(victim.join("files/c9_precious.txt"), "precious").unwrap();
+    set_age(
+        &victim.join("files/c9_precious.txt"),
+        Duration::from_secs(3 * 86400),
+    );
+    std::fs::create_dir_all(env.path("up")).unwrap();
+    std::fs::create_dir_all(env.path("bk")).unwrap();
+    symlink(&victim, env.path("up/alice")).unwrap();
+    symlink(&victim, env.path("bk/alice")).unwrap();
+    env.write_config(&format!(
+        "{}[[database]]\nname = \"t-{{stem}}\"\npath = \"{}/*.db\"\n\
+         [database.prune]\nmax_fraction = 1.0\n[[database.prune.files]]\ndir = \"{}/{{stem}}/files\"\n\
+         pattern = '^(?P<id>c[0-9]+)_'\nreferenced_by = \"SELECT id FROM file\"\nmin_age = \"1d\"\n\
+         [database.backup]\ndir = \"{}/{{stem}}/{{name}}\"\n",
+        env.daemon_section(""),
+        env.path("tenants").display(),
+        env.path("up").display(),
+        env.path("bk").display(),
+    ));
+    for job in ["prune", "backup"] {
+        let o = env.cmd().args(["run", "t-alice", job]).output().unwrap();
+        assert_ne!(o.status.code(), Some(0), "{job}: {}", both(&o));
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("symlink"),
+            "{job}: {}",
+            both(&o)
+        );
+    }
+    assert_eq!(tree(&victim), ["files", "files/c9_precious.txt"]);
+}
