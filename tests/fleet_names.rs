@@ -820,3 +820,23 @@ fn a_symlink_below_a_templates_fixed_part_is_refused_at_use() {
     }
     assert_eq!(tree(&victim), ["files", "files/c9_precious.txt"]);
 }
+
+/// A name template whose names would all start with '-' is refused at load, naming the key.
+#[test]
+fn a_name_template_may_not_start_with_a_dash() {
+    let env = TestEnv::new();
+    make_db(&env.path("tenants/alice.db"), "CREATE TABLE t(x);");
+    env.write_config(&format!(
+        "{}[[database]]\nname = \"-{{stem}}\"\npath = \"{}/*.db\"\n",
+        env.daemon_section(""),
+        env.path("tenants").display(),
+    ));
+    let o = env.cmd().arg("check").output().unwrap();
+    assert_eq!(o.status.code(), Some(78), "{}", both(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("database[0].name") || err.contains("name"),
+        "{err}"
+    );
+    assert!(err.contains("not starting with '-'"), "{err}");
+}

@@ -32,6 +32,24 @@ pub fn run(path: &Path, args: CheckArgs) -> Result<ExitCode, Failure> {
         if selected.as_ref().is_some_and(|s| !s.contains(&db.name)) {
             continue;
         }
+        // A fleet member is looked at only if it is still the file the scan found, reached
+        // without a symlink (`check` must not read a file a link points to).
+        if let Some(fleet) = db.fleet.as_deref().and_then(|f| config.fleet(f)) {
+            use crate::config::fleet::{verify_member, MemberError};
+            match verify_member(fleet, db) {
+                Ok(_) => {}
+                Err(MemberError::Gone(m)) => {
+                    warnings += 1;
+                    println!("{}: warning: {m}", db.name);
+                    continue;
+                }
+                Err(MemberError::Refused(m)) => {
+                    errors += 1;
+                    println!("{}: error: {m}", db.name);
+                    continue;
+                }
+            }
+        }
         let want_wal = db.journal_mode == JournalMode::Wal;
         let mut files = vec![(String::new(), db.path.clone())];
         files.extend(

@@ -437,7 +437,8 @@ pub fn scan(fleets: &[Fleet], n: usize, daemon: &Daemon, taken: &dyn Fn(&str) ->
     let (mut found, mut rejected) = (Vec::new(), Vec::new());
     walk(&root, &rest, &mut found, &mut rejected);
     found.sort_by(|a, b| a.path.cmp(&b.path));
-    // Judge names first: a collision refuses both files, whatever else is wrong.
+    found.dedup_by(|a, b| a.path == b.path); // `**` twice can reach a file twice
+                                             // Judge names first: a collision refuses both files, whatever else is wrong.
     let mut by_name: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
     let mut named = Vec::new();
     for f in found {

@@ -486,10 +486,11 @@ pub fn validate(
                 }
             }
             let sample = member_name(&rd.name, "sample");
-            if !is_db_name(&sample) {
+            if !is_db_name(&sample) || sample.starts_with('-') {
                 c.fail(
                     &key.key("name"),
-                    "expected a name template of lower-case letters, digits, '_', '-' and {stem}",
+                    "expected a name template of lower-case letters, digits, '_', '-' and {stem}, \
+                     not starting with '-'",
                     Some(rd.name.clone()),
                 );
             }
