@@ -389,7 +389,18 @@ pub fn connect_verified(
             db.path.display()
         )));
     }
-    init_connection(&mut conn, &ConnSettings::for_database(db, busy_timeout))?;
+    // ATTACH inherits SQLITE_OPEN_NOFOLLOW: attachments by their resolved directory (the
+    // caller refused a symlink below their template's fixed part; one above it is the
+    // operator's).
+    let mut settings = ConnSettings::for_database(db, busy_timeout);
+    for (_, p) in &mut settings.attach {
+        if let (Some(dir), Some(name)) = (p.parent(), p.file_name()) {
+            if let Ok(real) = std::fs::canonicalize(dir) {
+                *p = real.join(name);
+            }
+        }
+    }
+    init_connection(&mut conn, &settings)?;
     Ok(conn)
 }
 

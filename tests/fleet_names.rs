@@ -840,3 +840,31 @@ fn a_name_template_may_not_start_with_a_dash() {
     );
     assert!(err.contains("not starting with '-'"), "{err}");
 }
+
+/// A symlink the operator put above a template's fixed part (`/srv -> /data/srv`) is theirs:
+/// the fleet's directory and an attachment's directory may be reached through one.
+#[test]
+fn an_operators_symlink_above_the_fixed_part_is_followed() {
+    let env = TestEnv::new();
+    make_db(
+        &env.path("real/tenants/alice.db"),
+        "CREATE TABLE t(x); INSERT INTO t VALUES ('alice');",
+    );
+    make_db(&env.path("real/att/alice.files"), "CREATE TABLE blob(x);");
+    symlink(env.path("real"), env.path("srv")).unwrap();
+    env.write_config(&format!(
+        "{}[[database]]\nname = \"t-{{stem}}\"\npath = \"{s}/tenants/*.db\"\n\
+         attach = {{ files = \"{s}/att/{{stem}}.files\" }}\n\
+         [database.backup]\ndir = \"{}/{{name}}\"\n",
+        env.daemon_section(""),
+        env.path("bk").display(),
+        s = env.path("srv").display(),
+    ));
+    let o = env
+        .cmd()
+        .args(["run", "t-alice", "backup"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    assert_eq!(journal_mode(&env.path("real/tenants/alice.db")), "wal");
+}
