@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::fleet::{self, is_glob, member_name, substitute};
+pub use super::fleet::is_glob;
+use super::fleet::{self, member_name, substitute};
 use super::model::*;
 use super::raw::*;
 use super::KeyPath;
