@@ -49,6 +49,8 @@ struct Inner {
     fleet_dbs: Mutex<HashMap<String, Arc<crate::config::Database>>>,
     /// Member names per fleet at the latest scan: a vanished one is reported once.
     fleet_known: Mutex<HashMap<String, BTreeMap<String, String>>>,
+    /// Files each fleet's latest scan refused: one is logged when it appears, not every tick.
+    fleet_rejected: Mutex<HashMap<String, Vec<crate::config::fleet::Rejected>>>,
     tracker: TaskTracker,
 }
 
@@ -83,6 +85,7 @@ impl Scheduler {
             db_queues: Mutex::new(HashMap::new()),
             fleet_dbs: Mutex::new(HashMap::new()),
             fleet_known: Mutex::new(HashMap::new()),
+            fleet_rejected: Mutex::new(HashMap::new()),
             tracker: TaskTracker::new(),
         });
         let s = Scheduler { cron, inner };
@@ -287,7 +290,21 @@ impl Inner {
             let members: Vec<Arc<crate::config::Database>> =
                 config.members(fleet).cloned().collect();
             self.update_fleet(&fleet.name, &members);
+            self.update_rejected(&fleet.name, &fleet.rejected);
         }
+    }
+
+    /// Log the files a fleet's scan refused that the previous scan did not (a file that goes
+    /// and comes back is logged again).
+    fn update_rejected(&self, fleet: &str, rejected: &[crate::config::fleet::Rejected]) {
+        let mut known = self.fleet_rejected.lock().unwrap();
+        let before = known.remove(fleet).unwrap_or_default();
+        for r in rejected {
+            if before.binary_search(r).is_err() {
+                r.log(fleet);
+            }
+        }
+        known.insert(fleet.to_string(), rejected.to_vec());
     }
 
     /// Replace a fleet's members, logging the ones that appeared and vanished.
@@ -336,34 +353,31 @@ impl Inner {
         let Some(fleet) = env.config.fleet(&fleet_name) else {
             return;
         };
-        let (index, raw_name) = (fleet.index, fleet.name.clone());
+        let raw_name = fleet.name.clone();
         let config = env.config.clone();
+        // As at load: a member may not take the name of a plain database or of a fleet, and
+        // a name two files make (in this fleet or another) is refused for both.
         let scanned = tokio::task::spawn_blocking(move || {
-            let fleet = config.fleets.iter().find(|f| f.index == index)?;
-            Some(crate::config::validate::expand_fleet(fleet, &config.daemon))
+            let n = config.fleets.iter().position(|f| f.name == fleet_name)?;
+            let taken = |name: &str| {
+                config.database(name).is_some_and(|d| d.fleet.is_none())
+                    || config.fleet_by_handle(name).is_some()
+            };
+            Some(crate::config::fleet::scan(
+                &config.fleets,
+                n,
+                &config.daemon,
+                &taken,
+            ))
         })
         .await
         .ok()
         .flatten();
-        let Some((mut members, skipped)) = scanned else {
+        let Some(scan) = scanned else {
             return;
         };
-        // As at load: a member may not take the name of a plain database or of a fleet.
-        members.retain(|m| {
-            let plain = env
-                .config
-                .database(&m.name)
-                .is_some_and(|d| d.fleet.is_none());
-            !plain && env.config.fleet_by_handle(&m.name).is_none()
-        });
-        // Nor the name of another fleet's member (at load the first fleet keeps it).
-        {
-            let dbs = self.fleet_dbs.lock().unwrap();
-            members.retain(|m| dbs.get(&m.name).is_none_or(|d| d.fleet == m.fleet));
-        }
-        for s in skipped {
-            tracing::debug!("fleet {raw_name}: {s}");
-        }
+        let members = scan.members;
+        self.update_rejected(&raw_name, &scan.rejected);
         self.update_fleet(&raw_name, &members);
         let names = members.iter().map(|m| m.name.clone()).collect();
         drop(members);

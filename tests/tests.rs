@@ -15,6 +15,7 @@ mod daemon;
 mod demo_run;
 mod edges;
 mod fleet;
+mod fleet_names;
 mod hostile;
 mod injection;
 mod journal;

@@ -32,6 +32,24 @@ pub fn run(path: &Path, args: CheckArgs) -> Result<ExitCode, Failure> {
         if selected.as_ref().is_some_and(|s| !s.contains(&db.name)) {
             continue;
         }
+        // A fleet member is looked at only if it is still the file the scan found, reached
+        // without a symlink (`check` must not read a file a link points to).
+        if let Some(fleet) = db.fleet.as_deref().and_then(|f| config.fleet(f)) {
+            use crate::config::fleet::{verify_member, MemberError};
+            match verify_member(fleet, db) {
+                Ok(_) => {}
+                Err(MemberError::Gone(m)) => {
+                    warnings += 1;
+                    println!("{}: warning: {m}", db.name);
+                    continue;
+                }
+                Err(MemberError::Refused(m)) => {
+                    errors += 1;
+                    println!("{}: error: {m}", db.name);
+                    continue;
+                }
+            }
+        }
         let want_wal = db.journal_mode == JournalMode::Wal;
         let mut files = vec![(String::new(), db.path.clone())];
         files.extend(
@@ -86,6 +104,17 @@ pub fn run(path: &Path, args: CheckArgs) -> Result<ExitCode, Failure> {
                     db.name
                 );
             }
+        }
+    }
+    // Files of a fleet that are no member (a collision, a bad name, a symlink): warnings, as
+    // the configuration itself is fine.
+    for f in &config.fleets {
+        if !(args.databases.is_empty() || args.databases.contains(&f.handle)) {
+            continue;
+        }
+        for r in f.rejected.iter().filter(|r| r.is_problem()) {
+            warnings += 1;
+            println!("{}: warning: {}", f.handle, r.reason);
         }
     }
     println!("{errors} error(s), {warnings} warning(s)");

@@ -32,6 +32,10 @@ pub fn run(path: &Path, args: RunArgs) -> Result<ExitCode, Failure> {
                     if fleet.template.timing(kind).is_none() {
                         return Err(no_section(&config, &fleet.name, kind));
                     }
+                    // Files that are no member are not run: say which, and why.
+                    for r in &fleet.rejected {
+                        r.log(&fleet.name);
+                    }
                     (config.members(fleet).cloned().collect(), true)
                 }
                 None => return Err(unknown_database(&config, &args.database)),

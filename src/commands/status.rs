@@ -305,6 +305,24 @@ fn check_jobs(
             ));
         }
     }
+    // A file a fleet refused for its name is backed up by nobody: a collision (two tenants'
+    // data, neither backed up) is CRITICAL, another bad name a WARNING.
+    for f in &config.fleets {
+        if !(only.is_empty() || only.contains(&f.handle)) {
+            continue;
+        }
+        for r in f.rejected.iter().filter(|r| r.is_problem()) {
+            let code = if r.kind == crate::config::fleet::RejectKind::Collision {
+                CheckCode::Critical
+            } else {
+                CheckCode::Warning
+            };
+            problems.push((
+                code,
+                format!("{} fleet {}: {}", code.word(), f.handle, r.reason),
+            ));
+        }
+    }
     // Worst first (a monitoring system shows the first line as the status), config order within.
     problems.sort_by_key(|(code, _)| std::cmp::Reverse(*code));
     let code = problems.first().map_or(CheckCode::Ok, |(c, _)| *c);

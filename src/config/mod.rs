@@ -4,6 +4,7 @@
 //!
 //! Every problem becomes one line: `FILE:LINE:COL: KEY: reason (got VALUE)`.
 
+pub mod fleet;
 pub mod model;
 pub mod raw;
 pub mod validate;

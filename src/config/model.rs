@@ -38,6 +38,8 @@ pub struct Fleet {
     pub raw: super::raw::RawDatabase,
     /// The stanza validated with a sample stem: its schedules and jitters.
     pub template: Arc<Database>,
+    /// Files the load's scan refused (symlinks, bad names, collisions), sorted.
+    pub rejected: Vec<super::fleet::Rejected>,
 }
 
 impl Config {
@@ -151,6 +153,15 @@ pub struct Database {
     /// Run history of this database older than this is deleted (`daemon.keep_history`, or
     /// `FLEET_KEEP_HISTORY` for fleet members, unless the stanza sets its own).
     pub keep_history: Duration,
+    /// A fleet member: the file its scan found (a job opens only that very file).
+    pub scanned: Option<FileId>,
+}
+
+/// Device and inode: which file a path named when it was looked at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
 }
 
 /// A fleet member's history is kept this long by default (at most `daemon.keep_history`):

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use super::fleet::is_glob;
+use super::fleet::{self, member_name, substitute};
 use super::model::*;
 use super::raw::*;
 use super::KeyPath;
@@ -23,8 +25,8 @@ pub struct Problem {
 /// Collects problems while validating; each check returns a usable fallback so validation
 /// continues and reports everything at once.
 #[derive(Default)]
-struct Checker {
-    problems: Vec<Problem>,
+pub(super) struct Checker {
+    pub(super) problems: Vec<Problem>,
 }
 
 impl Checker {
@@ -230,7 +232,7 @@ fn dir_handle(pattern: &str) -> Option<String> {
     template_handle(dir.rsplit('/').next().unwrap_or(""))
 }
 
-fn is_db_name(s: &str) -> bool {
+pub(super) fn is_db_name(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
@@ -485,10 +487,11 @@ pub fn validate(
                 }
             }
             let sample = member_name(&rd.name, "sample");
-            if !is_db_name(&sample) {
+            if !is_db_name(&sample) || sample.starts_with('-') {
                 c.fail(
                     &key.key("name"),
-                    "expected a name template of lower-case letters, digits, '_', '-' and {stem}",
+                    "expected a name template of lower-case letters, digits, '_', '-' and {stem}, \
+                     not starting with '-'",
                     Some(rd.name.clone()),
                 );
             }
@@ -509,6 +512,7 @@ pub fn validate(
                 handle: fleet_handle(&rd.name, &rd.path, i),
                 raw: rd.clone(),
                 template: Arc::new(db),
+                rejected: Vec::new(),
             });
             continue;
         }
@@ -588,32 +592,19 @@ pub fn validate(
             .enumerate()
             .map(|(i, d)| (d.name.clone(), i))
             .collect();
-        for f in &fleets {
-            let (members, skipped) = expand_fleet(f, &daemon);
-            for s in skipped {
-                tracing::warn!("fleet {}: {s}", f.name);
-            }
-            for m in members {
-                if fleets.iter().any(|f| f.handle == m.name) {
-                    tracing::warn!(
-                        "fleet {}: {} is skipped: it is the name of a fleet (`run {}`)",
-                        f.name,
-                        m.name,
-                        m.name
-                    );
-                    continue;
-                }
-                if by_name.contains_key(&m.name) {
-                    tracing::warn!(
-                        "fleet {}: {} is skipped: a database of that name is configured",
-                        f.name,
-                        m.name
-                    );
-                    continue;
-                }
+        // Members: a name a configured database or a fleet has is refused, and so is a name
+        // two files make (in one fleet or two): for both files.
+        let plain: std::collections::HashSet<String> =
+            databases.iter().map(|d| d.name.clone()).collect();
+        for n in 0..fleets.len() {
+            let taken =
+                |name: &str| plain.contains(name) || fleets.iter().any(|f| f.handle == name);
+            let scan = fleet::scan(&fleets, n, &daemon, &taken);
+            for m in scan.members {
                 by_name.insert(m.name.clone(), databases.len());
                 databases.push(m);
             }
+            fleets[n].rejected = scan.rejected;
         }
         Ok(Config {
             file,
@@ -894,7 +885,12 @@ fn backups_in_files_rule_dirs(
     }
 }
 
-fn database(c: &mut Checker, key: &KeyPath, rd: &RawDatabase, daemon: &Daemon) -> Database {
+pub(super) fn database(
+    c: &mut Checker,
+    key: &KeyPath,
+    rd: &RawDatabase,
+    daemon: &Daemon,
+) -> Database {
     let path = c.abs_path(&key.key("path"), &rd.path);
     let mut attach = Vec::new();
     for (i, (alias, p)) in rd.attach.iter().enumerate() {
@@ -969,109 +965,8 @@ fn database(c: &mut Checker, key: &KeyPath, rd: &RawDatabase, daemon: &Daemon) -
             .map(|b| backup(c, &key.key("backup"), b, &rd.name, daemon)),
         fleet: None,
         keep_history,
+        scanned: None,
     }
-}
-
-/// Glob characters that make a `path` a fleet.
-pub fn is_glob(path: &str) -> bool {
-    path.contains(['*', '?', '['])
-}
-
-/// A fleet member's name: the template with `{stem}`, lower-cased, anything outside
-/// `[a-z0-9_-]` replaced by `-`.
-fn member_name(template: &str, stem: &str) -> String {
-    template
-        .replace("{stem}", stem)
-        .to_ascii_lowercase()
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect()
-}
-
-/// The stanza with `{stem}` and `{name}` filled in wherever a member needs its own value.
-fn substitute(raw: &RawDatabase, stem: &str, name: &str, path: &str) -> RawDatabase {
-    let fill = |s: &str| s.replace("{stem}", stem).replace("{name}", name);
-    let mut r = raw.clone();
-    r.name = name.to_string();
-    r.path = path.to_string();
-    for v in r.attach.values_mut() {
-        *v = fill(v);
-    }
-    if let Some(b) = r.backup.as_mut() {
-        b.dir = b.dir.as_deref().map(fill);
-        b.ping = b.ping.as_deref().map(fill);
-    }
-    if let Some(p) = r.prune.as_mut() {
-        for f in &mut p.files {
-            f.dir = fill(&f.dir);
-        }
-        p.ping = p.ping.as_deref().map(fill);
-    }
-    if let Some(v) = r.vacuum.as_mut() {
-        v.ping = v.ping.as_deref().map(fill);
-    }
-    r
-}
-
-/// The current members of a fleet, sorted by path. Files whose stanza does not validate (a
-/// name that collides, say) are skipped with a reason.
-pub fn expand_fleet(fleet: &Fleet, daemon: &Daemon) -> (Vec<Arc<Database>>, Vec<String>) {
-    let mut members: Vec<Arc<Database>> = Vec::new();
-    let mut skipped = Vec::new();
-    let Ok(paths) = glob::glob(&fleet.raw.path) else {
-        return (members, vec![format!("bad pattern {:?}", fleet.raw.path)]);
-    };
-    let key = KeyPath::root().key("database").index(fleet.index);
-    let mut taken = std::collections::HashSet::new();
-    for path in paths.flatten() {
-        // Only regular files, never through a symlink; SQLite's own side files are no members.
-        let Ok(meta) = std::fs::symlink_metadata(&path) else {
-            continue;
-        };
-        let text = path.to_string_lossy().into_owned();
-        if !meta.is_file()
-            || ["-wal", "-shm", "-journal"]
-                .iter()
-                .any(|s| text.ends_with(s))
-        {
-            continue;
-        }
-        let stem = path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let name = member_name(&fleet.name, &stem);
-        if !taken.insert(name.clone()) {
-            skipped.push(format!(
-                "{text}: its name {name:?} is taken by another file"
-            ));
-            continue;
-        }
-        let mut c = Checker::default();
-        let mut db = database(
-            &mut c,
-            &key,
-            &substitute(&fleet.raw, &stem, &name, &text),
-            daemon,
-        );
-        if !c.problems.is_empty() || !is_db_name(&name) {
-            skipped.push(format!(
-                "{text}: not a valid member ({} problem(s))",
-                c.problems.len().max(1)
-            ));
-            continue;
-        }
-        db.fleet = Some(fleet.name.clone());
-        db.keep_history = fleet.template.keep_history;
-        members.push(Arc::new(db));
-    }
-    (members, skipped)
 }
 
 fn table_ref(c: &mut Checker, key: &KeyPath, text: &str, aliases: &[&str]) -> TableRef {

@@ -378,6 +378,22 @@ async fn run_locked(
 
 fn run_blocking(env: &Env, req: &Request) -> Result<JobResult, JobError> {
     let db = &req.db;
+    // A fleet member: the file its scan found, reached without a symlink, or nothing.
+    let member = match db.fleet.as_deref().and_then(|f| env.config.fleet(f)) {
+        Some(fleet) => Some(member_path(fleet, db, req.kind)?),
+        None => None,
+    };
+    let member = match member {
+        Some(Err(gone)) => {
+            return Ok(JobResult {
+                summary: gone,
+                skipped: true,
+                ..JobResult::default()
+            })
+        }
+        Some(Ok(path)) => Some(path),
+        None => None,
+    };
     sqlite::preflight(&db.path).map_err(JobError::Database)?;
     for a in &db.attach {
         sqlite::preflight(&a.path).map_err(JobError::Database)?;
@@ -407,7 +423,15 @@ fn run_blocking(env: &Env, req: &Request) -> Result<JobResult, JobError> {
             &mut pooled
         }
         None => {
-            own = sqlite::connect_once(db, busy).map_err(|e| why(e.to_string()))?;
+            own = match (&member, db.scanned) {
+                (Some(path), Some(id)) => {
+                    sqlite::connect_verified(db, path, id, busy).map_err(|e| match e {
+                        sqlite::VerifiedOpenError::NotTheFile(m) => JobError::Refused(m),
+                        sqlite::VerifiedOpenError::Sqlite(e) => why(e.to_string()),
+                    })?
+                }
+                _ => sqlite::connect_once(db, busy).map_err(|e| why(e.to_string()))?,
+            };
             &mut own
         }
     };
@@ -424,6 +448,27 @@ fn run_blocking(env: &Env, req: &Request) -> Result<JobResult, JobError> {
         JobKind::Vacuum => vacuum::run(&mut ctx),
         JobKind::Backup => backup::run(&mut ctx),
     }
+}
+
+/// A fleet member about to run: the path to open its file by (Ok(Ok)), or why there is
+/// nothing to do (Ok(Err): gone or replaced since the scan, a skipped run), or why it is
+/// refused (a symlink where the scan found none, on the way to the file or below the fixed
+/// part of a path its job writes to).
+fn member_path(
+    fleet: &crate::config::Fleet,
+    db: &Database,
+    kind: JobKind,
+) -> Result<Result<std::path::PathBuf, String>, JobError> {
+    use crate::config::fleet::{self, MemberError};
+    let path = match fleet::verify_member(fleet, db) {
+        Ok(p) => p,
+        Err(MemberError::Gone(m)) => return Ok(Err(m)),
+        Err(MemberError::Refused(m)) => return Err(JobError::Refused(m)),
+    };
+    for (fixed, p) in fleet::confined_paths(fleet, db, kind) {
+        fleet::no_symlink_below(&fixed, &p).map_err(JobError::Refused)?;
+    }
+    Ok(Ok(path))
 }
 
 /// Sleep for `d` unless cancelled first; true when the full time passed.
