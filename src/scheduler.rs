@@ -180,6 +180,23 @@ impl Scheduler {
         }
         self.inner.next_runs.lock().unwrap().clear();
         self.arm_all(Utc::now()).await;
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let jobs = self.inner.env().config.scheduled_jobs().count()
+                + self.inner.env().config.fleet_jobs().count();
+            let armed = self.inner.armed_ids.lock().unwrap().len();
+            let held = self.timers_held().await;
+            tracing::debug!(
+                "reloaded: {jobs} job(s), {armed} timers armed, {held} held by the timer crate"
+            );
+        }
+    }
+
+    /// How many timers the timer crate holds (armed and not yet fired or removed): one per
+    /// scheduled job, however often the configuration was reloaded.
+    async fn timers_held(&self) -> usize {
+        let store = self.cron.context().metadata_storage.clone();
+        let mut store = store.write().await;
+        store.list_next_ticks().await.map_or(0, |t| t.len())
     }
 
     async fn arm_all(&self, after: DateTime<Utc>) {
