@@ -1143,3 +1143,136 @@ fn reloads_do_not_grow_memory() {
     daemon.signal(libc::SIGTERM);
     assert_eq!(daemon.wait_exit(Duration::from_secs(10)).code(), Some(0));
 }
+
+/// A second daemon on the same state_dir refuses to start, exit 75, naming the first's pid
+/// (in its one line on stderr and in STATUS=, with ERRNO=16, EBUSY, for the service manager),
+/// and never runs a job; `litekeeper run` beside the daemon is still allowed. Once the first
+/// has stopped, a new daemon starts.
+#[test]
+fn second_daemon_on_one_state_dir_refuses() {
+    let env = TestEnv::new();
+    let chat = env.sqlite(
+        "app/chat.db",
+        "CREATE TABLE t(x); INSERT INTO t VALUES (1);",
+    );
+    let text = format!(
+        "{}{}",
+        env.daemon_section("timezone = \"UTC\""),
+        TestEnv::database_section(
+            "chat",
+            &chat,
+            &backup_stanza("0 2 * * *", &env.path("backups/chat"))
+        )
+    );
+    env.write_config(&text);
+    let mut notify = Notify::bind(&env);
+    let mut first = Daemon::spawn(&env, &notify, &[]);
+    notify.wait_for(0, Duration::from_secs(20), "READY=1", |m| m.has("READY=1"));
+
+    // Same configuration, from another directory (its own notify socket and stderr).
+    let other = TestEnv::new();
+    other.write_config(&text);
+    let mut notify2 = Notify::bind(&other);
+    let mut second = Daemon::spawn(&other, &notify2, &[]);
+    let status = second.wait_exit(Duration::from_secs(20));
+    let err = second.stderr();
+    assert_eq!(status.code(), Some(75), "stderr:\n{err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "one line on stderr:\n{err}");
+    let pid = format!("pid {}", first.pid());
+    assert!(
+        lines[0].contains(&pid) && lines[0].contains(&env.path("state").display().to_string()),
+        "names the first daemon's pid and the state_dir: {}",
+        lines[0]
+    );
+    let msgs: Vec<String> = notify2.finish().iter().map(|m| m.text.clone()).collect();
+    assert!(
+        msgs.iter().any(|m| m.contains("ERRNO=16")
+            && m.lines()
+                .any(|l| l.starts_with("STATUS=") && l.contains(&pid))),
+        "STATUS= naming the holder and ERRNO=16: {msgs:?}"
+    );
+    assert!(!msgs.iter().any(|m| m.contains("READY=1")), "{msgs:?}");
+
+    // A one-off job beside the daemon is fine: per-database locks keep them apart.
+    let out = env.cmd().args(["run", "chat", "backup"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", crate::util::both(&out));
+    assert!(first.alive());
+    assert_eq!(
+        runs(&env)
+            .iter()
+            .map(|r| (r.trigger.as_str(), r.outcome.as_str()))
+            .collect::<Vec<_>>(),
+        [("cli", "ok")],
+        "the second daemon ran nothing"
+    );
+
+    first.signal(libc::SIGTERM);
+    assert_eq!(first.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    drop(notify2);
+    std::fs::remove_file(other.path("notify.sock")).unwrap();
+    let mut notify3 = Notify::bind(&other);
+    let mut third = Daemon::spawn(&other, &notify3, &[]);
+    notify3.wait_for(0, Duration::from_secs(20), "READY=1", |m| m.has("READY=1"));
+    third.signal(libc::SIGTERM);
+    assert_eq!(third.wait_exit(Duration::from_secs(10)).code(), Some(0));
+}
+
+/// A reload that moves state_dir onto another daemon's is refused like a second start: the
+/// old configuration stays, the error names the other daemon's pid.
+#[test]
+fn reload_onto_another_daemons_state_dir_is_refused() {
+    let a = TestEnv::new();
+    let b = TestEnv::new();
+    let chat = a.sqlite("app/chat.db", "CREATE TABLE t(x);");
+    let config = |state_of: &TestEnv| {
+        format!(
+            "{}{}",
+            state_of.daemon_section("timezone = \"UTC\""),
+            TestEnv::database_section(
+                "chat",
+                &chat,
+                &backup_stanza("0 2 * * *", &a.path("backups/chat"))
+            )
+        )
+    };
+    a.write_config(&config(&a));
+    b.write_config(&config(&b));
+    let mut na = Notify::bind(&a);
+    let mut nb = Notify::bind(&b);
+    let mut da = Daemon::spawn(&a, &na, &[]);
+    let mut db = Daemon::spawn(&b, &nb, &[]);
+    na.wait_for(0, Duration::from_secs(20), "READY=1", |m| m.has("READY=1"));
+    let ready = nb.wait_for(0, Duration::from_secs(20), "READY=1", |m| m.has("READY=1"));
+
+    b.write_config(&config(&a));
+    db.signal(libc::SIGHUP);
+    let r = nb.wait_for(ready + 1, Duration::from_secs(10), "RELOADING=1", |m| {
+        m.has("RELOADING=1")
+    });
+    nb.wait_for(r + 1, Duration::from_secs(10), "READY=1", |m| {
+        m.has("READY=1")
+    });
+    let err = db.stderr();
+    let line = err
+        .lines()
+        .find(|l| l.contains("reload failed, keeping the previous configuration"))
+        .unwrap_or_else(|| panic!("no reload error:\n{err}"));
+    assert!(line.contains(&format!("pid {}", da.pid())), "{line}");
+    assert!(da.alive() && db.alive());
+    // b still holds its own state_dir: a daemon started on it is refused, naming b.
+    let c = TestEnv::new();
+    c.write_config(&config(&b));
+    let nc = Notify::bind(&c);
+    let mut dc = Daemon::spawn(&c, &nc, &[]);
+    assert_eq!(dc.wait_exit(Duration::from_secs(20)).code(), Some(75));
+    assert!(
+        dc.stderr().contains(&format!("pid {}", db.pid())),
+        "{}",
+        dc.stderr()
+    );
+    for d in [&mut da, &mut db] {
+        d.signal(libc::SIGTERM);
+        assert_eq!(d.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    }
+}
