@@ -228,10 +228,27 @@ pub fn check(
     only: &[String],
     now: DateTime<Utc>,
 ) -> (CheckCode, Vec<String>) {
-    match check_jobs(path, max_age, only, now) {
+    let (code, lines) = match check_jobs(path, max_age, only, now) {
         Ok(r) => r,
         Err(msg) => (CheckCode::Unknown, vec![format!("UNKNOWN: {msg}")]),
+    };
+    (code, lines.iter().map(|l| plugin_safe(l)).collect())
+}
+
+/// One line of plugin output that means what it says: Nagios takes the text after a `|` as
+/// performance data and a line break as the end of the status line, and a terminal obeys
+/// escape sequences, so a path, an error or a file name may hold none of them. `|` becomes
+/// `¦` (U+00A6), control characters are escaped as Rust writes them (`\n`, `\u{1b}`).
+fn plugin_safe(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    for c in line.chars() {
+        match c {
+            '|' => out.push('¦'),
+            c if c.is_control() => out.extend(c.escape_default()),
+            c => out.push(c),
+        }
     }
+    out
 }
 
 fn check_jobs(
