@@ -44,6 +44,8 @@ struct Inner {
     next_runs: Mutex<BTreeMap<Key, DateTime<Utc>>>,
     queued: Mutex<HashSet<Key>>,
     running: Mutex<Vec<Key>>,
+    /// STATUS= as last sent, and whether a delayed send is pending (see `publish_status`).
+    status: Mutex<StatusSent>,
     db_queues: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Fleet members found at the latest scan, by name (their jobs are dispatched by name).
     fleet_dbs: Mutex<HashMap<String, Arc<crate::config::Database>>>,
@@ -51,6 +53,19 @@ struct Inner {
     fleet_known: Mutex<HashMap<String, BTreeMap<String, String>>>,
     tracker: TaskTracker,
 }
+
+/// What the service manager was last told (STATUS=) and when.
+#[derive(Default)]
+struct StatusSent {
+    text: Option<String>,
+    at: Option<tokio::time::Instant>,
+    /// A send is scheduled for the end of the current gap; it will compute the newest text.
+    pending: bool,
+}
+
+/// STATUS= is sent at most once per this gap (a change within it is sent at its end, as the
+/// state is then): jobs start and end many times a second, and systemd keeps every update.
+const STATUS_GAP: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Timers of a fleet's jobs are keyed by this prefix and the fleet's name template.
 const FLEET: &str = "fleet:";
@@ -80,6 +95,7 @@ impl Scheduler {
             next_runs: Mutex::new(BTreeMap::new()),
             queued: Mutex::new(HashSet::new()),
             running: Mutex::new(Vec::new()),
+            status: Mutex::new(StatusSent::default()),
             db_queues: Mutex::new(HashMap::new()),
             fleet_dbs: Mutex::new(HashMap::new()),
             fleet_known: Mutex::new(HashMap::new()),
@@ -227,7 +243,7 @@ impl Scheduler {
             )
             .await;
         }
-        self.inner.publish_status();
+        self.inner.send_status(None, false);
     }
 
     /// Stop arming, fire the cancel token, and wait for running jobs to reach a safe point.
@@ -236,6 +252,12 @@ impl Scheduler {
         self.inner.env().cancel.cancel();
         self.inner.tracker.close();
         self.inner.tracker.wait().await;
+    }
+
+    /// Send `text` as STATUS= now, even if unchanged (after a reload, while stopping); later
+    /// updates compare against it.
+    pub fn status_now(&self, text: &str) {
+        self.inner.send_status(Some(text.to_string()), true);
     }
 
     /// Jobs currently running, as "job db".
@@ -258,12 +280,57 @@ impl Inner {
             .collect()
     }
 
-    /// "running prune chat" or "idle; next: backup chat at 02:00"; once shutdown has begun,
+    /// Tell the service manager the state when it changed: at once if the last STATUS= is at
+    /// least `STATUS_GAP` old, else once at the end of that gap, with the state as it is then
+    /// (never a text computed earlier, whose "next" may have passed). Once shutdown has begun
+    /// every change goes out at once (the process is about to end).
+    fn publish_status(self: &Arc<Self>) {
+        let stopping = self.current.lock().unwrap().env.cancel.is_cancelled();
+        let due = {
+            let mut st = self.status.lock().unwrap();
+            if st.pending && !stopping {
+                return;
+            }
+            let now = tokio::time::Instant::now();
+            match st.at.map(|at| at + STATUS_GAP) {
+                Some(due) if due > now && !stopping => {
+                    st.pending = true;
+                    Some(due)
+                }
+                _ => None,
+            }
+        };
+        let Some(due) = due else {
+            self.send_status(None, false);
+            return;
+        };
+        let inner = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(due).await;
+            inner.status.lock().unwrap().pending = false;
+            inner.send_status(None, false);
+        });
+    }
+
+    /// Send `text` (or the current state's) as STATUS= if it differs from the last one sent,
+    /// or always with `force`.
+    fn send_status(&self, text: Option<String>, force: bool) {
+        let mut st = self.status.lock().unwrap();
+        let text = text.unwrap_or_else(|| self.status_text());
+        if force || st.text.as_deref() != Some(text.as_str()) {
+            crate::notify::status(&text);
+            st.text = Some(text);
+            st.at = Some(tokio::time::Instant::now());
+        }
+    }
+
+    /// "running prune chat" or "idle; next: backup chat at 02:00" (the earliest run still
+    /// ahead: a timer that is going off right now is not "next"); once shutdown has begun,
     /// "stopping; waiting for …" / "stopping" (no next run will come).
-    fn publish_status(&self) {
+    fn status_text(&self) -> String {
         let running = self.running_names();
         let stopping = self.current.lock().unwrap().env.cancel.is_cancelled();
-        let text = if stopping {
+        if stopping {
             if running.is_empty() {
                 "stopping".to_string()
             } else {
@@ -272,8 +339,13 @@ impl Inner {
         } else if !running.is_empty() {
             format!("running {}", running.join(", "))
         } else {
+            let now = Utc::now();
             let next = self.next_runs.lock().unwrap();
-            match next.iter().min_by_key(|(_, t)| **t) {
+            match next
+                .iter()
+                .filter(|(_, t)| **t > now)
+                .min_by_key(|(_, t)| **t)
+            {
                 Some(((db, k), t)) => {
                     let zone = self
                         .current
@@ -286,10 +358,10 @@ impl Inner {
                         .clone();
                     format!("idle; next: {} {db} at {}", k.as_str(), zone.format(*t))
                 }
-                None => "idle; nothing scheduled".to_string(),
+                None if next.is_empty() => "idle; nothing scheduled".to_string(),
+                None => "idle".to_string(),
             }
-        };
-        crate::notify::status(&text);
+        }
     }
 
     /// Record the fleet members a (re)loaded configuration found; what changed since the

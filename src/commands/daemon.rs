@@ -148,7 +148,7 @@ async fn serve(
                 // STATUS again: reloading cleared it for systemd's view.
                 let running = scheduler.running();
                 if !running.is_empty() {
-                    notify::status(&format!("running {}", running.join(", ")));
+                    scheduler.status_now(&format!("running {}", running.join(", ")));
                 }
             }
             _ = term.recv() => break,
@@ -163,7 +163,7 @@ async fn serve(
         "stopping: {} running job(s) will stop at their next safe point",
         running.len()
     );
-    notify::status(&if running.is_empty() {
+    scheduler.status_now(&if running.is_empty() {
         "stopping".to_string()
     } else {
         format!("stopping; waiting for {}", running.join(", "))
