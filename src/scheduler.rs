@@ -44,6 +44,9 @@ struct Inner {
     next_runs: Mutex<BTreeMap<Key, DateTime<Utc>>>,
     queued: Mutex<HashSet<Key>>,
     running: Mutex<Vec<Key>>,
+    /// Runs recorded as queued in the state DB (they wait for a permit or their database's
+    /// queue), with the state DB they were recorded in; cleared when they start.
+    queued_rows: Mutex<HashMap<Key, crate::state::State>>,
     /// STATUS= as last sent, and whether a delayed send is pending (see `publish_status`).
     status: Mutex<StatusSent>,
     db_queues: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -95,12 +98,18 @@ impl Scheduler {
             next_runs: Mutex::new(BTreeMap::new()),
             queued: Mutex::new(HashSet::new()),
             running: Mutex::new(Vec::new()),
+            queued_rows: Mutex::new(HashMap::new()),
             status: Mutex::new(StatusSent::default()),
             db_queues: Mutex::new(HashMap::new()),
             fleet_dbs: Mutex::new(HashMap::new()),
             fleet_known: Mutex::new(HashMap::new()),
             tracker: TaskTracker::new(),
         });
+        // Nothing a previous daemon queued is still waiting (one daemon per state_dir).
+        let state = inner.env().state;
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || state.clear_all_queued()).await {
+            tracing::warn!("could not clear the queued runs of a previous daemon: {e}");
+        }
         let s = Scheduler { cron, inner };
         s.arm_all(Utc::now()).await;
         Ok(s)
@@ -252,6 +261,18 @@ impl Scheduler {
         self.inner.env().cancel.cancel();
         self.inner.tracker.close();
         self.inner.tracker.wait().await;
+        // Runs a fleet's feeder had queued and never started.
+        let left: Vec<Key> = self
+            .inner
+            .queued_rows
+            .lock()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        for key in left {
+            self.inner.unmark_queued(&key).await;
+        }
     }
 
     /// Send `text` as STATUS= now, even if unchanged (after a reload, while stopping); later
@@ -475,19 +496,80 @@ impl Inner {
             .collect();
         plan.sort_unstable();
         let start = tokio::time::Instant::now();
-        for (delay, name) in plan {
+        let started_at = Utc::now();
+        // plan[..marked] are recorded as queued (see below).
+        let mut marked = 0;
+        for i in 0..plan.len() {
+            let (delay, name) = plan[i].clone();
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep_until(start + delay) => {}
             }
             let permits = self.current.lock().unwrap().permits.clone();
-            let permit = tokio::select! {
-                _ = cancel.cancelled() => return,
-                p = permits.acquire_owned() => p.ok(),
+            let permit = match permits.clone().try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    // Starved by max_concurrent_jobs: this member and every one already due
+                    // wait for a permit; `status` shows them queued since they were due.
+                    let due = start.elapsed();
+                    let end = i + plan[i..].partition_point(|(d, _)| *d <= due);
+                    if end > marked.max(i) {
+                        let busy = self.queued.lock().unwrap().clone();
+                        let rows = plan[marked.max(i)..end]
+                            .iter()
+                            .filter(|(_, n)| !busy.contains(&(n.clone(), kind)))
+                            .map(|(d, n)| {
+                                let since =
+                                    started_at + chrono::Duration::from_std(*d).unwrap_or_default();
+                                (n.clone(), kind, since)
+                            })
+                            .collect();
+                        self.mark_queued(rows).await;
+                        marked = end;
+                    }
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        p = permits.acquire_owned() => p.ok(),
+                    }
+                }
             };
             let inner = self.clone();
             self.tracker
                 .spawn(async move { inner.dispatch_with(name, kind, trigger, permit).await });
+        }
+    }
+
+    /// Record in the state DB that these runs wait, each since it was due (`status` shows
+    /// them as queued). Only runs not recorded yet are written: a run that never waits costs
+    /// nothing.
+    async fn mark_queued(&self, rows: Vec<(String, JobKind, DateTime<Utc>)>) {
+        let state = self.env().state;
+        let rows: Vec<_> = {
+            let mut recorded = self.queued_rows.lock().unwrap();
+            rows.into_iter()
+                .filter(|(db, k, _)| recorded.insert((db.clone(), *k), state.clone()).is_none())
+                .collect()
+        };
+        if rows.is_empty() {
+            return;
+        }
+        match tokio::task::spawn_blocking(move || state.set_queued(&rows)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("could not record queued runs: {e}"),
+            Err(e) => tracing::warn!("could not record queued runs: {e}"),
+        }
+    }
+
+    /// A run recorded as queued starts (or will not run): clear its record.
+    async fn unmark_queued(&self, key: &Key) {
+        let Some(state) = self.queued_rows.lock().unwrap().remove(key) else {
+            return;
+        };
+        let keys = [key.clone()];
+        match tokio::task::spawn_blocking(move || state.clear_queued(&keys)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("could not clear a queued run: {e}"),
+            Err(e) => tracing::warn!("could not clear a queued run: {e}"),
         }
     }
 
@@ -523,11 +605,13 @@ impl Inner {
             );
             return;
         }
+        let due = Utc::now();
         let queue = self.db_queue(&db);
         let (_turn, held) = match queue.try_lock() {
             Ok(turn) => (turn, permit),
             Err(_) => {
                 drop(permit);
+                self.mark_queued(vec![(db.clone(), kind, due)]).await;
                 (queue.lock().await, None)
             }
         };
@@ -537,8 +621,15 @@ impl Inner {
         };
         let _permit = match held {
             Some(p) => Ok(p),
-            None => permits.acquire_owned().await,
+            None => match permits.clone().try_acquire_owned() {
+                Ok(p) => Ok(p),
+                Err(_) => {
+                    self.mark_queued(vec![(db.clone(), kind, due)]).await;
+                    permits.acquire_owned().await
+                }
+            },
         };
+        self.unmark_queued(&key).await;
         let database = env
             .config
             .database(&db)

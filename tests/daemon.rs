@@ -1339,3 +1339,85 @@ fn status_is_sent_on_change_at_most_once_a_second_and_never_names_the_past() {
         );
     }
 }
+
+/// `status --json` of one job, as a JSON object.
+fn status_job(env: &TestEnv, db: &str, job: &str) -> serde_json::Value {
+    let o = env.cmd().args(["status", "--json"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", crate::util::both(&o));
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    doc["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["database"] == db && j["job"] == job)
+        .unwrap_or_else(|| panic!("no {job} {db} in {doc:#}"))
+        .clone()
+}
+
+/// A job starved under `max_concurrent_jobs` is visible: `status --json` has its
+/// `queued_since` (null otherwise) and `status` says "queued since …". `hold` takes the only
+/// slot and waits (on_busy = "wait") for its database's lock, which the test holds; `starved`
+/// is due every second and waits for the slot. Released, both run and the record goes.
+#[test]
+fn starved_jobs_show_as_queued_in_status() {
+    let env = TestEnv::new();
+    let hold = env.sqlite("app/hold.db", "CREATE TABLE t(x);");
+    let starved = env.sqlite("app/starved.db", "CREATE TABLE t(x);");
+    env.write_config(&format!(
+        "{}{}{}",
+        env.daemon_section("timezone = \"UTC\"\nmax_concurrent_jobs = 1"),
+        TestEnv::database_section(
+            "hold",
+            &hold,
+            &format!(
+                "on_busy = \"wait\"\n{}",
+                backup_stanza("* * * * * *", &env.path("backups/hold"))
+            )
+        ),
+        TestEnv::database_section(
+            "starved",
+            &starved,
+            &backup_stanza("* * * * * *", &env.path("backups/starved"))
+        )
+    ));
+    // The test holds hold's lock, so its backup waits for it, holding the only slot.
+    std::fs::create_dir_all(env.path("locks")).unwrap();
+    let lock = std::fs::File::create(env.path("locks/hold.lock")).unwrap();
+    lock.lock().unwrap();
+    let mut notify = Notify::bind(&env);
+    let mut daemon = Daemon::spawn(&env, &notify, &[]);
+    notify.wait_for(0, Duration::from_secs(20), "READY=1", |m| m.has("READY=1"));
+    let mut queued = serde_json::Value::Null;
+    wait_until(&env, &daemon, Duration::from_secs(20), "starved queued", || {
+        queued = status_job(&env, "starved", "backup");
+        !queued["queued_since"].is_null()
+    });
+    let since: DateTime<Utc> = queued["queued_since"].as_str().unwrap().parse().unwrap();
+    assert!(since <= Utc::now(), "{queued:#}");
+    assert!(
+        status_job(&env, "hold", "backup")["queued_since"].is_null(),
+        "the running job is not queued"
+    );
+    let o = env.cmd().args(["status"]).output().unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("starved "))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        row.contains(&format!(
+            "queued since {}",
+            since.format("%Y-%m-%d %H:%M:%S +00:00")
+        )),
+        "{row}"
+    );
+
+    // Released: the slot frees, starved runs, and is no longer queued once it has.
+    drop(lock);
+    wait_until(&env, &daemon, Duration::from_secs(20), "starved ran", || {
+        finished_runs(&env, "starved") >= 1
+            && status_job(&env, "starved", "backup")["queued_since"].is_null()
+    });
+    daemon.signal(libc::SIGTERM);
+    assert_eq!(daemon.wait_exit(Duration::from_secs(10)).code(), Some(0));
+}

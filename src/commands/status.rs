@@ -41,6 +41,9 @@ struct JobStatus {
     job: JobKind,
     schedule: Option<String>,
     next_run: Option<chrono::DateTime<Utc>>,
+    /// The daemon has this run queued (waiting for a free slot under `max_concurrent_jobs`, or
+    /// for its database's previous job) since then; null when it is not waiting.
+    queued_since: Option<chrono::DateTime<Utc>>,
     last: Option<RunRecord>,
 }
 
@@ -80,12 +83,15 @@ pub fn run(path: &Path, args: StatusArgs) -> Result<ExitCode, Failure> {
     let mut batches = wanted.chunks(BATCH).map(|batch| {
         let keys: Vec<(String, JobKind)> =
             batch.iter().map(|(d, k)| (d.name.clone(), *k)).collect();
-        let lasts = match &state {
-            Some(s) => s.last_runs(&keys).or_exit(ExitCode::IoErr)?,
-            None => vec![None; keys.len()],
+        let (lasts, queued) = match &state {
+            Some(s) => (
+                s.last_runs(&keys).or_exit(ExitCode::IoErr)?,
+                s.queued_since(&keys).or_exit(ExitCode::IoErr)?,
+            ),
+            None => (vec![None; keys.len()], vec![None; keys.len()]),
         };
         let mut jobs = Vec::with_capacity(batch.len());
-        for ((db, kind), last) in batch.iter().zip(lasts) {
+        for (((db, kind), last), queued_since) in batch.iter().zip(lasts).zip(queued) {
             let Some(timing) = db.timing(*kind) else {
                 continue;
             };
@@ -97,6 +103,7 @@ pub fn run(path: &Path, args: StatusArgs) -> Result<ExitCode, Failure> {
                     .schedule
                     .as_ref()
                     .and_then(|s| s.next_after(now, zone)),
+                queued_since,
                 last,
             });
         }
@@ -175,6 +182,13 @@ fn write_table(
                     r.summary.clone(),
                 ),
                 None => ("never".into(), "-".into(), "-".into(), String::new()),
+            };
+            let summary = match j.queued_since {
+                Some(t) => format!(
+                    "queued since {} (waiting for a free slot); {summary}",
+                    zone.format(t)
+                ),
+                None => summary,
             };
             let next = match (&j.next_run, &j.schedule) {
                 (Some(t), _) => zone.format(*t),
@@ -491,6 +505,7 @@ mod tests {
                 job: JobKind::ALL[i % JobKind::ALL.len()],
                 schedule: (i % 3 != 0).then(|| "0 2 * * *".to_string()),
                 next_run: (i % 3 != 0).then(|| utc("2026-11-25T01:00:00.123456789Z")),
+                queued_since: None,
                 last: (i % 2 == 0).then(|| RunRecord {
                     id: format!("run-{i}"),
                     trigger: "schedule".into(),
