@@ -1388,10 +1388,16 @@ fn starved_jobs_show_as_queued_in_status() {
     let mut daemon = Daemon::spawn(&env, &notify, &[]);
     notify.wait_for(0, Duration::from_secs(20), "READY=1", |m| m.has("READY=1"));
     let mut queued = serde_json::Value::Null;
-    wait_until(&env, &daemon, Duration::from_secs(20), "starved queued", || {
-        queued = status_job(&env, "starved", "backup");
-        !queued["queued_since"].is_null()
-    });
+    wait_until(
+        &env,
+        &daemon,
+        Duration::from_secs(20),
+        "starved queued",
+        || {
+            queued = status_job(&env, "starved", "backup");
+            !queued["queued_since"].is_null()
+        },
+    );
     let since: DateTime<Utc> = queued["queued_since"].as_str().unwrap().parse().unwrap();
     assert!(since <= Utc::now(), "{queued:#}");
     assert!(
@@ -1414,10 +1420,16 @@ fn starved_jobs_show_as_queued_in_status() {
 
     // Released: the slot frees, starved runs, and is no longer queued once it has.
     drop(lock);
-    wait_until(&env, &daemon, Duration::from_secs(20), "starved ran", || {
-        finished_runs(&env, "starved") >= 1
-            && status_job(&env, "starved", "backup")["queued_since"].is_null()
-    });
+    wait_until(
+        &env,
+        &daemon,
+        Duration::from_secs(20),
+        "starved ran",
+        || {
+            finished_runs(&env, "starved") >= 1
+                && status_job(&env, "starved", "backup")["queued_since"].is_null()
+        },
+    );
     daemon.signal(libc::SIGTERM);
     assert_eq!(daemon.wait_exit(Duration::from_secs(10)).code(), Some(0));
 }
