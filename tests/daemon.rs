@@ -1433,3 +1433,61 @@ fn starved_jobs_show_as_queued_in_status() {
     daemon.signal(libc::SIGTERM);
     assert_eq!(daemon.wait_exit(Duration::from_secs(10)).code(), Some(0));
 }
+
+/// The same for a fleet: members its feeder cannot start for want of a slot are queued since
+/// they were due, each in its own entry, and the records go once they have run.
+#[test]
+fn starved_fleet_members_show_as_queued_in_status() {
+    let env = TestEnv::new();
+    let hold = env.sqlite("app/hold.db", "CREATE TABLE t(x);");
+    for t in ["acme", "globex", "initech"] {
+        env.sqlite(&format!("tenants/{t}.db"), "CREATE TABLE t(x);");
+    }
+    env.write_config(&format!(
+        "{}{}[[database]]\nname = \"t-{{stem}}\"\npath = \"{}/*.db\"\n{}",
+        env.daemon_section("timezone = \"UTC\"\nmax_concurrent_jobs = 1"),
+        TestEnv::database_section(
+            "hold",
+            &hold,
+            &format!(
+                "on_busy = \"wait\"\n{}",
+                backup_stanza("* * * * * *", &env.path("backups/hold"))
+            )
+        ),
+        env.path("tenants").display(),
+        backup_stanza("* * * * * *", &env.path("backups/{name}"))
+    ));
+    std::fs::create_dir_all(env.path("locks")).unwrap();
+    let lock = std::fs::File::create(env.path("locks/hold.lock")).unwrap();
+    lock.lock().unwrap();
+    let mut notify = Notify::bind(&env);
+    let mut daemon = Daemon::spawn(&env, &notify, &[]);
+    notify.wait_for(0, Duration::from_secs(20), "READY=1", |m| m.has("READY=1"));
+    let members = ["t-acme", "t-globex", "t-initech"];
+    wait_until(
+        &env,
+        &daemon,
+        Duration::from_secs(20),
+        "every member queued",
+        || {
+            members
+                .iter()
+                .all(|m| !status_job(&env, m, "backup")["queued_since"].is_null())
+        },
+    );
+    drop(lock);
+    wait_until(
+        &env,
+        &daemon,
+        Duration::from_secs(20),
+        "every member ran and none is queued",
+        || {
+            members.iter().all(|m| {
+                finished_runs(&env, m) >= 1
+                    && status_job(&env, m, "backup")["queued_since"].is_null()
+            })
+        },
+    );
+    daemon.signal(libc::SIGTERM);
+    assert_eq!(daemon.wait_exit(Duration::from_secs(10)).code(), Some(0));
+}
