@@ -210,8 +210,9 @@ impl Scheduler {
                 + self.inner.env().config.fleet_jobs().count();
             let armed = self.inner.armed_ids.lock().unwrap().len();
             let held = self.timers_held().await;
+            let queues = self.inner.db_queues.lock().unwrap().len();
             tracing::debug!(
-                "reloaded: {jobs} job(s), {armed} timers armed, {held} held by the timer crate"
+                "reloaded: {jobs} job(s), {armed} timers armed, {held} held by the timer crate, {queues} database queue(s)"
             );
         }
     }
@@ -607,7 +608,7 @@ impl Inner {
         }
         let due = Utc::now();
         let queue = self.db_queue(&db);
-        let (_turn, held) = match queue.try_lock() {
+        let (turn, held) = match queue.try_lock() {
             Ok(turn) => (turn, permit),
             Err(_) => {
                 drop(permit);
@@ -651,6 +652,15 @@ impl Inner {
             self.running.lock().unwrap().retain(|k| k != &key);
         }
         self.queued.lock().unwrap().remove(&key);
+        drop(turn);
+        // Forget the queue of a database nobody else waits for: fleet members come and go,
+        // and their queues would pile up.
+        {
+            let mut queues = self.db_queues.lock().unwrap();
+            if Arc::strong_count(&queue) == 2 {
+                queues.remove(&db);
+            }
+        }
         self.publish_status();
     }
 }

@@ -1491,3 +1491,70 @@ fn starved_fleet_members_show_as_queued_in_status() {
     daemon.signal(libc::SIGTERM);
     assert_eq!(daemon.wait_exit(Duration::from_secs(10)).code(), Some(0));
 }
+
+/// Fleet members come and go (tenants signing up and leaving): the daemon keeps per-database
+/// state only for databases it has now. After 5 rounds of 20 new members replacing the last
+/// 20, a reload's debug line counts at most 21 database queues (20 members and `plain`), not
+/// 101.
+#[test]
+fn fleet_churn_leaves_no_per_database_state_behind() {
+    let env = TestEnv::new();
+    let plain = env.sqlite("app/plain.db", "CREATE TABLE t(x);");
+    env.write_config(&format!(
+        "{}{}[[database]]\nname = \"t-{{stem}}\"\npath = \"{}/*.db\"\n{}",
+        env.daemon_section("timezone = \"UTC\""),
+        TestEnv::database_section(
+            "plain",
+            &plain,
+            &backup_stanza("* * * * * *", &env.path("backups/plain"))
+        ),
+        env.path("tenants").display(),
+        backup_stanza("* * * * * *", &env.path("backups/{name}"))
+    ));
+    std::fs::create_dir_all(env.path("tenants")).unwrap();
+    let mut notify = Notify::bind(&env);
+    let mut daemon = Daemon::spawn(
+        &env,
+        &notify,
+        &[("LITEKEEPER_LOG", "info,litekeeper::scheduler=debug")],
+    );
+    let mut from = notify.wait_for(0, Duration::from_secs(20), "READY=1", |m| m.has("READY=1")) + 1;
+    for round in 0..5 {
+        let names: Vec<String> = (0..20).map(|i| format!("r{round}m{i}")).collect();
+        if let Ok(rd) = std::fs::read_dir(env.path("tenants")) {
+            for e in rd.flatten() {
+                std::fs::remove_file(e.path()).unwrap();
+            }
+        }
+        for n in &names {
+            env.sqlite(&format!("tenants/{n}.db"), "CREATE TABLE t(x);");
+        }
+        wait_until(
+            &env,
+            &daemon,
+            Duration::from_secs(30),
+            "every member of the round ran",
+            || {
+                names
+                    .iter()
+                    .all(|n| finished_runs(&env, &format!("t-{n}")) >= 1)
+            },
+        );
+    }
+    from = reload_times(&daemon, &mut notify, from, 1);
+    let _ = from;
+    let err = daemon.stderr();
+    let last = err
+        .lines()
+        .rfind(|l| l.contains("timers armed"))
+        .unwrap_or_else(|| panic!("no 'timers armed' debug line:\n{err}"));
+    let queues: usize = last
+        .rsplit(", ")
+        .next()
+        .and_then(|q| q.strip_suffix(" database queue(s)"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{last}"));
+    assert!(queues <= 21, "{last}");
+    daemon.signal(libc::SIGTERM);
+    assert_eq!(daemon.wait_exit(Duration::from_secs(10)).code(), Some(0));
+}
