@@ -76,7 +76,8 @@ pub enum Command {
     ///
     /// Speaks sd_notify (READY, STATUS, WATCHDOG), reloads the configuration on SIGHUP (a broken
     /// new file is logged and the old one kept) and stops gracefully on SIGTERM/SIGINT: running
-    /// jobs stop at their next safe point and are recorded.
+    /// jobs stop at their next safe point and are recorded. One daemon per state_dir: a second
+    /// one exits 75 naming the first's pid (`litekeeper run` beside the daemon is fine).
     ///
     /// Example: litekeeper daemon -c /etc/litekeeper/litekeeper.toml
     Daemon,

@@ -23,7 +23,8 @@ pub enum ExitCode {
     CantCreate = 73,
     /// An I/O error (EX_IOERR).
     IoErr = 74,
-    /// Try again later: the database lock is held by another job (EX_TEMPFAIL).
+    /// Try again later: the database lock is held by another job, or another daemon uses the
+    /// state_dir (EX_TEMPFAIL).
     TempFail = 75,
     /// The configuration is invalid (EX_CONFIG).
     Config = 78,

@@ -14,6 +14,7 @@
 //! - `jobs`: the one execute path (lock → blocking thread → report) and one module per job.
 //! - `sqlite`: connection pools, pragmas, REGEXP, slow-statement log, diagnosis.
 //! - `lock`: per-database flock files naming their holder.
+//! - `pidfile`: the daemon's lock on its `state_dir` (one daemon per state directory).
 //! - `state`: run history in the state database.
 //! - `metrics`: the Prometheus textfile written after every run; history queries for `status --check`.
 //! - `logging`: journald or stderr, event fields and MESSAGE_IDs.
@@ -37,6 +38,7 @@ pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod paths;
+pub mod pidfile;
 pub mod pings;
 pub mod retention;
 pub mod safe_fs;

@@ -17,7 +17,7 @@
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -58,6 +58,11 @@ pub enum MetricsError {
         path: PathBuf,
         source: rusqlite::Error,
     },
+    #[error(
+        "{}: the metrics file's directory is a symlink; refusing to write through it (set metrics_file to a path in the real directory)",
+        dir.display()
+    )]
+    Symlink { dir: PathBuf },
     #[error(
         "{}: cannot write the metrics file: {source} (its directory must exist and be writable by litekeeper; under systemd it must be in ReadWritePaths=)",
         path.display()
@@ -158,10 +163,7 @@ pub fn write(config: &Config, state: &State) -> Result<(), MetricsError> {
     tally(&mut c).map_err(db_err)?;
     let text = render(config, &c).map_err(db_err)?;
     drop(c);
-    write_atomic(target, &text).map_err(|source| MetricsError::Write {
-        path: target.clone(),
-        source,
-    })
+    write_atomic(target, &text)
 }
 
 fn lock(dir: &Path, path: &Path) -> std::io::Result<File> {
@@ -194,35 +196,59 @@ fn lock(dir: &Path, path: &Path) -> std::io::Result<File> {
 
 /// Replace `target` with `text`: a temporary file beside it (hidden, not `*.prom`, so the
 /// collector never reads it half-written), mode 0644 whatever the umask, fsync, rename, fsync
-/// of the directory.
-fn write_atomic(target: &Path, text: &str) -> std::io::Result<()> {
+/// of the directory. The directory is opened once without following a symlink, and every
+/// step happens inside that open directory (`openat`, `renameat`): a directory swapped for a
+/// link, before or during the write, never sends the file elsewhere.
+fn write_atomic(target: &Path, text: &str) -> Result<(), MetricsError> {
+    use rustix::fs::{AtFlags, Mode, OFlags};
     let dir = match target.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
+    let write_err = |source: std::io::Error| MetricsError::Write {
+        path: target.to_path_buf(),
+        source,
+    };
     let name = target
         .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.tmp", uuid::Uuid::new_v4().simple()));
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&tmp)?;
-        f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+        .ok_or_else(|| write_err(std::io::ErrorKind::InvalidInput.into()))?;
+    let dirfd = match rustix::fs::open(
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(_) if dir.is_symlink() => {
+            return Err(MetricsError::Symlink {
+                dir: dir.to_path_buf(),
+            });
+        }
+        Err(e) => return Err(write_err(e.into())),
+    };
+    let mut tmp = std::ffi::OsString::from(".");
+    tmp.push(name);
+    tmp.push(format!(".{}.tmp", uuid::Uuid::new_v4().simple()));
+    let tmp = PathBuf::from(tmp);
+    let result = (|| -> std::io::Result<()> {
+        let fd = rustix::fs::openat(
+            &dirfd,
+            &tmp,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o644),
+        )?;
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o644))?;
+        let mut f = File::from(fd);
         f.write_all(text.as_bytes())?;
         f.sync_all()?;
         drop(f);
-        std::fs::rename(&tmp, target)?;
-        File::open(dir)?.sync_all()
+        rustix::fs::renameat(&dirfd, &tmp, &dirfd, name)?;
+        rustix::fs::fsync(&dirfd)?;
+        Ok(())
     })();
     if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+        let _ = rustix::fs::unlinkat(&dirfd, &tmp, AtFlags::empty());
     }
-    result
+    result.map_err(write_err)
 }
 
 /// Open the state DB; read-only for `status --check` (which must not need write access).
@@ -620,6 +646,7 @@ pub fn render(config: &Config, c: &Connection) -> rusqlite::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn seconds_are_exact() {

@@ -28,6 +28,14 @@ pub fn reloading() {
     }
 }
 
+/// Start-up refused: why (STATUS=) and the errno systemd shows for the failed unit.
+pub fn failed(text: &str, errno: i32) {
+    send(&[
+        NotifyState::Status(&text.replace('\n', " ")),
+        NotifyState::Errno(errno as u32),
+    ]);
+}
+
 pub fn stopping() {
     send(&[NotifyState::Stopping]);
 }

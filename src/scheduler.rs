@@ -44,6 +44,11 @@ struct Inner {
     next_runs: Mutex<BTreeMap<Key, DateTime<Utc>>>,
     queued: Mutex<HashSet<Key>>,
     running: Mutex<Vec<Key>>,
+    /// Runs recorded as queued in the state DB (they wait for a permit or their database's
+    /// queue), with the state DB they were recorded in; cleared when they start.
+    queued_rows: Mutex<HashMap<Key, crate::state::State>>,
+    /// STATUS= as last sent, and whether a delayed send is pending (see `publish_status`).
+    status: Mutex<StatusSent>,
     db_queues: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Fleet members found at the latest scan, by name (their jobs are dispatched by name).
     fleet_dbs: Mutex<HashMap<String, Arc<crate::config::Database>>>,
@@ -53,6 +58,19 @@ struct Inner {
     fleet_rejected: Mutex<HashMap<String, Vec<crate::config::fleet::Rejected>>>,
     tracker: TaskTracker,
 }
+
+/// What the service manager was last told (STATUS=) and when.
+#[derive(Default)]
+struct StatusSent {
+    text: Option<String>,
+    at: Option<tokio::time::Instant>,
+    /// A send is scheduled for the end of the current gap; it will compute the newest text.
+    pending: bool,
+}
+
+/// STATUS= is sent at most once per this gap (a change within it is sent at its end, as the
+/// state is then): jobs start and end many times a second, and systemd keeps every update.
+const STATUS_GAP: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Timers of a fleet's jobs are keyed by this prefix and the fleet's name template.
 const FLEET: &str = "fleet:";
@@ -82,12 +100,19 @@ impl Scheduler {
             next_runs: Mutex::new(BTreeMap::new()),
             queued: Mutex::new(HashSet::new()),
             running: Mutex::new(Vec::new()),
+            queued_rows: Mutex::new(HashMap::new()),
+            status: Mutex::new(StatusSent::default()),
             db_queues: Mutex::new(HashMap::new()),
             fleet_dbs: Mutex::new(HashMap::new()),
             fleet_known: Mutex::new(HashMap::new()),
             fleet_rejected: Mutex::new(HashMap::new()),
             tracker: TaskTracker::new(),
         });
+        // Nothing a previous daemon queued is still waiting (one daemon per state_dir).
+        let state = inner.env().state;
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || state.clear_all_queued()).await {
+            tracing::warn!("could not clear the queued runs of a previous daemon: {e}");
+        }
         let s = Scheduler { cron, inner };
         s.arm_all(Utc::now()).await;
         Ok(s)
@@ -183,6 +208,24 @@ impl Scheduler {
         }
         self.inner.next_runs.lock().unwrap().clear();
         self.arm_all(Utc::now()).await;
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let jobs = self.inner.env().config.scheduled_jobs().count()
+                + self.inner.env().config.fleet_jobs().count();
+            let armed = self.inner.armed_ids.lock().unwrap().len();
+            let held = self.timers_held().await;
+            let queues = self.inner.db_queues.lock().unwrap().len();
+            tracing::debug!(
+                "reloaded: {jobs} job(s), {armed} timers armed, {held} held by the timer crate, {queues} database queue(s)"
+            );
+        }
+    }
+
+    /// How many timers the timer crate holds (armed and not yet fired or removed): one per
+    /// scheduled job, however often the configuration was reloaded.
+    async fn timers_held(&self) -> usize {
+        let store = self.cron.context().metadata_storage.clone();
+        let mut store = store.write().await;
+        store.list_next_ticks().await.map_or(0, |t| t.len())
     }
 
     async fn arm_all(&self, after: DateTime<Utc>) {
@@ -213,7 +256,7 @@ impl Scheduler {
             )
             .await;
         }
-        self.inner.publish_status();
+        self.inner.send_status(None, false);
     }
 
     /// Stop arming, fire the cancel token, and wait for running jobs to reach a safe point.
@@ -222,6 +265,24 @@ impl Scheduler {
         self.inner.env().cancel.cancel();
         self.inner.tracker.close();
         self.inner.tracker.wait().await;
+        // Runs a fleet's feeder had queued and never started.
+        let left: Vec<Key> = self
+            .inner
+            .queued_rows
+            .lock()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        for key in left {
+            self.inner.unmark_queued(&key).await;
+        }
+    }
+
+    /// Send `text` as STATUS= now, even if unchanged (after a reload, while stopping); later
+    /// updates compare against it.
+    pub fn status_now(&self, text: &str) {
+        self.inner.send_status(Some(text.to_string()), true);
     }
 
     /// Jobs currently running, as "job db".
@@ -244,12 +305,57 @@ impl Inner {
             .collect()
     }
 
-    /// "running prune chat" or "idle; next: backup chat at 02:00"; once shutdown has begun,
+    /// Tell the service manager the state when it changed: at once if the last STATUS= is at
+    /// least `STATUS_GAP` old, else once at the end of that gap, with the state as it is then
+    /// (never a text computed earlier, whose "next" may have passed). Once shutdown has begun
+    /// every change goes out at once (the process is about to end).
+    fn publish_status(self: &Arc<Self>) {
+        let stopping = self.current.lock().unwrap().env.cancel.is_cancelled();
+        let due = {
+            let mut st = self.status.lock().unwrap();
+            if st.pending && !stopping {
+                return;
+            }
+            let now = tokio::time::Instant::now();
+            match st.at.map(|at| at + STATUS_GAP) {
+                Some(due) if due > now && !stopping => {
+                    st.pending = true;
+                    Some(due)
+                }
+                _ => None,
+            }
+        };
+        let Some(due) = due else {
+            self.send_status(None, false);
+            return;
+        };
+        let inner = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(due).await;
+            inner.status.lock().unwrap().pending = false;
+            inner.send_status(None, false);
+        });
+    }
+
+    /// Send `text` (or the current state's) as STATUS= if it differs from the last one sent,
+    /// or always with `force`.
+    fn send_status(&self, text: Option<String>, force: bool) {
+        let mut st = self.status.lock().unwrap();
+        let text = text.unwrap_or_else(|| self.status_text());
+        if force || st.text.as_deref() != Some(text.as_str()) {
+            crate::notify::status(&text);
+            st.text = Some(text);
+            st.at = Some(tokio::time::Instant::now());
+        }
+    }
+
+    /// "running prune chat" or "idle; next: backup chat at 02:00" (the earliest run still
+    /// ahead: a timer that is going off right now is not "next"); once shutdown has begun,
     /// "stopping; waiting for …" / "stopping" (no next run will come).
-    fn publish_status(&self) {
+    fn status_text(&self) -> String {
         let running = self.running_names();
         let stopping = self.current.lock().unwrap().env.cancel.is_cancelled();
-        let text = if stopping {
+        if stopping {
             if running.is_empty() {
                 "stopping".to_string()
             } else {
@@ -258,8 +364,13 @@ impl Inner {
         } else if !running.is_empty() {
             format!("running {}", running.join(", "))
         } else {
+            let now = Utc::now();
             let next = self.next_runs.lock().unwrap();
-            match next.iter().min_by_key(|(_, t)| **t) {
+            match next
+                .iter()
+                .filter(|(_, t)| **t > now)
+                .min_by_key(|(_, t)| **t)
+            {
                 Some(((db, k), t)) => {
                     let zone = self
                         .current
@@ -272,10 +383,10 @@ impl Inner {
                         .clone();
                     format!("idle; next: {} {db} at {}", k.as_str(), zone.format(*t))
                 }
-                None => "idle; nothing scheduled".to_string(),
+                None if next.is_empty() => "idle; nothing scheduled".to_string(),
+                None => "idle".to_string(),
             }
-        };
-        crate::notify::status(&text);
+        }
     }
 
     /// Record the fleet members a (re)loaded configuration found; what changed since the
@@ -400,19 +511,80 @@ impl Inner {
             .collect();
         plan.sort_unstable();
         let start = tokio::time::Instant::now();
-        for (delay, name) in plan {
+        let started_at = Utc::now();
+        // plan[..marked] are recorded as queued (see below).
+        let mut marked = 0;
+        for i in 0..plan.len() {
+            let (delay, name) = plan[i].clone();
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep_until(start + delay) => {}
             }
             let permits = self.current.lock().unwrap().permits.clone();
-            let permit = tokio::select! {
-                _ = cancel.cancelled() => return,
-                p = permits.acquire_owned() => p.ok(),
+            let permit = match permits.clone().try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    // Starved by max_concurrent_jobs: this member and every one already due
+                    // wait for a permit; `status` shows them queued since they were due.
+                    let due = start.elapsed();
+                    let end = i + plan[i..].partition_point(|(d, _)| *d <= due);
+                    if end > marked.max(i) {
+                        let busy = self.queued.lock().unwrap().clone();
+                        let rows = plan[marked.max(i)..end]
+                            .iter()
+                            .filter(|(_, n)| !busy.contains(&(n.clone(), kind)))
+                            .map(|(d, n)| {
+                                let since =
+                                    started_at + chrono::Duration::from_std(*d).unwrap_or_default();
+                                (n.clone(), kind, since)
+                            })
+                            .collect();
+                        self.mark_queued(rows).await;
+                        marked = end;
+                    }
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        p = permits.acquire_owned() => p.ok(),
+                    }
+                }
             };
             let inner = self.clone();
             self.tracker
                 .spawn(async move { inner.dispatch_with(name, kind, trigger, permit).await });
+        }
+    }
+
+    /// Record in the state DB that these runs wait, each since it was due (`status` shows
+    /// them as queued). Only runs not recorded yet are written: a run that never waits costs
+    /// nothing.
+    async fn mark_queued(&self, rows: Vec<(String, JobKind, DateTime<Utc>)>) {
+        let state = self.env().state;
+        let rows: Vec<_> = {
+            let mut recorded = self.queued_rows.lock().unwrap();
+            rows.into_iter()
+                .filter(|(db, k, _)| recorded.insert((db.clone(), *k), state.clone()).is_none())
+                .collect()
+        };
+        if rows.is_empty() {
+            return;
+        }
+        match tokio::task::spawn_blocking(move || state.set_queued(&rows)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("could not record queued runs: {e}"),
+            Err(e) => tracing::warn!("could not record queued runs: {e}"),
+        }
+    }
+
+    /// A run recorded as queued starts (or will not run): clear its record.
+    async fn unmark_queued(&self, key: &Key) {
+        let Some(state) = self.queued_rows.lock().unwrap().remove(key) else {
+            return;
+        };
+        let keys = [key.clone()];
+        match tokio::task::spawn_blocking(move || state.clear_queued(&keys)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("could not clear a queued run: {e}"),
+            Err(e) => tracing::warn!("could not clear a queued run: {e}"),
         }
     }
 
@@ -448,11 +620,13 @@ impl Inner {
             );
             return;
         }
+        let due = Utc::now();
         let queue = self.db_queue(&db);
-        let (_turn, held) = match queue.try_lock() {
+        let (turn, held) = match queue.try_lock() {
             Ok(turn) => (turn, permit),
             Err(_) => {
                 drop(permit);
+                self.mark_queued(vec![(db.clone(), kind, due)]).await;
                 (queue.lock().await, None)
             }
         };
@@ -462,8 +636,15 @@ impl Inner {
         };
         let _permit = match held {
             Some(p) => Ok(p),
-            None => permits.acquire_owned().await,
+            None => match permits.clone().try_acquire_owned() {
+                Ok(p) => Ok(p),
+                Err(_) => {
+                    self.mark_queued(vec![(db.clone(), kind, due)]).await;
+                    permits.acquire_owned().await
+                }
+            },
         };
+        self.unmark_queued(&key).await;
         let database = env
             .config
             .database(&db)
@@ -485,6 +666,15 @@ impl Inner {
             self.running.lock().unwrap().retain(|k| k != &key);
         }
         self.queued.lock().unwrap().remove(&key);
+        drop(turn);
+        // Forget the queue of a database nobody else waits for: fleet members come and go,
+        // and their queues would pile up.
+        {
+            let mut queues = self.db_queues.lock().unwrap();
+            if Arc::strong_count(&queue) == 2 {
+                queues.remove(&db);
+            }
+        }
         self.publish_status();
     }
 }

@@ -278,6 +278,11 @@ pub fn extract_params(template: &str, expanded: &str) -> Vec<String> {
 /// none: a fleet can have thousands, and a pool keeps its connection (3 file descriptors and
 /// the -shm mapping) for minutes after a run; a member's job opens one connection and closes
 /// it when done. Cloning is cheap (the map is shared): every run carries a copy.
+///
+/// The pools of one `Pools` share a few upkeep threads of their own, which end with the last
+/// of these pools: r2d2 schedules each pool's reaper at a fixed rate and never cancels it, so
+/// on threads shared for the process's life every reload (new pools) would leave one task
+/// per database behind, for ever.
 #[derive(Clone, Default)]
 pub struct Pools {
     pools: Arc<HashMap<String, SqlitePool>>,
@@ -286,11 +291,23 @@ pub struct Pools {
 impl Pools {
     pub fn new(config: &Config) -> Self {
         set_slow_threshold(config.daemon.slow_statement);
-        let pools = config
+        let plain: Vec<&Arc<Database>> = config
             .databases
             .iter()
             .filter(|db| db.fleet.is_none())
-            .map(|db| (db.name.clone(), pool_for(db, config.daemon.busy_timeout)))
+            .collect();
+        if plain.is_empty() {
+            return Pools::default();
+        }
+        let threads = upkeep_threads();
+        let pools = plain
+            .into_iter()
+            .map(|db| {
+                (
+                    db.name.clone(),
+                    pool_for(db, config.daemon.busy_timeout, threads.clone()),
+                )
+            })
             .collect();
         Pools {
             pools: Arc::new(pools),
@@ -302,27 +319,29 @@ impl Pools {
     }
 }
 
-/// A few small threads shared by every pool (r2d2 would start three per pool: 300 threads for
+/// A few small threads for one set of pools (r2d2 would start three per pool: 300 threads for
 /// 100 databases). r2d2 also opens connections on them, and opening a locked database waits
 /// up to busy_timeout: more than one, so one locked database does not hold up the others.
-fn maintenance_threads() -> Arc<scheduled_thread_pool::ScheduledThreadPool> {
-    static POOL: std::sync::OnceLock<Arc<scheduled_thread_pool::ScheduledThreadPool>> =
-        std::sync::OnceLock::new();
-    POOL.get_or_init(|| {
-        Arc::new(
-            scheduled_thread_pool::ScheduledThreadPool::builder()
-                .num_threads(4)
-                .thread_name_pattern("litekeeper-pool-{}")
-                .build(),
-        )
-    })
-    .clone()
+/// When the last pool holding them goes, the threads end at once and drop their scheduled
+/// tasks (the reapers) instead of waiting for them.
+fn upkeep_threads() -> Arc<scheduled_thread_pool::ScheduledThreadPool> {
+    Arc::new(
+        scheduled_thread_pool::ScheduledThreadPool::builder()
+            .num_threads(4)
+            .thread_name_pattern("litekeeper-pool-{}")
+            .on_drop_behavior(scheduled_thread_pool::OnPoolDropBehavior::DiscardPendingScheduled)
+            .build(),
+    )
 }
 
-/// Build the pool for one database (opens nothing yet).
-pub fn pool_for(db: &Database, busy_timeout: Duration) -> SqlitePool {
+/// Build the pool for one database (opens nothing yet), its upkeep on `threads`.
+fn pool_for(
+    db: &Database,
+    busy_timeout: Duration,
+    threads: Arc<scheduled_thread_pool::ScheduledThreadPool>,
+) -> SqlitePool {
     Pool::builder()
-        .thread_pool(maintenance_threads())
+        .thread_pool(threads)
         .max_size(4)
         .min_idle(Some(0))
         .idle_timeout(Some(Duration::from_secs(300)))

@@ -29,6 +29,15 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX runs_by_job ON runs (database, job, started_at);
     CREATE INDEX runs_by_time ON runs (started_at);",
+    // v2: jobs the daemon has queued that wait for a free slot (max_concurrent_jobs) or for
+    // their database's previous job; `status` shows them as queued since `since`.
+    "CREATE TABLE queued (
+        database TEXT NOT NULL,
+        job      TEXT NOT NULL,
+        since    INTEGER NOT NULL,  -- unix milliseconds: when the run was due
+        pid      INTEGER NOT NULL,  -- the daemon; a row of a process that is gone is stale
+        PRIMARY KEY (database, job)
+    );",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -288,6 +297,76 @@ impl State {
     }
 }
 
+/// Runs the daemon has queued (waiting for a slot or for their database), kept in the state
+/// DB so `status` can show them: written when a run has to wait, cleared when it starts.
+impl State {
+    /// Record runs as queued, each due since its time.
+    pub fn set_queued(&self, rows: &[(String, JobKind, DateTime<Utc>)]) -> Result<(), StateError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            {
+                let mut st = tx.prepare(
+                    "INSERT OR REPLACE INTO queued (database, job, since, pid) VALUES (?1, ?2, ?3, ?4)",
+                )?;
+                for (db, job, since) in rows {
+                    st.execute(params![db, job.as_str(), ms(*since), std::process::id()])?;
+                }
+            }
+            tx.commit()
+        })
+    }
+
+    /// The runs of `keys` are no longer queued (they started, or will not run).
+    pub fn clear_queued(&self, keys: &[(String, JobKind)]) -> Result<(), StateError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            {
+                let mut st = tx.prepare("DELETE FROM queued WHERE database = ?1 AND job = ?2")?;
+                for (db, job) in keys {
+                    st.execute(params![db, job.as_str()])?;
+                }
+            }
+            tx.commit()
+        })
+    }
+
+    /// Forget every queued run (a daemon starting: nothing of a previous one is queued).
+    pub fn clear_all_queued(&self) -> Result<(), StateError> {
+        self.with(|c| c.execute("DELETE FROM queued", []).map(|_| ()))
+    }
+
+    /// Since when each of `keys` is queued (None: not queued, or queued by a process that is
+    /// gone). A state DB from before the table existed has nothing queued.
+    pub fn queued_since(
+        &self,
+        keys: &[(String, JobKind)],
+    ) -> Result<Vec<Option<DateTime<Utc>>>, StateError> {
+        self.with(|c| {
+            let mut st =
+                match c.prepare("SELECT since, pid FROM queued WHERE database = ?1 AND job = ?2") {
+                    Ok(st) => st,
+                    Err(e) if e.to_string().contains("no such table") => {
+                        return Ok(vec![None; keys.len()])
+                    }
+                    Err(e) => return Err(e),
+                };
+            let mut out = Vec::with_capacity(keys.len());
+            for (db, job) in keys {
+                let row = st
+                    .query_row(params![db, job.as_str()], |r| {
+                        Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+                    })
+                    .optional()?;
+                out.push(
+                    row.filter(|(_, pid)| pid_alive(*pid))
+                        .map(|(t, _)| from_ms(t)),
+                );
+            }
+            Ok(out)
+        })
+    }
+}
+
 /// Bring the schema to the newest version. The version is read inside a write transaction,
 /// so two processes creating the state DB at once (daemon and a timer's run) do not both
 /// apply the same migration.
@@ -410,6 +489,29 @@ mod tests {
             state.last_run("chat", JobKind::Backup).unwrap().unwrap().id,
             "long"
         );
+    }
+
+    #[test]
+    fn queued_runs_are_recorded_cleared_and_stale_when_their_daemon_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = State::open(dir.path(), Duration::from_secs(86400)).unwrap();
+        let since = from_ms(ms(Utc::now()));
+        let keys = [
+            ("chat".to_string(), JobKind::Backup),
+            ("logs".to_string(), JobKind::Backup),
+        ];
+        state
+            .set_queued(&[("chat".into(), JobKind::Backup, since)])
+            .unwrap();
+        assert_eq!(state.queued_since(&keys).unwrap(), [Some(since), None]);
+        state.clear_queued(&keys[..1]).unwrap();
+        assert_eq!(state.queued_since(&keys).unwrap(), [None, None]);
+        state
+            .set_queued(&[("logs".into(), JobKind::Backup, since)])
+            .unwrap();
+        let c = Connection::open(state.path()).unwrap();
+        c.execute("UPDATE queued SET pid = 2147483000", []).unwrap();
+        assert_eq!(state.queued_since(&keys).unwrap(), [None, None]);
     }
 
     #[test]

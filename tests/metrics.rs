@@ -629,3 +629,44 @@ fn writers_wait_for_the_metrics_lock_then_write_what_the_state_db_holds() {
     let m = read_metrics(&env);
     assert_eq!(m.last_outcome("chat", "backup"), "ok");
 }
+
+/// The metrics file's directory replaced by a symlink (to a directory the writer may write,
+/// e.g. /etc as root): nothing is written through it, the run succeeds with a warning that
+/// names the link. The directory is opened once, without following a link, and the file is
+/// written and renamed inside that very directory.
+#[test]
+fn metrics_are_never_written_through_a_symlinked_directory() {
+    let env = TestEnv::new();
+    let db = env.sqlite("app/chat.db", "CREATE TABLE t(x);");
+    let target = env.path("victim");
+    std::fs::create_dir_all(&target).unwrap();
+    std::os::unix::fs::symlink(&target, env.path("prom")).unwrap();
+    env.write_config(&format!(
+        "{}{}",
+        env.daemon_section(&format!("metrics_file = \"{}\"", prom_path(&env).display())),
+        TestEnv::database_section(
+            "chat",
+            &db,
+            &format!(
+                "[database.backup]\ndir = \"{}\"",
+                env.path("backups").display()
+            )
+        )
+    ));
+    let o = run(&env, "chat", "backup");
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("WARN")
+            && err.contains(&env.path("prom").display().to_string())
+            && err.contains("symlink"),
+        "{}",
+        both(&o)
+    );
+    let written: Vec<_> = std::fs::read_dir(&target).unwrap().flatten().collect();
+    assert!(
+        written.is_empty(),
+        "written through the link: {:?}",
+        written.iter().map(|e| e.file_name()).collect::<Vec<_>>()
+    );
+}

@@ -381,3 +381,75 @@ fn check_can_be_limited_to_named_databases() {
         "{lines:?}"
     );
 }
+
+/// Nagios reads the text before the first `|` of each line as the status and the rest as
+/// performance data, and a line break starts a new line of output: neither may come from a
+/// path, an error or a file name. `|` is printed as `¦`, control characters escaped (`\n`).
+#[test]
+fn output_never_holds_a_pipe_or_a_line_break_from_a_path() {
+    let env = TestEnv::new();
+    setup(&env);
+    let s = state(&env);
+    ok(&s, JobKind::Backup, hours(3));
+    vacuum_skipped(&s, hours(20));
+    let finished = Utc::now() - hours(2);
+    s.finish(
+        &Report {
+            run_id: uuid(),
+            database: "chat".into(),
+            job: JobKind::Prune,
+            trigger: Trigger::Schedule,
+            started: finished - chrono::Duration::seconds(1),
+            finished,
+            duration_ms: 1000,
+            outcome: Outcome::Failed,
+            summary: String::new(),
+            figures: Figures::new(),
+            error: Some("/srv/up|loads\rx\u{1b}[2J: disk I/O error".into()),
+            exit: ExitCode::Ok,
+        },
+        Duration::from_secs(365 * 86400),
+    )
+    .unwrap();
+    let (code, lines) = check(&env, &[]);
+    assert_eq!(code, 1, "{lines:?}");
+    assert_eq!(
+        lines,
+        ["WARNING prune chat: last run failed 2h ago: /srv/up¦loads\\rx\\u{1b}[2J: disk I/O error"]
+    );
+
+    // A configuration in a directory named with both: the OK line, a fleet's warning and an
+    // UNKNOWN for a broken file all name it.
+    let dir = env.path("mon|itor\nx");
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("litekeeper.toml");
+    let run = |text: &str| {
+        std::fs::write(&config, text).unwrap();
+        let o = assert_cmd::Command::cargo_bin("litekeeper")
+            .unwrap()
+            .arg("-c")
+            .arg(&config)
+            .args(["status", "--check"])
+            .output()
+            .unwrap();
+        (o.status.code(), String::from_utf8(o.stdout).unwrap())
+    };
+    let daemon = env.daemon_section("");
+    let fleet = format!(
+        "{daemon}[[database]]\nname = \"t-{{stem}}\"\npath = \"{}/*.db\"\n[database.backup]\nschedule = \"0 2 * * *\"\ndir = \"{}/{{name}}\"\n",
+        dir.display().to_string().replace('\n', "\\n"),
+        env.path("backups").display()
+    );
+    for (text, want_code, want_start) in [
+        (daemon.clone(), 0, "OK: no jobs configured in "),
+        (fleet, 1, "WARNING fleet t: no database matches "),
+        (format!("{daemon}[[database]]\nname = 7\n"), 3, "UNKNOWN: "),
+    ] {
+        let (code, out) = run(&text);
+        assert_eq!(code, Some(want_code), "{out}");
+        assert_eq!(out.lines().count(), 1, "one line: {out:?}");
+        assert!(out.starts_with(want_start), "{out:?}");
+        assert!(!out.contains('|'), "{out:?}");
+        assert!(out.contains("mon¦itor\\nx"), "{out:?}");
+    }
+}

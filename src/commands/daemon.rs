@@ -15,10 +15,14 @@ use crate::logging::message_id;
 use crate::scheduler::Scheduler;
 use crate::sqlite::Pools;
 use crate::state::State;
-use crate::{config, lock, notify};
+use crate::{config, lock, notify, pidfile};
 
 pub fn run(path: &Path) -> Result<ExitCode, Failure> {
     let config = super::load_config(path)?;
+    // Before anything touches the state DB: one daemon per state_dir.
+    let lock = lock_state_dir(&config.daemon.state_dir).inspect_err(|e| {
+        notify::failed(&format!("refusing to start: {}", e.error), libc::EBUSY);
+    })?;
     raise_open_files_limit();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -26,7 +30,18 @@ pub fn run(path: &Path) -> Result<ExitCode, Failure> {
         .enable_all()
         .build()
         .or_exit(ExitCode::IoErr)?;
-    rt.block_on(serve(path, config))
+    rt.block_on(serve(path, config, lock))
+}
+
+/// Take `state_dir`'s daemon lock; another daemon holding it is a temporary failure (75).
+fn lock_state_dir(dir: &Path) -> Result<pidfile::DaemonLock, Failure> {
+    pidfile::acquire(dir).map_err(|e| {
+        let code = match e {
+            pidfile::DaemonLockError::Held { .. } => ExitCode::TempFail,
+            _ => ExitCode::CantCreate,
+        };
+        Failure::new(code, e)
+    })
 }
 
 /// Raise the soft limit on open files to the hard one, as systemd advises for programs that
@@ -73,7 +88,11 @@ fn make_env(config: Config, cancel: CancellationToken) -> Result<Env, Failure> {
     })
 }
 
-async fn serve(path: &Path, config: Config) -> Result<ExitCode, Failure> {
+async fn serve(
+    path: &Path,
+    config: Config,
+    mut daemon_lock: pidfile::DaemonLock,
+) -> Result<ExitCode, Failure> {
     crate::metrics::write_in_background();
     let cancel = CancellationToken::new();
     let env = make_env(config, cancel.clone())?;
@@ -99,14 +118,26 @@ async fn serve(path: &Path, config: Config) -> Result<ExitCode, Failure> {
             _ = hup.recv() => {
                 notify::reloading();
                 match config::load(path) {
-                    Ok(new) => match make_env(new, cancel.clone()) {
-                        Ok(env) => {
-                            let jobs = env.config.scheduled_jobs().count();
-                            scheduler.reload(env).await;
-                            tracing::info!(message_id = message_id::DAEMON_RELOADED, "configuration reloaded: {jobs} scheduled job(s)");
+                    Ok(new) => {
+                        // A new state_dir must be this daemon's alone, as at start.
+                        let moved = new.daemon.state_dir != daemon_lock.dir();
+                        let new_lock = if moved {
+                            lock_state_dir(&new.daemon.state_dir).map(Some)
+                        } else {
+                            Ok(None)
+                        };
+                        match new_lock.and_then(|l| Ok((l, make_env(new, cancel.clone())?))) {
+                            Ok((new_lock, env)) => {
+                                let jobs = env.config.scheduled_jobs().count();
+                                scheduler.reload(env).await;
+                                if let Some(l) = new_lock {
+                                    daemon_lock = l;
+                                }
+                                tracing::info!(message_id = message_id::DAEMON_RELOADED, "configuration reloaded: {jobs} scheduled job(s)");
+                            }
+                            Err(e) => tracing::error!(message_id = message_id::RELOAD_FAILED, "reload failed, keeping the previous configuration: {e}"),
                         }
-                        Err(e) => tracing::error!(message_id = message_id::RELOAD_FAILED, "reload failed, keeping the previous configuration: {e}"),
-                    },
+                    }
                     Err(e) => tracing::error!(
                         message_id = message_id::RELOAD_FAILED,
                         "reload failed, keeping the previous configuration: {}",
@@ -117,7 +148,7 @@ async fn serve(path: &Path, config: Config) -> Result<ExitCode, Failure> {
                 // STATUS again: reloading cleared it for systemd's view.
                 let running = scheduler.running();
                 if !running.is_empty() {
-                    notify::status(&format!("running {}", running.join(", ")));
+                    scheduler.status_now(&format!("running {}", running.join(", ")));
                 }
             }
             _ = term.recv() => break,
@@ -132,7 +163,7 @@ async fn serve(path: &Path, config: Config) -> Result<ExitCode, Failure> {
         "stopping: {} running job(s) will stop at their next safe point",
         running.len()
     );
-    notify::status(&if running.is_empty() {
+    scheduler.status_now(&if running.is_empty() {
         "stopping".to_string()
     } else {
         format!("stopping; waiting for {}", running.join(", "))

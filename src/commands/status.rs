@@ -41,6 +41,9 @@ struct JobStatus {
     job: JobKind,
     schedule: Option<String>,
     next_run: Option<chrono::DateTime<Utc>>,
+    /// The daemon has this run queued (waiting for a free slot under `max_concurrent_jobs`, or
+    /// for its database's previous job) since then; null when it is not waiting.
+    queued_since: Option<chrono::DateTime<Utc>>,
     last: Option<RunRecord>,
 }
 
@@ -80,12 +83,15 @@ pub fn run(path: &Path, args: StatusArgs) -> Result<ExitCode, Failure> {
     let mut batches = wanted.chunks(BATCH).map(|batch| {
         let keys: Vec<(String, JobKind)> =
             batch.iter().map(|(d, k)| (d.name.clone(), *k)).collect();
-        let lasts = match &state {
-            Some(s) => s.last_runs(&keys).or_exit(ExitCode::IoErr)?,
-            None => vec![None; keys.len()],
+        let (lasts, queued) = match &state {
+            Some(s) => (
+                s.last_runs(&keys).or_exit(ExitCode::IoErr)?,
+                s.queued_since(&keys).or_exit(ExitCode::IoErr)?,
+            ),
+            None => (vec![None; keys.len()], vec![None; keys.len()]),
         };
         let mut jobs = Vec::with_capacity(batch.len());
-        for ((db, kind), last) in batch.iter().zip(lasts) {
+        for (((db, kind), last), queued_since) in batch.iter().zip(lasts).zip(queued) {
             let Some(timing) = db.timing(*kind) else {
                 continue;
             };
@@ -97,6 +103,7 @@ pub fn run(path: &Path, args: StatusArgs) -> Result<ExitCode, Failure> {
                     .schedule
                     .as_ref()
                     .and_then(|s| s.next_after(now, zone)),
+                queued_since,
                 last,
             });
         }
@@ -176,6 +183,13 @@ fn write_table(
                 ),
                 None => ("never".into(), "-".into(), "-".into(), String::new()),
             };
+            let summary = match j.queued_since {
+                Some(t) => format!(
+                    "queued since {} (waiting for a free slot); {summary}",
+                    zone.format(t)
+                ),
+                None => summary,
+            };
             let next = match (&j.next_run, &j.schedule) {
                 (Some(t), _) => zone.format(*t),
                 (None, None) => "on demand".into(),
@@ -228,10 +242,27 @@ pub fn check(
     only: &[String],
     now: DateTime<Utc>,
 ) -> (CheckCode, Vec<String>) {
-    match check_jobs(path, max_age, only, now) {
+    let (code, lines) = match check_jobs(path, max_age, only, now) {
         Ok(r) => r,
         Err(msg) => (CheckCode::Unknown, vec![format!("UNKNOWN: {msg}")]),
+    };
+    (code, lines.iter().map(|l| plugin_safe(l)).collect())
+}
+
+/// One line of plugin output that means what it says: Nagios takes the text after a `|` as
+/// performance data and a line break as the end of the status line, and a terminal obeys
+/// escape sequences, so a path, an error or a file name may hold none of them. `|` becomes
+/// `¦` (U+00A6), control characters are escaped as Rust writes them (`\n`, `\u{1b}`).
+fn plugin_safe(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    for c in line.chars() {
+        match c {
+            '|' => out.push('¦'),
+            c if c.is_control() => out.extend(c.escape_default()),
+            c => out.push(c),
+        }
     }
+    out
 }
 
 fn check_jobs(
@@ -492,6 +523,7 @@ mod tests {
                 job: JobKind::ALL[i % JobKind::ALL.len()],
                 schedule: (i % 3 != 0).then(|| "0 2 * * *".to_string()),
                 next_run: (i % 3 != 0).then(|| utc("2026-11-25T01:00:00.123456789Z")),
+                queued_since: None,
                 last: (i % 2 == 0).then(|| RunRecord {
                     id: format!("run-{i}"),
                     trigger: "schedule".into(),
