@@ -19,126 +19,178 @@ fn have(tool: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// Next `n` elapses of an OnCalendar expression after `base`, in UTC, from systemd itself.
-fn systemd_next(expr: &str, base: DateTime<Utc>, n: usize) -> Vec<String> {
-    let o = Command::new("systemd-analyze")
-        .args([
-            "calendar",
-            &format!("--iterations={n}"),
-            &format!("--base-time={}", base.format("%Y-%m-%d %H:%M:%S UTC")),
-            expr,
-        ])
-        .env("TZ", "UTC")
-        .env("SYSTEMD_COLORS", "0")
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{expr}: {}", both(&o));
-    String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .filter_map(|l| {
-            let l = l.trim();
-            l.strip_prefix("Next elapse: ")
-                .or_else(|| {
-                    l.split_once(": ")
-                        .filter(|(k, _)| k.starts_with("Iter."))
-                        .map(|(_, v)| v)
-                })
-                .map(|v| v.trim().to_string())
-        })
-        .collect()
-}
-
 /// The daemon's own next times (the same code `schedule` and the scheduler use).
 fn ours(cron: &str, zone: &Zone, base: DateTime<Utc>, n: usize) -> Vec<DateTime<Utc>> {
     Schedule::parse(cron).unwrap().upcoming(base, zone, n)
 }
 
-/// The union of several OnCalendar lines' elapses, first `n`.
-fn union(exprs: &[String], base: DateTime<Utc>, n: usize) -> Vec<String> {
-    let mut all: Vec<String> = exprs
-        .iter()
-        .flat_map(|e| systemd_next(e, base, n))
-        .collect();
-    // "Sun 2026-11-29 03:00:00 UTC": sortable after the weekday.
-    all.sort_by(|a, b| a[4..].cmp(&b[4..]));
+/// Every OnCalendar= elapse (UTC text) of several lines after `base`, merged: one
+/// `systemd-analyze calendar` call for all lines, each iterated `n` times.
+fn systemd_union(lines: &[String], base: DateTime<Utc>, n: usize) -> Vec<DateTime<Utc>> {
+    let mut all = Vec::new();
+    for chunk in lines.chunks(64) {
+        let o = Command::new("systemd-analyze")
+            .arg("calendar")
+            .arg(format!("--iterations={n}"))
+            .arg(format!(
+                "--base-time={}",
+                base.format("%Y-%m-%d %H:%M:%S UTC")
+            ))
+            .args(chunk)
+            .env("TZ", "UTC")
+            .env("SYSTEMD_COLORS", "0")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{chunk:?}: {}", both(&o));
+        for l in String::from_utf8_lossy(&o.stdout).lines() {
+            let Some((k, v)) = l.trim().split_once(": ") else {
+                continue;
+            };
+            if k != "Next elapse" && !k.starts_with("Iter.") {
+                continue;
+            }
+            // "Sun 2026-03-29 01:00:00 UTC"; "never" for a dated line already past.
+            if let Ok(t) = chrono::NaiveDateTime::parse_from_str(
+                v.trim().get(4..).unwrap_or(""),
+                "%Y-%m-%d %H:%M:%S UTC",
+            ) {
+                all.push(t.and_utc());
+            }
+        }
+    }
+    all.sort();
     all.dedup();
     all.truncate(n);
     all
 }
 
+/// The instants at which `zone`'s UTC offset changes in 2026.
+fn transitions_2026(zone: &Zone) -> Vec<DateTime<Utc>> {
+    let mut out = Vec::new();
+    let mut t = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+    let end = Utc.with_ymd_and_hms(2027, 1, 1, 0, 0, 0).unwrap();
+    while t < end {
+        let next = t + chrono::Duration::hours(1);
+        if zone.offset_seconds(next) != zone.offset_seconds(t) {
+            let (mut lo, mut hi) = (t, next);
+            while hi - lo > chrono::Duration::seconds(1) {
+                let mid = lo + (hi - lo) / 2;
+                if zone.offset_seconds(mid) == zone.offset_seconds(t) {
+                    lo = mid;
+                } else {
+                    hi = mid;
+                }
+            }
+            out.push(hi);
+        }
+        t = next;
+    }
+    out
+}
+
+/// The daemon's next 400 runs equal the generated timer's (all its OnCalendar= lines merged,
+/// as systemd reads them), or the generator refused the expression with a reason. Bases are an
+/// ordinary day and an hour before each DST change of the zone, so dense schedules cross it.
 #[test]
-fn generated_on_calendar_matches_the_scheduler() {
+fn timers_run_when_the_daemon_runs() {
     if !have("systemd-analyze") {
         eprintln!("skipped: systemd-analyze not installed");
         return;
     }
     let cases = [
+        "0 0 */2 * MON", // day-of-month with a step, OR a weekday
+        "0 0 1-7 * */2", // a range OR a stepped weekday
+        "0 2 1-7 * 0",
+        "0 2 1,15 * MON",
+        "5 0 13 * FRI",
+        "30 2 * * *", // in the spring-forward gap in Berlin and New York
         "0 2 * * *",
-        "30 4 * * mon-fri",
-        "0 3 * * SUN",
+        "45 1 * * *", // in the repeated hour in New York and on Lord Howe
+        "15 2 * * SUN",
+        "0,30 1-3 * * *",
         "*/15 * * * *",
+        "*/7 2 * * *",
+        "0 */2 * * *",
         "*/20 * * * * *",
+        "30 4 * * mon-fri",
         "0 9-17/4 * * 6,0",
         "0 0 1 */3 *",
-        "0 2 1,15 * MON", // cron's OR: two lines
-        "5 0 13 * FRI",
+        "0 3 * * 7",
         "@hourly",
+        "@daily",
         "@weekly",
         "@monthly",
-        "0 12 29 2 *",
+        "@midnight",
     ];
-    let zones = ["UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata"];
-    // Bases away from DST gaps for these times (the documented difference is tested below).
-    let bases = [
-        Utc.with_ymd_and_hms(2026, 1, 10, 7, 13, 0).unwrap(),
-        Utc.with_ymd_and_hms(2026, 6, 30, 23, 59, 59).unwrap(),
-        Utc.with_ymd_and_hms(2027, 12, 31, 12, 0, 0).unwrap(),
+    let zones = [
+        "UTC",
+        "Europe/Berlin",
+        "America/New_York",
+        "Australia/Lord_Howe",
+        "Pacific/Chatham",
     ];
-    let mut checked = 0;
-    for cron in cases {
-        for zone_name in zones {
-            let zone = Zone::parse(zone_name).unwrap();
-            let lines =
-                litekeeper::units::on_calendar(&Schedule::parse(cron).unwrap(), &zone).unwrap();
-            for base in bases {
-                let n = 8;
-                let want: Vec<String> = ours(cron, &zone, base, n)
-                    .iter()
-                    .map(|t| t.format("%a %Y-%m-%d %H:%M:%S UTC").to_string())
+    let n = 400;
+    let (mut checked, mut refused) = (0, Vec::new());
+    for zone_name in zones {
+        let zone = Zone::parse(zone_name).unwrap();
+        let mut bases = vec![Utc.with_ymd_and_hms(2026, 1, 10, 7, 13, 0).unwrap()];
+        bases.extend(
+            transitions_2026(&zone)
+                .into_iter()
+                .map(|t| t - chrono::Duration::minutes(70)),
+        );
+        for cron in cases {
+            let schedule = Schedule::parse(cron).unwrap();
+            // As generated at the first base (the dated lines reach years ahead).
+            let generated = timer_lines(&schedule, &zone, bases[0]);
+            for &base in &bases {
+                let lines = match generated.clone() {
+                    Ok(lines) => lines,
+                    Err(why) => {
+                        assert!(
+                            !why.is_empty(),
+                            "{cron} in {zone_name}: refused without a reason"
+                        );
+                        refused.push(format!("{cron} in {zone_name}: {why}"));
+                        continue;
+                    }
+                };
+                // chrono-tz, the daemon's zone data, has no DST changes after 2099 (the
+                // system's zoneinfo repeats its last rule): compare runs before 2100.
+                let end = Utc.with_ymd_and_hms(2100, 1, 1, 0, 0, 0).unwrap();
+                let want: Vec<_> = ours(cron, &zone, base, n)
+                    .into_iter()
+                    .filter(|t| *t < end)
                     .collect();
-                let got = union(&lines, base, n);
-                assert_eq!(
-                    got, want,
-                    "cron {cron:?} in {zone_name} from {base}: OnCalendar {lines:?}"
-                );
+                let got: Vec<_> = systemd_union(&lines, base, n)
+                    .into_iter()
+                    .filter(|t| *t < end)
+                    .collect();
+                assert!(want.len() >= 100, "{cron}: {} runs before 2100", want.len());
+                if got != want {
+                    let i = got
+                        .iter()
+                        .zip(&want)
+                        .position(|(a, b)| a != b)
+                        .unwrap_or(n.min(got.len()));
+                    panic!(
+                        "cron {cron:?} in {zone_name} from {base}: run #{i} daemon {:?}, timer {:?}\nOnCalendar={lines:#?}",
+                        want.get(i),
+                        got.get(i),
+                    );
+                }
                 checked += 1;
             }
         }
     }
-    assert_eq!(checked, 13 * 4 * 3);
+    eprintln!("{checked} checked; refused: {refused:#?}");
+    assert!(refused.is_empty(), "refused: {refused:#?}");
+    assert!(checked >= 23 * 4, "{checked}");
 }
 
-#[test]
-fn dst_gap_difference_is_the_documented_one() {
-    if !have("systemd-analyze") {
-        eprintln!("skipped: systemd-analyze not installed");
-        return;
-    }
-    // 2026-03-29 02:30 does not exist in Berlin. The daemon runs at the first valid time after
-    // the gap (03:00 CEST = 01:00 UTC); systemd skips that day. README documents this.
-    let zone = Zone::parse("Europe/Berlin").unwrap();
-    let base = Utc.with_ymd_and_hms(2026, 3, 28, 12, 0, 0).unwrap();
-    let daemon = ours("30 2 * * *", &zone, base, 2);
-    assert_eq!(
-        daemon[0],
-        Utc.with_ymd_and_hms(2026, 3, 29, 1, 0, 0).unwrap()
-    );
-    let lines =
-        litekeeper::units::on_calendar(&Schedule::parse("30 2 * * *").unwrap(), &zone).unwrap();
-    assert_eq!(
-        systemd_next(&lines[0], base, 1),
-        ["Mon 2026-03-30 00:30:00 UTC"]
-    );
+/// The timer lines the generator writes for a schedule, generated at `now`.
+fn timer_lines(s: &Schedule, zone: &Zone, now: DateTime<Utc>) -> Result<Vec<String>, String> {
+    litekeeper::units::timer_lines(s, zone, now)
 }
 
 fn write_units(env: &TestEnv, user: bool) -> PathBuf {
