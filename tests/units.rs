@@ -384,3 +384,211 @@ fn network_is_opened_only_for_health_pings() {
         "{net}"
     );
 }
+
+/// A TOML basic string.
+fn toml_str(s: &str) -> String {
+    let escaped = s
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n");
+    format!("\"{escaped}\"")
+}
+
+/// Directory names systemd would split, unquote, expand or cut short if written as they are.
+pub(crate) const HOSTILE_DIRS: [&str; 9] = [
+    "a b",
+    "q\"uote",
+    "pct%d%h%%",
+    "back\\slash",
+    "ünï €",
+    "dollar$HOME ${X}",
+    "sq'x",
+    "trail ",
+    "semi;colon #hash",
+];
+
+/// A configuration `conf file.toml` in `env` with one database (`my-db`, a backup job) per
+/// hostile backup directory, and the units written from it by `litekeeper -c "conf
+/// file.toml" systemd-units --with-units` run in `env`'s directory. Returns the unit
+/// directory and the backup directories.
+pub(crate) fn hostile_units(env: &TestEnv, out: &Path) -> Vec<PathBuf> {
+    let mut text = env.daemon_section("timezone = \"Europe/Berlin\"");
+    let mut dirs = Vec::new();
+    for (i, name) in HOSTILE_DIRS.iter().enumerate() {
+        let dir = env.path("bk").join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = env.sqlite(&format!("app/h{i}.db"), "CREATE TABLE IF NOT EXISTS t(x);");
+        let db_name = if i == 0 {
+            "my-db".to_string()
+        } else {
+            format!("h{i}")
+        };
+        text.push_str(&format!(
+            "[[database]]\nname = \"{db_name}\"\npath = {}\n[database.backup]\nschedule = \"30 2 * * *\"\ndir = {}\n",
+            toml_str(&db.to_string_lossy()),
+            toml_str(&dir.to_string_lossy())
+        ));
+        dirs.push(dir);
+    }
+    std::fs::write(env.path("conf file.toml"), text).unwrap();
+    let o = Command::new(assert_cmd::cargo::cargo_bin("litekeeper"))
+        .current_dir(env.path(""))
+        .args([
+            "-c",
+            "conf file.toml",
+            "systemd-units",
+            "--with-units",
+            "--out",
+        ])
+        .arg(out)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    dirs
+}
+
+/// Undo systemd's quoting of one list property as `systemctl show` prints it
+/// (`-/a "-/b c" "-/d\"e"`).
+pub(crate) fn unquote_list(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let (mut cur, mut quoted, mut any) = (String::new(), false, false);
+    let mut chars = text.trim().chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                any = true;
+            }
+            '\\' => cur.extend(chars.next()),
+            ' ' if !quoted => {
+                if any || !cur.is_empty() {
+                    out.push(std::mem::take(&mut cur));
+                }
+                any = false;
+            }
+            c => cur.push(c),
+        }
+    }
+    if any || !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+#[test]
+fn hostile_paths_are_written_quoted_and_verify_clean() {
+    let env = TestEnv::new();
+    let out = env.path("units");
+    let dirs = hostile_units(&env, &out);
+    let paths = std::fs::read_to_string(out.join("litekeeper.service.d/paths.conf")).unwrap();
+    // One ReadWritePaths= per directory, each one quoted word that reads back as the path.
+    let lines: Vec<&str> = paths
+        .lines()
+        .filter_map(|l| l.strip_prefix("ReadWritePaths="))
+        .collect();
+    for d in &dirs {
+        let want = format!("-{}", d.display()).replace('%', "%%");
+        assert!(
+            lines.iter().any(|l| unquote_list(l) == [want.clone()]),
+            "{want:?} not in {paths}"
+        );
+    }
+    // The relative `-c "conf file.toml"` reaches the services absolute and whole.
+    let cfg =
+        std::fs::read_to_string(out.join("litekeeper-backup@.service.d/config.conf")).unwrap();
+    assert!(
+        cfg.contains(&format!(
+            "Environment=\"LITEKEEPER_CONFIG={}\"\n",
+            env.path("conf file.toml").display()
+        )),
+        "{cfg}"
+    );
+    // Names go to timers systemd-escaped and come back with %I after `--`.
+    assert!(out
+        .join("litekeeper-backup@my\\x2ddb.timer.d/schedule.conf")
+        .is_file());
+    let svc = std::fs::read_to_string(out.join("litekeeper-backup@.service")).unwrap();
+    assert!(svc.contains(" run -- %I backup\n"), "{svc}");
+    if !have("systemd-analyze") || !crate::util::is_root() {
+        eprintln!("verify skipped: needs root and systemd-analyze");
+        return;
+    }
+    let rt = env.path("xdg-runtime");
+    std::fs::create_dir_all(&rt).unwrap();
+    for (unit, inst) in [
+        ("litekeeper.service", None),
+        (
+            "litekeeper-backup@.service",
+            Some("litekeeper-backup@my\\x2ddb.service"),
+        ),
+        (
+            "litekeeper-backup@.timer",
+            Some("litekeeper-backup@my\\x2ddb.timer"),
+        ),
+    ] {
+        let target = match inst {
+            Some(i) => {
+                std::fs::copy(out.join(unit), out.join(i)).unwrap();
+                out.join(i)
+            }
+            None => out.join(unit),
+        };
+        let t = target.to_string_lossy().into_owned();
+        let o = analyze(&["verify", "--man=no", &t], &rt);
+        assert!(
+            o.status.success() && String::from_utf8_lossy(&o.stderr).trim().is_empty(),
+            "verify {t}: {}",
+            both(&o)
+        );
+    }
+}
+
+#[test]
+fn control_characters_in_paths_are_refused_naming_the_key() {
+    let env = TestEnv::new();
+    let db = env.sqlite("app/chat.db", "CREATE TABLE IF NOT EXISTS t(x);");
+    let evil = format!(
+        "{}/bk\n[Service]\nExecStartPre=+/bin/touch /tmp/pwned",
+        env.path("").display()
+    );
+    env.write_config(&format!(
+        "{}[[database]]\nname = \"chat\"\npath = {}\n[database.backup]\nschedule = \"0 2 * * *\"\ndir = {}\n",
+        env.daemon_section(""),
+        toml_str(&db.to_string_lossy()),
+        toml_str(&evil)
+    ));
+    let out = env.path("units");
+    let o = env
+        .cmd()
+        .args(["systemd-units", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(78), "{}", both(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("backup.dir") && err.contains("control character"),
+        "{err}"
+    );
+    assert!(!out.join("litekeeper.service.d/paths.conf").exists());
+    // The same through the environment.
+    env.write_config(&format!(
+        "{}[[database]]\nname = \"chat\"\npath = {}\n",
+        env.daemon_section(""),
+        toml_str(&db.to_string_lossy())
+    ));
+    let o = env
+        .cmd()
+        .env("LITEKEEPER__DAEMON__METRICS_FILE", format!("{evil}/m.prom"))
+        .args(["systemd-units", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(78), "{}", both(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("metrics_file") && err.contains("control character"),
+        "{err}"
+    );
+    assert!(!out.join("litekeeper.service.d/paths.conf").exists());
+}
