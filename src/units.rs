@@ -6,8 +6,13 @@
 //! `a..b` ranges, so steps, ranges and names all come out exact. When both day-of-month and
 //! day-of-week are restricted, cron runs on days matching *either*; `OnCalendar=` ANDs its
 //! parts, so such a schedule becomes two lines (timers fire on the union of their lines). A
-//! field counts as restricted unless it starts with `*` (Vixie cron's rule, which croner and
-//! so the daemon follow too). The zone is appended (`… Europe/Berlin`) unless it is `local`.
+//! field counts as restricted unless it is exactly `*` (croner's rule, so the daemon's; Vixie
+//! cron also leaves `*/2` unrestricted). The zone is appended (`… Europe/Berlin`) unless it is
+//! `local`; days the zone changes its offset get dated lines (`timer_lines`).
+//!
+//! Every value written into a unit goes through one writer per kind (`path_list_item`,
+//! `environment`, `exec_arg`, `calendar_value`, `instance_name`, `comment`), which quotes it
+//! per systemd.syntax(7) or refuses it naming its configuration key.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -695,6 +700,44 @@ mod tests {
             cal("0 2 1,15 * MON"),
             ["*-*-01,15 02:00:00 UTC", "Mon *-*-* 02:00:00 UTC"]
         );
+    }
+
+    #[test]
+    fn a_day_field_other_than_a_bare_star_is_restricted() {
+        // croner's reading (the daemon's): `*/2` restricts, so cron's OR applies.
+        assert_eq!(
+            cal("0 0 */2 * MON"),
+            [
+                "*-*-01,03,05,07,09,11,13,15,17,19,21,23,25,27,29,31 00:00:00 UTC",
+                "Mon *-*-* 00:00:00 UTC"
+            ]
+        );
+        assert_eq!(
+            cal("0 0 1-7 * */2"),
+            [
+                "*-*-01..07 00:00:00 UTC",
+                "Sun,Tue,Thu,Sat *-*-* 00:00:00 UTC"
+            ]
+        );
+    }
+
+    #[test]
+    fn hostile_values_are_quoted_or_refused() {
+        let p = std::path::Path::new("/srv/a b/\"q\"%d\\x");
+        assert_eq!(
+            path_list_item("k", "-", p).unwrap(),
+            "\"-/srv/a b/\\\"q\\\"%%d\\\\x\""
+        );
+        assert!(
+            path_list_item("backup.dir", "-", std::path::Path::new("/a\n[Service]"))
+                .unwrap_err()
+                .starts_with("backup.dir: ")
+        );
+        assert!(path_list_item("k", "-", std::path::Path::new("/a/../b")).is_err());
+        assert!(path_list_item("k", "-", std::path::Path::new("rel")).is_err());
+        assert_eq!(instance_name("k", "my-db.x/y").unwrap(), "my\\x2ddb.x-y");
+        assert_eq!(instance_name("k", ".h").unwrap(), "\\x2eh");
+        assert_eq!(environment("k", "A", "x \"%h").unwrap(), "\"A=x \\\"%%h\"");
     }
 
     #[test]

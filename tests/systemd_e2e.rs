@@ -444,7 +444,7 @@ fn system_service_from_the_deb() {
     );
     let paths = c.ok("cat /etc/systemd/system/litekeeper.service.d/paths.conf");
     assert!(
-        paths.contains("ReadWritePaths=-/var/lib/litekeeper-e2e\n"),
+        paths.contains("ReadWritePaths=\"-/var/lib/litekeeper-e2e\"\n"),
         "{paths}"
     );
 

@@ -241,17 +241,19 @@ fn generated_drop_ins_carry_the_schedule_jitter_and_paths() {
     let paths = read("litekeeper.service.d/paths.conf");
     for p in ["app", "backups", "state", "locks"] {
         assert!(
-            paths.contains(&format!("ReadWritePaths=-{}\n", env.path(p).display())),
+            paths.contains(&format!("ReadWritePaths=\"-{}\"\n", env.path(p).display())),
             "{p}: {paths}"
         );
     }
     let cfg = read("litekeeper-backup@.service.d/config.conf");
     assert!(cfg.contains(&format!(
-        "LITEKEEPER_CONFIG={}",
+        "Environment=\"LITEKEEPER_CONFIG={}\"",
         env.config_path().display()
     )));
     let exe = assert_cmd::cargo::cargo_bin("litekeeper");
-    assert!(read("litekeeper.service").contains(&format!("ExecStart={} daemon", exe.display())));
+    assert!(
+        read("litekeeper.service").contains(&format!("ExecStart=:\"{}\" daemon", exe.display()))
+    );
     // User units: no User=, sandboxed through a user namespace, paths opened by the drop-in.
     let user = write_units(&env, true);
     let svc = std::fs::read_to_string(user.join("litekeeper.service")).unwrap();
