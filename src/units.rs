@@ -716,7 +716,7 @@ mod tests {
             cal("0 0 1-7 * */2"),
             [
                 "*-*-01..07 00:00:00 UTC",
-                "Sun,Tue,Thu,Sat *-*-* 00:00:00 UTC"
+                "Tue,Thu,Sat,Sun *-*-* 00:00:00 UTC"
             ]
         );
     }
