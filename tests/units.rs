@@ -615,3 +615,39 @@ fn control_characters_in_paths_are_refused_naming_the_key() {
     );
     assert!(!out.join("litekeeper.service.d/paths.conf").exists());
 }
+
+/// The shipped timer services pass the instance after `--`: a database called `-h` is looked
+/// up (and not found), never read as an option that prints help and exits 0.
+#[test]
+fn timer_services_pass_the_name_after_double_dash() {
+    let env = TestEnv::new();
+    let db = env.sqlite("app/chat.db", "CREATE TABLE IF NOT EXISTS t(x);");
+    env.write_config(&format!(
+        "{}{}",
+        env.daemon_section(""),
+        TestEnv::database_section("chat", &db, "")
+    ));
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("systemd");
+    for unit in [
+        "litekeeper-backup@.service",
+        "user/litekeeper-prune@.service",
+    ] {
+        let text = std::fs::read_to_string(root.join(unit)).unwrap();
+        let line = text
+            .lines()
+            .find_map(|l| l.strip_prefix("ExecStart=:/usr/bin/litekeeper "))
+            .unwrap_or_else(|| panic!("{unit}: no ExecStart=:/usr/bin/litekeeper"));
+        let args: Vec<&str> = line
+            .split_whitespace()
+            .map(|a| if a == "%I" { "-h" } else { a })
+            .collect();
+        let o = env.cmd().args(&args).output().unwrap();
+        let out = both(&o);
+        assert_ne!(o.status.code(), Some(0), "{unit}: {args:?}: {out}");
+        assert!(
+            !out.contains("Usage"),
+            "{unit}: {args:?} printed help: {out}"
+        );
+        assert!(out.contains("-h"), "{unit}: {out}");
+    }
+}
