@@ -479,7 +479,8 @@ pub struct UnitFile {
 pub fn drop_ins(config: &Config, now: DateTime<Utc>) -> Result<Vec<UnitFile>, String> {
     let mut out = Vec::new();
     let zone = &config.daemon.timezone;
-    let source = comment(&config.file.to_string_lossy());
+    let file = std::path::absolute(&config.file).unwrap_or_else(|_| config.file.clone());
+    let source = comment(&file.to_string_lossy());
     // One timer per job of each plain database, and per job of each fleet (its handle as the
     // instance: `litekeeper run tenant backup` runs every current member).
     let instances = config
@@ -512,7 +513,7 @@ pub fn drop_ins(config: &Config, now: DateTime<Utc>) -> Result<Vec<UnitFile>, St
             if zone != &Zone::Utc {
                 text.push_str(&format!(
                     "# Dated lines in UTC are the runs the daemon makes on DST changes and systemd \
-                     would not; they reach {} years ahead: run it again before then.\n",
+                     would not; they reach {} years ahead: run `litekeeper systemd-units` again before then.\n",
                     DST_YEARS
                 ));
             }
