@@ -139,11 +139,17 @@ impl Schedule {
                     MACROS.join(", ")
                 ));
             }
+            // croner knows every macro but `@midnight`, cron's other name for `@daily`.
+            let macro_text = if lower == "@midnight" {
+                "@daily"
+            } else {
+                &lower
+            };
             let cron = CronParser::builder()
                 .seconds(Seconds::Optional)
                 .year(Year::Disallowed)
                 .build()
-                .parse(&lower)
+                .parse(macro_text)
                 .map_err(|e| e.to_string())?;
             return Ok(Schedule {
                 text: trimmed.to_string(),
@@ -237,13 +243,18 @@ impl Schedule {
         // wall time, i.e. a time before `after`: search again from an hour later then.
         let mut base = None;
         let mut start = after;
-        for _ in 0..3 {
+        for _ in 0..6 {
             match self
                 .cron
                 .find_next_occurrence(&start.with_timezone(tz), false)
             {
                 Ok(t) if t.with_timezone(&Utc) > after => {
-                    base = Some(t.with_timezone(&Utc));
+                    let t = t.with_timezone(&Utc);
+                    if self.false_gap_snap(t, tz) {
+                        start = t;
+                        continue;
+                    }
+                    base = Some(t);
                     break;
                 }
                 Ok(_) => start += chrono::Duration::hours(1),
@@ -275,6 +286,29 @@ impl Schedule {
             }
         }
         best
+    }
+
+    /// Croner moves a fixed-time job that falls into a spring-forward gap to the gap's end,
+    /// but it does so whenever its search walks into a gap, also for a job at another time
+    /// (`45 1 * * *` ran at 01:45 and again at 03:00 in Berlin). Whether `t`, not a time the
+    /// expression names, is such a wrong move: no time in the gap just before it matches.
+    fn false_gap_snap<Tz: TimeZone>(&self, t: DateTime<Utc>, tz: &Tz) -> bool {
+        if self.cron.determine_job_type() != JobType::FixedTime
+            || self
+                .cron
+                .is_time_matching(&t.with_timezone(tz))
+                .unwrap_or(true)
+        {
+            return false;
+        }
+        let offset_at = |t: DateTime<Utc>| tz.offset_from_utc_datetime(&t.naive_utc()).fix();
+        let before = offset_at(t - chrono::Duration::seconds(1));
+        let gap = i64::from(offset_at(t).local_minus_utc() - before.local_minus_utc());
+        // The gap's wall times, read in the offset before it (they exist in none).
+        !(1..=gap).any(|s| {
+            let w = (t - chrono::Duration::seconds(s)).with_timezone(&offset_at(t));
+            self.cron.is_time_matching(&w).unwrap_or(false)
+        })
     }
 
     fn prev_in<Tz: TimeZone>(&self, before: DateTime<Utc>, tz: &Tz) -> Option<DateTime<Utc>> {
@@ -455,6 +489,10 @@ mod tests {
             "2026-01-02T00:00:00+00:00"
         );
         assert_eq!(
+            next("@midnight", "2026-01-01T00:00:00Z", "UTC"),
+            "2026-01-02T00:00:00+00:00"
+        );
+        assert_eq!(
             next("@hourly", "2026-01-01T00:10:00Z", "UTC"),
             "2026-01-01T01:00:00+00:00"
         );
@@ -534,6 +572,28 @@ mod tests {
             next("30 2 * * *", "2026-03-29T02:00:00Z", "Europe/Berlin"),
             "2026-03-30T00:30:00+00:00"
         );
+    }
+
+    #[test]
+    fn spring_forward_moves_only_the_job_in_the_gap() {
+        // 01:45 exists on 2026-03-29 in Berlin: it runs then, and not again at 03:00 (croner
+        // moved every fixed-time job whose search crossed the gap to its end).
+        let s = Schedule::parse("45 1 * * *").unwrap();
+        let runs = s.upcoming(utc("2026-03-28T12:00:00Z"), &zone("Europe/Berlin"), 2);
+        let runs: Vec<String> = runs.iter().map(|t| t.to_rfc3339()).collect();
+        assert_eq!(
+            runs,
+            ["2026-03-29T00:45:00+00:00", "2026-03-29T23:45:00+00:00"] // 01:45 CET, 01:45 CEST
+        );
+        // Chatham's gap is 02:45 -> 03:45: a job at 03:00 moves to 03:45, one at 02:30 does not.
+        assert_eq!(
+            next("0 3 * * *", "2026-09-26T12:00:00Z", "Pacific/Chatham"),
+            "2026-09-26T14:00:00+00:00"
+        );
+        let s = Schedule::parse("30 2 * * *").unwrap();
+        let runs = s.upcoming(utc("2026-09-26T12:00:00Z"), &zone("Pacific/Chatham"), 2);
+        assert_eq!(runs[0].to_rfc3339(), "2026-09-26T13:45:00+00:00"); // 02:30 CHAST
+        assert_eq!(runs[1].to_rfc3339(), "2026-09-27T12:45:00+00:00"); // 02:30 CHADT
     }
 
     #[test]

@@ -377,7 +377,10 @@ fn a_fleet_gets_one_timer_per_job_and_its_fixed_directories() {
     let paths = std::fs::read_to_string(out.join("litekeeper.service.d/paths.conf")).unwrap();
     for dir in ["tenants", "backups"] {
         assert!(
-            paths.contains(&format!("ReadWritePaths=-{}\n", env.path(dir).display())),
+            paths.contains(&format!(
+                "ReadWritePaths=\"-{}\"\n",
+                env.path(dir).display()
+            )),
             "{dir}: {paths}"
         );
     }

@@ -444,7 +444,7 @@ fn system_service_from_the_deb() {
     );
     let paths = c.ok("cat /etc/systemd/system/litekeeper.service.d/paths.conf");
     assert!(
-        paths.contains("ReadWritePaths=-/var/lib/litekeeper-e2e\n"),
+        paths.contains("ReadWritePaths=\"-/var/lib/litekeeper-e2e\"\n"),
         "{paths}"
     );
 
@@ -744,4 +744,42 @@ fn user_service_from_the_deb() {
         assert!(!log.contains(bad), "{bad} in the journal:\n{log}");
     }
     eprintln!("user mode: {:.1} s", t0.elapsed().as_secs_f64());
+}
+
+/// Units written from hostile backup directories (spaces, quotes, `%`, backslash, `$`,
+/// unicode), a relative `-c "conf file.toml"` and a name with a dash, loaded by a real
+/// systemd: `systemctl show` reads back the exact paths, the absolute config path and the
+/// name after `--`. Needs no package: the units are `systemd-units --with-units` output.
+#[test]
+fn hostile_paths_round_trip_through_systemd() {
+    if let Some(why) = missing_prerequisite() {
+        eprintln!("skipped hostile_paths_round_trip_through_systemd: {why}");
+        return;
+    }
+    let env = crate::util::TestEnv::new();
+    let mut c = Container::boot();
+    let units = c.share().join("units");
+    let dirs = crate::units::hostile_units(&env, &units);
+    c.diag_units = vec!["litekeeper.service".into()];
+    c.ok("cp -r /host/units/. /etc/systemd/system/ && systemctl daemon-reload");
+    let inst = "litekeeper-backup@my\\x2ddb.service";
+    let rw = crate::units::unquote_list(&c.prop("litekeeper.service", "ReadWritePaths"));
+    for unit in ["litekeeper.service", inst] {
+        let rw_unit = crate::units::unquote_list(&c.prop(&shell_quote(unit), "ReadWritePaths"));
+        assert_eq!(rw_unit, rw, "{unit}");
+    }
+    for d in &dirs {
+        let want = format!("-{}", d.display());
+        assert!(rw.contains(&want), "{want:?} not in {rw:#?}");
+    }
+    let envs = crate::units::unquote_list(&c.prop(&shell_quote(inst), "Environment"));
+    let want = format!("LITEKEEPER_CONFIG={}", env.path("conf file.toml").display());
+    assert!(envs.contains(&want), "{want:?} not in {envs:?}");
+    let exec = c.prop(&shell_quote(inst), "ExecStart");
+    assert!(exec.contains(" run -- my-db backup ;"), "{exec}");
+    let timer = c.prop(
+        &shell_quote("litekeeper-backup@my\\x2ddb.timer"),
+        "TimersCalendar",
+    );
+    assert!(timer.contains("02:30:00 Europe/Berlin"), "{timer}");
 }
