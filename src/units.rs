@@ -401,29 +401,33 @@ fn comment(text: &str) -> String {
     format!("{text:?}")
 }
 
-/// A unit instance name with `systemd-escape`'s rules: `/` → `-`, bytes outside
-/// `[A-Za-z0-9:_.]` (and a leading `.`) → `\xNN`. The units read it back with `%I`.
+/// A unit instance name, written as the name itself and read back with `%i` (verbatim), so
+/// `litekeeper-backup@my-db.timer` runs `litekeeper run -- my-db backup`. Database and member
+/// names are `[a-z0-9_][a-z0-9_-]*`, which systemd takes as they are; anything else (which the
+/// configuration never lets through) is refused rather than escaped, because `%I` would turn
+/// a `-` into a `/` and every name with a dash would need `\x2d` in `systemctl` commands.
 pub fn instance_name(key: &str, name: &str) -> Result<String, String> {
     writable(key, name)?;
     if name.is_empty() {
         return Err(format!("{key}: an empty name cannot be a unit instance"));
     }
-    let mut out = String::new();
-    for (i, b) in name.bytes().enumerate() {
-        match b {
-            b'/' => out.push('-'),
-            b'.' if i == 0 => out.push_str("\\x2e"),
-            b if b.is_ascii_alphanumeric() || b":_.".contains(&b) => out.push(b as char),
-            b => out.push_str(&format!("\\x{b:02x}")),
-        }
-    }
-    // systemd's limit for a whole unit name (`litekeeper-vacuum@….timer`).
-    if out.len() + "litekeeper-vacuum@.service".len() > 255 {
+    if name.starts_with(['-', '.'])
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b))
+    {
         return Err(format!(
-            "{key}: {name:?} is too long for a systemd unit name (255 bytes escaped)"
+            "{key}: {name:?} cannot be a unit instance name (letters, digits, '_' and '-', \
+             not starting with '-')"
         ));
     }
-    Ok(out)
+    // systemd's limit for a whole unit name (`litekeeper-vacuum@….timer`).
+    if name.len() + "litekeeper-vacuum@.service".len() > 255 {
+        return Err(format!(
+            "{key}: {name:?} is too long for a systemd unit name (255 bytes)"
+        ));
+    }
+    Ok(name.to_string())
 }
 
 /// A shipped unit with its executable replaced by `exe` (`--with-units` outside the package).
@@ -736,8 +740,10 @@ mod tests {
         );
         assert!(path_list_item("k", "-", std::path::Path::new("/a/../b")).is_err());
         assert!(path_list_item("k", "-", std::path::Path::new("rel")).is_err());
-        assert_eq!(instance_name("k", "my-db.x/y").unwrap(), "my\\x2ddb.x-y");
-        assert_eq!(instance_name("k", ".h").unwrap(), "\\x2eh");
+        assert_eq!(instance_name("k", "my-db_2").unwrap(), "my-db_2");
+        assert!(instance_name("k", "-h").is_err());
+        assert!(instance_name("k", "a/b").is_err());
+        assert!(instance_name("k", ".h").is_err());
         assert_eq!(environment("k", "A", "x \"%h").unwrap(), "\"A=x \\\"%%h\"");
     }
 

@@ -762,7 +762,7 @@ fn hostile_paths_round_trip_through_systemd() {
     let dirs = crate::units::hostile_units(&env, &units);
     c.diag_units = vec!["litekeeper.service".into()];
     c.ok("cp -r /host/units/. /etc/systemd/system/ && systemctl daemon-reload");
-    let inst = "litekeeper-backup@my\\x2ddb.service";
+    let inst = "litekeeper-backup@my-db.service";
     let rw = crate::units::unquote_list(&c.prop("litekeeper.service", "ReadWritePaths"));
     for unit in ["litekeeper.service", inst] {
         let rw_unit = crate::units::unquote_list(&c.prop(&shell_quote(unit), "ReadWritePaths"));
@@ -778,7 +778,7 @@ fn hostile_paths_round_trip_through_systemd() {
     let exec = c.prop(&shell_quote(inst), "ExecStart");
     assert!(exec.contains(" run -- my-db backup ;"), "{exec}");
     let timer = c.prop(
-        &shell_quote("litekeeper-backup@my\\x2ddb.timer"),
+        &shell_quote("litekeeper-backup@my-db.timer"),
         "TimersCalendar",
     );
     assert!(timer.contains("02:30:00 Europe/Berlin"), "{timer}");

@@ -526,12 +526,12 @@ fn hostile_paths_are_written_quoted_and_verify_clean() {
         )),
         "{cfg}"
     );
-    // Names go to timers systemd-escaped and come back with %I after `--`.
+    // Names go to timers as they are and come back verbatim with %i after `--`.
     assert!(out
-        .join("litekeeper-backup@my\\x2ddb.timer.d/schedule.conf")
+        .join("litekeeper-backup@my-db.timer.d/schedule.conf")
         .is_file());
     let svc = std::fs::read_to_string(out.join("litekeeper-backup@.service")).unwrap();
-    assert!(svc.contains(" run -- %I backup\n"), "{svc}");
+    assert!(svc.contains(" run -- %i backup\n"), "{svc}");
     if !have("systemd-analyze") || !crate::util::is_root() {
         eprintln!("verify skipped: needs root and systemd-analyze");
         return;
@@ -542,11 +542,11 @@ fn hostile_paths_are_written_quoted_and_verify_clean() {
         ("litekeeper.service", None),
         (
             "litekeeper-backup@.service",
-            Some("litekeeper-backup@my\\x2ddb.service"),
+            Some("litekeeper-backup@my-db.service"),
         ),
         (
             "litekeeper-backup@.timer",
-            Some("litekeeper-backup@my\\x2ddb.timer"),
+            Some("litekeeper-backup@my-db.timer"),
         ),
     ] {
         let target = match inst {
@@ -639,7 +639,7 @@ fn timer_services_pass_the_name_after_double_dash() {
             .unwrap_or_else(|| panic!("{unit}: no ExecStart=:/usr/bin/litekeeper"));
         let args: Vec<&str> = line
             .split_whitespace()
-            .map(|a| if a == "%I" { "-h" } else { a })
+            .map(|a| if a == "%i" { "-h" } else { a })
             .collect();
         let o = env.cmd().args(&args).output().unwrap();
         let out = both(&o);
