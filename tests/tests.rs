@@ -10,6 +10,7 @@ mod check;
 mod config_errors;
 mod config_examples;
 mod config_files;
+mod config_load;
 mod daemon;
 mod demo_run;
 mod fleet;

@@ -98,19 +98,27 @@ async fn serve(path: &Path, config: Config) -> Result<ExitCode, Failure> {
         tokio::select! {
             _ = hup.recv() => {
                 notify::reloading();
-                match config::load(path) {
-                    Ok(new) => match make_env(new, cancel.clone()) {
-                        Ok(env) => {
-                            let jobs = env.config.scheduled_jobs().count();
-                            scheduler.reload(env).await;
-                            tracing::info!(message_id = message_id::DAEMON_RELOADED, "configuration reloaded: {jobs} scheduled job(s)");
-                        }
-                        Err(e) => tracing::error!(message_id = message_id::RELOAD_FAILED, "reload failed, keeping the previous configuration: {e}"),
-                    },
+                // Read and open off the signal loop: a file system that stalls must not keep
+                // SIGTERM waiting (the file checks refuse FIFOs and devices before reading).
+                let (file, token) = (path.to_path_buf(), cancel.clone());
+                let loading = tokio::task::spawn_blocking(move || {
+                    let new = config::load(&file).map_err(|e| e.to_string().replace('\n', "; "))?;
+                    make_env(new, token).map_err(|e| e.to_string())
+                });
+                let loaded = tokio::select! {
+                    r = loading => r.unwrap_or_else(|e| Err(format!("the reload task failed: {e}"))),
+                    _ = term.recv() => break,
+                    _ = int.recv() => break,
+                };
+                match loaded {
+                    Ok(env) => {
+                        let jobs = env.config.scheduled_jobs().count();
+                        scheduler.reload(env).await;
+                        tracing::info!(message_id = message_id::DAEMON_RELOADED, "configuration reloaded: {jobs} scheduled job(s)");
+                    }
                     Err(e) => tracing::error!(
                         message_id = message_id::RELOAD_FAILED,
-                        "reload failed, keeping the previous configuration: {}",
-                        e.to_string().replace('\n', "; ")
+                        "reload failed, keeping the previous configuration: {e}"
                     ),
                 }
                 notify::ready();

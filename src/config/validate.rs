@@ -53,7 +53,9 @@ impl Checker {
 
     fn abs_path(&mut self, key: &KeyPath, text: &str) -> PathBuf {
         let p = PathBuf::from(text);
-        if text.is_empty() || !p.is_absolute() {
+        if has_control_chars(text) {
+            self.fail(key, super::CONTROL_CHARS, Some(text.to_string()));
+        } else if text.is_empty() || !p.is_absolute() {
             self.fail(
                 key,
                 "expected an absolute path like \"/var/lib/app/app.db\"",
@@ -228,6 +230,12 @@ fn dir_handle(pattern: &str) -> Option<String> {
     let fixed = &pattern[..pattern.find(['*', '?', '[']).unwrap_or(pattern.len())];
     let dir = fixed.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
     template_handle(dir.rsplit('/').next().unwrap_or(""))
+}
+
+/// Paths and names from the configuration never hold control characters: a newline or tab
+/// would become a line of a unit file, a log or a Nagios answer.
+fn has_control_chars(s: &str) -> bool {
+    s.chars().any(char::is_control)
 }
 
 fn is_db_name(s: &str) -> bool {
