@@ -193,13 +193,13 @@ fn cases() -> Vec<Case> {
             name: "database name with upper case",
             text: "[[database]]\nname = \"Chat\"\npath = \"/srv/app/chat.db\"\n",
             pos: "2:8",
-            says: &["name:", "[a-z0-9_-]+", "(got \"Chat\")"],
+            says: &["name:", "[a-z0-9_][a-z0-9_-]*", "(got \"Chat\")"],
         },
         Case {
             name: "database name with a space",
             text: "[daemon]\n[[database]]\nname = \"my chat\"\npath = \"/srv/app/chat.db\"\n",
             pos: "3:8",
-            says: &["name:", "[a-z0-9_-]+", "(got \"my chat\")"],
+            says: &["name:", "[a-z0-9_][a-z0-9_-]*", "(got \"my chat\")"],
         },
         Case {
             name: "relative database path",

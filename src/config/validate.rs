@@ -238,8 +238,16 @@ fn has_control_chars(s: &str) -> bool {
     s.chars().any(char::is_control)
 }
 
+const NAME_RULE: &str =
+    "expected a name of lower-case letters, digits, '_' and '-', not starting with '-' \
+     ([a-z0-9_][a-z0-9_-]*)";
+
+/// The one rule for a database's name, and for a fleet member's name made from its template:
+/// lower-case ASCII letters, digits, '_' and '-', not starting with '-' (a name is an argument
+/// of `litekeeper run NAME JOB` and of timer units, where `-rf` would read as an option).
 fn is_db_name(s: &str) -> bool {
     !s.is_empty()
+        && !s.starts_with('-')
         && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
@@ -493,10 +501,17 @@ pub fn validate(
                 }
             }
             let sample = member_name(&rd.name, "sample");
-            if !is_db_name(&sample) {
+            if has_control_chars(&rd.name) {
                 c.fail(
                     &key.key("name"),
-                    "expected a name template of lower-case letters, digits, '_', '-' and {stem}",
+                    super::CONTROL_CHARS,
+                    Some(rd.name.clone()),
+                );
+            } else if !is_db_name(&sample) {
+                c.fail(
+                    &key.key("name"),
+                    "expected a name template of lower-case letters, digits, '_', '-' and \
+                     {stem}, not starting with '-'",
                     Some(rd.name.clone()),
                 );
             }
@@ -521,11 +536,7 @@ pub fn validate(
             continue;
         }
         if !is_db_name(&rd.name) {
-            c.fail(
-                &key.key("name"),
-                "expected a name of lower-case letters, digits, '_' and '-' ([a-z0-9_-]+)",
-                Some(rd.name.clone()),
-            );
+            c.fail(&key.key("name"), NAME_RULE, Some(rd.name.clone()));
         } else if databases.iter().any(|other| other.name == rd.name) {
             c.fail(
                 &key.key("name"),
@@ -1316,6 +1327,9 @@ mod tests {
         assert!(!is_db_name("Chat"));
         assert!(!is_db_name("a b"));
         assert!(!is_db_name(""));
+        assert!(!is_db_name("-"));
+        assert!(!is_db_name("-rf"));
+        assert!(is_db_name("_a-"));
         assert!(is_identifier("_files1"));
         assert!(!is_identifier("1files"));
     }
