@@ -11,10 +11,27 @@ use crate::util::{both, TestEnv};
 /// Waits for `child` at most `limit`; a child still running then is killed and `None` is
 /// returned (the hang this module tests for).
 fn wait_or_kill(mut child: Child, limit: Duration) -> Option<Output> {
+    use std::io::Read;
     let deadline = Instant::now() + limit;
+    // Drained meanwhile: a full pipe would stop the child.
+    let drain = |p: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = p {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let err = drain(child.stderr.take().map(|p| Box::new(p) as _));
     loop {
-        if child.try_wait().unwrap().is_some() {
-            return Some(child.wait_with_output().unwrap());
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(Output {
+                status,
+                stdout: out.join().unwrap(),
+                stderr: err.join().unwrap(),
+            });
         }
         if Instant::now() > deadline {
             let _ = child.kill();
@@ -91,7 +108,7 @@ fn a_config_that_is_a_fifo_or_a_device_is_refused_without_reading() {
         "{}",
         both(&o)
     );
-    let o = check_with(&env, &env.dir.path().to_path_buf(), &[]);
+    let o = check_with(&env, env.dir.path(), &[]);
     assert_eq!(o.status.code(), Some(78), "{}", both(&o));
     assert!(stderr_line(&o).contains("a directory"), "{}", both(&o));
 }
@@ -239,5 +256,58 @@ fn a_relative_config_path_is_recorded_absolute() {
     assert!(
         conf.contains(&env.config_path().display().to_string()),
         "the unit names the relative path:\n{conf}"
+    );
+}
+
+/// 5,000 databases with files rules and backups load, every job is listed once, and a backup
+/// directory inside the 4,000th database's files directory is still found (the check walks
+/// each backup directory's ancestors instead of comparing all pairs; benches/config_load.sh).
+#[test]
+fn five_thousand_databases_with_files_rules_load_and_a_clash_is_still_found() {
+    let env = TestEnv::new();
+    let mut text = env.daemon_section("");
+    let stanza = |i: usize, backup_dir: &str| {
+        format!(
+            "[[database]]\nname = \"app{i}\"\npath = \"/srv/app{i}/app.db\"\n\
+             [database.prune]\nschedule = \"0 3 * * *\"\n[[database.prune.files]]\n\
+             dir = \"/srv/app{i}/uploads\"\npattern = '^(?P<id>[0-9a-f-]{{36}})_'\n\
+             referenced_by = \"SELECT id FROM file\"\n[database.backup]\n\
+             schedule = \"0 2 * * *\"\ndir = \"{backup_dir}\"\n"
+        )
+    };
+    for i in 0..5000 {
+        text.push_str(&stanza(i, &format!("/srv/backups/app{i}")));
+    }
+    let config = env.write_config(&text);
+    let o = lk(&env)
+        .arg("-c")
+        .arg(&config)
+        .args(["status", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let jobs = doc["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 10_000);
+    let names: std::collections::HashSet<&str> = jobs
+        .iter()
+        .map(|j| j["database"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.len(), 5000);
+
+    // One more database backs up into app3999's uploads, whose pattern takes any file.
+    text.push_str(&stanza(5000, "/srv/app3999/uploads"));
+    let text = text.replace(
+        "dir = \"/srv/app3999/uploads\"\npattern = '^(?P<id>[0-9a-f-]{36})_'",
+        "dir = \"/srv/app3999/uploads\"\npattern = '^(?P<id>.+)$'",
+    );
+    std::fs::write(&config, &text).unwrap();
+    let o = check_with(&env, &config, &[]);
+    assert_eq!(o.status.code(), Some(78), "{}", both(&o));
+    let line = stderr_line(&o);
+    assert!(
+        line.contains("database \"app5000\" backup.dir")
+            && line.contains("database \"app3999\" prune.files[0].dir"),
+        "{line}"
     );
 }
