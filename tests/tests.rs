@@ -24,6 +24,7 @@ mod prune;
 mod retention;
 mod run_lock;
 mod soak;
+mod state_db;
 mod status;
 mod status_check;
 mod systemd_e2e;
