@@ -991,6 +991,23 @@ pub fn expand_fleet(fleet: &Fleet, daemon: &Daemon) -> (Vec<Arc<Database>>, Vec<
     (members, skipped)
 }
 
+/// Table and column names of a rule hold no control characters, quoted or not (they are
+/// named in logs, figures and `status`); true when one does (the rule is not checked further).
+fn rule_names_with_control_chars(c: &mut Checker, key: &KeyPath, r: &RawRule) -> bool {
+    let mut found = false;
+    for (name, value) in [
+        ("table", Some(&r.table)),
+        ("column", r.column.as_ref()),
+        ("parent", r.parent.as_ref()),
+    ] {
+        if let Some(v) = value.filter(|v| has_control_chars(v)) {
+            c.fail(&key.key(name), super::CONTROL_CHARS, Some(v.clone()));
+            found = true;
+        }
+    }
+    found
+}
+
 fn table_ref(c: &mut Checker, key: &KeyPath, text: &str, aliases: &[&str]) -> TableRef {
     let Some(parts) = split_table_name(text) else {
         c.fail(
@@ -1056,6 +1073,9 @@ fn prune(c: &mut Checker, key: &KeyPath, p: &RawPrune, aliases: &[&str]) -> Prun
     let mut rules = Vec::new();
     for (i, r) in p.rule.iter().enumerate() {
         let k = key.key("rule").index(i);
+        if rule_names_with_control_chars(c, &k, r) {
+            continue;
+        }
         let table = table_ref(c, &k.key("table"), &r.table, aliases);
         for (name, expr) in [("where", &r.filter), ("key", &r.key)] {
             if let Some(why) = expr.as_deref().and_then(sql_expr_problem) {
