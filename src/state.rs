@@ -50,6 +50,10 @@ pub enum StateError {
 pub struct State {
     path: PathBuf,
     keep: Duration,
+    /// Whether a damaged file is moved aside and recreated: only by the processes that record
+    /// runs (`open`), never by a reader such as `status` (as root it would leave a root-owned
+    /// state.db the service cannot write).
+    recover: bool,
 }
 
 /// The last recorded run of one job, as `status` shows it.
@@ -111,7 +115,11 @@ impl State {
                 .open(&path)
                 .map_err(dir_err)?;
         }
-        let state = State { path, keep };
+        let state = State {
+            path,
+            keep,
+            recover: true,
+        };
         state.with(migrate)?;
         Ok(state)
     }
@@ -119,7 +127,11 @@ impl State {
     /// Open an existing state DB read-only; None when there is none yet.
     pub fn open_existing(dir: &Path, keep: Duration) -> Option<State> {
         let path = dir.join("state.db");
-        path.is_file().then_some(State { path, keep })
+        path.is_file().then_some(State {
+            path,
+            keep,
+            recover: false,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -154,7 +166,7 @@ impl State {
             source,
         };
         match run(false) {
-            Err(e) if is_damaged(&e) => {
+            Err(e) if self.recover && is_damaged(&e) => {
                 self.set_aside(&e).map_err(|source| StateError::Dir {
                     path: self.path.clone(),
                     source,

@@ -66,6 +66,11 @@ fn a_garbage_state_db_is_set_aside_and_the_timers_job_runs() {
     config(&env, &db, "0 2 * * *");
     std::fs::create_dir_all(env.path("state")).unwrap();
     std::fs::write(env.path("state/state.db"), GARBAGE).unwrap();
+    // A reader leaves it alone (as root it would leave a root-owned state DB behind).
+    let o = env.cmd().arg("status").output().unwrap();
+    assert_ne!(o.status.code(), Some(0), "{}", both(&o));
+    assert!(set_aside(&env).is_empty(), "{}", both(&o));
+    assert_eq!(std::fs::read(env.path("state/state.db")).unwrap(), GARBAGE);
     let o = env
         .cmd()
         .args(["run", "chat", "backup"])
