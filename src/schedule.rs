@@ -185,6 +185,13 @@ impl Schedule {
             .build()
             .parse(trimmed)
             .map_err(|e| e.to_string())?;
+        if !fires_within_8_years(&cron) {
+            return Err(
+                "never fires: no date matches its day-of-month, month and day-of-week (like 30 \
+                 February or 31 April); check the day and month fields"
+                    .into(),
+            );
+        }
         Ok(Schedule {
             text: trimmed.to_string(),
             cron: cron.into(),
@@ -319,6 +326,26 @@ impl Schedule {
     }
 }
 
+/// Whether some day of the 8 years from 2024-01-01 matches the day fields (time-of-day fields
+/// always match some time). 8 years hold every weekday of every date and two leap days, so
+/// `0 0 29 2 *` fires and `0 0 30 2 *` or `0 0 31 4,6,9,11 *` never do.
+fn fires_within_8_years(cron: &Cron) -> bool {
+    let Some(mut day) = chrono::NaiveDate::from_ymd_opt(2024, 1, 1) else {
+        return true;
+    };
+    use chrono::Datelike;
+    for _ in 0..(8 * 366) {
+        let (y, m, d) = (day.year(), day.month(), day.day());
+        if cron.pattern.month_match(m).unwrap_or(true)
+            && cron.pattern.day_match(y, m, d).unwrap_or(true)
+        {
+            return true;
+        }
+        day = day.succ_opt().unwrap_or(day);
+    }
+    false
+}
+
 /// Refuse what croner would read differently from cron: extensions, and names outside their
 /// field (croner replaces month and weekday names anywhere in the string).
 fn check_field(field: &str, name: &str) -> Result<(), String> {
@@ -441,6 +468,38 @@ mod tests {
     fn next(expr: &str, after: &str, z: &str) -> String {
         let s = Schedule::parse(expr).unwrap();
         s.next_after(utc(after), &zone(z)).unwrap().to_rfc3339()
+    }
+
+    #[test]
+    fn schedules_that_never_fire_are_refused_and_leap_days_are_not() {
+        for never in [
+            "0 0 30 2 *",
+            "0 0 31 2 *",
+            "0 0 31 4,6,9,11 *",
+            "0 0 0 31 APR-JUN/2 *",
+            "0 0 30-31 FEB *",
+        ] {
+            let e = Schedule::parse(never).unwrap_err();
+            assert!(e.starts_with("never fires"), "{never}: {e}");
+        }
+        for fires in [
+            "0 0 29 2 *",
+            "0 0 31 * *",
+            "0 0 30 2 MON",
+            "0 0 31 4 1-5",
+            "0 0 29 2 */7",
+        ] {
+            let s = Schedule::parse(fires).unwrap_or_else(|e| panic!("{fires}: {e}"));
+            assert!(
+                s.next_after(utc("2026-03-01T00:00:00Z"), &Zone::Utc)
+                    .is_some(),
+                "{fires}"
+            );
+        }
+        assert_eq!(
+            next("0 0 29 2 *", "2026-03-01T00:00:00Z", "UTC"),
+            "2028-02-29T00:00:00+00:00"
+        );
     }
 
     #[test]

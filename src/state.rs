@@ -61,6 +61,10 @@ pub enum StateError {
 pub struct State {
     path: PathBuf,
     keep: Duration,
+    /// Whether a damaged file is moved aside and recreated: only by the processes that record
+    /// runs (`open`), never by a reader such as `status` (as root it would leave a root-owned
+    /// state.db the service cannot write).
+    recover: bool,
 }
 
 /// The last recorded run of one job, as `status` shows it.
@@ -122,7 +126,11 @@ impl State {
                 .open(&path)
                 .map_err(dir_err)?;
         }
-        let state = State { path, keep };
+        let state = State {
+            path,
+            keep,
+            recover: true,
+        };
         state.with(migrate)?;
         Ok(state)
     }
@@ -131,18 +139,23 @@ impl State {
     pub fn open_existing(dir: &Path, keep: Duration) -> Option<State> {
         let path = dir.join("state.db");
         // Something that is not a regular file is kept, so the first query says what it is.
-        std::fs::symlink_metadata(&path)
-            .is_ok()
-            .then_some(State { path, keep })
+        std::fs::symlink_metadata(&path).is_ok().then_some(State {
+            path,
+            keep,
+            recover: false,
+        })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
+    /// Run `f` on a fresh connection. A state DB that is not an SQLite database or is
+    /// corrupt is moved aside (see [`State::set_aside`]) and `f` runs again on a new one: run
+    /// history is worth less than the job that wants to record its run.
     fn with<T>(
         &self,
-        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
+        mut f: impl FnMut(&mut Connection) -> rusqlite::Result<T>,
     ) -> Result<T, StateError> {
         // SQLite would block forever opening a FIFO here (lstat only, nothing is opened).
         for p in std::iter::once(self.path.clone())
@@ -152,7 +165,8 @@ impl State {
                 return Err(StateError::NotRegular { path: p, kind });
             }
         }
-        let run = || {
+        // `fresh`: the file was just recreated, and needs its schema first.
+        let mut run = |fresh: bool| {
             let mut c = Connection::open_with_flags(
                 &self.path,
                 OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -162,12 +176,71 @@ impl State {
             c.busy_timeout(Duration::from_secs(10))?;
             c.pragma_update(None, "journal_mode", "WAL")?;
             c.pragma_update(None, "synchronous", "NORMAL")?;
+            if fresh {
+                migrate(&mut c)?;
+            }
             f(&mut c)
         };
-        run().map_err(|source| StateError::Sqlite {
+        let err = |source| StateError::Sqlite {
             path: self.path.clone(),
             source,
-        })
+        };
+        match run(false) {
+            Err(e) if self.recover && is_damaged(&e) => {
+                self.set_aside(&e).map_err(|source| StateError::Dir {
+                    path: self.path.clone(),
+                    source,
+                })?;
+                run(true).map_err(err)
+            }
+            r => r.map_err(err),
+        }
+    }
+
+    /// Move a damaged state DB (and its -wal, -shm, -journal) to `state.db.corrupt-<stamp>`
+    /// and create an empty one, saying so in one warning line. Under an exclusive `flock` on
+    /// the state directory, and only if the file is still damaged then: a timer's `run` and
+    /// the daemon finding it at once move it once, and never the new one.
+    fn set_aside(&self, cause: &rusqlite::Error) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let lock = std::fs::File::open(dir)?;
+        // SAFETY: flock on a descriptor we own; released when `lock` is closed.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let still_damaged = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .and_then(|c| c.query_row("PRAGMA quick_check(1)", [], |r| r.get::<_, String>(0)))
+        .map_or_else(|e| is_damaged(&e), |ok| ok != "ok");
+        if !still_damaged {
+            return Ok(());
+        }
+        let stamp = Utc::now().format("%Y%m%dT%H%M%S%.3fZ");
+        let aside = dir.join(format!("state.db.corrupt-{stamp}"));
+        std::fs::rename(&self.path, &aside)?;
+        for sfx in ["-wal", "-shm", "-journal"] {
+            let side = PathBuf::from(format!("{}{sfx}", self.path.display()));
+            if side.exists() {
+                std::fs::rename(&side, format!("{}{sfx}", aside.display()))?;
+            }
+        }
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&self.path)?;
+        tracing::warn!(
+            "{}: the state database is damaged ({cause}); moved it to {} and started a new \
+             one (the run history before now is in that file)",
+            self.path.display(),
+            aside.display()
+        );
+        Ok(())
     }
 
     /// Record that a run started (outcome `running`).
@@ -365,6 +438,15 @@ impl State {
             Ok(out)
         })
     }
+}
+
+/// Whether an error means the file is no state database (garbage, or a damaged one), rather
+/// than one we cannot open (permissions, a full disk, a lock).
+pub(crate) fn is_damaged(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt)
+    )
 }
 
 /// Bring the schema to the newest version. The version is read inside a write transaction,

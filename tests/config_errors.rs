@@ -193,13 +193,13 @@ fn cases() -> Vec<Case> {
             name: "database name with upper case",
             text: "[[database]]\nname = \"Chat\"\npath = \"/srv/app/chat.db\"\n",
             pos: "2:8",
-            says: &["name:", "[a-z0-9_-]+", "(got \"Chat\")"],
+            says: &["name:", "[a-z0-9_][a-z0-9_-]*", "(got \"Chat\")"],
         },
         Case {
             name: "database name with a space",
             text: "[daemon]\n[[database]]\nname = \"my chat\"\npath = \"/srv/app/chat.db\"\n",
             pos: "3:8",
-            says: &["name:", "[a-z0-9_-]+", "(got \"my chat\")"],
+            says: &["name:", "[a-z0-9_][a-z0-9_-]*", "(got \"my chat\")"],
         },
         Case {
             name: "relative database path",
@@ -384,24 +384,20 @@ fn bad_environment_override_names_the_variable() {
                 "(got \"0\")",
             ],
         ),
-        // Wrong type and unknown key are found while layering: the variable and the value are
-        // named, with the file they were layered over.
+        // Wrong type and unknown key are found while layering, by the file's rules: the
+        // variable, the key and the value as typed are named.
         (
             "LITEKEEPER__DAEMON__MAX_CONCURRENT_JOBS",
             "abc",
             &[
-                "environment overrides LITEKEEPER__DAEMON__MAX_CONCURRENT_JOBS",
-                "\"abc\"",
-                "daemon.max_concurrent_jobs",
+                "LITEKEEPER__DAEMON__MAX_CONCURRENT_JOBS: daemon.max_concurrent_jobs: invalid type",
+                "(got \"abc\")",
             ],
         ),
         (
             "LITEKEEPER__DAEMON__BOGUS",
             "1",
-            &[
-                "environment overrides LITEKEEPER__DAEMON__BOGUS",
-                "unknown field `bogus`",
-            ],
+            &["LITEKEEPER__DAEMON__BOGUS: daemon.bogus: unknown field `bogus`"],
         ),
     ];
     let mut failures = Vec::new();
@@ -501,9 +497,9 @@ fn missing_config_file_exits_78_naming_the_path_once() {
     let line = one_line(&out).unwrap_or_else(|e| panic!("{e}"));
     assert!(
         line.contains(&format!(
-            "{}: cannot read the configuration file",
+            "{}: the configuration must be a regular file, and this is a directory",
             env.config_path().display()
-        )) && line.to_lowercase().contains("is a directory"),
+        )),
         "{line}"
     );
 }

@@ -107,3 +107,85 @@ fn demo_builds_a_sample_runs_the_jobs_and_refuses_a_used_dir() {
         before
     );
 }
+
+/// The "Try next" lines run as printed, on a machine where `litekeeper` is not on PATH (after
+/// `cargo run`): they name the running binary by its path, quoted for the shell, as is the
+/// demo directory (here with a space in it).
+#[test]
+fn the_demos_try_next_lines_run_as_printed_without_litekeeper_on_path() {
+    let env = TestEnv::new();
+    let dir = env.path("my demo");
+    let out = Command::cargo_bin("litekeeper")
+        .unwrap()
+        .arg("demo")
+        .arg(&dir)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.ends_with('\n'), "{stdout:?}");
+    let lines: Vec<&str> = stdout
+        .lines()
+        .skip_while(|l| *l != "Try next:")
+        .skip(1)
+        .map(str::trim)
+        .collect();
+    assert_eq!(lines.len(), 4, "{stdout}");
+    for line in lines {
+        let o = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(line)
+            .env("PATH", "/usr/bin:/bin")
+            .env("NO_COLOR", "1")
+            .env_remove("LITEKEEPER_CONFIG")
+            .current_dir(env.dir.path())
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{line}\n{}", both(&o));
+    }
+    assert!(dir.join("restored.db").is_file());
+}
+
+/// README's Quick start works on a fresh machine: the test suite's command comes with the
+/// command installing cargo-nextest, and `.ci/run` runs exactly those two.
+#[test]
+fn readme_quick_start_installs_nextest_and_ci_runs_the_same_commands() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let quick = readme
+        .split("## Quick start")
+        .nth(1)
+        .and_then(|s| s.split("```sh").nth(1))
+        .and_then(|s| s.split("```").next())
+        .expect("README has a Quick start sh block");
+    let commands: Vec<&str> = quick
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    assert_eq!(
+        commands,
+        [
+            "cargo run --release -- demo",
+            "cargo install --locked cargo-nextest",
+            "cargo nextest run"
+        ]
+    );
+    let ci = std::fs::read_to_string(root.join(".ci/run")).unwrap();
+    let ci_lines: Vec<&str> = ci.lines().map(str::trim).collect();
+    assert!(
+        ci_lines
+            .iter()
+            .any(|l| l.ends_with("|| cargo install --locked cargo-nextest")),
+        ".ci/run does not install cargo-nextest as README says"
+    );
+    assert_eq!(
+        ci_lines
+            .iter()
+            .filter(|l| l.starts_with("cargo nextest run"))
+            .collect::<Vec<_>>(),
+        [&"cargo nextest run"],
+        ".ci/run must run README's test command exactly"
+    );
+}

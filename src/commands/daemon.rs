@@ -117,31 +117,37 @@ async fn serve(
         tokio::select! {
             _ = hup.recv() => {
                 notify::reloading();
-                match config::load(path) {
-                    Ok(new) => {
-                        // A new state_dir must be this daemon's alone, as at start.
-                        let moved = new.daemon.state_dir != daemon_lock.dir();
-                        let new_lock = if moved {
-                            lock_state_dir(&new.daemon.state_dir).map(Some)
-                        } else {
-                            Ok(None)
-                        };
-                        match new_lock.and_then(|l| Ok((l, make_env(new, cancel.clone())?))) {
-                            Ok((new_lock, env)) => {
-                                let jobs = env.config.scheduled_jobs().count();
-                                scheduler.reload(env).await;
-                                if let Some(l) = new_lock {
-                                    daemon_lock = l;
-                                }
-                                tracing::info!(message_id = message_id::DAEMON_RELOADED, "configuration reloaded: {jobs} scheduled job(s)");
-                            }
-                            Err(e) => tracing::error!(message_id = message_id::RELOAD_FAILED, "reload failed, keeping the previous configuration: {e}"),
+                // Read and open off the signal loop: a file system that stalls must not keep
+                // SIGTERM waiting (the file checks refuse FIFOs and devices before reading).
+                let (file, token) = (path.to_path_buf(), cancel.clone());
+                let current_dir = daemon_lock.dir().to_path_buf();
+                let loading = tokio::task::spawn_blocking(move || {
+                    let new = config::load(&file).map_err(|e| e.to_string().replace('\n', "; "))?;
+                    // A new state_dir must be this daemon's alone, as at start.
+                    let new_lock = if new.daemon.state_dir != current_dir {
+                        Some(lock_state_dir(&new.daemon.state_dir).map_err(|e| e.to_string())?)
+                    } else {
+                        None
+                    };
+                    Ok((new_lock, make_env(new, token).map_err(|e| e.to_string())?))
+                });
+                let loaded: Result<_, String> = tokio::select! {
+                    r = loading => r.unwrap_or_else(|e| Err(format!("the reload task failed: {e}"))),
+                    _ = term.recv() => break,
+                    _ = int.recv() => break,
+                };
+                match loaded {
+                    Ok((new_lock, env)) => {
+                        let jobs = env.config.scheduled_jobs().count();
+                        scheduler.reload(env).await;
+                        if let Some(l) = new_lock {
+                            daemon_lock = l;
                         }
+                        tracing::info!(message_id = message_id::DAEMON_RELOADED, "configuration reloaded: {jobs} scheduled job(s)");
                     }
                     Err(e) => tracing::error!(
                         message_id = message_id::RELOAD_FAILED,
-                        "reload failed, keeping the previous configuration: {}",
-                        e.to_string().replace('\n', "; ")
+                        "reload failed, keeping the previous configuration: {e}"
                     ),
                 }
                 notify::ready();

@@ -174,18 +174,43 @@ pub fn run(args: DemoArgs) -> Result<ExitCode, Failure> {
         "  {:<14} {:>12} {:>12}",
         "backups", before.backups, after.backups
     );
-    let c = sample.config.display();
+    // The running binary by its path: after `cargo run`, `litekeeper` is not on PATH.
+    let exe = std::env::current_exe()
+        .map(|p| shell_quote(&p.display().to_string()))
+        .unwrap_or_else(|_| "litekeeper".to_string());
+    let c = shell_quote(&sample.config.display().to_string());
+    let restored = shell_quote(&dir.join("restored.db").display().to_string());
     println!("\nTry next:");
-    println!("  litekeeper -c {c} status");
-    println!("  litekeeper -c {c} schedule");
-    println!("  litekeeper -c {c} check");
-    println!(
-        "  litekeeper -c {c} restore chat --to {}/restored.db",
-        dir.display()
-    );
+    println!("  {exe} -c {c} status");
+    println!("  {exe} -c {c} schedule");
+    println!("  {exe} -c {c} check");
+    println!("  {exe} -c {c} restore chat --to {restored}");
     Ok(if failed {
         ExitCode::Failed
     } else {
         ExitCode::Ok
     })
+}
+
+/// `text` as one shell word: as is when it is plain, else in single quotes.
+fn shell_quote(text: &str) -> String {
+    let plain = !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-+:,@%=".contains(&b));
+    if plain {
+        text.to_string()
+    } else {
+        format!("'{}'", text.replace('\'', "'\\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn shell_words() {
+        assert_eq!(super::shell_quote("/tmp/a-b/lk.toml"), "/tmp/a-b/lk.toml");
+        assert_eq!(super::shell_quote("/tmp/my demo"), "'/tmp/my demo'");
+        assert_eq!(super::shell_quote("/tmp/it's"), "'/tmp/it'\\''s'");
+    }
 }

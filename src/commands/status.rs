@@ -277,17 +277,32 @@ fn check_jobs(
     let selected = super::selected(&config, only).map_err(|f| f.to_string())?;
     let zone = &config.daemon.timezone;
     let state_path = config.daemon.state_dir.join("state.db");
-    let unreadable = |e: &dyn std::fmt::Display| {
+    let unreadable = |e: &dyn std::fmt::Display, hint: &str| {
         format!(
-            "{}: cannot read the state database: {e} (run the check as root or as the user litekeeper runs as)",
+            "{}: cannot read the state database: {e} ({hint})",
             state_path.display()
         )
     };
+    // Root is never told to become root: a file root cannot read is damaged or elsewhere.
+    let denied_hint = if crate::paths::is_root() {
+        "check the file and its directory"
+    } else {
+        "run the check as root or as the user litekeeper runs as"
+    };
+    let sqlite_unreadable = |e: &rusqlite::Error| {
+        let hint = if crate::state::is_damaged(e) {
+            "it is damaged or not a state database: the next job, or the daemon, moves it aside \
+             as state.db.corrupt-<time> and starts a new one"
+        } else {
+            denied_hint
+        };
+        unreadable(e, hint)
+    };
     // No state DB yet: nothing ever ran. Anything else that stops us reading it is UNKNOWN.
     let conn = match std::fs::metadata(&state_path) {
-        Ok(_) => Some(metrics::open(&state_path, true).map_err(|e| unreadable(&e))?),
+        Ok(_) => Some(metrics::open(&state_path, true).map_err(|e| sqlite_unreadable(&e))?),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(unreadable(&e)),
+        Err(e) => return Err(unreadable(&e, denied_hint)),
     };
     let mut problems: Vec<(CheckCode, String)> = Vec::new();
     let (mut jobs, mut aged) = (0, 0);
@@ -308,7 +323,9 @@ fn check_jobs(
             });
             aged += usize::from(max.is_some());
             let history = match &conn {
-                Some(c) => metrics::history(c, &db.name, kind).map_err(|e| unreadable(&e))?,
+                Some(c) => {
+                    metrics::history(c, &db.name, kind).map_err(|e| sqlite_unreadable(&e))?
+                }
                 None => History::default(),
             };
             for (code, text) in judge(&history, max, now) {

@@ -1,6 +1,7 @@
-//! Loading the configuration: read the file, parse it with `toml` (so errors carry line and
-//! column), layer `LITEKEEPER__…` environment overrides with the `config` crate, then
-//! `validate` into the immutable domain types of `model`.
+//! Loading the configuration: read the file (a regular file of at most [`MAX_FILE_BYTES`]),
+//! parse it with `toml` (so errors carry line and column), layer `LITEKEEPER__DAEMON__…`
+//! environment overrides read by the file's own rules, then `validate` into the immutable
+//! domain types of `model`.
 //!
 //! Every problem becomes one line: `FILE:LINE:COL: KEY: reason (got VALUE)`.
 
@@ -35,8 +36,86 @@ pub enum ConfigError {
         path: PathBuf,
         cause: std::io::Error,
     },
+    #[error(
+        "{}: the configuration must be a regular file, and this is {kind} (pass -c FILE with the path of the file itself)",
+        path.display()
+    )]
+    NotRegular { path: PathBuf, kind: &'static str },
+    #[error(
+        "{}: the configuration file is larger than {} MiB; is this the right file? (pass -c FILE)",
+        path.display(),
+        MAX_FILE_BYTES >> 20
+    )]
+    TooLarge { path: PathBuf },
     #[error("{}", .0.join("\n"))]
     Invalid(Vec<String>),
+}
+
+/// The largest configuration file read: a real one is a few KiB even with thousands of
+/// databases; anything bigger is the wrong file (`-c /var/log/syslog`).
+pub const MAX_FILE_BYTES: u64 = 4 << 20;
+
+/// The text of the configuration file, refusing what is not a regular file before reading a
+/// byte: opening a FIFO without `O_NONBLOCK` waits for a writer forever, and a character
+/// device (`/dev/zero`) never ends. At most [`MAX_FILE_BYTES`] are read, even from a file
+/// that grows meanwhile.
+pub fn read_file(path: &Path) -> Result<String, ConfigError> {
+    use std::io::Read;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let read_err = |cause| ConfigError::Read {
+        path: path.to_path_buf(),
+        cause,
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(read_err)?;
+    let meta = file.metadata().map_err(read_err)?;
+    let t = meta.file_type();
+    let kind = if t.is_file() {
+        None
+    } else if t.is_dir() {
+        Some("a directory")
+    } else if t.is_fifo() {
+        Some("a FIFO (named pipe)")
+    } else if t.is_char_device() {
+        Some("a character device")
+    } else if t.is_block_device() {
+        Some("a block device")
+    } else if t.is_socket() {
+        Some("a socket")
+    } else {
+        Some("not a regular file")
+    };
+    if let Some(kind) = kind {
+        return Err(ConfigError::NotRegular {
+            path: path.to_path_buf(),
+            kind,
+        });
+    }
+    let too_large = || ConfigError::TooLarge {
+        path: path.to_path_buf(),
+    };
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_err)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(too_large());
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        read_err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "not UTF-8 text (invalid byte at offset {})",
+                e.utf8_error().valid_up_to()
+            ),
+        ))
+    })
 }
 
 /// A key in the configuration, like `database[0].prune.rule[1].older_than`.
@@ -100,15 +179,44 @@ impl fmt::Display for KeyPath {
 }
 
 /// Load and validate the configuration file at `path`, with environment overrides.
+/// The path the configuration records (`Config::file`) is absolute, whatever `-c` was given:
+/// units and `Environment=LITEKEEPER_CONFIG=` are read from another working directory.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
-        path: path.to_path_buf(),
-        cause,
-    })?;
-    let env: Vec<(String, String)> = std::env::vars()
-        .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}__")))
-        .collect();
-    load_str(&text, path, &Defaults::for_current_user(), &env)
+    let text = read_file(path)?;
+    let env = env_overrides()?;
+    let mut config = load_str(&text, path, &Defaults::for_current_user(), &env)?;
+    if let Ok(abs) = std::path::absolute(path) {
+        config.file = abs;
+    }
+    Ok(config)
+}
+
+/// The `LITEKEEPER__…` variables as `(VARIABLE, value as typed)`, gathered by the `config`
+/// crate's environment source (prefix, `__` separator). Its parsing stays off: it reads
+/// `4.5` as a number that a whole-number key then truncates, so `layer_env` reads each value
+/// by the file's own rules instead. A value that is not UTF-8 is an error naming the variable.
+fn env_overrides() -> Result<Vec<(String, String)>, ConfigError> {
+    use config::Source;
+    let found = config::Environment::with_prefix(ENV_PREFIX)
+        .prefix_separator("__")
+        .separator("__")
+        .try_parsing(false)
+        .collect()
+        .map_err(|e| ConfigError::Invalid(vec![one_line(&e.to_string())]))?;
+    let mut vars = Vec::with_capacity(found.len());
+    for (key, value) in found {
+        // The source lower-cases the name and joins its parts with '.'.
+        let var = format!(
+            "{ENV_PREFIX}__{}",
+            key.replace('.', "__").to_ascii_uppercase()
+        );
+        let value = value.into_string().map_err(|e| {
+            ConfigError::Invalid(vec![format!("{var}: {}", one_line(&e.to_string()))])
+        })?;
+        vars.push((var, value));
+    }
+    vars.sort();
+    Ok(vars)
 }
 
 /// Load from text (testable: file name, defaults and environment are parameters).
@@ -162,38 +270,105 @@ fn parse_raw(text: &str, fname: &str) -> Result<RawConfig, ConfigError> {
     })
 }
 
-/// Re-read file + `LITEKEEPER__…` variables through the `config` crate.
+/// The file with `LITEKEEPER__DAEMON__KEY=VALUE` variables layered on its `[daemon]` table.
+/// Each value is read by the file's rules for its key: verbatim for a string key, as a TOML
+/// value for any other (`4` is a number, `4.5`, `1e3`, `inf` and `nan` are not whole numbers,
+/// `true`/`false` for a flag), and is refused, naming the variable and the value as typed,
+/// when the file would refuse it. Control characters are refused in every value.
 fn layer_env(text: &str, fname: &str, env: &[(String, String)]) -> Result<RawConfig, ConfigError> {
-    // The environment reaches [daemon] and top-level keys; [[database]] entries are a list,
-    // which environment variables cannot address reliably: say so instead of a serde error.
-    if let Some((k, _)) = env.iter().find(|(k, _)| {
-        k.to_ascii_uppercase()
-            .starts_with(&format!("{ENV_PREFIX}__DATABASE"))
-    }) {
-        return Err(ConfigError::Invalid(vec![format!(
-            "{k}: [[database]] entries cannot be set from the environment (only [daemon] keys, \
-             e.g. LITEKEEPER__DAEMON__BUSY_TIMEOUT); edit {fname} instead"
-        )]));
+    let mut doc: toml::Table = toml::from_str(text).map_err(|e| {
+        ConfigError::Invalid(vec![format!(
+            "{fname}: invalid TOML: {}",
+            one_line(e.message())
+        )])
+    })?;
+    let mut problems = Vec::new();
+    for (var, value) in env {
+        let parts: Vec<String> = var[ENV_PREFIX.len() + 2..]
+            .split("__")
+            .map(str::to_ascii_lowercase)
+            .collect();
+        let key = match parts.as_slice() {
+            [section, key] if section == "daemon" && !key.is_empty() => key.clone(),
+            // [[database]] entries are a list, which variables cannot address reliably.
+            [section, ..] if section == "database" => {
+                problems.push(format!(
+                    "{var}: [[database]] entries cannot be set from the environment (only \
+                     [daemon] keys, e.g. LITEKEEPER__DAEMON__BUSY_TIMEOUT); edit {fname} instead"
+                ));
+                continue;
+            }
+            _ => {
+                problems.push(format!(
+                    "{var}: not a configuration key: environment overrides name a [daemon] key \
+                     as LITEKEEPER__DAEMON__KEY, e.g. LITEKEEPER__DAEMON__MAX_CONCURRENT_JOBS"
+                ));
+                continue;
+            }
+        };
+        if value.chars().any(char::is_control) {
+            problems.push(format!(
+                "{var}: daemon.{key}: {CONTROL_CHARS} (got {value:?})"
+            ));
+            continue;
+        }
+        match env_value(&key, value) {
+            Ok(v) => {
+                let daemon = doc
+                    .entry("daemon")
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                if let toml::Value::Table(t) = daemon {
+                    t.insert(key, v);
+                }
+            }
+            Err(reason) => problems.push(format!("{var}: daemon.{key}: {reason} (got {value:?})")),
+        }
     }
-    let source = config::Environment::with_prefix(ENV_PREFIX)
-        .prefix_separator("__")
-        .separator("__")
-        .try_parsing(true)
-        .source(Some(env.iter().cloned().collect()));
-    config::Config::builder()
-        .add_source(config::File::from_str(text, config::FileFormat::Toml))
-        .add_source(source)
-        .build()
-        .and_then(|c| c.try_deserialize::<RawConfig>())
+    if !problems.is_empty() {
+        return Err(ConfigError::Invalid(problems));
+    }
+    toml::Value::Table(doc)
+        .try_into::<RawConfig>()
         .map_err(|e| {
             let vars: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
             ConfigError::Invalid(vec![format!(
-                "{fname}: with environment overrides {}: {} (check the variable names: \
-                 LITEKEEPER__SECTION__KEY)",
+                "{fname}: with environment overrides {}: {}",
                 vars.join(", "),
-                one_line(&e.to_string())
+                one_line(e.message())
             )])
         })
+}
+
+/// What the file says about control characters in a value (also for variables).
+pub(crate) const CONTROL_CHARS: &str = "must not contain control characters (newline, tab, DEL, …)";
+
+/// `value` as the `[daemon]` key `key` would hold it in the file. The key's type is asked of
+/// `RawDaemon` itself: a value that fits as a string is a string; otherwise it is read as a
+/// TOML value and must fit as that, with serde's message when it does not (the file's).
+fn env_value(key: &str, value: &str) -> Result<toml::Value, String> {
+    let fits = |v: &toml::Value| {
+        let mut t = toml::Table::new();
+        t.insert(key.to_string(), v.clone());
+        toml::Value::Table(t)
+            .try_into::<raw::RawDaemon>()
+            .map(|_| ())
+            .map_err(|e| one_line(e.message()))
+    };
+    let string = toml::Value::String(value.to_string());
+    let as_string = match fits(&string) {
+        Ok(()) => return Ok(string),
+        Err(e) if e.starts_with("unknown field") => return Err(e),
+        Err(e) => e,
+    };
+    let literal = toml::from_str::<toml::Table>(&format!("v = {value}"))
+        .ok()
+        .filter(|t| t.len() == 1)
+        .and_then(|mut t| t.remove("v"))
+        .filter(|v| !matches!(v, toml::Value::Table(_) | toml::Value::Array(_)));
+    match literal {
+        Some(v) => fits(&v).map(|()| v),
+        None => Err(as_string),
+    }
 }
 
 fn format_problem(
@@ -212,8 +387,8 @@ fn format_problem(
         .unwrap_or_default();
     // A value set from the environment is named by its variable, not by a file position.
     let var = env_var_for(&p.key);
-    if env.iter().any(|(k, _)| k.eq_ignore_ascii_case(&var)) {
-        return format!("{var}: {key}: {}{got}", p.reason);
+    if let Some((var, typed)) = env.iter().find(|(k, _)| k.eq_ignore_ascii_case(&var)) {
+        return format!("{var}: {key}: {} (got {typed:?})", p.reason);
     }
     let pos = spans
         .and_then(|s| span_of(s.get_ref(), &p.key))
@@ -226,7 +401,7 @@ fn format_problem(
 /// fit the live schema): the file is read again for the position.
 pub fn locate(file: &Path, key: &KeyPath, names: &[String], reason: &str) -> String {
     let fname = file.display().to_string();
-    let text = std::fs::read_to_string(file).unwrap_or_default();
+    let text = read_file(file).unwrap_or_default();
     let spans = toml::de::DeTable::parse(&text).ok();
     let pos = spans
         .as_ref()

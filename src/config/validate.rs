@@ -55,7 +55,9 @@ impl Checker {
 
     fn abs_path(&mut self, key: &KeyPath, text: &str) -> PathBuf {
         let p = PathBuf::from(text);
-        if text.is_empty() || !p.is_absolute() {
+        if has_control_chars(text) {
+            self.fail(key, super::CONTROL_CHARS, Some(text.to_string()));
+        } else if text.is_empty() || !p.is_absolute() {
             self.fail(
                 key,
                 "expected an absolute path like \"/var/lib/app/app.db\"",
@@ -232,8 +234,22 @@ fn dir_handle(pattern: &str) -> Option<String> {
     template_handle(dir.rsplit('/').next().unwrap_or(""))
 }
 
+/// Paths and names from the configuration never hold control characters: a newline or tab
+/// would become a line of a unit file, a log or a Nagios answer.
+fn has_control_chars(s: &str) -> bool {
+    s.chars().any(char::is_control)
+}
+
+const NAME_RULE: &str =
+    "expected a name of lower-case letters, digits, '_' and '-', not starting with '-' \
+     ([a-z0-9_][a-z0-9_-]*)";
+
+/// The one rule for a database's name, and for a fleet member's name made from its template:
+/// lower-case ASCII letters, digits, '_' and '-', not starting with '-' (a name is an argument
+/// of `litekeeper run NAME JOB` and of timer units, where `-rf` would read as an option).
 pub(super) fn is_db_name(s: &str) -> bool {
     !s.is_empty()
+        && !s.starts_with('-')
         && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
@@ -462,6 +478,7 @@ pub fn validate(
     };
 
     let mut databases: Vec<Arc<Database>> = Vec::new();
+    let mut plain_names = std::collections::HashSet::new();
     let mut fleets = Vec::new();
     for (i, rd) in raw.database.iter().enumerate() {
         let key = KeyPath::root().key("database").index(i);
@@ -487,11 +504,17 @@ pub fn validate(
                 }
             }
             let sample = member_name(&rd.name, "sample");
-            if !is_db_name(&sample) || sample.starts_with('-') {
+            if has_control_chars(&rd.name) {
                 c.fail(
                     &key.key("name"),
-                    "expected a name template of lower-case letters, digits, '_', '-' and {stem}, \
-                     not starting with '-'",
+                    super::CONTROL_CHARS,
+                    Some(rd.name.clone()),
+                );
+            } else if !is_db_name(&sample) {
+                c.fail(
+                    &key.key("name"),
+                    "expected a name template of lower-case letters, digits, '_', '-' and \
+                     {stem}, not starting with '-'",
                     Some(rd.name.clone()),
                 );
             }
@@ -517,12 +540,8 @@ pub fn validate(
             continue;
         }
         if !is_db_name(&rd.name) {
-            c.fail(
-                &key.key("name"),
-                "expected a name of lower-case letters, digits, '_' and '-' ([a-z0-9_-]+)",
-                Some(rd.name.clone()),
-            );
-        } else if databases.iter().any(|other| other.name == rd.name) {
+            c.fail(&key.key("name"), NAME_RULE, Some(rd.name.clone()));
+        } else if !plain_names.insert(rd.name.as_str()) {
             c.fail(
                 &key.key("name"),
                 "duplicate database name",
@@ -621,11 +640,13 @@ pub fn validate(
 /// Two `[[database]]` stanzas on one file would run their jobs on it at once (locks are per
 /// stanza) and back it up twice: the second is refused, naming the first.
 fn same_file_twice(c: &mut Checker, databases: &[Arc<Database>], names: &[String]) {
+    let mut first_of: std::collections::HashMap<&std::path::Path, usize> =
+        std::collections::HashMap::with_capacity(databases.len());
     for (i, db) in databases.iter().enumerate() {
         if !db.path.is_absolute() {
             continue;
         }
-        if let Some(j) = databases[..i].iter().position(|d| d.path == db.path) {
+        if let Some(&j) = first_of.get(db.path.as_path()) {
             let first = KeyPath::root().key("database").index(j).key("path");
             c.fail(
                 &KeyPath::root().key("database").index(i).key("path"),
@@ -636,6 +657,8 @@ fn same_file_twice(c: &mut Checker, databases: &[Arc<Database>], names: &[String
                 ),
                 Some(db.path.display().to_string()),
             );
+        } else {
+            first_of.insert(&db.path, i);
         }
     }
 }
@@ -800,9 +823,11 @@ fn backups_in_files_rule_dirs(
     names: &[String],
 ) {
     let stamp = chrono::DateTime::from_timestamp(1_735_786_800, 0).unwrap_or_default();
+    let rules = FilesRuleDirs::new(databases);
     for (i, db) in databases.iter().enumerate() {
         let Some(backup) = &db.backup else { continue };
-        if !backup.dir.is_absolute() {
+        let covering = rules.covering(&backup.dir);
+        if covering.is_empty() || !backup.dir.is_absolute() {
             continue;
         }
         // The names a backup of this database leaves in its directory.
@@ -833,55 +858,109 @@ fn backups_in_files_rule_dirs(
                 " (the default, {state_dir}/backups/{name})".to_string(),
             )
         };
-        for (j, other) in databases.iter().enumerate() {
-            let Some(prune) = &other.prune else { continue };
-            for (n, f) in prune.files.iter().enumerate() {
-                let Ok(rel) = backup.dir.strip_prefix(&f.dir) else {
-                    continue;
-                };
-                let fkey = KeyPath::root()
-                    .key("database")
-                    .index(j)
-                    .key("prune")
-                    .key("files")
-                    .index(n)
-                    .key("dir");
-                let takes = |name: &str| match &f.pattern {
-                    Some(re) => re.captures(name).and_then(|m| m.name("id")).is_some(),
-                    None => true,
-                };
-                let first = rel.components().next().and_then(|p| p.as_os_str().to_str());
-                let why = match (first, f.entries) {
-                    (None, Entries::Files) => samples.iter().find(|s| takes(s)).map(|s| {
-                        format!(
-                            "its pattern matches backup file names like {s:?}, so it would \
-                             delete backups as unreferenced"
-                        )
-                    }),
-                    (Some(sub), Entries::Dirs)
-                        if sub != crate::jobs::prune::QUARANTINE_DIR && takes(sub) =>
-                    {
-                        Some(format!(
-                            "it takes each sub-directory as an id (entries = \"dirs\"), so it \
-                             would delete {sub:?}, which holds the backups, as unreferenced"
-                        ))
-                    }
-                    _ => None,
-                };
-                if let Some(why) = why {
-                    c.fail(
-                        &key,
-                        format!(
-                            "backups{how} would go inside the directory of {} ({:?}), and {why}; \
-                             put backups in a directory no files rule scans",
-                            fkey.describe(names),
-                            f.dir.display().to_string()
-                        ),
-                        Some(backup.dir.display().to_string()),
-                    );
+        for (j, n) in covering {
+            let Some(f) = databases[j].prune.as_ref().and_then(|p| p.files.get(n)) else {
+                continue;
+            };
+            let Ok(rel) = backup.dir.strip_prefix(&f.dir) else {
+                continue;
+            };
+            let fkey = KeyPath::root()
+                .key("database")
+                .index(j)
+                .key("prune")
+                .key("files")
+                .index(n)
+                .key("dir");
+            let takes = |name: &str| match &f.pattern {
+                Some(re) => re.captures(name).and_then(|m| m.name("id")).is_some(),
+                None => true,
+            };
+            let first = rel.components().next().and_then(|p| p.as_os_str().to_str());
+            let why = match (first, f.entries) {
+                (None, Entries::Files) => samples.iter().find(|s| takes(s)).map(|s| {
+                    format!(
+                        "its pattern matches backup file names like {s:?}, so it would \
+                         delete backups as unreferenced"
+                    )
+                }),
+                (Some(sub), Entries::Dirs)
+                    if sub != crate::jobs::prune::QUARANTINE_DIR && takes(sub) =>
+                {
+                    Some(format!(
+                        "it takes each sub-directory as an id (entries = \"dirs\"), so it \
+                         would delete {sub:?}, which holds the backups, as unreferenced"
+                    ))
                 }
+                _ => None,
+            };
+            if let Some(why) = why {
+                c.fail(
+                    &key,
+                    format!(
+                        "backups{how} would go inside the directory of {} ({:?}), and {why}; \
+                         put backups in a directory no files rule scans",
+                        fkey.describe(names),
+                        f.dir.display().to_string()
+                    ),
+                    Some(backup.dir.display().to_string()),
+                );
             }
         }
+    }
+}
+
+/// `Regex::new`, once per pattern text and thread: every database of an app's fleet of
+/// stanzas has the same files pattern, and a compiled one is ~20 KiB (a clone shares it).
+fn compiled(text: &str) -> Result<regex::Regex, regex::Error> {
+    thread_local! {
+        static COMPILED: std::cell::RefCell<std::collections::HashMap<String, Result<regex::Regex, regex::Error>>> =
+            std::cell::RefCell::new(std::collections::HashMap::new());
+    }
+    if let Some(hit) = COMPILED.with_borrow(|c| c.get(text).cloned()) {
+        return hit;
+    }
+    let result = regex::Regex::new(text);
+    COMPILED.with_borrow_mut(|c| {
+        if c.len() >= 256 {
+            c.clear();
+        }
+        c.insert(text.to_string(), result.clone());
+    });
+    result
+}
+
+/// Every files rule by its directory, so the rules a backup directory could fall under are
+/// found by walking that directory's ancestors (a few lookups) instead of comparing it with
+/// every rule of every database: loading 5,000 databases with files rules was quadratic.
+struct FilesRuleDirs<'a> {
+    by_dir: std::collections::HashMap<&'a std::path::Path, Vec<(usize, usize)>>,
+}
+
+impl<'a> FilesRuleDirs<'a> {
+    fn new(databases: &'a [Arc<Database>]) -> Self {
+        let mut by_dir: std::collections::HashMap<&std::path::Path, Vec<(usize, usize)>> =
+            std::collections::HashMap::new();
+        for (j, db) in databases.iter().enumerate() {
+            let Some(prune) = &db.prune else { continue };
+            for (n, f) in prune.files.iter().enumerate() {
+                by_dir.entry(f.dir.as_path()).or_default().push((j, n));
+            }
+        }
+        FilesRuleDirs { by_dir }
+    }
+
+    /// `(database index, files rule index)` of every rule whose directory is `dir` or one of
+    /// its ancestors, in configuration order.
+    fn covering(&self, dir: &std::path::Path) -> Vec<(usize, usize)> {
+        let mut out: Vec<(usize, usize)> = dir
+            .ancestors()
+            .filter_map(|a| self.by_dir.get(a))
+            .flatten()
+            .copied()
+            .collect();
+        out.sort_unstable();
+        out
     }
 }
 
@@ -969,6 +1048,23 @@ pub(super) fn database(
     }
 }
 
+/// Table and column names of a rule hold no control characters, quoted or not (they are
+/// named in logs, figures and `status`); true when one does (the rule is not checked further).
+fn rule_names_with_control_chars(c: &mut Checker, key: &KeyPath, r: &RawRule) -> bool {
+    let mut found = false;
+    for (name, value) in [
+        ("table", Some(&r.table)),
+        ("column", r.column.as_ref()),
+        ("parent", r.parent.as_ref()),
+    ] {
+        if let Some(v) = value.filter(|v| has_control_chars(v)) {
+            c.fail(&key.key(name), super::CONTROL_CHARS, Some(v.clone()));
+            found = true;
+        }
+    }
+    found
+}
+
 fn table_ref(c: &mut Checker, key: &KeyPath, text: &str, aliases: &[&str]) -> TableRef {
     let Some(parts) = split_table_name(text) else {
         c.fail(
@@ -1034,6 +1130,9 @@ fn prune(c: &mut Checker, key: &KeyPath, p: &RawPrune, aliases: &[&str]) -> Prun
     let mut rules = Vec::new();
     for (i, r) in p.rule.iter().enumerate() {
         let k = key.key("rule").index(i);
+        if rule_names_with_control_chars(c, &k, r) {
+            continue;
+        }
         let table = table_ref(c, &k.key("table"), &r.table, aliases);
         for (name, expr) in [("where", &r.filter), ("key", &r.key)] {
             if let Some(why) = expr.as_deref().and_then(sql_expr_problem) {
@@ -1123,7 +1222,7 @@ fn prune(c: &mut Checker, key: &KeyPath, p: &RawPrune, aliases: &[&str]) -> Prun
             Entries::Files,
         );
         let pattern = match &f.pattern {
-            Some(text) => match regex::Regex::new(text) {
+            Some(text) => match compiled(text) {
                 Ok(re) if re.capture_names().any(|n| n == Some("id")) => Some(re),
                 Ok(_) => {
                     c.fail(
@@ -1366,8 +1465,59 @@ mod tests {
         assert!(!is_db_name("Chat"));
         assert!(!is_db_name("a b"));
         assert!(!is_db_name(""));
+        assert!(!is_db_name("-"));
+        assert!(!is_db_name("-rf"));
+        assert!(is_db_name("_a-"));
         assert!(is_identifier("_files1"));
         assert!(!is_identifier("1files"));
+    }
+
+    /// The backup-inside-a-files-rule check finds a backup directory's rules by its ancestors:
+    /// 5,000 databases whose backups lie outside every rule's directory give no candidate at
+    /// all (the check used to compare every backup directory with every rule: 25 million
+    /// pairs), and a rule over a shared parent is found for each database exactly once.
+    #[test]
+    fn files_rules_are_found_by_a_backup_dirs_ancestors() {
+        let mut text = String::new();
+        for i in 0..5000 {
+            text.push_str(&format!(
+                "[[database]]\nname = \"app{i}\"\npath = \"/srv/app{i}/app.db\"\n\
+                 [database.prune]\n[[database.prune.files]]\ndir = \"/srv/app{i}/uploads\"\n\
+                 pattern = '^(?P<id>[0-9a-f-]{{36}})_'\nreferenced_by = \"SELECT id FROM file\"\n\
+                 [database.backup]\ndir = \"/srv/backups/app{i}\"\n"
+            ));
+        }
+        let defaults = Defaults {
+            config_file: "/etc/litekeeper/litekeeper.toml".into(),
+            state_dir: "/var/lib/litekeeper".into(),
+            lock_dir: "/run/litekeeper".into(),
+        };
+        let config =
+            crate::config::load_str(&text, std::path::Path::new("lk.toml"), &defaults, &[])
+                .unwrap();
+        assert_eq!(config.databases.len(), 5000);
+        let rules = FilesRuleDirs::new(&config.databases);
+        let backup_dir = |d: &Arc<Database>| d.backup.as_ref().unwrap().dir.clone();
+        let candidates: usize = config
+            .databases
+            .iter()
+            .map(|d| rules.covering(&backup_dir(d)).len())
+            .sum();
+        assert_eq!(candidates, 0);
+        // A rule on /srv/backups covers every backup directory, and only that rule.
+        let text = text.replacen("/srv/app0/uploads", "/srv/backups", 1);
+        let with_parent =
+            crate::config::load_str(&text, std::path::Path::new("lk.toml"), &defaults, &[])
+                .unwrap()
+                .databases;
+        let rules = FilesRuleDirs::new(&with_parent);
+        for d in &with_parent {
+            assert_eq!(rules.covering(&backup_dir(d)), vec![(0, 0)]);
+        }
+        assert_eq!(
+            rules.covering(std::path::Path::new("/srv/app7/uploads/x")),
+            vec![(7, 0)]
+        );
     }
 
     #[test]
