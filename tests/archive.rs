@@ -478,10 +478,11 @@ fn fleet_config(env: &TestEnv, name: &str) {
     ));
 }
 
-/// A tenant file with a long name (SQLite's `-journal` still fits in 255 bytes) whose
-/// backup names would be too long: the job says so, naming the file and the limit; the listing of the fleet reports it
-/// in the member's own entry while the document stays valid, also when the member's backup
-/// directory name itself is too long to be read.
+/// Long file names. A fleet refuses a member whose stem could not make file names (over 200
+/// bytes): the run says so naming the file and the limit, and backs up the others. A plain
+/// database with a long file name fails its backup naming the file and the 255-byte limit. And
+/// one database whose backups cannot be listed (its directory name is too long to read) is
+/// reported in its own entry while the document stays valid and complete (exit 74).
 #[test]
 fn a_member_with_a_long_name_breaks_only_its_own_entry() {
     let env = TestEnv::new();
@@ -496,13 +497,52 @@ fn a_member_with_a_long_name_breaks_only_its_own_entry() {
     }
     assert_eq!(format!("{longest}.db").len(), 255);
 
-    // name = "{stem}": the member's name and lock fit, its backup file names do not.
+    // Fleet: both long files are no members, named with the limit; the good one is backed up.
     fleet_config(&env, "{stem}");
     let o = env
         .cmd()
         .args(["run", "tenants", "backup"])
         .output()
         .unwrap();
+    let text = both(&o);
+    assert_eq!(o.status.code(), Some(0), "{text}");
+    for stem in [&long, &longest] {
+        let line = text
+            .lines()
+            .find(|l| l.contains(&format!("{stem}.db")) && l.contains("is no member"))
+            .unwrap_or_else(|| panic!("{stem}: {text}"));
+        assert!(line.contains("more than 200"), "{line}");
+    }
+    assert!(env.path("bk/good").exists(), "{text}");
+    let (code, v) = list_json(&env, &["tenants"]);
+    assert_eq!(code, Some(0), "{v:#}");
+    let dbs = v["databases"].as_array().unwrap();
+    assert_eq!(dbs.len(), 1, "{v:#}");
+    assert_eq!(dbs[0]["database"], "good");
+    assert_eq!(dbs[0]["count"], 1, "{v:#}");
+
+    // Plain databases: the long file's backup fails naming it and the limit; a backup
+    // directory whose name is too long to read breaks only its own listing entry.
+    let too_long_dir = env.path(&format!("bk/{}", "c".repeat(256)));
+    db_with(&env, "other/u.db", "u");
+    env.write_config(&format!(
+        "{}{}{}{}",
+        env.daemon_section("timezone = \"UTC\""),
+        backup_stanza(
+            "good",
+            &env.path("tenants/good.db"),
+            &env.path("bk/good"),
+            ""
+        ),
+        backup_stanza(
+            "long",
+            &env.path(&format!("tenants/{long}.db")),
+            &env.path("bk/long"),
+            ""
+        ),
+        backup_stanza("unlistable", &env.path("other/u.db"), &too_long_dir, ""),
+    ));
+    let o = env.cmd().args(["run", "long", "backup"]).output().unwrap();
     let text = both(&o);
     assert_ne!(o.status.code(), Some(0), "{text}");
     let line = text
@@ -513,40 +553,24 @@ fn a_member_with_a_long_name_breaks_only_its_own_entry() {
         line.contains("255") && line.contains(&format!("{long}.db")),
         "{line}"
     );
-    assert!(env.path("bk/good").exists(), "{text}");
-    let (_, v) = list_json(&env, &["tenants"]);
-    let dbs = v["databases"].as_array().unwrap();
-    let good = dbs.iter().find(|d| d["database"] == "good").unwrap();
-    assert_eq!(good["count"], 1, "{good:#}");
-    let bad = dbs.iter().find(|d| d["database"] == long.as_str()).unwrap();
-    assert!(
-        bad["error"].as_str().is_some_and(|e| e.contains("255")),
-        "{bad:#}"
-    );
-
-    // name = "tenant-{stem}": the 255-byte file's backup directory name is too long to read.
-    fleet_config(&env, "tenant-{stem}");
-    let (_, v) = list_json(&env, &["tenant"]);
+    let (code, v) = list_json(&env, &[]);
+    assert_eq!(code, Some(74), "{v:#}");
     let dbs = v["databases"].as_array().unwrap();
     assert_eq!(dbs.len(), 3, "{v:#}");
-    let good = dbs.iter().find(|d| d["database"] == "tenant-good").unwrap();
+    let good = dbs.iter().find(|d| d["database"] == "good").unwrap();
     assert!(good["error"].is_null(), "{good:#}");
-    let bad = dbs
-        .iter()
-        .find(|d| d["database"] == format!("tenant-{longest}").as_str())
-        .unwrap();
+    assert_eq!(good["count"], 1, "{good:#}");
+    let bad = dbs.iter().find(|d| d["database"] == "unlistable").unwrap();
     assert!(
-        bad["error"].as_str().is_some_and(|e| e.contains("255")),
+        bad["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("255 bytes")),
         "{bad:#}"
     );
-    let o = env
-        .cmd()
-        .args(["backups", "list", "tenant"])
-        .output()
-        .unwrap();
+    let o = env.cmd().args(["backups", "list"]).output().unwrap();
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(
-        text.contains("tenant-good") && text.contains("255"),
+        text.contains("good") && text.contains("unlistable") && text.contains("255 bytes"),
         "{}",
         both(&o)
     );

@@ -151,8 +151,12 @@ fn soak_daemon_stays_flat_and_records_every_run() {
         "RSS grew: {} -> {peak_rss} KiB",
         first.1
     );
+    // The peak is what running jobs hold at once: a job holds the database's files (main,
+    // -wal, -shm), its lock, the backup directory's lock, its flocked temp file and directory
+    // handles, about 8; on a loaded machine all three databases' jobs can overlap. A leak shows
+    // in the floor, checked next.
     assert!(
-        peak_fds <= first.2 + 8,
+        peak_fds <= first.2 + 3 * 8,
         "fds grew: {} -> {peak_fds}",
         first.2
     );

@@ -435,21 +435,47 @@ fn output_never_holds_a_pipe_or_a_line_break_from_a_path() {
         (o.status.code(), String::from_utf8(o.stdout).unwrap())
     };
     let daemon = env.daemon_section("");
-    let fleet = format!(
-        "{daemon}[[database]]\nname = \"t-{{stem}}\"\npath = \"{}/*.db\"\n[database.backup]\nschedule = \"0 2 * * *\"\ndir = \"{}/{{name}}\"\n",
-        dir.display().to_string().replace('\n', "\\n"),
-        env.path("backups").display()
-    );
-    for (text, want_code, want_start) in [
-        (daemon.clone(), 0, "OK: no jobs configured in "),
-        (fleet, 1, "WARNING fleet t: no database matches "),
-        (format!("{daemon}[[database]]\nname = 7\n"), 3, "UNKNOWN: "),
+    let fleet_in = |d: &std::path::Path| {
+        format!(
+            "{daemon}[[database]]\nname = \"t-{{stem}}\"\npath = \"{}/*.db\"\n[database.backup]\nschedule = \"0 2 * * *\"\ndir = \"{}/{{name}}\"\n",
+            d.display().to_string().replace('\n', "\\n"),
+            env.path("backups").display()
+        )
+    };
+    // A fleet's own directory with a '|' (a newline there is refused at load: the last case).
+    let fleet_dir = env.path("fl|eet");
+    std::fs::create_dir_all(&fleet_dir).unwrap();
+    for (text, want_code, want_start, names) in [
+        (
+            daemon.clone(),
+            0,
+            "OK: no jobs configured in ",
+            "mon¦itor\\nx",
+        ),
+        (
+            fleet_in(&fleet_dir),
+            1,
+            "WARNING fleet t: no database matches ",
+            "fl¦eet",
+        ),
+        (
+            format!("{daemon}[[database]]\nname = 7\n"),
+            3,
+            "UNKNOWN: ",
+            "mon¦itor\\nx",
+        ),
+        (
+            fleet_in(&dir),
+            3,
+            "UNKNOWN: ",
+            "path: must not contain control characters",
+        ),
     ] {
         let (code, out) = run(&text);
         assert_eq!(code, Some(want_code), "{out}");
         assert_eq!(out.lines().count(), 1, "one line: {out:?}");
         assert!(out.starts_with(want_start), "{out:?}");
         assert!(!out.contains('|'), "{out:?}");
-        assert!(out.contains("mon¦itor\\nx"), "{out:?}");
+        assert!(out.contains(names), "{names:?} in {out:?}");
     }
 }
