@@ -21,6 +21,7 @@ mod kill;
 mod metrics;
 mod pings;
 mod prune;
+mod prune_fk;
 mod retention;
 mod run_lock;
 mod soak;
