@@ -637,7 +637,6 @@ where = \"v < 0 AND (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FRO
     assert!(min < 100, "{ev:#}");
     assert!(ev["batches"].as_u64().unwrap() > 8, "{ev:#}");
     assert!(ev["batches_over_max_lock"].as_u64().unwrap() >= 1, "{ev:#}");
-    assert!(ev.get("one_row_ms").is_none(), "{ev:#}");
     assert!(
         f["max_batch_ms"].as_u64().unwrap() >= ev["max_batch_ms"].as_u64().unwrap(),
         "{f:#}"
