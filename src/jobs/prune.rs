@@ -2,12 +2,14 @@
 //!
 //! Row rules run in config order on the job's connection (attached databases included), so a
 //! cascade (chat → message → blob) completes in one run. Each rule deletes in keyset batches:
-//! read the keys of the next N matching rows after the last batch's end (a read, which does
-//! not block the app's writers in WAL mode), then `DELETE … WHERE key > lo AND key <= hi AND
+//! copy the keys of the next N matching rows after the last batch's end into a temp table (a
+//! read of the database, which does not block the app's writers in WAL mode), then delete the
+//! declared foreign-key dependants of those rows (`prune_fk`) and `… WHERE key IN (batch) AND
 //! <rule>` in its own `BEGIN IMMEDIATE` transaction. The table is read `NOT INDEXED` so the scan
 //! follows the rowid (or primary key) order and every row is visited once: O(N) in total,
-//! never `rowid IN (SELECT … LIMIT n)` re-scans. N adapts so one transaction holds the write lock
-//! for at most `max_lock`; a `pause` between batches lets the app write and the WAL checkpoint.
+//! never `rowid IN (SELECT … LIMIT n)` re-scans. N adapts (dependants included) so one
+//! transaction holds the write lock for at most `max_lock`; a `pause` between batches lets the
+//! app write and the WAL checkpoint.
 //!
 //! Files rules then compare a directory's entries with the ids a SELECT returns. Symlinks are
 //! never followed, nothing outside the directory is touched, and a rule whose reference query

@@ -286,8 +286,8 @@ pub(crate) fn plan(fks: &[Fk], schema: &str, root: &str, root_cond: &str) -> Res
             .iter()
             .filter(|f| same(&f.parent, &p) && f.on_delete.deletes())
         {
-            if !names.contains_key(&key(&fk.child)) {
-                names.insert(key(&fk.child), fk.child.clone());
+            if let std::collections::hash_map::Entry::Vacant(e) = names.entry(key(&fk.child)) {
+                e.insert(fk.child.clone());
                 order.push(key(&fk.child));
             }
         }
