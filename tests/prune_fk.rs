@@ -528,6 +528,9 @@ fn restrict_spares_referenced_rows_and_unorderable_keys_are_refused_at_check() {
          CREATE TABLE badge(id INTEGER PRIMARY KEY, member_id INTEGER REFERENCES member(id) ON DELETE RESTRICT);
          CREATE TABLE a(id INTEGER PRIMARY KEY, b_id INTEGER REFERENCES b(id));
          CREATE TABLE b(id INTEGER PRIMARY KEY, a_id INTEGER REFERENCES a(id));
+         CREATE TABLE room(id INTEGER PRIMARY KEY);
+         CREATE TABLE seat(id INTEGER PRIMARY KEY,
+                           room_id INTEGER NOT NULL REFERENCES room(id) ON DELETE SET NULL);
          WITH RECURSIVE i(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM i WHERE x < 10)
          INSERT INTO plan SELECT x, 1 FROM i;
          INSERT INTO invoice VALUES (1, 2), (2, 4);",
@@ -546,6 +549,9 @@ table = \"team\"
 where = \"old = 1\"
 [[database.prune.rule]]
 table = \"a\"
+where = \"1\"
+[[database.prune.rule]]
+table = \"room\"
 where = \"1\"",
     );
     let text = std::fs::read_to_string(env.config_path()).unwrap();
@@ -562,6 +568,10 @@ where = \"1\"",
             "table = \"a\"",
             "the foreign keys between a, b form a cycle",
         ),
+        (
+            "table = \"room\"",
+            "ON DELETE SET NULL, but seat.room_id is NOT NULL",
+        ),
     ] {
         let want = format!("litekeeper.toml:{}:", line_of(needle));
         assert!(
@@ -569,24 +579,27 @@ where = \"1\"",
             "no {want} … {reason} in:\n{out}"
         );
     }
-    assert!(out.contains("2 error(s)"), "{out}");
-    // Without the refused rules, RESTRICT keeps the plans invoices still name.
+    assert!(out.contains("3 error(s)"), "{out}");
+    // Without the refused rules, RESTRICT keeps the plans invoices still name; the invoice
+    // rule, written second, runs first so the plan it frees goes in the same run.
     config(
         &env,
         &db,
         None,
-        "[[database.prune.rule]]\ntable = \"plan\"\nwhere = \"old = 1\"",
+        "[[database.prune.rule]]\ntable = \"plan\"\nwhere = \"old = 1\"\n[[database.prune.rule]]\ntable = \"invoice\"\nwhere = \"id = 1\"",
     );
     let o = run_prune(&env, &[]);
     assert_eq!(o.status.code(), Some(0), "{}", both(&o));
     let c = app(&db, false);
-    assert_eq!(ids(&c, "SELECT id FROM plan ORDER BY id"), ["2", "4"]);
-    assert_eq!(ids(&c, "SELECT count(*) FROM invoice"), ["2"]);
+    assert_eq!(ids(&c, "SELECT id FROM plan ORDER BY id"), ["4"]);
+    assert_eq!(ids(&c, "SELECT id FROM invoice"), ["2"]);
     assert!(
-        String::from_utf8_lossy(&o.stdout).contains("(ON DELETE RESTRICT) are kept"),
+        String::from_utf8_lossy(&o.stdout)
+            .contains("(ON DELETE RESTRICT) are kept; runs after rule[1]"),
         "{}",
         both(&o)
     );
+    assert_eq!(fk_violations(&c, "main"), Vec::<String>::new());
 }
 
 #[test]

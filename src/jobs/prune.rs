@@ -109,6 +109,8 @@ struct Resolved {
     fks: Vec<prune_fk::Fk>,
     /// `ON DELETE RESTRICT` keys whose referenced rows the rule spares.
     restricted_by: Vec<String>,
+    /// Rules moved ahead of this one because their table holds such a key.
+    runs_after: Vec<String>,
 }
 
 /// A schema problem with the config key it comes from.
@@ -270,6 +272,7 @@ fn resolve(
             name: String::new(),
             fks: Vec::new(),
             restricted_by: Vec::new(),
+            runs_after: Vec::new(),
         };
         let table = match rule {
             Rule::Age { table, .. } | Rule::Where { table, .. } | Rule::Orphan { table, .. } => {
@@ -490,6 +493,7 @@ fn resolve(
         resolved.fks = fks;
         out.push(resolved);
     }
+    order_for_restrict(&mut out);
     let mut refs = Vec::new();
     for (i, f) in prune.files.iter().enumerate() {
         match check_reference_query(conn, &f.referenced_by) {
@@ -504,6 +508,26 @@ fn resolve(
         Ok((out, refs))
     } else {
         Err(problems)
+    }
+}
+
+/// Rules run in config order, except that a rule on a table whose `ON DELETE RESTRICT` key
+/// protects another rule's rows runs first, so one run frees what it can. (Other keys need no
+/// order: every batch deletes its own dependants.)
+fn order_for_restrict(rules: &mut Vec<Resolved>) {
+    for _ in 0..rules.len() * rules.len() {
+        let found = (0..rules.len()).find_map(|i| {
+            (i + 1..rules.len())
+                .find(|&j| {
+                    rules[i].schema == rules[j].schema
+                        && prune_fk::restricts(&rules[i].fks, &rules[i].name, &rules[j].name)
+                })
+                .map(|j| (i, j))
+        });
+        let Some((i, j)) = found else { return };
+        let moved = rules.remove(j);
+        rules[i].runs_after.push(moved.label.clone());
+        rules.insert(i, moved);
     }
 }
 
@@ -725,8 +749,13 @@ pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
         };
         if !r.restricted_by.is_empty() {
             rep.note = Some(format!(
-                "rows still referenced through {} (ON DELETE RESTRICT) are kept",
-                r.restricted_by.join(", ")
+                "rows still referenced through {} (ON DELETE RESTRICT) are kept{}",
+                r.restricted_by.join(", "),
+                if r.runs_after.is_empty() {
+                    String::new()
+                } else {
+                    format!("; runs after {}", r.runs_after.join(", "))
+                }
             ));
         }
         if dry_run {

@@ -65,6 +65,8 @@ pub(crate) struct Fk {
     on_delete: OnDelete,
     /// For `SET DEFAULT`: each `from` column's declared default (SQL), if any.
     defaults: Vec<Option<String>>,
+    /// A `from` column declared NOT NULL that `SET NULL` / `SET DEFAULT` would make NULL.
+    unsettable: Option<String>,
 }
 
 impl Fk {
@@ -114,6 +116,7 @@ pub(crate) fn read(conn: &Connection, schema: &str) -> Result<Vec<Fk>, String> {
                 to: Vec::new(),
                 on_delete: OnDelete::parse(&on_delete),
                 defaults: Vec::new(),
+                unsettable: None,
             });
         }
         let fk = out.last_mut().expect("pushed above");
@@ -148,22 +151,41 @@ pub(crate) fn read(conn: &Connection, schema: &str) -> Result<Vec<Fk>, String> {
     }
     for fk in out
         .iter_mut()
-        .filter(|f| f.on_delete == OnDelete::SetDefault)
+        .filter(|f| matches!(f.on_delete, OnDelete::SetDefault | OnDelete::SetNull))
     {
         for c in &fk.from {
-            let d: Option<String> = conn
+            let (d, notnull): (Option<String>, bool) = conn
                 .query_row(
-                    "SELECT dflt_value FROM pragma_table_xinfo(?1, ?2) WHERE name = ?3",
+                    "SELECT dflt_value, \"notnull\" FROM pragma_table_xinfo(?1, ?2) WHERE name = ?3",
                     [&fk.child, schema, c],
-                    |r| r.get(0),
+                    |r| Ok((r.get(0)?, r.get::<_, i64>(1)? != 0)),
                 )
                 .map_err(|e| {
                     format!("cannot read the default of {schema}.{}.{c}: {e}", fk.child)
                 })?;
-            fk.defaults.push(d);
+            let value = if fk.on_delete == OnDelete::SetDefault {
+                d
+            } else {
+                None
+            };
+            if notnull
+                && value
+                    .as_deref()
+                    .is_none_or(|v| v.eq_ignore_ascii_case("NULL"))
+            {
+                fk.unsettable = Some(c.clone());
+            }
+            fk.defaults.push(value);
         }
     }
     Ok(out)
+}
+
+/// Whether `child` holds an `ON DELETE RESTRICT` key on `parent`.
+pub(crate) fn restricts(fks: &[Fk], parent: &str, child: &str) -> bool {
+    fks.iter().any(|f| {
+        f.on_delete == OnDelete::Restrict && same(&f.parent, parent) && same(&f.child, child)
+    })
 }
 
 /// What one step does to the rows its condition selects.
@@ -413,6 +435,15 @@ pub(crate) fn plan(fks: &[Fk], schema: &str, root: &str, root_cond: &str) -> Res
                 ));
             }
             OnDelete::SetNull | OnDelete::SetDefault => {
+                if let Some(c) = &f.unsettable {
+                    return Err(format!(
+                        "{} is ON DELETE {}, but {}.{c} is NOT NULL, so no delete from {} can keep it (SQLite with foreign keys on fails the same way); change the key's action or the column",
+                        display(&f.describe()),
+                        f.on_delete.word().to_ascii_uppercase(),
+                        display(&f.child),
+                        display(&f.parent)
+                    ));
+                }
                 let set = f
                     .from
                     .iter()
