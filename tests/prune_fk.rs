@@ -466,7 +466,10 @@ time_format = \"unix_ms\"
 where = \"1\"
 [[database.prune.rule]]
 table = \"file\"
-where = \"id NOT IN (SELECT file_id FROM chat_file)\"",
+where = \"id NOT IN (SELECT file_id FROM chat_file)\"
+[[database.prune.rule]]
+table = \"folder\"
+where = \"id = 'top'\"",
         );
         // created_at is in nanoseconds (as Open WebUI stores it): unix_ms would misread it,
         // so the message rule is written as a where rule instead.
@@ -508,8 +511,13 @@ where = \"id NOT IN (SELECT file_id FROM chat_file)\"",
             ids(&c, "SELECT count(*) FROM message_reaction"),
             [msgs_left.len().to_string()]
         );
-        // Folders and users are parents only: untouched.
-        assert_eq!(ids(&c, "SELECT count(*) FROM folder"), ["2"]);
+        // The top folder went with its subfolder (parent_id); their chats stay, out of any
+        // folder (ON DELETE SET NULL). Users are parents only: untouched.
+        assert_eq!(ids(&c, "SELECT count(*) FROM folder"), ["0"]);
+        assert_eq!(
+            ids(&c, "SELECT count(*) FROM chat WHERE folder_id IS NOT NULL"),
+            ["0"]
+        );
         assert_eq!(ids(&c, "SELECT count(*) FROM user"), ["2"]);
         assert_eq!(fk_violations(&c, "main"), Vec::<String>::new());
     }

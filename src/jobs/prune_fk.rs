@@ -67,6 +67,8 @@ pub(crate) struct Fk {
     defaults: Vec<Option<String>>,
     /// A `from` column declared NOT NULL that `SET NULL` / `SET DEFAULT` would make NULL.
     unsettable: Option<String>,
+    /// Why the key cannot be followed (it names no columns and the parent has no such key).
+    broken: Option<String>,
 }
 
 impl Fk {
@@ -117,6 +119,7 @@ pub(crate) fn read(conn: &Connection, schema: &str) -> Result<Vec<Fk>, String> {
                 on_delete: OnDelete::parse(&on_delete),
                 defaults: Vec::new(),
                 unsettable: None,
+                broken: None,
             });
         }
         let fk = out.last_mut().expect("pushed above");
@@ -141,8 +144,9 @@ pub(crate) fn read(conn: &Connection, schema: &str) -> Result<Vec<Fk>, String> {
         })()
         .map_err(|e| format!("cannot read the primary key of {schema}.{parent}: {e}"))?;
         if pk.len() != out[i].from.len() {
-            return Err(format!(
-                "{schema}.{}: its foreign key REFERENCES {parent} without columns, but {parent} has no primary key of {} column(s) (SQLite reports \"foreign key mismatch\" for it); name the referenced columns",
+            // Only a delete from the parent trips over it (as in SQLite): refused in `plan`.
+            out[i].broken = Some(format!(
+                "{schema}.{}: its foreign key REFERENCES {parent} without columns, but {parent} has no primary key of {} column(s) (SQLite reports \"foreign key mismatch\" when a {parent} row is deleted); name the referenced columns in the schema",
                 out[i].child,
                 out[i].from.len()
             ));
@@ -320,6 +324,9 @@ pub(crate) fn plan(fks: &[Fk], schema: &str, root: &str, root_cond: &str) -> Res
         .iter()
         .filter(|f| in_set.contains(&key(&f.parent)))
         .collect();
+    if let Some(reason) = edges.iter().find_map(|f| f.broken.clone()) {
+        return Err(reason);
+    }
     // 2. Self-references: one deleting key per table is followed to the whole subtree.
     let mut self_edge: HashMap<String, &Fk> = HashMap::new();
     for fk in edges
@@ -550,5 +557,17 @@ mod tests {
         let p = plan(&fks, "main", "folder", "1").unwrap();
         assert_eq!(p.steps.len(), 1);
         assert!(p.steps[0].sql().contains("WITH RECURSIVE"));
+    }
+
+    #[test]
+    fn a_key_naming_no_columns_of_a_table_without_primary_key_blocks_only_its_parent() {
+        let (_c, fks) = graph(
+            "CREATE TABLE loose(a, b);
+             CREATE TABLE child(x REFERENCES loose);
+             CREATE TABLE other(id INTEGER PRIMARY KEY);",
+        );
+        assert!(plan(&fks, "main", "other", "1").is_ok());
+        let e = plan(&fks, "main", "loose", "1").unwrap_err();
+        assert!(e.contains("foreign key mismatch"), "{e}");
     }
 }
