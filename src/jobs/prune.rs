@@ -988,9 +988,10 @@ fn delete_in_batches(
     );
     let last_key = format!("SELECT {kcols} FROM temp.litekeeper_batch ORDER BY rowid DESC LIMIT 1");
     // The batch's rows, re-checked in the write transaction: a row the app changed since the
-    // read no longer matches and stays.
+    // read no longer matches and stays. The unary `+` keeps the planner on the key lookups
+    // (an index the rule's condition could use might cover far more rows than the batch).
     let root_cond = format!(
-        "({keys}) IN (SELECT {kcols} FROM temp.litekeeper_batch) AND ({})",
+        "({keys}) IN (SELECT {kcols} FROM temp.litekeeper_batch) AND +({})",
         r.predicate
     );
     let plan = prune_fk::plan(&r.fks, &r.schema, &r.name, &root_cond)
