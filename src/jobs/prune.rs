@@ -1282,6 +1282,34 @@ impl LockModel {
     }
 }
 
+#[cfg(test)]
+mod lock_model_tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn a_slow_batch_shrinks_the_next_and_dependants_trim_a_filled_batch() {
+        let mut m = LockModel::default();
+        assert_eq!(m.rows_for(0.05, FIRST_BATCH), FIRST_BATCH);
+        // Before any batch, rows count: 500 rows with 5,000 dependants are cut to ~1/11.
+        assert_eq!(m.trim(0.05, 500, 5_000), Some(45));
+        // 500 rows held the lock 200 ms (1 ms of it fixed): 0.4 ms a row.
+        m.learn(500, 199 * MS, 0, Duration::ZERO, 200 * MS);
+        let n = m.rows_for(0.05, 500);
+        assert!((90..=100).contains(&n), "{n}");
+        // A cheap batch lowers the estimate by half at most, and growth is at most 2x.
+        m.learn(n as u64, MS, 0, Duration::ZERO, 2 * MS);
+        assert!(m.rows_for(0.05, n) <= 2 * n);
+        // Dependants cost their own rate: 100 rows with 10,000 dependants at 0.1 ms each
+        // would take ~1 s, so the batch is trimmed to fit.
+        m.learn(10, 4 * MS, 100, 10 * MS, 15 * MS);
+        let keep = m.trim(0.05, 100, 10_000).expect("trimmed");
+        assert!(keep < 10, "{keep}");
+        assert_eq!(m.trim(0.05, 1, 10_000), None, "one row cannot shrink");
+    }
+}
+
 /// One committed batch: rows each statement changed, each statement's time, the lock's time.
 struct Batch {
     changed: Vec<u64>,
