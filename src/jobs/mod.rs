@@ -7,6 +7,7 @@
 
 pub mod backup;
 pub mod prune;
+mod prune_batch;
 mod prune_fk;
 pub mod vacuum;
 
