@@ -665,3 +665,68 @@ where = \"v < 0 AND (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FRO
         "{out}"
     );
 }
+
+#[test]
+fn an_app_writing_during_the_prune_with_keys_on_or_off_sees_no_error() {
+    for enforce in [true, false] {
+        let env = TestEnv::new();
+        let db = conversations(&env, enforce);
+        {
+            // More old rows, so the prune runs many batches while the app writes.
+            let c = app(&db, enforce);
+            c.execute_batch(
+                "WITH RECURSIVE i(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM i WHERE x < 60000)
+                 INSERT INTO messages(body, conversation_id) SELECT 'more', x % 200 + 101 FROM i;",
+            )
+            .unwrap();
+        }
+        config(
+            &env,
+            &db,
+            None,
+            "max_lock = \"10ms\"
+[[database.prune.rule]]
+table = \"conversations\"
+column = \"updated_at\"
+older_than = \"100d\"
+[[database.prune.rule]]
+table = \"messages\"
+key = \"conversation_id\"
+parent = \"conversations.id\"",
+        );
+        let mut child = env
+            .std_cmd()
+            .args(["run", "chat", "prune"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The app: new messages in young conversations, a commit every few ms, until the prune
+        // ends.
+        let c = app(&db, enforce);
+        c.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+        let mut inserted = 0;
+        while child.try_wait().unwrap().is_none() || inserted < 20 {
+            c.execute(
+                "INSERT INTO messages(body, conversation_id) VALUES ('new', ?1)",
+                [inserted % 90 + 1],
+            )
+            .unwrap();
+            inserted += 1;
+            // An app commits now and then, not back to back.
+            std::thread::sleep(std::time::Duration::from_millis(3));
+        }
+        let o = child.wait_with_output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "enforce={enforce}: {}", both(&o));
+        let left = ids(&c, "SELECT count(*) FROM conversations");
+        let left: i64 = left[0].parse().unwrap();
+        assert!((99..=100).contains(&left), "{left}");
+        // The young conversations' 10 messages each, and every message the app wrote.
+        assert_eq!(
+            ids(&c, "SELECT count(*) FROM messages"),
+            [(left * 10 + inserted).to_string()],
+            "enforce={enforce}"
+        );
+        assert_eq!(fk_violations(&c, "main"), Vec::<String>::new());
+    }
+}
