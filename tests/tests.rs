@@ -24,6 +24,7 @@ mod kill;
 mod metrics;
 mod pings;
 mod prune;
+mod prune_fk;
 mod restore;
 mod retention;
 mod run_lock;

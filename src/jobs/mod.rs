@@ -7,6 +7,8 @@
 
 pub mod backup;
 pub mod prune;
+mod prune_batch;
+mod prune_fk;
 pub mod vacuum;
 
 use std::str::FromStr;

@@ -1,0 +1,119 @@
+//! How big the next prune batch may be: a model of what a batch costs under the write lock,
+//! learnt from the batches so far, so each transaction stays under `max_lock` whatever the
+//! rule's shape and however many dependants its rows carry.
+
+use std::time::Duration;
+
+/// The first batch's rows of the rule's table, before anything was measured.
+pub(crate) const FIRST_BATCH: usize = 500;
+
+/// What a batch costs under the write lock, learnt from the batches so far: seconds per row
+/// of the rule's table, per dependant row, and per transaction beyond its statements (BEGIN,
+/// COMMIT). An estimate rises at once with a slower batch and falls by halves, so one cheap
+/// batch cannot size the next into a long one.
+#[derive(Debug, Default)]
+pub(crate) struct LockModel {
+    root: Option<f64>,
+    dep: Option<f64>,
+    /// Dependant rows per row of the rule's table.
+    fanout: Option<f64>,
+    fixed: f64,
+}
+
+/// Aim below the bound: a prediction is never exact.
+const AIM: f64 = 0.8;
+
+impl LockModel {
+    fn update(est: &mut Option<f64>, obs: f64) {
+        *est = Some(match *est {
+            Some(e) if obs < e => (e + obs) / 2.0,
+            _ => obs,
+        });
+    }
+
+    pub(crate) fn learn(
+        &mut self,
+        rows: u64,
+        root: Duration,
+        deps: u64,
+        dep: Duration,
+        held: Duration,
+    ) {
+        let rows = rows.max(1) as f64;
+        Self::update(&mut self.root, root.as_secs_f64() / rows);
+        Self::update(&mut self.fanout, deps as f64 / rows);
+        if deps > 0 {
+            Self::update(&mut self.dep, dep.as_secs_f64() / deps as f64);
+        }
+        let mut fixed = Some(self.fixed);
+        Self::update(&mut fixed, held.saturating_sub(root + dep).as_secs_f64());
+        self.fixed = fixed.unwrap_or(0.0);
+    }
+
+    fn predict(&self, rows: u64, deps: u64) -> Option<f64> {
+        let root = self.root?;
+        Some(self.fixed + rows as f64 * root + deps as f64 * self.dep.unwrap_or(root))
+    }
+
+    /// Rows of the rule's table for the next batch: the first batch is `FIRST_BATCH`, then
+    /// what the model says fits `target`, at most twice the last batch.
+    pub(crate) fn rows_for(&self, target: f64, last: usize) -> usize {
+        let Some(root) = self.root else {
+            return FIRST_BATCH;
+        };
+        let per_row = root + self.fanout.unwrap_or(0.0) * self.dep.unwrap_or(root);
+        // A transaction's fixed part beyond the bound is reported (one_row_ms), not chased
+        // down to no rows at all.
+        let room = (target * AIM - self.fixed).max(target * AIM * 0.2);
+        ((room / per_row.max(1e-9)) as usize).min(last.saturating_mul(2).max(1))
+    }
+
+    /// Whether a batch of `rows` with `deps` dependants must shrink, and to how many rows.
+    /// Before any batch ran, rows are the measure (`FIRST_BATCH` of them, dependants included).
+    pub(crate) fn trim(&self, target: f64, rows: usize, deps: u64) -> Option<usize> {
+        if rows <= 1 {
+            return None;
+        }
+        let (cost, room) = match self.predict(rows as u64, deps) {
+            Some(p) if p > target => (
+                p - self.fixed,
+                (target * AIM - self.fixed).max(target * AIM * 0.2),
+            ),
+            Some(_) => return None,
+            None if rows as u64 + deps > (FIRST_BATCH as u64) * 3 / 2 => {
+                ((rows as u64 + deps) as f64, FIRST_BATCH as f64)
+            }
+            None => return None,
+        };
+        let keep = (rows as f64 * room / cost.max(1e-12)) as usize;
+        Some(keep.clamp(1, rows - 1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn a_slow_batch_shrinks_the_next_and_dependants_trim_a_filled_batch() {
+        let mut m = LockModel::default();
+        assert_eq!(m.rows_for(0.05, FIRST_BATCH), FIRST_BATCH);
+        // Before any batch, rows count: 500 rows with 5,000 dependants are cut to ~1/11.
+        assert_eq!(m.trim(0.05, 500, 5_000), Some(45));
+        // 500 rows held the lock 200 ms (1 ms of it fixed): 0.4 ms a row.
+        m.learn(500, 199 * MS, 0, Duration::ZERO, 200 * MS);
+        let n = m.rows_for(0.05, 500);
+        assert!((90..=100).contains(&n), "{n}");
+        // A cheap batch lowers the estimate by half at most, and growth is at most 2x.
+        m.learn(n as u64, MS, 0, Duration::ZERO, 2 * MS);
+        assert!(m.rows_for(0.05, n) <= 2 * n);
+        // Dependants cost their own rate: 100 rows with 10,000 dependants at 0.1 ms each
+        // would take ~1 s, so the batch is trimmed to fit.
+        m.learn(10, 4 * MS, 100, 10 * MS, 15 * MS);
+        let keep = m.trim(0.05, 100, 10_000).expect("trimmed");
+        assert!(keep < 10, "{keep}");
+        assert_eq!(m.trim(0.05, 1, 10_000), None, "one row cannot shrink");
+    }
+}
