@@ -4,6 +4,7 @@
 //!
 //! # Layout
 //! - `archive`: backup directories: file names, manifest, atomic writes, leftovers.
+//! - `privileges`: as root, acting as the owner of `state_dir`.
 //! - `cli`: clap types for the command line (no behaviour).
 //! - `commands`: one module per subcommand (`daemon`, `run`, `check`, `status`, `schedule`, `demo`).
 //! - `config`: loading (`toml` + environment via `config`), raw serde types, validation into
@@ -40,6 +41,7 @@ pub mod notify;
 pub mod paths;
 pub mod pidfile;
 pub mod pings;
+pub mod privileges;
 pub mod retention;
 pub mod safe_fs;
 pub mod schedule;

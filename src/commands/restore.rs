@@ -121,9 +121,10 @@ pub fn run(path: &Path, args: RestoreArgs) -> Result<ExitCode, Failure> {
     // as the service's user, so the lock file stays usable by every later job.
     let _guard = if args.in_place {
         let lock_dir = &config.daemon.lock_dir;
-        let taken = super::run::as_state_owner(&config.daemon.state_dir, || {
+        let taken = crate::privileges::as_state_owner(&config.daemon.state_dir, || {
             lock::try_acquire(lock_dir, &db.name, "restore")
-        })?;
+        })
+        .or_exit(ExitCode::CantCreate)?;
         match taken {
             Ok(g) => Some(g),
             Err(LockError::Busy { database, holder }) => {

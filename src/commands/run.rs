@@ -281,99 +281,18 @@ fn print_report(report: &jobs::Report) {
     }
 }
 
-/// As root, the user owning `state_dir` when that is not root (the service's user:
-/// `litekeeper`, or the app's user with a `User=` drop-in), with its primary group.
-pub(crate) fn state_owner(state_dir: &Path) -> Option<(u32, u32)> {
-    use std::os::unix::fs::MetadataExt;
-    if !crate::paths::is_root() {
-        return None;
-    }
-    let meta = std::fs::metadata(state_dir).ok()?;
-    (meta.uid() != 0).then_some((meta.uid(), meta.gid()))
-}
-
-/// Set the groups of `uid` (its passwd entry's, or none without one) and then, through
-/// `set_ids`, the gid and uid: `setgid`/`setuid` for good, `setegid`/`seteuid` for a while.
-fn switch_ids(uid: u32, gid: u32, set_ids: impl FnOnce() -> bool) -> bool {
-    // SAFETY: plain libc calls with valid arguments; getpwuid's result is only read here.
-    unsafe {
-        let pw = libc::getpwuid(uid);
-        let groups_ok = if pw.is_null() {
-            libc::setgroups(0, std::ptr::null()) == 0
-        } else {
-            libc::initgroups((*pw).pw_name, gid) == 0
-        };
-        groups_ok && set_ids()
-    }
-}
-
-fn cannot_switch(state_dir: &Path, uid: u32, how: &str) -> Failure {
-    Failure::new(
-        ExitCode::CantCreate,
-        anyhow::anyhow!(
-            "{}: owned by uid {uid}; cannot switch to that user ({}); {how}",
-            state_dir.display(),
-            std::io::Error::last_os_error()
-        ),
-    )
-}
-
 /// As root, run as the user who owns `state_dir`, as `sudo -u` would: a root-owned state.db,
 /// lock or backup would lock the service out of its own files afterwards.
 fn run_as_state_owner(state_dir: &Path) -> Result<(), Failure> {
-    let Some((uid, gid)) = state_owner(state_dir) else {
-        return Ok(());
-    };
-    // SAFETY: plain libc calls with valid arguments.
-    if !switch_ids(uid, gid, || unsafe {
-        libc::setgid(gid) == 0 && libc::setuid(uid) == 0
-    }) {
-        return Err(cannot_switch(
-            state_dir,
-            uid,
-            "run the job through its unit (systemctl start litekeeper-JOB@DB.service)",
-        ));
+    if let Some((uid, gid)) =
+        crate::privileges::become_state_owner(state_dir).or_exit(ExitCode::CantCreate)?
+    {
+        tracing::info!(
+            "running as uid {uid} gid {gid}, the owner of {} (as the service does)",
+            state_dir.display()
+        );
     }
-    tracing::info!(
-        "running as uid {uid} gid {gid}, the owner of {} (as the service does)",
-        state_dir.display()
-    );
     Ok(())
-}
-
-/// As root, run `f` with the effective ids of `state_dir`'s owner (files it creates are that
-/// user's, as if `run` made them), then become root again for what only root may do (keep a
-/// restored file's owner). Single-threaded callers only. Not root, or a root-owned
-/// `state_dir`: just `f()`.
-pub(crate) fn as_state_owner<T>(state_dir: &Path, f: impl FnOnce() -> T) -> Result<T, Failure> {
-    let Some((uid, gid)) = state_owner(state_dir) else {
-        return Ok(f());
-    };
-    // SAFETY: getgroups into a buffer of the size it reports.
-    let saved: Vec<libc::gid_t> = unsafe {
-        let n = libc::getgroups(0, std::ptr::null_mut()).max(0);
-        let mut v = vec![0; n as usize];
-        let n = libc::getgroups(n, v.as_mut_ptr()).max(0);
-        v.truncate(n as usize);
-        v
-    };
-    // SAFETY: plain libc calls with valid arguments.
-    if !switch_ids(uid, gid, || unsafe {
-        libc::setegid(gid) == 0 && libc::seteuid(uid) == 0
-    }) {
-        return Err(cannot_switch(state_dir, uid, "run restore as that user"));
-    }
-    let out = f();
-    // SAFETY: back to root (the saved set-user-ID is still 0), then root's own groups.
-    let back = unsafe {
-        libc::seteuid(0) == 0
-            && libc::setegid(0) == 0
-            && libc::setgroups(saved.len(), saved.as_ptr()) == 0
-    };
-    if !back {
-        return Err(cannot_switch(state_dir, 0, "cannot become root again"));
-    }
-    Ok(out)
 }
 
 /// SIGINT/SIGTERM fire the cancel token: the job stops at its next safe point.
