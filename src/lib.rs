@@ -4,6 +4,8 @@
 //!
 //! # Layout
 //! - `archive`: backup directories: file names, manifest, atomic writes, leftovers.
+//! - `restore`: restoring a verified backup to a new path or in place (the swap protocol,
+//!   WAL fold, open-file scan); `commands::restore` only parses and prints.
 //! - `privileges`: as root, acting as the owner of `state_dir`.
 //! - `cli`: clap types for the command line (no behaviour).
 //! - `commands`: one module per subcommand (`daemon`, `run`, `check`, `status`, `schedule`, `demo`).
@@ -42,6 +44,7 @@ pub mod paths;
 pub mod pidfile;
 pub mod pings;
 pub mod privileges;
+pub mod restore;
 pub mod retention;
 pub mod safe_fs;
 pub mod schedule;

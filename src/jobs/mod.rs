@@ -401,7 +401,7 @@ fn run_blocking(env: &Env, req: &Request) -> Result<JobResult, JobError> {
         sqlite::preflight(&a.path).map_err(JobError::Database)?;
     }
     // A killed in-place restore's full-size temp file goes with the next job (lock held).
-    crate::commands::restore::clean_leftovers(db);
+    crate::restore::clean_leftovers(db);
     let busy = env.config.daemon.busy_timeout;
     // Say why a connection cannot be had, with the exit code that fits (locked: 75, corrupt:
     // 65, …).

@@ -1,0 +1,521 @@
+//! Restoring a database file from a backup, only after the backup's SHA-256 (from the
+//! manifest) and its integrity check pass. `litekeeper restore` parses its arguments, calls
+//! [`select`] and then [`to_path`] or [`in_place`], and prints the [`Restored`] it gets back;
+//! nothing here prints.
+//!
+//! The restored file is always written under a temp name in the target directory, fsynced,
+//! checked, and renamed into place. [`to_path`] refuses an existing name (a symlink too), a
+//! sidecar name, and the backup directory, and moves a stale `-wal`/`-shm`/`-journal` at the
+//! target aside first (SQLite would replay a foreign WAL onto the restored file).
+//!
+//! [`in_place`] restores the file the configured path points to (through a symlink), takes the
+//! database's lock as the owner of `state_dir` (as `run` does), refuses while other processes
+//! have the file open (by device and inode, `open_check`; unless forced), first makes the old
+//! file whole (folds its WAL, rolls back a hot journal, as SQLite's next open would; refused if
+//! that fails, unless forced), keeps it with its sidecars as `<db>.pre-restore-<time>`,
+//! removes them from the live name, renames the restored file in, and puts the old one back if
+//! the result fails its check (`swap`). A killed restore's temp file is removed by the next
+//! restore and by the next job of that database ([`clean_leftovers`]).
+//!
+//! Writing a new file atomically is `archive`'s (`temp_path`, `create_private`, `fsync_file`,
+//! `commit`, `fsync_dir`), used here as by backups; only the in-place swap, which must keep
+//! the old file under a second name, has its own protocol.
+
+mod error;
+mod open_check;
+mod swap;
+
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OpenFlags};
+
+use crate::archive::{self, BackupName, Manifest, Verified};
+use crate::config::Database;
+use crate::jobs::backup::sources;
+use crate::lock::{self, LockError};
+
+pub use error::RestoreError;
+pub use open_check::pid_list;
+use swap::{TempFile, SIDECARS};
+
+/// A backup chosen for restore, its checksum verified against the manifest.
+#[derive(Debug, Clone)]
+pub struct BackupSource {
+    /// The database (configuration name) it belongs to.
+    pub database: String,
+    /// The backup directory.
+    pub dir: PathBuf,
+    /// Its file name in `dir`.
+    pub file: String,
+    pub name: BackupName,
+    /// How it was checked when it was taken.
+    pub verified: Verified,
+    /// Size of the restored file (the manifest's pages when the backup is compressed).
+    pub restored_size: u64,
+    /// The configured path of the live file it is a copy of: the main database or an
+    /// attachment.
+    pub live: PathBuf,
+}
+
+impl BackupSource {
+    /// The backup file.
+    pub fn path(&self) -> PathBuf {
+        self.dir.join(&self.file)
+    }
+}
+
+/// What a restore did, for its caller to report.
+#[derive(Debug, Default)]
+pub struct Restored {
+    /// The file restored (for `in_place`, the real file behind a symlinked path).
+    pub target: PathBuf,
+    /// In place: the previous file's new name; None when there was no previous file.
+    pub kept: Option<PathBuf>,
+    /// Stale sidecar files found at the target without their database, moved aside
+    /// (from, to).
+    pub moved_aside: Vec<(PathBuf, PathBuf)>,
+    /// In place through a symlink: the link, unchanged.
+    pub through_link: Option<PathBuf>,
+    /// In place, forced: why the previous file was not whole by itself (its sidecars are kept
+    /// beside it).
+    pub forced_not_whole: Option<String>,
+    /// In place, checked: processes seen that did not stop the restore.
+    pub seen: Seen,
+}
+
+/// Processes with the old file open that did not stop an in-place restore.
+#[derive(Debug, Default)]
+pub struct Seen {
+    /// litekeeper's own (the daemon's idle pooled connection, which reconnects at its next
+    /// job).
+    pub ours: Vec<u32>,
+    /// Root's processes whose open files could not be read (restore not run as root).
+    pub unchecked_root: usize,
+    /// The uid the scan ran as.
+    pub uid: u32,
+}
+
+/// How an in-place restore runs.
+#[derive(Debug, Clone, Copy)]
+pub struct InPlace<'a> {
+    /// Where the database's lock file lives (`daemon.lock_dir`).
+    pub lock_dir: &'a Path,
+    /// The lock is taken as this directory's owner (`daemon.state_dir`), as jobs take it.
+    pub state_dir: &'a Path,
+    /// Restore even when other processes have the file open or it cannot be made whole.
+    pub force: bool,
+}
+
+/// The backup of `db` to restore: the file named `wanted` (a path's last component counts), or
+/// the newest verified backup of the main database; its checksum is verified here.
+pub fn select(db: &Database, wanted: Option<&str>) -> Result<BackupSource, RestoreError> {
+    let dir = &db
+        .backup
+        .as_ref()
+        .ok_or_else(|| RestoreError::NoBackupSection {
+            database: db.name.clone(),
+        })?
+        .dir;
+    let manifest = Manifest::load(dir).map_err(RestoreError::Manifest)?;
+    let (name, file) = pick_backup(db, dir, &manifest, wanted)?;
+    let path = dir.join(&file);
+    let entry = manifest
+        .get(&file)
+        .ok_or_else(|| RestoreError::NotInManifest {
+            path: path.clone(),
+            dir: dir.clone(),
+        })?;
+    let sha = archive::sha256_file(&path).map_err(RestoreError::Checksum)?;
+    if sha != entry.sha256 {
+        return Err(RestoreError::ChecksumMismatch {
+            path,
+            actual: sha,
+            expected: entry.sha256.clone(),
+            database: db.name.clone(),
+        });
+    }
+    // Which live file this backup belongs to (the main database or an attachment).
+    let live = sources(db)
+        .into_iter()
+        .find(|s| s.series == name.series)
+        .ok_or_else(|| RestoreError::NoLiveFile {
+            file: file.clone(),
+            database: db.name.clone(),
+        })?
+        .path;
+    let restored_size = if name.compressed {
+        entry.page_count * entry.page_size
+    } else {
+        entry.size
+    };
+    Ok(BackupSource {
+        database: db.name.clone(),
+        dir: dir.clone(),
+        file,
+        name,
+        verified: entry.verified,
+        restored_size,
+        live,
+    })
+}
+
+/// Restore `backup` to the new file `target` (relative: from the current directory).
+pub fn to_path(backup: &BackupSource, target: &Path) -> Result<Restored, RestoreError> {
+    let target = absolute(target)?;
+    let target_dir = existing_parent(&target)?;
+    new_target(&target, &target_dir, &backup.dir)?;
+    let (tmp, cleanup) = write_checked(backup, &target, &target_dir, None)?;
+    let moved_aside = swap::move_aside_stale(&target)?;
+    archive::commit(&tmp, &target)
+        .map_err(|e| swap::after_moving_aside(&moved_aside, RestoreError::Commit(e)))?;
+    std::mem::forget(cleanup);
+    Ok(Restored {
+        target,
+        moved_aside,
+        ..Restored::default()
+    })
+}
+
+/// Restore `backup` over its live file, keeping the previous one as
+/// `<db>.pre-restore-<time>`; see the module's text for the steps.
+pub fn in_place(backup: &BackupSource, how: InPlace<'_>) -> Result<Restored, RestoreError> {
+    let target = live_file(&backup.live)?;
+    existing_parent(&target)?;
+    // The lock first: no job may run on the database while it is replaced. Taken as the
+    // service's user, so the lock file stays usable by every later job.
+    let taken = crate::privileges::as_state_owner(how.state_dir, || {
+        lock::try_acquire(how.lock_dir, &backup.database, "restore")
+    })
+    .map_err(RestoreError::SwitchUser)?;
+    let _guard = match taken {
+        Ok(g) => g,
+        Err(LockError::Busy { database, holder }) => {
+            return Err(RestoreError::Busy { database, holder })
+        }
+        Err(e) => return Err(RestoreError::Lock(e)),
+    };
+    let mut seen = Seen::default();
+    if !how.force {
+        seen = nobody_else_has_it_open(&target)?;
+    }
+    // The old file must be whole by itself before its sidecars leave the live name.
+    let forced_not_whole = match swap::settle(&target) {
+        Ok(()) => None,
+        Err(why) if how.force => Some(why.text),
+        Err(why) => {
+            return Err(RestoreError::NotWhole {
+                target,
+                why: why.text,
+                busy: why.busy,
+            })
+        }
+    };
+    let target_dir = target.parent().unwrap_or(Path::new("/")).to_path_buf();
+    let (tmp, cleanup) = write_checked(backup, &target, &target_dir, fs::metadata(&target).ok())?;
+    let keep = swap::keep_path(&target);
+    let swapped = swap::swap_in(&tmp, &target, &keep)?;
+    std::mem::forget(cleanup);
+    if let Err(why) = check(&target) {
+        // Put the previous database back: a restore that fails leaves things as they were.
+        let back = if swapped.kept {
+            swap::swap_back(&target, &keep)
+        } else {
+            Ok(())
+        };
+        return Err(swap::after_moving_aside(
+            &swapped.moved_aside,
+            RestoreError::RestoredFailsCheck {
+                target,
+                why,
+                keep,
+                back,
+            },
+        ));
+    }
+    Ok(Restored {
+        through_link: (backup.live != target).then(|| backup.live.clone()),
+        kept: swapped.kept.then_some(keep),
+        moved_aside: swapped.moved_aside,
+        forced_not_whole,
+        seen,
+        target,
+    })
+}
+
+/// Refuse while other processes have `target` open (or may have: their open files are not
+/// readable to us); say which of ours and how many of root's were seen.
+fn nobody_else_has_it_open(target: &Path) -> Result<Seen, RestoreError> {
+    let open = open_check::open_by_others(target);
+    if !open.others.is_empty() {
+        return Err(RestoreError::OpenByOthers {
+            target: target.to_path_buf(),
+            pids: open.others,
+        });
+    }
+    // SAFETY: getuid cannot fail.
+    let uid = unsafe { libc::getuid() };
+    if !open.unreadable.is_empty() {
+        return Err(RestoreError::OpenersUnknown {
+            target: target.to_path_buf(),
+            pids: open.unreadable,
+            uid,
+        });
+    }
+    Ok(Seen {
+        ours: open.ours,
+        unchecked_root: if crate::paths::is_root() {
+            0
+        } else {
+            open.unreadable_root
+        },
+        uid,
+    })
+}
+
+/// Write the backup's plain bytes to the temp name for `target`, give it `like`'s owner and
+/// mode (in place: the live file's), fsync and check it. The temp file is removed when the
+/// returned guard drops.
+fn write_checked(
+    backup: &BackupSource,
+    target: &Path,
+    target_dir: &Path,
+    like: Option<fs::Metadata>,
+) -> Result<(PathBuf, TempFile), RestoreError> {
+    let target_name = target
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("restore.db");
+    // Room for the restored file (its uncompressed size; the manifest knows the pages).
+    let need = backup.restored_size;
+    let free = archive::free_bytes(target_dir).map_err(RestoreError::Sync)?;
+    if free < need {
+        return Err(RestoreError::NoSpace {
+            dir: target_dir.to_path_buf(),
+            need,
+            free,
+        });
+    }
+    let tmp = archive::temp_path(target_dir, target_name);
+    swap::remove_temp(&tmp);
+    let cleanup = TempFile(tmp.clone());
+    let from = backup.path();
+    write_plain(&from, backup.name.compressed, &tmp)?;
+    if let Some(meta) = like {
+        // The restored file keeps the live file's owner and mode.
+        let _ = fs::set_permissions(&tmp, fs::Permissions::from_mode(meta.mode() & 0o7777));
+        if crate::paths::is_root() {
+            let _ = std::os::unix::fs::chown(&tmp, Some(meta.uid()), Some(meta.gid()));
+        }
+    }
+    archive::fsync_file(&tmp).map_err(RestoreError::Sync)?;
+    check(&tmp).map_err(|why| RestoreError::BackupFailsCheck { backup: from, why })?;
+    Ok((tmp, cleanup))
+}
+
+/// The directory of `target`, which must exist.
+fn existing_parent(target: &Path) -> Result<PathBuf, RestoreError> {
+    let dir = target.parent().unwrap_or(Path::new("/")).to_path_buf();
+    if dir.is_dir() {
+        Ok(dir)
+    } else {
+        Err(RestoreError::NoDirectory { dir })
+    }
+}
+
+fn absolute(p: &Path) -> Result<PathBuf, RestoreError> {
+    if p.is_absolute() {
+        Ok(p.to_path_buf())
+    } else {
+        Ok(std::env::current_dir()
+            .map_err(RestoreError::CurrentDir)?
+            .join(p))
+    }
+}
+
+/// The backup to restore: the one named, or the newest verified one of the main database.
+fn pick_backup(
+    db: &Database,
+    dir: &Path,
+    manifest: &Manifest,
+    wanted: Option<&str>,
+) -> Result<(BackupName, String), RestoreError> {
+    let found = archive::list_of(dir, manifest, &db.name).map_err(RestoreError::ListBackups)?;
+    if let Some(w) = wanted {
+        let w = Path::new(w)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or(w);
+        return found
+            .into_iter()
+            .find(|f| f.path.file_name().and_then(|n| n.to_str()) == Some(w))
+            .map(|f| (f.name, w.to_string()))
+            .ok_or_else(|| RestoreError::NoSuchBackup {
+                dir: dir.to_path_buf(),
+                wanted: w.to_string(),
+                database: db.name.clone(),
+            });
+    }
+    let main_series = sources(db).remove(0).series;
+    found
+        .into_iter()
+        .filter(|f| f.name.series == main_series && !f.name.failed)
+        .find_map(|f| {
+            let file = f.path.file_name()?.to_str()?.to_string();
+            let entry = manifest.get(&file)?;
+            matches!(entry.verified, Verified::Quick | Verified::Full).then_some((f.name, file))
+        })
+        .ok_or_else(|| RestoreError::NoVerifiedBackup {
+            dir: dir.to_path_buf(),
+            database: db.name.clone(),
+        })
+}
+
+/// Copy (or decompress) the backup into the new file `tmp`, mode 0600.
+fn write_plain(from: &Path, compressed: bool, tmp: &Path) -> Result<(), RestoreError> {
+    let mut out = archive::create_private(tmp).map_err(RestoreError::CreateTemp)?;
+    let input = File::open(from).map_err(|cause| RestoreError::OpenBackup {
+        path: from.to_path_buf(),
+        cause,
+    })?;
+    let unreadable = |cause| RestoreError::ReadBackup {
+        path: from.to_path_buf(),
+        cause,
+    };
+    let mut reader: Box<dyn Read> = if compressed {
+        Box::new(zstd::stream::Decoder::new(input).map_err(unreadable)?)
+    } else {
+        Box::new(input)
+    };
+    // Reading and writing fail for different reasons: a damaged backup, or a full disk.
+    let unwritable = |cause| RestoreError::WriteTemp {
+        dir: tmp.parent().unwrap_or(Path::new("/")).to_path_buf(),
+        cause,
+    };
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = reader.read(&mut buf).map_err(unreadable)?;
+        if n == 0 {
+            break;
+        }
+        out.write_all(&buf[..n]).map_err(unwritable)?;
+    }
+    out.sync_all().map_err(unwritable)?;
+    Ok(())
+}
+
+/// Open read-only and run quick_check.
+fn check(path: &Path) -> Result<(), String> {
+    let c = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| e.to_string())?;
+    let rows: Vec<String> = c
+        .prepare("PRAGMA quick_check(5)")
+        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+        .map_err(|e| format!("quick_check: {e}"))?;
+    if rows == ["ok"] {
+        Ok(())
+    } else {
+        Err(format!("quick_check: {}", rows.join("; ")))
+    }
+}
+
+/// The file an in-place restore replaces: the configured path, or, where that is a symlink,
+/// the file it points to (the link stays; SQLite, too, keeps the sidecars beside the real
+/// file). A dangling symlink is refused.
+fn live_file(path: &Path) -> Result<PathBuf, RestoreError> {
+    let real = resolve_link(path)?;
+    // A FIFO or device there would hang SQLite's open, and is no database to replace.
+    if fs::metadata(&real).is_ok_and(|m| !m.is_file()) {
+        return Err(RestoreError::NotRegular { path: real });
+    }
+    Ok(real)
+}
+
+fn resolve_link(path: &Path) -> Result<PathBuf, RestoreError> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => {
+            fs::canonicalize(path).map_err(|cause| RestoreError::DanglingLink {
+                path: path.to_path_buf(),
+                points_to: fs::read_link(path).unwrap_or_default(),
+                cause,
+            })
+        }
+        _ => Ok(path.to_path_buf()),
+    }
+}
+
+/// `--to PATH` must name a new file of its own: not an existing name (a symlink included,
+/// dangling or not: the rename would replace the link), not a sidecar name of a database, and
+/// not inside the backup directory (which only litekeeper's backups live in).
+fn new_target(target: &Path, target_dir: &Path, backup_dir: &Path) -> Result<(), RestoreError> {
+    let refuse = |reason: String| {
+        Err(RestoreError::TargetRefused {
+            target: target.to_path_buf(),
+            reason,
+        })
+    };
+    let name = target.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    if let Some(s) = SIDECARS.iter().find(|s| name.ends_with(*s)) {
+        return refuse(format!(
+            "a name ending in {s} is a database's sidecar file (SQLite would read it with that database); restore --to a name like restored.db"
+        ));
+    }
+    if let Ok(m) = fs::symlink_metadata(target) {
+        return refuse(if m.file_type().is_symlink() {
+            "is a symlink; restore --to a new path (not a link)".into()
+        } else {
+            "already exists; restore --to a new path".into()
+        });
+    }
+    let canon = |p: &Path| fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    if canon(target_dir).starts_with(canon(backup_dir)) {
+        return refuse(format!(
+            "inside the backup directory {}; restore --to a path outside it",
+            backup_dir.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Remove what a killed in-place restore of `db` left beside its files (the full-size temp
+/// file `.<name>.litekeeper-tmp` and its journals). Call with the database's lock held: only
+/// an in-place restore, under that lock, writes these names.
+pub fn clean_leftovers(db: &Database) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    for s in sources(db) {
+        let real = fs::canonicalize(&s.path).unwrap_or_else(|_| s.path.clone());
+        for p in [&s.path, &real] {
+            let (Some(dir), Some(name)) = (p.parent(), p.file_name().and_then(|n| n.to_str()))
+            else {
+                continue;
+            };
+            removed.extend(swap::remove_temp(&archive::temp_path(dir, name)));
+        }
+    }
+    for p in &removed {
+        tracing::info!("removed {}, left by a killed restore", p.display());
+    }
+    removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_target_refuses_links_sidecar_names_and_the_backup_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let backups = dir.path().join("b");
+        fs::create_dir(&backups).unwrap();
+        let ok = dir.path().join("new.db");
+        assert!(new_target(&ok, dir.path(), &backups).is_ok());
+        std::os::unix::fs::symlink("/nonexistent", &ok).unwrap();
+        assert!(new_target(&ok, dir.path(), &backups).is_err());
+        for bad in ["x.db-wal", "x.db-shm", "x.db-journal"] {
+            assert!(new_target(&dir.path().join(bad), dir.path(), &backups).is_err());
+        }
+        assert!(new_target(&backups.join("n.db"), &backups, &backups).is_err());
+    }
+}
