@@ -101,6 +101,26 @@ impl BackupName {
     }
 }
 
+/// The series of a database file: its stem without leading dots (`.ht.sqlite` → `ht`: a
+/// backup file's name never starts with a dot, so it is neither hidden nor taken for a temp
+/// file); None when nothing is left or the stem is not UTF-8 (the database's name is used).
+pub fn stem_series(path: &Path) -> Option<String> {
+    path.file_stem()
+        .and_then(|s| s.to_str())
+        .map(|s| s.trim_start_matches('.'))
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+}
+
+/// An attachment's series: its alias, or `{alias}-attached` when that is the main series.
+pub fn attached_series(main: &str, alias: &str) -> String {
+    if alias == main {
+        format!("{alias}-attached")
+    } else {
+        alias.to_string()
+    }
+}
+
 /// A backup file found in a directory.
 #[derive(Debug, Clone)]
 pub struct Found {

@@ -6,9 +6,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::Checker;
+use crate::archive::{attached_series, stem_series};
 use crate::config::fleet::is_glob;
 use crate::config::raw::RawConfig;
-use crate::config::{Database, Entries, Fleet, KeyPath};
+use crate::config::{Database, Entries, Fleet, KeyPath, QUARANTINE_DIR};
 
 /// Every check across databases, in this order; `fleets` are the fleets' templates.
 pub(super) fn across_databases(
@@ -61,9 +62,9 @@ fn backup_series_collide(
     fleets: &[Fleet],
     names: &[String],
 ) {
-    use crate::jobs::backup::{attached_series, sources, stem_series};
-    let series =
-        |db: &Database| -> Vec<String> { sources(db).into_iter().map(|s| s.series).collect() };
+    let series = |db: &Database| -> Vec<String> {
+        db.backup_sources().into_iter().map(|s| s.series).collect()
+    };
     // The same directory however it is written: resolved when it exists.
     let real = |p: &std::path::Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
     let plain: Vec<usize> = (0..raw.database.len())
@@ -218,7 +219,7 @@ fn backups_in_files_rule_dirs(
         }
         // The names a backup of this database leaves in its directory.
         let mut samples = vec![crate::archive::MANIFEST.to_string()];
-        for source in crate::jobs::backup::sources(db) {
+        for source in db.backup_sources() {
             for (compressed, failed) in [(false, false), (true, false), (false, true)] {
                 samples.push(
                     crate::archive::BackupName {
@@ -270,14 +271,10 @@ fn backups_in_files_rule_dirs(
                          delete backups as unreferenced"
                     )
                 }),
-                (Some(sub), Entries::Dirs)
-                    if sub != crate::jobs::prune::QUARANTINE_DIR && takes(sub) =>
-                {
-                    Some(format!(
-                        "it takes each sub-directory as an id (entries = \"dirs\"), so it \
+                (Some(sub), Entries::Dirs) if sub != QUARANTINE_DIR && takes(sub) => Some(format!(
+                    "it takes each sub-directory as an id (entries = \"dirs\"), so it \
                          would delete {sub:?}, which holds the backups, as unreferenced"
-                    ))
-                }
+                )),
                 _ => None,
             };
             if let Some(why) = why {
