@@ -101,6 +101,26 @@ impl BackupName {
     }
 }
 
+/// The series of a database file: its stem without leading dots (`.ht.sqlite` → `ht`: a
+/// backup file's name never starts with a dot, so it is neither hidden nor taken for a temp
+/// file); None when nothing is left or the stem is not UTF-8 (the database's name is used).
+pub fn stem_series(path: &Path) -> Option<String> {
+    path.file_stem()
+        .and_then(|s| s.to_str())
+        .map(|s| s.trim_start_matches('.'))
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+}
+
+/// An attachment's series: its alias, or `{alias}-attached` when that is the main series.
+pub fn attached_series(main: &str, alias: &str) -> String {
+    if alias == main {
+        format!("{alias}-attached")
+    } else {
+        alias.to_string()
+    }
+}
+
 /// A backup file found in a directory.
 #[derive(Debug, Clone)]
 pub struct Found {
@@ -340,8 +360,7 @@ pub fn ensure_private_dir(dir: &Path) -> Result<(), ArchiveError> {
                     path: dir.to_path_buf(),
                 });
             }
-            // SAFETY: geteuid cannot fail.
-            let me = unsafe { libc::geteuid() };
+            let me = rustix::process::geteuid().as_raw();
             if meta.uid() != me {
                 return Err(ArchiveError::Refused { reason: format!(
                         "is owned by uid {}, not by us (uid {me}); chown it to the user litekeeper runs as",
@@ -464,17 +483,8 @@ pub fn hex(bytes: &[u8]) -> String {
 
 /// Bytes available to us on the file system holding `dir`.
 pub fn free_bytes(dir: &Path) -> Result<u64, ArchiveError> {
-    let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(dir.as_os_str()))
-        .map_err(|_| ArchiveError::Refused {
-            reason: "path contains NUL".into(),
-            path: dir.to_path_buf(),
-        })?;
-    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: c is a valid C string and s a valid out-pointer.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
-        return Err(io_err(dir, "cannot statvfs")(io::Error::last_os_error()));
-    }
-    Ok(s.f_bavail as u64 * s.f_frsize as u64)
+    let s = rustix::fs::statvfs(dir).map_err(|e| io_err(dir, "cannot statvfs")(e.into()))?;
+    Ok(s.f_bavail * s.f_frsize)
 }
 
 /// How a backup was checked.

@@ -13,8 +13,7 @@ pub struct Defaults {
 
 /// True when running as root (uid 0).
 pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
+    rustix::process::geteuid().is_root()
 }
 
 /// The first path of a systemd-provided directory variable (`STATE_DIRECTORY=/var/lib/x`,

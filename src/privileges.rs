@@ -81,14 +81,11 @@ pub fn as_state_owner<T>(state_dir: &Path, f: impl FnOnce() -> T) -> Result<T, S
     let Some((uid, gid)) = state_owner(state_dir) else {
         return Ok(f());
     };
-    // SAFETY: getgroups into a buffer of the size it reports.
-    let saved: Vec<libc::gid_t> = unsafe {
-        let n = libc::getgroups(0, std::ptr::null_mut()).max(0);
-        let mut v = vec![0; n as usize];
-        let n = libc::getgroups(n, v.as_mut_ptr()).max(0);
-        v.truncate(n as usize);
-        v
-    };
+    let saved: Vec<libc::gid_t> = rustix::process::getgroups()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|g| g.as_raw())
+        .collect();
     // SAFETY: plain libc calls with valid arguments.
     if !switch_ids(uid, gid, || unsafe {
         libc::setegid(gid) == 0 && libc::seteuid(uid) == 0

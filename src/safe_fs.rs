@@ -338,9 +338,7 @@ mod tests {
     fn a_fifo_is_refused_without_blocking() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("pipe");
-        let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
-        // SAFETY: c is a valid path.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        rustix::fs::mkfifoat(rustix::fs::CWD, &p, rustix::fs::Mode::from_raw_mode(0o600)).unwrap();
         let e = open_regular(&p, false, false).unwrap_err();
         assert!(e.to_string().contains("FIFO"), "{e}");
         assert_eq!(special_file_at(&p).unwrap(), Some("a FIFO"));

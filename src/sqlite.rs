@@ -16,6 +16,7 @@ use std::time::Duration;
 use r2d2::Pool;
 use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{ffi, Connection, OpenFlags};
+use rustix::fs::Access;
 
 use crate::config::{Config, Database, JournalMode};
 use crate::exit::ExitCode;
@@ -573,12 +574,9 @@ impl std::fmt::Display for Finding {
     }
 }
 
-fn access(path: &Path, mode: c_int) -> bool {
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
-        return false;
-    };
-    // SAFETY: c is a valid NUL-terminated string.
-    unsafe { libc::access(c.as_ptr(), mode) == 0 }
+/// access(2): may the real user (and group) read, write or search `path`.
+fn access(path: &Path, mode: Access) -> bool {
+    rustix::fs::access(path, mode).is_ok()
 }
 
 /// The files SQLite opens beside a database: its WAL, shared-memory index and rollback
@@ -635,7 +633,7 @@ pub fn preflight(path: &Path) -> Result<(), Finding> {
             "create it, or correct `path` in the configuration",
         ));
     }
-    if !access(dir, libc::W_OK | libc::X_OK) {
+    if !access(dir, Access::WRITE_OK | Access::EXEC_OK) {
         return Err(Finding::error(
             ExitCode::NoInput,
             format!(
@@ -675,22 +673,21 @@ pub fn preflight(path: &Path) -> Result<(), Finding> {
     // Read and write are told apart: the fix differs (a read-only file may be deliberate).
     let who = || {
         use std::os::unix::fs::MetadataExt;
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        let me = unsafe { libc::geteuid() };
+        let me = rustix::process::geteuid().as_raw();
         format!(
             "mode {:04o}, owner uid {}, litekeeper runs as uid {me}",
             meta.mode() & 0o7777,
             meta.uid()
         )
     };
-    if !access(path, libc::R_OK) {
+    if !access(path, Access::READ_OK) {
         return Err(Finding::error(
             ExitCode::NoInput,
             format!("{shown}: no read permission on the file ({})", who()),
             "run litekeeper as the database's owner, or grant that user read and write access",
         ));
     }
-    if !access(path, libc::W_OK) {
+    if !access(path, Access::WRITE_OK) {
         return Err(Finding::error(
             ExitCode::NoInput,
             format!(

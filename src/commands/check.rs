@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use chrono::Utc;
+use rustix::fs::Access;
 
 use crate::cli::CheckArgs;
 use crate::config::JournalMode;
@@ -131,10 +132,7 @@ fn dir_problem(dir: &Path) -> Option<String> {
     while !probe.exists() {
         probe = probe.parent()?;
     }
-    let c =
-        std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(probe.as_os_str())).ok()?;
-    // SAFETY: c is a valid C string.
-    let writable = unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) == 0 };
+    let writable = rustix::fs::access(probe, Access::WRITE_OK | Access::EXEC_OK).is_ok();
     if !probe.is_dir() {
         Some(format!(
             "{}: not a directory (needed for {})",

@@ -48,23 +48,18 @@ fn lock_state_dir(dir: &Path) -> Result<pidfile::DaemonLock, Failure> {
 /// need many (its default soft limit is 1024, the hard one 512K): each running job holds a
 /// database's 3 files plus backup, lock and state files. litekeeper never uses select(2).
 fn raise_open_files_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain syscalls on a local struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return;
-        }
-        // Capped: an unlimited hard limit is refused (above fs.nr_open).
-        let want = lim.rlim_max.min(524_288);
-        if lim.rlim_cur < want {
-            let soft = lim.rlim_cur;
-            lim.rlim_cur = want;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                tracing::debug!("could not raise the open files limit from {soft}");
-            }
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    // None is unlimited.
+    let lim = getrlimit(Resource::Nofile);
+    // Capped: an unlimited hard limit is refused (above fs.nr_open).
+    let want = lim.maximum.map_or(524_288, |max| max.min(524_288));
+    if let Some(soft) = lim.current.filter(|&soft| soft < want) {
+        let raised = Rlimit {
+            current: Some(want),
+            maximum: lim.maximum,
+        };
+        if setrlimit(Resource::Nofile, raised).is_err() {
+            tracing::debug!("could not raise the open files limit from {soft}");
         }
     }
 }

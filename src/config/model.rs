@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::archive;
 use crate::jobs::JobKind;
 use crate::schedule::{Schedule, Zone};
 
@@ -178,6 +179,38 @@ impl Database {
     }
 }
 
+/// One file a backup of a database copies.
+#[derive(Debug, Clone)]
+pub struct BackupSource {
+    /// Schema name on the job's connection: "main" or the attachment's alias.
+    pub schema: String,
+    /// File-name series: the main file's stem, or the attachment's alias (named by
+    /// `archive::stem_series` and `archive::attached_series`).
+    pub series: String,
+    pub path: PathBuf,
+}
+
+impl Database {
+    /// The files a backup of this database copies, in order: the main file, then each
+    /// attachment.
+    pub fn backup_sources(&self) -> Vec<BackupSource> {
+        let stem = archive::stem_series(&self.path).unwrap_or_else(|| self.name.clone());
+        let mut out = vec![BackupSource {
+            schema: "main".into(),
+            series: stem.clone(),
+            path: self.path.clone(),
+        }];
+        for a in &self.attach {
+            out.push(BackupSource {
+                schema: a.alias.clone(),
+                series: archive::attached_series(&stem, &a.alias),
+                path: a.path.clone(),
+            });
+        }
+        out
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Attachment {
     pub alias: String,
@@ -256,6 +289,10 @@ pub enum Entries {
     Files,
     Dirs,
 }
+
+/// Where a files rule's quarantined files go, inside the rule's directory (a directory the
+/// rule itself never takes as an entry).
+pub const QUARANTINE_DIR: &str = ".litekeeper-quarantine";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileAction {

@@ -31,51 +31,11 @@ use crate::schedule::Zone;
 const PAGES_PER_STEP: i32 = 1024;
 
 /// One source file of a backup run.
-#[derive(Debug, Clone)]
-pub struct Source {
-    /// Schema name on the job's connection: "main" or the attachment's alias.
-    pub schema: String,
-    /// File-name series: the main file's stem, or the attachment's alias.
-    pub series: String,
-    pub path: PathBuf,
-}
+pub use crate::config::BackupSource as Source;
 
-/// The series of a database file: its stem without leading dots (`.ht.sqlite` → `ht`: a
-/// backup file's name never starts with a dot, so it is neither hidden nor taken for a temp
-/// file); None when nothing is left or the stem is not UTF-8 (the database's name is used).
-pub fn stem_series(path: &Path) -> Option<String> {
-    path.file_stem()
-        .and_then(|s| s.to_str())
-        .map(|s| s.trim_start_matches('.'))
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-}
-
-/// An attachment's series: its alias, or `{alias}-attached` when that is the main series.
-pub fn attached_series(main: &str, alias: &str) -> String {
-    if alias == main {
-        format!("{alias}-attached")
-    } else {
-        alias.to_string()
-    }
-}
-
-/// The files a backup of `db` copies, in order.
+/// The files a backup of `db` copies, in order (`Database::backup_sources`).
 pub fn sources(db: &Database) -> Vec<Source> {
-    let stem = stem_series(&db.path).unwrap_or_else(|| db.name.clone());
-    let mut out = vec![Source {
-        schema: "main".into(),
-        series: stem.clone(),
-        path: db.path.clone(),
-    }];
-    for a in &db.attach {
-        out.push(Source {
-            schema: a.alias.clone(),
-            series: attached_series(&stem, &a.alias),
-            path: a.path.clone(),
-        });
-    }
-    out
+    db.backup_sources()
 }
 
 fn quote(ident: &str) -> String {

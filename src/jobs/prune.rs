@@ -34,8 +34,7 @@ use crate::config::{
 use crate::jobs::backup::human_bytes;
 use crate::safe_fs::{self, DirHandle, Kind};
 
-/// Where quarantined files go, inside the rule's directory.
-pub const QUARANTINE_DIR: &str = ".litekeeper-quarantine";
+pub use crate::config::QUARANTINE_DIR;
 /// Batch sizes stay within these bounds whatever the timing says.
 const MIN_BATCH: usize = 1;
 const MAX_BATCH: usize = 50_000;

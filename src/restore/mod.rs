@@ -34,7 +34,6 @@ use rusqlite::{Connection, OpenFlags};
 
 use crate::archive::{self, BackupName, Manifest, Verified};
 use crate::config::Database;
-use crate::jobs::backup::sources;
 use crate::lock::{self, LockError};
 
 pub use error::RestoreError;
@@ -138,7 +137,8 @@ pub fn select(db: &Database, wanted: Option<&str>) -> Result<BackupSource, Resto
         });
     }
     // Which live file this backup belongs to (the main database or an attachment).
-    let live = sources(db)
+    let live = db
+        .backup_sources()
         .into_iter()
         .find(|s| s.series == name.series)
         .ok_or_else(|| RestoreError::NoLiveFile {
@@ -255,8 +255,7 @@ fn nobody_else_has_it_open(target: &Path) -> Result<Seen, RestoreError> {
             pids: open.others,
         });
     }
-    // SAFETY: getuid cannot fail.
-    let uid = unsafe { libc::getuid() };
+    let uid = rustix::process::getuid().as_raw();
     if !open.unreadable.is_empty() {
         return Err(RestoreError::OpenersUnknown {
             target: target.to_path_buf(),
@@ -358,7 +357,7 @@ fn pick_backup(
                 database: db.name.clone(),
             });
     }
-    let main_series = sources(db).remove(0).series;
+    let main_series = db.backup_sources().remove(0).series;
     found
         .into_iter()
         .filter(|f| f.name.series == main_series && !f.name.failed)
@@ -484,7 +483,7 @@ fn new_target(target: &Path, target_dir: &Path, backup_dir: &Path) -> Result<(),
 /// an in-place restore, under that lock, writes these names.
 pub fn clean_leftovers(db: &Database) -> Vec<PathBuf> {
     let mut removed = Vec::new();
-    for s in sources(db) {
+    for s in db.backup_sources() {
         let real = fs::canonicalize(&s.path).unwrap_or_else(|_| s.path.clone());
         for p in [&s.path, &real] {
             let (Some(dir), Some(name)) = (p.parent(), p.file_name().and_then(|n| n.to_str()))
