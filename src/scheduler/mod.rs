@@ -14,12 +14,14 @@
 //! Layout: `state` (the one `State` under one mutex, `Target`, the decisions on it),
 //! `roster` (fleet membership, scanned per tick), `feeder` (starting many runs under the
 //! permits, shared with `litekeeper run <fleet>`). The side effects — the clock, the timer
-//! crate, running a job — go through `Effects`, so unit tests can drive the same logic with
-//! tokio's paused time and recorded runs.
+//! crate, running a job — go through `Effects`, so unit tests drive the same logic with
+//! tokio's paused time and recorded runs (`tests`).
 
 mod feeder;
 mod roster;
 mod state;
+#[cfg(test)]
+mod tests;
 
 pub(crate) use feeder::{feed, plan, Feed};
 
