@@ -89,45 +89,27 @@ pub fn run(path: &Path, args: RunArgs) -> Result<ExitCode, Failure> {
             state,
             cancel,
         };
-        // A fleet's members run `max_concurrent_jobs` at a time, as in the daemon.
-        let permits = Arc::new(tokio::sync::Semaphore::new(
-            config.daemon.max_concurrent_jobs,
-        ));
-        let mut set = tokio::task::JoinSet::new();
-        let mut names = std::collections::HashMap::new();
-        for db in targets {
-            let name = db.name.clone();
-            let (env, permits) = (env.clone(), permits.clone());
-            let req = Request {
-                db,
-                kind,
-                trigger,
-                dry_run: args.dry_run,
-                on_busy,
-            };
-            let task = set.spawn(async move {
-                let _permit = permits.acquire_owned().await;
-                if env.cancel.is_cancelled() {
-                    return (req.db.name.clone(), Ended::NotStarted);
-                }
-                let report = jobs::execute(&env, req).await;
-                // Under systemd the journal already has the finish event with every field.
-                if !crate::logging::to_journal() {
-                    print_report(&report);
-                }
-                let stopped = env.cancel.is_cancelled()
-                    && report.outcome == Outcome::Failed
-                    && report.exit == ExitCode::TempFail;
-                let ended = if stopped {
-                    Ended::Stopped
-                } else {
-                    Ended::Ran(report.exit)
-                };
-                (report.database, ended)
-            });
-            names.insert(task.id(), name);
-        }
-        let mut ends = Vec::new();
+        // A fleet's members run `max_concurrent_jobs` at a time, through the daemon's feeder
+        // (without jitter: in order).
+        let mut runs = RunFeed {
+            permits: Arc::new(tokio::sync::Semaphore::new(
+                config.daemon.max_concurrent_jobs,
+            )),
+            env: env.clone(),
+            kind,
+            trigger,
+            dry_run: args.dry_run,
+            on_busy,
+            set: tokio::task::JoinSet::new(),
+            names: std::collections::HashMap::new(),
+        };
+        let plan = crate::scheduler::plan(targets, std::time::Duration::ZERO);
+        let never_started = crate::scheduler::feed(&mut runs, plan, &env.cancel).await;
+        let RunFeed { mut set, names, .. } = runs;
+        let mut ends: Vec<(String, Ended)> = never_started
+            .into_iter()
+            .map(|db| (db.name.clone(), Ended::NotStarted))
+            .collect();
         while let Some(done) = set.join_next_with_id().await {
             match done {
                 Ok((_, end)) => ends.push(end),
@@ -151,6 +133,63 @@ pub fn run(path: &Path, args: RunArgs) -> Result<ExitCode, Failure> {
         });
     }
     Ok(fleet_summary(&args.database, kind, exits, members))
+}
+
+/// `run`'s side of the feeder: a member whose turn comes runs as a task of `set`.
+struct RunFeed {
+    permits: Arc<tokio::sync::Semaphore>,
+    env: Env,
+    kind: JobKind,
+    trigger: Trigger,
+    dry_run: bool,
+    on_busy: Option<OnBusy>,
+    set: tokio::task::JoinSet<(String, Ended)>,
+    /// Each task's member, for a task that panics.
+    names: std::collections::HashMap<tokio::task::Id, String>,
+}
+
+impl crate::scheduler::Feed for RunFeed {
+    type Item = Arc<crate::config::Database>;
+
+    fn permits(&self) -> Arc<tokio::sync::Semaphore> {
+        self.permits.clone()
+    }
+
+    /// A member waiting for its turn is not recorded: `run` shows its progress as it goes.
+    async fn waiting(&mut self, _due: &[(std::time::Duration, Self::Item)]) {}
+
+    fn start(&mut self, db: Self::Item, permit: tokio::sync::OwnedSemaphorePermit) {
+        let name = db.name.clone();
+        let env = self.env.clone();
+        let req = Request {
+            db,
+            kind: self.kind,
+            trigger: self.trigger,
+            dry_run: self.dry_run,
+            on_busy: self.on_busy,
+        };
+        let task = self.set.spawn(async move {
+            let _permit = permit;
+            if env.cancel.is_cancelled() {
+                return (req.db.name.clone(), Ended::NotStarted);
+            }
+            let report = jobs::execute(&env, req).await;
+            // Under systemd the journal already has the finish event with every field.
+            if !crate::logging::to_journal() {
+                print_report(&report);
+            }
+            let stopped = env.cancel.is_cancelled()
+                && report.outcome == Outcome::Failed
+                && report.exit == ExitCode::TempFail;
+            let ended = if stopped {
+                Ended::Stopped
+            } else {
+                Ended::Ran(report.exit)
+            };
+            (report.database, ended)
+        });
+        self.names.insert(task.id(), name);
+    }
 }
 
 /// How one member of a fleet run ended.
