@@ -8,6 +8,8 @@
 //! - `commands`: one module per subcommand (`daemon`, `run`, `check`, `status`, `schedule`, `demo`).
 //! - `config`: loading (`toml` + environment via `config`), raw serde types, validation into
 //!   the immutable domain `model`.
+//! - `domain`: the shared vocabulary: job kinds, triggers, outcomes, reports, job figures,
+//!   exit codes; imports nothing from the crate.
 //! - `demo`: the sample chat app `litekeeper demo` builds and maintains.
 //! - `schedule`: cron parsing, next/previous run in a time zone, jitter; pure.
 //! - `scheduler`: the daemon's timer (tokio-cron-scheduler), per-database queues, catch-up, shutdown.
@@ -31,6 +33,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod demo;
+pub mod domain;
 pub mod exit;
 pub mod jobs;
 pub mod lock;

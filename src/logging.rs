@@ -14,7 +14,7 @@ use tracing_subscriber::prelude::*;
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::{LogArgs, LogFormat, LogTarget};
-use crate::jobs::{JobKind, Outcome, Report, Trigger};
+use crate::domain::{JobKind, Outcome, Report, Trigger};
 
 /// MESSAGE_IDs: one per kind of event, stable across versions.
 pub mod message_id {

@@ -27,7 +27,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
 use crate::config::Config;
-use crate::jobs::JobKind;
+use crate::domain::JobKind;
 use crate::state::State;
 
 /// The final outcomes a run is recorded with (`running` is not final).

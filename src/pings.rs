@@ -18,8 +18,8 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::config::Ping;
-use crate::exit::ExitCode;
-use crate::jobs::{Outcome, Report, Request};
+use crate::domain::{ExitCode, Outcome, Report};
+use crate::jobs::Request;
 
 /// `ping_timeout` when not set.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);

@@ -10,7 +10,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde::Serialize;
 
-use crate::jobs::{JobKind, Outcome, Report, Trigger};
+use crate::domain::{JobKind, Report, Trigger};
 
 const MIGRATIONS: &[&str] = &[
     // v1
@@ -465,21 +465,10 @@ fn migrate(c: &mut Connection) -> rusqlite::Result<()> {
     }
 }
 
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Ok => "ok",
-            Outcome::Failed => "failed",
-            Outcome::Skipped => "skipped",
-            Outcome::DryRun => "dry-run",
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exit::ExitCode;
+    use crate::domain::{ExitCode, Outcome};
 
     fn report(id: &str, started: DateTime<Utc>) -> Report {
         Report {
