@@ -27,7 +27,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
 use crate::config::Config;
-use crate::domain::JobKind;
+use crate::domain::{Figures, JobKind};
 use crate::state::State;
 
 /// The final outcomes a run is recorded with (`running` is not final).
@@ -319,17 +319,13 @@ pub struct Run {
     pub finished: Option<DateTime<Utc>>,
     pub summary: String,
     pub error: Option<String>,
-    pub figures: serde_json::Value,
+    pub figures: Option<Figures>,
 }
 
 impl Run {
     /// When it ended (finished), else when it started.
     pub fn ended(&self) -> DateTime<Utc> {
         self.finished.unwrap_or(self.started)
-    }
-
-    fn figure(&self, key: &str) -> Option<u64> {
-        self.figures.get(key).and_then(|v| v.as_u64())
     }
 }
 
@@ -360,7 +356,7 @@ fn pid_alive(pid: i64) -> bool {
         }
 }
 
-fn run_row(row: &rusqlite::Row) -> rusqlite::Result<Run> {
+fn run_row(job: JobKind, row: &rusqlite::Row) -> rusqlite::Result<Run> {
     let mut outcome: String = row.get(0)?;
     let pid: i64 = row.get(6)?;
     if outcome == "running" && !pid_alive(pid) {
@@ -373,7 +369,7 @@ fn run_row(row: &rusqlite::Row) -> rusqlite::Result<Run> {
         finished: row.get::<_, Option<i64>>(2)?.map(from_ms),
         summary: row.get(3)?,
         error: row.get(4)?,
-        figures: serde_json::from_str(&figures).unwrap_or_default(),
+        figures: Figures::from_json(job, &figures),
     })
 }
 
@@ -386,7 +382,7 @@ pub fn history(c: &Connection, db: &str, job: JobKind) -> rusqlite::Result<Histo
                  WHERE database = ?1 AND job = ?2 AND ({cond}) ORDER BY started_at DESC LIMIT 1"
             ),
             params![db, job.as_str()],
-            run_row,
+            |row| run_row(job, row),
         )
         .optional()
     };
@@ -484,6 +480,34 @@ fn wal_of(p: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// The samples taken from the figures of a job's last successful (`ok`) run: the one place
+/// metric samples are derived from figures.
+#[derive(Debug, Default)]
+struct FigureSamples {
+    prune_deleted_rows: Option<u64>,
+    prune_deleted_files: Option<u64>,
+    prune_freed_bytes: Option<u64>,
+    backup_size_bytes: Option<u64>,
+}
+
+impl FigureSamples {
+    fn of(figures: Option<&Figures>) -> Self {
+        match figures {
+            Some(Figures::Prune(p)) => FigureSamples {
+                prune_deleted_rows: p.rows_deleted,
+                prune_deleted_files: p.files_deleted,
+                prune_freed_bytes: p.bytes_freed,
+                ..FigureSamples::default()
+            },
+            Some(Figures::Backup(b)) => FigureSamples {
+                backup_size_bytes: b.bytes_after,
+                ..FigureSamples::default()
+            },
+            Some(Figures::Vacuum(_)) | None => FigureSamples::default(),
+        }
+    }
+}
+
 /// The whole metrics file for every configured job, from the state DB and the database files.
 pub fn render(config: &Config, c: &Connection) -> rusqlite::Result<String> {
     let mut last_run = Family::gauge(
@@ -568,25 +592,21 @@ pub fn render(config: &Config, c: &Connection) -> rusqlite::Result<String> {
             if let Some(r) = &h.last_success {
                 last_success.push(&labels, ts(r.ended()));
                 let db_label = [("database", name)];
-                match kind {
-                    JobKind::Prune if r.outcome == "ok" => {
-                        for (family, key) in [
-                            (&mut rows_deleted, "rows_deleted"),
-                            (&mut files_deleted, "files_deleted"),
-                            (&mut bytes_freed, "bytes_freed"),
-                        ] {
-                            if let Some(v) = r.figure(key) {
-                                family.push(&db_label, v.to_string());
-                            }
-                        }
-                    }
-                    JobKind::Backup if r.outcome == "ok" => {
+                if r.outcome == "ok" {
+                    if kind == JobKind::Backup {
                         backup_time.push(&db_label, ts(r.ended()));
-                        if let Some(v) = r.figure("bytes_after") {
-                            backup_size.push(&db_label, v.to_string());
+                    }
+                    let f = FigureSamples::of(r.figures.as_ref());
+                    for (family, value) in [
+                        (&mut rows_deleted, f.prune_deleted_rows),
+                        (&mut files_deleted, f.prune_deleted_files),
+                        (&mut bytes_freed, f.prune_freed_bytes),
+                        (&mut backup_size, f.backup_size_bytes),
+                    ] {
+                        if let Some(v) = value {
+                            family.push(&db_label, v.to_string());
                         }
                     }
-                    _ => {}
                 }
             }
             let mut counts = [0i64; OUTCOMES.len()];

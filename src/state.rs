@@ -10,7 +10,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde::Serialize;
 
-use crate::domain::{JobKind, Report, Trigger};
+use crate::domain::{Figures, JobKind, Report, Trigger};
 
 const MIGRATIONS: &[&str] = &[
     // v1
@@ -79,7 +79,8 @@ pub struct RunRecord {
     pub outcome: String,
     pub summary: String,
     pub error: Option<String>,
-    pub figures: serde_json::Value,
+    #[serde(serialize_with = "crate::domain::figures_json")]
+    pub figures: Option<Figures>,
 }
 
 fn ms(t: DateTime<Utc>) -> i64 {
@@ -282,7 +283,7 @@ impl State {
                     ms(r.started),
                     ms(r.finished),
                     r.outcome.as_str(),
-                    serde_json::Value::Object(r.figures.clone()).to_string(),
+                    Figures::to_json(r.figures.as_ref()).to_string(),
                     r.summary,
                     r.error,
                 ],
@@ -337,7 +338,7 @@ impl State {
                             outcome,
                             summary: row.get(5)?,
                             error: row.get(6)?,
-                            figures: serde_json::from_str(&figures).unwrap_or_default(),
+                            figures: Figures::from_json(*job, &figures),
                         })
                     })
                     .optional()?,

@@ -550,11 +550,18 @@ mod tests {
                     outcome: "ok".into(),
                     summary: "wrote \"x\"\nand ü".into(),
                     error: None,
-                    figures: serde_json::json!({
-                        "bytes_after": 21495808,
-                        "rules": [{"rule": "rule[0]", "deleted": 3}, {}],
-                        "empty": [],
-                    }),
+                    figures: Some(crate::domain::Figures::Prune(crate::domain::PruneFigures {
+                        rules: vec![
+                            crate::domain::RuleFigures {
+                                rule: "rule[0]".into(),
+                                deleted: 3,
+                                ..Default::default()
+                            },
+                            Default::default(),
+                        ],
+                        bytes_freed: Some(21495808),
+                        ..Default::default()
+                    })),
                 }),
             })
             .collect()

@@ -29,7 +29,7 @@ pub use crate::domain::{Figures, JobKind, Outcome, Report, Trigger};
 #[derive(Debug, Default)]
 pub struct JobResult {
     pub summary: String,
-    pub figures: Figures,
+    pub figures: Option<Figures>,
     /// Set when the job decided there was nothing worth doing.
     pub skipped: bool,
 }
@@ -184,7 +184,7 @@ async fn run_locked(
         duration_ms: 0,
         outcome: Outcome::Failed,
         summary: String::new(),
-        figures: Figures::new(),
+        figures: None,
         error: None,
         exit: ExitCode::Failed,
     };
