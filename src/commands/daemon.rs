@@ -69,6 +69,8 @@ fn raise_open_files_limit() {
     }
 }
 
+/// Everything the jobs of one configuration share; opens the state DB and the lock
+/// directory, so it blocks: call it from `spawn_blocking` only.
 fn make_env(config: Config, cancel: CancellationToken) -> Result<Env, Failure> {
     let state = State::open(&config.daemon.state_dir, config.longest_keep_history())
         .or_exit(ExitCode::CantCreate)?;
@@ -95,7 +97,17 @@ async fn serve(
 ) -> Result<ExitCode, Failure> {
     crate::metrics::write_in_background();
     let cancel = CancellationToken::new();
-    let env = make_env(config, cancel.clone())?;
+    // Opening (and migrating) the state DB is blocking file I/O: not on a tokio worker. A
+    // reload builds its Env the same way, in the spawn_blocking that loads the new file.
+    let token = cancel.clone();
+    let env = tokio::task::spawn_blocking(move || make_env(config, token))
+        .await
+        .map_err(|e| {
+            Failure::new(
+                ExitCode::Failed,
+                anyhow::anyhow!("start-up task failed: {e}"),
+            )
+        })??;
     let mut hup = signal(SignalKind::hangup()).or_exit(ExitCode::IoErr)?;
     let mut term = signal(SignalKind::terminate()).or_exit(ExitCode::IoErr)?;
     let mut int = signal(SignalKind::interrupt()).or_exit(ExitCode::IoErr)?;
