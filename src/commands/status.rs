@@ -18,9 +18,8 @@ use crate::cli::StatusArgs;
 use crate::config::validate::parse_duration;
 use crate::exit::{ExitCode, Failure, OrExit};
 use crate::jobs::JobKind;
-use crate::metrics::{self, History};
 use crate::schedule::{Schedule, Zone};
-use crate::state::{RunRecord, State};
+use crate::state::{History, HistoryReader, RunRecord, State};
 
 use super::stream_json::{self, PrettyObject, Stop};
 
@@ -300,7 +299,7 @@ fn check_jobs(
     };
     // No state DB yet: nothing ever ran. Anything else that stops us reading it is UNKNOWN.
     let conn = match std::fs::metadata(&state_path) {
-        Ok(_) => Some(metrics::open(&state_path, true).map_err(|e| sqlite_unreadable(&e))?),
+        Ok(_) => Some(HistoryReader::open(&state_path, true).map_err(|e| sqlite_unreadable(&e))?),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(unreadable(&e, denied_hint)),
     };
@@ -323,9 +322,9 @@ fn check_jobs(
             });
             aged += usize::from(max.is_some());
             let history = match &conn {
-                Some(c) => {
-                    metrics::history(c, &db.name, kind).map_err(|e| sqlite_unreadable(&e))?
-                }
+                Some(c) => c
+                    .history(&db.name, kind)
+                    .map_err(|e| sqlite_unreadable(&e))?,
                 None => History::default(),
             };
             for (code, text) in judge(&history, max, now) {
