@@ -84,6 +84,13 @@ pub enum Trigger {
 }
 
 impl Trigger {
+    pub const ALL: [Trigger; 4] = [
+        Trigger::Schedule,
+        Trigger::Cli,
+        Trigger::CatchUp,
+        Trigger::Timer,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Trigger::Schedule => "schedule",
@@ -106,6 +113,13 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    pub const ALL: [Outcome; 4] = [
+        Outcome::Ok,
+        Outcome::Failed,
+        Outcome::Skipped,
+        Outcome::DryRun,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Ok => "ok",
@@ -113,6 +127,52 @@ impl Outcome {
             Outcome::Skipped => "skipped",
             Outcome::DryRun => "dry-run",
         }
+    }
+}
+
+impl FromStr for Trigger {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Trigger::ALL
+            .into_iter()
+            .find(|t| t.as_str() == s)
+            .ok_or_else(|| format!("unknown trigger {s:?}"))
+    }
+}
+
+impl FromStr for Outcome {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Outcome::ALL
+            .into_iter()
+            .find(|o| o.as_str() == s)
+            .ok_or_else(|| format!("unknown outcome {s:?}"))
+    }
+}
+
+/// A recorded run as the history shows it: still running, interrupted (recorded as running
+/// by a process that is gone), or finished with an [`Outcome`]. Written as one word
+/// (`running`, `interrupted`, or the outcome's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunState {
+    Running,
+    Interrupted,
+    Finished(Outcome),
+}
+
+impl RunState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Running => "running",
+            RunState::Interrupted => "interrupted",
+            RunState::Finished(o) => o.as_str(),
+        }
+    }
+}
+
+impl Serialize for RunState {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
     }
 }
 

@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 
 use crate::config::Config;
-use crate::domain::{Figures, JobKind};
-use crate::state::{HistoryReader, State, OUTCOMES};
+use crate::domain::{Figures, JobKind, Outcome, RunState};
+use crate::state::{HistoryReader, State};
 
 /// Lock file in `lock_dir` serialising metrics writers ('.' cannot occur in a database name,
 /// so it never collides with a database's lock).
@@ -405,10 +405,14 @@ pub fn render(config: &Config, history: &HistoryReader) -> rusqlite::Result<Stri
                 last_run.push(&labels, ts(r.ended()));
                 let ms = (r.ended() - r.started).num_milliseconds().max(0);
                 last_duration.push(&labels, seconds(ms));
-                for o in OUTCOMES {
-                    let v = if r.outcome == o { "1" } else { "0" };
+                for o in Outcome::ALL {
+                    let v = if r.outcome == RunState::Finished(o) {
+                        "1"
+                    } else {
+                        "0"
+                    };
                     last_outcome.push(
-                        &[("database", name), ("job", job), ("outcome", o)],
+                        &[("database", name), ("job", job), ("outcome", o.as_str())],
                         v.into(),
                     );
                 }
@@ -416,7 +420,7 @@ pub fn render(config: &Config, history: &HistoryReader) -> rusqlite::Result<Stri
             if let Some(r) = &h.last_success {
                 last_success.push(&labels, ts(r.ended()));
                 let db_label = [("database", name)];
-                if r.outcome == "ok" {
+                if r.outcome == RunState::Finished(Outcome::Ok) {
                     if kind == JobKind::Backup {
                         backup_time.push(&db_label, ts(r.ended()));
                     }
@@ -434,9 +438,9 @@ pub fn render(config: &Config, history: &HistoryReader) -> rusqlite::Result<Stri
                 }
             }
             let counts = history.run_totals(name, kind)?;
-            for (o, n) in OUTCOMES.iter().zip(counts) {
+            for (o, n) in Outcome::ALL.iter().zip(counts) {
                 runs_total.push(
-                    &[("database", name), ("job", job), ("outcome", o)],
+                    &[("database", name), ("job", job), ("outcome", o.as_str())],
                     n.to_string(),
                 );
             }

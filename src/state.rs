@@ -10,7 +10,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde::Serialize;
 
-use crate::domain::{Figures, JobKind, Report, Trigger};
+use crate::domain::{Figures, JobKind, Outcome, Report, RunState, Trigger};
 
 const MIGRATIONS: &[&str] = &[
     // v1
@@ -82,12 +82,11 @@ pub struct State {
 #[derive(Debug, Clone, Serialize)]
 pub struct RunRecord {
     pub id: String,
-    pub trigger: String,
+    pub trigger: Trigger,
     pub started: DateTime<Utc>,
     pub finished: Option<DateTime<Utc>>,
     pub duration_ms: Option<i64>,
-    /// ok | failed | skipped | dry-run | running | interrupted
-    pub outcome: String,
+    pub outcome: RunState,
     pub summary: String,
     pub error: Option<String>,
     #[serde(serialize_with = "crate::domain::figures_json")]
@@ -121,15 +120,15 @@ const RECORD_COLUMNS: &str =
 fn record_row(job: JobKind, row: &rusqlite::Row) -> rusqlite::Result<RunRecord> {
     let started: i64 = row.get(2)?;
     let finished: Option<i64> = row.get(3)?;
-    let mut outcome: String = row.get(4)?;
-    let pid: i64 = row.get(8)?;
-    if outcome == "running" && !pid_alive(pid) {
-        outcome = "interrupted".into();
-    }
+    let outcome = match row.get_ref(4)?.as_str()? {
+        "running" if pid_alive(row.get(8)?) => RunState::Running,
+        "running" => RunState::Interrupted,
+        word => RunState::Finished(parse(4, word)?),
+    };
     let figures: String = row.get(7)?;
     Ok(RunRecord {
         id: row.get(0)?,
-        trigger: row.get(1)?,
+        trigger: parse(1, row.get_ref(1)?.as_str()?)?,
         started: from_ms(started),
         finished: finished.map(from_ms),
         duration_ms: finished.map(|f| f - started),
@@ -137,6 +136,13 @@ fn record_row(job: JobKind, row: &rusqlite::Row) -> rusqlite::Result<RunRecord> 
         summary: row.get(5)?,
         error: row.get(6)?,
         figures: Figures::from_json(job, &figures),
+    })
+}
+
+/// A word of a `runs` column (trigger, outcome) as its type.
+fn parse<T: std::str::FromStr<Err = String>>(column: usize, word: &str) -> rusqlite::Result<T> {
+    word.parse().map_err(|e: String| {
+        rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Text, e.into())
     })
 }
 
@@ -472,9 +478,6 @@ impl State {
     }
 }
 
-/// The final outcomes a run is recorded with (`running` is not final).
-pub const OUTCOMES: [&str; 4] = ["ok", "failed", "skipped", "dry-run"];
-
 /// SQL condition on a `runs` row: the run succeeded. `ok`, or `skipped` with figures: a vacuum
 /// that found too little free space to be worth it did its job, while a run skipped because
 /// another job held the database has no figures and did nothing.
@@ -602,10 +605,14 @@ impl HistoryReader {
         tx.commit()
     }
 
-    /// Finished runs of one job by outcome, in the order of [`OUTCOMES`] (all 0 in a state
-    /// DB whose totals were never kept).
-    pub fn run_totals(&self, db: &str, job: JobKind) -> rusqlite::Result<[i64; OUTCOMES.len()]> {
-        let mut counts = [0; OUTCOMES.len()];
+    /// Finished runs of one job by outcome, in the order of [`Outcome::ALL`] (all 0 in a
+    /// state DB whose totals were never kept).
+    pub fn run_totals(
+        &self,
+        db: &str,
+        job: JobKind,
+    ) -> rusqlite::Result<[i64; Outcome::ALL.len()]> {
+        let mut counts = [0; Outcome::ALL.len()];
         if !self.has_totals {
             return Ok(counts);
         }
@@ -617,7 +624,7 @@ impl HistoryReader {
         })?;
         for row in rows {
             let (outcome, n) = row?;
-            if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome) {
+            if let Some(i) = Outcome::ALL.iter().position(|o| o.as_str() == outcome) {
                 counts[i] = n;
             }
         }
@@ -653,7 +660,7 @@ fn migrate(c: &mut Connection) -> rusqlite::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{ExitCode, Outcome};
+    use crate::domain::ExitCode;
 
     fn report(id: &str, started: DateTime<Utc>) -> Report {
         Report {
@@ -699,7 +706,7 @@ mod tests {
         assert_eq!(state.count().unwrap(), 2);
         let last = state.last_run("chat", JobKind::Backup).unwrap().unwrap();
         assert_eq!(last.id, "new");
-        assert_eq!(last.outcome, "ok");
+        assert_eq!(last.outcome, RunState::Finished(Outcome::Ok));
         assert_eq!(last.duration_ms, Some(1000));
     }
 
@@ -783,7 +790,7 @@ mod tests {
                 .unwrap()
                 .unwrap()
                 .outcome,
-            "running"
+            RunState::Running
         );
         let c = Connection::open(state.path()).unwrap();
         c.execute("UPDATE runs SET pid = 2147483000", []).unwrap();
@@ -793,7 +800,7 @@ mod tests {
                 .unwrap()
                 .unwrap()
                 .outcome,
-            "interrupted"
+            RunState::Interrupted
         );
     }
 }

@@ -16,8 +16,8 @@ use serde::Serialize;
 
 use crate::cli::StatusArgs;
 use crate::config::validate::parse_duration;
+use crate::domain::{JobKind, Outcome, RunState};
 use crate::exit::{ExitCode, Failure, OrExit};
-use crate::jobs::JobKind;
 use crate::schedule::{Schedule, Zone};
 use crate::state::{History, HistoryReader, RunRecord, State};
 
@@ -173,7 +173,7 @@ fn write_table(
         for j in &batch? {
             let (outcome, at, took, summary) = match &j.last {
                 Some(r) => (
-                    r.outcome.clone(),
+                    r.outcome.as_str().to_string(),
                     zone.format(r.started),
                     r.duration_ms
                         .map(|d| format!("{d} ms"))
@@ -396,7 +396,11 @@ fn check_jobs(
 fn judge(h: &History, max_age: Option<Duration>, now: DateTime<Utc>) -> Vec<(CheckCode, String)> {
     let mut out = Vec::new();
     let ago = |t: DateTime<Utc>| fmt_age((now - t).to_std().unwrap_or_default());
-    if let Some(latest) = h.latest.as_ref().filter(|r| r.outcome == "interrupted") {
+    if let Some(latest) = h
+        .latest
+        .as_ref()
+        .filter(|r| r.outcome == RunState::Interrupted)
+    {
         out.push((
             CheckCode::Warning,
             format!(
@@ -405,7 +409,11 @@ fn judge(h: &History, max_age: Option<Duration>, now: DateTime<Utc>) -> Vec<(Che
             ),
         ));
     }
-    if let Some(last) = h.last_finished.as_ref().filter(|r| r.outcome == "failed") {
+    if let Some(last) = h
+        .last_finished
+        .as_ref()
+        .filter(|r| r.outcome == RunState::Finished(Outcome::Failed))
+    {
         let why = last.error.as_deref().unwrap_or(&last.summary);
         let why = crate::sqlite::truncate(why.lines().next().unwrap_or(""), 200);
         let text = if h.failed_in_a_row > 1 {
@@ -542,11 +550,11 @@ mod tests {
                 queued_since: None,
                 last: (i % 2 == 0).then(|| RunRecord {
                     id: format!("run-{i}"),
-                    trigger: "schedule".into(),
+                    trigger: crate::domain::Trigger::Schedule,
                     started: utc("2026-11-24T01:00:00.5Z"),
                     finished: (i % 4 == 0).then(|| utc("2026-11-24T01:00:01Z")),
                     duration_ms: (i % 4 == 0).then_some(500),
-                    outcome: "ok".into(),
+                    outcome: RunState::Finished(Outcome::Ok),
                     summary: "wrote \"x\"\nand ü".into(),
                     error: None,
                     figures: Some(crate::domain::Figures::Prune(crate::domain::PruneFigures {
