@@ -46,7 +46,9 @@ pub fn stderr_is_journal() -> bool {
     dev.parse() == Ok(meta.dev()) && ino.parse() == Ok(meta.ino())
 }
 
-/// Install the global subscriber. Errors are returned (not fatal): logging falls back to stderr.
+/// Whether `init` chose journald. Process-wide on purpose, like the tracing subscriber it
+/// describes (tracing's global default, installed once by `init`, before any runtime context
+/// exists).
 static TO_JOURNAL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// True once `init` chose journald: a command's own summary line would only repeat the
@@ -55,6 +57,7 @@ pub fn to_journal() -> bool {
     TO_JOURNAL.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// Install the global subscriber. Errors are returned (not fatal): logging falls back to stderr.
 pub fn init(args: &LogArgs) -> Result<(), String> {
     let filter = || {
         EnvFilter::try_from_env("LITEKEEPER_LOG")

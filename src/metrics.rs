@@ -13,14 +13,13 @@
 //! keeps (`HistoryReader::tally`).
 //!
 //! A write failure is logged as a warning and never fails the job. The daemon rewrites the
-//! file from one background writer, at most once a second (see `write_in_background`).
+//! file from one background writer, at most once a second (see `MetricsWriter`).
 
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -64,22 +63,82 @@ pub enum MetricsError {
     },
 }
 
-/// After a run: rewrite the metrics file if one is configured; a failure is only logged.
-/// In the daemon (see `write_in_background`) the rewrite is left to one background writer.
-pub async fn update(config: &Arc<Config>, state: &State) {
-    if config.daemon.metrics_file.is_none() {
-        return;
-    }
-    if BACKGROUND.load(Ordering::Relaxed) {
-        let mut w = WRITER.lock().unwrap();
-        w.pending = Some((config.clone(), state.clone()));
-        if !w.active {
-            w.active = true;
-            tokio::spawn(background_writer());
+/// Rewrites the metrics file after runs. One per process (`daemon` or `run`), built there
+/// and handed to every run in `jobs::Env`; clones share it, and it outlives reloads.
+///
+/// Runs end in bursts in the daemon (a fleet's round is thousands of them, and one rewrite
+/// reads the history of every database): a writer made with `background` hands the rewrite
+/// to a single background task that rewrites at most once per `MIN_INTERVAL`, always from
+/// the newest state, so the file lags the last run by at most about that long. Otherwise
+/// each run rewrites it at once.
+#[derive(Clone, Default)]
+pub struct MetricsWriter {
+    inner: Arc<Shared>,
+}
+
+#[derive(Default)]
+struct Shared {
+    background: bool,
+    inbox: Mutex<Inbox>,
+}
+
+/// The background writer's inbox: the newest (config, state) to write from, if any.
+#[derive(Default)]
+struct Inbox {
+    pending: Option<(Arc<Config>, State)>,
+    active: bool,
+}
+
+const MIN_INTERVAL: Duration = Duration::from_secs(1);
+
+impl MetricsWriter {
+    pub fn new(background: bool) -> Self {
+        MetricsWriter {
+            inner: Arc::new(Shared {
+                background,
+                inbox: Mutex::default(),
+            }),
         }
-        return;
     }
-    write_logged(config.clone(), state.clone()).await;
+
+    /// After a run: rewrite the metrics file if one is configured; a failure is only logged.
+    pub async fn update(&self, config: &Arc<Config>, state: &State) {
+        if config.daemon.metrics_file.is_none() {
+            return;
+        }
+        if self.inner.background {
+            let mut w = self.inner.inbox.lock().unwrap();
+            w.pending = Some((config.clone(), state.clone()));
+            if !w.active {
+                w.active = true;
+                tokio::spawn(self.clone().background_writer());
+            }
+            return;
+        }
+        write_logged(config.clone(), state.clone()).await;
+    }
+
+    /// Before the process exits: write what the background writer has not written yet.
+    pub async fn flush(&self) {
+        let pending = self.inner.inbox.lock().unwrap().pending.take();
+        if let Some((config, state)) = pending {
+            write_logged(config, state).await;
+        }
+    }
+
+    async fn background_writer(self) {
+        loop {
+            let next = {
+                let mut w = self.inner.inbox.lock().unwrap();
+                let next = w.pending.take();
+                w.active = next.is_some();
+                next
+            };
+            let Some((config, state)) = next else { return };
+            write_logged(config, state).await;
+            tokio::time::sleep(MIN_INTERVAL).await;
+        }
+    }
 }
 
 async fn write_logged(config: Arc<Config>, state: State) {
@@ -88,51 +147,6 @@ async fn write_logged(config: Arc<Config>, state: State) {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!("could not update the metrics: {e}"),
         Err(e) => tracing::warn!("could not update the metrics file {}: {e}", path.display()),
-    }
-}
-
-/// Runs end in bursts in the daemon (a fleet's round is thousands of them, and one rewrite
-/// reads the history of every database): from now on, `update` hands the rewrite to a single
-/// background writer that rewrites at most once per `MIN_INTERVAL`, always from the newest
-/// state, so the file lags the last run by at most about that long.
-pub fn write_in_background() {
-    BACKGROUND.store(true, Ordering::Relaxed);
-}
-
-/// Before the daemon exits: write what the background writer has not written yet.
-pub async fn flush() {
-    let pending = WRITER.lock().unwrap().pending.take();
-    if let Some((config, state)) = pending {
-        write_logged(config, state).await;
-    }
-}
-
-const MIN_INTERVAL: Duration = Duration::from_secs(1);
-
-static BACKGROUND: AtomicBool = AtomicBool::new(false);
-
-static WRITER: Mutex<Writer> = Mutex::new(Writer {
-    pending: None,
-    active: false,
-});
-
-/// The background writer's inbox: the newest (config, state) to write from, if any.
-struct Writer {
-    pending: Option<(Arc<Config>, State)>,
-    active: bool,
-}
-
-async fn background_writer() {
-    loop {
-        let next = {
-            let mut w = WRITER.lock().unwrap();
-            let next = w.pending.take();
-            w.active = next.is_some();
-            next
-        };
-        let Some((config, state)) = next else { return };
-        write_logged(config, state).await;
-        tokio::time::sleep(MIN_INTERVAL).await;
     }
 }
 

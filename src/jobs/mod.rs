@@ -20,6 +20,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, Database, OnBusy};
 use crate::exit::ExitCode;
 use crate::lock::{self, LockError};
+use crate::metrics::MetricsWriter;
+use crate::pings::Pings;
 use crate::sqlite::{self, Pools};
 use crate::state::State;
 
@@ -130,13 +132,19 @@ pub struct Request {
     pub on_busy: Option<OnBusy>,
 }
 
-/// Shared by all runs of one process: configuration, pools, state, shutdown signal.
+/// The runtime context shared by all runs of one process: configuration, pools, state,
+/// shutdown signal, and the process's reporting services (built once by `daemon` or `run`
+/// and kept across reloads).
 #[derive(Clone)]
 pub struct Env {
     pub config: Arc<Config>,
     pub pools: Pools,
     pub state: State,
     pub cancel: CancellationToken,
+    /// Rewrites the metrics file after each run.
+    pub metrics: MetricsWriter,
+    /// Health pings still being sent.
+    pub pings: Pings,
 }
 
 /// How often a running job checks that its lock file is still in place.
@@ -160,8 +168,8 @@ pub async fn execute(env: &Env, req: Request) -> Report {
         Ok(Err(e)) => tracing::error!("could not record run {run_id}: {e}"),
         Err(e) => tracing::error!("could not record run {run_id}: {e}"),
     }
-    crate::pings::finished(&req, pinger, &report);
-    crate::metrics::update(&env.config, &env.state).await;
+    env.pings.finished(&req, pinger, &report);
+    env.metrics.update(&env.config, &env.state).await;
     crate::logging::job_finished(&report);
     report
 }
@@ -224,7 +232,7 @@ async fn run_locked(
     {
         tracing::warn!("could not record the start of run {run_id}: {e}");
     }
-    *pinger = crate::pings::started(req, run_id);
+    *pinger = env.pings.started(req, run_id);
 
     // The job gets its own cancel token: shutdown cancels it, and so does losing the lock.
     let mut env2 = env.clone();
