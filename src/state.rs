@@ -93,6 +93,11 @@ pub struct RunRecord {
     pub figures: Option<Figures>,
 }
 
+/// Where the state DB of `state_dir` is.
+pub fn db_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("state.db")
+}
+
 /// The state DB or one of its sidecars when it is not a regular file (a FIFO would block
 /// SQLite's open forever; lstat only, nothing is opened).
 fn special_file(path: &Path) -> Option<(PathBuf, &'static str)> {
@@ -179,7 +184,7 @@ impl State {
                 .create(dir)
                 .map_err(dir_err)?;
         }
-        let path = dir.join("state.db");
+        let path = db_path(dir);
         if !path.exists() {
             std::fs::OpenOptions::new()
                 .write(true)
@@ -201,7 +206,7 @@ impl State {
 
     /// Open an existing state DB read-only; None when there is none yet.
     pub fn open_existing(dir: &Path, keep: Duration) -> Option<State> {
-        let path = dir.join("state.db");
+        let path = db_path(dir);
         // Something that is not a regular file is kept, so the first query says what it is.
         std::fs::symlink_metadata(&path).is_ok().then_some(State {
             path,
@@ -775,6 +780,34 @@ mod tests {
         let c = Connection::open(state.path()).unwrap();
         c.execute("UPDATE queued SET pid = 2147483000", []).unwrap();
         assert_eq!(state.queued_since(&keys).unwrap(), [None, None]);
+    }
+
+    #[test]
+    fn run_totals_count_each_finished_run_once_and_survive_pruning() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = State::open(dir.path(), NINETY_DAYS).unwrap();
+        let now = Utc::now();
+        state.finish(&report("a", now), NINETY_DAYS).unwrap();
+        let mut failed = report("b", now);
+        failed.outcome = Outcome::Failed;
+        state.finish(&failed, NINETY_DAYS).unwrap();
+        let mut reader = HistoryReader::open(state.path(), false).unwrap();
+        reader.tally().unwrap();
+        reader.tally().unwrap();
+        assert_eq!(
+            reader.run_totals("chat", JobKind::Backup).unwrap(),
+            [1, 1, 0, 0]
+        );
+        // A short history keeps only the newest run; the totals keep counting.
+        state.finish(&report("c", now), Duration::ZERO).unwrap();
+        reader.tally().unwrap();
+        assert_eq!(
+            reader.run_totals("chat", JobKind::Backup).unwrap(),
+            [2, 1, 0, 0]
+        );
+        let h = reader.history("chat", JobKind::Backup).unwrap();
+        assert_eq!(h.latest.unwrap().id, "c");
+        assert_eq!(h.failed_in_a_row, 0);
     }
 
     #[test]

@@ -113,7 +113,7 @@ pub fn run(path: &Path, args: StatusArgs) -> Result<ExitCode, Failure> {
     let batches = first.into_iter().map(Ok).chain(batches);
     let mut out = stream_json::stdout();
     stream_json::finish(if args.json {
-        let state_db = config.daemon.state_dir.join("state.db");
+        let state_db = crate::state::db_path(&config.daemon.state_dir);
         write_json(
             &mut out,
             now,
@@ -275,7 +275,7 @@ fn check_jobs(
     // One service per database (or fleet) in the monitoring system: `status --check chat`.
     let selected = super::selected(&config, only).map_err(|f| f.to_string())?;
     let zone = &config.daemon.timezone;
-    let state_path = config.daemon.state_dir.join("state.db");
+    let state_path = crate::state::db_path(&config.daemon.state_dir);
     let unreadable = |e: &dyn std::fmt::Display, hint: &str| {
         format!(
             "{}: cannot read the state database: {e} ({hint})",
