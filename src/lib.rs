@@ -17,8 +17,8 @@
 //! - `sqlite`: connection pools, pragmas, REGEXP, slow-statement log, diagnosis.
 //! - `lock`: per-database flock files naming their holder.
 //! - `pidfile`: the daemon's lock on its `state_dir` (one daemon per state directory).
-//! - `state`: run history in the state database.
-//! - `metrics`: the Prometheus textfile written after every run; history queries for `status --check`.
+//! - `state`: the state database: every table, migration and row type; run history, totals.
+//! - `metrics`: the Prometheus textfile written after every run, from what `state` returns.
 //! - `logging`: journald or stderr, event fields and MESSAGE_IDs.
 //! - `notify`: sd_notify messages and the watchdog.
 //! - `pings`: health pings (healthchecks.io style) on a job's start, success and failure.
