@@ -487,19 +487,7 @@ pub fn free_bytes(dir: &Path) -> Result<u64, ArchiveError> {
     Ok(s.f_bavail * s.f_frsize)
 }
 
-/// How a backup was checked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Verified {
-    /// quick_check + foreign_key_check + page and row counts matched.
-    Quick,
-    /// integrity_check + foreign_key_check + page and row counts matched.
-    Full,
-    /// verify = "none": not checked.
-    None,
-    /// Verification failed; the file carries the `.failed` suffix.
-    Failed,
-}
+pub use crate::domain::Verified;
 
 /// What the manifest records about one backup file.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -5,36 +5,7 @@
 
 use std::fmt;
 
-/// A documented exit status of the `litekeeper` binary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum ExitCode {
-    /// Everything asked for was done.
-    Ok = 0,
-    /// A job ran and failed, or `check` found a problem.
-    Failed = 1,
-    /// The command line was wrong (EX_USAGE).
-    Usage = 64,
-    /// A database or backup is corrupt (EX_DATAERR).
-    DataErr = 65,
-    /// A database or input file does not exist (EX_NOINPUT).
-    NoInput = 66,
-    /// An output file or directory could not be created (EX_CANTCREAT).
-    CantCreate = 73,
-    /// An I/O error (EX_IOERR).
-    IoErr = 74,
-    /// Try again later: the database lock is held by another job, or another daemon uses the
-    /// state_dir (EX_TEMPFAIL).
-    TempFail = 75,
-    /// The configuration is invalid (EX_CONFIG).
-    Config = 78,
-}
-
-impl ExitCode {
-    pub fn code(self) -> u8 {
-        self as u8
-    }
-}
+pub use crate::domain::ExitCode;
 
 /// An error on its way to `main`: what to print and which exit code to use.
 #[derive(Debug)]

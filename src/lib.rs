@@ -11,6 +11,8 @@
 //! - `commands`: one module per subcommand (`daemon`, `run`, `check`, `status`, `schedule`, `demo`).
 //! - `config`: loading (`toml` + environment via `config`), raw serde types, validation into
 //!   the immutable domain `model`.
+//! - `domain`: the shared vocabulary: job kinds, triggers, outcomes, reports, job figures,
+//!   exit codes; imports nothing from the crate.
 //! - `demo`: the sample chat app `litekeeper demo` builds and maintains.
 //! - `schedule`: cron parsing, next/previous run in a time zone, jitter; pure.
 //! - `scheduler`: the daemon's timer (tokio-cron-scheduler), per-database queues, catch-up, shutdown.
@@ -18,8 +20,8 @@
 //! - `sqlite`: connection pools, pragmas, REGEXP, slow-statement log, diagnosis.
 //! - `lock`: per-database flock files naming their holder.
 //! - `pidfile`: the daemon's lock on its `state_dir` (one daemon per state directory).
-//! - `state`: run history in the state database.
-//! - `metrics`: the Prometheus textfile written after every run; history queries for `status --check`.
+//! - `state`: the state database: every table, migration and row type; run history, totals.
+//! - `metrics`: the Prometheus textfile written after every run, from what `state` returns.
 //! - `logging`: journald or stderr, event fields and MESSAGE_IDs.
 //! - `notify`: sd_notify messages and the watchdog.
 //! - `pings`: health pings (healthchecks.io style) on a job's start, success and failure.
@@ -34,6 +36,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod demo;
+pub mod domain;
 pub mod exit;
 pub mod jobs;
 pub mod lock;

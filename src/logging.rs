@@ -14,7 +14,7 @@ use tracing_subscriber::prelude::*;
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::{LogArgs, LogFormat, LogTarget};
-use crate::jobs::{JobKind, Outcome, Report, Trigger};
+use crate::domain::{Figures, JobKind, Outcome, Report, Trigger};
 
 /// MESSAGE_IDs: one per kind of event, stable across versions.
 pub mod message_id {
@@ -46,7 +46,9 @@ pub fn stderr_is_journal() -> bool {
     dev.parse() == Ok(meta.dev()) && ino.parse() == Ok(meta.ino())
 }
 
-/// Install the global subscriber. Errors are returned (not fatal): logging falls back to stderr.
+/// Whether `init` chose journald. Process-wide on purpose, like the tracing subscriber it
+/// describes (tracing's global default, installed once by `init`, before any runtime context
+/// exists).
 static TO_JOURNAL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// True once `init` chose journald: a command's own summary line would only repeat the
@@ -55,6 +57,7 @@ pub fn to_journal() -> bool {
     TO_JOURNAL.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// Install the global subscriber. Errors are returned (not fatal): logging falls back to stderr.
 pub fn init(args: &LogArgs) -> Result<(), String> {
     let filter = || {
         EnvFilter::try_from_env("LITEKEEPER_LOG")
@@ -134,10 +137,51 @@ pub fn job_started(run_id: &str, database: &str, job: JobKind, trigger: Trigger)
     );
 }
 
+/// The `LITEKEEPER_*` journal fields taken from a run's figures (README.md lists them); the
+/// whole figures go in `LITEKEEPER_FIGURES` as JSON besides. Derived here and nowhere else.
+#[derive(Debug, Default, PartialEq)]
+struct JournalFigures<'a> {
+    rows_deleted: Option<u64>,
+    files_deleted: Option<u64>,
+    bytes_before: Option<u64>,
+    bytes_after: Option<u64>,
+    backup_path: Option<&'a str>,
+    verify: Option<&'static str>,
+    pages_per_sec: Option<u64>,
+    sha256: Option<&'a str>,
+}
+
+impl<'a> JournalFigures<'a> {
+    fn of(figures: Option<&'a Figures>) -> Self {
+        match figures {
+            None => JournalFigures::default(),
+            Some(Figures::Prune(p)) => JournalFigures {
+                rows_deleted: p.rows_deleted,
+                files_deleted: p.files_deleted,
+                ..JournalFigures::default()
+            },
+            Some(Figures::Vacuum(v)) => JournalFigures {
+                bytes_before: Some(v.bytes_before),
+                bytes_after: Some(v.bytes_after),
+                ..JournalFigures::default()
+            },
+            Some(Figures::Backup(b)) => JournalFigures {
+                bytes_before: Some(b.bytes_before),
+                bytes_after: b.bytes_after,
+                backup_path: b.backup_path.as_deref(),
+                verify: b.verified.map(|v| v.as_str()),
+                pages_per_sec: b.pages_per_sec,
+                sha256: b.sha256.as_deref(),
+                ..JournalFigures::default()
+            },
+        }
+    }
+}
+
 /// One event when a job ends, at the priority its outcome calls for.
 pub fn job_finished(r: &Report) {
-    let int = |k: &str| r.figures.get(k).and_then(|v| v.as_i64());
-    let figures = serde_json::Value::Object(r.figures.clone()).to_string();
+    let f = JournalFigures::of(r.figures.as_ref());
+    let figures = Figures::to_json(r.figures.as_ref()).to_string();
     macro_rules! event {
         ($level:expr, $target:expr, $id:expr) => {
             tracing::event!(
@@ -150,14 +194,14 @@ pub fn job_finished(r: &Report) {
                 litekeeper_trigger = r.trigger.as_str(),
                 litekeeper_outcome = r.outcome.as_str(),
                 litekeeper_duration_ms = r.duration_ms,
-                litekeeper_rows_deleted = int("rows_deleted"),
-                litekeeper_files_deleted = int("files_deleted"),
-                litekeeper_bytes_before = int("bytes_before"),
-                litekeeper_bytes_after = int("bytes_after"),
-                litekeeper_backup_path = r.figures.get("backup_path").and_then(|v| v.as_str()),
-                litekeeper_verify = r.figures.get("verified").and_then(|v| v.as_str()),
-                litekeeper_pages_per_sec = int("pages_per_sec"),
-                litekeeper_sha256 = r.figures.get("sha256").and_then(|v| v.as_str()),
+                litekeeper_rows_deleted = f.rows_deleted,
+                litekeeper_files_deleted = f.files_deleted,
+                litekeeper_bytes_before = f.bytes_before,
+                litekeeper_bytes_after = f.bytes_after,
+                litekeeper_backup_path = f.backup_path,
+                litekeeper_verify = f.verify,
+                litekeeper_pages_per_sec = f.pages_per_sec,
+                litekeeper_sha256 = f.sha256,
                 litekeeper_error = r.error.as_deref(),
                 litekeeper_figures = figures.as_str(),
                 "{} {}: {} in {} ms",

@@ -1,5 +1,6 @@
 //! Prometheus metrics for node_exporter's textfile collector (text format 0.0.4), written to
-//! `daemon.metrics_file` after every run, and the run-history queries `status --check` shares.
+//! `daemon.metrics_file` after every run. It runs no SQL: the history and the run totals come
+//! from `state::HistoryReader`.
 //!
 //! The whole file is rendered from the state DB, never from the run that just ended alone, so
 //! the daemon and a timer's `litekeeper run` finishing at the same time both leave a complete
@@ -8,36 +9,25 @@
 //! fsync, rename, fsync of the directory). Whoever writes last has seen every recorded run.
 //!
 //! `litekeeper_runs_total` must never go down, but the run history is pruned after
-//! `keep_history`, so the totals live in two tables of the state DB that only this module
-//! touches: `metrics_runs_total` (the counts) and `metrics_counted` (ids already added).
+//! `keep_history`, so each write first adds the runs not counted yet to the totals the state DB
+//! keeps (`HistoryReader::tally`).
 //!
 //! A write failure is logged as a warning and never fails the job. The daemon rewrites the
-//! file from one background writer, at most once a second (see `write_in_background`).
+//! file from one background writer, at most once a second (see `MetricsWriter`).
 
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, TimeZone, Utc};
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use chrono::{DateTime, Utc};
 
 use crate::config::Config;
-use crate::jobs::JobKind;
-use crate::state::State;
-
-/// The final outcomes a run is recorded with (`running` is not final).
-pub const OUTCOMES: [&str; 4] = ["ok", "failed", "skipped", "dry-run"];
-
-/// SQL condition on a `runs` row: the run succeeded. `ok`, or `skipped` with figures: a vacuum
-/// that found too little free space to be worth it did its job, while a run skipped because
-/// another job held the database has no figures and did nothing.
-pub const SUCCESS: &str =
-    "finished_at IS NOT NULL AND (outcome = 'ok' OR (outcome = 'skipped' AND figures <> '{}'))";
+use crate::domain::{Figures, JobKind, Outcome, RunState};
+use crate::state::{HistoryReader, State};
 
 /// Lock file in `lock_dir` serialising metrics writers ('.' cannot occur in a database name,
 /// so it never collides with a database's lock).
@@ -73,22 +63,82 @@ pub enum MetricsError {
     },
 }
 
-/// After a run: rewrite the metrics file if one is configured; a failure is only logged.
-/// In the daemon (see `write_in_background`) the rewrite is left to one background writer.
-pub async fn update(config: &Arc<Config>, state: &State) {
-    if config.daemon.metrics_file.is_none() {
-        return;
-    }
-    if BACKGROUND.load(Ordering::Relaxed) {
-        let mut w = WRITER.lock().unwrap();
-        w.pending = Some((config.clone(), state.clone()));
-        if !w.active {
-            w.active = true;
-            tokio::spawn(background_writer());
+/// Rewrites the metrics file after runs. One per process (`daemon` or `run`), built there
+/// and handed to every run in `jobs::Env`; clones share it, and it outlives reloads.
+///
+/// Runs end in bursts in the daemon (a fleet's round is thousands of them, and one rewrite
+/// reads the history of every database): a writer made with `background` hands the rewrite
+/// to a single background task that rewrites at most once per `MIN_INTERVAL`, always from
+/// the newest state, so the file lags the last run by at most about that long. Otherwise
+/// each run rewrites it at once.
+#[derive(Clone, Default)]
+pub struct MetricsWriter {
+    inner: Arc<Shared>,
+}
+
+#[derive(Default)]
+struct Shared {
+    background: bool,
+    inbox: Mutex<Inbox>,
+}
+
+/// The background writer's inbox: the newest (config, state) to write from, if any.
+#[derive(Default)]
+struct Inbox {
+    pending: Option<(Arc<Config>, State)>,
+    active: bool,
+}
+
+const MIN_INTERVAL: Duration = Duration::from_secs(1);
+
+impl MetricsWriter {
+    pub fn new(background: bool) -> Self {
+        MetricsWriter {
+            inner: Arc::new(Shared {
+                background,
+                inbox: Mutex::default(),
+            }),
         }
-        return;
     }
-    write_logged(config.clone(), state.clone()).await;
+
+    /// After a run: rewrite the metrics file if one is configured; a failure is only logged.
+    pub async fn update(&self, config: &Arc<Config>, state: &State) {
+        if config.daemon.metrics_file.is_none() {
+            return;
+        }
+        if self.inner.background {
+            let mut w = self.inner.inbox.lock().unwrap();
+            w.pending = Some((config.clone(), state.clone()));
+            if !w.active {
+                w.active = true;
+                tokio::spawn(self.clone().background_writer());
+            }
+            return;
+        }
+        write_logged(config.clone(), state.clone()).await;
+    }
+
+    /// Before the process exits: write what the background writer has not written yet.
+    pub async fn flush(&self) {
+        let pending = self.inner.inbox.lock().unwrap().pending.take();
+        if let Some((config, state)) = pending {
+            write_logged(config, state).await;
+        }
+    }
+
+    async fn background_writer(self) {
+        loop {
+            let next = {
+                let mut w = self.inner.inbox.lock().unwrap();
+                let next = w.pending.take();
+                w.active = next.is_some();
+                next
+            };
+            let Some((config, state)) = next else { return };
+            write_logged(config, state).await;
+            tokio::time::sleep(MIN_INTERVAL).await;
+        }
+    }
 }
 
 async fn write_logged(config: Arc<Config>, state: State) {
@@ -97,51 +147,6 @@ async fn write_logged(config: Arc<Config>, state: State) {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!("could not update the metrics: {e}"),
         Err(e) => tracing::warn!("could not update the metrics file {}: {e}", path.display()),
-    }
-}
-
-/// Runs end in bursts in the daemon (a fleet's round is thousands of them, and one rewrite
-/// reads the history of every database): from now on, `update` hands the rewrite to a single
-/// background writer that rewrites at most once per `MIN_INTERVAL`, always from the newest
-/// state, so the file lags the last run by at most about that long.
-pub fn write_in_background() {
-    BACKGROUND.store(true, Ordering::Relaxed);
-}
-
-/// Before the daemon exits: write what the background writer has not written yet.
-pub async fn flush() {
-    let pending = WRITER.lock().unwrap().pending.take();
-    if let Some((config, state)) = pending {
-        write_logged(config, state).await;
-    }
-}
-
-const MIN_INTERVAL: Duration = Duration::from_secs(1);
-
-static BACKGROUND: AtomicBool = AtomicBool::new(false);
-
-static WRITER: Mutex<Writer> = Mutex::new(Writer {
-    pending: None,
-    active: false,
-});
-
-/// The background writer's inbox: the newest (config, state) to write from, if any.
-struct Writer {
-    pending: Option<(Arc<Config>, State)>,
-    active: bool,
-}
-
-async fn background_writer() {
-    loop {
-        let next = {
-            let mut w = WRITER.lock().unwrap();
-            let next = w.pending.take();
-            w.active = next.is_some();
-            next
-        };
-        let Some((config, state)) = next else { return };
-        write_logged(config, state).await;
-        tokio::time::sleep(MIN_INTERVAL).await;
     }
 }
 
@@ -159,10 +164,10 @@ pub fn write(config: &Config, state: &State) -> Result<(), MetricsError> {
         path: state.path().to_path_buf(),
         source,
     };
-    let mut c = open(state.path(), false).map_err(db_err)?;
-    tally(&mut c).map_err(db_err)?;
-    let text = render(config, &c).map_err(db_err)?;
-    drop(c);
+    let mut history = HistoryReader::open(state.path(), false).map_err(db_err)?;
+    history.tally().map_err(db_err)?;
+    let text = render(config, &history).map_err(db_err)?;
+    drop(history);
     write_atomic(target, &text)
 }
 
@@ -251,170 +256,6 @@ fn write_atomic(target: &Path, text: &str) -> Result<(), MetricsError> {
     result.map_err(write_err)
 }
 
-/// Open the state DB; read-only for `status --check` (which must not need write access).
-pub fn open(path: &Path, read_only: bool) -> rusqlite::Result<Connection> {
-    let flags = if read_only {
-        OpenFlags::SQLITE_OPEN_READ_ONLY
-    } else {
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-    } | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    // A FIFO in place of the state DB or a sidecar would block SQLite's open forever.
-    for p in std::iter::once(path.to_path_buf())
-        .chain(["-wal", "-shm", "-journal"].map(|s| crate::sqlite::sidecar(path, s)))
-    {
-        if let Ok(Some(kind)) = crate::safe_fs::special_file_at(&p) {
-            return Err(rusqlite::Error::SqliteFailure(
-                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
-                Some(format!(
-                    "{}: not a regular file ({kind}); remove it",
-                    p.display()
-                )),
-            ));
-        }
-    }
-    let c = Connection::open_with_flags(path, flags)?;
-    c.busy_timeout(Duration::from_secs(10))?;
-    // Fails here, not later, on a file that is not a state database.
-    c.query_row(
-        "SELECT count(*) FROM (SELECT 1 FROM runs LIMIT 1)",
-        [],
-        |_| Ok(()),
-    )?;
-    Ok(c)
-}
-
-/// Add every finished run not counted yet to `metrics_runs_total`, in one transaction.
-fn tally(c: &mut Connection) -> rusqlite::Result<()> {
-    let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    tx.execute_batch(
-        "CREATE TABLE IF NOT EXISTS metrics_runs_total (
-            database TEXT NOT NULL,
-            job      TEXT NOT NULL,
-            outcome  TEXT NOT NULL,
-            runs     INTEGER NOT NULL,
-            PRIMARY KEY (database, job, outcome)
-        ) WITHOUT ROWID;
-        CREATE TABLE IF NOT EXISTS metrics_counted (id TEXT PRIMARY KEY) WITHOUT ROWID;
-        INSERT INTO metrics_runs_total (database, job, outcome, runs)
-            SELECT database, job, outcome, count(*) FROM runs r
-            WHERE finished_at IS NOT NULL
-              AND NOT EXISTS (SELECT 1 FROM metrics_counted m WHERE m.id = r.id)
-            GROUP BY database, job, outcome
-            ON CONFLICT (database, job, outcome) DO UPDATE SET runs = runs + excluded.runs;
-        INSERT INTO metrics_counted (id)
-            SELECT id FROM runs r
-            WHERE finished_at IS NOT NULL
-              AND NOT EXISTS (SELECT 1 FROM metrics_counted m WHERE m.id = r.id);
-        DELETE FROM metrics_counted WHERE id NOT IN (SELECT id FROM runs);",
-    )?;
-    tx.commit()
-}
-
-/// One recorded run, as the metrics and `status --check` read it.
-#[derive(Debug, Clone)]
-pub struct Run {
-    /// ok | failed | skipped | dry-run | running | interrupted (its process died)
-    pub outcome: String,
-    pub started: DateTime<Utc>,
-    pub finished: Option<DateTime<Utc>>,
-    pub summary: String,
-    pub error: Option<String>,
-    pub figures: serde_json::Value,
-}
-
-impl Run {
-    /// When it ended (finished), else when it started.
-    pub fn ended(&self) -> DateTime<Utc> {
-        self.finished.unwrap_or(self.started)
-    }
-
-    fn figure(&self, key: &str) -> Option<u64> {
-        self.figures.get(key).and_then(|v| v.as_u64())
-    }
-}
-
-/// What the history says about one job of one database.
-#[derive(Debug, Clone, Default)]
-pub struct History {
-    /// The newest run, finished or not.
-    pub latest: Option<Run>,
-    /// The newest run with a final outcome.
-    pub last_finished: Option<Run>,
-    /// The newest successful run (see `SUCCESS`).
-    pub last_success: Option<Run>,
-    /// Finished runs that failed since the last finished run that did not.
-    pub failed_in_a_row: u32,
-    /// When the oldest run still in the history started.
-    pub first_started: Option<DateTime<Utc>>,
-}
-
-fn from_ms(v: i64) -> DateTime<Utc> {
-    Utc.timestamp_millis_opt(v).single().unwrap_or_default()
-}
-
-fn pid_alive(pid: i64) -> bool {
-    // SAFETY: kill with signal 0 only checks for existence.
-    pid > 0
-        && unsafe {
-            libc::kill(pid as libc::pid_t, 0) == 0 || *libc::__errno_location() == libc::EPERM
-        }
-}
-
-fn run_row(row: &rusqlite::Row) -> rusqlite::Result<Run> {
-    let mut outcome: String = row.get(0)?;
-    let pid: i64 = row.get(6)?;
-    if outcome == "running" && !pid_alive(pid) {
-        outcome = "interrupted".into();
-    }
-    let figures: String = row.get(5)?;
-    Ok(Run {
-        outcome,
-        started: from_ms(row.get(1)?),
-        finished: row.get::<_, Option<i64>>(2)?.map(from_ms),
-        summary: row.get(3)?,
-        error: row.get(4)?,
-        figures: serde_json::from_str(&figures).unwrap_or_default(),
-    })
-}
-
-/// Read the history of one job from the state DB.
-pub fn history(c: &Connection, db: &str, job: JobKind) -> rusqlite::Result<History> {
-    let one = |cond: &str| -> rusqlite::Result<Option<Run>> {
-        c.query_row(
-            &format!(
-                "SELECT outcome, started_at, finished_at, summary, error, figures, pid FROM runs
-                 WHERE database = ?1 AND job = ?2 AND ({cond}) ORDER BY started_at DESC LIMIT 1"
-            ),
-            params![db, job.as_str()],
-            run_row,
-        )
-        .optional()
-    };
-    let latest = one("1")?;
-    if latest.is_none() {
-        return Ok(History::default());
-    }
-    Ok(History {
-        latest,
-        last_finished: one("finished_at IS NOT NULL")?,
-        last_success: one(SUCCESS)?,
-        failed_in_a_row: c.query_row(
-            "SELECT count(*) FROM runs WHERE database = ?1 AND job = ?2 AND outcome = 'failed'
-               AND started_at > coalesce((SELECT max(started_at) FROM runs WHERE database = ?1
-                 AND job = ?2 AND finished_at IS NOT NULL AND outcome <> 'failed'), -1)",
-            params![db, job.as_str()],
-            |r| r.get(0),
-        )?,
-        first_started: c
-            .query_row(
-                "SELECT min(started_at) FROM runs WHERE database = ?1 AND job = ?2",
-                params![db, job.as_str()],
-                |r| r.get::<_, Option<i64>>(0),
-            )?
-            .map(from_ms),
-    })
-}
-
 /// One metric family: HELP, TYPE and its samples, always written together.
 struct Family {
     name: &'static str,
@@ -484,8 +325,36 @@ fn wal_of(p: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// The samples taken from the figures of a job's last successful (`ok`) run: the one place
+/// metric samples are derived from figures.
+#[derive(Debug, Default)]
+struct FigureSamples {
+    prune_deleted_rows: Option<u64>,
+    prune_deleted_files: Option<u64>,
+    prune_freed_bytes: Option<u64>,
+    backup_size_bytes: Option<u64>,
+}
+
+impl FigureSamples {
+    fn of(figures: Option<&Figures>) -> Self {
+        match figures {
+            Some(Figures::Prune(p)) => FigureSamples {
+                prune_deleted_rows: p.rows_deleted,
+                prune_deleted_files: p.files_deleted,
+                prune_freed_bytes: p.bytes_freed,
+                ..FigureSamples::default()
+            },
+            Some(Figures::Backup(b)) => FigureSamples {
+                backup_size_bytes: b.bytes_after,
+                ..FigureSamples::default()
+            },
+            Some(Figures::Vacuum(_)) | None => FigureSamples::default(),
+        }
+    }
+}
+
 /// The whole metrics file for every configured job, from the state DB and the database files.
-pub fn render(config: &Config, c: &Connection) -> rusqlite::Result<String> {
+pub fn render(config: &Config, history: &HistoryReader) -> rusqlite::Result<String> {
     let mut last_run = Family::gauge(
         "litekeeper_last_run_timestamp_seconds",
         "When the last finished run of the job ended (any outcome), Unix time.",
@@ -537,13 +406,6 @@ pub fn render(config: &Config, c: &Connection) -> rusqlite::Result<String> {
         "Size of the database's -wal file (0 when there is none) when the metrics were written.",
     );
 
-    let totals_sql =
-        "SELECT outcome, runs FROM metrics_runs_total WHERE database = ?1 AND job = ?2";
-    let has_totals: bool = c.query_row(
-        "SELECT count(*) FROM sqlite_schema WHERE name = 'metrics_runs_total'",
-        [],
-        |r| r.get::<_, i64>(0).map(|n| n > 0),
-    )?;
     for db in &config.databases {
         let name = db.name.as_str();
         for kind in JobKind::ALL {
@@ -552,15 +414,19 @@ pub fn render(config: &Config, c: &Connection) -> rusqlite::Result<String> {
             }
             let job = kind.as_str();
             let labels = [("database", name), ("job", job)];
-            let h = history(c, name, kind)?;
+            let h = history.history(name, kind)?;
             if let Some(r) = &h.last_finished {
                 last_run.push(&labels, ts(r.ended()));
                 let ms = (r.ended() - r.started).num_milliseconds().max(0);
                 last_duration.push(&labels, seconds(ms));
-                for o in OUTCOMES {
-                    let v = if r.outcome == o { "1" } else { "0" };
+                for o in Outcome::ALL {
+                    let v = if r.outcome == RunState::Finished(o) {
+                        "1"
+                    } else {
+                        "0"
+                    };
                     last_outcome.push(
-                        &[("database", name), ("job", job), ("outcome", o)],
+                        &[("database", name), ("job", job), ("outcome", o.as_str())],
                         v.into(),
                     );
                 }
@@ -568,43 +434,27 @@ pub fn render(config: &Config, c: &Connection) -> rusqlite::Result<String> {
             if let Some(r) = &h.last_success {
                 last_success.push(&labels, ts(r.ended()));
                 let db_label = [("database", name)];
-                match kind {
-                    JobKind::Prune if r.outcome == "ok" => {
-                        for (family, key) in [
-                            (&mut rows_deleted, "rows_deleted"),
-                            (&mut files_deleted, "files_deleted"),
-                            (&mut bytes_freed, "bytes_freed"),
-                        ] {
-                            if let Some(v) = r.figure(key) {
-                                family.push(&db_label, v.to_string());
-                            }
-                        }
-                    }
-                    JobKind::Backup if r.outcome == "ok" => {
+                if r.outcome == RunState::Finished(Outcome::Ok) {
+                    if kind == JobKind::Backup {
                         backup_time.push(&db_label, ts(r.ended()));
-                        if let Some(v) = r.figure("bytes_after") {
-                            backup_size.push(&db_label, v.to_string());
+                    }
+                    let f = FigureSamples::of(r.figures.as_ref());
+                    for (family, value) in [
+                        (&mut rows_deleted, f.prune_deleted_rows),
+                        (&mut files_deleted, f.prune_deleted_files),
+                        (&mut bytes_freed, f.prune_freed_bytes),
+                        (&mut backup_size, f.backup_size_bytes),
+                    ] {
+                        if let Some(v) = value {
+                            family.push(&db_label, v.to_string());
                         }
                     }
-                    _ => {}
                 }
             }
-            let mut counts = [0i64; OUTCOMES.len()];
-            if has_totals {
-                let mut stmt = c.prepare_cached(totals_sql)?;
-                let rows = stmt.query_map(params![name, job], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
-                })?;
-                for row in rows {
-                    let (outcome, n) = row?;
-                    if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome) {
-                        counts[i] = n;
-                    }
-                }
-            }
-            for (o, n) in OUTCOMES.iter().zip(counts) {
+            let counts = history.run_totals(name, kind)?;
+            for (o, n) in Outcome::ALL.iter().zip(counts) {
                 runs_total.push(
-                    &[("database", name), ("job", job), ("outcome", o)],
+                    &[("database", name), ("job", job), ("outcome", o.as_str())],
                     n.to_string(),
                 );
             }

@@ -14,12 +14,12 @@
 //! run: the check goes late if that keeps happening), and a dry run sends nothing.
 
 use std::sync::mpsc;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::config::Ping;
-use crate::exit::ExitCode;
-use crate::jobs::{Outcome, Report, Request};
+use crate::domain::{ExitCode, Outcome, Report};
+use crate::jobs::Request;
 
 /// `ping_timeout` when not set.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -139,49 +139,104 @@ pub fn truncate(text: &str, limit: usize) -> String {
 // ---------------------------------------------------------------------------------------------
 // Ping threads still at work, so `litekeeper run` can wait for them (bounded) before exiting.
 
+/// The health pings of one process (`daemon` or `run`): built there, handed to every run in
+/// `jobs::Env`; clones share the count of ping threads still at work.
+#[derive(Clone, Default)]
+pub struct Pings {
+    inner: Arc<Shared>,
+}
+
+#[derive(Default)]
+struct Shared {
+    pending: Mutex<Pending>,
+    done: Condvar,
+}
+
+#[derive(Default)]
 struct Pending {
     threads: usize,
     /// The latest deadline of any ping queued so far.
     until: Option<Instant>,
 }
 
-static PENDING: Mutex<Pending> = Mutex::new(Pending {
-    threads: 0,
-    until: None,
-});
-static DONE: Condvar = Condvar::new();
+impl Pings {
+    fn pending(&self) -> MutexGuard<'_, Pending> {
+        self.inner.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
 
-fn pending() -> MutexGuard<'static, Pending> {
-    PENDING.lock().unwrap_or_else(|e| e.into_inner())
-}
+    /// Block until every ping thread has finished, or the last queued ping's deadline (plus a
+    /// moment) has passed; a ping still hanging then is abandoned. For `litekeeper run`, which
+    /// would otherwise exit before its success or fail ping went out; the daemon never waits.
+    pub fn wait_for_pending(&self) {
+        let mut p = self.pending();
+        while p.threads > 0 {
+            let Some(until) = p.until else { return };
+            let limit = until + Duration::from_millis(250);
+            let now = Instant::now();
+            if now >= limit {
+                tracing::debug!("not waiting longer for {} ping thread(s)", p.threads);
+                return;
+            }
+            p = self
+                .inner
+                .done
+                .wait_timeout(p, limit - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
 
-/// Decrements the thread count when a ping thread ends, even by a panic.
-struct ThreadGuard;
+    /// The run has its lock and starts: queue the start ping (if the job has a `ping`).
+    pub fn started(&self, req: &Request, run_id: &str) -> Option<Pinger> {
+        let pinger = Pinger::new(self, ping_of(req)?, label(req))?;
+        pinger.send(
+            Signal::Start,
+            format!("run {run_id}, trigger {}", req.trigger.as_str()),
+        );
+        Some(pinger)
+    }
 
-impl Drop for ThreadGuard {
-    fn drop(&mut self) {
-        pending().threads -= 1;
-        DONE.notify_all();
+    /// The run is over and recorded: queue its success or fail ping (see the module doc for
+    /// which).
+    pub fn finished(&self, req: &Request, pinger: Option<Pinger>, report: &Report) {
+        let Some(ping) = ping_of(req) else { return };
+        let signal = match report.outcome {
+            Outcome::Ok => Signal::Success,
+            // Nothing worth doing is a success; the lock held by another job is no run at all.
+            Outcome::Skipped if report.exit == ExitCode::Ok => Signal::Success,
+            Outcome::Skipped | Outcome::DryRun => return,
+            Outcome::Failed => Signal::Fail,
+        };
+        let Some(pinger) = pinger.or_else(|| Pinger::new(self, ping, label(req))) else {
+            return;
+        };
+        let mut body = format!(
+            "{} {}: {} ({} ms)\nrun {}, trigger {}\n",
+            report.job.as_str(),
+            report.database,
+            report.summary,
+            report.duration_ms,
+            report.run_id,
+            report.trigger.as_str()
+        );
+        if let Some(e) = report
+            .error
+            .as_deref()
+            .filter(|e| !report.summary.contains(e))
+        {
+            body.push_str(&format!("error: {e}\n"));
+        }
+        pinger.send(signal, body);
     }
 }
 
-/// Block until every ping thread has finished, or the last queued ping's deadline (plus a
-/// moment) has passed; a ping still hanging then is abandoned. For `litekeeper run`, which
-/// would otherwise exit before its success or fail ping went out; the daemon never waits.
-pub fn wait_for_pending() {
-    let mut p = pending();
-    while p.threads > 0 {
-        let Some(until) = p.until else { return };
-        let limit = until + Duration::from_millis(250);
-        let now = Instant::now();
-        if now >= limit {
-            tracing::debug!("not waiting longer for {} ping thread(s)", p.threads);
-            return;
-        }
-        p = DONE
-            .wait_timeout(p, limit - now)
-            .unwrap_or_else(|e| e.into_inner())
-            .0;
+/// Decrements the thread count when a ping thread ends, even by a panic.
+struct ThreadGuard(Pings);
+
+impl Drop for ThreadGuard {
+    fn drop(&mut self) {
+        self.0.pending().threads -= 1;
+        self.0.inner.done.notify_all();
     }
 }
 
@@ -199,18 +254,20 @@ struct Msg {
 pub struct Pinger {
     tx: mpsc::Sender<Msg>,
     timeout: Duration,
+    pings: Pings,
 }
 
 impl Pinger {
     /// Start the thread for the pings of `label`'s run (e.g. "backup chat").
-    pub fn new(ping: &Ping, label: String) -> Option<Pinger> {
+    pub fn new(pings: &Pings, ping: &Ping, label: String) -> Option<Pinger> {
         let (tx, rx) = mpsc::channel::<Msg>();
         let (url, name) = (ping.url.clone(), label.clone());
-        pending().threads += 1;
+        pings.pending().threads += 1;
+        let guard = ThreadGuard(pings.clone());
         let spawned = std::thread::Builder::new()
             .name("litekeeper-ping".into())
             .spawn(move || {
-                let _guard = ThreadGuard;
+                let _guard = guard;
                 let agent = ureq::AgentBuilder::new()
                     .user_agent(concat!("litekeeper/", env!("CARGO_PKG_VERSION")))
                     .build();
@@ -222,9 +279,10 @@ impl Pinger {
             Ok(_) => Some(Pinger {
                 tx,
                 timeout: ping.timeout,
+                pings: pings.clone(),
             }),
+            // The guard went with the closure that was never run: the count is already down.
             Err(e) => {
-                pending().threads -= 1;
                 tracing::warn!("health pings of {label} not sent: cannot start a thread: {e}");
                 None
             }
@@ -235,7 +293,7 @@ impl Pinger {
     pub fn send(&self, signal: Signal, body: String) {
         let deadline = Instant::now() + self.timeout;
         {
-            let mut p = pending();
+            let mut p = self.pings.pending();
             p.until = Some(p.until.map_or(deadline, |u| u.max(deadline)));
         }
         let _ = self.tx.send(Msg {
@@ -320,48 +378,6 @@ fn ping_of(req: &Request) -> Option<&Ping> {
 
 fn label(req: &Request) -> String {
     format!("{} {}", req.kind.as_str(), req.db.name)
-}
-
-/// The run has its lock and starts: queue the start ping (if the job has a `ping`).
-pub fn started(req: &Request, run_id: &str) -> Option<Pinger> {
-    let pinger = Pinger::new(ping_of(req)?, label(req))?;
-    pinger.send(
-        Signal::Start,
-        format!("run {run_id}, trigger {}", req.trigger.as_str()),
-    );
-    Some(pinger)
-}
-
-/// The run is over and recorded: queue its success or fail ping (see the module doc for which).
-pub fn finished(req: &Request, pinger: Option<Pinger>, report: &Report) {
-    let Some(ping) = ping_of(req) else { return };
-    let signal = match report.outcome {
-        Outcome::Ok => Signal::Success,
-        // Nothing worth doing is a success; the lock held by another job is no run at all.
-        Outcome::Skipped if report.exit == ExitCode::Ok => Signal::Success,
-        Outcome::Skipped | Outcome::DryRun => return,
-        Outcome::Failed => Signal::Fail,
-    };
-    let Some(pinger) = pinger.or_else(|| Pinger::new(ping, label(req))) else {
-        return;
-    };
-    let mut body = format!(
-        "{} {}: {} ({} ms)\nrun {}, trigger {}\n",
-        report.job.as_str(),
-        report.database,
-        report.summary,
-        report.duration_ms,
-        report.run_id,
-        report.trigger.as_str()
-    );
-    if let Some(e) = report
-        .error
-        .as_deref()
-        .filter(|e| !report.summary.contains(e))
-    {
-        body.push_str(&format!("error: {e}\n"));
-    }
-    pinger.send(signal, body);
 }
 
 #[cfg(test)]

@@ -24,6 +24,11 @@ use crate::exit::ExitCode;
 pub type SqlitePool = Pool<Manager>;
 
 /// Statements slower than this (in nanoseconds) are logged; set from `daemon.slow_statement`.
+/// Process-wide on purpose: it is read in `profile_callback`, the C callback SQLite calls with
+/// only the context pointer given at install time. Carrying it there would take a pointer that
+/// lives as long as each connection (pooled, a fleet member's own, verification copies'), for
+/// one number that is the same for the whole process: one config at a time, and a reload
+/// sets the new value for every connection at once.
 static SLOW_NANOS: AtomicU64 = AtomicU64::new(100_000_000);
 
 /// Flags for every connection: read-write, never create (a missing database is an error, not

@@ -10,7 +10,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde::Serialize;
 
-use crate::jobs::{JobKind, Outcome, Report, Trigger};
+use crate::domain::{Figures, JobKind, Outcome, Report, RunState, Trigger};
 
 const MIGRATIONS: &[&str] = &[
     // v1
@@ -38,6 +38,17 @@ const MIGRATIONS: &[&str] = &[
         pid      INTEGER NOT NULL,  -- the daemon; a row of a process that is gone is stale
         PRIMARY KEY (database, job)
     );",
+    // v3: run totals for the metrics file, which must never go down although the history
+    // is pruned: the counts, and the ids already counted (see `HistoryReader::tally`).
+    // IF NOT EXISTS: before v3 the metrics writer created them itself.
+    "CREATE TABLE IF NOT EXISTS metrics_runs_total (
+        database TEXT NOT NULL,
+        job      TEXT NOT NULL,
+        outcome  TEXT NOT NULL,
+        runs     INTEGER NOT NULL,
+        PRIMARY KEY (database, job, outcome)
+    ) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS metrics_counted (id TEXT PRIMARY KEY) WITHOUT ROWID;",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -71,15 +82,73 @@ pub struct State {
 #[derive(Debug, Clone, Serialize)]
 pub struct RunRecord {
     pub id: String,
-    pub trigger: String,
+    pub trigger: Trigger,
     pub started: DateTime<Utc>,
     pub finished: Option<DateTime<Utc>>,
     pub duration_ms: Option<i64>,
-    /// ok | failed | skipped | dry-run | running | interrupted
-    pub outcome: String,
+    pub outcome: RunState,
     pub summary: String,
     pub error: Option<String>,
-    pub figures: serde_json::Value,
+    #[serde(serialize_with = "crate::domain::figures_json")]
+    pub figures: Option<Figures>,
+}
+
+/// Where the state DB of `state_dir` is.
+pub fn db_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("state.db")
+}
+
+/// The state DB or one of its sidecars when it is not a regular file (a FIFO would block
+/// SQLite's open forever; lstat only, nothing is opened).
+fn special_file(path: &Path) -> Option<(PathBuf, &'static str)> {
+    std::iter::once(path.to_path_buf())
+        .chain(["-wal", "-shm", "-journal"].map(|s| crate::sqlite::sidecar(path, s)))
+        .find_map(|p| match crate::safe_fs::special_file_at(&p) {
+            Ok(Some(kind)) => Some((p, kind)),
+            _ => None,
+        })
+}
+
+impl RunRecord {
+    /// When it ended (finished), else when it started.
+    pub fn ended(&self) -> DateTime<Utc> {
+        self.finished.unwrap_or(self.started)
+    }
+}
+
+/// The columns [`record_row`] reads, in its order.
+const RECORD_COLUMNS: &str =
+    "id, trigger, started_at, finished_at, outcome, summary, error, figures, pid";
+
+/// A `runs` row of a `job` run as a [`RunRecord`] (a `running` row whose process is gone
+/// reads as `interrupted`).
+fn record_row(job: JobKind, row: &rusqlite::Row) -> rusqlite::Result<RunRecord> {
+    let started: i64 = row.get(2)?;
+    let finished: Option<i64> = row.get(3)?;
+    let outcome = match row.get_ref(4)?.as_str()? {
+        "running" if pid_alive(row.get(8)?) => RunState::Running,
+        "running" => RunState::Interrupted,
+        word => RunState::Finished(parse(4, word)?),
+    };
+    let figures: String = row.get(7)?;
+    Ok(RunRecord {
+        id: row.get(0)?,
+        trigger: parse(1, row.get_ref(1)?.as_str()?)?,
+        started: from_ms(started),
+        finished: finished.map(from_ms),
+        duration_ms: finished.map(|f| f - started),
+        outcome,
+        summary: row.get(5)?,
+        error: row.get(6)?,
+        figures: Figures::from_json(job, &figures),
+    })
+}
+
+/// A word of a `runs` column (trigger, outcome) as its type.
+fn parse<T: std::str::FromStr<Err = String>>(column: usize, word: &str) -> rusqlite::Result<T> {
+    word.parse().map_err(|e: String| {
+        rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Text, e.into())
+    })
 }
 
 fn ms(t: DateTime<Utc>) -> i64 {
@@ -115,7 +184,7 @@ impl State {
                 .create(dir)
                 .map_err(dir_err)?;
         }
-        let path = dir.join("state.db");
+        let path = db_path(dir);
         if !path.exists() {
             std::fs::OpenOptions::new()
                 .write(true)
@@ -137,7 +206,7 @@ impl State {
 
     /// Open an existing state DB read-only; None when there is none yet.
     pub fn open_existing(dir: &Path, keep: Duration) -> Option<State> {
-        let path = dir.join("state.db");
+        let path = db_path(dir);
         // Something that is not a regular file is kept, so the first query says what it is.
         std::fs::symlink_metadata(&path).is_ok().then_some(State {
             path,
@@ -157,13 +226,8 @@ impl State {
         &self,
         mut f: impl FnMut(&mut Connection) -> rusqlite::Result<T>,
     ) -> Result<T, StateError> {
-        // SQLite would block forever opening a FIFO here (lstat only, nothing is opened).
-        for p in std::iter::once(self.path.clone())
-            .chain(["-wal", "-shm", "-journal"].map(|s| crate::sqlite::sidecar(&self.path, s)))
-        {
-            if let Ok(Some(kind)) = crate::safe_fs::special_file_at(&p) {
-                return Err(StateError::NotRegular { path: p, kind });
-            }
+        if let Some((path, kind)) = special_file(&self.path) {
+            return Err(StateError::NotRegular { path, kind });
         }
         // `fresh`: the file was just recreated, and needs its schema first.
         let mut run = |fresh: bool| {
@@ -282,7 +346,7 @@ impl State {
                     ms(r.started),
                     ms(r.finished),
                     r.outcome.as_str(),
-                    serde_json::Value::Object(r.figures.clone()).to_string(),
+                    Figures::to_json(r.figures.as_ref()).to_string(),
                     r.summary,
                     r.error,
                 ],
@@ -313,33 +377,12 @@ impl State {
     ) -> Result<Vec<Option<RunRecord>>, StateError> {
         self.with(|c| {
             let mut st = c.prepare(
-                "SELECT id, trigger, started_at, finished_at, outcome, summary, error, figures, pid
-                 FROM runs WHERE database = ?1 AND job = ?2 ORDER BY started_at DESC LIMIT 1",
+                &format!("SELECT {RECORD_COLUMNS} FROM runs WHERE database = ?1 AND job = ?2 ORDER BY started_at DESC LIMIT 1"),
             )?;
             let mut out = Vec::with_capacity(keys.len());
             for (db, job) in keys {
                 out.push(
-                    st.query_row(params![db, job.as_str()], |row| {
-                        let started: i64 = row.get(2)?;
-                        let finished: Option<i64> = row.get(3)?;
-                        let mut outcome: String = row.get(4)?;
-                        let pid: i64 = row.get(8)?;
-                        if outcome == "running" && !pid_alive(pid) {
-                            outcome = "interrupted".into();
-                        }
-                        let figures: String = row.get(7)?;
-                        Ok(RunRecord {
-                            id: row.get(0)?,
-                            trigger: row.get(1)?,
-                            started: from_ms(started),
-                            finished: finished.map(from_ms),
-                            duration_ms: finished.map(|f| f - started),
-                            outcome,
-                            summary: row.get(5)?,
-                            error: row.get(6)?,
-                            figures: serde_json::from_str(&figures).unwrap_or_default(),
-                        })
-                    })
+                    st.query_row(params![db, job.as_str()], |row| record_row(*job, row))
                     .optional()?,
                 );
             }
@@ -440,6 +483,160 @@ impl State {
     }
 }
 
+/// SQL condition on a `runs` row: the run succeeded. `ok`, or `skipped` with figures: a vacuum
+/// that found too little free space to be worth it did its job, while a run skipped because
+/// another job held the database has no figures and did nothing.
+const SUCCESS: &str =
+    "finished_at IS NOT NULL AND (outcome = 'ok' OR (outcome = 'skipped' AND figures <> '{}'))";
+
+/// What the history says about one job of one database.
+#[derive(Debug, Clone, Default)]
+pub struct History {
+    /// The newest run, finished or not.
+    pub latest: Option<RunRecord>,
+    /// The newest run with a final outcome.
+    pub last_finished: Option<RunRecord>,
+    /// The newest successful run (`ok`, or `skipped` with figures: nothing worth doing).
+    pub last_success: Option<RunRecord>,
+    /// Finished runs that failed since the last finished run that did not.
+    pub failed_in_a_row: u32,
+    /// When the oldest run still in the history started.
+    pub first_started: Option<DateTime<Utc>>,
+}
+
+/// One connection to the state DB for reading the history of many jobs: `status --check`
+/// (read-only: it must not need write access) and the metrics file (which also keeps the
+/// run totals, see [`HistoryReader::tally`]). Errors are SQLite's own, so a caller can tell
+/// a damaged file ([`is_damaged`]) from one it may not read.
+pub struct HistoryReader {
+    conn: Connection,
+    /// Whether the run totals table exists (a state DB only ever opened read-only before v3
+    /// may lack it).
+    has_totals: bool,
+}
+
+impl HistoryReader {
+    /// Open the state DB at `path`; fails at once on a file that is not a state database.
+    /// Opened for writing, it also brings the schema up to date.
+    pub fn open(path: &Path, read_only: bool) -> rusqlite::Result<HistoryReader> {
+        let flags = if read_only {
+            OpenFlags::SQLITE_OPEN_READ_ONLY
+        } else {
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+        } | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        if let Some((p, kind)) = special_file(path) {
+            return Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
+                Some(format!(
+                    "{}: not a regular file ({kind}); remove it",
+                    p.display()
+                )),
+            ));
+        }
+        let mut conn = Connection::open_with_flags(path, flags)?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        // Fails here, not later, on a file that is not a state database.
+        conn.query_row(
+            "SELECT count(*) FROM (SELECT 1 FROM runs LIMIT 1)",
+            [],
+            |_| Ok(()),
+        )?;
+        if !read_only {
+            migrate(&mut conn)?;
+        }
+        let has_totals = conn.query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE name = 'metrics_runs_total'",
+            [],
+            |r| r.get::<_, i64>(0).map(|n| n > 0),
+        )?;
+        Ok(HistoryReader { conn, has_totals })
+    }
+
+    /// Read the history of one job.
+    pub fn history(&self, db: &str, job: JobKind) -> rusqlite::Result<History> {
+        let c = &self.conn;
+        let one = |cond: &str| -> rusqlite::Result<Option<RunRecord>> {
+            c.prepare_cached(&format!(
+                "SELECT {RECORD_COLUMNS} FROM runs
+                 WHERE database = ?1 AND job = ?2 AND ({cond}) ORDER BY started_at DESC LIMIT 1"
+            ))?
+            .query_row(params![db, job.as_str()], |row| record_row(job, row))
+            .optional()
+        };
+        let latest = one("1")?;
+        if latest.is_none() {
+            return Ok(History::default());
+        }
+        Ok(History {
+            latest,
+            last_finished: one("finished_at IS NOT NULL")?,
+            last_success: one(SUCCESS)?,
+            failed_in_a_row: c.query_row(
+                "SELECT count(*) FROM runs WHERE database = ?1 AND job = ?2 AND outcome = 'failed'
+                   AND started_at > coalesce((SELECT max(started_at) FROM runs WHERE database = ?1
+                     AND job = ?2 AND finished_at IS NOT NULL AND outcome <> 'failed'), -1)",
+                params![db, job.as_str()],
+                |r| r.get(0),
+            )?,
+            first_started: c
+                .query_row(
+                    "SELECT min(started_at) FROM runs WHERE database = ?1 AND job = ?2",
+                    params![db, job.as_str()],
+                    |r| r.get::<_, Option<i64>>(0),
+                )?
+                .map(from_ms),
+        })
+    }
+
+    /// Add every finished run not counted yet to the run totals, in one transaction. The
+    /// totals never go down, though the history they count is pruned.
+    pub fn tally(&mut self) -> rusqlite::Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute_batch(
+            "INSERT INTO metrics_runs_total (database, job, outcome, runs)
+                SELECT database, job, outcome, count(*) FROM runs r
+                WHERE finished_at IS NOT NULL
+                  AND NOT EXISTS (SELECT 1 FROM metrics_counted m WHERE m.id = r.id)
+                GROUP BY database, job, outcome
+                ON CONFLICT (database, job, outcome) DO UPDATE SET runs = runs + excluded.runs;
+            INSERT INTO metrics_counted (id)
+                SELECT id FROM runs r
+                WHERE finished_at IS NOT NULL
+                  AND NOT EXISTS (SELECT 1 FROM metrics_counted m WHERE m.id = r.id);
+            DELETE FROM metrics_counted WHERE id NOT IN (SELECT id FROM runs);",
+        )?;
+        tx.commit()
+    }
+
+    /// Finished runs of one job by outcome, in the order of [`Outcome::ALL`] (all 0 in a
+    /// state DB whose totals were never kept).
+    pub fn run_totals(
+        &self,
+        db: &str,
+        job: JobKind,
+    ) -> rusqlite::Result<[i64; Outcome::ALL.len()]> {
+        let mut counts = [0; Outcome::ALL.len()];
+        if !self.has_totals {
+            return Ok(counts);
+        }
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT outcome, runs FROM metrics_runs_total WHERE database = ?1 AND job = ?2",
+        )?;
+        let rows = stmt.query_map(params![db, job.as_str()], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+        })?;
+        for row in rows {
+            let (outcome, n) = row?;
+            if let Some(i) = Outcome::ALL.iter().position(|o| o.as_str() == outcome) {
+                counts[i] = n;
+            }
+        }
+        Ok(counts)
+    }
+}
+
 /// Whether an error means the file is no state database (garbage, or a damaged one), rather
 /// than one we cannot open (permissions, a full disk, a lock).
 pub(crate) fn is_damaged(e: &rusqlite::Error) -> bool {
@@ -465,21 +662,10 @@ fn migrate(c: &mut Connection) -> rusqlite::Result<()> {
     }
 }
 
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Ok => "ok",
-            Outcome::Failed => "failed",
-            Outcome::Skipped => "skipped",
-            Outcome::DryRun => "dry-run",
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exit::ExitCode;
+    use crate::domain::ExitCode;
 
     fn report(id: &str, started: DateTime<Utc>) -> Report {
         Report {
@@ -525,7 +711,7 @@ mod tests {
         assert_eq!(state.count().unwrap(), 2);
         let last = state.last_run("chat", JobKind::Backup).unwrap().unwrap();
         assert_eq!(last.id, "new");
-        assert_eq!(last.outcome, "ok");
+        assert_eq!(last.outcome, RunState::Finished(Outcome::Ok));
         assert_eq!(last.duration_ms, Some(1000));
     }
 
@@ -597,6 +783,34 @@ mod tests {
     }
 
     #[test]
+    fn run_totals_count_each_finished_run_once_and_survive_pruning() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = State::open(dir.path(), NINETY_DAYS).unwrap();
+        let now = Utc::now();
+        state.finish(&report("a", now), NINETY_DAYS).unwrap();
+        let mut failed = report("b", now);
+        failed.outcome = Outcome::Failed;
+        state.finish(&failed, NINETY_DAYS).unwrap();
+        let mut reader = HistoryReader::open(state.path(), false).unwrap();
+        reader.tally().unwrap();
+        reader.tally().unwrap();
+        assert_eq!(
+            reader.run_totals("chat", JobKind::Backup).unwrap(),
+            [1, 1, 0, 0]
+        );
+        // A short history keeps only the newest run; the totals keep counting.
+        state.finish(&report("c", now), Duration::ZERO).unwrap();
+        reader.tally().unwrap();
+        assert_eq!(
+            reader.run_totals("chat", JobKind::Backup).unwrap(),
+            [2, 1, 0, 0]
+        );
+        let h = reader.history("chat", JobKind::Backup).unwrap();
+        assert_eq!(h.latest.unwrap().id, "c");
+        assert_eq!(h.failed_in_a_row, 0);
+    }
+
+    #[test]
     fn a_run_whose_process_died_reads_as_interrupted() {
         let dir = tempfile::tempdir().unwrap();
         let state = State::open(dir.path(), Duration::from_secs(86400)).unwrap();
@@ -609,7 +823,7 @@ mod tests {
                 .unwrap()
                 .unwrap()
                 .outcome,
-            "running"
+            RunState::Running
         );
         let c = Connection::open(state.path()).unwrap();
         c.execute("UPDATE runs SET pid = 2147483000", []).unwrap();
@@ -619,7 +833,7 @@ mod tests {
                 .unwrap()
                 .unwrap()
                 .outcome,
-            "interrupted"
+            RunState::Interrupted
         );
     }
 }

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use chrono::Utc;
+use litekeeper::domain::{Figures, JobKind, Outcome, Report, Trigger, VacuumFigures};
 use litekeeper::exit::ExitCode;
-use litekeeper::jobs::{Figures, JobKind, Outcome, Report, Trigger};
 use litekeeper::state::State;
 
 use crate::util::{both, TestEnv};
@@ -32,7 +32,13 @@ fn state(env: &TestEnv) -> State {
 }
 
 /// Record a finished run that ended `ago` ago and took a second.
-fn record(state: &State, job: JobKind, outcome: Outcome, ago: chrono::Duration, figures: Figures) {
+fn record(
+    state: &State,
+    job: JobKind,
+    outcome: Outcome,
+    ago: chrono::Duration,
+    figures: Option<Figures>,
+) {
     let finished = Utc::now() - ago;
     state
         .finish(
@@ -66,7 +72,7 @@ fn uuid() -> String {
 }
 
 fn ok(state: &State, job: JobKind, ago: chrono::Duration) {
-    record(state, job, Outcome::Ok, ago, Figures::new());
+    record(state, job, Outcome::Ok, ago, None);
 }
 
 fn hours(h: i64) -> chrono::Duration {
@@ -75,9 +81,17 @@ fn hours(h: i64) -> chrono::Duration {
 
 /// Vacuum's "nothing worth doing": skipped, with figures.
 fn vacuum_skipped(state: &State, ago: chrono::Duration) {
-    let mut f = Figures::new();
-    f.insert("bytes_before".into(), 8192.into());
-    record(state, JobKind::Vacuum, Outcome::Skipped, ago, f);
+    let f = VacuumFigures {
+        bytes_before: 8192,
+        ..VacuumFigures::default()
+    };
+    record(
+        state,
+        JobKind::Vacuum,
+        Outcome::Skipped,
+        ago,
+        Some(Figures::Vacuum(f)),
+    );
 }
 
 /// Run the check; its exit code and stdout lines.
@@ -123,14 +137,8 @@ fn a_failed_last_run_is_a_warning_naming_the_error() {
     let s = state(&env);
     ok(&s, JobKind::Backup, hours(3));
     vacuum_skipped(&s, hours(20));
-    record(&s, JobKind::Prune, Outcome::Ok, hours(50), Figures::new());
-    record(
-        &s,
-        JobKind::Prune,
-        Outcome::Failed,
-        hours(2),
-        Figures::new(),
-    );
+    record(&s, JobKind::Prune, Outcome::Ok, hours(50), None);
+    record(&s, JobKind::Prune, Outcome::Failed, hours(2), None);
     let (code, lines) = check(&env, &[]);
     assert_eq!(code, 1, "{lines:?}");
     assert_eq!(
@@ -139,13 +147,7 @@ fn a_failed_last_run_is_a_warning_naming_the_error() {
     );
 
     // Failing again: the count of failures in a row.
-    record(
-        &s,
-        JobKind::Prune,
-        Outcome::Failed,
-        hours(1),
-        Figures::new(),
-    );
+    record(&s, JobKind::Prune, Outcome::Failed, hours(1), None);
     let (code, lines) = check(&env, &[]);
     assert_eq!(code, 1, "{lines:?}");
     assert_eq!(
@@ -185,27 +187,9 @@ fn no_success_within_the_max_age_is_critical() {
     let s = state(&env);
     vacuum_skipped(&s, hours(20));
     ok(&s, JobKind::Backup, hours(75));
-    record(
-        &s,
-        JobKind::Backup,
-        Outcome::Failed,
-        hours(51),
-        Figures::new(),
-    );
-    record(
-        &s,
-        JobKind::Backup,
-        Outcome::Failed,
-        hours(27),
-        Figures::new(),
-    );
-    record(
-        &s,
-        JobKind::Backup,
-        Outcome::Failed,
-        hours(3),
-        Figures::new(),
-    );
+    record(&s, JobKind::Backup, Outcome::Failed, hours(51), None);
+    record(&s, JobKind::Backup, Outcome::Failed, hours(27), None);
+    record(&s, JobKind::Backup, Outcome::Failed, hours(3), None);
     let (code, lines) = check(&env, &[]);
     assert_eq!(code, 2, "{lines:?}");
     assert_eq!(
@@ -224,20 +208,8 @@ fn runs_that_never_succeeded_and_busy_skips_do_not_count_as_success() {
     let s = state(&env);
     vacuum_skipped(&s, hours(1));
     // Skipped because the database was busy (no figures): not a success.
-    record(
-        &s,
-        JobKind::Backup,
-        Outcome::Skipped,
-        hours(60),
-        Figures::new(),
-    );
-    record(
-        &s,
-        JobKind::Backup,
-        Outcome::Skipped,
-        hours(10),
-        Figures::new(),
-    );
+    record(&s, JobKind::Backup, Outcome::Skipped, hours(60), None);
+    record(&s, JobKind::Backup, Outcome::Skipped, hours(10), None);
     let (code, lines) = check(&env, &[]);
     assert_eq!(code, 2, "{lines:?}");
     assert_eq!(
@@ -247,13 +219,7 @@ fn runs_that_never_succeeded_and_busy_skips_do_not_count_as_success() {
     // Within the max age of the first recorded run: no verdict on age yet.
     assert_eq!(check(&env, &["--max-age", "backup=3d"]).0, 0);
     // Dry runs are not successes either.
-    record(
-        &s,
-        JobKind::Backup,
-        Outcome::DryRun,
-        hours(1),
-        Figures::new(),
-    );
+    record(&s, JobKind::Backup, Outcome::DryRun, hours(1), None);
     assert_eq!(check(&env, &[]).0, 2);
 }
 
@@ -404,7 +370,7 @@ fn output_never_holds_a_pipe_or_a_line_break_from_a_path() {
             duration_ms: 1000,
             outcome: Outcome::Failed,
             summary: String::new(),
-            figures: Figures::new(),
+            figures: None,
             error: Some("/srv/up|loads\rx\u{1b}[2J: disk I/O error".into()),
             exit: ExitCode::Ok,
         },

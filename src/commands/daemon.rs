@@ -12,6 +12,8 @@ use crate::config::Config;
 use crate::exit::{ExitCode, Failure, OrExit};
 use crate::jobs::Env;
 use crate::logging::message_id;
+use crate::metrics::MetricsWriter;
+use crate::pings::Pings;
 use crate::scheduler::Scheduler;
 use crate::sqlite::Pools;
 use crate::state::State;
@@ -64,7 +66,10 @@ fn raise_open_files_limit() {
     }
 }
 
-fn make_env(config: Config, cancel: CancellationToken) -> Result<Env, Failure> {
+/// Everything the jobs of one configuration share; opens the state DB and the lock
+/// directory, so it blocks: call it from `spawn_blocking` only. `services` are the daemon's
+/// own, the same across reloads.
+fn make_env(config: Config, cancel: CancellationToken, services: Services) -> Result<Env, Failure> {
     let state = State::open(&config.daemon.state_dir, config.longest_keep_history())
         .or_exit(ExitCode::CantCreate)?;
     lock::ensure_dir(&config.daemon.lock_dir)
@@ -80,7 +85,16 @@ fn make_env(config: Config, cancel: CancellationToken) -> Result<Env, Failure> {
         config: Arc::new(config),
         state,
         cancel,
+        metrics: services.metrics,
+        pings: services.pings,
     })
+}
+
+/// What the daemon keeps for the whole process, across reloads.
+#[derive(Clone)]
+struct Services {
+    metrics: MetricsWriter,
+    pings: Pings,
 }
 
 async fn serve(
@@ -88,9 +102,24 @@ async fn serve(
     config: Config,
     mut daemon_lock: pidfile::DaemonLock,
 ) -> Result<ExitCode, Failure> {
-    crate::metrics::write_in_background();
+    let services = Services {
+        // A fleet's round ends thousands of runs at once: one background metrics writer.
+        metrics: MetricsWriter::new(true),
+        // The daemon never waits for pings.
+        pings: Pings::default(),
+    };
     let cancel = CancellationToken::new();
-    let env = make_env(config, cancel.clone())?;
+    // Opening (and migrating) the state DB is blocking file I/O: not on a tokio worker. A
+    // reload builds its Env the same way, in the spawn_blocking that loads the new file.
+    let (token, for_env) = (cancel.clone(), services.clone());
+    let env = tokio::task::spawn_blocking(move || make_env(config, token, for_env))
+        .await
+        .map_err(|e| {
+            Failure::new(
+                ExitCode::Failed,
+                anyhow::anyhow!("start-up task failed: {e}"),
+            )
+        })??;
     let mut hup = signal(SignalKind::hangup()).or_exit(ExitCode::IoErr)?;
     let mut term = signal(SignalKind::terminate()).or_exit(ExitCode::IoErr)?;
     let mut int = signal(SignalKind::interrupt()).or_exit(ExitCode::IoErr)?;
@@ -114,7 +143,7 @@ async fn serve(
                 notify::reloading();
                 // Read and open off the signal loop: a file system that stalls must not keep
                 // SIGTERM waiting (the file checks refuse FIFOs and devices before reading).
-                let (file, token) = (path.to_path_buf(), cancel.clone());
+                let (file, token, for_env) = (path.to_path_buf(), cancel.clone(), services.clone());
                 let current_dir = daemon_lock.dir().to_path_buf();
                 let loading = tokio::task::spawn_blocking(move || {
                     let new = config::load(&file).map_err(|e| e.to_string().replace('\n', "; "))?;
@@ -124,7 +153,7 @@ async fn serve(
                     } else {
                         None
                     };
-                    Ok((new_lock, make_env(new, token).map_err(|e| e.to_string())?))
+                    Ok((new_lock, make_env(new, token, for_env).map_err(|e| e.to_string())?))
                 });
                 let loaded: Result<_, String> = tokio::select! {
                     r = loading => r.unwrap_or_else(|e| Err(format!("the reload task failed: {e}"))),
@@ -176,7 +205,7 @@ async fn serve(
         _ = term.recv() => { tracing::warn!("second signal: not waiting for running jobs"); ExitCode::Failed }
         _ = int.recv() => { tracing::warn!("second signal: not waiting for running jobs"); ExitCode::Failed }
     };
-    crate::metrics::flush().await;
+    services.metrics.flush().await;
     watchdog_stop.cancel();
     if let Some(w) = watchdog {
         let _ = w.await;

@@ -100,6 +100,8 @@ pub fn run(args: DemoArgs) -> Result<ExitCode, Failure> {
             config: config.clone(),
             state: state.clone(),
             cancel: CancellationToken::new(),
+            metrics: Default::default(),
+            pings: Default::default(),
         },
         Request {
             db: db.clone(),
@@ -120,6 +122,8 @@ pub fn run(args: DemoArgs) -> Result<ExitCode, Failure> {
             config: config.clone(),
             state: state.clone(),
             cancel: CancellationToken::new(),
+            metrics: Default::default(),
+            pings: Default::default(),
         };
         let req = Request {
             db: db.clone(),

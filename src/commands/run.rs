@@ -9,6 +9,8 @@ use crate::cli::{JobArg, RunArgs};
 use crate::config::{validate::parse_duration, OnBusy};
 use crate::exit::{ExitCode, Failure, OrExit};
 use crate::jobs::{self, Env, JobKind, Outcome, Request, Trigger};
+use crate::metrics::MetricsWriter;
+use crate::pings::Pings;
 use crate::sqlite::Pools;
 use crate::state::State;
 
@@ -75,11 +77,10 @@ pub fn run(path: &Path, args: RunArgs) -> Result<ExitCode, Failure> {
         Trigger::Cli
     };
     let members = targets.len();
-    if fleet {
-        // Every member's run rewrites the metrics from the whole history: once a second is
-        // plenty (the last write happens before exit).
-        crate::metrics::write_in_background();
-    }
+    // A fleet: every member's run rewrites the metrics from the whole history, so once a
+    // second is plenty (the last write happens before exit).
+    let metrics = MetricsWriter::new(fleet);
+    let pings = Pings::default();
     let exits = rt.block_on(async {
         let cancel = CancellationToken::new();
         spawn_signal_cancel(cancel.clone());
@@ -88,6 +89,8 @@ pub fn run(path: &Path, args: RunArgs) -> Result<ExitCode, Failure> {
             config: config.clone(),
             state,
             cancel,
+            metrics: metrics.clone(),
+            pings: pings.clone(),
         };
         // A fleet's members run `max_concurrent_jobs` at a time, through the daemon's feeder
         // (without jitter: in order).
@@ -120,11 +123,11 @@ pub fn run(path: &Path, args: RunArgs) -> Result<ExitCode, Failure> {
                 )),
             }
         }
-        crate::metrics::flush().await;
+        metrics.flush().await;
         ends
     });
     // The jobs are done and recorded; their last health pings get at most their ping_timeout.
-    crate::pings::wait_for_pending();
+    pings.wait_for_pending();
     if !fleet {
         return Ok(match exits.first() {
             Some((_, Ended::Ran(code))) => *code,

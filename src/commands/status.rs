@@ -16,11 +16,10 @@ use serde::Serialize;
 
 use crate::cli::StatusArgs;
 use crate::config::validate::parse_duration;
+use crate::domain::{JobKind, Outcome, RunState};
 use crate::exit::{ExitCode, Failure, OrExit};
-use crate::jobs::JobKind;
-use crate::metrics::{self, History};
 use crate::schedule::{Schedule, Zone};
-use crate::state::{RunRecord, State};
+use crate::state::{History, HistoryReader, RunRecord, State};
 
 use super::stream_json::{self, PrettyObject, Stop};
 
@@ -114,7 +113,7 @@ pub fn run(path: &Path, args: StatusArgs) -> Result<ExitCode, Failure> {
     let batches = first.into_iter().map(Ok).chain(batches);
     let mut out = stream_json::stdout();
     stream_json::finish(if args.json {
-        let state_db = config.daemon.state_dir.join("state.db");
+        let state_db = crate::state::db_path(&config.daemon.state_dir);
         write_json(
             &mut out,
             now,
@@ -174,7 +173,7 @@ fn write_table(
         for j in &batch? {
             let (outcome, at, took, summary) = match &j.last {
                 Some(r) => (
-                    r.outcome.clone(),
+                    r.outcome.as_str().to_string(),
                     zone.format(r.started),
                     r.duration_ms
                         .map(|d| format!("{d} ms"))
@@ -276,7 +275,7 @@ fn check_jobs(
     // One service per database (or fleet) in the monitoring system: `status --check chat`.
     let selected = super::selected(&config, only).map_err(|f| f.to_string())?;
     let zone = &config.daemon.timezone;
-    let state_path = config.daemon.state_dir.join("state.db");
+    let state_path = crate::state::db_path(&config.daemon.state_dir);
     let unreadable = |e: &dyn std::fmt::Display, hint: &str| {
         format!(
             "{}: cannot read the state database: {e} ({hint})",
@@ -300,7 +299,7 @@ fn check_jobs(
     };
     // No state DB yet: nothing ever ran. Anything else that stops us reading it is UNKNOWN.
     let conn = match std::fs::metadata(&state_path) {
-        Ok(_) => Some(metrics::open(&state_path, true).map_err(|e| sqlite_unreadable(&e))?),
+        Ok(_) => Some(HistoryReader::open(&state_path, true).map_err(|e| sqlite_unreadable(&e))?),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(unreadable(&e, denied_hint)),
     };
@@ -323,9 +322,9 @@ fn check_jobs(
             });
             aged += usize::from(max.is_some());
             let history = match &conn {
-                Some(c) => {
-                    metrics::history(c, &db.name, kind).map_err(|e| sqlite_unreadable(&e))?
-                }
+                Some(c) => c
+                    .history(&db.name, kind)
+                    .map_err(|e| sqlite_unreadable(&e))?,
                 None => History::default(),
             };
             for (code, text) in judge(&history, max, now) {
@@ -397,7 +396,11 @@ fn check_jobs(
 fn judge(h: &History, max_age: Option<Duration>, now: DateTime<Utc>) -> Vec<(CheckCode, String)> {
     let mut out = Vec::new();
     let ago = |t: DateTime<Utc>| fmt_age((now - t).to_std().unwrap_or_default());
-    if let Some(latest) = h.latest.as_ref().filter(|r| r.outcome == "interrupted") {
+    if let Some(latest) = h
+        .latest
+        .as_ref()
+        .filter(|r| r.outcome == RunState::Interrupted)
+    {
         out.push((
             CheckCode::Warning,
             format!(
@@ -406,7 +409,11 @@ fn judge(h: &History, max_age: Option<Duration>, now: DateTime<Utc>) -> Vec<(Che
             ),
         ));
     }
-    if let Some(last) = h.last_finished.as_ref().filter(|r| r.outcome == "failed") {
+    if let Some(last) = h
+        .last_finished
+        .as_ref()
+        .filter(|r| r.outcome == RunState::Finished(Outcome::Failed))
+    {
         let why = last.error.as_deref().unwrap_or(&last.summary);
         let why = crate::sqlite::truncate(why.lines().next().unwrap_or(""), 200);
         let text = if h.failed_in_a_row > 1 {
@@ -543,18 +550,25 @@ mod tests {
                 queued_since: None,
                 last: (i % 2 == 0).then(|| RunRecord {
                     id: format!("run-{i}"),
-                    trigger: "schedule".into(),
+                    trigger: crate::domain::Trigger::Schedule,
                     started: utc("2026-11-24T01:00:00.5Z"),
                     finished: (i % 4 == 0).then(|| utc("2026-11-24T01:00:01Z")),
                     duration_ms: (i % 4 == 0).then_some(500),
-                    outcome: "ok".into(),
+                    outcome: RunState::Finished(Outcome::Ok),
                     summary: "wrote \"x\"\nand ü".into(),
                     error: None,
-                    figures: serde_json::json!({
-                        "bytes_after": 21495808,
-                        "rules": [{"rule": "rule[0]", "deleted": 3}, {}],
-                        "empty": [],
-                    }),
+                    figures: Some(crate::domain::Figures::Prune(crate::domain::PruneFigures {
+                        rules: vec![
+                            crate::domain::RuleFigures {
+                                rule: "rule[0]".into(),
+                                deleted: 3,
+                                ..Default::default()
+                            },
+                            Default::default(),
+                        ],
+                        bytes_freed: Some(21495808),
+                        ..Default::default()
+                    })),
                 }),
             })
             .collect()

@@ -24,6 +24,7 @@ use sha2::{Digest, Sha256};
 use super::{JobCtx, JobError, JobResult};
 use crate::archive::{self, ArchiveError, BackupName, Entry, Manifest, Verified};
 use crate::config::{Backup, BackupMethod, Compression, Database, Verify};
+use crate::domain::{BackupFigures, Figures};
 use crate::retention;
 use crate::schedule::Zone;
 
@@ -124,22 +125,23 @@ pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
         )));
     }
     let stamp = unique_stamp(dir, &sources, cfg);
-    let mut figures = super::Figures::new();
     if ctx.dry_run {
         let names: Vec<String> = sources
             .iter()
             .map(|s| final_name(s, stamp, cfg).file_name())
             .collect();
         let plan = retention_preview(ctx.db, cfg, &ctx.config.daemon.timezone, stamp)?;
-        figures.insert("would_write".into(), names.clone().into());
-        figures.insert("bytes_before".into(), need.into());
         return Ok(JobResult {
             summary: format!(
                 "dry run: would write {} ({} to copy); {plan}",
                 names.join(", "),
                 human_bytes(need)
             ),
-            figures,
+            figures: Some(Figures::Backup(BackupFigures {
+                bytes_before: need,
+                would_write: Some(names),
+                ..BackupFigures::default()
+            })),
             skipped: false,
         });
     }
@@ -172,42 +174,28 @@ pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
         Utc::now(),
         &written.iter().map(|e| e.file.clone()).collect::<Vec<_>>(),
     )?;
-    figures.insert("retention_warnings".into(), retention.warnings.len().into());
-    figures.insert(
-        "backup_path".into(),
-        dir.join(&main.file).display().to_string().into(),
-    );
-    figures.insert(
-        "backup_paths".into(),
-        written
-            .iter()
-            .map(|e| dir.join(&e.file).display().to_string())
-            .collect::<Vec<_>>()
-            .into(),
-    );
-    figures.insert("bytes_before".into(), need.into());
-    figures.insert("bytes_after".into(), bytes.into());
-    figures.insert("pages".into(), pages.into());
-    figures.insert(
-        "pages_per_sec".into(),
-        ((pages as f64 / elapsed.as_secs_f64().max(1e-6)) as u64).into(),
-    );
-    figures.insert(
-        "verified".into(),
-        serde_json::to_value(main.verified).unwrap_or_default(),
-    );
-    figures.insert("sha256".into(), main.sha256.clone().into());
-    figures.insert("retention_deleted".into(), retention.deleted.len().into());
-    figures.insert("restarts".into(), restarts.into());
+    let figures = BackupFigures {
+        bytes_before: need,
+        would_write: None,
+        backup_path: Some(dir.join(&main.file).display().to_string()),
+        backup_paths: Some(
+            written
+                .iter()
+                .map(|e| dir.join(&e.file).display().to_string())
+                .collect(),
+        ),
+        bytes_after: Some(bytes),
+        pages: Some(pages),
+        pages_per_sec: Some((pages as f64 / elapsed.as_secs_f64().max(1e-6)) as u64),
+        verified: Some(main.verified),
+        sha256: Some(main.sha256.clone()),
+        retention_deleted: Some(retention.deleted.len() as u64),
+        retention_warnings: Some(retention.warnings.len() as u64),
+        restarts: Some(u64::from(restarts)),
+    };
     let verified = match main.verified {
         Verified::None => "not verified".to_string(),
-        v => format!(
-            "verified {}",
-            serde_json::to_value(v)
-                .unwrap_or_default()
-                .as_str()
-                .unwrap_or("")
-        ),
+        v => format!("verified {}", v.as_str()),
     };
     Ok(JobResult {
         summary: format!(
@@ -221,7 +209,7 @@ pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
             dir.display(),
             retention.summary
         ),
-        figures,
+        figures: Some(Figures::Backup(figures)),
         skipped: false,
     })
 }

@@ -11,114 +11,27 @@ mod prune_batch;
 mod prune_fk;
 pub mod vacuum;
 
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Database, OnBusy};
 use crate::exit::ExitCode;
 use crate::lock::{self, LockError};
+use crate::metrics::MetricsWriter;
+use crate::pings::Pings;
 use crate::sqlite::{self, Pools};
 use crate::state::State;
 
-/// The closed set of jobs; each has one module.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum JobKind {
-    Prune,
-    Vacuum,
-    Backup,
-}
-
-impl JobKind {
-    /// In the order the demo and a full maintenance pass run them.
-    pub const ALL: [JobKind; 3] = [JobKind::Prune, JobKind::Vacuum, JobKind::Backup];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobKind::Prune => "prune",
-            JobKind::Vacuum => "vacuum",
-            JobKind::Backup => "backup",
-        }
-    }
-}
-
-impl FromStr for JobKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        JobKind::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| format!("unknown job {s:?} (prune, vacuum or backup)"))
-    }
-}
-
-/// What started a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Trigger {
-    Schedule,
-    Cli,
-    CatchUp,
-    /// `litekeeper run` started by a systemd timer's service (`LITEKEEPER_TRIGGER=timer`).
-    Timer,
-}
-
-impl Trigger {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Trigger::Schedule => "schedule",
-            Trigger::Cli => "cli",
-            Trigger::CatchUp => "catch-up",
-            Trigger::Timer => "timer",
-        }
-    }
-}
-
-/// How a run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Outcome {
-    Ok,
-    Failed,
-    /// Not run: the lock was busy, or there was nothing worth doing.
-    Skipped,
-    DryRun,
-}
-
-/// Figures a job reports (`rows_deleted`, `bytes_before`, `backup_path`, …), also written as
-/// `LITEKEEPER_<NAME>` journal fields.
-pub type Figures = serde_json::Map<String, serde_json::Value>;
-
-/// Everything known about one finished run.
-#[derive(Debug, Clone, Serialize)]
-pub struct Report {
-    pub run_id: String,
-    pub database: String,
-    pub job: JobKind,
-    pub trigger: Trigger,
-    pub started: DateTime<Utc>,
-    pub finished: DateTime<Utc>,
-    pub duration_ms: u64,
-    pub outcome: Outcome,
-    /// One human line: what was done, or why not.
-    pub summary: String,
-    pub figures: Figures,
-    pub error: Option<String>,
-    /// Exit code `litekeeper run` uses for this report.
-    #[serde(skip)]
-    pub exit: ExitCode,
-}
+pub use crate::domain::{Figures, JobKind, Outcome, Report, Trigger};
 
 /// What a job module returns when it did not fail.
 #[derive(Debug, Default)]
 pub struct JobResult {
     pub summary: String,
-    pub figures: Figures,
+    pub figures: Option<Figures>,
     /// Set when the job decided there was nothing worth doing.
     pub skipped: bool,
 }
@@ -219,13 +132,19 @@ pub struct Request {
     pub on_busy: Option<OnBusy>,
 }
 
-/// Shared by all runs of one process: configuration, pools, state, shutdown signal.
+/// The runtime context shared by all runs of one process: configuration, pools, state,
+/// shutdown signal, and the process's reporting services (built once by `daemon` or `run`
+/// and kept across reloads).
 #[derive(Clone)]
 pub struct Env {
     pub config: Arc<Config>,
     pub pools: Pools,
     pub state: State,
     pub cancel: CancellationToken,
+    /// Rewrites the metrics file after each run.
+    pub metrics: MetricsWriter,
+    /// Health pings still being sent.
+    pub pings: Pings,
 }
 
 /// How often a running job checks that its lock file is still in place.
@@ -249,8 +168,8 @@ pub async fn execute(env: &Env, req: Request) -> Report {
         Ok(Err(e)) => tracing::error!("could not record run {run_id}: {e}"),
         Err(e) => tracing::error!("could not record run {run_id}: {e}"),
     }
-    crate::pings::finished(&req, pinger, &report);
-    crate::metrics::update(&env.config, &env.state).await;
+    env.pings.finished(&req, pinger, &report);
+    env.metrics.update(&env.config, &env.state).await;
     crate::logging::job_finished(&report);
     report
 }
@@ -273,7 +192,7 @@ async fn run_locked(
         duration_ms: 0,
         outcome: Outcome::Failed,
         summary: String::new(),
-        figures: Figures::new(),
+        figures: None,
         error: None,
         exit: ExitCode::Failed,
     };
@@ -313,7 +232,7 @@ async fn run_locked(
     {
         tracing::warn!("could not record the start of run {run_id}: {e}");
     }
-    *pinger = crate::pings::started(req, run_id);
+    *pinger = env.pings.started(req, run_id);
 
     // The job gets its own cancel token: shutdown cancels it, and so does losing the lock.
     let mut env2 = env.clone();

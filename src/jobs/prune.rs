@@ -23,7 +23,6 @@ use std::time::{Duration, Instant, SystemTime};
 use chrono::{DateTime, Utc};
 use rusqlite::types::Value;
 use rusqlite::{params_from_iter, Connection};
-use serde::Serialize;
 
 use super::prune_batch::{LockModel, FIRST_BATCH};
 use super::prune_fk;
@@ -31,6 +30,7 @@ use super::{JobCtx, JobError, JobResult};
 use crate::config::{
     Config, Database, Entries, FileAction, FilesRule, KeyPath, Prune, Rule, TableRef, TimeFormat,
 };
+use crate::domain::{DependantFigures, Figures, PruneFigures, RuleFigures};
 use crate::jobs::backup::human_bytes;
 use crate::safe_fs::{self, DirHandle, Kind};
 
@@ -564,12 +564,13 @@ pub fn short_duration(d: Duration) -> String {
     }
 }
 
-/// The per-rule table of a prune report's figures, for `run` and the demo.
-pub fn rules_table(figures: &super::Figures) -> Vec<String> {
-    let Some(rules) = figures.get("rules").and_then(|r| r.as_array()) else {
+/// The per-rule table of a prune report's figures, for `run` and the demo (nothing for other
+/// figures).
+pub fn rules_table(figures: &Option<Figures>) -> Vec<String> {
+    let Some(figures) = figures.as_ref().and_then(Figures::prune) else {
         return Vec::new();
     };
-    let dry = figures.contains_key("rows_matched");
+    let dry = figures.rows_matched.is_some();
     let mut out = vec![format!(
         "  {:<9} {:>9} {:>9} {:>8} {:>10}  {}",
         "rule",
@@ -579,52 +580,35 @@ pub fn rules_table(figures: &super::Figures) -> Vec<String> {
         "bytes",
         "what (samples)"
     )];
-    for r in rules {
-        let n = |k: &str| r.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
-        let samples: Vec<&str> = r
-            .get("samples")
-            .and_then(|v| v.as_array())
-            .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
-            .unwrap_or_default();
-        let bytes = r.get("bytes").and_then(|v| v.as_u64());
+    for r in &figures.rules {
         out.push(format!(
             "  {:<9} {:>9} {:>9} {:>8} {:>10}  {}{}{}{}{}",
-            r.get("rule").and_then(|v| v.as_str()).unwrap_or("?"),
-            n("matched"),
-            if dry { n("matched") } else { n("deleted") },
-            n("batches"),
-            bytes.map(human_bytes).unwrap_or_else(|| "-".into()),
-            r.get("what").and_then(|v| v.as_str()).unwrap_or(""),
-            if samples.is_empty() {
+            r.rule,
+            r.matched,
+            if dry { r.matched } else { r.deleted },
+            r.batches,
+            r.bytes.map(human_bytes).unwrap_or_else(|| "-".into()),
+            r.what,
+            if r.samples.is_empty() {
                 String::new()
             } else {
-                format!(" (e.g. {})", samples.join(", "))
+                format!(" (e.g. {})", r.samples.join(", "))
             },
-            r.get("dependants")
-                .and_then(|v| v.as_array())
-                .map(|deps| deps
-                    .iter()
-                    .map(|d| format!(
-                        "; {} {} {} ({})",
-                        if d.get("action")
-                            .and_then(|a| a.as_str())
-                            .is_some_and(|a| a.starts_with("set "))
-                        {
-                            "sets"
-                        } else {
-                            "with"
-                        },
-                        d.get("rows").and_then(|v| v.as_u64()).unwrap_or(0),
-                        d.get("table").and_then(|v| v.as_str()).unwrap_or("?"),
-                        d.get("action").and_then(|v| v.as_str()).unwrap_or("?")
-                    ))
-                    .collect::<String>())
-                .unwrap_or_default(),
-            r.get("note")
-                .and_then(|v| v.as_str())
+            r.dependants
+                .iter()
+                .map(|d| format!(
+                    "; {} {} {} ({})",
+                    if d.deletes() { "with" } else { "sets" },
+                    d.rows,
+                    d.table,
+                    d.action
+                ))
+                .collect::<String>(),
+            r.note
+                .as_ref()
                 .map(|n| format!("; {n}"))
                 .unwrap_or_default(),
-            if r.get("refused").is_some() {
+            if r.refused.is_some() {
                 "; REFUSED by a guard, skipped (see the warning)"
             } else {
                 ""
@@ -638,71 +622,13 @@ fn julian(t: DateTime<Utc>) -> f64 {
     t.timestamp_millis() as f64 / 86_400_000.0 + 2_440_587.5
 }
 
-/// What one rule did (or would do).
-#[derive(Debug, Default, Serialize)]
-struct RuleReport {
-    rule: String,
-    what: String,
-    matched: u64,
-    deleted: u64,
-    batches: u32,
-    /// The longest time one batch held the write lock.
-    max_batch_ms: u64,
-    /// The smallest and largest batch (rows of the rule's table) the adaptive size chose.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    min_batch: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    max_batch: Option<u64>,
-    /// Batches that held the write lock longer than `max_lock`.
-    #[serde(skip_serializing_if = "is_zero")]
-    batches_over_max_lock: u32,
-    /// Set when a batch of a single row (and its dependants) held the lock longer than
-    /// `max_lock`: the longest such batch, in ms. No batch size can keep the bound then.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    one_row_ms: Option<u64>,
-    /// Dependant rows deleted (or set to NULL/default) through declared foreign keys.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    dependants: Vec<Dependant>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    samples: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    files: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    bytes: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    note: Option<String>,
-    /// Why a guard (max_fraction, an empty reference) refused the rule; nothing of it ran.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    refused: Option<String>,
-}
-
-fn is_zero(n: &u32) -> bool {
-    *n == 0
-}
-
-/// Rows of one dependant table a rule changed (or would change) through a declared key.
-#[derive(Debug, Default, Clone, Serialize)]
-struct Dependant {
-    table: String,
-    /// The key's declared action: "cascade", "no action", "set null", "set default", or
-    /// "self reference" (the subtree of a table that references itself).
-    action: String,
-    rows: u64,
-}
-
-impl Dependant {
-    fn deletes(&self) -> bool {
-        !self.action.starts_with("set ")
-    }
-}
-
-fn add_dependant(deps: &mut Vec<Dependant>, table: &str, action: &str, rows: u64) {
+fn add_dependant(deps: &mut Vec<DependantFigures>, table: &str, action: &str, rows: u64) {
     match deps
         .iter_mut()
         .find(|d| d.table == table && d.action == action)
     {
         Some(d) => d.rows += rows,
-        None => deps.push(Dependant {
+        None => deps.push(DependantFigures {
             table: table.into(),
             action: action.into(),
             rows,
@@ -750,7 +676,7 @@ pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
     for r in &rules {
         ctx.checkpoint()?;
         let (matched, total) = count(ctx.conn, r)?;
-        let mut rep = RuleReport {
+        let mut rep = RuleFigures {
             rule: r.label.clone(),
             what: r.what.clone(),
             matched,
@@ -845,8 +771,8 @@ pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
         .collect();
     let files: u64 = files_reports.iter().map(|r| r.files.unwrap_or(0)).sum();
     let bytes: u64 = files_reports.iter().map(|r| r.bytes.unwrap_or(0)).sum();
-    let mut figures = super::Figures::new();
-    let all: Vec<&RuleReport> = reports.iter().chain(files_reports.iter()).collect();
+    let mut figures = PruneFigures::default();
+    let all: Vec<&RuleFigures> = reports.iter().chain(files_reports.iter()).collect();
     let refused: Vec<&str> = all
         .iter()
         .filter(|r| r.refused.is_some())
@@ -855,30 +781,26 @@ pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
     let refused_note = if refused.is_empty() {
         String::new()
     } else {
-        figures.insert("rules_refused".into(), refused.len().into());
+        figures.rules_refused = Some(refused.len() as u64);
         format!(
             "; refused by a guard: {} (skipped, see the warnings; the other rules ran)",
             refused.join(", ")
         )
     };
-    figures.insert(
-        "rules".into(),
-        serde_json::to_value(&all).unwrap_or_default(),
-    );
     let summary = if dry_run {
-        figures.insert("rows_matched".into(), rows.into());
-        figures.insert("files_matched".into(), files.into());
+        figures.rows_matched = Some(rows);
+        figures.files_matched = Some(files);
         format!(
             "dry run: would delete {rows} rows{with_dependants} and {files} files ({}); nothing changed (each rule is counted on today's data: rows that earlier rules would orphan are not counted)",
             human_bytes(bytes)
         )
     } else {
-        figures.insert("rows_deleted".into(), rows.into());
-        figures.insert("files_deleted".into(), files.into());
-        figures.insert("bytes_freed".into(), bytes.into());
+        figures.rows_deleted = Some(rows);
+        figures.files_deleted = Some(files);
+        figures.bytes_freed = Some(bytes);
         let batches: u32 = reports.iter().map(|r| r.batches).sum();
         let max_ms = reports.iter().map(|r| r.max_batch_ms).max().unwrap_or(0);
-        figures.insert("max_batch_ms".into(), max_ms.into());
+        figures.max_batch_ms = Some(max_ms);
         format!(
             "deleted {rows} rows{with_dependants} in {batches} batches (longest {max_ms} ms) and {files} files ({}){}{}{refused_note}",
             human_bytes(bytes),
@@ -886,9 +808,10 @@ pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
             stopped_early.map(|s| format!("; {s}")).unwrap_or_default()
         )
     };
+    figures.rules = reports.into_iter().chain(files_reports).collect();
     Ok(JobResult {
         summary,
-        figures,
+        figures: Some(Figures::Prune(figures)),
         skipped: false,
     })
 }
@@ -948,7 +871,7 @@ fn samples(conn: &Connection, r: &Resolved) -> Result<Vec<String>, JobError> {
 }
 
 /// Dependant rows the rule's matches would take with them, per table, counted now.
-fn count_dependants(conn: &Connection, r: &Resolved) -> Result<Vec<Dependant>, JobError> {
+fn count_dependants(conn: &Connection, r: &Resolved) -> Result<Vec<DependantFigures>, JobError> {
     let plan = prune_fk::plan(&r.fks, &r.schema, &r.name, &r.predicate)
         .map_err(|e| JobError::Refused(format!("{}: {e}", r.label)))?;
     let mut out = Vec::new();
@@ -982,7 +905,7 @@ fn delete_in_batches(
     prune: &Prune,
     r: &Resolved,
     budget: &mut Option<u64>,
-    rep: &mut RuleReport,
+    rep: &mut RuleFigures,
 ) -> Result<(), JobError> {
     let conn: &Connection = ctx.conn;
     let np = r.params.len();
@@ -1364,9 +1287,9 @@ fn prune_files(
     f: &FilesRule,
     dry_run: bool,
     now: DateTime<Utc>,
-) -> Result<RuleReport, JobError> {
+) -> Result<RuleFigures, JobError> {
     let label = format!("files[{index}]");
-    let mut rep = RuleReport {
+    let mut rep = RuleFigures {
         rule: label.clone(),
         what: format!(
             "{}: entries not referenced by {}",
@@ -1516,7 +1439,7 @@ fn prune_files(
 }
 
 /// A guard's refusal: the rule is skipped with `why` (logged as a warning), the run goes on.
-fn refuse(mut rep: RuleReport, why: String) -> RuleReport {
+fn refuse(mut rep: RuleFigures, why: String) -> RuleFigures {
     tracing::warn!("{why}");
     rep.refused = Some(why);
     rep
@@ -1571,7 +1494,7 @@ fn purge_quarantine(
     shown: &Path,
     days: u32,
     now: DateTime<Utc>,
-    rep: &mut RuleReport,
+    rep: &mut RuleFigures,
 ) -> Result<(), JobError> {
     let qshown = shown.join(QUARANTINE_DIR);
     let q = match dir.open_dir(OsStr::new(QUARANTINE_DIR)) {

@@ -15,30 +15,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
-use serde::Serialize;
 
 use super::{JobCtx, JobError, JobResult};
 use crate::config::{Threshold, Vacuum, VacuumMode};
+use crate::domain::{Figures, FileFigures, PageFigures, VacuumFigures};
 use crate::jobs::backup::human_bytes;
 use crate::jobs::prune::{qi, truncate_wal};
 
-/// Pages freed per incremental step at first; adapts to the lock budget.
+/// PageFigures freed per incremental step at first; adapts to the lock budget.
 const FIRST_CHUNK: i64 = 256;
 const MAX_CHUNK: i64 = 65_536;
 
 fn sql_err(context: impl Into<String>) -> impl FnOnce(rusqlite::Error) -> JobError {
     let context = context.into();
     move |source| JobError::Sqlite { context, source }
-}
-
-/// Page figures of one database file.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
-struct Pages {
-    page_size: i64,
-    pages: i64,
-    freelist: i64,
-    file_bytes: u64,
-    wal_bytes: u64,
 }
 
 fn file_len(p: &Path) -> u64 {
@@ -51,12 +41,12 @@ fn wal_path(p: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-fn measure(conn: &Connection, schema: &str, path: &Path) -> Result<Pages, JobError> {
+fn measure(conn: &Connection, schema: &str, path: &Path) -> Result<PageFigures, JobError> {
     let get = |pragma: &str| -> Result<i64, JobError> {
         conn.query_row(&format!("PRAGMA {}.{pragma}", qi(schema)), [], |r| r.get(0))
             .map_err(sql_err(format!("{}: PRAGMA {pragma}", path.display())))
     };
-    Ok(Pages {
+    Ok(PageFigures {
         page_size: get("page_size")?,
         pages: get("page_count")?,
         freelist: get("freelist_count")?,
@@ -65,21 +55,7 @@ fn measure(conn: &Connection, schema: &str, path: &Path) -> Result<Pages, JobErr
     })
 }
 
-/// What happened to one file.
-#[derive(Debug, Serialize)]
-struct FileReport {
-    schema: String,
-    path: String,
-    /// full | incremental | convert | skipped
-    action: String,
-    before: Pages,
-    after: Pages,
-    duration_ms: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    note: Option<String>,
-}
-
-fn percent(p: &Pages) -> f64 {
+fn percent(p: &PageFigures) -> f64 {
     if p.pages == 0 {
         0.0
     } else {
@@ -88,7 +64,7 @@ fn percent(p: &Pages) -> f64 {
 }
 
 /// None when worth it; else why not ("3% free < 20%").
-fn below_threshold(p: &Pages, min: Threshold) -> Option<String> {
+fn below_threshold(p: &PageFigures, min: Threshold) -> Option<String> {
     match min {
         Threshold::Fraction(f) => {
             let share = if p.pages == 0 {
@@ -210,34 +186,21 @@ pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
         .map_err(sql_err("PRAGMA optimize"))?;
 
     let skipped = reports.iter().all(|r| r.action == "skipped");
-    let sum = |f: fn(&Pages) -> u64, after: bool| -> u64 {
+    let sum = |f: fn(&PageFigures) -> u64, after: bool| -> u64 {
         reports
             .iter()
             .map(|r| f(if after { &r.after } else { &r.before }))
             .sum()
     };
-    let mut figures = super::Figures::new();
-    figures.insert(
-        "bytes_before".into(),
-        sum(|p| p.file_bytes + p.wal_bytes, false).into(),
-    );
-    figures.insert(
-        "bytes_after".into(),
-        sum(|p| p.file_bytes + p.wal_bytes, true).into(),
-    );
-    figures.insert(
-        "freelist_before".into(),
-        sum(|p| p.freelist as u64, false).into(),
-    );
-    figures.insert(
-        "freelist_after".into(),
-        sum(|p| p.freelist as u64, true).into(),
-    );
-    figures.insert(
-        "files".into(),
-        serde_json::to_value(&reports).unwrap_or_default(),
-    );
-    let parts: Vec<String> = reports
+    let figures = VacuumFigures {
+        bytes_before: sum(|p| p.file_bytes + p.wal_bytes, false),
+        bytes_after: sum(|p| p.file_bytes + p.wal_bytes, true),
+        freelist_before: sum(|p| p.freelist as u64, false),
+        freelist_after: sum(|p| p.freelist as u64, true),
+        files: reports,
+    };
+    let parts: Vec<String> = figures
+        .files
         .iter()
         .map(|r| {
             let name = Path::new(&r.path)
@@ -273,7 +236,7 @@ pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
         } else {
             parts.join("; ")
         },
-        figures,
+        figures: Some(Figures::Vacuum(figures)),
         skipped,
     })
 }
@@ -284,7 +247,7 @@ fn vacuum_one(
     schema: &str,
     path: &Path,
     deadline: Option<Instant>,
-) -> Result<FileReport, JobError> {
+) -> Result<FileFigures, JobError> {
     let conn: &Connection = ctx.conn;
     let started = Instant::now();
     let before = measure(conn, schema, path)?;
@@ -293,7 +256,7 @@ fn vacuum_one(
             r.get(0)
         })
         .map_err(sql_err(format!("{}: PRAGMA auto_vacuum", path.display())))?;
-    let mut report = FileReport {
+    let mut report = FileFigures {
         schema: schema.to_string(),
         path: path.display().to_string(),
         action: "skipped".into(),
@@ -353,7 +316,7 @@ fn vacuum_one(
 }
 
 /// In a dry run, say what would happen and stop.
-fn dry_run_note(ctx: &JobCtx<'_>, report: &mut FileReport, action: &str) -> bool {
+fn dry_run_note(ctx: &JobCtx<'_>, report: &mut FileFigures, action: &str) -> bool {
     if !ctx.dry_run {
         return false;
     }
@@ -416,7 +379,7 @@ fn incremental(
     schema: &str,
     path: &Path,
     deadline: Option<Instant>,
-    report: &mut FileReport,
+    report: &mut FileFigures,
 ) -> Result<(), JobError> {
     let conn: &Connection = ctx.conn;
     let (max_lock, pause) = ctx

@@ -1,0 +1,494 @@
+//! The vocabulary every layer shares: which job ([`JobKind`]), what started a run
+//! ([`Trigger`]), how it ended ([`Outcome`]), the [`Report`] of a run, and the exit codes.
+//! It imports nothing from the rest of the crate, so config, jobs, state, logging, metrics,
+//! pings and the commands can all depend on it without depending on each other.
+
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// A documented exit status of the `litekeeper` binary (README.md, "Exit codes"). Here
+/// rather than in `exit` because a [`Report`] carries the one `litekeeper run` exits with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ExitCode {
+    /// Everything asked for was done.
+    Ok = 0,
+    /// A job ran and failed, or `check` found a problem.
+    Failed = 1,
+    /// The command line was wrong (EX_USAGE).
+    Usage = 64,
+    /// A database or backup is corrupt (EX_DATAERR).
+    DataErr = 65,
+    /// A database or input file does not exist (EX_NOINPUT).
+    NoInput = 66,
+    /// An output file or directory could not be created (EX_CANTCREAT).
+    CantCreate = 73,
+    /// An I/O error (EX_IOERR).
+    IoErr = 74,
+    /// Try again later: the database lock is held by another job, or another daemon uses the
+    /// state_dir (EX_TEMPFAIL).
+    TempFail = 75,
+    /// The configuration is invalid (EX_CONFIG).
+    Config = 78,
+}
+
+impl ExitCode {
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+}
+
+/// The closed set of jobs; each has one module.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobKind {
+    Prune,
+    Vacuum,
+    Backup,
+}
+
+impl JobKind {
+    /// In the order the demo and a full maintenance pass run them.
+    pub const ALL: [JobKind; 3] = [JobKind::Prune, JobKind::Vacuum, JobKind::Backup];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Prune => "prune",
+            JobKind::Vacuum => "vacuum",
+            JobKind::Backup => "backup",
+        }
+    }
+}
+
+impl FromStr for JobKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        JobKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| format!("unknown job {s:?} (prune, vacuum or backup)"))
+    }
+}
+
+/// What started a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Trigger {
+    Schedule,
+    Cli,
+    CatchUp,
+    /// `litekeeper run` started by a systemd timer's service (`LITEKEEPER_TRIGGER=timer`).
+    Timer,
+}
+
+impl Trigger {
+    pub const ALL: [Trigger; 4] = [
+        Trigger::Schedule,
+        Trigger::Cli,
+        Trigger::CatchUp,
+        Trigger::Timer,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Schedule => "schedule",
+            Trigger::Cli => "cli",
+            Trigger::CatchUp => "catch-up",
+            Trigger::Timer => "timer",
+        }
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    Ok,
+    Failed,
+    /// Not run: the lock was busy, or there was nothing worth doing.
+    Skipped,
+    DryRun,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 4] = [
+        Outcome::Ok,
+        Outcome::Failed,
+        Outcome::Skipped,
+        Outcome::DryRun,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Failed => "failed",
+            Outcome::Skipped => "skipped",
+            Outcome::DryRun => "dry-run",
+        }
+    }
+}
+
+impl FromStr for Trigger {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Trigger::ALL
+            .into_iter()
+            .find(|t| t.as_str() == s)
+            .ok_or_else(|| format!("unknown trigger {s:?}"))
+    }
+}
+
+impl FromStr for Outcome {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Outcome::ALL
+            .into_iter()
+            .find(|o| o.as_str() == s)
+            .ok_or_else(|| format!("unknown outcome {s:?}"))
+    }
+}
+
+/// A recorded run as the history shows it: still running, interrupted (recorded as running
+/// by a process that is gone), or finished with an [`Outcome`]. Written as one word
+/// (`running`, `interrupted`, or the outcome's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunState {
+    Running,
+    Interrupted,
+    Finished(Outcome),
+}
+
+impl RunState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Running => "running",
+            RunState::Interrupted => "interrupted",
+            RunState::Finished(o) => o.as_str(),
+        }
+    }
+}
+
+impl Serialize for RunState {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// Everything known about one finished run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub run_id: String,
+    pub database: String,
+    pub job: JobKind,
+    pub trigger: Trigger,
+    pub started: DateTime<Utc>,
+    pub finished: DateTime<Utc>,
+    pub duration_ms: u64,
+    pub outcome: Outcome,
+    /// One human line: what was done, or why not.
+    pub summary: String,
+    /// What the job reported; None when it did not run (failed, or skipped before starting).
+    #[serde(serialize_with = "figures_json")]
+    pub figures: Option<Figures>,
+    pub error: Option<String>,
+    /// Exit code `litekeeper run` uses for this report.
+    #[serde(skip)]
+    pub exit: ExitCode,
+}
+
+/// What a job reports about its run, one type per job. Stored in the state DB as one JSON
+/// object (keys sorted; `{}` for none), which `status --json` shows as it is. The journal
+/// fields are derived from it in `logging`, the metric samples in `metrics`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Figures {
+    Prune(PruneFigures),
+    Vacuum(VacuumFigures),
+    Backup(BackupFigures),
+}
+
+impl Figures {
+    pub fn kind(&self) -> JobKind {
+        match self {
+            Figures::Prune(_) => JobKind::Prune,
+            Figures::Vacuum(_) => JobKind::Vacuum,
+            Figures::Backup(_) => JobKind::Backup,
+        }
+    }
+
+    /// The JSON object stored and shown: keys sorted at every level (as a `serde_json::Value`
+    /// prints them), `{}` when there are no figures.
+    pub fn to_json(figures: Option<&Figures>) -> serde_json::Value {
+        figures
+            .and_then(|f| serde_json::to_value(f).ok())
+            .unwrap_or_else(|| serde_json::Value::Object(Default::default()))
+    }
+
+    /// Figures of a `kind` run read back from their JSON: None for `{}`, and for anything
+    /// that is not that job's figures.
+    pub fn from_json(kind: JobKind, json: &str) -> Option<Figures> {
+        let v: serde_json::Value = serde_json::from_str(json).ok()?;
+        if v.as_object().is_none_or(|o| o.is_empty()) {
+            return None;
+        }
+        match kind {
+            JobKind::Prune => serde_json::from_value(v).ok().map(Figures::Prune),
+            JobKind::Vacuum => serde_json::from_value(v).ok().map(Figures::Vacuum),
+            JobKind::Backup => serde_json::from_value(v).ok().map(Figures::Backup),
+        }
+    }
+
+    pub fn prune(&self) -> Option<&PruneFigures> {
+        match self {
+            Figures::Prune(p) => Some(p),
+            _ => None,
+        }
+    }
+}
+
+/// Serialize optional figures as [`Figures::to_json`] does (`{}` for none).
+pub fn figures_json<S: serde::Serializer>(f: &Option<Figures>, s: S) -> Result<S::Ok, S::Error> {
+    Figures::to_json(f.as_ref()).serialize(s)
+}
+
+/// A prune's figures. A dry run sets the `*_matched` counts, a real run the `*_deleted` ones.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PruneFigures {
+    /// Each row rule, then each files rule, in config order.
+    pub rules: Vec<RuleFigures>,
+    /// Rules a guard refused (absent when none was).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rules_refused: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rows_matched: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files_matched: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rows_deleted: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files_deleted: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_freed: Option<u64>,
+    /// The longest time one batch held the write lock.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_batch_ms: Option<u64>,
+}
+
+/// What one prune rule did (or would do).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RuleFigures {
+    pub rule: String,
+    pub what: String,
+    pub matched: u64,
+    pub deleted: u64,
+    pub batches: u32,
+    /// The longest time one batch held the write lock.
+    pub max_batch_ms: u64,
+    /// The smallest and largest batch (rows of the rule's table) the adaptive size chose.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_batch: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_batch: Option<u64>,
+    /// Batches that held the write lock longer than `max_lock`.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub batches_over_max_lock: u32,
+    /// Set when a batch of a single row (and its dependants) held the lock longer than
+    /// `max_lock`: the longest such batch, in ms. No batch size can keep the bound then.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub one_row_ms: Option<u64>,
+    /// Dependant rows deleted (or set to NULL/default) through declared foreign keys.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dependants: Vec<DependantFigures>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub samples: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// Why a guard (max_fraction, an empty reference) refused the rule; nothing of it ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// Rows of one dependant table a rule changed (or would change) through a declared key.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DependantFigures {
+    pub table: String,
+    /// The key's declared action: "cascade", "no action", "set null", "set default", or
+    /// "self reference" (the subtree of a table that references itself).
+    pub action: String,
+    pub rows: u64,
+}
+
+impl DependantFigures {
+    /// Whether the rows go (rather than have their key set to NULL or its default).
+    pub fn deletes(&self) -> bool {
+        !self.action.starts_with("set ")
+    }
+}
+
+/// A vacuum's figures: sums over the files (main and attached), then each file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct VacuumFigures {
+    /// File and WAL bytes.
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+    /// Free pages.
+    pub freelist_before: u64,
+    pub freelist_after: u64,
+    pub files: Vec<FileFigures>,
+}
+
+/// What a vacuum did to one database file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FileFigures {
+    pub schema: String,
+    pub path: String,
+    /// full | incremental | convert | skipped, or `… (dry run)`
+    pub action: String,
+    pub before: PageFigures,
+    pub after: PageFigures,
+    pub duration_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// Page figures of one database file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PageFigures {
+    pub page_size: i64,
+    pub pages: i64,
+    pub freelist: i64,
+    pub file_bytes: u64,
+    pub wal_bytes: u64,
+}
+
+/// A backup's figures. A dry run sets `would_write`; a run that wrote sets the rest.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BackupFigures {
+    /// Bytes to copy: the database files and their WALs, attached ones included.
+    pub bytes_before: u64,
+    /// The files a dry run would write.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub would_write: Option<Vec<String>>,
+    /// The main database's copy, then every copy written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backup_path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backup_paths: Option<Vec<String>>,
+    /// Size on disk of the files written (compressed size).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_after: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pages: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pages_per_sec: Option<u64>,
+    /// How the main database's copy was checked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verified: Option<Verified>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Old backups retention deleted, and the warnings it gave.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retention_deleted: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retention_warnings: Option<u64>,
+    /// Times an online copy started over because the database changed under it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restarts: Option<u64>,
+}
+
+/// How a backup was checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verified {
+    /// quick_check + foreign_key_check + page and row counts matched.
+    Quick,
+    /// integrity_check + foreign_key_check + page and row counts matched.
+    Full,
+    /// verify = "none": not checked.
+    None,
+    /// Verification failed; the file carries the `.failed` suffix.
+    Failed,
+}
+
+impl Verified {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verified::Quick => "quick",
+            Verified::Full => "full",
+            Verified::None => "none",
+            Verified::Failed => "failed",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn figures_are_stored_with_sorted_keys_and_read_back_by_job() {
+        let f = Figures::Backup(BackupFigures {
+            bytes_before: 10,
+            would_write: Some(vec!["chat-20260101-000000.db".into()]),
+            ..BackupFigures::default()
+        });
+        let text = Figures::to_json(Some(&f)).to_string();
+        assert_eq!(
+            text,
+            r#"{"bytes_before":10,"would_write":["chat-20260101-000000.db"]}"#
+        );
+        assert_eq!(Figures::from_json(JobKind::Backup, &text), Some(f));
+        assert_eq!(Figures::to_json(None).to_string(), "{}");
+        assert_eq!(Figures::from_json(JobKind::Prune, "{}"), None);
+        assert_eq!(Figures::from_json(JobKind::Prune, "not json"), None);
+        // Another job's figures are no figures of this one.
+        assert_eq!(
+            Figures::from_json(JobKind::Vacuum, r#"{"files":"many"}"#),
+            None
+        );
+    }
+
+    #[test]
+    fn prune_figures_keep_their_nested_shape() {
+        let f = Figures::Prune(PruneFigures {
+            rules: vec![RuleFigures {
+                rule: "rule[0]".into(),
+                what: "old rows".into(),
+                matched: 3,
+                deleted: 3,
+                batches: 1,
+                dependants: vec![DependantFigures {
+                    table: "att".into(),
+                    action: "cascade".into(),
+                    rows: 2,
+                }],
+                ..RuleFigures::default()
+            }],
+            rows_deleted: Some(5),
+            ..PruneFigures::default()
+        });
+        let text = Figures::to_json(Some(&f)).to_string();
+        assert_eq!(
+            text,
+            r#"{"rows_deleted":5,"rules":[{"batches":1,"deleted":3,"dependants":[{"action":"cascade","rows":2,"table":"att"}],"matched":3,"max_batch_ms":0,"rule":"rule[0]","what":"old rows"}]}"#
+        );
+        assert_eq!(Figures::from_json(JobKind::Prune, &text), Some(f));
+    }
+}
