@@ -109,6 +109,8 @@ fn env(dir: &Path, toml: &str) -> Env {
         config: Arc::new(config),
         state,
         cancel: CancellationToken::new(),
+        metrics: Default::default(),
+        pings: Default::default(),
     }
 }
 
