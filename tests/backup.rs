@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use litekeeper::archive::{BackupName, Manifest};
 use rusqlite::Connection;
 
-use crate::util::{both, is_root, TestEnv};
+use crate::util::{both, is_root, start_holder, TestEnv};
 
 /// A config with one database `chat` (+ attached `files`) backed up into `<tmp>/backups`.
 fn setup(env: &TestEnv, backup_extra: &str) -> (PathBuf, PathBuf) {
@@ -271,19 +271,11 @@ fn in_place_restore_replaces_stale_wal_and_keeps_the_previous_file() {
     // Simulate a crashed app: copy db + wal + shm aside while open, then close.
     drop(keep_open);
     // An open connection from another process is refused without --force.
-    let holder = std::process::Command::new("python3")
+    let mut python = std::process::Command::new("python3");
+    python
         .args(["-c", "import sqlite3,sys,time; c=sqlite3.connect(sys.argv[1]); c.execute('select 1').fetchall(); print('ok', flush=True); time.sleep(30)"])
-        .arg(&db)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut holder = scopeguard(holder);
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(holder.0.stdout.as_mut().unwrap()),
-        &mut line,
-    )
-    .unwrap();
+        .arg(&db);
+    let (mut holder, _ready) = start_holder(python);
     let out = env
         .cmd()
         .args(["restore", "chat", "--in-place"])
@@ -328,17 +320,6 @@ fn in_place_restore_replaces_stale_wal_and_keeps_the_previous_file() {
         50,
         "the pre-restore copy keeps its WAL's changes"
     );
-}
-
-struct Guard(std::process::Child);
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-fn scopeguard(c: std::process::Child) -> Guard {
-    Guard(c)
 }
 
 #[test]

@@ -108,16 +108,8 @@ fn lines(bytes: &[u8]) -> Vec<String> {
 /// `litekeeper -c CONFIG ARGS…` in the test's directory, with none of the environment's
 /// LITEKEEPER variables (they would override the file) and job logging off.
 fn run(env: &TestEnv, config: &Path, args: &[&str]) -> Output {
-    let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("litekeeper"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("LITEKEEPER") || k == "NOTIFY_SOCKET" || k == "JOURNAL_STREAM" {
-            c.env_remove(k);
-        }
-    }
-    c.env("NO_COLOR", "1")
-        .env("TZ", "UTC")
+    env.bare_cmd()
         .env("LITEKEEPER_LOG", "off")
-        .current_dir(env.dir.path())
         .arg("-c")
         .arg(config)
         .args(args)

@@ -4,8 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command as StdCommand, Output};
 
-use crate::check::{give_to_nobody, open_to_nobody, set_mode, unprivileged};
-use crate::util::{both, is_root, TestEnv};
+use crate::util::{both, give_to_nobody, is_root, open_to_nobody, set_mode, unprivileged, TestEnv};
 
 /// The real binary as ourselves, without `-c` and without litekeeper's or XDG variables.
 fn bare_cmd(env: &TestEnv) -> StdCommand {

@@ -33,17 +33,7 @@ fn edit_config(env: &TestEnv, from: &str, to: &str) {
 }
 
 fn ok_runs(env: &TestEnv, db: &str) -> i64 {
-    Connection::open(env.path("state/state.db"))
-        .ok()
-        .and_then(|c| {
-            c.query_row(
-                "SELECT count(*) FROM runs WHERE database = ?1 AND outcome = 'ok'",
-                [db],
-                |r| r.get(0),
-            )
-            .ok()
-        })
-        .unwrap_or(0)
+    env.count_runs("database = ?1 AND outcome = 'ok'", [db])
 }
 
 #[test]
@@ -108,21 +98,9 @@ fn fifty_databases_one_added_one_removed_between_ticks() {
         tenant(&env, i);
     }
     config(&env, "schedule = \"*/2 * * * * *\"\n");
-    let log = env.path("daemon.log");
-    let mut child = env
-        .std_cmd()
-        .arg("daemon")
-        .env("LITEKEEPER_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut daemon = env.daemon(&[("LITEKEEPER_LOG", "info")]);
     let wait = |what: &str, done: &dyn Fn() -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !done() {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        daemon.wait_until(what, Duration::from_secs(60), done)
     };
     wait("a backup of all 50", &|| {
         (0..50).all(|i| ok_runs(&env, &format!("tenant-t{i:02}")) >= 1)
@@ -139,9 +117,8 @@ fn fifty_databases_one_added_one_removed_between_ticks() {
     // A few more ticks: the vanished tenant is reported once and not run again.
     let t1 = ok_runs(&env, "tenant-t01");
     wait("two more ticks", &|| ok_runs(&env, "tenant-t01") >= t1 + 2);
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    assert_eq!(child.wait().unwrap().code(), Some(0));
-    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(daemon.terminate().code(), Some(0));
+    let text = daemon.log();
     let gone = text
         .lines()
         .filter(|l| l.contains("database tenant-t00") && l.contains("is gone"))
@@ -466,15 +443,7 @@ fn a_signal_stops_a_fleet_run_and_says_what_did_not_run() {
 }
 
 fn ok_runs_all(env: &TestEnv) -> i64 {
-    Connection::open(env.path("state/state.db"))
-        .ok()
-        .and_then(|c| {
-            c.query_row("SELECT count(*) FROM runs WHERE outcome = 'ok'", [], |r| {
-                r.get(0)
-            })
-            .ok()
-        })
-        .unwrap_or(0)
+    env.count_runs("outcome = 'ok'", [])
 }
 
 /// A fleet run writes the metrics file once a second at most, and once more at the end: the

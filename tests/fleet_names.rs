@@ -349,37 +349,13 @@ fn the_daemon_reports_what_a_scan_skips_once() {
         env.path("tenants").display(),
         env.path("bk").display(),
     ));
-    let log = env.path("daemon.log");
-    let mut child = env
-        .std_cmd()
-        .arg("daemon")
-        .env("LITEKEEPER_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut daemon = env.daemon(&[("LITEKEEPER_LOG", "info")]);
     // Wait for a few ticks (runs of the solo member).
-    let start = Instant::now();
-    let runs = || {
-        Connection::open(env.path("state/state.db"))
-            .ok()
-            .and_then(|c| {
-                c.query_row(
-                    "SELECT count(*) FROM runs WHERE database = 't-solo' AND outcome = 'ok'",
-                    [],
-                    |r| r.get::<_, i64>(0),
-                )
-                .ok()
-            })
-            .unwrap_or(0)
-    };
-    while runs() < 4 {
-        assert!(start.elapsed() < Duration::from_secs(30), "no ticks");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    child.wait().unwrap();
-    let text = std::fs::read_to_string(&log).unwrap();
+    daemon.wait_until("ticks", Duration::from_secs(30), || {
+        env.count_runs("database = 't-solo' AND outcome = 'ok'", []) >= 4
+    });
+    daemon.terminate();
+    let text = daemon.log();
     let lines = |needle: &str| text.lines().filter(|l| l.contains(needle)).count();
     assert_eq!(lines("ACME.db"), 1, "{text}");
     assert_eq!(lines("link.db"), 1, "{text}");

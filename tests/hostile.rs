@@ -10,8 +10,7 @@ use std::time::Instant;
 
 use rusqlite::Connection;
 
-use crate::check::{open_to_nobody, unprivileged};
-use crate::util::{both, is_root, TestEnv};
+use crate::util::{both, chown_tree, is_root, open_to_nobody, unprivileged, TestEnv};
 
 fn app(env: &TestEnv) -> PathBuf {
     env.sqlite(
@@ -233,8 +232,8 @@ fn environment_overrides_cannot_send_an_unprivileged_daemon_elsewhere() {
         &format!("[database.backup]\ndir = \"{}\"", env.path("b").display()),
     );
     open_to_nobody(&env);
-    crate::check::give_to_nobody(&env.path("app"));
-    crate::check::give_to_nobody(&db);
+    crate::util::give_to_nobody(&env.path("app"));
+    crate::util::give_to_nobody(&db);
     // Database entries cannot be reached from the environment at all.
     let o = unprivileged(&env)
         .arg("-c")
@@ -296,10 +295,10 @@ fn root_runs_as_the_owner_of_state_dir() {
         &format!("[database.backup]\ndir = \"{}\"", env.path("b").display()),
     );
     open_to_nobody(&env);
-    crate::check::give_to_nobody(&env.path("app"));
-    crate::check::give_to_nobody(&db);
+    crate::util::give_to_nobody(&env.path("app"));
+    crate::util::give_to_nobody(&db);
     std::fs::create_dir_all(env.path("b")).unwrap();
-    crate::check::give_to_nobody(&env.path("b"));
+    crate::util::give_to_nobody(&env.path("b"));
     let o = env.cmd().args(["run", "chat", "backup"]).output().unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", both(&o));
     for p in ["state/state.db", "locks/chat.lock", "b/manifest.json"] {
@@ -336,18 +335,6 @@ fn hand_over(env: &TestEnv, who: As) {
     if let As::Nobody = who {
         open_to_nobody(env);
         chown_tree(env.dir.path());
-    }
-}
-
-fn chown_tree(p: &Path) {
-    crate::check::give_to_nobody(p);
-    let meta = std::fs::symlink_metadata(p).unwrap();
-    if meta.is_dir() {
-        for e in std::fs::read_dir(p).unwrap() {
-            chown_tree(&e.unwrap().path());
-        }
-    } else if meta.file_type().is_symlink() && is_root() {
-        std::os::unix::fs::lchown(p, Some(65534), Some(65534)).unwrap();
     }
 }
 

@@ -1231,7 +1231,7 @@ fn chown_tree(p: &Path, owner: Option<u32>) {
 fn restore_over_sidecars() {
     restore_over_sidecars_as(None);
     if crate::util::is_root() {
-        restore_over_sidecars_as(Some(crate::check::NOBODY));
+        restore_over_sidecars_as(Some(crate::util::NOBODY));
     } else {
         eprintln!("restore_over_sidecars: the uid 65534 half skipped: needs root");
     }
@@ -1304,13 +1304,13 @@ fn restore_over_sidecars_as(user: Option<u32>) {
     let target = out_dir.join("new.db");
 
     if let Some(u) = user {
-        crate::check::open_to_nobody(&env);
+        crate::util::open_to_nobody(&env);
         chown_tree(env.dir.path(), Some(u));
     }
     let cmd = || match user {
         None => env.std_cmd(),
         Some(_) => {
-            let mut c = crate::check::unprivileged(&env);
+            let mut c = crate::util::unprivileged(&env);
             c.arg("-c").arg(env.config_path());
             c
         }

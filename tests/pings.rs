@@ -5,7 +5,6 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -346,26 +345,13 @@ fn the_daemon_pings_every_scheduled_run() {
         ),
         "",
     );
-    let mut daemon = Daemon(
-        env.std_cmd()
-            .arg("daemon")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut daemon = env.daemon(&[]);
     let count = |reqs: &[Req], line: &str| reqs.iter().filter(|r| r.line() == line).count();
     server.wait_for(Duration::from_secs(30), "two pinged runs", |reqs| {
         count(reqs, "POST /uuid") >= 2
     });
-    // SAFETY: signalling our own child, not reaped yet.
-    unsafe { libc::kill(daemon.0.id() as libc::pid_t, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while daemon.0.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "daemon did not stop");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    daemon.signal(libc::SIGTERM);
+    daemon.wait_exit(Duration::from_secs(15));
     let reqs = server.requests();
     // Runs never overlap: pings alternate start, success (a run cut short by SIGTERM may end
     // the list with its start, or a fail the daemon did not wait for).
@@ -383,14 +369,4 @@ fn the_daemon_pings_every_scheduled_run() {
             .all(|r| r.body.contains("trigger schedule")),
         "{reqs:#?}"
     );
-}
-
-/// Killed when the test ends, also by a failed assertion.
-struct Daemon(std::process::Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

@@ -1,10 +1,31 @@
 //! Test harness: a fresh temp directory per test, a config written into it, and the real
 //! `litekeeper` binary run against it (assert_cmd).
+//!
+//! - this file: [`TestEnv`] (temp dir, config builder, commands), small readers of files and
+//!   databases;
+//! - `process`: background processes killed on drop ([`Bg`], [`KillOnDrop`]), [`wait_for`];
+//! - `state`: the run history the binary wrote ([`Run`]);
+//! - `notify`: a fake service manager's `NOTIFY_SOCKET` ([`Notify`]);
+//! - `journald`: a private systemd-journald ([`Journald`]);
+//! - `nobody`: running as uid 65534 ([`unprivileged`], [`give_to_nobody`], …).
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
+
+mod journald;
+mod nobody;
+mod notify;
+mod process;
+mod state;
+
+pub use journald::*;
+pub use nobody::*;
+pub use notify::*;
+pub use process::*;
+pub use state::*;
 
 use std::path::{Path, PathBuf};
 use std::process::Command as StdCommand;
+use std::time::SystemTime;
 
 use assert_cmd::Command;
 use rusqlite::Connection;
@@ -70,19 +91,26 @@ impl TestEnv {
     }
 
     fn scrub(&self, c: &mut StdCommand) {
-        for (k, _) in std::env::vars() {
-            if k.starts_with("LITEKEEPER")
-                || k == "NOTIFY_SOCKET"
-                || k.ends_with("_DIRECTORY")
-                || k == "JOURNAL_STREAM"
-                || k.starts_with("WATCHDOG_")
-            {
-                c.env_remove(k);
-            }
+        scrub(c, self.dir.path(), |k| {
+            k.ends_with("_DIRECTORY") || k.starts_with("WATCHDOG_")
+        });
+    }
+
+    /// The real binary in the temp dir without `-c` and without the caller's LITEKEEPER,
+    /// NOTIFY_SOCKET and JOURNAL_STREAM variables.
+    pub fn bare_cmd(&self) -> StdCommand {
+        let mut c = StdCommand::new(assert_cmd::cargo::cargo_bin("litekeeper"));
+        scrub(&mut c, self.dir.path(), |_| false);
+        c
+    }
+
+    /// A configuration to write: [`TestEnv::daemon_section`] with `daemon_extra`, then what
+    /// the builder adds.
+    pub fn config(&self, daemon_extra: &str) -> ConfigText<'_> {
+        ConfigText {
+            env: self,
+            text: self.daemon_section(daemon_extra),
         }
-        c.env("NO_COLOR", "1")
-            .env("TZ", "UTC")
-            .current_dir(self.dir.path());
     }
 
     /// Create an SQLite database file at `rel` and run `sql` in it.
@@ -95,6 +123,79 @@ impl TestEnv {
         c.execute_batch(sql).unwrap();
         p
     }
+}
+
+/// A configuration being built (see [`TestEnv::config`]).
+pub struct ConfigText<'a> {
+    env: &'a TestEnv,
+    text: String,
+}
+
+impl ConfigText<'_> {
+    /// A `[[database]]` stanza (see [`TestEnv::database_section`]).
+    pub fn database(mut self, name: &str, path: &Path, extra: &str) -> Self {
+        self.text
+            .push_str(&TestEnv::database_section(name, path, extra));
+        self
+    }
+
+    /// Any text, as is.
+    pub fn text(mut self, more: &str) -> Self {
+        self.text.push_str(more);
+        self
+    }
+
+    /// Write it as the configuration file and return its path.
+    pub fn write(self) -> PathBuf {
+        self.env.write_config(&self.text)
+    }
+}
+
+/// A `[database.backup]` section writing into `dir`.
+pub fn backup_into(dir: &Path) -> String {
+    format!("[database.backup]\ndir = \"{}\"", dir.display())
+}
+
+/// Removes litekeeper's variables, `NOTIFY_SOCKET`, `JOURNAL_STREAM` and those `also` names
+/// from `c`'s environment; no colours, TZ=UTC, working directory `dir`.
+pub fn scrub(c: &mut StdCommand, dir: &Path, also: impl Fn(&str) -> bool) {
+    for (k, _) in std::env::vars() {
+        if k.starts_with("LITEKEEPER") || k == "NOTIFY_SOCKET" || k == "JOURNAL_STREAM" || also(&k)
+        {
+            c.env_remove(k);
+        }
+    }
+    c.env("NO_COLOR", "1").env("TZ", "UTC").current_dir(dir);
+}
+
+pub const DAY: i64 = 86_400;
+
+/// Now, in whole seconds since the epoch.
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// The names in a directory, sorted.
+pub fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// The tables of a database, by name.
+pub fn table_names(c: &Connection) -> Vec<String> {
+    c.prepare("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
 }
 
 /// stdout + stderr of an output, for assertion messages.
