@@ -30,7 +30,7 @@ use std::process::Output;
 
 use rusqlite::Connection;
 
-use crate::util::{both, TestEnv};
+use crate::util::{both, table_names, TestEnv};
 
 /// The database schema files with `{DB}` are checked against.
 const SCHEMA: &str = "PRAGMA journal_mode=WAL;
@@ -122,13 +122,7 @@ fn settled(db: &Path) -> (Vec<u8>, Vec<(String, i64)>) {
     let c = Connection::open(db).unwrap();
     c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
         .unwrap();
-    let names: Vec<String> = c
-        .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let names = table_names(&c);
     let counts = names
         .into_iter()
         .map(|t| {

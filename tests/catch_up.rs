@@ -11,11 +11,9 @@ use crate::util::TestEnv;
 
 fn setup(env: &TestEnv, catch_up: bool, last_run: chrono::DateTime<Utc>) {
     let db = env.sqlite("app/chat.db", "CREATE TABLE t(x);");
-    env.write_config(&format!(
-        "{}{}",
-        env.daemon_section(&format!("timezone = \"UTC\"\ncatch_up = {catch_up}")),
-        TestEnv::database_section("chat", &db, "[database.backup]\nschedule = \"0 0 1 1 *\"")
-    ));
+    env.config(&format!("timezone = \"UTC\"\ncatch_up = {catch_up}"))
+        .database("chat", &db, "[database.backup]\nschedule = \"0 0 1 1 *\"")
+        .write();
     let state = State::open(&env.path("state"), Duration::from_secs(10 * 365 * 86400)).unwrap();
     state
         .start(

@@ -381,9 +381,16 @@ fn corrupt_btree_page_is_reported_corrupt_on_one_line() {
     assert_summary(&out, 1, 0);
 }
 
-/// A python3 process holding a lock on `db` until dropped: `script` (with the path as argv[1])
-/// has printed its ready line.
-fn hold(db: &Path, script: &str) -> KillOnDrop {
+/// A python3 process holding a lock on `db` until dropped: its connection (no implicit
+/// transactions) has run `statements` and it has printed its ready line.
+fn hold(db: &Path, statements: &[&str]) -> KillOnDrop {
+    let mut script = String::from(
+        "import sqlite3, sys, time\nc = sqlite3.connect(sys.argv[1], isolation_level=None)\n",
+    );
+    for s in statements {
+        script.push_str(&format!("c.execute('{s}')\n"));
+    }
+    script.push_str("print('held', flush=True)\ntime.sleep(60)\n");
     let mut python = StdCommand::new("python3");
     python.arg("-c").arg(script).arg(db).stderr(Stdio::piped());
     let (child, line) = start_holder(python);
@@ -422,14 +429,7 @@ fn rollback_database_locked_exclusively_is_named_locked() {
         "CREATE TABLE chat(id INTEGER PRIMARY KEY); INSERT INTO chat DEFAULT VALUES;",
     );
     config_for(&env, &[("chat", &db)], "journal_mode = \"keep\"");
-    let holder = hold(
-        &db,
-        "import sqlite3, sys, time\n\
-         c = sqlite3.connect(sys.argv[1], isolation_level=None)\n\
-         c.execute('BEGIN EXCLUSIVE')\n\
-         print('held', flush=True)\n\
-         time.sleep(60)\n",
-    );
+    let holder = hold(&db, &["BEGIN EXCLUSIVE"]);
     assert_locked(&env, &db);
     drop(holder);
     // Once the holder is gone the same database is fine.
@@ -445,12 +445,10 @@ fn wal_database_in_exclusive_locking_mode_is_named_locked() {
     config_for(&env, &[("chat", &db)], "");
     let holder = hold(
         &db,
-        "import sqlite3, sys, time\n\
-         c = sqlite3.connect(sys.argv[1], isolation_level=None)\n\
-         c.execute('PRAGMA locking_mode=EXCLUSIVE')\n\
-         c.execute('INSERT INTO chat(body) VALUES (1)')\n\
-         print('held', flush=True)\n\
-         time.sleep(60)\n",
+        &[
+            "PRAGMA locking_mode=EXCLUSIVE",
+            "INSERT INTO chat(body) VALUES (1)",
+        ],
     );
     assert_locked(&env, &db);
     drop(holder);
@@ -572,15 +570,13 @@ fn broken_attached_database_is_named_with_its_alias() {
     let mut f = std::fs::File::create(&files).unwrap();
     f.write_all(b"definitely not sqlite, just some bytes to make it long enough")
         .unwrap();
-    env.write_config(&format!(
-        "{}{}",
-        env.daemon_section(""),
-        TestEnv::database_section(
+    env.config("")
+        .database(
             "chat",
             &db,
-            &format!("attach = {{ files = \"{}\" }}", files.display())
+            &format!("attach = {{ files = \"{}\" }}", files.display()),
         )
-    ));
+        .write();
     let out = check(&env, &[]);
     assert_eq!(out.status.code(), Some(1), "{}", both(&out));
     assert!(

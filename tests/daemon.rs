@@ -4,7 +4,7 @@
 //! STOPPING), reloads on SIGHUP, graceful stops on SIGTERM/SIGINT, and that scheduled jobs
 //! really run and are recorded in `state.db`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -90,6 +90,19 @@ fn backup_dir_entries(dir: &Path) -> (Vec<String>, Vec<String>) {
     (backups, other)
 }
 
+/// `app/chat.db` made by `sql`, backed up on `schedule` into `backups/chat`, in UTC.
+fn chat_backed_up(env: &TestEnv, sql: &str, schedule: &str) -> PathBuf {
+    let chat = env.sqlite("app/chat.db", sql);
+    env.config("timezone = \"UTC\"")
+        .database(
+            "chat",
+            &chat,
+            &backup_stanza(schedule, &env.path("backups/chat")),
+        )
+        .write();
+    chat
+}
+
 fn backup_stanza(schedule: &str, dir: &Path) -> String {
     format!(
         "[database.backup]\nschedule = \"{schedule}\"\ndir = \"{}\"\nkeep = {{ last = 100 }}",
@@ -125,24 +138,17 @@ fn assert_no_overlap(runs: &[Run], across: bool) {
 #[test]
 fn notify_sequence() {
     let env = TestEnv::new();
-    let chat = env.sqlite(
-        "app/chat.db",
+    let chat = chat_backed_up(
+        &env,
         "CREATE TABLE t(x); INSERT INTO t VALUES (1);",
+        "0 2 * * *",
     );
     let logs = env.sqlite("app/logs.db", "CREATE TABLE l(x);");
-    let config = env.write_config(&format!(
-        "{}{}",
-        env.daemon_section("timezone = \"UTC\""),
-        TestEnv::database_section(
-            "chat",
-            &chat,
-            &backup_stanza("0 2 * * *", &env.path("backups/chat"))
-        )
-    ));
+    let config = env.config_path();
     let mut notify = Notify::bind(&env);
     let mut daemon = env.daemon_notifying(&notify, &[]);
 
-    let ready = notify.wait_for(0, Duration::from_secs(20), "READY=1", |m| m.has("READY=1"));
+    let ready = notify.ready();
     let first_status = format!("idle; next: backup chat at {}", at(next_daily(2, 0)));
 
     // A broken file on SIGHUP: logged, the old configuration kept, READY again.
@@ -256,22 +262,15 @@ fn notify_sequence() {
 #[test]
 fn broken_reload_keeps_running_the_old_schedule() {
     let env = TestEnv::new();
-    let chat = env.sqlite(
-        "app/chat.db",
+    chat_backed_up(
+        &env,
         "CREATE TABLE t(x); INSERT INTO t VALUES (1);",
+        "* * * * * *",
     );
-    let config = env.write_config(&format!(
-        "{}{}",
-        env.daemon_section("timezone = \"UTC\""),
-        TestEnv::database_section(
-            "chat",
-            &chat,
-            &backup_stanza("* * * * * *", &env.path("backups/chat"))
-        )
-    ));
+    let config = env.config_path();
     let mut notify = Notify::bind(&env);
     let mut daemon = env.daemon_notifying(&notify, &[]);
-    let ready = notify.wait_for(0, Duration::from_secs(20), "READY=1", |m| m.has("READY=1"));
+    let ready = notify.ready();
     wait_until(
         &env,
         &daemon,
@@ -308,8 +307,7 @@ fn broken_reload_keeps_running_the_old_schedule() {
         "stderr:\n{}",
         daemon.log()
     );
-    daemon.signal(libc::SIGTERM);
-    assert_eq!(daemon.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    assert_eq!(daemon.stop(Duration::from_secs(10)).code(), Some(0));
 }
 
 /// Reloads re-arm every timer once: after several SIGHUPs a `* * * * * *` job still has one
@@ -318,22 +316,14 @@ fn broken_reload_keeps_running_the_old_schedule() {
 #[test]
 fn reload_rearms_each_timer_once() {
     let env = TestEnv::new();
-    let chat = env.sqlite(
-        "app/chat.db",
+    chat_backed_up(
+        &env,
         "CREATE TABLE t(x); INSERT INTO t VALUES (1);",
+        "* * * * * *",
     );
-    env.write_config(&format!(
-        "{}{}",
-        env.daemon_section("timezone = \"UTC\""),
-        TestEnv::database_section(
-            "chat",
-            &chat,
-            &backup_stanza("* * * * * *", &env.path("backups/chat"))
-        )
-    ));
     let mut notify = Notify::bind(&env);
     let mut daemon = env.daemon_notifying(&notify, &[("LITEKEEPER_LOG", "info,litekeeper=debug")]);
-    let mut from = notify.wait_for(0, Duration::from_secs(20), "READY=1", |m| m.has("READY=1")) + 1;
+    let mut from = notify.ready() + 1;
     wait_until(
         &env,
         &daemon,
@@ -366,8 +356,7 @@ fn reload_rearms_each_timer_once() {
                 >= 3
         },
     );
-    daemon.signal(libc::SIGTERM);
-    assert_eq!(daemon.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    assert_eq!(daemon.stop(Duration::from_secs(10)).code(), Some(0));
     let err = daemon.log();
     assert!(
         !err.contains("coalesced"),
@@ -385,21 +374,12 @@ fn reload_rearms_each_timer_once() {
 #[test]
 fn watchdog() {
     let env = TestEnv::new();
-    let chat = env.sqlite("app/chat.db", "CREATE TABLE t(x);");
-    env.write_config(&format!(
-        "{}{}",
-        env.daemon_section("timezone = \"UTC\""),
-        TestEnv::database_section(
-            "chat",
-            &chat,
-            &backup_stanza("0 2 * * *", &env.path("backups/chat"))
-        )
-    ));
+    chat_backed_up(&env, "CREATE TABLE t(x);", "0 2 * * *");
     let mut notify = Notify::bind(&env);
     // No WATCHDOG_PID: the child's pid is unknown before the spawn, and sd_notify accepts an
     // unset WATCHDOG_PID as "this process".
     let mut daemon = env.daemon_notifying(&notify, &[("WATCHDOG_USEC", "200000")]);
-    let ready = notify.wait_for(0, Duration::from_secs(20), "READY=1", |m| m.has("READY=1"));
+    let ready = notify.ready();
     let ready_at = notify.seen[ready].at;
     let mut from = 0;
     let mut pings = Vec::new();
@@ -426,37 +406,26 @@ fn watchdog() {
         (Duration::from_millis(60)..=Duration::from_millis(150)).contains(&median),
         "median gap between pings {median:?}, expected about 100 ms (half of WATCHDOG_USEC); gaps {gaps:?}"
     );
-    daemon.signal(libc::SIGTERM);
-    assert_eq!(daemon.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    assert_eq!(daemon.stop(Duration::from_secs(10)).code(), Some(0));
 }
 
 /// WATCHDOG_PID naming another process: the watchdog is not ours, no pings.
 #[test]
 fn watchdog_for_another_pid_is_not_pinged() {
     let env = TestEnv::new();
-    let chat = env.sqlite("app/chat.db", "CREATE TABLE t(x);");
-    env.write_config(&format!(
-        "{}{}",
-        env.daemon_section("timezone = \"UTC\""),
-        TestEnv::database_section(
-            "chat",
-            &chat,
-            &backup_stanza("0 2 * * *", &env.path("backups/chat"))
-        )
-    ));
+    chat_backed_up(&env, "CREATE TABLE t(x);", "0 2 * * *");
     let mut notify = Notify::bind(&env);
     let mut daemon = env.daemon_notifying(
         &notify,
         &[("WATCHDOG_USEC", "200000"), ("WATCHDOG_PID", "1")],
     );
-    let ready = notify.wait_for(0, Duration::from_secs(20), "READY=1", |m| m.has("READY=1"));
+    let ready = notify.ready();
     // Five intervals of silence: with the watchdog on there would be about ten pings.
     let until = notify.seen[ready].at + Duration::from_millis(500);
     while Instant::now() < until {
         std::thread::sleep(Duration::from_millis(50));
     }
-    daemon.signal(libc::SIGTERM);
-    assert_eq!(daemon.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    assert_eq!(daemon.stop(Duration::from_secs(10)).code(), Some(0));
     let msgs = notify.finish();
     assert!(
         !msgs.iter().any(|m| m.has("WATCHDOG=1")),
@@ -474,14 +443,12 @@ fn every_second_schedule_runs_and_records() {
         "CREATE TABLE t(x); INSERT INTO t VALUES (1), (2), (3);",
     );
     let dir = env.path("backups/chat");
-    env.write_config(&format!(
-        "{}{}",
-        env.daemon_section("timezone = \"UTC\""),
-        TestEnv::database_section("chat", &chat, &backup_stanza("* * * * * *", &dir))
-    ));
+    env.config("timezone = \"UTC\"")
+        .database("chat", &chat, &backup_stanza("* * * * * *", &dir))
+        .write();
     let mut notify = Notify::bind(&env);
     let mut daemon = env.daemon_notifying(&notify, &[("LITEKEEPER_LOG", "info,litekeeper=debug")]);
-    notify.wait_for(0, Duration::from_secs(20), "READY=1", |m| m.has("READY=1"));
+    notify.ready();
     // STATUS= changes at most once a second, showing the state at that moment: a backup of a
     // few milliseconds a second is mostly seen as idle (see status_is_sent_on_change_…).
     wait_until(
@@ -567,23 +534,21 @@ fn max_concurrent_jobs_one_never_overlaps_across_databases() {
         "app/logs.db",
         "CREATE TABLE l(x); INSERT INTO l VALUES (1);",
     );
-    env.write_config(&format!(
-        "{}{}{}",
-        env.daemon_section("timezone = \"UTC\"\nmax_concurrent_jobs = 1"),
-        TestEnv::database_section(
+    env.config("timezone = \"UTC\"\nmax_concurrent_jobs = 1")
+        .database(
             "chat",
             &chat,
-            &backup_stanza("* * * * * *", &env.path("backups/chat"))
-        ),
-        TestEnv::database_section(
+            &backup_stanza("* * * * * *", &env.path("backups/chat")),
+        )
+        .database(
             "logs",
             &logs,
-            &backup_stanza("* * * * * *", &env.path("backups/logs"))
+            &backup_stanza("* * * * * *", &env.path("backups/logs")),
         )
-    ));
+        .write();
     let mut notify = Notify::bind(&env);
     let mut daemon = env.daemon_notifying(&notify, &[("LITEKEEPER_LOG", "info,litekeeper=debug")]);
-    let ready = notify.wait_for(0, Duration::from_secs(20), "READY=1", |m| m.has("READY=1"));
+    let ready = notify.ready();
     wait_until(
         &env,
         &daemon,
@@ -680,11 +645,9 @@ fn sigterm_during_running_job() {
          INSERT INTO t SELECT randomblob(4000) FROM c;",
     );
     let dir = env.path("backups/big");
-    env.write_config(&format!(
-        "{}{}",
-        env.daemon_section("timezone = \"UTC\""),
-        TestEnv::database_section("big", &big, &backup_stanza("* * * * * *", &dir))
-    ));
+    env.config("timezone = \"UTC\"")
+        .database("big", &big, &backup_stanza("* * * * * *", &dir))
+        .write();
     let mut notify = Notify::bind(&env);
     let mut daemon = env.daemon_notifying(&notify, &[]);
     let running = notify.wait_for(
@@ -864,8 +827,7 @@ fn reloads_do_not_grow_memory() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    daemon.signal(libc::SIGTERM);
-    assert_eq!(daemon.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    assert_eq!(daemon.stop(Duration::from_secs(10)).code(), Some(0));
 }
 
 /// A second daemon on the same state_dir refuses to start, exit 75, naming the first's pid
@@ -891,7 +853,7 @@ fn second_daemon_on_one_state_dir_refuses() {
     env.write_config(&text);
     let mut notify = Notify::bind(&env);
     let mut first = env.daemon_notifying(&notify, &[]);
-    notify.wait_for(0, Duration::from_secs(20), "READY=1", |m| m.has("READY=1"));
+    notify.ready();
 
     // Same configuration, from another directory (its own notify socket and stderr).
     let other = TestEnv::new();
@@ -931,15 +893,13 @@ fn second_daemon_on_one_state_dir_refuses() {
         "the second daemon ran nothing"
     );
 
-    first.signal(libc::SIGTERM);
-    assert_eq!(first.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    assert_eq!(first.stop(Duration::from_secs(10)).code(), Some(0));
     drop(notify2);
     std::fs::remove_file(other.path("notify.sock")).unwrap();
     let mut notify3 = Notify::bind(&other);
     let mut third = other.daemon_notifying(&notify3, &[]);
-    notify3.wait_for(0, Duration::from_secs(20), "READY=1", |m| m.has("READY=1"));
-    third.signal(libc::SIGTERM);
-    assert_eq!(third.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    notify3.ready();
+    assert_eq!(third.stop(Duration::from_secs(10)).code(), Some(0));
 }
 
 /// A reload that moves state_dir onto another daemon's is refused like a second start: the
@@ -966,8 +926,8 @@ fn reload_onto_another_daemons_state_dir_is_refused() {
     let mut nb = Notify::bind(&b);
     let mut da = a.daemon_notifying(&na, &[]);
     let mut db = b.daemon_notifying(&nb, &[]);
-    na.wait_for(0, Duration::from_secs(20), "READY=1", |m| m.has("READY=1"));
-    let ready = nb.wait_for(0, Duration::from_secs(20), "READY=1", |m| m.has("READY=1"));
+    na.ready();
+    let ready = nb.ready();
 
     b.write_config(&config(&a));
     db.signal(libc::SIGHUP);
@@ -996,8 +956,7 @@ fn reload_onto_another_daemons_state_dir_is_refused() {
         dc.log()
     );
     for d in [&mut da, &mut db] {
-        d.signal(libc::SIGTERM);
-        assert_eq!(d.wait_exit(Duration::from_secs(10)).code(), Some(0));
+        assert_eq!(d.stop(Duration::from_secs(10)).code(), Some(0));
     }
 }
 
@@ -1021,12 +980,11 @@ fn status_is_sent_on_change_at_most_once_a_second_and_never_names_the_past() {
     env.write_config(&text);
     let mut notify = Notify::bind(&env);
     let mut daemon = env.daemon_notifying(&notify, &[]);
-    let ready = notify.wait_for(0, Duration::from_secs(20), "READY=1", |m| m.has("READY=1"));
+    let ready = notify.ready();
     let watch = Duration::from_secs(5);
     std::thread::sleep(watch);
     let (wall_now, mono_now) = (Utc::now(), Instant::now());
-    daemon.signal(libc::SIGTERM);
-    assert_eq!(daemon.wait_exit(Duration::from_secs(20)).code(), Some(0));
+    assert_eq!(daemon.stop(Duration::from_secs(20)).code(), Some(0));
     let msgs = notify.finish().to_vec();
     let window: Vec<&Msg> = msgs[ready + 1..]
         .iter()
@@ -1083,30 +1041,28 @@ fn starved_jobs_show_as_queued_in_status() {
     let env = TestEnv::new();
     let hold = env.sqlite("app/hold.db", "CREATE TABLE t(x);");
     let starved = env.sqlite("app/starved.db", "CREATE TABLE t(x);");
-    env.write_config(&format!(
-        "{}{}{}",
-        env.daemon_section("timezone = \"UTC\"\nmax_concurrent_jobs = 1"),
-        TestEnv::database_section(
+    env.config("timezone = \"UTC\"\nmax_concurrent_jobs = 1")
+        .database(
             "hold",
             &hold,
             &format!(
                 "on_busy = \"wait\"\n{}",
                 backup_stanza("* * * * * *", &env.path("backups/hold"))
-            )
-        ),
-        TestEnv::database_section(
+            ),
+        )
+        .database(
             "starved",
             &starved,
-            &backup_stanza("* * * * * *", &env.path("backups/starved"))
+            &backup_stanza("* * * * * *", &env.path("backups/starved")),
         )
-    ));
+        .write();
     // The test holds hold's lock, so its backup waits for it, holding the only slot.
     std::fs::create_dir_all(env.path("locks")).unwrap();
     let lock = std::fs::File::create(env.path("locks/hold.lock")).unwrap();
     lock.lock().unwrap();
     let mut notify = Notify::bind(&env);
     let mut daemon = env.daemon_notifying(&notify, &[]);
-    notify.wait_for(0, Duration::from_secs(20), "READY=1", |m| m.has("READY=1"));
+    notify.ready();
     let mut queued = serde_json::Value::Null;
     wait_until(
         &env,
@@ -1150,8 +1106,7 @@ fn starved_jobs_show_as_queued_in_status() {
                 && status_job(&env, "starved", "backup")["queued_since"].is_null()
         },
     );
-    daemon.signal(libc::SIGTERM);
-    assert_eq!(daemon.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    assert_eq!(daemon.stop(Duration::from_secs(10)).code(), Some(0));
 }
 
 /// The same for a fleet: members its feeder cannot start for want of a slot are queued since
@@ -1182,7 +1137,7 @@ fn starved_fleet_members_show_as_queued_in_status() {
     lock.lock().unwrap();
     let mut notify = Notify::bind(&env);
     let mut daemon = env.daemon_notifying(&notify, &[]);
-    notify.wait_for(0, Duration::from_secs(20), "READY=1", |m| m.has("READY=1"));
+    notify.ready();
     let members = ["t-acme", "t-globex", "t-initech"];
     wait_until(
         &env,
@@ -1208,8 +1163,7 @@ fn starved_fleet_members_show_as_queued_in_status() {
             })
         },
     );
-    daemon.signal(libc::SIGTERM);
-    assert_eq!(daemon.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    assert_eq!(daemon.stop(Duration::from_secs(10)).code(), Some(0));
 }
 
 /// Fleet members come and go (tenants signing up and leaving): the daemon keeps per-database
@@ -1237,7 +1191,7 @@ fn fleet_churn_leaves_no_per_database_state_behind() {
         &notify,
         &[("LITEKEEPER_LOG", "info,litekeeper::scheduler=debug")],
     );
-    let mut from = notify.wait_for(0, Duration::from_secs(20), "READY=1", |m| m.has("READY=1")) + 1;
+    let mut from = notify.ready() + 1;
     for round in 0..5 {
         let names: Vec<String> = (0..20).map(|i| format!("r{round}m{i}")).collect();
         if let Ok(rd) = std::fs::read_dir(env.path("tenants")) {
@@ -1278,6 +1232,5 @@ fn fleet_churn_leaves_no_per_database_state_behind() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("{last}"));
     assert!(queues <= 21, "{last}");
-    daemon.signal(libc::SIGTERM);
-    assert_eq!(daemon.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    assert_eq!(daemon.stop(Duration::from_secs(10)).code(), Some(0));
 }

@@ -138,17 +138,9 @@ fn a_symlinked_directory_is_not_part_of_the_fleet() {
         env.path("tenants").display(),
         env.path("bk").display(),
     ));
-    let o = env.cmd().args(["status", "--json"]).output().unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let names: Vec<&str> = v["jobs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|j| j["database"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["t-alice"], "{}", both(&o));
-    let o = env.cmd().args(["run", "t", "backup"]).output().unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let names = env.status_databases();
+    assert_eq!(names, ["t-alice"]);
+    let o = env.run_ok(&["run", "t", "backup"]);
     assert!(!env.path("bk/t-bob").exists());
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("mallory"),
@@ -320,8 +312,7 @@ fn two_files_with_one_member_name_are_both_refused_and_reported() {
             .unwrap();
         assert_ne!(o.status.code(), Some(0), "{}", both(&o));
     }
-    let o = env.cmd().args(["run", "t", "backup"]).output().unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    env.run_ok(&["run", "t", "backup"]);
     assert_eq!(
         tree(&env.path("bk"))
             .iter()
@@ -817,11 +808,6 @@ fn an_operators_symlink_above_the_fixed_part_is_followed() {
         env.path("bk").display(),
         s = env.path("srv").display(),
     ));
-    let o = env
-        .cmd()
-        .args(["run", "t-alice", "backup"])
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    env.run_ok(&["run", "t-alice", "backup"]);
     assert_eq!(journal_mode(&env.path("real/tenants/alice.db")), "wal");
 }

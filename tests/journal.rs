@@ -11,7 +11,7 @@ use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
 
-use crate::util::{bin, both, dump, field, has_marker, Journald, TestEnv};
+use crate::util::{backup_into, bin, both, dump, field, has_marker, Journald, TestEnv};
 
 /// MESSAGE_IDs as documented in packaging/litekeeper.catalog (stable across versions, so
 /// written out here rather than taken from `litekeeper::logging`).
@@ -80,18 +80,9 @@ fn setup(env: &TestEnv) -> PathBuf {
         "app/chat.db",
         "CREATE TABLE t(x); INSERT INTO t VALUES (1), (2), (3);",
     );
-    env.write_config(&format!(
-        "{}{}",
-        env.daemon_section(""),
-        TestEnv::database_section(
-            "chat",
-            &db,
-            &format!(
-                "[database.backup]\ndir = \"{}\"",
-                env.path("backups").display()
-            )
-        )
-    ));
+    env.config("")
+        .database("chat", &db, &backup_into(&env.path("backups")))
+        .write();
     db
 }
 

@@ -514,16 +514,14 @@ fn prune_db(env: &TestEnv) -> PathBuf {
              INSERT INTO ev SELECT x, x % 2, hex(randomblob(20)) FROM i;"
         ),
     );
-    env.write_config(&format!(
-        "{}{}",
-        env.daemon_section(""),
-        TestEnv::database_section(
+    env.config("")
+        .database(
             "chat",
             &db,
             "[database.prune]\nmax_lock = \"2ms\"\npause = \"2ms\"\nmax_fraction = 0.9\n\
-             [[database.prune.rule]]\ntable = \"ev\"\nwhere = \"ts = 0\""
+             [[database.prune.rule]]\ntable = \"ev\"\nwhere = \"ts = 0\"",
         )
-    ));
+        .write();
     db
 }
 
@@ -646,15 +644,13 @@ fn vacuum() {
     {
         let env = TestEnv::new();
         let db = vacuum_db(&env, rows, incremental);
-        env.write_config(&format!(
-            "{}{}",
-            env.daemon_section(""),
-            TestEnv::database_section(
+        env.config("")
+            .database(
                 "chat",
                 &db,
-                &format!("[database.vacuum]\nmode = \"{mode}\"\nmin_free = \"10%\"")
+                &format!("[database.vacuum]\nmode = \"{mode}\"\nmin_free = \"10%\""),
             )
-        ));
+            .write();
         let pristine = env.path("pristine.db");
         std::fs::copy(&db, &pristine).unwrap();
         let want = vacuum_rows(&db);
@@ -1039,18 +1035,16 @@ fn retention() {
          CREATE TABLE app_log(id INTEGER PRIMARY KEY, v TEXT);",
     );
     let dir = env.path("backups");
-    env.write_config(&format!(
-        "{}{}",
-        env.daemon_section("timezone = \"UTC\""),
-        TestEnv::database_section(
+    env.config("timezone = \"UTC\"")
+        .database(
             "chat",
             &db,
             &format!(
                 "[database.backup]\ndir = \"{}\"\nkeep = {{ last = 3 }}",
                 dir.display()
-            )
+            ),
         )
-    ));
+        .write();
     // Three real backups first, so `last = 3` keeps none of the old ones.
     for _ in 0..3 {
         run_ok(&env, &["run", "chat", "backup"]);

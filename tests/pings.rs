@@ -137,23 +137,14 @@ fn setup(env: &TestEnv, backup_extra: &str, vacuum_extra: &str) {
         "app/chat.db",
         "PRAGMA journal_mode=WAL; CREATE TABLE t(x); INSERT INTO t VALUES (1), (2), (3);",
     );
-    env.write_config(&format!(
-        "{}{}",
-        env.daemon_section(""),
-        TestEnv::database_section(
-            "chat",
-            &db,
-            &format!(
+    env.config("").database("chat", &db, &format!(
                 "[database.backup]\ndir = \"{}\"\n{backup_extra}\n[database.vacuum]\n{vacuum_extra}",
                 env.path("backups").display()
-            )
-        )
-    ));
+            )).write();
 }
 
 fn last_run(env: &TestEnv, job: &str) -> Value {
-    let o = env.cmd().args(["status", "--json"]).output().unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let o = env.run_ok(&["status", "--json"]);
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     v["jobs"]
         .as_array()
@@ -200,8 +191,7 @@ fn start_then_success_with_the_summary_then_fail_with_the_error() {
     }
 
     // Nothing worth vacuuming is a success too (trailing slash in the URL is fine).
-    let o = env.cmd().args(["run", "chat", "vacuum"]).output().unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    env.run_ok(&["run", "chat", "vacuum"]);
     assert_eq!(last_run(&env, "vacuum")["outcome"], "skipped");
     assert_eq!(
         &server.lines()[2..],
@@ -233,12 +223,7 @@ fn dry_runs_and_runs_skipped_for_a_busy_database_send_nothing() {
     let env = TestEnv::new();
     let server = Server::start(false);
     setup(&env, &format!("ping = \"{}\"", server.url("/uuid")), "");
-    let o = env
-        .cmd()
-        .args(["run", "chat", "backup", "--dry-run"])
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    env.run_ok(&["run", "chat", "backup", "--dry-run"]);
     let held = lock::try_acquire(&env.path("locks"), "chat", "vacuum").unwrap();
     let o = env.cmd().args(["run", "chat", "backup"]).output().unwrap();
     assert_eq!(o.status.code(), Some(75), "{}", both(&o));

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use rusqlite::Connection;
 
 use crate::util::{
-    both, chown_tree, give_to_nobody, is_root, open_to_nobody, start_holder, unprivileged,
+    both, chown_tree, give_to_nobody, open_to_nobody, root_or_skip, start_holder, unprivileged,
     wait_until, KillOnDrop, TestEnv, NOBODY,
 };
 
@@ -27,20 +27,17 @@ fn journal_setup(env: &TestEnv) -> (PathBuf, PathBuf) {
          INSERT INTO bulk(x) SELECT randomblob(2000) FROM n;",
     );
     let dir = env.path("backups");
-    env.write_config(&format!(
-        "{}{}",
-        env.daemon_section(""),
-        TestEnv::database_section(
+    env.config("")
+        .database(
             "chat",
             &db,
             &format!(
                 "journal_mode = \"keep\"\n[database.backup]\ndir = \"{}\"\nkeep = {{ last = 10 }}",
                 dir.display()
-            )
+            ),
         )
-    ));
-    let out = env.cmd().args(["run", "chat", "backup"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+        .write();
+    env.run_ok(&["run", "chat", "backup"]);
     (db, dir)
 }
 
@@ -153,12 +150,7 @@ fn in_place_restore_over_a_hot_journal_keeps_both_databases_whole() {
     make_hot_journal(&db);
     // --force: as another user than root the open check cannot be done (and is not the
     // subject here); the journal is handled the same.
-    let out = env
-        .cmd()
-        .args(["restore", "chat", "--in-place", "--force"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    env.run_ok(&["restore", "chat", "--in-place", "--force"]);
     assert!(!side(&db, "-journal").exists(), "the old journal is gone");
     assert_eq!(quick_check(&db), "ok");
     assert_eq!(marker(&db), "backup");
@@ -265,25 +257,18 @@ fn in_place_restore_through_a_symlinked_path_restores_the_file_it_points_to() {
     let link = env.path("current/chat.db");
     std::fs::create_dir_all(link.parent().unwrap()).unwrap();
     std::os::unix::fs::symlink(&real, &link).unwrap();
-    env.write_config(&format!(
-        "{}{}",
-        env.daemon_section(""),
-        TestEnv::database_section(
+    env.config("")
+        .database(
             "chat",
             &link,
             &format!(
                 "journal_mode = \"keep\"\n[database.backup]\ndir = \"{}\"",
                 dir.display()
-            )
+            ),
         )
-    ));
+        .write();
     set_marker(&real, "live");
-    let out = env
-        .cmd()
-        .args(["restore", "chat", "--in-place", "--force"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    let out = env.run_ok(&["restore", "chat", "--in-place", "--force"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains("symlink") && stdout.contains(&real.display().to_string()),
@@ -307,18 +292,16 @@ fn open_check_sees_the_file_through_symlinked_directories_and_hard_links() {
     // Configured through a symlinked directory; the app opens the real path, then a hard link.
     let via = env.path("via");
     std::os::unix::fs::symlink(env.path("app"), &via).unwrap();
-    env.write_config(&format!(
-        "{}{}",
-        env.daemon_section(""),
-        TestEnv::database_section(
+    env.config("")
+        .database(
             "chat",
             &via.join("chat.db"),
             &format!(
                 "journal_mode = \"keep\"\n[database.backup]\ndir = \"{}\"",
                 dir.display()
-            )
+            ),
         )
-    ));
+        .write();
     let hard = env.path("app/hard.db");
     std::fs::hard_link(&db, &hard).unwrap();
     for opened in [&db, &hard] {
@@ -337,8 +320,7 @@ fn open_check_sees_the_file_through_symlinked_directories_and_hard_links() {
 
 #[test]
 fn open_check_says_when_it_cannot_see_other_users_processes() {
-    if !is_root() {
-        eprintln!("skipped: needs root (a process of another user)");
+    if !root_or_skip("needs root (a process of another user)") {
         return;
     }
     let env = TestEnv::new();
@@ -374,8 +356,7 @@ fn open_check_says_when_it_cannot_see_other_users_processes() {
 
 #[test]
 fn root_in_place_restore_works_as_the_state_owner_and_keeps_the_database_owner() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
+    if !root_or_skip("needs root") {
         return;
     }
     let env = TestEnv::new();
@@ -387,12 +368,7 @@ fn root_in_place_restore_works_as_the_state_owner_and_keeps_the_database_owner()
     std::fs::create_dir_all(env.path("locks")).unwrap();
     give_to_nobody(&env.path("locks"));
     set_marker(&db, "live");
-    let out = env
-        .cmd()
-        .args(["restore", "chat", "--in-place"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    env.run_ok(&["restore", "chat", "--in-place"]);
     assert_eq!(marker(&db), "backup");
     // Nothing of litekeeper's own is left to root; the database keeps its owner.
     for e in std::fs::read_dir(env.path("locks")).unwrap().flatten() {
@@ -425,8 +401,7 @@ fn a_killed_restores_temp_file_is_removed_by_the_next_job() {
     std::fs::write(app.join(".chat.db.litekeeper-tmp-journal"), b"x").unwrap();
     // Not ours: kept.
     std::fs::write(app.join(".other.db.litekeeper-tmp"), b"x").unwrap();
-    let out = env.cmd().args(["run", "chat", "backup"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    env.run_ok(&["run", "chat", "backup"]);
     assert!(!tmp.exists(), "the next job left the temp file");
     assert!(!app.join(".chat.db.litekeeper-tmp-journal").exists());
     assert!(app.join(".other.db.litekeeper-tmp").exists());
@@ -438,18 +413,10 @@ fn a_killed_restores_temp_file_is_removed_by_the_next_job() {
 fn daemon_pool_is_not_the_app_and_follows_an_in_place_restore() {
     let env = TestEnv::new();
     let (db, dir) = journal_setup(&env);
-    env.write_config(&format!(
-        "{}{}",
-        env.daemon_section(""),
-        TestEnv::database_section(
-            "chat",
-            &db,
-            &format!(
+    env.config("").database("chat", &db, &format!(
                 "journal_mode = \"keep\"\n[database.backup]\nschedule = \"* * * * * *\"\ndir = \"{}\"\nkeep = {{ last = 100 }}",
                 dir.display()
-            )
-        )
-    ));
+            )).write();
     // The backup to restore: the first one (the daemon's are newer).
     let first = litekeeper::archive::list(&dir).unwrap()[0]
         .path
@@ -547,8 +514,7 @@ fn daemon_pool_follows_an_in_place_restore_of_an_attached_database() {
         files.display(),
         dir.display()
     ));
-    let out = env.cmd().args(["run", "chat", "backup"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    env.run_ok(&["run", "chat", "backup"]);
     let first = litekeeper::archive::list(&dir)
         .unwrap()
         .into_iter()
@@ -604,12 +570,7 @@ fn in_place_restore_refuses_a_live_file_it_cannot_make_whole() {
     assert!(kept(&db).is_empty());
     assert_eq!(&std::fs::read(&db).unwrap()[..16], b"not a database!\0");
     // --force: the restore goes ahead (the damaged file is kept aside).
-    let out = env
-        .cmd()
-        .args(["restore", "chat", "--in-place", "--force"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    env.run_ok(&["restore", "chat", "--in-place", "--force"]);
     assert_eq!(marker(&db), "backup");
     assert_eq!(kept(&db).len(), 1);
 }

@@ -11,18 +11,16 @@ use crate::util::{both, is_root, open_to_nobody, unprivileged, TestEnv};
 const GARBAGE: &[u8] = b"this is not an SQLite database, it is a text file written over state.db\n";
 
 fn config(env: &TestEnv, db: &Path, schedule: &str) {
-    env.write_config(&format!(
-        "{}{}",
-        env.daemon_section(""),
-        TestEnv::database_section(
+    env.config("")
+        .database(
             "chat",
             db,
             &format!(
                 "[database.backup]\nschedule = \"{schedule}\"\ndir = \"{}\"\n",
                 env.path("backups").display()
-            )
+            ),
         )
-    ));
+        .write();
 }
 
 /// The files set aside in the state directory.
@@ -78,8 +76,7 @@ fn a_garbage_state_db_is_set_aside_and_the_timers_job_runs() {
     );
     assert_eq!(runs(&env), [("backup".to_string(), "ok".to_string())]);
     // The next run finds the new state DB in order: nothing more is moved.
-    let o = env.cmd().args(["run", "chat", "backup"]).output().unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    env.run_ok(&["run", "chat", "backup"]);
     assert_eq!(set_aside(&env).len(), 1);
     assert_eq!(runs(&env).len(), 2);
 }

@@ -104,6 +104,39 @@ impl TestEnv {
         c
     }
 
+    /// `litekeeper -c CONFIG ARGS`, which must exit 0 (else fails with its output).
+    pub fn run_ok(&self, args: &[&str]) -> std::process::Output {
+        let o = self.cmd().args(args).output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+        o
+    }
+
+    /// `litekeeper systemd-units --out OUT` with the variables `vars`, run to its end.
+    pub fn systemd_units(&self, out: &Path, vars: &[(&str, &str)]) -> std::process::Output {
+        let mut c = self.cmd();
+        c.args(["systemd-units", "--out"]).arg(out);
+        for (k, v) in vars {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    }
+
+    /// `status --json`, parsed.
+    pub fn status_json(&self) -> serde_json::Value {
+        let o = self.cmd().args(["status", "--json"]).output().unwrap();
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", both(&o)))
+    }
+
+    /// The databases `status --json` lists, in its order.
+    pub fn status_databases(&self) -> Vec<String> {
+        self.status_json()["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["database"].as_str().unwrap().to_string())
+            .collect()
+    }
+
     /// A configuration to write: [`TestEnv::daemon_section`] with `daemon_extra`, then what
     /// the builder adds.
     pub fn config(&self, daemon_extra: &str) -> ConfigText<'_> {
@@ -193,6 +226,45 @@ pub fn table_names(c: &Connection) -> Vec<String> {
     c.prepare("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")
         .unwrap()
         .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// True when the tests run as root; otherwise says the test is skipped and why (`why`: what
+/// it needs root for).
+pub fn root_or_skip(why: &str) -> bool {
+    if !is_root() {
+        eprintln!("skipped: {why}");
+    }
+    is_root()
+}
+
+/// `sh -c script` in a private mount namespace (`unshare --mount`), run to its end: for a small
+/// tmpfs mounted only there.
+pub fn in_mount_namespace(script: &str, vars: &[(&str, &str)]) -> std::process::Output {
+    let mut c = StdCommand::new("unshare");
+    c.args(["--mount", "--propagation", "private", "sh", "-c", script])
+        .env("NO_COLOR", "1");
+    for (k, v) in vars {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+/// One number from a query on the database at `db`.
+pub fn query_i64(db: &Path, sql: &str) -> i64 {
+    Connection::open(db)
+        .unwrap()
+        .query_row(sql, [], |r| r.get(0))
+        .unwrap()
+}
+
+/// The first column of every row of a query on the database at `db`, as numbers.
+pub fn query_ids(db: &Path, sql: &str) -> Vec<i64> {
+    let c = Connection::open(db).unwrap();
+    let mut st = c.prepare(sql).unwrap();
+    st.query_map([], |r| r.get(0))
         .unwrap()
         .map(Result::unwrap)
         .collect()

@@ -138,6 +138,11 @@ impl Notify {
         }
     }
 
+    /// Index of the first READY=1, waiting up to 20 s.
+    pub fn ready(&mut self) -> usize {
+        self.wait_for(0, Duration::from_secs(20), "READY=1", |m| m.has("READY=1"))
+    }
+
     /// Stop the reader once the socket is drained and return every message received.
     pub fn finish(&mut self) -> &[Msg] {
         self.stop.store(true, Ordering::SeqCst);

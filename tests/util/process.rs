@@ -109,6 +109,13 @@ impl Bg {
         self.child.wait().unwrap()
     }
 
+    /// SIGTERM, and its exit status once it has stopped, waiting up to `limit` (see
+    /// [`Bg::wait_exit`]).
+    pub fn stop(&mut self, limit: Duration) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        self.wait_exit(limit)
+    }
+
     /// Polls `cond` every 20 ms until it holds, for up to `limit`; then fails naming `what`,
     /// with its log.
     pub fn wait_until(&self, what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
