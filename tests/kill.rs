@@ -1238,15 +1238,7 @@ fn restore_over_sidecars_as(user: Option<u32>) {
     };
     let env = TestEnv::new();
     let mut rng = Rng::new(&format!("restore_over_sidecars {who}"));
-    let db = env.sqlite(
-        "app/chat.db",
-        "PRAGMA journal_mode=DELETE;
-         CREATE TABLE marker(v TEXT);
-         INSERT INTO marker VALUES ('backup');
-         CREATE TABLE bulk(id INTEGER PRIMARY KEY, x BLOB);
-         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 1500)
-         INSERT INTO bulk(x) SELECT randomblob(4000) FROM n;",
-    );
+    let db = crate::restore::marker_db(&env, 1500, 4000);
     let dir = env.path("backups");
     env.write_config(&format!(
         "{}[[database]]\nname = \"chat\"\npath = \"{}\"\njournal_mode = \"keep\"\n\

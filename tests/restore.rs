@@ -14,18 +14,25 @@ use crate::util::{
     wait_until, KillOnDrop, TestEnv, NOBODY,
 };
 
+/// `app/chat.db` in rollback-journal mode, marker 'backup', and `rows` blobs of `size` bytes.
+pub(crate) fn marker_db(env: &TestEnv, rows: u32, size: u32) -> PathBuf {
+    env.sqlite(
+        "app/chat.db",
+        &format!(
+            "PRAGMA journal_mode=DELETE;
+             CREATE TABLE marker(v TEXT);
+             INSERT INTO marker VALUES ('backup');
+             CREATE TABLE bulk(id INTEGER PRIMARY KEY, x BLOB);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < {rows})
+             INSERT INTO bulk(x) SELECT randomblob({size}) FROM n;"
+        ),
+    )
+}
+
 /// `app/chat.db` in rollback-journal mode (`journal_mode = "keep"`), marker 'backup', with one
 /// backup taken; returns (db, backup dir).
 fn journal_setup(env: &TestEnv) -> (PathBuf, PathBuf) {
-    let db = env.sqlite(
-        "app/chat.db",
-        "PRAGMA journal_mode=DELETE;
-         CREATE TABLE marker(v TEXT);
-         INSERT INTO marker VALUES ('backup');
-         CREATE TABLE bulk(id INTEGER PRIMARY KEY, x BLOB);
-         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 300)
-         INSERT INTO bulk(x) SELECT randomblob(2000) FROM n;",
-    );
+    let db = marker_db(env, 300, 2000);
     let dir = env.path("backups");
     env.config("")
         .database(

@@ -146,7 +146,7 @@ impl Bg {
     }
 }
 
-/// Polls `f` every 20 ms until it gives a value, for up to `limit`; then fails naming `what`.
+/// Polls `f` every 100 ms until it gives a value, for up to `limit`; then fails naming `what`.
 pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + limit;
     loop {
@@ -155,13 +155,13 @@ pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>
         }
         assert!(
             Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
+            "timed out after {limit:?}: {what}"
         );
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
-/// Polls `cond` every 20 ms until it holds, for up to `limit`; then fails naming `what`.
+/// Polls `cond` every 100 ms until it holds, for up to `limit`; then fails naming `what`.
 pub fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     wait_for(what, limit, || cond().then_some(()))
 }
