@@ -22,6 +22,7 @@ use std::time::{Duration, Instant, SystemTime};
 use litekeeper::archive::{self, BackupName, Manifest, Verified};
 use rusqlite::{Connection, OpenFlags};
 
+use crate::restore::{marker_db, set_marker};
 use crate::util::TestEnv;
 
 /// Kills per job (per variant where a job has two).
@@ -816,13 +817,6 @@ fn text(db: &Path, sql: &str) -> String {
         .unwrap_or_else(|e| panic!("{}: {sql}: {e}", db.display()))
 }
 
-fn set_marker(db: &Path, v: &str) {
-    Connection::open(db)
-        .unwrap()
-        .execute("UPDATE marker SET v = ?1", [v])
-        .unwrap();
-}
-
 /// Markers of the `<db>.pre-restore-*` copies next to `db`.
 fn kept_markers(db: &Path) -> BTreeSet<String> {
     let dir = db.parent().unwrap();
@@ -1238,7 +1232,7 @@ fn restore_over_sidecars_as(user: Option<u32>) {
     };
     let env = TestEnv::new();
     let mut rng = Rng::new(&format!("restore_over_sidecars {who}"));
-    let db = crate::restore::marker_db(&env, 1500, 4000);
+    let db = marker_db(&env, 1500, 4000);
     let dir = env.path("backups");
     env.write_config(&format!(
         "{}[[database]]\nname = \"chat\"\npath = \"{}\"\njournal_mode = \"keep\"\n\

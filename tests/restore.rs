@@ -55,7 +55,7 @@ fn marker(db: &Path) -> String {
         .unwrap_or_else(|e| panic!("{}: {e}", db.display()))
 }
 
-fn set_marker(db: &Path, v: &str) {
+pub(crate) fn set_marker(db: &Path, v: &str) {
     Connection::open(db)
         .unwrap()
         .execute("UPDATE marker SET v = ?1", [v])
