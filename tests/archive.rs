@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::Connection;
 use serde_json::Value;
 
-use crate::util::{both, TestEnv};
+use crate::util::{both, names, TestEnv};
 
 fn db_with(env: &TestEnv, rel: &str, value: &str) -> PathBuf {
     env.sqlite(
@@ -35,11 +35,9 @@ fn backup_stanza(name: &str, path: &Path, dir: &Path, extra: &str) -> String {
 }
 
 fn configure(env: &TestEnv, stanzas: &[String]) {
-    env.write_config(&format!(
-        "{}{}",
-        env.daemon_section("timezone = \"UTC\""),
-        stanzas.concat()
-    ));
+    env.config("timezone = \"UTC\"")
+        .text(&stanzas.concat())
+        .write();
 }
 
 fn run_ok(env: &TestEnv, args: &[&str]) -> String {
@@ -58,15 +56,6 @@ fn list_json(env: &TestEnv, args: &[&str]) -> (Option<i32>, Value) {
     let v = serde_json::from_slice(&o.stdout)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", both(&o)));
     (o.status.code(), v)
-}
-
-fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
 }
 
 fn manifest_files(dir: &Path) -> Vec<String> {
@@ -525,23 +514,26 @@ fn a_member_with_a_long_name_breaks_only_its_own_entry() {
     // directory whose name is too long to read breaks only its own listing entry.
     let too_long_dir = env.path(&format!("bk/{}", "c".repeat(256)));
     db_with(&env, "other/u.db", "u");
-    env.write_config(&format!(
-        "{}{}{}{}",
-        env.daemon_section("timezone = \"UTC\""),
-        backup_stanza(
+    env.config("timezone = \"UTC\"")
+        .text(&backup_stanza(
             "good",
             &env.path("tenants/good.db"),
             &env.path("bk/good"),
-            ""
-        ),
-        backup_stanza(
+            "",
+        ))
+        .text(&backup_stanza(
             "long",
             &env.path(&format!("tenants/{long}.db")),
             &env.path("bk/long"),
-            ""
-        ),
-        backup_stanza("unlistable", &env.path("other/u.db"), &too_long_dir, ""),
-    ));
+            "",
+        ))
+        .text(&backup_stanza(
+            "unlistable",
+            &env.path("other/u.db"),
+            &too_long_dir,
+            "",
+        ))
+        .write();
     let o = env.cmd().args(["run", "long", "backup"]).output().unwrap();
     let text = both(&o);
     assert_ne!(o.status.code(), Some(0), "{text}");

@@ -2,7 +2,6 @@
 //! mid-copy, restored to a new path and in place, refused when damaged, out of space.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,7 +9,9 @@ use std::time::{Duration, Instant};
 use litekeeper::archive::{BackupName, Manifest};
 use rusqlite::Connection;
 
-use crate::util::{both, is_root, TestEnv};
+use crate::util::{
+    both, in_mount_namespace, query_i64, root_or_skip, start_holder, table_names, TestEnv,
+};
 
 /// A config with one database `chat` (+ attached `files`) backed up into `<tmp>/backups`.
 fn setup(env: &TestEnv, backup_extra: &str) -> (PathBuf, PathBuf) {
@@ -57,13 +58,6 @@ fn ours(dir: &Path) -> Vec<(BackupName, PathBuf)> {
     v
 }
 
-fn count(path: &Path, sql: &str) -> i64 {
-    Connection::open(path)
-        .unwrap()
-        .query_row(sql, [], |r| r.get(0))
-        .unwrap()
-}
-
 #[test]
 fn backup_of_main_and_attached_is_verified_private_and_self_contained() {
     let env = TestEnv::new();
@@ -93,8 +87,8 @@ fn backup_of_main_and_attached_is_verified_private_and_self_contained() {
             .unwrap();
         assert_eq!(mode, "delete", "{}", p.display());
     }
-    assert_eq!(count(&files[0].1, "SELECT count(*) FROM chat"), 5000);
-    assert_eq!(count(&files[1].1, "SELECT count(*) FROM blob"), 300);
+    assert_eq!(query_i64(&files[0].1, "SELECT count(*) FROM chat"), 5000);
+    assert_eq!(query_i64(&files[1].1, "SELECT count(*) FROM blob"), 300);
     let m = Manifest::load(&dir).unwrap();
     assert_eq!(m.backups.len(), 2);
     let e = m
@@ -140,7 +134,7 @@ fn backup_under_a_busy_writer_finishes_and_holds_every_earlier_row() {
         })
     };
     std::thread::sleep(Duration::from_millis(300));
-    let before_max = count(&db, "SELECT max(id) FROM chat");
+    let before_max = query_i64(&db, "SELECT max(id) FROM chat");
     let c0 = commits.load(Ordering::Relaxed);
     let t0 = Instant::now();
     let out = backup_cmd(&env)
@@ -204,13 +198,7 @@ fn killed_backup_leaves_no_final_file_and_next_run_cleans_up() {
              INSERT INTO bulk SELECT randomblob(4000) FROM n;",
         )
         .unwrap();
-    let mut child = env
-        .std_cmd()
-        .args(["run", "chat", "backup"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut run = env.spawn(&["run", "chat", "backup"], &[]);
     let deadline = Instant::now() + Duration::from_secs(20);
     let tmp_seen = loop {
         let tmp = std::fs::read_dir(&dir)
@@ -219,13 +207,12 @@ fn killed_backup_leaves_no_final_file_and_next_run_cleans_up() {
                     .any(|e| e.file_name().to_string_lossy().ends_with(".litekeeper-tmp"))
             })
             .unwrap_or(false);
-        if tmp || Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+        if tmp || Instant::now() > deadline || !run.alive() {
             break tmp;
         }
         std::thread::sleep(Duration::from_millis(5));
     };
-    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
-    let _ = child.wait();
+    run.kill();
     assert!(
         tmp_seen,
         "the copy never started (or finished before it could be killed)"
@@ -236,7 +223,7 @@ fn killed_backup_leaves_no_final_file_and_next_run_cleans_up() {
         ours(&dir)
     );
     // The source is intact.
-    assert_eq!(count(&db, "SELECT count(*) FROM bulk"), 50000);
+    assert_eq!(query_i64(&db, "SELECT count(*) FROM bulk"), 50000);
     let out = backup_cmd(&env)
         .args(["run", "chat", "backup"])
         .output()
@@ -271,19 +258,11 @@ fn in_place_restore_replaces_stale_wal_and_keeps_the_previous_file() {
     // Simulate a crashed app: copy db + wal + shm aside while open, then close.
     drop(keep_open);
     // An open connection from another process is refused without --force.
-    let holder = std::process::Command::new("python3")
+    let mut python = std::process::Command::new("python3");
+    python
         .args(["-c", "import sqlite3,sys,time; c=sqlite3.connect(sys.argv[1]); c.execute('select 1').fetchall(); print('ok', flush=True); time.sleep(30)"])
-        .arg(&db)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut holder = scopeguard(holder);
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(holder.0.stdout.as_mut().unwrap()),
-        &mut line,
-    )
-    .unwrap();
+        .arg(&db);
+    let (mut holder, _ready) = start_holder(python);
     let out = env
         .cmd()
         .args(["restore", "chat", "--in-place"])
@@ -302,14 +281,9 @@ fn in_place_restore_replaces_stale_wal_and_keeps_the_previous_file() {
         .unwrap()
         .execute_batch("PRAGMA wal_autocheckpoint=0; DELETE FROM chat WHERE id > 50;")
         .unwrap();
-    let out = env
-        .cmd()
-        .args(["restore", "chat", "--in-place"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    env.run_ok(&["restore", "chat", "--in-place"]);
     assert_eq!(
-        count(&db, "SELECT count(*) FROM chat"),
+        query_i64(&db, "SELECT count(*) FROM chat"),
         5000,
         "the backup's content, not the stale WAL's"
     );
@@ -324,21 +298,10 @@ fn in_place_restore_replaces_stale_wal_and_keeps_the_previous_file() {
         .collect();
     assert_eq!(kept.len(), 1, "{kept:?}");
     assert_eq!(
-        count(&kept[0], "SELECT count(*) FROM chat"),
+        query_i64(&kept[0], "SELECT count(*) FROM chat"),
         50,
         "the pre-restore copy keeps its WAL's changes"
     );
-}
-
-struct Guard(std::process::Child);
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-fn scopeguard(c: std::process::Child) -> Guard {
-    Guard(c)
 }
 
 #[test]
@@ -375,8 +338,7 @@ fn damaged_backup_is_refused_with_65() {
 
 #[test]
 fn full_backup_directory_fails_cleanly() {
-    if !is_root() {
-        eprintln!("skipped: needs root to mount a small tmpfs");
+    if !root_or_skip("needs root to mount a small tmpfs") {
         return;
     }
     let env = TestEnv::new();
@@ -397,11 +359,7 @@ fn full_backup_directory_fails_cleanly() {
         bin = bin.display(),
         cfg = env.config_path().display()
     );
-    let out = std::process::Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
+    let out = in_mount_namespace(&script, &[]);
     assert_eq!(out.status.code(), Some(73), "{}", both(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -414,13 +372,7 @@ fn full_backup_directory_fails_cleanly() {
 /// Every row of every table, in a canonical order, as text.
 fn dump(path: &Path) -> Vec<String> {
     let c = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
-    let tables: Vec<String> = c
-        .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let tables = table_names(&c);
     let mut out = Vec::new();
     for t in tables {
         let mut st = c
@@ -499,8 +451,7 @@ fn restore_to_a_new_path_equals_the_backup_and_restores_zstd() {
 
 #[test]
 fn restore_onto_a_full_file_system_fails_cleanly() {
-    if !is_root() {
-        eprintln!("skipped: needs root to mount a small tmpfs");
+    if !root_or_skip("needs root to mount a small tmpfs") {
         return;
     }
     let env = TestEnv::new();
@@ -527,11 +478,7 @@ fn restore_onto_a_full_file_system_fails_cleanly() {
         bin = assert_cmd::cargo::cargo_bin("litekeeper").display(),
         cfg = env.config_path().display()
     );
-    let out = std::process::Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
+    let out = in_mount_namespace(&script, &[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("rc=73"), "{}", both(&out));
     let err = String::from_utf8_lossy(&out.stderr);

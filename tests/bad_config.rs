@@ -30,7 +30,7 @@ use std::process::Output;
 
 use rusqlite::Connection;
 
-use crate::util::{both, TestEnv};
+use crate::util::{both, table_names, TestEnv};
 
 /// The database schema files with `{DB}` are checked against.
 const SCHEMA: &str = "PRAGMA journal_mode=WAL;
@@ -108,16 +108,8 @@ fn lines(bytes: &[u8]) -> Vec<String> {
 /// `litekeeper -c CONFIG ARGS…` in the test's directory, with none of the environment's
 /// LITEKEEPER variables (they would override the file) and job logging off.
 fn run(env: &TestEnv, config: &Path, args: &[&str]) -> Output {
-    let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("litekeeper"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("LITEKEEPER") || k == "NOTIFY_SOCKET" || k == "JOURNAL_STREAM" {
-            c.env_remove(k);
-        }
-    }
-    c.env("NO_COLOR", "1")
-        .env("TZ", "UTC")
+    env.bare_cmd()
         .env("LITEKEEPER_LOG", "off")
-        .current_dir(env.dir.path())
         .arg("-c")
         .arg(config)
         .args(args)
@@ -130,13 +122,7 @@ fn settled(db: &Path) -> (Vec<u8>, Vec<(String, i64)>) {
     let c = Connection::open(db).unwrap();
     c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
         .unwrap();
-    let names: Vec<String> = c
-        .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let names = table_names(&c);
     let counts = names
         .into_iter()
         .map(|t| {

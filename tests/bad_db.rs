@@ -2,15 +2,14 @@
 //! code, nothing is created or modified by mistake, and a daemon with one good and many bad
 //! databases keeps serving the good one.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
-use crate::check::{give_to_nobody, open_to_nobody, set_mode, unprivileged};
-use crate::util::{both, TestEnv};
+use crate::util::{
+    both, give_to_nobody, open_to_nobody, set_mode, start_holder, unprivileged, KillOnDrop, TestEnv,
+};
 
 /// A small healthy rollback-journal database with a marker table.
 fn healthy(path: &Path) {
@@ -264,8 +263,7 @@ fn hot_journal_is_rolled_back_by_sqlite_and_the_backup_has_the_committed_state()
         "check does not mention the hot journal: {}",
         both(&o)
     );
-    let o = env.cmd().args(["run", "hot", "backup"]).output().unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    env.run_ok(&["run", "hot", "backup"]);
     // The interrupted UPDATE is gone from the database and from the backup.
     let c = Connection::open(&db).unwrap();
     let torn: i64 = c
@@ -279,15 +277,7 @@ fn hot_journal_is_rolled_back_by_sqlite_and_the_backup_has_the_committed_state()
     assert!(!journal.exists() || std::fs::metadata(&journal).unwrap().len() == 0);
 }
 
-struct Held(Child);
-impl Drop for Held {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn hold_exclusive(db: &Path) -> Held {
+fn hold_exclusive(db: &Path) -> KillOnDrop {
     let script = format!(
         "import sqlite3, time, sys
 c = sqlite3.connect('{}', isolation_level=None)
@@ -297,17 +287,11 @@ print('held', flush=True)
 time.sleep(60)",
         db.display()
     );
-    let mut child = std::process::Command::new("python3")
-        .args(["-c", &script])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let mut python = std::process::Command::new("python3");
+    python.args(["-c", &script]);
+    let (child, line) = start_holder(python);
     assert_eq!(line.trim(), "held");
-    Held(child)
+    child
 }
 
 #[test]
@@ -356,27 +340,10 @@ fn daemon_keeps_serving_the_good_database_among_bad_ones() {
         ],
         "schedule = \"* * * * * *\"\nkeep = { last = 2 }",
     );
-    let mut child = env
-        .std_cmd()
-        .arg("daemon")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut daemon = env.daemon(&[]);
     let deadline = Instant::now() + Duration::from_secs(20);
-    let count = |db: &str, outcome: &str| -> i64 {
-        Connection::open(env.path("state/state.db"))
-            .ok()
-            .and_then(|c| {
-                c.query_row(
-                    "SELECT count(*) FROM runs WHERE database = ?1 AND outcome = ?2",
-                    [db, outcome],
-                    |r| r.get(0),
-                )
-                .ok()
-            })
-            .unwrap_or(0)
-    };
+    let count =
+        |db: &str, outcome: &str| env.count_runs("database = ?1 AND outcome = ?2", [db, outcome]);
     while Instant::now() < deadline
         && !(count("good", "ok") >= 3
             && count("gone", "failed") >= 2
@@ -385,8 +352,7 @@ fn daemon_keeps_serving_the_good_database_among_bad_ones() {
     {
         std::thread::sleep(Duration::from_millis(200));
     }
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = child.wait().unwrap();
+    let status = daemon.terminate();
     assert_eq!(status.code(), Some(0));
     assert!(count("good", "ok") >= 3, "good database not served");
     assert!(count("gone", "failed") >= 2);

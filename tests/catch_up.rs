@@ -1,7 +1,6 @@
 //! Catch-up: a run missed while the daemon was down runs once at start-up (like systemd's
 //! `Persistent=true`), and only then.
 
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::{TimeZone, Utc};
@@ -10,22 +9,11 @@ use litekeeper::state::State;
 
 use crate::util::TestEnv;
 
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn setup(env: &TestEnv, catch_up: bool, last_run: chrono::DateTime<Utc>) {
     let db = env.sqlite("app/chat.db", "CREATE TABLE t(x);");
-    env.write_config(&format!(
-        "{}{}",
-        env.daemon_section(&format!("timezone = \"UTC\"\ncatch_up = {catch_up}")),
-        TestEnv::database_section("chat", &db, "[database.backup]\nschedule = \"0 0 1 1 *\"")
-    ));
+    env.config(&format!("timezone = \"UTC\"\ncatch_up = {catch_up}"))
+        .database("chat", &db, "[database.backup]\nschedule = \"0 0 1 1 *\"")
+        .write();
     let state = State::open(&env.path("state"), Duration::from_secs(10 * 365 * 86400)).unwrap();
     state
         .start(
@@ -39,29 +27,15 @@ fn setup(env: &TestEnv, catch_up: bool, last_run: chrono::DateTime<Utc>) {
 }
 
 fn triggers(env: &TestEnv) -> Vec<String> {
-    let c = rusqlite::Connection::open(env.path("state/state.db")).unwrap();
-    let mut s = c
-        .prepare("SELECT trigger FROM runs WHERE id != 'old-run' AND finished_at IS NOT NULL")
-        .unwrap();
-    s.query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
+    env.runs()
+        .into_iter()
+        .filter(|r| r.id != "old-run" && r.finished.is_some())
+        .map(|r| r.trigger)
         .collect()
 }
 
-fn start_daemon(env: &TestEnv) -> Daemon {
-    Daemon(
-        env.std_cmd()
-            .arg("daemon")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
-}
-
 fn run_daemon_for(env: &TestEnv, d: Duration, until_one_run: bool) -> Vec<String> {
-    let _guard = start_daemon(env);
+    let _daemon = env.daemon(&[]);
     let deadline = Instant::now() + d;
     while Instant::now() < deadline {
         if until_one_run && !triggers(env).is_empty() {
@@ -131,19 +105,16 @@ fn a_fleet_catches_up_only_the_members_that_missed_a_run() {
             .start(id, db, JobKind::Backup, Trigger::Schedule, at)
             .unwrap();
     }
-    let _guard = start_daemon(&env);
+    let _daemon = env.daemon(&[]);
     let runs = || -> Vec<(String, String)> {
-        let c = rusqlite::Connection::open(env.path("state/state.db")).unwrap();
-        let mut s = c
-            .prepare(
-                "SELECT database, trigger FROM runs WHERE id NOT LIKE 'old-run%' \
-                 AND finished_at IS NOT NULL ORDER BY database",
-            )
-            .unwrap();
-        s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect()
+        let mut v: Vec<(String, String)> = env
+            .runs()
+            .into_iter()
+            .filter(|r| !r.id.starts_with("old-run") && r.finished.is_some())
+            .map(|r| (r.database, r.trigger))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
     };
     let deadline = Instant::now() + Duration::from_secs(10);
     while runs().is_empty() && Instant::now() < deadline {

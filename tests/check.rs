@@ -4,96 +4,17 @@
 //! Permission cases run the binary as uid/gid 65534 through `setpriv` when the tests run as
 //! root (root ignores file permissions), and directly with plain chmod otherwise.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command as StdCommand, Output, Stdio};
+use std::process::{Command as StdCommand, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
-use crate::util::{both, is_root, TestEnv};
-
-/// The unprivileged user and group the permission tests run as when we are root.
-pub(crate) const NOBODY: u32 = 65534;
-
-/// Make `env`'s temp dir usable by [`NOBODY`]: the dir readable (tempfile makes it 0700), the
-/// config readable, and the state and lock dirs of `daemon_section` owned by that user.
-pub(crate) fn open_to_nobody(env: &TestEnv) {
-    set_mode(env.dir.path(), 0o755);
-    if env.config_path().exists() {
-        set_mode(&env.config_path(), 0o644);
-    }
-    for d in ["state", "locks"] {
-        let p = env.path(d);
-        std::fs::create_dir_all(&p).unwrap();
-        give_to_nobody(&p);
-    }
-}
-
-/// chown to [`NOBODY`] when root (as another user the files are already ours).
-pub(crate) fn give_to_nobody(p: &Path) {
-    if is_root() {
-        std::os::unix::fs::chown(p, Some(NOBODY), Some(NOBODY)).unwrap();
-    }
-}
-
-pub(crate) fn set_mode(p: &Path, mode: u32) {
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
-}
-
-/// The real binary as an unprivileged user (through setpriv when root), litekeeper's own
-/// environment variables removed; no `-c` is added.
-pub(crate) fn unprivileged(env: &TestEnv) -> StdCommand {
-    let bin = binary_for_nobody(env);
-    let mut c = if is_root() {
-        let mut c = StdCommand::new("setpriv");
-        c.arg(format!("--reuid={NOBODY}"))
-            .arg(format!("--regid={NOBODY}"))
-            .arg("--clear-groups")
-            .arg(bin);
-        c
-    } else {
-        StdCommand::new(bin)
-    };
-    for (k, _) in std::env::vars() {
-        if k.starts_with("LITEKEEPER")
-            || k.starts_with("XDG_")
-            || k == "NOTIFY_SOCKET"
-            || k == "JOURNAL_STREAM"
-        {
-            c.env_remove(k);
-        }
-    }
-    c.env("NO_COLOR", "1")
-        .env("TZ", "UTC")
-        .current_dir(env.dir.path());
-    c
-}
-
-/// The test binary's path if [`NOBODY`] can run it there, else a copy inside the temp dir
-/// (a target dir under a 0700 home would be out of that user's reach).
-fn binary_for_nobody(env: &TestEnv) -> PathBuf {
-    let bin = assert_cmd::cargo::cargo_bin("litekeeper");
-    if !is_root() {
-        return bin;
-    }
-    let probe = StdCommand::new("setpriv")
-        .arg(format!("--reuid={NOBODY}"))
-        .arg(format!("--regid={NOBODY}"))
-        .arg("--clear-groups")
-        .arg(&bin)
-        .arg("--version")
-        .output()
-        .expect("setpriv (util-linux) is needed for the permission tests");
-    if probe.status.success() {
-        return bin;
-    }
-    let copy = env.path("litekeeper-bin");
-    std::fs::copy(&bin, &copy).unwrap();
-    set_mode(&copy, 0o755);
-    copy
-}
+use crate::util::{
+    both, give_to_nobody, is_root, open_to_nobody, set_mode, start_holder, unprivileged,
+    KillOnDrop, TestEnv,
+};
 
 /// `[daemon]` + one `[[database]]` per (name, path), written as the config.
 fn config_for(env: &TestEnv, dbs: &[(&str, &Path)], db_extra: &str) {
@@ -460,40 +381,21 @@ fn corrupt_btree_page_is_reported_corrupt_on_one_line() {
     assert_summary(&out, 1, 0);
 }
 
-/// A python3 process holding a lock on `db` until dropped.
-struct Holder(Child);
-
-impl Holder {
-    /// Run `script` (with the path as argv[1]) and wait for it to print its ready line.
-    fn start(db: &Path, script: &str) -> Holder {
-        let child = StdCommand::new("python3")
-            .arg("-c")
-            .arg(script)
-            .arg(db)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("python3 is needed for the lock tests");
-        let mut h = Holder(child);
-        let mut line = String::new();
-        BufReader::new(h.0.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "held", "python3 did not take the lock");
-        h
+/// A python3 process holding a lock on `db` until dropped: its connection (no implicit
+/// transactions) has run `statements` and it has printed its ready line.
+fn hold(db: &Path, statements: &[&str]) -> KillOnDrop {
+    let mut script = String::from(
+        "import sqlite3, sys, time\nc = sqlite3.connect(sys.argv[1], isolation_level=None)\n",
+    );
+    for s in statements {
+        script.push_str(&format!("c.execute('{s}')\n"));
     }
-
-    fn stop(mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Holder {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+    script.push_str("print('held', flush=True)\ntime.sleep(60)\n");
+    let mut python = StdCommand::new("python3");
+    python.arg("-c").arg(script).arg(db).stderr(Stdio::piped());
+    let (child, line) = start_holder(python);
+    assert_eq!(line.trim(), "held", "python3 did not take the lock");
+    child
 }
 
 fn assert_locked(env: &TestEnv, db: &Path) {
@@ -527,16 +429,9 @@ fn rollback_database_locked_exclusively_is_named_locked() {
         "CREATE TABLE chat(id INTEGER PRIMARY KEY); INSERT INTO chat DEFAULT VALUES;",
     );
     config_for(&env, &[("chat", &db)], "journal_mode = \"keep\"");
-    let holder = Holder::start(
-        &db,
-        "import sqlite3, sys, time\n\
-         c = sqlite3.connect(sys.argv[1], isolation_level=None)\n\
-         c.execute('BEGIN EXCLUSIVE')\n\
-         print('held', flush=True)\n\
-         time.sleep(60)\n",
-    );
+    let holder = hold(&db, &["BEGIN EXCLUSIVE"]);
     assert_locked(&env, &db);
-    holder.stop();
+    drop(holder);
     // Once the holder is gone the same database is fine.
     let out = check(&env, &[]);
     assert_eq!(out.status.code(), Some(0), "{}", both(&out));
@@ -548,17 +443,15 @@ fn wal_database_in_exclusive_locking_mode_is_named_locked() {
     let env = TestEnv::new();
     let db = wal_db(&env, "app/chat.db", 10);
     config_for(&env, &[("chat", &db)], "");
-    let holder = Holder::start(
+    let holder = hold(
         &db,
-        "import sqlite3, sys, time\n\
-         c = sqlite3.connect(sys.argv[1], isolation_level=None)\n\
-         c.execute('PRAGMA locking_mode=EXCLUSIVE')\n\
-         c.execute('INSERT INTO chat(body) VALUES (1)')\n\
-         print('held', flush=True)\n\
-         time.sleep(60)\n",
+        &[
+            "PRAGMA locking_mode=EXCLUSIVE",
+            "INSERT INTO chat(body) VALUES (1)",
+        ],
     );
     assert_locked(&env, &db);
-    holder.stop();
+    drop(holder);
     let out = check(&env, &[]);
     assert_eq!(out.status.code(), Some(0), "{}", both(&out));
 }
@@ -677,15 +570,13 @@ fn broken_attached_database_is_named_with_its_alias() {
     let mut f = std::fs::File::create(&files).unwrap();
     f.write_all(b"definitely not sqlite, just some bytes to make it long enough")
         .unwrap();
-    env.write_config(&format!(
-        "{}{}",
-        env.daemon_section(""),
-        TestEnv::database_section(
+    env.config("")
+        .database(
             "chat",
             &db,
-            &format!("attach = {{ files = \"{}\" }}", files.display())
+            &format!("attach = {{ files = \"{}\" }}", files.display()),
         )
-    ));
+        .write();
     let out = check(&env, &[]);
     assert_eq!(out.status.code(), Some(1), "{}", both(&out));
     assert!(

@@ -429,21 +429,14 @@ fn bad_environment_override_names_the_variable() {
 #[test]
 fn valid_environment_override_takes_effect() {
     let env = TestEnv::new();
-    env.write_config(&format!(
-        "{}{}",
-        env.daemon_section("timezone = \"UTC\""),
-        TestEnv::database_section(
+    env.config("timezone = \"UTC\"")
+        .database(
             "chat",
             &env.path("chat.db"),
-            "[database.backup]\nschedule = \"0 4 * * *\""
+            "[database.backup]\nschedule = \"0 4 * * *\"",
         )
-    ));
-    let out = env
-        .cmd()
-        .args(["schedule", "--count", "1"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+        .write();
+    let out = env.run_ok(&["schedule", "--count", "1"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("backup chat: \"0 4 * * *\" in UTC"),

@@ -4,8 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command as StdCommand, Output};
 
-use crate::check::{give_to_nobody, open_to_nobody, set_mode, unprivileged};
-use crate::util::{both, is_root, TestEnv};
+use crate::util::{
+    both, give_to_nobody, is_root, open_to_nobody, root_or_skip, set_mode, unprivileged, TestEnv,
+};
 
 /// The real binary as ourselves, without `-c` and without litekeeper's or XDG variables.
 fn bare_cmd(env: &TestEnv) -> StdCommand {
@@ -189,8 +190,7 @@ fn non_root_state_lock_and_backups_default_to_xdg_dirs() {
 
 #[test]
 fn root_without_a_config_names_the_etc_path() {
-    if !is_root() {
-        eprintln!("skipped: the /etc default applies to root only");
+    if !root_or_skip("the /etc default applies to root only") {
         return;
     }
     if Path::new("/etc/litekeeper/litekeeper.toml").exists() {

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::util::{both, TestEnv};
+use crate::util::{both, wait_until, TestEnv};
 
 /// Waits for `child` at most `limit`; a child still running then is killed and `None` is
 /// returned (the hang this module tests for).
@@ -50,16 +50,7 @@ fn mkfifo(path: &Path) {
 
 /// The real binary in the test's directory without the caller's LITEKEEPER variables.
 fn lk(env: &TestEnv) -> Command {
-    let mut c = Command::new(assert_cmd::cargo::cargo_bin("litekeeper"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("LITEKEEPER") || k == "NOTIFY_SOCKET" || k == "JOURNAL_STREAM" {
-            c.env_remove(k);
-        }
-    }
-    c.env("NO_COLOR", "1")
-        .env("TZ", "UTC")
-        .current_dir(env.dir.path());
-    c
+    env.bare_cmd()
 }
 
 fn check_with(env: &TestEnv, config: &Path, vars: &[(&str, &str)]) -> Output {
@@ -133,39 +124,24 @@ fn a_config_file_over_4_mib_is_refused() {
 fn a_reload_that_meets_a_fifo_fails_and_the_daemon_still_stops_on_sigterm() {
     let env = TestEnv::new();
     let config = env.write_config(&env.daemon_section(""));
-    let stderr = env.path("daemon.stderr");
-    let child = env
-        .std_cmd()
-        .arg("daemon")
-        .env("LITEKEEPER_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&stderr).unwrap())
-        .spawn()
-        .unwrap();
-    let pid = child.id() as libc::pid_t;
-    let log = || std::fs::read_to_string(&stderr).unwrap_or_default();
+    let mut daemon = env.daemon(&[("LITEKEEPER_LOG", "info")]);
     let wait_log = |what: &str| {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !log().contains(what) {
-            assert!(Instant::now() < deadline, "no {what:?} in:\n{}", log());
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_until(
+            &format!("{what:?} in the log"),
+            Duration::from_secs(30),
+            || daemon.log().contains(what),
+        )
     };
     wait_log("started");
     std::fs::remove_file(&config).unwrap();
     mkfifo(&config);
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(pid, libc::SIGHUP) };
+    daemon.signal(libc::SIGHUP);
     wait_log("reload failed");
-    unsafe { libc::kill(pid, libc::SIGTERM) };
-    let o = wait_or_kill(child, Duration::from_secs(30));
-    let text = log();
-    assert!(
-        o.is_some(),
-        "the daemon ignored SIGTERM after the reload:\n{text}"
-    );
-    assert_eq!(o.unwrap().status.code(), Some(0), "{text}");
+    daemon.signal(libc::SIGTERM);
+    // Fails, with the log, when the daemon ignored SIGTERM after the reload.
+    let status = daemon.wait_exit(Duration::from_secs(30));
+    let text = daemon.log();
+    assert_eq!(status.code(), Some(0), "{text}");
     let failed: Vec<&str> = text
         .lines()
         .filter(|l| l.contains("reload failed"))

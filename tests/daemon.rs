@@ -4,242 +4,13 @@
 //! STOPPING), reloads on SIGHUP, graceful stops on SIGTERM/SIGINT, and that scheduled jobs
 //! really run and are recorded in `state.db`.
 
-use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use litekeeper::archive::{BackupName, MANIFEST, TMP_SUFFIX};
 
-use crate::util::TestEnv;
-
-// ---------------------------------------------------------------------------------------------
-// A fake service manager: the notify socket and a reader thread.
-
-/// One datagram as received, with its arrival time.
-#[derive(Debug, Clone)]
-struct Msg {
-    at: Instant,
-    text: String,
-}
-
-impl Msg {
-    fn has(&self, line: &str) -> bool {
-        self.text.lines().any(|l| l == line)
-    }
-
-    fn value(&self, key: &str) -> Option<&str> {
-        self.text
-            .lines()
-            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
-    }
-
-    fn status(&self) -> Option<&str> {
-        self.value("STATUS")
-    }
-
-    /// The datagram as one line ("RELOADING=1|MONOTONIC_USEC=<n>"), the number masked after
-    /// checking it is one, for exact comparisons of whole sequences.
-    fn shape(&self) -> String {
-        self.text
-            .lines()
-            .map(|l| match l.strip_prefix("MONOTONIC_USEC=") {
-                Some(n) => {
-                    assert!(
-                        !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()),
-                        "MONOTONIC_USEC is not a number: {l:?}"
-                    );
-                    "MONOTONIC_USEC=<n>".to_string()
-                }
-                None => l.to_string(),
-            })
-            .collect::<Vec<_>>()
-            .join("|")
-    }
-}
-
-struct Notify {
-    path: PathBuf,
-    rx: Receiver<Msg>,
-    seen: Vec<Msg>,
-    stop: Arc<AtomicBool>,
-    reader: Option<JoinHandle<()>>,
-}
-
-impl Notify {
-    fn bind(env: &TestEnv) -> Notify {
-        let path = env.path("notify.sock");
-        let sock = UnixDatagram::bind(&path).unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(50)))
-            .unwrap();
-        let (tx, rx) = mpsc::channel();
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = stop.clone();
-        let reader = std::thread::spawn(move || {
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                match sock.recv(&mut buf) {
-                    Ok(n) => {
-                        let msg = Msg {
-                            at: Instant::now(),
-                            text: String::from_utf8_lossy(&buf[..n]).into_owned(),
-                        };
-                        if tx.send(msg).is_err() {
-                            break;
-                        }
-                    }
-                    // Stop only once the queue is drained: every datagram sent before the
-                    // daemon exited is collected.
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                        ) =>
-                    {
-                        if stop2.load(Ordering::SeqCst) {
-                            break;
-                        }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => panic!("notify socket: {e}"),
-                }
-            }
-        });
-        Notify {
-            path,
-            rx,
-            seen: Vec::new(),
-            stop,
-            reader: Some(reader),
-        }
-    }
-
-    /// Index of the first message at or after `from` matching `pred`, waiting up to `timeout`.
-    fn wait_for(
-        &mut self,
-        from: usize,
-        timeout: Duration,
-        what: &str,
-        pred: impl Fn(&Msg) -> bool,
-    ) -> usize {
-        let deadline = Instant::now() + timeout;
-        let mut start = from;
-        loop {
-            if let Some(i) = (start..self.seen.len()).find(|&i| pred(&self.seen[i])) {
-                return i;
-            }
-            start = start.max(self.seen.len());
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.rx.recv_timeout(left) {
-                Ok(m) => self.seen.push(m),
-                Err(RecvTimeoutError::Timeout) => panic!(
-                    "no {what} within {timeout:?}; messages so far:\n{}",
-                    self.dump()
-                ),
-                Err(RecvTimeoutError::Disconnected) => {
-                    panic!("notify reader stopped; messages:\n{}", self.dump())
-                }
-            }
-        }
-    }
-
-    /// Stop the reader once the socket is drained and return every message received.
-    fn finish(&mut self) -> &[Msg] {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(r) = self.reader.take() {
-            r.join().unwrap();
-        }
-        while let Ok(m) = self.rx.try_recv() {
-            self.seen.push(m);
-        }
-        &self.seen
-    }
-
-    fn dump(&self) -> String {
-        self.seen
-            .iter()
-            .map(|m| format!("  {:?}\n", m.text))
-            .collect()
-    }
-}
-
-impl Drop for Notify {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The daemon process.
-
-struct Daemon {
-    child: Child,
-    stderr: PathBuf,
-}
-
-impl Daemon {
-    fn spawn(env: &TestEnv, notify: &Notify, vars: &[(&str, &str)]) -> Daemon {
-        let stderr = env.path("daemon.stderr");
-        let mut cmd = env.std_cmd();
-        cmd.arg("daemon")
-            .env("NOTIFY_SOCKET", &notify.path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr).unwrap());
-        for (k, v) in vars {
-            cmd.env(k, v);
-        }
-        Daemon {
-            child: cmd.spawn().unwrap(),
-            stderr,
-        }
-    }
-
-    fn pid(&self) -> libc::pid_t {
-        self.child.id() as libc::pid_t
-    }
-
-    fn signal(&self, sig: libc::c_int) {
-        // SAFETY: sending a signal to our own child, which has not been reaped yet.
-        let rc = unsafe { libc::kill(self.pid(), sig) };
-        assert_eq!(rc, 0, "kill({}, {sig})", self.pid());
-    }
-
-    fn alive(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-
-    fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "daemon did not exit within {timeout:?}; stderr:\n{}",
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use crate::util::{Bg, Msg, Notify, Run, TestEnv};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers.
@@ -273,52 +44,8 @@ fn at(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S %:z").to_string()
 }
 
-/// One row of `runs` in state.db.
-#[derive(Debug, Clone)]
-struct Run {
-    database: String,
-    job: String,
-    trigger: String,
-    started: i64,
-    finished: Option<i64>,
-    outcome: String,
-    error: Option<String>,
-    figures: serde_json::Value,
-}
-
-/// Every recorded run, oldest first (none while state.db or its schema does not exist yet).
-fn runs(env: &TestEnv) -> Vec<Run> {
-    let path = env.path("state/state.db");
-    if !path.exists() {
-        return Vec::new();
-    }
-    let c = rusqlite::Connection::open(&path).unwrap();
-    c.busy_timeout(Duration::from_secs(5)).unwrap();
-    let Ok(mut s) = c.prepare(
-        "SELECT database, job, trigger, started_at, finished_at, outcome, error, figures
-         FROM runs ORDER BY started_at, rowid",
-    ) else {
-        return Vec::new();
-    };
-    s.query_map([], |r| {
-        Ok(Run {
-            database: r.get(0)?,
-            job: r.get(1)?,
-            trigger: r.get(2)?,
-            started: r.get(3)?,
-            finished: r.get(4)?,
-            outcome: r.get(5)?,
-            error: r.get(6)?,
-            figures: serde_json::from_str(&r.get::<_, String>(7)?).unwrap(),
-        })
-    })
-    .unwrap()
-    .map(Result::unwrap)
-    .collect()
-}
-
 fn finished_runs(env: &TestEnv, db: &str) -> usize {
-    runs(env)
+    env.runs()
         .iter()
         .filter(|r| r.database == db && r.finished.is_some())
         .count()
@@ -327,7 +54,7 @@ fn finished_runs(env: &TestEnv, db: &str) -> usize {
 /// Poll until `cond` holds, up to `timeout`; on a timeout show the runs and the daemon's log.
 fn wait_until(
     env: &TestEnv,
-    daemon: &Daemon,
+    daemon: &Bg,
     timeout: Duration,
     what: &str,
     mut cond: impl FnMut() -> bool,
@@ -337,8 +64,8 @@ fn wait_until(
         assert!(
             Instant::now() < deadline,
             "timed out waiting for {what}; runs: {:#?}\nstderr:\n{}",
-            runs(env),
-            daemon.stderr()
+            env.runs(),
+            daemon.log()
         );
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -361,6 +88,19 @@ fn backup_dir_entries(dir: &Path) -> (Vec<String>, Vec<String>) {
     backups.sort();
     other.sort();
     (backups, other)
+}
+
+/// `app/chat.db` made by `sql`, backed up on `schedule` into `backups/chat`, in UTC.
+fn chat_backed_up(env: &TestEnv, sql: &str, schedule: &str) -> PathBuf {
+    let chat = env.sqlite("app/chat.db", sql);
+    env.config("timezone = \"UTC\"")
+        .database(
+            "chat",
+            &chat,
+            &backup_stanza(schedule, &env.path("backups/chat")),
+        )
+        .write();
+    chat
 }
 
 fn backup_stanza(schedule: &str, dir: &Path) -> String {
@@ -398,24 +138,17 @@ fn assert_no_overlap(runs: &[Run], across: bool) {
 #[test]
 fn notify_sequence() {
     let env = TestEnv::new();
-    let chat = env.sqlite(
-        "app/chat.db",
+    let chat = chat_backed_up(
+        &env,
         "CREATE TABLE t(x); INSERT INTO t VALUES (1);",
+        "0 2 * * *",
     );
     let logs = env.sqlite("app/logs.db", "CREATE TABLE l(x);");
-    let config = env.write_config(&format!(
-        "{}{}",
-        env.daemon_section("timezone = \"UTC\""),
-        TestEnv::database_section(
-            "chat",
-            &chat,
-            &backup_stanza("0 2 * * *", &env.path("backups/chat"))
-        )
-    ));
+    let config = env.config_path();
     let mut notify = Notify::bind(&env);
-    let mut daemon = Daemon::spawn(&env, &notify, &[]);
+    let mut daemon = env.daemon_notifying(&notify, &[]);
 
-    let ready = notify.wait_for(0, Duration::from_secs(20), "READY=1", |m| m.has("READY=1"));
+    let ready = notify.ready();
     let first_status = format!("idle; next: backup chat at {}", at(next_daily(2, 0)));
 
     // A broken file on SIGHUP: logged, the old configuration kept, READY again.
@@ -450,7 +183,7 @@ fn notify_sequence() {
         daemon.alive(),
         "a broken config on reload stopped the daemon"
     );
-    let err = daemon.stderr();
+    let err = daemon.log();
     let line = err
         .lines()
         .find(|l| l.contains("reload failed, keeping the previous configuration"))
@@ -494,10 +227,10 @@ fn notify_sequence() {
     };
     assert!(
         daemon
-            .stderr()
+            .log()
             .contains("configuration reloaded: 2 scheduled job(s)"),
         "stderr:\n{}",
-        daemon.stderr()
+        daemon.log()
     );
 
     daemon.signal(libc::SIGTERM);
@@ -505,7 +238,7 @@ fn notify_sequence() {
         m.has("STOPPING=1")
     });
     let status = daemon.wait_exit(Duration::from_secs(10));
-    assert_eq!(status.code(), Some(0), "stderr:\n{}", daemon.stderr());
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", daemon.log());
 
     let got: Vec<String> = notify.finish().iter().map(Msg::shape).collect();
     // STATUS is published as soon as the jobs are armed, so the first STATUS precedes READY=1
@@ -522,29 +255,22 @@ fn notify_sequence() {
         "STOPPING=1".into(),
         "STATUS=stopping".into(),
     ];
-    assert_eq!(got, expected, "stderr:\n{}", daemon.stderr());
+    assert_eq!(got, expected, "stderr:\n{}", daemon.log());
 }
 
 /// A broken file on SIGHUP leaves the running schedule alone: runs go on after the reload.
 #[test]
 fn broken_reload_keeps_running_the_old_schedule() {
     let env = TestEnv::new();
-    let chat = env.sqlite(
-        "app/chat.db",
+    chat_backed_up(
+        &env,
         "CREATE TABLE t(x); INSERT INTO t VALUES (1);",
+        "* * * * * *",
     );
-    let config = env.write_config(&format!(
-        "{}{}",
-        env.daemon_section("timezone = \"UTC\""),
-        TestEnv::database_section(
-            "chat",
-            &chat,
-            &backup_stanza("* * * * * *", &env.path("backups/chat"))
-        )
-    ));
+    let config = env.config_path();
     let mut notify = Notify::bind(&env);
-    let mut daemon = Daemon::spawn(&env, &notify, &[]);
-    let ready = notify.wait_for(0, Duration::from_secs(20), "READY=1", |m| m.has("READY=1"));
+    let mut daemon = env.daemon_notifying(&notify, &[]);
+    let ready = notify.ready();
     wait_until(
         &env,
         &daemon,
@@ -568,7 +294,7 @@ fn broken_reload_keeps_running_the_old_schedule() {
         Duration::from_secs(10),
         "a run started after the failed reload",
         || {
-            runs(&env)
+            env.runs()
                 .iter()
                 .any(|r| r.started > reloaded_at && r.finished.is_some())
         },
@@ -576,13 +302,12 @@ fn broken_reload_keeps_running_the_old_schedule() {
     assert!(daemon.alive());
     assert!(
         daemon
-            .stderr()
+            .log()
             .contains("reload failed, keeping the previous configuration"),
         "stderr:\n{}",
-        daemon.stderr()
+        daemon.log()
     );
-    daemon.signal(libc::SIGTERM);
-    assert_eq!(daemon.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    assert_eq!(daemon.stop(Duration::from_secs(10)).code(), Some(0));
 }
 
 /// Reloads re-arm every timer once: after several SIGHUPs a `* * * * * *` job still has one
@@ -591,26 +316,14 @@ fn broken_reload_keeps_running_the_old_schedule() {
 #[test]
 fn reload_rearms_each_timer_once() {
     let env = TestEnv::new();
-    let chat = env.sqlite(
-        "app/chat.db",
-        "CREATE TABLE t(x); INSERT INTO t VALUES (1);",
-    );
-    env.write_config(&format!(
-        "{}{}",
-        env.daemon_section("timezone = \"UTC\""),
-        TestEnv::database_section(
-            "chat",
-            &chat,
-            &backup_stanza("* * * * * *", &env.path("backups/chat"))
-        )
-    ));
-    let mut notify = Notify::bind(&env);
-    let mut daemon = Daemon::spawn(
+    chat_backed_up(
         &env,
-        &notify,
-        &[("LITEKEEPER_LOG", "info,litekeeper=debug")],
+        "CREATE TABLE t(x); INSERT INTO t VALUES (1);",
+        "* * * * * *",
     );
-    let mut from = notify.wait_for(0, Duration::from_secs(20), "READY=1", |m| m.has("READY=1")) + 1;
+    let mut notify = Notify::bind(&env);
+    let mut daemon = env.daemon_notifying(&notify, &[("LITEKEEPER_LOG", "info,litekeeper=debug")]);
+    let mut from = notify.ready() + 1;
     wait_until(
         &env,
         &daemon,
@@ -636,21 +349,20 @@ fn reload_rearms_each_timer_once() {
         Duration::from_secs(15),
         "three runs after the reloads",
         || {
-            runs(&env)
+            env.runs()
                 .iter()
                 .filter(|r| r.started > reloaded_at && r.finished.is_some())
                 .count()
                 >= 3
         },
     );
-    daemon.signal(libc::SIGTERM);
-    assert_eq!(daemon.wait_exit(Duration::from_secs(10)).code(), Some(0));
-    let err = daemon.stderr();
+    assert_eq!(daemon.stop(Duration::from_secs(10)).code(), Some(0));
+    let err = daemon.log();
     assert!(
         !err.contains("coalesced"),
         "a tick fired twice (two timers for one job):\n{err}"
     );
-    let all = runs(&env);
+    let all = env.runs();
     assert_no_overlap(&all, false);
     // One run per scheduled second at most.
     let mut seconds: Vec<i64> = all.iter().map(|r| r.started / 1000).collect();
@@ -662,21 +374,12 @@ fn reload_rearms_each_timer_once() {
 #[test]
 fn watchdog() {
     let env = TestEnv::new();
-    let chat = env.sqlite("app/chat.db", "CREATE TABLE t(x);");
-    env.write_config(&format!(
-        "{}{}",
-        env.daemon_section("timezone = \"UTC\""),
-        TestEnv::database_section(
-            "chat",
-            &chat,
-            &backup_stanza("0 2 * * *", &env.path("backups/chat"))
-        )
-    ));
+    chat_backed_up(&env, "CREATE TABLE t(x);", "0 2 * * *");
     let mut notify = Notify::bind(&env);
     // No WATCHDOG_PID: the child's pid is unknown before the spawn, and sd_notify accepts an
     // unset WATCHDOG_PID as "this process".
-    let mut daemon = Daemon::spawn(&env, &notify, &[("WATCHDOG_USEC", "200000")]);
-    let ready = notify.wait_for(0, Duration::from_secs(20), "READY=1", |m| m.has("READY=1"));
+    let mut daemon = env.daemon_notifying(&notify, &[("WATCHDOG_USEC", "200000")]);
+    let ready = notify.ready();
     let ready_at = notify.seen[ready].at;
     let mut from = 0;
     let mut pings = Vec::new();
@@ -703,38 +406,26 @@ fn watchdog() {
         (Duration::from_millis(60)..=Duration::from_millis(150)).contains(&median),
         "median gap between pings {median:?}, expected about 100 ms (half of WATCHDOG_USEC); gaps {gaps:?}"
     );
-    daemon.signal(libc::SIGTERM);
-    assert_eq!(daemon.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    assert_eq!(daemon.stop(Duration::from_secs(10)).code(), Some(0));
 }
 
 /// WATCHDOG_PID naming another process: the watchdog is not ours, no pings.
 #[test]
 fn watchdog_for_another_pid_is_not_pinged() {
     let env = TestEnv::new();
-    let chat = env.sqlite("app/chat.db", "CREATE TABLE t(x);");
-    env.write_config(&format!(
-        "{}{}",
-        env.daemon_section("timezone = \"UTC\""),
-        TestEnv::database_section(
-            "chat",
-            &chat,
-            &backup_stanza("0 2 * * *", &env.path("backups/chat"))
-        )
-    ));
+    chat_backed_up(&env, "CREATE TABLE t(x);", "0 2 * * *");
     let mut notify = Notify::bind(&env);
-    let mut daemon = Daemon::spawn(
-        &env,
+    let mut daemon = env.daemon_notifying(
         &notify,
         &[("WATCHDOG_USEC", "200000"), ("WATCHDOG_PID", "1")],
     );
-    let ready = notify.wait_for(0, Duration::from_secs(20), "READY=1", |m| m.has("READY=1"));
+    let ready = notify.ready();
     // Five intervals of silence: with the watchdog on there would be about ten pings.
     let until = notify.seen[ready].at + Duration::from_millis(500);
     while Instant::now() < until {
         std::thread::sleep(Duration::from_millis(50));
     }
-    daemon.signal(libc::SIGTERM);
-    assert_eq!(daemon.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    assert_eq!(daemon.stop(Duration::from_secs(10)).code(), Some(0));
     let msgs = notify.finish();
     assert!(
         !msgs.iter().any(|m| m.has("WATCHDOG=1")),
@@ -752,18 +443,12 @@ fn every_second_schedule_runs_and_records() {
         "CREATE TABLE t(x); INSERT INTO t VALUES (1), (2), (3);",
     );
     let dir = env.path("backups/chat");
-    env.write_config(&format!(
-        "{}{}",
-        env.daemon_section("timezone = \"UTC\""),
-        TestEnv::database_section("chat", &chat, &backup_stanza("* * * * * *", &dir))
-    ));
+    env.config("timezone = \"UTC\"")
+        .database("chat", &chat, &backup_stanza("* * * * * *", &dir))
+        .write();
     let mut notify = Notify::bind(&env);
-    let mut daemon = Daemon::spawn(
-        &env,
-        &notify,
-        &[("LITEKEEPER_LOG", "info,litekeeper=debug")],
-    );
-    notify.wait_for(0, Duration::from_secs(20), "READY=1", |m| m.has("READY=1"));
+    let mut daemon = env.daemon_notifying(&notify, &[("LITEKEEPER_LOG", "info,litekeeper=debug")]);
+    notify.ready();
     // STATUS= changes at most once a second, showing the state at that moment: a backup of a
     // few milliseconds a second is mostly seen as idle (see status_is_sent_on_change_…).
     wait_until(
@@ -778,12 +463,12 @@ fn every_second_schedule_runs_and_records() {
         daemon.wait_exit(Duration::from_secs(10)).code(),
         Some(0),
         "stderr:\n{}",
-        daemon.stderr()
+        daemon.log()
     );
 
-    let err = daemon.stderr();
+    let err = daemon.log();
     assert!(!err.contains(" ERROR "), "errors logged:\n{err}");
-    let all = runs(&env);
+    let all = env.runs();
     assert!(all.len() >= 3, "{all:#?}");
     let mut ok = 0;
     for r in &all {
@@ -849,27 +534,21 @@ fn max_concurrent_jobs_one_never_overlaps_across_databases() {
         "app/logs.db",
         "CREATE TABLE l(x); INSERT INTO l VALUES (1);",
     );
-    env.write_config(&format!(
-        "{}{}{}",
-        env.daemon_section("timezone = \"UTC\"\nmax_concurrent_jobs = 1"),
-        TestEnv::database_section(
+    env.config("timezone = \"UTC\"\nmax_concurrent_jobs = 1")
+        .database(
             "chat",
             &chat,
-            &backup_stanza("* * * * * *", &env.path("backups/chat"))
-        ),
-        TestEnv::database_section(
+            &backup_stanza("* * * * * *", &env.path("backups/chat")),
+        )
+        .database(
             "logs",
             &logs,
-            &backup_stanza("* * * * * *", &env.path("backups/logs"))
+            &backup_stanza("* * * * * *", &env.path("backups/logs")),
         )
-    ));
+        .write();
     let mut notify = Notify::bind(&env);
-    let mut daemon = Daemon::spawn(
-        &env,
-        &notify,
-        &[("LITEKEEPER_LOG", "info,litekeeper=debug")],
-    );
-    let ready = notify.wait_for(0, Duration::from_secs(20), "READY=1", |m| m.has("READY=1"));
+    let mut daemon = env.daemon_notifying(&notify, &[("LITEKEEPER_LOG", "info,litekeeper=debug")]);
+    let ready = notify.ready();
     wait_until(
         &env,
         &daemon,
@@ -885,9 +564,9 @@ fn max_concurrent_jobs_one_never_overlaps_across_databases() {
         daemon.wait_exit(Duration::from_secs(10)).code(),
         Some(0),
         "stderr:\n{}",
-        daemon.stderr()
+        daemon.log()
     );
-    let all = runs(&env);
+    let all = env.runs();
     assert!(all.iter().all(|r| r.finished.is_some()), "{all:#?}");
     assert!(
         all.iter()
@@ -933,9 +612,9 @@ fn broken_config_at_start() {
         let line = text.lines().position(|l| l.starts_with(bad)).unwrap() + 1;
         env.write_config(&text);
         let mut notify = Notify::bind(&env);
-        let mut daemon = Daemon::spawn(&env, &notify, &[]);
+        let mut daemon = env.daemon_notifying(&notify, &[]);
         let status = daemon.wait_exit(Duration::from_secs(10));
-        let err = daemon.stderr();
+        let err = daemon.log();
         assert_eq!(status.code(), Some(78), "stderr:\n{err}");
         let lines: Vec<&str> = err.lines().collect();
         assert_eq!(lines.len(), 1, "one line on stderr:\n{err}");
@@ -966,13 +645,11 @@ fn sigterm_during_running_job() {
          INSERT INTO t SELECT randomblob(4000) FROM c;",
     );
     let dir = env.path("backups/big");
-    env.write_config(&format!(
-        "{}{}",
-        env.daemon_section("timezone = \"UTC\""),
-        TestEnv::database_section("big", &big, &backup_stanza("* * * * * *", &dir))
-    ));
+    env.config("timezone = \"UTC\"")
+        .database("big", &big, &backup_stanza("* * * * * *", &dir))
+        .write();
     let mut notify = Notify::bind(&env);
-    let mut daemon = Daemon::spawn(&env, &notify, &[]);
+    let mut daemon = env.daemon_notifying(&notify, &[]);
     let running = notify.wait_for(
         0,
         Duration::from_secs(20),
@@ -1000,7 +677,7 @@ fn sigterm_during_running_job() {
         m.has("STOPPING=1")
     });
     let status = daemon.wait_exit(Duration::from_secs(30));
-    assert_eq!(status.code(), Some(0), "stderr:\n{}", daemon.stderr());
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", daemon.log());
 
     let msgs = notify.finish().to_vec();
     assert_eq!(
@@ -1020,7 +697,7 @@ fn sigterm_during_running_job() {
         assert!(!m.has("READY=1"), "READY=1 after STOPPING=1");
     }
 
-    let all = runs(&env);
+    let all = env.runs();
     assert_eq!(all.len(), 1, "{all:#?}");
     let r = &all[0];
     assert_eq!(
@@ -1078,7 +755,7 @@ fn threads_named(pid: libc::pid_t, name: &str) -> usize {
 }
 
 /// SIGHUP `n` times, each time waiting for the READY=1 that ends the reload.
-fn reload_times(daemon: &Daemon, notify: &mut Notify, mut from: usize, n: usize) -> usize {
+fn reload_times(daemon: &Bg, notify: &mut Notify, mut from: usize, n: usize) -> usize {
     for _ in 0..n {
         daemon.signal(libc::SIGHUP);
         let r = notify.wait_for(from, Duration::from_secs(20), "RELOADING=1", |m| {
@@ -1110,8 +787,7 @@ fn reloads_do_not_grow_memory() {
     }
     env.write_config(&text);
     let mut notify = Notify::bind(&env);
-    let mut daemon = Daemon::spawn(
-        &env,
+    let mut daemon = env.daemon_notifying(
         &notify,
         &[("LITEKEEPER_LOG", "info,litekeeper::scheduler=debug")],
     );
@@ -1128,7 +804,7 @@ fn reloads_do_not_grow_memory() {
         (after.saturating_sub(before) * 1024) / (150 * 200)
     );
     // The timer crate holds one timer per scheduled job, not one per job per reload.
-    let err = daemon.stderr();
+    let err = daemon.log();
     let last = err
         .lines()
         .rfind(|l| l.contains("timers armed"))
@@ -1151,8 +827,7 @@ fn reloads_do_not_grow_memory() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    daemon.signal(libc::SIGTERM);
-    assert_eq!(daemon.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    assert_eq!(daemon.stop(Duration::from_secs(10)).code(), Some(0));
 }
 
 /// A second daemon on the same state_dir refuses to start, exit 75, naming the first's pid
@@ -1177,16 +852,16 @@ fn second_daemon_on_one_state_dir_refuses() {
     );
     env.write_config(&text);
     let mut notify = Notify::bind(&env);
-    let mut first = Daemon::spawn(&env, &notify, &[]);
-    notify.wait_for(0, Duration::from_secs(20), "READY=1", |m| m.has("READY=1"));
+    let mut first = env.daemon_notifying(&notify, &[]);
+    notify.ready();
 
     // Same configuration, from another directory (its own notify socket and stderr).
     let other = TestEnv::new();
     other.write_config(&text);
     let mut notify2 = Notify::bind(&other);
-    let mut second = Daemon::spawn(&other, &notify2, &[]);
+    let mut second = other.daemon_notifying(&notify2, &[]);
     let status = second.wait_exit(Duration::from_secs(20));
-    let err = second.stderr();
+    let err = second.log();
     assert_eq!(status.code(), Some(75), "stderr:\n{err}");
     let lines: Vec<&str> = err.lines().collect();
     assert_eq!(lines.len(), 1, "one line on stderr:\n{err}");
@@ -1210,7 +885,7 @@ fn second_daemon_on_one_state_dir_refuses() {
     assert_eq!(out.status.code(), Some(0), "{}", crate::util::both(&out));
     assert!(first.alive());
     assert_eq!(
-        runs(&env)
+        env.runs()
             .iter()
             .map(|r| (r.trigger.as_str(), r.outcome.as_str()))
             .collect::<Vec<_>>(),
@@ -1218,15 +893,13 @@ fn second_daemon_on_one_state_dir_refuses() {
         "the second daemon ran nothing"
     );
 
-    first.signal(libc::SIGTERM);
-    assert_eq!(first.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    assert_eq!(first.stop(Duration::from_secs(10)).code(), Some(0));
     drop(notify2);
     std::fs::remove_file(other.path("notify.sock")).unwrap();
     let mut notify3 = Notify::bind(&other);
-    let mut third = Daemon::spawn(&other, &notify3, &[]);
-    notify3.wait_for(0, Duration::from_secs(20), "READY=1", |m| m.has("READY=1"));
-    third.signal(libc::SIGTERM);
-    assert_eq!(third.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    let mut third = other.daemon_notifying(&notify3, &[]);
+    notify3.ready();
+    assert_eq!(third.stop(Duration::from_secs(10)).code(), Some(0));
 }
 
 /// A reload that moves state_dir onto another daemon's is refused like a second start: the
@@ -1251,10 +924,10 @@ fn reload_onto_another_daemons_state_dir_is_refused() {
     b.write_config(&config(&b));
     let mut na = Notify::bind(&a);
     let mut nb = Notify::bind(&b);
-    let mut da = Daemon::spawn(&a, &na, &[]);
-    let mut db = Daemon::spawn(&b, &nb, &[]);
-    na.wait_for(0, Duration::from_secs(20), "READY=1", |m| m.has("READY=1"));
-    let ready = nb.wait_for(0, Duration::from_secs(20), "READY=1", |m| m.has("READY=1"));
+    let mut da = a.daemon_notifying(&na, &[]);
+    let mut db = b.daemon_notifying(&nb, &[]);
+    na.ready();
+    let ready = nb.ready();
 
     b.write_config(&config(&a));
     db.signal(libc::SIGHUP);
@@ -1264,7 +937,7 @@ fn reload_onto_another_daemons_state_dir_is_refused() {
     nb.wait_for(r + 1, Duration::from_secs(10), "READY=1", |m| {
         m.has("READY=1")
     });
-    let err = db.stderr();
+    let err = db.log();
     let line = err
         .lines()
         .find(|l| l.contains("reload failed, keeping the previous configuration"))
@@ -1275,16 +948,15 @@ fn reload_onto_another_daemons_state_dir_is_refused() {
     let c = TestEnv::new();
     c.write_config(&config(&b));
     let nc = Notify::bind(&c);
-    let mut dc = Daemon::spawn(&c, &nc, &[]);
+    let mut dc = c.daemon_notifying(&nc, &[]);
     assert_eq!(dc.wait_exit(Duration::from_secs(20)).code(), Some(75));
     assert!(
-        dc.stderr().contains(&format!("pid {}", db.pid())),
+        dc.log().contains(&format!("pid {}", db.pid())),
         "{}",
-        dc.stderr()
+        dc.log()
     );
     for d in [&mut da, &mut db] {
-        d.signal(libc::SIGTERM);
-        assert_eq!(d.wait_exit(Duration::from_secs(10)).code(), Some(0));
+        assert_eq!(d.stop(Duration::from_secs(10)).code(), Some(0));
     }
 }
 
@@ -1307,13 +979,12 @@ fn status_is_sent_on_change_at_most_once_a_second_and_never_names_the_past() {
     }
     env.write_config(&text);
     let mut notify = Notify::bind(&env);
-    let mut daemon = Daemon::spawn(&env, &notify, &[]);
-    let ready = notify.wait_for(0, Duration::from_secs(20), "READY=1", |m| m.has("READY=1"));
+    let mut daemon = env.daemon_notifying(&notify, &[]);
+    let ready = notify.ready();
     let watch = Duration::from_secs(5);
     std::thread::sleep(watch);
     let (wall_now, mono_now) = (Utc::now(), Instant::now());
-    daemon.signal(libc::SIGTERM);
-    assert_eq!(daemon.wait_exit(Duration::from_secs(20)).code(), Some(0));
+    assert_eq!(daemon.stop(Duration::from_secs(20)).code(), Some(0));
     let msgs = notify.finish().to_vec();
     let window: Vec<&Msg> = msgs[ready + 1..]
         .iter()
@@ -1370,30 +1041,28 @@ fn starved_jobs_show_as_queued_in_status() {
     let env = TestEnv::new();
     let hold = env.sqlite("app/hold.db", "CREATE TABLE t(x);");
     let starved = env.sqlite("app/starved.db", "CREATE TABLE t(x);");
-    env.write_config(&format!(
-        "{}{}{}",
-        env.daemon_section("timezone = \"UTC\"\nmax_concurrent_jobs = 1"),
-        TestEnv::database_section(
+    env.config("timezone = \"UTC\"\nmax_concurrent_jobs = 1")
+        .database(
             "hold",
             &hold,
             &format!(
                 "on_busy = \"wait\"\n{}",
                 backup_stanza("* * * * * *", &env.path("backups/hold"))
-            )
-        ),
-        TestEnv::database_section(
+            ),
+        )
+        .database(
             "starved",
             &starved,
-            &backup_stanza("* * * * * *", &env.path("backups/starved"))
+            &backup_stanza("* * * * * *", &env.path("backups/starved")),
         )
-    ));
+        .write();
     // The test holds hold's lock, so its backup waits for it, holding the only slot.
     std::fs::create_dir_all(env.path("locks")).unwrap();
     let lock = std::fs::File::create(env.path("locks/hold.lock")).unwrap();
     lock.lock().unwrap();
     let mut notify = Notify::bind(&env);
-    let mut daemon = Daemon::spawn(&env, &notify, &[]);
-    notify.wait_for(0, Duration::from_secs(20), "READY=1", |m| m.has("READY=1"));
+    let mut daemon = env.daemon_notifying(&notify, &[]);
+    notify.ready();
     let mut queued = serde_json::Value::Null;
     wait_until(
         &env,
@@ -1437,8 +1106,7 @@ fn starved_jobs_show_as_queued_in_status() {
                 && status_job(&env, "starved", "backup")["queued_since"].is_null()
         },
     );
-    daemon.signal(libc::SIGTERM);
-    assert_eq!(daemon.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    assert_eq!(daemon.stop(Duration::from_secs(10)).code(), Some(0));
 }
 
 /// The same for a fleet: members its feeder cannot start for want of a slot are queued since
@@ -1468,8 +1136,8 @@ fn starved_fleet_members_show_as_queued_in_status() {
     let lock = std::fs::File::create(env.path("locks/hold.lock")).unwrap();
     lock.lock().unwrap();
     let mut notify = Notify::bind(&env);
-    let mut daemon = Daemon::spawn(&env, &notify, &[]);
-    notify.wait_for(0, Duration::from_secs(20), "READY=1", |m| m.has("READY=1"));
+    let mut daemon = env.daemon_notifying(&notify, &[]);
+    notify.ready();
     let members = ["t-acme", "t-globex", "t-initech"];
     wait_until(
         &env,
@@ -1495,8 +1163,7 @@ fn starved_fleet_members_show_as_queued_in_status() {
             })
         },
     );
-    daemon.signal(libc::SIGTERM);
-    assert_eq!(daemon.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    assert_eq!(daemon.stop(Duration::from_secs(10)).code(), Some(0));
 }
 
 /// Fleet members come and go (tenants signing up and leaving): the daemon keeps per-database
@@ -1520,12 +1187,11 @@ fn fleet_churn_leaves_no_per_database_state_behind() {
     ));
     std::fs::create_dir_all(env.path("tenants")).unwrap();
     let mut notify = Notify::bind(&env);
-    let mut daemon = Daemon::spawn(
-        &env,
+    let mut daemon = env.daemon_notifying(
         &notify,
         &[("LITEKEEPER_LOG", "info,litekeeper::scheduler=debug")],
     );
-    let mut from = notify.wait_for(0, Duration::from_secs(20), "READY=1", |m| m.has("READY=1")) + 1;
+    let mut from = notify.ready() + 1;
     for round in 0..5 {
         let names: Vec<String> = (0..20).map(|i| format!("r{round}m{i}")).collect();
         if let Ok(rd) = std::fs::read_dir(env.path("tenants")) {
@@ -1554,7 +1220,7 @@ fn fleet_churn_leaves_no_per_database_state_behind() {
     }
     from = reload_times(&daemon, &mut notify, from, 1);
     let _ = from;
-    let err = daemon.stderr();
+    let err = daemon.log();
     let last = err
         .lines()
         .rfind(|l| l.contains("timers armed"))
@@ -1566,6 +1232,5 @@ fn fleet_churn_leaves_no_per_database_state_behind() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("{last}"));
     assert!(queues <= 21, "{last}");
-    daemon.signal(libc::SIGTERM);
-    assert_eq!(daemon.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    assert_eq!(daemon.stop(Duration::from_secs(10)).code(), Some(0));
 }

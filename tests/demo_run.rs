@@ -1,24 +1,31 @@
 //! `litekeeper demo DIR`: builds the sample with the cases the jobs act on, runs the jobs,
 //! leaves a checkable setup, and never writes into a non-empty directory.
 
+use std::path::Path;
+
 use assert_cmd::Command;
 use rusqlite::Connection;
 
 use crate::util::{both, TestEnv};
 
-#[test]
-fn demo_builds_a_sample_runs_the_jobs_and_refuses_a_used_dir() {
-    let env = TestEnv::new();
-    let dir = env.path("d");
+/// `litekeeper demo DIR`, which must exit 0; its stdout.
+fn demo(dir: &Path) -> String {
     let out = Command::cargo_bin("litekeeper")
         .unwrap()
         .arg("demo")
-        .arg(&dir)
+        .arg(dir)
         .env("NO_COLOR", "1")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", both(&out));
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn demo_builds_a_sample_runs_the_jobs_and_refuses_a_used_dir() {
+    let env = TestEnv::new();
+    let dir = env.path("d");
+    let stdout = demo(&dir);
     assert!(stdout.contains("backup  ok"), "{stdout}");
     for line in ["chats", "messages", "blobs", "upload files", "backups"] {
         assert!(
@@ -115,15 +122,7 @@ fn demo_builds_a_sample_runs_the_jobs_and_refuses_a_used_dir() {
 fn the_demos_try_next_lines_run_as_printed_without_litekeeper_on_path() {
     let env = TestEnv::new();
     let dir = env.path("my demo");
-    let out = Command::cargo_bin("litekeeper")
-        .unwrap()
-        .arg("demo")
-        .arg(&dir)
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = demo(&dir);
     assert!(stdout.ends_with('\n'), "{stdout:?}");
     let lines: Vec<&str> = stdout
         .lines()

@@ -11,11 +11,7 @@ use rusqlite::Connection;
 use crate::util::{both, TestEnv};
 
 fn config(env: &TestEnv, db: &Path, extra: &str) {
-    env.write_config(&format!(
-        "{}{}",
-        env.daemon_section(""),
-        TestEnv::database_section("chat", db, extra)
-    ));
+    env.config("").database("chat", db, extra).write();
 }
 
 #[test]
@@ -112,8 +108,7 @@ fn a_database_path_that_is_not_ascii_is_checked_and_backed_up() {
     );
     let o = env.cmd().arg("check").output().unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", both(&o));
-    let o = env.cmd().args(["run", "chat", "backup"]).output().unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    env.run_ok(&["run", "chat", "backup"]);
     // The database file itself is used, not a new one under a mangled name.
     let names: Vec<String> = std::fs::read_dir(env.path("app"))
         .unwrap()
@@ -149,8 +144,7 @@ fn a_guard_refusing_one_rule_skips_it_and_the_later_rules_run() {
         &db,
         "[database.prune]\nmax_fraction = 0.5\n[[database.prune.rule]]\ntable = \"one\"\nwhere = \"old = 1\"\n[[database.prune.rule]]\ntable = \"many\"\nwhere = \"old = 1\"\n",
     );
-    let o = env.cmd().args(["run", "chat", "prune"]).output().unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let o = env.run_ok(&["run", "chat", "prune"]);
     let text = both(&o);
     assert!(
         text.contains("rule[0]") && text.contains("max_fraction") && text.contains("1 of 1"),

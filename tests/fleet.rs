@@ -33,17 +33,7 @@ fn edit_config(env: &TestEnv, from: &str, to: &str) {
 }
 
 fn ok_runs(env: &TestEnv, db: &str) -> i64 {
-    Connection::open(env.path("state/state.db"))
-        .ok()
-        .and_then(|c| {
-            c.query_row(
-                "SELECT count(*) FROM runs WHERE database = ?1 AND outcome = 'ok'",
-                [db],
-                |r| r.get(0),
-            )
-            .ok()
-        })
-        .unwrap_or(0)
+    env.count_runs("database = ?1 AND outcome = 'ok'", [db])
 }
 
 #[test]
@@ -53,22 +43,10 @@ fn every_file_is_a_database_with_its_own_backups() {
         tenant(&env, i);
     }
     config(&env, "");
-    let o = env
-        .cmd()
-        .args(["run", "tenant-t01", "backup"])
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    env.run_ok(&["run", "tenant-t01", "backup"]);
     assert!(env.path("backups/tenant-t01/manifest.json").exists());
     assert!(!env.path("backups/tenant-t00").exists());
-    let o = env.cmd().args(["status", "--json"]).output().unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let names: Vec<&str> = v["jobs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|j| j["database"].as_str().unwrap())
-        .collect();
+    let names = env.status_databases();
     assert_eq!(names, ["tenant-t00", "tenant-t01", "tenant-t02"]);
     let o = env.cmd().arg("check").output().unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", both(&o));
@@ -108,21 +86,9 @@ fn fifty_databases_one_added_one_removed_between_ticks() {
         tenant(&env, i);
     }
     config(&env, "schedule = \"*/2 * * * * *\"\n");
-    let log = env.path("daemon.log");
-    let mut child = env
-        .std_cmd()
-        .arg("daemon")
-        .env("LITEKEEPER_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut daemon = env.daemon(&[("LITEKEEPER_LOG", "info")]);
     let wait = |what: &str, done: &dyn Fn() -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !done() {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        daemon.wait_until(what, Duration::from_secs(60), done)
     };
     wait("a backup of all 50", &|| {
         (0..50).all(|i| ok_runs(&env, &format!("tenant-t{i:02}")) >= 1)
@@ -139,9 +105,8 @@ fn fifty_databases_one_added_one_removed_between_ticks() {
     // A few more ticks: the vanished tenant is reported once and not run again.
     let t1 = ok_runs(&env, "tenant-t01");
     wait("two more ticks", &|| ok_runs(&env, "tenant-t01") >= t1 + 2);
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    assert_eq!(child.wait().unwrap().code(), Some(0));
-    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(daemon.terminate().code(), Some(0));
+    let text = daemon.log();
     let gone = text
         .lines()
         .filter(|l| l.contains("database tenant-t00") && l.contains("is gone"))
@@ -229,8 +194,7 @@ fn fleet_members_keep_a_week_of_history_unless_told_otherwise() {
             .collect()
     };
     let run = |db: &str| {
-        let o = env.cmd().args(["run", db, "backup"]).output().unwrap();
-        assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+        env.run_ok(&["run", db, "backup"]);
     };
     run("tenant-t00");
     assert_eq!(ids("tenant-t00").len(), 1, "the 10-day-old run is gone");
@@ -260,12 +224,7 @@ fn the_fleet_runs_as_a_whole_by_its_handle() {
         tenant(&env, i);
     }
     config(&env, "");
-    let o = env
-        .cmd()
-        .args(["run", "tenant", "backup"])
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let o = env.run_ok(&["run", "tenant", "backup"]);
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(
         out.contains("backup fleet tenant: 3 database(s): 3 ok, 0 busy, 0 failed"),
@@ -293,8 +252,7 @@ fn the_fleet_runs_as_a_whole_by_its_handle() {
         .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["databases"].as_array().unwrap().len(), 3, "{v}");
-    let o = env.cmd().args(["check", "tenant"]).output().unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    env.run_ok(&["check", "tenant"]);
 
     // A member that is no database: the run fails with that member's code, the others run.
     std::fs::write(
@@ -356,12 +314,7 @@ fn a_fleet_gets_one_timer_per_job_and_its_fixed_directories() {
     }
     config(&env, "schedule = \"0 2 * * *\"\n");
     let out = env.path("units");
-    let o = env
-        .cmd()
-        .args(["systemd-units", "--out"])
-        .arg(&out)
-        .output()
-        .unwrap();
+    let o = env.systemd_units(&out, &[]);
     assert_eq!(o.status.code(), Some(0), "{}", both(&o));
     let timer = std::fs::read_to_string(out.join("litekeeper-backup@tenant.timer.d/schedule.conf"))
         .unwrap();
@@ -466,15 +419,7 @@ fn a_signal_stops_a_fleet_run_and_says_what_did_not_run() {
 }
 
 fn ok_runs_all(env: &TestEnv) -> i64 {
-    Connection::open(env.path("state/state.db"))
-        .ok()
-        .and_then(|c| {
-            c.query_row("SELECT count(*) FROM runs WHERE outcome = 'ok'", [], |r| {
-                r.get(0)
-            })
-            .ok()
-        })
-        .unwrap_or(0)
+    env.count_runs("outcome = 'ok'", [])
 }
 
 /// A fleet run writes the metrics file once a second at most, and once more at the end: the
@@ -495,12 +440,7 @@ fn a_fleet_run_leaves_metrics_for_every_member() {
             prom.display()
         ),
     );
-    let o = env
-        .cmd()
-        .args(["run", "tenant", "backup"])
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    env.run_ok(&["run", "tenant", "backup"]);
     let metrics = std::fs::read_to_string(&prom).unwrap();
     for i in 0..5 {
         let line = format!(
@@ -528,12 +468,10 @@ fn fleet_names_and_an_empty_fleet() {
         )
     };
     // Two `{stem}` fleets: refused, naming the second.
-    env.write_config(&format!(
-        "{}{}{}",
-        env.daemon_section(""),
-        fleet("app/a"),
-        fleet("app/b")
-    ));
+    env.config("")
+        .text(&fleet("app/a"))
+        .text(&fleet("app/b"))
+        .write();
     let o = env.cmd().arg("check").output().unwrap();
     assert_eq!(o.status.code(), Some(78), "{}", both(&o));
     assert!(
@@ -543,28 +481,20 @@ fn fleet_names_and_an_empty_fleet() {
     );
     // `{stem}` over app/a/*.db is "a"; over app/*.db it would be "app", which the plain
     // database has: then it is "fleet1".
-    env.write_config(&format!(
-        "{}{}{}",
-        env.daemon_section("timezone = \"UTC\""),
-        TestEnv::database_section("app", &app, ""),
-        fleet("app/a")
-    ));
-    let o = env.cmd().args(["run", "a", "backup"]).output().unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
-    env.write_config(&format!(
-        "{}{}{}",
-        env.daemon_section("timezone = \"UTC\""),
-        TestEnv::database_section("app", &app, ""),
-        fleet("app/b").replace("app/b/*.db", "app/*.db")
-    ));
-    let o = env.cmd().args(["status", "fleet1"]).output().unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    env.config("timezone = \"UTC\"")
+        .database("app", &app, "")
+        .text(&fleet("app/a"))
+        .write();
+    env.run_ok(&["run", "a", "backup"]);
+    env.config("timezone = \"UTC\"")
+        .database("app", &app, "")
+        .text(&fleet("app/b").replace("app/b/*.db", "app/*.db"))
+        .write();
+    env.run_ok(&["status", "fleet1"]);
     // app/b has no database: WARNING for the fleet, by its handle and in the whole check.
-    env.write_config(&format!(
-        "{}{}",
-        env.daemon_section("timezone = \"UTC\""),
-        fleet("app/b")
-    ));
+    env.config("timezone = \"UTC\"")
+        .text(&fleet("app/b"))
+        .write();
     for args in [&["status", "--check", "b"][..], &["status", "--check"][..]] {
         let o = env.cmd().args(args).output().unwrap();
         assert_eq!(o.status.code(), Some(1), "{args:?}: {}", both(&o));

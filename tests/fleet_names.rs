@@ -138,17 +138,9 @@ fn a_symlinked_directory_is_not_part_of_the_fleet() {
         env.path("tenants").display(),
         env.path("bk").display(),
     ));
-    let o = env.cmd().args(["status", "--json"]).output().unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let names: Vec<&str> = v["jobs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|j| j["database"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["t-alice"], "{}", both(&o));
-    let o = env.cmd().args(["run", "t", "backup"]).output().unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let names = env.status_databases();
+    assert_eq!(names, ["t-alice"]);
+    let o = env.run_ok(&["run", "t", "backup"]);
     assert!(!env.path("bk/t-bob").exists());
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("mallory"),
@@ -320,8 +312,7 @@ fn two_files_with_one_member_name_are_both_refused_and_reported() {
             .unwrap();
         assert_ne!(o.status.code(), Some(0), "{}", both(&o));
     }
-    let o = env.cmd().args(["run", "t", "backup"]).output().unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    env.run_ok(&["run", "t", "backup"]);
     assert_eq!(
         tree(&env.path("bk"))
             .iter()
@@ -349,37 +340,13 @@ fn the_daemon_reports_what_a_scan_skips_once() {
         env.path("tenants").display(),
         env.path("bk").display(),
     ));
-    let log = env.path("daemon.log");
-    let mut child = env
-        .std_cmd()
-        .arg("daemon")
-        .env("LITEKEEPER_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut daemon = env.daemon(&[("LITEKEEPER_LOG", "info")]);
     // Wait for a few ticks (runs of the solo member).
-    let start = Instant::now();
-    let runs = || {
-        Connection::open(env.path("state/state.db"))
-            .ok()
-            .and_then(|c| {
-                c.query_row(
-                    "SELECT count(*) FROM runs WHERE database = 't-solo' AND outcome = 'ok'",
-                    [],
-                    |r| r.get::<_, i64>(0),
-                )
-                .ok()
-            })
-            .unwrap_or(0)
-    };
-    while runs() < 4 {
-        assert!(start.elapsed() < Duration::from_secs(30), "no ticks");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    child.wait().unwrap();
-    let text = std::fs::read_to_string(&log).unwrap();
+    daemon.wait_until("ticks", Duration::from_secs(30), || {
+        env.count_runs("database = 't-solo' AND outcome = 'ok'", []) >= 4
+    });
+    daemon.terminate();
+    let text = daemon.log();
     let lines = |needle: &str| text.lines().filter(|l| l.contains(needle)).count();
     assert_eq!(lines("ACME.db"), 1, "{text}");
     assert_eq!(lines("link.db"), 1, "{text}");
@@ -841,11 +808,6 @@ fn an_operators_symlink_above_the_fixed_part_is_followed() {
         env.path("bk").display(),
         s = env.path("srv").display(),
     ));
-    let o = env
-        .cmd()
-        .args(["run", "t-alice", "backup"])
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    env.run_ok(&["run", "t-alice", "backup"]);
     assert_eq!(journal_mode(&env.path("real/tenants/alice.db")), "wal");
 }

@@ -10,8 +10,10 @@ use std::time::Instant;
 
 use rusqlite::Connection;
 
-use crate::check::{open_to_nobody, unprivileged};
-use crate::util::{both, is_root, TestEnv};
+use crate::util::{
+    backup_into, both, chown_tree, give_to_nobody, names, open_to_nobody, root_or_skip,
+    unprivileged, TestEnv,
+};
 
 fn app(env: &TestEnv) -> PathBuf {
     env.sqlite(
@@ -21,11 +23,7 @@ fn app(env: &TestEnv) -> PathBuf {
 }
 
 fn config(env: &TestEnv, db: &Path, extra: &str) {
-    env.write_config(&format!(
-        "{}{}",
-        env.daemon_section(""),
-        TestEnv::database_section("chat", db, extra)
-    ));
+    env.config("").database("chat", db, extra).write();
 }
 
 fn mode(p: &Path) -> u32 {
@@ -78,8 +76,7 @@ fn symlinked_backup_and_files_directories_are_refused() {
 
 #[test]
 fn a_backup_directory_owned_by_someone_else_is_refused() {
-    if !is_root() {
-        eprintln!("skipped: needs root to chown");
+    if !root_or_skip("needs root to chown") {
         return;
     }
     let env = TestEnv::new();
@@ -124,19 +121,13 @@ fn odd_names_are_handled_and_reported_on_one_line() {
             uploads.display()
         ),
     );
-    let o = env
-        .cmd()
-        .args(["run", "chat", "prune", "--dry-run"])
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let o = env.run_ok(&["run", "chat", "prune", "--dry-run"]);
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(
         out.contains("\"c2_new\\nline.txt\""),
         "name not escaped: {out}"
     );
-    let o = env.cmd().args(["run", "chat", "prune"]).output().unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    env.run_ok(&["run", "chat", "prune"]);
     assert!(!uploads.join("c2_new\nline.txt").exists());
     assert!(uploads.join("c1_ok.txt").exists());
     assert!(
@@ -205,8 +196,7 @@ fn state_and_backups_are_private() {
             env.path("b/chat").display()
         ),
     );
-    let o = env.cmd().args(["run", "chat", "backup"]).output().unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    env.run_ok(&["run", "chat", "backup"]);
     assert_eq!(mode(&env.path("state")), 0o700);
     assert_eq!(mode(&env.path("state/state.db")), 0o600);
     let dir = env.path("b/chat");
@@ -219,22 +209,23 @@ fn state_and_backups_are_private() {
     assert_eq!(mode(&lock) & 0o007, 0, "lock file readable by others");
 }
 
+/// The app's database and its directory owned by [`NOBODY`], backed up into `b`.
+fn app_of_nobody(env: &TestEnv) -> PathBuf {
+    let db = app(env);
+    config(env, &db, &backup_into(&env.path("b")));
+    open_to_nobody(env);
+    give_to_nobody(&env.path("app"));
+    give_to_nobody(&db);
+    db
+}
+
 #[test]
 fn environment_overrides_cannot_send_an_unprivileged_daemon_elsewhere() {
-    if !is_root() {
-        eprintln!("skipped: needs root to run as another user");
+    if !root_or_skip("needs root to run as another user") {
         return;
     }
     let env = TestEnv::new();
-    let db = app(&env);
-    config(
-        &env,
-        &db,
-        &format!("[database.backup]\ndir = \"{}\"", env.path("b").display()),
-    );
-    open_to_nobody(&env);
-    crate::check::give_to_nobody(&env.path("app"));
-    crate::check::give_to_nobody(&db);
+    app_of_nobody(&env);
     // Database entries cannot be reached from the environment at all.
     let o = unprivileged(&env)
         .arg("-c")
@@ -284,24 +275,14 @@ fn environment_overrides_cannot_send_an_unprivileged_daemon_elsewhere() {
 
 #[test]
 fn root_runs_as_the_owner_of_state_dir() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
+    if !root_or_skip("needs root") {
         return;
     }
     let env = TestEnv::new();
-    let db = app(&env);
-    config(
-        &env,
-        &db,
-        &format!("[database.backup]\ndir = \"{}\"", env.path("b").display()),
-    );
-    open_to_nobody(&env);
-    crate::check::give_to_nobody(&env.path("app"));
-    crate::check::give_to_nobody(&db);
+    app_of_nobody(&env);
     std::fs::create_dir_all(env.path("b")).unwrap();
-    crate::check::give_to_nobody(&env.path("b"));
-    let o = env.cmd().args(["run", "chat", "backup"]).output().unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    give_to_nobody(&env.path("b"));
+    env.run_ok(&["run", "chat", "backup"]);
     for p in ["state/state.db", "locks/chat.lock", "b/manifest.json"] {
         let uid = std::fs::metadata(env.path(p)).unwrap().uid();
         assert_eq!(uid, 65534, "{p} is owned by uid {uid}");
@@ -339,18 +320,6 @@ fn hand_over(env: &TestEnv, who: As) {
     }
 }
 
-fn chown_tree(p: &Path) {
-    crate::check::give_to_nobody(p);
-    let meta = std::fs::symlink_metadata(p).unwrap();
-    if meta.is_dir() {
-        for e in std::fs::read_dir(p).unwrap() {
-            chown_tree(&e.unwrap().path());
-        }
-    } else if meta.file_type().is_symlink() && is_root() {
-        std::os::unix::fs::lchown(p, Some(65534), Some(65534)).unwrap();
-    }
-}
-
 /// Run to the end, or kill after `limit` and fail: a hang is the defect under test.
 fn output_within(
     mut cmd: std::process::Command,
@@ -372,15 +341,6 @@ fn output_within(
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     child.wait_with_output().unwrap()
-}
-
-fn names_in(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
 }
 
 fn mkfifo(p: &Path) {
@@ -440,13 +400,13 @@ fn quarantine_day_directory_that_is_a_symlink_is_never_followed(who: As) {
         std::time::Duration::from_secs(60),
     );
     assert_eq!(
-        names_in(&target),
+        names(&target),
         ["precious"],
         "moved through a symlink ({who:?})\n{}",
         both(&o)
     );
     assert_eq!(
-        names_in(&expired_target),
+        names(&expired_target),
         ["precious"],
         "{who:?}\n{}",
         both(&o)
@@ -512,7 +472,7 @@ fn files_rule_redirected_mid_run_stays_in_its_directory(who: As, action: &str) {
     std::fs::rename(&uploads, &real).unwrap();
     symlink(&target, &uploads).unwrap();
     let o = child.wait_with_output().unwrap();
-    let left = names_in(&target);
+    let left = names(&target);
     assert_eq!(
         left.len(),
         N,
@@ -530,11 +490,11 @@ fn files_rule_redirected_mid_run_stays_in_its_directory(who: As, action: &str) {
     if action == "quarantine" {
         expect.insert(0, ".litekeeper-quarantine".into());
         let q = real.join(".litekeeper-quarantine");
-        let days = names_in(&q);
+        let days = names(&q);
         assert_eq!(days.len(), 1, "{days:?}");
-        assert_eq!(names_in(&q.join(&days[0])).len(), N);
+        assert_eq!(names(&q.join(&days[0])).len(), N);
     }
-    assert_eq!(names_in(&real), expect, "{who:?} {action}");
+    assert_eq!(names(&real), expect, "{who:?} {action}");
 }
 
 #[test]
@@ -617,19 +577,11 @@ fn special_files_beside_a_database_are_refused(who: As) {
             suffix => env.path(&format!("app/b.db{suffix}")),
         };
         mkfifo(&fifo);
-        env.write_config(&format!(
-            "{}{}",
-            env.daemon_section(""),
-            TestEnv::database_section(
-                "chat",
-                &db,
-                &format!(
+        env.config("").database("chat", &db, &format!(
                     "journal_mode = \"keep\"\nattach = {{ files = \"{}\" }}\n[database.backup]\ndir = \"{}\"\n[database.prune]\n[[database.prune.rule]]\ntable = \"t\"\nwhere = \"x > 5\"\n[database.vacuum]\n",
                     files.display(),
                     env.path("backups").display()
-                )
-            )
-        ));
+                )).write();
         hand_over(&env, who);
         for args in commands {
             let mut c = lk(&env, who);

@@ -16,21 +16,12 @@ use std::time::{Duration, SystemTime};
 
 use rusqlite::Connection;
 
-use crate::util::{both, TestEnv};
-
-const DAY: i64 = 86_400;
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
+use crate::util::{both, query_ids, unix_now, TestEnv, DAY};
 
 /// The chat app's database: chats, messages, files, and a bystander table `x` that an
 /// injected `DROP TABLE x` or `DELETE FROM x` would hit.
 fn app_db(env: &TestEnv) -> PathBuf {
-    let n = now();
+    let n = unix_now();
     env.sqlite(
         "app/chat.db",
         &format!(
@@ -104,15 +95,6 @@ fn settled(db: &Path) -> Settled {
     }
 }
 
-fn ids(db: &Path, sql: &str) -> Vec<i64> {
-    let c = Connection::open(db).unwrap();
-    let mut st = c.prepare(sql).unwrap();
-    st.query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect()
-}
-
 /// When a hostile value is refused: at load (the text shows it: `check` exits 78 too) or at
 /// job start (only the database shows it: `check` reports it and exits 1).
 #[derive(Clone, Copy, Debug)]
@@ -159,7 +141,7 @@ fn assert_refused(env: &TestEnv, db: &Path, when: Refused, what: &str, files: &[
 fn weird_table_and_column_names_are_quoted_and_only_the_rule_happens() {
     let env = TestEnv::new();
     let db = app_db(&env);
-    let n = now();
+    let n = unix_now();
     {
         let c = Connection::open(&db).unwrap();
         c.execute_batch(&format!(
@@ -179,7 +161,7 @@ fn weird_table_and_column_names_are_quoted_and_only_the_rule_happens() {
     // Rows older than 10.5 days whose note is not 'keep', and children whose parent is gone
     // after that (ids 31..40 never had one).
     let cutoff = n - 252 * 3600;
-    let weird_left = ids(
+    let weird_left = query_ids(
         &db,
         &format!(
             "SELECT id FROM \"weird \"\"name\"\"; x\"
@@ -208,9 +190,9 @@ parent = '"weird ""name""; x".id'
     let before_others = settled(&db).tables;
     let o = litekeeper(&env, &["run", "chat", "prune"]);
     assert_eq!(o.status.code(), Some(0), "{}", both(&o));
-    let left = ids(&db, "SELECT id FROM \"weird \"\"name\"\"; x\" ORDER BY id");
+    let left = query_ids(&db, "SELECT id FROM \"weird \"\"name\"\"; x\" ORDER BY id");
     assert_eq!(left, weird_left, "the age rule deleted other rows");
-    let children = ids(
+    let children = query_ids(
         &db,
         "SELECT \"parent id\" FROM \"child of weird\" ORDER BY id",
     );

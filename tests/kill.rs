@@ -22,6 +22,7 @@ use std::time::{Duration, Instant, SystemTime};
 use litekeeper::archive::{self, BackupName, Manifest, Verified};
 use rusqlite::{Connection, OpenFlags};
 
+use crate::restore::{marker_db, set_marker};
 use crate::util::TestEnv;
 
 /// Kills per job (per variant where a job has two).
@@ -514,16 +515,14 @@ fn prune_db(env: &TestEnv) -> PathBuf {
              INSERT INTO ev SELECT x, x % 2, hex(randomblob(20)) FROM i;"
         ),
     );
-    env.write_config(&format!(
-        "{}{}",
-        env.daemon_section(""),
-        TestEnv::database_section(
+    env.config("")
+        .database(
             "chat",
             &db,
             "[database.prune]\nmax_lock = \"2ms\"\npause = \"2ms\"\nmax_fraction = 0.9\n\
-             [[database.prune.rule]]\ntable = \"ev\"\nwhere = \"ts = 0\""
+             [[database.prune.rule]]\ntable = \"ev\"\nwhere = \"ts = 0\"",
         )
-    ));
+        .write();
     db
 }
 
@@ -646,15 +645,13 @@ fn vacuum() {
     {
         let env = TestEnv::new();
         let db = vacuum_db(&env, rows, incremental);
-        env.write_config(&format!(
-            "{}{}",
-            env.daemon_section(""),
-            TestEnv::database_section(
+        env.config("")
+            .database(
                 "chat",
                 &db,
-                &format!("[database.vacuum]\nmode = \"{mode}\"\nmin_free = \"10%\"")
+                &format!("[database.vacuum]\nmode = \"{mode}\"\nmin_free = \"10%\""),
             )
-        ));
+            .write();
         let pristine = env.path("pristine.db");
         std::fs::copy(&db, &pristine).unwrap();
         let want = vacuum_rows(&db);
@@ -818,13 +815,6 @@ fn text(db: &Path, sql: &str) -> String {
     let c = Connection::open(db).unwrap();
     c.query_row(sql, [], |r| r.get(0))
         .unwrap_or_else(|e| panic!("{}: {sql}: {e}", db.display()))
-}
-
-fn set_marker(db: &Path, v: &str) {
-    Connection::open(db)
-        .unwrap()
-        .execute("UPDATE marker SET v = ?1", [v])
-        .unwrap();
 }
 
 /// Markers of the `<db>.pre-restore-*` copies next to `db`.
@@ -1039,18 +1029,16 @@ fn retention() {
          CREATE TABLE app_log(id INTEGER PRIMARY KEY, v TEXT);",
     );
     let dir = env.path("backups");
-    env.write_config(&format!(
-        "{}{}",
-        env.daemon_section("timezone = \"UTC\""),
-        TestEnv::database_section(
+    env.config("timezone = \"UTC\"")
+        .database(
             "chat",
             &db,
             &format!(
                 "[database.backup]\ndir = \"{}\"\nkeep = {{ last = 3 }}",
                 dir.display()
-            )
+            ),
         )
-    ));
+        .write();
     // Three real backups first, so `last = 3` keeps none of the old ones.
     for _ in 0..3 {
         run_ok(&env, &["run", "chat", "backup"]);
@@ -1231,7 +1219,7 @@ fn chown_tree(p: &Path, owner: Option<u32>) {
 fn restore_over_sidecars() {
     restore_over_sidecars_as(None);
     if crate::util::is_root() {
-        restore_over_sidecars_as(Some(crate::check::NOBODY));
+        restore_over_sidecars_as(Some(crate::util::NOBODY));
     } else {
         eprintln!("restore_over_sidecars: the uid 65534 half skipped: needs root");
     }
@@ -1244,15 +1232,7 @@ fn restore_over_sidecars_as(user: Option<u32>) {
     };
     let env = TestEnv::new();
     let mut rng = Rng::new(&format!("restore_over_sidecars {who}"));
-    let db = env.sqlite(
-        "app/chat.db",
-        "PRAGMA journal_mode=DELETE;
-         CREATE TABLE marker(v TEXT);
-         INSERT INTO marker VALUES ('backup');
-         CREATE TABLE bulk(id INTEGER PRIMARY KEY, x BLOB);
-         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 1500)
-         INSERT INTO bulk(x) SELECT randomblob(4000) FROM n;",
-    );
+    let db = marker_db(&env, 1500, 4000);
     let dir = env.path("backups");
     env.write_config(&format!(
         "{}[[database]]\nname = \"chat\"\npath = \"{}\"\njournal_mode = \"keep\"\n\
@@ -1304,13 +1284,13 @@ fn restore_over_sidecars_as(user: Option<u32>) {
     let target = out_dir.join("new.db");
 
     if let Some(u) = user {
-        crate::check::open_to_nobody(&env);
+        crate::util::open_to_nobody(&env);
         chown_tree(env.dir.path(), Some(u));
     }
     let cmd = || match user {
         None => env.std_cmd(),
         Some(_) => {
-            let mut c = crate::check::unprivileged(&env);
+            let mut c = crate::util::unprivileged(&env);
             c.arg("-c").arg(env.config_path());
             c
         }

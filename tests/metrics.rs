@@ -9,7 +9,7 @@ use std::process::Stdio;
 use chrono::Utc;
 use rusqlite::Connection;
 
-use crate::util::{both, TestEnv};
+use crate::util::{backup_into, both, TestEnv};
 
 /// Every family litekeeper writes; each must have HELP and TYPE lines in every file.
 const FAMILIES: &[(&str, &str)] = &[
@@ -237,16 +237,10 @@ fn setup(env: &TestEnv, daemon_extra: &str) -> PathBuf {
             .unwrap();
     }
     std::fs::create_dir_all(env.path("prom")).unwrap();
-    env.write_config(&format!(
-        "{}{}",
-        env.daemon_section(&format!(
+    env.config(&format!(
             "metrics_file = \"{}\"\n{daemon_extra}",
             prom_path(env).display()
-        )),
-        TestEnv::database_section(
-            "chat",
-            &db,
-            &format!(
+        )).database("chat", &db, &format!(
                 "[database.backup]\nschedule = \"0 2 * * *\"\ndir = \"{backups}\"\n\
                  [database.vacuum]\n\
                  [database.prune]\n\
@@ -255,9 +249,7 @@ fn setup(env: &TestEnv, daemon_extra: &str) -> PathBuf {
                  referenced_by = \"SELECT id FROM file\"\naction = \"delete\"\n",
                 backups = env.path("backups").display(),
                 uploads = uploads.display(),
-            )
-        )
-    ));
+            )).write();
     db
 }
 
@@ -535,18 +527,9 @@ fn an_unwritable_metrics_file_is_a_warning_not_a_failure() {
     let env = TestEnv::new();
     let db = env.sqlite("app/chat.db", "CREATE TABLE t(x);");
     let missing = env.path("no-such-dir/litekeeper.prom");
-    env.write_config(&format!(
-        "{}{}",
-        env.daemon_section(&format!("metrics_file = \"{}\"", missing.display())),
-        TestEnv::database_section(
-            "chat",
-            &db,
-            &format!(
-                "[database.backup]\ndir = \"{}\"",
-                env.path("backups").display()
-            )
-        )
-    ));
+    env.config(&format!("metrics_file = \"{}\"", missing.display()))
+        .database("chat", &db, &backup_into(&env.path("backups")))
+        .write();
     let o = run(&env, "chat", "backup");
     assert_eq!(o.status.code(), Some(0), "{}", both(&o));
     let err = String::from_utf8_lossy(&o.stderr);
@@ -591,41 +574,18 @@ fn writers_wait_for_the_metrics_lock_then_write_what_the_state_db_holds() {
         .open(env.path("locks/metrics.prom.lock"))
         .unwrap();
     lock.lock().unwrap();
-    let mut child = env
-        .std_cmd()
-        .args(["run", "chat", "backup"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let finished = || -> i64 {
-        Connection::open(env.path("state/state.db"))
-            .and_then(|c| {
-                c.query_row(
-                    "SELECT count(*) FROM runs WHERE finished_at IS NOT NULL",
-                    [],
-                    |r| r.get(0),
-                )
-            })
-            .unwrap_or(0)
-    };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while finished() == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the run was not recorded"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let mut run = env.spawn(&["run", "chat", "backup"], &[]);
+    run.wait_until(
+        "the run recorded",
+        std::time::Duration::from_secs(20),
+        || env.count_runs("finished_at IS NOT NULL", []) > 0,
+    );
     // Recorded, but the metrics writer waits for the lock.
     std::thread::sleep(std::time::Duration::from_millis(300));
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "run ended without the metrics lock"
-    );
+    assert!(run.alive(), "run ended without the metrics lock");
     assert!(!prom_path(&env).exists());
     lock.unlock().unwrap();
-    assert!(child.wait().unwrap().success());
+    assert!(run.child().wait().unwrap().success());
     let m = read_metrics(&env);
     assert_eq!(m.last_outcome("chat", "backup"), "ok");
 }
@@ -641,18 +601,9 @@ fn metrics_are_never_written_through_a_symlinked_directory() {
     let target = env.path("victim");
     std::fs::create_dir_all(&target).unwrap();
     std::os::unix::fs::symlink(&target, env.path("prom")).unwrap();
-    env.write_config(&format!(
-        "{}{}",
-        env.daemon_section(&format!("metrics_file = \"{}\"", prom_path(&env).display())),
-        TestEnv::database_section(
-            "chat",
-            &db,
-            &format!(
-                "[database.backup]\ndir = \"{}\"",
-                env.path("backups").display()
-            )
-        )
-    ));
+    env.config(&format!("metrics_file = \"{}\"", prom_path(&env).display()))
+        .database("chat", &db, &backup_into(&env.path("backups")))
+        .write();
     let o = run(&env, "chat", "backup");
     assert_eq!(o.status.code(), Some(0), "{}", both(&o));
     let err = String::from_utf8_lossy(&o.stderr);

@@ -5,7 +5,6 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -138,23 +137,14 @@ fn setup(env: &TestEnv, backup_extra: &str, vacuum_extra: &str) {
         "app/chat.db",
         "PRAGMA journal_mode=WAL; CREATE TABLE t(x); INSERT INTO t VALUES (1), (2), (3);",
     );
-    env.write_config(&format!(
-        "{}{}",
-        env.daemon_section(""),
-        TestEnv::database_section(
-            "chat",
-            &db,
-            &format!(
+    env.config("").database("chat", &db, &format!(
                 "[database.backup]\ndir = \"{}\"\n{backup_extra}\n[database.vacuum]\n{vacuum_extra}",
                 env.path("backups").display()
-            )
-        )
-    ));
+            )).write();
 }
 
 fn last_run(env: &TestEnv, job: &str) -> Value {
-    let o = env.cmd().args(["status", "--json"]).output().unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let o = env.run_ok(&["status", "--json"]);
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     v["jobs"]
         .as_array()
@@ -201,8 +191,7 @@ fn start_then_success_with_the_summary_then_fail_with_the_error() {
     }
 
     // Nothing worth vacuuming is a success too (trailing slash in the URL is fine).
-    let o = env.cmd().args(["run", "chat", "vacuum"]).output().unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    env.run_ok(&["run", "chat", "vacuum"]);
     assert_eq!(last_run(&env, "vacuum")["outcome"], "skipped");
     assert_eq!(
         &server.lines()[2..],
@@ -234,12 +223,7 @@ fn dry_runs_and_runs_skipped_for_a_busy_database_send_nothing() {
     let env = TestEnv::new();
     let server = Server::start(false);
     setup(&env, &format!("ping = \"{}\"", server.url("/uuid")), "");
-    let o = env
-        .cmd()
-        .args(["run", "chat", "backup", "--dry-run"])
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    env.run_ok(&["run", "chat", "backup", "--dry-run"]);
     let held = lock::try_acquire(&env.path("locks"), "chat", "vacuum").unwrap();
     let o = env.cmd().args(["run", "chat", "backup"]).output().unwrap();
     assert_eq!(o.status.code(), Some(75), "{}", both(&o));
@@ -346,26 +330,13 @@ fn the_daemon_pings_every_scheduled_run() {
         ),
         "",
     );
-    let mut daemon = Daemon(
-        env.std_cmd()
-            .arg("daemon")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut daemon = env.daemon(&[]);
     let count = |reqs: &[Req], line: &str| reqs.iter().filter(|r| r.line() == line).count();
     server.wait_for(Duration::from_secs(30), "two pinged runs", |reqs| {
         count(reqs, "POST /uuid") >= 2
     });
-    // SAFETY: signalling our own child, not reaped yet.
-    unsafe { libc::kill(daemon.0.id() as libc::pid_t, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while daemon.0.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "daemon did not stop");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    daemon.signal(libc::SIGTERM);
+    daemon.wait_exit(Duration::from_secs(15));
     let reqs = server.requests();
     // Runs never overlap: pings alternate start, success (a run cut short by SIGTERM may end
     // the list with its start, or a fail the daemon did not wait for).
@@ -383,14 +354,4 @@ fn the_daemon_pings_every_scheduled_run() {
             .all(|r| r.body.contains("trigger schedule")),
         "{reqs:#?}"
     );
-}
-
-/// Killed when the test ends, also by a failed assertion.
-struct Daemon(std::process::Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

@@ -10,18 +10,9 @@ use std::time::{Duration, SystemTime};
 
 use rusqlite::Connection;
 
-use crate::util::{both, TestEnv};
+use crate::util::{both, query_i64, query_ids, unix_now, TestEnv, DAY};
 
-const DAY: i64 = 86_400;
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
-fn config(env: &TestEnv, db: &Path, attach: Option<&Path>, prune: &str) {
+pub(crate) fn config(env: &TestEnv, db: &Path, attach: Option<&Path>, prune: &str) {
     let attach = attach
         .map(|p| format!("attach = {{ files = \"{}\" }}\n", p.display()))
         .unwrap_or_default();
@@ -32,21 +23,7 @@ fn config(env: &TestEnv, db: &Path, attach: Option<&Path>, prune: &str) {
     ));
 }
 
-fn q(db: &Path, sql: &str) -> i64 {
-    let c = Connection::open(db).unwrap();
-    c.query_row(sql, [], |r| r.get(0)).unwrap()
-}
-
-fn ids(db: &Path, sql: &str) -> Vec<i64> {
-    let c = Connection::open(db).unwrap();
-    let mut st = c.prepare(sql).unwrap();
-    st.query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect()
-}
-
-fn run_prune(env: &TestEnv, extra: &[&str]) -> std::process::Output {
+pub(crate) fn run_prune(env: &TestEnv, extra: &[&str]) -> std::process::Output {
     env.cmd()
         .args(["run", "chat", "prune"])
         .args(extra)
@@ -56,7 +33,7 @@ fn run_prune(env: &TestEnv, extra: &[&str]) -> std::process::Output {
 
 /// A chat-app main DB: chats with ages and flags, messages, and an attached blob DB.
 fn chat_app(env: &TestEnv) -> (PathBuf, PathBuf) {
-    let n = now();
+    let n = unix_now();
     let main = env.sqlite(
         "app/chat.db",
         &format!(
@@ -103,14 +80,14 @@ fn age_rules_in_every_time_format_delete_exactly_the_old_rows() {
             ),
         );
         // 99.5 days: no row sits within hours of the cutoff. Independent: by the unix column.
-        let cutoff = now() - 2388 * 3600;
-        let expect_left = ids(
+        let cutoff = unix_now() - 2388 * 3600;
+        let expect_left = query_ids(
             &db,
             &format!("SELECT rowid FROM chat WHERE NOT (updated_at < {cutoff} AND archived = 0 AND pinned = 0) ORDER BY rowid"),
         );
         let o = run_prune(&env, &[]);
         assert_eq!(o.status.code(), Some(0), "{format}: {}", both(&o));
-        let left = ids(&db, "SELECT rowid FROM chat ORDER BY rowid");
+        let left = query_ids(&db, "SELECT rowid FROM chat ORDER BY rowid");
         assert_eq!(left, expect_left, "{format}");
         assert!(
             left.len() < 400 && left.len() > 100,
@@ -239,7 +216,7 @@ min_age = \"0s\"",
     let o = run_prune(&env, &["--dry-run"]);
     assert_eq!(o.status.code(), Some(0), "{}", both(&o));
     let out = String::from_utf8_lossy(&o.stdout);
-    let archived = q(&db, "SELECT count(*) FROM chat WHERE archived = 1");
+    let archived = query_i64(&db, "SELECT count(*) FROM chat WHERE archived = 1");
     assert!(
         out.contains(&format!("would delete {archived} rows and 1 files (3 B)")),
         "{out}"
@@ -260,7 +237,7 @@ min_age = \"0s\"",
     let o = run_prune(&env, &[]);
     assert_eq!(o.status.code(), Some(0), "{}", both(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("dry run"));
-    assert_eq!(q(&db, "SELECT count(*) FROM chat"), 400);
+    assert_eq!(query_i64(&db, "SELECT count(*) FROM chat"), 400);
 }
 
 #[test]
@@ -287,7 +264,7 @@ fn max_fraction_and_missing_columns_refuse_before_deleting() {
         "{}",
         both(&o)
     );
-    assert_eq!(q(&db, "SELECT count(*) FROM chat"), 400);
+    assert_eq!(query_i64(&db, "SELECT count(*) FROM chat"), 400);
 
     // A rule naming a missing column: exit 78 with the config line of the key.
     env.write_config(&format!(
@@ -318,7 +295,7 @@ fn max_fraction_and_missing_columns_refuse_before_deleting() {
     ));
     let o = run_prune(&env, &[]);
     assert_eq!(o.status.code(), Some(78), "{}", both(&o));
-    assert_eq!(q(&db, "SELECT count(*) FROM chat"), 400);
+    assert_eq!(query_i64(&db, "SELECT count(*) FROM chat"), 400);
 }
 
 #[test]
@@ -338,7 +315,7 @@ fn max_rows_caps_one_run_and_without_rowid_tables_batch_on_their_key() {
         "{}",
         both(&o)
     );
-    assert_eq!(q(&blobs, "SELECT count(*) FROM blob"), 2602 - 1000);
+    assert_eq!(query_i64(&blobs, "SELECT count(*) FROM blob"), 2602 - 1000);
     // Deleted in key order: the survivors are the largest keys.
     let smallest_left: String = Connection::open(&blobs)
         .unwrap()
@@ -348,7 +325,7 @@ fn max_rows_caps_one_run_and_without_rowid_tables_batch_on_their_key() {
             |r| r.get(0),
         )
         .unwrap();
-    let deleted_below: i64 = q(
+    let deleted_below: i64 = query_i64(
         &blobs,
         &format!("SELECT count(*) FROM blob WHERE key < '{smallest_left}' AND length(data) > 10"),
     );
@@ -357,7 +334,7 @@ fn max_rows_caps_one_run_and_without_rowid_tables_batch_on_their_key() {
     assert_eq!(o.status.code(), Some(0), "{}", both(&o));
     let o = run_prune(&env, &[]);
     assert_eq!(o.status.code(), Some(0), "{}", both(&o));
-    assert_eq!(q(&blobs, "SELECT count(*) FROM blob"), 2);
+    assert_eq!(query_i64(&blobs, "SELECT count(*) FROM blob"), 2);
 }
 
 fn set_age(path: &Path, age: Duration) {
@@ -515,7 +492,7 @@ fn killed_prune_leaves_only_whole_batches() {
     let start = std::time::Instant::now();
     loop {
         std::thread::sleep(Duration::from_millis(50));
-        let left = q(&db, "SELECT count(*) FROM ev WHERE ts = 0");
+        let left = query_i64(&db, "SELECT count(*) FROM ev WHERE ts = 0");
         if left < 29_000 || start.elapsed() > Duration::from_secs(20) {
             break;
         }
@@ -528,33 +505,36 @@ fn killed_prune_leaves_only_whole_batches() {
             .unwrap(),
         "ok"
     );
-    let left = q(&db, "SELECT count(*) FROM ev WHERE ts = 0");
+    let left = query_i64(&db, "SELECT count(*) FROM ev WHERE ts = 0");
     assert!(
         left > 0 && left < 30_000,
         "kill did not land mid-prune: {left} left"
     );
     // Whole batches in key order: every matching row below the first survivor is gone and
     // every matching row from it on is still there. No other row was touched.
-    let first_left = q(&db, "SELECT min(id) FROM ev WHERE ts = 0");
+    let first_left = query_i64(&db, "SELECT min(id) FROM ev WHERE ts = 0");
     assert_eq!(
-        q(
+        query_i64(
             &db,
             &format!("SELECT count(*) FROM ev WHERE ts = 0 AND id < {first_left}")
         ),
         0
     );
     assert_eq!(
-        q(
+        query_i64(
             &db,
             &format!("SELECT count(*) FROM ev WHERE ts = 0 AND id >= {first_left}")
         ),
         (60_000 - first_left) / 2 + 1
     );
-    assert_eq!(q(&db, "SELECT count(*) FROM ev WHERE ts = 1"), 30_000);
+    assert_eq!(
+        query_i64(&db, "SELECT count(*) FROM ev WHERE ts = 1"),
+        30_000
+    );
     // The lock is free and the next run finishes the job.
     let o = run_prune(&env, &[]);
     assert_eq!(o.status.code(), Some(0), "{}", both(&o));
-    assert_eq!(q(&db, "SELECT count(*) FROM ev WHERE ts = 0"), 0);
+    assert_eq!(query_i64(&db, "SELECT count(*) FROM ev WHERE ts = 0"), 0);
 }
 
 #[test]
@@ -601,5 +581,5 @@ referenced_by = \"WITH k AS (SELECT 1) DELETE FROM chat RETURNING id\"",
     }
     assert!(out.contains("4 error(s)"), "{out}");
     assert_eq!(std::fs::read(&db).unwrap(), before, "check changed the DB");
-    assert_eq!(q(&db, "SELECT count(*) FROM chat"), 400);
+    assert_eq!(query_i64(&db, "SELECT count(*) FROM chat"), 400);
 }

@@ -7,31 +7,15 @@
 //! named in the summary.
 
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
 
 use rusqlite::Connection;
 use serde_json::Value;
 
-use crate::util::{both, TestEnv};
+use crate::util::{both, unix_now, TestEnv, DAY};
 
-const DAY: i64 = 86_400;
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
+/// prune.rs's configuration, with no cap on the fraction of rows one run may delete.
 fn config(env: &TestEnv, db: &Path, attach: Option<&Path>, prune: &str) {
-    let attach = attach
-        .map(|p| format!("attach = {{ files = \"{}\" }}\n", p.display()))
-        .unwrap_or_default();
-    env.write_config(&format!(
-        "{}[[database]]\nname = \"chat\"\npath = \"{}\"\n{attach}[database.prune]\npause = \"0s\"\nmax_fraction = 1.0\n{prune}\n",
-        env.daemon_section("timezone = \"UTC\""),
-        db.display()
-    ));
+    crate::prune::config(env, db, attach, &format!("max_fraction = 1.0\n{prune}"));
 }
 
 /// Open as the app does: foreign keys enforced or not.
@@ -42,13 +26,7 @@ fn app(db: &Path, enforce: bool) -> Connection {
     c
 }
 
-fn run_prune(env: &TestEnv, extra: &[&str]) -> std::process::Output {
-    env.cmd()
-        .args(["run", "chat", "prune"])
-        .args(extra)
-        .output()
-        .unwrap()
-}
+use crate::prune::run_prune;
 
 fn ids(c: &Connection, sql: &str) -> Vec<String> {
     let mut st = c.prepare(sql).unwrap();
@@ -99,7 +77,7 @@ fn last_figures(env: &TestEnv) -> Value {
 fn conversations(env: &TestEnv, enforce: bool) -> PathBuf {
     let db = env.path("conv.db");
     let c = app(&db, enforce);
-    let n = now();
+    let n = unix_now();
     c.execute_batch(&format!(
         "CREATE TABLE conversations(id INTEGER PRIMARY KEY, updated_at INTEGER NOT NULL);
          CREATE TABLE messages(id INTEGER PRIMARY KEY, body TEXT,
@@ -303,7 +281,7 @@ fn attached_database_with_its_own_foreign_keys() {
         };
         let files = env.path("files.db");
         let c = app(&files, enforce);
-        let n = now();
+        let n = unix_now();
         c.execute_batch(&format!(
             "CREATE TABLE file(id TEXT PRIMARY KEY, created_at INTEGER NOT NULL);
              CREATE TABLE chunk(id INTEGER PRIMARY KEY,
@@ -368,7 +346,7 @@ parent = \"conversations.id\"",
 fn open_webui(env: &TestEnv, enforce: bool) -> PathBuf {
     let db = env.path("webui.db");
     let c = app(&db, enforce);
-    let n = now();
+    let n = unix_now();
     c.execute_batch(&format!(
         "CREATE TABLE user(id TEXT PRIMARY KEY, name TEXT);
          CREATE TABLE folder(id TEXT PRIMARY KEY, parent_id TEXT REFERENCES folder(id),
@@ -424,7 +402,7 @@ fn open_webui_shaped_schema_prunes_chats_and_channel_messages_consistently() {
     for enforce in [true, false] {
         let env = TestEnv::new();
         let db = open_webui(&env, enforce);
-        let cutoff = now() - 90 * DAY;
+        let cutoff = unix_now() - 90 * DAY;
         let c = app(&db, false);
         let chats_left = ids(
             &c,

@@ -4,41 +4,47 @@
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command as StdCommand, Stdio};
+use std::process::Command as StdCommand;
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
-use crate::check::{give_to_nobody, open_to_nobody, unprivileged, NOBODY};
-use crate::util::{both, is_root, TestEnv};
+use crate::util::{
+    both, chown_tree, give_to_nobody, open_to_nobody, root_or_skip, start_holder, unprivileged,
+    wait_until, KillOnDrop, TestEnv, NOBODY,
+};
+
+/// `app/chat.db` in rollback-journal mode, marker 'backup', and `rows` blobs of `size` bytes.
+pub(crate) fn marker_db(env: &TestEnv, rows: u32, size: u32) -> PathBuf {
+    env.sqlite(
+        "app/chat.db",
+        &format!(
+            "PRAGMA journal_mode=DELETE;
+             CREATE TABLE marker(v TEXT);
+             INSERT INTO marker VALUES ('backup');
+             CREATE TABLE bulk(id INTEGER PRIMARY KEY, x BLOB);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < {rows})
+             INSERT INTO bulk(x) SELECT randomblob({size}) FROM n;"
+        ),
+    )
+}
 
 /// `app/chat.db` in rollback-journal mode (`journal_mode = "keep"`), marker 'backup', with one
 /// backup taken; returns (db, backup dir).
 fn journal_setup(env: &TestEnv) -> (PathBuf, PathBuf) {
-    let db = env.sqlite(
-        "app/chat.db",
-        "PRAGMA journal_mode=DELETE;
-         CREATE TABLE marker(v TEXT);
-         INSERT INTO marker VALUES ('backup');
-         CREATE TABLE bulk(id INTEGER PRIMARY KEY, x BLOB);
-         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 300)
-         INSERT INTO bulk(x) SELECT randomblob(2000) FROM n;",
-    );
+    let db = marker_db(env, 300, 2000);
     let dir = env.path("backups");
-    env.write_config(&format!(
-        "{}{}",
-        env.daemon_section(""),
-        TestEnv::database_section(
+    env.config("")
+        .database(
             "chat",
             &db,
             &format!(
                 "journal_mode = \"keep\"\n[database.backup]\ndir = \"{}\"\nkeep = {{ last = 10 }}",
                 dir.display()
-            )
+            ),
         )
-    ));
-    let out = env.cmd().args(["run", "chat", "backup"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+        .write();
+    env.run_ok(&["run", "chat", "backup"]);
     (db, dir)
 }
 
@@ -49,7 +55,7 @@ fn marker(db: &Path) -> String {
         .unwrap_or_else(|e| panic!("{}: {e}", db.display()))
 }
 
-fn set_marker(db: &Path, v: &str) {
+pub(crate) fn set_marker(db: &Path, v: &str) {
     Connection::open(db)
         .unwrap()
         .execute("UPDATE marker SET v = ?1", [v])
@@ -106,64 +112,41 @@ fn kept(db: &Path) -> Vec<PathBuf> {
     v
 }
 
-/// A process holding a database open until dropped.
-struct Holder(Child);
-
-impl Holder {
-    /// python3 with an SQLite connection to `path`.
-    fn open(path: &Path) -> Holder {
-        let child = StdCommand::new("python3")
-            .args([
-                "-c",
-                "import sqlite3,sys,time; c=sqlite3.connect(sys.argv[1]); \
-                 c.execute('select count(*) from sqlite_master').fetchall(); \
-                 print('ok', flush=True); time.sleep(60)",
-            ])
-            .arg(path)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        Holder::ready(child)
-    }
-
-    /// A shell of user and group `uid` (through setpriv) holding `path` open for reading.
-    fn open_as(path: &Path, uid: u32) -> Holder {
-        let child = StdCommand::new("setpriv")
-            .arg(format!("--reuid={uid}"))
-            .arg(format!("--regid={uid}"))
-            .arg("--clear-groups")
-            .args([
-                "sh",
-                "-c",
-                "exec 3<\"$1\" && echo ok && exec sleep 60",
-                "sh",
-            ])
-            .arg(path)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        Holder::ready(child)
-    }
-
-    /// Wait for the child's "ok" (the file is open).
-    fn ready(mut child: Child) -> Holder {
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
-            &mut line,
-        )
-        .unwrap();
-        let holder = Holder(child);
-        assert_eq!(line.trim(), "ok");
-        holder
-    }
+/// python3 holding an SQLite connection to `path` until dropped.
+fn hold_open(path: &Path) -> KillOnDrop {
+    let mut python = StdCommand::new("python3");
+    python
+        .args([
+            "-c",
+            "import sqlite3,sys,time; c=sqlite3.connect(sys.argv[1]); \
+             c.execute('select count(*) from sqlite_master').fetchall(); \
+             print('ok', flush=True); time.sleep(60)",
+        ])
+        .arg(path);
+    held_once_ok(python)
 }
 
-impl Drop for Holder {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// A shell of user and group `uid` (through setpriv) holding `path` open for reading.
+fn hold_open_as(path: &Path, uid: u32) -> KillOnDrop {
+    let mut sh = StdCommand::new("setpriv");
+    sh.arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={uid}"))
+        .arg("--clear-groups")
+        .args([
+            "sh",
+            "-c",
+            "exec 3<\"$1\" && echo ok && exec sleep 60",
+            "sh",
+        ])
+        .arg(path);
+    held_once_ok(sh)
+}
+
+/// Wait for the holder's "ok" (the file is open).
+fn held_once_ok(cmd: StdCommand) -> KillOnDrop {
+    let (child, line) = start_holder(cmd);
+    assert_eq!(line.trim(), "ok");
+    child
 }
 
 #[test]
@@ -174,12 +157,7 @@ fn in_place_restore_over_a_hot_journal_keeps_both_databases_whole() {
     make_hot_journal(&db);
     // --force: as another user than root the open check cannot be done (and is not the
     // subject here); the journal is handled the same.
-    let out = env
-        .cmd()
-        .args(["restore", "chat", "--in-place", "--force"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    env.run_ok(&["restore", "chat", "--in-place", "--force"]);
     assert!(!side(&db, "-journal").exists(), "the old journal is gone");
     assert_eq!(quick_check(&db), "ok");
     assert_eq!(marker(&db), "backup");
@@ -286,25 +264,18 @@ fn in_place_restore_through_a_symlinked_path_restores_the_file_it_points_to() {
     let link = env.path("current/chat.db");
     std::fs::create_dir_all(link.parent().unwrap()).unwrap();
     std::os::unix::fs::symlink(&real, &link).unwrap();
-    env.write_config(&format!(
-        "{}{}",
-        env.daemon_section(""),
-        TestEnv::database_section(
+    env.config("")
+        .database(
             "chat",
             &link,
             &format!(
                 "journal_mode = \"keep\"\n[database.backup]\ndir = \"{}\"",
                 dir.display()
-            )
+            ),
         )
-    ));
+        .write();
     set_marker(&real, "live");
-    let out = env
-        .cmd()
-        .args(["restore", "chat", "--in-place", "--force"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    let out = env.run_ok(&["restore", "chat", "--in-place", "--force"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains("symlink") && stdout.contains(&real.display().to_string()),
@@ -328,22 +299,20 @@ fn open_check_sees_the_file_through_symlinked_directories_and_hard_links() {
     // Configured through a symlinked directory; the app opens the real path, then a hard link.
     let via = env.path("via");
     std::os::unix::fs::symlink(env.path("app"), &via).unwrap();
-    env.write_config(&format!(
-        "{}{}",
-        env.daemon_section(""),
-        TestEnv::database_section(
+    env.config("")
+        .database(
             "chat",
             &via.join("chat.db"),
             &format!(
                 "journal_mode = \"keep\"\n[database.backup]\ndir = \"{}\"",
                 dir.display()
-            )
+            ),
         )
-    ));
+        .write();
     let hard = env.path("app/hard.db");
     std::fs::hard_link(&db, &hard).unwrap();
     for opened in [&db, &hard] {
-        let holder = Holder::open(opened);
+        let holder = hold_open(opened);
         let out = env
             .cmd()
             .args(["restore", "chat", "--in-place"])
@@ -358,8 +327,7 @@ fn open_check_sees_the_file_through_symlinked_directories_and_hard_links() {
 
 #[test]
 fn open_check_says_when_it_cannot_see_other_users_processes() {
-    if !is_root() {
-        eprintln!("skipped: needs root (a process of another user)");
+    if !root_or_skip("needs root (a process of another user)") {
         return;
     }
     let env = TestEnv::new();
@@ -369,7 +337,7 @@ fn open_check_says_when_it_cannot_see_other_users_processes() {
     // Another user (uid 65533, who may read the file) holds it open; uid 65534 cannot read
     // /proc/PID/fd of that process.
     std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let _holder = Holder::open_as(&db, NOBODY - 1);
+    let _holder = hold_open_as(&db, NOBODY - 1);
     let out = unprivileged(&env)
         .arg("-c")
         .arg(env.config_path())
@@ -393,20 +361,9 @@ fn open_check_says_when_it_cannot_see_other_users_processes() {
     assert_eq!(marker(&db), "backup");
 }
 
-/// chown -R to [`NOBODY`].
-fn chown_tree(p: &Path) {
-    give_to_nobody(p);
-    if std::fs::symlink_metadata(p).unwrap().is_dir() {
-        for e in std::fs::read_dir(p).unwrap().flatten() {
-            chown_tree(&e.path());
-        }
-    }
-}
-
 #[test]
 fn root_in_place_restore_works_as_the_state_owner_and_keeps_the_database_owner() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
+    if !root_or_skip("needs root") {
         return;
     }
     let env = TestEnv::new();
@@ -418,12 +375,7 @@ fn root_in_place_restore_works_as_the_state_owner_and_keeps_the_database_owner()
     std::fs::create_dir_all(env.path("locks")).unwrap();
     give_to_nobody(&env.path("locks"));
     set_marker(&db, "live");
-    let out = env
-        .cmd()
-        .args(["restore", "chat", "--in-place"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    env.run_ok(&["restore", "chat", "--in-place"]);
     assert_eq!(marker(&db), "backup");
     // Nothing of litekeeper's own is left to root; the database keeps its owner.
     for e in std::fs::read_dir(env.path("locks")).unwrap().flatten() {
@@ -456,8 +408,7 @@ fn a_killed_restores_temp_file_is_removed_by_the_next_job() {
     std::fs::write(app.join(".chat.db.litekeeper-tmp-journal"), b"x").unwrap();
     // Not ours: kept.
     std::fs::write(app.join(".other.db.litekeeper-tmp"), b"x").unwrap();
-    let out = env.cmd().args(["run", "chat", "backup"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    env.run_ok(&["run", "chat", "backup"]);
     assert!(!tmp.exists(), "the next job left the temp file");
     assert!(!app.join(".chat.db.litekeeper-tmp-journal").exists());
     assert!(app.join(".other.db.litekeeper-tmp").exists());
@@ -469,18 +420,10 @@ fn a_killed_restores_temp_file_is_removed_by_the_next_job() {
 fn daemon_pool_is_not_the_app_and_follows_an_in_place_restore() {
     let env = TestEnv::new();
     let (db, dir) = journal_setup(&env);
-    env.write_config(&format!(
-        "{}{}",
-        env.daemon_section(""),
-        TestEnv::database_section(
-            "chat",
-            &db,
-            &format!(
+    env.config("").database("chat", &db, &format!(
                 "journal_mode = \"keep\"\n[database.backup]\nschedule = \"* * * * * *\"\ndir = \"{}\"\nkeep = {{ last = 100 }}",
                 dir.display()
-            )
-        )
-    ));
+            )).write();
     // The backup to restore: the first one (the daemon's are newer).
     let first = litekeeper::archive::list(&dir).unwrap()[0]
         .path
@@ -489,52 +432,47 @@ fn daemon_pool_is_not_the_app_and_follows_an_in_place_restore() {
         .to_string_lossy()
         .into_owned();
     set_marker(&db, "live");
-    let mut daemon = env
-        .std_cmd()
-        .arg("daemon")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let pid = daemon.id();
+    let mut daemon = env.daemon(&[]);
+    let pid = daemon.pid();
     let deadline = Instant::now() + Duration::from_secs(30);
     // Wait until the daemon has a backup with the live data (its pool holds the file).
-    while newest_marker(&dir).as_deref() != Some("live") {
-        assert!(Instant::now() < deadline, "no daemon backup");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let restore = |env: &TestEnv| loop {
+    wait_until("a daemon backup", Duration::from_secs(30), || {
+        newest_marker(&dir).as_deref() == Some("live")
+    });
+    let out = restore_in_place_when_free(&env, &first, deadline);
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains(&format!("pid {pid}")));
+    assert_eq!(marker(&db), "backup");
+    set_marker(&db, "after-restore");
+    wait_until(
+        "a daemon backup of the restored file",
+        Duration::from_secs(30),
+        || newest_marker(&dir).as_deref() == Some("after-restore"),
+    );
+    daemon.terminate();
+}
+
+/// `restore chat BACKUP --in-place`, again while the daemon's backup holds the lock (busy)
+/// until `deadline`.
+fn restore_in_place_when_free(
+    env: &TestEnv,
+    backup: &str,
+    deadline: Instant,
+) -> std::process::Output {
+    loop {
         let out = env
             .cmd()
-            .args(["restore", "chat", &first, "--in-place"])
+            .args(["restore", "chat", backup, "--in-place"])
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
-        // The daemon's backup may hold the lock for a moment: that is busy, retried.
         if out.status.code() == Some(75) && err.contains("is busy") {
             assert!(Instant::now() < deadline, "always busy: {}", both(&out));
             std::thread::sleep(Duration::from_millis(50));
             continue;
         }
         break out;
-    };
-    let out = restore(&env);
-    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
-    assert!(!String::from_utf8_lossy(&out.stderr).contains(&format!("pid {pid}")));
-    assert_eq!(marker(&db), "backup");
-    set_marker(&db, "after-restore");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while newest_marker(&dir).as_deref() != Some("after-restore") {
-        assert!(
-            Instant::now() < deadline,
-            "the daemon still backs up the old file: newest marker {:?}",
-            newest_marker(&dir)
-        );
-        std::thread::sleep(Duration::from_millis(100));
     }
-    // SAFETY: our own child.
-    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-    let _ = daemon.wait();
 }
 
 /// The marker in the newest backup file of `dir` (backups are uncompressed here).
@@ -583,8 +521,7 @@ fn daemon_pool_follows_an_in_place_restore_of_an_attached_database() {
         files.display(),
         dir.display()
     ));
-    let out = env.cmd().args(["run", "chat", "backup"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    env.run_ok(&["run", "chat", "backup"]);
     let first = litekeeper::archive::list(&dir)
         .unwrap()
         .into_iter()
@@ -596,47 +533,21 @@ fn daemon_pool_follows_an_in_place_restore_of_an_attached_database() {
         .to_string_lossy()
         .into_owned();
     set_marker(&files, "live");
-    let mut daemon = env
-        .std_cmd()
-        .arg("daemon")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut daemon = env.daemon(&[]);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while newest_marker_of(&dir, "files").as_deref() != Some("live") {
-        assert!(Instant::now() < deadline, "no daemon backup");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    loop {
-        let out = env
-            .cmd()
-            .args(["restore", "chat", &first, "--in-place"])
-            .output()
-            .unwrap();
-        if out.status.code() == Some(75) && String::from_utf8_lossy(&out.stderr).contains("is busy")
-        {
-            assert!(Instant::now() < deadline, "always busy: {}", both(&out));
-            std::thread::sleep(Duration::from_millis(50));
-            continue;
-        }
-        assert_eq!(out.status.code(), Some(0), "{}", both(&out));
-        break;
-    }
+    wait_until("a daemon backup", Duration::from_secs(30), || {
+        newest_marker_of(&dir, "files").as_deref() == Some("live")
+    });
+    let out = restore_in_place_when_free(&env, &first, deadline);
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
     assert_eq!(marker(&files), "backup");
     set_marker(&files, "after-restore");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while newest_marker_of(&dir, "files").as_deref() != Some("after-restore") {
-        assert!(
-            Instant::now() < deadline,
-            "the daemon still backs up the old attached file: newest marker {:?}",
-            newest_marker_of(&dir, "files")
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    // SAFETY: our own child.
-    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
-    let _ = daemon.wait();
+    wait_until(
+        "a daemon backup of the restored attached file",
+        Duration::from_secs(30),
+        || newest_marker_of(&dir, "files").as_deref() == Some("after-restore"),
+    );
+    daemon.terminate();
 }
 
 /// A live file that cannot be made whole (a hot journal beside a damaged file) is not replaced
@@ -666,12 +577,7 @@ fn in_place_restore_refuses_a_live_file_it_cannot_make_whole() {
     assert!(kept(&db).is_empty());
     assert_eq!(&std::fs::read(&db).unwrap()[..16], b"not a database!\0");
     // --force: the restore goes ahead (the damaged file is kept aside).
-    let out = env
-        .cmd()
-        .args(["restore", "chat", "--in-place", "--force"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    env.run_ok(&["restore", "chat", "--in-place", "--force"]);
     assert_eq!(marker(&db), "backup");
     assert_eq!(kept(&db).len(), 1);
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::util::{both, TestEnv};
+use crate::util::{both, names, TestEnv};
 
 fn setup(env: &TestEnv, keep: &str) -> std::path::PathBuf {
     let db = env.sqlite(
@@ -14,25 +14,14 @@ fn setup(env: &TestEnv, keep: &str) -> std::path::PathBuf {
         "PRAGMA journal_mode=WAL; CREATE TABLE t(x); INSERT INTO t VALUES (1), (2);",
     );
     let dir = env.path("backups");
-    env.write_config(&format!(
-        "{}{}",
-        env.daemon_section("timezone = \"UTC\""),
-        TestEnv::database_section(
+    env.config("timezone = \"UTC\"")
+        .database(
             "chat",
             &db,
-            &format!("[database.backup]\ndir = \"{}\"\n{keep}", dir.display())
+            &format!("[database.backup]\ndir = \"{}\"\n{keep}", dir.display()),
         )
-    ));
+        .write();
     dir
-}
-
-fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
 }
 
 /// Record `files` (present in `dir`) in its manifest as backups of `chat` (a `.failed` one as
@@ -80,12 +69,7 @@ fn fabricate_history(dir: &Path, days: u32) {
 }
 
 fn list_json(env: &TestEnv) -> Value {
-    let o = env
-        .cmd()
-        .args(["backups", "list", "--json"])
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let o = env.run_ok(&["backups", "list", "--json"]);
     serde_json::from_slice(&o.stdout).unwrap()
 }
 
@@ -97,12 +81,7 @@ fn backup_applies_retention_and_touches_only_our_files() {
 
     // Dry run: says what it would delete, deletes nothing, writes nothing.
     let before = names(&dir);
-    let o = env
-        .cmd()
-        .args(["run", "chat", "backup", "--dry-run"])
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let o = env.run_ok(&["run", "chat", "backup", "--dry-run"]);
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(
         out.contains("retention would delete 4 of 6 backups")
@@ -113,8 +92,7 @@ fn backup_applies_retention_and_touches_only_our_files() {
     );
     assert_eq!(names(&dir), before);
 
-    let o = env.cmd().args(["run", "chat", "backup"]).output().unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let o = env.run_ok(&["run", "chat", "backup"]);
     assert!(
         String::from_utf8_lossy(&o.stdout).contains("retention deleted 4"),
         "{}",
@@ -189,8 +167,7 @@ fn a_failed_newest_backup_stops_retention() {
     assert_eq!(v["databases"][0]["expired"], 0);
 
     // A new good backup: now the old ones and the failed one go, per `last = 1`.
-    let o = env.cmd().args(["run", "chat", "backup"]).output().unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    env.run_ok(&["run", "chat", "backup"]);
     let left: Vec<String> = names(&dir)
         .into_iter()
         .filter(|n| n.starts_with("chat-2") && !n.contains(".bak") && n != "chat-2026.db")
@@ -204,12 +181,7 @@ fn backups_list_human_output_and_errors() {
     let env = TestEnv::new();
     let dir = setup(&env, "");
     fabricate_history(&dir, 2);
-    let o = env
-        .cmd()
-        .args(["backups", "list", "chat"])
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let o = env.run_ok(&["backups", "list", "chat"]);
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(
         text.contains("chat-20260110-020000") || text.contains("2026-01-10 02:00:00"),

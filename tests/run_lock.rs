@@ -9,25 +9,16 @@ use std::time::{Duration, Instant};
 
 use litekeeper::lock;
 
-use crate::util::{both, TestEnv};
+use crate::util::{backup_into, both, TestEnv};
 
 fn setup(env: &TestEnv) -> PathBuf {
     let db = env.sqlite(
         "app/chat.db",
         "PRAGMA journal_mode=WAL; CREATE TABLE t(x); INSERT INTO t VALUES (1), (2), (3);",
     );
-    env.write_config(&format!(
-        "{}{}",
-        env.daemon_section(""),
-        TestEnv::database_section(
-            "chat",
-            &db,
-            &format!(
-                "[database.backup]\ndir = \"{}\"",
-                env.path("backups").display()
-            )
-        )
-    ));
+    env.config("")
+        .database("chat", &db, &backup_into(&env.path("backups")))
+        .write();
     db
 }
 
@@ -71,8 +62,7 @@ fn second_run_on_a_locked_database_exits_75_naming_the_holder() {
 
     // Released: the next run goes through, and its own lock is free again afterwards.
     drop(held);
-    let o = env.cmd().args(["run", "chat", "backup"]).output().unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    env.run_ok(&["run", "chat", "backup"]);
     assert_eq!(backups(&env), 1);
     lock::try_acquire(&env.path("locks"), "chat", "test").expect("lock left held after exit");
 }

@@ -4,29 +4,23 @@
 //! read, and only suggests root to a user who is not root.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rusqlite::Connection;
-
-use crate::check::{open_to_nobody, unprivileged};
-use crate::util::{both, is_root, TestEnv};
+use crate::util::{both, is_root, open_to_nobody, unprivileged, TestEnv};
 
 const GARBAGE: &[u8] = b"this is not an SQLite database, it is a text file written over state.db\n";
 
 fn config(env: &TestEnv, db: &Path, schedule: &str) {
-    env.write_config(&format!(
-        "{}{}",
-        env.daemon_section(""),
-        TestEnv::database_section(
+    env.config("")
+        .database(
             "chat",
             db,
             &format!(
                 "[database.backup]\nschedule = \"{schedule}\"\ndir = \"{}\"\n",
                 env.path("backups").display()
-            )
+            ),
         )
-    ));
+        .write();
 }
 
 /// The files set aside in the state directory.
@@ -44,16 +38,7 @@ fn set_aside(env: &TestEnv) -> Vec<PathBuf> {
 }
 
 fn runs(env: &TestEnv) -> Vec<(String, String)> {
-    let c = Connection::open(env.path("state/state.db")).unwrap();
-    let mut st = c
-        .prepare("SELECT job, outcome FROM runs ORDER BY started_at")
-        .unwrap();
-    let rows = st
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
-    rows
+    env.runs().into_iter().map(|r| (r.job, r.outcome)).collect()
 }
 
 #[test]
@@ -91,8 +76,7 @@ fn a_garbage_state_db_is_set_aside_and_the_timers_job_runs() {
     );
     assert_eq!(runs(&env), [("backup".to_string(), "ok".to_string())]);
     // The next run finds the new state DB in order: nothing more is moved.
-    let o = env.cmd().args(["run", "chat", "backup"]).output().unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    env.run_ok(&["run", "chat", "backup"]);
     assert_eq!(set_aside(&env).len(), 1);
     assert_eq!(runs(&env).len(), 2);
 }
@@ -108,61 +92,28 @@ fn the_daemon_sets_a_garbage_state_db_aside_at_start_and_while_running() {
     config(&env, &db, "* * * * * *");
     std::fs::create_dir_all(env.path("state")).unwrap();
     std::fs::write(env.path("state/state.db"), GARBAGE).unwrap();
-    let stderr = env.path("daemon.stderr");
-    let mut child = env
-        .std_cmd()
-        .arg("daemon")
-        .env("LITEKEEPER_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&stderr).unwrap())
-        .spawn()
-        .unwrap();
-    let log = || std::fs::read_to_string(&stderr).unwrap_or_default();
+    let mut daemon = env.daemon(&[("LITEKEEPER_LOG", "info")]);
     let wait = |what: &str, done: &dyn Fn() -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !done() {
-            if Instant::now() > deadline {
-                panic!("{what}; log:\n{}", log());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        daemon.wait_until(what, Duration::from_secs(60), done)
     };
-    wait("no run recorded after start", &|| {
-        env.path("state/state.db").exists()
-            && Connection::open(env.path("state/state.db"))
-                .and_then(|c| {
-                    c.query_row("SELECT count(*) FROM runs WHERE outcome = 'ok'", [], |r| {
-                        r.get::<_, i64>(0)
-                    })
-                })
-                .unwrap_or(0)
-                > 0
+    wait("a run recorded after start", &|| {
+        env.count_runs("outcome = 'ok'", []) > 0
     });
-    assert_eq!(set_aside(&env).len(), 1, "{}", log());
+    assert_eq!(set_aside(&env).len(), 1, "{}", daemon.log());
     // Damaged while the daemon runs.
     std::thread::sleep(Duration::from_millis(1100));
     for sfx in ["-wal", "-shm"] {
         let _ = std::fs::remove_file(env.path(&format!("state/state.db{sfx}")));
     }
     std::fs::write(env.path("state/state.db"), GARBAGE).unwrap();
-    wait("the damaged state DB was not set aside", &|| {
+    wait("the damaged state DB set aside", &|| {
         set_aside(&env).len() == 2
     });
-    wait("no run recorded in the new state DB", &|| {
-        Connection::open(env.path("state/state.db"))
-            .and_then(|c| {
-                c.query_row("SELECT count(*) FROM runs WHERE outcome = 'ok'", [], |r| {
-                    r.get::<_, i64>(0)
-                })
-            })
-            .unwrap_or(0)
-            > 0
+    wait("a run recorded in the new state DB", &|| {
+        env.count_runs("outcome = 'ok'", []) > 0
     });
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-    let status = child.wait().unwrap();
-    let text = log();
+    let status = daemon.terminate();
+    let text = daemon.log();
     assert_eq!(status.code(), Some(0), "{text}");
     assert_eq!(
         text.lines()
@@ -199,7 +150,7 @@ fn status_check_hints_root_only_to_a_user_who_is_not_root() {
     }
     open_to_nobody(&env);
     std::fs::write(env.path("state/state.db"), GARBAGE).unwrap();
-    crate::check::set_mode(&env.path("state"), 0o700);
+    crate::util::set_mode(&env.path("state"), 0o700);
     std::os::unix::fs::chown(env.path("state"), Some(0), Some(0)).unwrap();
     let o = unprivileged(&env)
         .arg("-c")

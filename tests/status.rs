@@ -10,23 +10,14 @@ fn setup(env: &TestEnv) {
         "app/chat.db",
         "PRAGMA journal_mode=WAL; CREATE TABLE t(x); INSERT INTO t VALUES (1);",
     );
-    env.write_config(&format!(
-        "{}{}",
-        env.daemon_section("timezone = \"Europe/Berlin\""),
-        TestEnv::database_section(
-            "chat",
-            &db,
-            &format!(
+    env.config("timezone = \"Europe/Berlin\"").database("chat", &db, &format!(
                 "[database.backup]\nschedule = \"0 2 * * *\"\ndir = \"{}\"\n[database.prune]\n[[database.prune.rule]]\ntable = \"t\"\nwhere = \"x < 0\"",
                 env.path("backups").display()
-            )
-        )
-    ));
+            )).write();
 }
 
 fn status_json(env: &TestEnv) -> Value {
-    let o = env.cmd().args(["status", "--json"]).output().unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let o = env.run_ok(&["status", "--json"]);
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", both(&o)))
 }
 
@@ -57,12 +48,7 @@ fn status_before_any_run_lists_jobs_with_next_times() {
     let p = job(&v, "chat", "prune");
     assert!(p["schedule"].is_null() && p["next_run"].is_null(), "{p:#}");
     // A filter by database name; an unknown name is a usage error.
-    let o = env
-        .cmd()
-        .args(["status", "chat", "--json"])
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    env.run_ok(&["status", "chat", "--json"]);
     let o = env.cmd().args(["status", "nosuch"]).output().unwrap();
     assert_eq!(o.status.code(), Some(64), "{}", both(&o));
     // No state DB is created by a read-only status call.
@@ -73,8 +59,7 @@ fn status_before_any_run_lists_jobs_with_next_times() {
 fn status_json_after_runs_reports_outcome_duration_and_figures() {
     let env = TestEnv::new();
     setup(&env);
-    let o = env.cmd().args(["run", "chat", "backup"]).output().unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    env.run_ok(&["run", "chat", "backup"]);
     let v = status_json(&env);
     let last = &job(&v, "chat", "backup")["last"];
     assert_eq!(last["outcome"], "ok", "{last:#}");

@@ -14,17 +14,15 @@ use crate::util::{both, TestEnv};
 /// vacuum weekly with 1h jitter (default max age 14d1h).
 fn setup(env: &TestEnv) {
     let db = env.sqlite("app/chat.db", "CREATE TABLE t(x);");
-    env.write_config(&format!(
-        "{}{}",
-        env.daemon_section("timezone = \"UTC\""),
-        TestEnv::database_section(
+    env.config("timezone = \"UTC\"")
+        .database(
             "chat",
             &db,
             "[database.backup]\nschedule = \"0 2 * * *\"\n\
              [database.vacuum]\nschedule = \"0 3 * * SUN\"\njitter = \"1h\"\n\
-             [database.prune]\n[[database.prune.rule]]\ntable = \"t\"\nwhere = \"x < 0\""
+             [database.prune]\n[[database.prune.rule]]\ntable = \"t\"\nwhere = \"x < 0\"",
         )
-    ));
+        .write();
 }
 
 fn state(env: &TestEnv) -> State {
@@ -319,16 +317,14 @@ fn check_can_be_limited_to_named_databases() {
     let env = TestEnv::new();
     let chat = env.sqlite("app/chat.db", "CREATE TABLE t(x);");
     let blobs = env.sqlite("app/blobs.db", "CREATE TABLE t(x);");
-    env.write_config(&format!(
-        "{}{}{}",
-        env.daemon_section("timezone = \"UTC\""),
-        TestEnv::database_section("chat", &chat, "[database.backup]\nschedule = \"0 2 * * *\""),
-        TestEnv::database_section(
+    env.config("timezone = \"UTC\"")
+        .database("chat", &chat, "[database.backup]\nschedule = \"0 2 * * *\"")
+        .database(
             "blobs",
             &blobs,
-            "[database.backup]\nschedule = \"0 2 * * *\""
+            "[database.backup]\nschedule = \"0 2 * * *\"",
         )
-    ));
+        .write();
     let s = state(&env);
     ok(&s, JobKind::Backup, hours(3)); // chat only: blobs never ran
     let (code, lines) = check(&env, &[]);

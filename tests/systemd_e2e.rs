@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use rusqlite::Connection;
 use serde_json::Value;
 
-use crate::util::{both, is_root};
+use crate::util::{both, is_root, wait_for};
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/sd-container.sh");
 const TMPFILES: &str = include_str!("../packaging/litekeeper.tmpfiles");
@@ -316,21 +316,6 @@ impl Drop for Container {
 
 fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
-}
-
-/// Poll `f` every 100 ms until it returns Some, or panic naming `what` after `limit`.
-fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?}: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn field<'a>(entry: &'a Value, name: &str) -> &'a str {

@@ -2,6 +2,7 @@
 
 mod util;
 
+mod architecture;
 mod archive;
 mod backup;
 mod bad_config;

@@ -219,18 +219,10 @@ fn write_units(env: &TestEnv, user: bool) -> PathBuf {
         "app/chat.db",
         "PRAGMA journal_mode=WAL; CREATE TABLE IF NOT EXISTS t(x);",
     );
-    env.write_config(&format!(
-        "{}{}",
-        env.daemon_section("timezone = \"Europe/Berlin\""),
-        TestEnv::database_section(
-            "chat",
-            &db,
-            &format!(
+    env.config("timezone = \"Europe/Berlin\"").database("chat", &db, &format!(
                 "[database.backup]\nschedule = \"0 2 * * *\"\njitter = \"30m\"\ndir = \"{}\"\n[database.vacuum]\nschedule = \"0 3 1,15 * SUN\"\n[database.prune]\nschedule = \"*/10 * * * *\"\n[[database.prune.rule]]\ntable = \"t\"\nwhere = \"x IS NULL\"",
                 env.path("backups").display()
-            )
-        )
-    ));
+            )).write();
     let out = env.path(if user { "user-units" } else { "units" });
     let mut cmd = env.cmd();
     cmd.args(["systemd-units", "--with-units", "--out"])
@@ -393,12 +385,7 @@ fn network_is_opened_only_for_health_pings() {
         "jitter = \"30m\"\nping = \"https://hc-ping.example/abc\"",
     );
     std::fs::write(env.config_path(), cfg).unwrap();
-    let o = env
-        .cmd()
-        .args(["systemd-units", "--out"])
-        .arg(&out)
-        .output()
-        .unwrap();
+    let o = env.systemd_units(&out, &[]);
     assert_eq!(o.status.code(), Some(0), "{}", both(&o));
     let net =
         std::fs::read_to_string(out.join("litekeeper-backup@.service.d/network.conf")).unwrap();
@@ -581,39 +568,28 @@ fn control_characters_in_paths_are_refused_naming_the_key() {
         toml_str(&evil)
     ));
     let out = env.path("units");
-    let o = env
-        .cmd()
-        .args(["systemd-units", "--out"])
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(78), "{}", both(&o));
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        err.contains("backup.dir") && err.contains("control character"),
-        "{err}"
-    );
-    assert!(!out.join("litekeeper.service.d/paths.conf").exists());
+    let refused = |vars: &[(&str, &str)], key: &str| {
+        let o = env.systemd_units(&out, vars);
+        assert_eq!(o.status.code(), Some(78), "{}", both(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains(key) && err.contains("control character"),
+            "{err}"
+        );
+        assert!(!out.join("litekeeper.service.d/paths.conf").exists());
+    };
+    refused(&[], "backup.dir");
     // The same through the environment.
     env.write_config(&format!(
         "{}[[database]]\nname = \"chat\"\npath = {}\n",
         env.daemon_section(""),
         toml_str(&db.to_string_lossy())
     ));
-    let o = env
-        .cmd()
-        .env("LITEKEEPER__DAEMON__METRICS_FILE", format!("{evil}/m.prom"))
-        .args(["systemd-units", "--out"])
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(78), "{}", both(&o));
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        err.contains("metrics_file") && err.contains("control character"),
-        "{err}"
+    let metrics_file = format!("{evil}/m.prom");
+    refused(
+        &[("LITEKEEPER__DAEMON__METRICS_FILE", &metrics_file)],
+        "metrics_file",
     );
-    assert!(!out.join("litekeeper.service.d/paths.conf").exists());
 }
 
 /// The shipped timer services pass the instance after `--`: a database called `-h` is looked
@@ -622,11 +598,7 @@ fn control_characters_in_paths_are_refused_naming_the_key() {
 fn timer_services_pass_the_name_after_double_dash() {
     let env = TestEnv::new();
     let db = env.sqlite("app/chat.db", "CREATE TABLE IF NOT EXISTS t(x);");
-    env.write_config(&format!(
-        "{}{}",
-        env.daemon_section(""),
-        TestEnv::database_section("chat", &db, "")
-    ));
+    env.config("").database("chat", &db, "").write();
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("systemd");
     for unit in [
         "litekeeper-backup@.service",

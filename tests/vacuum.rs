@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
-use crate::util::{both, is_root, TestEnv};
+use crate::util::{both, in_mount_namespace, root_or_skip, TestEnv};
 
 /// A WAL database of `rows` ~1 KiB rows with every other block of 50 rows deleted (about half
 /// its pages free), checkpointed so the main file holds everything.
@@ -37,11 +37,9 @@ fn half_empty(env: &TestEnv, rel: &str, rows: u32, incremental: bool) -> PathBuf
 }
 
 fn config(env: &TestEnv, db: &Path, vacuum: &str) {
-    env.write_config(&format!(
-        "{}{}",
-        env.daemon_section(""),
-        TestEnv::database_section("chat", db, &format!("[database.vacuum]\n{vacuum}"))
-    ));
+    env.config("")
+        .database("chat", db, &format!("[database.vacuum]\n{vacuum}"))
+        .write();
 }
 
 fn pragma(db: &Path, p: &str) -> i64 {
@@ -76,8 +74,7 @@ fn half_free_database_shrinks_to_an_empty_freelist() {
     assert!(free * 100 / pages >= 40, "setup: {free} of {pages} free");
     let size = std::fs::metadata(&db).unwrap().len();
     let before_rows = rows(&db);
-    let o = env.cmd().args(["run", "chat", "vacuum"]).output().unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let o = env.run_ok(&["run", "chat", "vacuum"]);
     assert_eq!(pragma(&db, "freelist_count"), 0);
     let after = std::fs::metadata(&db).unwrap().len();
     assert!(after < size * 6 / 10, "{size} -> {after}");
@@ -93,14 +90,7 @@ fn half_free_database_shrinks_to_an_empty_freelist() {
         "{out}"
     );
     // The run is recorded with before/after figures.
-    let v: serde_json::Value = serde_json::from_slice(
-        &env.cmd()
-            .args(["status", "--json"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
+    let v = env.status_json();
     let f = &v["jobs"][0]["last"]["figures"];
     assert_eq!(f["freelist_before"], free);
     assert_eq!(f["freelist_after"], 0);
@@ -113,22 +103,14 @@ fn below_min_free_nothing_changes_and_the_outcome_says_why() {
     let db = half_empty(&env, "app/chat.db", 2000, false);
     config(&env, &db, "min_free = \"80%\"");
     let before = std::fs::read(&db).unwrap();
-    let o = env.cmd().args(["run", "chat", "vacuum"]).output().unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let o = env.run_ok(&["run", "chat", "vacuum"]);
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(
         out.contains("skipped: chat.db:") && out.contains("% free < 80%"),
         "{out}"
     );
     assert_eq!(std::fs::read(&db).unwrap(), before);
-    let v: serde_json::Value = serde_json::from_slice(
-        &env.cmd()
-            .args(["status", "--json"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
+    let v = env.status_json();
     assert_eq!(v["jobs"][0]["last"]["outcome"], "skipped");
 
     // A byte threshold works the same way.
@@ -257,8 +239,7 @@ fn interrupted_vacuum_leaves_the_database_as_it_was() {
 
 #[test]
 fn too_small_file_system_fails_preflight_without_touching_the_db() {
-    if !is_root() {
-        eprintln!("skipped: needs root to mount a small tmpfs");
+    if !root_or_skip("needs root to mount a small tmpfs") {
         return;
     }
     let env = TestEnv::new();
@@ -286,12 +267,7 @@ echo after $(sha256sum '{db}')",
         bin = bin.display(),
         cfg = env.config_path().display()
     );
-    let out = std::process::Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
-        .env("NO_COLOR", "1")
-        .env("TZ", "UTC")
-        .output()
-        .unwrap();
+    let out = in_mount_namespace(&script, &[("TZ", "UTC")]);
     let text = String::from_utf8_lossy(&out.stdout);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(text.contains("rc=73"), "{}", both(&out));
@@ -333,8 +309,7 @@ fn convert_auto_vacuum_switches_to_incremental_once() {
         "mode = \"auto\"\nmin_free = \"99%\"\nconvert_auto_vacuum = true\nanalyze = true",
     );
     let before_rows = rows(&db);
-    let o = env.cmd().args(["run", "chat", "vacuum"]).output().unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let o = env.run_ok(&["run", "chat", "vacuum"]);
     assert!(
         String::from_utf8_lossy(&o.stdout).contains("converted to auto_vacuum = INCREMENTAL"),
         "{}",

@@ -1,10 +1,31 @@
 //! Test harness: a fresh temp directory per test, a config written into it, and the real
 //! `litekeeper` binary run against it (assert_cmd).
+//!
+//! - this file: [`TestEnv`] (temp dir, config builder, commands), small readers of files and
+//!   databases;
+//! - `process`: background processes killed on drop ([`Bg`], [`KillOnDrop`]), [`wait_for`];
+//! - `state`: the run history the binary wrote ([`Run`]);
+//! - `notify`: a fake service manager's `NOTIFY_SOCKET` ([`Notify`]);
+//! - `journald`: a private systemd-journald ([`Journald`]);
+//! - `nobody`: running as uid 65534 ([`unprivileged`], [`give_to_nobody`], …).
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
+
+mod journald;
+mod nobody;
+mod notify;
+mod process;
+mod state;
+
+pub use journald::*;
+pub use nobody::*;
+pub use notify::*;
+pub use process::*;
+pub use state::*;
 
 use std::path::{Path, PathBuf};
 use std::process::Command as StdCommand;
+use std::time::SystemTime;
 
 use assert_cmd::Command;
 use rusqlite::Connection;
@@ -70,19 +91,59 @@ impl TestEnv {
     }
 
     fn scrub(&self, c: &mut StdCommand) {
-        for (k, _) in std::env::vars() {
-            if k.starts_with("LITEKEEPER")
-                || k == "NOTIFY_SOCKET"
-                || k.ends_with("_DIRECTORY")
-                || k == "JOURNAL_STREAM"
-                || k.starts_with("WATCHDOG_")
-            {
-                c.env_remove(k);
-            }
+        scrub(c, self.dir.path(), |k| {
+            k.ends_with("_DIRECTORY") || k.starts_with("WATCHDOG_")
+        });
+    }
+
+    /// The real binary in the temp dir without `-c` and without the caller's LITEKEEPER,
+    /// NOTIFY_SOCKET and JOURNAL_STREAM variables.
+    pub fn bare_cmd(&self) -> StdCommand {
+        let mut c = StdCommand::new(assert_cmd::cargo::cargo_bin("litekeeper"));
+        scrub(&mut c, self.dir.path(), |_| false);
+        c
+    }
+
+    /// `litekeeper -c CONFIG ARGS`, which must exit 0 (else fails with its output).
+    pub fn run_ok(&self, args: &[&str]) -> std::process::Output {
+        let o = self.cmd().args(args).output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+        o
+    }
+
+    /// `litekeeper systemd-units --out OUT` with the variables `vars`, run to its end.
+    pub fn systemd_units(&self, out: &Path, vars: &[(&str, &str)]) -> std::process::Output {
+        let mut c = self.cmd();
+        c.args(["systemd-units", "--out"]).arg(out);
+        for (k, v) in vars {
+            c.env(k, v);
         }
-        c.env("NO_COLOR", "1")
-            .env("TZ", "UTC")
-            .current_dir(self.dir.path());
+        c.output().unwrap()
+    }
+
+    /// `status --json`, parsed.
+    pub fn status_json(&self) -> serde_json::Value {
+        let o = self.cmd().args(["status", "--json"]).output().unwrap();
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", both(&o)))
+    }
+
+    /// The databases `status --json` lists, in its order.
+    pub fn status_databases(&self) -> Vec<String> {
+        self.status_json()["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["database"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// A configuration to write: [`TestEnv::daemon_section`] with `daemon_extra`, then what
+    /// the builder adds.
+    pub fn config(&self, daemon_extra: &str) -> ConfigText<'_> {
+        ConfigText {
+            env: self,
+            text: self.daemon_section(daemon_extra),
+        }
     }
 
     /// Create an SQLite database file at `rel` and run `sql` in it.
@@ -95,6 +156,118 @@ impl TestEnv {
         c.execute_batch(sql).unwrap();
         p
     }
+}
+
+/// A configuration being built (see [`TestEnv::config`]).
+pub struct ConfigText<'a> {
+    env: &'a TestEnv,
+    text: String,
+}
+
+impl ConfigText<'_> {
+    /// A `[[database]]` stanza (see [`TestEnv::database_section`]).
+    pub fn database(mut self, name: &str, path: &Path, extra: &str) -> Self {
+        self.text
+            .push_str(&TestEnv::database_section(name, path, extra));
+        self
+    }
+
+    /// Any text, as is.
+    pub fn text(mut self, more: &str) -> Self {
+        self.text.push_str(more);
+        self
+    }
+
+    /// Write it as the configuration file and return its path.
+    pub fn write(self) -> PathBuf {
+        self.env.write_config(&self.text)
+    }
+}
+
+/// A `[database.backup]` section writing into `dir`.
+pub fn backup_into(dir: &Path) -> String {
+    format!("[database.backup]\ndir = \"{}\"", dir.display())
+}
+
+/// Removes litekeeper's variables, `NOTIFY_SOCKET`, `JOURNAL_STREAM` and those `also` names
+/// from `c`'s environment; no colours, TZ=UTC, working directory `dir`.
+pub fn scrub(c: &mut StdCommand, dir: &Path, also: impl Fn(&str) -> bool) {
+    for (k, _) in std::env::vars() {
+        if k.starts_with("LITEKEEPER") || k == "NOTIFY_SOCKET" || k == "JOURNAL_STREAM" || also(&k)
+        {
+            c.env_remove(k);
+        }
+    }
+    c.env("NO_COLOR", "1").env("TZ", "UTC").current_dir(dir);
+}
+
+pub const DAY: i64 = 86_400;
+
+/// Now, in whole seconds since the epoch.
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// The names in a directory, sorted.
+pub fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// The tables of a database, by name.
+pub fn table_names(c: &Connection) -> Vec<String> {
+    c.prepare("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// True when the tests run as root; otherwise says the test is skipped and why (`why`: what
+/// it needs root for).
+pub fn root_or_skip(why: &str) -> bool {
+    if !is_root() {
+        eprintln!("skipped: {why}");
+    }
+    is_root()
+}
+
+/// `sh -c script` in a private mount namespace (`unshare --mount`), run to its end: for a small
+/// tmpfs mounted only there.
+pub fn in_mount_namespace(script: &str, vars: &[(&str, &str)]) -> std::process::Output {
+    let mut c = StdCommand::new("unshare");
+    c.args(["--mount", "--propagation", "private", "sh", "-c", script])
+        .env("NO_COLOR", "1");
+    for (k, v) in vars {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+/// One number from a query on the database at `db`.
+pub fn query_i64(db: &Path, sql: &str) -> i64 {
+    Connection::open(db)
+        .unwrap()
+        .query_row(sql, [], |r| r.get(0))
+        .unwrap()
+}
+
+/// The first column of every row of a query on the database at `db`, as numbers.
+pub fn query_ids(db: &Path, sql: &str) -> Vec<i64> {
+    let c = Connection::open(db).unwrap();
+    let mut st = c.prepare(sql).unwrap();
+    st.query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
 }
 
 /// stdout + stderr of an output, for assertion messages.
