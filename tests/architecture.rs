@@ -35,7 +35,7 @@ const BELOW_COMMANDS: &[&str] = &[
 #[rustfmt::skip]
 const LAYERS: &[Layer] = &[
     ("domain",     &["domain"],                                              &[]),
-    ("base",       &["exit", "paths", "safe_fs", "lock", "pidfile", "schedule"], &["domain"]),
+    ("base",       &["exit", "paths", "safe_fs", "lock", "pidfile", "schedule", "privileges"], &["domain"]),
     ("config",     &["config"],                                              &["domain", "base"]),
     ("policy",     &["retention", "units", "demo"],                          &["domain", "base", "config"]),
     ("output",     &["logging", "notify"],                                   &["domain", "base", "config"]),
@@ -58,20 +58,12 @@ const LAYERS: &[Layer] = &[
 const ALLOWED_TODAY: &[(&str, &str, &str)] = &[
     ("exit", "config::ConfigError", "From<ConfigError> for Failure belongs beside ConfigError"),
     ("config", "jobs::JobKind", "JobKind is shared vocabulary: it moves to domain"),
-    ("config", "jobs::backup", "backup source naming (sources, *_series) moves to the model"),
-    ("config", "jobs::prune::QUARANTINE_DIR", "the quarantine directory name moves to the model"),
     ("config", "archive", "MANIFEST and BackupName, for the name checks, move to the model"),
     ("config", "pings", "the ping URL check and default timeout belong to config"),
     ("units", "jobs::JobKind", "JobKind moves to domain"),
     ("logging", "cli", "logging::init takes clap's LogArgs instead of its own settings"),
-    ("logging", "jobs", "JobKind, Outcome, Report, Trigger move to domain"),
     ("logging", "sqlite::truncate", "a string helper, to live once below both"),
-    ("state", "jobs", "JobKind, Outcome, Report, Trigger move to domain"),
-    ("metrics", "jobs::JobKind", "JobKind moves to domain"),
     ("pings", "jobs", "Outcome, Report, Request move to domain"),
-    ("jobs", "commands::restore", "restore's leftover cleanup moves to the restore library"),
-    ("jobs::prune", "jobs::backup::human_bytes", "human_bytes lives once, below the jobs"),
-    ("jobs::vacuum", "jobs::backup::human_bytes", "human_bytes lives once, below the jobs"),
     ("jobs::vacuum", "jobs::prune", "qi and truncate_wal live once, below the jobs"),
 ];
 

@@ -13,8 +13,9 @@ use serde::Serialize;
 
 use crate::cli::BackupsListArgs;
 use crate::config::Database;
+use crate::domain::human_bytes;
 use crate::exit::{ExitCode, Failure};
-use crate::jobs::backup::{check_names, human_bytes, plan_warnings, retention_plan, Planned};
+use crate::jobs::backup::{check_names, plan_warnings, retention_plan, Planned};
 use crate::schedule::Zone;
 
 use super::stream_json::{self, PrettyObject, Stop};

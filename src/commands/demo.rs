@@ -9,8 +9,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::DemoArgs;
 use crate::demo::{self, Sample};
+use crate::domain::human_bytes;
 use crate::exit::{ExitCode, Failure, OrExit};
-use crate::jobs::{self, backup::human_bytes, Env, JobKind, Outcome, Request, Trigger};
+use crate::jobs::{self, Env, JobKind, Outcome, Request, Trigger};
 use crate::sqlite::Pools;
 use crate::state::State;
 

@@ -24,6 +24,7 @@ use sha2::{Digest, Sha256};
 use super::{JobCtx, JobError, JobResult};
 use crate::archive::{self, ArchiveError, BackupName, Entry, Manifest, Verified};
 use crate::config::{Backup, BackupMethod, Compression, Database, Verify};
+use crate::domain::human_bytes;
 use crate::domain::{BackupFigures, Figures};
 use crate::retention;
 use crate::schedule::Zone;
@@ -247,21 +248,6 @@ fn wal_of(p: &Path) -> PathBuf {
     let mut s = p.as_os_str().to_owned();
     s.push("-wal");
     PathBuf::from(s)
-}
-
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
 }
 
 /// Record `entry` in the manifest and move `tmp` to its final name, both under the

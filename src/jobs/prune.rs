@@ -30,8 +30,8 @@ use super::{JobCtx, JobError, JobResult};
 use crate::config::{
     Config, Database, Entries, FileAction, FilesRule, KeyPath, Prune, Rule, TableRef, TimeFormat,
 };
+use crate::domain::human_bytes;
 use crate::domain::{DependantFigures, Figures, PruneFigures, RuleFigures};
-use crate::jobs::backup::human_bytes;
 use crate::safe_fs::{self, DirHandle, Kind};
 
 pub use crate::config::QUARANTINE_DIR;

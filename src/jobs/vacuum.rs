@@ -18,8 +18,8 @@ use rusqlite::Connection;
 
 use super::{JobCtx, JobError, JobResult};
 use crate::config::{Threshold, Vacuum, VacuumMode};
+use crate::domain::human_bytes;
 use crate::domain::{Figures, FileFigures, PageFigures, VacuumFigures};
-use crate::jobs::backup::human_bytes;
 use crate::jobs::prune::{qi, truncate_wal};
 
 /// PageFigures freed per incremental step at first; adapts to the lock budget.

@@ -5,8 +5,8 @@ use std::io;
 use std::path::PathBuf;
 
 use crate::archive::ArchiveError;
+use crate::domain::human_bytes;
 use crate::exit::ExitCode;
-use crate::jobs::backup::human_bytes;
 use crate::lock::LockError;
 use crate::privileges::SwitchError;
 
