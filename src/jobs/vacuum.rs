@@ -2,7 +2,10 @@
 //! database, and keep the WAL and the planner healthy afterwards.
 //!
 //! Each database file of the job (main and attached) is judged on its own: below `min_free`
-//! it is a recorded no-op ("skipped: 3% free < 20%"). `auto` uses incremental vacuum when the
+//! it is a recorded no-op ("skipped: 3% free < 20%"). What counts as free is the freelist
+//! (whole free pages) plus the bytes a VACUUM would win back inside half-empty pages, measured
+//! with SQLite's `dbstat` table ([`unused_in_pages`]); incremental vacuum only frees whole
+//! pages, so in that mode only the freelist counts. `auto` uses incremental vacuum when the
 //! file has `auto_vacuum = INCREMENTAL`, full VACUUM otherwise. A full VACUUM is one
 //! transaction: SQLite's interrupt (on SIGTERM or after `max_duration`) rolls it back and the
 //! file is unchanged. Incremental vacuum frees pages in chunks sized like prune's batches, with
@@ -37,6 +40,8 @@ struct Pages {
     page_size: i64,
     pages: i64,
     freelist: i64,
+    /// Bytes a VACUUM would win back inside the b-tree pages (see [`unused_in_pages`]).
+    unused_bytes: u64,
     file_bytes: u64,
     wal_bytes: u64,
 }
@@ -60,9 +65,42 @@ fn measure(conn: &Connection, schema: &str, path: &Path) -> Result<Pages, JobErr
         page_size: get("page_size")?,
         pages: get("page_count")?,
         freelist: get("freelist_count")?,
+        unused_bytes: unused_in_pages(conn, schema)
+            .map_err(sql_err(format!("{}: reading dbstat", path.display())))?,
         file_bytes: file_len(path),
         wal_bytes: file_len(&wal_path(path)),
     })
+}
+
+/// Bytes inside the b-tree pages of `schema` ("main" or an attached alias) that a VACUUM would
+/// give back: per table and index, the unused bytes `dbstat` reports, less one average cell
+/// (at most a quarter page) per page, the slack even a freshly packed page can keep. So a table
+/// whose rows do not fill a page evenly is not vacuumed again and again for nothing. One pass
+/// over the b-trees with `aggregate = TRUE` (it reads every page: about the cost of a
+/// `quick_check`; see benches/RESULTS.md).
+pub fn unused_in_pages(conn: &Connection, schema: &str) -> rusqlite::Result<u64> {
+    let page_size: i64 = conn.query_row(&format!("PRAGMA {}.page_size", qi(schema)), [], |r| {
+        r.get(0)
+    })?;
+    let mut st = conn.prepare(
+        "SELECT pageno, ncell, payload, unused FROM dbstat WHERE schema = ?1 AND aggregate = TRUE",
+    )?;
+    let mut rows = st.query([schema])?;
+    let mut total = 0u64;
+    while let Some(r) = rows.next()? {
+        let (pages, cells, payload, unused): (i64, i64, i64, i64) =
+            (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
+        let cell = if cells > 0 { payload / cells } else { 0 };
+        let slack = pages * cell.min(page_size / 4);
+        total += (unused - slack).max(0) as u64;
+    }
+    Ok(total)
+}
+
+/// Reclaimable bytes of a file: whole free pages, plus unused bytes in pages unless only the
+/// freelist can be reclaimed (incremental vacuum).
+fn reclaimable(p: &Pages, pages_only: bool) -> u64 {
+    (p.freelist * p.page_size) as u64 + if pages_only { 0 } else { p.unused_bytes }
 }
 
 /// What happened to one file.
@@ -79,28 +117,48 @@ struct FileReport {
     note: Option<String>,
 }
 
-fn percent(p: &Pages) -> f64 {
+/// Share of the file (whole pages and unused bytes in pages) a VACUUM would reclaim.
+fn share(p: &Pages, pages_only: bool) -> f64 {
     if p.pages == 0 {
         0.0
     } else {
-        p.freelist as f64 * 100.0 / p.pages as f64
+        reclaimable(p, pages_only) as f64 / (p.pages * p.page_size) as f64
     }
 }
 
-/// None when worth it; else why not ("3% free < 20%").
-fn below_threshold(p: &Pages, min: Threshold) -> Option<String> {
+fn percent(p: &Pages) -> f64 {
+    share(p, false) * 100.0
+}
+
+/// "12 free pages (48.0 KiB) + 1.2 MiB unused in pages": both numbers, for summaries and check.
+pub fn free_space_text(freelist: i64, page_size: i64, unused: u64) -> String {
+    format!(
+        "{freelist} free pages ({}) + {} unused in pages",
+        human_bytes((freelist * page_size) as u64),
+        human_bytes(unused)
+    )
+}
+
+/// None when worth it; else why not ("3% free < 20%"). `pages_only`: only whole free pages
+/// count (incremental vacuum cannot reclaim space inside pages).
+fn below_threshold(p: &Pages, min: Threshold, pages_only: bool) -> Option<String> {
+    let what = if pages_only {
+        format!(
+            "{} free pages; {} unused in pages needs a full VACUUM (mode = \"full\")",
+            p.freelist,
+            human_bytes(p.unused_bytes)
+        )
+    } else {
+        free_space_text(p.freelist, p.page_size, p.unused_bytes)
+    };
     match min {
         Threshold::Fraction(f) => {
-            let share = if p.pages == 0 {
-                0.0
-            } else {
-                p.freelist as f64 / p.pages as f64
-            };
-            (share < f).then(|| format!("{:.0}% free < {:.0}%", share * 100.0, f * 100.0))
+            let share = share(p, pages_only);
+            (share < f).then(|| format!("{:.0}% free < {:.0}% ({what})", share * 100.0, f * 100.0))
         }
         Threshold::Bytes(b) => {
-            let free = (p.freelist * p.page_size) as u64;
-            (free < b).then(|| format!("{} free < {}", human_bytes(free), human_bytes(b)))
+            let free = reclaimable(p, pages_only);
+            (free < b).then(|| format!("{} free < {} ({what})", human_bytes(free), human_bytes(b)))
         }
     }
 }
@@ -234,6 +292,14 @@ pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
         sum(|p| p.freelist as u64, true).into(),
     );
     figures.insert(
+        "unused_bytes_before".into(),
+        sum(|p| p.unused_bytes, false).into(),
+    );
+    figures.insert(
+        "unused_bytes_after".into(),
+        sum(|p| p.unused_bytes, true).into(),
+    );
+    figures.insert(
         "files".into(),
         serde_json::to_value(&reports).unwrap_or_default(),
     );
@@ -253,11 +319,13 @@ pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
                     r.note.clone().unwrap_or_default()
                 ),
                 action => format!(
-                    "{action} vacuum of {name}: {} -> {} (free pages {} -> {}, {:.0}% -> {:.0}%), WAL {} -> {}{}",
+                    "{action} vacuum of {name}: {} -> {} (free pages {} -> {}, unused in pages {} -> {}, {:.0}% -> {:.0}% free), WAL {} -> {}{}",
                     human_bytes(r.before.file_bytes),
                     human_bytes(r.after.file_bytes),
                     r.before.freelist,
                     r.after.freelist,
+                    human_bytes(r.before.unused_bytes),
+                    human_bytes(r.after.unused_bytes),
                     percent(&r.before),
                     percent(&r.after),
                     human_bytes(r.before.wal_bytes),
@@ -325,7 +393,7 @@ fn vacuum_one(
         }
     };
     if !convert {
-        if let Some(why) = below_threshold(&before, cfg.min_free) {
+        if let Some(why) = below_threshold(&before, cfg.min_free, action == "incremental") {
             report.note = Some(why);
             return Ok(report);
         }
@@ -359,9 +427,12 @@ fn dry_run_note(ctx: &JobCtx<'_>, report: &mut FileReport, action: &str) -> bool
     }
     report.action = format!("{action} (dry run)");
     report.note = Some(format!(
-        "would run a {action} vacuum; {} free pages ({})",
-        report.before.freelist,
-        human_bytes((report.before.freelist * report.before.page_size) as u64)
+        "would run a {action} vacuum; {}",
+        free_space_text(
+            report.before.freelist,
+            report.before.page_size,
+            report.before.unused_bytes
+        )
     ));
     true
 }
