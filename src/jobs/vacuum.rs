@@ -73,11 +73,12 @@ fn measure(conn: &Connection, schema: &str, path: &Path) -> Result<Pages, JobErr
 }
 
 /// Bytes inside the b-tree pages of `schema` ("main" or an attached alias) that a VACUUM would
-/// give back: per table and index, the unused bytes `dbstat` reports, less one average cell
-/// (at most a quarter page) per page, the slack even a freshly packed page can keep. So a table
-/// whose rows do not fill a page evenly is not vacuumed again and again for nothing. One pass
-/// over the b-trees with `aggregate = TRUE` (it reads every page: about the cost of a
-/// `quick_check`; see benches/RESULTS.md).
+/// give back, in whole pages: per table and index, the pages it has less the pages its used
+/// bytes (from `dbstat`) need when packed, counting one average cell (at most a quarter page)
+/// per page as the slack even a packed page keeps, plus interior pages. So a small table, or
+/// one whose rows do not fill pages evenly, is not vacuumed again and again for nothing. One
+/// pass over the b-trees with `aggregate = TRUE`; it reads every page, about the cost of a
+/// `quick_check` (benches/RESULTS.md).
 pub fn unused_in_pages(conn: &Connection, schema: &str) -> rusqlite::Result<u64> {
     let page_size: i64 = conn.query_row(&format!("PRAGMA {}.page_size", qi(schema)), [], |r| {
         r.get(0)
@@ -86,15 +87,27 @@ pub fn unused_in_pages(conn: &Connection, schema: &str) -> rusqlite::Result<u64>
         "SELECT pageno, ncell, payload, unused FROM dbstat WHERE schema = ?1 AND aggregate = TRUE",
     )?;
     let mut rows = st.query([schema])?;
-    let mut total = 0u64;
+    let mut pages_spare = 0i64;
     while let Some(r) = rows.next()? {
-        let (pages, cells, payload, unused): (i64, i64, i64, i64) =
-            (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
-        let cell = if cells > 0 { payload / cells } else { 0 };
-        let slack = pages * cell.min(page_size / 4);
-        total += (unused - slack).max(0) as u64;
+        pages_spare += spare_pages(r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, page_size);
     }
-    Ok(total)
+    Ok((pages_spare * page_size) as u64)
+}
+
+/// Pages a packed copy of one b-tree would not need, from its `dbstat` aggregate row.
+fn spare_pages(pages: i64, cells: i64, payload: i64, unused: i64, page_size: i64) -> i64 {
+    let used = (pages * page_size - unused).max(0);
+    let slack = if cells > 0 { payload / cells } else { 0 }.min(page_size / 4);
+    let capacity = (page_size - slack).max(1);
+    let leaves = ((used + capacity - 1) / capacity).max(1);
+    // Beyond one page a b-tree also needs interior pages (a generous count: leaf-sized cells,
+    // where a table's interior cells are 8 bytes or so).
+    let interior = if leaves > 1 {
+        ((leaves * (slack + 4) + page_size - 1) / page_size).max(1)
+    } else {
+        0
+    };
+    (pages - leaves - interior).max(0)
 }
 
 /// Reclaimable bytes of a file: whole free pages, plus unused bytes in pages unless only the
@@ -568,4 +581,22 @@ fn incremental(
         longest.as_millis()
     ));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::spare_pages;
+
+    #[test]
+    fn spare_pages_counts_half_empty_pages_but_not_packing_slack() {
+        // One root page, however empty, is needed.
+        assert_eq!(spare_pages(1, 3, 90, 3900, 4096), 0);
+        // 1000 leaves of 40-byte cells with half the space unused: about half is spare.
+        let s = spare_pages(1000, 40_000, 1_600_000, 2_000_000, 4096);
+        assert!((450..=520).contains(&s), "{s}");
+        // Packed 1500-byte rows (two a page, ~1000 bytes unused each): nothing to win.
+        assert_eq!(spare_pages(101, 200, 300_000, 100_000, 4096), 0);
+        // Two leaves and a root holding 2.2 KiB of rows: one page would do.
+        assert_eq!(spare_pages(3, 10, 2000, 10_000, 4096), 2);
+    }
 }
