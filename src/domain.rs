@@ -348,6 +348,10 @@ pub struct VacuumFigures {
     /// Free pages.
     pub freelist_before: u64,
     pub freelist_after: u64,
+    /// Bytes a VACUUM would win back inside the b-tree pages (whole pages, see
+    /// `jobs::vacuum::unused_in_pages`).
+    pub unused_bytes_before: u64,
+    pub unused_bytes_after: u64,
     pub files: Vec<FileFigures>,
 }
 
@@ -373,6 +377,8 @@ pub struct PageFigures {
     pub page_size: i64,
     pub pages: i64,
     pub freelist: i64,
+    /// Bytes a VACUUM would win back inside the b-tree pages.
+    pub unused_bytes: u64,
     pub file_bytes: u64,
     pub wal_bytes: u64,
 }

@@ -2,7 +2,10 @@
 //! database, and keep the WAL and the planner healthy afterwards.
 //!
 //! Each database file of the job (main and attached) is judged on its own: below `min_free`
-//! it is a recorded no-op ("skipped: 3% free < 20%"). `auto` uses incremental vacuum when the
+//! it is a recorded no-op ("skipped: 3% free < 20%"). What counts as free is the freelist
+//! (whole free pages) plus the bytes a VACUUM would win back inside half-empty pages, measured
+//! with SQLite's `dbstat` table ([`unused_in_pages`]); incremental vacuum only frees whole
+//! pages, so in that mode only the freelist counts. `auto` uses incremental vacuum when the
 //! file has `auto_vacuum = INCREMENTAL`, full VACUUM otherwise. A full VACUUM is one
 //! transaction: SQLite's interrupt (on SIGTERM or after `max_duration`) rolls it back and the
 //! file is unchanged. Incremental vacuum frees pages in chunks sized like prune's batches, with
@@ -50,33 +53,99 @@ fn measure(conn: &Connection, schema: &str, path: &Path) -> Result<PageFigures, 
         page_size: get("page_size")?,
         pages: get("page_count")?,
         freelist: get("freelist_count")?,
+        unused_bytes: unused_in_pages(conn, schema)
+            .map_err(sql_err(format!("{}: reading dbstat", path.display())))?,
         file_bytes: file_len(path),
         wal_bytes: file_len(&wal_path(path)),
     })
 }
 
-fn percent(p: &PageFigures) -> f64 {
+/// Bytes inside the b-tree pages of `schema` ("main" or an attached alias) that a VACUUM would
+/// give back, in whole pages: per table and index, the pages it has less the pages its used
+/// bytes (from `dbstat`) need when packed, counting one average cell (at most a quarter page)
+/// per page as the slack even a packed page keeps, plus interior pages. So a small table, or
+/// one whose rows do not fill pages evenly, is not vacuumed again and again for nothing. One
+/// pass over the b-trees with `aggregate = TRUE`; it reads every page, about the cost of a
+/// `quick_check` (benches/RESULTS.md).
+pub fn unused_in_pages(conn: &Connection, schema: &str) -> rusqlite::Result<u64> {
+    let page_size: i64 = conn.query_row(&format!("PRAGMA {}.page_size", qi(schema)), [], |r| {
+        r.get(0)
+    })?;
+    let mut st = conn.prepare(
+        "SELECT pageno, ncell, payload, unused FROM dbstat WHERE schema = ?1 AND aggregate = TRUE",
+    )?;
+    let mut rows = st.query([schema])?;
+    let mut pages_spare = 0i64;
+    while let Some(r) = rows.next()? {
+        pages_spare += spare_pages(r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, page_size);
+    }
+    Ok((pages_spare * page_size) as u64)
+}
+
+/// Pages a packed copy of one b-tree would not need, from its `dbstat` aggregate row.
+fn spare_pages(pages: i64, cells: i64, payload: i64, unused: i64, page_size: i64) -> i64 {
+    let used = (pages * page_size - unused).max(0);
+    let slack = if cells > 0 { payload / cells } else { 0 }.min(page_size / 4);
+    let capacity = (page_size - slack).max(1);
+    let leaves = ((used + capacity - 1) / capacity).max(1);
+    // Beyond one page a b-tree also needs interior pages (a generous count: leaf-sized cells,
+    // where a table's interior cells are 8 bytes or so).
+    let interior = if leaves > 1 {
+        ((leaves * (slack + 4) + page_size - 1) / page_size).max(1)
+    } else {
+        0
+    };
+    (pages - leaves - interior).max(0)
+}
+
+/// Reclaimable bytes of a file: whole free pages, plus unused bytes in pages unless only the
+/// freelist can be reclaimed (incremental vacuum).
+fn reclaimable(p: &PageFigures, pages_only: bool) -> u64 {
+    (p.freelist * p.page_size) as u64 + if pages_only { 0 } else { p.unused_bytes }
+}
+
+/// Share of the file (whole pages and unused bytes in pages) a VACUUM would reclaim.
+fn share(p: &PageFigures, pages_only: bool) -> f64 {
     if p.pages == 0 {
         0.0
     } else {
-        p.freelist as f64 * 100.0 / p.pages as f64
+        reclaimable(p, pages_only) as f64 / (p.pages * p.page_size) as f64
     }
 }
 
-/// None when worth it; else why not ("3% free < 20%").
-fn below_threshold(p: &PageFigures, min: Threshold) -> Option<String> {
+fn percent(p: &PageFigures) -> f64 {
+    share(p, false) * 100.0
+}
+
+/// "12 free pages (48.0 KiB) + 1.2 MiB unused in pages": both numbers, for summaries and check.
+pub fn free_space_text(freelist: i64, page_size: i64, unused: u64) -> String {
+    format!(
+        "{freelist} free pages ({}) + {} unused in pages",
+        human_bytes((freelist * page_size) as u64),
+        human_bytes(unused)
+    )
+}
+
+/// None when worth it; else why not ("3% free < 20%"). `pages_only`: only whole free pages
+/// count (incremental vacuum cannot reclaim space inside pages).
+fn below_threshold(p: &PageFigures, min: Threshold, pages_only: bool) -> Option<String> {
+    let what = if pages_only {
+        format!(
+            "{} free pages; {} unused in pages needs a full VACUUM (mode = \"full\")",
+            p.freelist,
+            human_bytes(p.unused_bytes)
+        )
+    } else {
+        free_space_text(p.freelist, p.page_size, p.unused_bytes)
+    };
     match min {
         Threshold::Fraction(f) => {
-            let share = if p.pages == 0 {
-                0.0
-            } else {
-                p.freelist as f64 / p.pages as f64
-            };
-            (share < f).then(|| format!("{:.0}% free < {:.0}%", share * 100.0, f * 100.0))
+            let share = share(p, pages_only);
+            (share < f).then(|| format!("{:.0}% free < {:.0}% ({what})", share * 100.0, f * 100.0))
         }
         Threshold::Bytes(b) => {
-            let free = (p.freelist * p.page_size) as u64;
-            (free < b).then(|| format!("{} free < {}", human_bytes(free), human_bytes(b)))
+            let free = reclaimable(p, pages_only);
+            (free < b).then(|| format!("{} free < {} ({what})", human_bytes(free), human_bytes(b)))
         }
     }
 }
@@ -197,6 +266,8 @@ pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
         bytes_after: sum(|p| p.file_bytes + p.wal_bytes, true),
         freelist_before: sum(|p| p.freelist as u64, false),
         freelist_after: sum(|p| p.freelist as u64, true),
+        unused_bytes_before: sum(|p| p.unused_bytes, false),
+        unused_bytes_after: sum(|p| p.unused_bytes, true),
         files: reports,
     };
     let parts: Vec<String> = figures
@@ -216,11 +287,13 @@ pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
                     r.note.clone().unwrap_or_default()
                 ),
                 action => format!(
-                    "{action} vacuum of {name}: {} -> {} (free pages {} -> {}, {:.0}% -> {:.0}%), WAL {} -> {}{}",
+                    "{action} vacuum of {name}: {} -> {} (free pages {} -> {}, unused in pages {} -> {}, {:.0}% -> {:.0}% free), WAL {} -> {}{}",
                     human_bytes(r.before.file_bytes),
                     human_bytes(r.after.file_bytes),
                     r.before.freelist,
                     r.after.freelist,
+                    human_bytes(r.before.unused_bytes),
+                    human_bytes(r.after.unused_bytes),
                     percent(&r.before),
                     percent(&r.after),
                     human_bytes(r.before.wal_bytes),
@@ -288,7 +361,7 @@ fn vacuum_one(
         }
     };
     if !convert {
-        if let Some(why) = below_threshold(&before, cfg.min_free) {
+        if let Some(why) = below_threshold(&before, cfg.min_free, action == "incremental") {
             report.note = Some(why);
             return Ok(report);
         }
@@ -322,9 +395,12 @@ fn dry_run_note(ctx: &JobCtx<'_>, report: &mut FileFigures, action: &str) -> boo
     }
     report.action = format!("{action} (dry run)");
     report.note = Some(format!(
-        "would run a {action} vacuum; {} free pages ({})",
-        report.before.freelist,
-        human_bytes((report.before.freelist * report.before.page_size) as u64)
+        "would run a {action} vacuum; {}",
+        free_space_text(
+            report.before.freelist,
+            report.before.page_size,
+            report.before.unused_bytes
+        )
     ));
     true
 }
@@ -341,13 +417,15 @@ fn full(
     let finished = AtomicBool::new(false);
     let timed_out = AtomicBool::new(false);
     let result = std::thread::scope(|s| {
+        // Interrupt again every 20 ms until the VACUUM ends: an interrupt that lands before
+        // the statement has started is a no-op in SQLite (the deadline can already be past
+        // when measuring the file took longer than max_duration).
         s.spawn(|| {
             while !finished.load(Ordering::Relaxed) {
                 let late = deadline.is_some_and(|d| Instant::now() >= d);
                 if ctx.cancel.is_cancelled() || late {
                     timed_out.store(late, Ordering::Relaxed);
                     handle.interrupt();
-                    return;
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -460,4 +538,22 @@ fn incremental(
         longest.as_millis()
     ));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::spare_pages;
+
+    #[test]
+    fn spare_pages_counts_half_empty_pages_but_not_packing_slack() {
+        // One root page, however empty, is needed.
+        assert_eq!(spare_pages(1, 3, 90, 3900, 4096), 0);
+        // 1000 leaves of 40-byte cells with half the space unused: about half is spare.
+        let s = spare_pages(1000, 40_000, 1_600_000, 2_000_000, 4096);
+        assert!((450..=520).contains(&s), "{s}");
+        // Packed 1500-byte rows (two a page, ~1000 bytes unused each): nothing to win.
+        assert_eq!(spare_pages(101, 200, 300_000, 100_000, 4096), 0);
+        // Two leaves and a root holding 2.2 KiB of rows: one page would do.
+        assert_eq!(spare_pages(3, 10, 2000, 10_000, 4096), 2);
+    }
 }
