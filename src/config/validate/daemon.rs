@@ -50,11 +50,7 @@ pub(super) fn daemon(c: &mut Checker, d: &RawDaemon, defaults: &Defaults) -> Dae
             d.slow_statement.as_ref(),
             Duration::from_millis(100),
         ),
-        busy_timeout: c.duration(
-            &dk.key("busy_timeout"),
-            d.busy_timeout.as_ref(),
-            Duration::from_secs(5),
-        ),
+        busy_timeout: busy_timeout(c, &dk.key("busy_timeout"), d.busy_timeout.as_ref()),
         catch_up: d.catch_up.unwrap_or(true),
         keep_history: c.duration(
             &dk.key("keep_history"),
@@ -66,6 +62,24 @@ pub(super) fn daemon(c: &mut Checker, d: &RawDaemon, defaults: &Defaults) -> Dae
             .as_ref()
             .map(|p| metrics_file(c, &dk.key("metrics_file"), p)),
     }
+}
+
+/// SQLite's busy handler takes whole milliseconds in a C `int`: a longer timeout made
+/// rusqlite panic in `check` and left `run` hung with the database's lock held.
+const MAX_BUSY_TIMEOUT: Duration = Duration::from_millis(i32::MAX as u64);
+
+fn busy_timeout(c: &mut Checker, key: &KeyPath, value: Option<&String>) -> Duration {
+    let default = Duration::from_secs(5);
+    let d = c.duration(key, value, default);
+    if d > MAX_BUSY_TIMEOUT {
+        c.fail(
+            key,
+            "expected at most 24d 20h 31m (SQLite's limit of 2^31-1 ms; a few seconds is usual)",
+            value.cloned(),
+        );
+        return default;
+    }
+    d
 }
 
 /// An absolute path naming a file (not a directory) for the Prometheus textfile.
