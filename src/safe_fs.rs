@@ -244,18 +244,51 @@ impl DirHandle {
     }
 
     /// Remove the directory `name` and everything in it, through handles: a subdirectory
-    /// swapped for a symlink meanwhile loses the symlink, never what it points to.
+    /// swapped for a symlink meanwhile loses the symlink, never what it points to. Iterative
+    /// (a post-order walk over an explicit stack of handles), so a hostile deep tree cannot
+    /// overflow the stack; a tree deeper than [`MAX_TREE_DEPTH`] levels is refused with an
+    /// error (what lies above the limit may be removed already, the deep part stays).
     pub fn remove_tree(&self, name: &OsStr) -> io::Result<()> {
-        let sub = match self.open_dir(name) {
+        let top = match self.open_dir(name) {
             Ok(d) => d,
             // No longer a directory (a symlink or file put in its place): remove that name.
             Err(e) if not_a_dir(&e).is_some() => return self.remove_file(name),
             Err(e) => return Err(e),
         };
-        for e in sub.entries()? {
+        let entries = top.entries()?;
+        // Each level: its handle, its name in the level above, what is left to remove in it.
+        let mut stack: Vec<(DirHandle, OsString, Vec<DirEntry>)> =
+            vec![(top, name.to_os_string(), entries)];
+        loop {
+            let depth = stack.len();
+            let Some(level) = stack.last_mut() else {
+                break;
+            };
+            let Some(e) = level.2.pop() else {
+                let (_, n, _) = stack.pop().expect("a level");
+                let parent = stack.last().map_or(self, |l| &l.0);
+                match rfs::unlinkat(&parent.fd, &n, AtFlags::REMOVEDIR) {
+                    Ok(()) => {}
+                    Err(e) if e == rustix::io::Errno::NOENT && !stack.is_empty() => {}
+                    Err(e) => return Err(e.into()),
+                }
+                continue;
+            };
+            let dir = &level.0;
             let r = match e.kind {
-                Kind::Dir => sub.remove_tree(&e.name),
-                _ => sub.remove_file(&e.name),
+                Kind::Dir if depth >= MAX_TREE_DEPTH => return Err(too_deep()),
+                Kind::Dir => match dir.open_dir(&e.name) {
+                    Ok(sub) => match sub.entries() {
+                        Ok(list) => {
+                            stack.push((sub, e.name, list));
+                            continue;
+                        }
+                        Err(err) => Err(err),
+                    },
+                    Err(err) if not_a_dir(&err).is_some() => dir.remove_file(&e.name),
+                    Err(err) => Err(err),
+                },
+                _ => dir.remove_file(&e.name),
             };
             match r {
                 Ok(()) => {}
@@ -263,7 +296,7 @@ impl DirHandle {
                 Err(e) => return Err(e),
             }
         }
-        Ok(rfs::unlinkat(&self.fd, name, AtFlags::REMOVEDIR)?)
+        Ok(())
     }
 
     /// Move `name` from this directory into `to`, under `to_name` or, when that is taken,
@@ -293,22 +326,41 @@ impl DirHandle {
     }
 
     /// Total size of the regular files under the directory `name` (symlinks not followed;
-    /// what cannot be read counts 0).
+    /// what cannot be read, or lies deeper than [`MAX_TREE_DEPTH`] levels, counts 0).
+    /// Iterative, like [`DirHandle::remove_tree`].
     pub fn tree_bytes(&self, name: &OsStr) -> u64 {
-        let Ok(sub) = self.open_dir(name) else {
+        let Ok(top) = self.open_dir(name) else {
             return 0;
         };
-        let Ok(entries) = sub.entries() else {
+        let Ok(entries) = top.entries() else {
             return 0;
         };
-        entries
-            .iter()
-            .map(|e| match e.kind {
-                Kind::Dir => sub.tree_bytes(&e.name),
-                Kind::File => sub.meta(&e.name).map(|m| m.len).unwrap_or(0),
-                Kind::Other => 0,
-            })
-            .sum()
+        let mut total = 0u64;
+        let mut stack: Vec<(DirHandle, Vec<DirEntry>)> = vec![(top, entries)];
+        loop {
+            let depth = stack.len();
+            let Some(level) = stack.last_mut() else {
+                break;
+            };
+            let Some(e) = level.1.pop() else {
+                stack.pop();
+                continue;
+            };
+            match e.kind {
+                Kind::Dir if depth < MAX_TREE_DEPTH => {
+                    if let Ok(sub) = level.0.open_dir(&e.name) {
+                        if let Ok(list) = sub.entries() {
+                            stack.push((sub, list));
+                        }
+                    }
+                }
+                Kind::File => {
+                    total = total.saturating_add(level.0.meta(&e.name).map(|m| m.len).unwrap_or(0))
+                }
+                _ => {}
+            }
+        }
+        total
     }
 
     /// Device and inode of the directory itself.
@@ -316,6 +368,17 @@ impl DirHandle {
         let st = rfs::fstat(self.fd.as_fd())?;
         Ok((st.st_dev, st.st_ino))
     }
+}
+
+/// How many directory levels [`DirHandle::remove_tree`] and [`DirHandle::tree_bytes`] walk
+/// down: one open handle per level, so this stays well under the default limit of 1024 open
+/// files. Real upload trees are far shallower; a deeper one is hostile and left for a human.
+pub const MAX_TREE_DEPTH: usize = 256;
+
+fn too_deep() -> io::Error {
+    io::Error::other(format!(
+        "directory tree deeper than {MAX_TREE_DEPTH} levels: refused, the deep part is left in place; remove it by hand"
+    ))
 }
 
 /// One plain name: not empty, no `/`, not `.` or `..`.
@@ -333,6 +396,45 @@ fn check_name(name: &OsStr) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Up to the limit a tree is walked whole, iteratively: bytes counted at every level,
+    /// everything removed, a symlink at the bottom removed and its target kept.
+    #[test]
+    fn trees_up_to_the_depth_limit_are_counted_and_removed_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("keep"), "x").unwrap();
+        let root = DirHandle::open(dir.path()).unwrap();
+        let mut h = root.create_dir(OsStr::new("t"), 0o755).unwrap();
+        for _ in 1..MAX_TREE_DEPTH {
+            rfs::openat(
+                &h.fd,
+                "f",
+                OFlags::CREATE | OFlags::WRONLY,
+                Mode::from_raw_mode(0o600),
+            )
+            .and_then(|f| rustix::io::write(&f, b"ab"))
+            .unwrap();
+            h = h.create_dir(OsStr::new("d"), 0o755).unwrap();
+        }
+        rfs::symlinkat(&outside, &h.fd, "link").unwrap();
+        assert_eq!(
+            root.tree_bytes(OsStr::new("t")),
+            2 * (MAX_TREE_DEPTH as u64 - 1)
+        );
+        root.remove_tree(OsStr::new("t")).unwrap();
+        assert!(!dir.path().join("t").exists());
+        assert!(outside.join("keep").exists());
+        // One level more is refused, and what is there stays.
+        let mut h = root.create_dir(OsStr::new("t"), 0o755).unwrap();
+        for _ in 0..MAX_TREE_DEPTH {
+            h = h.create_dir(OsStr::new("d"), 0o755).unwrap();
+        }
+        let e = root.remove_tree(OsStr::new("t")).unwrap_err();
+        assert!(e.to_string().contains("deeper than 256 levels"), "{e}");
+        assert!(dir.path().join("t/d/d").is_dir());
+    }
 
     #[test]
     fn a_fifo_is_refused_without_blocking() {

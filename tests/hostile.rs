@@ -5,6 +5,7 @@
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{symlink, MetadataExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -608,4 +609,135 @@ fn special_files_beside_a_database_are_refused_as_root() {
 #[test]
 fn special_files_beside_a_database_are_refused_unprivileged() {
     special_files_beside_a_database_are_refused(As::Nobody);
+}
+
+/// `levels` nested directories `d/d/d/…` under `at`, made through handles (fast, and no path
+/// grows past PATH_MAX); owned by nobody when nobody is to remove them.
+fn deep_tree(at: &Path, levels: usize, who: As) {
+    let c = std::ffi::CString::new(at.as_os_str().as_bytes()).unwrap();
+    let d = c"d";
+    // SAFETY: plain syscalls on valid NUL-terminated names and fds this function owns.
+    unsafe {
+        let mut fd = libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY);
+        assert!(fd >= 0, "open {}", at.display());
+        for _ in 0..levels {
+            assert_eq!(libc::mkdirat(fd, d.as_ptr(), 0o755), 0, "mkdirat");
+            if let As::Nobody = who {
+                assert_eq!(libc::fchownat(fd, d.as_ptr(), 65534, 65534, 0), 0);
+            }
+            let next = libc::openat(fd, d.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY);
+            assert!(next >= 0, "openat");
+            libc::close(fd);
+            fd = next;
+        }
+        libc::close(fd);
+    }
+}
+
+/// Removes the deep trees at the end, pass or fail (`rm` walks them without recursing).
+struct RmRf(PathBuf);
+impl Drop for RmRf {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("rm")
+            .arg("-rf")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// A tenant who can write an upload directory plants a 60,000-level directory tree: in an
+/// expired quarantine day, and as an orphan directory of an `entries = "dirs"` delete rule.
+/// Walking it must neither overflow the stack (the process used to abort with SIGABRT, the
+/// daemon with it at every run) nor exhaust file descriptors: the tree is refused past
+/// MAX_TREE_DEPTH levels with one line naming it, and left in place.
+fn a_deep_directory_tree_is_refused_not_a_crash(who: As) {
+    const LEVELS: usize = 60_000;
+    let env = TestEnv::new();
+    let _cleanup = RmRf(env.dir.path().to_path_buf());
+    let db = app(&env);
+    Connection::open(&db)
+        .unwrap()
+        .execute("INSERT INTO file VALUES ('c1')", [])
+        .unwrap();
+    let uploads = env.path("uploads");
+    let day = uploads.join(".litekeeper-quarantine").join("2001-01-01");
+    std::fs::create_dir_all(&day).unwrap();
+    std::fs::write(uploads.join("c1_keep.txt"), "kept").unwrap();
+    let vectors = env.path("vectors");
+    std::fs::create_dir_all(vectors.join("c1_kept")).unwrap();
+    std::fs::create_dir_all(vectors.join("c2_deep")).unwrap();
+    std::fs::write(vectors.join("c2_deep").join("top.bin"), "12345").unwrap();
+    let dirs_rule = format!(
+        "[database.prune]\nmax_fraction = 1.0\n[[database.prune.files]]\ndir = \"{}\"\nentries = \"dirs\"\npattern = '^(?P<id>[a-z][0-9]+)_'\nreferenced_by = \"SELECT id FROM file\"\nmin_age = \"0s\"\naction = \"delete\"\n",
+        vectors.display()
+    );
+    config(&env, &db, &files_rule(&uploads, "quarantine"));
+    hand_over(&env, who);
+    deep_tree(&day, LEVELS, who);
+    deep_tree(&vectors.join("c2_deep"), LEVELS, who);
+    let run = |args: &[&str]| {
+        let mut c = lk(&env, who);
+        c.args(["run", "chat", "prune"]).args(args);
+        output_within(c, std::time::Duration::from_secs(120))
+    };
+
+    // (a) The expired quarantine day.
+    let o = run(&[]);
+    assert!(
+        o.status.signal().is_none(),
+        "killed by a signal ({who:?})\n{}",
+        both(&o)
+    );
+    assert_eq!(o.status.code(), Some(74), "{who:?}\n{}", both(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("2001-01-01") && err.contains("deeper than 256 levels"),
+        "{who:?}\n{}",
+        both(&o)
+    );
+    assert_eq!(names(&day), ["d"], "the deep tree stays ({who:?})");
+    assert_eq!(
+        std::fs::read_to_string(uploads.join("c1_keep.txt")).unwrap(),
+        "kept"
+    );
+
+    // (b) An orphan directory of a delete rule: the dry run completes and counts what it can
+    // reach, the real run refuses it.
+    config(&env, &db, &dirs_rule);
+    if let As::Nobody = who {
+        give_to_nobody(&env.config_path());
+    }
+    let o = run(&["--dry-run"]);
+    assert!(
+        o.status.signal().is_none(),
+        "killed by a signal ({who:?})\n{}",
+        both(&o)
+    );
+    assert_eq!(o.status.code(), Some(0), "{who:?}\n{}", both(&o));
+    assert_eq!(names(&vectors), ["c1_kept", "c2_deep"], "{who:?}");
+    let o = run(&[]);
+    assert!(
+        o.status.signal().is_none(),
+        "killed by a signal ({who:?})\n{}",
+        both(&o)
+    );
+    assert_eq!(o.status.code(), Some(74), "{who:?}\n{}", both(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("c2_deep") && err.contains("deeper than 256 levels"),
+        "{who:?}\n{}",
+        both(&o)
+    );
+    assert_eq!(names(&vectors), ["c1_kept", "c2_deep"], "{who:?}");
+    assert!(vectors.join("c2_deep").join("d").join("d").is_dir());
+}
+
+#[test]
+fn a_deep_directory_tree_is_refused_not_a_crash_as_root() {
+    a_deep_directory_tree_is_refused_not_a_crash(As::Us);
+}
+
+#[test]
+fn a_deep_directory_tree_is_refused_not_a_crash_unprivileged() {
+    a_deep_directory_tree_is_refused_not_a_crash(As::Nobody);
 }
