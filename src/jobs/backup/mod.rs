@@ -1,0 +1,275 @@
+//! The backup job: an online copy of the database and of every attached database, each to its
+//! own file `{series}-{UTC YYYYMMDD-HHMMSS}.db[.zst]` in the backup directory.
+//!
+//! The copy uses SQLite's backup API in steps while this connection holds a read transaction
+//! on the source, so concurrent writers never force a restart and the copy is one consistent
+//! snapshot (`method = "vacuum_into"` makes a compacted copy instead). Each copy is written
+//! under a temp name, switched to `journal_mode=DELETE` (one self-contained file), verified
+//! (quick_check or integrity_check, foreign_key_check, page and row counts against the source
+//! snapshot), optionally zstd-compressed (round-trip checked), fsynced and renamed into place;
+//! the manifest records size and SHA-256. A copy that fails verification is kept as `*.failed`
+//! and the job fails. Retention then runs (see `retention`), only when every copy verified.
+//!
+//! Layout: `mod.rs` runs the job (names, stamps, the commit of each copy); `copy.rs` copies,
+//! verifies and compresses one source; `retain.rs` plans and applies retention.
+
+mod copy;
+mod retain;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use chrono::{DateTime, SubsecRound, Utc};
+
+use super::{JobCtx, JobError, JobResult};
+use crate::archive::{self, ArchiveError, BackupName, Entry, Manifest, Verified};
+use crate::config::{Backup, Compression, Database};
+use crate::domain::human_bytes;
+use crate::domain::{BackupFigures, Figures};
+
+use self::copy::copy_one;
+use self::retain::{apply_retention, retention_preview};
+pub use self::retain::{plan_warnings, retention_plan, Planned, RetentionOutcome};
+
+/// One source file of a backup run.
+pub use crate::config::BackupSource as Source;
+
+/// The files a backup of `db` copies, in order (`Database::backup_sources`).
+pub fn sources(db: &Database) -> Vec<Source> {
+    db.backup_sources()
+}
+
+fn quote(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+fn sql(context: impl Into<String>) -> impl FnOnce(rusqlite::Error) -> JobError {
+    let context = context.into();
+    move |source| JobError::Sqlite { context, source }
+}
+
+/// Removes temp files unless the run got them safely into place; each stays flocked (owned
+/// by this live process, see `archive::clean_leftovers`) until then.
+struct TempFiles(Vec<archive::TempFile>);
+
+impl TempFiles {
+    fn forget(&mut self, path: &Path) {
+        self.0.retain(|t| t.path != path);
+    }
+}
+
+impl Drop for TempFiles {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            let _ = std::fs::remove_file(&t.path);
+        }
+    }
+}
+
+/// The longest names a backup of `db` creates must fit the file system: refused up front,
+/// naming the file, instead of failing mid-run with "File name too long".
+pub fn check_names(db: &Database, cfg: &Backup) -> Result<(), ArchiveError> {
+    for part in cfg.dir.iter().filter_map(|p| p.to_str()) {
+        archive::check_name_length(part, &cfg.dir, "a directory name in the backup directory")?;
+    }
+    let stamp = DateTime::<Utc>::UNIX_EPOCH;
+    for s in sources(db) {
+        let longest = BackupName {
+            series: s.series.clone(),
+            time: stamp,
+            compressed: true,
+            failed: true,
+        };
+        let tmp = archive::temp_path(&cfg.dir, &longest.file_name());
+        let name = tmp.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        archive::check_name_length(
+            &format!("{name}-journal"),
+            &s.path,
+            "the name of a backup of this file",
+        )?;
+    }
+    Ok(())
+}
+
+/// What the source looked like in the snapshot the copy was taken from.
+#[derive(Debug, Default)]
+struct Snapshot {
+    page_count: u64,
+    page_size: u64,
+    tables: BTreeMap<String, i64>,
+    fk_violations: i64,
+    restarts: u32,
+}
+
+pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
+    let cfg = ctx
+        .db
+        .backup
+        .as_ref()
+        .ok_or_else(|| JobError::Refused("no [database.backup] section".into()))?;
+    let dir = &cfg.dir;
+    check_names(ctx.db, cfg)?;
+    archive::ensure_private_dir(dir)?;
+    let sources = sources(ctx.db);
+    let need: u64 = sources
+        .iter()
+        .map(|s| file_size(&s.path) + file_size(&wal_of(&s.path)))
+        .sum();
+    let free = archive::free_bytes(dir)?;
+    if free < need {
+        return Err(JobError::Refused(format!(
+            "{}: not enough free space for a backup: needs about {} (the database size), {} free; free some space or point backup.dir at a larger file system",
+            dir.display(),
+            human_bytes(need),
+            human_bytes(free)
+        )));
+    }
+    let stamp = unique_stamp(dir, &sources, cfg);
+    if ctx.dry_run {
+        let names: Vec<String> = sources
+            .iter()
+            .map(|s| final_name(s, stamp, cfg).file_name())
+            .collect();
+        let plan = retention_preview(ctx.db, cfg, &ctx.config.daemon.timezone, stamp)?;
+        return Ok(JobResult {
+            summary: format!(
+                "dry run: would write {} ({} to copy); {plan}",
+                names.join(", "),
+                human_bytes(need)
+            ),
+            figures: Some(Figures::Backup(BackupFigures {
+                bytes_before: need,
+                would_write: Some(names),
+                ..BackupFigures::default()
+            })),
+            skipped: false,
+        });
+    }
+
+    let cleaned = archive::clean_leftovers(dir, &archive::lock_dir(dir)?)?;
+    if !cleaned.is_empty() {
+        tracing::info!(
+            "{}: removed {} leftover temp file(s) of an interrupted backup",
+            dir.display(),
+            cleaned.len()
+        );
+    }
+    let started = Instant::now();
+    let mut written = Vec::new();
+    let mut restarts = 0;
+    for source in &sources {
+        let (entry, r) = copy_one(ctx, cfg, source, stamp)?;
+        restarts += r;
+        written.push(entry);
+    }
+
+    let elapsed = started.elapsed();
+    let bytes: u64 = written.iter().map(|e| e.size).sum();
+    let pages: u64 = written.iter().map(|e| e.page_count).sum();
+    let main = &written[0];
+    let retention = apply_retention(
+        ctx.db,
+        cfg,
+        &ctx.config.daemon.timezone,
+        Utc::now(),
+        &written.iter().map(|e| e.file.clone()).collect::<Vec<_>>(),
+    )?;
+    let figures = BackupFigures {
+        bytes_before: need,
+        would_write: None,
+        backup_path: Some(dir.join(&main.file).display().to_string()),
+        backup_paths: Some(
+            written
+                .iter()
+                .map(|e| dir.join(&e.file).display().to_string())
+                .collect(),
+        ),
+        bytes_after: Some(bytes),
+        pages: Some(pages),
+        pages_per_sec: Some((pages as f64 / elapsed.as_secs_f64().max(1e-6)) as u64),
+        verified: Some(main.verified),
+        sha256: Some(main.sha256.clone()),
+        retention_deleted: Some(retention.deleted.len() as u64),
+        retention_warnings: Some(retention.warnings.len() as u64),
+        restarts: Some(u64::from(restarts)),
+    };
+    let verified = match main.verified {
+        Verified::None => "not verified".to_string(),
+        v => format!("verified {}", v.as_str()),
+    };
+    Ok(JobResult {
+        summary: format!(
+            "wrote {} ({}, {verified}) to {}; {}",
+            written
+                .iter()
+                .map(|e| e.file.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            human_bytes(bytes),
+            dir.display(),
+            retention.summary
+        ),
+        figures: Some(Figures::Backup(figures)),
+        skipped: false,
+    })
+}
+
+fn final_name(source: &Source, stamp: DateTime<Utc>, cfg: &Backup) -> BackupName {
+    BackupName {
+        series: source.series.clone(),
+        time: stamp,
+        compressed: matches!(cfg.compression, Compression::Zstd { .. }),
+        failed: false,
+    }
+}
+
+/// Now, to the second, moved on while a file of that name already exists.
+fn unique_stamp(dir: &Path, sources: &[Source], cfg: &Backup) -> DateTime<Utc> {
+    let mut stamp = Utc::now().trunc_subsecs(0);
+    while sources.iter().any(|s| {
+        let n = final_name(s, stamp, cfg);
+        let failed = BackupName {
+            failed: true,
+            ..n.clone()
+        };
+        dir.join(n.file_name()).exists() || dir.join(failed.file_name()).exists()
+    }) {
+        stamp += chrono::Duration::seconds(1);
+    }
+    stamp
+}
+
+fn file_size(p: &Path) -> u64 {
+    std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+}
+
+fn wal_of(p: &Path) -> PathBuf {
+    let mut s = p.as_os_str().to_owned();
+    s.push("-wal");
+    PathBuf::from(s)
+}
+
+/// Record `entry` in the manifest and move `tmp` to its final name, both under the
+/// directory's lock: the manifest names the file before it appears under its final name (a
+/// process killed in between leaves an entry without a file, dropped by the next save, never
+/// a backup the manifest does not know), and no other job's manifest update is lost.
+fn record_and_commit(dir: &Path, entry: &Entry, tmp: &Path) -> Result<(), ArchiveError> {
+    let held = archive::lock_dir(dir)?;
+    let mut manifest = Manifest::load(dir)?;
+    manifest.retain_existing(dir);
+    manifest.upsert(entry.clone());
+    manifest.save(dir, &held)?;
+    if let Err(e) = archive::commit(tmp, &dir.join(&entry.file)) {
+        manifest.backups.retain(|m| m.file != entry.file);
+        let _ = manifest.save(dir, &held);
+        return Err(e);
+    }
+    Ok(())
+}
+
+impl From<ArchiveError> for JobError {
+    fn from(e: ArchiveError) -> Self {
+        JobError::Archive(e)
+    }
+}
