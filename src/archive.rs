@@ -101,6 +101,22 @@ impl BackupName {
     }
 }
 
+/// litekeeper's own files in a backup directory (the manifest, the directory's lock, temp
+/// files and anything hidden): never a backup, whatever a manifest entry says.
+pub fn is_own_file(name: &str) -> bool {
+    name == MANIFEST || name == DIR_LOCK || name.starts_with('.') || name.contains(TMP_SUFFIX)
+}
+
+/// `file` as a backup of one of `series`: its name parses as a backup name of one of them
+/// and it is none of litekeeper's own files. Only such a file may fill a retention slot or
+/// be deleted by retention, whatever its manifest entry claims.
+pub fn backup_of(file: &str, series: &[String]) -> Option<BackupName> {
+    if is_own_file(file) {
+        return None;
+    }
+    BackupName::parse(file).filter(|n| series.contains(&n.series))
+}
+
 /// The series of a database file: its stem without leading dots (`.ht.sqlite` → `ht`: a
 /// backup file's name never starts with a dot, so it is neither hidden nor taken for a temp
 /// file); None when nothing is left or the stem is not UTF-8 (the database's name is used).
@@ -601,6 +617,22 @@ mod tests {
             "notes-20260102-030405.txt",
         ] {
             assert_eq!(BackupName::parse(foreign), None, "{foreign}");
+        }
+    }
+
+    #[test]
+    fn only_backup_names_of_the_given_series_are_backups() {
+        let series = ["a".to_string(), "att".to_string()];
+        assert!(backup_of("a-20260102-030405.db", &series).is_some());
+        assert!(backup_of("att-20260102-030405.db.zst.failed", &series).is_some());
+        for not in [
+            "b-20260102-030405.db",
+            MANIFEST,
+            DIR_LOCK,
+            ".a-20260102-030405.db.litekeeper-tmp",
+            "a.db",
+        ] {
+            assert!(backup_of(not, &series).is_none(), "{not}");
         }
     }
 
