@@ -285,22 +285,44 @@ pub struct DirLock {
     _file: File,
 }
 
-/// Take `dir`'s lock (waits while another job holds it; those hold it for moments).
+/// Take `dir`'s lock (waits while another job holds it; those hold it for moments). The lock
+/// file is opened like the per-database locks: never through a symlink, without blocking, and
+/// only when it is a regular file (a FIFO or device in its place is refused with its path).
 pub fn lock_dir(dir: &Path) -> Result<DirLock, ArchiveError> {
     let path = dir.join(DIR_LOCK);
-    let file = OpenOptions::new()
+    let refused = |what: &str| ArchiveError::Refused {
+        reason: format!(
+            "the backup directory's lock file is {what}, not a regular file; litekeeper never \
+             opens special files: remove it (the next run creates the lock file)"
+        ),
+        path: path.clone(),
+    };
+    let file = match OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(&path)
-        .map_err(io_err(
-            &path,
-            "cannot open the backup directory's lock file",
-        ))?;
-    // std's file locks are flock(2) on Linux.
+    {
+        Ok(f) => f,
+        // O_NOFOLLOW on a symlink fails with ELOOP.
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Err(refused("a symlink")),
+        Err(e) => {
+            return Err(io_err(
+                &path,
+                "cannot open the backup directory's lock file",
+            )(e))
+        }
+    };
+    let meta = file.metadata().map_err(io_err(&path, "cannot stat"))?;
+    if !meta.is_file() {
+        return Err(refused(crate::safe_fs::describe(
+            rustix::fs::FileType::from_raw_mode(meta.mode()),
+        )));
+    }
+    // std's file locks are flock(2) on Linux (blocking whatever O_NONBLOCK says).
     file.lock()
         .map_err(io_err(&path, "cannot lock the backup directory"))?;
     Ok(DirLock { _file: file })

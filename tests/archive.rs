@@ -677,3 +677,39 @@ fn retention_deletes_only_backup_names_of_its_own_series() {
         "b's file not reported in a's list: {v:#}"
     );
 }
+
+/// A FIFO where the backup directory's lock file belongs is refused with its path, like a
+/// special file in place of a database's lock: never opened as if it were a file and flocked.
+#[test]
+fn a_fifo_as_the_backup_directory_lock_is_refused_with_its_path() {
+    use std::os::unix::fs::FileTypeExt;
+    let env = TestEnv::new();
+    let dir = chat_setup(&env, "");
+    run_ok(&env, &["run", "chat", "backup"]);
+    let before = names(&dir);
+    let lock = dir.join(".litekeeper.lock");
+    std::fs::remove_file(&lock).unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &lock,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    let o = env.cmd().args(["run", "chat", "backup"]).output().unwrap();
+    let out = both(&o);
+    assert_eq!(o.status.code(), Some(73), "{out}");
+    assert!(
+        out.contains(&lock.display().to_string()) && out.contains("FIFO"),
+        "the refusal names the lock file and what it is: {out}"
+    );
+    assert!(
+        std::fs::symlink_metadata(&lock)
+            .unwrap()
+            .file_type()
+            .is_fifo(),
+        "the FIFO was replaced"
+    );
+    assert_eq!(names(&dir), before, "a backup was written anyway");
+}
