@@ -101,6 +101,22 @@ impl BackupName {
     }
 }
 
+/// litekeeper's own files in a backup directory (the manifest, the directory's lock, temp
+/// files and anything hidden): never a backup, whatever a manifest entry says.
+pub fn is_own_file(name: &str) -> bool {
+    name == MANIFEST || name == DIR_LOCK || name.starts_with('.') || name.contains(TMP_SUFFIX)
+}
+
+/// `file` as a backup of one of `series`: its name parses as a backup name of one of them
+/// and it is none of litekeeper's own files. Only such a file may fill a retention slot or
+/// be deleted by retention, whatever its manifest entry claims.
+pub fn backup_of(file: &str, series: &[String]) -> Option<BackupName> {
+    if is_own_file(file) {
+        return None;
+    }
+    BackupName::parse(file).filter(|n| series.contains(&n.series))
+}
+
 /// The series of a database file: its stem without leading dots (`.ht.sqlite` → `ht`: a
 /// backup file's name never starts with a dot, so it is neither hidden nor taken for a temp
 /// file); None when nothing is left or the stem is not UTF-8 (the database's name is used).
@@ -269,22 +285,44 @@ pub struct DirLock {
     _file: File,
 }
 
-/// Take `dir`'s lock (waits while another job holds it; those hold it for moments).
+/// Take `dir`'s lock (waits while another job holds it; those hold it for moments). The lock
+/// file is opened like the per-database locks: never through a symlink, without blocking, and
+/// only when it is a regular file (a FIFO or device in its place is refused with its path).
 pub fn lock_dir(dir: &Path) -> Result<DirLock, ArchiveError> {
     let path = dir.join(DIR_LOCK);
-    let file = OpenOptions::new()
+    let refused = |what: &str| ArchiveError::Refused {
+        reason: format!(
+            "the backup directory's lock file is {what}, not a regular file; litekeeper never \
+             opens special files: remove it (the next run creates the lock file)"
+        ),
+        path: path.clone(),
+    };
+    let file = match OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(&path)
-        .map_err(io_err(
-            &path,
-            "cannot open the backup directory's lock file",
-        ))?;
-    // std's file locks are flock(2) on Linux.
+    {
+        Ok(f) => f,
+        // O_NOFOLLOW on a symlink fails with ELOOP.
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Err(refused("a symlink")),
+        Err(e) => {
+            return Err(io_err(
+                &path,
+                "cannot open the backup directory's lock file",
+            )(e))
+        }
+    };
+    let meta = file.metadata().map_err(io_err(&path, "cannot stat"))?;
+    if !meta.is_file() {
+        return Err(refused(crate::safe_fs::describe(
+            rustix::fs::FileType::from_raw_mode(meta.mode()),
+        )));
+    }
+    // std's file locks are flock(2) on Linux (blocking whatever O_NONBLOCK says).
     file.lock()
         .map_err(io_err(&path, "cannot lock the backup directory"))?;
     Ok(DirLock { _file: file })
@@ -601,6 +639,22 @@ mod tests {
             "notes-20260102-030405.txt",
         ] {
             assert_eq!(BackupName::parse(foreign), None, "{foreign}");
+        }
+    }
+
+    #[test]
+    fn only_backup_names_of_the_given_series_are_backups() {
+        let series = ["a".to_string(), "att".to_string()];
+        assert!(backup_of("a-20260102-030405.db", &series).is_some());
+        assert!(backup_of("att-20260102-030405.db.zst.failed", &series).is_some());
+        for not in [
+            "b-20260102-030405.db",
+            MANIFEST,
+            DIR_LOCK,
+            ".a-20260102-030405.db.litekeeper-tmp",
+            "a.db",
+        ] {
+            assert!(backup_of(not, &series).is_none(), "{not}");
         }
     }
 

@@ -15,7 +15,9 @@
 //!
 //! Only what the manifest vouches for counts. A file it does not know (or whose size differs
 //! from its entry) never fills a slot and is never deleted: it is kept and reported
-//! (`not-in-manifest`). A backup dated after `now` (the clock moved back, or a foreign file)
+//! (`not-in-manifest`). An entry whose file is not named as a backup of one of the database's
+//! series (or is litekeeper's own file) is never judged at all (`not-a-backup`, decided by
+//! `jobs::backup`, not here). A backup dated after `now` (the clock moved back, or a foreign file)
 //! never fills a slot either, nor becomes the newest: kept and reported (`future-dated`). A
 //! backup written by the deciding run is never deleted by it (`this-run`).
 
@@ -85,6 +87,10 @@ pub enum Reason {
     /// Named like a backup but unknown to the manifest (or of another size): kept, never
     /// counted; reported.
     NotInManifest,
+    /// A manifest entry of this database whose file is not a backup name of one of its
+    /// series (another database's backup, litekeeper's own manifest or lock file): never
+    /// counted, never deleted; reported.
+    NotABackup,
 }
 
 impl Reason {
@@ -104,6 +110,7 @@ impl Reason {
             Reason::ThisRun => "this-run",
             Reason::FutureDated => "future-dated",
             Reason::NotInManifest => "not-in-manifest",
+            Reason::NotABackup => "not-a-backup",
         }
     }
 }

@@ -599,3 +599,117 @@ fn vacuum_into_and_zstd_write_into_owned_temp_files() {
         .collect();
     assert!(temps.is_empty(), "{temps:?}");
 }
+
+/// Hand-added manifest entries for database `a` (a's checksum, the right size, an old date)
+/// naming another database's backup and the directory's own lock file: a's retention never
+/// deletes them (neither is a backup name of a's series), reports them, and `backups list`
+/// does not tell the operator to remove litekeeper's own files.
+#[test]
+fn retention_deletes_only_backup_names_of_its_own_series() {
+    let env = TestEnv::new();
+    let bk = env.path("bk");
+    let a = db_with(&env, "a.db", "a");
+    let b = db_with(&env, "b.db", "b");
+    configure(
+        &env,
+        &[
+            backup_stanza("a", &a, &bk, "keep = { last = 2 }"),
+            backup_stanza("b", &b, &bk, "keep = { last = 3 }"),
+        ],
+    );
+    run_ok(&env, &["run", "a", "backup"]);
+    run_ok(&env, &["run", "b", "backup"]);
+    let b_file = names(&bk)
+        .into_iter()
+        .find(|n| n.starts_with("b-"))
+        .unwrap();
+    let path = bk.join("manifest.json");
+    let mut m: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let a_entry = m["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["database"] == "a")
+        .unwrap()
+        .clone();
+    let forged = [b_file.as_str(), ".litekeeper.lock", "manifest.json"];
+    for f in forged {
+        let mut e = a_entry.clone();
+        e["file"] = f.into();
+        e["size"] = std::fs::metadata(bk.join(f)).unwrap().len().into();
+        e["created_at"] = "2020-01-02T00:00:00Z".into();
+        m["backups"].as_array_mut().unwrap().push(e);
+    }
+    std::fs::write(&path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let o = env.cmd().args(["run", "a", "backup"]).output().unwrap();
+    let out = both(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    for f in forged {
+        assert!(
+            bk.join(f).exists(),
+            "a's retention deleted {f}: {:?}\n{out}",
+            names(&bk)
+        );
+        assert!(out.contains(f), "{f} not reported: {out}");
+    }
+    assert_eq!(rows(&bk.join(&b_file)), ["b"]);
+    let (_, v) = list_json(&env, &["a"]);
+    let text = v.to_string();
+    for own in [".litekeeper.lock", "manifest.json"] {
+        for w in v["databases"][0]["warnings"].as_array().unwrap() {
+            let w = w.as_str().unwrap();
+            assert!(
+                !(w.contains(own) && w.contains("by hand")),
+                "advises removing {own}: {w}"
+            );
+        }
+        for e in v["databases"][0]["backups"].as_array().unwrap() {
+            if e["file"] == own {
+                let w = e["warning"].as_str().unwrap_or("");
+                assert!(!w.contains("remove"), "advises removing {own}: {w}");
+                assert!(!e["kept_by"].as_array().unwrap().is_empty(), "{e}");
+            }
+        }
+    }
+    assert!(
+        text.contains(&b_file),
+        "b's file not reported in a's list: {v:#}"
+    );
+}
+
+/// A FIFO where the backup directory's lock file belongs is refused with its path, like a
+/// special file in place of a database's lock: never opened as if it were a file and flocked.
+#[test]
+fn a_fifo_as_the_backup_directory_lock_is_refused_with_its_path() {
+    use std::os::unix::fs::FileTypeExt;
+    let env = TestEnv::new();
+    let dir = chat_setup(&env, "");
+    run_ok(&env, &["run", "chat", "backup"]);
+    let before = names(&dir);
+    let lock = dir.join(".litekeeper.lock");
+    std::fs::remove_file(&lock).unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &lock,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    let o = env.cmd().args(["run", "chat", "backup"]).output().unwrap();
+    let out = both(&o);
+    assert_eq!(o.status.code(), Some(73), "{out}");
+    assert!(
+        out.contains(&lock.display().to_string()) && out.contains("FIFO"),
+        "the refusal names the lock file and what it is: {out}"
+    );
+    assert!(
+        std::fs::symlink_metadata(&lock)
+            .unwrap()
+            .file_type()
+            .is_fifo(),
+        "the FIFO was replaced"
+    );
+    assert_eq!(names(&dir), before, "a backup was written anyway");
+}

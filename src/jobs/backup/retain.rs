@@ -44,6 +44,12 @@ impl Planned {
                 ),
                 None => "named like a backup but not in the manifest: not counted by retention and never deleted by it; check it and remove it by hand".into(),
             })
+        } else if r.contains(&retention::Reason::NotABackup) {
+            Some(if archive::is_own_file(&self.found.file()) {
+                "litekeeper's own file, named by a manifest entry of this database: ignored by retention and never deleted by it; leave the file alone (the entry is wrong)".into()
+            } else {
+                "named by a manifest entry of this database but not a backup name of its configured series (another database's file, or an attachment since removed from the configuration?): ignored by retention and never deleted by it; check the manifest entry, and remove the file by hand if it is an old backup".into()
+            })
         } else if r.contains(&retention::Reason::FutureDated) {
             Some(
                 "dated in the future (was the clock ahead, or moved back?): kept, but not counted by retention until its time has come"
@@ -58,7 +64,9 @@ impl Planned {
 /// Every backup of `db` in `cfg.dir` (newest first) with what retention decides for it at
 /// `now`: the manifest's entries for `db` (other databases' entries in a shared directory
 /// are not ours to judge), by series, plus files named like one of `db`'s series that the
-/// manifest does not know (kept and reported). `pending` is the time of a backup about to be
+/// manifest does not know (kept and reported). An entry whose file is not named as a backup
+/// of one of `db`'s configured series ([`archive::backup_of`]) is kept and reported
+/// (`not-a-backup`), never judged: the manifest says whose a backup is, the name which. `pending` is the time of a backup about to be
 /// written (a dry run): it takes part in the decision as a verified backup but is not listed.
 /// `this_run` names the files the deciding run wrote.
 pub fn retention_plan(
@@ -70,16 +78,17 @@ pub fn retention_plan(
     this_run: &[String],
 ) -> Result<Vec<Planned>, ArchiveError> {
     let manifest = Manifest::load(&cfg.dir)?;
-    let mut found = archive::list_of(&cfg.dir, &manifest, &db.name)?;
-    let mut series: Vec<String> = sources(db).into_iter().map(|s| s.series).collect();
+    let series: Vec<String> = sources(db).into_iter().map(|s| s.series).collect();
+    // An entry counts (and may be deleted) only when its file is named as a backup of one of
+    // this database's series, the entry's own series: a hand-edited or foreign entry naming
+    // another database's backup or the directory's lock is kept and reported, never judged.
+    let (mut found, foreign): (Vec<archive::Found>, Vec<archive::Found>) =
+        archive::list_of(&cfg.dir, &manifest, &db.name)?
+            .into_iter()
+            .partition(|f| {
+                archive::backup_of(&f.file(), &series).is_some_and(|n| n.series == f.name.series)
+            });
     found.extend(archive::unrecorded(&cfg.dir, &manifest, &series)?);
-    // Series of this database's that its configuration no longer names (an attachment
-    // removed, a renamed file) keep their own retention.
-    for f in &found {
-        if !series.contains(&f.name.series) {
-            series.push(f.name.series.clone());
-        }
-    }
     let policy = retention::Policy {
         keep: cfg.keep,
         max_age: cfg.max_age,
@@ -114,6 +123,13 @@ pub fn retention_plan(
             });
         }
     }
+    out.extend(foreign.into_iter().map(|f| Planned {
+        entry: f.entry.clone(),
+        found: f,
+        decision: retention::Decision {
+            reasons: vec![retention::Reason::NotABackup],
+        },
+    }));
     out.sort_by(|a, b| {
         b.found
             .name
@@ -129,9 +145,12 @@ pub fn retention_plan(
 pub fn plan_warnings(plan: &[Planned]) -> Vec<String> {
     let mut unknown = Vec::new();
     let mut future = Vec::new();
+    let mut foreign = Vec::new();
     for p in plan {
         let r = &p.decision.reasons;
-        if r.contains(&retention::Reason::NotInManifest) {
+        if r.contains(&retention::Reason::NotABackup) {
+            foreign.push(p.found.file());
+        } else if r.contains(&retention::Reason::NotInManifest) {
             unknown.push(p.found.file());
         } else if r.contains(&retention::Reason::FutureDated) {
             future.push(p.found.file());
@@ -143,6 +162,13 @@ pub fn plan_warnings(plan: &[Planned]) -> Vec<String> {
             "{} file(s) named like backups are not in the manifest (or not of its size), so retention neither counts nor deletes them; check and remove them by hand: {}",
             unknown.len(),
             unknown.join(", ")
+        ));
+    }
+    if !foreign.is_empty() {
+        out.push(format!(
+            "{} manifest entr(ies) of this database name files that are not its backups (another database's backup, litekeeper's own manifest or lock file?), so retention neither counts nor deletes them; check manifest.json: {}",
+            foreign.len(),
+            foreign.join(", ")
         ));
     }
     if !future.is_empty() {
