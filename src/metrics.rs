@@ -179,8 +179,16 @@ fn lock(dir: &Path, path: &Path) -> std::io::Result<File> {
         .create(true)
         .truncate(false)
         .mode(0o640)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        // O_NONBLOCK: a FIFO planted here is opened without waiting, then refused below.
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(crate::safe_fs::not_regular(
+            path,
+            rustix::fs::FileType::from_raw_mode(std::os::unix::fs::MetadataExt::mode(&meta)),
+        ));
+    }
     let deadline = Instant::now() + LOCK_WAIT;
     loop {
         match file.try_lock() {

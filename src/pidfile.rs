@@ -76,7 +76,8 @@ pub fn acquire(state_dir: &Path) -> Result<DaemonLock, DaemonLockError> {
         .create(true)
         .truncate(false)
         .mode(0o644)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        // O_NONBLOCK: a FIFO planted here is opened without waiting, then refused below.
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(&path)
     {
         Ok(f) => f,
@@ -85,6 +86,11 @@ pub fn acquire(state_dir: &Path) -> Result<DaemonLock, DaemonLockError> {
         }
         Err(e) => return Err(io(e)),
     };
+    let meta = file.metadata().map_err(io)?;
+    if !meta.is_file() {
+        let kind = rustix::fs::FileType::from_raw_mode(std::os::unix::fs::MetadataExt::mode(&meta));
+        return Err(io(crate::safe_fs::not_regular(&path, kind)));
+    }
     match file.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {

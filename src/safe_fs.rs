@@ -49,7 +49,7 @@ pub fn special_file_at(path: &Path) -> io::Result<Option<&'static str>> {
 }
 
 /// The error `open_regular` returns for a file that is not regular; its text names the path.
-fn not_regular(path: &Path, t: FileType) -> io::Error {
+pub(crate) fn not_regular(path: &Path, t: FileType) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidInput,
         format!(

@@ -550,6 +550,8 @@ fn special_files_beside_a_database_are_refused(who: As) {
             "manifest",
             &[&["run", "chat", "backup"][..], &["backups", "list"]][..],
         ),
+        ("dir-lock", &[&["run", "chat", "backup"][..]][..]),
+        ("daemon.pid", &[&["daemon"][..]][..]),
     ] {
         let env = TestEnv::new();
         let db = env.sqlite(
@@ -574,6 +576,14 @@ fn special_files_beside_a_database_are_refused(who: As) {
             "manifest" => {
                 std::fs::create_dir_all(env.path("backups")).unwrap();
                 env.path("backups/manifest.json")
+            }
+            "dir-lock" => {
+                std::fs::create_dir_all(env.path("backups")).unwrap();
+                env.path("backups/.litekeeper.lock")
+            }
+            "daemon.pid" => {
+                std::fs::create_dir_all(env.path("state")).unwrap();
+                env.path("state/daemon.pid")
             }
             suffix => env.path(&format!("app/b.db{suffix}")),
         };
