@@ -21,7 +21,7 @@ use std::time::Duration;
 use chrono::{DateTime, Timelike, Utc};
 
 use crate::config::{Config, Database};
-use crate::jobs::JobKind;
+use crate::domain::JobKind;
 use crate::schedule::{Schedule, Zone};
 
 const WEEKDAY_NAMES: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];

@@ -57,10 +57,8 @@ const LAYERS: &[Layer] = &[
 #[rustfmt::skip]
 const ALLOWED_TODAY: &[(&str, &str, &str)] = &[
     ("exit", "config::ConfigError", "From<ConfigError> for Failure belongs beside ConfigError"),
-    ("config", "jobs::JobKind", "JobKind is shared vocabulary: it moves to domain"),
     ("config", "archive", "MANIFEST and BackupName, for the name checks, move to the model"),
     ("config", "pings", "the ping URL check and default timeout belong to config"),
-    ("units", "jobs::JobKind", "JobKind moves to domain"),
     ("logging", "cli", "logging::init takes clap's LogArgs instead of its own settings"),
     ("logging", "sqlite::truncate", "a string helper, to live once below both"),
     ("pings", "jobs", "Outcome, Report, Request move to domain"),

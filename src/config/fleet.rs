@@ -691,9 +691,9 @@ fn is_link_path(path: &Path) -> bool {
 pub fn confined_paths(
     fleet: &Fleet,
     db: &Database,
-    kind: crate::jobs::JobKind,
+    kind: crate::domain::JobKind,
 ) -> Vec<(PathBuf, PathBuf)> {
-    use crate::jobs::JobKind;
+    use crate::domain::JobKind;
     expansions(&fleet.raw, db)
         .into_iter()
         .filter(|(k, _, _)| match kind {

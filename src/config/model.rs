@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::archive;
-use crate::jobs::JobKind;
+use crate::domain::JobKind;
 use crate::schedule::{Schedule, Zone};
 
 #[derive(Debug)]
