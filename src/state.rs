@@ -160,11 +160,12 @@ fn from_ms(v: i64) -> DateTime<Utc> {
 }
 
 fn pid_alive(pid: i64) -> bool {
-    // SAFETY: kill with signal 0 only checks for existence.
-    pid > 0
-        && unsafe {
-            libc::kill(pid as libc::pid_t, 0) == 0 || *libc::__errno_location() == libc::EPERM
-        }
+    use rustix::process::{test_kill_process, Pid};
+    // Signal 0 only checks for existence; EPERM: alive, but another user's.
+    i32::try_from(pid)
+        .ok()
+        .and_then(Pid::from_raw)
+        .is_some_and(|p| matches!(test_kill_process(p), Ok(()) | Err(rustix::io::Errno::PERM)))
 }
 
 impl State {
@@ -266,14 +267,11 @@ impl State {
     /// the state directory, and only if the file is still damaged then: a timer's `run` and
     /// the daemon finding it at once move it once, and never the new one.
     fn set_aside(&self, cause: &rusqlite::Error) -> std::io::Result<()> {
-        use std::os::fd::AsRawFd;
         use std::os::unix::fs::OpenOptionsExt;
         let dir = self.path.parent().unwrap_or(Path::new("."));
         let lock = std::fs::File::open(dir)?;
-        // SAFETY: flock on a descriptor we own; released when `lock` is closed.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        // flock, released when `lock` is closed.
+        lock.lock()?;
         let still_damaged = Connection::open_with_flags(
             &self.path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
