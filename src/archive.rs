@@ -297,31 +297,20 @@ pub fn lock_dir(dir: &Path) -> Result<DirLock, ArchiveError> {
         ),
         path: path.clone(),
     };
-    let file = match OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(&path)
-    {
+    use crate::safe_fs::{describe, open_lock_file, LockFileError};
+    let file = match open_lock_file(&path, 0o600) {
         Ok(f) => f,
-        // O_NOFOLLOW on a symlink fails with ELOOP.
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Err(refused("a symlink")),
-        Err(e) => {
+        Err(LockFileError::Special(rustix::fs::FileType::Symlink)) => {
+            return Err(refused("a symlink"))
+        }
+        Err(LockFileError::Special(t)) => return Err(refused(describe(t))),
+        Err(LockFileError::Io(e)) => {
             return Err(io_err(
                 &path,
                 "cannot open the backup directory's lock file",
             )(e))
         }
     };
-    let meta = file.metadata().map_err(io_err(&path, "cannot stat"))?;
-    if !meta.is_file() {
-        return Err(refused(crate::safe_fs::describe(
-            rustix::fs::FileType::from_raw_mode(meta.mode()),
-        )));
-    }
     // std's file locks are flock(2) on Linux (blocking whatever O_NONBLOCK says).
     file.lock()
         .map_err(io_err(&path, "cannot lock the backup directory"))?;

@@ -9,9 +9,9 @@
 //! was removed, the holder puts a new one at the path and locks it too, so a second job finds
 //! it busy; if another job got there first, the holder is told to stop.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -123,29 +123,18 @@ fn open(dir: &Path, database: &str) -> Result<(File, PathBuf), LockError> {
         source,
     };
     ensure_dir(dir).map_err(io)?;
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o640)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-        .open(&path);
-    match file {
-        Ok(file) => {
-            // A FIFO or device in its place: refuse (writes could block, flock means nothing).
-            use std::os::unix::fs::MetadataExt;
-            let meta = file.metadata().map_err(io)?;
-            if !meta.is_file() {
-                let kind =
-                    crate::safe_fs::describe(rustix::fs::FileType::from_raw_mode(meta.mode()));
-                return Err(LockError::NotRegular { path, kind });
-            }
-            Ok((file, path))
+    use crate::safe_fs::{describe, open_lock_file, LockFileError};
+    match open_lock_file(&path, 0o640) {
+        Ok(file) => Ok((file, path)),
+        Err(LockFileError::Special(rustix::fs::FileType::Symlink)) => {
+            Err(LockError::Symlink { path })
         }
-        // O_NOFOLLOW on a symlink fails with ELOOP: say what it means.
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => Err(LockError::Symlink { path }),
-        Err(e) => Err(io(e)),
+        // A FIFO or device in its place: writes could block, flock means nothing.
+        Err(LockFileError::Special(t)) => Err(LockError::NotRegular {
+            path,
+            kind: describe(t),
+        }),
+        Err(LockFileError::Io(e)) => Err(io(e)),
     }
 }
 

@@ -16,9 +16,8 @@
 //! file from one background writer, at most once a second (see `MetricsWriter`).
 
 use std::fmt::Write as _;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -173,22 +172,11 @@ pub fn write(config: &Config, state: &State) -> Result<(), MetricsError> {
 
 fn lock(dir: &Path, path: &Path) -> std::io::Result<File> {
     crate::lock::ensure_dir(dir)?;
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o640)
-        // O_NONBLOCK: a FIFO planted here is opened without waiting, then refused below.
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)?;
-    let meta = file.metadata()?;
-    if !meta.is_file() {
-        return Err(crate::safe_fs::not_regular(
-            path,
-            rustix::fs::FileType::from_raw_mode(std::os::unix::fs::MetadataExt::mode(&meta)),
-        ));
-    }
+    use crate::safe_fs::{not_regular, open_lock_file, LockFileError};
+    let file = open_lock_file(path, 0o640).map_err(|e| match e {
+        LockFileError::Special(t) => not_regular(path, t),
+        LockFileError::Io(e) => e,
+    })?;
     let deadline = Instant::now() + LOCK_WAIT;
     loop {
         match file.try_lock() {

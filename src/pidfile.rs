@@ -5,9 +5,9 @@
 //! the daemon is what the per-database locks (`lock.rs`) are for. flock dies with its
 //! process: no stale pid file ever blocks a start.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 /// The lock file's name in `state_dir`.
@@ -70,27 +70,15 @@ pub fn acquire(state_dir: &Path) -> Result<DaemonLock, DaemonLockError> {
             .create(state_dir)
             .map_err(io)?;
     }
-    let mut file = match OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o644)
-        // O_NONBLOCK: a FIFO planted here is opened without waiting, then refused below.
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(&path)
-    {
+    use crate::safe_fs::{not_regular, open_lock_file, LockFileError};
+    let mut file = match open_lock_file(&path, 0o644) {
         Ok(f) => f,
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+        Err(LockFileError::Special(rustix::fs::FileType::Symlink)) => {
             return Err(DaemonLockError::Symlink { path })
         }
-        Err(e) => return Err(io(e)),
+        Err(LockFileError::Special(t)) => return Err(io(not_regular(&path, t))),
+        Err(LockFileError::Io(e)) => return Err(io(e)),
     };
-    let meta = file.metadata().map_err(io)?;
-    if !meta.is_file() {
-        let kind = rustix::fs::FileType::from_raw_mode(std::os::unix::fs::MetadataExt::mode(&meta));
-        return Err(io(crate::safe_fs::not_regular(&path, kind)));
-    }
     match file.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {

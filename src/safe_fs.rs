@@ -83,6 +83,39 @@ pub fn open_regular(path: &Path, write: bool, create: bool) -> io::Result<File> 
     Ok(File::from(fd))
 }
 
+/// Why [`open_lock_file`] refused or failed.
+#[derive(Debug)]
+pub enum LockFileError {
+    /// A symlink, FIFO, device, socket or directory where the lock file should be.
+    Special(FileType),
+    Io(io::Error),
+}
+
+/// Open a lock file read-write, creating it with `mode`: never through a symlink
+/// (`O_NOFOLLOW`), never waiting on a FIFO (`O_NONBLOCK`), and only when it is a regular file
+/// (a flock on anything else means nothing). Every lock litekeeper takes opens this way.
+pub fn open_lock_file(path: &Path, mode: u32) -> Result<File, LockFileError> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            // O_NOFOLLOW on a symlink fails with ELOOP.
+            Some(libc::ELOOP) => LockFileError::Special(FileType::Symlink),
+            _ => LockFileError::Io(e),
+        })?;
+    let meta = file.metadata().map_err(LockFileError::Io)?;
+    if !meta.is_file() {
+        return Err(LockFileError::Special(FileType::from_raw_mode(meta.mode())));
+    }
+    Ok(file)
+}
+
 /// Read a whole regular file (see [`open_regular`]).
 pub fn read_regular(path: &Path) -> io::Result<Vec<u8>> {
     use std::io::Read;
