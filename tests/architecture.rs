@@ -62,7 +62,6 @@ const ALLOWED_TODAY: &[(&str, &str, &str)] = &[
     ("logging", "cli", "logging::init takes clap's LogArgs instead of its own settings"),
     ("logging", "sqlite::truncate", "a string helper, to live once below both"),
     ("pings", "jobs", "Outcome, Report, Request move to domain"),
-    ("jobs::vacuum", "jobs::prune", "qi and truncate_wal live once, below the jobs"),
 ];
 
 /// One import found in the source: where, from which module, the path as resolved.

@@ -153,7 +153,7 @@ fn free_space(db: &crate::config::Database, timeout: std::time::Duration) -> Vec
         .into_iter()
         .map(|(label, schema)| {
             let pragma = |p: &str| -> rusqlite::Result<i64> {
-                let q = crate::jobs::prune::qi(&schema);
+                let q = crate::sqlite::quote_ident(&schema);
                 conn.query_row(&format!("PRAGMA {q}.{p}"), [], |r| r.get(0))
             };
             let measured = pragma("freelist_count").and_then(|free| {

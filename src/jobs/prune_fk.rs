@@ -18,7 +18,7 @@ use std::collections::{HashMap, HashSet};
 
 use rusqlite::Connection;
 
-use super::prune::qi;
+use crate::sqlite::quote_ident;
 
 /// What a declared key does when its parent row is deleted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -221,7 +221,7 @@ impl Step {
                 "UPDATE {} SET {} WHERE {}",
                 self.qtable,
                 cols.iter()
-                    .map(|(c, v)| format!("{} = {v}", qi(c)))
+                    .map(|(c, v)| format!("{} = {v}", quote_ident(c)))
                     .collect::<Vec<_>>()
                     .join(", "),
                 self.cond
@@ -243,7 +243,7 @@ pub(crate) struct Plan {
 /// The condition that spares the root rows an `ON DELETE RESTRICT` key still protects (to AND
 /// into the rule's predicate), and those keys described for the report.
 pub(crate) fn guard(fks: &[Fk], schema: &str, root: &str) -> (Option<String>, Vec<String>) {
-    let q = |t: &str| format!("{}.{}", qi(schema), qi(t));
+    let q = |t: &str| format!("{}.{}", quote_ident(schema), quote_ident(t));
     let mut conds = Vec::new();
     let mut keys = Vec::new();
     for f in fks
@@ -254,7 +254,7 @@ pub(crate) fn guard(fks: &[Fk], schema: &str, root: &str) -> (Option<String>, Ve
             .from
             .iter()
             .zip(&f.to)
-            .map(|(a, b)| format!("lk_r.{} = {}.{}", qi(a), q(root), qi(b)))
+            .map(|(a, b)| format!("lk_r.{} = {}.{}", quote_ident(a), q(root), quote_ident(b)))
             .collect();
         conds.push(format!(
             "NOT EXISTS (SELECT 1 FROM {} AS lk_r WHERE {})",
@@ -279,9 +279,9 @@ fn cols(prefix: &str, c: &[String]) -> String {
         .iter()
         .map(|c| {
             if prefix.is_empty() {
-                qi(c)
+                quote_ident(c)
             } else {
-                format!("{prefix}.{}", qi(c))
+                format!("{prefix}.{}", quote_ident(c))
             }
         })
         .collect();
@@ -292,7 +292,7 @@ fn cols(prefix: &str, c: &[String]) -> String {
 /// condition on the root table's columns (unqualified) that already includes the root's
 /// `guard`. `fks` is the schema's graph.
 pub(crate) fn plan(fks: &[Fk], schema: &str, root: &str, root_cond: &str) -> Result<Plan, String> {
-    let q = |t: &str| format!("{}.{}", qi(schema), qi(t));
+    let q = |t: &str| format!("{}.{}", quote_ident(schema), quote_ident(t));
     let display = |t: &str| {
         if schema == "main" {
             t.to_string()

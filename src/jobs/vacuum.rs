@@ -23,7 +23,7 @@ use super::{JobCtx, JobError, JobResult};
 use crate::config::{Threshold, Vacuum, VacuumMode};
 use crate::domain::human_bytes;
 use crate::domain::{Figures, FileFigures, PageFigures, VacuumFigures};
-use crate::jobs::prune::{qi, truncate_wal};
+use crate::sqlite::{quote_ident, truncate_wal};
 
 /// PageFigures freed per incremental step at first; adapts to the lock budget.
 const FIRST_CHUNK: i64 = 256;
@@ -46,8 +46,12 @@ fn wal_path(p: &Path) -> PathBuf {
 
 fn measure(conn: &Connection, schema: &str, path: &Path) -> Result<PageFigures, JobError> {
     let get = |pragma: &str| -> Result<i64, JobError> {
-        conn.query_row(&format!("PRAGMA {}.{pragma}", qi(schema)), [], |r| r.get(0))
-            .map_err(sql_err(format!("{}: PRAGMA {pragma}", path.display())))
+        conn.query_row(
+            &format!("PRAGMA {}.{pragma}", quote_ident(schema)),
+            [],
+            |r| r.get(0),
+        )
+        .map_err(sql_err(format!("{}: PRAGMA {pragma}", path.display())))
     };
     Ok(PageFigures {
         page_size: get("page_size")?,
@@ -68,9 +72,11 @@ fn measure(conn: &Connection, schema: &str, path: &Path) -> Result<PageFigures, 
 /// pass over the b-trees with `aggregate = TRUE`; it reads every page, about the cost of a
 /// `quick_check` (benches/RESULTS.md).
 pub fn unused_in_pages(conn: &Connection, schema: &str) -> rusqlite::Result<u64> {
-    let page_size: i64 = conn.query_row(&format!("PRAGMA {}.page_size", qi(schema)), [], |r| {
-        r.get(0)
-    })?;
+    let page_size: i64 = conn.query_row(
+        &format!("PRAGMA {}.page_size", quote_ident(schema)),
+        [],
+        |r| r.get(0),
+    )?;
     let mut st = conn.prepare(
         "SELECT pageno, ncell, payload, unused FROM dbstat WHERE schema = ?1 AND aggregate = TRUE",
     )?;
@@ -325,9 +331,11 @@ fn vacuum_one(
     let started = Instant::now();
     let before = measure(conn, schema, path)?;
     let auto_vacuum: i64 = conn
-        .query_row(&format!("PRAGMA {}.auto_vacuum", qi(schema)), [], |r| {
-            r.get(0)
-        })
+        .query_row(
+            &format!("PRAGMA {}.auto_vacuum", quote_ident(schema)),
+            [],
+            |r| r.get(0),
+        )
         .map_err(sql_err(format!("{}: PRAGMA auto_vacuum", path.display())))?;
     let mut report = FileFigures {
         schema: schema.to_string(),
@@ -374,15 +382,18 @@ fn vacuum_one(
         _ => {
             preflight(cfg, path, before.file_bytes + before.wal_bytes)?;
             if convert {
-                conn.execute_batch(&format!("PRAGMA {}.auto_vacuum = INCREMENTAL", qi(schema)))
-                    .map_err(sql_err(format!("{}: setting auto_vacuum", path.display())))?;
+                conn.execute_batch(&format!(
+                    "PRAGMA {}.auto_vacuum = INCREMENTAL",
+                    quote_ident(schema)
+                ))
+                .map_err(sql_err(format!("{}: setting auto_vacuum", path.display())))?;
                 report.note = Some("converted to auto_vacuum = INCREMENTAL".into());
             }
             full(ctx, schema, path, deadline)?;
         }
     }
     report.action = action.to_string();
-    truncate_wal(conn, &qi(schema));
+    truncate_wal(conn, &quote_ident(schema));
     report.after = measure(conn, schema, path)?;
     report.duration_ms = started.elapsed().as_millis() as u64;
     Ok(report)
@@ -430,8 +441,9 @@ fn full(
                 std::thread::sleep(Duration::from_millis(20));
             }
         });
-        let r =
-            crate::sqlite::expected_slow(|| conn.execute_batch(&format!("VACUUM {}", qi(schema))));
+        let r = crate::sqlite::expected_slow(|| {
+            conn.execute_batch(&format!("VACUUM {}", quote_ident(schema)))
+        });
         finished.store(true, Ordering::Relaxed);
         r
     });
@@ -478,9 +490,11 @@ fn incremental(
             return Ok(());
         }
         let free: i64 = conn
-            .query_row(&format!("PRAGMA {}.freelist_count", qi(schema)), [], |r| {
-                r.get(0)
-            })
+            .query_row(
+                &format!("PRAGMA {}.freelist_count", quote_ident(schema)),
+                [],
+                |r| r.get(0),
+            )
             .map_err(sql_err(format!("{}: freelist_count", path.display())))?;
         if free == 0 {
             break;
@@ -498,7 +512,7 @@ fn incremental(
         let freed = conn
             .prepare(&format!(
                 "PRAGMA {}.incremental_vacuum({})",
-                qi(schema),
+                quote_ident(schema),
                 chunk.min(free)
             ))
             .and_then(|mut st| {
@@ -524,7 +538,7 @@ fn incremental(
         }
         if chunks.is_multiple_of(8) {
             let _ = conn.query_row(
-                &format!("PRAGMA {}.wal_checkpoint(PASSIVE)", qi(schema)),
+                &format!("PRAGMA {}.wal_checkpoint(PASSIVE)", quote_ident(schema)),
                 [],
                 |_| Ok(()),
             );

@@ -138,6 +138,33 @@ fn manager(db: &Database, busy_timeout: Duration) -> SqliteConnectionManager {
         .with_init(move |c| init_connection(c, &settings))
 }
 
+/// Quote an SQL identifier (a schema, table or column name): `"a""b"` for `a"b`.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// `wal_checkpoint(TRUNCATE)` of `schema` (already quoted), retried while readers keep it busy
+/// (bounded); a WAL that stays busy is logged, not an error: the next checkpoint catches up.
+pub fn truncate_wal(conn: &Connection, schema: &str) {
+    for attempt in 0..10 {
+        match conn.query_row(
+            &format!("PRAGMA {schema}.wal_checkpoint(TRUNCATE)"),
+            [],
+            |r| r.get::<_, i64>(0),
+        ) {
+            Ok(0) => return,
+            Ok(_) => std::thread::sleep(Duration::from_millis(50 * (attempt + 1))),
+            Err(e) => {
+                tracing::debug!("wal_checkpoint(TRUNCATE) on {schema}: {e}");
+                return;
+            }
+        }
+    }
+    tracing::info!(
+        "wal_checkpoint(TRUNCATE) on {schema} stayed busy; the WAL shrinks at a later checkpoint"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

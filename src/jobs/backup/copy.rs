@@ -16,7 +16,8 @@ use crate::archive::{self, BackupName, Entry, Verified};
 use crate::config::{Backup, BackupMethod, Compression, Verify};
 use crate::jobs::{JobCtx, JobError};
 
-use super::{file_size, final_name, quote, record_and_commit, sql, Snapshot, Source, TempFiles};
+use super::{file_size, final_name, record_and_commit, sql, Snapshot, Source, TempFiles};
+use crate::sqlite::quote_ident;
 
 /// Pages copied per backup step: cancel is checked between steps.
 const PAGES_PER_STEP: i32 = 1024;
@@ -142,7 +143,7 @@ fn copy_snapshot(
     tmp: &Path,
 ) -> Result<Snapshot, JobError> {
     let conn: &Connection = ctx.conn;
-    let schema = quote(&source.schema);
+    let schema = quote_ident(&source.schema);
     let shown = source.path.display().to_string();
     if cfg.method == BackupMethod::VacuumInto {
         // VACUUM cannot run inside a transaction: the snapshot is VACUUM's own.
@@ -249,7 +250,7 @@ fn copy_snapshot(
 
 /// Rows per ordinary table of `schema` (virtual tables are skipped).
 fn row_counts(conn: &Connection, schema: &str) -> rusqlite::Result<BTreeMap<String, i64>> {
-    let q = quote(schema);
+    let q = quote_ident(schema);
     let names: Vec<String> = conn
         .prepare(&format!(
             "SELECT name FROM {q}.sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' \
@@ -260,7 +261,7 @@ fn row_counts(conn: &Connection, schema: &str) -> rusqlite::Result<BTreeMap<Stri
     let mut out = BTreeMap::new();
     for name in names {
         let n: i64 = conn.query_row(
-            &format!("SELECT count(*) FROM {q}.{}", quote(&name)),
+            &format!("SELECT count(*) FROM {q}.{}", quote_ident(&name)),
             [],
             |r| r.get(0),
         )?;
@@ -270,7 +271,7 @@ fn row_counts(conn: &Connection, schema: &str) -> rusqlite::Result<BTreeMap<Stri
 }
 
 fn fk_violations(conn: &Connection, schema: &str) -> rusqlite::Result<i64> {
-    let mut stmt = conn.prepare(&format!("PRAGMA {}.foreign_key_check", quote(schema)))?;
+    let mut stmt = conn.prepare(&format!("PRAGMA {}.foreign_key_check", quote_ident(schema)))?;
     let mut rows = stmt.query([])?;
     let mut n = 0;
     while rows.next()?.is_some() {

@@ -35,15 +35,6 @@ pub use self::retain::{plan_warnings, retention_plan, Planned, RetentionOutcome}
 /// One source file of a backup run.
 pub use crate::config::BackupSource as Source;
 
-/// The files a backup of `db` copies, in order (`Database::backup_sources`).
-pub fn sources(db: &Database) -> Vec<Source> {
-    db.backup_sources()
-}
-
-fn quote(ident: &str) -> String {
-    format!("\"{}\"", ident.replace('"', "\"\""))
-}
-
 fn sql(context: impl Into<String>) -> impl FnOnce(rusqlite::Error) -> JobError {
     let context = context.into();
     move |source| JobError::Sqlite { context, source }
@@ -74,7 +65,7 @@ pub fn check_names(db: &Database, cfg: &Backup) -> Result<(), ArchiveError> {
         archive::check_name_length(part, &cfg.dir, "a directory name in the backup directory")?;
     }
     let stamp = DateTime::<Utc>::UNIX_EPOCH;
-    for s in sources(db) {
+    for s in db.backup_sources() {
         let longest = BackupName {
             series: s.series.clone(),
             time: stamp,
@@ -111,7 +102,7 @@ pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
     let dir = &cfg.dir;
     check_names(ctx.db, cfg)?;
     archive::ensure_private_dir(dir)?;
-    let sources = sources(ctx.db);
+    let sources = ctx.db.backup_sources();
     let need: u64 = sources
         .iter()
         .map(|s| file_size(&s.path) + file_size(&wal_of(&s.path)))

@@ -12,8 +12,6 @@ use crate::jobs::JobError;
 use crate::retention;
 use crate::schedule::Zone;
 
-use super::sources;
-
 /// What retention did after a backup.
 #[derive(Debug, Default)]
 pub struct RetentionOutcome {
@@ -78,7 +76,7 @@ pub fn retention_plan(
     this_run: &[String],
 ) -> Result<Vec<Planned>, ArchiveError> {
     let manifest = Manifest::load(&cfg.dir)?;
-    let series: Vec<String> = sources(db).into_iter().map(|s| s.series).collect();
+    let series: Vec<String> = db.backup_sources().into_iter().map(|s| s.series).collect();
     // An entry counts (and may be deleted) only when its file is named as a backup of one of
     // this database's series, the entry's own series: a hand-edited or foreign entry naming
     // another database's backup or the directory's lock is kept and reported, never judged.

@@ -15,7 +15,7 @@ use crate::domain::RuleFigures;
 use crate::jobs::{JobCtx, JobError};
 use crate::safe_fs::{self, DirHandle, Kind};
 
-pub use crate::config::QUARANTINE_DIR;
+use crate::config::QUARANTINE_DIR;
 
 /// A file name fit for a one-line report: quoted and escaped when it holds control characters
 /// (a name with a newline must not break the output or the journal line).

@@ -34,10 +34,9 @@ use super::{JobCtx, JobError, JobResult};
 use crate::config::{Config, Database};
 use crate::domain::human_bytes;
 use crate::domain::{DependantFigures, Figures, PruneFigures, RuleFigures};
+use crate::sqlite::truncate_wal;
 
-pub use self::files::QUARANTINE_DIR;
-pub use self::rows::truncate_wal;
-pub use self::schema::{check_schema, qi, SchemaProblem};
+pub use self::schema::{check_schema, SchemaProblem};
 
 fn sql_err(context: impl Into<String>) -> impl FnOnce(rusqlite::Error) -> JobError {
     let context = context.into();

@@ -8,11 +8,12 @@ use rusqlite::{params_from_iter, Connection};
 
 use super::super::prune_batch::{LockModel, FIRST_BATCH};
 use super::super::prune_fk;
-use super::schema::{qi, Resolved};
+use super::schema::Resolved;
 use super::{add_dependant, sql_err};
 use crate::config::Prune;
 use crate::domain::RuleFigures;
 use crate::jobs::{JobCtx, JobError};
+use crate::sqlite::quote_ident;
 
 /// Batch sizes stay within these bounds whatever the timing says.
 const MIN_BATCH: usize = 1;
@@ -233,7 +234,7 @@ struct CommitWithoutFsync<'c> {
 
 impl<'c> CommitWithoutFsync<'c> {
     fn new(conn: &'c Connection, schema: &str) -> Self {
-        let q = qi(schema);
+        let q = quote_ident(schema);
         let wal = conn
             .query_row(&format!("PRAGMA {q}.journal_mode"), [], |r| {
                 r.get::<_, String>(0)
@@ -327,26 +328,4 @@ fn write_batch(
         took,
         held: started.elapsed(),
     })
-}
-
-/// `wal_checkpoint(TRUNCATE)`, retried while readers keep it busy (bounded); a WAL that stays
-/// busy is logged, not an error: the next checkpoint catches up.
-pub fn truncate_wal(conn: &Connection, schema: &str) {
-    for attempt in 0..10 {
-        match conn.query_row(
-            &format!("PRAGMA {schema}.wal_checkpoint(TRUNCATE)"),
-            [],
-            |r| r.get::<_, i64>(0),
-        ) {
-            Ok(0) => return,
-            Ok(_) => std::thread::sleep(Duration::from_millis(50 * (attempt + 1))),
-            Err(e) => {
-                tracing::debug!("wal_checkpoint(TRUNCATE) on {schema}: {e}");
-                return;
-            }
-        }
-    }
-    tracing::info!(
-        "wal_checkpoint(TRUNCATE) on {schema} stayed busy; the WAL shrinks at a later checkpoint"
-    );
 }

@@ -10,16 +10,12 @@ use rusqlite::Connection;
 use super::super::prune_fk;
 use super::short_duration;
 use crate::config::{KeyPath, Prune, Rule, TableRef, TimeFormat};
-
-/// Quote an SQL identifier.
-pub fn qi(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
+use crate::sqlite::quote_ident;
 
 fn qtable(t: &TableRef) -> String {
     match &t.schema {
-        Some(s) => format!("{}.{}", qi(s), qi(&t.table)),
-        None => format!("main.{}", qi(&t.table)),
+        Some(s) => format!("{}.{}", quote_ident(s), quote_ident(&t.table)),
+        None => format!("main.{}", quote_ident(&t.table)),
     }
 }
 
@@ -36,7 +32,11 @@ impl KeyCols {
     pub(super) fn list(&self) -> String {
         match self {
             KeyCols::Rowid(r) => r.clone(),
-            KeyCols::Primary(c) => c.iter().map(|c| qi(c)).collect::<Vec<_>>().join(", "),
+            KeyCols::Primary(c) => c
+                .iter()
+                .map(|c| quote_ident(c))
+                .collect::<Vec<_>>()
+                .join(", "),
         }
     }
     pub(super) fn width(&self) -> usize {
@@ -322,20 +322,21 @@ pub(super) fn resolve(
                     now - chrono::Duration::from_std(*older_than).unwrap_or(chrono::Duration::MAX);
                 let (cond, param) = match time_format {
                     TimeFormat::Unix => (
-                        format!("{} < ?1", qi(column)),
+                        format!("{} < ?1", quote_ident(column)),
                         Value::Integer(cutoff.timestamp()),
                     ),
                     TimeFormat::UnixMs => (
-                        format!("{} < ?1", qi(column)),
+                        format!("{} < ?1", quote_ident(column)),
                         Value::Integer(cutoff.timestamp_millis()),
                     ),
                     TimeFormat::Iso8601 => (
-                        format!("julianday({}) < ?1", qi(column)),
+                        format!("julianday({}) < ?1", quote_ident(column)),
                         Value::Real(julian(cutoff)),
                     ),
-                    TimeFormat::Julian => {
-                        (format!("{} < ?1", qi(column)), Value::Real(julian(cutoff)))
-                    }
+                    TimeFormat::Julian => (
+                        format!("{} < ?1", quote_ident(column)),
+                        Value::Real(julian(cutoff)),
+                    ),
                 };
                 let predicate = match filter {
                     Some(f) => format!("{cond} AND ({f})"),
@@ -398,7 +399,7 @@ pub(super) fn resolve(
                     });
                     continue;
                 }
-                let pcol = qi(parent_column);
+                let pcol = quote_ident(parent_column);
                 Resolved {
                     label: format!("rule[{i}]"),
                     what: format!(
