@@ -315,12 +315,6 @@ fn file_len(p: &Path) -> Option<u64> {
     std::fs::metadata(p).ok().map(|m| m.len())
 }
 
-fn wal_of(p: &Path) -> PathBuf {
-    let mut s = p.as_os_str().to_owned();
-    s.push("-wal");
-    PathBuf::from(s)
-}
-
 /// The samples taken from the figures of a job's last successful (`ok`) run: the one place
 /// metric samples are derived from figures.
 #[derive(Debug, Default)]
@@ -464,7 +458,12 @@ pub fn render(config: &Config, history: &HistoryReader) -> rusqlite::Result<Stri
             if let Some(len) = file_len(path) {
                 let labels = [("database", name), ("schema", schema)];
                 db_size.push(&labels, len.to_string());
-                wal_size.push(&labels, file_len(&wal_of(path)).unwrap_or(0).to_string());
+                wal_size.push(
+                    &labels,
+                    file_len(&crate::sqlite::sidecar(path, "-wal"))
+                        .unwrap_or(0)
+                        .to_string(),
+                );
             }
         }
     }

@@ -2,7 +2,7 @@
 //! order (prune → vacuum → backup) through the same execute path as the daemon, and print
 //! what changed.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
@@ -39,7 +39,7 @@ fn measure(s: &Sample) -> anyhow::Result<Figures> {
     let count = |c: &rusqlite::Connection, t: &str| -> anyhow::Result<i64> {
         Ok(c.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0))?)
     };
-    let wal = |p: &Path| PathBuf::from(format!("{}-wal", p.display()));
+    let wal = |p: &Path| crate::sqlite::sidecar(p, "-wal");
     Ok(Figures {
         rows: vec![
             ("chats", count(&c, "chat")?),

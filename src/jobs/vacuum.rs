@@ -38,12 +38,6 @@ fn file_len(p: &Path) -> u64 {
     std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
 }
 
-fn wal_path(p: &Path) -> PathBuf {
-    let mut s = p.as_os_str().to_owned();
-    s.push("-wal");
-    PathBuf::from(s)
-}
-
 fn measure(conn: &Connection, schema: &str, path: &Path) -> Result<PageFigures, JobError> {
     let get = |pragma: &str| -> Result<i64, JobError> {
         conn.query_row(
@@ -60,7 +54,7 @@ fn measure(conn: &Connection, schema: &str, path: &Path) -> Result<PageFigures, 
         unused_bytes: unused_in_pages(conn, schema)
             .map_err(sql_err(format!("{}: reading dbstat", path.display())))?,
         file_bytes: file_len(path),
-        wal_bytes: file_len(&wal_path(path)),
+        wal_bytes: file_len(&crate::sqlite::sidecar(path, "-wal")),
     })
 }
 

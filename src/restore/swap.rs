@@ -13,13 +13,7 @@ use rusqlite::{Connection, OpenFlags};
 use super::RestoreError;
 use crate::archive;
 
-/// The files beside a database that belong to it: SQLite reads them with it at every open.
-pub(super) const SIDECARS: [&str; 3] = ["-wal", "-shm", "-journal"];
-
-/// `p` with a suffix appended to its file name (`app.db` + `-wal`).
-pub(super) fn side(p: &Path, s: &str) -> PathBuf {
-    PathBuf::from(format!("{}{s}", p.display()))
-}
+pub(super) use crate::sqlite::{sidecar as side, SIDECARS};
 
 /// `e`, noting the stale files moved aside before it happened (when there were any).
 pub(super) fn after_moving_aside(moved: &[(PathBuf, PathBuf)], e: RestoreError) -> RestoreError {

@@ -17,7 +17,7 @@ mod copy;
 mod retain;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use chrono::{DateTime, SubsecRound, Utc};
@@ -105,7 +105,7 @@ pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
     let sources = ctx.db.backup_sources();
     let need: u64 = sources
         .iter()
-        .map(|s| file_size(&s.path) + file_size(&wal_of(&s.path)))
+        .map(|s| file_size(&s.path) + file_size(&crate::sqlite::sidecar(&s.path, "-wal")))
         .sum();
     let free = archive::free_bytes(dir)?;
     if free < need {
@@ -233,12 +233,6 @@ fn unique_stamp(dir: &Path, sources: &[Source], cfg: &Backup) -> DateTime<Utc> {
 
 fn file_size(p: &Path) -> u64 {
     std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
-}
-
-fn wal_of(p: &Path) -> PathBuf {
-    let mut s = p.as_os_str().to_owned();
-    s.push("-wal");
-    PathBuf::from(s)
 }
 
 /// Record `entry` in the manifest and move `tmp` to its final name, both under the
