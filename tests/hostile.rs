@@ -685,25 +685,25 @@ fn a_deep_directory_tree_is_refused_not_a_crash(who: As) {
     hand_over(&env, who);
     deep_tree(&day, LEVELS, who);
     deep_tree(&vectors.join("c2_deep"), LEVELS, who);
-    let run = |args: &[&str]| {
+    // Runs prune to the end (no signal) with exit `code`; returns its stderr.
+    let run = |args: &[&str], code: i32| {
         let mut c = lk(&env, who);
         c.args(["run", "chat", "prune"]).args(args);
-        output_within(c, std::time::Duration::from_secs(120))
+        let o = output_within(c, std::time::Duration::from_secs(120));
+        assert!(
+            o.status.signal().is_none(),
+            "killed by a signal ({who:?})\n{}",
+            both(&o)
+        );
+        assert_eq!(o.status.code(), Some(code), "{who:?}\n{}", both(&o));
+        String::from_utf8_lossy(&o.stderr).into_owned()
     };
 
     // (a) The expired quarantine day.
-    let o = run(&[]);
-    assert!(
-        o.status.signal().is_none(),
-        "killed by a signal ({who:?})\n{}",
-        both(&o)
-    );
-    assert_eq!(o.status.code(), Some(74), "{who:?}\n{}", both(&o));
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err = run(&[], 74);
     assert!(
         err.contains("2001-01-01") && err.contains("deeper than 256 levels"),
-        "{who:?}\n{}",
-        both(&o)
+        "{who:?}\n{err}"
     );
     assert_eq!(names(&day), ["d"], "the deep tree stays ({who:?})");
     assert_eq!(
@@ -717,26 +717,12 @@ fn a_deep_directory_tree_is_refused_not_a_crash(who: As) {
     if let As::Nobody = who {
         give_to_nobody(&env.config_path());
     }
-    let o = run(&["--dry-run"]);
-    assert!(
-        o.status.signal().is_none(),
-        "killed by a signal ({who:?})\n{}",
-        both(&o)
-    );
-    assert_eq!(o.status.code(), Some(0), "{who:?}\n{}", both(&o));
+    run(&["--dry-run"], 0);
     assert_eq!(names(&vectors), ["c1_kept", "c2_deep"], "{who:?}");
-    let o = run(&[]);
-    assert!(
-        o.status.signal().is_none(),
-        "killed by a signal ({who:?})\n{}",
-        both(&o)
-    );
-    assert_eq!(o.status.code(), Some(74), "{who:?}\n{}", both(&o));
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err = run(&[], 74);
     assert!(
         err.contains("c2_deep") && err.contains("deeper than 256 levels"),
-        "{who:?}\n{}",
-        both(&o)
+        "{who:?}\n{err}"
     );
     assert_eq!(names(&vectors), ["c1_kept", "c2_deep"], "{who:?}");
     assert!(vectors.join("c2_deep").join("d").join("d").is_dir());
