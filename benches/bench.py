@@ -149,14 +149,14 @@ def cmd_backup(a):
         failed = [c for c in (r.get("exit_codes") or []) if c != 0]
         rows[r["command"]] = {"median": statistics.median(r["times"]), "min": min(r["times"]),
                               "max": max(r["times"]), "n": len(r["times"]), "failed": failed}
-    sq = rows.get("sqlite3 .backup", {}).get("median")
+    sq = rows.get("sqlite3 .backup")
+    sq = None if sq is None or sq["failed"] else sq["median"]
     print(f"| contender | s (median of {a.runs}) | min – max s | × `sqlite3 .backup` time | speed vs `sqlite3 .backup` |")
     print("|---|---|---|---|---|")
     for name, r in rows.items():
-        bad = f" **FAILED** (exit {r['failed'][0]} in {len(r['failed'])} runs)" if r["failed"] else ""
-        print(f"| {name}{bad} | {r['median']:.2f} | {r['min']:.2f} – {r['max']:.2f} | "
-              f"{r['median'] / sq:.2f} | {sq / r['median']:.2f}× |" if sq else
-              f"| {name}{bad} | {r['median']:.2f} | {r['min']:.2f} – {r['max']:.2f} | — | — |")
+        bad = f" **FAILED** (exit {r['failed'][0]} in {len(r['failed'])} of {r['n']} runs)" if r["failed"] else ""
+        ratios = f"{r['median'] / sq:.2f} | {sq / r['median']:.2f}×" if sq and not bad else "— | —"
+        print(f"| {name}{bad} | {r['median']:.2f} | {r['min']:.2f} – {r['max']:.2f} | {ratios} |")
     print()
 
     def t(name):
@@ -177,6 +177,14 @@ def cmd_backup(a):
         lines.append(f"zstd backup ≤ 1.1× `zstd -3 -T2` of the same file: {z / zt2:.2f}× — {met(z / zt2 <= 1.1)}")
     for line in lines:
         print(f"- {line}")
+    logs = dict(spec.split("::", 1) for spec in a.log)
+    for name, r in rows.items():
+        if r["failed"] and name in logs and os.path.exists(logs[name]):
+            print(f"- {name} failed; the end of its last run's output:")
+            print("```")
+            for line in open(logs[name], errors="replace").read().strip().splitlines()[-8:]:
+                print(line[:300])
+            print("```")
     missing = [n for n in ("sqlite3 .backup", "litekeeper verify=quick", "litekeeper verify=none",
                            "litekeeper verify=quick zstd", "zstd -3 -T2") if t(n) is None]
     if missing:
@@ -296,6 +304,7 @@ def main():
     b = sub.add_parser("backup")
     b.add_argument("json")
     b.add_argument("--runs", type=int, default=5)
+    b.add_argument("--log", action="append", default=[], help="NAME::FILE: a contender's stderr, shown if it failed")
     lo = sub.add_parser("load")
     lo.add_argument("results")
     lo.add_argument("--rate", type=float, default=200.0)

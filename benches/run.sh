@@ -280,16 +280,18 @@ if want backup; then
     -n "cp + sync" "cp '$src' '$o/cp.db' && sync '$o/cp.db'" \
     -n "sqlite3 .backup" "sqlite3 '$src' \".backup '$o/sqlite3.db'\" && sync '$o/sqlite3.db'" \
     -n "VACUUM INTO" "sqlite3 '$src' \"VACUUM INTO '$o/vacuum.db'\" && sync '$o/vacuum.db'" \
-    -n "litekeeper verify=none" "'$bin' -c '$c_none' run bench backup" \
-    -n "litekeeper verify=quick" "'$bin' -c '$c_quick' run bench backup" \
-    -n "litekeeper verify=quick zstd" "'$bin' -c '$c_zstd' run bench backup" \
+    -n "litekeeper verify=none" "'$bin' -c '$c_none' run bench backup 2>'$W/lk/none.log'" \
+    -n "litekeeper verify=quick" "'$bin' -c '$c_quick' run bench backup 2>'$W/lk/quick.log'" \
+    -n "litekeeper verify=quick zstd" "'$bin' -c '$c_zstd' run bench backup 2>'$W/lk/zstd.log'" \
     -n "zstd -3 -T1" "zstd -q -3 -T1 -f '$src' -o '$o/t1.zst' && sync '$o/t1.zst'" \
     -n "zstd -3 -T2" "zstd -q -3 -T2 -f '$src' -o '$o/t2.zst' && sync '$o/t2.zst'" \
     || die "hyperfine failed"
   zsize=$(stat -c %s "$o/t2.zst" 2>/dev/null || echo 0)
   say "### Backup of the $(( fixture_bytes / 1048576 )) MiB file ($runs runs each, \`sync\` and a fresh output dir before each)"
   say ""
-  python3 "$benches/bench.py" backup "$W/backup.json" --runs "$runs" | tee_report
+  python3 "$benches/bench.py" backup "$W/backup.json" --runs "$runs" \
+    --log "litekeeper verify=none::$W/lk/none.log" --log "litekeeper verify=quick::$W/lk/quick.log" \
+    --log "litekeeper verify=quick zstd::$W/lk/zstd.log" | tee_report
   say ""
   say "zstd -3 output: $(( zsize / 1048576 )) MiB ($(python3 -c "print(f'{$zsize / $fixture_bytes:.0%}')") of the file)."
   say ""
