@@ -108,7 +108,7 @@ case $dir/ in
   "$(cd "$repo" && pwd -P)"/target/*) ;;
   "$(cd "$repo" && pwd -P)"/*) die "BENCH_DIR $dir is inside the repository: use target/… or a directory outside it" ;;
 esac
-fixture=$dir/chat-${mb}MiB-v1.db
+fixture=$dir/chat-${mb}MiB-v1.db   # bump v1 when the fixture's SQL below changes
 need_mib=$(( mb * 4 + 64 ))
 [ -f "$fixture" ] && need_mib=$(( mb * 3 + 64 ))
 avail_mib=$(( $(df -Pk "$dir" | awk 'NR==2 {print $4}') / 1024 ))
