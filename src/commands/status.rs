@@ -415,7 +415,7 @@ fn judge(h: &History, max_age: Option<Duration>, now: DateTime<Utc>) -> Vec<(Che
         .filter(|r| r.outcome == RunState::Finished(Outcome::Failed))
     {
         let why = last.error.as_deref().unwrap_or(&last.summary);
-        let why = crate::sqlite::truncate(why.lines().next().unwrap_or(""), 200);
+        let why = crate::domain::truncate(why.lines().next().unwrap_or(""), 200);
         let text = if h.failed_in_a_row > 1 {
             format!(
                 "last {} runs failed, the latest {} ago: {why}",
