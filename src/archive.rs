@@ -353,8 +353,8 @@ pub fn clean_leftovers(dir: &Path, _held: &DirLock) -> Result<Vec<PathBuf>, Arch
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
         // Our temp files, and SQLite's journals beside them (owned with their temp file).
-        let Some(side) = ["", "-journal", "-wal", "-shm"]
-            .into_iter()
+        let Some(side) = std::iter::once("")
+            .chain(crate::db_files::SIDECARS)
             .find(|s| name.ends_with(&format!("{TMP_SUFFIX}{s}")))
         else {
             continue;

@@ -460,7 +460,7 @@ pub fn render(config: &Config, history: &HistoryReader) -> rusqlite::Result<Stri
                 db_size.push(&labels, len.to_string());
                 wal_size.push(
                     &labels,
-                    file_len(&crate::sqlite::sidecar(path, "-wal"))
+                    file_len(&crate::db_files::DbFiles::of(path).wal)
                         .unwrap_or(0)
                         .to_string(),
                 );

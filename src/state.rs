@@ -10,6 +10,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde::Serialize;
 
+use crate::db_files::DbFiles;
 use crate::domain::{Figures, JobKind, Outcome, Report, RunState, Trigger};
 
 const MIGRATIONS: &[&str] = &[
@@ -101,10 +102,11 @@ pub fn db_path(state_dir: &Path) -> PathBuf {
 /// The state DB or one of its sidecars when it is not a regular file (a FIFO would block
 /// SQLite's open forever; lstat only, nothing is opened).
 fn special_file(path: &Path) -> Option<(PathBuf, &'static str)> {
-    std::iter::once(path.to_path_buf())
-        .chain(["-wal", "-shm", "-journal"].map(|s| crate::sqlite::sidecar(path, s)))
-        .find_map(|p| match crate::safe_fs::special_file_at(&p) {
-            Ok(Some(kind)) => Some((p, kind)),
+    DbFiles::of(path)
+        .all()
+        .into_iter()
+        .find_map(|p| match crate::safe_fs::special_file_at(p) {
+            Ok(Some(kind)) => Some((p.to_path_buf(), kind)),
             _ => None,
         })
 }
@@ -284,10 +286,14 @@ impl State {
         let stamp = Utc::now().format("%Y%m%dT%H%M%S%.3fZ");
         let aside = dir.join(format!("state.db.corrupt-{stamp}"));
         std::fs::rename(&self.path, &aside)?;
-        for sfx in ["-wal", "-shm", "-journal"] {
-            let side = PathBuf::from(format!("{}{sfx}", self.path.display()));
+        let moved = DbFiles::of(&aside);
+        for ((_, side), (_, to)) in DbFiles::of(&self.path)
+            .sidecars()
+            .into_iter()
+            .zip(moved.sidecars())
+        {
             if side.exists() {
-                std::fs::rename(&side, format!("{}{sfx}", aside.display()))?;
+                std::fs::rename(side, to)?;
             }
         }
         std::fs::OpenOptions::new()

@@ -35,7 +35,7 @@ const BELOW_COMMANDS: &[&str] = &[
 #[rustfmt::skip]
 const LAYERS: &[Layer] = &[
     ("domain",     &["domain"],                                              &[]),
-    ("base",       &["exit", "paths", "safe_fs", "lock", "pidfile", "schedule", "privileges"], &["domain"]),
+    ("base",       &["exit", "paths", "safe_fs", "lock", "pidfile", "schedule", "privileges", "db_files"], &["domain"]),
     ("config",     &["config"],                                              &["domain", "base"]),
     ("policy",     &["retention", "units", "demo"],                          &["domain", "base", "config"]),
     ("output",     &["logging", "notify"],                                   &["domain", "base", "config"]),

@@ -39,7 +39,7 @@ fn measure(s: &Sample) -> anyhow::Result<Figures> {
     let count = |c: &rusqlite::Connection, t: &str| -> anyhow::Result<i64> {
         Ok(c.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0))?)
     };
-    let wal = |p: &Path| crate::sqlite::sidecar(p, "-wal");
+    let wal = |p: &Path| crate::db_files::DbFiles::of(p).wal;
     Ok(Figures {
         rows: vec![
             ("chats", count(&c, "chat")?),

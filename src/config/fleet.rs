@@ -147,11 +147,7 @@ fn walk(dir: &Path, rest: &[String], found: &mut Vec<Found>, rejected: &mut Vec<
         }
         let path = e.path();
         // SQLite's own side files are no members.
-        if below.is_empty()
-            && ["-wal", "-shm", "-journal"]
-                .iter()
-                .any(|s| lossy.ends_with(s))
-        {
+        if below.is_empty() && crate::db_files::is_sidecar_name(&lossy) {
             continue;
         }
         // The entry itself, never what a link points to.

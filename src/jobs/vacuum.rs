@@ -54,7 +54,7 @@ fn measure(conn: &Connection, schema: &str, path: &Path) -> Result<PageFigures, 
         unused_bytes: unused_in_pages(conn, schema)
             .map_err(sql_err(format!("{}: reading dbstat", path.display())))?,
         file_bytes: file_len(path),
-        wal_bytes: file_len(&crate::sqlite::sidecar(path, "-wal")),
+        wal_bytes: file_len(&crate::db_files::DbFiles::of(path).wal),
     })
 }
 
