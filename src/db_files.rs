@@ -14,6 +14,11 @@ pub fn sidecar(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(p)
 }
 
+/// The size of the file at `p` (links followed); None when it cannot be read, e.g. absent.
+pub fn file_len(p: &Path) -> Option<u64> {
+    std::fs::metadata(p).ok().map(|m| m.len())
+}
+
 /// True when `name` ends like a sidecar of some database (`x.db-wal`).
 pub fn is_sidecar_name(name: &str) -> bool {
     SIDECARS.iter().any(|s| name.ends_with(s))

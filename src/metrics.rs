@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 
 use crate::config::Config;
+use crate::db_files::{file_len, DbFiles};
 use crate::domain::{Figures, JobKind, Outcome, RunState};
 use crate::state::{HistoryReader, State};
 
@@ -311,10 +312,6 @@ fn ts(t: DateTime<Utc>) -> String {
     seconds(t.timestamp_millis())
 }
 
-fn file_len(p: &Path) -> Option<u64> {
-    std::fs::metadata(p).ok().map(|m| m.len())
-}
-
 /// The samples taken from the figures of a job's last successful (`ok`) run: the one place
 /// metric samples are derived from figures.
 #[derive(Debug, Default)]
@@ -460,9 +457,7 @@ pub fn render(config: &Config, history: &HistoryReader) -> rusqlite::Result<Stri
                 db_size.push(&labels, len.to_string());
                 wal_size.push(
                     &labels,
-                    file_len(&crate::db_files::DbFiles::of(path).wal)
-                        .unwrap_or(0)
-                        .to_string(),
+                    file_len(&DbFiles::of(path).wal).unwrap_or(0).to_string(),
                 );
             }
         }

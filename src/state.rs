@@ -175,18 +175,12 @@ impl State {
     /// A new directory is made 0700 and a new state.db 0600 (SQLite gives its -wal and -shm
     /// the same mode): run history names databases and paths.
     pub fn open(dir: &Path, keep: Duration) -> Result<State, StateError> {
-        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        use std::os::unix::fs::OpenOptionsExt;
         let dir_err = |source| StateError::Dir {
             path: dir.to_path_buf(),
             source,
         };
-        if !dir.is_dir() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(dir_err)?;
-        }
+        crate::paths::ensure_state_dir(dir).map_err(dir_err)?;
         let path = db_path(dir);
         if !path.exists() {
             std::fs::OpenOptions::new()
