@@ -83,7 +83,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode, Failure> {
         ));
     }
     let sample = demo::build(&dir).or_exit(ExitCode::CantCreate)?;
-    let config = Arc::new(crate::config::load(&sample.config)?);
+    let config = Arc::new(super::load_config(&sample.config)?);
     println!("litekeeper demo in {}", dir.display());
     println!("  sample: a chat app with a main DB, a blob DB keyed {{message_id}}/{{index}} and an uploads dir");
     println!("  config: {}\n", sample.config.display());

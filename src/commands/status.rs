@@ -271,7 +271,7 @@ fn check_jobs(
     now: DateTime<Utc>,
 ) -> Result<(CheckCode, Vec<String>), String> {
     let overrides = parse_max_ages(max_age)?;
-    let config = crate::config::load(path).map_err(|e| e.to_string())?;
+    let config = super::load_config(path).map_err(|e| e.to_string())?;
     // One service per database (or fleet) in the monitoring system: `status --check chat`.
     let selected = super::selected(&config, only).map_err(|f| f.to_string())?;
     let zone = &config.daemon.timezone;
