@@ -335,6 +335,32 @@ fn check_jobs(
             }
         }
     }
+    problems.extend(fleet_problems(&config, only));
+    // Worst first (a monitoring system shows the first line as the status), config order within.
+    problems.sort_by_key(|(code, _)| std::cmp::Reverse(*code));
+    let code = problems.first().map_or(CheckCode::Ok, |(c, _)| *c);
+    if problems.is_empty() {
+        let dbs = selected
+            .as_ref()
+            .map_or(config.databases.len(), |s| s.len());
+        let line = if jobs == 0 {
+            format!("OK: no jobs configured in {}", config.file.display())
+        } else {
+            format!(
+                "OK: {jobs} job{} on {dbs} database{}: no failures, every age-checked job ({aged}) succeeded within its max age",
+                if jobs == 1 { "" } else { "s" },
+                if dbs == 1 { "" } else { "s" },
+            )
+        };
+        return Ok((CheckCode::Ok, vec![line]));
+    }
+    Ok((code, problems.into_iter().map(|(_, l)| l).collect()))
+}
+
+/// What `status --check` says of the fleets named (all when `only` is empty): a fleet with jobs
+/// and no member, and the files a fleet refused for their names.
+fn fleet_problems(config: &crate::config::Config, only: &[String]) -> Vec<(CheckCode, String)> {
+    let mut problems = Vec::new();
     // A fleet with jobs but no database now (an empty or unmounted directory) is backed up by
     // nobody: not OK.
     for f in &config.fleets {
@@ -370,25 +396,7 @@ fn check_jobs(
             ));
         }
     }
-    // Worst first (a monitoring system shows the first line as the status), config order within.
-    problems.sort_by_key(|(code, _)| std::cmp::Reverse(*code));
-    let code = problems.first().map_or(CheckCode::Ok, |(c, _)| *c);
-    if problems.is_empty() {
-        let dbs = selected
-            .as_ref()
-            .map_or(config.databases.len(), |s| s.len());
-        let line = if jobs == 0 {
-            format!("OK: no jobs configured in {}", config.file.display())
-        } else {
-            format!(
-                "OK: {jobs} job{} on {dbs} database{}: no failures, every age-checked job ({aged}) succeeded within its max age",
-                if jobs == 1 { "" } else { "s" },
-                if dbs == 1 { "" } else { "s" },
-            )
-        };
-        return Ok((CheckCode::Ok, vec![line]));
-    }
-    Ok((code, problems.into_iter().map(|(_, l)| l).collect()))
+    problems
 }
 
 /// The rules (README.md, "status --check"): a failed or interrupted last run is a WARNING, and

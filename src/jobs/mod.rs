@@ -283,11 +283,21 @@ async fn run_locked(
         report.summary = format!("stopped: {e}; committed work is kept");
         return report;
     }
+    finish_report(&mut report, result, req.dry_run);
+    report
+}
+
+/// The report of a run that ran: its job's result, or its error, or its thread's panic.
+fn finish_report(
+    report: &mut Report,
+    result: Result<Result<JobResult, JobError>, tokio::task::JoinError>,
+    dry_run: bool,
+) {
     match result {
         Ok(Ok(r)) => {
             report.outcome = if r.skipped {
                 Outcome::Skipped
-            } else if req.dry_run {
+            } else if dry_run {
                 Outcome::DryRun
             } else {
                 Outcome::Ok
@@ -306,7 +316,6 @@ async fn run_locked(
             report.summary = "failed: internal error (job thread panicked)".into();
         }
     }
-    report
 }
 
 fn run_blocking(env: &Env, req: &Request) -> Result<JobResult, JobError> {
