@@ -16,18 +16,18 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub use crate::config::backup_names::{
+    attached_series, stem_series, BackupName, FAILED_SUFFIX, MANIFEST,
+};
+
 /// Suffix of temp files; a leading dot hides them from `ls`.
 pub const TMP_SUFFIX: &str = ".litekeeper-tmp";
-/// Suffix added to a backup that failed verification.
-pub const FAILED_SUFFIX: &str = ".failed";
-pub const MANIFEST: &str = "manifest.json";
 /// The backup directory's lock file (a flock, never deleted).
 pub const DIR_LOCK: &str = ".litekeeper.lock";
-const TIME_FORMAT: &str = "%Y%m%d-%H%M%S";
 /// The longest file name most Linux file systems take (NAME_MAX).
 pub const NAME_MAX: usize = 255;
 
@@ -51,56 +51,6 @@ fn io_err<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(io::Error) -> A
     }
 }
 
-/// The parts of a backup file name: `{series}-{YYYYMMDD-HHMMSS}.db[.zst][.failed]` (UTC).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BackupName {
-    /// Which source file: the database file's stem, or an attachment's alias.
-    pub series: String,
-    pub time: DateTime<Utc>,
-    pub compressed: bool,
-    pub failed: bool,
-}
-
-impl BackupName {
-    pub fn file_name(&self) -> String {
-        format!(
-            "{}-{}.db{}{}",
-            self.series,
-            self.time.format(TIME_FORMAT),
-            if self.compressed { ".zst" } else { "" },
-            if self.failed { FAILED_SUFFIX } else { "" }
-        )
-    }
-
-    /// Parse one of our names; anything else is None (and never touched).
-    pub fn parse(name: &str) -> Option<BackupName> {
-        let (rest, failed) = match name.strip_suffix(FAILED_SUFFIX) {
-            Some(r) => (r, true),
-            None => (name, false),
-        };
-        let (rest, compressed) = match rest.strip_suffix(".zst") {
-            Some(r) => (r, true),
-            None => (rest, false),
-        };
-        let rest = rest.strip_suffix(".db")?;
-        if rest.len() < 17 || !rest.is_char_boundary(rest.len() - 15) {
-            return None;
-        }
-        let (series, stamp) = rest.split_at(rest.len() - 15);
-        let series = series.strip_suffix('-')?;
-        if series.is_empty() {
-            return None;
-        }
-        let naive = NaiveDateTime::parse_from_str(stamp, TIME_FORMAT).ok()?;
-        Some(BackupName {
-            series: series.to_string(),
-            time: Utc.from_utc_datetime(&naive),
-            compressed,
-            failed,
-        })
-    }
-}
-
 /// litekeeper's own files in a backup directory (the manifest, the directory's lock, temp
 /// files and anything hidden): never a backup, whatever a manifest entry says.
 pub fn is_own_file(name: &str) -> bool {
@@ -115,26 +65,6 @@ pub fn backup_of(file: &str, series: &[String]) -> Option<BackupName> {
         return None;
     }
     BackupName::parse(file).filter(|n| series.contains(&n.series))
-}
-
-/// The series of a database file: its stem without leading dots (`.ht.sqlite` → `ht`: a
-/// backup file's name never starts with a dot, so it is neither hidden nor taken for a temp
-/// file); None when nothing is left or the stem is not UTF-8 (the database's name is used).
-pub fn stem_series(path: &Path) -> Option<String> {
-    path.file_stem()
-        .and_then(|s| s.to_str())
-        .map(|s| s.trim_start_matches('.'))
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-}
-
-/// An attachment's series: its alias, or `{alias}-attached` when that is the main series.
-pub fn attached_series(main: &str, alias: &str) -> String {
-    if alias == main {
-        format!("{alias}-attached")
-    } else {
-        alias.to_string()
-    }
 }
 
 /// A backup file found in a directory.
@@ -423,8 +353,8 @@ pub fn clean_leftovers(dir: &Path, _held: &DirLock) -> Result<Vec<PathBuf>, Arch
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
         // Our temp files, and SQLite's journals beside them (owned with their temp file).
-        let Some(side) = ["", "-journal", "-wal", "-shm"]
-            .into_iter()
+        let Some(side) = std::iter::once("")
+            .chain(crate::db_files::SIDECARS)
             .find(|s| name.ends_with(&format!("{TMP_SUFFIX}{s}")))
         else {
             continue;
@@ -597,6 +527,7 @@ impl Manifest {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::TimeZone;
 
     #[test]
     fn names_round_trip_and_foreign_names_are_ignored() {

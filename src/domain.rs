@@ -444,6 +444,14 @@ impl Verified {
     }
 }
 
+/// Cut `s` to `max` characters, marking the cut with `…` (statements and values in logs).
+pub fn truncate(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
 /// A byte count for people: `512 B`, `1.5 KiB`, `20.0 MiB`.
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];

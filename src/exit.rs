@@ -34,12 +34,6 @@ impl fmt::Display for Failure {
     }
 }
 
-impl From<crate::config::ConfigError> for Failure {
-    fn from(e: crate::config::ConfigError) -> Self {
-        Failure::new(ExitCode::Config, e)
-    }
-}
-
 /// Attach an exit code to any error: `result.or_exit(ExitCode::IoErr)?`.
 pub trait OrExit<T> {
     fn or_exit(self, code: ExitCode) -> Result<T, Failure>;

@@ -19,6 +19,7 @@
 //! - `jobs`: the one execute path (lock → blocking thread → report) and one module per job.
 //! - `sqlite`: connection pools, pragmas, REGEXP, slow-statement log, diagnosis.
 //! - `lock`: per-database flock files naming their holder.
+//! - `db_files`: a database's main file and its `-wal`, `-shm`, `-journal` (`DbFiles`).
 //! - `pidfile`: the daemon's lock on its `state_dir` (one daemon per state directory).
 //! - `state`: the state database: every table, migration and row type; run history, totals.
 //! - `metrics`: the Prometheus textfile written after every run, from what `state` returns.
@@ -35,6 +36,7 @@ pub mod archive;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod db_files;
 pub mod demo;
 pub mod domain;
 pub mod exit;

@@ -13,8 +13,29 @@ use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{LogArgs, LogFormat, LogTarget};
 use crate::domain::{Figures, JobKind, Outcome, Report, Trigger};
+
+/// Where and how to log (`main` fills it from `--log-target` and `--log-format`).
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    pub log_target: LogTarget,
+    pub log_format: LogFormat,
+}
+
+/// journald when stderr is the journal (`Auto`), or forced either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogTarget {
+    Auto,
+    Journald,
+    Stderr,
+}
+
+/// Lines on stderr: for people, or one JSON object each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
 
 /// MESSAGE_IDs: one per kind of event, stable across versions.
 pub mod message_id {
@@ -58,7 +79,7 @@ pub fn to_journal() -> bool {
 }
 
 /// Install the global subscriber. Errors are returned (not fatal): logging falls back to stderr.
-pub fn init(args: &LogArgs) -> Result<(), String> {
+pub fn init(args: &Settings) -> Result<(), String> {
     let filter = || {
         EnvFilter::try_from_env("LITEKEEPER_LOG")
             .unwrap_or_else(|_| EnvFilter::new("info,tokio_cron_scheduler=warn"))
@@ -230,7 +251,7 @@ pub fn job_finished(r: &Report) {
 /// A statement slower than `daemon.slow_statement` (SQL cut to 200 characters, each
 /// parameter to 100, blobs by size only).
 pub fn slow_statement(file: &str, took: std::time::Duration, sql: &str, params: &[String]) {
-    let sql = crate::sqlite::truncate(&sql.split_whitespace().collect::<Vec<_>>().join(" "), 200);
+    let sql = crate::domain::truncate(&sql.split_whitespace().collect::<Vec<_>>().join(" "), 200);
     let params = params.join(", ");
     tracing::warn!(
         message_id = message_id::SLOW_STATEMENT,

@@ -23,7 +23,7 @@ fn main() -> std::process::ExitCode {
         // The demo prints its own report; job events would only repeat it.
         std::env::set_var("LITEKEEPER_LOG", "off");
     }
-    if let Err(e) = litekeeper::logging::init(&cli.log) {
+    if let Err(e) = litekeeper::logging::init(&log_settings(&cli.log)) {
         eprintln!("litekeeper: warning: {e}");
     }
     match litekeeper::commands::run(cli) {
@@ -32,5 +32,22 @@ fn main() -> std::process::ExitCode {
             eprintln!("litekeeper: error: {failure}");
             std::process::ExitCode::from(failure.code.code())
         }
+    }
+}
+
+/// The logging settings the command line asks for.
+fn log_settings(args: &litekeeper::cli::LogArgs) -> litekeeper::logging::Settings {
+    use litekeeper::cli::{LogFormat, LogTarget};
+    use litekeeper::logging as log;
+    log::Settings {
+        log_target: match args.log_target {
+            LogTarget::Auto => log::LogTarget::Auto,
+            LogTarget::Journald => log::LogTarget::Journald,
+            LogTarget::Stderr => log::LogTarget::Stderr,
+        },
+        log_format: match args.log_format {
+            LogFormat::Human => log::LogFormat::Human,
+            LogFormat::Json => log::LogFormat::Json,
+        },
     }
 }

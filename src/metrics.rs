@@ -24,9 +24,10 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
-use crate::config::Config;
+use crate::config::{Config, Database};
+use crate::db_files::{file_len, DbFiles};
 use crate::domain::{Figures, JobKind, Outcome, RunState};
-use crate::state::{HistoryReader, State};
+use crate::state::{History, HistoryReader, State};
 
 /// Lock file in `lock_dir` serialising metrics writers ('.' cannot occur in a database name,
 /// so it never collides with a database's lock).
@@ -311,10 +312,6 @@ fn ts(t: DateTime<Utc>) -> String {
     seconds(t.timestamp_millis())
 }
 
-fn file_len(p: &Path) -> Option<u64> {
-    std::fs::metadata(p).ok().map(|m| m.len())
-}
-
 /// The samples taken from the figures of a job's last successful (`ok`) run: the one place
 /// metric samples are derived from figures.
 #[derive(Debug, Default)]
@@ -343,112 +340,128 @@ impl FigureSamples {
     }
 }
 
-/// The whole metrics file for every configured job, from the state DB and the database files.
-pub fn render(config: &Config, history: &HistoryReader) -> rusqlite::Result<String> {
-    let mut last_run = Family::gauge(
-        "litekeeper_last_run_timestamp_seconds",
-        "When the last finished run of the job ended (any outcome), Unix time.",
-    );
-    let mut last_success = Family::gauge(
-        "litekeeper_last_success_timestamp_seconds",
-        "When the last successful run of the job ended (ok, or skipped because there was nothing worth doing), Unix time.",
-    );
-    let mut last_duration = Family::gauge(
-        "litekeeper_last_duration_seconds",
-        "How long the last finished run of the job took.",
-    );
-    let mut last_outcome = Family::gauge(
-        "litekeeper_last_outcome",
-        "Outcome of the last finished run of the job: 1 for its outcome, 0 for the others.",
-    );
-    let mut runs_total = Family {
-        name: "litekeeper_runs_total",
-        kind: "counter",
-        help: "Finished runs of the job by outcome.",
-        samples: Vec::new(),
-    };
-    let mut rows_deleted = Family::gauge(
-        "litekeeper_last_prune_deleted_rows",
-        "Rows the last successful prune deleted.",
-    );
-    let mut files_deleted = Family::gauge(
-        "litekeeper_last_prune_deleted_files",
-        "Files the last successful prune deleted or quarantined.",
-    );
-    let mut bytes_freed = Family::gauge(
-        "litekeeper_last_prune_freed_bytes",
-        "Bytes of files the last successful prune deleted or quarantined.",
-    );
-    let mut backup_time = Family::gauge(
-        "litekeeper_last_backup_timestamp_seconds",
-        "When the last successful backup ended, Unix time.",
-    );
-    let mut backup_size = Family::gauge(
-        "litekeeper_last_backup_size_bytes",
-        "Size on disk of the files the last successful backup wrote (compressed size, attached databases included).",
-    );
-    let mut db_size = Family::gauge(
-        "litekeeper_database_size_bytes",
-        "Size of the database file (schema main, or an attached database's alias) when the metrics were written.",
-    );
-    let mut wal_size = Family::gauge(
-        "litekeeper_wal_size_bytes",
-        "Size of the database's -wal file (0 when there is none) when the metrics were written.",
-    );
+/// The families of the metrics file, in the order they are written.
+struct Families {
+    last_run: Family,
+    last_success: Family,
+    last_duration: Family,
+    last_outcome: Family,
+    runs_total: Family,
+    rows_deleted: Family,
+    files_deleted: Family,
+    bytes_freed: Family,
+    backup_time: Family,
+    backup_size: Family,
+    db_size: Family,
+    wal_size: Family,
+}
 
-    for db in &config.databases {
-        let name = db.name.as_str();
-        for kind in JobKind::ALL {
-            if db.timing(kind).is_none() {
-                continue;
-            }
-            let job = kind.as_str();
-            let labels = [("database", name), ("job", job)];
-            let h = history.history(name, kind)?;
-            if let Some(r) = &h.last_finished {
-                last_run.push(&labels, ts(r.ended()));
-                let ms = (r.ended() - r.started).num_milliseconds().max(0);
-                last_duration.push(&labels, seconds(ms));
-                for o in Outcome::ALL {
-                    let v = if r.outcome == RunState::Finished(o) {
-                        "1"
-                    } else {
-                        "0"
-                    };
-                    last_outcome.push(
-                        &[("database", name), ("job", job), ("outcome", o.as_str())],
-                        v.into(),
-                    );
-                }
-            }
-            if let Some(r) = &h.last_success {
-                last_success.push(&labels, ts(r.ended()));
-                let db_label = [("database", name)];
-                if r.outcome == RunState::Finished(Outcome::Ok) {
-                    if kind == JobKind::Backup {
-                        backup_time.push(&db_label, ts(r.ended()));
-                    }
-                    let f = FigureSamples::of(r.figures.as_ref());
-                    for (family, value) in [
-                        (&mut rows_deleted, f.prune_deleted_rows),
-                        (&mut files_deleted, f.prune_deleted_files),
-                        (&mut bytes_freed, f.prune_freed_bytes),
-                        (&mut backup_size, f.backup_size_bytes),
-                    ] {
-                        if let Some(v) = value {
-                            family.push(&db_label, v.to_string());
-                        }
-                    }
-                }
-            }
-            let counts = history.run_totals(name, kind)?;
-            for (o, n) in Outcome::ALL.iter().zip(counts) {
-                runs_total.push(
+impl Families {
+    fn new() -> Families {
+        Families {
+            last_run: Family::gauge(
+                "litekeeper_last_run_timestamp_seconds",
+                "When the last finished run of the job ended (any outcome), Unix time.",
+            ),
+            last_success: Family::gauge(
+                "litekeeper_last_success_timestamp_seconds",
+                "When the last successful run of the job ended (ok, or skipped because there was nothing worth doing), Unix time.",
+            ),
+            last_duration: Family::gauge(
+                "litekeeper_last_duration_seconds",
+                "How long the last finished run of the job took.",
+            ),
+            last_outcome: Family::gauge(
+                "litekeeper_last_outcome",
+                "Outcome of the last finished run of the job: 1 for its outcome, 0 for the others.",
+            ),
+            runs_total: Family {
+                name: "litekeeper_runs_total",
+                kind: "counter",
+                help: "Finished runs of the job by outcome.",
+                samples: Vec::new(),
+            },
+            rows_deleted: Family::gauge(
+                "litekeeper_last_prune_deleted_rows",
+                "Rows the last successful prune deleted.",
+            ),
+            files_deleted: Family::gauge(
+                "litekeeper_last_prune_deleted_files",
+                "Files the last successful prune deleted or quarantined.",
+            ),
+            bytes_freed: Family::gauge(
+                "litekeeper_last_prune_freed_bytes",
+                "Bytes of files the last successful prune deleted or quarantined.",
+            ),
+            backup_time: Family::gauge(
+                "litekeeper_last_backup_timestamp_seconds",
+                "When the last successful backup ended, Unix time.",
+            ),
+            backup_size: Family::gauge(
+                "litekeeper_last_backup_size_bytes",
+                "Size on disk of the files the last successful backup wrote (compressed size, attached databases included).",
+            ),
+            db_size: Family::gauge(
+                "litekeeper_database_size_bytes",
+                "Size of the database file (schema main, or an attached database's alias) when the metrics were written.",
+            ),
+            wal_size: Family::gauge(
+                "litekeeper_wal_size_bytes",
+                "Size of the database's -wal file (0 when there is none) when the metrics were written.",
+            ),
+        }
+    }
+
+    /// The samples of one job of database `name`: its last runs and its run totals.
+    fn job(&mut self, name: &str, kind: JobKind, h: &History, counts: [i64; Outcome::ALL.len()]) {
+        let job = kind.as_str();
+        let labels = [("database", name), ("job", job)];
+        if let Some(r) = &h.last_finished {
+            self.last_run.push(&labels, ts(r.ended()));
+            let ms = (r.ended() - r.started).num_milliseconds().max(0);
+            self.last_duration.push(&labels, seconds(ms));
+            for o in Outcome::ALL {
+                let v = if r.outcome == RunState::Finished(o) {
+                    "1"
+                } else {
+                    "0"
+                };
+                self.last_outcome.push(
                     &[("database", name), ("job", job), ("outcome", o.as_str())],
-                    n.to_string(),
+                    v.into(),
                 );
             }
         }
+        if let Some(r) = &h.last_success {
+            self.last_success.push(&labels, ts(r.ended()));
+            let db_label = [("database", name)];
+            if r.outcome == RunState::Finished(Outcome::Ok) {
+                if kind == JobKind::Backup {
+                    self.backup_time.push(&db_label, ts(r.ended()));
+                }
+                let f = FigureSamples::of(r.figures.as_ref());
+                for (family, value) in [
+                    (&mut self.rows_deleted, f.prune_deleted_rows),
+                    (&mut self.files_deleted, f.prune_deleted_files),
+                    (&mut self.bytes_freed, f.prune_freed_bytes),
+                    (&mut self.backup_size, f.backup_size_bytes),
+                ] {
+                    if let Some(v) = value {
+                        family.push(&db_label, v.to_string());
+                    }
+                }
+            }
+        }
+        for (o, n) in Outcome::ALL.iter().zip(counts) {
+            self.runs_total.push(
+                &[("database", name), ("job", job), ("outcome", o.as_str())],
+                n.to_string(),
+            );
+        }
+    }
+
+    /// The sizes of a database's files (main and attached) and of their WALs, now.
+    fn files(&mut self, db: &Database) {
         let files = std::iter::once(("main", db.path.as_path())).chain(
             db.attach
                 .iter()
@@ -456,36 +469,52 @@ pub fn render(config: &Config, history: &HistoryReader) -> rusqlite::Result<Stri
         );
         for (schema, path) in files {
             if let Some(len) = file_len(path) {
-                let labels = [("database", name), ("schema", schema)];
-                db_size.push(&labels, len.to_string());
-                wal_size.push(
+                let labels = [("database", db.name.as_str()), ("schema", schema)];
+                self.db_size.push(&labels, len.to_string());
+                self.wal_size.push(
                     &labels,
-                    file_len(&crate::sqlite::sidecar(path, "-wal"))
-                        .unwrap_or(0)
-                        .to_string(),
+                    file_len(&DbFiles::of(path).wal).unwrap_or(0).to_string(),
                 );
             }
         }
     }
 
-    let mut out = String::new();
-    for f in [
-        &last_run,
-        &last_success,
-        &last_duration,
-        &last_outcome,
-        &runs_total,
-        &rows_deleted,
-        &files_deleted,
-        &bytes_freed,
-        &backup_time,
-        &backup_size,
-        &db_size,
-        &wal_size,
-    ] {
-        f.render(&mut out);
+    fn render(&self) -> String {
+        let mut out = String::new();
+        for f in [
+            &self.last_run,
+            &self.last_success,
+            &self.last_duration,
+            &self.last_outcome,
+            &self.runs_total,
+            &self.rows_deleted,
+            &self.files_deleted,
+            &self.bytes_freed,
+            &self.backup_time,
+            &self.backup_size,
+            &self.db_size,
+            &self.wal_size,
+        ] {
+            f.render(&mut out);
+        }
+        out
     }
-    Ok(out)
+}
+
+/// The whole metrics file for every configured job, from the state DB and the database files.
+pub fn render(config: &Config, history: &HistoryReader) -> rusqlite::Result<String> {
+    let mut families = Families::new();
+    for db in &config.databases {
+        for kind in JobKind::ALL {
+            if db.timing(kind).is_some() {
+                let h = history.history(&db.name, kind)?;
+                let counts = history.run_totals(&db.name, kind)?;
+                families.job(&db.name, kind, &h, counts);
+            }
+        }
+        families.files(db);
+    }
+    Ok(families.render())
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! Default locations, which follow the user: system paths as root, XDG paths otherwise
 //! (so the same binary works under `systemctl --user`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Where litekeeper looks and writes when the configuration does not say.
 #[derive(Debug, Clone)]
@@ -71,4 +71,18 @@ impl Defaults {
             lock_dir,
         }
     }
+}
+
+/// Create the state directory (and its parents) when it is missing, the new ones 0700: what
+/// it holds (run history, the daemon's pid) names databases and paths. An existing directory
+/// is left as it is.
+pub fn ensure_state_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
 }

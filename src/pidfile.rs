@@ -7,7 +7,6 @@
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 /// The lock file's name in `state_dir`.
@@ -63,13 +62,7 @@ pub fn acquire(state_dir: &Path) -> Result<DaemonLock, DaemonLockError> {
         path: path.clone(),
         source,
     };
-    if !state_dir.is_dir() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(state_dir)
-            .map_err(io)?;
-    }
+    crate::paths::ensure_state_dir(state_dir).map_err(io)?;
     use crate::safe_fs::{not_regular, open_lock_file, LockFileError};
     let mut file = match open_lock_file(&path, 0o644) {
         Ok(f) => f,

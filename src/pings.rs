@@ -17,12 +17,18 @@ use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::config::Ping;
-use crate::domain::{ExitCode, Outcome, Report};
-use crate::jobs::Request;
+use crate::config::{Database, Ping};
+use crate::domain::{ExitCode, JobKind, Outcome, Report, Trigger};
 
-/// `ping_timeout` when not set.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The run a ping is about: what `jobs::execute` knows of its request.
+#[derive(Debug, Clone, Copy)]
+pub struct Run<'a> {
+    pub db: &'a Database,
+    pub kind: JobKind,
+    pub trigger: Trigger,
+    pub dry_run: bool,
+}
+
 /// Attempts per ping: the first and two retries (on a transport error, HTTP 429 or 5xx).
 const ATTEMPTS: usize = 3;
 /// Pause before the second and the third attempt (cut short by the ping's deadline).
@@ -54,43 +60,6 @@ impl Signal {
             Signal::Fail => "/fail",
         }
     }
-}
-
-/// Check a configured ping URL: absolute, http:// or https://, with a host, no fragment.
-pub fn check_url(text: &str) -> Result<(), String> {
-    const HINT: &str =
-        "expected an absolute http:// or https:// URL like \"https://hc-ping.com/<uuid>\"";
-    let lower = text.to_ascii_lowercase();
-    let Some(rest) = lower
-        .strip_prefix("https://")
-        .or_else(|| lower.strip_prefix("http://"))
-    else {
-        return Err(HINT.into());
-    };
-    if text.chars().any(|c| c.is_whitespace() || c.is_control()) || text.contains('#') {
-        return Err(format!("{HINT}, without spaces or a #fragment"));
-    }
-    let authority = rest.split(['/', '?']).next().unwrap_or_default();
-    let host_port = authority.rsplit('@').next().unwrap_or_default();
-    let (host, port) = match host_port.strip_prefix('[') {
-        // An IPv6 literal: [::1] or [::1]:8080.
-        Some(v6) => match v6.split_once(']') {
-            Some((h, "")) => (h, None),
-            Some((h, p)) => (h, Some(p.strip_prefix(':').unwrap_or(p))),
-            None => ("", None),
-        },
-        None => match host_port.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (host_port, None),
-        },
-    };
-    if host.is_empty() {
-        return Err(format!("{HINT}: the host is missing"));
-    }
-    if port.is_some_and(|p| p.parse::<u16>().is_err()) {
-        return Err(format!("{HINT}: the port is not a number from 0 to 65535"));
-    }
-    Ok(())
 }
 
 /// The URL a signal is sent to: the suffix appended to the path, before any query string
@@ -187,7 +156,7 @@ impl Pings {
     }
 
     /// The run has its lock and starts: queue the start ping (if the job has a `ping`).
-    pub fn started(&self, req: &Request, run_id: &str) -> Option<Pinger> {
+    pub fn started(&self, req: Run<'_>, run_id: &str) -> Option<Pinger> {
         let pinger = Pinger::new(self, ping_of(req)?, label(req))?;
         pinger.send(
             Signal::Start,
@@ -198,7 +167,7 @@ impl Pings {
 
     /// The run is over and recorded: queue its success or fail ping (see the module doc for
     /// which).
-    pub fn finished(&self, req: &Request, pinger: Option<Pinger>, report: &Report) {
+    pub fn finished(&self, req: Run<'_>, pinger: Option<Pinger>, report: &Report) {
         let Some(ping) = ping_of(req) else { return };
         let signal = match report.outcome {
             Outcome::Ok => Signal::Success,
@@ -369,14 +338,14 @@ fn transport_error(t: &ureq::Transport) -> String {
 // ---------------------------------------------------------------------------------------------
 // The hooks `jobs::execute` calls.
 
-fn ping_of(req: &Request) -> Option<&Ping> {
+fn ping_of(req: Run<'_>) -> Option<&Ping> {
     if req.dry_run {
         return None;
     }
     req.db.timing(req.kind).and_then(|t| t.ping.as_ref())
 }
 
-fn label(req: &Request) -> String {
+fn label(req: Run<'_>) -> String {
     format!("{} {}", req.kind.as_str(), req.db.name)
 }
 
@@ -406,32 +375,6 @@ mod tests {
             "https://example.com:8443/p/x/fail"
         );
         assert_eq!(redact("http://127.0.0.1:9/u"), "http://127.0.0.1:9/u");
-    }
-
-    #[test]
-    fn url_checks() {
-        for ok in [
-            "https://hc-ping.com/5a4c",
-            "http://127.0.0.1:8000/ping/x?create=1",
-            "HTTPS://example.com",
-            "http://[::1]:80/x",
-            "http://[::1]/x",
-        ] {
-            assert_eq!(check_url(ok), Ok(()), "{ok}");
-        }
-        for bad in [
-            "hc-ping.com/5a4c",
-            "ftp://example.com/x",
-            "https:///x",
-            "https://",
-            "https://exa mple.com/",
-            "https://example.com:99999/x",
-            "https://[::1/x",
-            "https://example.com/x#y",
-            "",
-        ] {
-            assert!(check_url(bad).is_err(), "{bad}");
-        }
     }
 
     #[test]

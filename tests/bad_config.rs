@@ -28,9 +28,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use rusqlite::Connection;
-
-use crate::util::{both, table_names, TestEnv};
+use crate::util::{both, settled, TestEnv};
 
 /// The database schema files with `{DB}` are checked against.
 const SCHEMA: &str = "PRAGMA journal_mode=WAL;
@@ -115,25 +113,6 @@ fn run(env: &TestEnv, config: &Path, args: &[&str]) -> Output {
         .args(args)
         .output()
         .unwrap()
-}
-
-/// The main database file's bytes after a checkpoint, with every table's row count.
-fn settled(db: &Path) -> (Vec<u8>, Vec<(String, i64)>) {
-    let c = Connection::open(db).unwrap();
-    c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-        .unwrap();
-    let names = table_names(&c);
-    let counts = names
-        .into_iter()
-        .map(|t| {
-            let n = c
-                .query_row(&format!("SELECT count(*) FROM \"{t}\""), [], |r| r.get(0))
-                .unwrap();
-            (t, n)
-        })
-        .collect();
-    drop(c);
-    (std::fs::read(db).unwrap(), counts)
 }
 
 /// A load-time case: exit 78, nothing on stdout, one stderr line; returns the message.

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use rusqlite::Connection;
 
 use crate::util::{
-    both, give_to_nobody, is_root, open_to_nobody, set_mode, start_holder, unprivileged,
+    both, give_to_nobody, is_root, open_to_nobody, set_mode, start_holder, stdout, unprivileged,
     KillOnDrop, TestEnv,
 };
 
@@ -27,10 +27,6 @@ fn config_for(env: &TestEnv, dbs: &[(&str, &Path)], db_extra: &str) {
 
 fn check(env: &TestEnv, args: &[&str]) -> Output {
     env.cmd().arg("check").args(args).output().unwrap()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 /// The `NAME: error: …` / `NAME: warning: …` line and the `NAME:   fix: …` line after it.

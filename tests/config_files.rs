@@ -2,10 +2,11 @@
 //! the user: /etc as root, XDG otherwise), and the command line's help and usage errors.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command as StdCommand, Output};
+use std::process::Command as StdCommand;
 
 use crate::util::{
-    both, give_to_nobody, is_root, open_to_nobody, root_or_skip, set_mode, unprivileged, TestEnv,
+    both, give_to_nobody, is_root, open_to_nobody, root_or_skip, set_mode, stderr, stdout,
+    unprivileged, TestEnv,
 };
 
 /// The real binary as ourselves, without `-c` and without litekeeper's or XDG variables.
@@ -60,14 +61,6 @@ fn config_with_db(env: &TestEnv, at: &Path, daemon: &str, db_name: &str) {
         d = d.parent().unwrap();
     }
     assert!(data.is_dir());
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::util::{both, wait_until, TestEnv};
+use crate::util::{both, mkfifo, wait_until, TestEnv};
 
 /// Waits for `child` at most `limit`; a child still running then is killed and `None` is
 /// returned (the hang this module tests for).
@@ -42,12 +42,6 @@ fn wait_or_kill(mut child: Child, limit: Duration) -> Option<Output> {
     }
 }
 
-fn mkfifo(path: &Path) {
-    let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
-    // SAFETY: a valid C string.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
-}
-
 /// The real binary in the test's directory without the caller's LITEKEEPER variables.
 fn lk(env: &TestEnv) -> Command {
     env.bare_cmd()
@@ -79,7 +73,7 @@ fn stderr_line(o: &Output) -> String {
 fn a_config_that_is_a_fifo_or_a_device_is_refused_without_reading() {
     let env = TestEnv::new();
     let fifo = env.path("fifo.toml");
-    mkfifo(&fifo);
+    mkfifo(&fifo, 0o600);
     let o = check_with(&env, &fifo, &[]);
     assert_eq!(o.status.code(), Some(78), "{}", both(&o));
     let line = stderr_line(&o);
@@ -134,7 +128,7 @@ fn a_reload_that_meets_a_fifo_fails_and_the_daemon_still_stops_on_sigterm() {
     };
     wait_log("started");
     std::fs::remove_file(&config).unwrap();
-    mkfifo(&config);
+    mkfifo(&config, 0o600);
     daemon.signal(libc::SIGHUP);
     wait_log("reload failed");
     daemon.signal(libc::SIGTERM);

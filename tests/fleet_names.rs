@@ -7,22 +7,17 @@
 use std::os::unix::fs::symlink;
 use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use litekeeper::lock;
 use rusqlite::Connection;
 
-use crate::util::{both, TestEnv};
+use crate::util::{both, set_age, TestEnv};
 
 fn make_db(path: &Path, sql: &str) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     let c = Connection::open(path).unwrap();
     c.execute_batch(sql).unwrap();
-}
-
-fn set_age(path: &Path, age: Duration) {
-    let t = SystemTime::now() - age;
-    std::fs::File::open(path).unwrap().set_modified(t).unwrap();
 }
 
 fn journal_mode(path: &Path) -> String {

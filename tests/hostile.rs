@@ -12,7 +12,7 @@ use std::time::Instant;
 use rusqlite::Connection;
 
 use crate::util::{
-    backup_into, both, chown_tree, give_to_nobody, names, open_to_nobody, root_or_skip,
+    backup_into, both, chown_tree, give_to_nobody, mkfifo, names, open_to_nobody, root_or_skip,
     unprivileged, TestEnv,
 };
 
@@ -344,17 +344,6 @@ fn output_within(
     child.wait_with_output().unwrap()
 }
 
-fn mkfifo(p: &Path) {
-    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
-    // SAFETY: c is a valid NUL-terminated path.
-    assert_eq!(
-        unsafe { libc::mkfifo(c.as_ptr(), 0o666) },
-        0,
-        "mkfifo {}",
-        p.display()
-    );
-}
-
 fn files_rule(uploads: &Path, action: &str) -> String {
     format!(
         "[database.prune]\nmax_fraction = 1.0\n[[database.prune.files]]\ndir = \"{}\"\npattern = '^(?P<id>[a-z][0-9]+)_'\nreferenced_by = \"SELECT id FROM file\"\nmin_age = \"0s\"\naction = \"{action}\"\n",
@@ -587,7 +576,7 @@ fn special_files_beside_a_database_are_refused(who: As) {
             }
             suffix => env.path(&format!("app/b.db{suffix}")),
         };
-        mkfifo(&fifo);
+        mkfifo(&fifo, 0o666);
         env.config("").database("chat", &db, &format!(
                     "journal_mode = \"keep\"\nattach = {{ files = \"{}\" }}\n[database.backup]\ndir = \"{}\"\n[database.prune]\n[[database.prune.rule]]\ntable = \"t\"\nwhere = \"x > 5\"\n[database.vacuum]\n",
                     files.display(),

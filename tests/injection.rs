@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 
 use rusqlite::Connection;
 
-use crate::util::{both, query_ids, unix_now, TestEnv, DAY};
+use crate::util::{both, query_ids, settled, unix_now, TestEnv, DAY};
 
 /// The chat app's database: chats, messages, files, and a bystander table `x` that an
 /// injected `DROP TABLE x` or `DELETE FROM x` would hit.
@@ -54,45 +54,6 @@ fn litekeeper(env: &TestEnv, args: &[&str]) -> Output {
         .env("LITEKEEPER_LOG", "off")
         .output()
         .unwrap()
-}
-
-/// Everything that must not change: the main file's bytes after a checkpoint, every table
-/// (by name, including ones an attack might create) with its row count.
-#[derive(Debug, PartialEq)]
-struct Settled {
-    bytes: Vec<u8>,
-    tables: Vec<(String, i64)>,
-}
-
-fn settled(db: &Path) -> Settled {
-    let c = Connection::open(db).unwrap();
-    c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-        .unwrap();
-    let names: Vec<String> = c
-        .prepare("SELECT name FROM sqlite_schema ORDER BY name")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
-    let tables = names
-        .into_iter()
-        .map(|t| {
-            let n = c
-                .query_row(
-                    &format!("SELECT count(*) FROM \"{}\"", t.replace('"', "\"\"")),
-                    [],
-                    |r| r.get(0),
-                )
-                .unwrap_or(-1);
-            (t, n)
-        })
-        .collect();
-    drop(c);
-    Settled {
-        bytes: std::fs::read(db).unwrap(),
-        tables,
-    }
 }
 
 /// When a hostile value is refused: at load (the text shows it: `check` exits 78 too) or at

@@ -23,7 +23,7 @@ use litekeeper::archive::{self, BackupName, Manifest, Verified};
 use rusqlite::{Connection, OpenFlags};
 
 use crate::restore::{marker_db, set_marker};
-use crate::util::TestEnv;
+use crate::util::{sidecar, TestEnv};
 
 /// Kills per job (per variant where a job has two).
 const KILLS: u32 = 22;
@@ -1185,10 +1185,6 @@ fn copy_db(from: &Path, to: &Path, owner: Option<u32>) {
             chown_to(&t, owner);
         }
     }
-}
-
-fn sidecar(db: &Path, s: &str) -> PathBuf {
-    PathBuf::from(format!("{}{s}", db.display()))
 }
 
 fn chown_to(p: &Path, owner: Option<u32>) {

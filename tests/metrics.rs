@@ -9,7 +9,7 @@ use std::process::Stdio;
 use chrono::Utc;
 use rusqlite::Connection;
 
-use crate::util::{backup_into, both, TestEnv};
+use crate::util::{backup_into, both, sidecar, TestEnv};
 
 /// Every family litekeeper writes; each must have HELP and TYPE lines in every file.
 const FAMILIES: &[(&str, &str)] = &[
@@ -273,7 +273,7 @@ fn len(p: &Path) -> f64 {
 }
 
 fn wal(p: &Path) -> PathBuf {
-    PathBuf::from(format!("{}-wal", p.display()))
+    sidecar(p, "-wal")
 }
 
 #[test]

@@ -6,11 +6,11 @@
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use rusqlite::Connection;
 
-use crate::util::{both, query_i64, query_ids, unix_now, TestEnv, DAY};
+use crate::util::{both, query_i64, query_ids, set_age, unix_now, TestEnv, DAY};
 
 pub(crate) fn config(env: &TestEnv, db: &Path, attach: Option<&Path>, prune: &str) {
     let attach = attach
@@ -335,11 +335,6 @@ fn max_rows_caps_one_run_and_without_rowid_tables_batch_on_their_key() {
     let o = run_prune(&env, &[]);
     assert_eq!(o.status.code(), Some(0), "{}", both(&o));
     assert_eq!(query_i64(&blobs, "SELECT count(*) FROM blob"), 2);
-}
-
-fn set_age(path: &Path, age: Duration) {
-    let t = SystemTime::now() - age;
-    std::fs::File::open(path).unwrap().set_modified(t).unwrap();
 }
 
 #[test]

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use rusqlite::Connection;
 
 use crate::util::{
-    both, chown_tree, give_to_nobody, open_to_nobody, root_or_skip, start_holder, unprivileged,
-    wait_until, KillOnDrop, TestEnv, NOBODY,
+    both, chown_tree, give_to_nobody, open_to_nobody, root_or_skip, sidecar as side, start_holder,
+    unprivileged, wait_until, KillOnDrop, TestEnv, NOBODY,
 };
 
 /// `app/chat.db` in rollback-journal mode, marker 'backup', and `rows` blobs of `size` bytes.
@@ -67,10 +67,6 @@ fn quick_check(db: &Path) -> String {
         .unwrap()
         .query_row("PRAGMA quick_check", [], |r| r.get(0))
         .unwrap_or_else(|e| e.to_string())
-}
-
-fn side(db: &Path, s: &str) -> PathBuf {
-    PathBuf::from(format!("{}{s}", db.display()))
 }
 
 /// Leave `db` as an application killed mid-transaction leaves it: its file already holds

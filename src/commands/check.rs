@@ -88,22 +88,7 @@ pub fn run(path: &Path, args: CheckArgs) -> Result<ExitCode, Failure> {
         }
         // Prune rules must fit the live schema: checked read-only, each problem with its line.
         if let (true, Some(prune)) = (reachable, &db.prune) {
-            let names: Vec<String> = config.databases.iter().map(|d| d.name.clone()).collect();
-            let index = config
-                .databases
-                .iter()
-                .position(|d| d.name == db.name)
-                .unwrap_or(0);
-            let problems = match sqlite::open_readonly(db, timeout) {
-                Ok(conn) => crate::jobs::prune::check_schema(&conn, index, prune, Utc::now())
-                    .into_iter()
-                    .map(|p| crate::config::locate(&config.file, &p.key, &names, &p.reason))
-                    .collect(),
-                Err(e) => vec![format!(
-                    "cannot open read-only to check the prune rules: {e}"
-                )],
-            };
-            for p in problems {
+            for p in prune_problems(&config, db, prune, timeout) {
                 errors += 1;
                 println!("{}: error: {p}", db.name);
                 println!(
@@ -130,6 +115,31 @@ pub fn run(path: &Path, args: CheckArgs) -> Result<ExitCode, Failure> {
     } else {
         ExitCode::Ok
     })
+}
+
+/// The prune rules of `db` checked read-only against its live schema: each problem as one
+/// line naming the rule's place in the configuration file.
+fn prune_problems(
+    config: &crate::config::Config,
+    db: &crate::config::Database,
+    prune: &crate::config::Prune,
+    timeout: std::time::Duration,
+) -> Vec<String> {
+    let names: Vec<String> = config.databases.iter().map(|d| d.name.clone()).collect();
+    let index = config
+        .databases
+        .iter()
+        .position(|d| d.name == db.name)
+        .unwrap_or(0);
+    match sqlite::open_readonly(db, timeout) {
+        Ok(conn) => crate::jobs::prune::check_schema(&conn, index, prune, Utc::now())
+            .into_iter()
+            .map(|p| crate::config::locate(&config.file, &p.key, &names, &p.reason))
+            .collect(),
+        Err(e) => vec![format!(
+            "cannot open read-only to check the prune rules: {e}"
+        )],
+    }
 }
 
 /// "main"'s and each attached file's free pages and unused bytes in pages, read-only, one line

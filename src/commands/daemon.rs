@@ -17,7 +17,7 @@ use crate::pings::Pings;
 use crate::scheduler::Scheduler;
 use crate::sqlite::Pools;
 use crate::state::State;
-use crate::{config, lock, notify, pidfile};
+use crate::{lock, notify, pidfile};
 
 pub fn run(path: &Path) -> Result<ExitCode, Failure> {
     let config = super::load_config(path)?;
@@ -146,7 +146,7 @@ async fn serve(
                 let (file, token, for_env) = (path.to_path_buf(), cancel.clone(), services.clone());
                 let current_dir = daemon_lock.dir().to_path_buf();
                 let loading = tokio::task::spawn_blocking(move || {
-                    let new = config::load(&file).map_err(|e| e.to_string().replace('\n', "; "))?;
+                    let new = super::load_config(&file).map_err(|e| e.to_string().replace('\n', "; "))?;
                     // A new state_dir must be this daemon's alone, as at start.
                     let new_lock = if new.daemon.state_dir != current_dir {
                         Some(lock_state_dir(&new.daemon.state_dir).map_err(|e| e.to_string())?)

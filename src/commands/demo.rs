@@ -39,7 +39,7 @@ fn measure(s: &Sample) -> anyhow::Result<Figures> {
     let count = |c: &rusqlite::Connection, t: &str| -> anyhow::Result<i64> {
         Ok(c.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0))?)
     };
-    let wal = |p: &Path| crate::sqlite::sidecar(p, "-wal");
+    let wal = |p: &Path| crate::db_files::DbFiles::of(p).wal;
     Ok(Figures {
         rows: vec![
             ("chats", count(&c, "chat")?),
@@ -61,8 +61,9 @@ fn measure(s: &Sample) -> anyhow::Result<Figures> {
     })
 }
 
-pub fn run(args: DemoArgs) -> Result<ExitCode, Failure> {
-    let dir = match args.dir {
+/// `given`, or a new directory under the temp dir; refused when it holds anything.
+fn empty_dir(given: Option<std::path::PathBuf>) -> Result<std::path::PathBuf, Failure> {
+    let dir = match given {
         Some(d) => d,
         None => std::env::temp_dir().join(format!(
             "litekeeper-demo-{}",
@@ -82,8 +83,13 @@ pub fn run(args: DemoArgs) -> Result<ExitCode, Failure> {
             ),
         ));
     }
+    Ok(dir)
+}
+
+pub fn run(args: DemoArgs) -> Result<ExitCode, Failure> {
+    let dir = empty_dir(args.dir)?;
     let sample = demo::build(&dir).or_exit(ExitCode::CantCreate)?;
-    let config = Arc::new(crate::config::load(&sample.config)?);
+    let config = Arc::new(super::load_config(&sample.config)?);
     println!("litekeeper demo in {}", dir.display());
     println!("  sample: a chat app with a main DB, a blob DB keyed {{message_id}}/{{index}} and an uploads dir");
     println!("  config: {}\n", sample.config.display());
@@ -160,6 +166,17 @@ pub fn run(args: DemoArgs) -> Result<ExitCode, Failure> {
     }
 
     let after = measure(&sample).or_exit(ExitCode::IoErr)?;
+    print_comparison(&before, &after);
+    print_next_steps(&dir, &sample.config);
+    Ok(if failed {
+        ExitCode::Failed
+    } else {
+        ExitCode::Ok
+    })
+}
+
+/// The sample's rows, files and sizes before and after the jobs, side by side.
+fn print_comparison(before: &Figures, after: &Figures) {
     println!("\n  {:<14} {:>12} {:>12}", "", "before", "after");
     for ((name, b), (_, a)) in before.rows.iter().zip(&after.rows) {
         println!("  {name:<14} {b:>12} {a:>12}");
@@ -179,22 +196,21 @@ pub fn run(args: DemoArgs) -> Result<ExitCode, Failure> {
         "  {:<14} {:>12} {:>12}",
         "backups", before.backups, after.backups
     );
+}
+
+/// Commands to try on the sample next.
+fn print_next_steps(dir: &Path, config: &Path) {
     // The running binary by its path: after `cargo run`, `litekeeper` is not on PATH.
     let exe = std::env::current_exe()
         .map(|p| shell_quote(&p.display().to_string()))
         .unwrap_or_else(|_| "litekeeper".to_string());
-    let c = shell_quote(&sample.config.display().to_string());
+    let c = shell_quote(&config.display().to_string());
     let restored = shell_quote(&dir.join("restored.db").display().to_string());
     println!("\nTry next:");
     println!("  {exe} -c {c} status");
     println!("  {exe} -c {c} schedule");
     println!("  {exe} -c {c} check");
     println!("  {exe} -c {c} restore chat --to {restored}");
-    Ok(if failed {
-        ExitCode::Failed
-    } else {
-        ExitCode::Ok
-    })
 }
 
 /// `text` as one shell word: as is when it is plain, else in single quotes.

@@ -59,7 +59,7 @@ pub fn config_path(given: Option<PathBuf>) -> PathBuf {
 
 /// Load the configuration, mapping problems to exit 78.
 pub fn load_config(path: &std::path::Path) -> Result<Config, Failure> {
-    Ok(config::load(path)?)
+    Ok(crate::scheduler::roster::with_members(config::load(path)?))
 }
 
 /// The databases named on the command line (a fleet's handle names all its current members);

@@ -271,7 +271,7 @@ fn check_jobs(
     now: DateTime<Utc>,
 ) -> Result<(CheckCode, Vec<String>), String> {
     let overrides = parse_max_ages(max_age)?;
-    let config = crate::config::load(path).map_err(|e| e.to_string())?;
+    let config = super::load_config(path).map_err(|e| e.to_string())?;
     // One service per database (or fleet) in the monitoring system: `status --check chat`.
     let selected = super::selected(&config, only).map_err(|f| f.to_string())?;
     let zone = &config.daemon.timezone;
@@ -335,6 +335,32 @@ fn check_jobs(
             }
         }
     }
+    problems.extend(fleet_problems(&config, only));
+    // Worst first (a monitoring system shows the first line as the status), config order within.
+    problems.sort_by_key(|(code, _)| std::cmp::Reverse(*code));
+    let code = problems.first().map_or(CheckCode::Ok, |(c, _)| *c);
+    if problems.is_empty() {
+        let dbs = selected
+            .as_ref()
+            .map_or(config.databases.len(), |s| s.len());
+        let line = if jobs == 0 {
+            format!("OK: no jobs configured in {}", config.file.display())
+        } else {
+            format!(
+                "OK: {jobs} job{} on {dbs} database{}: no failures, every age-checked job ({aged}) succeeded within its max age",
+                if jobs == 1 { "" } else { "s" },
+                if dbs == 1 { "" } else { "s" },
+            )
+        };
+        return Ok((CheckCode::Ok, vec![line]));
+    }
+    Ok((code, problems.into_iter().map(|(_, l)| l).collect()))
+}
+
+/// What `status --check` says of the fleets named (all when `only` is empty): a fleet with jobs
+/// and no member, and the files a fleet refused for their names.
+fn fleet_problems(config: &crate::config::Config, only: &[String]) -> Vec<(CheckCode, String)> {
+    let mut problems = Vec::new();
     // A fleet with jobs but no database now (an empty or unmounted directory) is backed up by
     // nobody: not OK.
     for f in &config.fleets {
@@ -370,25 +396,7 @@ fn check_jobs(
             ));
         }
     }
-    // Worst first (a monitoring system shows the first line as the status), config order within.
-    problems.sort_by_key(|(code, _)| std::cmp::Reverse(*code));
-    let code = problems.first().map_or(CheckCode::Ok, |(c, _)| *c);
-    if problems.is_empty() {
-        let dbs = selected
-            .as_ref()
-            .map_or(config.databases.len(), |s| s.len());
-        let line = if jobs == 0 {
-            format!("OK: no jobs configured in {}", config.file.display())
-        } else {
-            format!(
-                "OK: {jobs} job{} on {dbs} database{}: no failures, every age-checked job ({aged}) succeeded within its max age",
-                if jobs == 1 { "" } else { "s" },
-                if dbs == 1 { "" } else { "s" },
-            )
-        };
-        return Ok((CheckCode::Ok, vec![line]));
-    }
-    Ok((code, problems.into_iter().map(|(_, l)| l).collect()))
+    problems
 }
 
 /// The rules (README.md, "status --check"): a failed or interrupted last run is a WARNING, and
@@ -415,7 +423,7 @@ fn judge(h: &History, max_age: Option<Duration>, now: DateTime<Utc>) -> Vec<(Che
         .filter(|r| r.outcome == RunState::Finished(Outcome::Failed))
     {
         let why = last.error.as_deref().unwrap_or(&last.summary);
-        let why = crate::sqlite::truncate(why.lines().next().unwrap_or(""), 200);
+        let why = crate::domain::truncate(why.lines().next().unwrap_or(""), 200);
         let text = if h.failed_in_a_row > 1 {
             format!(
                 "last {} runs failed, the latest {} ago: {why}",

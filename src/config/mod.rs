@@ -5,6 +5,7 @@
 //!
 //! Every problem becomes one line: `FILE:LINE:COL: KEY: reason (got VALUE)`.
 
+pub mod backup_names;
 pub mod fleet;
 pub mod model;
 pub mod raw;
@@ -49,6 +50,13 @@ pub enum ConfigError {
     TooLarge { path: PathBuf },
     #[error("{}", .0.join("\n"))]
     Invalid(Vec<String>),
+}
+
+/// A configuration that cannot be used ends the command with exit 78 (`EX_CONFIG`).
+impl From<ConfigError> for crate::exit::Failure {
+    fn from(e: ConfigError) -> Self {
+        crate::exit::Failure::new(crate::domain::ExitCode::Config, e)
+    }
 }
 
 /// The largest configuration file read: a real one is a few KiB even with thousands of

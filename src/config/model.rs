@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::archive;
+use super::backup_names;
 use crate::domain::JobKind;
 use crate::schedule::{Schedule, Zone};
 
@@ -185,7 +185,7 @@ pub struct BackupSource {
     /// Schema name on the job's connection: "main" or the attachment's alias.
     pub schema: String,
     /// File-name series: the main file's stem, or the attachment's alias (named by
-    /// `archive::stem_series` and `archive::attached_series`).
+    /// `backup_names::stem_series` and `backup_names::attached_series`).
     pub series: String,
     pub path: PathBuf,
 }
@@ -194,7 +194,7 @@ impl Database {
     /// The files a backup of this database copies, in order: the main file, then each
     /// attachment.
     pub fn backup_sources(&self) -> Vec<BackupSource> {
-        let stem = archive::stem_series(&self.path).unwrap_or_else(|| self.name.clone());
+        let stem = backup_names::stem_series(&self.path).unwrap_or_else(|| self.name.clone());
         let mut out = vec![BackupSource {
             schema: "main".into(),
             series: stem.clone(),
@@ -203,7 +203,7 @@ impl Database {
         for a in &self.attach {
             out.push(BackupSource {
                 schema: a.alias.clone(),
-                series: archive::attached_series(&stem, &a.alias),
+                series: backup_names::attached_series(&stem, &a.alias),
                 path: a.path.clone(),
             });
         }

@@ -132,6 +132,18 @@ pub struct Request {
     pub on_busy: Option<OnBusy>,
 }
 
+impl Request {
+    /// What the health pings need to know of this run.
+    fn ping_run(&self) -> crate::pings::Run<'_> {
+        crate::pings::Run {
+            db: &self.db,
+            kind: self.kind,
+            trigger: self.trigger,
+            dry_run: self.dry_run,
+        }
+    }
+}
+
 /// The runtime context shared by all runs of one process: configuration, pools, state,
 /// shutdown signal, and the process's reporting services (built once by `daemon` or `run`
 /// and kept across reloads).
@@ -168,7 +180,7 @@ pub async fn execute(env: &Env, req: Request) -> Report {
         Ok(Err(e)) => tracing::error!("could not record run {run_id}: {e}"),
         Err(e) => tracing::error!("could not record run {run_id}: {e}"),
     }
-    env.pings.finished(&req, pinger, &report);
+    env.pings.finished(req.ping_run(), pinger, &report);
     env.metrics.update(&env.config, &env.state).await;
     crate::logging::job_finished(&report);
     report
@@ -232,7 +244,7 @@ async fn run_locked(
     {
         tracing::warn!("could not record the start of run {run_id}: {e}");
     }
-    *pinger = env.pings.started(req, run_id);
+    *pinger = env.pings.started(req.ping_run(), run_id);
 
     // The job gets its own cancel token: shutdown cancels it, and so does losing the lock.
     let mut env2 = env.clone();
@@ -271,11 +283,21 @@ async fn run_locked(
         report.summary = format!("stopped: {e}; committed work is kept");
         return report;
     }
+    finish_report(&mut report, result, req.dry_run);
+    report
+}
+
+/// The report of a run that ran: its job's result, or its error, or its thread's panic.
+fn finish_report(
+    report: &mut Report,
+    result: Result<Result<JobResult, JobError>, tokio::task::JoinError>,
+    dry_run: bool,
+) {
     match result {
         Ok(Ok(r)) => {
             report.outcome = if r.skipped {
                 Outcome::Skipped
-            } else if req.dry_run {
+            } else if dry_run {
                 Outcome::DryRun
             } else {
                 Outcome::Ok
@@ -294,7 +316,6 @@ async fn run_locked(
             report.summary = "failed: internal error (job thread panicked)".into();
         }
     }
-    report
 }
 
 fn run_blocking(env: &Env, req: &Request) -> Result<JobResult, JobError> {

@@ -21,6 +21,7 @@ use rusqlite::Connection;
 
 use super::{JobCtx, JobError, JobResult};
 use crate::config::{Threshold, Vacuum, VacuumMode};
+use crate::db_files::{file_len, DbFiles};
 use crate::domain::human_bytes;
 use crate::domain::{Figures, FileFigures, PageFigures, VacuumFigures};
 use crate::sqlite::{quote_ident, truncate_wal};
@@ -32,10 +33,6 @@ const MAX_CHUNK: i64 = 65_536;
 fn sql_err(context: impl Into<String>) -> impl FnOnce(rusqlite::Error) -> JobError {
     let context = context.into();
     move |source| JobError::Sqlite { context, source }
-}
-
-fn file_len(p: &Path) -> u64 {
-    std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
 }
 
 fn measure(conn: &Connection, schema: &str, path: &Path) -> Result<PageFigures, JobError> {
@@ -53,8 +50,8 @@ fn measure(conn: &Connection, schema: &str, path: &Path) -> Result<PageFigures, 
         freelist: get("freelist_count")?,
         unused_bytes: unused_in_pages(conn, schema)
             .map_err(sql_err(format!("{}: reading dbstat", path.display())))?,
-        file_bytes: file_len(path),
-        wal_bytes: file_len(&crate::sqlite::sidecar(path, "-wal")),
+        file_bytes: file_len(path).unwrap_or(0),
+        wal_bytes: file_len(&DbFiles::of(path).wal).unwrap_or(0),
     })
 }
 

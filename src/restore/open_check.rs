@@ -8,7 +8,7 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use super::swap::{side, SIDECARS};
+use crate::db_files::DbFiles;
 
 /// Up to ten pids, then how many more.
 pub fn pid_list(pids: &[u32]) -> String {
@@ -87,8 +87,9 @@ fn may_open(db: &Path, meta: &fs::Metadata, uid: u32, groups: &[u32]) -> bool {
 /// counts too.
 pub(super) fn open_by_others(db: &Path) -> Openers {
     let id = |m: fs::Metadata| (m.dev(), m.ino());
-    let wanted: Vec<(u64, u64)> = std::iter::once(db.to_path_buf())
-        .chain(SIDECARS.iter().map(|s| side(db, s)))
+    let wanted: Vec<(u64, u64)> = DbFiles::of(db)
+        .all()
+        .into_iter()
         .filter_map(|p| fs::metadata(p).ok().map(id))
         .collect();
     let db_meta = fs::metadata(db).ok();

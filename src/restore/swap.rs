@@ -13,7 +13,8 @@ use rusqlite::{Connection, OpenFlags};
 use super::RestoreError;
 use crate::archive;
 
-pub(super) use crate::sqlite::{sidecar as side, SIDECARS};
+use crate::db_files::DbFiles;
+pub(super) use crate::db_files::{sidecar as side, SIDECARS};
 
 /// `e`, noting the stale files moved aside before it happened (when there were any).
 pub(super) fn after_moving_aside(moved: &[(PathBuf, PathBuf)], e: RestoreError) -> RestoreError {
@@ -32,9 +33,10 @@ pub(super) fn keep_path(target: &Path) -> PathBuf {
     let stamp = chrono::Utc::now().format("%Y%m%d-%H%M%S");
     let base = format!("{}.pre-restore-{stamp}", target.display());
     let taken = |p: &str| {
-        ["", "-wal", "-journal"]
+        let f = DbFiles::of(Path::new(p));
+        [&f.main, &f.wal, &f.journal]
             .iter()
-            .any(|s| fs::symlink_metadata(format!("{p}{s}")).is_ok())
+            .any(|p| fs::symlink_metadata(p).is_ok())
     };
     if !taken(&base) {
         return PathBuf::from(base);
@@ -174,9 +176,10 @@ pub(super) fn swap_in(tmp: &Path, target: &Path, keep: &Path) -> Result<Swapped,
     let mut moved_aside = Vec::new();
     if old {
         link_or_move(target, keep)?;
-        for s in ["-wal", "-journal"] {
-            if fs::symlink_metadata(side(target, s)).is_ok() {
-                link_or_move(&side(target, s), &side(keep, s))?;
+        let (live, kept) = (DbFiles::of(target), DbFiles::of(keep));
+        for (from, to) in [(&live.wal, &kept.wal), (&live.journal, &kept.journal)] {
+            if fs::symlink_metadata(from).is_ok() {
+                link_or_move(from, to)?;
             }
         }
         archive::fsync_dir(dir).map_err(RestoreError::Sync)?;
@@ -216,9 +219,10 @@ pub(super) fn swap_back(target: &Path, keep: &Path) -> io::Result<()> {
     for s in SIDECARS {
         let _ = fs::remove_file(side(target, s));
     }
-    for s in ["-wal", "-journal"] {
-        if fs::symlink_metadata(side(keep, s)).is_ok() {
-            fs::rename(side(keep, s), side(target, s))?;
+    let (live, kept) = (DbFiles::of(target), DbFiles::of(keep));
+    for (from, to) in [(&kept.wal, &live.wal), (&kept.journal, &live.journal)] {
+        if fs::symlink_metadata(from).is_ok() {
+            fs::rename(from, to)?;
         }
     }
     fs::rename(keep, target)?;
@@ -227,10 +231,11 @@ pub(super) fn swap_back(target: &Path, keep: &Path) -> io::Result<()> {
 
 /// Remove a temp file and the journals SQLite may have made beside it.
 pub(super) fn remove_temp(tmp: &Path) -> Vec<PathBuf> {
-    ["", "-journal", "-wal", "-shm"]
-        .iter()
-        .map(|s| side(tmp, s))
+    DbFiles::of(tmp)
+        .all()
+        .into_iter()
         .filter(|p| fs::remove_file(p).is_ok())
+        .map(Path::to_path_buf)
         .collect()
 }
 

@@ -18,7 +18,7 @@
 //! tokio's paused time and recorded runs (`tests`).
 
 mod feeder;
-mod roster;
+pub mod roster;
 mod state;
 #[cfg(test)]
 mod tests;

@@ -102,6 +102,7 @@ fn env(dir: &Path, toml: &str) -> Env {
         lock_dir: dir.join("lock"),
     };
     let config = crate::config::load_str(toml, &dir.join("lk.toml"), &defaults, &[]).unwrap();
+    let config = super::roster::with_members(config);
     let state =
         crate::state::State::open(&dir.join("state"), config.longest_keep_history()).unwrap();
     Env {

@@ -2,7 +2,7 @@
 //! and the findings `check` prints.
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use rusqlite::Connection;
@@ -51,24 +51,15 @@ fn access(path: &Path, mode: Access) -> bool {
     rustix::fs::access(path, mode).is_ok()
 }
 
-/// The files SQLite opens beside a database: its WAL, shared-memory index and rollback
-/// journal.
-pub const SIDECARS: [&str; 3] = ["-wal", "-shm", "-journal"];
-
-/// `path` with a sidecar suffix (`-wal`…).
-pub fn sidecar(path: &Path, suffix: &str) -> PathBuf {
-    let mut p = path.as_os_str().to_owned();
-    p.push(suffix);
-    PathBuf::from(p)
-}
+use crate::db_files::DbFiles;
+pub use crate::db_files::{sidecar, SIDECARS};
 
 /// Refuse a sidecar (`-wal`, `-shm`, `-journal`) that exists but is not a regular file: SQLite
 /// would open a FIFO there and block forever, lock held, deaf to SIGTERM. Looked at with
 /// lstat, nothing is opened. Run right before SQLite opens `path`.
 pub fn refuse_special_sidecars(path: &Path) -> Result<(), Finding> {
-    for suffix in SIDECARS {
-        let p = sidecar(path, suffix);
-        match crate::safe_fs::special_file_at(&p) {
+    for (suffix, p) in DbFiles::of(path).sidecars() {
+        match crate::safe_fs::special_file_at(p) {
             Ok(None) => {}
             Ok(Some(kind)) => {
                 return Err(Finding::error(
@@ -249,7 +240,7 @@ pub fn explain(path: &Path, e: &rusqlite::Error, busy_timeout: Duration) -> Find
 pub fn has_rollback_journal(path: &Path) -> bool {
     const MAGIC: [u8; 8] = [0xd9, 0xd5, 0x05, 0xf9, 0x20, 0xa1, 0x63, 0xd7];
     let mut head = [0u8; 8];
-    crate::safe_fs::open_regular(&sidecar(path, "-journal"), false, false)
+    crate::safe_fs::open_regular(&DbFiles::of(path).journal, false, false)
         .and_then(|mut f| f.read_exact(&mut head))
         .map(|_| head == MAGIC)
         .unwrap_or(false)

@@ -88,13 +88,7 @@ unsafe extern "C" fn profile_callback(
     0
 }
 
-/// Cut `s` to `max` characters, marking the cut.
-pub fn truncate(s: &str, max: usize) -> String {
-    match s.char_indices().nth(max) {
-        Some((i, _)) => format!("{}…", &s[..i]),
-        None => s.to_string(),
-    }
-}
+pub use crate::domain::truncate;
 
 /// Recover each bound parameter's rendering from SQLite's expanded SQL, cut to 100
 /// characters; blobs are shown by size only.

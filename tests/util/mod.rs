@@ -7,16 +7,19 @@
 //! - `state`: the run history the binary wrote ([`Run`]);
 //! - `notify`: a fake service manager's `NOTIFY_SOCKET` ([`Notify`]);
 //! - `journald`: a private systemd-journald ([`Journald`]);
-//! - `nobody`: running as uid 65534 ([`unprivileged`], [`give_to_nobody`], …).
+//! - `nobody`: running as uid 65534 ([`unprivileged`], [`give_to_nobody`], …);
+//! - `files`: FIFOs, file ages, sidecar paths, output as text.
 
 #![allow(dead_code, unused_imports)]
 
+mod files;
 mod journald;
 mod nobody;
 mod notify;
 mod process;
 mod state;
 
+pub use files::*;
 pub use journald::*;
 pub use nobody::*;
 pub use notify::*;

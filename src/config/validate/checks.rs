@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::Checker;
-use crate::archive::{attached_series, stem_series};
+use crate::config::backup_names::{self, attached_series, stem_series};
 use crate::config::fleet::is_glob;
 use crate::config::raw::RawConfig;
 use crate::config::{Database, Entries, Fleet, KeyPath, QUARANTINE_DIR};
@@ -218,11 +218,11 @@ fn backups_in_files_rule_dirs(
             continue;
         }
         // The names a backup of this database leaves in its directory.
-        let mut samples = vec![crate::archive::MANIFEST.to_string()];
+        let mut samples = vec![backup_names::MANIFEST.to_string()];
         for source in db.backup_sources() {
             for (compressed, failed) in [(false, false), (true, false), (false, true)] {
                 samples.push(
-                    crate::archive::BackupName {
+                    backup_names::BackupName {
                         series: source.series.clone(),
                         time: stamp,
                         compressed,

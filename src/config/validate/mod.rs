@@ -16,7 +16,7 @@ mod prune;
 mod schedule;
 mod vacuum;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +24,6 @@ use std::time::Duration;
 pub(super) use database::database;
 pub use handles::fleet_handle;
 
-use super::fleet;
 pub use super::fleet::is_glob;
 use super::model::*;
 use super::raw::*;
@@ -189,8 +188,8 @@ fn is_identifier(s: &str) -> bool {
 
 /// Validate the raw configuration into domain types, or return every problem found. The one
 /// entry point: the daemon section, each `[[database]]` stanza (a plain database or a fleet's
-/// template), the fleets' handles, the checks across databases; then, when nothing is wrong,
-/// the fleets' members as the file system has them now.
+/// template), the fleets' handles, the checks across databases. Fleet members are not looked
+/// for here: the scheduler's roster owns scanning.
 pub fn validate(
     raw: RawConfig,
     file: PathBuf,
@@ -204,33 +203,22 @@ pub fn validate(
     if !c.problems.is_empty() {
         return Err(c.problems);
     }
-    Ok(with_members(file, daemon, databases, fleets))
+    Ok(without_members(file, daemon, databases, fleets))
 }
 
-/// The configuration with each fleet's members found now. A member whose name a configured
-/// database or a fleet has is refused, and so is a name two files make (in one fleet or two):
-/// for both files.
-fn with_members(
+/// The configuration as written: plain databases and fleets, no fleet members yet (the
+/// scheduler's roster finds them: `scheduler::roster::with_members`).
+fn without_members(
     file: PathBuf,
     daemon: Daemon,
-    mut databases: Vec<Arc<Database>>,
-    mut fleets: Vec<Fleet>,
+    databases: Vec<Arc<Database>>,
+    fleets: Vec<Fleet>,
 ) -> Config {
-    let mut by_name: HashMap<String, usize> = databases
+    let by_name: HashMap<String, usize> = databases
         .iter()
         .enumerate()
         .map(|(i, d)| (d.name.clone(), i))
         .collect();
-    let plain: HashSet<String> = databases.iter().map(|d| d.name.clone()).collect();
-    for n in 0..fleets.len() {
-        let taken = |name: &str| plain.contains(name) || fleets.iter().any(|f| f.handle == name);
-        let scan = fleet::scan(&fleets, n, &daemon, &taken);
-        for m in scan.members {
-            by_name.insert(m.name.clone(), databases.len());
-            databases.push(m);
-        }
-        fleets[n].rejected = scan.rejected;
-    }
     Config {
         file,
         daemon,

@@ -1,12 +1,17 @@
-//! The daemon's fleet membership: which files each fleet has now, scanned on every tick of
-//! its timers (`config::fleet::scan`, the member rule), and what changed since the last scan
-//! (a member that appeared or vanished, a refused file) so each change is logged once.
+//! Fleet membership, its one owner: which files each fleet has now, scanned at load
+//! (`with_members`: every command's configuration and the daemon's reloads go through it) and
+//! on every tick of a fleet's timers (`scan`; the walk in `scan.rs`, the member rule in
+//! `config::fleet`), and what changed since the last scan (a member that appeared or
+//! vanished, a refused file) so each change is logged once.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use crate::config::fleet::{Rejected, Scan};
+use crate::config::fleet::Rejected;
 use crate::config::{Config, Database};
+
+mod scan;
+pub use scan::{with_members, Scan};
 
 /// Fleet members as last scanned. Lives in the scheduler's `State`.
 #[derive(Default)]
@@ -51,12 +56,7 @@ pub(crate) fn scan(config: &Config, fleet: &str) -> Option<Scan> {
         config.database(name).is_some_and(|d| d.fleet.is_none())
             || config.fleet_by_handle(name).is_some()
     };
-    Some(crate::config::fleet::scan(
-        &config.fleets,
-        n,
-        &config.daemon,
-        &taken,
-    ))
+    Some(scan::scan(&config.fleets, n, &config.daemon, &taken))
 }
 
 impl Roster {

@@ -1,0 +1,75 @@
+//! The files of one SQLite database: the main file and the sidecars SQLite keeps beside it
+//! (`-wal`, `-shm`, `-journal`). The one place their paths are made.
+
+use std::path::{Path, PathBuf};
+
+/// The files SQLite opens beside a database: its WAL, shared-memory index and rollback
+/// journal.
+pub const SIDECARS: [&str; 3] = ["-wal", "-shm", "-journal"];
+
+/// `path` with a sidecar suffix (`-wal`…).
+pub fn sidecar(path: &Path, suffix: &str) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(suffix);
+    PathBuf::from(p)
+}
+
+/// The size of the file at `p` (links followed); None when it cannot be read, e.g. absent.
+pub fn file_len(p: &Path) -> Option<u64> {
+    std::fs::metadata(p).ok().map(|m| m.len())
+}
+
+/// True when `name` ends like a sidecar of some database (`x.db-wal`).
+pub fn is_sidecar_name(name: &str) -> bool {
+    SIDECARS.iter().any(|s| name.ends_with(s))
+}
+
+/// A database's main file and its sidecars.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DbFiles {
+    pub main: PathBuf,
+    pub wal: PathBuf,
+    pub shm: PathBuf,
+    pub journal: PathBuf,
+}
+
+impl DbFiles {
+    pub fn of(main: &Path) -> DbFiles {
+        DbFiles {
+            main: main.to_path_buf(),
+            wal: sidecar(main, "-wal"),
+            shm: sidecar(main, "-shm"),
+            journal: sidecar(main, "-journal"),
+        }
+    }
+
+    /// The sidecars with their suffixes, in [`SIDECARS`] order.
+    pub fn sidecars(&self) -> [(&'static str, &Path); 3] {
+        [
+            ("-wal", &self.wal),
+            ("-shm", &self.shm),
+            ("-journal", &self.journal),
+        ]
+    }
+
+    /// The main file, then the sidecars.
+    pub fn all(&self) -> [&Path; 4] {
+        [&self.main, &self.wal, &self.shm, &self.journal]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sidecars_follow_the_main_name_byte_for_byte() {
+        let f = DbFiles::of(Path::new("/d/chat.db"));
+        assert_eq!(f.wal, Path::new("/d/chat.db-wal"));
+        assert_eq!(f.all()[2], Path::new("/d/chat.db-shm"));
+        let got: Vec<&str> = f.sidecars().iter().map(|(s, _)| *s).collect();
+        assert_eq!(got, SIDECARS);
+        assert_eq!(f.sidecars()[2].1, Path::new("/d/chat.db-journal"));
+        assert!(is_sidecar_name("x.db-journal") && !is_sidecar_name("x.db"));
+    }
+}
