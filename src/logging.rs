@@ -61,13 +61,16 @@ pub fn to_journal() -> bool {
 /// terminal: stderr is one, logs do not go to the journal, not `--quiet`). Errors are
 /// returned (not fatal): logging falls back to stderr.
 pub fn init(args: &LogArgs) -> Result<(), String> {
-    let default = if args.quiet {
-        "warn"
-    } else {
-        "info,tokio_cron_scheduler=warn"
+    // `--quiet` quiets stderr only: the journal keeps every event.
+    let filter_for = |quiet: bool| {
+        let default = if quiet {
+            "warn"
+        } else {
+            "info,tokio_cron_scheduler=warn"
+        };
+        EnvFilter::try_from_env("LITEKEEPER_LOG").unwrap_or_else(|_| EnvFilter::new(default))
     };
-    let filter =
-        || EnvFilter::try_from_env("LITEKEEPER_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let filter = || filter_for(args.quiet);
     let want_journal = match args.log_target {
         LogTarget::Journald => true,
         LogTarget::Stderr => false,
@@ -78,7 +81,7 @@ pub fn init(args: &LogArgs) -> Result<(), String> {
         match journald_layers() {
             Ok((normal, notice)) => {
                 tracing_subscriber::registry()
-                    .with(filter())
+                    .with(filter_for(false))
                     .with(normal.with_filter(filter_fn(|m| m.target() != NOTICE)))
                     .with(notice.with_filter(filter_fn(|m| m.target() == NOTICE)))
                     .try_init()
