@@ -55,6 +55,11 @@ pub struct LogArgs {
     /// Format of log lines on stderr: human (default) or json (one object per line).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human, value_name = "FORMAT")]
     pub log_format: LogFormat,
+
+    /// No progress lines and no info lines on stderr: warnings, errors and the result still
+    /// show (the journal, when logs go there, still gets every event).
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -296,6 +296,9 @@ pub struct RuleFigures {
     /// Batches that held the write lock longer than `max_lock`.
     #[serde(skip_serializing_if = "is_zero")]
     pub batches_over_max_lock: u32,
+    /// Time spent in the pauses between batches (adaptive unless `pause` is set).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paused_ms: Option<u64>,
     /// Set when a batch of a single row (and its dependants) held the lock longer than
     /// `max_lock`: the longest such batch, in ms. No batch size can keep the bound then.
     #[serde(skip_serializing_if = "Option::is_none")]

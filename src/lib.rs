@@ -25,6 +25,7 @@
 //! - `metrics`: the Prometheus textfile written after every run, from what `state` returns.
 //! - `logging`: journald or stderr, event fields and MESSAGE_IDs.
 //! - `notify`: sd_notify messages and the watchdog.
+//! - `progress`: live progress lines on a terminal (nothing elsewhere).
 //! - `pings`: health pings (healthchecks.io style) on a job's start, success and failure.
 //! - `paths`: default locations for root and for users.
 //! - `retention`: which backups to keep and why; pure.
@@ -49,6 +50,7 @@ pub mod paths;
 pub mod pidfile;
 pub mod pings;
 pub mod privileges;
+pub mod progress;
 pub mod restore;
 pub mod retention;
 pub mod safe_fs;

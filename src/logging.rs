@@ -20,6 +20,8 @@ use crate::domain::{Figures, JobKind, Outcome, Report, Trigger};
 pub struct Settings {
     pub log_target: LogTarget,
     pub log_format: LogFormat,
+    /// `--quiet`: no progress lines and no INFO lines on stderr (the journal keeps them).
+    pub quiet: bool,
 }
 
 /// journald when stderr is the journal (`Auto`), or forced either way.
@@ -78,12 +80,20 @@ pub fn to_journal() -> bool {
     TO_JOURNAL.load(std::sync::atomic::Ordering::Relaxed)
 }
 
-/// Install the global subscriber. Errors are returned (not fatal): logging falls back to stderr.
+/// Install the global subscriber, and decide whether progress lines are shown (a person at a
+/// terminal: stderr is one, logs do not go to the journal, not `--quiet`). Errors are
+/// returned (not fatal): logging falls back to stderr.
 pub fn init(args: &Settings) -> Result<(), String> {
-    let filter = || {
-        EnvFilter::try_from_env("LITEKEEPER_LOG")
-            .unwrap_or_else(|_| EnvFilter::new("info,tokio_cron_scheduler=warn"))
+    // `--quiet` quiets stderr only: the journal keeps every event.
+    let filter_for = |quiet: bool| {
+        let default = if quiet {
+            "warn"
+        } else {
+            "info,tokio_cron_scheduler=warn"
+        };
+        EnvFilter::try_from_env("LITEKEEPER_LOG").unwrap_or_else(|_| EnvFilter::new(default))
     };
+    let filter = || filter_for(args.quiet);
     let want_journal = match args.log_target {
         LogTarget::Journald => true,
         LogTarget::Stderr => false,
@@ -94,7 +104,7 @@ pub fn init(args: &Settings) -> Result<(), String> {
         match journald_layers() {
             Ok((normal, notice)) => {
                 tracing_subscriber::registry()
-                    .with(filter())
+                    .with(filter_for(false))
                     .with(normal.with_filter(filter_fn(|m| m.target() != NOTICE)))
                     .with(notice.with_filter(filter_fn(|m| m.target() == NOTICE)))
                     .try_init()
@@ -105,12 +115,23 @@ pub fn init(args: &Settings) -> Result<(), String> {
             Err(e) => warning = Some(format!("cannot log to journald ({e}); logging to stderr")),
         }
     }
-    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let tty = std::io::stderr().is_terminal();
+    crate::progress::init(tty && !args.quiet);
+    let ansi = tty && std::env::var_os("NO_COLOR").is_none();
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(ansi)
         .with_target(false);
     let result = match args.log_format {
+        // A person reads the message; the fields and the figures JSON are for the journal
+        // and `--log-format json`.
+        LogFormat::Human if tty => tracing_subscriber::registry()
+            .with(filter())
+            .with(
+                fmt.with_writer(|| ProgressSafe)
+                    .fmt_fields(tracing_subscriber::fmt::format::debug_fn(for_a_person)),
+            )
+            .try_init(),
         LogFormat::Human => tracing_subscriber::registry()
             .with(filter())
             .with(fmt)
@@ -124,6 +145,39 @@ pub fn init(args: &Settings) -> Result<(), String> {
     match warning {
         Some(w) => Err(w),
         None => Ok(()),
+    }
+}
+
+/// Fields on a terminal: the message, and any field that is not one of the structured
+/// `litekeeper_*` fields or the `message_id` the journal gets.
+fn for_a_person(
+    w: &mut tracing_subscriber::fmt::format::Writer<'_>,
+    field: &tracing::field::Field,
+    value: &dyn std::fmt::Debug,
+) -> std::fmt::Result {
+    match field.name() {
+        "message" => write!(w, "{value:?}"),
+        n if is_structured(n) => Ok(()),
+        n => write!(w, " {n}={value:?}"),
+    }
+}
+
+fn is_structured(name: &str) -> bool {
+    name == "message_id" || name.starts_with("litekeeper_")
+}
+
+/// stderr, with the progress lines lifted while a log line is written.
+struct ProgressSafe;
+
+impl std::io::Write for ProgressSafe {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        crate::progress::suspend(|| std::io::stderr().write(buf))
+    }
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        crate::progress::suspend(|| std::io::stderr().write_all(buf))
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
     }
 }
 

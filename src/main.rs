@@ -49,5 +49,6 @@ fn log_settings(args: &litekeeper::cli::LogArgs) -> litekeeper::logging::Setting
             LogFormat::Human => log::LogFormat::Human,
             LogFormat::Json => log::LogFormat::Json,
         },
+        quiet: args.quiet,
     }
 }

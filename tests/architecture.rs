@@ -38,7 +38,7 @@ const LAYERS: &[Layer] = &[
     ("base",       &["exit", "paths", "safe_fs", "lock", "pidfile", "schedule", "privileges", "db_files"], &["domain"]),
     ("config",     &["config"],                                              &["domain", "base"]),
     ("policy",     &["retention", "units", "demo"],                          &["domain", "base", "config"]),
-    ("output",     &["logging", "notify"],                                   &["domain", "base", "config"]),
+    ("output",     &["logging", "notify", "progress"],                       &["domain", "base", "config"]),
     ("storage",    &["sqlite", "archive", "restore"],                        &["domain", "base", "config", "policy", "output"]),
     ("records",    &["state", "metrics", "pings"],                           &["domain", "base", "config", "policy", "output", "storage"]),
     ("jobs",       &["jobs"],                                                BELOW_JOBS),

@@ -172,7 +172,15 @@ fn a_run_skipped_on_a_held_lock_logs_a_notice() {
     setup(&env);
     let held = litekeeper::lock::try_acquire(&env.path("locks"), "chat", "vacuum").unwrap();
     let mut c = j.litekeeper(&env);
-    c.args(["run", "chat", "backup", "--log-target", "journald"]);
+    // --quiet quiets stderr only: the journal still gets the start (info) and the notice.
+    c.args([
+        "--quiet",
+        "run",
+        "chat",
+        "backup",
+        "--log-target",
+        "journald",
+    ]);
     let (pid, out) = run(c);
     drop(held);
     assert_eq!(out.status.code(), Some(75), "{}", both(&out));

@@ -24,6 +24,7 @@ mod journal;
 mod kill;
 mod metrics;
 mod pings;
+mod progress;
 mod prune;
 mod prune_fk;
 mod restore;

@@ -240,7 +240,8 @@ pub struct Ping {
 pub struct Prune {
     pub timing: Timing,
     pub max_lock: Duration,
-    pub pause: Duration,
+    /// The pause between batches when set; by default it adapts (`jobs::prune_batch::Pacer`).
+    pub pause: Option<Duration>,
     pub max_fraction: f64,
     pub max_rows: Option<u64>,
     pub dry_run: bool,

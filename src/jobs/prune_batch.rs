@@ -1,6 +1,7 @@
 //! How big the next prune batch may be: a model of what a batch costs under the write lock,
 //! learnt from the batches so far, so each transaction stays under `max_lock` whatever the
-//! rule's shape and however many dependants its rows carry.
+//! rule's shape and however many dependants its rows carry; and how long to pause after it
+//! ([`Pacer`]), so the app's writers it held off get in.
 
 use std::time::Duration;
 
@@ -90,6 +91,82 @@ impl LockModel {
     }
 }
 
+/// The longest an app's writer that has waited `waited` for the lock sleeps before it tries
+/// again, in SQLite's own busy handler (`sqlite3_busy_timeout`, which nearly every app and
+/// driver uses): it sleeps 1, 2, 5, 10, 15, 20, 25, 25, 25, 50, 50, then 100 ms at a time. A
+/// writer held off by a batch has waited at most the batch's lock time, so a gap this long
+/// after the commit lets it in at its next try, not one batch later.
+pub(crate) fn busy_retry_within(waited: Duration) -> Duration {
+    const DELAYS: [u64; 12] = [1, 2, 5, 10, 15, 20, 25, 25, 25, 50, 50, 100];
+    let waited = waited.as_millis() as u64;
+    let mut total = 0;
+    for d in DELAYS {
+        if total + d > waited {
+            return Duration::from_millis(d);
+        }
+        total += d;
+    }
+    Duration::from_millis(100)
+}
+
+/// The shortest adaptive pause: an idle app costs a prune little more than its own work.
+const PAUSE_FLOOR: Duration = Duration::from_millis(1);
+/// While the app seems idle, every this many batches the pause is a full window anyway, so a
+/// writer that came in the meantime and slept through short gaps gets in (a bound on what
+/// an app that wakes up waits: about this many batches).
+const PROBE_EVERY: u32 = 3;
+
+/// The pause between two batches. `pause = "…"` in the config fixes it; by default it adapts:
+/// after a batch that held the write lock for `held`, writers that waited meanwhile retry
+/// within [`busy_retry_within`]`(held)`, and that window is the pause while the app writes
+/// (another connection committed in the last gap: `PRAGMA data_version` moved). When nobody
+/// committed in a full window, nobody was waiting: the pause halves toward a 1 ms floor, with
+/// a full window every [`PROBE_EVERY`] batches, and it is back to the window as soon as a
+/// commit shows up.
+#[derive(Debug)]
+pub(crate) struct Pacer {
+    fixed: Option<Duration>,
+    pause: Option<Duration>,
+    /// Whether the last pause was a full window (so a quiet gap means an idle app).
+    last_full: bool,
+    quiet: u32,
+}
+
+impl Pacer {
+    pub(crate) fn new(fixed: Option<Duration>) -> Self {
+        Pacer {
+            fixed,
+            pause: None,
+            last_full: true,
+            quiet: 0,
+        }
+    }
+
+    /// The pause after a batch that held the lock `held`; `writers`: whether another
+    /// connection committed between the previous batch and this one.
+    pub(crate) fn next(&mut self, held: Duration, writers: bool) -> Duration {
+        if let Some(p) = self.fixed {
+            return p;
+        }
+        let window = busy_retry_within(held);
+        let idle = !writers && self.last_full;
+        self.quiet = if writers { 0 } else { self.quiet + 1 };
+        let pause = match self.pause {
+            Some(p) if idle || (!writers && p < window) => {
+                if self.quiet.is_multiple_of(PROBE_EVERY) {
+                    window
+                } else {
+                    (p / 2).clamp(PAUSE_FLOOR, window)
+                }
+            }
+            _ => window,
+        };
+        self.last_full = pause >= window;
+        self.pause = Some(pause);
+        pause
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,5 +192,27 @@ mod tests {
         let keep = m.trim(0.05, 100, 10_000).expect("trimmed");
         assert!(keep < 10, "{keep}");
         assert_eq!(m.trim(0.05, 1, 10_000), None, "one row cannot shrink");
+    }
+
+    #[test]
+    fn the_pause_is_the_window_a_held_off_writer_needs_and_shrinks_while_nobody_writes() {
+        assert_eq!(busy_retry_within(Duration::ZERO), MS);
+        assert_eq!(busy_retry_within(40 * MS), 20 * MS);
+        assert_eq!(busy_retry_within(60 * MS), 25 * MS);
+        assert_eq!(busy_retry_within(10 * MS), 10 * MS);
+        assert_eq!(busy_retry_within(10_000 * MS), 100 * MS);
+        let mut fixed = Pacer::new(Some(7 * MS));
+        assert_eq!(fixed.next(40 * MS, false), 7 * MS);
+        let mut p = Pacer::new(None);
+        // The app writes: every pause is the window of the batch's lock time.
+        assert_eq!(p.next(40 * MS, true), 20 * MS);
+        assert_eq!(p.next(40 * MS, true), 20 * MS);
+        // Nobody committed during a full window: halve, with a full window every third.
+        assert_eq!(p.next(40 * MS, false), 10 * MS);
+        assert_eq!(p.next(40 * MS, false), 5 * MS);
+        assert_eq!(p.next(40 * MS, false), 20 * MS);
+        assert_eq!(p.next(40 * MS, false), 10 * MS);
+        // A commit shows up: back to the window at once.
+        assert_eq!(p.next(40 * MS, true), 20 * MS);
     }
 }

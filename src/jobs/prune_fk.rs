@@ -288,20 +288,99 @@ fn cols(prefix: &str, c: &[String]) -> String {
     format!("({})", v.join(", "))
 }
 
+/// How a plan names the tables of its schema: quoted for SQL, as written for people.
+struct Names<'a> {
+    schema: &'a str,
+}
+
+impl Names<'_> {
+    fn q(&self, t: &str) -> String {
+        format!("{}.{}", quote_ident(self.schema), quote_ident(t))
+    }
+    fn display(&self, t: &str) -> String {
+        if self.schema == "main" {
+            t.to_string()
+        } else {
+            format!("{}.{t}", self.schema)
+        }
+    }
+}
+
+fn key(t: &str) -> String {
+    t.to_ascii_lowercase()
+}
+
 /// Plan the dependants of `root` (a table of `schema`) for rows selected by `root_cond`, an SQL
 /// condition on the root table's columns (unqualified) that already includes the root's
 /// `guard`. `fks` is the schema's graph.
 pub(crate) fn plan(fks: &[Fk], schema: &str, root: &str, root_cond: &str) -> Result<Plan, String> {
-    let q = |t: &str| format!("{}.{}", quote_ident(schema), quote_ident(t));
-    let display = |t: &str| {
-        if schema == "main" {
-            t.to_string()
-        } else {
-            format!("{schema}.{t}")
-        }
-    };
+    let n = Names { schema };
     // 1. The tables that lose rows: the root and, transitively, the children of delete edges.
-    let key = |t: &str| t.to_ascii_lowercase();
+    let (names, order) = losing_rows(fks, root);
+    let in_set: HashSet<String> = order.iter().cloned().collect();
+    let edges: Vec<&Fk> = fks
+        .iter()
+        .filter(|f| in_set.contains(&key(&f.parent)))
+        .collect();
+    if let Some(reason) = edges.iter().find_map(|f| f.broken.clone()) {
+        return Err(reason);
+    }
+    // 2. Self-references: one deleting key per table is followed to the whole subtree.
+    let self_edge = self_edges(&edges, &n)?;
+    // 3. Parents before children; what remains is a cycle.
+    let del_edges: Vec<&Fk> = edges
+        .iter()
+        .copied()
+        .filter(|f| f.on_delete.deletes() && !same(&f.child, &f.parent))
+        .collect();
+    let topo = parents_first(&order, &del_edges, &names, &n)?;
+    if !same(&topo[0], root) {
+        // The root has no parent in the set unless a cycle runs through it (caught above).
+        return Err(format!("internal: {root} is not first in its plan"));
+    }
+    // 4. Each table's condition, parents first.
+    let cond = conditions(&topo, &names, &del_edges, &self_edge, root, root_cond, &n);
+    // 5. Keys whose action is not a delete: updates run first (while every parent row they
+    //    name exists), RESTRICT spares root rows or refuses.
+    let mut plan = Plan {
+        steps: update_steps(&edges, &cond, root, &n)?,
+    };
+    // Deletes children first; the root's own delete is the rule's.
+    for t in topo.iter().skip(1).rev() {
+        let name = &names[t];
+        let action = if del_edges
+            .iter()
+            .any(|f| same(&f.child, t) && f.on_delete == OnDelete::Cascade)
+        {
+            OnDelete::Cascade
+        } else {
+            OnDelete::NoAction
+        };
+        plan.steps.push(Step {
+            display: n.display(name),
+            action: action.word(),
+            change: Change::Delete,
+            qtable: n.q(name),
+            cond: cond[t].clone(),
+        });
+    }
+    if self_edge.contains_key(&key(root)) {
+        // The root's subtree through its own parent key goes first, in a step of its own, so
+        // the rule's delete stays on the batch's keys.
+        plan.steps.push(Step {
+            display: n.display(root),
+            action: "self reference",
+            change: Change::Delete,
+            qtable: n.q(root),
+            cond: format!("{} AND NOT coalesce(({root_cond}), 0)", cond[&key(root)]),
+        });
+    }
+    Ok(plan)
+}
+
+/// The root and, transitively, the children of its delete edges: each table's name as
+/// declared (by lower-case key), and the keys in discovery order (the root first).
+fn losing_rows(fks: &[Fk], root: &str) -> (HashMap<String, String>, Vec<String>) {
     let mut names: HashMap<String, String> = HashMap::new();
     names.insert(key(root), root.to_string());
     let mut order = vec![key(root)];
@@ -319,15 +398,11 @@ pub(crate) fn plan(fks: &[Fk], schema: &str, root: &str, root_cond: &str) -> Res
         }
         i += 1;
     }
-    let in_set: HashSet<String> = order.iter().cloned().collect();
-    let edges: Vec<&Fk> = fks
-        .iter()
-        .filter(|f| in_set.contains(&key(&f.parent)))
-        .collect();
-    if let Some(reason) = edges.iter().find_map(|f| f.broken.clone()) {
-        return Err(reason);
-    }
-    // 2. Self-references: one deleting key per table is followed to the whole subtree.
+    (names, order)
+}
+
+/// The one deleting key through which each table references itself; two are refused.
+fn self_edges<'f>(edges: &[&'f Fk], n: &Names) -> Result<HashMap<String, &'f Fk>, String> {
     let mut self_edge: HashMap<String, &Fk> = HashMap::new();
     for fk in edges
         .iter()
@@ -336,20 +411,25 @@ pub(crate) fn plan(fks: &[Fk], schema: &str, root: &str, root_cond: &str) -> Res
         if let Some(other) = self_edge.insert(key(&fk.child), fk) {
             return Err(format!(
                 "{} references itself through two foreign keys ({} and {}); prune cannot order such deletes safely. Add ON DELETE SET NULL to one of them, or prune this table with an orphan rule",
-                display(&fk.child),
+                n.display(&fk.child),
                 other.describe(),
                 fk.describe()
             ));
         }
     }
-    // 3. Parents before children (Kahn's algorithm over delete edges between distinct tables);
-    //    what remains is a cycle.
+    Ok(self_edge)
+}
+
+/// Parents before children (Kahn's algorithm over delete edges between distinct tables);
+/// tables left over form a cycle, refused with their names.
+fn parents_first(
+    order: &[String],
+    del_edges: &[&Fk],
+    names: &HashMap<String, String>,
+    n: &Names,
+) -> Result<Vec<String>, String> {
     let mut indeg: HashMap<String, usize> = order.iter().map(|t| (t.clone(), 0)).collect();
-    let del_edges: Vec<&&Fk> = edges
-        .iter()
-        .filter(|f| f.on_delete.deletes() && !same(&f.child, &f.parent))
-        .collect();
-    for f in &del_edges {
+    for f in del_edges {
         *indeg.get_mut(&key(&f.child)).expect("child in set") += 1;
     }
     let mut topo: Vec<String> = Vec::new();
@@ -368,7 +448,7 @@ pub(crate) fn plan(fks: &[Fk], schema: &str, root: &str, root_cond: &str) -> Res
         let mut cyc: Vec<String> = order
             .iter()
             .filter(|t| !topo.contains(t))
-            .map(|t| display(&names[t]))
+            .map(|t| n.display(&names[t]))
             .collect();
         cyc.sort();
         return Err(format!(
@@ -376,13 +456,33 @@ pub(crate) fn plan(fks: &[Fk], schema: &str, root: &str, root_cond: &str) -> Res
             cyc.join(", ")
         ));
     }
-    if !same(&topo[0], root) {
-        // The root has no parent in the set unless a cycle runs through it (caught above).
-        return Err(format!("internal: {root} is not first in its plan"));
-    }
-    // 4. Each table's condition, parents first.
+    Ok(topo)
+}
+
+/// `(child cols) IN (SELECT parent cols FROM parent WHERE <parent's condition>)`.
+fn rows_of_parent(f: &Fk, parent_cond: &str, n: &Names) -> String {
+    format!(
+        "{} IN (SELECT {} FROM {} WHERE {})",
+        cols("", &f.from),
+        cols("", &f.to).trim_matches(|c| c == '(' || c == ')'),
+        n.q(&f.parent),
+        parent_cond
+    )
+}
+
+/// Each table's condition on its own columns, parents first, nesting the parents' conditions
+/// down to the rule's; a self-referencing table adds its subtree (a recursive query).
+fn conditions(
+    topo: &[String],
+    names: &HashMap<String, String>,
+    del_edges: &[&Fk],
+    self_edge: &HashMap<String, &Fk>,
+    root: &str,
+    root_cond: &str,
+    n: &Names,
+) -> HashMap<String, String> {
     let mut cond: HashMap<String, String> = HashMap::new();
-    for t in &topo {
+    for t in topo {
         let name = &names[t];
         let mut c = if same(t, root) {
             root_cond.to_string()
@@ -390,15 +490,7 @@ pub(crate) fn plan(fks: &[Fk], schema: &str, root: &str, root_cond: &str) -> Res
             del_edges
                 .iter()
                 .filter(|f| same(&f.child, t))
-                .map(|f| {
-                    format!(
-                        "{} IN (SELECT {} FROM {} WHERE {})",
-                        cols("", &f.from),
-                        cols("", &f.to).trim_matches(|c| c == '(' || c == ')'),
-                        q(&f.parent),
-                        cond[&key(&f.parent)]
-                    )
-                })
+                .map(|f| rows_of_parent(f, &cond[&key(&f.parent)], n))
                 .collect::<Vec<_>>()
                 .join(" OR ")
         };
@@ -409,46 +501,50 @@ pub(crate) fn plan(fks: &[Fk], schema: &str, root: &str, root_cond: &str) -> Res
                 cols("", &s.to),
                 ks.join(", "),
                 cols("", &s.to).trim_matches(|c| c == '(' || c == ')'),
-                q(name),
+                n.q(name),
                 cols("lk_s", &s.to).trim_matches(|c| c == '(' || c == ')'),
-                q(name),
+                n.q(name),
                 cols("lk_s", &s.from),
                 ks.join(", ")
             );
         }
         cond.insert(t.clone(), format!("({c})"));
     }
-    // 5. Keys whose action is not a delete: updates run first (while every parent row they
-    //    name exists), RESTRICT spares root rows or refuses.
-    let mut plan = Plan::default();
+    cond
+}
+
+/// The steps of keys whose action is not a delete: `SET NULL` / `SET DEFAULT` updates;
+/// `RESTRICT` on the root is its guard's business, deeper it is refused, as is a `SET` on a
+/// NOT NULL column.
+fn update_steps(
+    edges: &[&Fk],
+    cond: &HashMap<String, String>,
+    root: &str,
+    n: &Names,
+) -> Result<Vec<Step>, String> {
+    let mut steps = Vec::new();
     for f in edges.iter().filter(|f| !f.on_delete.deletes()) {
-        let parent_rows = format!(
-            "{} IN (SELECT {} FROM {} WHERE {})",
-            cols("", &f.from),
-            cols("", &f.to).trim_matches(|c| c == '(' || c == ')'),
-            q(&f.parent),
-            cond[&key(&f.parent)]
-        );
+        let parent_rows = rows_of_parent(f, &cond[&key(&f.parent)], n);
         match f.on_delete {
             // Spared by the root's guard.
             OnDelete::Restrict if same(&f.parent, root) => {}
             OnDelete::Restrict => {
                 return Err(format!(
                     "deleting from {} reaches {} through its dependants, and {} is ON DELETE RESTRICT; prune refuses rather than break it. Prune {} first with its own rule, or change the key's action",
-                    display(root),
-                    display(&f.parent),
-                    display(&f.describe()),
-                    display(&f.child)
+                    n.display(root),
+                    n.display(&f.parent),
+                    n.display(&f.describe()),
+                    n.display(&f.child)
                 ));
             }
             OnDelete::SetNull | OnDelete::SetDefault => {
                 if let Some(c) = &f.unsettable {
                     return Err(format!(
                         "{} is ON DELETE {}, but {}.{c} is NOT NULL, so no delete from {} can keep it (SQLite with foreign keys on fails the same way); change the key's action or the column",
-                        display(&f.describe()),
+                        n.display(&f.describe()),
                         f.on_delete.word().to_ascii_uppercase(),
-                        display(&f.child),
-                        display(&f.parent)
+                        n.display(&f.child),
+                        n.display(&f.parent)
                     ));
                 }
                 let set = f
@@ -465,48 +561,18 @@ pub(crate) fn plan(fks: &[Fk], schema: &str, root: &str, root_cond: &str) -> Res
                         (c.clone(), v)
                     })
                     .collect();
-                plan.steps.push(Step {
-                    display: display(&f.child),
+                steps.push(Step {
+                    display: n.display(&f.child),
                     action: f.on_delete.word(),
                     change: Change::Set(set),
-                    qtable: q(&f.child),
+                    qtable: n.q(&f.child),
                     cond: format!("({parent_rows})"),
                 });
             }
             OnDelete::Cascade | OnDelete::NoAction => unreachable!("filtered above"),
         }
     }
-    // Deletes children first; the root's own delete is the rule's.
-    for t in topo.iter().skip(1).rev() {
-        let name = &names[t];
-        let action = if del_edges
-            .iter()
-            .any(|f| same(&f.child, t) && f.on_delete == OnDelete::Cascade)
-        {
-            OnDelete::Cascade
-        } else {
-            OnDelete::NoAction
-        };
-        plan.steps.push(Step {
-            display: display(name),
-            action: action.word(),
-            change: Change::Delete,
-            qtable: q(name),
-            cond: cond[t].clone(),
-        });
-    }
-    if self_edge.contains_key(&key(root)) {
-        // The root's subtree through its own parent key goes first, in a step of its own, so
-        // the rule's delete stays on the batch's keys.
-        plan.steps.push(Step {
-            display: display(root),
-            action: "self reference",
-            change: Change::Delete,
-            qtable: q(root),
-            cond: format!("{} AND NOT coalesce(({root_cond}), 0)", cond[&key(root)]),
-        });
-    }
-    Ok(plan)
+    Ok(steps)
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ use crate::config::{Threshold, Vacuum, VacuumMode};
 use crate::db_files::{file_len, DbFiles};
 use crate::domain::human_bytes;
 use crate::domain::{Figures, FileFigures, PageFigures, VacuumFigures};
+use crate::progress::Progress;
 use crate::sqlite::{quote_ident, truncate_wal};
 
 /// PageFigures freed per incremental step at first; adapts to the lock budget.
@@ -415,6 +416,7 @@ fn full(
     deadline: Option<Instant>,
 ) -> Result<(), JobError> {
     let conn: &Connection = ctx.conn;
+    let _progress = vacuum_progress(conn, schema, path);
     let handle = conn.get_interrupt_handle();
     let finished = AtomicBool::new(false);
     let timed_out = AtomicBool::new(false);
@@ -438,6 +440,7 @@ fn full(
         finished.store(true, Ordering::Relaxed);
         r
     });
+    let _ = conn.progress_handler(0, None::<fn() -> bool>);
     match result {
         Ok(()) => Ok(()),
         Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::OperationInterrupted) => {
@@ -454,6 +457,38 @@ fn full(
     }
 }
 
+/// A full VACUUM's progress line on a terminal: the pages it rewrites and the time so far,
+/// with the virtual-machine steps SQLite's progress handler counts (it runs on the VACUUM's
+/// own thread, every 100,000 steps, and never interrupts it).
+fn vacuum_progress(conn: &Connection, schema: &str, path: &Path) -> Progress {
+    let progress = Progress::working(format!(
+        "vacuum {}:",
+        path.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    let Some(bar) = progress.handle() else {
+        return progress;
+    };
+    let pages: i64 = conn
+        .query_row(
+            &format!("PRAGMA {}.page_count", quote_ident(schema)),
+            [],
+            |r| r.get(0),
+        )
+        .unwrap_or(0);
+    let what = format!("full VACUUM of {pages} pages");
+    bar.set_message(what.clone());
+    let mut steps = 0u64;
+    let _ = conn.progress_handler(
+        100_000,
+        Some(move || {
+            steps += 1;
+            bar.set_message(format!("{what}, {} M steps", steps / 10));
+            false
+        }),
+    );
+    progress
+}
+
 /// `incremental_vacuum` in chunks sized to the lock budget, pausing between them.
 fn incremental(
     ctx: &JobCtx<'_>,
@@ -468,10 +503,18 @@ fn incremental(
         .prune
         .as_ref()
         .map(|p| (p.max_lock, p.pause))
-        .unwrap_or((Duration::from_millis(50), Duration::from_millis(50)));
+        .unwrap_or((Duration::from_millis(50), None));
     let mut chunk = FIRST_CHUNK;
     let mut chunks = 0u32;
     let mut longest = Duration::ZERO;
+    let progress = Progress::counted(
+        format!(
+            "vacuum {}:",
+            path.file_name().unwrap_or_default().to_string_lossy()
+        ),
+        "free pages freed",
+        report.before.freelist.max(0) as u64,
+    );
     loop {
         ctx.checkpoint()?;
         if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -487,6 +530,8 @@ fn incremental(
                 |r| r.get(0),
             )
             .map_err(sql_err(format!("{}: freelist_count", path.display())))?;
+        progress.set((report.before.freelist - free).max(0) as u64);
+        progress.message(format!("{chunks} chunks"));
         if free == 0 {
             break;
         }
@@ -534,6 +579,9 @@ fn incremental(
                 |_| Ok(()),
             );
         }
+        // prune's `pause` when set, else as long as the chunk held the lock, so the app's
+        // writers held off meanwhile get in.
+        let pause = pause.unwrap_or(took);
         if !pause.is_zero() {
             std::thread::sleep(pause);
         }

@@ -58,11 +58,7 @@ pub(super) fn prune(c: &mut Checker, key: &KeyPath, p: &RawPrune, aliases: &[&st
             p.max_lock.as_ref(),
             Duration::from_millis(50),
         ),
-        pause: c.duration(
-            &key.key("pause"),
-            p.pause.as_ref(),
-            Duration::from_millis(50),
-        ),
+        pause: c.opt_duration(&key.key("pause"), p.pause.as_ref()),
         max_fraction,
         max_rows,
         dry_run: p.dry_run.unwrap_or(false),

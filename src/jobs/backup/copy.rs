@@ -211,7 +211,7 @@ fn copy_snapshot(
         let backup = SqliteBackup::new_with_names(conn, source.schema.as_str(), &mut dst, MAIN_DB)
             .map_err(sql(format!("{shown}: start backup")))?;
         let mut last_remaining: Option<i32> = None;
-        let bar = progress_bar(&source.series, snap.page_count);
+        let bar = crate::progress::pages_bar(&source.series, snap.page_count);
         loop {
             ctx.checkpoint()?;
             match backup
@@ -410,22 +410,4 @@ fn compress(from: &Path, out: &File, to: &Path, level: i32) -> Result<String, Jo
         )));
     }
     Ok(archive::hex(&reader.get_ref().hash.clone().finalize()))
-}
-
-/// A progress bar on stderr, only when a person is watching (a TTY).
-fn progress_bar(series: &str, pages: u64) -> Option<indicatif::ProgressBar> {
-    use std::io::IsTerminal;
-    if !std::io::stderr().is_terminal() {
-        return None;
-    }
-    let bar = indicatif::ProgressBar::new(pages);
-    let style = indicatif::ProgressStyle::with_template(
-        "{prefix} [{bar:30}] {pos}/{len} pages, {per_sec}, eta {eta}",
-    )
-    .map(|s| s.progress_chars("=> "));
-    if let Ok(style) = style {
-        bar.set_style(style);
-    }
-    bar.set_prefix(format!("backup {series}"));
-    Some(bar)
 }

@@ -92,7 +92,6 @@ pub(super) fn prune_files(
         ),
         ..Default::default()
     };
-    let io = |context: String| move |source| JobError::Io { context, source };
     let dir = open_rule_dir(&label, &f.dir)?;
     if f.action == FileAction::Quarantine && !dry_run {
         purge_quarantine(&dir, &f.dir, f.quarantine_days, now, &mut rep)?;
@@ -108,12 +107,67 @@ pub(super) fn prune_files(
             ),
         ));
     }
+    let (mut candidates, matching) = unreferenced(&dir, f, &referenced, &label)?;
+    candidates.sort_by(|a, b| a.name.cmp(&b.name));
+    rep.matched = candidates.len() as u64;
+    rep.samples = candidates
+        .iter()
+        .take(5)
+        .map(|c| printable(&c.name))
+        .collect();
+    if dry_run {
+        rep.files = Some(candidates.len() as u64);
+        rep.bytes = Some(candidates.iter().map(|c| c.bytes).sum());
+        return Ok(rep);
+    }
+    if matching > 0 && candidates.len() as f64 / matching as f64 > prune.max_fraction {
+        return Ok(refuse(
+            rep,
+            format!(
+                "{label}: refused by max_fraction: would remove {} of {matching} entries in {} ({:.0}%), more than max_fraction {:.0}%; nothing of it was removed. Check referenced_by with `litekeeper run {} prune --dry-run`, or raise max_fraction",
+                candidates.len(),
+                f.dir.display(),
+                candidates.len() as f64 * 100.0 / matching as f64,
+                prune.max_fraction * 100.0,
+                ctx.db.name
+            ),
+        ));
+    }
+    let day = now.format("%Y-%m-%d").to_string();
+    let qpath = f.dir.join(QUARANTINE_DIR).join(&day);
+    // Today's quarantine directory, opened (or made) before anything moves: a symlink in its
+    // place refuses the rule with nothing moved.
+    let qdir = if f.action == FileAction::Quarantine && !candidates.is_empty() {
+        let q = own_dir(&dir, QUARANTINE_DIR, &f.dir.join(QUARANTINE_DIR))?;
+        Some(own_dir(&q, &day, &qpath)?)
+    } else {
+        None
+    };
+    let (files, bytes) = remove(ctx, &dir, qdir.as_ref(), &candidates, f, &label, &mut rep)?;
+    rep.deleted = files;
+    rep.files = Some(files);
+    rep.bytes = Some(bytes);
+    if qdir.is_some() && files > 0 {
+        rep.note = Some(format!("moved to {}", qpath.display()));
+    }
+    Ok(rep)
+}
+
+/// The entries of the rule's directory its pattern matches whose id is not referenced and
+/// that are old enough (unsorted), and how many entries the pattern matched in all.
+fn unreferenced(
+    dir: &DirHandle,
+    f: &FilesRule,
+    referenced: &HashSet<String>,
+    label: &str,
+) -> Result<(Vec<Entry>, u64), JobError> {
     let min_age = f.min_age;
     let mut candidates = Vec::new();
     let mut matching = 0u64;
-    let listing = dir
-        .entries()
-        .map_err(io(format!("{label}: listing {}", f.dir.display())))?;
+    let listing = dir.entries().map_err(|source| JobError::Io {
+        context: format!("{label}: listing {}", f.dir.display()),
+        source,
+    })?;
     for entry in listing {
         let Some(name) = entry.name.to_str().map(str::to_string) else {
             continue; // not UTF-8: cannot match a pattern, never touched
@@ -163,46 +217,25 @@ pub(super) fn prune_files(
             bytes,
         });
     }
-    candidates.sort_by(|a, b| a.name.cmp(&b.name));
-    rep.matched = candidates.len() as u64;
-    rep.samples = candidates
-        .iter()
-        .take(5)
-        .map(|c| printable(&c.name))
-        .collect();
-    if dry_run {
-        rep.files = Some(candidates.len() as u64);
-        rep.bytes = Some(candidates.iter().map(|c| c.bytes).sum());
-        return Ok(rep);
-    }
-    if matching > 0 && candidates.len() as f64 / matching as f64 > prune.max_fraction {
-        return Ok(refuse(
-            rep,
-            format!(
-                "{label}: refused by max_fraction: would remove {} of {matching} entries in {} ({:.0}%), more than max_fraction {:.0}%; nothing of it was removed. Check referenced_by with `litekeeper run {} prune --dry-run`, or raise max_fraction",
-                candidates.len(),
-                f.dir.display(),
-                candidates.len() as f64 * 100.0 / matching as f64,
-                prune.max_fraction * 100.0,
-                ctx.db.name
-            ),
-        ));
-    }
-    let day = now.format("%Y-%m-%d").to_string();
-    let qpath = f.dir.join(QUARANTINE_DIR).join(&day);
-    // Today's quarantine directory, opened (or made) before anything moves: a symlink in its
-    // place refuses the rule with nothing moved.
-    let qdir = if f.action == FileAction::Quarantine && !candidates.is_empty() {
-        let q = own_dir(&dir, QUARANTINE_DIR, &f.dir.join(QUARANTINE_DIR))?;
-        Some(own_dir(&q, &day, &qpath)?)
-    } else {
-        None
-    };
+    Ok((candidates, matching))
+}
+
+/// Delete (or move into `qdir`) each candidate; the entries and bytes gone. An entry the app
+/// removed meanwhile is no error; a failure stops the rule with what was done recorded.
+fn remove(
+    ctx: &JobCtx<'_>,
+    dir: &DirHandle,
+    qdir: Option<&DirHandle>,
+    candidates: &[Entry],
+    f: &FilesRule,
+    label: &str,
+    rep: &mut RuleFigures,
+) -> Result<(u64, u64), JobError> {
     let (mut files, mut bytes) = (0u64, 0u64);
-    for c in &candidates {
+    for c in candidates {
         ctx.checkpoint()?;
         let name = OsStr::new(&c.name);
-        let result = match &qdir {
+        let result = match qdir {
             None if c.is_dir => dir.remove_tree(name),
             None => dir.remove_file(name),
             Some(q) => dir.move_into(name, q, name).map(|_| ()),
@@ -223,13 +256,7 @@ pub(super) fn prune_files(
             }
         }
     }
-    rep.deleted = files;
-    rep.files = Some(files);
-    rep.bytes = Some(bytes);
-    if qdir.is_some() && files > 0 {
-        rep.note = Some(format!("moved to {}", qpath.display()));
-    }
-    Ok(rep)
+    Ok((files, bytes))
 }
 
 /// A guard's refusal: the rule is skipped with `why` (logged as a warning), the run goes on.

@@ -31,7 +31,7 @@ use self::rows::delete_in_batches;
 use self::schema::{resolve, Resolved};
 use super::prune_fk;
 use super::{JobCtx, JobError, JobResult};
-use crate::config::{Config, Database};
+use crate::config::{Config, Database, Prune};
 use crate::domain::human_bytes;
 use crate::domain::{DependantFigures, Figures, PruneFigures, RuleFigures};
 use crate::sqlite::truncate_wal;
@@ -158,11 +158,54 @@ pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
         )
     })?;
 
+    let RowsDone {
+        reports,
+        schemas_touched,
+        stopped_early,
+    } = run_rules(ctx, prune, &rules, dry_run)?;
+    if !dry_run {
+        for schema in &schemas_touched {
+            truncate_wal(ctx.conn, schema);
+        }
+    }
+
+    let mut files_reports = Vec::new();
+    if stopped_early.is_none() {
+        for (i, f) in prune.files.iter().enumerate() {
+            ctx.checkpoint()?;
+            files_reports.push(prune_files(ctx, prune, i, f, dry_run, now)?);
+        }
+    }
+
+    let (summary, mut figures) = summarize(prune, dry_run, &reports, &files_reports, stopped_early);
+    figures.rules = reports.into_iter().chain(files_reports).collect();
+    Ok(JobResult {
+        summary,
+        figures: Some(Figures::Prune(figures)),
+        skipped: false,
+    })
+}
+
+/// What the row rules did: their figures, the schemas that lost rows, and why the run
+/// stopped before the end (`max_rows`).
+struct RowsDone {
+    reports: Vec<RuleFigures>,
+    schemas_touched: HashSet<String>,
+    stopped_early: Option<String>,
+}
+
+/// The row rules in order: count, guard, delete (or, dry, count the dependants and sample).
+fn run_rules(
+    ctx: &JobCtx<'_>,
+    prune: &Prune,
+    rules: &[Resolved],
+    dry_run: bool,
+) -> Result<RowsDone, JobError> {
     let mut reports = Vec::new();
     let mut budget = prune.max_rows;
     let mut schemas_touched = HashSet::new();
     let mut stopped_early = None;
-    for r in &rules {
+    for r in rules {
         ctx.checkpoint()?;
         let (matched, total) = count(ctx.conn, r)?;
         let mut rep = RuleFigures {
@@ -216,20 +259,21 @@ pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
             break;
         }
     }
-    if !dry_run {
-        for schema in &schemas_touched {
-            truncate_wal(ctx.conn, schema);
-        }
-    }
+    Ok(RowsDone {
+        reports,
+        schemas_touched,
+        stopped_early,
+    })
+}
 
-    let mut files_reports = Vec::new();
-    if stopped_early.is_none() {
-        for (i, f) in prune.files.iter().enumerate() {
-            ctx.checkpoint()?;
-            files_reports.push(prune_files(ctx, prune, i, f, dry_run, now)?);
-        }
-    }
-
+/// The run's summary line and figures (rules not yet filled in) from the rules' figures.
+fn summarize(
+    prune: &Prune,
+    dry_run: bool,
+    reports: &[RuleFigures],
+    files_reports: &[RuleFigures],
+    stopped_early: Option<String>,
+) -> (String, PruneFigures) {
     let dependants: u64 = reports
         .iter()
         .flat_map(|r| r.dependants.iter())
@@ -290,19 +334,15 @@ pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
         let batches: u32 = reports.iter().map(|r| r.batches).sum();
         let max_ms = reports.iter().map(|r| r.max_batch_ms).max().unwrap_or(0);
         figures.max_batch_ms = Some(max_ms);
+        let paused: u64 = reports.iter().filter_map(|r| r.paused_ms).sum();
         format!(
-            "deleted {rows} rows{with_dependants} in {batches} batches (longest {max_ms} ms) and {files} files ({}){}{}{refused_note}",
+            "deleted {rows} rows{with_dependants} in {batches} batches (longest {max_ms} ms, {paused} ms paused between them) and {files} files ({}){}{}{refused_note}",
             human_bytes(bytes),
             over.concat(),
             stopped_early.map(|s| format!("; {s}")).unwrap_or_default()
         )
     };
-    figures.rules = reports.into_iter().chain(files_reports).collect();
-    Ok(JobResult {
-        summary,
-        figures: Some(Figures::Prune(figures)),
-        skipped: false,
-    })
+    (summary, figures)
 }
 
 /// Rows the rule matches now, and rows in its table. (The planner may use an index here: this

@@ -6,13 +6,14 @@ use std::time::{Duration, Instant};
 use rusqlite::types::Value;
 use rusqlite::{params_from_iter, Connection};
 
-use super::super::prune_batch::{LockModel, FIRST_BATCH};
+use super::super::prune_batch::{LockModel, Pacer, FIRST_BATCH};
 use super::super::prune_fk;
 use super::schema::Resolved;
 use super::{add_dependant, sql_err};
 use crate::config::Prune;
 use crate::domain::RuleFigures;
 use crate::jobs::{JobCtx, JobError};
+use crate::progress::Progress;
 use crate::sqlite::quote_ident;
 
 /// Batch sizes stay within these bounds whatever the timing says.
@@ -21,106 +22,119 @@ const MAX_BATCH: usize = 50_000;
 /// A passive checkpoint every this many batches keeps the WAL from growing.
 const CHECKPOINT_EVERY: u32 = 8;
 
-/// The keyset loop for one rule.
-///
-/// Each batch: copy the keys of the next `limit` matching rows into a temp table (a read of
-/// the database), then, in one `BEGIN IMMEDIATE` transaction, run the foreign-key plan's
-/// steps (dependants first) and delete exactly those keys where the rule still matches. The
-/// write transaction touches only the listed rows and their dependants, so its cost follows
-/// the batch size whatever the rule's shape; the size adapts to the measured lock time, with
-/// dependant rows counting toward it, down to one row.
-pub(super) fn delete_in_batches(
-    ctx: &JobCtx<'_>,
-    prune: &Prune,
-    r: &Resolved,
-    budget: &mut Option<u64>,
-    rep: &mut RuleFigures,
-) -> Result<(), JobError> {
-    let conn: &Connection = ctx.conn;
-    let np = r.params.len();
-    let width = r.keys.width();
-    let keys = r.keys.list();
-    let kcols: Vec<String> = (0..width).map(|i| format!("k{i}")).collect();
-    let kcols = kcols.join(", ");
-    conn.execute_batch(&format!(
-        "DROP TABLE IF EXISTS temp.litekeeper_batch; CREATE TEMP TABLE litekeeper_batch({kcols})"
-    ))
-    .map_err(sql_err(format!(
-        "{}: creating the batch's temp table",
-        r.label
-    )))?;
-    // ?1..?np: the rule's parameters; then lo (width); then the limit.
-    let fill_first = format!(
-        "INSERT INTO temp.litekeeper_batch SELECT {keys} FROM {} NOT INDEXED WHERE ({}) ORDER BY {keys} LIMIT ?{}",
-        r.table,
-        r.predicate,
-        np + 1
-    );
-    let fill_next = format!(
-        "INSERT INTO temp.litekeeper_batch SELECT {keys} FROM {} NOT INDEXED WHERE {} AND ({}) ORDER BY {keys} LIMIT ?{}",
-        r.table,
-        r.keys.cmp(">", np + 1),
-        r.predicate,
-        np + width + 1
-    );
-    let last_key = format!("SELECT {kcols} FROM temp.litekeeper_batch ORDER BY rowid DESC LIMIT 1");
-    // The batch's rows, re-checked in the write transaction: a row the app changed since the
-    // read no longer matches and stays. The unary `+` keeps the planner on the key lookups
-    // (an index the rule's condition could use might cover far more rows than the batch).
-    let root_cond = format!(
-        "({keys}) IN (SELECT {kcols} FROM temp.litekeeper_batch) AND +({})",
-        r.predicate
-    );
-    let plan = prune_fk::plan(&r.fks, &r.schema, &r.name, &root_cond)
-        .map_err(|e| JobError::Refused(format!("{}: {e}", r.label)))?;
-    let counts: Vec<String> = plan.steps.iter().map(|s| s.count_sql()).collect();
-    let mut statements: Vec<String> = plan.steps.iter().map(|s| s.sql()).collect();
-    statements.push(format!("DELETE FROM {} WHERE {root_cond}", r.table));
-    let _sync = CommitWithoutFsync::new(conn, &r.schema);
-    let target = prune.max_lock.as_secs_f64().max(0.000_1);
-    let mut model = LockModel::default();
-    let mut lo: Option<Vec<Value>> = None;
-    let mut last_found = FIRST_BATCH;
-    loop {
-        ctx.checkpoint()?;
-        let n = model
-            .rows_for(target, last_found)
-            .clamp(MIN_BATCH, MAX_BATCH);
-        let limit = match budget {
-            Some(b) => n.min(*b as usize),
-            None => n,
-        };
-        if limit == 0 {
-            return Ok(());
-        }
-        // 1. The keys of the next batch (a read: the app's writers carry on).
+/// The statements of one rule's batches, built once.
+struct BatchSql {
+    /// How many key columns.
+    width: usize,
+    /// Fill the temp table with the first / the next batch's keys.
+    fill_first: String,
+    fill_next: String,
+    /// The batch's last (highest) key.
+    last_key: String,
+    /// Counts of each dependant step's rows (a read, before the write).
+    counts: Vec<String>,
+    /// The write transaction: dependant steps, then the rule's delete.
+    statements: Vec<String>,
+    plan: prune_fk::Plan,
+    /// `PRAGMA schema.data_version`: moves when another connection commits.
+    version: String,
+}
+
+impl BatchSql {
+    fn new(conn: &Connection, r: &Resolved) -> Result<BatchSql, JobError> {
+        let np = r.params.len();
+        let width = r.keys.width();
+        let keys = r.keys.list();
+        let kcols: Vec<String> = (0..width).map(|i| format!("k{i}")).collect();
+        let kcols = kcols.join(", ");
+        conn.execute_batch(&format!(
+            "DROP TABLE IF EXISTS temp.litekeeper_batch; CREATE TEMP TABLE litekeeper_batch({kcols})"
+        ))
+        .map_err(sql_err(format!(
+            "{}: creating the batch's temp table",
+            r.label
+        )))?;
+        // ?1..?np: the rule's parameters; then lo (width); then the limit.
+        let fill_first = format!(
+            "INSERT INTO temp.litekeeper_batch SELECT {keys} FROM {} NOT INDEXED WHERE ({}) ORDER BY {keys} LIMIT ?{}",
+            r.table,
+            r.predicate,
+            np + 1
+        );
+        let fill_next = format!(
+            "INSERT INTO temp.litekeeper_batch SELECT {keys} FROM {} NOT INDEXED WHERE {} AND ({}) ORDER BY {keys} LIMIT ?{}",
+            r.table,
+            r.keys.cmp(">", np + 1),
+            r.predicate,
+            np + width + 1
+        );
+        let last_key =
+            format!("SELECT {kcols} FROM temp.litekeeper_batch ORDER BY rowid DESC LIMIT 1");
+        // The batch's rows, re-checked in the write transaction: a row the app changed since
+        // the read no longer matches and stays. The unary `+` keeps the planner on the key
+        // lookups (an index the rule's condition could use might cover far more rows than the
+        // batch).
+        let root_cond = format!(
+            "({keys}) IN (SELECT {kcols} FROM temp.litekeeper_batch) AND +({})",
+            r.predicate
+        );
+        let plan = prune_fk::plan(&r.fks, &r.schema, &r.name, &root_cond)
+            .map_err(|e| JobError::Refused(format!("{}: {e}", r.label)))?;
+        let counts = plan.steps.iter().map(|s| s.count_sql()).collect();
+        let mut statements: Vec<String> = plan.steps.iter().map(|s| s.sql()).collect();
+        statements.push(format!("DELETE FROM {} WHERE {root_cond}", r.table));
+        Ok(BatchSql {
+            width,
+            fill_first,
+            fill_next,
+            last_key,
+            counts,
+            statements,
+            plan,
+            version: format!("PRAGMA {}.data_version", quote_ident(&r.schema)),
+        })
+    }
+
+    /// Copy the keys of the next `limit` matching rows after `lo` into the temp table (a read:
+    /// the app's writers carry on); how many there were.
+    fn fill(
+        &self,
+        conn: &Connection,
+        r: &Resolved,
+        lo: Option<&[Value]>,
+        limit: usize,
+    ) -> Result<usize, JobError> {
         let mut params: Vec<Value> = r.params.clone();
-        if let Some(lo) = &lo {
+        if let Some(lo) = lo {
             params.extend(lo.iter().cloned());
         }
         params.push(Value::Integer(limit as i64));
         let fill = if lo.is_some() {
-            &fill_next
+            &self.fill_next
         } else {
-            &fill_first
+            &self.fill_first
         };
-        let filled = conn
-            .execute_batch("DELETE FROM temp.litekeeper_batch")
+        conn.execute_batch("DELETE FROM temp.litekeeper_batch")
             .and_then(|()| {
                 conn.prepare_cached(fill)?
                     .execute(params_from_iter(params.iter()))
             })
-            .map_err(sql_err(format!("{}: selecting a batch", r.label)))?;
-        if filled == 0 {
-            return Ok(());
-        }
-        let exhausted = filled < limit;
-        // Dependants count toward the batch: count them (a read) and trim the batch until
-        // the predicted lock time fits, so rows with many dependants cannot overshoot.
-        let mut found = filled;
-        while !counts.is_empty() {
+            .map_err(sql_err(format!("{}: selecting a batch", r.label)))
+    }
+
+    /// Dependants count toward the batch: count them (a read) and trim the batch until the
+    /// predicted lock time fits, so rows with many dependants cannot overshoot. The rows kept.
+    fn trim_to_fit(
+        &self,
+        conn: &Connection,
+        r: &Resolved,
+        model: &LockModel,
+        target: f64,
+        mut found: usize,
+    ) -> Result<usize, JobError> {
+        while !self.counts.is_empty() {
             let mut dep = 0u64;
-            for sql in &counts {
+            for sql in &self.counts {
                 let n: i64 = conn
                     .prepare_cached(sql)
                     .and_then(|mut st| {
@@ -143,60 +157,70 @@ pub(super) fn delete_in_batches(
             .map_err(sql_err(format!("{}: trimming a batch", r.label)))?;
             found = keep;
         }
-        // Rows come in key order: the last one is the batch's upper bound.
-        let hi: Vec<Value> = conn
-            .query_row(&last_key, [], |row| {
-                (0..width).map(|i| row.get::<_, Value>(i)).collect()
-            })
-            .map_err(sql_err(format!("{}: reading keys", r.label)))?;
+        Ok(found)
+    }
+
+    /// The batch's upper bound: rows come in key order, so its last key.
+    fn last_key(&self, conn: &Connection, r: &Resolved) -> Result<Vec<Value>, JobError> {
+        conn.query_row(&self.last_key, [], |row| {
+            (0..self.width).map(|i| row.get::<_, Value>(i)).collect()
+        })
+        .map_err(sql_err(format!("{}: reading keys", r.label)))
+    }
+}
+
+/// The keyset loop for one rule.
+///
+/// Each batch: copy the keys of the next `limit` matching rows into a temp table (a read of
+/// the database), then, in one `BEGIN IMMEDIATE` transaction, run the foreign-key plan's
+/// steps (dependants first) and delete exactly those keys where the rule still matches. The
+/// write transaction touches only the listed rows and their dependants, so its cost follows
+/// the batch size whatever the rule's shape; the size adapts to the measured lock time, with
+/// dependant rows counting toward it, down to one row. Between batches a pause ([`Pacer`])
+/// lets the app's writers in.
+pub(super) fn delete_in_batches(
+    ctx: &JobCtx<'_>,
+    prune: &Prune,
+    r: &Resolved,
+    budget: &mut Option<u64>,
+    rep: &mut RuleFigures,
+) -> Result<(), JobError> {
+    let conn: &Connection = ctx.conn;
+    let sql = BatchSql::new(conn, r)?;
+    let _sync = CommitWithoutFsync::new(conn, &r.schema);
+    let target = prune.max_lock.as_secs_f64().max(0.000_1);
+    let mut model = LockModel::default();
+    let mut pacer = Pacer::new(prune.pause);
+    let progress = Progress::rows(&ctx.db.name, &r.label, rep.matched);
+    progress.message("0 batches");
+    let mut lo: Option<Vec<Value>> = None;
+    let mut last_found = FIRST_BATCH;
+    let mut version = None;
+    loop {
+        ctx.checkpoint()?;
+        let n = model
+            .rows_for(target, last_found)
+            .clamp(MIN_BATCH, MAX_BATCH);
+        let limit = budget.map_or(n, |b| n.min(b as usize));
+        if limit == 0 {
+            return Ok(());
+        }
+        // 1. The keys of the next batch, trimmed to fit the bound with their dependants.
+        let filled = sql.fill(conn, r, lo.as_deref(), limit)?;
+        if filled == 0 {
+            return Ok(());
+        }
+        let found = sql.trim_to_fit(conn, r, &model, target, filled)?;
+        let hi = sql.last_key(conn, r)?;
         // 2. Dependants, then the batch, in one short write transaction.
-        let batch = write_batch(conn, &statements, &r.params, &r.label)?;
-        let (deleted, steps) = batch
-            .changed
-            .split_last()
-            .expect("the rule's delete is last");
-        rep.deleted += deleted;
-        let mut dep_deleted = 0;
-        let mut dep_changed = 0;
-        for (step, n) in plan.steps.iter().zip(steps) {
-            add_dependant(&mut rep.dependants, &step.display, step.action, *n);
-            dep_changed += n;
-            if !matches!(step.change, prune_fk::Change::Set(_)) {
-                dep_deleted += n;
-            }
-        }
-        rep.batches += 1;
-        let held = batch.held;
-        let held_ms = held.as_millis() as u64;
-        rep.max_batch_ms = rep.max_batch_ms.max(held_ms);
-        rep.min_batch = Some(rep.min_batch.map_or(found as u64, |m| m.min(found as u64)));
-        rep.max_batch = Some(rep.max_batch.map_or(found as u64, |m| m.max(found as u64)));
-        if let Some(b) = budget {
-            *b = b.saturating_sub(deleted + dep_deleted);
-        }
+        let batch = write_batch(conn, &sql.statements, &r.params, &sql.version, &r.label)?;
+        let writers = version.is_some_and(|v| v != batch.version);
+        version = Some(batch.version);
+        record(rep, &sql.plan, &batch, found, budget);
         // 3. Learn what a row costs under the lock; note what no batch size can bound.
-        let (dep_time, root_time) = batch.took.split_at(batch.took.len() - 1);
-        model.learn(
-            found as u64,
-            root_time[0],
-            dep_changed,
-            dep_time.iter().sum(),
-            held,
-        );
-        tracing::debug!(
-            "{} batch {}: {found} rows, {dep_changed} dependants, lock {} ms (statements {} ms + {} ms)",
-            r.label,
-            rep.batches,
-            held.as_secs_f64() * 1000.0,
-            root_time[0].as_secs_f64() * 1000.0,
-            dep_time.iter().sum::<Duration>().as_secs_f64() * 1000.0
-        );
-        if held.as_secs_f64() > target {
-            rep.batches_over_max_lock += 1;
-            if found == 1 {
-                rep.one_row_ms = Some(rep.one_row_ms.unwrap_or(0).max(held_ms));
-            }
-        }
+        learn(&mut model, rep, r, &batch, found, target);
+        progress.set(rep.deleted);
+        progress.message(format!("{} batches", rep.batches));
         last_found = found;
         if rep.batches.is_multiple_of(CHECKPOINT_EVERY) {
             let schema = r.table.split('.').next().unwrap_or("main");
@@ -206,13 +230,82 @@ pub(super) fn delete_in_batches(
                 |_| Ok(()),
             );
         }
-        if exhausted && found == filled {
+        if filled < limit && found == filled {
             return Ok(());
         }
         lo = Some(hi);
         // 4. Let the app's writers in.
-        if !prune.pause.is_zero() {
-            std::thread::sleep(prune.pause);
+        let pause = pacer.next(batch.held, writers);
+        rep.paused_ms = Some(rep.paused_ms.unwrap_or(0) + pause.as_millis() as u64);
+        if !pause.is_zero() {
+            std::thread::sleep(pause);
+        }
+    }
+}
+
+/// Count one committed batch into the rule's figures and the run's row budget.
+fn record(
+    rep: &mut RuleFigures,
+    plan: &prune_fk::Plan,
+    batch: &Batch,
+    found: usize,
+    budget: &mut Option<u64>,
+) {
+    let (deleted, steps) = batch
+        .changed
+        .split_last()
+        .expect("the rule's delete is last");
+    rep.deleted += deleted;
+    let mut dep_deleted = 0;
+    for (step, n) in plan.steps.iter().zip(steps) {
+        add_dependant(&mut rep.dependants, &step.display, step.action, *n);
+        if !matches!(step.change, prune_fk::Change::Set(_)) {
+            dep_deleted += n;
+        }
+    }
+    rep.batches += 1;
+    rep.max_batch_ms = rep.max_batch_ms.max(batch.held.as_millis() as u64);
+    let found = found as u64;
+    rep.min_batch = Some(rep.min_batch.map_or(found, |m| m.min(found)));
+    rep.max_batch = Some(rep.max_batch.map_or(found, |m| m.max(found)));
+    if let Some(b) = budget {
+        *b = b.saturating_sub(deleted + dep_deleted);
+    }
+}
+
+/// Feed one batch's timings to the lock model; note a batch over the bound, and a one-row
+/// batch over it (what no batch size can bound).
+fn learn(
+    model: &mut LockModel,
+    rep: &mut RuleFigures,
+    r: &Resolved,
+    batch: &Batch,
+    found: usize,
+    target: f64,
+) {
+    let held = batch.held;
+    let dep_changed: u64 = batch.changed[..batch.changed.len() - 1].iter().sum();
+    let (dep_time, root_time) = batch.took.split_at(batch.took.len() - 1);
+    model.learn(
+        found as u64,
+        root_time[0],
+        dep_changed,
+        dep_time.iter().sum(),
+        held,
+    );
+    tracing::debug!(
+        "{} batch {}: {found} rows, {dep_changed} dependants, lock {} ms (statements {} ms + {} ms)",
+        r.label,
+        rep.batches,
+        held.as_secs_f64() * 1000.0,
+        root_time[0].as_secs_f64() * 1000.0,
+        dep_time.iter().sum::<Duration>().as_secs_f64() * 1000.0
+    );
+    if held.as_secs_f64() > target {
+        rep.batches_over_max_lock += 1;
+        if found == 1 {
+            let held_ms = held.as_millis() as u64;
+            rep.one_row_ms = Some(rep.one_row_ms.unwrap_or(0).max(held_ms));
         }
     }
 }
@@ -283,24 +376,35 @@ impl Drop for CommitWithoutFsync<'_> {
     }
 }
 
-/// One committed batch: rows each statement changed, each statement's time, the lock's time.
+/// One committed batch: rows each statement changed, each statement's time, the lock's time,
+/// and the schema's `data_version` when the lock was taken.
 struct Batch {
     changed: Vec<u64>,
     took: Vec<Duration>,
     held: Duration,
+    version: i64,
 }
 
-/// Run `statements` in one `BEGIN IMMEDIATE` transaction; what each changed and took, and how
-/// long the write lock was held.
+/// Run `statements` in one `BEGIN IMMEDIATE` transaction; what each changed and took, how
+/// long the write lock was held, and `version_sql`'s value once it was taken (it counts the
+/// other connections' commits up to then).
 fn write_batch(
     conn: &Connection,
     statements: &[String],
     params: &[Value],
+    version_sql: &str,
     label: &str,
 ) -> Result<Batch, JobError> {
     conn.execute_batch("BEGIN IMMEDIATE")
         .map_err(sql_err(format!("{label}: starting a write transaction (the app may hold the write lock longer than busy_timeout)")))?;
     let started = Instant::now();
+    let version = match conn.query_row(version_sql, [], |row| row.get(0)) {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(sql_err(format!("{label}: reading data_version"))(e));
+        }
+    };
     let mut changed = Vec::with_capacity(statements.len());
     let mut took = Vec::with_capacity(statements.len());
     for sql in statements {
@@ -327,5 +431,6 @@ fn write_batch(
         changed,
         took,
         held: started.elapsed(),
+        version,
     })
 }

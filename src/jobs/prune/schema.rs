@@ -222,33 +222,62 @@ pub(super) fn resolve(
 ) -> Result<(Vec<Resolved>, Vec<String>), Vec<SchemaProblem>> {
     let mut problems = Vec::new();
     let mut out = Vec::new();
-    let mut fk_graphs: std::collections::HashMap<String, Result<Vec<prune_fk::Fk>, String>> =
-        Default::default();
+    let mut fk_graphs = FkGraphs::default();
     for (i, rule) in prune.rules.iter().enumerate() {
         let k = rule_key(db_index, i);
-        let blank = Resolved {
-            label: String::new(),
-            what: String::new(),
-            table: String::new(),
-            keys: KeyCols::Rowid("rowid".into()),
-            predicate: String::new(),
-            params: Vec::new(),
-            sample_expr: String::new(),
-            schema: String::new(),
-            name: String::new(),
-            fks: Vec::new(),
-            restricted_by: Vec::new(),
-            runs_after: Vec::new(),
+        let Some(checked) = CheckedTable::of(conn, rule, &k, &mut problems) else {
+            continue;
         };
+        let Some(resolved) = checked.resolve(rule, i, now, &mut problems) else {
+            continue;
+        };
+        if let Some(r) = fk_graphs.apply(conn, resolved, checked.table, &k, &mut problems) {
+            out.push(r);
+        }
+    }
+    order_for_restrict(&mut out);
+    let mut refs = Vec::new();
+    for (i, f) in prune.files.iter().enumerate() {
+        match check_reference_query(conn, &f.referenced_by) {
+            Ok(()) => refs.push(f.referenced_by.clone()),
+            Err(reason) => problems.push(SchemaProblem {
+                key: files_key(db_index, i).key("referenced_by"),
+                reason,
+            }),
+        }
+    }
+    if problems.is_empty() {
+        Ok((out, refs))
+    } else {
+        Err(problems)
+    }
+}
+
+/// A rule's table, found in the live schema: its columns and how its rows are addressed.
+struct CheckedTable<'a> {
+    conn: &'a Connection,
+    k: &'a KeyPath,
+    table: &'a TableRef,
+    /// The quoted `schema.table`.
+    qt: String,
+    cols: Vec<(String, i64)>,
+    keys: KeyCols,
+}
+
+impl<'a> CheckedTable<'a> {
+    /// The rule's table, or None with the problem recorded.
+    fn of(
+        conn: &'a Connection,
+        rule: &'a Rule,
+        k: &'a KeyPath,
+        problems: &mut Vec<SchemaProblem>,
+    ) -> Option<CheckedTable<'a>> {
         let table = match rule {
             Rule::Age { table, .. } | Rule::Where { table, .. } | Rule::Orphan { table, .. } => {
                 table
             }
         };
-        let Some((cols, without_rowid)) = check_table(conn, table, &k.key("table"), &mut problems)
-        else {
-            continue;
-        };
+        let (cols, without_rowid) = check_table(conn, table, &k.key("table"), problems)?;
         let keys = if without_rowid {
             let mut pk: Vec<(String, i64)> = cols.iter().filter(|(_, p)| *p > 0).cloned().collect();
             pk.sort_by_key(|(_, p)| *p);
@@ -268,168 +297,231 @@ pub(super) fn resolve(
                             display_table(table)
                         ),
                     });
-                    continue;
+                    return None;
                 }
             }
         };
-        let qt = qtable(table);
-        let has_col = |c: &str| cols.iter().any(|(n, _)| n.eq_ignore_ascii_case(c));
-        let col_list = cols
+        Some(CheckedTable {
+            conn,
+            k,
+            table,
+            qt: qtable(table),
+            cols,
+            keys,
+        })
+    }
+
+    fn has_col(&self, c: &str) -> bool {
+        self.cols.iter().any(|(n, _)| n.eq_ignore_ascii_case(c))
+    }
+
+    fn col_list(&self) -> String {
+        self.cols
             .iter()
             .map(|(n, _)| n.as_str())
             .collect::<Vec<_>>()
-            .join(", ");
-        let expr_ok = |key: KeyPath, expr: &str, problems: &mut Vec<SchemaProblem>| match check_expr(
-            conn, &qt, expr,
-        ) {
+            .join(", ")
+    }
+
+    /// Whether an SQL fragment of the rule compiles against the table; a problem at `key`
+    /// when not.
+    fn expr_ok(&self, key: KeyPath, expr: &str, problems: &mut Vec<SchemaProblem>) -> bool {
+        match check_expr(self.conn, &self.qt, expr) {
             Ok(()) => true,
             Err(mut reason) => {
                 if reason.starts_with("no such column") {
-                    reason = format!("{reason} in {} (it has: {col_list})", display_table(table));
+                    reason = format!(
+                        "{reason} in {} (it has: {})",
+                        display_table(self.table),
+                        self.col_list()
+                    );
                 }
                 problems.push(SchemaProblem { key, reason });
                 false
             }
-        };
-        let resolved = match rule {
-            Rule::Age {
-                column,
-                older_than,
-                time_format,
-                filter,
-                ..
-            } => {
-                if !has_col(column) {
-                    problems.push(SchemaProblem {
-                        key: k.key("column"),
-                        reason: format!(
-                            "no column {column:?} in {} (it has: {})",
-                            display_table(table),
-                            cols.iter()
-                                .map(|(n, _)| n.as_str())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
-                    });
-                    continue;
-                }
-                if let Some(f) = filter {
-                    if !expr_ok(k.key("where"), f, &mut problems) {
-                        continue;
-                    }
-                }
-                let cutoff =
-                    now - chrono::Duration::from_std(*older_than).unwrap_or(chrono::Duration::MAX);
-                let (cond, param) = match time_format {
-                    TimeFormat::Unix => (
-                        format!("{} < ?1", quote_ident(column)),
-                        Value::Integer(cutoff.timestamp()),
-                    ),
-                    TimeFormat::UnixMs => (
-                        format!("{} < ?1", quote_ident(column)),
-                        Value::Integer(cutoff.timestamp_millis()),
-                    ),
-                    TimeFormat::Iso8601 => (
-                        format!("julianday({}) < ?1", quote_ident(column)),
-                        Value::Real(julian(cutoff)),
-                    ),
-                    TimeFormat::Julian => (
-                        format!("{} < ?1", quote_ident(column)),
-                        Value::Real(julian(cutoff)),
-                    ),
-                };
-                let predicate = match filter {
-                    Some(f) => format!("{cond} AND ({f})"),
-                    None => cond,
-                };
-                Resolved {
-                    label: format!("rule[{i}]"),
-                    what: format!(
-                        "{}: {column} older than {}{}",
-                        display_table(table),
-                        short_duration(*older_than),
-                        filter
-                            .as_ref()
-                            .map(|f| format!(" where {f}"))
-                            .unwrap_or_default()
-                    ),
-                    table: qt.clone(),
-                    sample_expr: keys.list(),
-                    keys,
-                    predicate,
-                    params: vec![param],
-                    ..blank
-                }
-            }
+        }
+    }
+
+    /// A resolved rule with this table's fields, the rest filled by the caller.
+    fn base(&self, i: usize, what: String, predicate: String) -> Resolved {
+        Resolved {
+            label: format!("rule[{i}]"),
+            what,
+            table: self.qt.clone(),
+            keys: self.keys.clone(),
+            predicate,
+            params: Vec::new(),
+            sample_expr: self.keys.list(),
+            schema: String::new(),
+            name: String::new(),
+            fks: Vec::new(),
+            restricted_by: Vec::new(),
+            runs_after: Vec::new(),
+        }
+    }
+
+    /// The rule's predicate against this table, or None with its problems recorded.
+    fn resolve(
+        &self,
+        rule: &Rule,
+        i: usize,
+        now: DateTime<Utc>,
+        problems: &mut Vec<SchemaProblem>,
+    ) -> Option<Resolved> {
+        let k = self.k;
+        match rule {
+            Rule::Age { .. } => self.age(i, rule, now, problems),
             Rule::Where { filter, .. } => {
-                if !expr_ok(k.key("where"), filter, &mut problems) {
-                    continue;
+                if !self.expr_ok(k.key("where"), filter, problems) {
+                    return None;
                 }
-                Resolved {
-                    label: format!("rule[{i}]"),
-                    what: format!("{}: where {filter}", display_table(table)),
-                    table: qt.clone(),
-                    sample_expr: keys.list(),
-                    keys,
-                    predicate: format!("({filter})"),
-                    params: Vec::new(),
-                    ..blank
-                }
+                Some(self.base(
+                    i,
+                    format!("{}: where {filter}", display_table(self.table)),
+                    format!("({filter})"),
+                ))
             }
             Rule::Orphan {
                 key,
                 parent,
                 parent_column,
                 ..
-            } => {
-                if !expr_ok(k.key("key"), key, &mut problems) {
-                    continue;
-                }
-                let Some((pcols, _)) = check_table(conn, parent, &k.key("parent"), &mut problems)
-                else {
-                    continue;
-                };
-                if !pcols
-                    .iter()
-                    .any(|(n, _)| n.eq_ignore_ascii_case(parent_column))
-                {
-                    problems.push(SchemaProblem {
-                        key: k.key("parent"),
-                        reason: format!("no column {parent_column:?} in {}", display_table(parent)),
-                    });
-                    continue;
-                }
-                let pcol = quote_ident(parent_column);
-                Resolved {
-                    label: format!("rule[{i}]"),
-                    what: format!(
-                        "{}: rows whose {key} has no {}.{parent_column}",
-                        display_table(table),
-                        display_table(parent)
-                    ),
-                    table: qt.clone(),
-                    keys,
-                    // NULL keys are not orphans (no parent was ever named), and NULL parent
-                    // values are left out so NOT IN never turns into "unknown".
-                    predicate: format!(
-                        "({key}) IS NOT NULL AND ({key}) NOT IN (SELECT {pcol} FROM {} WHERE {pcol} IS NOT NULL)",
-                        qtable(parent)
-                    ),
-                    params: Vec::new(),
-                    sample_expr: format!("({key})"),
-                    ..blank
-                }
-            }
+            } => self.orphan(i, key, parent, parent_column, problems),
+        }
+    }
+
+    fn age(
+        &self,
+        i: usize,
+        rule: &Rule,
+        now: DateTime<Utc>,
+        problems: &mut Vec<SchemaProblem>,
+    ) -> Option<Resolved> {
+        let Rule::Age {
+            column,
+            older_than,
+            time_format,
+            filter,
+            ..
+        } = rule
+        else {
+            return None;
         };
-        // Declared foreign keys: the rule deletes each batch's dependants first, spares the
-        // rows an ON DELETE RESTRICT key protects, and refuses a graph it cannot order.
+        let (older_than, filter) = (*older_than, filter.as_deref());
+        if !self.has_col(column) {
+            problems.push(SchemaProblem {
+                key: self.k.key("column"),
+                reason: format!(
+                    "no column {column:?} in {} (it has: {})",
+                    display_table(self.table),
+                    self.col_list()
+                ),
+            });
+            return None;
+        }
+        if let Some(f) = filter {
+            if !self.expr_ok(self.k.key("where"), f, problems) {
+                return None;
+            }
+        }
+        let cutoff = now - chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
+        let (cond, param) = match time_format {
+            TimeFormat::Unix => (
+                format!("{} < ?1", quote_ident(column)),
+                Value::Integer(cutoff.timestamp()),
+            ),
+            TimeFormat::UnixMs => (
+                format!("{} < ?1", quote_ident(column)),
+                Value::Integer(cutoff.timestamp_millis()),
+            ),
+            TimeFormat::Iso8601 => (
+                format!("julianday({}) < ?1", quote_ident(column)),
+                Value::Real(julian(cutoff)),
+            ),
+            TimeFormat::Julian => (
+                format!("{} < ?1", quote_ident(column)),
+                Value::Real(julian(cutoff)),
+            ),
+        };
+        let predicate = match filter {
+            Some(f) => format!("{cond} AND ({f})"),
+            None => cond,
+        };
+        let what = format!(
+            "{}: {column} older than {}{}",
+            display_table(self.table),
+            short_duration(older_than),
+            filter.map(|f| format!(" where {f}")).unwrap_or_default()
+        );
+        Some(Resolved {
+            params: vec![param],
+            ..self.base(i, what, predicate)
+        })
+    }
+
+    fn orphan(
+        &self,
+        i: usize,
+        key: &str,
+        parent: &TableRef,
+        parent_column: &str,
+        problems: &mut Vec<SchemaProblem>,
+    ) -> Option<Resolved> {
+        let k = self.k;
+        if !self.expr_ok(k.key("key"), key, problems) {
+            return None;
+        }
+        let (pcols, _) = check_table(self.conn, parent, &k.key("parent"), problems)?;
+        if !pcols
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case(parent_column))
+        {
+            problems.push(SchemaProblem {
+                key: k.key("parent"),
+                reason: format!("no column {parent_column:?} in {}", display_table(parent)),
+            });
+            return None;
+        }
+        let pcol = quote_ident(parent_column);
+        let what = format!(
+            "{}: rows whose {key} has no {}.{parent_column}",
+            display_table(self.table),
+            display_table(parent)
+        );
+        // NULL keys are not orphans (no parent was ever named), and NULL parent values are
+        // left out so NOT IN never turns into "unknown".
+        let predicate = format!(
+            "({key}) IS NOT NULL AND ({key}) NOT IN (SELECT {pcol} FROM {} WHERE {pcol} IS NOT NULL)",
+            qtable(parent)
+        );
+        Some(Resolved {
+            sample_expr: format!("({key})"),
+            ..self.base(i, what, predicate)
+        })
+    }
+}
+
+/// The declared foreign keys of each schema, read once per resolve.
+#[derive(Default)]
+struct FkGraphs(std::collections::HashMap<String, Result<Vec<prune_fk::Fk>, String>>);
+
+impl FkGraphs {
+    /// Declared foreign keys: the rule deletes each batch's dependants first, spares the rows
+    /// an ON DELETE RESTRICT key protects, and refuses a graph it cannot order.
+    fn apply(
+        &mut self,
+        conn: &Connection,
+        resolved: Resolved,
+        table: &TableRef,
+        k: &KeyPath,
+        problems: &mut Vec<SchemaProblem>,
+    ) -> Option<Resolved> {
         let schema = table.schema.clone().unwrap_or_else(|| "main".into());
-        let fks = match fk_graphs.entry(schema.clone()) {
-            std::collections::hash_map::Entry::Occupied(e) => e.get().clone(),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(prune_fk::read(conn, &schema)).clone()
-            }
-        };
+        let fks = self
+            .0
+            .entry(schema.clone())
+            .or_insert_with(|| prune_fk::read(conn, &schema))
+            .clone();
         let fks = match fks {
             Ok(f) => f,
             Err(reason) => {
@@ -437,7 +529,7 @@ pub(super) fn resolve(
                     key: k.key("table"),
                     reason,
                 });
-                continue;
+                return None;
             }
         };
         let (guard, restricted_by) = prune_fk::guard(&fks, &schema, &table.table);
@@ -455,26 +547,10 @@ pub(super) fn resolve(
                 key: k.key("table"),
                 reason,
             });
-            continue;
+            return None;
         }
         resolved.fks = fks;
-        out.push(resolved);
-    }
-    order_for_restrict(&mut out);
-    let mut refs = Vec::new();
-    for (i, f) in prune.files.iter().enumerate() {
-        match check_reference_query(conn, &f.referenced_by) {
-            Ok(()) => refs.push(f.referenced_by.clone()),
-            Err(reason) => problems.push(SchemaProblem {
-                key: files_key(db_index, i).key("referenced_by"),
-                reason,
-            }),
-        }
-    }
-    if problems.is_empty() {
-        Ok((out, refs))
-    } else {
-        Err(problems)
+        Some(resolved)
     }
 }
 
