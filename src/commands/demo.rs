@@ -101,15 +101,17 @@ pub fn run(args: DemoArgs) -> Result<ExitCode, Failure> {
     let db = config.databases[0].clone();
     let mut failed = false;
     // Preview first, as an operator would: what prune would delete, per rule.
+    // A fresh context per run, as each `litekeeper run` would have.
+    let env = || Env {
+        pools: Pools::new(&config),
+        config: config.clone(),
+        state: state.clone(),
+        cancel: CancellationToken::new(),
+        metrics: Default::default(),
+        pings: Default::default(),
+    };
     let preview = rt.block_on(jobs::execute(
-        &Env {
-            pools: Pools::new(&config),
-            config: config.clone(),
-            state: state.clone(),
-            cancel: CancellationToken::new(),
-            metrics: Default::default(),
-            pings: Default::default(),
-        },
+        &env(),
         Request {
             db: db.clone(),
             kind: JobKind::Prune,
@@ -124,14 +126,6 @@ pub fn run(args: DemoArgs) -> Result<ExitCode, Failure> {
     }
     println!();
     for kind in JobKind::ALL {
-        let env = Env {
-            pools: Pools::new(&config),
-            config: config.clone(),
-            state: state.clone(),
-            cancel: CancellationToken::new(),
-            metrics: Default::default(),
-            pings: Default::default(),
-        };
         let req = Request {
             db: db.clone(),
             kind,
@@ -139,7 +133,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode, Failure> {
             dry_run: false,
             on_busy: None,
         };
-        let report = rt.block_on(jobs::execute(&env, req));
+        let report = rt.block_on(jobs::execute(&env(), req));
         let not_built = report
             .error
             .as_deref()

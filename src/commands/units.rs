@@ -26,6 +26,10 @@ const SYSTEM_UNITS: &[(&str, &str)] = &[
         "litekeeper-backup@.service",
         include_str!("../../systemd/litekeeper-backup@.service"),
     ),
+];
+
+/// The timers, the same for both managers.
+const TIMERS: &[(&str, &str)] = &[
     (
         "litekeeper-prune@.timer",
         include_str!("../../systemd/litekeeper-prune@.timer"),
@@ -57,18 +61,6 @@ const USER_UNITS: &[(&str, &str)] = &[
     (
         "litekeeper-backup@.service",
         include_str!("../../systemd/user/litekeeper-backup@.service"),
-    ),
-    (
-        "litekeeper-prune@.timer",
-        include_str!("../../systemd/litekeeper-prune@.timer"),
-    ),
-    (
-        "litekeeper-vacuum@.timer",
-        include_str!("../../systemd/litekeeper-vacuum@.timer"),
-    ),
-    (
-        "litekeeper-backup@.timer",
-        include_str!("../../systemd/litekeeper-backup@.timer"),
     ),
 ];
 
@@ -107,7 +99,7 @@ pub fn run(path: &Path, args: UnitsArgs) -> Result<ExitCode, Failure> {
     if args.with_units {
         let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/usr/bin/litekeeper"));
         let set = if args.user { USER_UNITS } else { SYSTEM_UNITS };
-        for (name, text) in set {
+        for (name, text) in set.iter().chain(TIMERS) {
             files.push(UnitFile {
                 path: PathBuf::from(name),
                 text: units::with_executable(text, &exe).map_err(config_error)?,

@@ -153,22 +153,15 @@ fn a_run_whose_process_died_reads_as_interrupted() {
     state
         .start("r1", "chat", JobKind::Prune, Trigger::Schedule, Utc::now())
         .unwrap();
-    assert_eq!(
+    let outcome = || {
         state
             .last_run("chat", JobKind::Prune)
             .unwrap()
             .unwrap()
-            .outcome,
-        RunState::Running
-    );
+            .outcome
+    };
+    assert_eq!(outcome(), RunState::Running);
     let c = Connection::open(state.path()).unwrap();
     c.execute("UPDATE runs SET pid = 2147483000", []).unwrap();
-    assert_eq!(
-        state
-            .last_run("chat", JobKind::Prune)
-            .unwrap()
-            .unwrap()
-            .outcome,
-        RunState::Interrupted
-    );
+    assert_eq!(outcome(), RunState::Interrupted);
 }
