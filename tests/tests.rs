@@ -36,3 +36,4 @@ mod status_check;
 mod systemd_e2e;
 mod units;
 mod vacuum;
+mod zstd;
