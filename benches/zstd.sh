@@ -11,8 +11,9 @@ size_mib=${1:-512}
 level=${2:-3}
 rounds=${3:-3}
 cd "$(dirname "$0")/.."
-cargo build --release --quiet
-bin=$PWD/target/release/litekeeper
+# LK_BIN=/path/to/litekeeper: measure that binary instead of building this tree.
+[ -n "${LK_BIN:-}" ] || cargo build --release --quiet
+bin=${LK_BIN:-$PWD/target/release/litekeeper}
 T=$(mktemp -d /tmp/lk-bench-zstd.XXXXXX)
 trap 'rm -rf "$T"' EXIT
 db=$T/chat.db
