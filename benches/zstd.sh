@@ -17,7 +17,7 @@ bin=${LK_BIN:-$PWD/target/release/litekeeper}
 T=$(mktemp -d /tmp/lk-bench-zstd.XXXXXX)
 trap 'rm -rf "$T"' EXIT
 db=$T/chat.db
-rows=$((size_mib * 1024 * 1024 / 330))   # ~330 bytes a row with the index
+rows=$((size_mib * 1024 * 1024 / 200))   # ~200 bytes a row with the index
 echo "building a ~${size_mib} MiB WAL chat database ($rows messages)..."
 sqlite3 "$db" "PRAGMA journal_mode=WAL;
   CREATE TABLE messages(id INTEGER PRIMARY KEY, conversation_id INTEGER, role TEXT,
