@@ -459,6 +459,12 @@ pub struct Entry {
     /// SHA-256 of the file as stored.
     pub sha256: String,
     pub compressed: bool,
+    /// Size and SHA-256 of what a compressed backup decompresses to, proved by the backup's
+    /// round trip (absent for uncompressed backups and older manifests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_size: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_sha256: Option<String>,
     pub verified: Verified,
     /// Pages of the source snapshot and of the copy.
     pub page_count: u64,

@@ -991,6 +991,8 @@ fn fabricate(dir: &Path) -> BTreeSet<String> {
                 size: 10,
                 sha256: litekeeper::archive::sha256_file(&p).unwrap(),
                 compressed: false,
+                raw_size: None,
+                raw_sha256: None,
                 verified: Verified::Quick,
                 page_count: 1,
                 page_size: 4096,

@@ -37,3 +37,4 @@ mod status_check;
 mod systemd_e2e;
 mod units;
 mod vacuum;
+mod zstd;

@@ -1,29 +1,28 @@
 //! One source's copy: the backup API in steps (or VACUUM INTO), verification against the
-//! source snapshot, compression with its round-trip check.
+//! source snapshot, then compression (`compress.rs`) or fsync and hash, and the commit.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{BufReader, Read, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use rusqlite::backup::{Backup as SqliteBackup, StepResult};
 use rusqlite::{Connection, OpenFlags, MAIN_DB};
-use sha2::{Digest, Sha256};
 
 use crate::archive::{self, BackupName, Entry, Verified};
 use crate::config::{Backup, BackupMethod, Compression, Verify};
 use crate::jobs::{JobCtx, JobError};
 
+use super::compress::compress_file;
 use super::{file_size, final_name, record_and_commit, sql, Snapshot, Source, TempFiles};
 use crate::sqlite::quote_ident;
 
 /// Pages copied per backup step: cancel is checked between steps.
 const PAGES_PER_STEP: i32 = 1024;
 
-/// Copy, verify, compress and commit one source. A copy that fails verification is stored
-/// as `.failed` with its manifest entry, and the job fails.
+/// Copy, verify, compress and commit one source. A copy that fails verification (or whose
+/// compressed file fails the round trip) is stored as `.failed` with its manifest entry, and
+/// the job fails.
 pub(super) fn copy_one(
     ctx: &JobCtx<'_>,
     cfg: &Backup,
@@ -40,7 +39,6 @@ pub(super) fn copy_one(
     let mut temps = TempFiles(vec![archive::create_temp(&tmp)?]);
     let snapshot = copy_snapshot(ctx, cfg, source, &tmp)?;
     let copied = started.elapsed();
-    let uncompressed = cfg.compression == Compression::None;
 
     let mut entry = Entry {
         file: String::new(),
@@ -51,6 +49,8 @@ pub(super) fn copy_one(
         size: 0,
         sha256: String::new(),
         compressed: false,
+        raw_size: None,
+        raw_sha256: None,
         verified: Verified::None,
         page_count: snapshot.page_count,
         page_size: snapshot.page_size,
@@ -58,44 +58,53 @@ pub(super) fn copy_one(
         duration_ms: 0,
         error: None,
     };
-    // The copy's bytes are final now: an uncompressed backup's SHA-256 is computed on another
-    // core while this one syncs and verifies (both only read the file).
-    let (synced, checked, raw_sha) = std::thread::scope(|s| {
-        let hasher = uncompressed.then(|| s.spawn(|| archive::sha256_file(&tmp)));
-        let synced = archive::fsync_file(&tmp).map(|_| started.elapsed());
-        let checked = match (&synced, cfg.verify) {
-            (Err(_), _) | (_, Verify::None) => Ok(()),
-            _ => verify_copy(&tmp, cfg.verify, cfg.method, &snapshot),
-        };
-        let sha = hasher.map(|h| h.join().expect("hash thread"));
-        (synced, checked, sha)
-    });
-    let synced = synced?;
-    if let Err(problem) = checked {
-        let failed = BackupName {
-            failed: true,
-            ..raw_name.clone()
-        };
-        let failed_path = dir.join(failed.file_name());
-        entry.file = failed.file_name();
-        entry.verified = Verified::Failed;
-        entry.size = file_size(&tmp);
-        entry.sha256 = archive::sha256_file(&tmp).unwrap_or_default();
-        entry.error = Some(problem.clone());
-        entry.duration_ms = started.elapsed().as_millis() as u64;
-        let stored = record_and_commit(dir, &entry, &tmp);
-        if stored.is_ok() {
-            temps.forget(&tmp);
+    let verify = || match cfg.verify {
+        Verify::None => Ok(()),
+        v => verify_copy(&tmp, v, cfg.method, &snapshot),
+    };
+    let final_name = final_name(source, stamp, cfg);
+    let (stored_tmp, checked, stored, raw) = match cfg.compression {
+        Compression::None => {
+            // The copy's bytes are final now: its SHA-256 is computed on another core while
+            // this one syncs and verifies (both only read the file).
+            let (synced, checked, sha) = std::thread::scope(|s| {
+                let hasher = s.spawn(|| archive::sha256_file(&tmp));
+                let synced = archive::fsync_file(&tmp);
+                let checked = match &synced {
+                    Err(_) => Ok(()),
+                    Ok(()) => verify(),
+                };
+                (synced, checked, hasher.join().expect("hash thread"))
+            });
+            synced?;
+            (tmp.clone(), checked, sha.map_err(JobError::from), None)
         }
-        let msg = format!(
-            "backup of {} failed verification ({problem}); {}, retention deleted nothing",
-            source.path.display(),
-            match stored {
-                Ok(()) => format!("kept as {} for inspection", failed_path.display()),
-                Err(e) => format!("could not keep it for inspection ({e})"),
-            }
-        );
-        return Err(JobError::VerifyFailed(msg));
+        Compression::Zstd { level } => {
+            // The raw copy is never kept (unless it fails verification), so it is not
+            // fsynced: it is verified on one thread while this one streams it into the
+            // compressor (workers on every core, round trip while it runs).
+            let ztmp = archive::create_temp(&archive::temp_path(dir, &final_name.file_name()))?;
+            let (checked, compressed) = std::thread::scope(|s| {
+                let checker = s.spawn(verify);
+                let compressed = compress_file(&tmp, ztmp.file(), &ztmp.path, level, &mut || {
+                    ctx.checkpoint()
+                });
+                (checker.join().expect("verify thread"), compressed)
+            });
+            let path = ztmp.path.clone();
+            temps.0.push(ztmp);
+            let (stored, raw) = match compressed {
+                Ok(c) => (Ok(c.stored_sha256), Some((c.raw_bytes, c.raw_sha256))),
+                Err(e) => (Err(e), None),
+            };
+            (path, checked, stored, raw)
+        }
+    };
+    let synced = started.elapsed();
+    if let Err(problem) = checked {
+        return Err(keep_failed(
+            dir, &mut entry, &raw_name, &tmp, problem, started, &mut temps,
+        ));
     }
     entry.verified = match cfg.verify {
         Verify::None => Verified::None,
@@ -103,28 +112,25 @@ pub(super) fn copy_one(
         Verify::Full => Verified::Full,
     };
     ctx.checkpoint()?;
-
-    let final_name = final_name(source, stamp, cfg);
-    let (stored_tmp, sha) = match cfg.compression {
-        Compression::None => (tmp.clone(), raw_sha.expect("hashed above")?),
-        Compression::Zstd { level } => {
-            let ztmp = archive::create_temp(&archive::temp_path(dir, &final_name.file_name()))?;
-            let sha = compress(&tmp, ztmp.file(), &ztmp.path, level)?;
-            let path = ztmp.path.clone();
-            temps.0.push(ztmp);
-            (path, sha)
-        }
-    };
+    entry.sha256 = settle(
+        dir,
+        &mut entry,
+        &final_name,
+        &stored_tmp,
+        stored,
+        started,
+        &mut temps,
+    )?;
     entry.file = final_name.file_name();
     entry.compressed = final_name.compressed;
     entry.size = file_size(&stored_tmp);
-    entry.sha256 = sha;
+    (entry.raw_size, entry.raw_sha256) = raw.unzip();
     let hashed = started.elapsed();
     entry.duration_ms = hashed.as_millis() as u64;
     record_and_commit(dir, &entry, &stored_tmp)?;
     temps.forget(&stored_tmp);
     tracing::debug!(
-        "{}: copy {} ms, fsync {} ms, verify+compress+hash {} ms, {} restarts",
+        "{}: copy {} ms, fsync+verify+compress+hash {} ms, commit {} ms, {} restarts",
         source.series,
         copied.as_millis(),
         (synced - copied).as_millis(),
@@ -132,6 +138,65 @@ pub(super) fn copy_one(
         snapshot.restarts
     );
     Ok((entry, snapshot.restarts))
+}
+
+/// The stored file's SHA-256, or: a compressed file that failed its round trip is kept as
+/// `.failed` (the job fails), any other error is returned as it is.
+fn settle(
+    dir: &Path,
+    entry: &mut Entry,
+    name: &BackupName,
+    stored_tmp: &Path,
+    stored: Result<String, JobError>,
+    started: Instant,
+    temps: &mut TempFiles,
+) -> Result<String, JobError> {
+    match stored {
+        Ok(sha) => Ok(sha),
+        Err(JobError::VerifyFailed(problem)) => {
+            entry.compressed = name.compressed;
+            Err(keep_failed(
+                dir, entry, name, stored_tmp, problem, started, temps,
+            ))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Keep `tmp`, which failed verification, as `name` made `.failed` with its manifest entry,
+/// and say so in the job's error.
+fn keep_failed(
+    dir: &Path,
+    entry: &mut Entry,
+    name: &BackupName,
+    tmp: &Path,
+    problem: String,
+    started: Instant,
+    temps: &mut TempFiles,
+) -> JobError {
+    let failed = BackupName {
+        failed: true,
+        ..name.clone()
+    };
+    let failed_path = dir.join(failed.file_name());
+    entry.file = failed.file_name();
+    entry.verified = Verified::Failed;
+    entry.size = file_size(tmp);
+    entry.sha256 = archive::sha256_file(tmp).unwrap_or_default();
+    entry.error = Some(problem.clone());
+    entry.duration_ms = started.elapsed().as_millis() as u64;
+    let stored = archive::fsync_file(tmp).and_then(|()| record_and_commit(dir, entry, tmp));
+    if stored.is_ok() {
+        temps.forget(tmp);
+    }
+    JobError::VerifyFailed(format!(
+        "backup of {} failed verification ({problem}); {}, retention deleted nothing",
+        entry.source,
+        match stored {
+            Ok(()) => format!("kept as {} for inspection", failed_path.display()),
+            Err(e) => format!("could not keep it for inspection ({e})"),
+        }
+    ))
 }
 
 /// Copy `source` into the new, empty file `tmp` from one read snapshot, recording what it
@@ -342,72 +407,88 @@ fn verify_copy(
     run().unwrap_or_else(|e| Err(format!("cannot read the copy: {e}")))
 }
 
-/// Stream-compress `from` into `to` (mode 0600), then decompress it again and compare hashes.
-/// Read-through SHA-256: the round-trip check reads the compressed file once, and its
-/// checksum comes from that same read.
-struct HashingReader<R> {
-    inner: R,
-    hash: Sha256,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::Manifest;
+    use crate::jobs::backup::compress::{compress_file_with, tests, Wrap};
 
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hash.update(&buf[..n]);
-        Ok(n)
-    }
-}
-
-/// Compress `from` into `to` (streaming), fsync, and prove it decompresses to the same bytes;
-/// returns the SHA-256 of the compressed file.
-fn compress(from: &Path, out: &File, to: &Path, level: i32) -> Result<String, JobError> {
-    let io = |context: String| move |source| JobError::Io { context, source };
-    let mut input =
-        BufReader::new(File::open(from).map_err(io(format!("{}: open", from.display())))?);
-    let mut enc =
-        zstd::stream::Encoder::new(out, level).map_err(io(format!("{}: zstd", to.display())))?;
-    let mut raw_hash = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = input
-            .read(&mut buf)
-            .map_err(io(format!("{}: read", from.display())))?;
-        if n == 0 {
-            break;
+    /// The job's path for a compressed file whose round trip fails: `.zst.failed`, with its
+    /// manifest entry, and a verification failure (exit 65).
+    #[test]
+    fn a_compressed_file_that_fails_its_round_trip_is_kept_as_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let dir = dir.path();
+        let raw = dir.join("raw.db");
+        std::fs::write(&raw, tests::sample(4 << 20)).unwrap();
+        let stamp = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        let name = BackupName {
+            series: "chat".into(),
+            time: stamp,
+            compressed: true,
+            failed: false,
+        };
+        let ztmp = archive::create_temp(&archive::temp_path(dir, &name.file_name())).unwrap();
+        let zpath = ztmp.path.clone();
+        let flip: Wrap = Box::new(|inner| {
+            Box::new(tests::FlipBit {
+                inner,
+                seen: 0,
+                at: 1000,
+            })
+        });
+        let stored = compress_file_with(&raw, ztmp.file(), &zpath, 3, &mut || Ok(()), flip)
+            .map(|c| c.stored_sha256);
+        let mut temps = TempFiles(vec![ztmp]);
+        let mut entry = Entry {
+            file: String::new(),
+            series: "chat".into(),
+            database: "chat".into(),
+            source: "/srv/chat.db".into(),
+            created_at: stamp,
+            size: 0,
+            sha256: String::new(),
+            compressed: false,
+            raw_size: None,
+            raw_sha256: None,
+            verified: Verified::Quick,
+            page_count: 1,
+            page_size: 4096,
+            tables: Default::default(),
+            duration_ms: 0,
+            error: None,
+        };
+        let err = settle(
+            dir,
+            &mut entry,
+            &name,
+            &zpath,
+            stored,
+            Instant::now(),
+            &mut temps,
+        )
+        .unwrap_err();
+        let failed = "chat-20231114-221320.db.zst.failed";
+        match &err {
+            JobError::VerifyFailed(msg) => {
+                assert!(msg.contains("does not decompress"), "{msg}");
+                assert!(
+                    msg.contains(&format!("kept as {}", dir.join(failed).display())),
+                    "{msg}"
+                );
+            }
+            other => panic!("not a verification failure: {other}"),
         }
-        raw_hash.update(&buf[..n]);
-        enc.write_all(&buf[..n])
-            .map_err(io(format!("{}: write", to.display())))?;
+        assert_eq!(err.exit_code(), crate::domain::ExitCode::DataErr);
+        drop(temps);
+        assert!(!zpath.exists());
+        let kept = dir.join(failed);
+        let m = Manifest::load(dir).unwrap();
+        let e = m.get(failed).expect("manifest entry of the failed file");
+        assert_eq!(e.verified, Verified::Failed);
+        assert!(e.compressed);
+        assert_eq!(e.size, std::fs::metadata(&kept).unwrap().len());
+        assert_eq!(e.sha256, archive::sha256_file(&kept).unwrap());
+        assert!(e.error.as_deref().unwrap().contains("does not decompress"));
     }
-    let out = enc
-        .finish()
-        .map_err(io(format!("{}: write", to.display())))?;
-    out.sync_all()
-        .map_err(io(format!("{}: fsync", to.display())))?;
-    let mut dec = zstd::stream::Decoder::new(HashingReader {
-        inner: File::open(to).map_err(io(format!("{}: open", to.display())))?,
-        hash: Sha256::new(),
-    })
-    .map_err(io(format!("{}: zstd", to.display())))?;
-    let mut round = Sha256::new();
-    loop {
-        let n = dec
-            .read(&mut buf)
-            .map_err(io(format!("{}: decompress", to.display())))?;
-        if n == 0 {
-            break;
-        }
-        round.update(&buf[..n]);
-    }
-    // Read whatever the decoder left (a trailing frame) so the checksum covers every byte.
-    let mut reader = dec.finish();
-    std::io::copy(&mut reader, &mut std::io::sink())
-        .map_err(io(format!("{}: read", to.display())))?;
-    if round.finalize() != raw_hash.finalize() {
-        return Err(JobError::VerifyFailed(format!(
-            "{}: compressed copy does not decompress to the backup",
-            to.display()
-        )));
-    }
-    Ok(archive::hex(&reader.get_ref().hash.clone().finalize()))
 }

@@ -11,8 +11,10 @@
 //! and the job fails. Retention then runs (see `retention`), only when every copy verified.
 //!
 //! Layout: `mod.rs` runs the job (names, stamps, the commit of each copy); `copy.rs` copies,
-//! verifies and compresses one source; `retain.rs` plans and applies retention.
+//! verifies and commits one source; `compress.rs` is the zstd compressor with its concurrent
+//! round trip; `retain.rs` plans and applies retention.
 
+mod compress;
 mod copy;
 mod retain;
 
