@@ -323,6 +323,9 @@ struct FigureSamples {
     prune_deleted_files: Option<u64>,
     prune_freed_bytes: Option<u64>,
     backup_size_bytes: Option<u64>,
+    incremental_pages_scanned: Option<u64>,
+    incremental_pages_changed: Option<u64>,
+    incremental_bytes: Option<u64>,
 }
 
 impl FigureSamples {
@@ -336,6 +339,12 @@ impl FigureSamples {
             },
             Some(Figures::Backup(b)) => FigureSamples {
                 backup_size_bytes: b.bytes_after,
+                ..FigureSamples::default()
+            },
+            Some(Figures::Incremental(i)) => FigureSamples {
+                incremental_pages_scanned: Some(i.pages_scanned),
+                incremental_pages_changed: Some(i.pages_changed),
+                incremental_bytes: Some(i.bytes),
                 ..FigureSamples::default()
             },
             Some(Figures::Vacuum(_)) | None => FigureSamples::default(),
@@ -387,6 +396,18 @@ pub fn render(config: &Config, history: &HistoryReader) -> rusqlite::Result<Stri
         "litekeeper_last_backup_size_bytes",
         "Size on disk of the files the last successful backup wrote (compressed size, attached databases included).",
     );
+    let mut incr_scanned = Family::gauge(
+        "litekeeper_last_incremental_pages_scanned",
+        "Pages the last successful incremental backup read from its snapshot (all source files).",
+    );
+    let mut incr_changed = Family::gauge(
+        "litekeeper_last_incremental_pages_changed",
+        "Pages the last successful incremental backup wrote: those that differed from the chain's previous point.",
+    );
+    let mut incr_bytes = Family::gauge(
+        "litekeeper_last_incremental_size_bytes",
+        "Size on disk of the delta files the last successful incremental backup wrote.",
+    );
     let mut db_size = Family::gauge(
         "litekeeper_database_size_bytes",
         "Size of the database file (schema main, or an attached database's alias) when the metrics were written.",
@@ -434,6 +455,9 @@ pub fn render(config: &Config, history: &HistoryReader) -> rusqlite::Result<Stri
                         (&mut files_deleted, f.prune_deleted_files),
                         (&mut bytes_freed, f.prune_freed_bytes),
                         (&mut backup_size, f.backup_size_bytes),
+                        (&mut incr_scanned, f.incremental_pages_scanned),
+                        (&mut incr_changed, f.incremental_pages_changed),
+                        (&mut incr_bytes, f.incremental_bytes),
                     ] {
                         if let Some(v) = value {
                             family.push(&db_label, v.to_string());
@@ -480,6 +504,9 @@ pub fn render(config: &Config, history: &HistoryReader) -> rusqlite::Result<Stri
         &bytes_freed,
         &backup_time,
         &backup_size,
+        &incr_scanned,
+        &incr_changed,
+        &incr_bytes,
         &db_size,
         &wal_size,
     ] {

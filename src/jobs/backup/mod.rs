@@ -13,7 +13,9 @@
 //! Layout: `mod.rs` runs the job (names, stamps, the commit of each copy); `copy.rs` copies,
 //! verifies and compresses one source; `retain.rs` plans and applies retention.
 
+pub mod chains;
 mod copy;
+pub mod incremental;
 mod retain;
 
 use std::collections::BTreeMap;
@@ -166,6 +168,7 @@ pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
         Utc::now(),
         &written.iter().map(|e| e.file.clone()).collect::<Vec<_>>(),
     )?;
+    let chains = chains::apply_chain_retention(ctx.db, cfg, cfg.chain_keep(), Utc::now())?;
     let figures = BackupFigures {
         bytes_before: need,
         would_write: None,
@@ -181,7 +184,7 @@ pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
         pages_per_sec: Some((pages as f64 / elapsed.as_secs_f64().max(1e-6)) as u64),
         verified: Some(main.verified),
         sha256: Some(main.sha256.clone()),
-        retention_deleted: Some(retention.deleted.len() as u64),
+        retention_deleted: Some((retention.deleted.len() + chains.deleted.len()) as u64),
         retention_warnings: Some(retention.warnings.len() as u64),
         restarts: Some(u64::from(restarts)),
     };
