@@ -487,13 +487,23 @@ pub fn open_full(dir: &Path, full: &Entry) -> io::Result<Box<dyn Read>> {
 }
 
 /// Apply `deltas` in order to the plain image open as `image` (the base's bytes), checking
-/// each file's SHA-256 against the manifest and its trailer's sequence; returns the last
-/// trailer (None when there were no deltas).
-pub fn apply_all(dir: &Path, deltas: &[DeltaEntry], image: &File) -> io::Result<Option<Trailer>> {
+/// each trailer against its manifest entry, and with `check_files` each file's SHA-256 first
+/// (a caller that has just checked them passes false); returns the last trailer (None when
+/// there were no deltas).
+pub fn apply_all(
+    dir: &Path,
+    deltas: &[DeltaEntry],
+    image: &File,
+    check_files: bool,
+) -> io::Result<Option<Trailer>> {
     let mut last = None;
     for d in deltas {
         let path = dir.join(&d.file);
-        let sha = archive::sha256_file(&path).map_err(io::Error::other)?;
+        let sha = if check_files {
+            archive::sha256_file(&path).map_err(io::Error::other)?
+        } else {
+            d.sha256.clone()
+        };
         if sha != d.sha256 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,

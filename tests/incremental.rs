@@ -453,3 +453,57 @@ fn incremental_config_is_checked_and_the_timer_knows_the_job() {
         both(&o)
     );
 }
+
+/// `status --check` judges incremental backups' freshness by their own schedule.
+#[test]
+fn status_check_judges_incremental_freshness_by_its_own_schedule() {
+    use litekeeper::domain::{JobKind, Outcome, Report, Trigger};
+    let env = TestEnv::new();
+    let db = env.sqlite("app.db", "CREATE TABLE n(id INTEGER PRIMARY KEY);");
+    env.config("timezone = \"UTC\"")
+        .database(
+            "app",
+            &db,
+            &format!(
+                "[database.backup]\ndir = \"{}\"\nschedule = \"0 2 * * *\"\nincremental = {{ every = \"*/10 * * * *\" }}",
+                env.path("b").display()
+            ),
+        )
+        .write();
+    let keep = Duration::from_secs(365 * 86400);
+    let state = litekeeper::state::State::open(&env.path("state"), keep).unwrap();
+    let record = |job: JobKind, ago: chrono::Duration, n: u32| {
+        let finished = chrono::Utc::now() - ago;
+        state
+            .finish(
+                &Report {
+                    run_id: format!("r{n}"),
+                    database: "app".into(),
+                    job,
+                    trigger: Trigger::Schedule,
+                    started: finished - chrono::Duration::seconds(1),
+                    finished,
+                    duration_ms: 1000,
+                    outcome: Outcome::Ok,
+                    summary: "ok".into(),
+                    figures: None,
+                    error: None,
+                    exit: litekeeper::exit::ExitCode::Ok,
+                },
+                keep,
+            )
+            .unwrap();
+    };
+    record(JobKind::Backup, chrono::Duration::hours(3), 1);
+    record(JobKind::Incremental, chrono::Duration::hours(3), 2);
+    let o = env.cmd().args(["status", "--check"]).output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert_eq!(o.status.code(), Some(2), "{}", both(&o));
+    assert!(
+        out.contains("incremental") && !out.contains("app backup"),
+        "{out}"
+    );
+    record(JobKind::Incremental, chrono::Duration::minutes(2), 3);
+    let o = env.cmd().args(["status", "--check"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+}

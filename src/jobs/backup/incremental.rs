@@ -382,7 +382,7 @@ fn rebuild_index(
     io::copy(&mut input, &mut out)
         .map_err(io_err(format!("{shown}: copy to {}", tmp.path.display())))?;
     ctx.checkpoint()?;
-    chain::apply_all(dir, way, tmp.file()).map_err(io_err(format!(
+    chain::apply_all(dir, way, tmp.file(), true).map_err(io_err(format!(
         "{}: rebuilding the chain's last point",
         dir.display()
     )))?;
