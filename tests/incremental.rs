@@ -315,6 +315,18 @@ fn sigkill_during_an_incremental_leaves_the_chain_valid() {
         .filter(|n| n.contains("litekeeper-tmp"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+    // One index, the newest point's: a killed run's index and the previous ones are gone.
+    let pages: Vec<String> = crate::util::names(&dir)
+        .into_iter()
+        .filter(|n| n.ends_with(".pages"))
+        .collect();
+    assert_eq!(
+        pages,
+        vec![format!(
+            "{}.pages",
+            points.last().unwrap()["file"].as_str().unwrap()
+        )]
+    );
 }
 
 #[test]

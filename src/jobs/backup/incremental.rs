@@ -77,7 +77,8 @@ pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
     {
         let held = archive::lock_dir(dir)?;
         archive::clean_leftovers(dir, &held)?;
-        remove_stray_indexes(dir, &held)?;
+        let series: Vec<String> = sources.iter().map(|s| s.series.clone()).collect();
+        remove_stray_indexes(dir, &series, &held)?;
     }
     let mut figures = IncrementalFigures::default();
     let mut written = Vec::new();
@@ -128,9 +129,14 @@ fn newest_full(
         .find_map(|f| f.entry))
 }
 
-/// Remove page-hash indexes whose point the manifest does not know (a run killed between
-/// writing its index and recording its delta, or a point deleted by hand).
-fn remove_stray_indexes(dir: &Path, _held: &archive::DirLock) -> Result<(), JobError> {
+/// Remove page-hash indexes of `series` whose point the manifest does not know (a run killed
+/// between writing its index and recording its delta, or a point deleted by hand). Another
+/// database's indexes in a shared directory are never touched (its run may be writing one).
+fn remove_stray_indexes(
+    dir: &Path,
+    series: &[String],
+    _held: &archive::DirLock,
+) -> Result<(), JobError> {
     let manifest = Manifest::load(dir)?;
     let Ok(entries) = fs::read_dir(dir) else {
         return Ok(());
@@ -142,6 +148,13 @@ fn remove_stray_indexes(dir: &Path, _held: &archive::DirLock) -> Result<(), JobE
             continue;
         }
         let point = &name[..name.len() - ".pages".len()];
+        let ours = DeltaName::parse(point)
+            .map(|n| n.series)
+            .or_else(|| archive::BackupName::parse(point).map(|n| n.series))
+            .is_some_and(|s| series.contains(&s));
+        if !ours {
+            continue;
+        }
         let known =
             manifest.get(point).is_some() || manifest.deltas.iter().any(|d| d.file == point);
         if !known || !dir.join(point).exists() {
