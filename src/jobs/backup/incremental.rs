@@ -452,18 +452,17 @@ fn unique_stamp(
 }
 
 /// Record the delta in the manifest, then move it to its final name, under the directory's
-/// lock (as `record_and_commit` does for full backups).
+/// lock (as full backups are committed).
 fn record_and_commit(dir: &Path, entry: &DeltaEntry, tmp: &Path) -> Result<(), ArchiveError> {
-    let held = archive::lock_dir(dir)?;
-    let mut manifest = Manifest::load(dir)?;
-    manifest.retain_existing(dir);
-    manifest.deltas.retain(|d| d.file != entry.file);
-    manifest.deltas.push(entry.clone());
-    manifest.save(dir, &held)?;
-    if let Err(e) = archive::commit(tmp, &dir.join(&entry.file)) {
-        manifest.deltas.retain(|d| d.file != entry.file);
-        let _ = manifest.save(dir, &held);
-        return Err(e);
-    }
-    Ok(())
+    let forget = |m: &mut Manifest| m.deltas.retain(|d| d.file != entry.file);
+    super::record_then_rename(
+        dir,
+        tmp,
+        &entry.file,
+        |m| {
+            forget(m);
+            m.deltas.push(entry.clone());
+        },
+        forget,
+    )
 }

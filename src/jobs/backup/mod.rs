@@ -243,13 +243,31 @@ fn file_size(p: &Path) -> u64 {
 /// process killed in between leaves an entry without a file, dropped by the next save, never
 /// a backup the manifest does not know), and no other job's manifest update is lost.
 fn record_and_commit(dir: &Path, entry: &Entry, tmp: &Path) -> Result<(), ArchiveError> {
+    record_then_rename(
+        dir,
+        tmp,
+        &entry.file,
+        |m| m.upsert(entry.clone()),
+        |m| m.backups.retain(|b| b.file != entry.file),
+    )
+}
+
+/// The protocol of [`record_and_commit`] for any manifest record: `record` adds it, `forget`
+/// takes it out again when the rename fails.
+fn record_then_rename(
+    dir: &Path,
+    tmp: &Path,
+    file: &str,
+    record: impl FnOnce(&mut Manifest),
+    forget: impl FnOnce(&mut Manifest),
+) -> Result<(), ArchiveError> {
     let held = archive::lock_dir(dir)?;
     let mut manifest = Manifest::load(dir)?;
     manifest.retain_existing(dir);
-    manifest.upsert(entry.clone());
+    record(&mut manifest);
     manifest.save(dir, &held)?;
-    if let Err(e) = archive::commit(tmp, &dir.join(&entry.file)) {
-        manifest.backups.retain(|m| m.file != entry.file);
+    if let Err(e) = archive::commit(tmp, &dir.join(file)) {
+        forget(&mut manifest);
         let _ = manifest.save(dir, &held);
         return Err(e);
     }
