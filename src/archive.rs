@@ -481,6 +481,9 @@ pub struct Entry {
 pub struct Manifest {
     pub version: u32,
     pub backups: Vec<Entry>,
+    /// Incremental points (`chain`): absent from manifests without any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deltas: Vec<crate::chain::DeltaEntry>,
 }
 
 impl Manifest {
@@ -497,7 +500,7 @@ impl Manifest {
             }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Manifest {
                 version: 1,
-                backups: Vec::new(),
+                ..Manifest::default()
             }),
             Err(e) => Err(io_err(&path, "cannot read manifest")(e)),
         }
@@ -518,6 +521,7 @@ impl Manifest {
     /// Drop entries whose file is gone.
     pub fn retain_existing(&mut self, dir: &Path) {
         self.backups.retain(|e| dir.join(&e.file).exists());
+        self.deltas.retain(|d| dir.join(&d.file).exists());
     }
 
     /// Write atomically to `dir/manifest.json`, with the directory's lock held (the caller

@@ -138,6 +138,7 @@ pub enum Command {
     /// Examples:
     ///   litekeeper restore chat --to /tmp/chat-restored.db
     ///   litekeeper restore chat chatbot-20260101-020000.db.zst --to /tmp/old.db
+    ///   litekeeper restore chat --at "2026-12-06 14:05" --to /tmp/chat-1405.db
     ///   systemctl stop chatapp && litekeeper restore chat --in-place
     #[command(verbatim_doc_comment)]
     Restore(RestoreArgs),
@@ -201,6 +202,9 @@ pub enum JobArg {
     Prune,
     Vacuum,
     Backup,
+    /// An incremental backup: a new point after the newest full backup (`incremental` in
+    /// `[database.backup]`).
+    Incremental,
 }
 
 #[derive(Debug, Args)]
@@ -290,8 +294,16 @@ pub struct BackupsListArgs {
 pub struct RestoreArgs {
     /// Database name, as in `[[database]] name = "…"`.
     pub database: String,
-    /// Backup file name (as listed by `backups list`); default: the newest verified backup.
+    /// Backup file name (as listed by `backups list`), a full backup or a delta (that point);
+    /// default: the newest verified backup.
+    #[arg(conflicts_with = "at")]
     pub backup: Option<String>,
+    /// Restore the newest point at or before this time: "latest", "2026-12-06 14:05" (the
+    /// configuration's timezone) or "2026-12-06T14:05:00Z". The newest full backup at or
+    /// before it, then its incremental deltas up to that point; the image is checked
+    /// against the SHA-256 recorded for the point.
+    #[arg(long, value_name = "WHEN")]
+    pub at: Option<String>,
     /// Write the restored database to this new path (must not exist).
     #[arg(long, value_name = "PATH", conflicts_with = "in_place")]
     pub to: Option<PathBuf>,

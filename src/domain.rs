@@ -47,17 +47,26 @@ pub enum JobKind {
     Prune,
     Vacuum,
     Backup,
+    /// An incremental backup: the pages changed since the chain's previous point
+    /// (`[database.backup] incremental`).
+    Incremental,
 }
 
 impl JobKind {
     /// In the order the demo and a full maintenance pass run them.
-    pub const ALL: [JobKind; 3] = [JobKind::Prune, JobKind::Vacuum, JobKind::Backup];
+    pub const ALL: [JobKind; 4] = [
+        JobKind::Prune,
+        JobKind::Vacuum,
+        JobKind::Backup,
+        JobKind::Incremental,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             JobKind::Prune => "prune",
             JobKind::Vacuum => "vacuum",
             JobKind::Backup => "backup",
+            JobKind::Incremental => "incremental",
         }
     }
 }
@@ -68,7 +77,7 @@ impl FromStr for JobKind {
         JobKind::ALL
             .into_iter()
             .find(|k| k.as_str() == s)
-            .ok_or_else(|| format!("unknown job {s:?} (prune, vacuum or backup)"))
+            .ok_or_else(|| format!("unknown job {s:?} (prune, vacuum, backup or incremental)"))
     }
 }
 
@@ -207,6 +216,7 @@ pub enum Figures {
     Prune(PruneFigures),
     Vacuum(VacuumFigures),
     Backup(BackupFigures),
+    Incremental(IncrementalFigures),
 }
 
 impl Figures {
@@ -215,6 +225,7 @@ impl Figures {
             Figures::Prune(_) => JobKind::Prune,
             Figures::Vacuum(_) => JobKind::Vacuum,
             Figures::Backup(_) => JobKind::Backup,
+            Figures::Incremental(_) => JobKind::Incremental,
         }
     }
 
@@ -237,6 +248,7 @@ impl Figures {
             JobKind::Prune => serde_json::from_value(v).ok().map(Figures::Prune),
             JobKind::Vacuum => serde_json::from_value(v).ok().map(Figures::Vacuum),
             JobKind::Backup => serde_json::from_value(v).ok().map(Figures::Backup),
+            JobKind::Incremental => serde_json::from_value(v).ok().map(Figures::Incremental),
         }
     }
 
@@ -420,6 +432,31 @@ pub struct BackupFigures {
     /// Times an online copy started over because the database changed under it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub restarts: Option<u64>,
+}
+
+/// An incremental backup's figures: one point of a chain (the main database's; the sums
+/// cover every source file).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct IncrementalFigures {
+    /// Pages read from the snapshot, and those that differed from the previous point.
+    pub pages_scanned: u64,
+    pub pages_changed: u64,
+    /// Size on disk of the delta files written (compressed size).
+    pub bytes: u64,
+    /// The main database's delta file, its chain's full backup and its place in the chain.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delta_path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sequence: Option<u64>,
+    /// SHA-256 of the main database's whole image at this point.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_sha256: Option<String>,
+    /// Delta files retention deleted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retention_deleted: Option<u64>,
 }
 
 /// How a backup was checked.

@@ -4,6 +4,7 @@
 //!
 //! # Layout
 //! - `archive`: backup directories: file names, manifest, atomic writes, leftovers.
+//! - `chain`: incremental backup chains: delta files, page-hash indexes, applying points.
 //! - `restore`: restoring a verified backup to a new path or in place (the swap protocol,
 //!   WAL fold, open-file scan); `commands::restore` only parses and prints.
 //! - `privileges`: as root, acting as the owner of `state_dir`.
@@ -34,6 +35,7 @@
 //! - `exit`: exit codes and the error type that carries them to `main`.
 
 pub mod archive;
+pub mod chain;
 pub mod cli;
 pub mod commands;
 pub mod config;

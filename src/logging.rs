@@ -224,6 +224,8 @@ struct JournalFigures<'a> {
     verify: Option<&'static str>,
     pages_per_sec: Option<u64>,
     sha256: Option<&'a str>,
+    pages_scanned: Option<u64>,
+    pages_changed: Option<u64>,
 }
 
 impl<'a> JournalFigures<'a> {
@@ -247,6 +249,14 @@ impl<'a> JournalFigures<'a> {
                 verify: b.verified.map(|v| v.as_str()),
                 pages_per_sec: b.pages_per_sec,
                 sha256: b.sha256.as_deref(),
+                ..JournalFigures::default()
+            },
+            Some(Figures::Incremental(i)) => JournalFigures {
+                bytes_after: Some(i.bytes),
+                backup_path: i.delta_path.as_deref(),
+                sha256: i.image_sha256.as_deref(),
+                pages_scanned: Some(i.pages_scanned),
+                pages_changed: Some(i.pages_changed),
                 ..JournalFigures::default()
             },
         }
@@ -277,6 +287,8 @@ pub fn job_finished(r: &Report) {
                 litekeeper_verify = f.verify,
                 litekeeper_pages_per_sec = f.pages_per_sec,
                 litekeeper_sha256 = f.sha256,
+                litekeeper_pages_scanned = f.pages_scanned,
+                litekeeper_pages_changed = f.pages_changed,
                 litekeeper_error = r.error.as_deref(),
                 litekeeper_figures = figures.as_str(),
                 "{} {}: {} in {} ms",

@@ -320,6 +320,9 @@ struct FigureSamples {
     prune_deleted_files: Option<u64>,
     prune_freed_bytes: Option<u64>,
     backup_size_bytes: Option<u64>,
+    incremental_pages_scanned: Option<u64>,
+    incremental_pages_changed: Option<u64>,
+    incremental_bytes: Option<u64>,
 }
 
 impl FigureSamples {
@@ -333,6 +336,12 @@ impl FigureSamples {
             },
             Some(Figures::Backup(b)) => FigureSamples {
                 backup_size_bytes: b.bytes_after,
+                ..FigureSamples::default()
+            },
+            Some(Figures::Incremental(i)) => FigureSamples {
+                incremental_pages_scanned: Some(i.pages_scanned),
+                incremental_pages_changed: Some(i.pages_changed),
+                incremental_bytes: Some(i.bytes),
                 ..FigureSamples::default()
             },
             Some(Figures::Vacuum(_)) | None => FigureSamples::default(),
@@ -352,6 +361,9 @@ struct Families {
     bytes_freed: Family,
     backup_time: Family,
     backup_size: Family,
+    incr_scanned: Family,
+    incr_changed: Family,
+    incr_bytes: Family,
     db_size: Family,
     wal_size: Family,
 }
@@ -401,6 +413,18 @@ impl Families {
                 "litekeeper_last_backup_size_bytes",
                 "Size on disk of the files the last successful backup wrote (compressed size, attached databases included).",
             ),
+            incr_scanned: Family::gauge(
+                "litekeeper_last_incremental_pages_scanned",
+                "Pages the last successful incremental backup read from its snapshot (all source files).",
+            ),
+            incr_changed: Family::gauge(
+                "litekeeper_last_incremental_pages_changed",
+                "Pages the last successful incremental backup wrote: those that differed from the chain's previous point.",
+            ),
+            incr_bytes: Family::gauge(
+                "litekeeper_last_incremental_size_bytes",
+                "Size on disk of the delta files the last successful incremental backup wrote.",
+            ),
             db_size: Family::gauge(
                 "litekeeper_database_size_bytes",
                 "Size of the database file (schema main, or an attached database's alias) when the metrics were written.",
@@ -445,6 +469,9 @@ impl Families {
                     (&mut self.files_deleted, f.prune_deleted_files),
                     (&mut self.bytes_freed, f.prune_freed_bytes),
                     (&mut self.backup_size, f.backup_size_bytes),
+                    (&mut self.incr_scanned, f.incremental_pages_scanned),
+                    (&mut self.incr_changed, f.incremental_pages_changed),
+                    (&mut self.incr_bytes, f.incremental_bytes),
                 ] {
                     if let Some(v) = value {
                         family.push(&db_label, v.to_string());
@@ -492,6 +519,9 @@ impl Families {
             &self.bytes_freed,
             &self.backup_time,
             &self.backup_size,
+            &self.incr_scanned,
+            &self.incr_changed,
+            &self.incr_bytes,
             &self.db_size,
             &self.wal_size,
         ] {

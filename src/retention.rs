@@ -91,6 +91,8 @@ pub enum Reason {
     /// series (another database's backup, litekeeper's own manifest or lock file): never
     /// counted, never deleted; reported.
     NotABackup,
+    /// The full backup an incremental chain starts from, kept while the chain's deltas are.
+    ChainBase,
 }
 
 impl Reason {
@@ -111,6 +113,7 @@ impl Reason {
             Reason::FutureDated => "future-dated",
             Reason::NotInManifest => "not-in-manifest",
             Reason::NotABackup => "not-a-backup",
+            Reason::ChainBase => "chain-base",
         }
     }
 }
@@ -119,6 +122,12 @@ impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// Whether an incremental chain's deltas are kept at `now`: while its newest point is younger
+/// than `keep` (a chain's points depend on every earlier one, so they go together).
+pub fn chain_kept(newest_point: DateTime<Utc>, keep: Duration, now: DateTime<Utc>) -> bool {
+    chrono::Duration::from_std(keep).is_ok_and(|k| newest_point + k > now)
 }
 
 /// The policy of one backup section.

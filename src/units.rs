@@ -422,7 +422,7 @@ pub fn instance_name(key: &str, name: &str) -> Result<String, String> {
         ));
     }
     // systemd's limit for a whole unit name (`litekeeper-vacuum@….timer`).
-    if name.len() + "litekeeper-vacuum@.service".len() > 255 {
+    if name.len() + "litekeeper-incremental@.service".len() > 255 {
         return Err(format!(
             "{key}: {name:?} is too long for a systemd unit name (255 bytes)"
         ));
@@ -458,11 +458,12 @@ pub fn config_drop_ins(file: &std::path::Path) -> Result<Vec<UnitFile>, String> 
         .collect())
 }
 
-const SERVICE_DROP_IN_DIRS: [&str; 4] = [
+const SERVICE_DROP_IN_DIRS: [&str; 5] = [
     "litekeeper.service.d",
     "litekeeper-prune@.service.d",
     "litekeeper-vacuum@.service.d",
     "litekeeper-backup@.service.d",
+    "litekeeper-incremental@.service.d",
 ];
 
 /// `RandomizedDelaySec=` value for a jitter.

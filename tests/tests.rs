@@ -19,6 +19,7 @@ mod edges;
 mod fleet;
 mod fleet_names;
 mod hostile;
+mod incremental;
 mod injection;
 mod journal;
 mod kill;

@@ -43,6 +43,28 @@ struct DatabaseJson {
     /// Files here that need an operator's look (unknown to the manifest, future-dated).
     warnings: Vec<String>,
     backups: Vec<BackupJson>,
+    /// Incremental points, oldest first (each names its chain's full backup as `base`).
+    points: Vec<PointJson>,
+}
+
+/// One point of an incremental chain (README.md, "backups list --json").
+#[derive(Serialize)]
+struct PointJson {
+    file: String,
+    series: String,
+    created_at: DateTime<Utc>,
+    age_seconds: i64,
+    /// The full backup the chain starts from, the point before this one, and its place.
+    base: String,
+    prev: String,
+    sequence: u64,
+    size: u64,
+    page_count: u64,
+    pages_changed: u64,
+    sha256: String,
+    image_sha256: String,
+    /// Its file is there with its recorded size and so is every link back to the base.
+    restorable: bool,
 }
 
 #[derive(Serialize)]
@@ -125,6 +147,7 @@ pub fn list(path: &Path, args: BackupsListArgs) -> Result<ExitCode, Failure> {
                     error: Some(e),
                     warnings: Vec::new(),
                     backups: Vec::new(),
+                    points: Vec::new(),
                 }
             }
         })
@@ -223,6 +246,26 @@ fn write_human(
                 }
             )?;
         }
+        if !d.points.is_empty() {
+            writeln!(out, "  incremental points:")?;
+        }
+        for p in &d.points {
+            writeln!(
+                out,
+                "  {:<27} {:>8} {:>10}  #{:<4} {:>7} pages changed  after {}{}",
+                zone.format(p.created_at),
+                age(p.age_seconds),
+                human_bytes(p.size),
+                p.sequence,
+                p.pages_changed,
+                p.base,
+                if p.restorable {
+                    ""
+                } else {
+                    "  (NOT restorable: a link back to its base is missing; restore stops before it)"
+                }
+            )?;
+        }
         for w in &d.warnings {
             writeln!(out, "  warning: {w}")?;
         }
@@ -284,7 +327,36 @@ fn to_json(db: &Database, dir: &Path, plan: &[Planned], now: DateTime<Utc>) -> D
         error: None,
         warnings: plan_warnings(plan),
         backups,
+        points: points_json(db, dir, now),
     }
+}
+
+fn points_json(db: &Database, dir: &Path, now: DateTime<Utc>) -> Vec<PointJson> {
+    let Ok(manifest) = crate::archive::Manifest::load(dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<PointJson> = manifest
+        .deltas
+        .iter()
+        .filter(|d| d.database == db.name)
+        .map(|d| PointJson {
+            file: d.file.clone(),
+            series: d.series.clone(),
+            created_at: d.created_at,
+            age_seconds: now.signed_duration_since(d.created_at).num_seconds(),
+            base: d.base.clone(),
+            prev: d.prev.clone(),
+            sequence: d.sequence,
+            size: d.size,
+            page_count: d.page_count,
+            pages_changed: d.pages_changed,
+            sha256: d.sha256.clone(),
+            image_sha256: d.image_sha256.clone(),
+            restorable: crate::chain::way_to(dir, &manifest, d).is_some_and(|w| w.broken.is_none()),
+        })
+        .collect();
+    out.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.file.cmp(&b.file)));
+    out
 }
 
 /// "3d 4h", "17h", "12m", "40s"; "future" for a backup dated after now.
@@ -340,6 +412,23 @@ mod tests {
                     error: (i == 3).then(|| "a \"bad\"\nerror".into()),
                     warnings: vec![format!("w{i}"); i % 2],
                     backups,
+                    points: (0..i % 2)
+                        .map(|j| PointJson {
+                            file: format!("chat-2026010{j}-000000.delta.zst"),
+                            series: "chat".into(),
+                            created_at: utc("2026-01-01T00:10:00Z"),
+                            age_seconds: 60,
+                            base: "chat-20260101-000000.db.zst".into(),
+                            prev: "chat-20260101-000000.db.zst".into(),
+                            sequence: 1,
+                            size: 300,
+                            page_count: 10,
+                            pages_changed: 2,
+                            sha256: "ab".into(),
+                            image_sha256: "cd".into(),
+                            restorable: j == 0,
+                        })
+                        .collect(),
                 }
             })
             .collect()

@@ -37,7 +37,29 @@ pub fn run(path: &Path, args: RestoreArgs) -> Result<ExitCode, Failure> {
             ),
         )
     })?;
-    let backup = restore::select(db, args.backup.as_deref()).map_err(|e| failure(e, false))?;
+    let backup = match (&args.at, args.backup.as_deref()) {
+        (Some(at), _) => {
+            let at = restore::point::parse_at(at, &config.daemon.timezone)
+                .map_err(|e| fail(ExitCode::Usage, e))?;
+            restore::point::select_at(db, at)
+        }
+        (None, Some(file)) => match restore::point::select_delta(db, file) {
+            Ok(Some(b)) => Ok(b),
+            Ok(None) => restore::select(db, Some(file)),
+            Err(e) => Err(e),
+        },
+        (None, None) => restore::select(db, None),
+    }
+    .map_err(|e| failure(e, false))?;
+    if let Some(b) = backup.point.as_ref().and_then(|p| p.broken.as_ref()) {
+        eprintln!(
+            "litekeeper: warning: the chain to {} is broken at {} ({}); restoring the last good point before it, {}",
+            b.wanted,
+            b.link,
+            b.why,
+            backup.point.as_ref().map_or("", |p| p.file.as_str())
+        );
+    }
     let restored = match (&args.to, args.in_place) {
         (Some(to), false) => restore::to_path(&backup, to).map_err(|e| failure(e, false))?,
         (None, true) => {
@@ -57,6 +79,15 @@ pub fn run(path: &Path, args: RestoreArgs) -> Result<ExitCode, Failure> {
         }
     };
     print_moved_aside(&restored.moved_aside, args.in_place);
+    if let Some(p) = backup.point.as_ref().filter(|p| p.image_sha256.is_some()) {
+        println!(
+            "point {} ({}, {} delta(s) after {}): image SHA-256 matches the manifest",
+            p.file,
+            config.daemon.timezone.format(p.time),
+            p.deltas.len(),
+            backup.file
+        );
+    }
     let verified = verified_word(backup.verified);
     if args.in_place {
         print_in_place_notes(&restored);
@@ -79,6 +110,10 @@ pub fn run(path: &Path, args: RestoreArgs) -> Result<ExitCode, Failure> {
             backup.file,
             restored.target.display()
         );
+    }
+    // A broken chain restored an earlier point than asked for: done, but not what was asked.
+    if backup.point.as_ref().is_some_and(|p| p.broken.is_some()) {
+        return Ok(ExitCode::DataErr);
     }
     Ok(ExitCode::Ok)
 }

@@ -19,6 +19,7 @@ pub fn job_kind(arg: JobArg) -> JobKind {
         JobArg::Prune => JobKind::Prune,
         JobArg::Vacuum => JobKind::Vacuum,
         JobArg::Backup => JobKind::Backup,
+        JobArg::Incremental => JobKind::Incremental,
     }
 }
 

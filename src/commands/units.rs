@@ -26,6 +26,10 @@ const SYSTEM_UNITS: &[(&str, &str)] = &[
         "litekeeper-backup@.service",
         include_str!("../../systemd/litekeeper-backup@.service"),
     ),
+    (
+        "litekeeper-incremental@.service",
+        include_str!("../../systemd/litekeeper-incremental@.service"),
+    ),
 ];
 
 /// The timers, the same for both managers.
@@ -41,6 +45,10 @@ const TIMERS: &[(&str, &str)] = &[
     (
         "litekeeper-backup@.timer",
         include_str!("../../systemd/litekeeper-backup@.timer"),
+    ),
+    (
+        "litekeeper-incremental@.timer",
+        include_str!("../../systemd/litekeeper-incremental@.timer"),
     ),
 ];
 
@@ -61,6 +69,10 @@ const USER_UNITS: &[(&str, &str)] = &[
     (
         "litekeeper-backup@.service",
         include_str!("../../systemd/user/litekeeper-backup@.service"),
+    ),
+    (
+        "litekeeper-incremental@.service",
+        include_str!("../../systemd/user/litekeeper-incremental@.service"),
     ),
 ];
 

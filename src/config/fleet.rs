@@ -491,7 +491,7 @@ pub fn confined_paths(
     expansions(&fleet.raw, db)
         .into_iter()
         .filter(|(k, _, _)| match kind {
-            JobKind::Backup => k == "backup.dir" || k.starts_with("attach."),
+            JobKind::Backup | JobKind::Incremental => k == "backup.dir" || k.starts_with("attach."),
             JobKind::Prune => k.starts_with("prune.") || k.starts_with("attach."),
             JobKind::Vacuum => k.starts_with("attach."),
         })

@@ -175,6 +175,11 @@ impl Database {
             JobKind::Prune => self.prune.as_ref().map(|p| &p.timing),
             JobKind::Vacuum => self.vacuum.as_ref().map(|v| &v.timing),
             JobKind::Backup => self.backup.as_ref().map(|b| &b.timing),
+            JobKind::Incremental => self
+                .backup
+                .as_ref()
+                .and_then(|b| b.incremental.as_ref())
+                .map(|i| &i.timing),
         }
     }
 }
@@ -380,4 +385,26 @@ pub struct Backup {
     pub verify: Verify,
     pub keep: Keep,
     pub max_age: Option<Duration>,
+    pub incremental: Option<Incremental>,
+}
+
+/// How long chains are kept when `incremental.keep` is not set (or `incremental` is gone).
+pub const DEFAULT_CHAIN_KEEP: Duration = Duration::from_secs(7 * 86400);
+
+impl Backup {
+    /// How long incremental chains are kept.
+    pub fn chain_keep(&self) -> Duration {
+        self.incremental
+            .as_ref()
+            .map_or(DEFAULT_CHAIN_KEEP, |i| i.keep)
+    }
+}
+
+/// `incremental = { every, keep }`: points between full backups (`jobs::backup::incremental`).
+#[derive(Debug)]
+pub struct Incremental {
+    /// `every` is its schedule.
+    pub timing: Timing,
+    /// A chain's deltas are deleted once its newest point is older than this.
+    pub keep: Duration,
 }

@@ -121,6 +121,20 @@ pub struct RawBackup {
     pub verify: Option<String>,
     pub keep: Option<RawKeep>,
     pub max_age: Option<String>,
+    pub incremental: Option<RawIncremental>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a table like { every = \"*/10 * * * *\", keep = \"7d\" }"
+)]
+pub struct RawIncremental {
+    pub every: Option<String>,
+    pub keep: Option<String>,
+    pub jitter: Option<String>,
+    pub ping: Option<String>,
+    pub ping_timeout: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -389,6 +389,7 @@ fn run_blocking(env: &Env, req: &Request) -> Result<JobResult, JobError> {
         JobKind::Prune => prune::run(&mut ctx),
         JobKind::Vacuum => vacuum::run(&mut ctx),
         JobKind::Backup => backup::run(&mut ctx),
+        JobKind::Incremental => backup::incremental::run(&mut ctx),
     }
 }
 

@@ -44,6 +44,24 @@ pub enum RestoreError {
         expected: String,
         database: String,
     },
+    #[error("{}: no full backup of {database:?} at or before {at}; see `litekeeper backups list {database}`", dir.display())]
+    NoPointBefore {
+        dir: PathBuf,
+        database: String,
+        at: chrono::DateTime<chrono::Utc>,
+    },
+    #[error("{}: cannot build point {point}: {cause}", dir.display())]
+    Chain {
+        dir: PathBuf,
+        point: String,
+        cause: io::Error,
+    },
+    #[error("{}: the image built for this point has SHA-256 {}…, the manifest says {}…; nothing was restored; pick an earlier point with `litekeeper backups list`", point.display(), short(actual), short(expected))]
+    ImageMismatch {
+        point: PathBuf,
+        actual: String,
+        expected: String,
+    },
     #[error("{file}: belongs to no file of database {database:?}")]
     NoLiveFile { file: String, database: String },
     /// The current directory, for a relative `--to` path.
@@ -143,6 +161,8 @@ impl RestoreError {
             Manifest(_)
             | NotInManifest { .. }
             | ChecksumMismatch { .. }
+            | Chain { .. }
+            | ImageMismatch { .. }
             | ReadBackup { .. }
             | BackupFailsCheck { .. }
             | RestoredFailsCheck { .. } => ExitCode::DataErr,
@@ -154,6 +174,7 @@ impl RestoreError {
             ListBackups(_)
             | NoSuchBackup { .. }
             | NoVerifiedBackup { .. }
+            | NoPointBefore { .. }
             | Checksum(_)
             | DanglingLink { .. }
             | NotRegular { .. }

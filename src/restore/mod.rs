@@ -23,6 +23,7 @@
 
 mod error;
 mod open_check;
+pub mod point;
 mod swap;
 
 use std::fs::{self, File};
@@ -57,6 +58,8 @@ pub struct BackupSource {
     /// The configured path of the live file it is a copy of: the main database or an
     /// attachment.
     pub live: PathBuf,
+    /// A point of an incremental chain: the deltas applied after this full backup.
+    pub point: Option<point::Point>,
 }
 
 impl BackupSource {
@@ -159,6 +162,7 @@ pub fn select(db: &Database, wanted: Option<&str>) -> Result<BackupSource, Resto
         verified: entry.verified,
         restored_size,
         live,
+        point: None,
     })
 }
 
@@ -302,6 +306,9 @@ fn write_checked(
     let cleanup = TempFile(tmp.clone());
     let from = backup.path();
     write_plain(&from, backup.name.compressed, &tmp)?;
+    if let Some(p) = &backup.point {
+        apply_point(backup, p, &tmp)?;
+    }
     if let Some(meta) = like {
         // The restored file keeps the live file's owner and mode.
         let _ = fs::set_permissions(&tmp, fs::Permissions::from_mode(meta.mode() & 0o7777));
@@ -312,6 +319,34 @@ fn write_checked(
     archive::fsync_file(&tmp).map_err(RestoreError::Sync)?;
     check(&tmp).map_err(|why| RestoreError::BackupFailsCheck { backup: from, why })?;
     Ok((tmp, cleanup))
+}
+
+/// Apply the point's deltas to the full backup's bytes at `tmp`, then prove the image.
+fn apply_point(backup: &BackupSource, p: &point::Point, tmp: &Path) -> Result<(), RestoreError> {
+    let Some(expected) = &p.image_sha256 else {
+        return Ok(());
+    };
+    let chain_err = |cause: std::io::Error| RestoreError::Chain {
+        dir: backup.dir.clone(),
+        point: p.file.clone(),
+        cause,
+    };
+    let image = fs::OpenOptions::new()
+        .write(true)
+        .open(tmp)
+        .map_err(chain_err)?;
+    // `point::select_at` checked every delta's SHA-256; the image's is checked below.
+    crate::chain::apply_all(&backup.dir, &p.deltas, &image, false).map_err(chain_err)?;
+    image.sync_all().map_err(chain_err)?;
+    let actual = archive::sha256_file(tmp).map_err(RestoreError::Sync)?;
+    if &actual != expected {
+        return Err(RestoreError::ImageMismatch {
+            point: backup.dir.join(&p.file),
+            actual,
+            expected: expected.clone(),
+        });
+    }
+    Ok(())
 }
 
 /// The directory of `target`, which must exist.

@@ -90,5 +90,9 @@ pub(super) fn backup(
         ),
         keep,
         max_age: c.opt_duration(&key.key("max_age"), b.max_age.as_ref()),
+        incremental: b
+            .incremental
+            .as_ref()
+            .map(|i| c.incremental(&key.key("incremental"), i)),
     }
 }

@@ -12,6 +12,7 @@ mod checks;
 mod daemon;
 mod database;
 mod handles;
+mod incremental;
 mod prune;
 mod schedule;
 mod vacuum;

@@ -14,8 +14,10 @@
 //! verifies and commits one source; `compress.rs` is the zstd compressor with its concurrent
 //! round trip; `retain.rs` plans and applies retention.
 
+pub mod chains;
 mod compress;
 mod copy;
+pub mod incremental;
 mod retain;
 
 use std::collections::BTreeMap;
@@ -168,6 +170,7 @@ pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
         Utc::now(),
         &written.iter().map(|e| e.file.clone()).collect::<Vec<_>>(),
     )?;
+    let chains = chains::apply_chain_retention(ctx.db, cfg, cfg.chain_keep(), Utc::now())?;
     let figures = BackupFigures {
         bytes_before: need,
         would_write: None,
@@ -183,7 +186,7 @@ pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
         pages_per_sec: Some((pages as f64 / elapsed.as_secs_f64().max(1e-6)) as u64),
         verified: Some(main.verified),
         sha256: Some(main.sha256.clone()),
-        retention_deleted: Some(retention.deleted.len() as u64),
+        retention_deleted: Some((retention.deleted.len() + chains.deleted.len()) as u64),
         retention_warnings: Some(retention.warnings.len() as u64),
         restarts: Some(u64::from(restarts)),
     };
@@ -242,13 +245,31 @@ fn file_size(p: &Path) -> u64 {
 /// process killed in between leaves an entry without a file, dropped by the next save, never
 /// a backup the manifest does not know), and no other job's manifest update is lost.
 fn record_and_commit(dir: &Path, entry: &Entry, tmp: &Path) -> Result<(), ArchiveError> {
+    record_then_rename(
+        dir,
+        tmp,
+        &entry.file,
+        |m| m.upsert(entry.clone()),
+        |m| m.backups.retain(|b| b.file != entry.file),
+    )
+}
+
+/// The protocol of [`record_and_commit`] for any manifest record: `record` adds it, `forget`
+/// takes it out again when the rename fails.
+fn record_then_rename(
+    dir: &Path,
+    tmp: &Path,
+    file: &str,
+    record: impl FnOnce(&mut Manifest),
+    forget: impl FnOnce(&mut Manifest),
+) -> Result<(), ArchiveError> {
     let held = archive::lock_dir(dir)?;
     let mut manifest = Manifest::load(dir)?;
     manifest.retain_existing(dir);
-    manifest.upsert(entry.clone());
+    record(&mut manifest);
     manifest.save(dir, &held)?;
-    if let Err(e) = archive::commit(tmp, &dir.join(&entry.file)) {
-        manifest.backups.retain(|m| m.file != entry.file);
+    if let Err(e) = archive::commit(tmp, &dir.join(file)) {
+        forget(&mut manifest);
         let _ = manifest.save(dir, &held);
         return Err(e);
     }

@@ -87,6 +87,7 @@ pub fn retention_plan(
                 archive::backup_of(&f.file(), &series).is_some_and(|n| n.series == f.name.series)
             });
     found.extend(archive::unrecorded(&cfg.dir, &manifest, &series)?);
+    let bases = super::chains::kept_bases(&manifest, &db.name, cfg.chain_keep(), now);
     let policy = retention::Policy {
         keep: cfg.keep,
         max_age: cfg.max_age,
@@ -113,7 +114,10 @@ pub fn retention_plan(
             .collect();
         candidates.extend(pending.map(retention::Candidate::pending));
         let decisions = retention::decide(&candidates, &policy, now, zone);
-        for (f, decision) in files.into_iter().zip(decisions) {
+        for (f, mut decision) in files.into_iter().zip(decisions) {
+            if bases.contains(&f.file()) {
+                decision.reasons.push(retention::Reason::ChainBase);
+            }
             out.push(Planned {
                 entry: f.entry.clone(),
                 found: f,
@@ -236,6 +240,7 @@ pub(super) fn apply_retention(
         }
         match fs::remove_file(&p.found.path) {
             Ok(()) => {
+                let _ = fs::remove_file(crate::chain::index_path(&cfg.dir, &p.found.file()));
                 freed += p.found.size;
                 out.deleted.push(p.found.file());
             }

@@ -1,0 +1,468 @@
+//! The incremental backup job: one new point on the chain of the newest full backup of every
+//! source file (see `chain` for the files).
+//!
+//! Under one read transaction (the consistent snapshot a full backup uses), every page of
+//! the database is read as the snapshot sees it (`sqlite_dbpage`), hashed (xxh3-128) and
+//! compared with the page-hash index of the chain's previous point; the pages that differ go
+//! to the delta, with the new page count and the SHA-256 of the whole image, computed in the
+//! same pass. Nothing is tracked between runs and no lock is held between them: a checkpoint,
+//! a VACUUM, a schema change or a shrinking file only make the delta bigger or smaller.
+//!
+//! Order of the writes, so that a run killed anywhere leaves a valid chain: the delta under
+//! a temp name (flocked, fsynced); the new point's index under its own name
+//! (`{delta}.pages`, temp + fsync + rename); the manifest entry, then the delta's rename
+//! (both under the directory's lock, as full backups); only then the previous point's index
+//! goes. A leftover temp is removed by the next run, an index of a point the manifest does
+//! not know is removed too, and a missing index is rebuilt from the chain.
+
+use std::fs;
+use std::io;
+use std::path::Path;
+use std::time::Instant;
+
+use chrono::{DateTime, SubsecRound, Utc};
+use sha2::{Digest, Sha256};
+
+use super::{check_names, sql, Source, TempFiles};
+use crate::archive::{self, ArchiveError, Entry, Manifest};
+use crate::chain::{self, DeltaEntry, DeltaName, DeltaWriter, PageIndex, Point};
+use crate::config::{Backup, Compression};
+use crate::domain::{human_bytes, Figures, IncrementalFigures};
+use crate::jobs::{JobCtx, JobError, JobResult};
+use crate::sqlite::quote_ident;
+
+/// Pages read between two looks at the cancel token.
+const PAGES_PER_CHECK: u64 = 4096;
+
+fn io_err(context: String) -> impl FnOnce(io::Error) -> JobError {
+    move |source| JobError::Io { context, source }
+}
+
+pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
+    let cfg = ctx
+        .db
+        .backup
+        .as_ref()
+        .ok_or_else(|| JobError::Refused("no [database.backup] section".into()))?;
+    let inc = cfg.incremental.as_ref().ok_or_else(|| {
+        JobError::Refused(format!(
+            "database {}: no `incremental = {{ every = \"*/10 * * * *\", keep = \"7d\" }}` in its [database.backup] section",
+            ctx.db.name
+        ))
+    })?;
+    let dir = &cfg.dir;
+    check_names(ctx.db, cfg)?;
+    archive::ensure_private_dir(dir)?;
+    let sources = ctx.db.backup_sources();
+    if ctx.dry_run {
+        let manifest = Manifest::load(dir)?;
+        let mut lines = Vec::new();
+        for s in &sources {
+            lines.push(
+                match newest_full(dir, &manifest, &ctx.db.name, &s.series)? {
+                    Some(full) => format!("a point after {} for {}", full.file, s.series),
+                    None => format!(
+                        "nothing for {} (no full backup to start a chain from)",
+                        s.series
+                    ),
+                },
+            );
+        }
+        return Ok(JobResult {
+            summary: format!("dry run: would write {}", lines.join(", ")),
+            figures: Some(Figures::Incremental(IncrementalFigures::default())),
+            skipped: false,
+        });
+    }
+    {
+        let held = archive::lock_dir(dir)?;
+        archive::clean_leftovers(dir, &held)?;
+        let series: Vec<String> = sources.iter().map(|s| s.series.clone()).collect();
+        remove_stray_indexes(dir, &series, &held)?;
+    }
+    let mut figures = IncrementalFigures::default();
+    let mut written = Vec::new();
+    for source in &sources {
+        let d = one_source(ctx, cfg, source)?;
+        figures.pages_scanned += d.pages_scanned;
+        figures.pages_changed += d.pages_changed;
+        figures.bytes += d.size;
+        written.push(d);
+    }
+    let main = &written[0];
+    figures.delta_path = Some(dir.join(&main.file).display().to_string());
+    figures.base = Some(main.base.clone());
+    figures.sequence = Some(main.sequence);
+    figures.image_sha256 = Some(main.image_sha256.clone());
+    let retention = super::chains::apply_chain_retention(ctx.db, cfg, inc.keep, Utc::now())?;
+    figures.retention_deleted = Some(retention.deleted.len() as u64);
+    Ok(JobResult {
+        summary: format!(
+            "wrote {} (point {} after {}: {} of {} pages changed, {}); {}",
+            written
+                .iter()
+                .map(|d| d.file.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            main.sequence,
+            main.base,
+            figures.pages_changed,
+            figures.pages_scanned,
+            human_bytes(figures.bytes),
+            retention.summary
+        ),
+        figures: Some(Figures::Incremental(figures)),
+        skipped: false,
+    })
+}
+
+/// The newest full backup of `series` a chain can start from (recorded, not failed).
+fn newest_full(
+    dir: &Path,
+    manifest: &Manifest,
+    database: &str,
+    series: &str,
+) -> Result<Option<Entry>, ArchiveError> {
+    Ok(archive::list_of(dir, manifest, database)?
+        .into_iter()
+        .filter(|f| f.name.series == series && !f.name.failed && f.recorded())
+        .find_map(|f| f.entry))
+}
+
+/// Remove page-hash indexes of `series` whose point the manifest does not know (a run killed
+/// between writing its index and recording its delta, or a point deleted by hand). Another
+/// database's indexes in a shared directory are never touched (its run may be writing one).
+fn remove_stray_indexes(
+    dir: &Path,
+    series: &[String],
+    _held: &archive::DirLock,
+) -> Result<(), JobError> {
+    let manifest = Manifest::load(dir)?;
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !chain::is_index(name) || name.starts_with('.') {
+            continue;
+        }
+        let point = &name[..name.len() - ".pages".len()];
+        let ours = DeltaName::parse(point)
+            .map(|n| n.series)
+            .or_else(|| archive::BackupName::parse(point).map(|n| n.series))
+            .is_some_and(|s| series.contains(&s));
+        if !ours {
+            continue;
+        }
+        let known =
+            manifest.get(point).is_some() || manifest.deltas.iter().any(|d| d.file == point);
+        if !known || !dir.join(point).exists() {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+    Ok(())
+}
+
+/// One new point for `source`.
+fn one_source(ctx: &JobCtx<'_>, cfg: &Backup, source: &Source) -> Result<DeltaEntry, JobError> {
+    let started = Instant::now();
+    let dir = &cfg.dir;
+    let db = &ctx.db.name;
+    let manifest = Manifest::load(dir)?;
+    let full = newest_full(dir, &manifest, db, &source.series)?.ok_or_else(|| {
+        JobError::Refused(format!(
+            "{}: no full backup of {} to start an incremental chain from; run `litekeeper run {db} backup` first",
+            dir.display(),
+            source.series
+        ))
+    })?;
+    // The previous point: the newest delta of this chain whose way back to the base is
+    // whole, or the base itself.
+    let mut chain_deltas: Vec<&DeltaEntry> = chain::deltas_of(&manifest, db, &source.series)
+        .filter(|d| d.base == full.file)
+        .collect();
+    chain_deltas.sort_by_key(|d| (d.created_at, d.sequence));
+    let prev = chain_deltas
+        .iter()
+        .rev()
+        .find_map(|d| {
+            chain::way_to(dir, &manifest, d)
+                .filter(|w| w.broken.is_none())
+                .map(|w| (Point::Delta((*d).clone()), w.deltas))
+        })
+        .unwrap_or_else(|| (Point::Full(full.clone()), Vec::new()));
+    let (prev, way) = prev;
+    let sequence = match &prev {
+        Point::Full(_) => 1,
+        Point::Delta(d) => d.sequence + 1,
+    };
+    let prev_index = chain::index_path(dir, prev.file());
+    let index = match PageIndex::read(&prev_index, prev.sha256()) {
+        Some(i) => i,
+        None => rebuild_index(ctx, dir, &full, &prev, &way, &prev_index)?,
+    };
+    ctx.checkpoint()?;
+
+    let compressed = matches!(cfg.compression, Compression::Zstd { .. });
+    // Points are ordered by time: a new one is dated after every point of the series,
+    // deleted or broken ones included (a run more than once a second moves ahead of the clock).
+    let after = chain::deltas_of(&manifest, db, &source.series)
+        .map(|d| d.created_at)
+        .chain(std::iter::once(
+            full.created_at - chrono::Duration::seconds(1),
+        ))
+        .max();
+    let stamp = unique_stamp(dir, &source.series, compressed, after);
+    let name = DeltaName {
+        series: source.series.clone(),
+        time: stamp,
+        compressed,
+    };
+    let file_name = name.file_name();
+    let tmp = archive::create_temp(&archive::temp_path(dir, &file_name))?;
+    let mut temps = TempFiles(Vec::new());
+    let tmp_path = tmp.path.clone();
+    let out = tmp
+        .file()
+        .try_clone()
+        .map_err(io_err(format!("{}: open", tmp_path.display())))?;
+    temps.0.push(tmp);
+    let level = match cfg.compression {
+        Compression::Zstd { level } => Some(level),
+        Compression::None => None,
+    };
+    let scan = scan_snapshot(ctx, source, &index, out, level, sequence, &tmp_path)?;
+    let new_index = PageIndex {
+        page_size: scan.page_size,
+        point_sha256: scan.written.sha256.clone(),
+        hashes: scan.hashes,
+    };
+    new_index.write(&chain::index_path(dir, &file_name))?;
+    let entry = DeltaEntry {
+        file: file_name.clone(),
+        series: source.series.clone(),
+        database: db.clone(),
+        created_at: stamp,
+        base: full.file.clone(),
+        sequence,
+        prev: prev.file().to_string(),
+        page_count: scan.page_count,
+        page_size: u64::from(scan.page_size),
+        pages_scanned: scan.page_count,
+        pages_changed: scan.changed,
+        image_sha256: scan.image_sha256,
+        size: scan.written.size,
+        sha256: scan.written.sha256,
+        compressed,
+        duration_ms: started.elapsed().as_millis() as u64,
+    };
+    if let Err(e) = record_and_commit(dir, &entry, &tmp_path) {
+        let _ = fs::remove_file(chain::index_path(dir, &file_name));
+        return Err(e.into());
+    }
+    temps.forget(&tmp_path);
+    if prev_index != chain::index_path(dir, &file_name) {
+        let _ = fs::remove_file(&prev_index);
+    }
+    Ok(entry)
+}
+
+/// What one pass over the snapshot found.
+struct Scan {
+    page_size: u32,
+    page_count: u64,
+    changed: u64,
+    hashes: Vec<u128>,
+    image_sha256: String,
+    written: chain::Written,
+}
+
+/// Read every page of `source` under one read transaction, write the changed ones.
+fn scan_snapshot(
+    ctx: &JobCtx<'_>,
+    source: &Source,
+    index: &PageIndex,
+    out: fs::File,
+    level: Option<i32>,
+    sequence: u64,
+    tmp: &Path,
+) -> Result<Scan, JobError> {
+    let conn = &*ctx.conn;
+    let schema = quote_ident(&source.schema);
+    let shown = source.path.display().to_string();
+    conn.execute_batch("BEGIN")
+        .map_err(sql(format!("{shown}: begin read transaction")))?;
+    // One statement reads the whole database: slow by design, not worth a warning.
+    let result = crate::sqlite::expected_slow(|| -> Result<Scan, JobError> {
+        // The first read pins this schema's snapshot for the whole pass.
+        let page_size = conn
+            .query_row(&format!("PRAGMA {schema}.page_size"), [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map_err(sql(format!("{shown}: page_size")))? as u32;
+        let page_count = conn
+            .query_row(&format!("PRAGMA {schema}.page_count"), [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map_err(sql(format!("{shown}: page_count")))? as u64;
+        let same_size = index.page_size == page_size;
+        let mut writer = DeltaWriter::new(out, page_size, level)
+            .map_err(io_err(format!("{}: write", tmp.display())))?;
+        let mut stmt = conn
+            .prepare("SELECT pgno, data FROM sqlite_dbpage(?1)")
+            .map_err(sql(format!("{shown}: sqlite_dbpage")))?;
+        let mut rows = stmt
+            .query([&source.schema])
+            .map_err(sql(format!("{shown}: read pages")))?;
+        let mut sha = Sha256::new();
+        let mut hashes = Vec::with_capacity(page_count as usize);
+        let mut changed = 0;
+        let mut page = vec![0u8; page_size as usize];
+        let mut expect: u64 = 1;
+        while let Some(row) = rows.next().map_err(sql(format!("{shown}: read pages")))? {
+            let pgno: i64 = row.get(0).map_err(sql(format!("{shown}: page number")))?;
+            let data = row
+                .get_ref(1)
+                .and_then(|v| v.as_blob().map_err(Into::into))
+                .map_err(sql(format!("{shown}: page {pgno}")))?;
+            if pgno as u64 != expect || data.len() != page.len() {
+                return Err(JobError::Refused(format!(
+                    "{shown}: sqlite_dbpage gave page {pgno} of {} bytes where page {expect} of {page_size} was due",
+                    data.len()
+                )));
+            }
+            page.copy_from_slice(data);
+            chain::normalize_page(pgno as u32, &mut page);
+            let h = chain::page_hash(&page);
+            sha.update(&page);
+            let i = hashes.len();
+            if !same_size || index.hashes.get(i) != Some(&h) {
+                writer
+                    .page(pgno as u32, &page)
+                    .map_err(io_err(format!("{}: write", tmp.display())))?;
+                changed += 1;
+            }
+            hashes.push(h);
+            expect += 1;
+            if expect.is_multiple_of(PAGES_PER_CHECK) {
+                ctx.checkpoint()?;
+            }
+        }
+        if expect - 1 != page_count {
+            return Err(JobError::Refused(format!(
+                "{shown}: read {} pages, the snapshot has {page_count}",
+                expect - 1
+            )));
+        }
+        let image: [u8; 32] = sha.finalize().into();
+        let written = writer
+            .finish(page_count, sequence, &image)
+            .map_err(io_err(format!("{}: write", tmp.display())))?;
+        Ok(Scan {
+            page_size,
+            page_count,
+            changed,
+            hashes,
+            image_sha256: archive::hex(&image),
+            written,
+        })
+    });
+    let end = conn.execute_batch("COMMIT");
+    let scan = result?;
+    end.map_err(sql(format!("{shown}: end read transaction")))?;
+    Ok(scan)
+}
+
+/// Build the image of `prev` (its base with `way` applied) in a temp file, hash its pages,
+/// check it against the point's SHA-256 where one is known, and store the index.
+fn rebuild_index(
+    ctx: &JobCtx<'_>,
+    dir: &Path,
+    full: &Entry,
+    prev: &Point,
+    way: &[DeltaEntry],
+    index_path: &Path,
+) -> Result<PageIndex, JobError> {
+    let temps = TempFiles(vec![archive::create_temp(&archive::temp_path(
+        dir,
+        &format!("{}.image", prev.file()),
+    ))?]);
+    let tmp = &temps.0[0];
+    let shown = dir.join(&full.file).display().to_string();
+    let mut input = chain::open_full(dir, full).map_err(io_err(format!("{shown}: read")))?;
+    let mut out = tmp.file();
+    io::copy(&mut input, &mut out)
+        .map_err(io_err(format!("{shown}: copy to {}", tmp.path.display())))?;
+    ctx.checkpoint()?;
+    chain::apply_all(dir, way, tmp.file(), true).map_err(io_err(format!(
+        "{}: rebuilding the chain's last point",
+        dir.display()
+    )))?;
+    let page_size = chain::image_page_size(&tmp.path)
+        .map_err(io_err(format!("{}: read", tmp.path.display())))?;
+    let (sha, hashes) = chain::hash_image(&tmp.path, page_size)
+        .map_err(io_err(format!("{}: read", tmp.path.display())))?;
+    let expected = match prev {
+        Point::Delta(d) => Some(d.image_sha256.as_str()),
+        Point::Full(e) if !e.compressed => Some(e.sha256.as_str()),
+        Point::Full(_) => None,
+    };
+    if let Some(expected) = expected.filter(|e| *e != sha) {
+        return Err(JobError::VerifyFailed(format!(
+            "{}: the image of {} has SHA-256 {sha}, its manifest entry says {expected}; take a full backup to start a new chain",
+            dir.display(),
+            prev.file()
+        )));
+    }
+    let index = PageIndex {
+        page_size,
+        point_sha256: prev.sha256().to_string(),
+        hashes,
+    };
+    index.write(index_path)?;
+    Ok(index)
+}
+
+/// Now, to the second, but after `after`; moved on while a delta of that name exists.
+fn unique_stamp(
+    dir: &Path,
+    series: &str,
+    compressed: bool,
+    after: Option<DateTime<Utc>>,
+) -> DateTime<Utc> {
+    let mut stamp = Utc::now().trunc_subsecs(0);
+    if let Some(a) = after.filter(|a| *a >= stamp) {
+        stamp = a + chrono::Duration::seconds(1);
+    }
+    while dir
+        .join(
+            DeltaName {
+                series: series.to_string(),
+                time: stamp,
+                compressed,
+            }
+            .file_name(),
+        )
+        .exists()
+    {
+        stamp += chrono::Duration::seconds(1);
+    }
+    stamp
+}
+
+/// Record the delta in the manifest, then move it to its final name, under the directory's
+/// lock (as full backups are committed).
+fn record_and_commit(dir: &Path, entry: &DeltaEntry, tmp: &Path) -> Result<(), ArchiveError> {
+    let forget = |m: &mut Manifest| m.deltas.retain(|d| d.file != entry.file);
+    super::record_then_rename(
+        dir,
+        tmp,
+        &entry.file,
+        |m| {
+            forget(m);
+            m.deltas.push(entry.clone());
+        },
+        forget,
+    )
+}

@@ -1,0 +1,238 @@
+//! Restoring a point of an incremental chain (`restore DB --at WHEN`, or a delta named as the
+//! backup): which full backup and which deltas, checked before anything is written. A link
+//! that is missing or damaged stops the way at the last good point before it, and
+//! [`Point::broken`] says which link and which point the restore reaches instead; the image
+//! is never one that matches no point (each delta's file SHA-256 and, at the end, the whole
+//! image's SHA-256 are checked).
+
+use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
+
+use crate::archive::{self, Manifest};
+use crate::chain::{self, DeltaEntry};
+use crate::config::Database;
+use crate::schedule::Zone;
+
+use super::{select, BackupSource, RestoreError};
+
+/// When to restore to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum At {
+    Latest,
+    Time(DateTime<Utc>),
+}
+
+/// Read `--at`: `latest`, an RFC 3339 time (`2026-12-06T14:05:00Z`, with an offset), or a
+/// wall-clock time in the configuration's zone (`2026-12-06 14:05`, seconds optional, `T` or
+/// a space). A wall-clock time that occurs twice (DST fall-back) is the earlier; one that
+/// does not occur (spring-forward gap) is refused.
+pub fn parse_at(text: &str, zone: &Zone) -> Result<At, String> {
+    let t = text.trim();
+    if t.eq_ignore_ascii_case("latest") {
+        return Ok(At::Latest);
+    }
+    if let Ok(d) = DateTime::parse_from_rfc3339(t) {
+        return Ok(At::Time(d.with_timezone(&Utc)));
+    }
+    let naive = ["%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M"]
+        .iter()
+        .find_map(|f| NaiveDateTime::parse_from_str(t, f).ok())
+        .ok_or_else(|| {
+            format!(
+                "--at {t:?}: expected \"latest\", a time like \"2026-12-06 14:05\" (in the configuration's zone, {zone}) or \"2026-12-06T14:05:00Z\""
+            )
+        })?;
+    let local = match zone {
+        Zone::Utc => Some(Utc.from_utc_datetime(&naive)),
+        Zone::Local => chrono::Local
+            .from_local_datetime(&naive)
+            .earliest()
+            .map(|d| d.with_timezone(&Utc)),
+        Zone::Named(tz) => tz
+            .from_local_datetime(&naive)
+            .earliest()
+            .map(|d| d.with_timezone(&Utc)),
+    };
+    local.map(At::Time).ok_or_else(|| {
+        format!("--at {t:?}: that wall-clock time does not exist in {zone} (a DST gap)")
+    })
+}
+
+/// The point a restore reaches: the deltas applied after the full backup, and the image's
+/// SHA-256 at the end.
+#[derive(Debug, Clone)]
+pub struct Point {
+    /// The point's file (a delta, or the full backup when no delta applies).
+    pub file: String,
+    pub time: DateTime<Utc>,
+    pub deltas: Vec<DeltaEntry>,
+    /// SHA-256 of the image at this point (None: the full backup itself, checked by its own).
+    pub image_sha256: Option<String>,
+    /// The point asked for could not be reached: the first missing or damaged link and why,
+    /// and the point asked for.
+    pub broken: Option<Broken>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Broken {
+    pub link: String,
+    pub why: String,
+    pub wanted: String,
+}
+
+/// The full backup and the deltas to restore `db` as it was at `at` (main database).
+pub fn select_at(db: &Database, at: At) -> Result<BackupSource, RestoreError> {
+    let (dir, manifest) = dir_and_manifest(db)?;
+    let main = db.backup_sources().remove(0).series;
+    let until = match at {
+        At::Latest => DateTime::<Utc>::MAX_UTC,
+        At::Time(t) => t,
+    };
+    let full = archive::list_of(&dir, &manifest, &db.name)
+        .map_err(RestoreError::ListBackups)?
+        .into_iter()
+        .filter(|f| f.name.series == main && !f.name.failed && f.name.time <= until)
+        .find_map(|f| f.entry)
+        .ok_or_else(|| RestoreError::NoPointBefore {
+            dir: dir.clone(),
+            database: db.name.clone(),
+            at: until,
+        })?;
+    let target = chain::deltas_of(&manifest, &db.name, &main)
+        .filter(|d| d.base == full.file && d.created_at <= until)
+        .max_by_key(|d| (d.created_at, d.sequence))
+        .cloned();
+    match target {
+        None => select(db, Some(&full.file)),
+        Some(t) => with_deltas(db, &dir, &manifest, &t),
+    }
+}
+
+/// `restore DB FILE` where FILE is a delta: that point.
+pub fn select_delta(db: &Database, file: &str) -> Result<Option<BackupSource>, RestoreError> {
+    if chain::DeltaName::parse(file).is_none() {
+        return Ok(None);
+    }
+    let (dir, manifest) = dir_and_manifest(db)?;
+    let Some(d) = manifest
+        .deltas
+        .iter()
+        .find(|d| d.file == file && d.database == db.name)
+        .cloned()
+    else {
+        return Err(RestoreError::NoSuchBackup {
+            dir,
+            wanted: file.to_string(),
+            database: db.name.clone(),
+        });
+    };
+    with_deltas(db, &dir, &manifest, &d).map(Some)
+}
+
+fn dir_and_manifest(db: &Database) -> Result<(std::path::PathBuf, Manifest), RestoreError> {
+    let dir = db
+        .backup
+        .as_ref()
+        .ok_or_else(|| RestoreError::NoBackupSection {
+            database: db.name.clone(),
+        })?
+        .dir
+        .clone();
+    let manifest = Manifest::load(&dir).map_err(RestoreError::Manifest)?;
+    Ok((dir, manifest))
+}
+
+/// The way to `target`: its base (checksum verified by `select`) and every delta up to it
+/// whose file is there with the checksum the manifest records, stopping before the first
+/// that is not.
+fn with_deltas(
+    db: &Database,
+    dir: &std::path::Path,
+    manifest: &Manifest,
+    target: &DeltaEntry,
+) -> Result<BackupSource, RestoreError> {
+    let way = chain::way_to(dir, manifest, target).ok_or_else(|| RestoreError::NoSuchBackup {
+        dir: dir.to_path_buf(),
+        wanted: target.base.clone(),
+        database: db.name.clone(),
+    })?;
+    let mut source = select(db, Some(&way.base.file))?;
+    let mut broken = way.broken.map(|(link, why)| Broken {
+        link,
+        why,
+        wanted: target.file.clone(),
+    });
+    let mut deltas = Vec::new();
+    for d in way.deltas {
+        match archive::sha256_file(&dir.join(&d.file)) {
+            Ok(sha) if sha == d.sha256 => deltas.push(d),
+            Ok(sha) => {
+                broken = Some(Broken {
+                    link: d.file.clone(),
+                    why: format!("SHA-256 {sha} is not the manifest's {}", d.sha256),
+                    wanted: target.file.clone(),
+                });
+                break;
+            }
+            Err(e) => {
+                broken = Some(Broken {
+                    link: d.file.clone(),
+                    why: e.to_string(),
+                    wanted: target.file.clone(),
+                });
+                break;
+            }
+        }
+    }
+    let point = match deltas.last() {
+        Some(last) => Point {
+            file: last.file.clone(),
+            time: last.created_at,
+            image_sha256: Some(last.image_sha256.clone()),
+            deltas: deltas.clone(),
+            broken,
+        },
+        None => Point {
+            file: way.base.file.clone(),
+            time: way.base.created_at,
+            image_sha256: None,
+            deltas: Vec::new(),
+            broken,
+        },
+    };
+    source.restored_size = deltas
+        .iter()
+        .map(|d| d.page_count * d.page_size)
+        .fold(source.restored_size, u64::max);
+    source.point = Some(point);
+    Ok(source)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn at_reads_latest_rfc3339_and_wall_clock_in_the_zone() {
+        let berlin = Zone::parse("Europe/Berlin").unwrap();
+        assert_eq!(parse_at("latest", &berlin), Ok(At::Latest));
+        let t = |s: &str| At::Time(DateTime::parse_from_rfc3339(s).unwrap().to_utc());
+        assert_eq!(
+            parse_at("2026-12-06 14:05", &berlin),
+            Ok(t("2026-12-06T13:05:00Z"))
+        );
+        assert_eq!(
+            parse_at("2026-07-06T14:05:30", &berlin),
+            Ok(t("2026-07-06T12:05:30Z"))
+        );
+        assert_eq!(
+            parse_at("2026-12-06T14:05:00+00:00", &berlin),
+            Ok(t("2026-12-06T14:05:00Z"))
+        );
+        assert!(parse_at("2026-03-29 02:30", &berlin)
+            .unwrap_err()
+            .contains("DST gap"));
+        assert!(parse_at("yesterday", &Zone::Utc)
+            .unwrap_err()
+            .contains("--at"));
+    }
+}
