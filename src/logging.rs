@@ -149,6 +149,10 @@ struct JournalFigures<'a> {
     verify: Option<&'static str>,
     pages_per_sec: Option<u64>,
     sha256: Option<&'a str>,
+    /// A drill's newest copy: its file, recovery time (s) and recovery point (age, s).
+    drill_backup: Option<&'a str>,
+    drill_rto_seconds: Option<f64>,
+    drill_rpo_seconds: Option<u64>,
 }
 
 impl<'a> JournalFigures<'a> {
@@ -173,6 +177,15 @@ impl<'a> JournalFigures<'a> {
                 pages_per_sec: b.pages_per_sec,
                 sha256: b.sha256.as_deref(),
                 ..JournalFigures::default()
+            },
+            Some(Figures::Drill(d)) => match d.newest() {
+                None => JournalFigures::default(),
+                Some(c) => JournalFigures {
+                    drill_backup: Some(c.backup.as_str()),
+                    drill_rto_seconds: Some(c.phases.total_ms as f64 / 1000.0),
+                    drill_rpo_seconds: Some(c.age_seconds),
+                    ..JournalFigures::default()
+                },
             },
         }
     }
@@ -202,6 +215,9 @@ pub fn job_finished(r: &Report) {
                 litekeeper_verify = f.verify,
                 litekeeper_pages_per_sec = f.pages_per_sec,
                 litekeeper_sha256 = f.sha256,
+                litekeeper_drill_backup = f.drill_backup,
+                litekeeper_drill_rto_seconds = f.drill_rto_seconds,
+                litekeeper_drill_rpo_seconds = f.drill_rpo_seconds,
                 litekeeper_error = r.error.as_deref(),
                 litekeeper_figures = figures.as_str(),
                 "{} {}: {} in {} ms",

@@ -338,7 +338,7 @@ impl FigureSamples {
                 backup_size_bytes: b.bytes_after,
                 ..FigureSamples::default()
             },
-            Some(Figures::Vacuum(_)) | None => FigureSamples::default(),
+            Some(Figures::Vacuum(_)) | Some(Figures::Drill(_)) | None => FigureSamples::default(),
         }
     }
 }
@@ -391,6 +391,14 @@ pub fn render(config: &Config, history: &HistoryReader) -> rusqlite::Result<Stri
         "litekeeper_database_size_bytes",
         "Size of the database file (schema main, or an attached database's alias) when the metrics were written.",
     );
+    let mut drill_success = Family::gauge(
+        "litekeeper_drill_last_success_timestamp_seconds",
+        "When the last successful restore drill of the database from the source ended, Unix time.",
+    );
+    let mut drill_restore = Family::gauge(
+        "litekeeper_drill_restore_seconds",
+        "Recovery time the last successful drill measured from the source: fetch, decrypt, decompress, restore and check of its newest copy.",
+    );
     let mut wal_size = Family::gauge(
         "litekeeper_wal_size_bytes",
         "Size of the database's -wal file (0 when there is none) when the metrics were written.",
@@ -427,6 +435,18 @@ pub fn render(config: &Config, history: &HistoryReader) -> rusqlite::Result<Stri
                 if r.outcome == RunState::Finished(Outcome::Ok) {
                     if kind == JobKind::Backup {
                         backup_time.push(&db_label, ts(r.ended()));
+                    }
+                    // Per source: the newest copy each source gave in that drill.
+                    let drilled = r.figures.as_ref().and_then(|f| f.drill());
+                    let mut seen: Vec<&str> = Vec::new();
+                    for c in drilled.map(|d| d.copies.as_slice()).unwrap_or_default() {
+                        if seen.contains(&c.source.as_str()) {
+                            continue;
+                        }
+                        seen.push(&c.source);
+                        let labels = [("database", name), ("source", c.source.as_str())];
+                        drill_success.push(&labels, ts(r.ended()));
+                        drill_restore.push(&labels, seconds(c.phases.total_ms as i64));
                     }
                     let f = FigureSamples::of(r.figures.as_ref());
                     for (family, value) in [
@@ -480,6 +500,8 @@ pub fn render(config: &Config, history: &HistoryReader) -> rusqlite::Result<Stri
         &bytes_freed,
         &backup_time,
         &backup_size,
+        &drill_success,
+        &drill_restore,
         &db_size,
         &wal_size,
     ] {

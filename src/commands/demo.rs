@@ -110,6 +110,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode, Failure> {
             trigger: Trigger::Cli,
             dry_run: true,
             on_busy: None,
+            drill: Default::default(),
         },
     ));
     println!("  prune --dry-run: {}", preview.summary);
@@ -132,6 +133,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode, Failure> {
             trigger: Trigger::Cli,
             dry_run: false,
             on_busy: None,
+            drill: Default::default(),
         };
         let report = rt.block_on(jobs::execute(&env, req));
         let not_built = report

@@ -27,6 +27,10 @@ const SYSTEM_UNITS: &[(&str, &str)] = &[
         include_str!("../../systemd/litekeeper-backup@.service"),
     ),
     (
+        "litekeeper-drill@.service",
+        include_str!("../../systemd/litekeeper-drill@.service"),
+    ),
+    (
         "litekeeper-prune@.timer",
         include_str!("../../systemd/litekeeper-prune@.timer"),
     ),
@@ -37,6 +41,10 @@ const SYSTEM_UNITS: &[(&str, &str)] = &[
     (
         "litekeeper-backup@.timer",
         include_str!("../../systemd/litekeeper-backup@.timer"),
+    ),
+    (
+        "litekeeper-drill@.timer",
+        include_str!("../../systemd/litekeeper-drill@.timer"),
     ),
 ];
 
@@ -59,6 +67,10 @@ const USER_UNITS: &[(&str, &str)] = &[
         include_str!("../../systemd/user/litekeeper-backup@.service"),
     ),
     (
+        "litekeeper-drill@.service",
+        include_str!("../../systemd/user/litekeeper-drill@.service"),
+    ),
+    (
         "litekeeper-prune@.timer",
         include_str!("../../systemd/litekeeper-prune@.timer"),
     ),
@@ -69,6 +81,10 @@ const USER_UNITS: &[(&str, &str)] = &[
     (
         "litekeeper-backup@.timer",
         include_str!("../../systemd/litekeeper-backup@.timer"),
+    ),
+    (
+        "litekeeper-drill@.timer",
+        include_str!("../../systemd/litekeeper-drill@.timer"),
     ),
 ];
 

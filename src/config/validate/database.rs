@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use super::backup::backup;
+use super::drill::drill;
 use super::prune::prune;
 use super::vacuum::vacuum;
 use super::{has_control_chars, is_db_name, is_identifier, Checker, NAME_RULE};
@@ -188,6 +189,10 @@ pub(in crate::config) fn database(
             .backup
             .as_ref()
             .map(|b| backup(c, &key.key("backup"), b, &rd.name, daemon)),
+        drill: rd
+            .drill
+            .as_ref()
+            .map(|d| drill(c, &key.key("drill"), d, rd.backup.is_some(), daemon)),
         fleet: None,
         keep_history,
         scanned: None,
