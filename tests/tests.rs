@@ -15,6 +15,7 @@ mod config_files;
 mod config_load;
 mod daemon;
 mod demo_run;
+mod drill;
 mod edges;
 mod fleet;
 mod fleet_names;
