@@ -159,6 +159,11 @@ pub fn run(args: DemoArgs) -> Result<ExitCode, Failure> {
                 println!("  {l}");
             }
         }
+        if kind == JobKind::Drill {
+            for l in jobs::drill::report_lines(&report.figures) {
+                println!("  {l}");
+            }
+        }
     }
 
     let after = measure(&sample).or_exit(ExitCode::IoErr)?;
@@ -192,6 +197,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode, Failure> {
     println!("  {exe} -c {c} schedule");
     println!("  {exe} -c {c} check");
     println!("  {exe} -c {c} restore chat --to {restored}");
+    println!("  {exe} -c {c} drill chat");
     Ok(if failed {
         ExitCode::Failed
     } else {
