@@ -472,3 +472,44 @@ fn metrics_carry_the_drill_per_database_and_source() {
         assert!(text.contains(want), "{want} not in {text}");
     }
 }
+
+#[test]
+fn systemd_units_give_the_drill_a_timer_and_open_its_scratch_directory() {
+    let env = TestEnv::new();
+    let db = env.sqlite("app/chat.db", "CREATE TABLE t(x);");
+    let scratch = env.path("scratch");
+    env.config("timezone = \"UTC\"")
+        .database(
+            "chat",
+            &db,
+            &format!(
+                "[database.backup]\n[database.drill]\nschedule = \"30 4 * * SUN\"\nscratch_dir = \"{}\"\n",
+                scratch.display()
+            ),
+        )
+        .write();
+    let out = env.path("units");
+    let o = env
+        .cmd()
+        .args(["systemd-units", "--with-units", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let timer =
+        std::fs::read_to_string(out.join("litekeeper-drill@chat.timer.d/schedule.conf")).unwrap();
+    assert!(
+        timer.contains("OnCalendar=Sun *-*-* 04:30:00 UTC"),
+        "{timer}"
+    );
+    for unit in ["litekeeper-drill@.service.d", "litekeeper.service.d"] {
+        let paths = std::fs::read_to_string(out.join(unit).join("paths.conf")).unwrap();
+        assert!(
+            paths.contains(&format!("ReadWritePaths=\"-{}\"\n", scratch.display())),
+            "{unit}: {paths}"
+        );
+    }
+    let svc = std::fs::read_to_string(out.join("litekeeper-drill@.service")).unwrap();
+    assert!(svc.contains(" run -- %i drill\n"), "{svc}");
+    assert!(svc.contains("ProtectSystem=strict"), "{svc}");
+}

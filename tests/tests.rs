@@ -24,6 +24,7 @@ mod injection;
 mod journal;
 mod kill;
 mod metrics;
+mod monitoring;
 mod pings;
 mod prune;
 mod prune_fk;
