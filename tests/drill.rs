@@ -513,3 +513,28 @@ fn systemd_units_give_the_drill_a_timer_and_open_its_scratch_directory() {
     assert!(svc.contains(" run -- %i drill\n"), "{svc}");
     assert!(svc.contains("ProtectSystem=strict"), "{svc}");
 }
+
+#[test]
+fn a_scratch_directory_inside_the_backup_directory_is_refused_at_load() {
+    let env = TestEnv::new();
+    let db = env.sqlite("app/chat.db", "CREATE TABLE t(x);");
+    let dir = env.path("backups");
+    env.config("")
+        .database(
+            "chat",
+            &db,
+            &format!(
+                "[database.backup]\ndir = \"{}\"\n[database.drill]\nscratch_dir = \"{}/scratch\"\n",
+                dir.display(),
+                dir.display()
+            ),
+        )
+        .write();
+    let o = env.cmd().args(["drill", "chat"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(78), "{}", both(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("drill.scratch_dir") && err.contains("must not contain each other"),
+        "{err}"
+    );
+}

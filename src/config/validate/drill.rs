@@ -13,9 +13,10 @@ pub(super) fn drill(
     c: &mut Checker,
     key: &KeyPath,
     d: &RawDrill,
-    has_backup: bool,
+    backup_dir: Option<&std::path::Path>,
     daemon: &Daemon,
 ) -> Drill {
+    let has_backup = backup_dir.is_some();
     let from_key = key.key("from");
     let mut from = Vec::new();
     match &d.from {
@@ -113,9 +114,34 @@ pub(super) fn drill(
         identity,
         asserts,
         max_age: c.opt_duration(&key.key("max_age"), d.max_age.as_ref()),
-        scratch_dir: match &d.scratch_dir {
-            Some(p) => c.abs_path(&key.key("scratch_dir"), p),
-            None => daemon.state_dir.join("drill"),
-        },
+        scratch_dir: scratch_dir(c, key, d, backup_dir, daemon),
     }
+}
+
+/// The scratch directory: never inside the backup directory (which holds only backups, and
+/// which `restore --to` refuses) nor the backup directory inside it (a drill empties it).
+fn scratch_dir(
+    c: &mut Checker,
+    key: &KeyPath,
+    d: &RawDrill,
+    backup_dir: Option<&std::path::Path>,
+    daemon: &Daemon,
+) -> std::path::PathBuf {
+    let Some(text) = &d.scratch_dir else {
+        return daemon.state_dir.join("drill");
+    };
+    let k = key.key("scratch_dir");
+    let p = c.abs_path(&k, text);
+    if let Some(b) = backup_dir.filter(|b| p.starts_with(b) || b.starts_with(&p)) {
+        c.fail(
+            &k,
+            format!(
+                "the scratch directory and the backup directory ({}) must not contain each \
+                 other: the drill empties its scratch directory; point it elsewhere",
+                b.display()
+            ),
+            Some(text.clone()),
+        );
+    }
+    p
 }
