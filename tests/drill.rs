@@ -345,6 +345,9 @@ fn no_backup_to_drill_is_missing_input() {
     let o = drill(&env, &[]);
     assert_eq!(o.status.code(), Some(66), "{}", both(&o));
     assert!(both(&o).contains("no backup to drill"), "{}", both(&o));
+    // Its scratch directory went with it: the next drill has nothing to clean up.
+    assert!(env.path("state/drill").exists());
+    assert!(!env.path("state/drill/chat").exists());
 }
 
 /// The scratch copy's temp file appears while the drill restores it.

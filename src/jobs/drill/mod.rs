@@ -77,7 +77,8 @@ pub fn run(ctx: &DrillCtx<'_>) -> Result<JobResult, JobError> {
         Some(name) => vec![source_named(cfg, name).map_err(JobError::Config)?],
         None => cfg.from.clone(),
     };
-    let scratch = prepare_scratch(&cfg.scratch_dir, &db.name)?;
+    let guard = Scratch(prepare_scratch(&cfg.scratch_dir, &db.name)?);
+    let scratch = &guard.0;
     let mut copies = Vec::new();
     for s in &sources {
         let mut result = Ok(());
@@ -102,7 +103,7 @@ pub fn run(ctx: &DrillCtx<'_>) -> Result<JobResult, JobError> {
                 result = Err(JobError::Cancelled);
                 break;
             }
-            match drill_point(ctx, cfg, source.as_ref(), point, &scratch) {
+            match drill_point(ctx, cfg, source.as_ref(), point, scratch) {
                 Ok(c) => drilled.push(c),
                 Err(e) => {
                     result = Err(e);
@@ -116,7 +117,6 @@ pub fn run(ctx: &DrillCtx<'_>) -> Result<JobResult, JobError> {
         result?;
         marked?;
     }
-    let _ = std::fs::remove_dir_all(&scratch);
     if ctx.dry_run {
         return Ok(JobResult {
             summary: format!(
@@ -288,6 +288,16 @@ fn prepare_scratch(root: &Path, name: &str) -> Result<PathBuf, JobError> {
     }
     archive::ensure_private_dir(&dir)?;
     Ok(dir)
+}
+
+/// The scratch directory, removed when the run ends however it ends (a killed process leaves
+/// it for the next drill).
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 fn ms(d: Duration) -> u64 {
