@@ -219,6 +219,16 @@ pub struct DirLock {
 /// file is opened like the per-database locks: never through a symlink, without blocking, and
 /// only when it is a regular file (a FIFO or device in its place is refused with its path).
 pub fn lock_dir(dir: &Path) -> Result<DirLock, ArchiveError> {
+    let file = open_dir_lock(dir)?;
+    // std's file locks are flock(2) on Linux (blocking whatever O_NONBLOCK says).
+    file.lock().map_err(io_err(
+        &dir.join(DIR_LOCK),
+        "cannot lock the backup directory",
+    ))?;
+    Ok(DirLock { _file: file })
+}
+
+fn open_dir_lock(dir: &Path) -> Result<File, ArchiveError> {
     let path = dir.join(DIR_LOCK);
     let refused = |what: &str| ArchiveError::Refused {
         reason: format!(
@@ -241,10 +251,25 @@ pub fn lock_dir(dir: &Path) -> Result<DirLock, ArchiveError> {
             )(e))
         }
     };
-    // std's file locks are flock(2) on Linux (blocking whatever O_NONBLOCK says).
-    file.lock()
+    Ok(file)
+}
+
+/// A shared hold on the backup directory's lock: readers of backups (a drill restoring a
+/// copy) hold it while they read, so nothing that takes the lock itself (cleanup, manifest
+/// updates, retention) runs meanwhile and no copy goes from under them; readers do not wait
+/// for each other. Dropping it releases it.
+#[derive(Debug)]
+pub struct SharedDirLock {
+    _file: File,
+}
+
+/// Take `dir`'s lock shared (waits while a writer holds it; opened as [`lock_dir`] opens it).
+pub fn lock_dir_shared(dir: &Path) -> Result<SharedDirLock, ArchiveError> {
+    let file = open_dir_lock(dir)?;
+    let path = dir.join(DIR_LOCK);
+    file.lock_shared()
         .map_err(io_err(&path, "cannot lock the backup directory"))?;
-    Ok(DirLock { _file: file })
+    Ok(SharedDirLock { _file: file })
 }
 
 /// A temp file being written: created new (mode 0600) and flocked for as long as this value
@@ -472,6 +497,32 @@ pub struct Entry {
     /// Rows per table in the source snapshot (when verified).
     pub tables: BTreeMap<String, i64>,
     pub duration_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// foreign_key_check violations in the source snapshot (when verified): a restored copy
+    /// with more is damaged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fk_violations: Option<i64>,
+    /// The last restore drill of this copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drill: Option<DrillMark>,
+}
+
+impl Entry {
+    /// Its last drill failed: never the "newest verified" backup retention must keep, never
+    /// restored by default.
+    pub fn drill_failed(&self) -> bool {
+        self.drill
+            .as_ref()
+            .is_some_and(|d| d.verdict == crate::domain::DrillVerdict::Failed)
+    }
+}
+
+/// What the last restore drill of a copy found.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DrillMark {
+    pub at: DateTime<Utc>,
+    pub verdict: crate::domain::DrillVerdict,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }

@@ -143,6 +143,25 @@ pub enum Command {
     #[command(verbatim_doc_comment)]
     Restore(RestoreArgs),
 
+    /// Restore drill: restore backups into a scratch directory, check them, time it
+    ///
+    /// For each picked copy ([database.drill] pick, or BACKUP): its SHA-256 against the
+    /// manifest, then decompress and restore it (with its attached databases) through the
+    /// same code as `restore --to`, integrity_check, foreign_key_check, page and row counts
+    /// against the manifest, and each `assert` on a read-only connection. Never touches the
+    /// live database or its lock. Prints per copy: source, age, phases with times, checks,
+    /// verdict. Exit 0 when every copy passed, 65 when a copy failed its checks (it is marked
+    /// `drill: failed` in `backups list`), 66 when there is no backup to drill, 73 when the
+    /// scratch directory lacks space, 75 when another drill of the database runs.
+    ///
+    /// Examples:
+    ///   litekeeper drill chat
+    ///   litekeeper drill chat chatbot-20260101-020000.db.zst
+    ///   litekeeper drill chat --from local
+    ///   litekeeper drill tenant               (fleet "tenant-{stem}": every member)
+    #[command(verbatim_doc_comment)]
+    Drill(DrillArgs),
+
     /// Build a realistic sample (chat DB, blob DB, uploads) and run every job on it.
     ///
     /// Writes the sample and a config for it into DIR (default: a new temporary directory),
@@ -205,6 +224,7 @@ pub enum JobArg {
     /// An incremental backup: a new point after the newest full backup (`incremental` in
     /// `[database.backup]`).
     Incremental,
+    Drill,
 }
 
 #[derive(Debug, Args)]
@@ -222,6 +242,19 @@ pub struct RunArgs {
     /// instead of exiting 75. Without a value: wait as long as it takes.
     #[arg(long, value_name = "DURATION", num_args = 0..=1, default_missing_value = "forever")]
     pub wait: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DrillArgs {
+    /// Database name, or a fleet's name without {stem} (every current member).
+    pub database: String,
+    /// Backup file name (as listed by `backups list`; any file of its run); default: the
+    /// copies [database.drill] pick chooses.
+    pub backup: Option<String>,
+    /// Drill from this source only ("local": the backup directory); default: every source in
+    /// [database.drill] from.
+    #[arg(long, value_name = "SOURCE")]
+    pub from: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -243,6 +243,12 @@ jitter = "30m"
 dir = "{backups}"
 verify = "quick"
 keep = {{ daily = 7 }}
+
+[database.drill]                   # restore the newest backup into a scratch directory and check it
+schedule = "30 5 * * SUN"
+pick = "newest"
+assert = ["SELECT count(*) > 0 FROM chat", "SELECT count(*) > 0 FROM files.blob"]
+max_age = "15d"
 "#,
         main = s.main_db.display(),
         blob = s.blob_db.display(),

@@ -50,15 +50,18 @@ pub enum JobKind {
     /// An incremental backup: the pages changed since the chain's previous point
     /// (`[database.backup] incremental`).
     Incremental,
+    /// A restore drill: restores backups into a scratch directory and checks them.
+    Drill,
 }
 
 impl JobKind {
-    /// In the order the demo and a full maintenance pass run them.
-    pub const ALL: [JobKind; 4] = [
+    /// In the order the demo and a full maintenance pass run them (a drill proves the backup).
+    pub const ALL: [JobKind; 5] = [
         JobKind::Prune,
         JobKind::Vacuum,
         JobKind::Backup,
         JobKind::Incremental,
+        JobKind::Drill,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -67,6 +70,7 @@ impl JobKind {
             JobKind::Vacuum => "vacuum",
             JobKind::Backup => "backup",
             JobKind::Incremental => "incremental",
+            JobKind::Drill => "drill",
         }
     }
 }
@@ -77,7 +81,7 @@ impl FromStr for JobKind {
         JobKind::ALL
             .into_iter()
             .find(|k| k.as_str() == s)
-            .ok_or_else(|| format!("unknown job {s:?} (prune, vacuum, backup or incremental)"))
+            .ok_or_else(|| format!("unknown job {s:?} (prune, vacuum, backup, incremental or drill)"))
     }
 }
 
@@ -217,6 +221,7 @@ pub enum Figures {
     Vacuum(VacuumFigures),
     Backup(BackupFigures),
     Incremental(IncrementalFigures),
+    Drill(DrillFigures),
 }
 
 impl Figures {
@@ -226,6 +231,7 @@ impl Figures {
             Figures::Vacuum(_) => JobKind::Vacuum,
             Figures::Backup(_) => JobKind::Backup,
             Figures::Incremental(_) => JobKind::Incremental,
+            Figures::Drill(_) => JobKind::Drill,
         }
     }
 
@@ -249,12 +255,20 @@ impl Figures {
             JobKind::Vacuum => serde_json::from_value(v).ok().map(Figures::Vacuum),
             JobKind::Backup => serde_json::from_value(v).ok().map(Figures::Backup),
             JobKind::Incremental => serde_json::from_value(v).ok().map(Figures::Incremental),
+            JobKind::Drill => serde_json::from_value(v).ok().map(Figures::Drill),
         }
     }
 
     pub fn prune(&self) -> Option<&PruneFigures> {
         match self {
             Figures::Prune(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    pub fn drill(&self) -> Option<&DrillFigures> {
+        match self {
+            Figures::Drill(d) => Some(d),
             _ => None,
         }
     }
@@ -489,6 +503,79 @@ pub fn truncate(s: &str, max: usize) -> String {
     match s.char_indices().nth(max) {
         Some((i, _)) => format!("{}…", &s[..i]),
         None => s.to_string(),
+    }
+}
+
+/// A drill's figures: one entry per copy drilled, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DrillFigures {
+    pub copies: Vec<CopyDrill>,
+}
+
+impl DrillFigures {
+    /// The copy the journal and the metrics speak of: the newest one drilled.
+    pub fn newest(&self) -> Option<&CopyDrill> {
+        self.copies.first()
+    }
+}
+
+/// How one copy (one backup run: the main database and its attached databases) fared.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CopyDrill {
+    /// Where it came from: `local` (the backup directory), or a remote's name.
+    pub source: String,
+    /// The main database's backup file.
+    pub backup: String,
+    /// Every file of the run (main first, then attached databases).
+    pub files: Vec<String>,
+    pub created_at: Option<DateTime<Utc>>,
+    /// The copy's age when the drill began: the recovery point (RPO).
+    pub age_seconds: u64,
+    /// Bytes as stored, and as restored.
+    pub bytes: u64,
+    pub restored_bytes: u64,
+    pub phases: DrillPhases,
+    /// What was checked, one line each (`integrity_check main: ok`, `assert[0]: ok`).
+    pub checks: Vec<String>,
+    pub verdict: DrillVerdict,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Time spent in each phase of a copy's drill, in ms; `total_ms` is the recovery time a
+/// person would face (RTO).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DrillPhases {
+    /// Getting the copy and checking its SHA-256 against the manifest.
+    pub fetch_ms: u64,
+    pub decrypt_ms: u64,
+    /// Decompressing into the scratch file (0 for an uncompressed copy).
+    pub decompress_ms: u64,
+    /// Writing, syncing and quick-checking the restored file (the restore library's steps).
+    pub restore_ms: u64,
+    /// integrity_check, foreign_key_check, page and row counts, assertions.
+    pub check_ms: u64,
+    pub total_ms: u64,
+}
+
+/// A copy's drill verdict.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DrillVerdict {
+    #[default]
+    Ok,
+    Failed,
+}
+
+impl DrillVerdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DrillVerdict::Ok => "ok",
+            DrillVerdict::Failed => "failed",
+        }
     }
 }
 

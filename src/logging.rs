@@ -226,6 +226,10 @@ struct JournalFigures<'a> {
     sha256: Option<&'a str>,
     pages_scanned: Option<u64>,
     pages_changed: Option<u64>,
+    /// A drill's newest copy: its file, recovery time (s) and recovery point (age, s).
+    drill_backup: Option<&'a str>,
+    drill_rto_seconds: Option<f64>,
+    drill_rpo_seconds: Option<u64>,
 }
 
 impl<'a> JournalFigures<'a> {
@@ -259,6 +263,15 @@ impl<'a> JournalFigures<'a> {
                 pages_changed: Some(i.pages_changed),
                 ..JournalFigures::default()
             },
+            Some(Figures::Drill(d)) => match d.newest() {
+                None => JournalFigures::default(),
+                Some(c) => JournalFigures {
+                    drill_backup: Some(c.backup.as_str()),
+                    drill_rto_seconds: Some(c.phases.total_ms as f64 / 1000.0),
+                    drill_rpo_seconds: Some(c.age_seconds),
+                    ..JournalFigures::default()
+                },
+            },
         }
     }
 }
@@ -289,6 +302,9 @@ pub fn job_finished(r: &Report) {
                 litekeeper_sha256 = f.sha256,
                 litekeeper_pages_scanned = f.pages_scanned,
                 litekeeper_pages_changed = f.pages_changed,
+                litekeeper_drill_backup = f.drill_backup,
+                litekeeper_drill_rto_seconds = f.drill_rto_seconds,
+                litekeeper_drill_rpo_seconds = f.drill_rpo_seconds,
                 litekeeper_error = r.error.as_deref(),
                 litekeeper_figures = figures.as_str(),
                 "{} {}: {} in {} ms",

@@ -27,7 +27,7 @@ use chrono::{DateTime, Utc};
 use crate::config::{Config, Database};
 use crate::db_files::{file_len, DbFiles};
 use crate::domain::{Figures, JobKind, Outcome, RunState};
-use crate::state::{History, HistoryReader, State};
+use crate::state::{History, HistoryReader, RunRecord, State};
 
 /// Lock file in `lock_dir` serialising metrics writers ('.' cannot occur in a database name,
 /// so it never collides with a database's lock).
@@ -344,7 +344,7 @@ impl FigureSamples {
                 incremental_bytes: Some(i.bytes),
                 ..FigureSamples::default()
             },
-            Some(Figures::Vacuum(_)) | None => FigureSamples::default(),
+            Some(Figures::Vacuum(_)) | Some(Figures::Drill(_)) | None => FigureSamples::default(),
         }
     }
 }
@@ -364,6 +364,8 @@ struct Families {
     incr_scanned: Family,
     incr_changed: Family,
     incr_bytes: Family,
+    drill_success: Family,
+    drill_restore: Family,
     db_size: Family,
     wal_size: Family,
 }
@@ -425,6 +427,14 @@ impl Families {
                 "litekeeper_last_incremental_size_bytes",
                 "Size on disk of the delta files the last successful incremental backup wrote.",
             ),
+            drill_success: Family::gauge(
+                "litekeeper_drill_last_success_timestamp_seconds",
+                "When the last successful restore drill of the database from the source ended, Unix time.",
+            ),
+            drill_restore: Family::gauge(
+                "litekeeper_drill_restore_seconds",
+                "Recovery time the last successful drill measured from the source: fetch, decrypt, decompress, restore and check of its newest copy.",
+            ),
             db_size: Family::gauge(
                 "litekeeper_database_size_bytes",
                 "Size of the database file (schema main, or an attached database's alias) when the metrics were written.",
@@ -433,6 +443,22 @@ impl Families {
                 "litekeeper_wal_size_bytes",
                 "Size of the database's -wal file (0 when there is none) when the metrics were written.",
             ),
+        }
+    }
+
+    /// Per source: the newest copy each source gave in a successful drill.
+    fn drills(&mut self, name: &str, r: &RunRecord) {
+        let drilled = r.figures.as_ref().and_then(|f| f.drill());
+        let mut seen: Vec<&str> = Vec::new();
+        for c in drilled.map(|d| d.copies.as_slice()).unwrap_or_default() {
+            if seen.contains(&c.source.as_str()) {
+                continue;
+            }
+            seen.push(&c.source);
+            let labels = [("database", name), ("source", c.source.as_str())];
+            self.drill_success.push(&labels, ts(r.ended()));
+            self.drill_restore
+                .push(&labels, seconds(c.phases.total_ms as i64));
         }
     }
 
@@ -463,6 +489,7 @@ impl Families {
                 if kind == JobKind::Backup {
                     self.backup_time.push(&db_label, ts(r.ended()));
                 }
+                self.drills(name, r);
                 let f = FigureSamples::of(r.figures.as_ref());
                 for (family, value) in [
                     (&mut self.rows_deleted, f.prune_deleted_rows),
@@ -522,6 +549,8 @@ impl Families {
             &self.incr_scanned,
             &self.incr_changed,
             &self.incr_bytes,
+            &self.drill_success,
+            &self.drill_restore,
             &self.db_size,
             &self.wal_size,
         ] {

@@ -458,12 +458,13 @@ pub fn config_drop_ins(file: &std::path::Path) -> Result<Vec<UnitFile>, String> 
         .collect())
 }
 
-const SERVICE_DROP_IN_DIRS: [&str; 5] = [
+const SERVICE_DROP_IN_DIRS: [&str; 6] = [
     "litekeeper.service.d",
     "litekeeper-prune@.service.d",
     "litekeeper-vacuum@.service.d",
     "litekeeper-backup@.service.d",
     "litekeeper-incremental@.service.d",
+    "litekeeper-drill@.service.d",
 ];
 
 /// `RandomizedDelaySec=` value for a jitter.
@@ -646,6 +647,9 @@ fn fleet_paths(f: &crate::config::Fleet) -> Vec<(PathBuf, String)> {
     if let Some(t) = raw.vacuum.as_ref().and_then(|v| v.temp_dir.as_deref()) {
         add(fixed_dir(t, false), "vacuum.temp_dir".into());
     }
+    if let Some(d) = &f.template.drill {
+        add(Some(d.scratch_dir.clone()), "drill.scratch_dir".into());
+    }
     // A pattern that is variable from its first component on (`/*/app.db`) opens nothing:
     // never the whole file system.
     v.into_iter()
@@ -672,6 +676,9 @@ fn db_paths(db: &Database) -> Vec<(PathBuf, String)> {
     }
     if let Some(vac) = &db.vacuum {
         v.extend(vac.temp_dir.clone().map(|p| (p, "vacuum.temp_dir".into())));
+    }
+    if let Some(d) = &db.drill {
+        v.push((d.scratch_dir.clone(), "drill.scratch_dir".into()));
     }
     v
 }

@@ -27,7 +27,7 @@ const BELOW_A_JOB: &[&str] = &["domain", "base", "config", "policy", "output", "
 #[rustfmt::skip]
 const BELOW_COMMANDS: &[&str] = &[
     "domain", "base", "config", "policy", "output", "storage", "records", "jobs", "job:backup",
-    "job:prune", "job:vacuum", "scheduler", "cli",
+    "job:prune", "job:vacuum", "job:drill", "scheduler", "cli",
 ];
 
 /// Lower layers first. `domain` (the shared vocabulary) and `restore` (the restore library)
@@ -45,6 +45,7 @@ const LAYERS: &[Layer] = &[
     ("job:backup", &["jobs::backup"],                                        BELOW_A_JOB),
     ("job:prune",  &["jobs::prune", "jobs::prune_fk", "jobs::prune_batch"],  BELOW_A_JOB),
     ("job:vacuum", &["jobs::vacuum"],                                        BELOW_A_JOB),
+    ("job:drill",  &["jobs::drill"],                                         BELOW_A_JOB),
     ("scheduler",  &["scheduler"],                                           BELOW_A_JOB),
     ("cli",        &["cli"],                                                 &["domain", "base"]),
     ("commands",   &["commands"],                                            BELOW_COMMANDS),

@@ -27,6 +27,9 @@ fn demo_builds_a_sample_runs_the_jobs_and_refuses_a_used_dir() {
     let dir = env.path("d");
     let stdout = demo(&dir);
     assert!(stdout.contains("backup  ok"), "{stdout}");
+    // The drill step restored the new backup and its assertions held.
+    assert!(stdout.contains("drill   ok"), "{stdout}");
+    assert!(stdout.contains("verdict: ok"), "{stdout}");
     for line in ["chats", "messages", "blobs", "upload files", "backups"] {
         assert!(
             stdout.lines().any(|l| l.trim_start().starts_with(line)),
@@ -130,7 +133,7 @@ fn the_demos_try_next_lines_run_as_printed_without_litekeeper_on_path() {
         .skip(1)
         .map(str::trim)
         .collect();
-    assert_eq!(lines.len(), 4, "{stdout}");
+    assert_eq!(lines.len(), 5, "{stdout}");
     for line in lines {
         let o = std::process::Command::new("sh")
             .arg("-c")

@@ -999,6 +999,8 @@ fn fabricate(dir: &Path) -> BTreeSet<String> {
                 tables: Default::default(),
                 duration_ms: 1,
                 error: None,
+                fk_violations: None,
+                drill: None,
             });
         }
         all.insert(name);

@@ -83,6 +83,8 @@ struct BackupJson {
     kept_by: Vec<String>,
     /// Why this file needs an operator's look (null when all is well).
     warning: Option<String>,
+    /// The last restore drill of this copy (null when never drilled).
+    drill: Option<crate::archive::DrillMark>,
 }
 
 pub fn list(path: &Path, args: BackupsListArgs) -> Result<ExitCode, Failure> {
@@ -245,6 +247,13 @@ fn write_human(
                     b.kept_by.join(", ")
                 }
             )?;
+            if let Some(d) = &b.drill {
+                let ago = age(Utc::now().signed_duration_since(d.at).num_seconds());
+                match &d.error {
+                    Some(e) => writeln!(out, "    drill: {} {ago} ago: {e}", d.verdict.as_str())?,
+                    None => writeln!(out, "    drill: {} {ago} ago", d.verdict.as_str())?,
+                }
+            }
         }
         if !d.points.is_empty() {
             writeln!(out, "  incremental points:")?;
@@ -316,6 +325,7 @@ fn to_json(db: &Database, dir: &Path, plan: &[Planned], now: DateTime<Utc>) -> D
                 .map(|r| r.as_str().to_string())
                 .collect(),
             warning: p.warning(),
+            drill: p.entry.as_ref().and_then(|e| e.drill.clone()),
         })
         .collect();
     DatabaseJson {
@@ -401,6 +411,11 @@ mod tests {
                             vec![]
                         },
                         warning: (j == 1).then(|| "dated in the future".into()),
+                        drill: (j == 0).then(|| crate::archive::DrillMark {
+                            at: utc("2026-11-25T04:30:00Z"),
+                            verdict: crate::domain::DrillVerdict::Failed,
+                            error: Some("assert[0] \"SELECT 0\": returned 0".into()),
+                        }),
                     })
                     .collect();
                 DatabaseJson {

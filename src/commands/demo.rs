@@ -118,6 +118,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode, Failure> {
             trigger: Trigger::Cli,
             dry_run: true,
             on_busy: None,
+            drill: Default::default(),
         },
     ));
     println!("  prune --dry-run: {}", preview.summary);
@@ -135,6 +136,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode, Failure> {
             trigger: Trigger::Cli,
             dry_run: false,
             on_busy: None,
+            drill: Default::default(),
         };
         let report = rt.block_on(jobs::execute(&env(), req));
         let not_built = report
@@ -157,6 +159,11 @@ pub fn run(args: DemoArgs) -> Result<ExitCode, Failure> {
         println!("  {:<7} {line}", kind.as_str());
         if kind == JobKind::Prune && report.outcome == Outcome::Ok {
             for l in jobs::prune::rules_table(&report.figures) {
+                println!("  {l}");
+            }
+        }
+        if kind == JobKind::Drill {
+            for l in jobs::drill::report_lines(&report.figures) {
                 println!("  {l}");
             }
         }
@@ -208,6 +215,7 @@ fn print_next_steps(dir: &Path, config: &Path) {
     println!("  {exe} -c {c} schedule");
     println!("  {exe} -c {c} check");
     println!("  {exe} -c {c} restore chat --to {restored}");
+    println!("  {exe} -c {c} drill chat");
 }
 
 /// `text` as one shell word: as is when it is plain, else in single quotes.

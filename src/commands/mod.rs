@@ -29,6 +29,19 @@ pub fn run(cli: Cli) -> Result<ExitCode, Failure> {
     match cli.command {
         Command::Daemon => daemon::run(&path),
         Command::Run(args) => run::run(&path, args),
+        Command::Drill(args) => run::run_with(
+            &path,
+            crate::cli::RunArgs {
+                database: args.database,
+                job: crate::cli::JobArg::Drill,
+                dry_run: false,
+                wait: None,
+            },
+            crate::jobs::drill::Ask {
+                from: args.from,
+                backup: args.backup,
+            },
+        ),
         Command::Check(args) => check::run(&path, args),
         Command::Status(args) => status::run(&path, args),
         Command::Schedule(args) => schedule::run(&path, args),

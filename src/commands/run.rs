@@ -20,10 +20,16 @@ pub fn job_kind(arg: JobArg) -> JobKind {
         JobArg::Vacuum => JobKind::Vacuum,
         JobArg::Backup => JobKind::Backup,
         JobArg::Incremental => JobKind::Incremental,
+        JobArg::Drill => JobKind::Drill,
     }
 }
 
 pub fn run(path: &Path, args: RunArgs) -> Result<ExitCode, Failure> {
+    run_with(path, args, jobs::drill::Ask::default())
+}
+
+/// `run`, with a drill's choices (`litekeeper drill`).
+pub fn run_with(path: &Path, args: RunArgs, ask: jobs::drill::Ask) -> Result<ExitCode, Failure> {
     let config = Arc::new(super::load_config(path)?);
     let kind = job_kind(args.job);
     // A database, or a whole fleet by its handle (`tenant` for `tenant-{stem}`).
@@ -55,6 +61,11 @@ pub fn run(path: &Path, args: RunArgs) -> Result<ExitCode, Failure> {
     };
     if db.timing(kind).is_none() {
         return Err(no_section(&config, &db.name, kind));
+    }
+    if let (Some(from), Some(cfg)) = (&ask.from, &db.drill) {
+        jobs::drill::source_named(cfg, from).map_err(|why| {
+            Failure::new(ExitCode::Usage, anyhow::anyhow!("--from {from:?}: {why}"))
+        })?;
     }
     let on_busy = match args.wait.as_deref() {
         None => None,
@@ -104,6 +115,7 @@ pub fn run(path: &Path, args: RunArgs) -> Result<ExitCode, Failure> {
             trigger,
             dry_run: args.dry_run,
             on_busy,
+            ask,
             set: tokio::task::JoinSet::new(),
             names: std::collections::HashMap::new(),
         };
@@ -147,6 +159,7 @@ struct RunFeed {
     trigger: Trigger,
     dry_run: bool,
     on_busy: Option<OnBusy>,
+    ask: jobs::drill::Ask,
     set: tokio::task::JoinSet<(String, Ended)>,
     /// Each task's member, for a task that panics.
     names: std::collections::HashMap<tokio::task::Id, String>,
@@ -171,6 +184,7 @@ impl crate::scheduler::Feed for RunFeed {
             trigger: self.trigger,
             dry_run: self.dry_run,
             on_busy: self.on_busy,
+            drill: self.ask.clone(),
         };
         let task = self.set.spawn(async move {
             let _permit = permit;
@@ -318,9 +332,18 @@ fn print_report(report: &jobs::Report) {
                     println!("{l}");
                 }
             }
+            for l in jobs::drill::report_lines(&report.figures) {
+                println!("{l}");
+            }
         }
         Outcome::Skipped if report.exit == ExitCode::Ok => println!("{line}"),
-        Outcome::Skipped | Outcome::Failed => eprintln!("litekeeper: {line}"),
+        Outcome::Skipped | Outcome::Failed => {
+            // A failed drill still says what each copy did.
+            for l in jobs::drill::report_lines(&report.figures) {
+                println!("{l}");
+            }
+            eprintln!("litekeeper: {line}")
+        }
     }
 }
 

@@ -314,7 +314,11 @@ fn check_jobs(
                 continue;
             };
             jobs += 1;
-            let max = overrides.get(&kind).copied().or_else(|| {
+            let own_max = match kind {
+                JobKind::Drill => db.drill.as_ref().and_then(|d| d.max_age),
+                _ => None,
+            };
+            let max = overrides.get(&kind).copied().or(own_max).or_else(|| {
                 timing
                     .schedule
                     .as_ref()
@@ -327,7 +331,13 @@ fn check_jobs(
                     .map_err(|e| sqlite_unreadable(&e))?,
                 None => History::default(),
             };
-            for (code, text) in judge(&history, max, now) {
+            // A failed drill is a backup that does not restore: CRITICAL, not a warning.
+            let failed = if kind == JobKind::Drill {
+                CheckCode::Critical
+            } else {
+                CheckCode::Warning
+            };
+            for (code, text) in judge(&history, max, now, failed) {
                 problems.push((
                     code,
                     format!("{} {} {}: {text}", code.word(), kind.as_str(), db.name),
@@ -400,8 +410,14 @@ fn fleet_problems(config: &crate::config::Config, only: &[String]) -> Vec<(Check
 }
 
 /// The rules (README.md, "status --check"): a failed or interrupted last run is a WARNING, and
-/// so is a job with a max age that never ran; no success within the max age is CRITICAL.
-fn judge(h: &History, max_age: Option<Duration>, now: DateTime<Utc>) -> Vec<(CheckCode, String)> {
+/// so is a job with a max age that never ran; no success within the max age is CRITICAL. A
+/// failed last run is judged `failed` (a drill's is CRITICAL).
+fn judge(
+    h: &History,
+    max_age: Option<Duration>,
+    now: DateTime<Utc>,
+    failed: CheckCode,
+) -> Vec<(CheckCode, String)> {
     let mut out = Vec::new();
     let ago = |t: DateTime<Utc>| fmt_age((now - t).to_std().unwrap_or_default());
     if let Some(latest) = h
@@ -433,7 +449,7 @@ fn judge(h: &History, max_age: Option<Duration>, now: DateTime<Utc>) -> Vec<(Che
         } else {
             format!("last run failed {} ago: {why}", ago(last.ended()))
         };
-        out.push((CheckCode::Warning, text));
+        out.push((failed, text));
     }
     if let Some(max) = max_age {
         let max_text = fmt_age(max);

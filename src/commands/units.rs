@@ -30,6 +30,10 @@ const SYSTEM_UNITS: &[(&str, &str)] = &[
         "litekeeper-incremental@.service",
         include_str!("../../systemd/litekeeper-incremental@.service"),
     ),
+    (
+        "litekeeper-drill@.service",
+        include_str!("../../systemd/litekeeper-drill@.service"),
+    ),
 ];
 
 /// The timers, the same for both managers.
@@ -49,6 +53,10 @@ const TIMERS: &[(&str, &str)] = &[
     (
         "litekeeper-incremental@.timer",
         include_str!("../../systemd/litekeeper-incremental@.timer"),
+    ),
+    (
+        "litekeeper-drill@.timer",
+        include_str!("../../systemd/litekeeper-drill@.timer"),
     ),
 ];
 
@@ -73,6 +81,10 @@ const USER_UNITS: &[(&str, &str)] = &[
     (
         "litekeeper-incremental@.service",
         include_str!("../../systemd/user/litekeeper-incremental@.service"),
+    ),
+    (
+        "litekeeper-drill@.service",
+        include_str!("../../systemd/user/litekeeper-drill@.service"),
     ),
 ];
 

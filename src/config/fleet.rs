@@ -494,6 +494,7 @@ pub fn confined_paths(
             JobKind::Backup | JobKind::Incremental => k == "backup.dir" || k.starts_with("attach."),
             JobKind::Prune => k.starts_with("prune.") || k.starts_with("attach."),
             JobKind::Vacuum => k.starts_with("attach."),
+            JobKind::Drill => k == "backup.dir",
         })
         .map(|(_, t, e)| (fixed_part(&t), e))
         .collect()

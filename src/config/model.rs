@@ -149,6 +149,7 @@ pub struct Database {
     pub prune: Option<Prune>,
     pub vacuum: Option<Vacuum>,
     pub backup: Option<Backup>,
+    pub drill: Option<Drill>,
     /// The fleet (name template) this database was found by, if any.
     pub fleet: Option<String>,
     /// Run history of this database older than this is deleted (`daemon.keep_history`, or
@@ -180,6 +181,7 @@ impl Database {
                 .as_ref()
                 .and_then(|b| b.incremental.as_ref())
                 .map(|i| &i.timing),
+            JobKind::Drill => self.drill.as_ref().map(|d| &d.timing),
         }
     }
 }
@@ -407,4 +409,55 @@ pub struct Incremental {
     pub timing: Timing,
     /// A chain's deltas are deleted once its newest point is older than this.
     pub keep: Duration,
+}
+
+/// Where a drill takes its copies from. Only the local backup directory today; a remote
+/// (off-site copies) becomes a variant of its own, named as in its configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DrillSource {
+    /// The database's backup directory (`backup.dir`).
+    Local,
+}
+
+impl DrillSource {
+    /// The name `from` and `--from` use, and the metrics' `source` label.
+    pub fn name(&self) -> &str {
+        match self {
+            DrillSource::Local => "local",
+        }
+    }
+}
+
+/// Which copies a drill restores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrillPick {
+    /// The newest copy.
+    Newest,
+    /// The newest, and one older copy chosen at random.
+    NewestAndRandom,
+    /// Every copy.
+    All,
+}
+
+/// The key that decrypts encrypted copies: a file, or a systemd credential
+/// (`$CREDENTIALS_DIRECTORY/NAME`, from `LoadCredential=`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    File(PathBuf),
+    Credential(String),
+}
+
+#[derive(Debug)]
+pub struct Drill {
+    pub timing: Timing,
+    pub from: Vec<DrillSource>,
+    pub pick: DrillPick,
+    pub identity: Option<Identity>,
+    /// SQL run on the restored copy (read-only); each must return one row whose first value
+    /// is true (non-zero).
+    pub asserts: Vec<String>,
+    /// `status --check`: CRITICAL when the last good drill is older.
+    pub max_age: Option<Duration>,
+    /// Where copies are restored, in a subdirectory per database (`scratch_dir/NAME`).
+    pub scratch_dir: PathBuf,
 }

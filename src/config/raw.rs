@@ -46,6 +46,7 @@ pub struct RawDatabase {
     pub prune: Option<RawPrune>,
     pub vacuum: Option<RawVacuum>,
     pub backup: Option<RawBackup>,
+    pub drill: Option<RawDrill>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -135,6 +136,22 @@ pub struct RawIncremental {
     pub jitter: Option<String>,
     pub ping: Option<String>,
     pub ping_timeout: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "the [database.drill] table")]
+pub struct RawDrill {
+    pub schedule: Option<String>,
+    pub jitter: Option<String>,
+    pub ping: Option<String>,
+    pub ping_timeout: Option<String>,
+    pub from: Option<Vec<String>>,
+    pub pick: Option<String>,
+    pub identity: Option<String>,
+    #[serde(rename = "assert")]
+    pub asserts: Option<Vec<String>>,
+    pub max_age: Option<String>,
+    pub scratch_dir: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

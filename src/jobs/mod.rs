@@ -6,6 +6,7 @@
 //! and when it is recorded; they are sent from their own thread and never delay the job.
 
 pub mod backup;
+pub mod drill;
 pub mod prune;
 mod prune_batch;
 mod prune_fk;
@@ -70,6 +71,16 @@ pub enum JobError {
     VerifyFailed(String),
     #[error("{0}")]
     Archive(crate::archive::ArchiveError),
+    /// What the job needs is not there (a drill with no backup to restore).
+    #[error("{0}")]
+    NoInput(String),
+    /// A drilled copy failed its checks: the message names the copy and the check; the
+    /// figures say what every copy did.
+    #[error("{message}")]
+    DrillFailed {
+        message: String,
+        figures: Box<crate::domain::DrillFigures>,
+    },
 }
 
 impl JobError {
@@ -89,14 +100,25 @@ impl JobError {
                 | Some(rusqlite::ErrorCode::DatabaseLocked) => ExitCode::TempFail,
                 _ => ExitCode::Failed,
             },
-            JobError::VerifyFailed(_) => ExitCode::DataErr,
+            JobError::VerifyFailed(_) | JobError::DrillFailed { .. } => ExitCode::DataErr,
             JobError::Refused(_) => ExitCode::CantCreate,
             JobError::Config(_) => ExitCode::Config,
+            JobError::NoInput(_) => ExitCode::NoInput,
             JobError::Archive(crate::archive::ArchiveError::Refused { .. }) => ExitCode::CantCreate,
             JobError::Archive(_) => ExitCode::IoErr,
             // Stopped by a signal (a `systemctl stop`), not failed: try again later.
             JobError::Cancelled => ExitCode::TempFail,
             _ => ExitCode::Failed,
+        }
+    }
+}
+
+impl JobError {
+    /// The figures a failed job still has to report (a failed drill's copies).
+    pub fn figures(&self) -> Option<Figures> {
+        match self {
+            JobError::DrillFailed { figures, .. } => Some(Figures::Drill((**figures).clone())),
+            _ => None,
         }
     }
 }
@@ -130,6 +152,8 @@ pub struct Request {
     pub dry_run: bool,
     /// Overrides the database's `on_busy` (from `run --wait`).
     pub on_busy: Option<OnBusy>,
+    /// A drill's choices from `litekeeper drill` (source, backup); default: the config's.
+    pub drill: drill::Ask,
 }
 
 impl Request {
@@ -209,10 +233,23 @@ async fn run_locked(
         exit: ExitCode::Failed,
     };
     let lock_dir = &env.config.daemon.lock_dir;
+    // A drill never takes the database's lock (it may run beside a backup): drills of one
+    // database exclude each other through a lock of their own.
+    let lock_name = match req.kind {
+        JobKind::Drill => drill::lock_name(&db.name),
+        _ => db.name.clone(),
+    };
     let guard = match req.on_busy.unwrap_or(db.on_busy) {
-        OnBusy::Skip => lock::try_acquire(lock_dir, &db.name, req.kind.as_str()),
+        OnBusy::Skip => lock::try_acquire(lock_dir, &lock_name, req.kind.as_str()),
         OnBusy::Wait(timeout) => {
-            lock::acquire_waiting(lock_dir, &db.name, req.kind.as_str(), timeout, &env.cancel).await
+            lock::acquire_waiting(
+                lock_dir,
+                &lock_name,
+                req.kind.as_str(),
+                timeout,
+                &env.cancel,
+            )
+            .await
         }
     };
     let mut guard = match guard {
@@ -220,7 +257,10 @@ async fn run_locked(
         Err(LockError::Busy { database, holder }) => {
             report.outcome = Outcome::Skipped;
             report.exit = ExitCode::TempFail;
-            report.summary = format!("skipped: database {database:?} is busy, {holder}");
+            report.summary = match req.kind {
+                JobKind::Drill => format!("skipped: another drill of {:?} runs, {holder}", db.name),
+                _ => format!("skipped: database {database:?} is busy, {holder}"),
+            };
             return report;
         }
         Err(e @ LockError::Cancelled(_)) => {
@@ -308,6 +348,7 @@ fn finish_report(
         }
         Ok(Err(e)) => {
             report.exit = e.exit_code();
+            report.figures = e.figures();
             report.error = Some(e.to_string());
             report.summary = format!("failed: {e}");
         }
@@ -320,6 +361,16 @@ fn finish_report(
 
 fn run_blocking(env: &Env, req: &Request) -> Result<JobResult, JobError> {
     let db = &req.db;
+    // A drill reads backups only: never the live database, its directory or its lock.
+    if req.kind == JobKind::Drill {
+        return drill::run(&drill::DrillCtx {
+            config: &env.config,
+            db,
+            cancel: &env.cancel,
+            ask: &req.drill,
+            dry_run: req.dry_run,
+        });
+    }
     // A fleet member: the file its scan found, reached without a symlink, or nothing.
     let member = match db.fleet.as_deref().and_then(|f| env.config.fleet(f)) {
         Some(fleet) => Some(member_path(fleet, db, req.kind)?),
@@ -390,6 +441,7 @@ fn run_blocking(env: &Env, req: &Request) -> Result<JobResult, JobError> {
         JobKind::Vacuum => vacuum::run(&mut ctx),
         JobKind::Backup => backup::run(&mut ctx),
         JobKind::Incremental => backup::incremental::run(&mut ctx),
+        JobKind::Drill => unreachable!("a drill runs without a connection (above)"),
     }
 }
 

@@ -86,6 +86,10 @@ pub struct Restored {
     pub forced_not_whole: Option<String>,
     /// In place, checked: processes seen that did not stop the restore.
     pub seen: Seen,
+    /// Time spent writing the plain bytes (copying, or decompressing a `.zst` backup), and
+    /// in the rest of the restore (space check, sync, check, rename): a drill's phases.
+    pub writing: std::time::Duration,
+    pub finishing: std::time::Duration,
 }
 
 /// Processes with the old file open that did not stop an in-place restore.
@@ -121,6 +125,17 @@ pub fn select(db: &Database, wanted: Option<&str>) -> Result<BackupSource, Resto
             database: db.name.clone(),
         })?
         .dir;
+    select_from(db, dir, wanted)
+}
+
+/// As [`select`], from the backup directory `dir` (its manifest and files): the database's
+/// own, or a directory a remote's copies were fetched into.
+pub fn select_from(
+    db: &Database,
+    dir: &Path,
+    wanted: Option<&str>,
+) -> Result<BackupSource, RestoreError> {
+    let dir = &dir.to_path_buf();
     let manifest = Manifest::load(dir).map_err(RestoreError::Manifest)?;
     let (name, file) = pick_backup(db, dir, &manifest, wanted)?;
     let path = dir.join(&file);
@@ -168,10 +183,11 @@ pub fn select(db: &Database, wanted: Option<&str>) -> Result<BackupSource, Resto
 
 /// Restore `backup` to the new file `target` (relative: from the current directory).
 pub fn to_path(backup: &BackupSource, target: &Path) -> Result<Restored, RestoreError> {
+    let clock = std::time::Instant::now();
     let target = absolute(target)?;
     let target_dir = existing_parent(&target)?;
     new_target(&target, &target_dir, &backup.dir)?;
-    let (tmp, cleanup) = write_checked(backup, &target, &target_dir, None)?;
+    let (tmp, cleanup, writing) = write_checked(backup, &target, &target_dir, None)?;
     let moved_aside = swap::move_aside_stale(&target)?;
     archive::commit(&tmp, &target)
         .map_err(|e| swap::after_moving_aside(&moved_aside, RestoreError::Commit(e)))?;
@@ -179,6 +195,8 @@ pub fn to_path(backup: &BackupSource, target: &Path) -> Result<Restored, Restore
     Ok(Restored {
         target,
         moved_aside,
+        writing,
+        finishing: clock.elapsed().saturating_sub(writing),
         ..Restored::default()
     })
 }
@@ -218,7 +236,8 @@ pub fn in_place(backup: &BackupSource, how: InPlace<'_>) -> Result<Restored, Res
         }
     };
     let target_dir = target.parent().unwrap_or(Path::new("/")).to_path_buf();
-    let (tmp, cleanup) = write_checked(backup, &target, &target_dir, fs::metadata(&target).ok())?;
+    let (tmp, cleanup, _) =
+        write_checked(backup, &target, &target_dir, fs::metadata(&target).ok())?;
     let keep = swap::keep_path(&target);
     let swapped = swap::swap_in(&tmp, &target, &keep)?;
     std::mem::forget(cleanup);
@@ -246,6 +265,7 @@ pub fn in_place(backup: &BackupSource, how: InPlace<'_>) -> Result<Restored, Res
         forced_not_whole,
         seen,
         target,
+        ..Restored::default()
     })
 }
 
@@ -280,13 +300,13 @@ fn nobody_else_has_it_open(target: &Path) -> Result<Seen, RestoreError> {
 
 /// Write the backup's plain bytes to the temp name for `target`, give it `like`'s owner and
 /// mode (in place: the live file's), fsync and check it. The temp file is removed when the
-/// returned guard drops.
+/// returned guard drops. Also says how long writing the plain bytes took.
 fn write_checked(
     backup: &BackupSource,
     target: &Path,
     target_dir: &Path,
     like: Option<fs::Metadata>,
-) -> Result<(PathBuf, TempFile), RestoreError> {
+) -> Result<(PathBuf, TempFile, std::time::Duration), RestoreError> {
     let target_name = target
         .file_name()
         .and_then(|n| n.to_str())
@@ -305,10 +325,12 @@ fn write_checked(
     swap::remove_temp(&tmp);
     let cleanup = TempFile(tmp.clone());
     let from = backup.path();
+    let clock = std::time::Instant::now();
     write_plain(&from, backup.name.compressed, &tmp)?;
     if let Some(p) = &backup.point {
         apply_point(backup, p, &tmp)?;
     }
+    let writing = clock.elapsed();
     if let Some(meta) = like {
         // The restored file keeps the live file's owner and mode.
         let _ = fs::set_permissions(&tmp, fs::Permissions::from_mode(meta.mode() & 0o7777));
@@ -318,7 +340,7 @@ fn write_checked(
     }
     archive::fsync_file(&tmp).map_err(RestoreError::Sync)?;
     check(&tmp).map_err(|why| RestoreError::BackupFailsCheck { backup: from, why })?;
-    Ok((tmp, cleanup))
+    Ok((tmp, cleanup, writing))
 }
 
 /// Apply the point's deltas to the full backup's bytes at `tmp`, then prove the image.
@@ -369,7 +391,8 @@ fn absolute(p: &Path) -> Result<PathBuf, RestoreError> {
     }
 }
 
-/// The backup to restore: the one named, or the newest verified one of the main database.
+/// The backup to restore: the one named, or the newest verified one of the main database
+/// whose last drill (if any) did not fail.
 fn pick_backup(
     db: &Database,
     dir: &Path,
@@ -399,7 +422,9 @@ fn pick_backup(
         .find_map(|f| {
             let file = f.path.file_name()?.to_str()?.to_string();
             let entry = manifest.get(&file)?;
-            matches!(entry.verified, Verified::Quick | Verified::Full).then_some((f.name, file))
+            // A copy whose last drill failed is not restored unless named.
+            (matches!(entry.verified, Verified::Quick | Verified::Full) && !entry.drill_failed())
+                .then_some((f.name, file))
         })
         .ok_or_else(|| RestoreError::NoVerifiedBackup {
             dir: dir.to_path_buf(),

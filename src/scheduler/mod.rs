@@ -532,6 +532,7 @@ impl Inner {
                 trigger,
                 dry_run: false,
                 on_busy: None,
+                drill: Default::default(),
             };
             self.effects.run(env, req).await;
             self.state.lock().unwrap().running.retain(|k| k != &key);

@@ -13,6 +13,7 @@ mod fleet;
 mod pool;
 mod slow;
 
+use std::collections::BTreeMap;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -141,6 +142,39 @@ fn manager(db: &Database, busy_timeout: Duration) -> SqliteConnectionManager {
 /// Quote an SQL identifier (a schema, table or column name): `"a""b"` for `a"b`.
 pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Rows per ordinary table of `schema` (virtual tables are skipped).
+pub fn row_counts(conn: &Connection, schema: &str) -> rusqlite::Result<BTreeMap<String, i64>> {
+    let q = quote_ident(schema);
+    let names: Vec<String> = conn
+        .prepare(&format!(
+            "SELECT name FROM {q}.sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' \
+             AND sql NOT LIKE 'CREATE VIRTUAL TABLE%' ORDER BY name"
+        ))?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut out = BTreeMap::new();
+    for name in names {
+        let n: i64 = conn.query_row(
+            &format!("SELECT count(*) FROM {q}.{}", quote_ident(&name)),
+            [],
+            |r| r.get(0),
+        )?;
+        out.insert(name, n);
+    }
+    Ok(out)
+}
+
+/// How many rows `PRAGMA foreign_key_check` reports for `schema`.
+pub fn fk_violations(conn: &Connection, schema: &str) -> rusqlite::Result<i64> {
+    let mut stmt = conn.prepare(&format!("PRAGMA {}.foreign_key_check", quote_ident(schema)))?;
+    let mut rows = stmt.query([])?;
+    let mut n = 0;
+    while rows.next()?.is_some() {
+        n += 1;
+    }
+    Ok(n)
 }
 
 /// `wal_checkpoint(TRUNCATE)` of `schema` (already quoted), retried while readers keep it busy

@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use super::backup::backup;
+use super::drill::drill;
 use super::prune::prune;
 use super::vacuum::vacuum;
 use super::{has_control_chars, is_db_name, is_identifier, Checker, NAME_RULE};
@@ -173,21 +174,28 @@ pub(in crate::config) fn database(
         rd.keep_history.as_ref(),
         daemon.keep_history,
     );
+    let prune = rd
+        .prune
+        .as_ref()
+        .map(|p| prune(c, &key.key("prune"), p, &aliases));
+    let vacuum = rd.vacuum.as_ref().map(|v| vacuum(c, &key.key("vacuum"), v));
+    let backup = rd
+        .backup
+        .as_ref()
+        .map(|b| backup(c, &key.key("backup"), b, &rd.name, daemon));
     Database {
         name: rd.name.clone(),
         path,
         attach,
         on_busy,
         journal_mode,
-        prune: rd
-            .prune
-            .as_ref()
-            .map(|p| prune(c, &key.key("prune"), p, &aliases)),
-        vacuum: rd.vacuum.as_ref().map(|v| vacuum(c, &key.key("vacuum"), v)),
-        backup: rd
-            .backup
-            .as_ref()
-            .map(|b| backup(c, &key.key("backup"), b, &rd.name, daemon)),
+        prune,
+        vacuum,
+        drill: rd.drill.as_ref().map(|d| {
+            let dir = backup.as_ref().map(|b| b.dir.as_path());
+            drill(c, &key.key("drill"), d, dir, daemon)
+        }),
+        backup,
         fleet: None,
         keep_history,
         scanned: None,

@@ -4,13 +4,14 @@
 //!
 //! [`validate`] is the one entry point. This file holds the [`Checker`] and the value parsers
 //! every section uses; one file per section (`daemon`, `database`, `prune`, `vacuum`,
-//! `backup`, and `schedule` for the keys every job section shares), `handles` for what a
+//! `backup`, `drill`, and `schedule` for the keys every job section shares), `handles` for what a
 //! fleet is called, and `checks` for what only shows across databases.
 
 mod backup;
 mod checks;
 mod daemon;
 mod database;
+mod drill;
 mod handles;
 mod incremental;
 mod prune;

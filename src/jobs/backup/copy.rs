@@ -1,7 +1,6 @@
 //! One source's copy: the backup API in steps (or VACUUM INTO), verification against the
 //! source snapshot, then compression (`compress.rs`) or fsync and hash, and the commit.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -15,7 +14,7 @@ use crate::jobs::{JobCtx, JobError};
 
 use super::compress::compress_file;
 use super::{file_size, final_name, record_and_commit, sql, Snapshot, Source, TempFiles};
-use crate::sqlite::quote_ident;
+use crate::sqlite::{fk_violations, quote_ident, row_counts};
 
 /// Pages copied per backup step: cancel is checked between steps.
 const PAGES_PER_STEP: i32 = 1024;
@@ -57,6 +56,8 @@ pub(super) fn copy_one(
         tables: snapshot.tables.clone(),
         duration_ms: 0,
         error: None,
+        fk_violations: (cfg.verify != Verify::None).then_some(snapshot.fk_violations),
+        drill: None,
     };
     let verify = || match cfg.verify {
         Verify::None => Ok(()),
@@ -311,38 +312,6 @@ fn copy_snapshot(
     .map_err(sql("journal_mode of the copy"))?;
     dst.close().map_err(|(_, e)| sql("closing the copy")(e))?;
     Ok(snap)
-}
-
-/// Rows per ordinary table of `schema` (virtual tables are skipped).
-fn row_counts(conn: &Connection, schema: &str) -> rusqlite::Result<BTreeMap<String, i64>> {
-    let q = quote_ident(schema);
-    let names: Vec<String> = conn
-        .prepare(&format!(
-            "SELECT name FROM {q}.sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' \
-             AND sql NOT LIKE 'CREATE VIRTUAL TABLE%' ORDER BY name"
-        ))?
-        .query_map([], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
-    let mut out = BTreeMap::new();
-    for name in names {
-        let n: i64 = conn.query_row(
-            &format!("SELECT count(*) FROM {q}.{}", quote_ident(&name)),
-            [],
-            |r| r.get(0),
-        )?;
-        out.insert(name, n);
-    }
-    Ok(out)
-}
-
-fn fk_violations(conn: &Connection, schema: &str) -> rusqlite::Result<i64> {
-    let mut stmt = conn.prepare(&format!("PRAGMA {}.foreign_key_check", quote_ident(schema)))?;
-    let mut rows = stmt.query([])?;
-    let mut n = 0;
-    while rows.next()?.is_some() {
-        n += 1;
-    }
-    Ok(n)
 }
 
 /// Open the copy read-only and check it against the snapshot; Err says what is wrong.

@@ -104,10 +104,11 @@ pub fn retention_plan(
             .map(|f| retention::Candidate {
                 time: f.name.time,
                 failed: f.name.failed,
+                // A copy whose drill failed is no "newest verified" backup to keep.
                 verified: !f.name.failed
-                    && f.entry
-                        .as_ref()
-                        .is_some_and(|e| matches!(e.verified, Verified::Quick | Verified::Full)),
+                    && f.entry.as_ref().is_some_and(|e| {
+                        matches!(e.verified, Verified::Quick | Verified::Full) && !e.drill_failed()
+                    }),
                 recorded: f.recorded(),
                 this_run: this_run.contains(&f.file()),
             })
