@@ -81,7 +81,9 @@ impl FromStr for JobKind {
         JobKind::ALL
             .into_iter()
             .find(|k| k.as_str() == s)
-            .ok_or_else(|| format!("unknown job {s:?} (prune, vacuum, backup, incremental or drill)"))
+            .ok_or_else(|| {
+                format!("unknown job {s:?} (prune, vacuum, backup, incremental or drill)")
+            })
     }
 }
 

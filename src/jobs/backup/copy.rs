@@ -424,8 +424,10 @@ mod tests {
             page_count: 1,
             page_size: 4096,
             tables: Default::default(),
+            fk_violations: None,
             duration_ms: 0,
             error: None,
+            drill: None,
         };
         let err = settle(
             dir,
