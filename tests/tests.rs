@@ -23,6 +23,7 @@ mod injection;
 mod journal;
 mod kill;
 mod metrics;
+mod offsite;
 mod pings;
 mod prune;
 mod prune_fk;

@@ -13,6 +13,7 @@ mod daemon;
 mod database;
 mod handles;
 mod prune;
+mod remote;
 mod schedule;
 mod vacuum;
 
@@ -198,13 +199,17 @@ pub fn validate(
 ) -> Result<Config, Vec<Problem>> {
     let mut c = Checker::default();
     let daemon = daemon::daemon(&mut c, &raw.daemon, defaults);
+    let remotes = remote::remotes(&mut c, &raw.remote);
+    remote::database_remotes(&mut c, &raw, &remotes);
     let (databases, mut fleets) = database::stanzas(&mut c, &raw, &daemon);
     handles::settle(&mut c, &databases, &mut fleets);
     checks::across_databases(&mut c, &raw, &databases, &fleets);
     if !c.problems.is_empty() {
         return Err(c.problems);
     }
-    Ok(with_members(file, daemon, databases, fleets))
+    let mut config = with_members(file, daemon, databases, fleets);
+    config.remotes = remotes;
+    Ok(config)
 }
 
 /// The configuration with each fleet's members found now. A member whose name a configured
@@ -237,6 +242,7 @@ fn with_members(
         databases,
         fleets,
         by_name,
+        remotes: Vec::new(),
     }
 }
 
