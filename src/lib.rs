@@ -4,6 +4,8 @@
 //!
 //! # Layout
 //! - `archive`: backup directories: file names, manifest, atomic writes, leftovers.
+//! - `remote`: off-site copies in object storage: client, zstd + age upload pipeline, remote
+//!   manifest.
 //! - `restore`: restoring a verified backup to a new path or in place (the swap protocol,
 //!   WAL fold, open-file scan); `commands::restore` only parses and prints.
 //! - `privileges`: as root, acting as the owner of `state_dir`.
@@ -47,6 +49,7 @@ pub mod paths;
 pub mod pidfile;
 pub mod pings;
 pub mod privileges;
+pub mod remote;
 pub mod restore;
 pub mod retention;
 pub mod safe_fs;

@@ -149,6 +149,10 @@ struct JournalFigures<'a> {
     verify: Option<&'static str>,
     pages_per_sec: Option<u64>,
     sha256: Option<&'a str>,
+    remote: Option<&'a str>,
+    remote_url: Option<&'a str>,
+    remote_bytes: Option<u64>,
+    remote_mb_per_sec: Option<f64>,
 }
 
 impl<'a> JournalFigures<'a> {
@@ -172,6 +176,10 @@ impl<'a> JournalFigures<'a> {
                 verify: b.verified.map(|v| v.as_str()),
                 pages_per_sec: b.pages_per_sec,
                 sha256: b.sha256.as_deref(),
+                remote: b.remote.as_deref(),
+                remote_url: b.remote_url.as_deref(),
+                remote_bytes: b.remote_bytes,
+                remote_mb_per_sec: b.remote_mb_per_sec,
                 ..JournalFigures::default()
             },
         }
@@ -202,6 +210,10 @@ pub fn job_finished(r: &Report) {
                 litekeeper_verify = f.verify,
                 litekeeper_pages_per_sec = f.pages_per_sec,
                 litekeeper_sha256 = f.sha256,
+                litekeeper_remote = f.remote,
+                litekeeper_remote_url = f.remote_url,
+                litekeeper_remote_bytes = f.remote_bytes,
+                litekeeper_remote_mb_per_sec = f.remote_mb_per_sec,
                 litekeeper_error = r.error.as_deref(),
                 litekeeper_figures = figures.as_str(),
                 "{} {}: {} in {} ms",

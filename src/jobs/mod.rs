@@ -70,6 +70,9 @@ pub enum JobError {
     VerifyFailed(String),
     #[error("{0}")]
     Archive(crate::archive::ArchiveError),
+    /// An off-site copy failed (the local backup is kept, the copy pending): its line(s).
+    #[error("{0}")]
+    Remote(String, ExitCode),
 }
 
 impl JobError {
@@ -94,6 +97,7 @@ impl JobError {
             JobError::Config(_) => ExitCode::Config,
             JobError::Archive(crate::archive::ArchiveError::Refused { .. }) => ExitCode::CantCreate,
             JobError::Archive(_) => ExitCode::IoErr,
+            JobError::Remote(_, code) => *code,
             // Stopped by a signal (a `systemctl stop`), not failed: try again later.
             JobError::Cancelled => ExitCode::TempFail,
             _ => ExitCode::Failed,

@@ -2,3 +2,5 @@
 //! (moto) and to `file://` directories, failures, listing, restore and retention.
 
 mod config;
+mod fixture;
+mod upload;

@@ -14,6 +14,7 @@
 //! verifies and compresses one source; `retain.rs` plans and applies retention.
 
 mod copy;
+pub mod offsite;
 mod retain;
 
 use std::collections::BTreeMap;
@@ -166,6 +167,8 @@ pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
         Utc::now(),
         &written.iter().map(|e| e.file.clone()).collect::<Vec<_>>(),
     )?;
+    // The copies are committed and no transaction is open: off-site copies now.
+    let pushed = offsite::after_backup(ctx.config, ctx.db, &written).map_err(JobError::Refused)?;
     let figures = BackupFigures {
         bytes_before: need,
         would_write: None,
@@ -184,14 +187,47 @@ pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
         retention_deleted: Some(retention.deleted.len() as u64),
         retention_warnings: Some(retention.warnings.len() as u64),
         restarts: Some(u64::from(restarts)),
+        ..BackupFigures::default()
     };
+    let figures = match &pushed {
+        Some(p) => BackupFigures {
+            remote: Some(p.remotes.join(",")),
+            remote_url: Some(p.urls.join(" ")),
+            remote_bytes: Some(p.bytes),
+            remote_mb_per_sec: Some(p.mb_per_sec()),
+            remote_pending: Some(p.pending),
+            ..figures
+        },
+        None => figures,
+    };
+    if let Some(p) = pushed.as_ref().filter(|p| !p.errors.is_empty()) {
+        return Err(JobError::Remote(
+            p.errors
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; "),
+            p.errors[0].code,
+        ));
+    }
     let verified = match main.verified {
         Verified::None => "not verified".to_string(),
         v => format!("verified {}", v.as_str()),
     };
+    let offsite = match &pushed {
+        Some(p) if p.copies > 0 => format!(
+            "; stored {} cop{} off-site on {} ({}, {} MB/s)",
+            p.copies,
+            if p.copies == 1 { "y" } else { "ies" },
+            p.remotes.join(", "),
+            human_bytes(p.bytes),
+            p.mb_per_sec()
+        ),
+        _ => String::new(),
+    };
     Ok(JobResult {
         summary: format!(
-            "wrote {} ({}, {verified}) to {}; {}",
+            "wrote {} ({}, {verified}) to {}; {}{offsite}",
             written
                 .iter()
                 .map(|e| e.file.as_str())
