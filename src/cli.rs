@@ -297,4 +297,11 @@ pub struct RestoreArgs {
     /// With --in-place: restore even if other processes have the database open.
     #[arg(long, requires = "in_place")]
     pub force: bool,
+    /// Restore an off-site copy from this `[[remote]]` (BACKUP: the local file name it was
+    /// made from; default: the newest copy there).
+    #[arg(long, value_name = "REMOTE")]
+    pub from: Option<String>,
+    /// With --from: the age identity file that decrypts the copies.
+    #[arg(long, value_name = "FILE", requires = "from")]
+    pub identity: Option<PathBuf>,
 }

@@ -37,7 +37,30 @@ pub fn run(path: &Path, args: RestoreArgs) -> Result<ExitCode, Failure> {
             ),
         )
     })?;
-    let backup = restore::select(db, args.backup.as_deref()).map_err(|e| failure(e, false))?;
+    if args.to.is_none() && !args.in_place {
+        return Err(fail(
+            ExitCode::Usage,
+            "say where to restore: --to NEW_PATH (safe, the default choice) or --in-place".into(),
+        ));
+    }
+    // From a remote: fetched and checked into a staging directory (removed at the end).
+    let fetched = match &args.from {
+        Some(remote) => Some(
+            restore::remote::fetch(
+                &config,
+                db,
+                remote,
+                args.backup.as_deref(),
+                args.identity.as_deref(),
+            )
+            .map_err(|e| failure(e, false))?,
+        ),
+        None => None,
+    };
+    let backup = match &fetched {
+        Some(f) => f.source.clone(),
+        None => restore::select(db, args.backup.as_deref()).map_err(|e| failure(e, false))?,
+    };
     let restored = match (&args.to, args.in_place) {
         (Some(to), false) => restore::to_path(&backup, to).map_err(|e| failure(e, false))?,
         (None, true) => {

@@ -28,6 +28,9 @@ pub struct Copy {
     pub backup_time: DateTime<Utc>,
     /// When the copy was stored.
     pub created_at: DateTime<Utc>,
+    /// How the local backup was checked when it was taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified: Option<crate::domain::Verified>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

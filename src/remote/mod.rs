@@ -39,6 +39,7 @@ pub struct Source<'a> {
     pub sha256: &'a str,
     /// When the local backup was made.
     pub backup_time: DateTime<Utc>,
+    pub verified: crate::domain::Verified,
 }
 
 /// Upload one verified local backup to `store`, check it, and add it to the remote's
@@ -58,6 +59,7 @@ pub fn push(store: &Store, src: &Source<'_>) -> Result<Uploaded, RemoteError> {
         source_sha256: src.sha256.to_string(),
         backup_time: src.backup_time,
         created_at: Utc::now(),
+        verified: Some(src.verified),
     });
     m.save(store, src.database)?;
     Ok(up)

@@ -174,27 +174,36 @@ pub fn read_back(store: &Store, key: &str) -> Result<(String, u64), RemoteError>
     })
 }
 
-/// Download `key` into `tmp` (created here, 0600), checking it against `sha256`; then
-/// decrypt with `identities` and decompress into `out`. Nothing is written to `out` unless
-/// the stored bytes are the recorded ones.
+/// Download `copy` into `tmp` (created here, 0600), checking the stored bytes against the
+/// manifest's SHA-256; then decrypt with `identities` and write the local backup file it was
+/// made from into `out` (decompressing what the upload compressed), checked against the
+/// source's SHA-256. Nothing is decrypted unless the stored bytes are the recorded ones.
 pub fn download(
     store: &Store,
-    key: &str,
-    sha256: &str,
+    database: &str,
+    copy: &super::Copy,
     tmp: &Path,
     identities: &[Box<dyn age::Identity>],
     out: &mut dyn Write,
 ) -> Result<u64, RemoteError> {
     use futures::StreamExt;
+    let key = store.key(database, &copy.object);
     let what = format!("downloading {key}");
     let mut file = crate::archive::create_private(tmp)
         .map_err(|e| store.other(&what, e.to_string(), ExitCode::CantCreate))?;
     let got = store.block_on(async {
         let got = store
             .inner
-            .get(&Store::path(key))
+            .get(&Store::path(&key))
             .await
-            .map_err(|e| store.error(&what, &e))?;
+            .map_err(|e| match e {
+                object_store::Error::NotFound { .. } => store.other(
+                    &what,
+                    "the manifest lists it but it is not in the store (deleted by hand?)",
+                    ExitCode::DataErr,
+                ),
+                e => store.error(&what, &e),
+            })?;
         let mut s = got.into_stream();
         let mut h = Sha256::new();
         while let Some(chunk) = s.next().await {
@@ -206,53 +215,61 @@ pub fn download(
         }
         Ok::<_, RemoteError>(crate::archive::hex(&h.finalize()))
     })?;
-    if got != sha256 {
+    if got != copy.sha256 {
         return Err(store.other(
             format!("checking {key}"),
-            format!("SHA-256 {got} is not the recorded {sha256}: the object was changed or damaged in the store"),
+            format!(
+                "SHA-256 {got} is not the recorded {}: the object was changed or damaged in the store",
+                copy.sha256
+            ),
             ExitCode::DataErr,
         ));
     }
+    let damaged =
+        |step: &str, e: String| store.other(format!("{step} {key}"), e, ExitCode::DataErr);
     let input = File::open(tmp).map_err(|e| store.other(&what, e.to_string(), ExitCode::IoErr))?;
-    let dec = age::Decryptor::new(BufReader::new(input)).map_err(|e| {
-        store.other(
-            format!("decrypting {key}"),
-            e.to_string(),
-            ExitCode::DataErr,
-        )
-    })?;
-    let mut plain = dec
+    let dec = age::Decryptor::new(BufReader::new(input))
+        .map_err(|e| damaged("decrypting", e.to_string()))?;
+    let plain = dec
         .decrypt(identities.iter().map(|i| i.as_ref() as &dyn age::Identity))
         .map_err(|e| {
-            store.other(
-                format!("decrypting {key}"),
+            damaged(
+                "decrypting",
                 format!("{e} (is --identity the key whose recipient is in encrypt_to?)"),
-                ExitCode::DataErr,
             )
         })?;
-    let mut z = zstd::Decoder::new(&mut plain).map_err(|e| {
-        store.other(
-            format!("decompressing {key}"),
-            e.to_string(),
-            ExitCode::DataErr,
-        )
-    })?;
-    let mut buf = vec![0u8; 1 << 20];
+    let mut h = Sha256::new();
     let mut n = 0u64;
+    let mut sink = |buf: &[u8]| -> Result<(), RemoteError> {
+        h.update(buf);
+        n += buf.len() as u64;
+        out.write_all(buf)
+            .map_err(|e| store.other(&what, e.to_string(), ExitCode::IoErr))
+    };
+    let mut reader: Box<dyn Read> = if copy.local_file.ends_with(".zst") {
+        Box::new(plain)
+    } else {
+        Box::new(zstd::Decoder::new(plain).map_err(|e| damaged("decompressing", e.to_string()))?)
+    };
+    let mut buf = vec![0u8; 1 << 20];
     loop {
-        let k = z.read(&mut buf).map_err(|e| {
-            store.other(
-                format!("decompressing {key}"),
-                e.to_string(),
-                ExitCode::DataErr,
-            )
-        })?;
+        let k = reader
+            .read(&mut buf)
+            .map_err(|e| damaged("decrypting and decompressing", e.to_string()))?;
         if k == 0 {
             break;
         }
-        out.write_all(&buf[..k])
-            .map_err(|e| store.other(&what, e.to_string(), ExitCode::IoErr))?;
-        n += k as u64;
+        sink(&buf[..k])?;
+    }
+    let local = crate::archive::hex(&h.finalize());
+    if local != copy.source_sha256 {
+        return Err(damaged(
+            "checking",
+            format!(
+                "the decrypted copy's SHA-256 {local} is not its backup's {}",
+                copy.source_sha256
+            ),
+        ));
     }
     Ok(n)
 }

@@ -23,6 +23,7 @@
 
 mod error;
 mod open_check;
+pub mod remote;
 mod swap;
 
 use std::fs::{self, File};

@@ -98,6 +98,21 @@ impl Moto {
     }
 }
 
+impl Moto {
+    pub fn put(&self, key: &str, bytes: &[u8]) {
+        use object_store::ObjectStore;
+        let (rt, s3) = self.client();
+        rt.block_on(s3.put(&key.into(), bytes.to_vec().into()))
+            .unwrap();
+    }
+
+    pub fn delete(&self, key: &str) {
+        use object_store::ObjectStore;
+        let (rt, s3) = self.client();
+        rt.block_on(s3.delete(&key.into())).unwrap();
+    }
+}
+
 /// A new age identity file in the temp dir; its public key.
 pub fn keygen(env: &TestEnv) -> (PathBuf, String) {
     let key = env.path("identity.txt");

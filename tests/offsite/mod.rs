@@ -3,4 +3,5 @@
 
 mod config;
 mod fixture;
+mod restore;
 mod upload;

@@ -124,6 +124,7 @@ pub fn push_pending(config: &Config, db: &Database, only: Option<&str>) -> Resul
                 series: &entry.series,
                 sha256: &entry.sha256,
                 backup_time: entry.created_at,
+                verified: entry.verified,
             };
             match remote::push(&store, &src) {
                 Ok(up) => {
