@@ -8,6 +8,7 @@
 
 mod manifest;
 mod pipeline;
+pub mod retain;
 mod store;
 
 pub use manifest::{Copy, RemoteManifest, MANIFEST_NAME};

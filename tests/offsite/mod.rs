@@ -4,4 +4,5 @@
 mod config;
 mod fixture;
 mod restore;
+mod retention;
 mod upload;

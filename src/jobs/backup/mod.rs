@@ -123,7 +123,11 @@ pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
             .iter()
             .map(|s| final_name(s, stamp, cfg).file_name())
             .collect();
-        let plan = retention_preview(ctx.db, cfg, &ctx.config.daemon.timezone, stamp)?;
+        let mut plan = retention_preview(ctx.db, cfg, &ctx.config.daemon.timezone, stamp)?;
+        let remote = offsite::preview(ctx.config, ctx.db);
+        if !remote.is_empty() {
+            plan = format!("{plan}; {remote}");
+        }
         return Ok(JobResult {
             summary: format!(
                 "dry run: would write {} ({} to copy); {plan}",
@@ -216,12 +220,13 @@ pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
     };
     let offsite = match &pushed {
         Some(p) if p.copies > 0 => format!(
-            "; stored {} cop{} off-site on {} ({}, {} MB/s)",
+            "; stored {} cop{} off-site on {} ({}, {} MB/s); remote retention deleted {}",
             p.copies,
             if p.copies == 1 { "y" } else { "ies" },
             p.remotes.join(", "),
             human_bytes(p.bytes),
-            p.mb_per_sec()
+            p.mb_per_sec(),
+            p.deleted.len()
         ),
         _ => String::new(),
     };

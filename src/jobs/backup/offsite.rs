@@ -27,6 +27,8 @@ pub struct Pushed {
     pub pending: u64,
     /// One line per remote that failed.
     pub errors: Vec<RemoteError>,
+    /// Copies remote retention deleted.
+    pub deleted: Vec<String>,
 }
 
 impl Pushed {
@@ -105,6 +107,8 @@ pub fn push_pending(config: &Config, db: &Database, only: Option<&str>) -> Resul
                 continue;
             }
         };
+        let mut stored_now = Vec::new();
+        let mut failed = false;
         for p in &pending {
             let path = backup.dir.join(&p.file);
             let Some(entry) = local.get(&p.file).filter(|_| path.is_file()) else {
@@ -128,6 +132,7 @@ pub fn push_pending(config: &Config, db: &Database, only: Option<&str>) -> Resul
             };
             match remote::push(&store, &src) {
                 Ok(up) => {
+                    stored_now.push(remote::object_name(&p.file));
                     st.pending_done(p).map_err(|e| e.to_string())?;
                     let _ = st.remote_stored(&db.name, &r.name, Utc::now(), up.size);
                     out.copies += 1;
@@ -140,12 +145,82 @@ pub fn push_pending(config: &Config, db: &Database, only: Option<&str>) -> Resul
                 Err(e) => {
                     let _ = st.pending_failed(p, &e.to_string());
                     out.errors.push(e);
+                    failed = true;
                     break;
                 }
+            }
+        }
+        // Retention only when every pending copy of this remote is stored: never deletes
+        // while the newest copy is missing.
+        if !failed {
+            match retain(config, db, &store, &stored_now) {
+                Ok(mut d) => out.deleted.append(&mut d),
+                Err(e) => out.errors.push(e),
             }
         }
     }
     out.elapsed = started.elapsed();
     out.pending = st.pending(&db.name, only).map_err(|e| e.to_string())?.len() as u64;
     Ok(out)
+}
+
+/// Remote retention of `db` on `store` with the backup's `remote_keep`.
+fn retain(
+    config: &Config,
+    db: &Database,
+    store: &Store,
+    this_run: &[String],
+) -> Result<Vec<String>, RemoteError> {
+    let Some(backup) = db.backup.as_ref() else {
+        return Ok(Vec::new());
+    };
+    let m = remote::RemoteManifest::load(store, &db.name)?;
+    let planned = remote::retain::plan(
+        &m,
+        backup.remote_keep,
+        &config.daemon.timezone,
+        Utc::now(),
+        this_run,
+    );
+    remote::retain::apply(store, &db.name, m, &planned)
+}
+
+/// What remote retention would delete now, per remote (a dry run's preview).
+pub fn preview(config: &Config, db: &Database) -> String {
+    let Some(backup) = db.backup.as_ref() else {
+        return String::new();
+    };
+    let mut parts = Vec::new();
+    for r in remotes_of(config, db, None) {
+        let plan = Store::open(r.clone()).and_then(|s| {
+            let m = remote::RemoteManifest::load(&s, &db.name)?;
+            Ok(remote::retain::plan(
+                &m,
+                backup.remote_keep,
+                &config.daemon.timezone,
+                Utc::now(),
+                &[],
+            ))
+        });
+        parts.push(match plan {
+            Err(e) => format!("remote {:?}: cannot plan retention: {}", r.name, e.cause),
+            Ok(p) => {
+                let doomed: Vec<&str> = p
+                    .iter()
+                    .filter(|(_, d)| !d.keep())
+                    .map(|(c, _)| c.object.as_str())
+                    .collect();
+                if doomed.is_empty() {
+                    format!("remote {:?}: retention would delete nothing", r.name)
+                } else {
+                    format!(
+                        "remote {:?}: retention would delete {}",
+                        r.name,
+                        doomed.join(", ")
+                    )
+                }
+            }
+        });
+    }
+    parts.join("; ")
 }
