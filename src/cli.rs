@@ -270,6 +270,23 @@ pub enum BackupsCommand {
     ///   litekeeper backups list chat --json
     #[command(verbatim_doc_comment)]
     List(BackupsListArgs),
+
+    /// Upload every pending off-site copy of a database now, oldest first (to every remote
+    /// of the database, or to REMOTE). Takes the database's lock like a job.
+    ///
+    /// Examples:
+    ///   litekeeper backups push chat
+    ///   litekeeper backups push chat offsite
+    #[command(verbatim_doc_comment)]
+    Push(BackupsPushArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BackupsPushArgs {
+    /// Database name.
+    pub database: String,
+    /// Only this `[[remote]]`.
+    pub remote: Option<String>,
 }
 
 #[derive(Debug, Args)]

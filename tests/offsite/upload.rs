@@ -175,3 +175,31 @@ fn missing_bucket_is_one_line_naming_it() {
     assert_eq!(local_backups(&env).len(), 1);
     assert_eq!(pending(&env).len(), 1);
 }
+
+#[test]
+fn backups_push_stores_the_pending_copies() {
+    let env = TestEnv::new();
+    let moto = Moto::start();
+    let (_identity, public) = keygen(&env);
+    let db = chat_db(&env);
+    config(&env, &db, &s3_remote(&moto.endpoint(), &public), "");
+    let o = run(&env, &["run", "chat", "backup"]);
+    assert_eq!(o.status.code(), Some(1), "{}", both(&o));
+    assert_eq!(pending(&env).len(), 1);
+    moto.bucket(BUCKET);
+    let o = run(&env, &["backups", "push", "chat", "offsite"]);
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("chat: stored 1 pending copy"),
+        "{}",
+        both(&o)
+    );
+    assert!(pending(&env).is_empty());
+    let m = manifest(&moto);
+    assert_eq!(
+        m["copies"][0]["local_file"],
+        local_backups(&env)[0].as_str()
+    );
+    let o = run(&env, &["backups", "push", "chat", "nas"]);
+    assert_eq!(o.status.code(), Some(64), "{}", both(&o));
+}
