@@ -296,6 +296,13 @@ pub struct BackupsListArgs {
     /// Print JSON (a stable contract, documented in README.md).
     #[arg(long)]
     pub json: bool,
+    /// List the off-site copies on this `[[remote]]` instead, each checked against the
+    /// store: ok, missing, size-differs (damaged with --verify). Exit 65 when one is flagged.
+    #[arg(long, value_name = "NAME")]
+    pub remote: Option<String>,
+    /// With --remote: read every copy back and compare its SHA-256 (downloads them all).
+    #[arg(long, requires = "remote")]
+    pub verify: bool,
 }
 
 #[derive(Debug, Args)]

@@ -5,6 +5,7 @@ pub mod check;
 pub mod daemon;
 pub mod demo;
 pub mod push;
+pub mod remote_list;
 pub mod restore;
 pub mod run;
 pub mod schedule;

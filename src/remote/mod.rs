@@ -12,7 +12,7 @@ pub mod retain;
 mod store;
 
 pub use manifest::{Copy, RemoteManifest, MANIFEST_NAME};
-pub use pipeline::{download, Uploaded};
+pub use pipeline::{download, read_back, Uploaded};
 pub use store::{RemoteError, Store};
 
 use std::path::Path;

@@ -124,6 +124,17 @@ fn suite(env: &TestEnv, kind: Kind) {
         .collect();
     assert!(staged.is_empty(), "staging removed");
 
+    // Intact: listed as ok.
+    let o = run(
+        env,
+        &[
+            "backups", "list", "chat", "--remote", "offsite", "--verify", "--json",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["databases"][0]["copies"][0]["state"], "ok", "{v}");
+
     // Corrupted by hand: refused with 65, nothing written.
     let mut bytes = kind.get(&object);
     let mid = bytes.len() / 2;
@@ -151,8 +162,28 @@ fn suite(env: &TestEnv, kind: Kind) {
     );
     assert!(!t2.exists());
 
-    // Deleted by hand: refused, nothing written.
+    // The listing flags it: read back with --verify.
+    let o = run(
+        env,
+        &[
+            "backups", "list", "chat", "--remote", "offsite", "--verify", "--json",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(65), "{}", both(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["databases"][0]["copies"][0]["state"], "damaged", "{v}");
+    assert_eq!(v["databases"][0]["copies"][0]["object"], object.as_str());
+
+    // Deleted by hand: listed as missing, restore refused, nothing written.
     kind.delete(&object);
+    let o = run(env, &["backups", "list", "chat", "--remote", "offsite"]);
+    assert_eq!(o.status.code(), Some(65), "{}", both(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout)
+            .contains("MISSING: listed in the manifest, not in the store"),
+        "{}",
+        both(&o)
+    );
     let o = run(
         env,
         &[

@@ -137,6 +137,17 @@ fn unreachable_endpoint_keeps_the_local_backup_pending_and_the_next_run_stores_i
         pending(&env),
         vec![("offsite".to_string(), first[0].clone())]
     );
+    let o = env
+        .cmd()
+        .args(["backups", "list", "chat", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains(&first[0]),
+        "listed: {}",
+        both(&o)
+    );
 
     // The server is back: the next run stores the pending copy first, then its own.
     let moto = Moto::start_on(port);
