@@ -6,6 +6,7 @@ pub mod daemon;
 pub mod demo;
 pub mod push;
 pub mod remote_list;
+mod remote_retry;
 pub mod restore;
 pub mod run;
 pub mod schedule;

@@ -214,3 +214,32 @@ fn backups_push_stores_the_pending_copies() {
     let o = run(&env, &["backups", "push", "chat", "nas"]);
     assert_eq!(o.status.code(), Some(64), "{}", both(&o));
 }
+
+#[test]
+fn the_daemon_retries_pending_copies_every_retry_every() {
+    let env = TestEnv::new();
+    let (_identity, public) = keygen(&env);
+    let db = chat_db(&env);
+    let port = free_port();
+    let body = format!(
+        "{}retry_every = \"1s\"\n",
+        s3_remote(&format!("http://127.0.0.1:{port}"), &public)
+    );
+    config(&env, &db, &body, "");
+    let o = run(&env, &["run", "chat", "backup"]);
+    assert_eq!(o.status.code(), Some(75), "{}", both(&o));
+    assert_eq!(pending(&env).len(), 1);
+    let moto = Moto::start_on(port);
+    moto.bucket(BUCKET);
+    let _daemon = env.spawn(&["daemon"], KEYS);
+    crate::util::wait_for(
+        "the pending copy stored",
+        std::time::Duration::from_secs(60),
+        || pending(&env).is_empty().then_some(()),
+    );
+    let m = manifest(&moto);
+    assert_eq!(
+        m["copies"][0]["local_file"],
+        local_backups(&env)[0].as_str()
+    );
+}
