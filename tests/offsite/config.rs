@@ -115,3 +115,31 @@ fn recipients_file_refuses_a_secret_key_and_takes_public_keys() {
     );
     assert!(!err.contains(identity), "{err}");
 }
+
+#[test]
+fn systemd_units_open_the_network_and_load_the_credential_for_remotes() {
+    let env = TestEnv::new();
+    // Outside the temp dir (whose ReadWritePaths= would cover it); never created here.
+    let nas = std::path::PathBuf::from("/mnt/litekeeper-test-nas");
+    let remote = format!(
+        "[[remote]]\nname = \"offsite\"\nurl = \"s3://acme-backups/lk\"\ncredentials = \"offsite-s3\"\nencrypt_to = [\"{RECIPIENT}\"]\n\
+         [[remote]]\nname = \"nas\"\nurl = \"file://{}\"\nencrypt_to = [\"{RECIPIENT}\"]\n",
+        nas.display()
+    );
+    env.write_config(&config(&env, &remote, "remotes = [\"offsite\", \"nas\"]"));
+    let out = env.path("units");
+    let o = env.systemd_units(&out, &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let dir = out.join("litekeeper-backup@.service.d");
+    let network = std::fs::read_to_string(dir.join("network.conf")).unwrap();
+    assert!(
+        network.contains("PrivateNetwork=no") && network.contains("AF_INET6"),
+        "{network}"
+    );
+    let paths = std::fs::read_to_string(dir.join("paths.conf")).unwrap();
+    assert!(paths.contains("LoadCredential=offsite-s3\n"), "{paths}");
+    assert!(
+        paths.contains(&format!("ReadWritePaths=\"-{}\"", nas.display())),
+        "{paths}"
+    );
+}
