@@ -143,3 +143,37 @@ fn systemd_units_open_the_network_and_load_the_credential_for_remotes() {
         "{paths}"
     );
 }
+
+#[test]
+fn check_warns_about_a_credentials_file_others_can_read() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = TestEnv::new();
+    let creds = env.path("s3.env");
+    let secret = "lk-secret-never-shown";
+    std::fs::write(
+        &creds,
+        format!("AWS_ACCESS_KEY_ID=AKIA\nAWS_SECRET_ACCESS_KEY={secret}\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let remote = format!(
+        "[[remote]]\nname = \"offsite\"\nurl = \"file://{}\"\nencrypt_to = [\"{RECIPIENT}\"]\n\
+         [[remote]]\nname = \"s3\"\nurl = \"s3://acme-backups/lk\"\ncredentials = \"{}\"\nencrypt_to = [\"{RECIPIENT}\"]\n",
+        env.path("nas").display(),
+        creds.display()
+    );
+    env.write_config(&config(&env, &remote, "remotes = [\"offsite\"]"));
+    let o = env.cmd().arg("check").output().unwrap();
+    let out = both(&o);
+    assert!(
+        out.contains(&format!(
+            "remote s3: warning: {} holds secrets and is readable by group or others (mode 644)",
+            creds.display()
+        )),
+        "{out}"
+    );
+    assert!(!out.contains(secret), "{out}");
+    std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let o = env.cmd().arg("check").output().unwrap();
+    assert!(!both(&o).contains("holds secrets"), "{}", both(&o));
+}
