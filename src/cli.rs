@@ -312,6 +312,23 @@ pub enum BackupsCommand {
     ///   litekeeper backups list chat --json
     #[command(verbatim_doc_comment)]
     List(BackupsListArgs),
+
+    /// Upload every pending off-site copy of a database now, oldest first (to every remote
+    /// of the database, or to REMOTE). Takes the database's lock like a job.
+    ///
+    /// Examples:
+    ///   litekeeper backups push chat
+    ///   litekeeper backups push chat offsite
+    #[command(verbatim_doc_comment)]
+    Push(BackupsPushArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BackupsPushArgs {
+    /// Database name.
+    pub database: String,
+    /// Only this `[[remote]]`.
+    pub remote: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -321,6 +338,13 @@ pub struct BackupsListArgs {
     /// Print JSON (a stable contract, documented in README.md).
     #[arg(long)]
     pub json: bool,
+    /// List the off-site copies on this `[[remote]]` instead, each checked against the
+    /// store: ok, missing, size-differs (damaged with --verify). Exit 65 when one is flagged.
+    #[arg(long, value_name = "NAME")]
+    pub remote: Option<String>,
+    /// With --remote: read every copy back and compare its SHA-256 (downloads them all).
+    #[arg(long, requires = "remote")]
+    pub verify: bool,
 }
 
 #[derive(Debug, Args)]
@@ -347,4 +371,11 @@ pub struct RestoreArgs {
     /// With --in-place: restore even if other processes have the database open.
     #[arg(long, requires = "in_place")]
     pub force: bool,
+    /// Restore an off-site copy from this `[[remote]]` (BACKUP: the local file name it was
+    /// made from; default: the newest copy there).
+    #[arg(long, value_name = "REMOTE")]
+    pub from: Option<String>,
+    /// With --from: the age identity file that decrypts the copies.
+    #[arg(long, value_name = "FILE", requires = "from")]
+    pub identity: Option<PathBuf>,
 }

@@ -448,6 +448,18 @@ pub struct BackupFigures {
     /// Times an online copy started over because the database changed under it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub restarts: Option<u64>,
+    /// Off-site copies: the remotes that stored copies (comma-separated), their URLs (no
+    /// secrets), the bytes stored, the upload's rate and the copies still pending.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote_mb_per_sec: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote_pending: Option<u64>,
 }
 
 /// An incremental backup's figures: one point of a chain (the main database's; the sums

@@ -5,6 +5,8 @@
 //! # Layout
 //! - `archive`: backup directories: file names, manifest, atomic writes, leftovers.
 //! - `chain`: incremental backup chains: delta files, page-hash indexes, applying points.
+//! - `remote`: off-site copies in object storage: client, zstd + age upload pipeline, remote
+//!   manifest.
 //! - `restore`: restoring a verified backup to a new path or in place (the swap protocol,
 //!   WAL fold, open-file scan); `commands::restore` only parses and prints.
 //! - `privileges`: as root, acting as the owner of `state_dir`.
@@ -53,6 +55,7 @@ pub mod pidfile;
 pub mod pings;
 pub mod privileges;
 pub mod progress;
+pub mod remote;
 pub mod restore;
 pub mod retention;
 pub mod safe_fs;

@@ -230,6 +230,10 @@ struct JournalFigures<'a> {
     drill_backup: Option<&'a str>,
     drill_rto_seconds: Option<f64>,
     drill_rpo_seconds: Option<u64>,
+    remote: Option<&'a str>,
+    remote_url: Option<&'a str>,
+    remote_bytes: Option<u64>,
+    remote_mb_per_sec: Option<f64>,
 }
 
 impl<'a> JournalFigures<'a> {
@@ -253,6 +257,10 @@ impl<'a> JournalFigures<'a> {
                 verify: b.verified.map(|v| v.as_str()),
                 pages_per_sec: b.pages_per_sec,
                 sha256: b.sha256.as_deref(),
+                remote: b.remote.as_deref(),
+                remote_url: b.remote_url.as_deref(),
+                remote_bytes: b.remote_bytes,
+                remote_mb_per_sec: b.remote_mb_per_sec,
                 ..JournalFigures::default()
             },
             Some(Figures::Incremental(i)) => JournalFigures {
@@ -305,6 +313,10 @@ pub fn job_finished(r: &Report) {
                 litekeeper_drill_backup = f.drill_backup,
                 litekeeper_drill_rto_seconds = f.drill_rto_seconds,
                 litekeeper_drill_rpo_seconds = f.drill_rpo_seconds,
+                litekeeper_remote = f.remote,
+                litekeeper_remote_url = f.remote_url,
+                litekeeper_remote_bytes = f.remote_bytes,
+                litekeeper_remote_mb_per_sec = f.remote_mb_per_sec,
                 litekeeper_error = r.error.as_deref(),
                 litekeeper_figures = figures.as_str(),
                 "{} {}: {} in {} ms",

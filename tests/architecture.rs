@@ -39,7 +39,7 @@ const LAYERS: &[Layer] = &[
     ("config",     &["config"],                                              &["domain", "base"]),
     ("policy",     &["retention", "units", "demo"],                          &["domain", "base", "config"]),
     ("output",     &["logging", "notify", "progress"],                       &["domain", "base", "config"]),
-    ("storage",    &["sqlite", "archive", "restore", "chain"],               &["domain", "base", "config", "policy", "output"]),
+    ("storage",    &["sqlite", "archive", "restore", "chain", "remote"],     &["domain", "base", "config", "policy", "output"]),
     ("records",    &["state", "metrics", "pings"],                           &["domain", "base", "config", "policy", "output", "storage"]),
     ("jobs",       &["jobs"],                                                BELOW_JOBS),
     ("job:backup", &["jobs::backup"],                                        BELOW_A_JOB),

@@ -60,7 +60,7 @@ fn cases() -> Vec<Case> {
             name: "unknown key at top level",
             text: "# comment\ncolour = \"blue\"\n[daemon]\n",
             pos: "2:1",
-            says: &["colour:", "unknown field `colour`", "`daemon` or `database`"],
+            says: &["colour:", "unknown field `colour`", "`daemon`, `database`"],
         },
         Case {
             name: "unknown key in [daemon]",

@@ -104,6 +104,17 @@ fn the_example_documents_every_key() {
         "weekly",
         "monthly",
         "yearly",
+        "remotes",
+        "remote_keep",
+        "url",
+        "endpoint",
+        "region",
+        "path_style",
+        "allow_http",
+        "credentials",
+        "encrypt_to",
+        "retry_every",
+        "timeout",
     ];
     let text = std::fs::read_to_string(config_dir().join("litekeeper.toml")).unwrap();
     let set: Vec<&str> = text

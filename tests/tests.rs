@@ -26,6 +26,7 @@ mod journal;
 mod kill;
 mod metrics;
 mod monitoring;
+mod offsite;
 mod pings;
 mod progress;
 mod prune;

@@ -89,6 +89,15 @@ struct BackupJson {
 
 pub fn list(path: &Path, args: BackupsListArgs) -> Result<ExitCode, Failure> {
     let config = super::load_config(path)?;
+    if let Some(remote) = &args.remote {
+        return super::remote_list::run(
+            &config,
+            remote,
+            args.database.as_deref(),
+            args.json,
+            args.verify,
+        );
+    }
     let now = Utc::now();
     let zone = &config.daemon.timezone;
     let dbs: Vec<&Database> = match &args.database {

@@ -109,6 +109,32 @@ pub fn run(path: &Path, args: CheckArgs) -> Result<ExitCode, Failure> {
             println!("{}: warning: {}", f.handle, r.reason);
         }
     }
+    // A credentials file others can read gives away the store's keys.
+    for r in &config.remotes {
+        if let crate::config::Credentials::File(p) = &r.credentials {
+            use std::os::unix::fs::PermissionsExt;
+            match std::fs::metadata(p) {
+                Ok(m) if m.permissions().mode() & 0o077 != 0 => {
+                    warnings += 1;
+                    println!(
+                        "remote {}: warning: {} holds secrets and is readable by group or others (mode {:o}); chmod 600 it",
+                        r.name,
+                        p.display(),
+                        m.permissions().mode() & 0o777
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    warnings += 1;
+                    println!(
+                        "remote {}: warning: credentials file {}: {e}",
+                        r.name,
+                        p.display()
+                    );
+                }
+            }
+        }
+    }
     println!("{errors} error(s), {warnings} warning(s)");
     Ok(if errors > 0 {
         ExitCode::Failed

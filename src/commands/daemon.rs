@@ -126,6 +126,9 @@ async fn serve(
 
     let jobs = env.config.scheduled_jobs().count();
     let databases = env.config.databases.len();
+    let (remote_config, remote_config_rx) = tokio::sync::watch::channel(env.config.clone());
+    let retry_stop = CancellationToken::new();
+    super::remote_retry::spawn(remote_config_rx, retry_stop.clone());
     let scheduler = Scheduler::start(env).await.or_exit(ExitCode::Failed)?;
     let watchdog_stop = CancellationToken::new();
     let watchdog = notify::spawn_watchdog(watchdog_stop.clone());
@@ -163,6 +166,7 @@ async fn serve(
                 match loaded {
                     Ok((new_lock, env)) => {
                         let jobs = env.config.scheduled_jobs().count();
+                        let _ = remote_config.send(env.config.clone());
                         scheduler.reload(env).await;
                         if let Some(l) = new_lock {
                             daemon_lock = l;
@@ -187,6 +191,7 @@ async fn serve(
     }
 
     notify::stopping();
+    retry_stop.cancel();
     let running = scheduler.running();
     tracing::info!(
         message_id = message_id::DAEMON_STOPPING,

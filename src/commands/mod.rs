@@ -4,6 +4,9 @@ pub mod backups;
 pub mod check;
 pub mod daemon;
 pub mod demo;
+pub mod push;
+pub mod remote_list;
+mod remote_retry;
 pub mod restore;
 pub mod run;
 pub mod schedule;
@@ -46,6 +49,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Status(args) => status::run(&path, args),
         Command::Schedule(args) => schedule::run(&path, args),
         Command::Backups(BackupsCommand::List(args)) => backups::list(&path, args),
+        Command::Backups(BackupsCommand::Push(args)) => push::run(&path, args),
         Command::Restore(args) => restore::run(&path, args),
         Command::Demo(args) => demo::run(args),
         Command::SystemdUnits(args) => units::run(&path, args),

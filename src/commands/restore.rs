@@ -37,20 +37,46 @@ pub fn run(path: &Path, args: RestoreArgs) -> Result<ExitCode, Failure> {
             ),
         )
     })?;
-    let backup = match (&args.at, args.backup.as_deref()) {
-        (Some(at), _) => {
-            let at = restore::point::parse_at(at, &config.daemon.timezone)
-                .map_err(|e| fail(ExitCode::Usage, e))?;
-            restore::point::select_at(db, at)
-        }
-        (None, Some(file)) => match restore::point::select_delta(db, file) {
-            Ok(Some(b)) => Ok(b),
-            Ok(None) => restore::select(db, Some(file)),
-            Err(e) => Err(e),
-        },
-        (None, None) => restore::select(db, None),
+    if args.to.is_none() && !args.in_place {
+        return Err(fail(
+            ExitCode::Usage,
+            "say where to restore: --to NEW_PATH (safe, the default choice) or --in-place".into(),
+        ));
     }
-    .map_err(|e| failure(e, false))?;
+    // From a remote: fetched and checked into a staging directory (removed at the end).
+    let fetched = match &args.from {
+        Some(remote) => Some(
+            restore::remote::fetch(
+                &config,
+                db,
+                remote,
+                args.backup.as_deref(),
+                args.identity.as_deref(),
+            )
+            .map_err(|e| failure(e, false))?,
+        ),
+        None => None,
+    };
+    let backup = match &fetched {
+        Some(f) => f.source.clone(),
+        None => {
+            let selected = match (&args.at, args.backup.as_deref()) {
+                (Some(at), _) => {
+                    let at = restore::point::parse_at(at, &config.daemon.timezone)
+                        .map_err(|e| fail(ExitCode::Usage, e))?;
+                    restore::point::select_at(db, at)
+                }
+                (None, Some(file)) => match restore::point::select_delta(db, file) {
+                    Ok(Some(b)) => Ok(b),
+                    Ok(None) => restore::select(db, Some(file)),
+                    Err(e) => Err(e),
+                },
+                (None, None) => restore::select(db, None),
+            }
+            .map_err(|e| failure(e, false))?;
+            selected
+        }
+    };
     if let Some(b) = backup.point.as_ref().and_then(|p| p.broken.as_ref()) {
         eprintln!(
             "litekeeper: warning: the chain to {} is broken at {} ({}); restoring the last good point before it, {}",

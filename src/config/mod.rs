@@ -9,12 +9,14 @@ pub mod backup_names;
 pub mod fleet;
 pub mod model;
 pub mod raw;
+pub mod remote;
 pub mod validate;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use model::*;
+pub use remote::{Credentials, Remote, Target};
 
 use crate::paths::Defaults;
 use raw::RawConfig;

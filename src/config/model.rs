@@ -24,6 +24,8 @@ pub struct Config {
     pub fleets: Vec<Fleet>,
     /// Position of each database in `databases`, by name (a fleet can have thousands).
     pub by_name: HashMap<String, usize>,
+    /// The `[[remote]]` stanzas.
+    pub remotes: Vec<Arc<super::remote::Remote>>,
 }
 
 /// A `[[database]]` stanza with a wildcard path (`/srv/app/tenants/*.db`) and a name template
@@ -387,6 +389,10 @@ pub struct Backup {
     pub verify: Verify,
     pub keep: Keep,
     pub max_age: Option<Duration>,
+    /// Names of the `[[remote]]`s every verified backup is copied to (checked at load).
+    pub remotes: Vec<String>,
+    /// Retention of the remote copies (default: `keep`).
+    pub remote_keep: Keep,
     pub incremental: Option<Incremental>,
 }
 

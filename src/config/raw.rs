@@ -13,6 +13,8 @@ pub struct RawConfig {
     pub daemon: RawDaemon,
     #[serde(default)]
     pub database: Vec<RawDatabase>,
+    #[serde(default)]
+    pub remote: Vec<RawRemote>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -122,6 +124,8 @@ pub struct RawBackup {
     pub verify: Option<String>,
     pub keep: Option<RawKeep>,
     pub max_age: Option<String>,
+    pub remotes: Option<Vec<String>>,
+    pub remote_keep: Option<RawKeep>,
     pub incremental: Option<RawIncremental>,
 }
 
@@ -152,6 +156,27 @@ pub struct RawDrill {
     pub asserts: Option<Vec<String>>,
     pub max_age: Option<String>,
     pub scratch_dir: Option<String>,
+}
+
+/// A `[[remote]]` stanza: where off-site copies go.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a [[remote]] table with name, url and encrypt_to"
+)]
+pub struct RawRemote {
+    pub name: String,
+    pub url: String,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub path_style: Option<bool>,
+    pub allow_http: Option<bool>,
+    pub credentials: Option<String>,
+    pub encrypt_to: Option<Vec<String>>,
+    pub encrypt_to_file: Option<String>,
+    pub retry_every: Option<String>,
+    pub max_age: Option<String>,
+    pub timeout: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

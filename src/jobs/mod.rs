@@ -81,6 +81,9 @@ pub enum JobError {
         message: String,
         figures: Box<crate::domain::DrillFigures>,
     },
+    /// An off-site copy failed (the local backup is kept, the copy pending): its line(s).
+    #[error("{0}")]
+    Remote(String, ExitCode),
 }
 
 impl JobError {
@@ -106,6 +109,7 @@ impl JobError {
             JobError::NoInput(_) => ExitCode::NoInput,
             JobError::Archive(crate::archive::ArchiveError::Refused { .. }) => ExitCode::CantCreate,
             JobError::Archive(_) => ExitCode::IoErr,
+            JobError::Remote(_, code) => *code,
             // Stopped by a signal (a `systemctl stop`), not failed: try again later.
             JobError::Cancelled => ExitCode::TempFail,
             _ => ExitCode::Failed,

@@ -16,6 +16,27 @@ use super::open_check::pid_list;
 /// names the path and says what the operator can do.
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
+    /// An off-site copy could not be fetched or failed its checks.
+    #[error(transparent)]
+    Remote(crate::remote::RemoteError),
+    #[error("restoring from remote {remote:?} needs --identity FILE: the age identity whose public key is in the remote's encrypt_to (the daemon never holds it); nothing was written")]
+    NoIdentity { remote: String },
+    #[error("{}: cannot read the age identity: {cause}; nothing was written", path.display())]
+    Identity { path: PathBuf, cause: String },
+    #[error("database {database:?} has no remote {remote:?} (its backup.remotes: {known})")]
+    NoSuchRemote {
+        database: String,
+        remote: String,
+        known: String,
+    },
+    #[error("remote {remote:?} has no copy {} of database {database:?}; see `litekeeper backups list {database} --remote {remote}`", wanted.as_deref().map(|w| format!("{w:?}")).unwrap_or_else(|| "at all".into()))]
+    NoRemoteCopy {
+        remote: String,
+        database: String,
+        wanted: Option<String>,
+    },
+    #[error("{}: cannot stage the download: {cause}", path.display())]
+    Staging { path: PathBuf, cause: io::Error },
     #[error("database {database:?} has no [database.backup] section, so it has no backups")]
     NoBackupSection { database: String },
     /// The manifest could not be read.
@@ -156,6 +177,10 @@ impl RestoreError {
     pub fn exit_code(&self) -> ExitCode {
         use RestoreError::*;
         match self {
+            Remote(e) => e.code,
+            NoIdentity { .. } | NoSuchRemote { .. } => ExitCode::Usage,
+            Identity { .. } | NoRemoteCopy { .. } => ExitCode::NoInput,
+            Staging { .. } => ExitCode::CantCreate,
             NoBackupSection { .. } => ExitCode::Config,
             NoLiveFile { .. } => ExitCode::Usage,
             Manifest(_)

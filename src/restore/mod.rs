@@ -24,6 +24,7 @@
 mod error;
 mod open_check;
 pub mod point;
+pub mod remote;
 mod swap;
 
 use std::fs::{self, File};

@@ -17,11 +17,13 @@ use crate::db_files::DbFiles;
 
 mod history;
 mod queue;
+mod remote;
 mod schema;
 #[cfg(test)]
 mod tests;
 
 pub use history::{History, HistoryReader, RunRecord};
+pub use remote::{Pending, RemoteStored};
 use schema::migrate;
 
 #[derive(Debug, thiserror::Error)]

@@ -39,8 +39,25 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (database, job, outcome)
     ) WITHOUT ROWID;
     CREATE TABLE IF NOT EXISTS metrics_counted (id TEXT PRIMARY KEY) WITHOUT ROWID;",
+    // v4: off-site copies not yet stored (see `remote.rs`).
+    "CREATE TABLE remote_pending (
+        database   TEXT NOT NULL,
+        remote     TEXT NOT NULL,
+        file       TEXT NOT NULL,     -- the local backup file
+        since      INTEGER NOT NULL,  -- unix milliseconds: when the copy became due
+        attempts   INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        PRIMARY KEY (database, remote, file)
+    ) WITHOUT ROWID;
+    CREATE TABLE remote_stored (
+        database   TEXT NOT NULL,
+        remote     TEXT NOT NULL,
+        at         INTEGER NOT NULL,  -- unix milliseconds of the last stored copy
+        bytes      INTEGER NOT NULL,  -- its size
+        total      INTEGER NOT NULL,  -- bytes stored since counting began
+        PRIMARY KEY (database, remote)
+    ) WITHOUT ROWID;",
 ];
-
 /// Bring the schema to the newest version. The version is read inside a write transaction,
 /// so two processes creating the state DB at once (daemon and a timer's run) do not both
 /// apply the same migration.

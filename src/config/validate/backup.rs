@@ -2,7 +2,7 @@
 //! retention (`keep`, `max_age`).
 
 use super::Checker;
-use crate::config::raw::RawBackup;
+use crate::config::raw::{RawBackup, RawKeep};
 use crate::config::{Backup, BackupMethod, Compression, Daemon, Keep, KeyPath, Verify};
 
 pub(super) fn backup(
@@ -31,23 +31,16 @@ pub(super) fn backup(
             3
         }
     };
-    let keep = match &b.keep {
-        None => Keep {
+    let keep = keep_counts(
+        c,
+        &key.key("keep"),
+        b.keep.as_ref(),
+        Keep {
             daily: 7,
             ..Keep::default()
         },
-        Some(k) => {
-            let kk = key.key("keep");
-            Keep {
-                last: c.count(&kk.key("last"), k.last, 0),
-                hourly: c.count(&kk.key("hourly"), k.hourly, 0),
-                daily: c.count(&kk.key("daily"), k.daily, 0),
-                weekly: c.count(&kk.key("weekly"), k.weekly, 0),
-                monthly: c.count(&kk.key("monthly"), k.monthly, 0),
-                yearly: c.count(&kk.key("yearly"), k.yearly, 0),
-            }
-        }
-    };
+    );
+    let remote_keep = keep_counts(c, &key.key("remote_keep"), b.remote_keep.as_ref(), keep);
     Backup {
         timing: c.timing(
             key,
@@ -94,5 +87,22 @@ pub(super) fn backup(
             .incremental
             .as_ref()
             .map(|i| c.incremental(&key.key("incremental"), i)),
+        remotes: b.remotes.clone().unwrap_or_default(),
+        remote_keep,
+    }
+}
+
+/// A `keep`-style table of counts; `default` when it is absent.
+fn keep_counts(c: &mut Checker, kk: &KeyPath, raw: Option<&RawKeep>, default: Keep) -> Keep {
+    match raw {
+        None => default,
+        Some(k) => Keep {
+            last: c.count(&kk.key("last"), k.last, 0),
+            hourly: c.count(&kk.key("hourly"), k.hourly, 0),
+            daily: c.count(&kk.key("daily"), k.daily, 0),
+            weekly: c.count(&kk.key("weekly"), k.weekly, 0),
+            monthly: c.count(&kk.key("monthly"), k.monthly, 0),
+            yearly: c.count(&kk.key("yearly"), k.yearly, 0),
+        },
     }
 }

@@ -15,6 +15,7 @@ mod drill;
 mod handles;
 mod incremental;
 mod prune;
+mod remote;
 mod schedule;
 mod vacuum;
 
@@ -199,13 +200,17 @@ pub fn validate(
 ) -> Result<Config, Vec<Problem>> {
     let mut c = Checker::default();
     let daemon = daemon::daemon(&mut c, &raw.daemon, defaults);
+    let remotes = remote::remotes(&mut c, &raw.remote);
+    remote::database_remotes(&mut c, &raw, &remotes);
     let (databases, mut fleets) = database::stanzas(&mut c, &raw, &daemon);
     handles::settle(&mut c, &databases, &mut fleets);
     checks::across_databases(&mut c, &raw, &databases, &fleets);
     if !c.problems.is_empty() {
         return Err(c.problems);
     }
-    Ok(without_members(file, daemon, databases, fleets))
+    let mut config = without_members(file, daemon, databases, fleets);
+    config.remotes = remotes;
+    Ok(config)
 }
 
 /// The configuration as written: plain databases and fleets, no fleet members yet (the
@@ -227,6 +232,7 @@ fn without_members(
         databases,
         fleets,
         by_name,
+        remotes: Vec::new(),
     }
 }
 

@@ -18,6 +18,7 @@ pub mod chains;
 mod compress;
 mod copy;
 pub mod incremental;
+pub mod offsite;
 mod retain;
 
 use std::collections::BTreeMap;
@@ -126,7 +127,11 @@ pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
             .iter()
             .map(|s| final_name(s, stamp, cfg).file_name())
             .collect();
-        let plan = retention_preview(ctx.db, cfg, &ctx.config.daemon.timezone, stamp)?;
+        let mut plan = retention_preview(ctx.db, cfg, &ctx.config.daemon.timezone, stamp)?;
+        let remote = offsite::preview(ctx.config, ctx.db);
+        if !remote.is_empty() {
+            plan = format!("{plan}; {remote}");
+        }
         return Ok(JobResult {
             summary: format!(
                 "dry run: would write {} ({} to copy); {plan}",
@@ -171,6 +176,8 @@ pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
         &written.iter().map(|e| e.file.clone()).collect::<Vec<_>>(),
     )?;
     let chains = chains::apply_chain_retention(ctx.db, cfg, cfg.chain_keep(), Utc::now())?;
+    // The copies are committed and no transaction is open: off-site copies now.
+    let pushed = offsite::after_backup(ctx.config, ctx.db, &written).map_err(JobError::Refused)?;
     let figures = BackupFigures {
         bytes_before: need,
         would_write: None,
@@ -189,14 +196,48 @@ pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
         retention_deleted: Some((retention.deleted.len() + chains.deleted.len()) as u64),
         retention_warnings: Some(retention.warnings.len() as u64),
         restarts: Some(u64::from(restarts)),
+        ..BackupFigures::default()
     };
+    let figures = match &pushed {
+        Some(p) => BackupFigures {
+            remote: Some(p.remotes.join(",")),
+            remote_url: Some(p.urls.join(" ")),
+            remote_bytes: Some(p.bytes),
+            remote_mb_per_sec: Some(p.mb_per_sec()),
+            remote_pending: Some(p.pending),
+            ..figures
+        },
+        None => figures,
+    };
+    if let Some(p) = pushed.as_ref().filter(|p| !p.errors.is_empty()) {
+        return Err(JobError::Remote(
+            p.errors
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; "),
+            p.errors[0].code,
+        ));
+    }
     let verified = match main.verified {
         Verified::None => "not verified".to_string(),
         v => format!("verified {}", v.as_str()),
     };
+    let offsite = match &pushed {
+        Some(p) if p.copies > 0 => format!(
+            "; stored {} cop{} off-site on {} ({}, {} MB/s); remote retention deleted {}",
+            p.copies,
+            if p.copies == 1 { "y" } else { "ies" },
+            p.remotes.join(", "),
+            human_bytes(p.bytes),
+            p.mb_per_sec(),
+            p.deleted.len()
+        ),
+        _ => String::new(),
+    };
     Ok(JobResult {
         summary: format!(
-            "wrote {} ({}, {verified}) to {}; {}",
+            "wrote {} ({}, {verified}) to {}; {}{offsite}",
             written
                 .iter()
                 .map(|e| e.file.as_str())

@@ -1,0 +1,226 @@
+//! After a backup's local commit: every new copy becomes pending on each of the database's
+//! remotes (in the state DB), then every pending copy is uploaded, oldest first, through
+//! `remote::push`. A failure keeps the local backup, leaves the copy pending with its error
+//! and fails the run with one line naming the remote and the cause; the next run, `backups
+//! push` or the daemon's retry stores it. No connection or transaction is held here.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+
+use crate::archive::{Entry, Manifest};
+use crate::config::{Config, Database, Remote};
+use crate::remote::{self, RemoteError, Store};
+use crate::state::State;
+
+/// What one push of pending copies did.
+#[derive(Debug, Default)]
+pub struct Pushed {
+    /// Remotes that stored at least one copy, and their URLs.
+    pub remotes: Vec<String>,
+    pub urls: Vec<String>,
+    pub copies: u64,
+    pub bytes: u64,
+    pub elapsed: Duration,
+    /// Copies still pending after this push.
+    pub pending: u64,
+    /// One line per remote that failed.
+    pub errors: Vec<RemoteError>,
+    /// Copies remote retention deleted.
+    pub deleted: Vec<String>,
+}
+
+impl Pushed {
+    pub fn mb_per_sec(&self) -> f64 {
+        let mb = self.bytes as f64 / 1e6;
+        (mb / self.elapsed.as_secs_f64().max(1e-6) * 100.0).round() / 100.0
+    }
+}
+
+fn state(config: &Config) -> Result<State, String> {
+    State::open(&config.daemon.state_dir, config.daemon.keep_history).map_err(|e| e.to_string())
+}
+
+/// The configured remotes of `db` (all, or the one named `only`).
+pub fn remotes_of<'a>(
+    config: &'a Config,
+    db: &Database,
+    only: Option<&str>,
+) -> Vec<&'a Arc<Remote>> {
+    let names = db
+        .backup
+        .as_ref()
+        .map(|b| b.remotes.as_slice())
+        .unwrap_or_default();
+    config
+        .remotes
+        .iter()
+        .filter(|r| names.contains(&r.name) && only.is_none_or(|o| o == r.name))
+        .collect()
+}
+
+/// Mark the copies just written pending on every remote of `db`, then push.
+pub fn after_backup(
+    config: &Config,
+    db: &Database,
+    written: &[Entry],
+) -> Result<Option<Pushed>, String> {
+    let remotes = remotes_of(config, db, None);
+    if remotes.is_empty() {
+        return Ok(None);
+    }
+    let st = state(config)?;
+    for r in &remotes {
+        for e in written {
+            st.add_pending(&db.name, &r.name, &e.file, e.created_at)
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    push_pending(config, db, None).map(Some)
+}
+
+/// Upload every pending copy of `db` (on `only`, or on each of its remotes), oldest first.
+/// A remote stops at its first failure; the others go on.
+pub fn push_pending(config: &Config, db: &Database, only: Option<&str>) -> Result<Pushed, String> {
+    let st = state(config)?;
+    let Some(backup) = db.backup.as_ref() else {
+        return Ok(Pushed::default());
+    };
+    let mut out = Pushed::default();
+    let started = std::time::Instant::now();
+    let local = Manifest::load(&backup.dir).map_err(|e| e.to_string())?;
+    for r in remotes_of(config, db, only) {
+        let pending = st
+            .pending(&db.name, Some(&r.name))
+            .map_err(|e| e.to_string())?;
+        if pending.is_empty() {
+            continue;
+        }
+        let store = match Store::open(r.clone()) {
+            Ok(s) => s,
+            Err(e) => {
+                for p in &pending {
+                    let _ = st.pending_failed(p, &e.to_string());
+                }
+                out.errors.push(e);
+                continue;
+            }
+        };
+        let mut stored_now = Vec::new();
+        let mut failed = false;
+        for p in &pending {
+            let path = backup.dir.join(&p.file);
+            let Some(entry) = local.get(&p.file).filter(|_| path.is_file()) else {
+                tracing::warn!(
+                    "remote {:?}: {} is no longer in {} (retention or a hand removed it); its copy is no longer pending",
+                    r.name,
+                    p.file,
+                    backup.dir.display()
+                );
+                let _ = st.pending_done(p);
+                continue;
+            };
+            let src = remote::Source {
+                database: &db.name,
+                path: &path,
+                file: &p.file,
+                series: &entry.series,
+                sha256: &entry.sha256,
+                backup_time: entry.created_at,
+                verified: entry.verified,
+            };
+            match remote::push(&store, &src) {
+                Ok(up) => {
+                    stored_now.push(remote::object_name(&p.file));
+                    st.pending_done(p).map_err(|e| e.to_string())?;
+                    let _ = st.remote_stored(&db.name, &r.name, Utc::now(), up.size);
+                    out.copies += 1;
+                    out.bytes += up.size;
+                    if !out.remotes.contains(&r.name) {
+                        out.remotes.push(r.name.clone());
+                        out.urls.push(r.url.clone());
+                    }
+                }
+                Err(e) => {
+                    let _ = st.pending_failed(p, &e.to_string());
+                    out.errors.push(e);
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        // Retention only when every pending copy of this remote is stored: never deletes
+        // while the newest copy is missing.
+        if !failed {
+            match retain(config, db, &store, &stored_now) {
+                Ok(mut d) => out.deleted.append(&mut d),
+                Err(e) => out.errors.push(e),
+            }
+        }
+    }
+    out.elapsed = started.elapsed();
+    out.pending = st.pending(&db.name, only).map_err(|e| e.to_string())?.len() as u64;
+    Ok(out)
+}
+
+/// Remote retention of `db` on `store` with the backup's `remote_keep`.
+fn retain(
+    config: &Config,
+    db: &Database,
+    store: &Store,
+    this_run: &[String],
+) -> Result<Vec<String>, RemoteError> {
+    let Some(backup) = db.backup.as_ref() else {
+        return Ok(Vec::new());
+    };
+    let m = remote::RemoteManifest::load(store, &db.name)?;
+    let planned = remote::retain::plan(
+        &m,
+        backup.remote_keep,
+        &config.daemon.timezone,
+        Utc::now(),
+        this_run,
+    );
+    remote::retain::apply(store, &db.name, m, &planned)
+}
+
+/// What remote retention would delete now, per remote (a dry run's preview).
+pub fn preview(config: &Config, db: &Database) -> String {
+    let Some(backup) = db.backup.as_ref() else {
+        return String::new();
+    };
+    let mut parts = Vec::new();
+    for r in remotes_of(config, db, None) {
+        let plan = Store::open(r.clone()).and_then(|s| {
+            let m = remote::RemoteManifest::load(&s, &db.name)?;
+            Ok(remote::retain::plan(
+                &m,
+                backup.remote_keep,
+                &config.daemon.timezone,
+                Utc::now(),
+                &[],
+            ))
+        });
+        parts.push(match plan {
+            Err(e) => format!("remote {:?}: cannot plan retention: {}", r.name, e.cause),
+            Ok(p) => {
+                let doomed: Vec<&str> = p
+                    .iter()
+                    .filter(|(_, d)| !d.keep())
+                    .map(|(c, _)| c.object.as_str())
+                    .collect();
+                if doomed.is_empty() {
+                    format!("remote {:?}: retention would delete nothing", r.name)
+                } else {
+                    format!(
+                        "remote {:?}: retention would delete {}",
+                        r.name,
+                        doomed.join(", ")
+                    )
+                }
+            }
+        });
+    }
+    parts.join("; ")
+}

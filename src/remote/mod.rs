@@ -1,0 +1,84 @@
+//! Off-site copies of verified backups in object storage (`[[remote]]`): `store` opens a
+//! remote (S3-compatible bucket or directory) with its credentials and turns client errors
+//! into one line naming the remote and the cause; `pipeline` streams a local backup through
+//! zstd and age encryption into a multipart upload and reads it back to check its SHA-256;
+//! `manifest` is the remote's list of copies, written last (one PUT, atomic by object
+//! semantics). Nothing here touches a database: callers run it after the local backup's
+//! commit, on a blocking thread (each `Store` has its own small runtime).
+
+mod manifest;
+mod pipeline;
+pub mod retain;
+mod store;
+
+pub use manifest::{Copy, RemoteManifest, MANIFEST_NAME};
+pub use pipeline::{download, read_back, Uploaded};
+pub use store::{RemoteError, Store};
+
+use std::path::Path;
+
+use chrono::{DateTime, Utc};
+
+/// The object name of a local backup file: always encrypted (`.age`), compressed first
+/// unless it already is (`.zst`).
+pub fn object_name(local_file: &str) -> String {
+    if local_file.ends_with(".zst") {
+        format!("{local_file}.age")
+    } else {
+        format!("{local_file}.zst.age")
+    }
+}
+
+/// What one copy to upload is made from.
+#[derive(Debug, Clone)]
+pub struct Source<'a> {
+    pub database: &'a str,
+    pub path: &'a Path,
+    pub file: &'a str,
+    pub series: &'a str,
+    /// SHA-256 of the local backup file, from the local manifest.
+    pub sha256: &'a str,
+    /// When the local backup was made.
+    pub backup_time: DateTime<Utc>,
+    pub verified: crate::domain::Verified,
+}
+
+/// Upload one verified local backup to `store`, check it, and add it to the remote's
+/// manifest (written last).
+pub fn push(store: &Store, src: &Source<'_>) -> Result<Uploaded, RemoteError> {
+    let object = object_name(src.file);
+    let key = store.key(src.database, &object);
+    let compress = !src.file.ends_with(".zst");
+    let up = pipeline::upload(store, &key, src.path, compress)?;
+    let mut m = RemoteManifest::load(store, src.database)?;
+    m.upsert(Copy {
+        object,
+        local_file: src.file.to_string(),
+        series: src.series.to_string(),
+        size: up.size,
+        sha256: up.sha256.clone(),
+        source_sha256: src.sha256.to_string(),
+        backup_time: src.backup_time,
+        created_at: Utc::now(),
+        verified: Some(src.verified),
+    });
+    m.save(store, src.database)?;
+    Ok(up)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        assert_eq!(
+            object_name("chat-20260101-000000.db"),
+            "chat-20260101-000000.db.zst.age"
+        );
+        assert_eq!(
+            object_name("chat-20260101-000000.db.zst"),
+            "chat-20260101-000000.db.zst.age"
+        );
+    }
+}

@@ -1,0 +1,275 @@
+//! The streaming pipeline of one copy: the verified local file → zstd (unless already
+//! compressed) → age encryption → SHA-256 of the stored bytes → a multipart upload in 8 MiB
+//! parts, at most two in flight; memory stays bounded whatever the file's size. The object is
+//! then read back, streaming, and its SHA-256 and size compared. `download` is the reverse
+//! for restore: to a temp file, checked against the manifest's SHA-256, then decrypted and
+//! decompressed.
+
+use std::fs::File;
+use std::io::{self, BufReader, Read, Write};
+use std::path::Path;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use object_store::WriteMultipart;
+use sha2::{Digest, Sha256};
+
+use super::store::{RemoteError, Store};
+use crate::domain::ExitCode;
+
+/// Size of one part of a multipart upload.
+pub const PART: usize = 8 << 20;
+/// Parts in flight at once.
+const IN_FLIGHT: usize = 2;
+
+/// One object stored and checked.
+#[derive(Debug, Clone)]
+pub struct Uploaded {
+    pub key: String,
+    /// Bytes stored (encrypted).
+    pub size: u64,
+    /// SHA-256 of the stored bytes, checked by reading them back.
+    pub sha256: String,
+    pub elapsed: Duration,
+}
+
+/// The end of the pipeline: hashes what is stored and feeds the multipart upload.
+struct Parts<'a> {
+    store: &'a Store,
+    upload: Option<WriteMultipart>,
+    hasher: Sha256,
+    size: u64,
+    failed: Option<object_store::Error>,
+}
+
+impl Write for Parts<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let w = self.upload.as_mut().expect("upload open");
+        if let Err(e) = self.store.block_on(w.wait_for_capacity(IN_FLIGHT)) {
+            let msg = e.to_string();
+            self.failed = Some(e);
+            return Err(io::Error::other(msg));
+        }
+        w.write(buf);
+        self.hasher.update(buf);
+        self.size += buf.len() as u64;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn recipients(store: &Store) -> Result<Vec<age::x25519::Recipient>, RemoteError> {
+    store
+        .remote
+        .recipients
+        .iter()
+        .map(|r| {
+            age::x25519::Recipient::from_str(r)
+                .map_err(|e| store.other("reading encrypt_to", e.to_string(), ExitCode::Config))
+        })
+        .collect()
+}
+
+/// Upload `src` as `key`, compressing first when `compress`, and check what was stored.
+pub fn upload(
+    store: &Store,
+    key: &str,
+    src: &Path,
+    compress: bool,
+) -> Result<Uploaded, RemoteError> {
+    let started = Instant::now();
+    let what = format!("uploading {key}");
+    let recipients = recipients(store)?;
+    let mut input = File::open(src)
+        .map_err(|e| store.other(&what, format!("{}: {e}", src.display()), ExitCode::NoInput))?;
+    let path = Store::path(key);
+    let upload = store
+        .block_on(store.inner.put_multipart(&path))
+        .map_err(|e| store.error(&what, &e))?;
+    let mut parts = Parts {
+        store,
+        upload: Some(WriteMultipart::new_with_chunk_size(upload, PART)),
+        hasher: Sha256::new(),
+        size: 0,
+        failed: None,
+    };
+    let streamed = stream(&mut input, &mut parts, &recipients, compress);
+    let Parts {
+        upload,
+        hasher,
+        size,
+        failed,
+        ..
+    } = parts;
+    let upload = upload.expect("upload open");
+    if let Err(e) = streamed {
+        let _ = store.block_on(upload.abort());
+        return Err(match failed {
+            Some(f) => store.error(&what, &f),
+            None => store.other(&what, e.to_string(), ExitCode::IoErr),
+        });
+    }
+    store
+        .block_on(upload.finish())
+        .map_err(|e| store.error(&what, &e))?;
+    let sha256 = crate::archive::hex(&hasher.finalize());
+    let (got_sha, got_size) = read_back(store, key)?;
+    if got_sha != sha256 || got_size != size {
+        return Err(store.other(
+            format!("checking {key}"),
+            format!("the stored object differs from what was sent ({got_size} bytes, sha256 {got_sha}; sent {size} bytes, sha256 {sha256})"),
+            ExitCode::DataErr,
+        ));
+    }
+    Ok(Uploaded {
+        key: key.to_string(),
+        size,
+        sha256,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// file → [zstd] → age → `out`.
+fn stream(
+    input: &mut File,
+    out: &mut Parts<'_>,
+    recipients: &[age::x25519::Recipient],
+    compress: bool,
+) -> io::Result<()> {
+    let enc = age::Encryptor::with_recipients(recipients.iter().map(|r| r as &dyn age::Recipient))
+        .map_err(io::Error::other)?;
+    let mut sealed = enc.wrap_output(out)?;
+    if compress {
+        let mut z = zstd::Encoder::new(&mut sealed, 3)?;
+        io::copy(&mut BufReader::with_capacity(1 << 20, input), &mut z)?;
+        z.finish()?;
+    } else {
+        io::copy(&mut BufReader::with_capacity(1 << 20, input), &mut sealed)?;
+    }
+    sealed.finish()?;
+    Ok(())
+}
+
+/// SHA-256 and size of an object, streamed.
+pub fn read_back(store: &Store, key: &str) -> Result<(String, u64), RemoteError> {
+    use futures::StreamExt;
+    let what = format!("reading back {key}");
+    store.block_on(async {
+        let got = store
+            .inner
+            .get(&Store::path(key))
+            .await
+            .map_err(|e| store.error(&what, &e))?;
+        let mut s = got.into_stream();
+        let mut h = Sha256::new();
+        let mut n = 0u64;
+        while let Some(chunk) = s.next().await {
+            let chunk = chunk.map_err(|e| store.error(&what, &e))?;
+            h.update(&chunk);
+            n += chunk.len() as u64;
+        }
+        Ok((crate::archive::hex(&h.finalize()), n))
+    })
+}
+
+/// Download `copy` into `tmp` (created here, 0600), checking the stored bytes against the
+/// manifest's SHA-256; then decrypt with `identities` and write the local backup file it was
+/// made from into `out` (decompressing what the upload compressed), checked against the
+/// source's SHA-256. Nothing is decrypted unless the stored bytes are the recorded ones.
+pub fn download(
+    store: &Store,
+    database: &str,
+    copy: &super::Copy,
+    tmp: &Path,
+    identities: &[Box<dyn age::Identity>],
+    out: &mut dyn Write,
+) -> Result<u64, RemoteError> {
+    use futures::StreamExt;
+    let key = store.key(database, &copy.object);
+    let what = format!("downloading {key}");
+    let mut file = crate::archive::create_private(tmp)
+        .map_err(|e| store.other(&what, e.to_string(), ExitCode::CantCreate))?;
+    let got = store.block_on(async {
+        let got = store
+            .inner
+            .get(&Store::path(&key))
+            .await
+            .map_err(|e| match e {
+                object_store::Error::NotFound { .. } => store.other(
+                    &what,
+                    "the manifest lists it but it is not in the store (deleted by hand?)",
+                    ExitCode::DataErr,
+                ),
+                e => store.error(&what, &e),
+            })?;
+        let mut s = got.into_stream();
+        let mut h = Sha256::new();
+        while let Some(chunk) = s.next().await {
+            let chunk = chunk.map_err(|e| store.error(&what, &e))?;
+            h.update(&chunk);
+            file.write_all(&chunk).map_err(|e| {
+                store.other(&what, format!("{}: {e}", tmp.display()), ExitCode::IoErr)
+            })?;
+        }
+        Ok::<_, RemoteError>(crate::archive::hex(&h.finalize()))
+    })?;
+    if got != copy.sha256 {
+        return Err(store.other(
+            format!("checking {key}"),
+            format!(
+                "SHA-256 {got} is not the recorded {}: the object was changed or damaged in the store",
+                copy.sha256
+            ),
+            ExitCode::DataErr,
+        ));
+    }
+    let damaged =
+        |step: &str, e: String| store.other(format!("{step} {key}"), e, ExitCode::DataErr);
+    let input = File::open(tmp).map_err(|e| store.other(&what, e.to_string(), ExitCode::IoErr))?;
+    let dec = age::Decryptor::new(BufReader::new(input))
+        .map_err(|e| damaged("decrypting", e.to_string()))?;
+    let plain = dec
+        .decrypt(identities.iter().map(|i| i.as_ref() as &dyn age::Identity))
+        .map_err(|e| {
+            damaged(
+                "decrypting",
+                format!("{e} (is --identity the key whose recipient is in encrypt_to?)"),
+            )
+        })?;
+    let mut h = Sha256::new();
+    let mut n = 0u64;
+    let mut sink = |buf: &[u8]| -> Result<(), RemoteError> {
+        h.update(buf);
+        n += buf.len() as u64;
+        out.write_all(buf)
+            .map_err(|e| store.other(&what, e.to_string(), ExitCode::IoErr))
+    };
+    let mut reader: Box<dyn Read> = if copy.local_file.ends_with(".zst") {
+        Box::new(plain)
+    } else {
+        Box::new(zstd::Decoder::new(plain).map_err(|e| damaged("decompressing", e.to_string()))?)
+    };
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let k = reader
+            .read(&mut buf)
+            .map_err(|e| damaged("decrypting and decompressing", e.to_string()))?;
+        if k == 0 {
+            break;
+        }
+        sink(&buf[..k])?;
+    }
+    let local = crate::archive::hex(&h.finalize());
+    if local != copy.source_sha256 {
+        return Err(damaged(
+            "checking",
+            format!(
+                "the decrypted copy's SHA-256 {local} is not its backup's {}",
+                copy.source_sha256
+            ),
+        ));
+    }
+    Ok(n)
+}

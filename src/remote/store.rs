@@ -1,0 +1,391 @@
+//! Opening a remote: an `object_store` client for `s3://` (credentials from the environment,
+//! a file or a systemd credential, read when the remote is opened and never printed) or a
+//! local directory for `file://`, with its own current-thread runtime so blocking callers can
+//! drive it. Client errors become [`RemoteError`]: one line naming the remote, its URL and the
+//! cause (DNS, connection refused, TLS, 403, missing bucket, timeout).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjectPath;
+use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig};
+
+use crate::config::{Credentials, Remote, Target};
+use crate::domain::ExitCode;
+
+/// Something went wrong with a remote: one line, never a secret.
+#[derive(Debug, thiserror::Error)]
+#[error("remote {remote:?} ({url}): {what}: {cause}")]
+pub struct RemoteError {
+    pub remote: String,
+    pub url: String,
+    /// What was being done ("uploading chat-20260101-000000.db").
+    pub what: String,
+    pub cause: String,
+    pub code: ExitCode,
+}
+
+/// An opened remote.
+pub struct Store {
+    pub remote: Arc<Remote>,
+    pub(super) inner: Arc<dyn ObjectStore>,
+    pub(super) rt: tokio::runtime::Runtime,
+    /// Values never to print (the secret key, the session token).
+    secrets: Vec<String>,
+}
+
+impl Store {
+    pub fn open(remote: Arc<Remote>) -> Result<Store, RemoteError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| {
+                fail(
+                    &remote,
+                    "starting the client",
+                    e.to_string(),
+                    ExitCode::Failed,
+                )
+            })?;
+        let mut secrets = Vec::new();
+        let inner: Arc<dyn ObjectStore> = match &remote.target {
+            Target::Dir { dir } => {
+                if let Err(e) = std::fs::create_dir_all(dir) {
+                    return Err(fail(
+                        &remote,
+                        "creating the directory",
+                        e.to_string(),
+                        ExitCode::CantCreate,
+                    ));
+                }
+                let fs = LocalFileSystem::new_with_prefix(dir).map_err(|e| {
+                    fail(
+                        &remote,
+                        "opening the directory",
+                        e.to_string(),
+                        ExitCode::CantCreate,
+                    )
+                })?;
+                Arc::new(fs)
+            }
+            Target::S3 { bucket, .. } => {
+                let keys = read_credentials(&remote)?;
+                secrets.push(keys.secret.clone());
+                secrets.extend(keys.token.clone());
+                let mut b = AmazonS3Builder::new()
+                    .with_bucket_name(bucket)
+                    .with_region(remote.region.as_deref().unwrap_or("us-east-1"))
+                    .with_access_key_id(keys.id)
+                    .with_secret_access_key(keys.secret)
+                    .with_virtual_hosted_style_request(!remote.path_style)
+                    .with_allow_http(remote.allow_http)
+                    .with_client_options(
+                        ClientOptions::new()
+                            .with_allow_http(remote.allow_http)
+                            .with_timeout(remote.timeout)
+                            .with_connect_timeout(remote.timeout.min(Duration::from_secs(10))),
+                    )
+                    .with_retry(RetryConfig {
+                        backoff: BackoffConfig {
+                            init_backoff: Duration::from_millis(200),
+                            max_backoff: Duration::from_secs(5),
+                            base: 2.0,
+                        },
+                        max_retries: 3,
+                        retry_timeout: remote.timeout,
+                    });
+                if let Some(t) = keys.token {
+                    b = b.with_token(t);
+                }
+                if let Some(e) = &remote.endpoint {
+                    b = b.with_endpoint(e);
+                }
+                let s3 = b.build().map_err(|e| {
+                    fail(
+                        &remote,
+                        "configuring the client",
+                        e.to_string(),
+                        ExitCode::Config,
+                    )
+                })?;
+                Arc::new(s3)
+            }
+        };
+        Ok(Store {
+            remote,
+            inner,
+            rt,
+            secrets,
+        })
+    }
+
+    /// `{prefix}/{database}/{name}`.
+    pub fn key(&self, database: &str, name: &str) -> String {
+        let prefix = self.remote.target.prefix();
+        if prefix.is_empty() {
+            format!("{database}/{name}")
+        } else {
+            format!("{prefix}/{database}/{name}")
+        }
+    }
+
+    pub(super) fn path(key: &str) -> ObjectPath {
+        ObjectPath::from(key)
+    }
+
+    /// A client error as one line: the cause classified, secrets removed.
+    pub fn error(&self, what: impl Into<String>, e: &object_store::Error) -> RemoteError {
+        let (cause, code) = classify(&self.remote, e);
+        let mut cause = cause;
+        for s in &self.secrets {
+            if !s.is_empty() {
+                cause = cause.replace(s.as_str(), "[secret]");
+            }
+        }
+        fail(&self.remote, what, cause, code)
+    }
+
+    pub fn other(
+        &self,
+        what: impl Into<String>,
+        cause: impl Into<String>,
+        code: ExitCode,
+    ) -> RemoteError {
+        fail(&self.remote, what, cause.into(), code)
+    }
+
+    /// Run a client future to its end on this store's runtime.
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+
+    /// Delete an object.
+    pub fn delete(&self, key: &str) -> Result<(), RemoteError> {
+        self.block_on(self.inner.delete(&Self::path(key)))
+            .map_err(|e| self.error(format!("deleting {key}"), &e))
+    }
+
+    /// The names (keys) below `{prefix}/{database}/`.
+    pub fn list(&self, database: &str) -> Result<Vec<(String, u64)>, RemoteError> {
+        use futures::TryStreamExt;
+        let prefix = Self::path(&self.key(database, ""));
+        let found: Vec<object_store::ObjectMeta> = self
+            .block_on(self.inner.list(Some(&prefix)).try_collect())
+            .map_err(|e| self.error("listing", &e))?;
+        Ok(found
+            .into_iter()
+            .map(|m| (m.location.to_string(), m.size))
+            .collect())
+    }
+
+    /// Put a small object whole (one PUT: readers see the old or the new object).
+    pub fn put_small(&self, key: &str, bytes: Vec<u8>) -> Result<(), RemoteError> {
+        self.block_on(self.inner.put(&Self::path(key), bytes.into()))
+            .map(|_| ())
+            .map_err(|e| self.error(format!("writing {key}"), &e))
+    }
+
+    /// A small object whole; `None` when it does not exist.
+    pub fn get_small(&self, key: &str) -> Result<Option<Vec<u8>>, RemoteError> {
+        let r = self.block_on(async {
+            let g = self.inner.get(&Self::path(key)).await?;
+            g.bytes().await
+        });
+        match r {
+            Ok(b) => Ok(Some(b.to_vec())),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.error(format!("reading {key}"), &e)),
+        }
+    }
+}
+
+fn fail(remote: &Remote, what: impl Into<String>, cause: String, code: ExitCode) -> RemoteError {
+    RemoteError {
+        remote: remote.name.clone(),
+        url: remote.url.clone(),
+        what: what.into(),
+        cause,
+        code,
+    }
+}
+
+/// The error and every source, one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        src = s.source();
+    }
+    out.replace(['\n', '\r'], " ")
+}
+
+/// What went wrong, in the operator's terms, and the exit code for it. The response body of
+/// an S3 error is never shown (it can echo the request's signing details).
+fn classify(remote: &Remote, e: &object_store::Error) -> (String, ExitCode) {
+    let text = chain(e);
+    let lower = text.to_ascii_lowercase();
+    let endpoint = remote.endpoint.as_deref().unwrap_or("the S3 endpoint");
+    let bucket = match &remote.target {
+        Target::S3 { bucket, .. } => bucket.as_str(),
+        Target::Dir { .. } => "",
+    };
+    if lower.contains("dns error") || lower.contains("failed to lookup address") {
+        return (
+            format!("DNS lookup of {endpoint} failed (check the endpoint's host name and this host's resolver)"),
+            ExitCode::TempFail,
+        );
+    }
+    if lower.contains("connection refused") {
+        return (
+            format!(
+                "connection refused by {endpoint} (is the server running, and the port right?)"
+            ),
+            ExitCode::TempFail,
+        );
+    }
+    if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake") {
+        return (
+            format!(
+                "TLS with {endpoint} failed (certificate not trusted or not for this host name)"
+            ),
+            ExitCode::TempFail,
+        );
+    }
+    if lower.contains("403 forbidden")
+        || lower.contains("status code: 403")
+        || lower.contains("accessdenied")
+        || lower.contains("signaturedoesnotmatch")
+        || lower.contains("invalidaccesskeyid")
+    {
+        return (
+            "access denied (403): check the access key and secret key of `credentials`, the bucket's policy, and this host's clock (signatures are refused when it is more than 15 minutes off)".to_string(),
+            ExitCode::Failed,
+        );
+    }
+    if lower.contains("nosuchbucket") || lower.contains("bucket does not exist") {
+        return (
+            format!("bucket {bucket:?} does not exist (404): create it, or fix the url"),
+            ExitCode::Failed,
+        );
+    }
+    if lower.contains("timed out") || lower.contains("timeout") || lower.contains("deadline") {
+        return (
+            format!(
+                "no answer from {endpoint} within {} (timeout)",
+                humantime::format_duration(remote.timeout)
+            ),
+            ExitCode::TempFail,
+        );
+    }
+    if matches!(e, object_store::Error::NotFound { .. }) {
+        return ("not found (404)".to_string(), ExitCode::NoInput);
+    }
+    if lower.contains("error sending request")
+        || lower.contains("connection reset")
+        || lower.contains("connection closed")
+        || lower.contains("broken pipe")
+        || lower.contains("incomplete message")
+    {
+        return (
+            format!("the connection to {endpoint} was lost"),
+            ExitCode::TempFail,
+        );
+    }
+    // Anything else: the client's words without a response body.
+    let short = text
+        .split(" - Server returned")
+        .next()
+        .unwrap_or(&text)
+        .chars()
+        .take(300)
+        .collect::<String>();
+    (short, ExitCode::Failed)
+}
+
+struct Keys {
+    id: String,
+    secret: String,
+    token: Option<String>,
+}
+
+const ID: &str = "AWS_ACCESS_KEY_ID";
+const SECRET: &str = "AWS_SECRET_ACCESS_KEY";
+const TOKEN: &str = "AWS_SESSION_TOKEN";
+
+fn read_credentials(remote: &Remote) -> Result<Keys, RemoteError> {
+    let missing = |from: String| {
+        fail(
+            remote,
+            "reading credentials",
+            format!("{from} must set {ID} and {SECRET}"),
+            ExitCode::Config,
+        )
+    };
+    match &remote.credentials {
+        Credentials::Env => {
+            let id = std::env::var(ID).ok().filter(|v| !v.is_empty());
+            let secret = std::env::var(SECRET).ok().filter(|v| !v.is_empty());
+            match (id, secret) {
+                (Some(id), Some(secret)) => Ok(Keys {
+                    id,
+                    secret,
+                    token: std::env::var(TOKEN).ok().filter(|v| !v.is_empty()),
+                }),
+                _ => Err(missing("credentials = \"env\": the environment".into())),
+            }
+        }
+        Credentials::File(path) => from_file(remote, path, missing),
+        Credentials::Systemd(name) => {
+            let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") else {
+                return Err(fail(
+                    remote,
+                    "reading credentials",
+                    format!("credentials = {name:?} is a systemd credential, but $CREDENTIALS_DIRECTORY is not set (add LoadCredential={name}:FILE to the unit; `litekeeper systemd-units` writes it)"),
+                    ExitCode::Config,
+                ));
+            };
+            from_file(remote, &Path::new(&dir).join(name), missing)
+        }
+    }
+}
+
+fn from_file(
+    remote: &Remote,
+    path: &Path,
+    missing: impl Fn(String) -> RemoteError,
+) -> Result<Keys, RemoteError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        fail(
+            remote,
+            "reading credentials",
+            format!("{}: {e}", path.display()),
+            ExitCode::Config,
+        )
+    })?;
+    let (mut id, mut secret, mut token) = (None, None, None);
+    for line in text.lines() {
+        let line = line.trim();
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let Some((k, v)) = line.split_once('=') else {
+            continue;
+        };
+        let v = v.trim().trim_matches('"').trim_matches('\'').to_string();
+        match k.trim() {
+            ID => id = Some(v),
+            SECRET => secret = Some(v),
+            TOKEN => token = Some(v),
+            _ => {}
+        }
+    }
+    match (id, secret) {
+        (Some(id), Some(secret)) if !id.is_empty() && !secret.is_empty() => {
+            Ok(Keys { id, secret, token })
+        }
+        _ => Err(missing(format!("{} (KEY=VALUE lines)", path.display()))),
+    }
+}

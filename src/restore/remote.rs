@@ -1,0 +1,164 @@
+//! Restoring from an off-site copy (`restore DB --from REMOTE [BACKUP] --identity FILE`): the
+//! copy is downloaded into a private staging directory in `state_dir`, its stored bytes
+//! checked against the remote manifest's SHA-256, decrypted with the operator's age identity
+//! (the daemon never has it), checked against the local backup's SHA-256, decompressed, and
+//! then handed to the same `to_path`/`in_place` as a local backup. The staging directory is
+//! removed when the `Fetched` is dropped; nothing is written elsewhere before every check.
+
+use std::io::Write;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+use super::{BackupSource, RestoreError};
+use crate::archive::{self, BackupName};
+use crate::config::{Config, Database};
+use crate::remote::{self, RemoteManifest, Store};
+
+/// A copy fetched and checked, ready for the restore path; its staging directory goes with it.
+pub struct Fetched {
+    pub source: BackupSource,
+    /// The remote copy's object name.
+    pub object: String,
+    staging: PathBuf,
+}
+
+impl Drop for Fetched {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.staging);
+    }
+}
+
+/// Removes a staging directory unless it was handed to a `Fetched`.
+struct Staging(Option<PathBuf>);
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            let _ = std::fs::remove_dir_all(p);
+        }
+    }
+}
+
+pub fn fetch(
+    config: &Config,
+    db: &Database,
+    remote_name: &str,
+    wanted: Option<&str>,
+    identity: Option<&Path>,
+) -> Result<Fetched, RestoreError> {
+    let backup = db
+        .backup
+        .as_ref()
+        .ok_or_else(|| RestoreError::NoBackupSection {
+            database: db.name.clone(),
+        })?;
+    let remote = config
+        .remotes
+        .iter()
+        .find(|r| r.name == remote_name && backup.remotes.contains(&r.name))
+        .ok_or_else(|| RestoreError::NoSuchRemote {
+            database: db.name.clone(),
+            remote: remote_name.to_string(),
+            known: backup.remotes.join(", "),
+        })?;
+    let identity = identity.ok_or_else(|| RestoreError::NoIdentity {
+        remote: remote_name.to_string(),
+    })?;
+    let identities = age::IdentityFile::from_file(identity.display().to_string())
+        .map_err(|e| e.to_string())
+        .and_then(|f| f.into_identities().map_err(|e| e.to_string()))
+        .map_err(|cause| RestoreError::Identity {
+            path: identity.to_path_buf(),
+            cause,
+        })?;
+    let store = Store::open(remote.clone()).map_err(RestoreError::Remote)?;
+    let manifest = RemoteManifest::load(&store, &db.name).map_err(RestoreError::Remote)?;
+    let copy = match wanted {
+        Some(w) => manifest
+            .copies
+            .iter()
+            .find(|c| c.local_file == w || c.object == w),
+        None => manifest
+            .copies
+            .iter()
+            .filter(|c| c.series == db.backup_sources()[0].series)
+            .max_by_key(|c| c.backup_time),
+    }
+    .ok_or_else(|| RestoreError::NoRemoteCopy {
+        remote: remote_name.to_string(),
+        database: db.name.clone(),
+        wanted: wanted.map(str::to_string),
+    })?
+    .clone();
+    let name = BackupName::parse(&copy.local_file)
+        .filter(|n| !n.failed)
+        .ok_or_else(|| RestoreError::NoRemoteCopy {
+            remote: remote_name.to_string(),
+            database: db.name.clone(),
+            wanted: Some(copy.local_file.clone()),
+        })?;
+    let live = db
+        .backup_sources()
+        .into_iter()
+        .find(|s| s.series == name.series)
+        .ok_or_else(|| RestoreError::NoLiveFile {
+            file: copy.local_file.clone(),
+            database: db.name.clone(),
+        })?
+        .path;
+
+    let staging = config.daemon.state_dir.join(format!(
+        "remote-restore-{}-{}",
+        std::process::id(),
+        chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
+    ));
+    let staging_err = |cause: std::io::Error| RestoreError::Staging {
+        path: staging.clone(),
+        cause,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&staging)
+        .map_err(staging_err)?;
+    let guard = Staging(Some(staging.clone()));
+    let plain_name = BackupName {
+        compressed: false,
+        ..name.clone()
+    };
+    let plain_path = staging.join(plain_name.file_name());
+    let mut out = std::io::BufWriter::new(
+        archive::create_private(&plain_path).map_err(RestoreError::Commit)?,
+    );
+    let downloaded = staging.join("download.age");
+    if name.compressed {
+        // The local backup was .zst: decompress it on its way to the staged file.
+        let mut z = zstd::stream::write::Decoder::new(&mut out).map_err(staging_err)?;
+        remote::download(&store, &db.name, &copy, &downloaded, &identities, &mut z)
+            .map_err(RestoreError::Remote)?;
+        z.flush().map_err(staging_err)?;
+    } else {
+        remote::download(&store, &db.name, &copy, &downloaded, &identities, &mut out)
+            .map_err(RestoreError::Remote)?;
+    }
+    out.flush().map_err(staging_err)?;
+    drop(out);
+    let _ = std::fs::remove_file(&downloaded);
+    let restored_size = std::fs::metadata(&plain_path).map_err(staging_err)?.len();
+    let mut guard = guard;
+    guard.0 = None;
+    Ok(Fetched {
+        source: BackupSource {
+            database: db.name.clone(),
+            dir: staging.clone(),
+            file: plain_name.file_name(),
+            name: plain_name,
+            verified: copy.verified.unwrap_or(crate::domain::Verified::None),
+            restored_size,
+            live,
+            point: None,
+        },
+        object: copy.object,
+        staging,
+    })
+}

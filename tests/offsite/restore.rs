@@ -1,0 +1,222 @@
+//! Restore from a remote, the same suite on S3 (moto) and on a `file://` directory: after the
+//! local backup directory is gone the copy gives back the same rows; without the identity a
+//! clear error and nothing written; an object corrupted or deleted by hand is refused (65)
+//! and nothing is written.
+
+use std::path::PathBuf;
+
+use super::fixture::*;
+use crate::util::{both, query_i64, TestEnv};
+
+enum Kind {
+    S3(Moto),
+    Dir(PathBuf),
+}
+
+impl Kind {
+    fn body(&self, public: &str) -> String {
+        match self {
+            Kind::S3(m) => s3_remote(&m.endpoint(), public),
+            Kind::Dir(d) => format!(
+                "url = \"file://{}\"\nencrypt_to = [\"{public}\"]\n",
+                d.display()
+            ),
+        }
+    }
+    fn key(&self, object: &str) -> String {
+        match self {
+            Kind::S3(_) => format!("lk/chat/{object}"),
+            Kind::Dir(_) => format!("chat/{object}"),
+        }
+    }
+    fn get(&self, object: &str) -> Vec<u8> {
+        match self {
+            Kind::S3(m) => m.get(&self.key(object)).unwrap(),
+            Kind::Dir(d) => std::fs::read(d.join(self.key(object))).unwrap(),
+        }
+    }
+    fn put(&self, object: &str, bytes: &[u8]) {
+        match self {
+            Kind::S3(m) => m.put(&self.key(object), bytes),
+            Kind::Dir(d) => std::fs::write(d.join(self.key(object)), bytes).unwrap(),
+        }
+    }
+    fn delete(&self, object: &str) {
+        match self {
+            Kind::S3(m) => m.delete(&self.key(object)),
+            Kind::Dir(d) => std::fs::remove_file(d.join(self.key(object))).unwrap(),
+        }
+    }
+}
+
+fn suite(env: &TestEnv, kind: Kind) {
+    let (identity, public) = keygen(env);
+    let db = chat_db(env);
+    config(env, &db, &kind.body(&public), "");
+    let o = run(env, &["run", "chat", "backup"]);
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let local = local_backups(env);
+    let object = format!("{}.zst.age", local[0]);
+
+    // The local backups are lost with the host.
+    std::fs::remove_dir_all(env.path("backups")).unwrap();
+    let identity_arg = identity.display().to_string();
+
+    // Without the identity: a clear error, nothing written.
+    let target = env.path("restored.db");
+    let t = target.display().to_string();
+    let o = run(env, &["restore", "chat", "--from", "offsite", "--to", &t]);
+    assert_eq!(o.status.code(), Some(64), "{}", both(&o));
+    assert!(both(&o).contains("needs --identity FILE"), "{}", both(&o));
+    assert!(!target.exists());
+
+    // A wrong identity: refused, nothing written.
+    let other = env.path("other.txt");
+    std::fs::write(
+        &other,
+        "AGE-SECRET-KEY-1S5DV4KTN89CYX83LN6YCHR9ZX83X0R78RSNGVMX68ZK6SK7T4ADQGD6C9X\n",
+    )
+    .unwrap();
+    let o = run(
+        env,
+        &[
+            "restore",
+            "chat",
+            "--from",
+            "offsite",
+            "--to",
+            &t,
+            "--identity",
+            &other.display().to_string(),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(65), "{}", both(&o));
+    assert!(!target.exists());
+
+    // With it: the same rows as the database.
+    let o = run(
+        env,
+        &[
+            "restore",
+            "chat",
+            "--from",
+            "offsite",
+            "--to",
+            &t,
+            "--identity",
+            &identity_arg,
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    assert_eq!(query_i64(&target, "SELECT count(*) FROM m"), 500);
+    assert_eq!(
+        query_i64(&target, "SELECT sum(length(body)) FROM m"),
+        query_i64(&db, "SELECT sum(length(body)) FROM m")
+    );
+    let staged: Vec<_> = std::fs::read_dir(env.path("state"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("remote-restore-")
+        })
+        .collect();
+    assert!(staged.is_empty(), "staging removed");
+
+    // Intact: listed as ok.
+    let o = run(
+        env,
+        &[
+            "backups", "list", "chat", "--remote", "offsite", "--verify", "--json",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["databases"][0]["copies"][0]["state"], "ok", "{v}");
+
+    // Corrupted by hand: refused with 65, nothing written.
+    let mut bytes = kind.get(&object);
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    kind.put(&object, &bytes);
+    let t2 = env.path("restored-2.db");
+    let o = run(
+        env,
+        &[
+            "restore",
+            "chat",
+            "--from",
+            "offsite",
+            "--to",
+            &t2.display().to_string(),
+            "--identity",
+            &identity_arg,
+        ],
+    );
+    assert_eq!(o.status.code(), Some(65), "{}", both(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("remote \"offsite\"") && err.contains("changed or damaged"),
+        "{err}"
+    );
+    assert!(!t2.exists());
+
+    // The listing flags it: read back with --verify.
+    let o = run(
+        env,
+        &[
+            "backups", "list", "chat", "--remote", "offsite", "--verify", "--json",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(65), "{}", both(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["databases"][0]["copies"][0]["state"], "damaged", "{v}");
+    assert_eq!(v["databases"][0]["copies"][0]["object"], object.as_str());
+
+    // Deleted by hand: listed as missing, restore refused, nothing written.
+    kind.delete(&object);
+    let o = run(env, &["backups", "list", "chat", "--remote", "offsite"]);
+    assert_eq!(o.status.code(), Some(65), "{}", both(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout)
+            .contains("MISSING: listed in the manifest, not in the store"),
+        "{}",
+        both(&o)
+    );
+    let o = run(
+        env,
+        &[
+            "restore",
+            "chat",
+            "--from",
+            "offsite",
+            "--to",
+            &t2.display().to_string(),
+            "--identity",
+            &identity_arg,
+        ],
+    );
+    assert_eq!(o.status.code(), Some(65), "{}", both(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("not in the store (deleted by hand?)"),
+        "{}",
+        both(&o)
+    );
+    assert!(!t2.exists());
+}
+
+#[test]
+fn restore_from_s3_after_losing_the_local_backups() {
+    let env = TestEnv::new();
+    let moto = Moto::start();
+    moto.bucket(BUCKET);
+    suite(&env, Kind::S3(moto));
+}
+
+#[test]
+fn restore_from_a_file_remote_after_losing_the_local_backups() {
+    let env = TestEnv::new();
+    let dir = env.path("nas");
+    suite(&env, Kind::Dir(dir));
+}

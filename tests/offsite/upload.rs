@@ -1,0 +1,245 @@
+//! A verified backup is copied, zstd-compressed and age-encrypted, to the remote: the stored
+//! object decrypts with the standard `age` and `zstd` CLIs to the exact bytes of the local
+//! backup; the remote manifest lists it with both SHA-256s; failures keep the local backup,
+//! leave the copy pending and fail the run with one line; the next run stores it.
+
+use sha2::{Digest, Sha256};
+
+use super::fixture::*;
+use crate::util::{both, TestEnv};
+
+fn hex(b: &[u8]) -> String {
+    Sha256::digest(b)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
+}
+
+fn manifest(m: &Moto) -> serde_json::Value {
+    serde_json::from_slice(&m.get("lk/chat/litekeeper-manifest.json").expect("manifest")).unwrap()
+}
+
+#[test]
+fn s3_copy_decrypts_with_the_age_and_zstd_clis_to_the_local_backup() {
+    let env = TestEnv::new();
+    let moto = Moto::start();
+    moto.bucket(BUCKET);
+    let (identity, public) = keygen(&env);
+    let db = chat_db(&env);
+    config(&env, &db, &s3_remote(&moto.endpoint(), &public), "");
+    let o = run(&env, &["run", "chat", "backup"]);
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let text = both(&o);
+    assert!(!text.contains("lk-test-secret-never-printed"), "{text}");
+    assert!(text.contains("off-site on offsite"), "{text}");
+
+    let local = local_backups(&env);
+    assert_eq!(local.len(), 1, "{local:?}");
+    let local_bytes = std::fs::read(env.path("backups").join(&local[0])).unwrap();
+    let m = manifest(&moto);
+    let copies = m["copies"].as_array().unwrap();
+    assert_eq!(copies.len(), 1, "{m}");
+    let c = &copies[0];
+    assert_eq!(c["local_file"], local[0].as_str());
+    assert_eq!(c["object"], format!("{}.zst.age", local[0]).as_str());
+    assert_eq!(c["source_sha256"], hex(&local_bytes).as_str());
+    let stored = moto
+        .get(&format!("lk/chat/{}", c["object"].as_str().unwrap()))
+        .unwrap();
+    assert_eq!(c["size"], stored.len() as u64);
+    assert_eq!(c["sha256"], hex(&stored).as_str());
+    assert!(
+        !stored.windows(7).any(|w| w == b"message"),
+        "stored bytes are not plaintext"
+    );
+    assert_eq!(decrypt_with_clis(&env, &identity, &stored), local_bytes);
+    assert!(pending(&env).is_empty());
+
+    // The run's figures carry the remote and its URL, never a secret.
+    let figures: String = rusqlite::Connection::open(env.path("state/state.db"))
+        .unwrap()
+        .query_row("SELECT figures FROM runs WHERE job = 'backup'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    let f: serde_json::Value = serde_json::from_str(&figures).unwrap();
+    assert_eq!(f["remote"], "offsite");
+    assert_eq!(f["remote_url"], format!("s3://{BUCKET}/lk").as_str());
+    assert_eq!(f["remote_bytes"], stored.len() as u64);
+    assert_eq!(f["remote_pending"], 0);
+    assert!(!figures.contains("never-printed"));
+}
+
+#[test]
+fn file_remote_copy_decrypts_to_the_local_backup() {
+    let env = TestEnv::new();
+    let (identity, public) = keygen(&env);
+    let db = chat_db(&env);
+    let nas = env.path("nas");
+    config(
+        &env,
+        &db,
+        &format!(
+            "url = \"file://{}\"\nencrypt_to = [\"{public}\"]\n",
+            nas.display()
+        ),
+        "compress = \"zstd\"",
+    );
+    let o = env.cmd().args(["run", "chat", "backup"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let local = local_backups(&env);
+    assert_eq!(local.len(), 1);
+    assert!(local[0].ends_with(".db.zst"), "{local:?}");
+    let local_bytes = std::fs::read(env.path("backups").join(&local[0])).unwrap();
+    let stored = std::fs::read(nas.join("chat").join(format!("{}.age", local[0]))).unwrap();
+    // Already compressed: encrypted as is, so age alone gives the local file back.
+    let plain = std::process::Command::new("age")
+        .arg("-d")
+        .arg("-i")
+        .arg(&identity)
+        .arg(nas.join("chat").join(format!("{}.age", local[0])))
+        .output()
+        .unwrap();
+    assert!(plain.status.success());
+    assert_eq!(plain.stdout, local_bytes);
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(nas.join("chat/litekeeper-manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(m["copies"][0]["sha256"], hex(&stored).as_str());
+}
+
+#[test]
+fn unreachable_endpoint_keeps_the_local_backup_pending_and_the_next_run_stores_it() {
+    let env = TestEnv::new();
+    let (_identity, public) = keygen(&env);
+    let db = chat_db(&env);
+    let port = free_port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    config(
+        &env,
+        &db,
+        &s3_remote(&endpoint, &public),
+        "keep = { last = 5 }",
+    );
+    let o = run(&env, &["run", "chat", "backup"]);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert_eq!(o.status.code(), Some(75), "{}", both(&o));
+    let line = err
+        .lines()
+        .find(|l| l.contains("remote \"offsite\""))
+        .unwrap_or_else(|| panic!("no line names the remote: {err}"));
+    assert!(line.contains(&format!("s3://{BUCKET}/lk")), "{line}");
+    assert!(line.contains("connection refused"), "{line}");
+    assert!(!err.contains("never-printed"), "{err}");
+    let first = local_backups(&env);
+    assert_eq!(first.len(), 1, "the local backup is kept");
+    assert_eq!(
+        pending(&env),
+        vec![("offsite".to_string(), first[0].clone())]
+    );
+    let o = env
+        .cmd()
+        .args(["backups", "list", "chat", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains(&first[0]),
+        "listed: {}",
+        both(&o)
+    );
+
+    // The server is back: the next run stores the pending copy first, then its own.
+    let moto = Moto::start_on(port);
+    moto.bucket(BUCKET);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let o = run(&env, &["run", "chat", "backup"]);
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let all = local_backups(&env);
+    assert_eq!(all.len(), 2);
+    let m = manifest(&moto);
+    let listed: Vec<&str> = m["copies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["local_file"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, all.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(pending(&env).is_empty());
+}
+
+#[test]
+fn missing_bucket_is_one_line_naming_it() {
+    let env = TestEnv::new();
+    let moto = Moto::start();
+    let (_identity, public) = keygen(&env);
+    let db = chat_db(&env);
+    config(&env, &db, &s3_remote(&moto.endpoint(), &public), "");
+    let o = run(&env, &["run", "chat", "backup"]);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert_eq!(o.status.code(), Some(1), "{}", both(&o));
+    assert!(
+        err.lines().any(|l| l.contains("remote \"offsite\"")
+            && l.contains(&format!("bucket \"{BUCKET}\" does not exist"))),
+        "{err}"
+    );
+    assert_eq!(local_backups(&env).len(), 1);
+    assert_eq!(pending(&env).len(), 1);
+}
+
+#[test]
+fn backups_push_stores_the_pending_copies() {
+    let env = TestEnv::new();
+    let moto = Moto::start();
+    let (_identity, public) = keygen(&env);
+    let db = chat_db(&env);
+    config(&env, &db, &s3_remote(&moto.endpoint(), &public), "");
+    let o = run(&env, &["run", "chat", "backup"]);
+    assert_eq!(o.status.code(), Some(1), "{}", both(&o));
+    assert_eq!(pending(&env).len(), 1);
+    moto.bucket(BUCKET);
+    let o = run(&env, &["backups", "push", "chat", "offsite"]);
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("chat: stored 1 pending copy"),
+        "{}",
+        both(&o)
+    );
+    assert!(pending(&env).is_empty());
+    let m = manifest(&moto);
+    assert_eq!(
+        m["copies"][0]["local_file"],
+        local_backups(&env)[0].as_str()
+    );
+    let o = run(&env, &["backups", "push", "chat", "nas"]);
+    assert_eq!(o.status.code(), Some(64), "{}", both(&o));
+}
+
+#[test]
+fn the_daemon_retries_pending_copies_every_retry_every() {
+    let env = TestEnv::new();
+    let (_identity, public) = keygen(&env);
+    let db = chat_db(&env);
+    let port = free_port();
+    let body = format!(
+        "{}retry_every = \"1s\"\n",
+        s3_remote(&format!("http://127.0.0.1:{port}"), &public)
+    );
+    config(&env, &db, &body, "");
+    let o = run(&env, &["run", "chat", "backup"]);
+    assert_eq!(o.status.code(), Some(75), "{}", both(&o));
+    assert_eq!(pending(&env).len(), 1);
+    let moto = Moto::start_on(port);
+    moto.bucket(BUCKET);
+    let _daemon = env.spawn(&["daemon"], KEYS);
+    crate::util::wait_for(
+        "the pending copy stored",
+        std::time::Duration::from_secs(60),
+        || pending(&env).is_empty().then_some(()),
+    );
+    let m = manifest(&moto);
+    assert_eq!(
+        m["copies"][0]["local_file"],
+        local_backups(&env)[0].as_str()
+    );
+}
