@@ -417,6 +417,31 @@ pub struct BackupFigures {
     /// Times an online copy started over because the database changed under it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub restarts: Option<u64>,
+    /// How the main database's copy was made.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub copy_path: Option<CopyPath>,
+}
+
+/// How a backup's bytes were copied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CopyPath {
+    /// The database file and the WAL frames of the snapshot, read directly.
+    File,
+    /// SQLite's online backup API (a precondition of the file copy did not hold).
+    BackupApi,
+    /// `method = "vacuum_into"`.
+    VacuumInto,
+}
+
+impl CopyPath {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CopyPath::File => "file",
+            CopyPath::BackupApi => "backup-api",
+            CopyPath::VacuumInto => "vacuum-into",
+        }
+    }
 }
 
 /// How a backup was checked.

@@ -149,6 +149,7 @@ struct JournalFigures<'a> {
     verify: Option<&'static str>,
     pages_per_sec: Option<u64>,
     sha256: Option<&'a str>,
+    copy_path: Option<&'static str>,
 }
 
 impl<'a> JournalFigures<'a> {
@@ -172,6 +173,7 @@ impl<'a> JournalFigures<'a> {
                 verify: b.verified.map(|v| v.as_str()),
                 pages_per_sec: b.pages_per_sec,
                 sha256: b.sha256.as_deref(),
+                copy_path: b.copy_path.map(|p| p.as_str()),
                 ..JournalFigures::default()
             },
         }
@@ -202,6 +204,7 @@ pub fn job_finished(r: &Report) {
                 litekeeper_verify = f.verify,
                 litekeeper_pages_per_sec = f.pages_per_sec,
                 litekeeper_sha256 = f.sha256,
+                litekeeper_copy_path = f.copy_path,
                 litekeeper_error = r.error.as_deref(),
                 litekeeper_figures = figures.as_str(),
                 "{} {}: {} in {} ms",

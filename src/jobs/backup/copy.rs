@@ -1,5 +1,5 @@
-//! One source's copy: the backup API in steps (or VACUUM INTO), verification against the
-//! source snapshot, compression with its round-trip check.
+//! One source's copy: the file copy, or the backup API in steps (or VACUUM INTO); verification
+//! of the copy after the snapshot is released; compression with its round-trip check.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -14,8 +14,10 @@ use sha2::{Digest, Sha256};
 
 use crate::archive::{self, BackupName, Entry, Verified};
 use crate::config::{Backup, BackupMethod, Compression, Verify};
+use crate::domain::CopyPath;
 use crate::jobs::{JobCtx, JobError};
 
+use super::filecopy;
 use super::{file_size, final_name, record_and_commit, sql, Snapshot, Source, TempFiles};
 use crate::sqlite::quote_ident;
 
@@ -29,7 +31,7 @@ pub(super) fn copy_one(
     cfg: &Backup,
     source: &Source,
     stamp: DateTime<Utc>,
-) -> Result<(Entry, u32), JobError> {
+) -> Result<(Entry, u32, CopyPath), JobError> {
     let started = Instant::now();
     let dir = &cfg.dir;
     let raw_name = BackupName {
@@ -38,7 +40,7 @@ pub(super) fn copy_one(
     };
     let tmp = archive::temp_path(dir, &raw_name.file_name());
     let mut temps = TempFiles(vec![archive::create_temp(&tmp)?]);
-    let snapshot = copy_snapshot(ctx, cfg, source, &tmp)?;
+    let snapshot = copy_snapshot(ctx, cfg, source, &tmp, temps.0[0].file(), None)?;
     let copied = started.elapsed();
     let uncompressed = cfg.compression == Compression::None;
 
@@ -54,49 +56,67 @@ pub(super) fn copy_one(
         verified: Verified::None,
         page_count: snapshot.page_count,
         page_size: snapshot.page_size,
-        tables: snapshot.tables.clone(),
+        tables: BTreeMap::new(),
         duration_ms: 0,
         error: None,
     };
-    // The copy's bytes are final now: an uncompressed backup's SHA-256 is computed on another
-    // core while this one syncs and verifies (both only read the file).
+    // The copy's bytes are final and the snapshot released: fsync, the checks (on both
+    // cores) and, unless the copy hashed itself, the SHA-256 all run at once.
     let (synced, checked, raw_sha) = std::thread::scope(|s| {
-        let hasher = uncompressed.then(|| s.spawn(|| archive::sha256_file(&tmp)));
-        let synced = archive::fsync_file(&tmp).map(|_| started.elapsed());
-        let checked = match (&synced, cfg.verify) {
-            (Err(_), _) | (_, Verify::None) => Ok(()),
-            _ => verify_copy(&tmp, cfg.verify, cfg.method, &snapshot),
+        let hasher = (uncompressed && snapshot.sha256.is_none())
+            .then(|| s.spawn(|| archive::sha256_file(&tmp)));
+        let fsync = s.spawn(|| archive::fsync_file(&tmp).map(|_| started.elapsed()));
+        let checked = match cfg.verify {
+            Verify::None => Ok(Checked::default()),
+            _ => verify_copy(&tmp, cfg.verify, &snapshot),
         };
-        let sha = hasher.map(|h| h.join().expect("hash thread"));
+        let synced = fsync.join().expect("fsync thread");
+        let sha = match (hasher, &snapshot.sha256) {
+            (Some(h), _) => Some(h.join().expect("hash thread")),
+            (None, Some(sha)) => Some(Ok(sha.clone())),
+            (None, None) => None,
+        };
         (synced, checked, sha)
     });
     let synced = synced?;
-    if let Err(problem) = checked {
-        let failed = BackupName {
-            failed: true,
-            ..raw_name.clone()
-        };
-        let failed_path = dir.join(failed.file_name());
-        entry.file = failed.file_name();
-        entry.verified = Verified::Failed;
-        entry.size = file_size(&tmp);
-        entry.sha256 = archive::sha256_file(&tmp).unwrap_or_default();
-        entry.error = Some(problem.clone());
-        entry.duration_ms = started.elapsed().as_millis() as u64;
-        let stored = record_and_commit(dir, &entry, &tmp);
-        if stored.is_ok() {
-            temps.forget(&tmp);
-        }
-        let msg = format!(
-            "backup of {} failed verification ({problem}); {}, retention deleted nothing",
-            source.path.display(),
-            match stored {
-                Ok(()) => format!("kept as {} for inspection", failed_path.display()),
-                Err(e) => format!("could not keep it for inspection ({e})"),
+    let checked = match checked {
+        Ok(c) => c,
+        Err(problem) => {
+            let failed = BackupName {
+                failed: true,
+                ..raw_name.clone()
+            };
+            let failed_path = dir.join(failed.file_name());
+            entry.file = failed.file_name();
+            entry.verified = Verified::Failed;
+            entry.size = file_size(&tmp);
+            entry.sha256 = archive::sha256_file(&tmp).unwrap_or_default();
+            entry.error = Some(problem.clone());
+            entry.duration_ms = started.elapsed().as_millis() as u64;
+            let stored = record_and_commit(dir, &entry, &tmp);
+            if stored.is_ok() {
+                temps.forget(&tmp);
             }
+            let msg = format!(
+                "backup of {} failed verification ({problem}); {}, retention deleted nothing",
+                source.path.display(),
+                match stored {
+                    Ok(()) => format!("kept as {} for inspection", failed_path.display()),
+                    Err(e) => format!("could not keep it for inspection ({e})"),
+                }
+            );
+            return Err(JobError::VerifyFailed(msg));
+        }
+    };
+    if checked.fk_violations > 0 {
+        tracing::warn!(
+            "{}: the backup holds {} foreign key violation(s), as the source did at the \
+             snapshot (`PRAGMA foreign_key_check` on it lists them)",
+            source.path.display(),
+            checked.fk_violations
         );
-        return Err(JobError::VerifyFailed(msg));
     }
+    entry.tables = checked.tables;
     entry.verified = match cfg.verify {
         Verify::None => Verified::None,
         Verify::Quick => Verified::Quick,
@@ -124,55 +144,120 @@ pub(super) fn copy_one(
     record_and_commit(dir, &entry, &stored_tmp)?;
     temps.forget(&stored_tmp);
     tracing::debug!(
-        "{}: copy {} ms, fsync {} ms, verify+compress+hash {} ms, {} restarts",
+        "{}: {} copy {} ms, fsync done at {} ms, verify+compress+hash done at {} ms, {} restarts",
         source.series,
+        snapshot.path.as_str(),
         copied.as_millis(),
-        (synced - copied).as_millis(),
-        (hashed - synced).as_millis(),
+        synced.as_millis(),
+        hashed.as_millis(),
         snapshot.restarts
     );
-    Ok((entry, snapshot.restarts))
+    Ok((entry, snapshot.restarts, snapshot.path))
 }
 
-/// Copy `source` into the new, empty file `tmp` from one read snapshot, recording what it
-/// held.
+/// Copy `source` into the new, empty file `tmp` (open as `out`) from one read snapshot: the
+/// file copy where it applies, else SQLite's backup API (or VACUUM INTO when configured).
+/// `tee`, when given, receives the copy's bytes in order (the file copy streams them; after
+/// another path the finished file is read into it).
 fn copy_snapshot(
     ctx: &JobCtx<'_>,
     cfg: &Backup,
     source: &Source,
     tmp: &Path,
+    out: &File,
+    tee: Option<&mut (dyn Write + Send)>,
 ) -> Result<Snapshot, JobError> {
+    let snap = if cfg.method == BackupMethod::VacuumInto {
+        vacuum_into(ctx, source, tmp)?
+    } else {
+        match filecopy::pin(ctx, source)? {
+            Ok(pinned) => {
+                let c = filecopy::copy(ctx, source, pinned, out, tmp, tee)?;
+                tracing::debug!(
+                    "{}: file copy, {} of {} pages from the WAL",
+                    source.series,
+                    c.wal_pages,
+                    c.page_count
+                );
+                return Ok(Snapshot {
+                    page_count: c.page_count,
+                    page_size: c.page_size,
+                    restarts: 0,
+                    path: CopyPath::File,
+                    sha256: Some(c.sha256),
+                });
+            }
+            Err(reason) => {
+                tracing::info!(
+                    "{}: copying with SQLite's backup API: {reason}",
+                    source.path.display()
+                );
+                backup_api(ctx, source, tmp)?
+            }
+        }
+    };
+    match tee {
+        Some(t) => stream_into(snap, tmp, t),
+        None => Ok(snap),
+    }
+}
+
+/// Hand a finished copy's bytes to `tee`, hashing them on the way.
+fn stream_into(
+    mut snap: Snapshot,
+    tmp: &Path,
+    tee: &mut (dyn Write + Send),
+) -> Result<Snapshot, JobError> {
+    snap.sha256 = Some(
+        filecopy::hash_file(tmp, Some(tee)).map_err(|source| JobError::Io {
+            context: format!("{}: read", tmp.display()),
+            source,
+        })?,
+    );
+    Ok(snap)
+}
+
+/// `VACUUM INTO` the temp file (VACUUM's own snapshot), made a rollback-journal database.
+fn vacuum_into(ctx: &JobCtx<'_>, source: &Source, tmp: &Path) -> Result<Snapshot, JobError> {
     let conn: &Connection = ctx.conn;
     let schema = quote_ident(&source.schema);
     let shown = source.path.display().to_string();
-    if cfg.method == BackupMethod::VacuumInto {
-        // VACUUM cannot run inside a transaction: the snapshot is VACUUM's own.
-        crate::sqlite::expected_slow(|| {
-            conn.execute(&format!("VACUUM {schema} INTO ?1"), [tmp.to_string_lossy()])
-        })
-        .map_err(sql(format!("VACUUM INTO from {shown}")))?;
-        std::fs::set_permissions(tmp, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-            .map_err(|source| JobError::Io {
-                context: format!("{}: chmod 0600", tmp.display()),
-                source,
-            })?;
-        let dst = Connection::open_with_flags(tmp, OpenFlags::SQLITE_OPEN_READ_WRITE)
-            .map_err(sql(tmp.display().to_string()))?;
-        dst.query_row("PRAGMA journal_mode = DELETE", [], |r| {
-            r.get::<_, String>(0)
-        })
-        .map_err(sql("journal_mode of the copy"))?;
-        return Ok(Snapshot {
-            page_count: dst
-                .query_row("PRAGMA page_count", [], |r| r.get::<_, i64>(0))
-                .map_err(sql("page_count"))? as u64,
-            page_size: dst
-                .query_row("PRAGMA page_size", [], |r| r.get::<_, i64>(0))
-                .map_err(sql("page_size"))? as u64,
-            tables: row_counts(&dst, "main").map_err(sql("row counts of the copy"))?,
-            ..Snapshot::default()
-        });
-    }
+    // VACUUM cannot run inside a transaction: the snapshot is VACUUM's own.
+    crate::sqlite::expected_slow(|| {
+        conn.execute(&format!("VACUUM {schema} INTO ?1"), [tmp.to_string_lossy()])
+    })
+    .map_err(sql(format!("VACUUM INTO from {shown}")))?;
+    std::fs::set_permissions(tmp, std::os::unix::fs::PermissionsExt::from_mode(0o600)).map_err(
+        |source| JobError::Io {
+            context: format!("{}: chmod 0600", tmp.display()),
+            source,
+        },
+    )?;
+    let dst = Connection::open_with_flags(tmp, OpenFlags::SQLITE_OPEN_READ_WRITE)
+        .map_err(sql(tmp.display().to_string()))?;
+    dst.query_row("PRAGMA journal_mode = DELETE", [], |r| {
+        r.get::<_, String>(0)
+    })
+    .map_err(sql("journal_mode of the copy"))?;
+    Ok(Snapshot {
+        page_count: dst
+            .query_row("PRAGMA page_count", [], |r| r.get::<_, i64>(0))
+            .map_err(sql("page_count"))? as u64,
+        page_size: dst
+            .query_row("PRAGMA page_size", [], |r| r.get::<_, i64>(0))
+            .map_err(sql("page_size"))? as u64,
+        restarts: 0,
+        path: CopyPath::VacuumInto,
+        sha256: None,
+    })
+}
+
+/// SQLite's backup API in steps, inside one read transaction on the source: only the copy
+/// runs in it.
+fn backup_api(ctx: &JobCtx<'_>, source: &Source, tmp: &Path) -> Result<Snapshot, JobError> {
+    let conn: &Connection = ctx.conn;
+    let schema = quote_ident(&source.schema);
+    let shown = source.path.display().to_string();
     let mut dst = Connection::open_with_flags(
         tmp,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -180,34 +265,28 @@ fn copy_snapshot(
     .map_err(sql(tmp.display().to_string()))?;
     // The copy is a temporary file until it is fsynced and renamed: SQLite need not journal
     // or sync it (a crash leaves a temp file that the next run removes). Its data is synced
-    // once, by `copy_one`, while the hash is computed.
+    // once, by `copy_one`, while it is verified.
     dst.execute_batch("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;")
         .map_err(sql(format!("{}: settings of the copy", tmp.display())))?;
     conn.execute_batch("BEGIN")
         .map_err(sql(format!("{shown}: begin read transaction")))?;
     let result = (|| -> Result<Snapshot, JobError> {
         // The first read pins this schema's snapshot for the whole copy.
-        let mut snap = Snapshot::default();
-        let page_count = conn
-            .query_row(&format!("PRAGMA {schema}.page_count"), [], |r| {
-                r.get::<_, i64>(0)
-            })
-            .map_err(sql(format!("{shown}: page_count")))? as u64;
-        snap.page_count = page_count;
-        snap.page_size = conn
-            .query_row(&format!("PRAGMA {schema}.page_size"), [], |r| {
-                r.get::<_, i64>(0)
-            })
-            .map_err(sql(format!("{shown}: page_size")))? as u64;
-        if cfg.verify != Verify::None {
-            crate::sqlite::expected_slow(|| -> Result<(), JobError> {
-                snap.tables = row_counts(conn, &source.schema)
-                    .map_err(sql(format!("{shown}: row counts")))?;
-                snap.fk_violations = fk_violations(conn, &source.schema)
-                    .map_err(sql(format!("{shown}: foreign_key_check")))?;
-                Ok(())
-            })?;
-        }
+        let mut snap = Snapshot {
+            page_count: conn
+                .query_row(&format!("PRAGMA {schema}.page_count"), [], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .map_err(sql(format!("{shown}: page_count")))? as u64,
+            page_size: conn
+                .query_row(&format!("PRAGMA {schema}.page_size"), [], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .map_err(sql(format!("{shown}: page_size")))? as u64,
+            restarts: 0,
+            path: CopyPath::BackupApi,
+            sha256: None,
+        };
         let backup = SqliteBackup::new_with_names(conn, source.schema.as_str(), &mut dst, MAIN_DB)
             .map_err(sql(format!("{shown}: start backup")))?;
         let mut last_remaining: Option<i32> = None;
@@ -280,23 +359,30 @@ fn fk_violations(conn: &Connection, schema: &str) -> rusqlite::Result<i64> {
     Ok(n)
 }
 
-/// Open the copy read-only and check it against the snapshot; Err says what is wrong.
-fn verify_copy(
-    path: &Path,
-    verify: Verify,
-    method: BackupMethod,
-    snap: &Snapshot,
-) -> Result<(), String> {
-    let run = || -> rusqlite::Result<Result<(), String>> {
-        let c = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
-        let pragma = if verify == Verify::Full {
-            "integrity_check"
-        } else {
-            "quick_check"
-        };
+/// What checking the copy found: its row counts (the snapshot's) and foreign key violations.
+#[derive(Debug, Default)]
+struct Checked {
+    tables: BTreeMap<String, i64>,
+    fk_violations: i64,
+}
+
+fn open_copy(path: &Path) -> rusqlite::Result<Connection> {
+    Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+}
+
+/// Check the copy: quick_check or integrity_check on one thread, its page count against the
+/// snapshot's, foreign_key_check and row counts on another. Err says what is wrong.
+fn verify_copy(path: &Path, verify: Verify, snap: &Snapshot) -> Result<Checked, String> {
+    let pragma = if verify == Verify::Full {
+        "integrity_check"
+    } else {
+        "quick_check"
+    };
+    let structure = || -> rusqlite::Result<Result<(), String>> {
+        let c = open_copy(path)?;
         let check: Vec<String> = c
             .prepare(&format!("PRAGMA {pragma}(10)"))?
             .query_map([], |r| r.get(0))?
@@ -304,14 +390,11 @@ fn verify_copy(
         if check != ["ok"] {
             return Ok(Err(format!("{pragma}: {}", check.join("; "))));
         }
-        let fk = fk_violations(&c, "main")?;
-        if fk > snap.fk_violations {
-            return Ok(Err(format!(
-                "foreign_key_check: {fk} violations, the source had {}",
-                snap.fk_violations
-            )));
-        }
-        if method == BackupMethod::Online {
+        Ok(Ok(()))
+    };
+    let contents = || -> rusqlite::Result<Result<Checked, String>> {
+        let c = open_copy(path)?;
+        if snap.path != CopyPath::VacuumInto {
             let pages: i64 = c.query_row("PRAGMA page_count", [], |r| r.get(0))?;
             if pages as u64 != snap.page_count {
                 return Ok(Err(format!(
@@ -320,26 +403,19 @@ fn verify_copy(
                 )));
             }
         }
-        let counts = row_counts(&c, "main")?;
-        if counts != snap.tables {
-            let diff: Vec<String> = snap
-                .tables
-                .iter()
-                .filter(|(t, n)| counts.get(*t) != Some(n))
-                .map(|(t, n)| {
-                    format!(
-                        "{t}: {} rows, source {n}",
-                        counts
-                            .get(t)
-                            .map_or("no table".to_string(), |c| c.to_string())
-                    )
-                })
-                .collect();
-            return Ok(Err(format!("row counts differ ({})", diff.join(", "))));
-        }
-        Ok(Ok(()))
+        Ok(Ok(Checked {
+            fk_violations: fk_violations(&c, "main")?,
+            tables: row_counts(&c, "main")?,
+        }))
     };
-    run().unwrap_or_else(|e| Err(format!("cannot read the copy: {e}")))
+    let unreadable = |e: rusqlite::Error| format!("cannot read the copy: {e}");
+    let (structure, contents) = std::thread::scope(|s| {
+        let t = s.spawn(structure);
+        let contents = contents();
+        (t.join().expect("check thread"), contents)
+    });
+    structure.unwrap_or_else(|e| Err(unreadable(e)))?;
+    contents.unwrap_or_else(|e| Err(unreadable(e)))
 }
 
 /// Stream-compress `from` into `to` (mode 0600), then decompress it again and compare hashes.
@@ -413,7 +489,7 @@ fn compress(from: &Path, out: &File, to: &Path, level: i32) -> Result<String, Jo
 }
 
 /// A progress bar on stderr, only when a person is watching (a TTY).
-fn progress_bar(series: &str, pages: u64) -> Option<indicatif::ProgressBar> {
+pub(super) fn progress_bar(series: &str, pages: u64) -> Option<indicatif::ProgressBar> {
     use std::io::IsTerminal;
     if !std::io::stderr().is_terminal() {
         return None;
