@@ -34,15 +34,22 @@ fn payload(i: i64) -> Vec<u8> {
         .collect()
 }
 
-fn app_db(env: &TestEnv) -> PathBuf {
+/// `app/app.db` in `journal_mode` with the numbered rows' table, its index and `meta`.
+fn app_db_in(env: &TestEnv, journal_mode: &str) -> PathBuf {
     env.sqlite(
         "app/app.db",
-        "PRAGMA journal_mode=WAL;
-         CREATE TABLE n(id INTEGER PRIMARY KEY, tag INTEGER NOT NULL, payload BLOB NOT NULL);
-         CREATE INDEX n_tag ON n(tag);
-         CREATE TABLE meta(k INTEGER PRIMARY KEY, last INTEGER NOT NULL);
-         INSERT INTO meta VALUES (1, 0);",
+        &format!(
+            "PRAGMA journal_mode={journal_mode};
+             CREATE TABLE n(id INTEGER PRIMARY KEY, tag INTEGER NOT NULL, payload BLOB NOT NULL);
+             CREATE INDEX n_tag ON n(tag);
+             CREATE TABLE meta(k INTEGER PRIMARY KEY, last INTEGER NOT NULL);
+             INSERT INTO meta VALUES (1, 0);"
+        ),
     )
+}
+
+fn app_db(env: &TestEnv) -> PathBuf {
+    app_db_in(env, "WAL")
 }
 
 fn config(env: &TestEnv, db: &Path, dir: &Path) {
@@ -244,6 +251,15 @@ fn all_rows(db: &Path) -> Vec<(i64, i64, Vec<u8>)> {
     out
 }
 
+/// SQLite's own online backup of what `src` reads, into a new file `to`.
+fn online_copy(src: &Connection, to: &Path) {
+    let mut dst = Connection::open(to).unwrap();
+    rusqlite::backup::Backup::new(src, &mut dst)
+        .unwrap()
+        .run_to_completion(1000, Duration::ZERO, None)
+        .unwrap();
+}
+
 #[test]
 fn two_hundred_backups_under_commits_and_every_checkpoint_mode() {
     let env = TestEnv::new();
@@ -289,28 +305,14 @@ fn two_hundred_backups_under_commits_and_every_checkpoint_mode() {
     let k = check_backup(&dir, &file, "at rest");
     assert_eq!(k, last);
     let reference = env.path("reference.db");
-    {
-        let src = Connection::open(&db).unwrap();
-        let mut dst = Connection::open(&reference).unwrap();
-        rusqlite::backup::Backup::new(&src, &mut dst)
-            .unwrap()
-            .run_to_completion(1000, Duration::ZERO, None)
-            .unwrap();
-    }
+    online_copy(&Connection::open(&db).unwrap(), &reference);
     assert_eq!(all_rows(&file), all_rows(&reference));
 }
 
 #[test]
 fn a_rollback_journal_database_is_copied_with_the_backup_api() {
     let env = TestEnv::new();
-    let db = env.sqlite(
-        "app/app.db",
-        "PRAGMA journal_mode=DELETE;
-         CREATE TABLE n(id INTEGER PRIMARY KEY, tag INTEGER NOT NULL, payload BLOB NOT NULL);
-         CREATE INDEX n_tag ON n(tag);
-         CREATE TABLE meta(k INTEGER PRIMARY KEY, last INTEGER NOT NULL);
-         INSERT INTO meta VALUES (1, 0);",
-    );
+    let db = app_db_in(&env, "DELETE");
     {
         let c = Connection::open(&db).unwrap();
         for i in 1..=300 {
@@ -365,13 +367,7 @@ fn a_wal_failing_its_checksum_is_never_copied_as_is() {
     assert_eq!(check_backup(&dir, &file, "bad checksum"), 200);
     // The copy is what SQLite reads from the source.
     let seen_by_app = env.path("seen.db");
-    {
-        let mut dst = Connection::open(&seen_by_app).unwrap();
-        rusqlite::backup::Backup::new(&app, &mut dst)
-            .unwrap()
-            .run_to_completion(1000, Duration::ZERO, None)
-            .unwrap();
-    }
+    online_copy(&app, &seen_by_app);
     assert_eq!(all_rows(&file), all_rows(&seen_by_app));
     // With the checksum put back, the same WAL is copied as a file.
     wal.write_all_at(&b, at).unwrap();

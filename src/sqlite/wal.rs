@@ -169,26 +169,18 @@ impl WalMap {
         let size = self.page_size as usize;
         debug_assert_eq!(out.len(), size);
         let offset = WAL_HEADER as u64 + u64::from(frame.index - 1) * (FRAME_HEADER + size) as u64;
+        // A short read: the WAL was truncated since the scan.
+        let read = |buf: &mut [u8], at: u64| match pread_exact(wal, buf, at) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+            Err(source) => Err(WalError::Io {
+                what: "reading a WAL frame",
+                source,
+            }),
+        };
         let mut head = [0u8; FRAME_HEADER];
-        match pread_exact(wal, &mut head, offset) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(false),
-            Err(source) => {
-                return Err(WalError::Io {
-                    what: "reading a WAL frame",
-                    source,
-                })
-            }
-        }
-        match pread_exact(wal, out, offset + FRAME_HEADER as u64) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(false),
-            Err(source) => {
-                return Err(WalError::Io {
-                    what: "reading a WAL frame",
-                    source,
-                })
-            }
+        if !read(&mut head, offset)? || !read(out, offset + FRAME_HEADER as u64)? {
+            return Ok(false);
         }
         if head[8..16] != self.salt {
             return Ok(false);
