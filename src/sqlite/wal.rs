@@ -229,7 +229,7 @@ pub fn scan(wal: BorrowedFd<'_>, hdr: &IndexHeader) -> Result<WalMap, WalError> 
     }
     let size = hdr.page_size as usize;
     let frame_len = FRAME_HEADER + size;
-    let per_block = ((4 << 20) / frame_len).max(1);
+    let per_block = ((1 << 20) / frame_len).max(1);
     let mut buf = vec![0u8; per_block * frame_len];
     let mut pages = HashMap::new();
     let mut last_commit = 0u32;

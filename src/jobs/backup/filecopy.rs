@@ -38,10 +38,11 @@ use crate::sqlite::wal::{self, Handles, WalMap};
 
 use super::{sql, Source};
 
-/// Bytes read, substituted and written per step (a multiple of every page size).
-const BLOCK: usize = 4 << 20;
-/// Write-behind window: each is handed to the kernel for writing when full, and the one
-/// before it waited for, so the final fsync finds little left to write.
+/// Bytes read, substituted and written per step (a multiple of every page size). Measured
+/// on the 2-core VM: 1 MiB copies 3-6x faster than 4 MiB blocks (64 KiB-1 MiB are alike).
+const BLOCK: usize = 1 << 20;
+/// Write-behind window: each is handed to the kernel for writing when full (waiting for it
+/// made the copy run at the disk's writeback speed on the VM).
 const WINDOW: u64 = 32 << 20;
 
 /// Attempts at the write lock (each waiting up to busy_timeout) before the backup API is
@@ -341,30 +342,19 @@ fn write_copy(
     })
 }
 
-/// Start writing `[start, start+len)` to disk now, and wait for the window before it: dirty
-/// pages stay bounded and the final fsync is short, so an app's checkpoint fsync never
-/// queues behind the whole copy. Advisory: errors show at the fsync.
+/// Start writing `[start, start+len)` to disk now (without waiting for it): the final fsync
+/// then finds little left to write, so an app's checkpoint fsync never queues behind the
+/// whole copy. Advisory: errors show at the fsync.
 fn write_behind(f: &File, start: u64, len: u64) {
-    let fd = f.as_raw_fd();
-    // SAFETY: sync_file_range(2) only reads its integer arguments; `fd` is open for `f`'s
-    // lifetime.
+    // SAFETY: sync_file_range(2) only reads its integer arguments; the descriptor is open
+    // for `f`'s lifetime.
     unsafe {
         libc::sync_file_range(
-            fd,
+            f.as_raw_fd(),
             start as libc::off64_t,
             len as libc::off64_t,
             libc::SYNC_FILE_RANGE_WRITE,
         );
-        if start >= WINDOW {
-            libc::sync_file_range(
-                fd,
-                (start - WINDOW) as libc::off64_t,
-                WINDOW as libc::off64_t,
-                libc::SYNC_FILE_RANGE_WAIT_BEFORE
-                    | libc::SYNC_FILE_RANGE_WRITE
-                    | libc::SYNC_FILE_RANGE_WAIT_AFTER,
-            );
-        }
     }
 }
 
