@@ -28,7 +28,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::mpsc;
 
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::Connection;
 use sha2::{Digest, Sha256};
 
 use crate::archive;
@@ -108,11 +108,15 @@ pub(super) fn pin<'c>(
     let Some(id) = crate::sqlite::file_id(conn, &source.schema) else {
         return Ok(Err("not opened through SQLite's default unix VFS".into()));
     };
-    let writer = Connection::open_with_flags(
+    // By path, symlinks allowed (a fleet's operator may have one above its fixed part): what
+    // counts is that it is the very file the job's connection has open, checked below.
+    let writer = match Connection::open_with_flags(
         crate::sqlite::uri(&source.path, "rw"),
-        crate::sqlite::open_flags() | OpenFlags::SQLITE_OPEN_NOFOLLOW,
-    )
-    .map_err(sql(format!("{shown}: open")))?;
+        crate::sqlite::open_flags(),
+    ) {
+        Ok(c) => c,
+        Err(e) => return Ok(Err(format!("cannot open a second connection ({e})"))),
+    };
     writer
         .busy_timeout(ctx.config.daemon.busy_timeout)
         .map_err(sql(format!("{shown}: busy_timeout")))?;
