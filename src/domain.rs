@@ -460,6 +460,9 @@ pub struct BackupFigures {
     pub remote_mb_per_sec: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub remote_pending: Option<u64>,
+    /// How the main database's copy was made.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub copy_path: Option<CopyPath>,
 }
 
 /// An incremental backup's figures: one point of a chain (the main database's; the sums
@@ -485,6 +488,28 @@ pub struct IncrementalFigures {
     /// Delta files retention deleted.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retention_deleted: Option<u64>,
+}
+
+/// How a backup's bytes were copied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CopyPath {
+    /// The database file and the WAL frames of the snapshot, read directly.
+    File,
+    /// SQLite's online backup API (a precondition of the file copy did not hold).
+    BackupApi,
+    /// `method = "vacuum_into"`.
+    VacuumInto,
+}
+
+impl CopyPath {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CopyPath::File => "file",
+            CopyPath::BackupApi => "backup-api",
+            CopyPath::VacuumInto => "vacuum-into",
+        }
+    }
 }
 
 /// How a backup was checked.

@@ -234,6 +234,7 @@ struct JournalFigures<'a> {
     remote_url: Option<&'a str>,
     remote_bytes: Option<u64>,
     remote_mb_per_sec: Option<f64>,
+    copy_path: Option<&'static str>,
 }
 
 impl<'a> JournalFigures<'a> {
@@ -261,6 +262,7 @@ impl<'a> JournalFigures<'a> {
                 remote_url: b.remote_url.as_deref(),
                 remote_bytes: b.remote_bytes,
                 remote_mb_per_sec: b.remote_mb_per_sec,
+                copy_path: b.copy_path.map(|p| p.as_str()),
                 ..JournalFigures::default()
             },
             Some(Figures::Incremental(i)) => JournalFigures {
@@ -317,6 +319,7 @@ pub fn job_finished(r: &Report) {
                 litekeeper_remote_url = f.remote_url,
                 litekeeper_remote_bytes = f.remote_bytes,
                 litekeeper_remote_mb_per_sec = f.remote_mb_per_sec,
+                litekeeper_copy_path = f.copy_path,
                 litekeeper_error = r.error.as_deref(),
                 litekeeper_figures = figures.as_str(),
                 "{} {}: {} in {} ms",

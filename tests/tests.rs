@@ -5,6 +5,7 @@ mod util;
 mod architecture;
 mod archive;
 mod backup;
+mod backup_copy;
 mod bad_config;
 mod bad_db;
 mod catch_up;

@@ -1,7 +1,6 @@
 //! Fleet members' connections: one per run, without a pool, and the verified open that
 //! checks SQLite holds the very file the scan found.
 
-use std::ffi::{c_int, c_void, CStr};
 use std::path::Path;
 use std::time::Duration;
 
@@ -54,7 +53,7 @@ pub fn connect_verified(
         }
         _ => VerifiedOpenError::Sqlite(e),
     })?;
-    let got = main_file_id(&conn).ok_or_else(|| {
+    let got = file_id(&conn, "main").ok_or_else(|| {
         VerifiedOpenError::NotTheFile(format!(
             "{}: refused: cannot tell which file SQLite opened",
             db.path.display()
@@ -82,52 +81,16 @@ pub fn connect_verified(
     Ok(conn)
 }
 
-/// Device and inode of the file SQLite holds open as `main`: its descriptor, read from the
-/// unix VFS's file object (`SQLITE_FCNTL_FILE_POINTER`; the descriptor `h` follows three
-/// pointers in `struct unixFile` — the bundled SQLite is the one we build, and a unit test
-/// checks the layout against a file we know). None for another VFS.
-fn main_file_id(conn: &Connection) -> Option<crate::config::FileId> {
-    use std::os::fd::BorrowedFd;
-    let mut vfs: *mut ffi::sqlite3_vfs = std::ptr::null_mut();
-    let mut file: *mut ffi::sqlite3_file = std::ptr::null_mut();
-    // SAFETY: the connection is open; both file controls write one pointer to their argument.
-    unsafe {
-        let db = conn.handle();
-        let main = c"main".as_ptr();
-        if ffi::sqlite3_file_control(
-            db,
-            main,
-            ffi::SQLITE_FCNTL_VFS_POINTER,
-            (&raw mut vfs).cast(),
-        ) != ffi::SQLITE_OK
-            || vfs.is_null()
-            || CStr::from_ptr((*vfs).zName).to_bytes() != b"unix"
-        {
-            return None;
-        }
-        if ffi::sqlite3_file_control(
-            db,
-            main,
-            ffi::SQLITE_FCNTL_FILE_POINTER,
-            (&raw mut file).cast(),
-        ) != ffi::SQLITE_OK
-            || file.is_null()
-            || (*file).pMethods.is_null()
-        {
-            return None;
-        }
-        let h = *(file.cast::<u8>())
-            .add(3 * std::mem::size_of::<*const c_void>())
-            .cast::<c_int>();
-        if h < 0 {
-            return None;
-        }
-        let st = rustix::fs::fstat(BorrowedFd::borrow_raw(h)).ok()?;
-        Some(crate::config::FileId {
-            dev: st.st_dev,
-            ino: st.st_ino,
-        })
-    }
+/// Device and inode of the file SQLite holds open as `schema` (`main` or an attachment's
+/// alias): its own descriptor (`wal::handles`), `fstat`ed. None for another VFS than the
+/// default `unix`, and for a schema not open.
+pub fn file_id(conn: &Connection, schema: &str) -> Option<crate::config::FileId> {
+    let h = super::wal::handles(conn, schema)?;
+    let st = rustix::fs::fstat(h.db).ok()?;
+    Some(crate::config::FileId {
+        dev: st.st_dev,
+        ino: st.st_ino,
+    })
 }
 
 #[cfg(test)]
@@ -148,7 +111,7 @@ mod tests {
         let conn = Connection::open(&p).unwrap();
         let m = std::fs::metadata(&p).unwrap();
         assert_eq!(
-            main_file_id(&conn),
+            file_id(&conn, "main"),
             Some(crate::config::FileId {
                 dev: m.dev(),
                 ino: m.ino()

@@ -6,12 +6,14 @@
 //!
 //! Layout: `mod.rs` opens connections (flags, URIs, settings, REGEXP); `slow.rs` is the
 //! slow-statement log; `pool.rs` the per-database pools; `fleet.rs` the one-off and verified
-//! connections of fleet members; `diagnose.rs` the preflight and the findings of `check`.
+//! connections of fleet members; `diagnose.rs` the preflight and the findings of `check`;
+//! `wal.rs` reads the WAL format (wal-index header, frames, checksums) for the file copy.
 
 mod diagnose;
 mod fleet;
 mod pool;
 mod slow;
+pub mod wal;
 
 use std::collections::BTreeMap;
 use std::os::unix::ffi::OsStrExt;
@@ -28,7 +30,7 @@ pub use self::diagnose::{
     diagnose, explain, has_rollback_journal, preflight, refuse_special_sidecars, sidecar, Finding,
     Severity, SIDECARS,
 };
-pub use self::fleet::{connect_once, connect_verified, VerifiedOpenError};
+pub use self::fleet::{connect_once, connect_verified, file_id, VerifiedOpenError};
 pub use self::pool::{Manager, Pools, SqlitePool};
 use self::slow::install_slow_log;
 pub use self::slow::{expected_slow, extract_params, set_slow_threshold, truncate};

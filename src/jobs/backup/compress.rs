@@ -18,7 +18,9 @@
 //! Wiring it into the copy (the copy's tee): the copy hashes the raw bytes while it copies
 //! and hands the same bytes, in order, to `&mut Compressor` as its `Write` tee; after the
 //! copy, `finish()` and compare `Compressed::raw_sha256` with the copy's hash.
-//! [`compress_file`] is the same thing driven from a finished copy on disk (read once).
+//! `copy.rs` does exactly that for every path (after the backup API or VACUUM INTO, the
+//! finished file is read once into the tee). [`compress_file`] drives it from a finished copy
+//! on disk; tests use it.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -172,7 +174,6 @@ pub(super) struct Compressor {
 impl Compressor {
     /// Compress into `out` (a new, empty file at `path`) at `level`. `size`, when known, is
     /// recorded in the frame header (the exact number of bytes that will be written).
-    #[cfg_attr(not(test), allow(dead_code))] // the copy's tee (module doc); tests use it now
     pub(super) fn new(
         out: &File,
         path: &Path,
@@ -316,6 +317,7 @@ fn round_trip(tail: Tail) -> io::Result<Compressed> {
 /// Compress the finished copy `from` into `out` (a new file at `to`), reading it once and
 /// hashing it on the way; `checkpoint` runs between chunks (cancel). The round trip must
 /// give back the same SHA-256, or this is a `VerifyFailed`.
+#[cfg(test)]
 pub(super) fn compress_file(
     from: &Path,
     out: &File,
@@ -326,6 +328,7 @@ pub(super) fn compress_file(
     compress_file_with(from, out, to, level, checkpoint, Box::new(|w| w))
 }
 
+#[cfg(test)]
 pub(super) fn compress_file_with(
     from: &Path,
     out: &File,

@@ -1,7 +1,11 @@
-//! One source's copy: the backup API in steps (or VACUUM INTO), verification against the
-//! source snapshot, then compression (`compress.rs`) or fsync and hash, and the commit.
+//! One source's copy: the file copy, or the backup API in steps (or VACUUM INTO); verification
+//! of the copy after the snapshot is released; with zstd, the compressor is the copy's tee, so
+//! compression and its round trip run while the copy is written.
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -10,9 +14,11 @@ use rusqlite::{Connection, OpenFlags, MAIN_DB};
 
 use crate::archive::{self, BackupName, Entry, Verified};
 use crate::config::{Backup, BackupMethod, Compression, Verify};
+use crate::domain::CopyPath;
 use crate::jobs::{JobCtx, JobError};
 
-use super::compress::compress_file;
+use super::compress::{Compressed, Compressor};
+use super::filecopy;
 use super::{file_size, final_name, record_and_commit, sql, Snapshot, Source, TempFiles};
 use crate::sqlite::{fk_violations, quote_ident, row_counts};
 
@@ -27,16 +33,37 @@ pub(super) fn copy_one(
     cfg: &Backup,
     source: &Source,
     stamp: DateTime<Utc>,
-) -> Result<(Entry, u32), JobError> {
+) -> Result<(Entry, u32, CopyPath), JobError> {
     let started = Instant::now();
     let dir = &cfg.dir;
+    let final_name = final_name(source, stamp, cfg);
     let raw_name = BackupName {
         compressed: false,
-        ..final_name(source, stamp, cfg)
+        ..final_name.clone()
     };
     let tmp = archive::temp_path(dir, &raw_name.file_name());
     let mut temps = TempFiles(vec![archive::create_temp(&tmp)?]);
-    let snapshot = copy_snapshot(ctx, cfg, source, &tmp)?;
+    let out = temps.0[0]
+        .file()
+        .try_clone()
+        .map_err(|source| JobError::Io {
+            context: format!("{}: open", tmp.display()),
+            source,
+        })?;
+    // zstd: the compressor is the copy's tee, so it compresses (and its round trip runs)
+    // while the copy is written; the raw copy is only kept if it fails verification.
+    let mut zst: Option<(Compressor, PathBuf)> = match cfg.compression {
+        Compression::None => None,
+        Compression::Zstd { level } => {
+            let ztmp = archive::create_temp(&archive::temp_path(dir, &final_name.file_name()))?;
+            let c = Compressor::new(ztmp.file(), &ztmp.path, level, None)?;
+            let path = ztmp.path.clone();
+            temps.0.push(ztmp);
+            Some((c, path))
+        }
+    };
+    let tee = zst.as_mut().map(|(c, _)| c as &mut (dyn Write + Send));
+    let snapshot = copy_snapshot(ctx, cfg, source, &tmp, &out, tee)?;
     let copied = started.elapsed();
 
     let mut entry = Entry {
@@ -53,92 +80,123 @@ pub(super) fn copy_one(
         verified: Verified::None,
         page_count: snapshot.page_count,
         page_size: snapshot.page_size,
-        tables: snapshot.tables.clone(),
+        tables: BTreeMap::new(),
         duration_ms: 0,
         error: None,
-        fk_violations: (cfg.verify != Verify::None).then_some(snapshot.fk_violations),
+        fk_violations: None,
         drill: None,
     };
-    let verify = || match cfg.verify {
-        Verify::None => Ok(()),
-        v => verify_copy(&tmp, v, cfg.method, &snapshot),
-    };
-    let final_name = final_name(source, stamp, cfg);
-    let (stored_tmp, checked, stored, raw) = match cfg.compression {
-        Compression::None => {
-            // The copy's bytes are final now: its SHA-256 is computed on another core while
-            // this one syncs and verifies (both only read the file).
-            let (synced, checked, sha) = std::thread::scope(|s| {
-                let hasher = s.spawn(|| archive::sha256_file(&tmp));
-                let synced = archive::fsync_file(&tmp);
-                let checked = match &synced {
-                    Err(_) => Ok(()),
-                    Ok(()) => verify(),
-                };
-                (synced, checked, hasher.join().expect("hash thread"))
-            });
-            synced?;
-            (tmp.clone(), checked, sha.map_err(JobError::from), None)
-        }
-        Compression::Zstd { level } => {
-            // The raw copy is never kept (unless it fails verification), so it is not
-            // fsynced: it is verified on one thread while this one streams it into the
-            // compressor (workers on every core, round trip while it runs).
-            let ztmp = archive::create_temp(&archive::temp_path(dir, &final_name.file_name()))?;
-            let (checked, compressed) = std::thread::scope(|s| {
-                let checker = s.spawn(verify);
-                let compressed = compress_file(&tmp, ztmp.file(), &ztmp.path, level, &mut || {
-                    ctx.checkpoint()
-                });
-                (checker.join().expect("verify thread"), compressed)
-            });
-            let path = ztmp.path.clone();
-            temps.0.push(ztmp);
-            let (stored, raw) = match compressed {
-                Ok(c) => (Ok(c.stored_sha256), Some((c.raw_bytes, c.raw_sha256))),
-                Err(e) => (Err(e), None),
+    // The copy's bytes are final and the snapshot released: fsync (of a file that is kept),
+    // the end of the compression, the checks (on both cores) and, unless the copy hashed
+    // itself, the SHA-256 all run at once.
+    let uncompressed = zst.is_none();
+    let (synced, checked, raw_sha, compressed) = std::thread::scope(|s| {
+        let hasher = snapshot
+            .sha256
+            .is_none()
+            .then(|| s.spawn(|| archive::sha256_file(&tmp)));
+        let fsync = s.spawn(|| {
+            let synced = if uncompressed {
+                archive::fsync_file(&tmp)
+            } else {
+                Ok(())
             };
-            (path, checked, stored, raw)
+            synced.map(|()| started.elapsed())
+        });
+        let finisher = zst
+            .take()
+            .map(|(c, path)| s.spawn(move || (c.finish(), path)));
+        let checked = match cfg.verify {
+            Verify::None => Ok(Checked::default()),
+            _ => verify_copy(&tmp, cfg.verify, &snapshot),
+        };
+        let synced = fsync.join().expect("fsync thread");
+        let sha = match (hasher, &snapshot.sha256) {
+            (Some(h), _) => h.join().expect("hash thread").map_err(JobError::from),
+            (None, Some(sha)) => Ok(sha.clone()),
+            (None, None) => unreachable!("hashed while copied or above"),
+        };
+        let compressed = finisher.map(|f| f.join().expect("compress thread"));
+        (synced, checked, sha, compressed)
+    });
+    let synced = synced?;
+    let raw_sha = raw_sha?;
+    let checked = match checked {
+        Ok(c) => c,
+        Err(problem) => {
+            return Err(keep_failed(
+                dir, &mut entry, &raw_name, &tmp, problem, started, &mut temps,
+            ))
         }
     };
-    let synced = started.elapsed();
-    if let Err(problem) = checked {
-        return Err(keep_failed(
-            dir, &mut entry, &raw_name, &tmp, problem, started, &mut temps,
-        ));
+    if checked.fk_violations > 0 {
+        tracing::warn!(
+            "{}: the backup holds {} foreign key violation(s), as the source did at the \
+             snapshot (`PRAGMA foreign_key_check` on it lists them)",
+            source.path.display(),
+            checked.fk_violations
+        );
     }
+    entry.tables = checked.tables;
+    entry.fk_violations = (cfg.verify != Verify::None).then_some(checked.fk_violations);
     entry.verified = match cfg.verify {
         Verify::None => Verified::None,
         Verify::Quick => Verified::Quick,
         Verify::Full => Verified::Full,
     };
     ctx.checkpoint()?;
-    entry.sha256 = settle(
-        dir,
-        &mut entry,
-        &final_name,
-        &stored_tmp,
-        stored,
-        started,
-        &mut temps,
-    )?;
+
+    let (stored_tmp, sha) = match compressed {
+        None => (tmp.clone(), raw_sha),
+        Some((done, path)) => {
+            let stored = done.and_then(|c| round_trip_matches(c, &raw_sha, &path));
+            let c = settle(
+                dir,
+                &mut entry,
+                &final_name,
+                &path,
+                stored,
+                started,
+                &mut temps,
+            )?;
+            entry.raw_size = Some(c.raw_bytes);
+            entry.raw_sha256 = Some(c.raw_sha256);
+            (path, c.stored_sha256)
+        }
+    };
     entry.file = final_name.file_name();
     entry.compressed = final_name.compressed;
     entry.size = file_size(&stored_tmp);
-    (entry.raw_size, entry.raw_sha256) = raw.unzip();
+    entry.sha256 = sha;
     let hashed = started.elapsed();
     entry.duration_ms = hashed.as_millis() as u64;
     record_and_commit(dir, &entry, &stored_tmp)?;
     temps.forget(&stored_tmp);
     tracing::debug!(
-        "{}: copy {} ms, fsync+verify+compress+hash {} ms, commit {} ms, {} restarts",
+        "{}: {} copy {} ms, fsync done at {} ms, verify+compress+hash done at {} ms, {} restarts",
         source.series,
+        snapshot.path.as_str(),
         copied.as_millis(),
-        (synced - copied).as_millis(),
-        (hashed - synced).as_millis(),
+        synced.as_millis(),
+        hashed.as_millis(),
         snapshot.restarts
     );
-    Ok((entry, snapshot.restarts))
+    Ok((entry, snapshot.restarts, snapshot.path))
+}
+
+/// The compressed file must decompress to exactly the copy: its round trip's SHA-256 is the
+/// copy's, or this is a failed verification.
+fn round_trip_matches(c: Compressed, raw_sha: &str, path: &Path) -> Result<Compressed, JobError> {
+    if c.raw_sha256 == raw_sha {
+        return Ok(c);
+    }
+    Err(JobError::VerifyFailed(format!(
+        "{}: the compressed copy decompresses to other bytes than the copy ({} bytes, SHA-256 \
+         {}; the copy: {raw_sha})",
+        path.display(),
+        c.raw_bytes,
+        c.raw_sha256
+    )))
 }
 
 /// The stored file's SHA-256, or: a compressed file that failed its round trip is kept as
@@ -148,12 +206,12 @@ fn settle(
     entry: &mut Entry,
     name: &BackupName,
     stored_tmp: &Path,
-    stored: Result<String, JobError>,
+    stored: Result<Compressed, JobError>,
     started: Instant,
     temps: &mut TempFiles,
-) -> Result<String, JobError> {
+) -> Result<Compressed, JobError> {
     match stored {
-        Ok(sha) => Ok(sha),
+        Ok(c) => Ok(c),
         Err(JobError::VerifyFailed(problem)) => {
             entry.compressed = name.compressed;
             Err(keep_failed(
@@ -200,45 +258,109 @@ fn keep_failed(
     ))
 }
 
-/// Copy `source` into the new, empty file `tmp` from one read snapshot, recording what it
-/// held.
+/// Copy `source` into the new, empty file `tmp` (open as `out`) from one read snapshot: the
+/// file copy where it applies, else SQLite's backup API (or VACUUM INTO when configured).
+/// `tee`, when given, receives the copy's bytes in order (the file copy streams them; after
+/// another path the finished file is read into it).
 fn copy_snapshot(
     ctx: &JobCtx<'_>,
     cfg: &Backup,
     source: &Source,
     tmp: &Path,
+    out: &File,
+    tee: Option<&mut (dyn Write + Send)>,
 ) -> Result<Snapshot, JobError> {
+    let snap = if cfg.method == BackupMethod::VacuumInto {
+        vacuum_into(ctx, source, tmp)?
+    } else {
+        match filecopy::pin(ctx, source)? {
+            Ok(pinned) => {
+                let c = filecopy::copy(ctx, source, pinned, out, tmp, tee)?;
+                tracing::debug!(
+                    "{}: file copy, {} of {} pages from the WAL",
+                    source.series,
+                    c.wal_pages,
+                    c.page_count
+                );
+                return Ok(Snapshot {
+                    page_count: c.page_count,
+                    page_size: c.page_size,
+                    restarts: 0,
+                    path: CopyPath::File,
+                    sha256: Some(c.sha256),
+                });
+            }
+            Err(reason) => {
+                tracing::info!(
+                    "{}: copying with SQLite's backup API: {reason}",
+                    source.path.display()
+                );
+                backup_api(ctx, source, tmp)?
+            }
+        }
+    };
+    match tee {
+        Some(t) => stream_into(snap, tmp, t),
+        None => Ok(snap),
+    }
+}
+
+/// Hand a finished copy's bytes to `tee`, hashing them on the way.
+fn stream_into(
+    mut snap: Snapshot,
+    tmp: &Path,
+    tee: &mut (dyn Write + Send),
+) -> Result<Snapshot, JobError> {
+    snap.sha256 = Some(
+        filecopy::hash_file(tmp, Some(tee)).map_err(|source| JobError::Io {
+            context: format!("{}: read", tmp.display()),
+            source,
+        })?,
+    );
+    Ok(snap)
+}
+
+/// `VACUUM INTO` the temp file (VACUUM's own snapshot), made a rollback-journal database.
+fn vacuum_into(ctx: &JobCtx<'_>, source: &Source, tmp: &Path) -> Result<Snapshot, JobError> {
     let conn: &Connection = ctx.conn;
     let schema = quote_ident(&source.schema);
     let shown = source.path.display().to_string();
-    if cfg.method == BackupMethod::VacuumInto {
-        // VACUUM cannot run inside a transaction: the snapshot is VACUUM's own.
-        crate::sqlite::expected_slow(|| {
-            conn.execute(&format!("VACUUM {schema} INTO ?1"), [tmp.to_string_lossy()])
-        })
-        .map_err(sql(format!("VACUUM INTO from {shown}")))?;
-        std::fs::set_permissions(tmp, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-            .map_err(|source| JobError::Io {
-                context: format!("{}: chmod 0600", tmp.display()),
-                source,
-            })?;
-        let dst = Connection::open_with_flags(tmp, OpenFlags::SQLITE_OPEN_READ_WRITE)
-            .map_err(sql(tmp.display().to_string()))?;
-        dst.query_row("PRAGMA journal_mode = DELETE", [], |r| {
-            r.get::<_, String>(0)
-        })
-        .map_err(sql("journal_mode of the copy"))?;
-        return Ok(Snapshot {
-            page_count: dst
-                .query_row("PRAGMA page_count", [], |r| r.get::<_, i64>(0))
-                .map_err(sql("page_count"))? as u64,
-            page_size: dst
-                .query_row("PRAGMA page_size", [], |r| r.get::<_, i64>(0))
-                .map_err(sql("page_size"))? as u64,
-            tables: row_counts(&dst, "main").map_err(sql("row counts of the copy"))?,
-            ..Snapshot::default()
-        });
-    }
+    // VACUUM cannot run inside a transaction: the snapshot is VACUUM's own.
+    crate::sqlite::expected_slow(|| {
+        conn.execute(&format!("VACUUM {schema} INTO ?1"), [tmp.to_string_lossy()])
+    })
+    .map_err(sql(format!("VACUUM INTO from {shown}")))?;
+    std::fs::set_permissions(tmp, std::os::unix::fs::PermissionsExt::from_mode(0o600)).map_err(
+        |source| JobError::Io {
+            context: format!("{}: chmod 0600", tmp.display()),
+            source,
+        },
+    )?;
+    let dst = Connection::open_with_flags(tmp, OpenFlags::SQLITE_OPEN_READ_WRITE)
+        .map_err(sql(tmp.display().to_string()))?;
+    dst.query_row("PRAGMA journal_mode = DELETE", [], |r| {
+        r.get::<_, String>(0)
+    })
+    .map_err(sql("journal_mode of the copy"))?;
+    Ok(Snapshot {
+        page_count: dst
+            .query_row("PRAGMA page_count", [], |r| r.get::<_, i64>(0))
+            .map_err(sql("page_count"))? as u64,
+        page_size: dst
+            .query_row("PRAGMA page_size", [], |r| r.get::<_, i64>(0))
+            .map_err(sql("page_size"))? as u64,
+        restarts: 0,
+        path: CopyPath::VacuumInto,
+        sha256: None,
+    })
+}
+
+/// SQLite's backup API in steps, inside one read transaction on the source: only the copy
+/// runs in it.
+fn backup_api(ctx: &JobCtx<'_>, source: &Source, tmp: &Path) -> Result<Snapshot, JobError> {
+    let conn: &Connection = ctx.conn;
+    let schema = quote_ident(&source.schema);
+    let shown = source.path.display().to_string();
     let mut dst = Connection::open_with_flags(
         tmp,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -246,34 +368,28 @@ fn copy_snapshot(
     .map_err(sql(tmp.display().to_string()))?;
     // The copy is a temporary file until it is fsynced and renamed: SQLite need not journal
     // or sync it (a crash leaves a temp file that the next run removes). Its data is synced
-    // once, by `copy_one`, while the hash is computed.
+    // once, by `copy_one`, while it is verified.
     dst.execute_batch("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;")
         .map_err(sql(format!("{}: settings of the copy", tmp.display())))?;
     conn.execute_batch("BEGIN")
         .map_err(sql(format!("{shown}: begin read transaction")))?;
     let result = (|| -> Result<Snapshot, JobError> {
         // The first read pins this schema's snapshot for the whole copy.
-        let mut snap = Snapshot::default();
-        let page_count = conn
-            .query_row(&format!("PRAGMA {schema}.page_count"), [], |r| {
-                r.get::<_, i64>(0)
-            })
-            .map_err(sql(format!("{shown}: page_count")))? as u64;
-        snap.page_count = page_count;
-        snap.page_size = conn
-            .query_row(&format!("PRAGMA {schema}.page_size"), [], |r| {
-                r.get::<_, i64>(0)
-            })
-            .map_err(sql(format!("{shown}: page_size")))? as u64;
-        if cfg.verify != Verify::None {
-            crate::sqlite::expected_slow(|| -> Result<(), JobError> {
-                snap.tables = row_counts(conn, &source.schema)
-                    .map_err(sql(format!("{shown}: row counts")))?;
-                snap.fk_violations = fk_violations(conn, &source.schema)
-                    .map_err(sql(format!("{shown}: foreign_key_check")))?;
-                Ok(())
-            })?;
-        }
+        let mut snap = Snapshot {
+            page_count: conn
+                .query_row(&format!("PRAGMA {schema}.page_count"), [], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .map_err(sql(format!("{shown}: page_count")))? as u64,
+            page_size: conn
+                .query_row(&format!("PRAGMA {schema}.page_size"), [], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .map_err(sql(format!("{shown}: page_size")))? as u64,
+            restarts: 0,
+            path: CopyPath::BackupApi,
+            sha256: None,
+        };
         let backup = SqliteBackup::new_with_names(conn, source.schema.as_str(), &mut dst, MAIN_DB)
             .map_err(sql(format!("{shown}: start backup")))?;
         let mut last_remaining: Option<i32> = None;
@@ -314,23 +430,30 @@ fn copy_snapshot(
     Ok(snap)
 }
 
-/// Open the copy read-only and check it against the snapshot; Err says what is wrong.
-fn verify_copy(
-    path: &Path,
-    verify: Verify,
-    method: BackupMethod,
-    snap: &Snapshot,
-) -> Result<(), String> {
-    let run = || -> rusqlite::Result<Result<(), String>> {
-        let c = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
-        let pragma = if verify == Verify::Full {
-            "integrity_check"
-        } else {
-            "quick_check"
-        };
+/// What checking the copy found: its row counts (the snapshot's) and foreign key violations.
+#[derive(Debug, Default)]
+struct Checked {
+    tables: BTreeMap<String, i64>,
+    fk_violations: i64,
+}
+
+fn open_copy(path: &Path) -> rusqlite::Result<Connection> {
+    Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+}
+
+/// Check the copy: quick_check or integrity_check on one thread, its page count against the
+/// snapshot's, foreign_key_check and row counts on another. Err says what is wrong.
+fn verify_copy(path: &Path, verify: Verify, snap: &Snapshot) -> Result<Checked, String> {
+    let pragma = if verify == Verify::Full {
+        "integrity_check"
+    } else {
+        "quick_check"
+    };
+    let structure = || -> rusqlite::Result<Result<(), String>> {
+        let c = open_copy(path)?;
         let check: Vec<String> = c
             .prepare(&format!("PRAGMA {pragma}(10)"))?
             .query_map([], |r| r.get(0))?
@@ -338,14 +461,11 @@ fn verify_copy(
         if check != ["ok"] {
             return Ok(Err(format!("{pragma}: {}", check.join("; "))));
         }
-        let fk = fk_violations(&c, "main")?;
-        if fk > snap.fk_violations {
-            return Ok(Err(format!(
-                "foreign_key_check: {fk} violations, the source had {}",
-                snap.fk_violations
-            )));
-        }
-        if method == BackupMethod::Online {
+        Ok(Ok(()))
+    };
+    let contents = || -> rusqlite::Result<Result<Checked, String>> {
+        let c = open_copy(path)?;
+        if snap.path != CopyPath::VacuumInto {
             let pages: i64 = c.query_row("PRAGMA page_count", [], |r| r.get(0))?;
             if pages as u64 != snap.page_count {
                 return Ok(Err(format!(
@@ -354,26 +474,19 @@ fn verify_copy(
                 )));
             }
         }
-        let counts = row_counts(&c, "main")?;
-        if counts != snap.tables {
-            let diff: Vec<String> = snap
-                .tables
-                .iter()
-                .filter(|(t, n)| counts.get(*t) != Some(n))
-                .map(|(t, n)| {
-                    format!(
-                        "{t}: {} rows, source {n}",
-                        counts
-                            .get(t)
-                            .map_or("no table".to_string(), |c| c.to_string())
-                    )
-                })
-                .collect();
-            return Ok(Err(format!("row counts differ ({})", diff.join(", "))));
-        }
-        Ok(Ok(()))
+        Ok(Ok(Checked {
+            fk_violations: fk_violations(&c, "main")?,
+            tables: row_counts(&c, "main")?,
+        }))
     };
-    run().unwrap_or_else(|e| Err(format!("cannot read the copy: {e}")))
+    let unreadable = |e: rusqlite::Error| format!("cannot read the copy: {e}");
+    let (structure, contents) = std::thread::scope(|s| {
+        let t = s.spawn(structure);
+        let contents = contents();
+        (t.join().expect("check thread"), contents)
+    });
+    structure.unwrap_or_else(|e| Err(unreadable(e)))?;
+    contents.unwrap_or_else(|e| Err(unreadable(e)))
 }
 
 #[cfg(test)]
@@ -406,8 +519,7 @@ mod tests {
                 at: 1000,
             })
         });
-        let stored = compress_file_with(&raw, ztmp.file(), &zpath, 3, &mut || Ok(()), flip)
-            .map(|c| c.stored_sha256);
+        let stored = compress_file_with(&raw, ztmp.file(), &zpath, 3, &mut || Ok(()), flip);
         let mut temps = TempFiles(vec![ztmp]);
         let mut entry = Entry {
             file: String::new(),

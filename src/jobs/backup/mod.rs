@@ -1,27 +1,31 @@
 //! The backup job: an online copy of the database and of every attached database, each to its
 //! own file `{series}-{UTC YYYYMMDD-HHMMSS}.db[.zst]` in the backup directory.
 //!
-//! The copy uses SQLite's backup API in steps while this connection holds a read transaction
-//! on the source, so concurrent writers never force a restart and the copy is one consistent
-//! snapshot (`method = "vacuum_into"` makes a compacted copy instead). Each copy is written
-//! under a temp name, switched to `journal_mode=DELETE` (one self-contained file), verified
-//! (quick_check or integrity_check, foreign_key_check, page and row counts against the source
-//! snapshot), optionally zstd-compressed (round-trip checked), fsynced and renamed into place;
-//! the manifest records size and SHA-256. A copy that fails verification is kept as `*.failed`
-//! and the job fails. Retention then runs (see `retention`), only when every copy verified.
+//! A WAL database is copied as a file: the database file with the WAL's frames of one pinned
+//! snapshot put in place, hashed while it is written (`filecopy.rs`); where that does not
+//! apply (rollback journal, another VFS, a WAL that does not validate) SQLite's backup API
+//! copies it in steps under a read transaction, and `method = "vacuum_into"` makes a
+//! compacted copy. Nothing but the copy runs inside the snapshot. Each copy is written under a
+//! temp name as a rollback-journal database (one self-contained file), then fsynced while it
+//! is verified (quick_check or integrity_check on one core, foreign_key_check and row counts,
+//! recorded from the copy, on the other), optionally zstd-compressed (round-trip checked), and
+//! renamed into place; the manifest records size and SHA-256. A copy that fails verification
+//! is kept as `*.failed` and the job fails. Retention then runs (see `retention`), only when
+//! every copy verified.
 //!
-//! Layout: `mod.rs` runs the job (names, stamps, the commit of each copy); `copy.rs` copies,
-//! verifies and commits one source; `compress.rs` is the zstd compressor with its concurrent
-//! round trip; `retain.rs` plans and applies retention.
+//! Layout: `mod.rs` runs the job (names, stamps, the commit of each copy); `copy.rs` copies
+//! (choosing the path), verifies and commits one source; `filecopy.rs` is the file copy;
+//! `compress.rs` is the zstd compressor with its concurrent round trip; `retain.rs` plans and
+//! applies retention.
 
 pub mod chains;
 mod compress;
 mod copy;
+mod filecopy;
 pub mod incremental;
 pub mod offsite;
 mod retain;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
@@ -31,7 +35,7 @@ use super::{JobCtx, JobError, JobResult};
 use crate::archive::{self, ArchiveError, BackupName, Entry, Manifest, Verified};
 use crate::config::{Backup, Compression, Database};
 use crate::domain::human_bytes;
-use crate::domain::{BackupFigures, Figures};
+use crate::domain::{BackupFigures, CopyPath, Figures};
 
 use self::copy::copy_one;
 use self::retain::{apply_retention, retention_preview};
@@ -88,14 +92,15 @@ pub fn check_names(db: &Database, cfg: &Backup) -> Result<(), ArchiveError> {
     Ok(())
 }
 
-/// What the source looked like in the snapshot the copy was taken from.
-#[derive(Debug, Default)]
+/// What the copy holds: the snapshot it was taken from, and how it was made.
+#[derive(Debug)]
 struct Snapshot {
     page_count: u64,
     page_size: u64,
-    tables: BTreeMap<String, i64>,
-    fk_violations: i64,
     restarts: u32,
+    path: CopyPath,
+    /// SHA-256 of the copy, when it was hashed while copying.
+    sha256: Option<String>,
 }
 
 pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
@@ -158,9 +163,11 @@ pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
     let started = Instant::now();
     let mut written = Vec::new();
     let mut restarts = 0;
+    let mut copy_path = None;
     for source in &sources {
-        let (entry, r) = copy_one(ctx, cfg, source, stamp)?;
+        let (entry, r, path) = copy_one(ctx, cfg, source, stamp)?;
         restarts += r;
+        copy_path.get_or_insert(path);
         written.push(entry);
     }
 
@@ -196,6 +203,7 @@ pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
         retention_deleted: Some((retention.deleted.len() + chains.deleted.len()) as u64),
         retention_warnings: Some(retention.warnings.len() as u64),
         restarts: Some(u64::from(restarts)),
+        copy_path,
         ..BackupFigures::default()
     };
     let figures = match &pushed {
