@@ -350,14 +350,19 @@ fn no_backup_to_drill_is_missing_input() {
     assert!(!env.path("state/drill/chat").exists());
 }
 
-/// The scratch copy's temp file appears while the drill restores it.
-fn restoring(env: &TestEnv) -> bool {
+/// The drill is at work on a copy: its scratch directory holds files (from the fetch to the
+/// checks; the restore itself takes milliseconds, too short to wait for).
+fn drilling(env: &TestEnv) -> bool {
     std::fs::read_dir(env.path("state/drill/chat"))
-        .map(|d| {
-            d.flatten()
-                .any(|e| e.file_name().to_string_lossy().contains("litekeeper-tmp"))
-        })
+        .map(|mut d| d.next().is_some())
         .unwrap_or(false)
+}
+
+/// The backup directory's lock is held by someone else (the drill holds it shared while it
+/// checksums and restores a copy). A successful probe lets go at once.
+fn dir_lock_held(dir: &Path) -> bool {
+    let dl = File::open(dir.join(".litekeeper.lock")).unwrap();
+    matches!(dl.try_lock(), Err(std::fs::TryLockError::WouldBlock))
 }
 
 #[test]
@@ -371,15 +376,13 @@ fn a_drill_beside_a_backup_completes_and_retention_deletes_nothing_under_it() {
     let lock = File::create(env.path("locks/chat.lock")).unwrap();
     lock.lock().unwrap();
     let mut d = env.spawn(&["drill", "chat"], &[]);
-    wait_until("the drill restoring", Duration::from_secs(60), || {
-        restoring(&env)
-    });
     // While it reads, the backup directory's lock is held shared: no writer gets it.
+    wait_until(
+        "the drill holding the backup directory's lock",
+        Duration::from_secs(60),
+        || dir_lock_held(&dir),
+    );
     let dl = File::open(dir.join(".litekeeper.lock")).unwrap();
-    assert!(matches!(
-        dl.try_lock(),
-        Err(std::fs::TryLockError::WouldBlock)
-    ));
     assert!(dl.try_lock_shared().is_ok());
     drop(dl);
     drop(lock);
@@ -415,8 +418,8 @@ fn sigkill_mid_drill_leaves_the_database_and_backups_alone_and_the_next_drill_cl
     let backups = listing(&dir);
     let mut d = env.spawn(&["drill", "chat"], &[]);
     let started = Instant::now();
-    wait_until("the drill restoring", Duration::from_secs(60), || {
-        restoring(&env)
+    wait_until("the drill at work", Duration::from_secs(60), || {
+        drilling(&env)
     });
     d.signal(libc::SIGKILL);
     d.wait_exit(Duration::from_secs(10));
