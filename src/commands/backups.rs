@@ -110,12 +110,7 @@ pub fn list(path: &Path, args: BackupsListArgs) -> Result<ExitCode, Failure> {
                 .collect()
         }
         Some(name) => {
-            let db = config.database(name).ok_or_else(|| {
-                Failure::new(
-                    ExitCode::Usage,
-                    anyhow::anyhow!("no database named {name:?} in {}", config.file.display()),
-                )
-            })?;
+            let db = super::database_named(&config, name)?;
             if db.backup.is_none() {
                 return Err(Failure::new(
                     ExitCode::Usage,

@@ -15,9 +15,10 @@ pub mod stream_json;
 pub mod units;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::cli::{BackupsCommand, Cli, Command};
-use crate::config::{self, Config};
+use crate::config::{self, Config, Database};
 use crate::exit::{ExitCode, Failure};
 use crate::paths::Defaults;
 
@@ -77,6 +78,16 @@ pub fn config_path(given: Option<PathBuf>) -> PathBuf {
 /// Load the configuration, mapping problems to exit 78.
 pub fn load_config(path: &std::path::Path) -> Result<Config, Failure> {
     Ok(crate::scheduler::roster::with_members(config::load(path)?))
+}
+
+/// The database `name` of the configuration, or a usage error naming it and the file.
+pub fn database_named<'c>(config: &'c Config, name: &str) -> Result<&'c Arc<Database>, Failure> {
+    config.database(name).ok_or_else(|| {
+        Failure::new(
+            ExitCode::Usage,
+            anyhow::anyhow!("no database named {name:?} in {}", config.file.display()),
+        )
+    })
 }
 
 /// The databases named on the command line (a fleet's handle names all its current members);

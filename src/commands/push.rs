@@ -15,16 +15,7 @@ fn fail(code: ExitCode, msg: String) -> Failure {
 
 pub fn run(path: &Path, args: BackupsPushArgs) -> Result<ExitCode, Failure> {
     let config = super::load_config(path)?;
-    let db = config.database(&args.database).ok_or_else(|| {
-        fail(
-            ExitCode::Usage,
-            format!(
-                "no database named {:?} in {}",
-                args.database,
-                config.file.display()
-            ),
-        )
-    })?;
+    let db = super::database_named(&config, &args.database)?;
     let remotes = offsite::remotes_of(&config, db, args.remote.as_deref());
     if remotes.is_empty() {
         return Err(fail(

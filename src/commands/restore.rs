@@ -27,16 +27,7 @@ fn failure(e: RestoreError, in_place: bool) -> Failure {
 
 pub fn run(path: &Path, args: RestoreArgs) -> Result<ExitCode, Failure> {
     let config = super::load_config(path)?;
-    let db = config.database(&args.database).ok_or_else(|| {
-        fail(
-            ExitCode::Usage,
-            format!(
-                "no database named {:?} in {}",
-                args.database,
-                config.file.display()
-            ),
-        )
-    })?;
+    let db = super::database_named(&config, &args.database)?;
     if args.to.is_none() && !args.in_place {
         return Err(fail(
             ExitCode::Usage,

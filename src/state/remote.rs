@@ -7,6 +7,21 @@ use rusqlite::params;
 
 use super::{from_ms, ms, State, StateError};
 
+/// The columns of a [`Pending`] row, in the order [`pending_row`] reads them.
+const PENDING_COLUMNS: &str =
+    "SELECT database, remote, file, since, attempts, last_error FROM remote_pending";
+
+fn pending_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Pending> {
+    Ok(Pending {
+        database: r.get(0)?,
+        remote: r.get(1)?,
+        file: r.get(2)?,
+        since: from_ms(r.get(3)?),
+        attempts: r.get(4)?,
+        last_error: r.get(5)?,
+    })
+}
+
 /// A copy not yet stored on a remote.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Pending {
@@ -53,20 +68,11 @@ impl State {
         remote: Option<&str>,
     ) -> Result<Vec<Pending>, StateError> {
         self.with(|c| {
-            let mut st = c.prepare(
-                "SELECT database, remote, file, since, attempts, last_error FROM remote_pending
-                 WHERE database = ?1 AND (?2 IS NULL OR remote = ?2) ORDER BY since, file",
-            )?;
-            let rows = st.query_map(params![database, remote], |r| {
-                Ok(Pending {
-                    database: r.get(0)?,
-                    remote: r.get(1)?,
-                    file: r.get(2)?,
-                    since: from_ms(r.get(3)?),
-                    attempts: r.get(4)?,
-                    last_error: r.get(5)?,
-                })
-            })?;
+            let mut st = c.prepare(&format!(
+                "{PENDING_COLUMNS} WHERE database = ?1 AND (?2 IS NULL OR remote = ?2) \
+                 ORDER BY since, file"
+            ))?;
+            let rows = st.query_map(params![database, remote], pending_row)?;
             rows.collect()
         })
     }
@@ -74,19 +80,8 @@ impl State {
     /// Every pending copy of every database, oldest first (the daemon's retry).
     pub fn all_pending(&self) -> Result<Vec<Pending>, StateError> {
         self.with(|c| {
-            let mut st = c.prepare(
-                "SELECT database, remote, file, since, attempts, last_error FROM remote_pending ORDER BY since, file",
-            )?;
-            let rows = st.query_map([], |r| {
-                Ok(Pending {
-                    database: r.get(0)?,
-                    remote: r.get(1)?,
-                    file: r.get(2)?,
-                    since: from_ms(r.get(3)?),
-                    attempts: r.get(4)?,
-                    last_error: r.get(5)?,
-                })
-            })?;
+            let mut st = c.prepare(&format!("{PENDING_COLUMNS} ORDER BY since, file"))?;
+            let rows = st.query_map([], pending_row)?;
             rows.collect()
         })
     }
