@@ -21,7 +21,7 @@
 //! then 16 bytes (xxh3-128, LE) per page. It describes that point only; a missing or stale
 //! index is rebuilt by building the point's image and hashing it.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -372,12 +372,6 @@ impl Point {
             Point::Delta(d) => &d.file,
         }
     }
-    pub fn time(&self) -> DateTime<Utc> {
-        match self {
-            Point::Full(e) => e.created_at,
-            Point::Delta(d) => d.created_at,
-        }
-    }
     pub fn sha256(&self) -> &str {
         match self {
             Point::Full(e) => &e.sha256,
@@ -551,15 +545,6 @@ pub fn image_page_size(path: &Path) -> io::Result<u32> {
     })
 }
 
-/// Create the temp file an image is built in.
-pub fn create_image(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(path)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -601,7 +586,7 @@ mod tests {
             let written = w.finish(3, 4, &sha).unwrap();
             assert_eq!(written.size, fs::metadata(&dpath).unwrap().len());
             assert_eq!(written.sha256, archive::sha256_file(&dpath).unwrap());
-            let f = OpenOptions::new().write(true).open(&img).unwrap();
+            let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
             let t = apply_delta(&dpath, level.is_some(), &f).unwrap();
             assert_eq!((t.page_count, t.sequence, t.changed), (3, 4, 1));
             assert_eq!(t.image_sha256, archive::hex(&sha));

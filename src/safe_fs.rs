@@ -8,7 +8,7 @@
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -396,11 +396,6 @@ impl DirHandle {
         total
     }
 
-    /// Device and inode of the directory itself.
-    pub fn id(&self) -> io::Result<(u64, u64)> {
-        let st = rfs::fstat(self.fd.as_fd())?;
-        Ok((st.st_dev, st.st_ino))
-    }
 }
 
 /// How many directory levels [`DirHandle::remove_tree`] and [`DirHandle::tree_bytes`] walk

@@ -11,7 +11,7 @@ mod pipeline;
 pub mod retain;
 mod store;
 
-pub use manifest::{Copy, RemoteManifest, MANIFEST_NAME};
+pub use manifest::{Copy, RemoteManifest};
 pub use pipeline::{download, read_back, Uploaded};
 pub use store::{RemoteError, Store};
 

@@ -9,7 +9,6 @@ use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
 use std::path::Path;
 use std::str::FromStr;
-use std::time::{Duration, Instant};
 
 use object_store::WriteMultipart;
 use sha2::{Digest, Sha256};
@@ -25,12 +24,10 @@ const IN_FLIGHT: usize = 2;
 /// One object stored and checked.
 #[derive(Debug, Clone)]
 pub struct Uploaded {
-    pub key: String,
     /// Bytes stored (encrypted).
     pub size: u64,
     /// SHA-256 of the stored bytes, checked by reading them back.
     pub sha256: String,
-    pub elapsed: Duration,
 }
 
 /// The end of the pipeline: hashes what is stored and feeds the multipart upload.
@@ -79,7 +76,6 @@ pub fn upload(
     src: &Path,
     compress: bool,
 ) -> Result<Uploaded, RemoteError> {
-    let started = Instant::now();
     let what = format!("uploading {key}");
     let recipients = recipients(store)?;
     let mut input = File::open(src)
@@ -123,12 +119,7 @@ pub fn upload(
             ExitCode::DataErr,
         ));
     }
-    Ok(Uploaded {
-        key: key.to_string(),
-        size,
-        sha256,
-        elapsed: started.elapsed(),
-    })
+    Ok(Uploaded { size, sha256 })
 }
 
 /// file → [zstd] → age → `out`.

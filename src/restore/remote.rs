@@ -17,8 +17,6 @@ use crate::remote::{self, RemoteManifest, Store};
 /// A copy fetched and checked, ready for the restore path; its staging directory goes with it.
 pub struct Fetched {
     pub source: BackupSource,
-    /// The remote copy's object name.
-    pub object: String,
     staging: PathBuf,
 }
 
@@ -158,7 +156,6 @@ pub fn fetch(
             live,
             point: None,
         },
-        object: copy.object,
         staging,
     })
 }

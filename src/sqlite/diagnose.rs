@@ -52,7 +52,7 @@ fn access(path: &Path, mode: Access) -> bool {
 }
 
 use crate::db_files::DbFiles;
-pub use crate::db_files::{sidecar, SIDECARS};
+pub use crate::db_files::sidecar;
 
 /// Refuse a sidecar (`-wal`, `-shm`, `-journal`) that exists but is not a regular file: SQLite
 /// would open a FIFO there and block forever, lock held, deaf to SIGTERM. Looked at with

@@ -26,14 +26,11 @@ use rusqlite::{Connection, OpenFlags};
 
 use crate::config::{Database, JournalMode};
 
-pub use self::diagnose::{
-    diagnose, explain, has_rollback_journal, preflight, refuse_special_sidecars, sidecar, Finding,
-    Severity, SIDECARS,
-};
+pub use self::diagnose::{diagnose, preflight, sidecar, Finding, Severity};
 pub use self::fleet::{connect_once, connect_verified, file_id, VerifiedOpenError};
-pub use self::pool::{Manager, Pools, SqlitePool};
+pub use self::pool::Pools;
 use self::slow::install_slow_log;
-pub use self::slow::{expected_slow, extract_params, set_slow_threshold, truncate};
+pub use self::slow::{expected_slow, truncate};
 
 /// Flags for every connection: read-write, never create (a missing database is an error, not
 /// a new empty file), URI names so attached databases get the same treatment.

@@ -153,10 +153,6 @@ impl WalMap {
         self.pages.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.pages.is_empty()
-    }
-
     /// Read `frame`'s page into `out` (one page) and check it is still the frame scanned:
     /// same salts, same checksum chain. `Ok(false)` when the WAL was rewritten since (a
     /// checkpoint restarted it), `out` then holds nothing usable.
