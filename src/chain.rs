@@ -68,14 +68,14 @@ pub struct DeltaEntry {
 
 /// The parts of a delta file name.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeltaName {
+pub(crate) struct DeltaName {
     pub series: String,
     pub time: DateTime<Utc>,
     pub compressed: bool,
 }
 
 impl DeltaName {
-    pub fn file_name(&self) -> String {
+    pub(crate) fn file_name(&self) -> String {
         format!(
             "{}-{}.delta{}",
             self.series,
@@ -84,7 +84,7 @@ impl DeltaName {
         )
     }
 
-    pub fn parse(name: &str) -> Option<DeltaName> {
+    pub(crate) fn parse(name: &str) -> Option<DeltaName> {
         let (rest, compressed) = match name.strip_suffix(".zst") {
             Some(r) => (r, true),
             None => (name, false),
@@ -105,31 +105,31 @@ impl DeltaName {
 }
 
 /// The page-hash index file of the point stored as `point_file`.
-pub fn index_path(dir: &Path, point_file: &str) -> PathBuf {
+pub(crate) fn index_path(dir: &Path, point_file: &str) -> PathBuf {
     dir.join(format!("{point_file}{INDEX_SUFFIX}"))
 }
 
 /// Whether `name` is a page-hash index (never a backup).
-pub fn is_index(name: &str) -> bool {
+pub(crate) fn is_index(name: &str) -> bool {
     name.ends_with(INDEX_SUFFIX)
 }
 
 /// Page 1 as an image stores it: a rollback-journal file (header bytes 18 and 19 = 1), like
 /// every full backup; other pages unchanged.
-pub fn normalize_page(pgno: u32, page: &mut [u8]) {
+pub(crate) fn normalize_page(pgno: u32, page: &mut [u8]) {
     if pgno == 1 && page.len() > 19 && page[18] == 2 && page[19] == 2 {
         page[18] = 1;
         page[19] = 1;
     }
 }
 
-pub fn page_hash(page: &[u8]) -> u128 {
+pub(crate) fn page_hash(page: &[u8]) -> u128 {
     xxhash_rust::xxh3::xxh3_128(page)
 }
 
 /// The page hashes of one point.
 #[derive(Debug, Clone, PartialEq)]
-pub struct PageIndex {
+pub(crate) struct PageIndex {
     pub page_size: u32,
     /// The point's file SHA-256 (as in the manifest): an index of another file is stale.
     pub point_sha256: String,
@@ -137,7 +137,7 @@ pub struct PageIndex {
 }
 
 impl PageIndex {
-    pub fn write(&self, path: &Path) -> Result<(), ArchiveError> {
+    pub(crate) fn write(&self, path: &Path) -> Result<(), ArchiveError> {
         let mut bytes = Vec::with_capacity(84 + self.hashes.len() * 16);
         bytes.extend_from_slice(INDEX_MAGIC);
         bytes.extend_from_slice(&self.page_size.to_le_bytes());
@@ -153,7 +153,7 @@ impl PageIndex {
     }
 
     /// The index at `path` when it is whole and describes the file with `point_sha256`.
-    pub fn read(path: &Path, point_sha256: &str) -> Option<PageIndex> {
+    pub(crate) fn read(path: &Path, point_sha256: &str) -> Option<PageIndex> {
         let bytes = crate::safe_fs::read_regular(path).ok()?;
         if bytes.len() < 84 || &bytes[..8] != INDEX_MAGIC {
             return None;
@@ -217,7 +217,7 @@ impl Write for Sink {
 
 /// Writes one delta file; [`DeltaWriter::finish`] adds the trailer, fsyncs and returns the
 /// file's size and SHA-256.
-pub struct DeltaWriter {
+pub(crate) struct DeltaWriter {
     sink: Sink,
     page_size: u32,
     changed: u64,
@@ -225,13 +225,17 @@ pub struct DeltaWriter {
 
 /// What a finished delta file holds.
 #[derive(Debug, Clone)]
-pub struct Written {
+pub(crate) struct Written {
     pub size: u64,
     pub sha256: String,
 }
 
 impl DeltaWriter {
-    pub fn new(file: File, page_size: u32, zstd_level: Option<i32>) -> io::Result<DeltaWriter> {
+    pub(crate) fn new(
+        file: File,
+        page_size: u32,
+        zstd_level: Option<i32>,
+    ) -> io::Result<DeltaWriter> {
         let counted = Counted {
             inner: BufWriter::with_capacity(1 << 20, file),
             hash: Sha256::new(),
@@ -250,7 +254,7 @@ impl DeltaWriter {
         })
     }
 
-    pub fn page(&mut self, pgno: u32, data: &[u8]) -> io::Result<()> {
+    pub(crate) fn page(&mut self, pgno: u32, data: &[u8]) -> io::Result<()> {
         if data.len() != self.page_size as usize || pgno == 0 {
             return Err(io::Error::other(format!(
                 "page {pgno} has {} bytes, the page size is {}",
@@ -264,7 +268,7 @@ impl DeltaWriter {
         Ok(())
     }
 
-    pub fn finish(
+    pub(crate) fn finish(
         mut self,
         page_count: u64,
         sequence: u64,
@@ -293,7 +297,7 @@ impl DeltaWriter {
 
 /// What a delta's trailer says.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Trailer {
+pub(crate) struct Trailer {
     pub page_count: u64,
     pub sequence: u64,
     pub changed: u64,
@@ -309,7 +313,7 @@ fn bad(path: &Path, what: &str) -> io::Error {
 
 /// Write the pages of the delta at `path` into `image` (a plain database file) and cut it to
 /// the delta's page count.
-pub fn apply_delta(path: &Path, compressed: bool, image: &File) -> io::Result<Trailer> {
+pub(crate) fn apply_delta(path: &Path, compressed: bool, image: &File) -> io::Result<Trailer> {
     let file = File::open(path)?;
     let mut r: Box<dyn Read> = if compressed {
         Box::new(zstd::stream::Decoder::new(file)?)
@@ -360,19 +364,19 @@ pub fn apply_delta(path: &Path, compressed: bool, image: &File) -> io::Result<Tr
 
 /// A point of a chain: its full backup, or one of its deltas.
 #[derive(Debug, Clone)]
-pub enum Point {
+pub(crate) enum Point {
     Full(Entry),
     Delta(DeltaEntry),
 }
 
 impl Point {
-    pub fn file(&self) -> &str {
+    pub(crate) fn file(&self) -> &str {
         match self {
             Point::Full(e) => &e.file,
             Point::Delta(d) => &d.file,
         }
     }
-    pub fn sha256(&self) -> &str {
+    pub(crate) fn sha256(&self) -> &str {
         match self {
             Point::Full(e) => &e.sha256,
             Point::Delta(d) => &d.sha256,
@@ -382,7 +386,7 @@ impl Point {
 
 /// The way from a chain's base to one of its points, as far as it is whole.
 #[derive(Debug, Clone)]
-pub struct Way {
+pub(crate) struct Way {
     pub base: Entry,
     /// The deltas to apply, in order; all present with their recorded size.
     pub deltas: Vec<DeltaEntry>,
@@ -408,7 +412,7 @@ fn file_state(dir: &Path, file: &str, size: u64) -> Result<(), String> {
 /// The links from `target`'s base to `target` (a delta of `manifest`), following `prev`;
 /// when one is missing (from the manifest or the directory), the way stops at the point
 /// before it and `broken` names it. None when the base itself is not there.
-pub fn way_to(dir: &Path, manifest: &Manifest, target: &DeltaEntry) -> Option<Way> {
+pub(crate) fn way_to(dir: &Path, manifest: &Manifest, target: &DeltaEntry) -> Option<Way> {
     let base = manifest
         .get(&target.base)
         .filter(|e| file_state(dir, &e.file, e.size).is_ok())?
@@ -452,7 +456,7 @@ pub fn way_to(dir: &Path, manifest: &Manifest, target: &DeltaEntry) -> Option<Wa
 }
 
 /// The deltas of `database`'s `series` in the manifest, oldest first.
-pub fn deltas_of<'a>(
+pub(crate) fn deltas_of<'a>(
     manifest: &'a Manifest,
     database: &'a str,
     series: &'a str,
@@ -471,7 +475,7 @@ pub fn deltas_of<'a>(
 }
 
 /// Open `full`'s plain bytes (decompressing a `.zst`).
-pub fn open_full(dir: &Path, full: &Entry) -> io::Result<Box<dyn Read>> {
+pub(crate) fn open_full(dir: &Path, full: &Entry) -> io::Result<Box<dyn Read>> {
     let f = File::open(dir.join(&full.file))?;
     Ok(if full.compressed {
         Box::new(zstd::stream::Decoder::new(f)?)
@@ -484,7 +488,7 @@ pub fn open_full(dir: &Path, full: &Entry) -> io::Result<Box<dyn Read>> {
 /// each trailer against its manifest entry, and with `check_files` each file's SHA-256 first
 /// (a caller that has just checked them passes false); returns the last trailer (None when
 /// there were no deltas).
-pub fn apply_all(
+pub(crate) fn apply_all(
     dir: &Path,
     deltas: &[DeltaEntry],
     image: &File,
@@ -518,7 +522,7 @@ pub fn apply_all(
 }
 
 /// SHA-256 and page hashes of the plain database file at `path`.
-pub fn hash_image(path: &Path, page_size: u32) -> io::Result<(String, Vec<u128>)> {
+pub(crate) fn hash_image(path: &Path, page_size: u32) -> io::Result<(String, Vec<u128>)> {
     let mut r = BufReader::with_capacity(1 << 20, File::open(path)?);
     let mut page = vec![0u8; page_size as usize];
     let mut sha = Sha256::new();
@@ -536,7 +540,7 @@ pub fn hash_image(path: &Path, page_size: u32) -> io::Result<(String, Vec<u128>)
 }
 
 /// The page size a plain database image starts with (header bytes 16-17; 1 means 65536).
-pub fn image_page_size(path: &Path) -> io::Result<u32> {
+pub(crate) fn image_page_size(path: &Path) -> io::Result<u32> {
     let mut head = [0u8; 18];
     File::open(path)?.read_exact(&mut head)?;
     Ok(match u16::from_be_bytes([head[16], head[17]]) {

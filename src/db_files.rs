@@ -5,28 +5,28 @@ use std::path::{Path, PathBuf};
 
 /// The files SQLite opens beside a database: its WAL, shared-memory index and rollback
 /// journal.
-pub const SIDECARS: [&str; 3] = ["-wal", "-shm", "-journal"];
+pub(crate) const SIDECARS: [&str; 3] = ["-wal", "-shm", "-journal"];
 
 /// `path` with a sidecar suffix (`-wal`…).
-pub fn sidecar(path: &Path, suffix: &str) -> PathBuf {
+pub(crate) fn sidecar(path: &Path, suffix: &str) -> PathBuf {
     let mut p = path.as_os_str().to_owned();
     p.push(suffix);
     PathBuf::from(p)
 }
 
 /// The size of the file at `p` (links followed); None when it cannot be read, e.g. absent.
-pub fn file_len(p: &Path) -> Option<u64> {
+pub(crate) fn file_len(p: &Path) -> Option<u64> {
     std::fs::metadata(p).ok().map(|m| m.len())
 }
 
 /// True when `name` ends like a sidecar of some database (`x.db-wal`).
-pub fn is_sidecar_name(name: &str) -> bool {
+pub(crate) fn is_sidecar_name(name: &str) -> bool {
     SIDECARS.iter().any(|s| name.ends_with(s))
 }
 
 /// A database's main file and its sidecars.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DbFiles {
+pub(crate) struct DbFiles {
     pub main: PathBuf,
     pub wal: PathBuf,
     pub shm: PathBuf,
@@ -34,7 +34,7 @@ pub struct DbFiles {
 }
 
 impl DbFiles {
-    pub fn of(main: &Path) -> DbFiles {
+    pub(crate) fn of(main: &Path) -> DbFiles {
         DbFiles {
             main: main.to_path_buf(),
             wal: sidecar(main, "-wal"),
@@ -44,7 +44,7 @@ impl DbFiles {
     }
 
     /// The sidecars with their suffixes, in [`SIDECARS`] order.
-    pub fn sidecars(&self) -> [(&'static str, &Path); 3] {
+    pub(crate) fn sidecars(&self) -> [(&'static str, &Path); 3] {
         [
             ("-wal", &self.wal),
             ("-shm", &self.shm),
@@ -53,7 +53,7 @@ impl DbFiles {
     }
 
     /// The main file, then the sidecars.
-    pub fn all(&self) -> [&Path; 4] {
+    pub(crate) fn all(&self) -> [&Path; 4] {
         [&self.main, &self.wal, &self.shm, &self.journal]
     }
 }

@@ -11,7 +11,7 @@ use rusqlite::{params, Connection};
 
 /// Paths of one generated sample.
 #[derive(Debug, Clone)]
-pub struct Sample {
+pub(crate) struct Sample {
     pub dir: PathBuf,
     pub main_db: PathBuf,
     pub blob_db: PathBuf,
@@ -21,7 +21,7 @@ pub struct Sample {
 }
 
 impl Sample {
-    pub fn at(dir: &Path) -> Sample {
+    pub(crate) fn at(dir: &Path) -> Sample {
         Sample {
             dir: dir.to_path_buf(),
             main_db: dir.join("app/chat.db"),
@@ -62,7 +62,7 @@ fn sentence(rng: &mut StdRng, words: usize) -> String {
 /// Build the sample in `dir` (which must be empty or absent) and write its configuration.
 // Over 120 lines on purpose: one straight script of tables and rows, read top to bottom;
 // pieces of it would only pass the same connections and generator around.
-pub fn build(dir: &Path) -> anyhow::Result<Sample> {
+pub(crate) fn build(dir: &Path) -> anyhow::Result<Sample> {
     let s = Sample::at(dir);
     std::fs::create_dir_all(&s.uploads)?;
     let mut rng = StdRng::seed_from_u64(20261124);
@@ -187,7 +187,7 @@ pub fn build(dir: &Path) -> anyhow::Result<Sample> {
 }
 
 /// The configuration that maintains the sample (DESIGN.md's chat-app case).
-pub fn config_text(s: &Sample) -> String {
+pub(crate) fn config_text(s: &Sample) -> String {
     let d = s.dir.display();
     format!(
         r#"# Written by `litekeeper demo`: maintenance of a chat app's databases.

@@ -36,6 +36,8 @@
 //! - `safe_fs`: directory handles that never follow symlinks; opening only regular files.
 //! - `exit`: exit codes and the error type that carries them to `main`.
 
+#![warn(unreachable_pub)]
+
 pub mod archive;
 pub(crate) mod chain;
 pub mod cli;

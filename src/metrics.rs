@@ -37,7 +37,7 @@ const LOCK_FILE: &str = "metrics.prom.lock";
 const LOCK_WAIT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
-pub enum MetricsError {
+pub(crate) enum MetricsError {
     #[error("{}: cannot take the metrics lock: {source}", path.display())]
     Lock {
         path: PathBuf,
@@ -151,7 +151,7 @@ async fn write_logged(config: Arc<Config>, state: State) {
 }
 
 /// Rewrite `daemon.metrics_file` (if set) from the state DB, under the metrics lock.
-pub fn write(config: &Config, state: &State) -> Result<(), MetricsError> {
+pub(crate) fn write(config: &Config, state: &State) -> Result<(), MetricsError> {
     let Some(target) = &config.daemon.metrics_file else {
         return Ok(());
     };
@@ -561,7 +561,7 @@ impl Families {
 }
 
 /// The whole metrics file for every configured job, from the state DB and the database files.
-pub fn render(config: &Config, history: &HistoryReader) -> rusqlite::Result<String> {
+pub(crate) fn render(config: &Config, history: &HistoryReader) -> rusqlite::Result<String> {
     let mut families = Families::new();
     for db in &config.databases {
         for kind in JobKind::ALL {

@@ -12,16 +12,16 @@ fn send(states: &[NotifyState]) {
     }
 }
 
-pub fn ready() {
+pub(crate) fn ready() {
     send(&[NotifyState::Ready]);
 }
 
-pub fn status(text: &str) {
+pub(crate) fn status(text: &str) {
     send(&[NotifyState::Status(text)]);
 }
 
 /// Reload started: RELOADING=1 with the monotonic time systemd (≥ 253) requires.
-pub fn reloading() {
+pub(crate) fn reloading() {
     match NotifyState::monotonic_usec_now() {
         Ok(now) => send(&[NotifyState::Reloading, now]),
         Err(_) => send(&[NotifyState::Reloading]),
@@ -29,20 +29,20 @@ pub fn reloading() {
 }
 
 /// Start-up refused: why (STATUS=) and the errno systemd shows for the failed unit.
-pub fn failed(text: &str, errno: i32) {
+pub(crate) fn failed(text: &str, errno: i32) {
     send(&[
         NotifyState::Status(&text.replace('\n', " ")),
         NotifyState::Errno(errno as u32),
     ]);
 }
 
-pub fn stopping() {
+pub(crate) fn stopping() {
     send(&[NotifyState::Stopping]);
 }
 
 /// Ping the watchdog at half the interval systemd asked for, from a task of our own runtime:
 /// if the runtime wedges, the pings stop and systemd restarts us.
-pub fn spawn_watchdog(cancel: CancellationToken) -> Option<tokio::task::JoinHandle<()>> {
+pub(crate) fn spawn_watchdog(cancel: CancellationToken) -> Option<tokio::task::JoinHandle<()>> {
     let interval = sd_notify::watchdog_enabled()?;
     let period = (interval / 2).max(Duration::from_millis(50));
     Some(tokio::spawn(async move {

@@ -10,18 +10,18 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 /// The lock file's name in `state_dir`.
-pub const FILE: &str = "daemon.pid";
+pub(crate) const FILE: &str = "daemon.pid";
 
 /// A held daemon lock; dropping it releases the flock (and clears the file).
 #[derive(Debug)]
-pub struct DaemonLock {
+pub(crate) struct DaemonLock {
     file: File,
     dir: PathBuf,
 }
 
 impl DaemonLock {
     /// The state directory this lock is for.
-    pub fn dir(&self) -> &Path {
+    pub(crate) fn dir(&self) -> &Path {
         &self.dir
     }
 }
@@ -34,7 +34,7 @@ impl Drop for DaemonLock {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum DaemonLockError {
+pub(crate) enum DaemonLockError {
     /// Another daemon holds the lock; `holder` is what its file says ("pid 123 since …").
     #[error(
         "{}: another litekeeper daemon ({holder}) uses this state_dir; refusing to start a second one (stop that one first, or give this one its own state_dir)",
@@ -56,7 +56,7 @@ pub enum DaemonLockError {
 
 /// Take the daemon lock of `state_dir` (creating the directory 0700 if needed), or say who
 /// holds it.
-pub fn acquire(state_dir: &Path) -> Result<DaemonLock, DaemonLockError> {
+pub(crate) fn acquire(state_dir: &Path) -> Result<DaemonLock, DaemonLockError> {
     let path = state_dir.join(FILE);
     let io = |source| DaemonLockError::Io {
         path: path.clone(),

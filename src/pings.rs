@@ -34,7 +34,7 @@ const ATTEMPTS: usize = 3;
 /// Pause before the second and the third attempt (cut short by the ping's deadline).
 const BACKOFF: [Duration; 2] = [Duration::from_millis(500), Duration::from_millis(1500)];
 /// Bodies are cut to this many bytes (healthchecks.io keeps the first 10 000 by default).
-pub const BODY_LIMIT: usize = 4000;
+pub(crate) const BODY_LIMIT: usize = 4000;
 
 /// What a ping reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,7 +64,7 @@ impl Signal {
 
 /// The URL a signal is sent to: the suffix appended to the path, before any query string
 /// (`https://hc-ping.com/KEY/slug?create=1` → `…/slug/start?create=1`).
-pub fn signal_url(base: &str, signal: Signal) -> String {
+pub(crate) fn signal_url(base: &str, signal: Signal) -> String {
     let (path, query) = match base.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (base, None),
@@ -79,7 +79,7 @@ pub fn signal_url(base: &str, signal: Signal) -> String {
 }
 
 /// The URL as logged: without user info and query string (either may carry a secret).
-pub fn redact(url: &str) -> String {
+pub(crate) fn redact(url: &str) -> String {
     let no_query = url.split(['?', '#']).next().unwrap_or_default();
     let Some((scheme, rest)) = no_query.split_once("://") else {
         return no_query.to_string();
@@ -93,7 +93,7 @@ pub fn redact(url: &str) -> String {
 }
 
 /// `text` cut to at most `limit` bytes on a character boundary, marked when cut.
-pub fn truncate(text: &str, limit: usize) -> String {
+pub(crate) fn truncate(text: &str, limit: usize) -> String {
     if text.len() <= limit {
         return text.to_string();
     }

@@ -30,7 +30,7 @@ fn cannot_switch(dir: &Path, uid: u32, hint: &'static str) -> SwitchError {
 
 /// As root, the user owning `state_dir` when that is not root (the service's user:
 /// `litekeeper`, or the app's user with a `User=` drop-in), with its primary group.
-pub fn state_owner(state_dir: &Path) -> Option<(u32, u32)> {
+pub(crate) fn state_owner(state_dir: &Path) -> Option<(u32, u32)> {
     use std::os::unix::fs::MetadataExt;
     if !crate::paths::is_root() {
         return None;
@@ -56,7 +56,7 @@ fn switch_ids(uid: u32, gid: u32, set_ids: impl FnOnce() -> bool) -> bool {
 
 /// As root, become the user who owns `state_dir` for good (`run`: its files are the
 /// service's). Returns the (uid, gid) switched to, None when there was nothing to do.
-pub fn become_state_owner(state_dir: &Path) -> Result<Option<(u32, u32)>, SwitchError> {
+pub(crate) fn become_state_owner(state_dir: &Path) -> Result<Option<(u32, u32)>, SwitchError> {
     let Some((uid, gid)) = state_owner(state_dir) else {
         return Ok(None);
     };
@@ -77,7 +77,7 @@ pub fn become_state_owner(state_dir: &Path) -> Result<Option<(u32, u32)>, Switch
 /// user's, as if `run` made them), then become root again for what only root may do (keep a
 /// restored file's owner). Single-threaded callers only. Not root, or a root-owned
 /// `state_dir`: just `f()`.
-pub fn as_state_owner<T>(state_dir: &Path, f: impl FnOnce() -> T) -> Result<T, SwitchError> {
+pub(crate) fn as_state_owner<T>(state_dir: &Path, f: impl FnOnce() -> T) -> Result<T, SwitchError> {
     let Some((uid, gid)) = state_owner(state_dir) else {
         return Ok(f());
     };

@@ -24,12 +24,12 @@ static BARS: OnceLock<MultiProgress> = OnceLock::new();
 
 /// Decide once whether a person is watching: `show` is stderr-is-a-terminal and not quiet and
 /// not the journal.
-pub fn init(show: bool) {
+pub(crate) fn init(show: bool) {
     ENABLED.store(show, Ordering::Relaxed);
 }
 
 /// True when progress lines are drawn.
-pub fn enabled() -> bool {
+pub(crate) fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
 }
 
@@ -38,7 +38,7 @@ fn bars() -> &'static MultiProgress {
 }
 
 /// Run `f` (a write to stderr) with the progress lines lifted, so they do not tear a log line.
-pub fn suspend<R>(f: impl FnOnce() -> R) -> R {
+pub(crate) fn suspend<R>(f: impl FnOnce() -> R) -> R {
     match BARS.get() {
         Some(m) if enabled() => m.suspend(f),
         _ => f(),
@@ -47,7 +47,7 @@ pub fn suspend<R>(f: impl FnOnce() -> R) -> R {
 
 /// One job's progress line; a no-op when progress is not shown. Cleared on drop.
 #[derive(Debug)]
-pub struct Progress(Option<ProgressBar>);
+pub(crate) struct Progress(Option<ProgressBar>);
 
 impl Progress {
     fn make(len: Option<u64>, template: &str, prefix: String) -> Progress {
@@ -70,12 +70,12 @@ impl Progress {
     }
 
     /// Prune: rows deleted of `total` counted for `rule`, with batches in the message.
-    pub fn rows(database: &str, rule: &str, total: u64) -> Progress {
+    pub(crate) fn rows(database: &str, rule: &str, total: u64) -> Progress {
         Progress::counted(format!("prune {database} {rule}:"), "rows deleted", total)
     }
 
     /// `done` of `total` `unit` (incremental vacuum: "free pages freed"), a message after.
-    pub fn counted(prefix: String, unit: &str, total: u64) -> Progress {
+    pub(crate) fn counted(prefix: String, unit: &str, total: u64) -> Progress {
         Progress::make(
             Some(total),
             &format!(
@@ -86,23 +86,23 @@ impl Progress {
     }
 
     /// A job with no measurable end (a full VACUUM): elapsed time and what it works on.
-    pub fn working(prefix: String) -> Progress {
+    pub(crate) fn working(prefix: String) -> Progress {
         Progress::make(None, "{spinner} {prefix} {msg}, {elapsed} elapsed", prefix)
     }
 
     /// A handle for a callback on another owner (SQLite's progress handler): sets the
     /// message. None when nothing is shown.
-    pub fn handle(&self) -> Option<ProgressBar> {
+    pub(crate) fn handle(&self) -> Option<ProgressBar> {
         self.0.clone()
     }
 
-    pub fn set(&self, pos: u64) {
+    pub(crate) fn set(&self, pos: u64) {
         if let Some(b) = &self.0 {
             b.set_position(pos);
         }
     }
 
-    pub fn message(&self, msg: impl Into<Cow<'static, str>>) {
+    pub(crate) fn message(&self, msg: impl Into<Cow<'static, str>>) {
         if let Some(b) = &self.0 {
             b.set_message(msg);
         }
@@ -110,7 +110,7 @@ impl Progress {
 }
 
 /// Backup: pages copied of `pages` (the backup drives and clears the bar itself).
-pub fn pages_bar(series: &str, pages: u64) -> Option<ProgressBar> {
+pub(crate) fn pages_bar(series: &str, pages: u64) -> Option<ProgressBar> {
     Progress::make(
         Some(pages),
         "backup {prefix} [{bar:24}] {human_pos}/{human_len} pages, {per_sec:0}, about {eta} left",

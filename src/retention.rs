@@ -32,7 +32,7 @@ use crate::schedule::Zone;
 
 /// One backup file as retention sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Candidate {
+pub(crate) struct Candidate {
     pub time: DateTime<Utc>,
     /// Verification failed (`*.failed`): never fills a bucket.
     pub failed: bool,
@@ -46,11 +46,11 @@ pub struct Candidate {
 
 /// A backup dated more than this after `now` is future-dated (a few seconds are normal: a
 /// run moves its stamp on while a file of that second exists).
-pub const FUTURE_SLACK: chrono::Duration = chrono::Duration::minutes(5);
+pub(crate) const FUTURE_SLACK: chrono::Duration = chrono::Duration::minutes(5);
 
 impl Candidate {
     /// A good, recorded, verified backup taken now (a dry run's preview of the next one).
-    pub fn pending(time: DateTime<Utc>) -> Candidate {
+    pub(crate) fn pending(time: DateTime<Utc>) -> Candidate {
         Candidate {
             time,
             failed: false,
@@ -126,13 +126,13 @@ impl fmt::Display for Reason {
 
 /// Whether an incremental chain's deltas are kept at `now`: while its newest point is younger
 /// than `keep` (a chain's points depend on every earlier one, so they go together).
-pub fn chain_kept(newest_point: DateTime<Utc>, keep: Duration, now: DateTime<Utc>) -> bool {
+pub(crate) fn chain_kept(newest_point: DateTime<Utc>, keep: Duration, now: DateTime<Utc>) -> bool {
     chrono::Duration::from_std(keep).is_ok_and(|k| newest_point + k > now)
 }
 
 /// The policy of one backup section.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Policy {
+pub(crate) struct Policy {
     pub keep: Keep,
     pub max_age: Option<Duration>,
 }
@@ -186,7 +186,7 @@ fn period(r: Reason, t: DateTime<Utc>, zone: &Zone) -> i64 {
 }
 
 /// Decide for every candidate (any order; decisions come back in the same order).
-pub fn decide(
+pub(crate) fn decide(
     backups: &[Candidate],
     policy: &Policy,
     now: DateTime<Utc>,

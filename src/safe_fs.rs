@@ -21,7 +21,7 @@ const DIR_FLAGS: OFlags = OFlags::RDONLY
     .union(OFlags::CLOEXEC);
 
 /// What a non-regular file is, for messages ("a FIFO").
-pub fn describe(t: FileType) -> &'static str {
+pub(crate) fn describe(t: FileType) -> &'static str {
     match t {
         FileType::RegularFile => "a regular file",
         FileType::Directory => "a directory",
@@ -37,7 +37,7 @@ pub fn describe(t: FileType) -> &'static str {
 /// `Ok(None)` when nothing or a regular file is at `path`, `Ok(Some(kind))` when something
 /// else is (a symlink is not followed). Use before handing a path to a library that would open
 /// it and could block (SQLite and a FIFO).
-pub fn special_file_at(path: &Path) -> io::Result<Option<&'static str>> {
+pub(crate) fn special_file_at(path: &Path) -> io::Result<Option<&'static str>> {
     match rfs::lstat(path) {
         Ok(st) => {
             let t = FileType::from_raw_mode(st.st_mode);
@@ -64,7 +64,7 @@ pub(crate) fn not_regular(path: &Path, t: FileType) -> io::Error {
 /// if it is a regular file: a symlink is refused (`O_NOFOLLOW`), a FIFO or device is opened
 /// without blocking, seen with `fstat`, closed and refused. The file is returned in blocking
 /// mode.
-pub fn open_regular(path: &Path, write: bool, create: bool) -> io::Result<File> {
+pub(crate) fn open_regular(path: &Path, write: bool, create: bool) -> io::Result<File> {
     let mut flags = OFlags::NONBLOCK | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY;
     flags |= if write { OFlags::RDWR } else { OFlags::RDONLY };
     if create {
@@ -85,7 +85,7 @@ pub fn open_regular(path: &Path, write: bool, create: bool) -> io::Result<File> 
 
 /// Why [`open_lock_file`] refused or failed.
 #[derive(Debug)]
-pub enum LockFileError {
+pub(crate) enum LockFileError {
     /// A symlink, FIFO, device, socket or directory where the lock file should be.
     Special(FileType),
     Io(io::Error),
@@ -94,7 +94,7 @@ pub enum LockFileError {
 /// Open a lock file read-write, creating it with `mode`: never through a symlink
 /// (`O_NOFOLLOW`), never waiting on a FIFO (`O_NONBLOCK`), and only when it is a regular file
 /// (a flock on anything else means nothing). Every lock litekeeper takes opens this way.
-pub fn open_lock_file(path: &Path, mode: u32) -> Result<File, LockFileError> {
+pub(crate) fn open_lock_file(path: &Path, mode: u32) -> Result<File, LockFileError> {
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -117,7 +117,7 @@ pub fn open_lock_file(path: &Path, mode: u32) -> Result<File, LockFileError> {
 }
 
 /// Read a whole regular file (see [`open_regular`]).
-pub fn read_regular(path: &Path) -> io::Result<Vec<u8>> {
+pub(crate) fn read_regular(path: &Path) -> io::Result<Vec<u8>> {
     use std::io::Read;
     let mut out = Vec::new();
     open_regular(path, false, false)?.read_to_end(&mut out)?;
@@ -149,7 +149,7 @@ fn open_error(e: rustix::io::Errno, kind: impl FnOnce() -> Option<FileType>) -> 
 
 /// When opening a directory failed because something else is there: what it is ("a
 /// symlink", "a regular file"…).
-pub fn not_a_dir(e: &io::Error) -> Option<&'static str> {
+pub(crate) fn not_a_dir(e: &io::Error) -> Option<&'static str> {
     e.get_ref()
         .and_then(|inner| inner.downcast_ref::<NotADir>())
         .map(|n| n.0)
@@ -157,7 +157,7 @@ pub fn not_a_dir(e: &io::Error) -> Option<&'static str> {
 
 /// What an entry of a directory is (never following a symlink).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     File,
     Dir,
     Other,
@@ -165,14 +165,14 @@ pub enum Kind {
 
 /// One entry of a [`DirHandle`]'s listing.
 #[derive(Debug, Clone)]
-pub struct DirEntry {
+pub(crate) struct DirEntry {
     pub name: OsString,
     pub kind: Kind,
 }
 
 /// Size and modification time of an entry (not following symlinks).
 #[derive(Debug, Clone, Copy)]
-pub struct EntryMeta {
+pub(crate) struct EntryMeta {
     pub kind: Kind,
     pub len: u64,
     pub modified: SystemTime,
@@ -188,14 +188,14 @@ fn kind_of(t: FileType) -> Kind {
 
 /// An open directory; every operation is relative to it, none follows a symlink.
 #[derive(Debug)]
-pub struct DirHandle {
+pub(crate) struct DirHandle {
     fd: OwnedFd,
 }
 
 impl DirHandle {
     /// Open `path` as a directory. Its last component must be a real directory (a symlink
     /// fails with ELOOP: see [`is_symlink_error`]); components before it are the operator's.
-    pub fn open(path: &Path) -> io::Result<DirHandle> {
+    pub(crate) fn open(path: &Path) -> io::Result<DirHandle> {
         let fd = rfs::open(path, DIR_FLAGS, Mode::empty()).map_err(|e| {
             open_error(e, || {
                 rfs::lstat(path)
@@ -207,7 +207,7 @@ impl DirHandle {
     }
 
     /// Open the directory `name` inside this one (no symlink, no `..`-escape: one name).
-    pub fn open_dir(&self, name: &OsStr) -> io::Result<DirHandle> {
+    pub(crate) fn open_dir(&self, name: &OsStr) -> io::Result<DirHandle> {
         check_name(name)?;
         let fd = rfs::openat(&self.fd, name, DIR_FLAGS, Mode::empty()).map_err(|e| {
             open_error(e, || {
@@ -220,7 +220,7 @@ impl DirHandle {
     }
 
     /// Open the directory `name` inside this one, creating it with `mode` if it is missing.
-    pub fn create_dir(&self, name: &OsStr, mode: u32) -> io::Result<DirHandle> {
+    pub(crate) fn create_dir(&self, name: &OsStr, mode: u32) -> io::Result<DirHandle> {
         check_name(name)?;
         match rfs::mkdirat(&self.fd, name, Mode::from_raw_mode(mode)) {
             Ok(()) => {}
@@ -231,7 +231,7 @@ impl DirHandle {
     }
 
     /// The entries of this directory (without `.` and `..`).
-    pub fn entries(&self) -> io::Result<Vec<DirEntry>> {
+    pub(crate) fn entries(&self) -> io::Result<Vec<DirEntry>> {
         let mut out = Vec::new();
         for e in rfs::Dir::read_from(&self.fd)? {
             let e = e?;
@@ -255,7 +255,7 @@ impl DirHandle {
     }
 
     /// Kind, size and modification time of `name` (a symlink is described, not followed).
-    pub fn meta(&self, name: &OsStr) -> io::Result<EntryMeta> {
+    pub(crate) fn meta(&self, name: &OsStr) -> io::Result<EntryMeta> {
         check_name(name)?;
         let st = rfs::statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW)?;
         let modified = if st.st_mtime >= 0 {
@@ -271,7 +271,7 @@ impl DirHandle {
     }
 
     /// Remove the non-directory `name` (a symlink itself, never its target).
-    pub fn remove_file(&self, name: &OsStr) -> io::Result<()> {
+    pub(crate) fn remove_file(&self, name: &OsStr) -> io::Result<()> {
         check_name(name)?;
         Ok(rfs::unlinkat(&self.fd, name, AtFlags::empty())?)
     }
@@ -281,7 +281,7 @@ impl DirHandle {
     /// (a post-order walk over an explicit stack of handles), so a hostile deep tree cannot
     /// overflow the stack; a tree deeper than [`MAX_TREE_DEPTH`] levels is refused with an
     /// error (what lies above the limit may be removed already, the deep part stays).
-    pub fn remove_tree(&self, name: &OsStr) -> io::Result<()> {
+    pub(crate) fn remove_tree(&self, name: &OsStr) -> io::Result<()> {
         let top = match self.open_dir(name) {
             Ok(d) => d,
             // No longer a directory (a symlink or file put in its place): remove that name.
@@ -334,7 +334,12 @@ impl DirHandle {
 
     /// Move `name` from this directory into `to`, under `to_name` or, when that is taken,
     /// `to_name.1`, `to_name.2`…; never replaces anything. Returns the name used.
-    pub fn move_into(&self, name: &OsStr, to: &DirHandle, to_name: &OsStr) -> io::Result<OsString> {
+    pub(crate) fn move_into(
+        &self,
+        name: &OsStr,
+        to: &DirHandle,
+        to_name: &OsStr,
+    ) -> io::Result<OsString> {
         check_name(name)?;
         check_name(to_name)?;
         let mut target = to_name.to_os_string();
@@ -361,7 +366,7 @@ impl DirHandle {
     /// Total size of the regular files under the directory `name` (symlinks not followed;
     /// what cannot be read, or lies deeper than [`MAX_TREE_DEPTH`] levels, counts 0).
     /// Iterative, like [`DirHandle::remove_tree`].
-    pub fn tree_bytes(&self, name: &OsStr) -> u64 {
+    pub(crate) fn tree_bytes(&self, name: &OsStr) -> u64 {
         let Ok(top) = self.open_dir(name) else {
             return 0;
         };
@@ -395,13 +400,12 @@ impl DirHandle {
         }
         total
     }
-
 }
 
 /// How many directory levels [`DirHandle::remove_tree`] and [`DirHandle::tree_bytes`] walk
 /// down: one open handle per level, so this stays well under the default limit of 1024 open
 /// files. Real upload trees are far shallower; a deeper one is hostile and left for a human.
-pub const MAX_TREE_DEPTH: usize = 256;
+pub(crate) const MAX_TREE_DEPTH: usize = 256;
 
 fn too_deep() -> io::Error {
     io::Error::other(format!(

@@ -16,7 +16,7 @@ use crate::lock;
 use crate::state::State;
 
 /// Start the retry loop; it follows the configuration sent on `config` and ends with `stop`.
-pub fn spawn(config: watch::Receiver<Arc<Config>>, stop: CancellationToken) {
+pub(super) fn spawn(config: watch::Receiver<Arc<Config>>, stop: CancellationToken) {
     tokio::spawn(async move {
         loop {
             let current = config.borrow().clone();

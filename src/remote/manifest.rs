@@ -10,10 +10,10 @@ use serde::{Deserialize, Serialize};
 use super::store::{RemoteError, Store};
 use crate::domain::ExitCode;
 
-pub const MANIFEST_NAME: &str = "litekeeper-manifest.json";
+pub(super) const MANIFEST_NAME: &str = "litekeeper-manifest.json";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Copy {
+pub(crate) struct Copy {
     /// Object name below `{prefix}/{database}/`.
     pub object: String,
     /// The local backup file it is a copy of.
@@ -34,7 +34,7 @@ pub struct Copy {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct RemoteManifest {
+pub(crate) struct RemoteManifest {
     pub version: u32,
     pub database: String,
     pub copies: Vec<Copy>,
@@ -42,7 +42,7 @@ pub struct RemoteManifest {
 
 impl RemoteManifest {
     /// The manifest of `database` on `store` (empty when there is none yet).
-    pub fn load(store: &Store, database: &str) -> Result<RemoteManifest, RemoteError> {
+    pub(crate) fn load(store: &Store, database: &str) -> Result<RemoteManifest, RemoteError> {
         let key = store.key(database, MANIFEST_NAME);
         match store.get_small(&key)? {
             None => Ok(RemoteManifest {
@@ -60,7 +60,7 @@ impl RemoteManifest {
         }
     }
 
-    pub fn save(&self, store: &Store, database: &str) -> Result<(), RemoteError> {
+    pub(crate) fn save(&self, store: &Store, database: &str) -> Result<(), RemoteError> {
         let key = store.key(database, MANIFEST_NAME);
         let mut bytes = serde_json::to_vec_pretty(self).expect("manifest serializes");
         bytes.push(b'\n');
@@ -68,7 +68,7 @@ impl RemoteManifest {
     }
 
     /// Add or replace the copy of the same object; kept sorted by backup time.
-    pub fn upsert(&mut self, copy: Copy) {
+    pub(crate) fn upsert(&mut self, copy: Copy) {
         self.copies.retain(|c| c.object != copy.object);
         self.copies.push(copy);
         self.copies

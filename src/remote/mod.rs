@@ -8,12 +8,12 @@
 
 mod manifest;
 mod pipeline;
-pub mod retain;
+pub(crate) mod retain;
 mod store;
 
-pub use manifest::{Copy, RemoteManifest};
-pub use pipeline::{download, read_back, Uploaded};
-pub use store::{RemoteError, Store};
+pub(crate) use manifest::{Copy, RemoteManifest};
+pub(crate) use pipeline::{download, read_back, Uploaded};
+pub(crate) use store::{RemoteError, Store};
 
 use std::path::Path;
 
@@ -21,7 +21,7 @@ use chrono::{DateTime, Utc};
 
 /// The object name of a local backup file: always encrypted (`.age`), compressed first
 /// unless it already is (`.zst`).
-pub fn object_name(local_file: &str) -> String {
+pub(crate) fn object_name(local_file: &str) -> String {
     if local_file.ends_with(".zst") {
         format!("{local_file}.age")
     } else {
@@ -31,7 +31,7 @@ pub fn object_name(local_file: &str) -> String {
 
 /// What one copy to upload is made from.
 #[derive(Debug, Clone)]
-pub struct Source<'a> {
+pub(crate) struct Source<'a> {
     pub database: &'a str,
     pub path: &'a Path,
     pub file: &'a str,
@@ -45,7 +45,7 @@ pub struct Source<'a> {
 
 /// Upload one verified local backup to `store`, check it, and add it to the remote's
 /// manifest (written last).
-pub fn push(store: &Store, src: &Source<'_>) -> Result<Uploaded, RemoteError> {
+pub(crate) fn push(store: &Store, src: &Source<'_>) -> Result<Uploaded, RemoteError> {
     let object = object_name(src.file);
     let key = store.key(src.database, &object);
     let compress = !src.file.ends_with(".zst");

@@ -17,13 +17,13 @@ use super::store::{RemoteError, Store};
 use crate::domain::ExitCode;
 
 /// Size of one part of a multipart upload.
-pub const PART: usize = 8 << 20;
+pub(super) const PART: usize = 8 << 20;
 /// Parts in flight at once.
 const IN_FLIGHT: usize = 2;
 
 /// One object stored and checked.
 #[derive(Debug, Clone)]
-pub struct Uploaded {
+pub(crate) struct Uploaded {
     /// Bytes stored (encrypted).
     pub size: u64,
     /// SHA-256 of the stored bytes, checked by reading them back.
@@ -70,7 +70,7 @@ fn recipients(store: &Store) -> Result<Vec<age::x25519::Recipient>, RemoteError>
 }
 
 /// Upload `src` as `key`, compressing first when `compress`, and check what was stored.
-pub fn upload(
+pub(super) fn upload(
     store: &Store,
     key: &str,
     src: &Path,
@@ -144,7 +144,7 @@ fn stream(
 }
 
 /// SHA-256 and size of an object, streamed.
-pub fn read_back(store: &Store, key: &str) -> Result<(String, u64), RemoteError> {
+pub(crate) fn read_back(store: &Store, key: &str) -> Result<(String, u64), RemoteError> {
     use futures::StreamExt;
     let what = format!("reading back {key}");
     store.block_on(async {
@@ -169,7 +169,7 @@ pub fn read_back(store: &Store, key: &str) -> Result<(String, u64), RemoteError>
 /// manifest's SHA-256; then decrypt with `identities` and write the local backup file it was
 /// made from into `out` (decompressing what the upload compressed), checked against the
 /// source's SHA-256. Nothing is decrypted unless the stored bytes are the recorded ones.
-pub fn download(
+pub(crate) fn download(
     store: &Store,
     database: &str,
     copy: &super::Copy,

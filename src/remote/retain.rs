@@ -15,7 +15,7 @@ use crate::retention::{self, Candidate, Decision, Policy};
 use crate::schedule::Zone;
 
 /// Each copy of `m` with retention's decision at `now`, per series, newest first.
-pub fn plan(
+pub(crate) fn plan(
     m: &RemoteManifest,
     keep: Keep,
     zone: &Zone,
@@ -52,7 +52,7 @@ pub fn plan(
 
 /// Apply `plan` to `database` on `store`: the manifest without the copies to delete, then
 /// the objects. Returns the deleted object names.
-pub fn apply(
+pub(crate) fn apply(
     store: &Store,
     database: &str,
     mut m: RemoteManifest,

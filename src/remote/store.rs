@@ -29,7 +29,7 @@ pub struct RemoteError {
 }
 
 /// An opened remote.
-pub struct Store {
+pub(crate) struct Store {
     pub remote: Arc<Remote>,
     pub(super) inner: Arc<dyn ObjectStore>,
     pub(super) rt: tokio::runtime::Runtime,
@@ -38,7 +38,7 @@ pub struct Store {
 }
 
 impl Store {
-    pub fn open(remote: Arc<Remote>) -> Result<Store, RemoteError> {
+    pub(crate) fn open(remote: Arc<Remote>) -> Result<Store, RemoteError> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -123,7 +123,7 @@ impl Store {
     }
 
     /// `{prefix}/{database}/{name}`.
-    pub fn key(&self, database: &str, name: &str) -> String {
+    pub(crate) fn key(&self, database: &str, name: &str) -> String {
         let prefix = self.remote.target.prefix();
         if prefix.is_empty() {
             format!("{database}/{name}")
@@ -137,7 +137,7 @@ impl Store {
     }
 
     /// A client error as one line: the cause classified, secrets removed.
-    pub fn error(&self, what: impl Into<String>, e: &object_store::Error) -> RemoteError {
+    pub(crate) fn error(&self, what: impl Into<String>, e: &object_store::Error) -> RemoteError {
         let (cause, code) = classify(&self.remote, e);
         let mut cause = cause;
         for s in &self.secrets {
@@ -148,7 +148,7 @@ impl Store {
         fail(&self.remote, what, cause, code)
     }
 
-    pub fn other(
+    pub(crate) fn other(
         &self,
         what: impl Into<String>,
         cause: impl Into<String>,
@@ -158,18 +158,18 @@ impl Store {
     }
 
     /// Run a client future to its end on this store's runtime.
-    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+    pub(crate) fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
         self.rt.block_on(f)
     }
 
     /// Delete an object.
-    pub fn delete(&self, key: &str) -> Result<(), RemoteError> {
+    pub(crate) fn delete(&self, key: &str) -> Result<(), RemoteError> {
         self.block_on(self.inner.delete(&Self::path(key)))
             .map_err(|e| self.error(format!("deleting {key}"), &e))
     }
 
     /// The names (keys) below `{prefix}/{database}/`.
-    pub fn list(&self, database: &str) -> Result<Vec<(String, u64)>, RemoteError> {
+    pub(crate) fn list(&self, database: &str) -> Result<Vec<(String, u64)>, RemoteError> {
         use futures::TryStreamExt;
         let prefix = Self::path(&self.key(database, ""));
         let found: Vec<object_store::ObjectMeta> = self
@@ -182,14 +182,14 @@ impl Store {
     }
 
     /// Put a small object whole (one PUT: readers see the old or the new object).
-    pub fn put_small(&self, key: &str, bytes: Vec<u8>) -> Result<(), RemoteError> {
+    pub(crate) fn put_small(&self, key: &str, bytes: Vec<u8>) -> Result<(), RemoteError> {
         self.block_on(self.inner.put(&Self::path(key), bytes.into()))
             .map(|_| ())
             .map_err(|e| self.error(format!("writing {key}"), &e))
     }
 
     /// A small object whole; `None` when it does not exist.
-    pub fn get_small(&self, key: &str) -> Result<Option<Vec<u8>>, RemoteError> {
+    pub(crate) fn get_small(&self, key: &str) -> Result<Option<Vec<u8>>, RemoteError> {
         let r = self.block_on(async {
             let g = self.inner.get(&Self::path(key)).await?;
             g.bytes().await

@@ -23,8 +23,8 @@
 
 mod error;
 mod open_check;
-pub mod point;
-pub mod remote;
+pub(crate) mod point;
+pub(crate) mod remote;
 mod swap;
 
 use std::fs::{self, File};
@@ -38,8 +38,8 @@ use crate::archive::{self, BackupName, Manifest, Verified};
 use crate::config::Database;
 use crate::lock::{self, LockError};
 
-pub use error::RestoreError;
-pub use open_check::pid_list;
+pub(crate) use error::RestoreError;
+pub(crate) use open_check::pid_list;
 use swap::{TempFile, SIDECARS};
 
 /// A backup chosen for restore, its checksum verified against the manifest.
@@ -72,7 +72,7 @@ impl BackupSource {
 
 /// What a restore did, for its caller to report.
 #[derive(Debug, Default)]
-pub struct Restored {
+pub(crate) struct Restored {
     /// The file restored (for `in_place`, the real file behind a symlinked path).
     pub target: PathBuf,
     /// In place: the previous file's new name; None when there was no previous file.
@@ -95,7 +95,7 @@ pub struct Restored {
 
 /// Processes with the old file open that did not stop an in-place restore.
 #[derive(Debug, Default)]
-pub struct Seen {
+pub(crate) struct Seen {
     /// litekeeper's own (the daemon's idle pooled connection, which reconnects at its next
     /// job).
     pub ours: Vec<u32>,
@@ -107,7 +107,7 @@ pub struct Seen {
 
 /// How an in-place restore runs.
 #[derive(Debug, Clone, Copy)]
-pub struct InPlace<'a> {
+pub(crate) struct InPlace<'a> {
     /// Where the database's lock file lives (`daemon.lock_dir`).
     pub lock_dir: &'a Path,
     /// The lock is taken as this directory's owner (`daemon.state_dir`), as jobs take it.
@@ -118,7 +118,7 @@ pub struct InPlace<'a> {
 
 /// The backup of `db` to restore: the file named `wanted` (a path's last component counts), or
 /// the newest verified backup of the main database; its checksum is verified here.
-pub fn select(db: &Database, wanted: Option<&str>) -> Result<BackupSource, RestoreError> {
+pub(crate) fn select(db: &Database, wanted: Option<&str>) -> Result<BackupSource, RestoreError> {
     let dir = &db
         .backup
         .as_ref()
@@ -131,7 +131,7 @@ pub fn select(db: &Database, wanted: Option<&str>) -> Result<BackupSource, Resto
 
 /// As [`select`], from the backup directory `dir` (its manifest and files): the database's
 /// own, or a directory a remote's copies were fetched into.
-pub fn select_from(
+pub(crate) fn select_from(
     db: &Database,
     dir: &Path,
     wanted: Option<&str>,
@@ -183,7 +183,7 @@ pub fn select_from(
 }
 
 /// Restore `backup` to the new file `target` (relative: from the current directory).
-pub fn to_path(backup: &BackupSource, target: &Path) -> Result<Restored, RestoreError> {
+pub(crate) fn to_path(backup: &BackupSource, target: &Path) -> Result<Restored, RestoreError> {
     let clock = std::time::Instant::now();
     let target = absolute(target)?;
     let target_dir = existing_parent(&target)?;
@@ -204,7 +204,7 @@ pub fn to_path(backup: &BackupSource, target: &Path) -> Result<Restored, Restore
 
 /// Restore `backup` over its live file, keeping the previous one as
 /// `<db>.pre-restore-<time>`; see the module's text for the steps.
-pub fn in_place(backup: &BackupSource, how: InPlace<'_>) -> Result<Restored, RestoreError> {
+pub(crate) fn in_place(backup: &BackupSource, how: InPlace<'_>) -> Result<Restored, RestoreError> {
     let target = live_file(&backup.live)?;
     existing_parent(&target)?;
     // The lock first: no job may run on the database while it is replaced. Taken as the
@@ -542,7 +542,7 @@ fn new_target(target: &Path, target_dir: &Path, backup_dir: &Path) -> Result<(),
 /// Remove what a killed in-place restore of `db` left beside its files (the full-size temp
 /// file `.<name>.litekeeper-tmp` and its journals). Call with the database's lock held: only
 /// an in-place restore, under that lock, writes these names.
-pub fn clean_leftovers(db: &Database) -> Vec<PathBuf> {
+pub(crate) fn clean_leftovers(db: &Database) -> Vec<PathBuf> {
     let mut removed = Vec::new();
     for s in db.backup_sources() {
         let real = fs::canonicalize(&s.path).unwrap_or_else(|_| s.path.clone());

@@ -11,7 +11,7 @@ use std::path::Path;
 use crate::db_files::DbFiles;
 
 /// Up to ten pids, then how many more.
-pub fn pid_list(pids: &[u32]) -> String {
+pub(crate) fn pid_list(pids: &[u32]) -> String {
     let mut shown: Vec<String> = pids.iter().take(10).map(|p| p.to_string()).collect();
     if pids.len() > 10 {
         shown.push(format!("and {} more", pids.len() - 10));

@@ -16,7 +16,7 @@ use super::{select, BackupSource, RestoreError};
 
 /// When to restore to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum At {
+pub(crate) enum At {
     Latest,
     Time(DateTime<Utc>),
 }
@@ -25,7 +25,7 @@ pub enum At {
 /// wall-clock time in the configuration's zone (`2026-12-06 14:05`, seconds optional, `T` or
 /// a space). A wall-clock time that occurs twice (DST fall-back) is the earlier; one that
 /// does not occur (spring-forward gap) is refused.
-pub fn parse_at(text: &str, zone: &Zone) -> Result<At, String> {
+pub(crate) fn parse_at(text: &str, zone: &Zone) -> Result<At, String> {
     let t = text.trim();
     if t.eq_ignore_ascii_case("latest") {
         return Ok(At::Latest);
@@ -80,7 +80,7 @@ pub struct Broken {
 }
 
 /// The full backup and the deltas to restore `db` as it was at `at` (main database).
-pub fn select_at(db: &Database, at: At) -> Result<BackupSource, RestoreError> {
+pub(crate) fn select_at(db: &Database, at: At) -> Result<BackupSource, RestoreError> {
     let (dir, manifest) = dir_and_manifest(db)?;
     let main = db.backup_sources().remove(0).series;
     let until = match at {
@@ -108,7 +108,10 @@ pub fn select_at(db: &Database, at: At) -> Result<BackupSource, RestoreError> {
 }
 
 /// `restore DB FILE` where FILE is a delta: that point.
-pub fn select_delta(db: &Database, file: &str) -> Result<Option<BackupSource>, RestoreError> {
+pub(crate) fn select_delta(
+    db: &Database,
+    file: &str,
+) -> Result<Option<BackupSource>, RestoreError> {
     if chain::DeltaName::parse(file).is_none() {
         return Ok(None);
     }

@@ -15,7 +15,7 @@ use crate::config::{Config, Database};
 use crate::remote::{self, RemoteManifest, Store};
 
 /// A copy fetched and checked, ready for the restore path; its staging directory goes with it.
-pub struct Fetched {
+pub(crate) struct Fetched {
     pub source: BackupSource,
     staging: PathBuf,
 }
@@ -37,7 +37,7 @@ impl Drop for Staging {
     }
 }
 
-pub fn fetch(
+pub(crate) fn fetch(
     config: &Config,
     db: &Database,
     remote_name: &str,

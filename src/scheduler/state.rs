@@ -105,7 +105,7 @@ pub(crate) struct State {
 }
 
 impl State {
-    pub fn new(env: Env) -> State {
+    pub(super) fn new(env: Env) -> State {
         let permits = Arc::new(Semaphore::new(env.config.daemon.max_concurrent_jobs));
         State {
             env,
@@ -124,7 +124,7 @@ impl State {
 
     /// A reload: the new configuration, its permits, the next generation; no timer is armed
     /// and no next run known until `arm_all`. Returns the timers to remove.
-    pub fn replace(&mut self, env: Env) -> Vec<Uuid> {
+    pub(super) fn replace(&mut self, env: Env) -> Vec<Uuid> {
         self.permits = Arc::new(Semaphore::new(env.config.daemon.max_concurrent_jobs));
         self.env = env;
         self.generation += 1;
@@ -133,18 +133,18 @@ impl State {
     }
 
     /// Whether a timer armed for `generation` belongs to the current configuration.
-    pub fn is_current(&self, generation: u64) -> bool {
+    pub(super) fn is_current(&self, generation: u64) -> bool {
         self.generation == generation
     }
 
     /// Take a run's place in the queue; false when the same run is already queued or running
     /// (the tick is coalesced).
-    pub fn enqueue(&mut self, key: &RunKey) -> bool {
+    pub(super) fn enqueue(&mut self, key: &RunKey) -> bool {
         self.queued.insert(key.clone())
     }
 
     /// The database or fleet template a timer's target names now, and its job's timing.
-    pub fn timing(&self, target: &Target, kind: JobKind) -> Option<&Timing> {
+    pub(super) fn timing(&self, target: &Target, kind: JobKind) -> Option<&Timing> {
         let config = &self.env.config;
         let database = match target {
             Target::Fleet(fleet) => config.fleet(fleet).map(|f| &f.template),
@@ -155,7 +155,12 @@ impl State {
 
     /// The database a run names in `config` (or the roster), if it still has a schedule for
     /// `kind` (a reload may have removed the job or the database since the run was queued).
-    pub fn runnable(&self, config: &Config, db: &str, kind: JobKind) -> Option<Arc<Database>> {
+    pub(super) fn runnable(
+        &self,
+        config: &Config,
+        db: &str,
+        kind: JobKind,
+    ) -> Option<Arc<Database>> {
         config
             .database(db)
             .cloned()
@@ -163,19 +168,19 @@ impl State {
             .filter(|d| d.timing(kind).is_some_and(|t| t.schedule.is_some()))
     }
 
-    pub fn db_queue(&mut self, db: &str) -> Arc<tokio::sync::Mutex<()>> {
+    pub(super) fn db_queue(&mut self, db: &str) -> Arc<tokio::sync::Mutex<()>> {
         self.db_queues.entry(db.to_string()).or_default().clone()
     }
 
     /// Forget the queue of a database nobody else waits for (`held` is the caller's
     /// reference): fleet members come and go, and their queues would pile up.
-    pub fn forget_queue(&mut self, db: &str, held: &Arc<tokio::sync::Mutex<()>>) {
+    pub(super) fn forget_queue(&mut self, db: &str, held: &Arc<tokio::sync::Mutex<()>>) {
         if Arc::strong_count(held) == 2 {
             self.db_queues.remove(db);
         }
     }
 
-    pub fn running_names(&self) -> Vec<String> {
+    pub(super) fn running_names(&self) -> Vec<String> {
         self.running
             .iter()
             .map(|(db, k)| format!("{} {db}", k.as_str()))
@@ -185,7 +190,7 @@ impl State {
     /// "running prune chat" or "idle; next: backup chat at 02:00" (the earliest run still
     /// ahead of `now`: a timer that is going off right now is not "next"); once shutdown has
     /// begun, "stopping; waiting for …" / "stopping" (no next run will come).
-    pub fn status_text(&self, now: DateTime<Utc>) -> String {
+    pub(super) fn status_text(&self, now: DateTime<Utc>) -> String {
         let running = self.running_names();
         if self.env.cancel.is_cancelled() {
             if running.is_empty() {

@@ -51,13 +51,13 @@ fn access(path: &Path, mode: Access) -> bool {
     rustix::fs::access(path, mode).is_ok()
 }
 
+pub(crate) use crate::db_files::sidecar;
 use crate::db_files::DbFiles;
-pub use crate::db_files::sidecar;
 
 /// Refuse a sidecar (`-wal`, `-shm`, `-journal`) that exists but is not a regular file: SQLite
 /// would open a FIFO there and block forever, lock held, deaf to SIGTERM. Looked at with
 /// lstat, nothing is opened. Run right before SQLite opens `path`.
-pub fn refuse_special_sidecars(path: &Path) -> Result<(), Finding> {
+pub(super) fn refuse_special_sidecars(path: &Path) -> Result<(), Finding> {
     for (suffix, p) in DbFiles::of(path).sidecars() {
         match crate::safe_fs::special_file_at(p) {
             Ok(None) => {}
@@ -86,7 +86,7 @@ pub fn refuse_special_sidecars(path: &Path) -> Result<(), Finding> {
 /// Cheap checks on the file system only: directory, file, permissions, header, and that no
 /// special file sits where SQLite keeps the sidecars. Jobs run these before taking a
 /// connection so a broken setup fails fast with a clear reason; nothing here can block.
-pub fn preflight(path: &Path) -> Result<(), Finding> {
+pub(crate) fn preflight(path: &Path) -> Result<(), Finding> {
     let shown = path.display();
     let dir = path.parent().unwrap_or(Path::new("/"));
     if !dir.is_dir() {
@@ -195,7 +195,7 @@ pub fn preflight(path: &Path) -> Result<(), Finding> {
 }
 
 /// Translate an SQLite error into a finding that says why and what to do.
-pub fn explain(path: &Path, e: &rusqlite::Error, busy_timeout: Duration) -> Finding {
+pub(super) fn explain(path: &Path, e: &rusqlite::Error, busy_timeout: Duration) -> Finding {
     use rusqlite::ErrorCode as C;
     let shown = path.display();
     let code = e.sqlite_error_code();
@@ -237,7 +237,7 @@ pub fn explain(path: &Path, e: &rusqlite::Error, busy_timeout: Duration) -> Find
 }
 
 /// A non-empty `-journal` beside the database starting with SQLite's journal magic.
-pub fn has_rollback_journal(path: &Path) -> bool {
+pub(super) fn has_rollback_journal(path: &Path) -> bool {
     const MAGIC: [u8; 8] = [0xd9, 0xd5, 0x05, 0xf9, 0x20, 0xa1, 0x63, 0xd7];
     let mut head = [0u8; 8];
     crate::safe_fs::open_regular(&DbFiles::of(path).journal, false, false)
@@ -248,7 +248,7 @@ pub fn has_rollback_journal(path: &Path) -> bool {
 
 /// Full diagnosis of one database file for `check`: file system, open, integrity (quick_check),
 /// write lock within the busy timeout, journal mode. Never creates or modifies anything.
-pub fn diagnose(path: &Path, want_wal: bool, busy_timeout: Duration) -> Vec<Finding> {
+pub(crate) fn diagnose(path: &Path, want_wal: bool, busy_timeout: Duration) -> Vec<Finding> {
     if let Err(f) = preflight(path) {
         return vec![f];
     }

@@ -12,14 +12,17 @@ use crate::config::Database;
 /// One connection for one run (fleet members), opened on the calling thread with the settings
 /// of a pooled one and closed when dropped: a fleet has thousands of members, and r2d2 opens
 /// connections on its shared upkeep thread, where one locked database would hold up the rest.
-pub fn connect_once(db: &Database, busy_timeout: Duration) -> Result<Connection, rusqlite::Error> {
+pub(crate) fn connect_once(
+    db: &Database,
+    busy_timeout: Duration,
+) -> Result<Connection, rusqlite::Error> {
     use r2d2::ManageConnection;
     manager(db, busy_timeout).connect()
 }
 
 /// Why `connect_verified` gave no connection.
 #[derive(Debug, thiserror::Error)]
-pub enum VerifiedOpenError {
+pub(crate) enum VerifiedOpenError {
     #[error("{0}")]
     Sqlite(#[from] rusqlite::Error),
     /// SQLite opened another file than the one checked (or a path with a symlink in it).
@@ -33,7 +36,7 @@ pub enum VerifiedOpenError {
 /// `fstat`ed and compared with `expect` — a directory swapped for a link between the walk and
 /// the open cannot hand it another file. Only then are the settings applied (the switch to
 /// WAL is the first write). Closed when dropped, like `connect_once`.
-pub fn connect_verified(
+pub(crate) fn connect_verified(
     db: &Database,
     path: &Path,
     expect: crate::config::FileId,
@@ -84,7 +87,7 @@ pub fn connect_verified(
 /// Device and inode of the file SQLite holds open as `schema` (`main` or an attachment's
 /// alias): its own descriptor (`wal::handles`), `fstat`ed. None for another VFS than the
 /// default `unix`, and for a schema not open.
-pub fn file_id(conn: &Connection, schema: &str) -> Option<crate::config::FileId> {
+pub(crate) fn file_id(conn: &Connection, schema: &str) -> Option<crate::config::FileId> {
     let h = super::wal::handles(conn, schema)?;
     let st = rustix::fs::fstat(h.db).ok()?;
     Some(crate::config::FileId {

@@ -13,7 +13,7 @@ mod diagnose;
 mod fleet;
 mod pool;
 mod slow;
-pub mod wal;
+pub(crate) mod wal;
 
 use std::collections::BTreeMap;
 use std::os::unix::ffi::OsStrExt;
@@ -26,22 +26,22 @@ use rusqlite::{Connection, OpenFlags};
 
 use crate::config::{Database, JournalMode};
 
-pub use self::diagnose::{diagnose, preflight, sidecar, Finding, Severity};
-pub use self::fleet::{connect_once, connect_verified, file_id, VerifiedOpenError};
-pub use self::pool::Pools;
+pub(crate) use self::diagnose::{diagnose, preflight, sidecar, Finding, Severity};
+pub(crate) use self::fleet::{connect_once, connect_verified, file_id, VerifiedOpenError};
+pub(crate) use self::pool::Pools;
 use self::slow::install_slow_log;
-pub use self::slow::{expected_slow, truncate};
+pub(crate) use self::slow::{expected_slow, truncate};
 
 /// Flags for every connection: read-write, never create (a missing database is an error, not
 /// a new empty file), URI names so attached databases get the same treatment.
-pub fn open_flags() -> OpenFlags {
+pub(crate) fn open_flags() -> OpenFlags {
     OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX
 }
 
 /// A `file:` URI opening `path` with `mode` (`rw`, `ro`), never creating it. Every byte
 /// outside printable ASCII is percent-encoded, so a name in UTF-8 (`ünï.db`) reaches SQLite
 /// byte for byte (SQLite decodes `%XX` to one byte).
-pub fn uri(path: &Path, mode: &str) -> String {
+pub(crate) fn uri(path: &Path, mode: &str) -> String {
     let mut out = String::from("file:");
     for &b in path.as_os_str().as_bytes() {
         match b {
@@ -55,7 +55,7 @@ pub fn uri(path: &Path, mode: &str) -> String {
 
 /// A read-only connection to `db` with its attachments, for checks that must not change
 /// anything (not even the journal mode).
-pub fn open_readonly(db: &Database, busy_timeout: Duration) -> rusqlite::Result<Connection> {
+pub(crate) fn open_readonly(db: &Database, busy_timeout: Duration) -> rusqlite::Result<Connection> {
     let conn = Connection::open_with_flags(
         uri(&db.path, "ro"),
         OpenFlags::SQLITE_OPEN_READ_ONLY
@@ -71,14 +71,14 @@ pub fn open_readonly(db: &Database, busy_timeout: Duration) -> rusqlite::Result<
 
 /// Settings applied to every new connection.
 #[derive(Debug, Clone)]
-pub struct ConnSettings {
+pub(crate) struct ConnSettings {
     pub busy_timeout: Duration,
     pub journal_mode: JournalMode,
     pub attach: Vec<(String, PathBuf)>,
 }
 
 impl ConnSettings {
-    pub fn for_database(db: &Database, busy_timeout: Duration) -> Self {
+    pub(crate) fn for_database(db: &Database, busy_timeout: Duration) -> Self {
         ConnSettings {
             busy_timeout,
             journal_mode: db.journal_mode,
@@ -92,7 +92,7 @@ impl ConnSettings {
 }
 
 /// Prepare a fresh connection: pragmas, WAL, REGEXP, attachments, slow-statement hook.
-pub fn init_connection(conn: &mut Connection, s: &ConnSettings) -> rusqlite::Result<()> {
+pub(crate) fn init_connection(conn: &mut Connection, s: &ConnSettings) -> rusqlite::Result<()> {
     conn.busy_timeout(s.busy_timeout)?;
     if s.journal_mode == JournalMode::Wal {
         let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
@@ -139,12 +139,15 @@ fn manager(db: &Database, busy_timeout: Duration) -> SqliteConnectionManager {
 }
 
 /// Quote an SQL identifier (a schema, table or column name): `"a""b"` for `a"b`.
-pub fn quote_ident(name: &str) -> String {
+pub(crate) fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// Rows per ordinary table of `schema` (virtual tables are skipped).
-pub fn row_counts(conn: &Connection, schema: &str) -> rusqlite::Result<BTreeMap<String, i64>> {
+pub(crate) fn row_counts(
+    conn: &Connection,
+    schema: &str,
+) -> rusqlite::Result<BTreeMap<String, i64>> {
     let q = quote_ident(schema);
     let names: Vec<String> = conn
         .prepare(&format!(
@@ -166,7 +169,7 @@ pub fn row_counts(conn: &Connection, schema: &str) -> rusqlite::Result<BTreeMap<
 }
 
 /// How many rows `PRAGMA foreign_key_check` reports for `schema`.
-pub fn fk_violations(conn: &Connection, schema: &str) -> rusqlite::Result<i64> {
+pub(crate) fn fk_violations(conn: &Connection, schema: &str) -> rusqlite::Result<i64> {
     let mut stmt = conn.prepare(&format!("PRAGMA {}.foreign_key_check", quote_ident(schema)))?;
     let mut rows = stmt.query([])?;
     let mut n = 0;
@@ -178,7 +181,7 @@ pub fn fk_violations(conn: &Connection, schema: &str) -> rusqlite::Result<i64> {
 
 /// `wal_checkpoint(TRUNCATE)` of `schema` (already quoted), retried while readers keep it busy
 /// (bounded); a WAL that stays busy is logged, not an error: the next checkpoint catches up.
-pub fn truncate_wal(conn: &Connection, schema: &str) {
+pub(crate) fn truncate_wal(conn: &Connection, schema: &str) {
     for attempt in 0..10 {
         match conn.query_row(
             &format!("PRAGMA {schema}.wal_checkpoint(TRUNCATE)"),

@@ -14,7 +14,7 @@ use super::manager;
 use super::slow::set_slow_threshold;
 use crate::config::{Config, Database};
 
-pub type SqlitePool = Pool<Manager>;
+pub(super) type SqlitePool = Pool<Manager>;
 
 /// One pool per configured database, created lazily (no connection is opened until a job
 /// asks), so a missing database never stops the daemon from starting. Fleet members get

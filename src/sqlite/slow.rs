@@ -16,7 +16,7 @@ use rusqlite::{ffi, Connection};
 static SLOW_NANOS: AtomicU64 = AtomicU64::new(100_000_000);
 
 /// Set the slow-statement threshold (process-wide; one daemon has one config).
-pub fn set_slow_threshold(d: Duration) {
+pub(super) fn set_slow_threshold(d: Duration) {
     SLOW_NANOS.store(d.as_nanos().min(u64::MAX as u128) as u64, Ordering::Relaxed);
 }
 
@@ -29,7 +29,7 @@ thread_local! {
 /// for (the guard counts of a prune, the source's row counts of a verified backup, VACUUM):
 /// the slow-statement log reports them at debug level only, so its warnings stay about
 /// statements that should have been quick.
-pub fn expected_slow<T>(f: impl FnOnce() -> T) -> T {
+pub(crate) fn expected_slow<T>(f: impl FnOnce() -> T) -> T {
     let before = EXPECTED_SLOW.replace(true);
     let out = f();
     EXPECTED_SLOW.set(before);
@@ -88,11 +88,11 @@ unsafe extern "C" fn profile_callback(
     0
 }
 
-pub use crate::domain::truncate;
+pub(crate) use crate::domain::truncate;
 
 /// Recover each bound parameter's rendering from SQLite's expanded SQL, cut to 100
 /// characters; blobs are shown by size only.
-pub fn extract_params(template: &str, expanded: &str) -> Vec<String> {
+pub(super) fn extract_params(template: &str, expanded: &str) -> Vec<String> {
     let t: Vec<char> = template.chars().collect();
     let e: Vec<char> = expanded.chars().collect();
     let (mut i, mut j) = (0, 0);

@@ -27,7 +27,7 @@ const SHM_READ: usize = 2 * SHM_HDR + 4;
 
 /// Why a WAL or its index cannot be used: each names what did not hold.
 #[derive(Debug, thiserror::Error)]
-pub enum WalError {
+pub(crate) enum WalError {
     #[error("{what}: {source}")]
     Io {
         what: &'static str,
@@ -44,7 +44,7 @@ fn invalid<T>(msg: impl Into<String>) -> Result<T, WalError> {
 /// The wal-index header a reader starting now would use (both copies equal, initialised,
 /// checksum right), and the checkpointer's progress.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IndexHeader {
+pub(crate) struct IndexHeader {
     /// Last valid committed frame: the snapshot ends here.
     pub mx_frame: u32,
     /// Database size in pages at `mx_frame` (0 while the WAL holds no frame).
@@ -124,7 +124,7 @@ fn be(b: &[u8], o: usize) -> u32 {
 /// Where the newest copy of a page up to the snapshot's end is in the WAL, and the checksum
 /// chain around it, so it can be checked again when it is read.
 #[derive(Debug, Clone, Copy)]
-pub struct Frame {
+pub(crate) struct Frame {
     /// 1-based frame number.
     pub index: u32,
     before: [u32; 2],
@@ -133,7 +133,7 @@ pub struct Frame {
 
 /// The WAL's frames 1..=`mx_frame`, validated: the newest frame of each page.
 #[derive(Debug)]
-pub struct WalMap {
+pub(crate) struct WalMap {
     pub page_size: u32,
     /// Database size in pages at the snapshot's end (the last commit frame's).
     pub n_page: u32,
@@ -144,19 +144,19 @@ pub struct WalMap {
 
 impl WalMap {
     /// The frame holding page `pgno` (1-based) in the snapshot, if the WAL has it.
-    pub fn frame_of(&self, pgno: u32) -> Option<Frame> {
+    pub(crate) fn frame_of(&self, pgno: u32) -> Option<Frame> {
         self.pages.get(&pgno).copied()
     }
 
     /// Pages the WAL holds for the snapshot.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.pages.len()
     }
 
     /// Read `frame`'s page into `out` (one page) and check it is still the frame scanned:
     /// same salts, same checksum chain. `Ok(false)` when the WAL was rewritten since (a
     /// checkpoint restarted it), `out` then holds nothing usable.
-    pub fn read_page(
+    pub(crate) fn read_page(
         &self,
         wal: BorrowedFd<'_>,
         frame: Frame,
@@ -190,7 +190,7 @@ impl WalMap {
 /// Read and validate the WAL header and frames 1..=`hdr.mx_frame` (`hdr.mx_frame > 0`): salts
 /// equal to the index's, the checksum chain unbroken and equal to the index's at the end, the
 /// last frame a commit of `hdr.n_page` pages. Reads the WAL sequentially in large blocks.
-pub fn scan(wal: BorrowedFd<'_>, hdr: &IndexHeader) -> Result<WalMap, WalError> {
+pub(crate) fn scan(wal: BorrowedFd<'_>, hdr: &IndexHeader) -> Result<WalMap, WalError> {
     let io = |what| move |source| WalError::Io { what, source };
     let mut h = [0u8; WAL_HEADER];
     pread_exact(wal, &mut h, 0).map_err(io("reading the WAL header"))?;
@@ -288,7 +288,7 @@ pub fn scan(wal: BorrowedFd<'_>, hdr: &IndexHeader) -> Result<WalMap, WalError> 
 }
 
 /// Fill `buf` from `fd` at `offset` (an error at end of file).
-pub fn pread_exact(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+pub(crate) fn pread_exact(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
     let got = pread_full(fd, buf, offset)?;
     if got < buf.len() {
         return Err(std::io::ErrorKind::UnexpectedEof.into());
@@ -297,7 +297,11 @@ pub fn pread_exact(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> std::io::
 }
 
 /// Fill `buf` from `fd` at `offset`; returns the bytes read (fewer at end of file).
-pub fn pread_full(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+pub(crate) fn pread_full(
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+    offset: u64,
+) -> std::io::Result<usize> {
     let mut got = 0;
     while got < buf.len() {
         match rustix::io::pread(fd, &mut buf[got..], offset + got as u64) {
@@ -317,7 +321,7 @@ pub fn pread_full(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> std::io::R
 /// process and are ALL released when the process closes ANY descriptor of the file. Opening
 /// and closing the database file or `-shm` ourselves would silently drop the connection's
 /// read lock (and the shm's dead-man switch) while it reads. So nothing here opens a file.
-pub struct Handles<'c> {
+pub(crate) struct Handles<'c> {
     file: *mut ffi::sqlite3_file,
     /// The database file.
     pub db: BorrowedFd<'c>,
@@ -340,7 +344,7 @@ unsafe fn unix_fd(file: *mut ffi::sqlite3_file) -> c_int {
 
 /// SQLite's files for `schema` (`main` or an attachment's alias), if they are opened by the
 /// default `unix` VFS.
-pub fn handles<'c>(conn: &'c Connection, schema: &str) -> Option<Handles<'c>> {
+pub(crate) fn handles<'c>(conn: &'c Connection, schema: &str) -> Option<Handles<'c>> {
     let schema = CString::new(schema).ok()?;
     let mut vfs: *mut ffi::sqlite3_vfs = std::ptr::null_mut();
     let mut file: *mut ffi::sqlite3_file = std::ptr::null_mut();
@@ -404,7 +408,7 @@ impl Handles<'_> {
     /// The wal-index header as a reader starting now would see it, read from SQLite's own
     /// mapping of `-shm` (the VFS's `xShmMap`, region 0). Call while the connection is in WAL
     /// mode and has read the database.
-    pub fn index_header(&self) -> Result<IndexHeader, WalError> {
+    pub(crate) fn index_header(&self) -> Result<IndexHeader, WalError> {
         let mut b = [0u8; SHM_READ];
         // SAFETY: `file` is the connection's live database file object (see `handles`);
         // xShmMap (io methods version >= 2) maps region 0 of the wal-index, or returns
@@ -435,7 +439,7 @@ impl Handles<'_> {
 
 /// The page size in a database header (bytes 16-17, big-endian, 1 meaning 65536), checked to
 /// be a power of two from 512 to 65536.
-pub fn db_page_size(header: &[u8]) -> Option<u32> {
+pub(crate) fn db_page_size(header: &[u8]) -> Option<u32> {
     if header.len() < 100 || &header[..16] != b"SQLite format 3\0" {
         return None;
     }
@@ -446,13 +450,13 @@ pub fn db_page_size(header: &[u8]) -> Option<u32> {
 
 /// The page holding the lock bytes at 1 GiB (`PENDING_BYTE`): never written by SQLite, so a
 /// database larger than 1 GiB may have no copy of it anywhere.
-pub fn lock_byte_page(page_size: u32) -> u32 {
+pub(crate) fn lock_byte_page(page_size: u32) -> u32 {
     0x4000_0000 / page_size + 1
 }
 
 /// Set a database header's read and write versions (bytes 18-19) to 1, rollback journal: the
 /// copy of a WAL database then opens without a `-wal` or `-shm` beside it.
-pub fn set_rollback_journal(header: &mut [u8]) {
+pub(crate) fn set_rollback_journal(header: &mut [u8]) {
     header[18] = 1;
     header[19] = 1;
 }

@@ -13,7 +13,7 @@ use crate::archive::Entry;
 use crate::sqlite::{fk_violations, quote_ident, row_counts, uri};
 
 /// One restored file: its schema name, where it is, and its manifest entry.
-pub struct Restored<'a> {
+pub(super) struct Restored<'a> {
     pub schema: String,
     pub path: PathBuf,
     pub entry: &'a Entry,
@@ -21,7 +21,7 @@ pub struct Restored<'a> {
 
 /// What the checks found: a line per check, and the failures (empty: the copy is good).
 #[derive(Debug, Default)]
-pub struct Found {
+pub(super) struct Found {
     pub lines: Vec<String>,
     pub failures: Vec<String>,
 }
@@ -38,7 +38,7 @@ impl Found {
 }
 
 /// Run every check; an SQLite error is a failure of the check it happened in.
-pub fn run(files: &[Restored<'_>], asserts: &[String], cancel: &CancellationToken) -> Found {
+pub(super) fn run(files: &[Restored<'_>], asserts: &[String], cancel: &CancellationToken) -> Found {
     let mut found = Found::default();
     let conn = match open(files, cancel) {
         Ok(c) => c,

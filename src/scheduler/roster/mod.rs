@@ -34,7 +34,7 @@ pub(crate) struct Changes {
 }
 
 impl Changes {
-    pub fn log(&self, fleet: &str) {
+    pub(crate) fn log(&self, fleet: &str) {
         for r in &self.refused {
             r.log(fleet);
         }
@@ -61,13 +61,13 @@ pub(crate) fn scan(config: &Config, fleet: &str) -> Option<Scan> {
 
 impl Roster {
     /// A member by name, as last scanned.
-    pub fn member(&self, name: &str) -> Option<Arc<Database>> {
+    pub(crate) fn member(&self, name: &str) -> Option<Arc<Database>> {
         self.members.get(name).cloned()
     }
 
     /// Take the members a (re)loaded configuration's scan found; members of fleets no longer
     /// configured are forgotten. Returns what changed, per fleet.
-    pub fn load(&mut self, config: &Config) -> Vec<(String, Changes)> {
+    pub(crate) fn load(&mut self, config: &Config) -> Vec<(String, Changes)> {
         self.members
             .retain(|_, d| d.fleet.as_ref().is_some_and(|f| config.fleet(f).is_some()));
         config
@@ -82,7 +82,7 @@ impl Roster {
     }
 
     /// Take a tick's scan of `fleet`; returns what changed since the previous one.
-    pub fn apply(&mut self, fleet: &str, scan: &Scan) -> Changes {
+    pub(crate) fn apply(&mut self, fleet: &str, scan: &Scan) -> Changes {
         self.update(fleet, &scan.members, &scan.rejected)
     }
 

@@ -148,7 +148,12 @@ fn names_of(fleet: &Fleet) -> Vec<(String, PathBuf)> {
 /// Scan fleet `n` of `fleets`: its members (sorted by path) and the files that are none. A
 /// name two files make — in this fleet or with another fleet's file — is refused for both;
 /// `taken` says whether a name belongs to a configured database or a fleet.
-pub fn scan(fleets: &[Fleet], n: usize, daemon: &Daemon, taken: &dyn Fn(&str) -> bool) -> Scan {
+pub(super) fn scan(
+    fleets: &[Fleet],
+    n: usize,
+    daemon: &Daemon,
+    taken: &dyn Fn(&str) -> bool,
+) -> Scan {
     let fleet = &fleets[n];
     let (root, rest) = split_pattern(&fleet.raw.path);
     let (mut found, mut rejected) = (Vec::new(), Vec::new());
