@@ -28,12 +28,18 @@ fn failure(e: RestoreError, in_place: bool) -> Failure {
 pub fn run(path: &Path, args: RestoreArgs) -> Result<ExitCode, Failure> {
     let config = super::load_config(path)?;
     let db = super::database_named(&config, &args.database)?;
-    if args.to.is_none() && !args.in_place {
-        return Err(fail(
-            ExitCode::Usage,
-            "say where to restore: --to NEW_PATH (safe, the default choice) or --in-place".into(),
-        ));
-    }
+    // Where to, decided before anything is fetched (`--to` and `--in-place` exclude each other).
+    let to = match (&args.to, args.in_place) {
+        (Some(to), false) => Some(to.as_path()),
+        (None, true) => None,
+        _ => {
+            return Err(fail(
+                ExitCode::Usage,
+                "say where to restore: --to NEW_PATH (safe, the default choice) or --in-place"
+                    .into(),
+            ))
+        }
+    };
     // From a remote: fetched and checked into a staging directory (removed at the end).
     let fetched = match &args.from {
         Some(remote) => Some(
@@ -77,22 +83,15 @@ pub fn run(path: &Path, args: RestoreArgs) -> Result<ExitCode, Failure> {
             backup.point.as_ref().map_or("", |p| p.file.as_str())
         );
     }
-    let restored = match (&args.to, args.in_place) {
-        (Some(to), false) => restore::to_path(&backup, to).map_err(|e| failure(e, false))?,
-        (None, true) => {
+    let restored = match to {
+        Some(to) => restore::to_path(&backup, to).map_err(|e| failure(e, false))?,
+        None => {
             let how = InPlace {
                 lock_dir: &config.daemon.lock_dir,
                 state_dir: &config.daemon.state_dir,
                 force: args.force,
             };
             restore::in_place(&backup, how).map_err(|e| failure(e, true))?
-        }
-        _ => {
-            return Err(fail(
-                ExitCode::Usage,
-                "say where to restore: --to NEW_PATH (safe, the default choice) or --in-place"
-                    .into(),
-            ))
         }
     };
     print_moved_aside(&restored.moved_aside, args.in_place);
