@@ -51,7 +51,6 @@ fn access(path: &Path, mode: Access) -> bool {
     rustix::fs::access(path, mode).is_ok()
 }
 
-pub(crate) use crate::db_files::sidecar;
 use crate::db_files::DbFiles;
 
 /// Refuse a sidecar (`-wal`, `-shm`, `-journal`) that exists but is not a regular file: SQLite

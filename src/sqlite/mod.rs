@@ -26,7 +26,7 @@ use rusqlite::{Connection, OpenFlags};
 
 use crate::config::{Database, JournalMode};
 
-pub(crate) use self::diagnose::{diagnose, preflight, sidecar, Finding, Severity};
+pub(crate) use self::diagnose::{diagnose, preflight, Finding, Severity};
 pub(crate) use self::fleet::{connect_once, connect_verified, file_id, VerifiedOpenError};
 pub(crate) use self::pool::Pools;
 use self::slow::install_slow_log;

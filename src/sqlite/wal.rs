@@ -517,7 +517,7 @@ mod tests {
         let (p, c) = wal_db(dir.path());
         let hdr = handles(&c, "main").unwrap().index_header().unwrap();
         // One byte of one page's data flipped in the middle of the WAL.
-        let walp = super::super::sidecar(&p, "-wal");
+        let walp = crate::db_files::sidecar(&p, "-wal");
         let wal = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -545,7 +545,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (p, _c) = wal_db(dir.path());
         let mut h = [0u8; WAL_HEADER];
-        File::open(super::super::sidecar(&p, "-wal"))
+        File::open(crate::db_files::sidecar(&p, "-wal"))
             .unwrap()
             .read_exact_at(&mut h, 0)
             .unwrap();

@@ -19,7 +19,8 @@ use crate::jobs::{JobCtx, JobError};
 
 use super::compress::{Compressed, Compressor};
 use super::filecopy;
-use super::{file_size, final_name, record_and_commit, sql, Snapshot, Source, TempFiles};
+use super::{final_name, record_and_commit, sql, Snapshot, Source, TempFiles};
+use crate::db_files::file_len;
 use crate::sqlite::{fk_violations, quote_ident, row_counts};
 
 /// Pages copied per backup step: cancel is checked between steps.
@@ -166,7 +167,7 @@ pub(super) fn copy_one(
     };
     entry.file = final_name.file_name();
     entry.compressed = final_name.compressed;
-    entry.size = file_size(&stored_tmp);
+    entry.size = file_len(&stored_tmp).unwrap_or(0);
     entry.sha256 = sha;
     let hashed = started.elapsed();
     entry.duration_ms = hashed.as_millis() as u64;
@@ -240,7 +241,7 @@ fn keep_failed(
     let failed_path = dir.join(failed.file_name());
     entry.file = failed.file_name();
     entry.verified = Verified::Failed;
-    entry.size = file_size(tmp);
+    entry.size = file_len(tmp).unwrap_or(0);
     entry.sha256 = archive::sha256_file(tmp).unwrap_or_default();
     entry.error = Some(problem.clone());
     entry.duration_ms = started.elapsed().as_millis() as u64;

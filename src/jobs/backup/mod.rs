@@ -34,6 +34,7 @@ use chrono::{DateTime, SubsecRound, Utc};
 use super::{JobCtx, JobError, JobResult};
 use crate::archive::{self, ArchiveError, BackupName, Entry, Manifest, Verified};
 use crate::config::{Backup, Compression, Database};
+use crate::db_files::{file_len, DbFiles};
 use crate::domain::human_bytes;
 use crate::domain::{BackupFigures, CopyPath, Figures};
 
@@ -115,7 +116,10 @@ pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
     let sources = ctx.db.backup_sources();
     let need: u64 = sources
         .iter()
-        .map(|s| file_size(&s.path) + file_size(&crate::sqlite::sidecar(&s.path, "-wal")))
+        .map(|s| {
+            let f = DbFiles::of(&s.path);
+            file_len(&f.main).unwrap_or(0) + file_len(&f.wal).unwrap_or(0)
+        })
         .sum();
     let free = archive::free_bytes(dir)?;
     if free < need {
@@ -283,10 +287,6 @@ fn unique_stamp(dir: &Path, sources: &[Source], cfg: &Backup) -> DateTime<Utc> {
         stamp += chrono::Duration::seconds(1);
     }
     stamp
-}
-
-fn file_size(p: &Path) -> u64 {
-    std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
 }
 
 /// Record `entry` in the manifest and move `tmp` to its final name, both under the
