@@ -159,31 +159,21 @@ pub(crate) fn preflight(path: &Path) -> Result<(), Finding> {
             "run litekeeper as the database's owner, or grant that user write access",
         ));
     }
-    let mut header = [0u8; 16];
-    // O_NONBLOCK: should a FIFO have taken the file's place since the stat, fail, not hang.
-    let n = {
-        use std::os::unix::fs::OpenOptionsExt;
-        std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open(path)
-    }
-    .and_then(|mut f| f.read(&mut header))
-    .map_err(|e| {
-        Finding::error(
-            ExitCode::IoErr,
-            format!("{shown}: cannot read: {e}"),
-            "check the disk (dmesg) and the file",
-        )
-    })?;
-    if n == 0 {
+    if meta.len() == 0 {
         return Err(Finding::error(
             ExitCode::DataErr,
             format!("{shown}: file is empty (0 bytes), not an application database"),
             "correct `path`, or let the application create its database first",
         ));
     }
-    if n < 16 || &header != b"SQLite format 3\0" {
+    let header = read_header::<16>(path).map_err(|e| {
+        Finding::error(
+            ExitCode::IoErr,
+            format!("{shown}: cannot read: {e}"),
+            "check the disk (dmesg) and the file",
+        )
+    })?;
+    if &header != b"SQLite format 3\0" {
         return Err(Finding::error(
             ExitCode::DataErr,
             format!("{shown}: not an SQLite database (bad file header)"),
@@ -191,6 +181,78 @@ pub(crate) fn preflight(path: &Path) -> Result<(), Finding> {
         ));
     }
     Ok(())
+}
+
+/// The first `N` bytes of the database file at `path`, read through SQLite's own unix VFS.
+///
+/// Why not `File::open`: SQLite's locks are POSIX record locks, which belong to the process and
+/// are ALL dropped when the process closes ANY descriptor of the file. A daemon's pooled
+/// connection in WAL mode holds a SHARED lock on the database between jobs; a plain open and
+/// close here would drop it, the app's last connection would then believe itself alone,
+/// checkpoint and delete the `-wal` and `-shm` under our connection. The VFS keeps a
+/// descriptor whose inode still has locks open (and reuses it) instead of closing it.
+fn read_header<const N: usize>(path: &Path) -> std::io::Result<[u8; N]> {
+    use rusqlite::ffi;
+    use std::ffi::{c_char, c_int, CString};
+    use std::os::unix::ffi::OsStrExt;
+    let failed =
+        |what: &str, rc: c_int| std::io::Error::other(format!("{what} (SQLite code {rc})"));
+    let name = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::other("path holds a NUL byte"))?;
+    // SAFETY: the default VFS lives for the process; `sqlite3_vfs_find` initialises SQLite.
+    let vfs = unsafe { ffi::sqlite3_vfs_find(std::ptr::null()) };
+    if vfs.is_null() {
+        return Err(std::io::Error::other("SQLite has no default VFS"));
+    }
+    // SAFETY: `vfs` is the registered default VFS; its function pointers are set.
+    let (size, max_path, full_path, open) = unsafe {
+        let v = &*vfs;
+        (v.szOsFile, v.mxPathname, v.xFullPathname, v.xOpen)
+    };
+    let (Some(full_path), Some(open)) = (full_path, open) else {
+        return Err(std::io::Error::other("SQLite's VFS cannot open files"));
+    };
+    // The name SQLite opens must outlive the file and end with extra NULs (URI parameters).
+    let mut full = vec![0 as c_char; max_path as usize + 4];
+    // SAFETY: `full` holds `mxPathname + 1` bytes as xFullPathname requires.
+    let rc = unsafe { full_path(vfs, name.as_ptr(), max_path + 1, full.as_mut_ptr()) };
+    if rc != ffi::SQLITE_OK {
+        return Err(failed("cannot resolve the path", rc));
+    }
+    // `sqlite3_file` objects are `szOsFile` bytes, pointer-aligned.
+    let words = (size as usize).div_ceil(std::mem::size_of::<u64>()).max(1);
+    let mut storage = vec![0u64; words];
+    let file = storage.as_mut_ptr().cast::<ffi::sqlite3_file>();
+    let flags = ffi::SQLITE_OPEN_READONLY | ffi::SQLITE_OPEN_MAIN_DB;
+    let mut out_flags: c_int = 0;
+    // SAFETY: `file` points to `szOsFile` zeroed bytes; `full` is NUL-terminated and lives
+    // until after xClose below.
+    let rc = unsafe { open(vfs, full.as_ptr(), file, flags, &mut out_flags) };
+    // SAFETY: after xOpen, pMethods is null (nothing to close) or the file's methods.
+    let methods = unsafe { (*file).pMethods };
+    if rc != ffi::SQLITE_OK || methods.is_null() {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut header = [0u8; N];
+    // SAFETY: the file is open; xRead writes at most N bytes into `header`; xClose is called
+    // exactly once, then `storage` and `full` may go.
+    let rc = unsafe {
+        let m = &*methods;
+        let rc = match m.xRead {
+            Some(read) => read(file, header.as_mut_ptr().cast(), N as c_int, 0),
+            None => ffi::SQLITE_IOERR,
+        };
+        if let Some(close) = m.xClose {
+            close(file);
+        }
+        rc
+    };
+    drop(full);
+    match rc {
+        // A short read leaves the rest zero-filled: the caller compares with a known header.
+        ffi::SQLITE_OK | ffi::SQLITE_IOERR_SHORT_READ => Ok(header),
+        rc => Err(failed("cannot read", rc)),
+    }
 }
 
 /// Translate an SQLite error into a finding that says why and what to do.
@@ -316,5 +378,71 @@ pub(crate) fn diagnose(path: &Path, want_wal: bool, busy_timeout: Duration) -> V
     match run() {
         Ok(f) => f,
         Err(e) => vec![explain(path, &e, busy_timeout)],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Another process opens and closes the database; it deletes the `-wal` only when it could
+    /// take an EXCLUSIVE lock, that is when it believed itself the last connection.
+    fn other_process_opens_and_closes(path: &Path) -> String {
+        let out = std::process::Command::new("sqlite3")
+            .arg(path)
+            .arg("SELECT count(*) FROM t;")
+            .output()
+            .expect("the sqlite3 CLI runs");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    #[test]
+    fn preflight_keeps_the_locks_of_this_process_connections() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "journal_mode", "wal").unwrap();
+        conn.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+            .unwrap();
+        // An idle connection in WAL mode holds a SHARED lock on the database file.
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1);
+        let wal = crate::db_files::sidecar(&path, "-wal");
+        assert!(wal.exists());
+
+        preflight(&path).unwrap();
+        assert_eq!(other_process_opens_and_closes(&path), "1");
+        assert!(
+            wal.exists(),
+            "the other process took our connection's place: it checkpointed and deleted the WAL"
+        );
+        // The connection still shares one WAL with the world: its write is seen outside.
+        conn.execute("INSERT INTO t VALUES (2)", []).unwrap();
+        assert_eq!(other_process_opens_and_closes(&path), "2");
+    }
+
+    #[test]
+    fn preflight_reads_the_header_of_short_and_foreign_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let short = dir.path().join("short.db");
+        std::fs::write(&short, b"SQLite").unwrap();
+        let e = preflight(&short).unwrap_err();
+        assert!(
+            e.what.contains("not an SQLite database (bad file header)"),
+            "{e}"
+        );
+        let empty = dir.path().join("empty.db");
+        std::fs::write(&empty, b"").unwrap();
+        let e = preflight(&empty).unwrap_err();
+        assert!(e.what.contains("file is empty (0 bytes)"), "{e}");
+        let db = dir.path().join("ok.db");
+        Connection::open(&db)
+            .unwrap()
+            .execute_batch("CREATE TABLE t(x)")
+            .unwrap();
+        preflight(&db).unwrap();
     }
 }
