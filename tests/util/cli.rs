@@ -18,6 +18,17 @@ impl TestEnv {
         o
     }
 
+    /// `litekeeper -c CONFIG ARGS` as the unprivileged user (see [`super::unprivileged`]), run
+    /// to its end.
+    pub fn nobody_output(&self, args: &[&str]) -> Output {
+        super::unprivileged(self)
+            .arg("-c")
+            .arg(self.config_path())
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
     /// `litekeeper -c CONFIG restore ARGS --to TO`, run to its end.
     pub fn restore_to(&self, args: &[&str], to: &Path) -> Output {
         self.cmd()
