@@ -10,7 +10,8 @@ use litekeeper::archive::{BackupName, Manifest};
 use rusqlite::Connection;
 
 use crate::util::{
-    both, in_mount_namespace, query_i64, root_or_skip, start_holder, table_names, TestEnv,
+    both, files_db, in_mount_namespace, query_i64, root_or_skip, start_holder, table_names,
+    write_chat_backup_config, TestEnv,
 };
 
 /// A config with one database `chat` (+ attached `files`) backed up into `<tmp>/backups`.
@@ -22,25 +23,42 @@ fn setup(env: &TestEnv, backup_extra: &str) -> (PathBuf, PathBuf) {
          WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 5000)
          INSERT INTO chat(body, ts) SELECT hex(randomblob(100)), i FROM n;",
     );
-    let files = env.sqlite(
-        "app/files.db",
-        "CREATE TABLE blob(key TEXT PRIMARY KEY, data BLOB);
-         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 300)
-         INSERT INTO blob SELECT i || '/0', randomblob(300) FROM n;",
-    );
+    let files = files_db(env, "randomblob(300)");
     let backups = env.path("backups/chat");
-    env.write_config(&format!(
-        "{}[[database]]\nname = \"chat\"\npath = \"{}\"\nattach = {{ files = \"{}\" }}\n[database.backup]\ndir = \"{}\"\n{backup_extra}\n",
-        env.daemon_section(""),
-        db.display(),
-        files.display(),
-        backups.display()
-    ));
+    write_chat_backup_config(env, &db, &files, &backups, backup_extra);
     (db, backups)
 }
 
-fn backup_cmd(env: &TestEnv) -> assert_cmd::Command {
-    env.cmd()
+/// For the tests that mount a small tmpfs (root only, else `None`): [`setup`], and 4 MB more
+/// in the database.
+fn setup_for_tmpfs(env: &TestEnv, backup_extra: &str) -> Option<(PathBuf, PathBuf)> {
+    if !root_or_skip("needs root to mount a small tmpfs") {
+        return None;
+    }
+    let (db, dir) = setup(env, backup_extra);
+    add_bulk(&db, 1000);
+    Some((db, dir))
+}
+
+/// A table `bulk` of `rows` random 4000-byte blobs, added to the database at `db`.
+fn add_bulk(db: &Path, rows: u32) {
+    Connection::open(db)
+        .unwrap()
+        .execute_batch(&format!(
+            "CREATE TABLE bulk(x BLOB);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < {rows})
+             INSERT INTO bulk SELECT randomblob(4000) FROM n;"
+        ))
+        .unwrap();
+}
+
+/// The backup of the main database (series `chat`), the first by name.
+fn chat_backup(dir: &Path) -> PathBuf {
+    ours(dir)
+        .into_iter()
+        .find(|(n, _)| n.series == "chat")
+        .unwrap()
+        .1
 }
 
 fn ours(dir: &Path) -> Vec<(BackupName, PathBuf)> {
@@ -62,11 +80,7 @@ fn ours(dir: &Path) -> Vec<(BackupName, PathBuf)> {
 fn backup_of_main_and_attached_is_verified_private_and_self_contained() {
     let env = TestEnv::new();
     let (_db, dir) = setup(&env, "verify = \"full\"");
-    let out = backup_cmd(&env)
-        .args(["run", "chat", "backup"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    env.run_ok(&["run", "chat", "backup"]);
     let files = ours(&dir);
     assert_eq!(files.len(), 2, "{files:?}");
     let series: Vec<&str> = files.iter().map(|(n, _)| n.series.as_str()).collect();
@@ -107,14 +121,7 @@ fn backup_under_a_busy_writer_finishes_and_holds_every_earlier_row() {
     let env = TestEnv::new();
     let (db, dir) = setup(&env, "compress = \"zstd\"");
     // Make the copy take a while: ~60 MB.
-    Connection::open(&db)
-        .unwrap()
-        .execute_batch(
-            "CREATE TABLE bulk(x BLOB);
-             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 15000)
-             INSERT INTO bulk SELECT randomblob(4000) FROM n;",
-        )
-        .unwrap();
+    add_bulk(&db, 15000);
     let stop = Arc::new(AtomicBool::new(false));
     let commits = Arc::new(AtomicI64::new(0));
     let writer = {
@@ -137,10 +144,7 @@ fn backup_under_a_busy_writer_finishes_and_holds_every_earlier_row() {
     let before_max = query_i64(&db, "SELECT max(id) FROM chat");
     let c0 = commits.load(Ordering::Relaxed);
     let t0 = Instant::now();
-    let out = backup_cmd(&env)
-        .args(["run", "chat", "backup"])
-        .output()
-        .unwrap();
+    let out = env.output(&["run", "chat", "backup"]);
     let took = t0.elapsed();
     let during = commits.load(Ordering::Relaxed) - c0;
     stop.store(true, Ordering::Relaxed);
@@ -153,13 +157,7 @@ fn backup_under_a_busy_writer_finishes_and_holds_every_earlier_row() {
     );
     // Restore to a new path and check what it holds.
     let restored = env.path("restored.db");
-    let out = env
-        .cmd()
-        .args(["restore", "chat", "--to"])
-        .arg(&restored)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    env.restore_ok(&["chat"], &restored);
     let c = Connection::open(&restored).unwrap();
     let ok: String = c
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
@@ -190,14 +188,7 @@ fn backup_under_a_busy_writer_finishes_and_holds_every_earlier_row() {
 fn killed_backup_leaves_no_final_file_and_next_run_cleans_up() {
     let env = TestEnv::new();
     let (db, dir) = setup(&env, "");
-    Connection::open(&db)
-        .unwrap()
-        .execute_batch(
-            "CREATE TABLE bulk(x BLOB);
-             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 50000)
-             INSERT INTO bulk SELECT randomblob(4000) FROM n;",
-        )
-        .unwrap();
+    add_bulk(&db, 50000);
     let mut run = env.spawn(&["run", "chat", "backup"], &[]);
     let deadline = Instant::now() + Duration::from_secs(20);
     let tmp_seen = loop {
@@ -224,11 +215,7 @@ fn killed_backup_leaves_no_final_file_and_next_run_cleans_up() {
     );
     // The source is intact.
     assert_eq!(query_i64(&db, "SELECT count(*) FROM bulk"), 50000);
-    let out = backup_cmd(&env)
-        .args(["run", "chat", "backup"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    env.run_ok(&["run", "chat", "backup"]);
     let leftovers: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
         .flatten()
@@ -243,11 +230,7 @@ fn killed_backup_leaves_no_final_file_and_next_run_cleans_up() {
 fn in_place_restore_replaces_stale_wal_and_keeps_the_previous_file() {
     let env = TestEnv::new();
     let (db, _dir) = setup(&env, "");
-    let out = backup_cmd(&env)
-        .args(["run", "chat", "backup"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    env.run_ok(&["run", "chat", "backup"]);
     // Change the live DB after the backup, leaving its changes in a -wal that stays behind.
     let keep_open = Connection::open(&db).unwrap();
     keep_open
@@ -308,25 +291,13 @@ fn in_place_restore_replaces_stale_wal_and_keeps_the_previous_file() {
 fn damaged_backup_is_refused_with_65() {
     let env = TestEnv::new();
     let (_db, dir) = setup(&env, "");
-    let out = backup_cmd(&env)
-        .args(["run", "chat", "backup"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
-    let (_, main) = ours(&dir)
-        .into_iter()
-        .find(|(n, _)| n.series == "chat")
-        .unwrap();
+    env.run_ok(&["run", "chat", "backup"]);
+    let main = chat_backup(&dir);
     let mut bytes = std::fs::read(&main).unwrap();
     bytes[8192] ^= 0xff;
     std::fs::write(&main, bytes).unwrap();
     let target = env.path("r.db");
-    let out = env
-        .cmd()
-        .args(["restore", "chat", "--to"])
-        .arg(&target)
-        .output()
-        .unwrap();
+    let out = env.restore_to(&["chat"], &target);
     assert_eq!(out.status.code(), Some(65), "{}", both(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("checksum mismatch"),
@@ -338,19 +309,10 @@ fn damaged_backup_is_refused_with_65() {
 
 #[test]
 fn full_backup_directory_fails_cleanly() {
-    if !root_or_skip("needs root to mount a small tmpfs") {
-        return;
-    }
     let env = TestEnv::new();
-    let (db, dir) = setup(&env, "");
-    Connection::open(&db)
-        .unwrap()
-        .execute_batch(
-            "CREATE TABLE bulk(x BLOB);
-             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 1000)
-             INSERT INTO bulk SELECT randomblob(4000) FROM n;",
-        )
-        .unwrap();
+    let Some((_db, dir)) = setup_for_tmpfs(&env, "") else {
+        return;
+    };
     std::fs::create_dir_all(&dir).unwrap();
     let bin = assert_cmd::cargo::cargo_bin("litekeeper");
     let script = format!(
@@ -396,15 +358,8 @@ fn dump(path: &Path) -> Vec<String> {
 fn restore_to_a_new_path_equals_the_backup_and_restores_zstd() {
     let env = TestEnv::new();
     let (db, dir) = setup(&env, "");
-    let o = backup_cmd(&env)
-        .args(["run", "chat", "backup"])
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
-    let (_, plain) = ours(&dir)
-        .into_iter()
-        .find(|(n, _)| n.series == "chat")
-        .unwrap();
+    env.run_ok(&["run", "chat", "backup"]);
+    let plain = chat_backup(&dir);
     // The live database moves on after the backup.
     Connection::open(&db)
         .unwrap()
@@ -413,13 +368,7 @@ fn restore_to_a_new_path_equals_the_backup_and_restores_zstd() {
         )
         .unwrap();
     let restored = env.path("restored.db");
-    let o = env
-        .cmd()
-        .args(["restore", "chat", "--to"])
-        .arg(&restored)
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    env.restore_ok(&["chat"], &restored);
     let want = dump(&plain);
     assert_eq!(want.len(), 5000);
     assert_eq!(dump(&restored), want);
@@ -429,46 +378,23 @@ fn restore_to_a_new_path_equals_the_backup_and_restores_zstd() {
     let cfg = std::fs::read_to_string(env.config_path()).unwrap() + "compress = \"zstd\"\n";
     std::fs::write(env.config_path(), cfg).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(1100)); // a new timestamp
-    let o = backup_cmd(&env)
-        .args(["run", "chat", "backup"])
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    env.run_ok(&["run", "chat", "backup"]);
     let (zname, _) = ours(&dir)
         .into_iter()
         .find(|(n, _)| n.series == "chat" && n.compressed)
         .unwrap();
     let restored2 = env.path("restored2.db");
-    let o = env
-        .cmd()
-        .args(["restore", "chat", &zname.file_name(), "--to"])
-        .arg(&restored2)
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    env.restore_ok(&["chat", &zname.file_name()], &restored2);
     assert_eq!(dump(&restored2), dump(&db));
 }
 
 #[test]
 fn restore_onto_a_full_file_system_fails_cleanly() {
-    if !root_or_skip("needs root to mount a small tmpfs") {
-        return;
-    }
     let env = TestEnv::new();
-    let (db, _) = setup(&env, "compress = \"zstd\"");
-    Connection::open(&db)
-        .unwrap()
-        .execute_batch(
-            "CREATE TABLE bulk(x BLOB);
-             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 1000)
-             INSERT INTO bulk SELECT randomblob(4000) FROM n;",
-        )
-        .unwrap();
-    let o = backup_cmd(&env)
-        .args(["run", "chat", "backup"])
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let Some((db, _)) = setup_for_tmpfs(&env, "compress = \"zstd\"") else {
+        return;
+    };
+    env.run_ok(&["run", "chat", "backup"]);
     let small = env.path("small");
     std::fs::create_dir_all(&small).unwrap();
     let before = std::fs::read(&db).unwrap();

@@ -4,7 +4,6 @@
 //! Permission cases run the binary as uid/gid 65534 through `setpriv` when the tests run as
 //! root (root ignores file permissions), and directly with plain chmod otherwise.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command as StdCommand, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -59,6 +58,58 @@ fn companions(db: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+/// The finding of `name` tagged `tag` (see [`finding`]): its first line names all of `what`,
+/// its fix line all of `fix`. Returns the first line.
+fn assert_finding(o: &Output, name: &str, tag: &str, what: &[&str], fix: &[&str]) -> String {
+    let (line, fix_line) = finding(o, name, tag);
+    assert_contains(&line, what, o);
+    assert_contains(&fix_line, fix, o);
+    line
+}
+
+/// `check ARGS`, which must exit with `code`.
+fn check_code(env: &TestEnv, args: &[&str], code: i32) -> Output {
+    let out = check(env, args);
+    assert_eq!(out.status.code(), Some(code), "{}", both(&out));
+    out
+}
+
+/// Fails when a -wal, -shm or -journal companion of `db` exists.
+fn assert_no_companions(db: &Path) {
+    for c in companions(db) {
+        assert!(!c.exists(), "{} appeared", c.display());
+    }
+}
+
+/// Fails unless `NAME: ok: PATH` is a line of the output.
+/// The output's one finding: an error of `chat` naming `db` and all of `what`, with a fix
+/// naming all of `fix`. Returns its first line.
+fn assert_chat_error(o: &Output, db: &Path, what: &[&str], fix: &[&str]) -> String {
+    let line = assert_chat_finding(o, "error", db, what, fix);
+    assert_summary(o, 1, 0);
+    line
+}
+
+/// The finding of `chat` tagged `tag`, naming `db` and all of `what`, with a fix naming all of
+/// `fix`. Returns its first line.
+fn assert_chat_finding(o: &Output, tag: &str, db: &Path, what: &[&str], fix: &[&str]) -> String {
+    let db = db.display().to_string();
+    let what: Vec<&str> = std::iter::once(db.as_str())
+        .chain(what.iter().copied())
+        .collect();
+    assert_finding(o, "chat", tag, &what, fix)
+}
+
+/// Fails unless `NAME: ok: PATH` is a line of the output.
+fn assert_ok_line(o: &Output, name: &str, path: &Path) {
+    let want = format!("{name}: ok: {}", path.display());
+    assert!(
+        stdout(o).lines().any(|l| l == want),
+        "{want:?}\n{}",
+        both(o)
+    );
+}
+
 fn assert_contains(haystack: &str, needles: &[&str], o: &Output) {
     for n in needles {
         assert!(
@@ -82,14 +133,25 @@ fn wal_db(env: &TestEnv, rel: &str, rows: u32) -> PathBuf {
     )
 }
 
+/// `check` with `db` as the only database `chat`, which must exit with `code`.
+fn check_chat_alone(env: &TestEnv, db: &Path, code: i32) -> Output {
+    config_for(env, &[("chat", db)], "");
+    check_code(env, &[], code)
+}
+
+/// A new test directory with a WAL database `chat` of `rows` rows, configured alone.
+fn chat_env(rows: u32) -> (TestEnv, PathBuf) {
+    let env = TestEnv::new();
+    let db = wal_db(&env, "app/chat.db", rows);
+    config_for(&env, &[("chat", &db)], "");
+    (env, db)
+}
+
 #[test]
 fn healthy_wal_database_is_ok_and_left_untouched() {
-    let env = TestEnv::new();
-    let db = wal_db(&env, "app/chat.db", 100);
-    config_for(&env, &[("chat", &db)], "");
+    let (env, db) = chat_env(100);
     let before = std::fs::read(&db).unwrap();
-    let out = check(&env, &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    let out = check_code(&env, &[], 0);
     let text = stdout(&out);
     assert!(
         text.starts_with(&format!(
@@ -99,11 +161,7 @@ fn healthy_wal_database_is_ok_and_left_untouched() {
         "{}",
         both(&out)
     );
-    assert!(
-        text.contains(&format!("chat: ok: {}\n", db.display())),
-        "{}",
-        both(&out)
-    );
+    assert_ok_line(&out, "chat", &db);
     assert_summary(&out, 0, 0);
     assert!(out.stderr.is_empty(), "{}", both(&out));
     assert_eq!(
@@ -117,23 +175,16 @@ fn healthy_wal_database_is_ok_and_left_untouched() {
 fn missing_directory_is_named() {
     let env = TestEnv::new();
     let db = env.path("no/such/dir/chat.db");
-    config_for(&env, &[("chat", &db)], "");
-    let out = check(&env, &[]);
-    assert_eq!(out.status.code(), Some(1), "{}", both(&out));
-    let (what, fix) = finding(&out, "chat", "error");
-    assert_contains(
-        &what,
-        &[
-            &db.display().to_string(),
-            &format!(
-                "directory {} does not exist",
-                env.path("no/such/dir").display()
-            ),
-        ],
+    let out = check_chat_alone(&env, &db, 1);
+    assert_chat_error(
         &out,
+        &db,
+        &[&format!(
+            "directory {} does not exist",
+            env.path("no/such/dir").display()
+        )],
+        &["create it", "correct `path`"],
     );
-    assert_contains(&fix, &["create it", "correct `path`"], &out);
-    assert_summary(&out, 1, 0);
     assert!(!env.path("no").exists(), "check created the directory");
 }
 
@@ -142,16 +193,14 @@ fn missing_file_is_named_and_never_created() {
     let env = TestEnv::new();
     std::fs::create_dir(env.path("app")).unwrap();
     let db = env.path("app/chat.db");
-    config_for(&env, &[("chat", &db)], "");
-    let out = check(&env, &[]);
-    assert_eq!(out.status.code(), Some(1), "{}", both(&out));
-    let (what, fix) = finding(&out, "chat", "error");
-    assert_contains(
-        &what,
-        &[&db.display().to_string(), "database file does not exist"],
+    let out = check_chat_alone(&env, &db, 1);
+    assert_chat_finding(
         &out,
+        "error",
+        &db,
+        &["database file does not exist"],
+        &["never creates databases"],
     );
-    assert_contains(&fix, &["never creates databases"], &out);
     assert!(!db.exists(), "check created {}", db.display());
     for c in companions(&db) {
         assert!(!c.exists(), "check created {}", c.display());
@@ -189,6 +238,7 @@ fn permission_case(
         .unwrap();
     // Leave the temp dir removable when not root.
     set_mode(&dir, 0o755);
+    assert_eq!(out.status.code(), Some(1), "{}", both(&out));
     (db, out)
 }
 
@@ -196,64 +246,44 @@ fn permission_case(
 fn unreadable_file_is_named() {
     let env = TestEnv::new();
     let (db, out) = permission_case(&env, "app", 0o200, true);
-    assert_eq!(out.status.code(), Some(1), "{}", both(&out));
-    let (what, fix) = finding(&out, "chat", "error");
-    assert_contains(
-        &what,
-        &[
-            &db.display().to_string(),
-            "no read permission on the file",
-            "mode 0200",
-        ],
+    assert_chat_error(
         &out,
+        &db,
+        &["no read permission on the file", "mode 0200"],
+        &["owner", "read"],
     );
-    assert_contains(&fix, &["owner", "read"], &out);
-    assert_summary(&out, 1, 0);
 }
 
 #[test]
 fn read_only_file_is_named() {
     let env = TestEnv::new();
     let (db, out) = permission_case(&env, "app", 0o400, true);
-    assert_eq!(out.status.code(), Some(1), "{}", both(&out));
-    let (what, fix) = finding(&out, "chat", "error");
-    assert_contains(
-        &what,
-        &[
-            &db.display().to_string(),
-            "no write permission on the file",
-            "mode 0400",
-        ],
+    let what = assert_chat_error(
         &out,
+        &db,
+        &["no write permission on the file", "mode 0400"],
+        &["write access"],
     );
     assert!(!what.contains("read permission"), "{}", both(&out));
-    assert_contains(&fix, &["write access"], &out);
-    assert_summary(&out, 1, 0);
 }
 
 #[test]
 fn unwritable_directory_is_named_because_wal_needs_it() {
     let env = TestEnv::new();
     let (db, out) = permission_case(&env, "app", 0o600, false);
-    assert_eq!(out.status.code(), Some(1), "{}", both(&out));
-    let (what, fix) = finding(&out, "chat", "error");
-    assert_contains(
-        &what,
+    assert_chat_error(
+        &out,
+        &db,
         &[
-            &db.display().to_string(),
             &format!(
                 "no write permission on directory {}",
                 env.path("app").display()
             ),
             "-wal and -shm",
         ],
-        &out,
+        &["write access to the directory"],
     );
-    assert_contains(&fix, &["write access to the directory"], &out);
-    assert_summary(&out, 1, 0);
-    for c in companions(&db) {
-        assert!(!c.exists(), "{} appeared", c.display());
-    }
+    assert_no_companions(&db);
 }
 
 #[test]
@@ -274,19 +304,16 @@ fn garbage_files_are_not_a_database() {
         &[("random", &random), ("notes", &text), ("short", &short)],
         "",
     );
-    let out = check(&env, &[]);
-    assert_eq!(out.status.code(), Some(1), "{}", both(&out));
+    let out = check_code(&env, &[], 1);
     for (name, path) in [("random", &random), ("notes", &text), ("short", &short)] {
-        let (what, fix) = finding(&out, name, "error");
-        assert_contains(
-            &what,
-            &[&path.display().to_string(), "not an SQLite database"],
+        assert_finding(
             &out,
+            name,
+            "error",
+            &[&path.display().to_string(), "not an SQLite database"],
+            &["restore it from a backup"],
         );
-        assert_contains(&fix, &["restore it from a backup"], &out);
-        for c in companions(path) {
-            assert!(!c.exists(), "{} appeared", c.display());
-        }
+        assert_no_companions(path);
     }
     assert_eq!(std::fs::read(&random).unwrap(), bytes, "check wrote to it");
     assert_summary(&out, 3, 0);
@@ -300,24 +327,20 @@ fn empty_file_is_an_error_and_stays_empty() {
     std::fs::create_dir(env.path("app")).unwrap();
     let db = env.path("app/chat.db");
     std::fs::write(&db, b"").unwrap();
-    config_for(&env, &[("chat", &db)], "");
-    let out = check(&env, &[]);
-    assert_eq!(out.status.code(), Some(1), "{}", both(&out));
-    let (what, fix) = finding(&out, "chat", "error");
-    assert_contains(
-        &what,
-        &[&db.display().to_string(), "file is empty (0 bytes)"],
+    let out = check_chat_alone(&env, &db, 1);
+    assert_chat_finding(
         &out,
+        "error",
+        &db,
+        &["file is empty (0 bytes)"],
+        &["correct `path`", "create its database"],
     );
-    assert_contains(&fix, &["correct `path`", "create its database"], &out);
     assert_eq!(
         std::fs::metadata(&db).unwrap().len(),
         0,
         "check wrote to it"
     );
-    for c in companions(&db) {
-        assert!(!c.exists(), "{} appeared", c.display());
-    }
+    assert_no_companions(&db);
 }
 
 #[test]
@@ -345,19 +368,13 @@ fn corrupt_btree_page_is_reported_corrupt_on_one_line() {
     let healthy = wal_db(&env, "app/other.db", 10);
     config_for(&env, &[("chat", &db), ("other", &healthy)], "");
 
-    let out = check(&env, &[]);
-    assert_eq!(out.status.code(), Some(1), "{}", both(&out));
-    let (what, fix) = finding(&out, "chat", "error");
-    assert_contains(
-        &what,
-        &[
-            &db.display().to_string(),
-            "database is corrupt",
-            "quick_check says",
-        ],
+    let out = check_code(&env, &[], 1);
+    assert_chat_error(
         &out,
+        &db,
+        &["database is corrupt", "quick_check says"],
+        &["restore the newest verified backup"],
     );
-    assert_contains(&fix, &["restore the newest verified backup"], &out);
     // quick_check's multi-line text is folded: every line but the first and the summary is a
     // `NAME: …` line.
     let text = stdout(&out);
@@ -369,12 +386,15 @@ fn corrupt_btree_page_is_reported_corrupt_on_one_line() {
             both(&out)
         );
     }
-    assert!(
-        text.contains(&format!("other: ok: {}", healthy.display())),
-        "{}",
-        both(&out)
-    );
-    assert_summary(&out, 1, 0);
+    assert_ok_line(&out, "other", &healthy);
+}
+
+/// `app/chat.db` in rollback-journal mode, with one row.
+fn rollback_db(env: &TestEnv) -> PathBuf {
+    env.sqlite(
+        "app/chat.db",
+        "CREATE TABLE chat(id INTEGER PRIMARY KEY); INSERT INTO chat DEFAULT VALUES;",
+    )
 }
 
 /// A python3 process holding a lock on `db` until dropped: its connection (no implicit
@@ -394,22 +414,26 @@ fn hold(db: &Path, statements: &[&str]) -> KillOnDrop {
     child
 }
 
+/// While a python3 process holds `db` after `statements` (see [`hold`]), check names it
+/// locked; once that process is gone, check exits 0: its output.
+fn assert_locked_while_held(env: &TestEnv, db: &Path, statements: &[&str]) -> Output {
+    let holder = hold(db, statements);
+    assert_locked(env, db);
+    drop(holder);
+    check_code(env, &[], 0)
+}
+
 fn assert_locked(env: &TestEnv, db: &Path) {
     let t0 = Instant::now();
     let out = check(env, &[]);
     let took = t0.elapsed();
     assert_eq!(out.status.code(), Some(1), "{}", both(&out));
-    let (what, fix) = finding(&out, "chat", "error");
-    assert_contains(
-        &what,
-        &[
-            &db.display().to_string(),
-            "locked by another process for longer than busy_timeout (300ms)",
-        ],
+    assert_chat_error(
         &out,
+        db,
+        &["locked by another process for longer than busy_timeout (300ms)"],
+        &["fuser -v", "daemon.busy_timeout"],
     );
-    assert_contains(&fix, &["fuser -v", "daemon.busy_timeout"], &out);
-    assert_summary(&out, 1, 0);
     // It waited for busy_timeout (300ms), not SQLite's default 5s.
     assert!(
         took >= Duration::from_millis(250) && took < Duration::from_secs(4),
@@ -420,58 +444,37 @@ fn assert_locked(env: &TestEnv, db: &Path) {
 #[test]
 fn rollback_database_locked_exclusively_is_named_locked() {
     let env = TestEnv::new();
-    let db = env.sqlite(
-        "app/chat.db",
-        "CREATE TABLE chat(id INTEGER PRIMARY KEY); INSERT INTO chat DEFAULT VALUES;",
-    );
+    let db = rollback_db(&env);
     config_for(&env, &[("chat", &db)], "journal_mode = \"keep\"");
-    let holder = hold(&db, &["BEGIN EXCLUSIVE"]);
-    assert_locked(&env, &db);
-    drop(holder);
     // Once the holder is gone the same database is fine.
-    let out = check(&env, &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    let out = assert_locked_while_held(&env, &db, &["BEGIN EXCLUSIVE"]);
     assert_summary(&out, 0, 0);
 }
 
 #[test]
 fn wal_database_in_exclusive_locking_mode_is_named_locked() {
-    let env = TestEnv::new();
-    let db = wal_db(&env, "app/chat.db", 10);
-    config_for(&env, &[("chat", &db)], "");
-    let holder = hold(
+    let (env, db) = chat_env(10);
+    assert_locked_while_held(
+        &env,
         &db,
         &[
             "PRAGMA locking_mode=EXCLUSIVE",
             "INSERT INTO chat(body) VALUES (1)",
         ],
     );
-    assert_locked(&env, &db);
-    drop(holder);
-    let out = check(&env, &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
 }
 
 #[test]
 fn rollback_journal_is_a_warning_and_left_alone() {
     let env = TestEnv::new();
-    let db = env.sqlite(
-        "app/chat.db",
-        "CREATE TABLE chat(id INTEGER PRIMARY KEY); INSERT INTO chat DEFAULT VALUES;",
-    );
-    config_for(&env, &[("chat", &db)], "");
-    let out = check(&env, &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
-    let (what, fix) = finding(&out, "chat", "warning");
-    assert_contains(
-        &what,
-        &[&db.display().to_string(), "journal mode is delete, not WAL"],
+    let db = rollback_db(&env);
+    let out = check_chat_alone(&env, &db, 0);
+    assert_chat_finding(
         &out,
-    );
-    assert_contains(
-        &fix,
+        "warning",
+        &db,
+        &["journal mode is delete, not WAL"],
         &["switches it to WAL", "journal_mode = \"keep\""],
-        &out,
     );
     assert_summary(&out, 0, 1);
     let mode: String = Connection::open(&db)
@@ -482,21 +485,14 @@ fn rollback_journal_is_a_warning_and_left_alone() {
 
     // journal_mode = "keep": the application's choice, no warning.
     config_for(&env, &[("chat", &db)], "journal_mode = \"keep\"");
-    let out = check(&env, &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
-    assert!(
-        stdout(&out).contains(&format!("chat: ok: {}", db.display())),
-        "{}",
-        both(&out)
-    );
+    let out = check_code(&env, &[], 0);
+    assert_ok_line(&out, "chat", &db);
     assert_summary(&out, 0, 0);
 }
 
 #[test]
 fn unknown_database_name_is_a_usage_error() {
-    let env = TestEnv::new();
-    let db = wal_db(&env, "app/chat.db", 10);
-    config_for(&env, &[("chat", &db)], "");
+    let (env, _db) = chat_env(10);
     for args in [&["nosuchdb"][..], &["chat", "nosuchdb"][..]] {
         let out = check(&env, args);
         assert_eq!(out.status.code(), Some(64), "{args:?}\n{}", both(&out));
@@ -525,47 +521,43 @@ fn one_broken_database_does_not_hide_the_others() {
         &[("alpha", &a), ("gone", &missing), ("gamma", &c)],
         "",
     );
-    let out = check(&env, &[]);
-    assert_eq!(out.status.code(), Some(1), "{}", both(&out));
+    let out = check_code(&env, &[], 1);
     let text = stdout(&out);
     assert!(
         text.contains("configuration ok (3 databases)"),
         "{}",
         both(&out)
     );
-    assert!(
-        text.contains(&format!("alpha: ok: {}", a.display())),
-        "{}",
-        both(&out)
+    assert_ok_line(&out, "alpha", &a);
+    assert_ok_line(&out, "gamma", &c);
+    assert_finding(
+        &out,
+        "gone",
+        "error",
+        &["database file does not exist"],
+        &[],
     );
-    assert!(
-        text.contains(&format!("gamma: ok: {}", c.display())),
-        "{}",
-        both(&out)
-    );
-    let (what, _) = finding(&out, "gone", "error");
-    assert_contains(&what, &["database file does not exist"], &out);
     assert_summary(&out, 1, 0);
 
     // Naming only the healthy ones: only they are checked, and all is well.
-    let out = check(&env, &["alpha", "gamma"]);
-    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    let out = check_code(&env, &["alpha", "gamma"], 0);
     assert!(!stdout(&out).contains("gone"), "{}", both(&out));
     assert_summary(&out, 0, 0);
     // Naming the broken one alone fails.
-    let out = check(&env, &["gone"]);
-    assert_eq!(out.status.code(), Some(1), "{}", both(&out));
+    let out = check_code(&env, &["gone"], 1);
     assert!(!stdout(&out).contains("alpha"), "{}", both(&out));
 }
 
 #[test]
 fn broken_attached_database_is_named_with_its_alias() {
     let env = TestEnv::new();
-    let db = wal_db(&env, "app/chat.db", 10);
     let files = env.path("app/files.db");
-    let mut f = std::fs::File::create(&files).unwrap();
-    f.write_all(b"definitely not sqlite, just some bytes to make it long enough")
-        .unwrap();
+    let db = wal_db(&env, "app/chat.db", 10);
+    std::fs::write(
+        &files,
+        b"definitely not sqlite, just some bytes to make it long enough",
+    )
+    .unwrap();
     env.config("")
         .database(
             "chat",
@@ -573,17 +565,13 @@ fn broken_attached_database_is_named_with_its_alias() {
             &format!("attach = {{ files = \"{}\" }}", files.display()),
         )
         .write();
-    let out = check(&env, &[]);
-    assert_eq!(out.status.code(), Some(1), "{}", both(&out));
-    assert!(
-        stdout(&out).contains(&format!("chat: ok: {}", db.display())),
-        "{}",
-        both(&out)
-    );
-    let (what, _) = finding(&out, "chat (attached as files)", "error");
-    assert_contains(
-        &what,
-        &[&files.display().to_string(), "not an SQLite database"],
+    let out = check_code(&env, &[], 1);
+    assert_ok_line(&out, "chat", &db);
+    assert_finding(
         &out,
+        "chat (attached as files)",
+        "error",
+        &[&files.display().to_string(), "not an SQLite database"],
+        &[],
     );
 }

@@ -255,6 +255,14 @@ fn run(env: &TestEnv, vars: &[(&str, &str)]) -> Output {
     c.output().unwrap()
 }
 
+/// `ARGS` stops at a configuration error: exit 78, nothing on stdout, one line on stderr
+/// (returned).
+fn config_error(env: &TestEnv, args: &[&str]) -> String {
+    let out = env.run_code(args, 78);
+    assert!(out.stdout.is_empty(), "{args:?}\n{}", both(&out));
+    one_line(&out).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+}
+
 /// The single stderr line, or an explanation of why there is not exactly one.
 fn one_line(o: &Output) -> Result<String, String> {
     let err = String::from_utf8_lossy(&o.stderr);
@@ -470,10 +478,7 @@ fn valid_environment_override_takes_effect() {
 fn missing_config_file_exits_78_naming_the_path_once() {
     let env = TestEnv::new();
     // No config written.
-    let out = env.cmd().arg("check").output().unwrap();
-    assert_eq!(out.status.code(), Some(78), "{}", both(&out));
-    assert!(out.stdout.is_empty(), "{}", both(&out));
-    let line = one_line(&out).unwrap_or_else(|e| panic!("{e}"));
+    let line = config_error(&env, &["check"]);
     assert_eq!(
         line,
         format!(
@@ -485,9 +490,7 @@ fn missing_config_file_exits_78_naming_the_path_once() {
 
     // A directory where the file should be.
     std::fs::create_dir(env.config_path()).unwrap();
-    let out = env.cmd().arg("check").output().unwrap();
-    assert_eq!(out.status.code(), Some(78), "{}", both(&out));
-    let line = one_line(&out).unwrap_or_else(|e| panic!("{e}"));
+    let line = config_error(&env, &["check"]);
     assert!(
         line.contains(&format!(
             "{}: the configuration must be a regular file, and this is a directory",
@@ -508,9 +511,7 @@ fn config_errors_stop_every_command_with_78() {
         &["run", "chat", "backup"][..],
         &["backups", "list"][..],
     ] {
-        let out = env.cmd().args(args).output().unwrap();
-        assert_eq!(out.status.code(), Some(78), "{args:?}\n{}", both(&out));
-        let line = one_line(&out).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        let line = config_error(&env, args);
         assert!(
             line.contains(&format!(
                 "{}:2:16: daemon.busy_timeout:",

@@ -2,7 +2,7 @@
 //! the user: /etc as root, XDG otherwise), and the command line's help and usage errors.
 
 use std::path::{Path, PathBuf};
-use std::process::Command as StdCommand;
+use std::process::{Command as StdCommand, Output};
 
 use crate::util::{
     both, give_to_nobody, is_root, open_to_nobody, root_or_skip, set_mode, stderr, stdout,
@@ -21,6 +21,34 @@ fn bare_cmd(env: &TestEnv) -> StdCommand {
         .env("TZ", "UTC")
         .current_dir(env.dir.path());
     c
+}
+
+/// The unprivileged user's command, with `HOME` and `XDG_CONFIG_HOME` (`xdg_config`) in the
+/// temp dir.
+fn user_cmd(env: &TestEnv, xdg_config: &str) -> StdCommand {
+    let mut c = unprivileged(env);
+    c.env("HOME", env.path("home"))
+        .env("XDG_CONFIG_HOME", env.path(xdg_config));
+    c
+}
+
+/// `check` read the configuration at `cfg` and found the database `marker` healthy: exit 0,
+/// stdout starts with `CFG: configuration ok` and has `MARKER: ok: `. Its stdout; `ctx` leads
+/// a failure's message.
+fn assert_config_from(out: &Output, cfg: &Path, marker: &str, ctx: &str) -> String {
+    assert_eq!(out.status.code(), Some(0), "{ctx}\n{}", both(out));
+    let text = stdout(out);
+    assert!(
+        text.starts_with(&format!("{}: configuration ok", cfg.display())),
+        "{ctx}\n{}",
+        both(out)
+    );
+    assert!(
+        text.contains(&format!("{marker}: ok: ")),
+        "{ctx}\n{}",
+        both(out)
+    );
+    text
 }
 
 /// Create `rel` (with parents) as a directory the unprivileged user can read and write.
@@ -69,14 +97,8 @@ fn non_root_reads_config_from_xdg_config_home() {
     open_to_nobody(&env);
     let cfg = env.path("xdg-config/litekeeper/litekeeper.toml");
     config_with_db(&env, &cfg, &env.daemon_section(""), "xdg-marker");
-    let out = unprivileged(&env)
-        .env("HOME", env.path("home"))
-        .env("XDG_CONFIG_HOME", env.path("xdg-config"))
-        .arg("check")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
-    let text = stdout(&out);
+    let out = user_cmd(&env, "xdg-config").arg("check").output().unwrap();
+    let text = assert_config_from(&out, &cfg, "xdg-marker", "");
     assert!(
         text.starts_with(&format!(
             "{}: configuration ok (1 database)\n",
@@ -85,7 +107,6 @@ fn non_root_reads_config_from_xdg_config_home() {
         "{}",
         both(&out)
     );
-    assert!(text.contains("xdg-marker: ok: "), "{}", both(&out));
 }
 
 #[test]
@@ -102,18 +123,7 @@ fn non_root_falls_back_to_home_config_when_xdg_is_unset_or_relative() {
             c.env("XDG_CONFIG_HOME", x);
         }
         let out = c.output().unwrap();
-        assert_eq!(out.status.code(), Some(0), "{xdg:?}\n{}", both(&out));
-        let text = stdout(&out);
-        assert!(
-            text.starts_with(&format!("{}: configuration ok", cfg.display())),
-            "{xdg:?}\n{}",
-            both(&out)
-        );
-        assert!(
-            text.contains("home-marker: ok: "),
-            "{xdg:?}\n{}",
-            both(&out)
-        );
+        assert_config_from(&out, &cfg, "home-marker", &format!("{xdg:?}"));
     }
 }
 
@@ -121,9 +131,7 @@ fn non_root_falls_back_to_home_config_when_xdg_is_unset_or_relative() {
 fn non_root_without_a_config_names_the_xdg_path() {
     let env = TestEnv::new();
     open_to_nobody(&env);
-    let out = unprivileged(&env)
-        .env("HOME", env.path("home"))
-        .env("XDG_CONFIG_HOME", env.path("empty-config"))
+    let out = user_cmd(&env, "empty-config")
         .arg("check")
         .output()
         .unwrap();
@@ -153,9 +161,7 @@ fn non_root_state_lock_and_backups_default_to_xdg_dirs() {
     set_mode(&runtime, 0o700);
     let cfg = env.path("xdg-config/litekeeper/litekeeper.toml");
     config_with_db(&env, &cfg, "[daemon]\nbusy_timeout = \"300ms\"\n", "chat");
-    let out = unprivileged(&env)
-        .env("HOME", env.path("home"))
-        .env("XDG_CONFIG_HOME", env.path("xdg-config"))
+    let out = user_cmd(&env, "xdg-config")
         .env("XDG_STATE_HOME", &state)
         .env("XDG_RUNTIME_DIR", &runtime)
         .args(["run", "chat", "backup"])
@@ -239,14 +245,7 @@ fn litekeeper_config_selects_the_file_and_dash_c_wins() {
         .arg("check")
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
-    let text = stdout(&out);
-    assert!(
-        text.starts_with(&format!("{}: configuration ok", from_env.display())),
-        "{}",
-        both(&out)
-    );
-    assert!(text.contains("env-marker: ok: "), "{}", both(&out));
+    assert_config_from(&out, &from_env, "env-marker", "");
 
     let out = bare_cmd(&env)
         .env("LITEKEEPER_CONFIG", &from_env)

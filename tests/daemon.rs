@@ -71,6 +71,36 @@ fn wait_until(
     }
 }
 
+/// `chat` backed up every second ([`chat_backed_up`]) by a daemon under a fake service
+/// manager, once its first run has finished: the manager, the daemon, and the index after its
+/// first READY=1.
+fn every_second_after_first_run(env: &TestEnv, vars: &[(&str, &str)]) -> (Notify, Bg, usize) {
+    chat_backed_up(
+        env,
+        "CREATE TABLE t(x); INSERT INTO t VALUES (1);",
+        "* * * * * *",
+    );
+    let mut notify = Notify::bind(env);
+    let daemon = env.daemon_notifying(&notify, vars);
+    let from = notify.ready() + 1;
+    wait_until(env, &daemon, Duration::from_secs(10), "a first run", || {
+        finished_runs(env, "chat") >= 1
+    });
+    (notify, daemon, from)
+}
+
+/// Waits (up to `limit`) until `n` runs started from now on have finished.
+fn wait_runs_from_now(env: &TestEnv, daemon: &Bg, n: usize, limit: Duration, what: &str) {
+    let now = Utc::now().timestamp_millis();
+    wait_until(env, daemon, limit, what, || {
+        env.runs()
+            .iter()
+            .filter(|r| r.started > now && r.finished.is_some())
+            .count()
+            >= n
+    });
+}
+
 /// Backup files (by our naming) and other entries of a backup directory.
 fn backup_dir_entries(dir: &Path) -> (Vec<String>, Vec<String>) {
     let mut backups = Vec::new();
@@ -101,6 +131,57 @@ fn chat_backed_up(env: &TestEnv, sql: &str, schedule: &str) -> PathBuf {
         )
         .write();
     chat
+}
+
+/// `hold`'s stanza in the starvation tests: backed up every second, waiting for its lock.
+fn hold_stanza(env: &TestEnv) -> String {
+    format!(
+        "on_busy = \"wait\"\n{}",
+        backup_stanza("* * * * * *", &env.path("backups/hold"))
+    )
+}
+
+/// Takes `hold`'s lock file (`locks/hold.lock`), as a job of the daemon would; held until the
+/// file is dropped.
+fn hold_lock(env: &TestEnv) -> std::fs::File {
+    std::fs::create_dir_all(env.path("locks")).unwrap();
+    let lock = std::fs::File::create(env.path("locks/hold.lock")).unwrap();
+    lock.lock().unwrap();
+    lock
+}
+
+/// Writes `text` as the configuration and starts the daemon under a fake service manager.
+fn start_notifying(env: &TestEnv, text: &str, vars: &[(&str, &str)]) -> (Notify, Bg) {
+    env.write_config(text);
+    let notify = Notify::bind(env);
+    let daemon = env.daemon_notifying(&notify, vars);
+    (notify, daemon)
+}
+
+/// SIGHUP, then waits (each up to `limit`) for RELOADING=1 from message `from` on and for the
+/// READY=1 after it; the index after that READY=1.
+fn reload_once(daemon: &Bg, notify: &mut Notify, from: usize, limit: Duration) -> usize {
+    daemon.signal(libc::SIGHUP);
+    let r = notify.wait_for(from, limit, "RELOADING=1", |m| m.has("RELOADING=1"));
+    notify.wait_for(r + 1, limit, "READY=1", |m| m.has("READY=1")) + 1
+}
+
+/// Once the daemon has ended: no message it sent matches `sent` (`what` names it).
+fn assert_none_sent(notify: &mut Notify, what: &str, sent: impl Fn(&Msg) -> bool) {
+    let msgs = notify.finish();
+    assert!(!msgs.iter().any(sent), "sent {what}: {:?}", texts(msgs));
+}
+
+/// The texts of notify messages, for failure output.
+fn texts(msgs: &[Msg]) -> Vec<&String> {
+    msgs.iter().map(|m| &m.text).collect()
+}
+
+/// The last "timers armed" debug line of a daemon's log.
+fn last_timers_armed(err: &str) -> &str {
+    err.lines()
+        .rfind(|l| l.contains("timers armed"))
+        .unwrap_or_else(|| panic!("no 'timers armed' debug line:\n{err}"))
 }
 
 fn backup_stanza(schedule: &str, dir: &Path) -> String {
@@ -262,42 +343,16 @@ fn notify_sequence() {
 #[test]
 fn broken_reload_keeps_running_the_old_schedule() {
     let env = TestEnv::new();
-    chat_backed_up(
-        &env,
-        "CREATE TABLE t(x); INSERT INTO t VALUES (1);",
-        "* * * * * *",
-    );
-    let config = env.config_path();
-    let mut notify = Notify::bind(&env);
-    let mut daemon = env.daemon_notifying(&notify, &[]);
-    let ready = notify.ready();
-    wait_until(
-        &env,
-        &daemon,
-        Duration::from_secs(10),
-        "a first run",
-        || finished_runs(&env, "chat") >= 1,
-    );
+    let (mut notify, mut daemon, from) = every_second_after_first_run(&env, &[]);
 
-    std::fs::write(&config, "[[database]]\nname = 42\n").unwrap();
-    daemon.signal(libc::SIGHUP);
-    let reloading = notify.wait_for(ready + 1, Duration::from_secs(10), "RELOADING=1", |m| {
-        m.has("RELOADING=1")
-    });
-    notify.wait_for(reloading + 1, Duration::from_secs(10), "READY=1", |m| {
-        m.has("READY=1")
-    });
-    let reloaded_at = Utc::now().timestamp_millis();
-    wait_until(
+    std::fs::write(env.config_path(), "[[database]]\nname = 42\n").unwrap();
+    reload_once(&daemon, &mut notify, from, Duration::from_secs(10));
+    wait_runs_from_now(
         &env,
         &daemon,
+        1,
         Duration::from_secs(10),
         "a run started after the failed reload",
-        || {
-            env.runs()
-                .iter()
-                .any(|r| r.started > reloaded_at && r.finished.is_some())
-        },
     );
     assert!(daemon.alive());
     assert!(
@@ -316,45 +371,19 @@ fn broken_reload_keeps_running_the_old_schedule() {
 #[test]
 fn reload_rearms_each_timer_once() {
     let env = TestEnv::new();
-    chat_backed_up(
-        &env,
-        "CREATE TABLE t(x); INSERT INTO t VALUES (1);",
-        "* * * * * *",
-    );
-    let mut notify = Notify::bind(&env);
-    let mut daemon = env.daemon_notifying(&notify, &[("LITEKEEPER_LOG", "info,litekeeper=debug")]);
-    let mut from = notify.ready() + 1;
-    wait_until(
-        &env,
-        &daemon,
-        Duration::from_secs(10),
-        "a first run",
-        || finished_runs(&env, "chat") >= 1,
-    );
+    let (mut notify, mut daemon, mut from) =
+        every_second_after_first_run(&env, &[("LITEKEEPER_LOG", "info,litekeeper=debug")]);
     // Reload at different points of the second, so some land while a timer waits to fire.
     for pause in [0, 170, 340, 510, 680, 850] {
         std::thread::sleep(Duration::from_millis(pause));
-        daemon.signal(libc::SIGHUP);
-        let r = notify.wait_for(from, Duration::from_secs(10), "RELOADING=1", |m| {
-            m.has("RELOADING=1")
-        });
-        from = notify.wait_for(r + 1, Duration::from_secs(10), "READY=1", |m| {
-            m.has("READY=1")
-        }) + 1;
+        from = reload_once(&daemon, &mut notify, from, Duration::from_secs(10));
     }
-    let reloaded_at = Utc::now().timestamp_millis();
-    wait_until(
+    wait_runs_from_now(
         &env,
         &daemon,
+        3,
         Duration::from_secs(15),
         "three runs after the reloads",
-        || {
-            env.runs()
-                .iter()
-                .filter(|r| r.started > reloaded_at && r.finished.is_some())
-                .count()
-                >= 3
-        },
     );
     assert_eq!(daemon.stop(Duration::from_secs(10)).code(), Some(0));
     let err = daemon.log();
@@ -426,12 +455,7 @@ fn watchdog_for_another_pid_is_not_pinged() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(daemon.stop(Duration::from_secs(10)).code(), Some(0));
-    let msgs = notify.finish();
-    assert!(
-        !msgs.iter().any(|m| m.has("WATCHDOG=1")),
-        "{:?}",
-        msgs.iter().map(|m| &m.text).collect::<Vec<_>>()
-    );
+    assert_none_sent(&mut notify, "WATCHDOG=1", |m| m.has("WATCHDOG=1"));
 }
 
 /// A `* * * * * *` backup really runs every second, is recorded, and writes backups.
@@ -576,15 +600,10 @@ fn max_concurrent_jobs_one_never_overlaps_across_databases() {
     );
     // Never two jobs at once, so STATUS never names two running jobs either.
     assert_no_overlap(&all, true);
-    let msgs = notify.finish();
-    assert!(
-        !msgs
-            .iter()
-            .filter_map(Msg::status)
-            .any(|s| s.starts_with("running") && s.contains(',')),
-        "{:?}",
-        msgs.iter().map(|m| &m.text).collect::<Vec<_>>()
-    );
+    assert_none_sent(&mut notify, "a STATUS naming two running jobs", |m| {
+        m.status()
+            .is_some_and(|s| s.starts_with("running") && s.contains(','))
+    });
 }
 
 /// A configuration error at start-up: exit 78, one line naming file and line, never READY.
@@ -610,9 +629,7 @@ fn broken_config_at_start() {
             "schedule"
         };
         let line = text.lines().position(|l| l.starts_with(bad)).unwrap() + 1;
-        env.write_config(&text);
-        let mut notify = Notify::bind(&env);
-        let mut daemon = env.daemon_notifying(&notify, &[]);
+        let (mut notify, mut daemon) = start_notifying(&env, &text, &[]);
         let status = daemon.wait_exit(Duration::from_secs(10));
         let err = daemon.log();
         assert_eq!(status.code(), Some(78), "stderr:\n{err}");
@@ -623,12 +640,7 @@ fn broken_config_at_start() {
             "names file and line {line}: {}",
             lines[0]
         );
-        let msgs = notify.finish();
-        assert!(
-            msgs.is_empty(),
-            "nothing sent to the service manager: {:?}",
-            msgs.iter().map(|m| &m.text).collect::<Vec<_>>()
-        );
+        assert_none_sent(&mut notify, "anything to the service manager", |_| true);
     }
 }
 
@@ -684,7 +696,7 @@ fn sigterm_during_running_job() {
         msgs[stopping + 1].status(),
         Some("stopping; waiting for backup big"),
         "{:?}",
-        msgs.iter().map(|m| &m.text).collect::<Vec<_>>()
+        texts(&msgs)
     );
     // Once stopping, STATUS never claims the daemon is idle with a next run ahead.
     for m in &msgs[stopping..] {
@@ -692,7 +704,7 @@ fn sigterm_during_running_job() {
             m.status().is_none_or(|s| s.starts_with("stopping")),
             "STATUS after STOPPING=1: {:?}; all: {:?}",
             m.text,
-            msgs.iter().map(|m| &m.text).collect::<Vec<_>>()
+            texts(&msgs)
         );
         assert!(!m.has("READY=1"), "READY=1 after STOPPING=1");
     }
@@ -757,13 +769,7 @@ fn threads_named(pid: libc::pid_t, name: &str) -> usize {
 /// SIGHUP `n` times, each time waiting for the READY=1 that ends the reload.
 fn reload_times(daemon: &Bg, notify: &mut Notify, mut from: usize, n: usize) -> usize {
     for _ in 0..n {
-        daemon.signal(libc::SIGHUP);
-        let r = notify.wait_for(from, Duration::from_secs(20), "RELOADING=1", |m| {
-            m.has("RELOADING=1")
-        });
-        from = notify.wait_for(r + 1, Duration::from_secs(20), "READY=1", |m| {
-            m.has("READY=1")
-        }) + 1;
+        from = reload_once(daemon, notify, from, Duration::from_secs(20));
     }
     from
 }
@@ -785,10 +791,9 @@ fn reloads_do_not_grow_memory() {
             &backup_stanza("0 2 * * *", &env.path(&format!("backups/d{i}"))),
         ));
     }
-    env.write_config(&text);
-    let mut notify = Notify::bind(&env);
-    let mut daemon = env.daemon_notifying(
-        &notify,
+    let (mut notify, mut daemon) = start_notifying(
+        &env,
+        &text,
         &[("LITEKEEPER_LOG", "info,litekeeper::scheduler=debug")],
     );
     let from = notify.wait_for(0, Duration::from_secs(30), "READY=1", |m| m.has("READY=1")) + 1;
@@ -805,10 +810,7 @@ fn reloads_do_not_grow_memory() {
     );
     // The timer crate holds one timer per scheduled job, not one per job per reload.
     let err = daemon.log();
-    let last = err
-        .lines()
-        .rfind(|l| l.contains("timers armed"))
-        .unwrap_or_else(|| panic!("no 'timers armed' debug line:\n{err}"));
+    let last = last_timers_armed(&err);
     assert!(
         last.contains("200 job(s), 200 timers armed, 200 held by the timer crate"),
         "{last}"
@@ -850,9 +852,7 @@ fn second_daemon_on_one_state_dir_refuses() {
             &backup_stanza("0 2 * * *", &env.path("backups/chat"))
         )
     );
-    env.write_config(&text);
-    let mut notify = Notify::bind(&env);
-    let mut first = env.daemon_notifying(&notify, &[]);
+    let (mut notify, mut first) = start_notifying(&env, &text, &[]);
     notify.ready();
 
     // Same configuration, from another directory (its own notify socket and stderr).
@@ -930,13 +930,7 @@ fn reload_onto_another_daemons_state_dir_is_refused() {
     let ready = nb.ready();
 
     b.write_config(&config(&a));
-    db.signal(libc::SIGHUP);
-    let r = nb.wait_for(ready + 1, Duration::from_secs(10), "RELOADING=1", |m| {
-        m.has("RELOADING=1")
-    });
-    nb.wait_for(r + 1, Duration::from_secs(10), "READY=1", |m| {
-        m.has("READY=1")
-    });
+    reload_once(&db, &mut nb, ready + 1, Duration::from_secs(10));
     let err = db.log();
     let line = err
         .lines()
@@ -977,9 +971,7 @@ fn status_is_sent_on_change_at_most_once_a_second_and_never_names_the_past() {
             ),
         ));
     }
-    env.write_config(&text);
-    let mut notify = Notify::bind(&env);
-    let mut daemon = env.daemon_notifying(&notify, &[]);
+    let (mut notify, mut daemon) = start_notifying(&env, &text, &[]);
     let ready = notify.ready();
     let watch = Duration::from_secs(5);
     std::thread::sleep(watch);
@@ -1042,14 +1034,7 @@ fn starved_jobs_show_as_queued_in_status() {
     let hold = env.sqlite("app/hold.db", "CREATE TABLE t(x);");
     let starved = env.sqlite("app/starved.db", "CREATE TABLE t(x);");
     env.config("timezone = \"UTC\"\nmax_concurrent_jobs = 1")
-        .database(
-            "hold",
-            &hold,
-            &format!(
-                "on_busy = \"wait\"\n{}",
-                backup_stanza("* * * * * *", &env.path("backups/hold"))
-            ),
-        )
+        .database("hold", &hold, &hold_stanza(&env))
         .database(
             "starved",
             &starved,
@@ -1057,9 +1042,7 @@ fn starved_jobs_show_as_queued_in_status() {
         )
         .write();
     // The test holds hold's lock, so its backup waits for it, holding the only slot.
-    std::fs::create_dir_all(env.path("locks")).unwrap();
-    let lock = std::fs::File::create(env.path("locks/hold.lock")).unwrap();
-    lock.lock().unwrap();
+    let lock = hold_lock(&env);
     let mut notify = Notify::bind(&env);
     let mut daemon = env.daemon_notifying(&notify, &[]);
     notify.ready();
@@ -1121,20 +1104,11 @@ fn starved_fleet_members_show_as_queued_in_status() {
     env.write_config(&format!(
         "{}{}[[database]]\nname = \"t-{{stem}}\"\npath = \"{}/*.db\"\n{}",
         env.daemon_section("timezone = \"UTC\"\nmax_concurrent_jobs = 1"),
-        TestEnv::database_section(
-            "hold",
-            &hold,
-            &format!(
-                "on_busy = \"wait\"\n{}",
-                backup_stanza("* * * * * *", &env.path("backups/hold"))
-            )
-        ),
+        TestEnv::database_section("hold", &hold, &hold_stanza(&env)),
         env.path("tenants").display(),
         backup_stanza("* * * * * *", &env.path("backups/{name}"))
     ));
-    std::fs::create_dir_all(env.path("locks")).unwrap();
-    let lock = std::fs::File::create(env.path("locks/hold.lock")).unwrap();
-    lock.lock().unwrap();
+    let lock = hold_lock(&env);
     let mut notify = Notify::bind(&env);
     let mut daemon = env.daemon_notifying(&notify, &[]);
     notify.ready();
@@ -1221,10 +1195,7 @@ fn fleet_churn_leaves_no_per_database_state_behind() {
     from = reload_times(&daemon, &mut notify, from, 1);
     let _ = from;
     let err = daemon.log();
-    let last = err
-        .lines()
-        .rfind(|l| l.contains("timers armed"))
-        .unwrap_or_else(|| panic!("no 'timers armed' debug line:\n{err}"));
+    let last = last_timers_armed(&err);
     let queues: usize = last
         .rsplit(", ")
         .next()

@@ -27,6 +27,41 @@ fn config(env: &TestEnv, db: &Path, extra: &str) {
     env.config("").database("chat", db, extra).write();
 }
 
+/// [`app`], with a row of `file` whose id is `id` (a referenced upload).
+fn app_referencing(env: &TestEnv, id: &str) -> PathBuf {
+    let db = app(env);
+    Connection::open(&db)
+        .unwrap()
+        .execute("INSERT INTO file VALUES (?1)", [id])
+        .unwrap();
+    db
+}
+
+/// `ARGS` exits 73 and says `says` on stderr.
+fn assert_refused(env: &TestEnv, args: &[&str], says: &str) {
+    let o = env.run_code(args, 73);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains(says),
+        "{}",
+        both(&o)
+    );
+}
+
+/// `run chat backup` as the unprivileged user, with the variable `key` set to `value`.
+fn unprivileged_backup(
+    env: &TestEnv,
+    key: &str,
+    value: impl AsRef<std::ffi::OsStr>,
+) -> std::process::Output {
+    unprivileged(env)
+        .arg("-c")
+        .arg(env.config_path())
+        .args(["run", "chat", "backup"])
+        .env(key, value)
+        .output()
+        .unwrap()
+}
+
 fn mode(p: &Path) -> u32 {
     std::fs::symlink_metadata(p).unwrap().mode() & 0o7777
 }
@@ -49,20 +84,8 @@ fn symlinked_backup_and_files_directories_are_refused() {
             env.path("uploads").display()
         ),
     );
-    let o = env.cmd().args(["run", "chat", "backup"]).output().unwrap();
-    assert_eq!(o.status.code(), Some(73), "{}", both(&o));
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("is a symlink"),
-        "{}",
-        both(&o)
-    );
-    let o = env.cmd().args(["run", "chat", "prune"]).output().unwrap();
-    assert_eq!(o.status.code(), Some(73), "{}", both(&o));
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("a symlink"),
-        "{}",
-        both(&o)
-    );
+    assert_refused(&env, &["run", "chat", "backup"], "is a symlink");
+    assert_refused(&env, &["run", "chat", "prune"], "a symlink");
     let left: Vec<_> = std::fs::read_dir(&elsewhere).unwrap().flatten().collect();
     assert_eq!(
         left.len(),
@@ -90,13 +113,7 @@ fn a_backup_directory_owned_by_someone_else_is_refused() {
         &db,
         &format!("[database.backup]\ndir = \"{}\"", dir.display()),
     );
-    let o = env.cmd().args(["run", "chat", "backup"]).output().unwrap();
-    assert_eq!(o.status.code(), Some(73), "{}", both(&o));
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("is owned by uid 65534"),
-        "{}",
-        both(&o)
-    );
+    assert_refused(&env, &["run", "chat", "backup"], "is owned by uid 65534");
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
 }
 
@@ -228,13 +245,7 @@ fn environment_overrides_cannot_send_an_unprivileged_daemon_elsewhere() {
     let env = TestEnv::new();
     app_of_nobody(&env);
     // Database entries cannot be reached from the environment at all.
-    let o = unprivileged(&env)
-        .arg("-c")
-        .arg(env.config_path())
-        .args(["run", "chat", "backup"])
-        .env("LITEKEEPER__DATABASE__0__BACKUP__DIR", "/root/x")
-        .output()
-        .unwrap();
+    let o = unprivileged_backup(&env, "LITEKEEPER__DATABASE__0__BACKUP__DIR", "/root/x");
     assert_eq!(o.status.code(), Some(78), "{}", both(&o));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("cannot be set from the environment"),
@@ -244,13 +255,7 @@ fn environment_overrides_cannot_send_an_unprivileged_daemon_elsewhere() {
     // The daemon's own directories can, but the operating system still decides.
     let forbidden = PathBuf::from("/root/litekeeper-must-not-exist");
     let _ = std::fs::remove_dir_all(&forbidden);
-    let o = unprivileged(&env)
-        .arg("-c")
-        .arg(env.config_path())
-        .args(["run", "chat", "backup"])
-        .env("LITEKEEPER__DAEMON__STATE_DIR", &forbidden)
-        .output()
-        .unwrap();
+    let o = unprivileged_backup(&env, "LITEKEEPER__DAEMON__STATE_DIR", &forbidden);
     assert_ne!(o.status.code(), Some(0), "{}", both(&o));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains(&forbidden.display().to_string()),
@@ -259,13 +264,7 @@ fn environment_overrides_cannot_send_an_unprivileged_daemon_elsewhere() {
     );
     assert!(!forbidden.exists());
     // A relative path through the environment is refused before anything runs.
-    let o = unprivileged(&env)
-        .arg("-c")
-        .arg(env.config_path())
-        .args(["run", "chat", "backup"])
-        .env("LITEKEEPER__DAEMON__STATE_DIR", "../../tmp/x")
-        .output()
-        .unwrap();
+    let o = unprivileged_backup(&env, "LITEKEEPER__DAEMON__STATE_DIR", "../../tmp/x");
     assert_eq!(o.status.code(), Some(78), "{}", both(&o));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("LITEKEEPER__DAEMON__STATE_DIR"),
@@ -293,6 +292,22 @@ fn root_runs_as_the_owner_of_state_dir() {
 // ---------------------------------------------------------------------------------------------
 // Escapes and hangs of issue 13: each scenario is one function, run as root (or whoever runs
 // the tests) and again as an unprivileged user (uid 65534 through setpriv when root).
+
+/// Two tests of a scenario taking [`As`] first (and then the given arguments): as whoever
+/// runs the tests, and as the unprivileged user.
+macro_rules! as_us_and_nobody {
+    ($scenario:ident($($arg:expr),*): $as_us:ident, $as_nobody:ident) => {
+        #[test]
+        fn $as_us() {
+            $scenario(As::Us $(, $arg)*);
+        }
+
+        #[test]
+        fn $as_nobody() {
+            $scenario(As::Nobody $(, $arg)*);
+        }
+    };
+}
 
 /// Who runs litekeeper in a scenario.
 #[derive(Clone, Copy, Debug)]
@@ -353,11 +368,7 @@ fn files_rule(uploads: &Path, action: &str) -> String {
 
 fn quarantine_day_directory_that_is_a_symlink_is_never_followed(who: As) {
     let env = TestEnv::new();
-    let db = app(&env);
-    Connection::open(&db)
-        .unwrap()
-        .execute("INSERT INTO file VALUES ('c1')", [])
-        .unwrap();
+    let db = app_referencing(&env, "c1");
     let uploads = env.path("uploads");
     let q = uploads.join(".litekeeper-quarantine");
     std::fs::create_dir_all(&q).unwrap();
@@ -411,15 +422,11 @@ fn quarantine_day_directory_that_is_a_symlink_is_never_followed(who: As) {
     );
 }
 
-#[test]
-fn quarantine_day_directory_that_is_a_symlink_is_never_followed_as_root() {
-    quarantine_day_directory_that_is_a_symlink_is_never_followed(As::Us);
-}
-
-#[test]
-fn quarantine_day_directory_that_is_a_symlink_is_never_followed_unprivileged() {
-    quarantine_day_directory_that_is_a_symlink_is_never_followed(As::Nobody);
-}
+as_us_and_nobody!(
+    quarantine_day_directory_that_is_a_symlink_is_never_followed():
+    quarantine_day_directory_that_is_a_symlink_is_never_followed_as_root,
+    quarantine_day_directory_that_is_a_symlink_is_never_followed_unprivileged
+);
 
 /// The uploads directory is swapped for a symlink while the job removes files: the removals
 /// that follow must stay in the directory that was listed. A real race, made reliable: the
@@ -427,11 +434,7 @@ fn quarantine_day_directory_that_is_a_symlink_is_never_followed_unprivileged() {
 fn files_rule_redirected_mid_run_stays_in_its_directory(who: As, action: &str) {
     const N: usize = 20_000;
     let env = TestEnv::new();
-    let db = app(&env);
-    Connection::open(&db)
-        .unwrap()
-        .execute("INSERT INTO file VALUES ('k1')", [])
-        .unwrap();
+    let db = app_referencing(&env, "k1");
     let uploads = env.path("uploads");
     let target = env.path("target");
     std::fs::create_dir_all(&uploads).unwrap();
@@ -487,25 +490,17 @@ fn files_rule_redirected_mid_run_stays_in_its_directory(who: As, action: &str) {
     assert_eq!(names(&real), expect, "{who:?} {action}");
 }
 
-#[test]
-fn files_rule_redirected_mid_run_deletes_only_in_its_directory_as_root() {
-    files_rule_redirected_mid_run_stays_in_its_directory(As::Us, "delete");
-}
+as_us_and_nobody!(
+    files_rule_redirected_mid_run_stays_in_its_directory("delete"):
+    files_rule_redirected_mid_run_deletes_only_in_its_directory_as_root,
+    files_rule_redirected_mid_run_deletes_only_in_its_directory_unprivileged
+);
 
-#[test]
-fn files_rule_redirected_mid_run_deletes_only_in_its_directory_unprivileged() {
-    files_rule_redirected_mid_run_stays_in_its_directory(As::Nobody, "delete");
-}
-
-#[test]
-fn files_rule_redirected_mid_run_quarantines_only_in_its_directory_as_root() {
-    files_rule_redirected_mid_run_stays_in_its_directory(As::Us, "quarantine");
-}
-
-#[test]
-fn files_rule_redirected_mid_run_quarantines_only_in_its_directory_unprivileged() {
-    files_rule_redirected_mid_run_stays_in_its_directory(As::Nobody, "quarantine");
-}
+as_us_and_nobody!(
+    files_rule_redirected_mid_run_stays_in_its_directory("quarantine"):
+    files_rule_redirected_mid_run_quarantines_only_in_its_directory_as_root,
+    files_rule_redirected_mid_run_quarantines_only_in_its_directory_unprivileged
+);
 
 /// A FIFO (or other special file) where litekeeper expects a regular file: a database's
 /// `-journal`, `-wal`, `-shm`, the database itself, the state DB, a lock file, a backup
@@ -600,15 +595,11 @@ fn special_files_beside_a_database_are_refused(who: As) {
     }
 }
 
-#[test]
-fn special_files_beside_a_database_are_refused_as_root() {
-    special_files_beside_a_database_are_refused(As::Us);
-}
-
-#[test]
-fn special_files_beside_a_database_are_refused_unprivileged() {
-    special_files_beside_a_database_are_refused(As::Nobody);
-}
+as_us_and_nobody!(
+    special_files_beside_a_database_are_refused():
+    special_files_beside_a_database_are_refused_as_root,
+    special_files_beside_a_database_are_refused_unprivileged
+);
 
 /// `levels` nested directories `d/d/d/…` under `at`, made through handles (fast, and no path
 /// grows past PATH_MAX); owned by nobody when nobody is to remove them.
@@ -653,11 +644,7 @@ fn a_deep_directory_tree_is_refused_not_a_crash(who: As) {
     const LEVELS: usize = 60_000;
     let env = TestEnv::new();
     let _cleanup = RmRf(env.dir.path().to_path_buf());
-    let db = app(&env);
-    Connection::open(&db)
-        .unwrap()
-        .execute("INSERT INTO file VALUES ('c1')", [])
-        .unwrap();
+    let db = app_referencing(&env, "c1");
     let uploads = env.path("uploads");
     let day = uploads.join(".litekeeper-quarantine").join("2001-01-01");
     std::fs::create_dir_all(&day).unwrap();
@@ -717,12 +704,8 @@ fn a_deep_directory_tree_is_refused_not_a_crash(who: As) {
     assert!(vectors.join("c2_deep").join("d").join("d").is_dir());
 }
 
-#[test]
-fn a_deep_directory_tree_is_refused_not_a_crash_as_root() {
-    a_deep_directory_tree_is_refused_not_a_crash(As::Us);
-}
-
-#[test]
-fn a_deep_directory_tree_is_refused_not_a_crash_unprivileged() {
-    a_deep_directory_tree_is_refused_not_a_crash(As::Nobody);
-}
+as_us_and_nobody!(
+    a_deep_directory_tree_is_refused_not_a_crash():
+    a_deep_directory_tree_is_refused_not_a_crash_as_root,
+    a_deep_directory_tree_is_refused_not_a_crash_unprivileged
+);

@@ -1279,14 +1279,8 @@ fn restore_over_sidecars_as(user: Option<u32>) {
     assert_eq!(old.0, "old");
     // A foreign WAL (another database's changes) + -shm + -journal, for the --to target.
     let foreign = fixtures.join("foreign.db");
-    std::fs::copy(&backup_path, &foreign).unwrap();
     {
-        let c = Connection::open(&foreign).unwrap();
-        c.execute_batch(
-            "PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0;
-             UPDATE marker SET v = 'foreign'; DELETE FROM bulk WHERE id > 100;",
-        )
-        .unwrap();
+        let _c = crate::restore::foreign_wal(&backup_path, &foreign, 100);
         std::fs::copy(sidecar(&foreign, "-wal"), fixtures.join("stale-wal")).unwrap();
         std::fs::copy(sidecar(&foreign, "-shm"), fixtures.join("stale-shm")).unwrap();
     }

@@ -147,6 +147,11 @@ impl Metrics {
         self.value(name, &[("database", db), ("job", job)])
     }
 
+    /// `litekeeper_runs_total` of one database, job and outcome.
+    fn runs_total(&self, db: &str, job: &str, outcome: &str) -> f64 {
+        self.outcome("litekeeper_runs_total", db, job, outcome)
+    }
+
     fn outcome(&self, name: &str, db: &str, job: &str, outcome: &str) -> f64 {
         self.value(
             name,
@@ -262,6 +267,19 @@ fn run_ok(env: &TestEnv, db: &str, job: &str) {
     assert_eq!(o.status.code(), Some(0), "{}", both(&o));
 }
 
+/// A database `chat` backed up with `metrics_file = FILE`: one backup, which must exit 0; its
+/// output and stderr.
+fn backup_with_metrics_file(env: &TestEnv, file: &Path) -> (std::process::Output, String) {
+    let db = env.sqlite("app/chat.db", "CREATE TABLE t(x);");
+    env.config(&format!("metrics_file = \"{}\"", file.display()))
+        .database("chat", &db, &backup_into(&env.path("backups")))
+        .write();
+    let o = run(env, "chat", "backup");
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    (o, err)
+}
+
 fn rows(db: &Path) -> i64 {
     let c = Connection::open(db).unwrap();
     c.query_row("SELECT count(*) FROM chat", [], |r| r.get(0))
@@ -305,23 +323,14 @@ fn metrics_after_real_runs_match_what_happened() {
         }
         let d = m.job("litekeeper_last_duration_seconds", "chat", job);
         assert!(d >= 0.0 && d <= after - before, "{job}: {d}");
-        assert_eq!(
-            m.outcome("litekeeper_runs_total", "chat", job, "failed"),
-            0.0
-        );
+        assert_eq!(m.runs_total("chat", job, "failed"), 0.0);
     }
     assert_eq!(m.last_outcome("chat", "backup"), "ok");
     assert_eq!(m.last_outcome("chat", "prune"), "ok");
     // Nothing worth vacuuming: skipped, and still a success.
     assert_eq!(m.last_outcome("chat", "vacuum"), "skipped");
-    assert_eq!(
-        m.outcome("litekeeper_runs_total", "chat", "backup", "ok"),
-        1.0
-    );
-    assert_eq!(
-        m.outcome("litekeeper_runs_total", "chat", "vacuum", "skipped"),
-        1.0
-    );
+    assert_eq!(m.runs_total("chat", "backup", "ok"), 1.0);
+    assert_eq!(m.runs_total("chat", "vacuum", "skipped"), 1.0);
 
     // Prune figures are the real counts.
     let deleted = rows_before - rows(&db);
@@ -415,14 +424,8 @@ fn a_failing_run_moves_last_run_but_not_last_success() {
         ok_at
     );
     assert_eq!(m.last_outcome("chat", "backup"), "failed");
-    assert_eq!(
-        m.outcome("litekeeper_runs_total", "chat", "backup", "ok"),
-        1.0
-    );
-    assert_eq!(
-        m.outcome("litekeeper_runs_total", "chat", "backup", "failed"),
-        1.0
-    );
+    assert_eq!(m.runs_total("chat", "backup", "ok"), 1.0);
+    assert_eq!(m.runs_total("chat", "backup", "failed"), 1.0);
     // The database file is gone: no size sample for it.
     assert_eq!(
         m.get(
@@ -432,10 +435,7 @@ fn a_failing_run_moves_last_run_but_not_last_success() {
         None
     );
     // Jobs that never ran have counters at 0 and no last_* samples.
-    assert_eq!(
-        m.outcome("litekeeper_runs_total", "chat", "prune", "ok"),
-        0.0
-    );
+    assert_eq!(m.runs_total("chat", "prune", "ok"), 0.0);
     assert_eq!(
         m.get(
             "litekeeper_last_run_timestamp_seconds",
@@ -460,10 +460,7 @@ fn runs_total_never_goes_down_when_history_is_pruned() {
         .unwrap();
     assert_eq!(kept, 1, "the first run left the history");
     let m = read_metrics(&env);
-    assert_eq!(
-        m.outcome("litekeeper_runs_total", "chat", "backup", "ok"),
-        2.0
-    );
+    assert_eq!(m.runs_total("chat", "backup", "ok"), 2.0);
 }
 
 #[test]
@@ -513,7 +510,7 @@ fn concurrent_runs_on_different_databases_leave_a_complete_file() {
         let m = read_metrics(&env);
         for n in names {
             assert_eq!(
-                m.outcome("litekeeper_runs_total", n, "backup", "ok"),
+                m.runs_total(n, "backup", "ok"),
                 round as f64,
                 "round {round}, database {n}"
             );
@@ -525,14 +522,8 @@ fn concurrent_runs_on_different_databases_leave_a_complete_file() {
 #[test]
 fn an_unwritable_metrics_file_is_a_warning_not_a_failure() {
     let env = TestEnv::new();
-    let db = env.sqlite("app/chat.db", "CREATE TABLE t(x);");
     let missing = env.path("no-such-dir/litekeeper.prom");
-    env.config(&format!("metrics_file = \"{}\"", missing.display()))
-        .database("chat", &db, &backup_into(&env.path("backups")))
-        .write();
-    let o = run(&env, "chat", "backup");
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
-    let err = String::from_utf8_lossy(&o.stderr);
+    let (o, err) = backup_with_metrics_file(&env, &missing);
     assert!(
         err.contains("WARN")
             && err.contains("could not update the metrics")
@@ -597,16 +588,10 @@ fn writers_wait_for_the_metrics_lock_then_write_what_the_state_db_holds() {
 #[test]
 fn metrics_are_never_written_through_a_symlinked_directory() {
     let env = TestEnv::new();
-    let db = env.sqlite("app/chat.db", "CREATE TABLE t(x);");
     let target = env.path("victim");
     std::fs::create_dir_all(&target).unwrap();
     std::os::unix::fs::symlink(&target, env.path("prom")).unwrap();
-    env.config(&format!("metrics_file = \"{}\"", prom_path(&env).display()))
-        .database("chat", &db, &backup_into(&env.path("backups")))
-        .write();
-    let o = run(&env, "chat", "backup");
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
-    let err = String::from_utf8_lossy(&o.stderr);
+    let (o, err) = backup_with_metrics_file(&env, &prom_path(&env));
     assert!(
         err.contains("WARN")
             && err.contains(&env.path("prom").display().to_string())

@@ -17,11 +17,11 @@ fn slow_prune(env: &TestEnv) -> PathBuf {
          WITH RECURSIVE i(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM i WHERE x < 20000)
          INSERT INTO message SELECT x, x % 2, hex(randomblob(40)) FROM i;",
     );
-    env.write_config(&format!(
-        "{}[[database]]\nname = \"chat\"\npath = \"{}\"\n[database.prune]\nmax_lock = \"1ms\"\npause = \"5ms\"\nmax_fraction = 0.9\n[[database.prune.rule]]\ntable = \"message\"\nwhere = \"old = 1\"\n[database.vacuum]\nmin_free = \"1%\"\n",
-        env.daemon_section(""),
-        db.display()
-    ));
+    crate::prune::write_prune_config(
+        env,
+        &db,
+        "max_lock = \"1ms\"\npause = \"5ms\"\nmax_fraction = 0.9\n[[database.prune.rule]]\ntable = \"message\"\nwhere = \"old = 1\"\n[database.vacuum]\nmin_free = \"1%\"\n",
+    );
     db
 }
 

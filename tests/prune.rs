@@ -31,6 +31,32 @@ pub(crate) fn run_prune(env: &TestEnv, extra: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// `run chat prune EXTRA`, which must exit with `code`.
+pub(crate) fn prune_code(env: &TestEnv, extra: &[&str], code: i32) -> std::process::Output {
+    let o = run_prune(env, extra);
+    assert_eq!(o.status.code(), Some(code), "{}", both(&o));
+    o
+}
+
+/// A new test directory with [`chat_app`], configured by [`config`] with `prune` (the blob
+/// DB attached as `files` when `attach`).
+fn configured_chat_app(attach: bool, prune: &str) -> (TestEnv, PathBuf, PathBuf) {
+    let env = TestEnv::new();
+    let (db, blobs) = chat_app(&env);
+    config(&env, &db, attach.then_some(blobs.as_path()), prune);
+    (env, db, blobs)
+}
+
+/// The configuration of `chat` at `db` with the default `[daemon]`; `prune`: the lines after
+/// `[database.prune]` (settings, then rules and any later section).
+pub(crate) fn write_prune_config(env: &TestEnv, db: &Path, prune: &str) {
+    env.write_config(&format!(
+        "{}[[database]]\nname = \"chat\"\npath = \"{}\"\n[database.prune]\n{prune}",
+        env.daemon_section(""),
+        db.display()
+    ));
+}
+
 /// A chat-app main DB: chats with ages and flags, messages, and an attached blob DB.
 fn chat_app(env: &TestEnv) -> (PathBuf, PathBuf) {
     let n = unix_now();
@@ -69,12 +95,8 @@ fn age_rules_in_every_time_format_delete_exactly_the_old_rows() {
         ("updated_iso", "iso8601"),
         ("updated_jd", "julian"),
     ] {
-        let env = TestEnv::new();
-        let (db, _) = chat_app(&env);
-        config(
-            &env,
-            &db,
-            None,
+        let (env, db, _) = configured_chat_app(
+            false,
             &format!(
                 "max_fraction = 1.0\n[[database.prune.rule]]\ntable = \"chat\"\ncolumn = \"{column}\"\nolder_than = \"2388h\"\ntime_format = \"{format}\"\nwhere = \"archived = 0 AND pinned = 0\""
             ),
@@ -104,12 +126,8 @@ fn age_rules_in_every_time_format_delete_exactly_the_old_rows() {
 
 #[test]
 fn where_and_orphan_rules_cascade_across_attached_databases_in_one_run() {
-    let env = TestEnv::new();
-    let (db, blobs) = chat_app(&env);
-    config(
-        &env,
-        &db,
-        Some(&blobs),
+    let (env, db, blobs) = configured_chat_app(
+        true,
         "max_fraction = 1.0
 [[database.prune.rule]]
 table = \"chat\"
@@ -138,8 +156,7 @@ parent = \"message.id\"",
            (SELECT id FROM message WHERE chat_id IN (SELECT id FROM chat WHERE NOT (archived = 1 AND pinned = 0)))",
     );
     assert!(blobs_left > 100 && messages_left > 100);
-    let o = run_prune(&env, &[]);
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    prune_code(&env, &[], 0);
     assert_eq!(count("SELECT count(*) FROM chat"), chats_left);
     assert_eq!(count("SELECT count(*) FROM message"), messages_left);
     assert_eq!(count("SELECT count(*) FROM files.blob"), blobs_left);
@@ -213,8 +230,7 @@ min_age = \"0s\"",
         v
     };
     let files_before = listing(&uploads);
-    let o = run_prune(&env, &["--dry-run"]);
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let o = prune_code(&env, &["--dry-run"], 0);
     let out = String::from_utf8_lossy(&o.stdout);
     let archived = query_i64(&db, "SELECT count(*) FROM chat WHERE archived = 1");
     assert!(
@@ -234,25 +250,19 @@ min_age = \"0s\"",
         .unwrap()
         .replace("max_fraction = 1.0", "max_fraction = 1.0\ndry_run = true");
     std::fs::write(env.config_path(), cfg).unwrap();
-    let o = run_prune(&env, &[]);
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let o = prune_code(&env, &[], 0);
     assert!(String::from_utf8_lossy(&o.stdout).contains("dry run"));
     assert_eq!(query_i64(&db, "SELECT count(*) FROM chat"), 400);
 }
 
 #[test]
 fn max_fraction_and_missing_columns_refuse_before_deleting() {
-    let env = TestEnv::new();
-    let (db, _) = chat_app(&env);
-    config(
-        &env,
-        &db,
-        None,
+    let (env, db, _) = configured_chat_app(
+        false,
         "[[database.prune.rule]]\ntable = \"chat\"\nwhere = \"archived = 0\"",
     );
     // The guard refuses the rule: skipped with a warning, the run itself is ok (issue 13).
-    let o = run_prune(&env, &[]);
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let o = prune_code(&env, &[], 0);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         err.contains("more than max_fraction 50%") && err.contains("rule[0]"),
@@ -267,19 +277,18 @@ fn max_fraction_and_missing_columns_refuse_before_deleting() {
     assert_eq!(query_i64(&db, "SELECT count(*) FROM chat"), 400);
 
     // A rule naming a missing column: exit 78 with the config line of the key.
-    env.write_config(&format!(
-        "{}[[database]]\nname = \"chat\"\npath = \"{}\"\n[database.prune]\n[[database.prune.rule]]\ntable = \"chat\"\ncolumn = \"created\"\nolder_than = \"1d\"\n",
-        env.daemon_section(""),
-        db.display()
-    ));
+    write_prune_config(
+        &env,
+        &db,
+        "[[database.prune.rule]]\ntable = \"chat\"\ncolumn = \"created\"\nolder_than = \"1d\"\n",
+    );
     let line = std::fs::read_to_string(env.config_path())
         .unwrap()
         .lines()
         .position(|l| l.starts_with("column = "))
         .unwrap()
         + 1;
-    let o = run_prune(&env, &[]);
-    assert_eq!(o.status.code(), Some(78), "{}", both(&o));
+    let o = prune_code(&env, &[], 78);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         err.contains(&format!("litekeeper.toml:{line}:"))
@@ -288,28 +297,22 @@ fn max_fraction_and_missing_columns_refuse_before_deleting() {
         both(&o)
     );
     // A `where` with a second statement is refused, nothing runs.
-    env.write_config(&format!(
-        "{}[[database]]\nname = \"chat\"\npath = \"{}\"\n[database.prune]\n[[database.prune.rule]]\ntable = \"chat\"\nwhere = \"1; DROP TABLE chat\"\n",
-        env.daemon_section(""),
-        db.display()
-    ));
-    let o = run_prune(&env, &[]);
-    assert_eq!(o.status.code(), Some(78), "{}", both(&o));
+    write_prune_config(
+        &env,
+        &db,
+        "[[database.prune.rule]]\ntable = \"chat\"\nwhere = \"1; DROP TABLE chat\"\n",
+    );
+    prune_code(&env, &[], 78);
     assert_eq!(query_i64(&db, "SELECT count(*) FROM chat"), 400);
 }
 
 #[test]
 fn max_rows_caps_one_run_and_without_rowid_tables_batch_on_their_key() {
-    let env = TestEnv::new();
-    let (db, blobs) = chat_app(&env);
-    config(
-        &env,
-        &db,
-        Some(&blobs),
+    let (env, _db, blobs) = configured_chat_app(
+        true,
         "max_fraction = 1.0\nmax_rows = 1000\n[[database.prune.rule]]\ntable = \"files.blob\"\nwhere = \"length(data) > 10\"",
     );
-    let o = run_prune(&env, &[]);
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let o = prune_code(&env, &[], 0);
     assert!(
         String::from_utf8_lossy(&o.stdout).contains("stopped at max_rows = 1000"),
         "{}",
@@ -330,10 +333,8 @@ fn max_rows_caps_one_run_and_without_rowid_tables_batch_on_their_key() {
         &format!("SELECT count(*) FROM blob WHERE key < '{smallest_left}' AND length(data) > 10"),
     );
     assert_eq!(deleted_below, 0);
-    let o = run_prune(&env, &[]);
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
-    let o = run_prune(&env, &[]);
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    prune_code(&env, &[], 0);
+    prune_code(&env, &[], 0);
     assert_eq!(query_i64(&blobs, "SELECT count(*) FROM blob"), 2);
 }
 
@@ -385,8 +386,7 @@ min_age = \"1d\"",
             vectors.display()
         ),
     );
-    let o = run_prune(&env, &[]);
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let o = prune_code(&env, &[], 0);
     let mut left: Vec<String> = std::fs::read_dir(&uploads)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -432,8 +432,7 @@ quarantine_days = 7",
     // A reference query that returns nothing must not empty the directory.
     config(&env, &db, None, &rule("SELECT id FROM chat WHERE 0"));
     // A guard's refusal: the rule is skipped with a warning, the run is ok (issue 13).
-    let o = run_prune(&env, &[]);
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let o = prune_code(&env, &[], 0);
     assert!(
         String::from_utf8_lossy(&o.stdout).contains("refused by a guard: files[0]"),
         "{}",
@@ -447,8 +446,7 @@ quarantine_days = 7",
     assert!(uploads.join("c999_orphan.txt").exists());
 
     config(&env, &db, None, &rule("SELECT id FROM chat"));
-    let o = run_prune(&env, &[]);
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let o = prune_code(&env, &[], 0);
     let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
     let moved = uploads
         .join(".litekeeper-quarantine")
@@ -471,11 +469,11 @@ fn killed_prune_leaves_only_whole_batches() {
          WITH RECURSIVE i(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM i WHERE x < 60000)
          INSERT INTO ev SELECT x, x % 2, hex(randomblob(20)) FROM i;",
     );
-    env.write_config(&format!(
-        "{}[[database]]\nname = \"chat\"\npath = \"{}\"\n[database.prune]\nmax_lock = \"2ms\"\npause = \"5ms\"\nmax_fraction = 0.6\n[[database.prune.rule]]\ntable = \"ev\"\nwhere = \"ts = 0\"\n",
-        env.daemon_section(""),
-        db.display()
-    ));
+    write_prune_config(
+        &env,
+        &db,
+        "max_lock = \"2ms\"\npause = \"5ms\"\nmax_fraction = 0.6\n[[database.prune.rule]]\ntable = \"ev\"\nwhere = \"ts = 0\"\n",
+    );
     let mut child = env
         .std_cmd()
         .args(["run", "chat", "prune"])
@@ -527,19 +525,14 @@ fn killed_prune_leaves_only_whole_batches() {
         30_000
     );
     // The lock is free and the next run finishes the job.
-    let o = run_prune(&env, &[]);
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    prune_code(&env, &[], 0);
     assert_eq!(query_i64(&db, "SELECT count(*) FROM ev WHERE ts = 0"), 0);
 }
 
 #[test]
 fn check_reports_rules_that_do_not_fit_the_schema_with_their_line() {
-    let env = TestEnv::new();
-    let (db, blobs) = chat_app(&env);
-    config(
-        &env,
-        &db,
-        Some(&blobs),
+    let (env, db, _) = configured_chat_app(
+        true,
         "[[database.prune.rule]]
 table = \"chat\"
 column = \"created\"

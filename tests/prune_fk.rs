@@ -18,6 +18,31 @@ fn config(env: &TestEnv, db: &Path, attach: Option<&Path>, prune: &str) {
     crate::prune::config(env, db, attach, &format!("max_fraction = 1.0\n{prune}"));
 }
 
+/// The README's cascade: the parent's age rule, then the child's orphan rule.
+const CONVERSATIONS_CASCADE: &str = "[[database.prune.rule]]
+table = \"conversations\"
+column = \"updated_at\"
+older_than = \"100d\"
+[[database.prune.rule]]
+table = \"messages\"
+key = \"conversation_id\"
+parent = \"conversations.id\"";
+
+/// Configures `prune` (see [`config`]) and runs one prune, which must exit 0 (`ctx` leads
+/// the failure message).
+fn prune_with(
+    env: &TestEnv,
+    db: &Path,
+    attach: Option<&Path>,
+    prune: &str,
+    ctx: &str,
+) -> std::process::Output {
+    config(env, db, attach, prune);
+    let o = run_prune(env, &[]);
+    assert_eq!(o.status.code(), Some(0), "{ctx}: {}", both(&o));
+    o
+}
+
 /// Open as the app does: foreign keys enforced or not.
 fn app(db: &Path, enforce: bool) -> Connection {
     let c = Connection::open(db).unwrap();
@@ -104,21 +129,13 @@ fn age_rule_on_a_parent_deletes_its_declared_dependants_first() {
         let env = TestEnv::new();
         let db = conversations(&env, enforce);
         // The README's cascade: the parent's age rule, then the child's orphan rule.
-        config(
+        let o = prune_with(
             &env,
             &db,
             None,
-            "[[database.prune.rule]]
-table = \"conversations\"
-column = \"updated_at\"
-older_than = \"100d\"
-[[database.prune.rule]]
-table = \"messages\"
-key = \"conversation_id\"
-parent = \"conversations.id\"",
+            CONVERSATIONS_CASCADE,
+            &format!("enforce={enforce}"),
         );
-        let o = run_prune(&env, &[]);
-        assert_eq!(o.status.code(), Some(0), "enforce={enforce}: {}", both(&o));
         let c = app(&db, enforce);
         // Conversations 1..=99 are younger than 100 days (the 100th sits at the cutoff's
         // second: 100 days minus the run's few seconds, so it is old enough... or not; the
@@ -297,7 +314,7 @@ fn attached_database_with_its_own_foreign_keys() {
         ))
         .unwrap();
         drop(c);
-        config(
+        prune_with(
             &env,
             &db,
             Some(&files),
@@ -312,9 +329,8 @@ where = \"id > 250\"
 table = \"messages\"
 key = \"conversation_id\"
 parent = \"conversations.id\"",
+            &format!("enforce={enforce}"),
         );
-        let o = run_prune(&env, &[]);
-        assert_eq!(o.status.code(), Some(0), "enforce={enforce}: {}", both(&o));
         let c = app(&files, enforce);
         let kept_files = ids(&c, "SELECT count(*) FROM file");
         assert!(
@@ -561,14 +577,13 @@ where = \"1\"",
     assert!(out.contains("3 error(s)"), "{out}");
     // Without the refused rules, RESTRICT keeps the plans invoices still name; the invoice
     // rule, written second, runs first so the plan it frees goes in the same run.
-    config(
+    let o = prune_with(
         &env,
         &db,
         None,
         "[[database.prune.rule]]\ntable = \"plan\"\nwhere = \"old = 1\"\n[[database.prune.rule]]\ntable = \"invoice\"\nwhere = \"id = 1\"",
+        "",
     );
-    let o = run_prune(&env, &[]);
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
     let c = app(&db, false);
     assert_eq!(ids(&c, "SELECT id FROM plan ORDER BY id"), ["4"]);
     assert_eq!(ids(&c, "SELECT id FROM invoice"), ["2"]);
@@ -601,7 +616,7 @@ fn batches_shrink_to_max_lock_whatever_the_rule_shape_and_a_slow_row_is_named() 
     )
     .unwrap();
     drop(c);
-    config(
+    let o = prune_with(
         &env,
         &db,
         None,
@@ -612,9 +627,8 @@ where = \"id % 2 = 0 AND NOT EXISTS (SELECT 1 FROM small WHERE small.v + 0 = ev.
 [[database.prune.rule]]
 table = \"tick\"
 where = \"v < 0 AND (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 2000000) SELECT count(*) FROM c) > 0\"",
+        "",
     );
-    let o = run_prune(&env, &[]);
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
     let c = app(&db, false);
     assert_eq!(ids(&c, "SELECT count(*) FROM ev"), ["1000"]);
     assert_eq!(ids(&c, "SELECT count(*) FROM ev WHERE id % 2 = 0"), ["0"]);
@@ -662,15 +676,7 @@ fn an_app_writing_during_the_prune_with_keys_on_or_off_sees_no_error() {
             &env,
             &db,
             None,
-            "max_lock = \"10ms\"
-[[database.prune.rule]]
-table = \"conversations\"
-column = \"updated_at\"
-older_than = \"100d\"
-[[database.prune.rule]]
-table = \"messages\"
-key = \"conversation_id\"
-parent = \"conversations.id\"",
+            &format!("max_lock = \"10ms\"\n{CONVERSATIONS_CASCADE}"),
         );
         let mut child = env
             .std_cmd()

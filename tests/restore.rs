@@ -11,7 +11,7 @@ use rusqlite::Connection;
 
 use crate::util::{
     both, chown_tree, give_to_nobody, open_to_nobody, root_or_skip, sidecar as side, start_holder,
-    unprivileged, wait_until, KillOnDrop, TestEnv, NOBODY,
+    wait_until, KillOnDrop, TestEnv, NOBODY,
 };
 
 /// `app/chat.db` in rollback-journal mode, marker 'backup', and `rows` blobs of `size` bytes.
@@ -46,6 +46,21 @@ fn journal_setup(env: &TestEnv) -> (PathBuf, PathBuf) {
         .write();
     env.run_ok(&["run", "chat", "backup"]);
     (db, dir)
+}
+
+/// A copy of `src` at `at` (its directory made) whose connection, returned open with
+/// automatic checkpoints off, has written another database's changes into its `-wal`: marker
+/// 'foreign', `bulk` cut to its first `keep` rows.
+pub(crate) fn foreign_wal(src: &Path, at: &Path, keep: u32) -> Connection {
+    std::fs::create_dir_all(at.parent().unwrap()).unwrap();
+    std::fs::copy(src, at).unwrap();
+    let c = Connection::open(at).unwrap();
+    c.execute_batch(&format!(
+        "PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0;
+         UPDATE marker SET v = 'foreign'; DELETE FROM bulk WHERE id > {keep};"
+    ))
+    .unwrap();
+    c
 }
 
 fn marker(db: &Path) -> String {
@@ -169,30 +184,15 @@ fn restore_to_moves_a_stale_wal_aside_instead_of_replaying_it() {
     let env = TestEnv::new();
     let (db, dir) = journal_setup(&env);
     // A WAL full of another database's changes, left at the target path.
-    let other = env.sqlite(
-        "other/o.db",
-        "PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0;",
-    );
-    std::fs::copy(&db, &other).unwrap();
-    let c = Connection::open(&other).unwrap();
-    c.execute_batch(
-        "PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0;
-         UPDATE marker SET v = 'foreign'; DELETE FROM bulk WHERE id > 10;",
-    )
-    .unwrap();
+    let other = env.path("other/o.db");
+    let c = foreign_wal(&db, &other, 10);
     let target = env.path("restored/new.db");
     std::fs::create_dir_all(target.parent().unwrap()).unwrap();
     std::fs::copy(side(&other, "-wal"), side(&target, "-wal")).unwrap();
     std::fs::copy(side(&other, "-shm"), side(&target, "-shm")).unwrap();
     std::fs::write(side(&target, "-journal"), b"").unwrap();
     drop(c);
-    let out = env
-        .cmd()
-        .args(["restore", "chat", "--to"])
-        .arg(&target)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    let out = env.restore_ok(&["chat"], &target);
     // The backup's data, not the foreign WAL's.
     assert_eq!(marker(&target), "backup", "{}", both(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -234,12 +234,7 @@ fn restore_to_refuses_a_dangling_symlink_a_sidecar_name_and_the_backup_directory
         (side(&db, "-wal"), "-wal"),
         (dir.join("copy.db"), "backup directory"),
     ] {
-        let out = env
-            .cmd()
-            .args(["restore", "chat", "--to"])
-            .arg(&to)
-            .output()
-            .unwrap();
+        let out = env.restore_to(&["chat"], &to);
         assert_eq!(out.status.code(), Some(73), "{to:?}: {}", both(&out));
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(what), "{to:?}: {}", both(&out));
@@ -334,12 +329,7 @@ fn open_check_says_when_it_cannot_see_other_users_processes() {
     // /proc/PID/fd of that process.
     std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
     let _holder = hold_open_as(&db, NOBODY - 1);
-    let out = unprivileged(&env)
-        .arg("-c")
-        .arg(env.config_path())
-        .args(["restore", "chat", "--in-place"])
-        .output()
-        .unwrap();
+    let out = env.nobody_output(&["restore", "chat", "--in-place"]);
     assert_eq!(out.status.code(), Some(75), "{}", both(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("could not check"), "{}", both(&out));
@@ -347,12 +337,7 @@ fn open_check_says_when_it_cannot_see_other_users_processes() {
     assert_eq!(marker(&db), "backup");
     set_marker(&db, "live");
     // With --force it goes ahead and says what it could not check.
-    let out = unprivileged(&env)
-        .arg("-c")
-        .arg(env.config_path())
-        .args(["restore", "chat", "--in-place", "--force"])
-        .output()
-        .unwrap();
+    let out = env.nobody_output(&["restore", "chat", "--in-place", "--force"]);
     assert_eq!(out.status.code(), Some(0), "{}", both(&out));
     assert_eq!(marker(&db), "backup");
 }
@@ -384,12 +369,7 @@ fn root_in_place_restore_works_as_the_state_owner_and_keeps_the_database_owner()
     }
     assert_eq!(std::fs::metadata(&db).unwrap().uid(), NOBODY);
     // The service's user runs its next job.
-    let out = unprivileged(&env)
-        .arg("-c")
-        .arg(env.config_path())
-        .args(["run", "chat", "backup"])
-        .output()
-        .unwrap();
+    let out = env.nobody_output(&["run", "chat", "backup"]);
     assert_eq!(out.status.code(), Some(0), "{}", both(&out));
 }
 
@@ -558,11 +538,7 @@ fn in_place_restore_refuses_a_live_file_it_cannot_make_whole() {
     let mut bytes = std::fs::read(&db).unwrap();
     bytes[..16].copy_from_slice(b"not a database!\0");
     std::fs::write(&db, &bytes).unwrap();
-    let out = env
-        .cmd()
-        .args(["restore", "chat", "--in-place"])
-        .output()
-        .unwrap();
+    let out = env.output(&["restore", "chat", "--in-place"]);
     assert_eq!(out.status.code(), Some(65), "{}", both(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

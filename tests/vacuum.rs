@@ -4,14 +4,16 @@
 //! system fails the preflight without touching the database.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
-use crate::util::{both, in_mount_namespace, root_or_skip, TestEnv};
+use crate::util::{
+    assert_stderr_has, assert_stdout_has, both, in_mount_namespace, root_or_skip, TestEnv,
+};
 
 /// A WAL database of `rows` ~1 KiB rows with every other block of 50 rows deleted (about half
 /// its pages free), checkpointed so the main file holds everything.
@@ -40,6 +42,20 @@ fn config(env: &TestEnv, db: &Path, vacuum: &str) {
     env.config("")
         .database("chat", db, &format!("[database.vacuum]\n{vacuum}"))
         .write();
+}
+
+/// `run chat vacuum`, run to its end.
+fn run_vacuum(env: &TestEnv) -> Output {
+    env.output(&["run", "chat", "vacuum"])
+}
+
+/// Once checkpointed, the main file of `db` holds exactly `before`.
+fn assert_unchanged(db: &Path, before: &[u8]) {
+    Connection::open(db)
+        .unwrap()
+        .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+        .unwrap();
+    assert_eq!(std::fs::read(db).unwrap(), before, "content changed");
 }
 
 fn pragma(db: &Path, p: &str) -> i64 {
@@ -115,20 +131,12 @@ fn below_min_free_nothing_changes_and_the_outcome_says_why() {
 
     // A byte threshold works the same way.
     config(&env, &db, "min_free = \"1GiB\"");
-    let o = env.cmd().args(["run", "chat", "vacuum"]).output().unwrap();
-    assert!(
-        String::from_utf8_lossy(&o.stdout).contains("free < 1.0 GiB"),
-        "{}",
-        both(&o)
-    );
+    let o = run_vacuum(&env);
+    assert_stdout_has(&o, "free < 1.0 GiB");
     // mode = never is a recorded no-op too.
     config(&env, &db, "mode = \"never\"");
-    let o = env.cmd().args(["run", "chat", "vacuum"]).output().unwrap();
-    assert!(
-        String::from_utf8_lossy(&o.stdout).contains("mode = never"),
-        "{}",
-        both(&o)
-    );
+    let o = run_vacuum(&env);
+    assert_stdout_has(&o, "mode = never");
     assert_eq!(std::fs::read(&db).unwrap(), before);
 }
 
@@ -160,7 +168,7 @@ fn incremental_mode_frees_pages_in_chunks_while_the_app_commits() {
     };
     std::thread::sleep(Duration::from_millis(100));
     let c0 = commits.load(Ordering::Relaxed);
-    let o = env.cmd().args(["run", "chat", "vacuum"]).output().unwrap();
+    let o = run_vacuum(&env);
     let during = commits.load(Ordering::Relaxed) - c0;
     stop.store(true, Ordering::Relaxed);
     writer.join().unwrap();
@@ -195,18 +203,10 @@ fn interrupted_vacuum_leaves_the_database_as_it_was() {
     let before_rows = rows(&db);
     // max_duration far below what the VACUUM needs: SQLite's interrupt rolls it back.
     config(&env, &db, "min_free = \"10%\"\nmax_duration = \"20ms\"");
-    let o = env.cmd().args(["run", "chat", "vacuum"]).output().unwrap();
+    let o = run_vacuum(&env);
     assert_ne!(o.status.code(), Some(0), "{}", both(&o));
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("stopped after max_duration"),
-        "{}",
-        both(&o)
-    );
-    Connection::open(&db)
-        .unwrap()
-        .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
-        .unwrap();
-    assert_eq!(std::fs::read(&db).unwrap(), before, "content changed");
+    assert_stderr_has(&o, "stopped after max_duration");
+    assert_unchanged(&db, &before);
     assert_eq!(integrity(&db), "ok");
     assert_eq!(rows(&db), before_rows);
 
@@ -227,11 +227,7 @@ fn interrupted_vacuum_leaves_the_database_as_it_was() {
         eprintln!("VACUUM finished before SIGTERM landed; only the max_duration case counted");
     } else {
         assert!(err.contains("cancelled"), "{}", both(&o));
-        Connection::open(&db)
-            .unwrap()
-            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
-            .unwrap();
-        assert_eq!(std::fs::read(&db).unwrap(), before, "content changed");
+        assert_unchanged(&db, &before);
     }
     assert_eq!(integrity(&db), "ok");
     assert_eq!(rows(&db), before_rows);
@@ -295,13 +291,9 @@ fn convert_auto_vacuum_switches_to_incremental_once() {
     assert_eq!(pragma(&db, "auto_vacuum"), 0);
     // mode = incremental on a database that is not in incremental mode: a clear refusal.
     config(&env, &db, "mode = \"incremental\"");
-    let o = env.cmd().args(["run", "chat", "vacuum"]).output().unwrap();
+    let o = run_vacuum(&env);
     assert_eq!(o.status.code(), Some(78), "{}", both(&o));
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("convert_auto_vacuum = true"),
-        "{}",
-        both(&o)
-    );
+    assert_stderr_has(&o, "convert_auto_vacuum = true");
     // Converting runs even below min_free (it is a one-time change), then stays incremental.
     config(
         &env,
@@ -310,11 +302,7 @@ fn convert_auto_vacuum_switches_to_incremental_once() {
     );
     let before_rows = rows(&db);
     let o = env.run_ok(&["run", "chat", "vacuum"]);
-    assert!(
-        String::from_utf8_lossy(&o.stdout).contains("converted to auto_vacuum = INCREMENTAL"),
-        "{}",
-        both(&o)
-    );
+    assert_stdout_has(&o, "converted to auto_vacuum = INCREMENTAL");
     assert_eq!(pragma(&db, "auto_vacuum"), 2);
     assert_eq!(pragma(&db, "freelist_count"), 0);
     assert_eq!(rows(&db), before_rows);
@@ -332,12 +320,8 @@ fn convert_auto_vacuum_switches_to_incremental_once() {
             == 1
     );
     // Next time: already incremental, nothing to convert, below min_free: skipped.
-    let o = env.cmd().args(["run", "chat", "vacuum"]).output().unwrap();
-    assert!(
-        String::from_utf8_lossy(&o.stdout).contains("skipped"),
-        "{}",
-        both(&o)
-    );
+    let o = run_vacuum(&env);
+    assert_stdout_has(&o, "skipped");
 }
 
 /// Issue 16, item 5: half the rows deleted at random leaves every page about half full and the
@@ -379,7 +363,7 @@ fn scattered_deletes_count_toward_min_free_and_the_file_shrinks() {
         both(&o)
     );
 
-    let o = env.cmd().args(["run", "chat", "vacuum"]).output().unwrap();
+    let o = run_vacuum(&env);
     assert_eq!(o.status.code(), Some(0), "{}", both(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("full vacuum of chat.db"), "{}", both(&o));

@@ -8,22 +8,7 @@ use std::process::Command;
 use litekeeper::archive::{sha256_file, BackupName, Manifest};
 use rusqlite::Connection;
 
-use crate::util::{both, query_i64, TestEnv};
-
-fn write_config(env: &TestEnv, db: &Path, files: &Path, dir: &Path, extra: &str) {
-    env.write_config(&format!(
-        "{}[[database]]\nname = \"chat\"\npath = \"{}\"\nattach = {{ files = \"{}\" }}\n[database.backup]\ndir = \"{}\"\n{extra}\n",
-        env.daemon_section(""),
-        db.display(),
-        files.display(),
-        dir.display()
-    ));
-}
-
-fn backup(env: &TestEnv) {
-    let out = env.cmd().args(["run", "chat", "backup"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
-}
+use crate::util::{both, files_db, query_i64, write_chat_backup_config, TestEnv};
 
 /// The newest backup of `series` in `dir` with the given compression.
 fn newest(dir: &Path, series: &str, compressed: bool) -> (String, PathBuf) {
@@ -65,24 +50,19 @@ fn a_zstd_backup_decompresses_with_the_zstd_cli_to_the_raw_copy() {
            ': ' || substr(hex(randomblob(40)), 1, 16) || ' lorem ipsum dolor sit amet', i * 7
            FROM n;",
     );
-    let files = env.sqlite(
-        "app/files.db",
-        "CREATE TABLE blob(key TEXT PRIMARY KEY, data BLOB);
-         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 300)
-         INSERT INTO blob SELECT i || '/0', zeroblob(3000) FROM n;",
-    );
+    let files = files_db(&env, "zeroblob(3000)");
     let dir = env.path("backups/chat");
     let keep = "keep = { last = 5 }\n";
-    write_config(&env, &db, &files, &dir, keep);
-    backup(&env);
-    write_config(
+    write_chat_backup_config(&env, &db, &files, &dir, keep);
+    env.run_ok(&["run", "chat", "backup"]);
+    write_chat_backup_config(
         &env,
         &db,
         &files,
         &dir,
         &format!("{keep}compress = \"zstd\""),
     );
-    backup(&env);
+    env.run_ok(&["run", "chat", "backup"]);
 
     let m = Manifest::load(&dir).unwrap();
     for series in ["chat", "files"] {
@@ -112,13 +92,7 @@ fn a_zstd_backup_decompresses_with_the_zstd_cli_to_the_raw_copy() {
 
     // Restore the compressed backup (the newest) and compare rows.
     let restored = env.path("restored.db");
-    let out = env
-        .cmd()
-        .args(["restore", "chat", "--to"])
-        .arg(&restored)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    env.restore_ok(&["chat"], &restored);
     let rows = |p: &Path| -> Vec<(i64, String, i64)> {
         let c = Connection::open(p).unwrap();
         let mut s = c

@@ -43,6 +43,16 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// Fails unless the command's stdout contains `needle` (with its output).
+pub fn assert_stdout_has(o: &Output, needle: &str) {
+    assert!(stdout(o).contains(needle), "{needle:?}\n{}", super::both(o));
+}
+
+/// Fails unless the command's stderr contains `needle` (with its output).
+pub fn assert_stderr_has(o: &Output, needle: &str) {
+    assert!(stderr(o).contains(needle), "{needle:?}\n{}", super::both(o));
+}
+
 /// Everything that must not change: the main file's bytes after a checkpoint, every table
 /// (by name, including ones an attack might create) with its row count.
 #[derive(Debug, PartialEq)]

@@ -8,18 +8,25 @@
 //! - `notify`: a fake service manager's `NOTIFY_SOCKET` ([`Notify`]);
 //! - `journald`: a private systemd-journald ([`Journald`]);
 //! - `nobody`: running as uid 65534 ([`unprivileged`], [`give_to_nobody`], …);
-//! - `files`: FIFOs, file ages, sidecar paths, output as text.
+//! - `files`: FIFOs, file ages, sidecar paths, output as text;
+//! - `fixtures`: databases and configurations several files start from;
+//! - `cli`: the binary run to its end ([`TestEnv::run_code`], [`TestEnv::restore_to`]), file
+//!   digests.
 
 #![allow(dead_code, unused_imports)]
 
+mod cli;
 mod files;
+mod fixtures;
 mod journald;
 mod nobody;
 mod notify;
 mod process;
 mod state;
 
+pub use cli::*;
 pub use files::*;
+pub use fixtures::*;
 pub use journald::*;
 pub use nobody::*;
 pub use notify::*;
@@ -109,9 +116,7 @@ impl TestEnv {
 
     /// `litekeeper -c CONFIG ARGS`, which must exit 0 (else fails with its output).
     pub fn run_ok(&self, args: &[&str]) -> std::process::Output {
-        let o = self.cmd().args(args).output().unwrap();
-        assert_eq!(o.status.code(), Some(0), "{}", both(&o));
-        o
+        self.run_code(args, 0)
     }
 
     /// `litekeeper systemd-units --out OUT` with the variables `vars`, run to its end.
