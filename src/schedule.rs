@@ -470,6 +470,15 @@ mod tests {
         s.next_after(utc(after), &zone(z)).unwrap().to_rfc3339()
     }
 
+    /// The next `count` runs of `expr` after `after` in zone `z`, as RFC 3339 UTC times.
+    fn upcoming(expr: &str, after: &str, z: &str, count: usize) -> Vec<String> {
+        let s = Schedule::parse(expr).unwrap();
+        s.upcoming(utc(after), &zone(z), count)
+            .iter()
+            .map(|t| t.to_rfc3339())
+            .collect()
+    }
+
     #[test]
     fn schedules_that_never_fire_are_refused_and_leap_days_are_not() {
         for never in [
@@ -535,39 +544,51 @@ mod tests {
 
     #[test]
     fn five_and_six_fields_and_macros() {
-        assert_eq!(
-            next("0 2 * * *", "2026-01-01T00:00:00Z", "UTC"),
-            "2026-01-01T02:00:00+00:00"
-        );
-        assert_eq!(
-            next("30 0 2 * * *", "2026-01-01T00:00:00Z", "UTC"),
-            "2026-01-01T02:00:30+00:00"
-        );
-        assert_eq!(
-            next("@daily", "2026-01-01T00:00:00Z", "UTC"),
-            "2026-01-02T00:00:00+00:00"
-        );
-        assert_eq!(
-            next("@midnight", "2026-01-01T00:00:00Z", "UTC"),
-            "2026-01-02T00:00:00+00:00"
-        );
-        assert_eq!(
-            next("@hourly", "2026-01-01T00:10:00Z", "UTC"),
-            "2026-01-01T01:00:00+00:00"
-        );
         // 2026-01-04 is a Sunday.
-        assert_eq!(
-            next("0 3 * * SUN", "2026-01-01T00:00:00Z", "UTC"),
-            "2026-01-04T03:00:00+00:00"
-        );
-        assert_eq!(
-            next("0 3 * * 7", "2026-01-01T00:00:00Z", "UTC"),
-            "2026-01-04T03:00:00+00:00"
-        );
-        assert_eq!(
-            next("0 0 1 mar *", "2026-01-01T00:00:00Z", "UTC"),
-            "2026-03-01T00:00:00+00:00"
-        );
+        for (expr, after, want) in [
+            (
+                "0 2 * * *",
+                "2026-01-01T00:00:00Z",
+                "2026-01-01T02:00:00+00:00",
+            ),
+            (
+                "30 0 2 * * *",
+                "2026-01-01T00:00:00Z",
+                "2026-01-01T02:00:30+00:00",
+            ),
+            (
+                "@daily",
+                "2026-01-01T00:00:00Z",
+                "2026-01-02T00:00:00+00:00",
+            ),
+            (
+                "@midnight",
+                "2026-01-01T00:00:00Z",
+                "2026-01-02T00:00:00+00:00",
+            ),
+            (
+                "@hourly",
+                "2026-01-01T00:10:00Z",
+                "2026-01-01T01:00:00+00:00",
+            ),
+            (
+                "0 3 * * SUN",
+                "2026-01-01T00:00:00Z",
+                "2026-01-04T03:00:00+00:00",
+            ),
+            (
+                "0 3 * * 7",
+                "2026-01-01T00:00:00Z",
+                "2026-01-04T03:00:00+00:00",
+            ),
+            (
+                "0 0 1 mar *",
+                "2026-01-01T00:00:00Z",
+                "2026-03-01T00:00:00+00:00",
+            ),
+        ] {
+            assert_eq!(next(expr, after, "UTC"), want, "{expr} after {after}");
+        }
     }
 
     #[test]
@@ -637,9 +658,7 @@ mod tests {
     fn spring_forward_moves_only_the_job_in_the_gap() {
         // 01:45 exists on 2026-03-29 in Berlin: it runs then, and not again at 03:00 (croner
         // moved every fixed-time job whose search crossed the gap to its end).
-        let s = Schedule::parse("45 1 * * *").unwrap();
-        let runs = s.upcoming(utc("2026-03-28T12:00:00Z"), &zone("Europe/Berlin"), 2);
-        let runs: Vec<String> = runs.iter().map(|t| t.to_rfc3339()).collect();
+        let runs = upcoming("45 1 * * *", "2026-03-28T12:00:00Z", "Europe/Berlin", 2);
         assert_eq!(
             runs,
             ["2026-03-29T00:45:00+00:00", "2026-03-29T23:45:00+00:00"] // 01:45 CET, 01:45 CEST
@@ -649,18 +668,15 @@ mod tests {
             next("0 3 * * *", "2026-09-26T12:00:00Z", "Pacific/Chatham"),
             "2026-09-26T14:00:00+00:00"
         );
-        let s = Schedule::parse("30 2 * * *").unwrap();
-        let runs = s.upcoming(utc("2026-09-26T12:00:00Z"), &zone("Pacific/Chatham"), 2);
-        assert_eq!(runs[0].to_rfc3339(), "2026-09-26T13:45:00+00:00"); // 02:30 CHAST
-        assert_eq!(runs[1].to_rfc3339(), "2026-09-27T12:45:00+00:00"); // 02:30 CHADT
+        let runs = upcoming("30 2 * * *", "2026-09-26T12:00:00Z", "Pacific/Chatham", 2);
+        assert_eq!(runs[0], "2026-09-26T13:45:00+00:00"); // 02:30 CHAST
+        assert_eq!(runs[1], "2026-09-27T12:45:00+00:00"); // 02:30 CHADT
     }
 
     #[test]
     fn berlin_fall_back_runs_fixed_job_once() {
         // 2026-10-25: 03:00 CEST falls back to 02:00 CET (01:00 UTC); 02:30 happens twice.
-        let s = Schedule::parse("30 2 * * *").unwrap();
-        let runs = s.upcoming(utc("2026-10-24T12:00:00Z"), &zone("Europe/Berlin"), 3);
-        let runs: Vec<String> = runs.iter().map(|t| t.to_rfc3339()).collect();
+        let runs = upcoming("30 2 * * *", "2026-10-24T12:00:00Z", "Europe/Berlin", 3);
         assert_eq!(
             runs,
             [
@@ -674,9 +690,7 @@ mod tests {
     #[test]
     fn berlin_fall_back_interval_job_runs_in_both_hours() {
         // Every 30 minutes: the repeated hour 02:00-03:00 is real time and runs twice.
-        let s = Schedule::parse("*/30 * * * *").unwrap();
-        let runs = s.upcoming(utc("2026-10-24T23:59:00Z"), &zone("Europe/Berlin"), 4);
-        let runs: Vec<String> = runs.iter().map(|t| t.to_rfc3339()).collect();
+        let runs = upcoming("*/30 * * * *", "2026-10-24T23:59:00Z", "Europe/Berlin", 4);
         assert_eq!(
             runs,
             [
@@ -704,9 +718,7 @@ mod tests {
             "2026-03-08T07:00:00+00:00" // 03:00 EDT
         );
         // 2026-11-01: 02:00 EDT -> 01:00 EST (06:00 UTC); 01:30 happens twice, runs once.
-        let s = Schedule::parse("30 1 * * *").unwrap();
-        let runs = s.upcoming(utc("2026-10-31T12:00:00Z"), &zone("America/New_York"), 2);
-        let runs: Vec<String> = runs.iter().map(|t| t.to_rfc3339()).collect();
+        let runs = upcoming("30 1 * * *", "2026-10-31T12:00:00Z", "America/New_York", 2);
         assert_eq!(
             runs,
             ["2026-11-01T05:30:00+00:00", "2026-11-02T06:30:00+00:00"] // 01:30 EDT, then EST

@@ -483,10 +483,22 @@ pub struct UnitFile {
 /// Timer drop-ins for every scheduled job, and the service's `ReadWritePaths=` drop-in,
 /// generated at `now` (see `timer_lines`). Every value goes through its kind's writer above.
 pub fn drop_ins(config: &Config, now: DateTime<Utc>) -> Result<Vec<UnitFile>, String> {
-    let mut out = Vec::new();
-    let zone = &config.daemon.timezone;
     let file = std::path::absolute(&config.file).unwrap_or_else(|_| config.file.clone());
     let source = comment(&file.to_string_lossy());
+    let mut out = timer_drop_ins(config, now, &source)?;
+    out.extend(service_drop_ins(config, &source)?);
+    Ok(out)
+}
+
+/// The `schedule.conf` of every job's timer (see [`drop_ins`]); `source` names the
+/// configuration file in their comments.
+fn timer_drop_ins(
+    config: &Config,
+    now: DateTime<Utc>,
+    source: &str,
+) -> Result<Vec<UnitFile>, String> {
+    let mut out = Vec::new();
+    let zone = &config.daemon.timezone;
     // One timer per job of each plain database, and per job of each fleet (its handle as the
     // instance: `litekeeper run tenant backup` runs every current member).
     let instances = config
@@ -542,6 +554,13 @@ pub fn drop_ins(config: &Config, now: DateTime<Utc>) -> Result<Vec<UnitFile>, St
             });
         }
     }
+    Ok(out)
+}
+
+/// The `paths.conf` (and, when pings or an S3 remote need it, `network.conf`) of every
+/// service (see [`drop_ins`]); `source` names the configuration file in their comments.
+fn service_drop_ins(config: &Config, source: &str) -> Result<Vec<UnitFile>, String> {
+    let mut out = Vec::new();
     // Health pings need the network the shipped units deny: opened only when one is set.
     let pings = config
         .databases

@@ -12,9 +12,8 @@ use std::time::{Duration, Instant};
 
 use litekeeper::archive::Manifest;
 use rusqlite::{Connection, OpenFlags};
-use sha2::{Digest, Sha256};
 
-use crate::util::{both, TestEnv};
+use crate::util::{both, sha256_hex, TestEnv};
 
 /// Row `i`'s index key: scattered, so every commit touches index pages all over the file.
 fn tag(i: i64) -> i64 {
@@ -137,14 +136,6 @@ fn checkpointer(db: &Path, stop: Arc<AtomicBool>) -> JoinHandle<[u32; 4]> {
     })
 }
 
-fn sha256(p: &Path) -> String {
-    let bytes = std::fs::read(p).unwrap();
-    Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// The newest run's figures (the run just made).
 fn last_figures(env: &TestEnv) -> serde_json::Value {
     env.runs().pop().expect("a recorded run").figures
@@ -212,7 +203,7 @@ fn check_backup(dir: &Path, file: &Path, when: &str) -> i64 {
         Some(&1),
         "{when}: manifest rows of meta"
     );
-    assert_eq!(e.sha256, sha256(file), "{when}: manifest sha256");
+    assert_eq!(e.sha256, sha256_hex(file), "{when}: manifest sha256");
     k
 }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use rusqlite::Connection;
 use serde_json::Value;
 
-use crate::util::{both, TestEnv};
+use crate::util::{both, sha256_hex, TestEnv};
 
 /// A WAL database `app.db` with table `n`, and a configuration taking zstd full backups and
 /// incremental ones (on demand) into `b/`, with `keep` for the chains.
@@ -32,6 +32,14 @@ fn setup(keep: &str, extra_backup: &str) -> (TestEnv, PathBuf, PathBuf) {
         )
         .write();
     (env, db, dir)
+}
+
+/// The names in `dir` that end with `suffix`, sorted.
+fn names_ending(dir: &Path, suffix: &str) -> Vec<String> {
+    crate::util::names(dir)
+        .into_iter()
+        .filter(|n| n.ends_with(suffix))
+        .collect()
 }
 
 fn insert(db: &Path, from: i64, to: i64) {
@@ -63,15 +71,6 @@ fn deltas(dir: &Path) -> Vec<Value> {
     d
 }
 
-fn sha256(p: &Path) -> String {
-    use sha2::{Digest, Sha256};
-    let bytes = std::fs::read(p).unwrap();
-    Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 fn ids(db: &Path) -> Vec<i64> {
     crate::util::query_ids(db, "SELECT id FROM n ORDER BY id")
 }
@@ -93,7 +92,7 @@ fn restore_point(env: &TestEnv, point: &Value, name: &str) -> PathBuf {
         .unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", both(&o));
     assert_eq!(
-        sha256(&to),
+        sha256_hex(&to),
         point["image_sha256"].as_str().unwrap(),
         "restored image of {point}"
     );
@@ -143,10 +142,7 @@ fn points_survive_checkpoints_vacuum_schema_changes_and_a_shrinking_file() {
         assert_eq!(&ids(&got), want, "point {i}");
     }
     // Only the newest point keeps a page-hash index.
-    let pages: Vec<String> = crate::util::names(&dir)
-        .into_iter()
-        .filter(|n| n.ends_with(".pages"))
-        .collect();
+    let pages = names_ending(&dir, ".pages");
     assert_eq!(
         pages,
         vec![format!("{}.pages", points[5]["file"].as_str().unwrap())]
@@ -280,7 +276,7 @@ fn torture_every_point_is_a_prefix_of_the_committed_rows() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", both(&o));
-    assert_eq!(sha256(&to), mid["image_sha256"].as_str().unwrap());
+    assert_eq!(sha256_hex(&to), mid["image_sha256"].as_str().unwrap());
 }
 
 #[test]
@@ -316,10 +312,7 @@ fn sigkill_during_an_incremental_leaves_the_chain_valid() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
     // One index, the newest point's: a killed run's index and the previous ones are gone.
-    let pages: Vec<String> = crate::util::names(&dir)
-        .into_iter()
-        .filter(|n| n.ends_with(".pages"))
-        .collect();
+    let pages = names_ending(&dir, ".pages");
     assert_eq!(
         pages,
         vec![format!(
@@ -354,7 +347,7 @@ fn a_deleted_middle_delta_restores_the_point_before_it_naming_the_missing_file()
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains(middle) && err.contains("missing"), "{err}");
     assert!(err.contains(points[0]["file"].as_str().unwrap()), "{err}");
-    assert_eq!(sha256(&to), points[0]["image_sha256"].as_str().unwrap());
+    assert_eq!(sha256_hex(&to), points[0]["image_sha256"].as_str().unwrap());
     assert_eq!(ids(&to).len(), counts[0]);
     // The next run continues from the last good point; the chain is whole again.
     insert(&db, 9000, 9005);

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use rusqlite::Connection;
 
 use crate::util::{
-    both, chown_tree, give_to_nobody, open_to_nobody, root_or_skip, sidecar as side, start_holder,
-    wait_until, KillOnDrop, TestEnv, NOBODY,
+    backup_into, both, chown_tree, give_to_nobody, open_to_nobody, root_or_skip, sidecar as side,
+    start_holder, wait_until, KillOnDrop, TestEnv, NOBODY,
 };
 
 /// `app/chat.db` in rollback-journal mode, marker 'backup', and `rows` blobs of `size` bytes.
@@ -34,16 +34,11 @@ pub(crate) fn marker_db(env: &TestEnv, rows: u32, size: u32) -> PathBuf {
 fn journal_setup(env: &TestEnv) -> (PathBuf, PathBuf) {
     let db = marker_db(env, 300, 2000);
     let dir = env.path("backups");
-    env.config("")
-        .database(
-            "chat",
-            &db,
-            &format!(
-                "journal_mode = \"keep\"\n[database.backup]\ndir = \"{}\"\nkeep = {{ last = 10 }}",
-                dir.display()
-            ),
-        )
-        .write();
+    let stanza = format!(
+        "journal_mode = \"keep\"\n{}\nkeep = {{ last = 10 }}",
+        backup_into(&dir)
+    );
+    env.config("").database("chat", &db, &stanza).write();
     env.run_ok(&["run", "chat", "backup"]);
     (db, dir)
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::util::{both, names, TestEnv};
+use crate::util::{backup_into, both, names, TestEnv};
 
 fn setup(env: &TestEnv, keep: &str) -> std::path::PathBuf {
     let db = env.sqlite(
@@ -15,11 +15,7 @@ fn setup(env: &TestEnv, keep: &str) -> std::path::PathBuf {
     );
     let dir = env.path("backups");
     env.config("timezone = \"UTC\"")
-        .database(
-            "chat",
-            &db,
-            &format!("[database.backup]\ndir = \"{}\"\n{keep}", dir.display()),
-        )
+        .database("chat", &db, &format!("{}\n{keep}", backup_into(&dir)))
         .write();
     dir
 }

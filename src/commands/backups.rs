@@ -235,10 +235,8 @@ fn write_human(
         for b in &d.backups {
             writeln!(
                 out,
-                "  {:<27} {:>8} {:>10}  {:<4} {:<8} {:<12}  {}",
-                zone.format(b.created_at),
-                age(b.age_seconds),
-                human_bytes(b.size),
+                "{}  {:<4} {:<8} {:<12}  {}",
+                when_and_size(zone, b.created_at, b.age_seconds, b.size),
                 if b.compressed { "yes" } else { "no" },
                 b.verified,
                 b.sha256
@@ -265,10 +263,8 @@ fn write_human(
         for p in &d.points {
             writeln!(
                 out,
-                "  {:<27} {:>8} {:>10}  #{:<4} {:>7} pages changed  after {}{}",
-                zone.format(p.created_at),
-                age(p.age_seconds),
-                human_bytes(p.size),
+                "{}  #{:<4} {:>7} pages changed  after {}{}",
+                when_and_size(zone, p.created_at, p.age_seconds, p.size),
                 p.sequence,
                 p.pages_changed,
                 p.base,
@@ -374,6 +370,16 @@ fn points_json(db: &Database, dir: &Path, now: DateTime<Utc>) -> Vec<PointJson> 
 }
 
 /// "3d 4h", "17h", "12m", "40s"; "future" for a backup dated after now.
+/// The first columns of a row of the human listing: time, age, size.
+fn when_and_size(zone: &Zone, at: DateTime<Utc>, age_seconds: i64, size: u64) -> String {
+    format!(
+        "  {:<27} {:>8} {:>10}",
+        zone.format(at),
+        age(age_seconds),
+        human_bytes(size)
+    )
+}
+
 fn age(secs: i64) -> String {
     if secs < -(crate::retention::FUTURE_SLACK.num_seconds()) {
         return "future".into();

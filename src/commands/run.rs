@@ -32,24 +32,7 @@ pub fn run(path: &Path, args: RunArgs) -> Result<ExitCode, Failure> {
 pub fn run_with(path: &Path, args: RunArgs, ask: jobs::drill::Ask) -> Result<ExitCode, Failure> {
     let config = Arc::new(super::load_config(path)?);
     let kind = job_kind(args.job);
-    // A database, or a whole fleet by its handle (`tenant` for `tenant-{stem}`).
-    let (targets, fleet): (Vec<Arc<crate::config::Database>>, bool) =
-        match config.database(&args.database) {
-            Some(db) => (vec![db.clone()], false),
-            None => match config.fleet_by_handle(&args.database) {
-                Some(fleet) => {
-                    if fleet.template.timing(kind).is_none() {
-                        return Err(no_section(&config, &fleet.name, kind));
-                    }
-                    // Files that are no member are not run: say which, and why.
-                    for r in &fleet.rejected {
-                        r.log(&fleet.name);
-                    }
-                    (config.members(fleet).cloned().collect(), true)
-                }
-                None => return Err(unknown_database(&config, &args.database)),
-            },
-        };
+    let (targets, fleet) = targets(&config, &args.database, kind)?;
     let Some(db) = targets.first().cloned() else {
         // A fleet whose directory has no member right now: nothing to do.
         println!(
@@ -67,18 +50,7 @@ pub fn run_with(path: &Path, args: RunArgs, ask: jobs::drill::Ask) -> Result<Exi
             Failure::new(ExitCode::Usage, anyhow::anyhow!("--from {from:?}: {why}"))
         })?;
     }
-    let on_busy = match args.wait.as_deref() {
-        None => None,
-        Some("forever") => Some(OnBusy::Wait(None)),
-        Some(text) => Some(OnBusy::Wait(Some(parse_duration(text).map_err(
-            |reason| {
-                Failure::new(
-                    ExitCode::Usage,
-                    anyhow::anyhow!("--wait {text:?}: {reason}"),
-                )
-            },
-        )?))),
-    };
+    let on_busy = on_busy(args.wait.as_deref())?;
     run_as_state_owner(&config.daemon.state_dir)?;
     let state = State::open(&config.daemon.state_dir, config.longest_keep_history())
         .or_exit(ExitCode::CantCreate)?;
@@ -223,6 +195,46 @@ enum Ended {
 /// The last line of a fleet's run, and its exit code: the failure of the first member (by
 /// name) that failed, else 75 if members were busy or a signal stopped the run before every
 /// member finished (a `systemctl stop` is no failure), else 0.
+/// What `run NAME` runs: the database NAME, or every current member of the fleet whose
+/// handle is NAME (`tenant` for `tenant-{stem}`); and whether it is a fleet.
+fn targets(
+    config: &crate::config::Config,
+    name: &str,
+    kind: JobKind,
+) -> Result<(Vec<Arc<crate::config::Database>>, bool), Failure> {
+    if let Some(db) = config.database(name) {
+        return Ok((vec![db.clone()], false));
+    }
+    let Some(fleet) = config.fleet_by_handle(name) else {
+        return Err(unknown_database(config, name));
+    };
+    if fleet.template.timing(kind).is_none() {
+        return Err(no_section(config, &fleet.name, kind));
+    }
+    // Files that are no member are not run: say which, and why.
+    for r in &fleet.rejected {
+        r.log(&fleet.name);
+    }
+    Ok((config.members(fleet).cloned().collect(), true))
+}
+
+/// `--wait`: absent (the configuration's `on_busy` applies), `forever`, or a duration.
+fn on_busy(wait: Option<&str>) -> Result<Option<OnBusy>, Failure> {
+    let Some(text) = wait else {
+        return Ok(None);
+    };
+    if text == "forever" {
+        return Ok(Some(OnBusy::Wait(None)));
+    }
+    let limit = parse_duration(text).map_err(|reason| {
+        Failure::new(
+            ExitCode::Usage,
+            anyhow::anyhow!("--wait {text:?}: {reason}"),
+        )
+    })?;
+    Ok(Some(OnBusy::Wait(Some(limit))))
+}
+
 fn fleet_summary(
     handle: &str,
     kind: JobKind,

@@ -3,7 +3,8 @@
 //! clear error and nothing written; an object corrupted or deleted by hand is refused (65)
 //! and nothing is written.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Output;
 
 use super::fixture::*;
 use crate::util::{both, query_i64, TestEnv};
@@ -49,6 +50,36 @@ impl Kind {
     }
 }
 
+/// `restore chat --from offsite --to TO --identity IDENTITY`, run to its end.
+fn restore_from_offsite(env: &TestEnv, to: &Path, identity: &Path) -> Output {
+    let (to, identity) = (to.display().to_string(), identity.display().to_string());
+    run(
+        env,
+        &[
+            "restore",
+            "chat",
+            "--from",
+            "offsite",
+            "--to",
+            &to,
+            "--identity",
+            &identity,
+        ],
+    )
+}
+
+/// `backups list chat --remote offsite --verify --json`, which must exit with `code`: its JSON.
+fn verified_listing(env: &TestEnv, code: i32) -> serde_json::Value {
+    let o = run(
+        env,
+        &[
+            "backups", "list", "chat", "--remote", "offsite", "--verify", "--json",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(code), "{}", both(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
 fn suite(env: &TestEnv, kind: Kind) {
     let (identity, public) = keygen(env);
     let db = chat_db(env);
@@ -60,7 +91,6 @@ fn suite(env: &TestEnv, kind: Kind) {
 
     // The local backups are lost with the host.
     std::fs::remove_dir_all(env.path("backups")).unwrap();
-    let identity_arg = identity.display().to_string();
 
     // Without the identity: a clear error, nothing written.
     let target = env.path("restored.db");
@@ -77,36 +107,12 @@ fn suite(env: &TestEnv, kind: Kind) {
         "AGE-SECRET-KEY-1S5DV4KTN89CYX83LN6YCHR9ZX83X0R78RSNGVMX68ZK6SK7T4ADQGD6C9X\n",
     )
     .unwrap();
-    let o = run(
-        env,
-        &[
-            "restore",
-            "chat",
-            "--from",
-            "offsite",
-            "--to",
-            &t,
-            "--identity",
-            &other.display().to_string(),
-        ],
-    );
+    let o = restore_from_offsite(env, &target, &other);
     assert_eq!(o.status.code(), Some(65), "{}", both(&o));
     assert!(!target.exists());
 
     // With it: the same rows as the database.
-    let o = run(
-        env,
-        &[
-            "restore",
-            "chat",
-            "--from",
-            "offsite",
-            "--to",
-            &t,
-            "--identity",
-            &identity_arg,
-        ],
-    );
+    let o = restore_from_offsite(env, &target, &identity);
     assert_eq!(o.status.code(), Some(0), "{}", both(&o));
     assert_eq!(query_i64(&target, "SELECT count(*) FROM m"), 500);
     assert_eq!(
@@ -125,14 +131,7 @@ fn suite(env: &TestEnv, kind: Kind) {
     assert!(staged.is_empty(), "staging removed");
 
     // Intact: listed as ok.
-    let o = run(
-        env,
-        &[
-            "backups", "list", "chat", "--remote", "offsite", "--verify", "--json",
-        ],
-    );
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let v = verified_listing(env, 0);
     assert_eq!(v["databases"][0]["copies"][0]["state"], "ok", "{v}");
 
     // Corrupted by hand: refused with 65, nothing written.
@@ -141,19 +140,7 @@ fn suite(env: &TestEnv, kind: Kind) {
     bytes[mid] ^= 0xff;
     kind.put(&object, &bytes);
     let t2 = env.path("restored-2.db");
-    let o = run(
-        env,
-        &[
-            "restore",
-            "chat",
-            "--from",
-            "offsite",
-            "--to",
-            &t2.display().to_string(),
-            "--identity",
-            &identity_arg,
-        ],
-    );
+    let o = restore_from_offsite(env, &t2, &identity);
     assert_eq!(o.status.code(), Some(65), "{}", both(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
@@ -163,14 +150,7 @@ fn suite(env: &TestEnv, kind: Kind) {
     assert!(!t2.exists());
 
     // The listing flags it: read back with --verify.
-    let o = run(
-        env,
-        &[
-            "backups", "list", "chat", "--remote", "offsite", "--verify", "--json",
-        ],
-    );
-    assert_eq!(o.status.code(), Some(65), "{}", both(&o));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let v = verified_listing(env, 65);
     assert_eq!(v["databases"][0]["copies"][0]["state"], "damaged", "{v}");
     assert_eq!(v["databases"][0]["copies"][0]["object"], object.as_str());
 
@@ -184,19 +164,7 @@ fn suite(env: &TestEnv, kind: Kind) {
         "{}",
         both(&o)
     );
-    let o = run(
-        env,
-        &[
-            "restore",
-            "chat",
-            "--from",
-            "offsite",
-            "--to",
-            &t2.display().to_string(),
-            "--identity",
-            &identity_arg,
-        ],
-    );
+    let o = restore_from_offsite(env, &t2, &identity);
     assert_eq!(o.status.code(), Some(65), "{}", both(&o));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("not in the store (deleted by hand?)"),

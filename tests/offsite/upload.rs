@@ -168,16 +168,23 @@ fn unreachable_endpoint_keeps_the_local_backup_pending_and_the_next_run_stores_i
     assert!(pending(&env).is_empty());
 }
 
+/// `chat` copied to an S3 remote whose bucket does not exist yet: one backup, which exits 1;
+/// the store and the backup's output.
+fn backup_before_the_bucket(env: &TestEnv) -> (Moto, std::process::Output) {
+    let moto = Moto::start();
+    let (_identity, public) = keygen(env);
+    let db = chat_db(env);
+    config(env, &db, &s3_remote(&moto.endpoint(), &public), "");
+    let o = run(env, &["run", "chat", "backup"]);
+    assert_eq!(o.status.code(), Some(1), "{}", both(&o));
+    (moto, o)
+}
+
 #[test]
 fn missing_bucket_is_one_line_naming_it() {
     let env = TestEnv::new();
-    let moto = Moto::start();
-    let (_identity, public) = keygen(&env);
-    let db = chat_db(&env);
-    config(&env, &db, &s3_remote(&moto.endpoint(), &public), "");
-    let o = run(&env, &["run", "chat", "backup"]);
+    let (_moto, o) = backup_before_the_bucket(&env);
     let err = String::from_utf8_lossy(&o.stderr).to_string();
-    assert_eq!(o.status.code(), Some(1), "{}", both(&o));
     assert!(
         err.lines().any(|l| l.contains("remote \"offsite\"")
             && l.contains(&format!("bucket \"{BUCKET}\" does not exist"))),
@@ -190,12 +197,7 @@ fn missing_bucket_is_one_line_naming_it() {
 #[test]
 fn backups_push_stores_the_pending_copies() {
     let env = TestEnv::new();
-    let moto = Moto::start();
-    let (_identity, public) = keygen(&env);
-    let db = chat_db(&env);
-    config(&env, &db, &s3_remote(&moto.endpoint(), &public), "");
-    let o = run(&env, &["run", "chat", "backup"]);
-    assert_eq!(o.status.code(), Some(1), "{}", both(&o));
+    let (moto, _) = backup_before_the_bucket(&env);
     assert_eq!(pending(&env).len(), 1);
     moto.bucket(BUCKET);
     let o = run(&env, &["backups", "push", "chat", "offsite"]);
