@@ -181,6 +181,26 @@ fn suite(env: &TestEnv, kind: Kind) {
         deltas[0]["image_sha256"].as_str().unwrap()
     );
     assert_eq!(query_i64(&to, "SELECT count(*) FROM m"), counts[0]);
+    // The listing flags the missing point.
+    let o = run(
+        env,
+        &["backups", "list", "chat", "--remote", "offsite", "--json"],
+    );
+    assert_eq!(o.status.code(), Some(65), "{}", both(&o));
+    let listed: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let points = listed["databases"][0]["points"].as_array().unwrap();
+    assert_eq!(points.len(), 3);
+    let states: Vec<(&str, &str)> = points
+        .iter()
+        .map(|p| {
+            (
+                p["local_file"].as_str().unwrap(),
+                p["state"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert!(states.contains(&(middle, "missing")), "{states:?}");
+    assert_eq!(states.iter().filter(|(_, s)| *s == "ok").count(), 2);
 }
 
 #[test]
