@@ -311,53 +311,92 @@ fn bad(path: &Path, what: &str) -> io::Error {
     )
 }
 
-/// Write the pages of the delta at `path` into `image` (a plain database file) and cut it to
-/// the delta's page count.
-pub(crate) fn apply_delta(path: &Path, compressed: bool, image: &File) -> io::Result<Trailer> {
-    let file = File::open(path)?;
-    let mut r: Box<dyn Read> = if compressed {
-        Box::new(zstd::stream::Decoder::new(file)?)
-    } else {
-        Box::new(BufReader::with_capacity(1 << 20, file))
-    };
-    let mut head = [0u8; 12];
-    r.read_exact(&mut head)
-        .map_err(|_| bad(path, "no header"))?;
-    if &head[..8] != DELTA_MAGIC {
-        return Err(bad(path, "wrong magic"));
-    }
-    let page_size = u32::from_le_bytes(head[8..12].try_into().expect("4 bytes")) as u64;
-    if !(512..=65536).contains(&page_size) {
-        return Err(bad(path, "page size"));
-    }
-    let mut page = vec![0u8; page_size as usize];
-    let mut changed = 0;
-    loop {
-        let mut n = [0u8; 4];
-        r.read_exact(&mut n).map_err(|_| bad(path, "cut short"))?;
-        let pgno = u32::from_le_bytes(n) as u64;
-        if pgno == 0 {
-            break;
+/// A delta file read page by page: its header on open, then each record, then the trailer
+/// (checked: end mark, and the number of records it says).
+struct DeltaReader<'p> {
+    path: &'p Path,
+    r: Box<dyn Read>,
+    page_size: u32,
+    page: Vec<u8>,
+    records: u64,
+}
+
+impl<'p> DeltaReader<'p> {
+    fn open(path: &'p Path, compressed: bool) -> io::Result<DeltaReader<'p>> {
+        let file = File::open(path)?;
+        let mut r: Box<dyn Read> = if compressed {
+            Box::new(zstd::stream::Decoder::new(file)?)
+        } else {
+            Box::new(BufReader::with_capacity(1 << 20, file))
+        };
+        let mut head = [0u8; 12];
+        r.read_exact(&mut head)
+            .map_err(|_| bad(path, "no header"))?;
+        if &head[..8] != DELTA_MAGIC {
+            return Err(bad(path, "wrong magic"));
         }
-        r.read_exact(&mut page)
-            .map_err(|_| bad(path, "cut short in a page"))?;
-        image.write_all_at(&page, (pgno - 1) * page_size)?;
-        changed += 1;
+        let page_size = u32::from_le_bytes(head[8..12].try_into().expect("4 bytes"));
+        if !(512..=65536).contains(&page_size) {
+            return Err(bad(path, "page size"));
+        }
+        Ok(DeltaReader {
+            path,
+            r,
+            page_size,
+            page: vec![0u8; page_size as usize],
+            records: 0,
+        })
     }
-    let mut t = [0u8; 64];
-    r.read_exact(&mut t).map_err(|_| bad(path, "no trailer"))?;
-    if &t[56..64] != DELTA_END {
-        return Err(bad(path, "no end mark"));
+
+    /// The next page record (page number, bytes); None at the trailer.
+    fn next_page(&mut self) -> io::Result<Option<(u32, &[u8])>> {
+        let mut n = [0u8; 4];
+        self.r
+            .read_exact(&mut n)
+            .map_err(|_| bad(self.path, "cut short"))?;
+        let pgno = u32::from_le_bytes(n);
+        if pgno == 0 {
+            return Ok(None);
+        }
+        self.r
+            .read_exact(&mut self.page)
+            .map_err(|_| bad(self.path, "cut short in a page"))?;
+        self.records += 1;
+        Ok(Some((pgno, &self.page)))
     }
-    let trailer = Trailer {
-        page_count: u64::from_le_bytes(t[0..8].try_into().expect("8")),
-        sequence: u64::from_le_bytes(t[8..16].try_into().expect("8")),
-        changed: u64::from_le_bytes(t[16..24].try_into().expect("8")),
-        image_sha256: archive::hex(&t[24..56]),
-    };
-    if trailer.changed != changed {
-        return Err(bad(path, "page count of the records"));
+
+    /// After the last record: the trailer.
+    fn trailer(mut self) -> io::Result<Trailer> {
+        let mut t = [0u8; 64];
+        self.r
+            .read_exact(&mut t)
+            .map_err(|_| bad(self.path, "no trailer"))?;
+        if &t[56..64] != DELTA_END {
+            return Err(bad(self.path, "no end mark"));
+        }
+        let trailer = Trailer {
+            page_count: u64::from_le_bytes(t[0..8].try_into().expect("8")),
+            sequence: u64::from_le_bytes(t[8..16].try_into().expect("8")),
+            changed: u64::from_le_bytes(t[16..24].try_into().expect("8")),
+            image_sha256: archive::hex(&t[24..56]),
+        };
+        if trailer.changed != self.records {
+            return Err(bad(self.path, "page count of the records"));
+        }
+        Ok(trailer)
     }
+}
+
+/// Write the pages of the delta at `path` into `image` (a plain database file) and cut it to
+/// the delta's page count: one step, what [`apply_all`] must equal.
+#[cfg(test)]
+fn apply_delta(path: &Path, compressed: bool, image: &File) -> io::Result<Trailer> {
+    let mut d = DeltaReader::open(path, compressed)?;
+    let page_size = u64::from(d.page_size);
+    while let Some((pgno, page)) = d.next_page()? {
+        image.write_all_at(page, (u64::from(pgno) - 1) * page_size)?;
+    }
+    let trailer = d.trailer()?;
     image.set_len(trailer.page_count * page_size)?;
     Ok(trailer)
 }
@@ -484,41 +523,71 @@ pub(crate) fn open_full(dir: &Path, full: &Entry) -> io::Result<Box<dyn Read>> {
     })
 }
 
-/// Apply `deltas` in order to the plain image open as `image` (the base's bytes), checking
-/// each trailer against its manifest entry, and with `check_files` each file's SHA-256 first
-/// (a caller that has just checked them passes false); returns the last trailer (None when
-/// there were no deltas).
+/// Apply `deltas` (in chain order) to the plain image open as `image` (the base's bytes),
+/// checking each trailer against its manifest entry, and with `check_files` each file's
+/// SHA-256 first (a caller that has just checked them passes false); returns the last
+/// trailer (None when there were no deltas).
+///
+/// Each page is written once, from the newest delta that holds it: the deltas are read
+/// newest first and a page already written is skipped, as is a page beyond the last point's
+/// page count; the image is then cut to that count. A page no delta holds is the base's: a
+/// point writes every page beyond its previous point's count, so a page that was cut off and
+/// grew back is always in a later delta; a point whose page size differs from its previous
+/// one holds every page, and deltas older than it (of the other page size) are not read.
 pub(crate) fn apply_all(
     dir: &Path,
     deltas: &[DeltaEntry],
     image: &File,
     check_files: bool,
 ) -> io::Result<Option<Trailer>> {
-    let mut last = None;
-    for d in deltas {
+    let Some(last) = deltas.last() else {
+        return Ok(None);
+    };
+    let final_size = last.page_size;
+    let final_count = last.page_count;
+    let mut done = vec![false; final_count as usize + 1];
+    let mut last_trailer = None;
+    for d in deltas.iter().rev() {
         let path = dir.join(&d.file);
-        let sha = if check_files {
-            archive::sha256_file(&path).map_err(io::Error::other)?
-        } else {
-            d.sha256.clone()
-        };
-        if sha != d.sha256 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "{}: SHA-256 {sha} is not the manifest's {}",
-                    path.display(),
-                    d.sha256
-                ),
-            ));
+        if check_files {
+            let sha = archive::sha256_file(&path).map_err(io::Error::other)?;
+            if sha != d.sha256 {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{}: SHA-256 {sha} is not the manifest's {}",
+                        path.display(),
+                        d.sha256
+                    ),
+                ));
+            }
         }
-        let t = apply_delta(&path, d.compressed, image)?;
-        if t.sequence != d.sequence || t.image_sha256 != d.image_sha256 {
+        if d.page_size != final_size {
+            // A newer point changed the page size and holds every page.
+            break;
+        }
+        let mut r = DeltaReader::open(&path, d.compressed)?;
+        if u64::from(r.page_size) != d.page_size {
+            return Err(bad(&path, "page size differs from its manifest entry"));
+        }
+        while let Some((pgno, page)) = r.next_page()? {
+            let i = pgno as usize;
+            if i < done.len() && !done[i] {
+                image.write_all_at(page, (u64::from(pgno) - 1) * final_size)?;
+                done[i] = true;
+            }
+        }
+        let t = r.trailer()?;
+        if t.sequence != d.sequence
+            || t.image_sha256 != d.image_sha256
+            || t.page_count != d.page_count
+        {
             return Err(bad(&path, "trailer does not match its manifest entry"));
         }
-        last = Some(t);
+        last_trailer.get_or_insert(t);
     }
-    Ok(last)
+    image.set_len(final_count * final_size)?;
+    Ok(last_trailer)
 }
 
 /// SHA-256 and page hashes of the plain database file at `path`.
@@ -621,5 +690,68 @@ mod tests {
         let bytes = fs::read(&p).unwrap();
         fs::write(&p, &bytes[..bytes.len() - 1]).unwrap();
         assert_eq!(PageIndex::read(&p, &sha), None);
+    }
+
+    /// Newest-first application gives the image that applying each delta in turn gives,
+    /// through a shrink and a regrowth of the file.
+    #[test]
+    fn apply_all_writes_each_page_once_and_equals_applying_in_turn() {
+        let dir = tempfile::tempdir().unwrap();
+        let ps = 512usize;
+        let base: Vec<u8> = (0..8).flat_map(|p| vec![p as u8; ps]).collect();
+        // (page count after the point, pages written: (pgno, fill byte)).
+        let steps: [(u64, Vec<(u32, u8)>); 4] = [
+            (8, vec![(2, 20), (5, 50)]),
+            (4, vec![(1, 11), (2, 21)]),
+            (6, vec![(5, 51), (6, 61)]),
+            (6, vec![(2, 22), (6, 62)]),
+        ];
+        let mut entries = Vec::new();
+        for (i, (count, pages)) in steps.iter().enumerate() {
+            let file = format!("d{i}.delta.zst");
+            let mut w =
+                DeltaWriter::new(File::create(dir.path().join(&file)).unwrap(), 512, Some(1))
+                    .unwrap();
+            for (pgno, fill) in pages {
+                w.page(*pgno, &vec![*fill; ps]).unwrap();
+            }
+            let written = w.finish(*count, i as u64 + 1, &[i as u8; 32]).unwrap();
+            entries.push(DeltaEntry {
+                file,
+                series: "s".into(),
+                database: "d".into(),
+                created_at: Utc::now(),
+                base: "b".into(),
+                sequence: i as u64 + 1,
+                prev: String::new(),
+                page_count: *count,
+                page_size: 512,
+                pages_scanned: *count,
+                pages_changed: pages.len() as u64,
+                image_sha256: archive::hex(&[i as u8; 32]),
+                size: written.size,
+                sha256: written.sha256,
+                compressed: true,
+                duration_ms: 0,
+            });
+        }
+        let one_by_one = dir.path().join("a");
+        fs::write(&one_by_one, &base).unwrap();
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(&one_by_one)
+            .unwrap();
+        for e in &entries {
+            apply_delta(&dir.path().join(&e.file), true, &f).unwrap();
+        }
+        let all = dir.path().join("b");
+        fs::write(&all, &base).unwrap();
+        let f = fs::OpenOptions::new().write(true).open(&all).unwrap();
+        let t = apply_all(dir.path(), &entries, &f, true).unwrap().unwrap();
+        assert_eq!(t.sequence, 4);
+        let got = fs::read(&all).unwrap();
+        assert_eq!(got, fs::read(&one_by_one).unwrap());
+        let fills: Vec<u8> = got.chunks(ps).map(|p| p[0]).collect();
+        assert_eq!(fills, vec![11, 22, 2, 3, 51, 62]);
     }
 }

@@ -488,6 +488,15 @@ pub struct IncrementalFigures {
     /// Delta files retention deleted.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retention_deleted: Option<u64>,
+    /// Off-site copies of the deltas, as for a full backup (`BackupFigures::remote`…).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote_pending: Option<u64>,
 }
 
 /// How a backup's bytes were copied.

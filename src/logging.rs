@@ -271,6 +271,9 @@ impl<'a> JournalFigures<'a> {
                 sha256: i.image_sha256.as_deref(),
                 pages_scanned: Some(i.pages_scanned),
                 pages_changed: Some(i.pages_changed),
+                remote: i.remote.as_deref(),
+                remote_url: i.remote_url.as_deref(),
+                remote_bytes: i.remote_bytes,
                 ..JournalFigures::default()
             },
             Some(Figures::Drill(d)) => match d.newest() {

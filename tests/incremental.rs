@@ -512,3 +512,128 @@ fn status_check_judges_incremental_freshness_by_its_own_schedule() {
     let o = env.cmd().args(["status", "--check"]).output().unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", both(&o));
 }
+
+/// A database with an attached one: each incremental run takes a point of both in one read
+/// transaction, dated alike; `restore --at` that time restores both (the attached one beside
+/// the main one's `--to`), each with its recorded image SHA-256, each a prefix of the numbered
+/// rows a writer committed to both in one transaction per number, one point apart at most
+/// (WAL commits of two files are not one atomic step).
+#[test]
+fn restore_at_restores_the_main_and_each_attached_database_to_one_point() {
+    let env = TestEnv::new();
+    let db = env.sqlite(
+        "app.db",
+        "PRAGMA journal_mode=WAL; CREATE TABLE n(id INTEGER PRIMARY KEY, pad BLOB);",
+    );
+    let files = env.sqlite(
+        "files.db",
+        "PRAGMA journal_mode=WAL; CREATE TABLE f(id INTEGER PRIMARY KEY, pad BLOB);",
+    );
+    let dir = env.path("b");
+    env.config("")
+        .database(
+            "app",
+            &db,
+            &format!(
+                "attach = {{ files = \"{}\" }}\n[database.backup]\ndir = \"{}\"\ncompress = \"zstd\"\nincremental = {{ keep = \"7d\" }}",
+                files.display(),
+                dir.display()
+            ),
+        )
+        .write();
+    fn write_both(c: &Connection, id: i64) {
+        let tx = c.unchecked_transaction().unwrap();
+        tx.execute("INSERT INTO n(id, pad) VALUES (?1, randomblob(200))", [id])
+            .unwrap();
+        tx.execute(
+            "INSERT INTO files.f(id, pad) VALUES (?1, randomblob(200))",
+            [id],
+        )
+        .unwrap();
+        tx.commit().unwrap();
+    }
+    fn open(db: &Path, files: &Path) -> Connection {
+        let c = Connection::open(db).unwrap();
+        c.busy_timeout(Duration::from_secs(10)).unwrap();
+        c.execute("ATTACH ?1 AS files", [files.to_str().unwrap()])
+            .unwrap();
+        c
+    }
+    {
+        let c = open(&db, &files);
+        for id in 1..=300 {
+            write_both(&c, id);
+        }
+    }
+    env.run_ok(&["run", "app", "backup"]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, db, files) = (stop.clone(), db.clone(), files.clone());
+        std::thread::spawn(move || {
+            let c = open(&db, &files);
+            let mut id = 300;
+            while !stop.load(Ordering::SeqCst) {
+                id += 1;
+                write_both(&c, id);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        })
+    };
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_millis(300));
+        env.run_ok(&["run", "app", "incremental"]);
+    }
+    stop.store(true, Ordering::SeqCst);
+    writer.join().unwrap();
+    let points = deltas(&dir);
+    assert_eq!(points.len(), 8, "a point of each file per run");
+    let prefix = |p: &Path, table: &str| {
+        let ids = crate::util::query_ids(p, &format!("SELECT id FROM {table} ORDER BY id"));
+        assert_eq!(ids, (1..=ids.len() as i64).collect::<Vec<_>>(), "{table}");
+        ids.len() as i64
+    };
+    let mut last = 0;
+    for (i, pair) in points.chunks(2).enumerate() {
+        assert_eq!(
+            pair[0]["created_at"], pair[1]["created_at"],
+            "one stamp per run"
+        );
+        let (main, attached) = if pair[0]["series"] == "app" {
+            (&pair[0], &pair[1])
+        } else {
+            (&pair[1], &pair[0])
+        };
+        assert_eq!(attached["series"], "files");
+        let to = env.path(&format!("r{i}.db"));
+        let o = env
+            .cmd()
+            .args(["restore", "app", "--at"])
+            .arg(main["created_at"].as_str().unwrap())
+            .arg("--to")
+            .arg(&to)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+        let to_files = env.path(&format!("r{i}-files.db"));
+        assert_eq!(sha256(&to), main["image_sha256"].as_str().unwrap());
+        assert_eq!(
+            sha256(&to_files),
+            attached["image_sha256"].as_str().unwrap()
+        );
+        assert_eq!(integrity(&to_files), "ok");
+        let (m, f) = (prefix(&to, "n"), prefix(&to_files, "f"));
+        assert!((m - f).abs() <= 1, "point {i}: main {m} rows, attached {f}");
+        assert!(m > last, "point {i} is after the one before");
+        last = m;
+    }
+    // In place: both live files go back to the first point.
+    let first = points[0]["created_at"].as_str().unwrap().to_string();
+    let want = crate::util::query_ids(&env.path("r0.db"), "SELECT id FROM n ORDER BY id");
+    let want_f = crate::util::query_ids(&env.path("r0-files.db"), "SELECT id FROM f ORDER BY id");
+    env.run_ok(&["restore", "app", "--at", &first, "--in-place"]);
+    assert_eq!(ids(&db), want);
+    assert_eq!(
+        crate::util::query_ids(&files, "SELECT id FROM f ORDER BY id"),
+        want_f
+    );
+}

@@ -1,7 +1,8 @@
 //! `litekeeper backups list [DB] --remote NAME [--verify] [--json]`: the copies the remote's
 //! manifests list for each database using it, each checked against the store: `ok`,
 //! `missing` (listed, not stored: deleted by hand), `size-differs`, and with `--verify`
-//! `damaged` (read back, SHA-256 differs). Exit 65 when any copy is flagged.
+//! `damaged` (read back, SHA-256 differs); the deltas of incremental chains the same way,
+//! as `points`. Exit 65 when any copy or point is flagged.
 
 use std::collections::HashMap;
 
@@ -28,6 +29,26 @@ struct DbJson {
     /// Why the remote could not be listed for this database (null when all is well).
     error: Option<String>,
     copies: Vec<CopyJson>,
+    /// Deltas of incremental chains, newest first (absent when there are none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    points: Vec<PointJson>,
+}
+
+#[derive(Serialize)]
+struct PointJson {
+    object: String,
+    local_file: String,
+    series: String,
+    /// The chain's full backup (local file name), this point's place in it, the point before.
+    base: String,
+    sequence: u64,
+    prev: String,
+    backup_time: DateTime<Utc>,
+    size: u64,
+    sha256: String,
+    image_sha256: String,
+    /// ok | missing | size-differs | damaged
+    state: &'static str,
 }
 
 #[derive(Serialize)]
@@ -88,12 +109,13 @@ pub fn run(
     let mut failed = None;
     for db in dbs {
         let entry = match list_one(&store, &db.name, verify) {
-            Ok(copies) => DbJson {
+            Ok((copies, points)) => DbJson {
                 database: db.name.clone(),
                 count: copies.len(),
                 total_bytes: copies.iter().map(|c| c.size).sum(),
                 error: None,
                 copies,
+                points,
             },
             Err(e) => {
                 failed.get_or_insert(e.code);
@@ -103,10 +125,12 @@ pub fn run(
                     total_bytes: 0,
                     error: Some(e.to_string()),
                     copies: Vec::new(),
+                    points: Vec::new(),
                 }
             }
         };
-        flagged |= entry.copies.iter().any(|c| c.state != "ok");
+        flagged |= entry.copies.iter().any(|c| c.state != "ok")
+            || entry.points.iter().any(|p| p.state != "ok");
         out.databases.push(entry);
     }
     if json {
@@ -134,12 +158,21 @@ pub fn run(
                     c.object,
                     c.backup_time.format("%Y-%m-%d %H:%M:%S"),
                     human_bytes(c.size),
-                    match c.state {
-                        "ok" => "ok",
-                        "missing" => "MISSING: listed in the manifest, not in the store",
-                        "size-differs" => "SIZE DIFFERS from the manifest: damaged or replaced",
-                        _ => "DAMAGED: SHA-256 differs from the manifest",
-                    }
+                    state_text(c.state)
+                );
+            }
+            if !d.points.is_empty() {
+                println!("  incremental points: {}", d.points.len());
+            }
+            for p in &d.points {
+                println!(
+                    "    {:<42} {}  {:>10}  point {} after {}  {}",
+                    p.object,
+                    p.backup_time.format("%Y-%m-%d %H:%M:%S"),
+                    human_bytes(p.size),
+                    p.sequence,
+                    p.base,
+                    state_text(p.state)
                 );
             }
         }
@@ -151,17 +184,23 @@ pub fn run(
     })
 }
 
-fn list_one(
-    store: &Store,
-    database: &str,
-    verify: bool,
-) -> Result<Vec<CopyJson>, remote::RemoteError> {
+fn state_text(state: &str) -> &'static str {
+    match state {
+        "ok" => "ok",
+        "missing" => "MISSING: listed in the manifest, not in the store",
+        "size-differs" => "SIZE DIFFERS from the manifest: damaged or replaced",
+        _ => "DAMAGED: SHA-256 differs from the manifest",
+    }
+}
+
+type Listed = (Vec<CopyJson>, Vec<PointJson>);
+
+fn list_one(store: &Store, database: &str, verify: bool) -> Result<Listed, remote::RemoteError> {
     let m = RemoteManifest::load(store, database)?;
     let stored: HashMap<String, u64> = store.list(database)?.into_iter().collect();
-    let mut out = Vec::new();
-    for c in m.copies.iter().rev() {
+    let state_of = |c: &remote::Copy| {
         let key = store.key(database, &c.object);
-        let state = match stored.get(&key) {
+        match stored.get(&key) {
             None => "missing",
             Some(&size) if size != c.size => "size-differs",
             Some(_) if verify => match remote::read_back(store, &key) {
@@ -170,7 +209,11 @@ fn list_one(
                 Err(_) => "missing",
             },
             Some(_) => "ok",
-        };
+        }
+    };
+    let mut out = Vec::new();
+    for c in m.copies.iter().rev() {
+        let state = state_of(c);
         out.push(CopyJson {
             object: c.object.clone(),
             local_file: c.local_file.clone(),
@@ -183,5 +226,23 @@ fn list_one(
             state,
         });
     }
-    Ok(out)
+    let points = m
+        .deltas
+        .iter()
+        .rev()
+        .map(|d| PointJson {
+            object: d.copy.object.clone(),
+            local_file: d.copy.local_file.clone(),
+            series: d.copy.series.clone(),
+            base: d.base.clone(),
+            sequence: d.sequence,
+            prev: d.prev.clone(),
+            backup_time: d.copy.backup_time,
+            size: d.copy.size,
+            sha256: d.copy.sha256.clone(),
+            image_sha256: d.image_sha256.clone(),
+            state: state_of(&d.copy),
+        })
+        .collect();
+    Ok((out, points))
 }

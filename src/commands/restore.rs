@@ -1,13 +1,15 @@
-//! `litekeeper restore DB [BACKUP] [--to PATH | --in-place [--force]]`: picks the database and
-//! the mode, calls the `restore` library (which verifies the backup and does the work) and
-//! prints what it did. An error leaves with the exit code `RestoreError::exit_code` gives.
+//! `litekeeper restore DB [BACKUP | --at WHEN] [--from REMOTE] [--to PATH | --in-place [--force]]`:
+//! picks the database and the mode, calls the `restore` library (which verifies the backup
+//! and does the work) and prints what it did. `--at` restores the main database and each
+//! attached one to the same point. An error leaves with the exit code
+//! `RestoreError::exit_code` gives.
 
 use std::path::Path;
 
 use crate::archive::Verified;
 use crate::cli::RestoreArgs;
 use crate::exit::{ExitCode, Failure};
-use crate::restore::{self, pid_list, InPlace, RestoreError, Restored};
+use crate::restore::{self, pid_list, BackupSource, InPlace, RestoreError, Restored};
 
 fn fail(code: ExitCode, msg: String) -> Failure {
     Failure::new(code, anyhow::anyhow!(msg))
@@ -40,58 +42,104 @@ pub fn run(path: &Path, args: RestoreArgs) -> Result<ExitCode, Failure> {
             ))
         }
     };
+    let at = match &args.at {
+        Some(at) => Some(
+            restore::point::parse_at(at, &config.daemon.timezone)
+                .map_err(|e| fail(ExitCode::Usage, e))?,
+        ),
+        None => None,
+    };
     // From a remote: fetched and checked into a staging directory (removed at the end).
     let fetched = match &args.from {
         Some(remote) => Some(
-            restore::remote::fetch(
-                &config,
-                db,
-                remote,
-                args.backup.as_deref(),
-                args.identity.as_deref(),
-            )
+            match at {
+                Some(at) => {
+                    restore::remote::fetch_at(&config, db, remote, at, args.identity.as_deref())
+                }
+                None => restore::remote::fetch(
+                    &config,
+                    db,
+                    remote,
+                    args.backup.as_deref(),
+                    args.identity.as_deref(),
+                ),
+            }
             .map_err(|e| failure(e, false))?,
         ),
         None => None,
     };
-    let backup = match &fetched {
-        Some(f) => f.source.clone(),
-        None => {
-            let selected = match (&args.at, args.backup.as_deref()) {
-                (Some(at), _) => {
-                    let at = restore::point::parse_at(at, &config.daemon.timezone)
-                        .map_err(|e| fail(ExitCode::Usage, e))?;
-                    restore::point::select_at(db, at)
-                }
-                (None, Some(file)) => match restore::point::select_delta(db, file) {
-                    Ok(Some(b)) => Ok(b),
-                    Ok(None) => restore::select(db, Some(file)),
-                    Err(e) => Err(e),
-                },
-                (None, None) => restore::select(db, None),
-            }
-            .map_err(|e| failure(e, false))?;
-            selected
+    // The files to restore: one backup, or with --at the main database and each attached
+    // one at the same point.
+    let backups: Vec<BackupSource> = match &fetched {
+        Some(f) => f.sources.clone(),
+        None => match (at, args.backup.as_deref()) {
+            (Some(at), _) => restore::point::select_at_all(db, at),
+            (None, Some(file)) => match restore::point::select_delta(db, file) {
+                Ok(Some(b)) => Ok(vec![b]),
+                Ok(None) => restore::select(db, Some(file)).map(|b| vec![b]),
+                Err(e) => Err(e),
+            },
+            (None, None) => restore::select(db, None).map(|b| vec![b]),
         }
+        .map_err(|e| failure(e, false))?,
     };
-    if let Some(b) = backup.point.as_ref().and_then(|p| p.broken.as_ref()) {
-        eprintln!(
-            "litekeeper: warning: the chain to {} is broken at {} ({}); restoring the last good point before it, {}",
-            b.wanted,
-            b.link,
-            b.why,
-            backup.point.as_ref().map_or("", |p| p.file.as_str())
-        );
+    // With --to, an attached database goes beside the main one (`NEW-ALIAS.db`); every name
+    // must be free before anything is written.
+    let targets: Vec<Option<std::path::PathBuf>> = backups
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            to.map(|t| match i {
+                0 => t.to_path_buf(),
+                _ => restore::attached_target(t, &b.name.series),
+            })
+        })
+        .collect();
+    for (b, t) in backups.iter().zip(&targets) {
+        if let Some(t) = t {
+            restore::check_target(b, t).map_err(|e| failure(e, false))?;
+        }
     }
+    for b in &backups {
+        if let Some(broken) = b.point.as_ref().and_then(|p| p.broken.as_ref()) {
+            eprintln!(
+                "litekeeper: warning: the chain to {} is broken at {} ({}); restoring the last good point before it, {}",
+                broken.wanted,
+                broken.link,
+                broken.why,
+                b.point.as_ref().map_or("", |p| p.file.as_str())
+            );
+        }
+    }
+    for (backup, target) in backups.iter().zip(&targets) {
+        restore_one(&config, &args, backup, target.as_deref())?;
+    }
+    // A broken chain restored an earlier point than asked for: done, but not what was asked.
+    if backups
+        .iter()
+        .any(|b| b.point.as_ref().is_some_and(|p| p.broken.is_some()))
+    {
+        return Ok(ExitCode::DataErr);
+    }
+    Ok(ExitCode::Ok)
+}
+
+/// Restore one file (to `to`, or in place) and say what was done.
+fn restore_one(
+    config: &crate::config::Config,
+    args: &RestoreArgs,
+    backup: &BackupSource,
+    to: Option<&Path>,
+) -> Result<(), Failure> {
     let restored = match to {
-        Some(to) => restore::to_path(&backup, to).map_err(|e| failure(e, false))?,
+        Some(to) => restore::to_path(backup, to).map_err(|e| failure(e, false))?,
         None => {
             let how = InPlace {
                 lock_dir: &config.daemon.lock_dir,
                 state_dir: &config.daemon.state_dir,
                 force: args.force,
             };
-            restore::in_place(&backup, how).map_err(|e| failure(e, true))?
+            restore::in_place(backup, how).map_err(|e| failure(e, true))?
         }
     };
     print_moved_aside(&restored.moved_aside, args.in_place);
@@ -127,11 +175,7 @@ pub fn run(path: &Path, args: RestoreArgs) -> Result<ExitCode, Failure> {
             restored.target.display()
         );
     }
-    // A broken chain restored an earlier point than asked for: done, but not what was asked.
-    if backup.point.as_ref().is_some_and(|p| p.broken.is_some()) {
-        return Ok(ExitCode::DataErr);
-    }
-    Ok(ExitCode::Ok)
+    Ok(())
 }
 
 /// Stale sidecars found without their database at the target, moved aside.

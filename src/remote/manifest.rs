@@ -1,6 +1,7 @@
 //! The remote's manifest, `{prefix}/{database}/litekeeper-manifest.json`: every copy
 //! litekeeper made there, with the SHA-256 and size of the stored bytes, the SHA-256 of the
-//! local backup it came from, and when. Written last, after the copy is stored and checked,
+//! local backup it came from, and when; the deltas of incremental chains (`deltas`) with their
+//! place in the chain (base, sequence, previous point, image SHA-256). Written last, after the copy is stored and checked,
 //! in one PUT (readers see the old or the new list, never half of one). Retention and
 //! listing touch only objects it names.
 
@@ -33,11 +34,59 @@ pub(crate) struct Copy {
     pub verified: Option<crate::domain::Verified>,
 }
 
+/// A copy of a delta file (one point of an incremental chain): the copy, and what the local
+/// manifest says of its place in the chain, so a restore can rebuild and prove the point from
+/// the remote alone.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct DeltaCopy {
+    #[serde(flatten)]
+    pub copy: Copy,
+    /// The full backup the chain starts from (its local file name; its copy is in `copies`).
+    pub base: String,
+    /// 1 for the first point after the base.
+    pub sequence: u64,
+    /// The point this one applies to: `base` or the previous delta (local file names).
+    pub prev: String,
+    /// Pages of the image at this point, their size, and the whole image's SHA-256.
+    pub page_count: u64,
+    pub page_size: u64,
+    pub image_sha256: String,
+}
+
+impl DeltaCopy {
+    /// The local manifest's record of this point, as a restore applies it (`size` is the
+    /// fetched file's, known once it is downloaded).
+    pub(crate) fn entry(&self, database: &str, size: u64) -> crate::chain::DeltaEntry {
+        crate::chain::DeltaEntry {
+            file: self.copy.local_file.clone(),
+            series: self.copy.series.clone(),
+            database: database.to_string(),
+            created_at: self.copy.backup_time,
+            base: self.base.clone(),
+            sequence: self.sequence,
+            prev: self.prev.clone(),
+            page_count: self.page_count,
+            page_size: self.page_size,
+            pages_scanned: self.page_count,
+            pages_changed: 0,
+            image_sha256: self.image_sha256.clone(),
+            size,
+            sha256: self.copy.source_sha256.clone(),
+            compressed: self.copy.local_file.ends_with(".zst"),
+            duration_ms: 0,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(crate) struct RemoteManifest {
     pub version: u32,
     pub database: String,
+    /// Full backups.
     pub copies: Vec<Copy>,
+    /// Deltas of incremental chains.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deltas: Vec<DeltaCopy>,
 }
 
 impl RemoteManifest {
@@ -49,6 +98,7 @@ impl RemoteManifest {
                 version: 1,
                 database: database.to_string(),
                 copies: Vec::new(),
+                deltas: Vec::new(),
             }),
             Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
                 store.other(
@@ -73,5 +123,24 @@ impl RemoteManifest {
         self.copies.push(copy);
         self.copies
             .sort_by(|a, b| (a.backup_time, &a.object).cmp(&(b.backup_time, &b.object)));
+    }
+
+    /// Add or replace the delta of the same object; kept sorted by time and sequence.
+    pub(crate) fn upsert_delta(&mut self, delta: DeltaCopy) {
+        self.deltas.retain(|d| d.copy.object != delta.copy.object);
+        self.deltas.push(delta);
+        self.deltas.sort_by(|a, b| {
+            (a.copy.backup_time, a.sequence, &a.copy.object).cmp(&(
+                b.copy.backup_time,
+                b.sequence,
+                &b.copy.object,
+            ))
+        });
+    }
+
+    /// Whether the local file `file` (a full backup or a delta) has a copy here.
+    pub(crate) fn has(&self, file: &str) -> bool {
+        self.copies.iter().any(|c| c.local_file == file)
+            || self.deltas.iter().any(|d| d.copy.local_file == file)
     }
 }

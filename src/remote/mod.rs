@@ -11,7 +11,7 @@ mod pipeline;
 pub(crate) mod retain;
 mod store;
 
-pub(crate) use manifest::{Copy, RemoteManifest};
+pub(crate) use manifest::{Copy, DeltaCopy, RemoteManifest};
 pub(crate) use pipeline::{download, read_back, Uploaded};
 pub(crate) use store::{RemoteError, Store};
 
@@ -46,12 +46,42 @@ pub(crate) struct Source<'a> {
 /// Upload one verified local backup to `store`, check it, and add it to the remote's
 /// manifest (written last).
 pub(crate) fn push(store: &Store, src: &Source<'_>) -> Result<Uploaded, RemoteError> {
+    let (up, copy) = upload_copy(store, src)?;
+    let mut m = RemoteManifest::load(store, src.database)?;
+    m.upsert(copy);
+    m.save(store, src.database)?;
+    Ok(up)
+}
+
+/// Upload one delta of an incremental chain (`delta`: its local manifest entry) like a full
+/// backup, and add it to the remote manifest's `deltas` with its place in the chain.
+pub(crate) fn push_delta(
+    store: &Store,
+    src: &Source<'_>,
+    delta: &crate::chain::DeltaEntry,
+) -> Result<Uploaded, RemoteError> {
+    let (up, copy) = upload_copy(store, src)?;
+    let mut m = RemoteManifest::load(store, src.database)?;
+    m.upsert_delta(DeltaCopy {
+        copy,
+        base: delta.base.clone(),
+        sequence: delta.sequence,
+        prev: delta.prev.clone(),
+        page_count: delta.page_count,
+        page_size: delta.page_size,
+        image_sha256: delta.image_sha256.clone(),
+    });
+    m.save(store, src.database)?;
+    Ok(up)
+}
+
+/// The pipeline for one local file: compressed (unless it is), encrypted, uploaded, read back.
+fn upload_copy(store: &Store, src: &Source<'_>) -> Result<(Uploaded, Copy), RemoteError> {
     let object = object_name(src.file);
     let key = store.key(src.database, &object);
     let compress = !src.file.ends_with(".zst");
     let up = pipeline::upload(store, &key, src.path, compress)?;
-    let mut m = RemoteManifest::load(store, src.database)?;
-    m.upsert(Copy {
+    let copy = Copy {
         object,
         local_file: src.file.to_string(),
         series: src.series.to_string(),
@@ -61,9 +91,8 @@ pub(crate) fn push(store: &Store, src: &Source<'_>) -> Result<Uploaded, RemoteEr
         backup_time: src.backup_time,
         created_at: Utc::now(),
         verified: Some(src.verified),
-    });
-    m.save(store, src.database)?;
-    Ok(up)
+    };
+    Ok((up, copy))
 }
 
 #[cfg(test)]

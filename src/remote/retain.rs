@@ -4,6 +4,13 @@
 //! ever deleted (litekeeper's own copies); the manifest is rewritten first, without them, so
 //! a failed delete leaves an unlisted object, never a listed copy that is gone. The caller
 //! runs it only when every pending copy of the remote was stored.
+//!
+//! Incremental chains follow the local rule (`jobs::backup::chains`): a chain's deltas go
+//! together once its newest point is older than `incremental.keep`, and the full copy a kept
+//! chain starts from is kept with it (`Reason::ChainBase`), whatever `remote_keep` says.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
@@ -50,23 +57,57 @@ pub(crate) fn plan(
     out
 }
 
-/// Apply `plan` to `database` on `store`: the manifest without the copies to delete, then
-/// the objects. Returns the deleted object names.
+/// The chains of `m` at `now` with `keep` (`incremental.keep`): the full copies that a kept
+/// chain starts from get `Reason::ChainBase` in `planned`; the delta objects of expired
+/// chains are returned, to delete.
+pub(crate) fn chains(
+    m: &RemoteManifest,
+    planned: &mut [(Copy, Decision)],
+    keep: Duration,
+    now: DateTime<Utc>,
+) -> Vec<String> {
+    let mut newest: BTreeMap<&str, DateTime<Utc>> = BTreeMap::new();
+    for d in &m.deltas {
+        let t = newest.entry(d.base.as_str()).or_insert(d.copy.backup_time);
+        *t = (*t).max(d.copy.backup_time);
+    }
+    let kept = |base: &str| {
+        newest
+            .get(base)
+            .is_some_and(|t| retention::chain_kept(*t, keep, now))
+    };
+    for (c, decision) in planned.iter_mut() {
+        if kept(&c.local_file) && !decision.reasons.contains(&retention::Reason::ChainBase) {
+            decision.reasons.push(retention::Reason::ChainBase);
+        }
+    }
+    m.deltas
+        .iter()
+        .filter(|d| !kept(&d.base))
+        .map(|d| d.copy.object.clone())
+        .collect()
+}
+
+/// Apply `plan` (and the expired chains' `deltas`) to `database` on `store`: the manifest
+/// without the copies to delete, then the objects. Returns the deleted object names.
 pub(crate) fn apply(
     store: &Store,
     database: &str,
     mut m: RemoteManifest,
     planned: &[(Copy, Decision)],
+    deltas: &[String],
 ) -> Result<Vec<String>, RemoteError> {
-    let doomed: Vec<String> = planned
+    let mut doomed: Vec<String> = planned
         .iter()
         .filter(|(_, d)| !d.keep())
         .map(|(c, _)| c.object.clone())
         .collect();
+    doomed.extend(deltas.iter().cloned());
     if doomed.is_empty() {
         return Ok(doomed);
     }
     m.copies.retain(|c| !doomed.contains(&c.object));
+    m.deltas.retain(|d| !doomed.contains(&d.copy.object));
     m.save(store, database)?;
     for o in &doomed {
         store.delete(&store.key(database, o))?;
@@ -105,6 +146,7 @@ mod tests {
             copies: (0..366)
                 .map(|d| copy(start + chrono::Duration::days(d)))
                 .collect(),
+            deltas: Vec::new(),
         };
         let now = start + chrono::Duration::days(365) + chrono::Duration::hours(1);
         let keep = Keep {
@@ -156,6 +198,7 @@ mod tests {
             version: 1,
             database: "chat".into(),
             copies: vec![old.clone(), new],
+            deltas: Vec::new(),
         };
         let planned = plan(
             &m,
@@ -170,5 +213,69 @@ mod tests {
             .map(|(c, _)| c.object.as_str())
             .collect();
         assert!(kept.contains(&old.object.as_str()), "{planned:?}");
+    }
+
+    fn delta(base: &Copy, seq: u64, t: DateTime<Utc>) -> super::super::DeltaCopy {
+        let file = format!("chat-{}.delta", t.format("%Y%m%d-%H%M%S"));
+        super::super::DeltaCopy {
+            copy: Copy {
+                object: super::super::object_name(&file),
+                local_file: file,
+                ..copy(t)
+            },
+            base: base.local_file.clone(),
+            sequence: seq,
+            prev: base.local_file.clone(),
+            page_count: 1,
+            page_size: 4096,
+            image_sha256: String::new(),
+        }
+    }
+
+    /// With `last = 1`, the older full is kept while its chain (`keep = 1d`) is, and goes with
+    /// its deltas once the chain's newest point is older than that.
+    #[test]
+    fn a_kept_chain_keeps_its_full_and_an_expired_one_goes_whole() {
+        let t = Utc.with_ymd_and_hms(2026, 1, 1, 2, 0, 0).unwrap();
+        let old = copy(t);
+        let new = copy(t + chrono::Duration::hours(12));
+        let m = RemoteManifest {
+            version: 1,
+            database: "chat".into(),
+            copies: vec![old.clone(), new],
+            deltas: (1..=3)
+                .map(|i| delta(&old, i, t + chrono::Duration::minutes(10 * i as i64)))
+                .collect(),
+        };
+        let keep = Keep {
+            last: 1,
+            ..Keep::default()
+        };
+        let day = Duration::from_secs(86400);
+        let decide = |now: DateTime<Utc>| {
+            let mut planned = plan(&m, keep, &Zone::Utc, now, &[]);
+            let doomed = chains(&m, &mut planned, day, now);
+            let kept: Vec<String> = planned
+                .iter()
+                .map(|(c, d)| format!("{} {}", c.local_file, d.describe()))
+                .collect();
+            (kept, doomed)
+        };
+        // 20 hours after the chain's last point: chain kept, so is its base.
+        let (kept, doomed) =
+            decide(t + chrono::Duration::hours(20) + chrono::Duration::minutes(30));
+        assert!(
+            kept.contains(&format!("{} chain-base", old.local_file)),
+            "{kept:?}"
+        );
+        assert!(doomed.is_empty(), "{doomed:?}");
+        // Two days later: the chain's deltas go, all three, and the old full with them.
+        let (kept, doomed) = decide(t + chrono::Duration::days(2) + chrono::Duration::hours(1));
+        assert!(
+            kept.contains(&format!("{} delete", old.local_file)),
+            "{kept:?}"
+        );
+        assert_eq!(doomed.len(), 3, "{doomed:?}");
+        assert!(doomed.iter().all(|o| o.ends_with(".delta.zst.age")));
     }
 }

@@ -202,6 +202,29 @@ pub(crate) fn to_path(backup: &BackupSource, target: &Path) -> Result<Restored, 
     })
 }
 
+/// Refuse `target` for `backup` as [`to_path`] would, before anything is written (a restore
+/// of several files checks every name first).
+pub(crate) fn check_target(backup: &BackupSource, target: &Path) -> Result<(), RestoreError> {
+    let target = absolute(target)?;
+    let target_dir = existing_parent(&target)?;
+    new_target(&target, &target_dir, &backup.dir)
+}
+
+/// Where `restore --at … --to MAIN` puts the attached database of `series`: beside MAIN,
+/// named `{MAIN's stem}-{series}{MAIN's extension}` (`/tmp/chat-1405.db` →
+/// `/tmp/chat-1405-files.db`).
+pub(crate) fn attached_target(main: &Path, series: &str) -> PathBuf {
+    let stem = main
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let ext = main
+        .extension()
+        .map(|e| format!(".{}", e.to_string_lossy()))
+        .unwrap_or_default();
+    main.with_file_name(format!("{stem}-{series}{ext}"))
+}
+
 /// Restore `backup` over its live file, keeping the previous one as
 /// `<db>.pre-restore-<time>`; see the module's text for the steps.
 pub(crate) fn in_place(backup: &BackupSource, how: InPlace<'_>) -> Result<Restored, RestoreError> {
@@ -358,7 +381,8 @@ fn apply_point(backup: &BackupSource, p: &point::Point, tmp: &Path) -> Result<()
         .write(true)
         .open(tmp)
         .map_err(chain_err)?;
-    // `point::select_at` checked every delta's SHA-256; the image's is checked below.
+    // `point::select_at_all` (or a remote fetch) checked every delta's SHA-256; the image's
+    // is checked below.
     crate::chain::apply_all(&backup.dir, &p.deltas, &image, false).map_err(chain_err)?;
     image.sync_all().map_err(chain_err)?;
     let actual = archive::sha256_file(tmp).map_err(RestoreError::Sync)?;

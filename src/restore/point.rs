@@ -1,5 +1,5 @@
 //! Restoring a point of an incremental chain (`restore DB --at WHEN`, or a delta named as the
-//! backup): which full backup and which deltas, checked before anything is written. A link
+//! backup): which full backup and which deltas (for the main database and each attached one), checked before anything is written. A link
 //! that is missing or damaged stops the way at the last good point before it, and
 //! [`Point::broken`] says which link and which point the restore reaches instead; the image
 //! is never one that matches no point (each delta's file SHA-256 and, at the end, the whole
@@ -79,31 +79,46 @@ pub struct Broken {
     pub wanted: String,
 }
 
-/// The full backup and the deltas to restore `db` as it was at `at` (main database).
-pub(crate) fn select_at(db: &Database, at: At) -> Result<BackupSource, RestoreError> {
+/// Every file of `db` as it was at `at`: the main database, then each attached database
+/// (`Database::backup_sources` order), each the newest point of its own series at or before
+/// `at`. An incremental run dates the points of all its files alike, so they are one run's.
+pub(crate) fn select_at_all(db: &Database, at: At) -> Result<Vec<BackupSource>, RestoreError> {
+    db.backup_sources()
+        .iter()
+        .map(|s| select_at_series(db, at, &s.series))
+        .collect()
+}
+
+fn select_at_series(db: &Database, at: At, series: &str) -> Result<BackupSource, RestoreError> {
     let (dir, manifest) = dir_and_manifest(db)?;
-    let main = db.backup_sources().remove(0).series;
-    let until = match at {
-        At::Latest => DateTime::<Utc>::MAX_UTC,
-        At::Time(t) => t,
-    };
+    let until = at.until();
     let full = archive::list_of(&dir, &manifest, &db.name)
         .map_err(RestoreError::ListBackups)?
         .into_iter()
-        .filter(|f| f.name.series == main && !f.name.failed && f.name.time <= until)
+        .filter(|f| f.name.series == series && !f.name.failed && f.name.time <= until)
         .find_map(|f| f.entry)
         .ok_or_else(|| RestoreError::NoPointBefore {
             dir: dir.clone(),
             database: db.name.clone(),
             at: until,
         })?;
-    let target = chain::deltas_of(&manifest, &db.name, &main)
+    let target = chain::deltas_of(&manifest, &db.name, series)
         .filter(|d| d.base == full.file && d.created_at <= until)
         .max_by_key(|d| (d.created_at, d.sequence))
         .cloned();
     match target {
         None => select(db, Some(&full.file)),
         Some(t) => with_deltas(db, &dir, &manifest, &t),
+    }
+}
+
+impl At {
+    /// The newest time a point may have.
+    pub(crate) fn until(self) -> DateTime<Utc> {
+        match self {
+            At::Latest => DateTime::<Utc>::MAX_UTC,
+            At::Time(t) => t,
+        }
     }
 }
 

@@ -1,5 +1,5 @@
-//! Restoring from an off-site copy (`restore DB --from REMOTE [BACKUP] --identity FILE`): the
-//! copy is downloaded into a private staging directory in `state_dir`, its stored bytes
+//! Restoring from an off-site copy (`restore DB --from REMOTE [BACKUP] --identity FILE`, and
+//! `--at WHEN`: a point of an incremental chain, [`fetch_at`]): the copy is downloaded into a private staging directory in `state_dir`, its stored bytes
 //! checked against the remote manifest's SHA-256, decrypted with the operator's age identity
 //! (the daemon never has it), checked against the local backup's SHA-256, decompressed, and
 //! then handed to the same `to_path`/`in_place` as a local backup. The staging directory is
@@ -9,14 +9,18 @@ use std::io::Write;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
+use super::point::{At, Broken, Point};
 use super::{BackupSource, RestoreError};
 use crate::archive::{self, BackupName};
+use crate::chain::DeltaEntry;
 use crate::config::{Config, Database};
-use crate::remote::{self, RemoteManifest, Store};
+use crate::domain::ExitCode;
+use crate::remote::{self, Copy, DeltaCopy, RemoteError, RemoteManifest, Store};
 
-/// A copy fetched and checked, ready for the restore path; its staging directory goes with it.
+/// Copies fetched and checked, ready for the restore path (the main database first, then
+/// attached ones); their staging directory goes with them.
 pub(crate) struct Fetched {
-    pub source: BackupSource,
+    pub sources: Vec<BackupSource>,
     staging: PathBuf,
 }
 
@@ -37,13 +41,20 @@ impl Drop for Staging {
     }
 }
 
-pub(crate) fn fetch(
+/// A remote opened for restore: its store, the operator's identities and `db`'s manifest there.
+struct Opened {
+    name: String,
+    store: Store,
+    identities: Vec<Box<dyn age::Identity>>,
+    manifest: RemoteManifest,
+}
+
+fn open(
     config: &Config,
     db: &Database,
     remote_name: &str,
-    wanted: Option<&str>,
     identity: Option<&Path>,
-) -> Result<Fetched, RestoreError> {
+) -> Result<Opened, RestoreError> {
     let backup = db
         .backup
         .as_ref()
@@ -71,12 +82,293 @@ pub(crate) fn fetch(
         })?;
     let store = Store::open(remote.clone()).map_err(RestoreError::Remote)?;
     let manifest = RemoteManifest::load(&store, &db.name).map_err(RestoreError::Remote)?;
+    Ok(Opened {
+        name: remote_name.to_string(),
+        store,
+        identities,
+        manifest,
+    })
+}
+
+/// A new private staging directory in `state_dir` (removed on drop unless kept).
+fn staging(config: &Config) -> Result<Staging, RestoreError> {
+    let staging = config.daemon.state_dir.join(format!(
+        "remote-restore-{}-{}",
+        std::process::id(),
+        chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
+    ));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&staging)
+        .map_err(|cause| RestoreError::Staging {
+            path: staging.clone(),
+            cause,
+        })?;
+    Ok(Staging(Some(staging)))
+}
+
+/// The configured path of the live file of `series`.
+fn live_of(db: &Database, series: &str, file: &str) -> Result<PathBuf, RestoreError> {
+    Ok(db
+        .backup_sources()
+        .into_iter()
+        .find(|s| s.series == series)
+        .ok_or_else(|| RestoreError::NoLiveFile {
+            file: file.to_string(),
+            database: db.name.clone(),
+        })?
+        .path)
+}
+
+/// Download the full copy `copy` into `dir` as its plain database file (decompressed),
+/// every check of `remote::download` passed: the restore library's source for it.
+fn stage_full(
+    o: &Opened,
+    db: &Database,
+    copy: &Copy,
+    dir: &Path,
+) -> Result<BackupSource, RestoreError> {
+    let name = BackupName::parse(&copy.local_file)
+        .filter(|n| !n.failed)
+        .ok_or_else(|| RestoreError::NoRemoteCopy {
+            remote: o.name.clone(),
+            database: db.name.clone(),
+            wanted: Some(copy.local_file.clone()),
+        })?;
+    let live = live_of(db, &name.series, &copy.local_file)?;
+    let staging_err = |cause: std::io::Error| RestoreError::Staging {
+        path: dir.to_path_buf(),
+        cause,
+    };
+    let plain_name = BackupName {
+        compressed: false,
+        ..name.clone()
+    };
+    let plain_path = dir.join(plain_name.file_name());
+    let mut out = std::io::BufWriter::new(
+        archive::create_private(&plain_path).map_err(RestoreError::Commit)?,
+    );
+    let downloaded = dir.join("download.age");
+    if name.compressed {
+        // The local backup was .zst: decompress it on its way to the staged file.
+        let mut z = zstd::stream::write::Decoder::new(&mut out).map_err(staging_err)?;
+        remote::download(&o.store, &db.name, copy, &downloaded, &o.identities, &mut z)
+            .map_err(RestoreError::Remote)?;
+        z.flush().map_err(staging_err)?;
+    } else {
+        remote::download(
+            &o.store,
+            &db.name,
+            copy,
+            &downloaded,
+            &o.identities,
+            &mut out,
+        )
+        .map_err(RestoreError::Remote)?;
+    }
+    out.flush().map_err(staging_err)?;
+    drop(out);
+    let _ = std::fs::remove_file(&downloaded);
+    let restored_size = std::fs::metadata(&plain_path).map_err(staging_err)?.len();
+    Ok(BackupSource {
+        database: db.name.clone(),
+        dir: dir.to_path_buf(),
+        file: plain_name.file_name(),
+        name: plain_name,
+        verified: copy.verified.unwrap_or(crate::domain::Verified::None),
+        restored_size,
+        live,
+        point: None,
+    })
+}
+
+/// Download the delta `d` into `dir` as the local delta file it was made from (checked
+/// against the stored SHA-256 and the local file's); its manifest entry for `chain`.
+fn stage_delta(
+    o: &Opened,
+    db: &Database,
+    d: &DeltaCopy,
+    dir: &Path,
+) -> Result<DeltaEntry, RemoteError> {
+    let path = dir.join(&d.copy.local_file);
+    let what = format!("staging {}", path.display());
+    let mut out = std::io::BufWriter::new(
+        archive::create_private(&path)
+            .map_err(|e| o.store.other(&what, e.to_string(), ExitCode::CantCreate))?,
+    );
+    let downloaded = dir.join("download.age");
+    let size = remote::download(
+        &o.store,
+        &db.name,
+        &d.copy,
+        &downloaded,
+        &o.identities,
+        &mut out,
+    )?;
+    let _ = std::fs::remove_file(&downloaded);
+    out.flush()
+        .map_err(|e| o.store.other(&what, e.to_string(), ExitCode::IoErr))?;
+    Ok(d.entry(&db.name, size))
+}
+
+/// Restore from a remote to a point in time (`restore DB --at WHEN --from REMOTE`): for the
+/// main database and each attached one, the newest full copy at or before `at` and the deltas
+/// of its chain up to the newest point at or before it, downloaded and checked (stored
+/// SHA-256, decrypted, the local file's SHA-256) into one staging directory; each image is
+/// proven against its point's SHA-256 by the restore library. A link missing from the remote
+/// (not in its manifest, deleted or damaged in the store) stops that file's way at the last
+/// good point before it, named in `Point::broken`, as a local chain does.
+pub(crate) fn fetch_at(
+    config: &Config,
+    db: &Database,
+    remote_name: &str,
+    at: At,
+    identity: Option<&Path>,
+) -> Result<Fetched, RestoreError> {
+    let o = open(config, db, remote_name, identity)?;
+    let until = at.until();
+    let mut guard = staging(config)?;
+    let dir = guard.0.clone().expect("staging");
+    let mut sources = Vec::new();
+    for s in db.backup_sources() {
+        let full = o
+            .manifest
+            .copies
+            .iter()
+            .filter(|c| c.series == s.series && c.backup_time <= until)
+            .filter(|c| BackupName::parse(&c.local_file).is_some_and(|n| !n.failed))
+            .max_by_key(|c| c.backup_time)
+            .ok_or_else(|| RestoreError::NoRemoteCopy {
+                remote: remote_name.to_string(),
+                database: db.name.clone(),
+                wanted: Some(format!(
+                    "of {} at or before {}",
+                    s.series,
+                    config.daemon.timezone.format(until)
+                )),
+            })?;
+        let mut source = stage_full(&o, db, full, &dir)?;
+        let target = o
+            .manifest
+            .deltas
+            .iter()
+            .filter(|d| {
+                d.copy.series == s.series
+                    && d.base == full.local_file
+                    && d.copy.backup_time <= until
+            })
+            .max_by_key(|d| (d.copy.backup_time, d.sequence));
+        if let Some(target) = target {
+            let (way, missing) = way_to(&o.manifest, full, target);
+            let mut broken = missing.map(|link| Broken {
+                link,
+                why: "missing from the remote manifest".into(),
+                wanted: target.copy.local_file.clone(),
+            });
+            let mut deltas = Vec::new();
+            for d in way {
+                match stage_delta(&o, db, d, &dir) {
+                    Ok(e) => deltas.push(e),
+                    // The object is gone or damaged: the way ends before it.
+                    Err(e) if e.code == ExitCode::DataErr => {
+                        broken = Some(Broken {
+                            link: d.copy.local_file.clone(),
+                            why: e.to_string(),
+                            wanted: target.copy.local_file.clone(),
+                        });
+                        break;
+                    }
+                    Err(e) => return Err(RestoreError::Remote(e)),
+                }
+            }
+            source.restored_size = deltas
+                .iter()
+                .map(|d| d.page_count * d.page_size)
+                .fold(source.restored_size, u64::max);
+            source.point = Some(match deltas.last() {
+                Some(last) => Point {
+                    file: last.file.clone(),
+                    time: last.created_at,
+                    image_sha256: Some(last.image_sha256.clone()),
+                    deltas: deltas.clone(),
+                    broken,
+                },
+                None => Point {
+                    file: full.local_file.clone(),
+                    time: full.backup_time,
+                    image_sha256: None,
+                    deltas: Vec::new(),
+                    broken,
+                },
+            });
+        }
+        sources.push(source);
+    }
+    guard.0 = None;
+    Ok(Fetched {
+        sources,
+        staging: dir,
+    })
+}
+
+/// The deltas from `full` to `target` in the remote manifest, in order. When a link is not
+/// in the manifest, the way is the chain's whole prefix from the base (each delta the next
+/// one's `prev`) and the missing link's name is returned with it.
+fn way_to<'a>(
+    m: &'a RemoteManifest,
+    full: &Copy,
+    target: &'a DeltaCopy,
+) -> (Vec<&'a DeltaCopy>, Option<String>) {
+    let of_chain = |file: &str| {
+        m.deltas
+            .iter()
+            .find(|d| d.copy.local_file == file && d.base == full.local_file)
+    };
+    let mut back = vec![target];
+    loop {
+        let last = back[back.len() - 1];
+        if last.prev == full.local_file {
+            back.reverse();
+            return (back, None);
+        }
+        match of_chain(&last.prev) {
+            Some(d) if !back.iter().any(|b| b.copy.object == d.copy.object) => back.push(d),
+            _ => {
+                let missing = last.prev.clone();
+                // Forward from the base while the links are there.
+                let mut way: Vec<&DeltaCopy> = Vec::new();
+                let mut at = full.local_file.clone();
+                while let Some(next) = m.deltas.iter().find(|d| {
+                    d.prev == at && d.base == full.local_file && d.sequence < target.sequence
+                }) {
+                    at = next.copy.local_file.clone();
+                    way.push(next);
+                }
+                return (way, Some(missing));
+            }
+        }
+    }
+}
+
+/// Restore from a remote copy (`restore DB --from REMOTE [BACKUP]`): the copy named (its
+/// local file name or object name), or the newest copy of the main database.
+pub(crate) fn fetch(
+    config: &Config,
+    db: &Database,
+    remote_name: &str,
+    wanted: Option<&str>,
+    identity: Option<&Path>,
+) -> Result<Fetched, RestoreError> {
+    let o = open(config, db, remote_name, identity)?;
     let copy = match wanted {
-        Some(w) => manifest
+        Some(w) => o
+            .manifest
             .copies
             .iter()
             .find(|c| c.local_file == w || c.object == w),
-        None => manifest
+        None => o
+            .manifest
             .copies
             .iter()
             .filter(|c| c.series == db.backup_sources()[0].series)
@@ -88,74 +380,12 @@ pub(crate) fn fetch(
         wanted: wanted.map(str::to_string),
     })?
     .clone();
-    let name = BackupName::parse(&copy.local_file)
-        .filter(|n| !n.failed)
-        .ok_or_else(|| RestoreError::NoRemoteCopy {
-            remote: remote_name.to_string(),
-            database: db.name.clone(),
-            wanted: Some(copy.local_file.clone()),
-        })?;
-    let live = db
-        .backup_sources()
-        .into_iter()
-        .find(|s| s.series == name.series)
-        .ok_or_else(|| RestoreError::NoLiveFile {
-            file: copy.local_file.clone(),
-            database: db.name.clone(),
-        })?
-        .path;
-
-    let staging = config.daemon.state_dir.join(format!(
-        "remote-restore-{}-{}",
-        std::process::id(),
-        chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
-    ));
-    let staging_err = |cause: std::io::Error| RestoreError::Staging {
-        path: staging.clone(),
-        cause,
-    };
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&staging)
-        .map_err(staging_err)?;
-    let guard = Staging(Some(staging.clone()));
-    let plain_name = BackupName {
-        compressed: false,
-        ..name.clone()
-    };
-    let plain_path = staging.join(plain_name.file_name());
-    let mut out = std::io::BufWriter::new(
-        archive::create_private(&plain_path).map_err(RestoreError::Commit)?,
-    );
-    let downloaded = staging.join("download.age");
-    if name.compressed {
-        // The local backup was .zst: decompress it on its way to the staged file.
-        let mut z = zstd::stream::write::Decoder::new(&mut out).map_err(staging_err)?;
-        remote::download(&store, &db.name, &copy, &downloaded, &identities, &mut z)
-            .map_err(RestoreError::Remote)?;
-        z.flush().map_err(staging_err)?;
-    } else {
-        remote::download(&store, &db.name, &copy, &downloaded, &identities, &mut out)
-            .map_err(RestoreError::Remote)?;
-    }
-    out.flush().map_err(staging_err)?;
-    drop(out);
-    let _ = std::fs::remove_file(&downloaded);
-    let restored_size = std::fs::metadata(&plain_path).map_err(staging_err)?.len();
-    let mut guard = guard;
+    let mut guard = staging(config)?;
+    let dir = guard.0.clone().expect("staging");
+    let source = stage_full(&o, db, &copy, &dir)?;
     guard.0 = None;
     Ok(Fetched {
-        source: BackupSource {
-            database: db.name.clone(),
-            dir: staging.clone(),
-            file: plain_name.file_name(),
-            name: plain_name,
-            verified: copy.verified.unwrap_or(crate::domain::Verified::None),
-            restored_size,
-            live,
-            point: None,
-        },
-        staging,
+        sources: vec![source],
+        staging: dir,
     })
 }

@@ -1,6 +1,7 @@
 //! Off-site copies (`[[remote]]`): configuration, upload to real S3 servers on 127.0.0.1
 //! (moto) and to `file://` directories, failures, listing, restore and retention.
 
+mod chains;
 mod config;
 mod fixture;
 mod restore;

@@ -80,10 +80,19 @@ pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
         let series: Vec<String> = sources.iter().map(|s| s.series.clone()).collect();
         remove_stray_indexes(dir, &series, &held)?;
     }
+    // Every source's chain first (an index may need rebuilding), then one stamp for the
+    // run and one read transaction over every file: main and attached points of a run are
+    // one point in time, named alike (`restore --at` picks them together).
+    let mut prepared = Vec::new();
+    for source in &sources {
+        prepared.push(prepare(ctx, cfg, source)?);
+    }
+    let stamp = unique_stamp(dir, &prepared, after_every_point(&prepared));
+    let scans = scan_all(ctx, cfg, &sources, &prepared, stamp)?;
     let mut figures = IncrementalFigures::default();
     let mut written = Vec::new();
-    for source in &sources {
-        let d = one_source(ctx, cfg, source)?;
+    for ((source, prep), (scan, temp)) in sources.iter().zip(prepared).zip(scans) {
+        let d = commit_point(dir, source, prep, scan, temp, stamp)?;
         figures.pages_scanned += d.pages_scanned;
         figures.pages_changed += d.pages_changed;
         figures.bytes += d.size;
@@ -96,9 +105,40 @@ pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
     figures.image_sha256 = Some(main.image_sha256.clone());
     let retention = super::chains::apply_chain_retention(ctx.db, cfg, inc.keep, Utc::now())?;
     figures.retention_deleted = Some(retention.deleted.len() as u64);
+    // The deltas are committed and no transaction is open: off-site copies now, as after a
+    // full backup (pending on each remote until stored).
+    let pushed = super::offsite::after_incremental(ctx.config, ctx.db, &written)
+        .map_err(JobError::Refused)?;
+    if let Some(p) = &pushed {
+        figures.remote = Some(p.remotes.join(","));
+        figures.remote_url = Some(p.urls.join(" "));
+        figures.remote_bytes = Some(p.bytes);
+        figures.remote_pending = Some(p.pending);
+        if !p.errors.is_empty() {
+            return Err(JobError::Remote(
+                p.errors
+                    .iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                p.errors[0].code,
+            ));
+        }
+    }
+    let offsite = match &pushed {
+        Some(p) if p.copies > 0 => format!(
+            "; stored {} cop{} off-site on {} ({}); remote retention deleted {}",
+            p.copies,
+            if p.copies == 1 { "y" } else { "ies" },
+            p.remotes.join(", "),
+            human_bytes(p.bytes),
+            p.deleted.len()
+        ),
+        _ => String::new(),
+    };
     Ok(JobResult {
         summary: format!(
-            "wrote {} (point {} after {}: {} of {} pages changed, {}); {}",
+            "wrote {} (point {} after {}: {} of {} pages changed, {}); {}{offsite}",
             written
                 .iter()
                 .map(|d| d.file.as_str())
@@ -164,8 +204,23 @@ fn remove_stray_indexes(
     Ok(())
 }
 
-/// One new point for `source`.
-fn one_source(ctx: &JobCtx<'_>, cfg: &Backup, source: &Source) -> Result<DeltaEntry, JobError> {
+/// Where a source's new point goes on its chain: read before the snapshot is taken.
+struct Prepared {
+    series: String,
+    full: Entry,
+    prev: Point,
+    sequence: u64,
+    index: PageIndex,
+    prev_index: std::path::PathBuf,
+    compressed: bool,
+    /// The newest time of any point of the series (deleted or broken ones included).
+    after: DateTime<Utc>,
+    started: Instant,
+}
+
+/// The chain of `source`'s newest full backup and its last good point, with that point's
+/// page-hash index (rebuilt when missing or stale).
+fn prepare(ctx: &JobCtx<'_>, cfg: &Backup, source: &Source) -> Result<Prepared, JobError> {
     let started = Instant::now();
     let dir = &cfg.dir;
     let db = &ctx.db.name;
@@ -203,8 +258,6 @@ fn one_source(ctx: &JobCtx<'_>, cfg: &Backup, source: &Source) -> Result<DeltaEn
         None => rebuild_index(ctx, dir, &full, &prev, &way, &prev_index)?,
     };
     ctx.checkpoint()?;
-
-    let compressed = matches!(cfg.compression, Compression::Zstd { .. });
     // Points are ordered by time: a new one is dated after every point of the series,
     // deleted or broken ones included (a run more than once a second moves ahead of the clock).
     let after = chain::deltas_of(&manifest, db, &source.series)
@@ -212,27 +265,110 @@ fn one_source(ctx: &JobCtx<'_>, cfg: &Backup, source: &Source) -> Result<DeltaEn
         .chain(std::iter::once(
             full.created_at - chrono::Duration::seconds(1),
         ))
-        .max();
-    let stamp = unique_stamp(dir, &source.series, compressed, after);
-    let name = DeltaName {
+        .max()
+        .unwrap_or(full.created_at);
+    Ok(Prepared {
+        series: source.series.clone(),
+        full,
+        prev,
+        sequence,
+        index,
+        prev_index,
+        compressed: matches!(cfg.compression, Compression::Zstd { .. }),
+        after,
+        started,
+    })
+}
+
+fn after_every_point(prepared: &[Prepared]) -> Option<DateTime<Utc>> {
+    prepared.iter().map(|p| p.after).max()
+}
+
+fn delta_name(source: &Source, prep: &Prepared, stamp: DateTime<Utc>) -> String {
+    DeltaName {
         series: source.series.clone(),
         time: stamp,
-        compressed,
-    };
-    let file_name = name.file_name();
-    let tmp = archive::create_temp(&archive::temp_path(dir, &file_name))?;
-    let mut temps = TempFiles(Vec::new());
-    let tmp_path = tmp.path.clone();
-    let out = tmp
-        .file()
-        .try_clone()
-        .map_err(io_err(format!("{}: open", tmp_path.display())))?;
-    temps.0.push(tmp);
+        compressed: prep.compressed,
+    }
+    .file_name()
+}
+
+/// One read transaction over every source file: each file's snapshot is pinned before any
+/// is read (a commit to one file during the pass shows in none of this run's points), then
+/// each is scanned into its temp delta file.
+fn scan_all(
+    ctx: &JobCtx<'_>,
+    cfg: &Backup,
+    sources: &[Source],
+    prepared: &[Prepared],
+    stamp: DateTime<Utc>,
+) -> Result<Vec<(Scan, archive::TempFile)>, JobError> {
+    let dir = &cfg.dir;
     let level = match cfg.compression {
         Compression::Zstd { level } => Some(level),
         Compression::None => None,
     };
-    let scan = scan_snapshot(ctx, source, &index, out, level, sequence, &tmp_path)?;
+    let mut temps = Vec::new();
+    for (source, prep) in sources.iter().zip(prepared) {
+        let name = delta_name(source, prep, stamp);
+        temps.push(archive::create_temp(&archive::temp_path(dir, &name))?);
+    }
+    let conn = &*ctx.conn;
+    let main_shown = ctx.db.path.display().to_string();
+    conn.execute_batch("BEGIN")
+        .map_err(sql(format!("{main_shown}: begin read transaction")))?;
+    let result = (|| -> Result<Vec<Scan>, JobError> {
+        for source in sources {
+            // The first read of a schema in the transaction pins its snapshot.
+            conn.query_row(
+                &format!(
+                    "SELECT count(*) FROM {}.sqlite_master",
+                    quote_ident(&source.schema)
+                ),
+                [],
+                |_| Ok(()),
+            )
+            .map_err(sql(format!("{}: begin read", source.path.display())))?;
+        }
+        let mut scans = Vec::new();
+        for ((source, prep), tmp) in sources.iter().zip(prepared).zip(&temps) {
+            let out = tmp
+                .file()
+                .try_clone()
+                .map_err(io_err(format!("{}: open", tmp.path.display())))?;
+            scans.push(scan_snapshot(
+                ctx,
+                source,
+                &prep.index,
+                out,
+                level,
+                prep.sequence,
+                &tmp.path,
+            )?);
+        }
+        Ok(scans)
+    })();
+    let end = conn.execute_batch("COMMIT");
+    let guard = TempFiles(temps);
+    let scans = result?;
+    end.map_err(sql(format!("{main_shown}: end read transaction")))?;
+    let temps = guard.into_kept();
+    Ok(scans.into_iter().zip(temps).collect())
+}
+
+/// Write the new point's index, record it in the manifest and move the delta to its name;
+/// then the previous point's index goes.
+fn commit_point(
+    dir: &Path,
+    source: &Source,
+    prep: Prepared,
+    scan: Scan,
+    tmp: archive::TempFile,
+    stamp: DateTime<Utc>,
+) -> Result<DeltaEntry, JobError> {
+    let file_name = delta_name(source, &prep, stamp);
+    let mut temps = TempFiles(vec![tmp]);
+    let tmp_path = temps.0[0].path.clone();
     let new_index = PageIndex {
         page_size: scan.page_size,
         point_sha256: scan.written.sha256.clone(),
@@ -242,11 +378,11 @@ fn one_source(ctx: &JobCtx<'_>, cfg: &Backup, source: &Source) -> Result<DeltaEn
     let entry = DeltaEntry {
         file: file_name.clone(),
         series: source.series.clone(),
-        database: db.clone(),
+        database: prep.full.database.clone(),
         created_at: stamp,
-        base: full.file.clone(),
-        sequence,
-        prev: prev.file().to_string(),
+        base: prep.full.file.clone(),
+        sequence: prep.sequence,
+        prev: prep.prev.file().to_string(),
         page_count: scan.page_count,
         page_size: u64::from(scan.page_size),
         pages_scanned: scan.page_count,
@@ -254,16 +390,16 @@ fn one_source(ctx: &JobCtx<'_>, cfg: &Backup, source: &Source) -> Result<DeltaEn
         image_sha256: scan.image_sha256,
         size: scan.written.size,
         sha256: scan.written.sha256,
-        compressed,
-        duration_ms: started.elapsed().as_millis() as u64,
+        compressed: prep.compressed,
+        duration_ms: prep.started.elapsed().as_millis() as u64,
     };
     if let Err(e) = record_and_commit(dir, &entry, &tmp_path) {
         let _ = fs::remove_file(chain::index_path(dir, &file_name));
         return Err(e.into());
     }
     temps.forget(&tmp_path);
-    if prev_index != chain::index_path(dir, &file_name) {
-        let _ = fs::remove_file(&prev_index);
+    if prep.prev_index != chain::index_path(dir, &file_name) {
+        let _ = fs::remove_file(&prep.prev_index);
     }
     Ok(entry)
 }
@@ -278,7 +414,7 @@ struct Scan {
     written: chain::Written,
 }
 
-/// Read every page of `source` under one read transaction, write the changed ones.
+/// Read every page of `source` (inside the caller's read transaction), write the changed ones.
 fn scan_snapshot(
     ctx: &JobCtx<'_>,
     source: &Source,
@@ -291,10 +427,8 @@ fn scan_snapshot(
     let conn = &*ctx.conn;
     let schema = quote_ident(&source.schema);
     let shown = source.path.display().to_string();
-    conn.execute_batch("BEGIN")
-        .map_err(sql(format!("{shown}: begin read transaction")))?;
     // One statement reads the whole database: slow by design, not worth a warning.
-    let result = crate::sqlite::expected_slow(|| -> Result<Scan, JobError> {
+    crate::sqlite::expected_slow(|| -> Result<Scan, JobError> {
         // The first read pins this schema's snapshot for the whole pass.
         let page_size = conn
             .query_row(&format!("PRAGMA {schema}.page_size"), [], |r| {
@@ -367,11 +501,7 @@ fn scan_snapshot(
             image_sha256: archive::hex(&image),
             written,
         })
-    });
-    let end = conn.execute_batch("COMMIT");
-    let scan = result?;
-    end.map_err(sql(format!("{shown}: end read transaction")))?;
-    Ok(scan)
+    })
 }
 
 /// Build the image of `prev` (its base with `way` applied) in a temp file, hash its pages,
@@ -424,28 +554,27 @@ fn rebuild_index(
     Ok(index)
 }
 
-/// Now, to the second, but after `after`; moved on while a delta of that name exists.
-fn unique_stamp(
-    dir: &Path,
-    series: &str,
-    compressed: bool,
-    after: Option<DateTime<Utc>>,
-) -> DateTime<Utc> {
+/// Now, to the second, but after `after`; moved on while a delta of that name exists for
+/// any of the run's sources.
+fn unique_stamp(dir: &Path, prepared: &[Prepared], after: Option<DateTime<Utc>>) -> DateTime<Utc> {
     let mut stamp = Utc::now().trunc_subsecs(0);
     if let Some(a) = after.filter(|a| *a >= stamp) {
         stamp = a + chrono::Duration::seconds(1);
     }
-    while dir
-        .join(
-            DeltaName {
-                series: series.to_string(),
-                time: stamp,
-                compressed,
-            }
-            .file_name(),
-        )
-        .exists()
-    {
+    let taken = |stamp: DateTime<Utc>| {
+        prepared.iter().any(|p| {
+            dir.join(
+                DeltaName {
+                    series: p.series.clone(),
+                    time: stamp,
+                    compressed: p.compressed,
+                }
+                .file_name(),
+            )
+            .exists()
+        })
+    };
+    while taken(stamp) {
         stamp += chrono::Duration::seconds(1);
     }
     stamp

@@ -58,6 +58,11 @@ impl TempFiles {
     fn forget(&mut self, path: &Path) {
         self.0.retain(|t| t.path != path);
     }
+
+    /// The temp files, no longer removed on drop (the caller keeps them).
+    fn into_kept(mut self) -> Vec<archive::TempFile> {
+        std::mem::take(&mut self.0)
+    }
 }
 
 impl Drop for TempFiles {

@@ -1,15 +1,17 @@
 //! After a backup's local commit: every new copy becomes pending on each of the database's
 //! remotes (in the state DB), then every pending copy is uploaded, oldest first, through
-//! `remote::push`. A failure keeps the local backup, leaves the copy pending with its error
+//! `remote::push` (a full backup) or `remote::push_delta` (a point of an incremental chain,
+//! after every earlier link of its chain that the remote lacks). A failure keeps the local backup, leaves the copy pending with its error
 //! and fails the run with one line naming the remote and the cause; the next run, `backups
 //! push` or the daemon's retry stores it. No connection or transaction is held here.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 
 use crate::archive::{Entry, Manifest};
+use crate::chain::DeltaEntry;
 use crate::config::{Config, Database, Remote};
 use crate::remote::{self, RemoteError, Store};
 use crate::state::State;
@@ -66,14 +68,39 @@ pub fn after_backup(
     db: &Database,
     written: &[Entry],
 ) -> Result<Option<Pushed>, String> {
+    let files: Vec<(&str, DateTime<Utc>)> = written
+        .iter()
+        .map(|e| (e.file.as_str(), e.created_at))
+        .collect();
+    after_commit(config, db, &files)
+}
+
+/// Mark the deltas an incremental run just wrote pending on every remote of `db`, then push.
+pub fn after_incremental(
+    config: &Config,
+    db: &Database,
+    written: &[DeltaEntry],
+) -> Result<Option<Pushed>, String> {
+    let files: Vec<(&str, DateTime<Utc>)> = written
+        .iter()
+        .map(|d| (d.file.as_str(), d.created_at))
+        .collect();
+    after_commit(config, db, &files)
+}
+
+fn after_commit(
+    config: &Config,
+    db: &Database,
+    files: &[(&str, DateTime<Utc>)],
+) -> Result<Option<Pushed>, String> {
     let remotes = remotes_of(config, db, None);
     if remotes.is_empty() {
         return Ok(None);
     }
     let st = state(config)?;
     for r in &remotes {
-        for e in written {
-            st.add_pending(&db.name, &r.name, &e.file, e.created_at)
+        for (file, at) in files {
+            st.add_pending(&db.name, &r.name, file, *at)
                 .map_err(|e| e.to_string())?;
         }
     }
@@ -110,33 +137,24 @@ pub fn push_pending(config: &Config, db: &Database, only: Option<&str>) -> Resul
         let mut stored_now = Vec::new();
         let mut failed = false;
         for p in &pending {
-            let path = backup.dir.join(&p.file);
-            let Some(entry) = local.get(&p.file).filter(|_| path.is_file()) else {
-                tracing::warn!(
-                    "remote {:?}: {} is no longer in {} (retention or a hand removed it); its copy is no longer pending",
-                    r.name,
-                    p.file,
-                    backup.dir.display()
-                );
-                let _ = st.pending_done(p);
-                continue;
-            };
-            let src = remote::Source {
-                database: &db.name,
-                path: &path,
-                file: &p.file,
-                series: &entry.series,
-                sha256: &entry.sha256,
-                backup_time: entry.created_at,
-                verified: entry.verified,
-            };
-            match remote::push(&store, &src) {
-                Ok(up) => {
-                    stored_now.push(remote::object_name(&p.file));
+            match push_one(&store, db, &backup.dir, &local, &p.file) {
+                Ok(None) => {
+                    tracing::warn!(
+                        "remote {:?}: {} is no longer in {} (retention or a hand removed it); its copy is no longer pending",
+                        r.name,
+                        p.file,
+                        backup.dir.display()
+                    );
+                    let _ = st.pending_done(p);
+                }
+                Ok(Some(stored)) => {
                     st.pending_done(p).map_err(|e| e.to_string())?;
-                    let _ = st.remote_stored(&db.name, &r.name, Utc::now(), up.size);
-                    out.copies += 1;
-                    out.bytes += up.size;
+                    for (object, size) in stored {
+                        stored_now.push(object);
+                        let _ = st.remote_stored(&db.name, &r.name, Utc::now(), size);
+                        out.copies += 1;
+                        out.bytes += size;
+                    }
                     if !out.remotes.contains(&r.name) {
                         out.remotes.push(r.name.clone());
                         out.urls.push(r.url.clone());
@@ -164,7 +182,77 @@ pub fn push_pending(config: &Config, db: &Database, only: Option<&str>) -> Resul
     Ok(out)
 }
 
-/// Remote retention of `db` on `store` with the backup's `remote_keep`.
+/// Upload the local `file` (a full backup or a delta of `dir`) to `store`; a delta after
+/// every earlier link of its chain (its full backup, the deltas before it) that the remote
+/// does not have yet, so the remote's chain is whole. The objects stored and their sizes;
+/// None when the file is no longer in the local manifest or directory.
+fn push_one(
+    store: &Store,
+    db: &Database,
+    dir: &std::path::Path,
+    local: &Manifest,
+    file: &str,
+) -> Result<Option<Vec<(String, u64)>>, RemoteError> {
+    let path = dir.join(file);
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let push_full = |e: &Entry| -> Result<(String, u64), RemoteError> {
+        let path = dir.join(&e.file);
+        let up = remote::push(
+            store,
+            &remote::Source {
+                database: &db.name,
+                path: &path,
+                file: &e.file,
+                series: &e.series,
+                sha256: &e.sha256,
+                backup_time: e.created_at,
+                verified: e.verified,
+            },
+        )?;
+        Ok((remote::object_name(&e.file), up.size))
+    };
+    let push_delta = |d: &DeltaEntry| -> Result<(String, u64), RemoteError> {
+        let path = dir.join(&d.file);
+        let up = remote::push_delta(
+            store,
+            &remote::Source {
+                database: &db.name,
+                path: &path,
+                file: &d.file,
+                series: &d.series,
+                sha256: &d.sha256,
+                backup_time: d.created_at,
+                verified: crate::domain::Verified::None,
+            },
+            d,
+        )?;
+        Ok((remote::object_name(&d.file), up.size))
+    };
+    if let Some(entry) = local.get(file) {
+        return push_full(entry).map(|s| Some(vec![s]));
+    }
+    let Some(delta) = local.deltas.iter().find(|d| d.file == file) else {
+        return Ok(None);
+    };
+    let mut stored = Vec::new();
+    if let Some(way) = crate::chain::way_to(dir, local, delta) {
+        let there = remote::RemoteManifest::load(store, &db.name)?;
+        if !there.has(&way.base.file) {
+            stored.push(push_full(&way.base)?);
+        }
+        for d in way.deltas.iter().filter(|d| d.file != delta.file) {
+            if !there.has(&d.file) {
+                stored.push(push_delta(d)?);
+            }
+        }
+    }
+    stored.push(push_delta(delta)?);
+    Ok(Some(stored))
+}
+
+/// Remote retention of `db` on `store` with the backup's `remote_keep` (and its chains').
 fn retain(
     config: &Config,
     db: &Database,
@@ -175,14 +263,16 @@ fn retain(
         return Ok(Vec::new());
     };
     let m = remote::RemoteManifest::load(store, &db.name)?;
-    let planned = remote::retain::plan(
+    let now = Utc::now();
+    let mut planned = remote::retain::plan(
         &m,
         backup.remote_keep,
         &config.daemon.timezone,
-        Utc::now(),
+        now,
         this_run,
     );
-    remote::retain::apply(store, &db.name, m, &planned)
+    let deltas = remote::retain::chains(&m, &mut planned, backup.chain_keep(), now);
+    remote::retain::apply(store, &db.name, m, &planned, &deltas)
 }
 
 /// What remote retention would delete now, per remote (a dry run's preview).
@@ -194,21 +284,20 @@ pub fn preview(config: &Config, db: &Database) -> String {
     for r in remotes_of(config, db, None) {
         let plan = Store::open(r.clone()).and_then(|s| {
             let m = remote::RemoteManifest::load(&s, &db.name)?;
-            Ok(remote::retain::plan(
-                &m,
-                backup.remote_keep,
-                &config.daemon.timezone,
-                Utc::now(),
-                &[],
-            ))
+            let now = Utc::now();
+            let mut p =
+                remote::retain::plan(&m, backup.remote_keep, &config.daemon.timezone, now, &[]);
+            let deltas = remote::retain::chains(&m, &mut p, backup.chain_keep(), now);
+            Ok((p, deltas))
         });
         parts.push(match plan {
             Err(e) => format!("remote {:?}: cannot plan retention: {}", r.name, e.cause),
-            Ok(p) => {
+            Ok((p, deltas)) => {
                 let doomed: Vec<&str> = p
                     .iter()
                     .filter(|(_, d)| !d.keep())
                     .map(|(c, _)| c.object.as_str())
+                    .chain(deltas.iter().map(String::as_str))
                     .collect();
                 if doomed.is_empty() {
                     format!("remote {:?}: retention would delete nothing", r.name)
