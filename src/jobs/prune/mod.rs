@@ -7,9 +7,12 @@
 //! declared foreign-key dependants of those rows (`prune_fk`) and `… WHERE key IN (batch) AND
 //! <rule>` in its own `BEGIN IMMEDIATE` transaction. The table is read `NOT INDEXED` so the scan
 //! follows the rowid (or primary key) order and every row is visited once: O(N) in total,
-//! never `rowid IN (SELECT … LIMIT n)` re-scans. N adapts (dependants included) so one
-//! transaction holds the write lock for at most `max_lock`; a `pause` between batches lets the
-//! app write and the WAL checkpoint.
+//! never `rowid IN (SELECT … LIMIT n)` re-scans; on a rowid table the walk ends at the highest
+//! rowid the rule matched when it was counted (rows matching only later, above it, wait for
+//! the next run). N adapts (dependants included) so one transaction holds the write lock for
+//! at most `max_lock`, aiming at the last retry of a held-off writer's busy handler within it;
+//! between batches the job checkpoints the WAL (PASSIVE) and pauses until the app's writer
+//! got in (`prune_batch::Pacer`), or for a fixed `pause`.
 //!
 //! Files rules then compare a directory's entries with the ids a SELECT returns. Symlinks are
 //! never followed, nothing outside the directory is touched, and a rule whose reference query
