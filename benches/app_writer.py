@@ -7,8 +7,10 @@ connection is an ordinary app connection: WAL, `busy_timeout` 5000 ms, SQLite's 
 auto-checkpoint (1000 pages), foreign keys not enforced. Commits are paced at `--rate` per
 second (after a stall it carries on at the pace, it does not burst to catch up).
 
-Recorded: every transaction's start time and latency (BEGIN to COMMIT) and its result ("ok",
-"busy" for SQLITE_BUSY/"database is locked", or the error text), and the -wal file's size,
+Recorded: every transaction's start time and latency (BEGIN to COMMIT), its result ("ok",
+"busy" for SQLITE_BUSY/"database is locked", or the error text) and how long its `BEGIN
+IMMEDIATE` and its `COMMIT` took (waiting for another writer's lock, against the commit's own
+WAL write, fsync and any auto-checkpoint it ran), and the -wal file's size,
 sampled every 50 ms by a second thread. Runs for `--seconds` or until SIGTERM/SIGINT, then
 prints a JSON summary (commits, rate, busy errors, p50/p99/max latency, max WAL) on stdout;
 `--log FILE` also writes every event, so a driver can summarise a window of the run
@@ -38,7 +40,7 @@ def percentile(sorted_values, q):
 def summarize(commits, wal, t0=None, t1=None):
     """Figures over the transactions started in [t0, t1] (epoch seconds; None = unbounded).
 
-    commits: [(start epoch s, latency ms, result)], wal: [(epoch s, -wal bytes)].
+    commits: [(start epoch s, latency ms, result, BEGIN ms, COMMIT ms)], wal: [(epoch s, -wal bytes)].
     """
     lo = float("-inf") if t0 is None else t0
     hi = float("inf") if t1 is None else t1
@@ -61,7 +63,8 @@ def summarize(commits, wal, t0=None, t1=None):
         "p50_ms": percentile(lat, 0.50),
         "p99_ms": percentile(lat, 0.99),
         "max_ms": lat[-1] if lat else None,
-        "slowest_at_s": [[round(c[1], 1), round(c[0] - (t0 if t0 is not None else commits[0][0]), 2)] for c in slowest],
+        "slowest_at_s": [[round(c[1], 1), round(c[0] - (t0 if t0 is not None else commits[0][0]), 2)]
+                         + ([round(c[3], 1), round(c[4], 1)] if len(c) > 4 else []) for c in slowest],
         "max_wal_bytes": max((w[1] for w in wal if lo <= w[0] <= hi), default=0),
     }
 
@@ -70,7 +73,7 @@ class Writer:
     def __init__(self, db, rate):
         self.db, self.rate = db, rate
         self.stop = threading.Event()
-        self.commits = []  # (start epoch s, latency ms, result)
+        self.commits = []  # (start epoch s, latency ms, result, BEGIN ms, COMMIT ms)
         self.wal = []  # (epoch s, bytes)
 
     def sample_wal(self):
@@ -95,22 +98,29 @@ class Writer:
             conv = rnd.choice(recent)
             text = " ".join(rnd.choice(words) for _ in range(rnd.randint(10, 90)))
             start, t = time.time(), time.perf_counter()
+            began = committing = done = None
             try:
                 c.execute("BEGIN IMMEDIATE")
+                began = time.perf_counter()
                 now = int(time.time())
                 c.execute(
                     "INSERT INTO messages(conversation_id, role, content, created_at) VALUES (?, ?, ?, ?)",
                     (conv, rnd.choice(("user", "assistant")), text, now),
                 )
                 c.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (now, conv))
+                committing = time.perf_counter()
                 c.execute("COMMIT")
+                done = time.perf_counter()
                 result = "ok"
             except sqlite3.OperationalError as e:
                 msg = str(e)
                 result = "busy" if ("locked" in msg or "busy" in msg) else msg
                 if c.in_transaction:
                     c.execute("ROLLBACK")
-            self.commits.append((start, (time.perf_counter() - t) * 1000.0, result))
+            end = time.perf_counter()
+            self.commits.append((start, (end - t) * 1000.0, result,
+                                 ((began or end) - t) * 1000.0,
+                                 ((done or end) - committing) * 1000.0 if committing else 0.0))
             due = max(due + 1.0 / self.rate, time.perf_counter())
             time.sleep(max(0.0, due - time.perf_counter()))
         c.close()

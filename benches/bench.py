@@ -213,7 +213,9 @@ def details(rs):
     """Per run: litekeeper's own summary and figures, the app's slowest commits, failures."""
     print("```")
     for r in rs:
-        slow = ", ".join(f"{ms:.0f} ms at +{at:.2f} s" for ms, at in r["window"]["slowest_at_s"])
+        slow = ", ".join(f"{s[0]:.0f} ms at +{s[1]:.2f} s"
+                         + (f" (BEGIN {s[2]:.0f} ms, COMMIT {s[3]:.0f} ms)" if len(s) > 3 else "")
+                         for s in r["window"]["slowest_at_s"])
         print(f"{r['label']}: slowest commits {slow or '—'} (from the run's start)")
         if r["lk"]:
             print(f"  litekeeper: {r['lk']['outcome']} in {r['lk']['ms']} ms: {r['lk']['message'][:300]}")

@@ -327,6 +327,14 @@ pub struct RuleFigures {
     /// Time spent in the pauses between batches (adaptive unless `pause` is set).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub paused_ms: Option<u64>,
+    /// Where the rest of a rule's time went: finding each batch's rows (reads, no lock),
+    /// holding the write lock, and the WAL checkpoints between batches.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub select_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub locked_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint_ms: Option<u64>,
     /// Set when a batch of a single row (and its dependants) held the lock longer than
     /// `max_lock`: the longest such batch, in ms. No batch size can keep the bound then.
     #[serde(skip_serializing_if = "Option::is_none")]

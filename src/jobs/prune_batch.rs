@@ -91,13 +91,41 @@ impl LockModel {
     }
 }
 
+/// The sleeps of SQLite's own busy handler (`sqlite3_busy_timeout`, which nearly every app
+/// and driver uses), in ms: a writer that finds the lock taken tries again after 1 ms, then
+/// 2, 5, 10, 15, 20, 25, 25, 25, 50, 50, then every 100 ms.
+const BUSY_DELAYS: [u64; 12] = [1, 2, 5, 10, 15, 20, 25, 25, 25, 50, 50, 100];
+
+/// How long a batch should hold the write lock, at most `max_lock`: the latest moment at or
+/// before it at which an app's writer that found the lock taken tries again (1, 3, 8, 18, 33,
+/// 53, 78, 103… ms after its first try). A writer held off from a batch's start gets in at
+/// its first retry after the batch, so a batch just past such a moment costs it a whole
+/// further sleep: 33 ms of lock keep it to 33 ms, 40 ms of lock make it 53 ms.
+pub(crate) fn lock_aim(max_lock: Duration) -> Duration {
+    let bound = max_lock.as_micros() as u64;
+    let mut at = 0u64;
+    let mut aim = 0u64;
+    for d in BUSY_DELAYS.iter().copied().chain(std::iter::repeat(100)) {
+        let next = at + d * 1000;
+        if next > bound {
+            break;
+        }
+        at = next;
+        aim = at;
+    }
+    if aim == 0 {
+        max_lock
+    } else {
+        Duration::from_micros(aim)
+    }
+}
+
 /// The longest an app's writer that has waited `waited` for the lock sleeps before it tries
-/// again, in SQLite's own busy handler (`sqlite3_busy_timeout`, which nearly every app and
-/// driver uses): it sleeps 1, 2, 5, 10, 15, 20, 25, 25, 25, 50, 50, then 100 ms at a time. A
-/// writer held off by a batch has waited at most the batch's lock time, so a gap this long
-/// after the commit lets it in at its next try, not one batch later.
+/// again, in SQLite's busy handler ([`BUSY_DELAYS`]). A writer held off by a batch has waited
+/// at most the batch's lock time, so a gap this long after the commit lets it in at its next
+/// try, not one batch later.
 pub(crate) fn busy_retry_within(waited: Duration) -> Duration {
-    const DELAYS: [u64; 12] = [1, 2, 5, 10, 15, 20, 25, 25, 25, 50, 50, 100];
+    const DELAYS: [u64; 12] = BUSY_DELAYS;
     let waited = waited.as_millis() as u64;
     let mut total = 0;
     for d in DELAYS {
@@ -118,8 +146,9 @@ const PROBE_EVERY: u32 = 3;
 
 /// The pause between two batches. `pause = "…"` in the config fixes it; by default it adapts:
 /// after a batch that held the write lock for `held`, writers that waited meanwhile retry
-/// within [`busy_retry_within`]`(held)`, and that window is the pause while the app writes
-/// (another connection committed in the last gap: `PRAGMA data_version` moved). When nobody
+/// within [`busy_retry_within`]`(held)`, and that window is the longest pause while the app
+/// writes (another connection committed in the last gap: `PRAGMA data_version` moved); the
+/// job ends a pause as soon as such a commit shows the held-off writer got in. When nobody
 /// committed in a full window, nobody was waiting: the pause halves toward a 1 ms floor, with
 /// a full window every [`PROBE_EVERY`] batches, and it is back to the window as soon as a
 /// commit shows up.
@@ -201,6 +230,16 @@ mod tests {
         assert_eq!(busy_retry_within(60 * MS), 25 * MS);
         assert_eq!(busy_retry_within(10 * MS), 10 * MS);
         assert_eq!(busy_retry_within(10_000 * MS), 100 * MS);
+        // The lock a batch aims at: the latest retry of a held-off writer within max_lock.
+        assert_eq!(lock_aim(50 * MS), 33 * MS);
+        assert_eq!(lock_aim(33 * MS), 33 * MS);
+        assert_eq!(lock_aim(20 * MS), 18 * MS);
+        assert_eq!(lock_aim(2 * MS), MS);
+        assert_eq!(
+            lock_aim(Duration::from_micros(500)),
+            Duration::from_micros(500)
+        );
+        assert_eq!(lock_aim(1000 * MS), 928 * MS);
         let mut fixed = Pacer::new(Some(7 * MS));
         assert_eq!(fixed.next(40 * MS, false), 7 * MS);
         let mut p = Pacer::new(None);

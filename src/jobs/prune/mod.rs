@@ -7,9 +7,12 @@
 //! declared foreign-key dependants of those rows (`prune_fk`) and `… WHERE key IN (batch) AND
 //! <rule>` in its own `BEGIN IMMEDIATE` transaction. The table is read `NOT INDEXED` so the scan
 //! follows the rowid (or primary key) order and every row is visited once: O(N) in total,
-//! never `rowid IN (SELECT … LIMIT n)` re-scans. N adapts (dependants included) so one
-//! transaction holds the write lock for at most `max_lock`; a `pause` between batches lets the
-//! app write and the WAL checkpoint.
+//! never `rowid IN (SELECT … LIMIT n)` re-scans; on a rowid table the walk ends at the highest
+//! rowid the rule matched when it was counted (rows matching only later, above it, wait for
+//! the next run). N adapts (dependants included) so one transaction holds the write lock for
+//! at most `max_lock`, aiming at the last retry of a held-off writer's busy handler within it;
+//! between batches the job checkpoints the WAL (PASSIVE) and pauses until the app's writer
+//! got in (`prune_batch::Pacer`), or for a fixed `pause`.
 //!
 //! Files rules then compare a directory's entries with the ids a SELECT returns. Symlinks are
 //! never followed, nothing outside the directory is touched, and a rule whose reference query
@@ -28,7 +31,7 @@ use rusqlite::{params_from_iter, Connection};
 
 use self::files::{prune_files, refuse};
 use self::rows::delete_in_batches;
-use self::schema::{resolve, Resolved};
+use self::schema::{resolve, KeyCols, Resolved};
 use super::prune_fk;
 use super::{JobCtx, JobError, JobResult};
 use crate::config::{Config, Database, Prune};
@@ -207,7 +210,11 @@ fn run_rules(
     let mut stopped_early = None;
     for r in rules {
         ctx.checkpoint()?;
-        let (matched, total) = count(ctx.conn, r)?;
+        let Counted {
+            matched,
+            total,
+            last,
+        } = count(ctx.conn, r)?;
         let mut rep = RuleFigures {
             rule: r.label.clone(),
             what: r.what.clone(),
@@ -248,7 +255,7 @@ fn run_rules(
             continue;
         }
         schemas_touched.insert(r.table.split('.').next().unwrap_or("main").to_string());
-        let done = delete_in_batches(ctx, prune, r, &mut budget, &mut rep);
+        let done = delete_in_batches(ctx, prune, r, last, &mut budget, &mut rep);
         reports.push(rep);
         done?;
         if budget == Some(0) {
@@ -334,9 +341,16 @@ fn summarize(
         let batches: u32 = reports.iter().map(|r| r.batches).sum();
         let max_ms = reports.iter().map(|r| r.max_batch_ms).max().unwrap_or(0);
         figures.max_batch_ms = Some(max_ms);
-        let paused: u64 = reports.iter().filter_map(|r| r.paused_ms).sum();
+        let sum =
+            |f: fn(&RuleFigures) -> Option<u64>| -> u64 { reports.iter().filter_map(f).sum() };
+        let (locked, select, paused, checkpoint) = (
+            sum(|r| r.locked_ms),
+            sum(|r| r.select_ms),
+            sum(|r| r.paused_ms),
+            sum(|r| r.checkpoint_ms),
+        );
         format!(
-            "deleted {rows} rows{with_dependants} in {batches} batches (longest {max_ms} ms, {paused} ms paused between them) and {files} files ({}){}{}{refused_note}",
+            "deleted {rows} rows{with_dependants} in {batches} batches (longest {max_ms} ms; {locked} ms holding the write lock, {select} ms finding rows, {paused} ms paused, {checkpoint} ms checkpointing) and {files} files ({}){}{}{refused_note}",
             human_bytes(bytes),
             over.concat(),
             stopped_early.map(|s| format!("; {s}")).unwrap_or_default()
@@ -345,18 +359,34 @@ fn summarize(
     (summary, figures)
 }
 
-/// Rows the rule matches now, and rows in its table. (The planner may use an index here: this
-/// is one read, unlike the batch scans, which must follow the key order.)
-fn count(conn: &Connection, r: &Resolved) -> Result<(u64, u64), JobError> {
+/// What a rule matches when it starts: rows, rows in its table, and (a rowid table) the
+/// highest matching rowid, where its batches stop.
+struct Counted {
+    matched: u64,
+    total: u64,
+    last: Option<i64>,
+}
+
+/// Count what the rule matches now. (The planner may use an index here: this is one read,
+/// unlike the batch scans, which must follow the key order; the highest rowid comes with
+/// the count, from the same rows.)
+fn count(conn: &Connection, r: &Resolved) -> Result<Counted, JobError> {
     crate::sqlite::expected_slow(|| count_now(conn, r))
 }
 
-fn count_now(conn: &Connection, r: &Resolved) -> Result<(u64, u64), JobError> {
-    let matched: i64 = conn
+fn count_now(conn: &Connection, r: &Resolved) -> Result<Counted, JobError> {
+    let last = match &r.keys {
+        KeyCols::Rowid(name) => format!("max({name})"),
+        KeyCols::Primary(_) => "NULL".into(),
+    };
+    let (matched, last): (i64, Option<i64>) = conn
         .query_row(
-            &format!("SELECT count(*) FROM {} WHERE {}", r.table, r.predicate),
+            &format!(
+                "SELECT count(*), {last} FROM {} WHERE {}",
+                r.table, r.predicate
+            ),
             params_from_iter(r.params.iter()),
-            |row| row.get(0),
+            |row| Ok((row.get(0)?, row.get(1)?)),
         )
         .map_err(sql_err(format!("{}: counting matching rows", r.label)))?;
     let total: i64 = conn
@@ -364,7 +394,11 @@ fn count_now(conn: &Connection, r: &Resolved) -> Result<(u64, u64), JobError> {
             row.get(0)
         })
         .map_err(sql_err(format!("{}: counting rows", r.label)))?;
-    Ok((matched as u64, total as u64))
+    Ok(Counted {
+        matched: matched as u64,
+        total: total as u64,
+        last,
+    })
 }
 
 fn show(v: &Value) -> String {

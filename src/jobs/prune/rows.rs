@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 use rusqlite::types::Value;
 use rusqlite::{params_from_iter, Connection};
 
-use super::super::prune_batch::{LockModel, Pacer, FIRST_BATCH};
+use super::super::prune_batch::{lock_aim, LockModel, Pacer, FIRST_BATCH};
 use super::super::prune_fk;
-use super::schema::Resolved;
+use super::schema::{KeyCols, Resolved};
 use super::{add_dependant, sql_err};
 use crate::config::Prune;
 use crate::domain::RuleFigures;
@@ -19,8 +19,8 @@ use crate::sqlite::quote_ident;
 /// Batch sizes stay within these bounds whatever the timing says.
 const MIN_BATCH: usize = 1;
 const MAX_BATCH: usize = 50_000;
-/// A passive checkpoint every this many batches keeps the WAL from growing.
-const CHECKPOINT_EVERY: u32 = 8;
+/// How often a pause looks whether the app's writer got in.
+const POLL: Duration = Duration::from_micros(500);
 
 /// The statements of one rule's batches, built once.
 struct BatchSql {
@@ -38,10 +38,12 @@ struct BatchSql {
     plan: prune_fk::Plan,
     /// `PRAGMA schema.data_version`: moves when another connection commits.
     version: String,
+    /// `PRAGMA schema.wal_checkpoint(PASSIVE)`.
+    checkpoint: String,
 }
 
 impl BatchSql {
-    fn new(conn: &Connection, r: &Resolved) -> Result<BatchSql, JobError> {
+    fn new(conn: &Connection, r: &Resolved, end: Option<i64>) -> Result<BatchSql, JobError> {
         let np = r.params.len();
         let width = r.keys.width();
         let keys = r.keys.list();
@@ -54,15 +56,21 @@ impl BatchSql {
             "{}: creating the batch's temp table",
             r.label
         )))?;
+        // The walk stops at the last row that matched when the rule was counted, rather than
+        // reading the rest of the table to learn that nothing after it matches.
+        let until = match (&r.keys, end) {
+            (KeyCols::Rowid(name), Some(end)) => format!("{name} <= {end} AND "),
+            _ => String::new(),
+        };
         // ?1..?np: the rule's parameters; then lo (width); then the limit.
         let fill_first = format!(
-            "INSERT INTO temp.litekeeper_batch SELECT {keys} FROM {} NOT INDEXED WHERE ({}) ORDER BY {keys} LIMIT ?{}",
+            "INSERT INTO temp.litekeeper_batch SELECT {keys} FROM {} NOT INDEXED WHERE {until}({}) ORDER BY {keys} LIMIT ?{}",
             r.table,
             r.predicate,
             np + 1
         );
         let fill_next = format!(
-            "INSERT INTO temp.litekeeper_batch SELECT {keys} FROM {} NOT INDEXED WHERE {} AND ({}) ORDER BY {keys} LIMIT ?{}",
+            "INSERT INTO temp.litekeeper_batch SELECT {keys} FROM {} NOT INDEXED WHERE {} AND {until}({}) ORDER BY {keys} LIMIT ?{}",
             r.table,
             r.keys.cmp(">", np + 1),
             r.predicate,
@@ -92,6 +100,7 @@ impl BatchSql {
             statements,
             plan,
             version: format!("PRAGMA {}.data_version", quote_ident(&r.schema)),
+            checkpoint: format!("PRAGMA {}.wal_checkpoint(PASSIVE)", quote_ident(&r.schema)),
         })
     }
 
@@ -182,13 +191,30 @@ pub(super) fn delete_in_batches(
     ctx: &JobCtx<'_>,
     prune: &Prune,
     r: &Resolved,
+    end: Option<i64>,
     budget: &mut Option<u64>,
     rep: &mut RuleFigures,
 ) -> Result<(), JobError> {
+    let mut times = Times::default();
+    let done = batches(ctx, prune, r, end, budget, rep, &mut times);
+    times.record(rep);
+    done
+}
+
+fn batches(
+    ctx: &JobCtx<'_>,
+    prune: &Prune,
+    r: &Resolved,
+    end: Option<i64>,
+    budget: &mut Option<u64>,
+    rep: &mut RuleFigures,
+    times: &mut Times,
+) -> Result<(), JobError> {
     let conn: &Connection = ctx.conn;
-    let sql = BatchSql::new(conn, r)?;
+    let sql = BatchSql::new(conn, r, end)?;
     let _sync = CommitWithoutFsync::new(conn, &r.schema);
     let target = prune.max_lock.as_secs_f64().max(0.000_1);
+    let aim = lock_aim(prune.max_lock).as_secs_f64().max(0.000_1);
     let mut model = LockModel::default();
     let mut pacer = Pacer::new(prune.pause);
     let progress = Progress::rows(&ctx.db.name, &r.label, rep.matched);
@@ -198,48 +224,120 @@ pub(super) fn delete_in_batches(
     let mut version = None;
     loop {
         ctx.checkpoint()?;
-        let n = model
-            .rows_for(target, last_found)
-            .clamp(MIN_BATCH, MAX_BATCH);
+        let n = model.rows_for(aim, last_found).clamp(MIN_BATCH, MAX_BATCH);
         let limit = budget.map_or(n, |b| n.min(b as usize));
         if limit == 0 {
             return Ok(());
         }
         // 1. The keys of the next batch, trimmed to fit the bound with their dependants.
+        let selecting = Instant::now();
         let filled = sql.fill(conn, r, lo.as_deref(), limit)?;
         if filled == 0 {
+            times.select += selecting.elapsed();
             return Ok(());
         }
-        let found = sql.trim_to_fit(conn, r, &model, target, filled)?;
+        let found = sql.trim_to_fit(conn, r, &model, aim, filled)?;
         let hi = sql.last_key(conn, r)?;
+        let select = selecting.elapsed();
+        times.select += select;
         // 2. Dependants, then the batch, in one short write transaction.
         let batch = write_batch(conn, &sql.statements, &r.params, &sql.version, &r.label)?;
         let writers = version.is_some_and(|v| v != batch.version);
         version = Some(batch.version);
         record(rep, &sql.plan, &batch, found, budget);
+        times.locked += batch.held;
         // 3. Learn what a row costs under the lock; note what no batch size can bound.
-        learn(&mut model, rep, r, &batch, found, target);
+        learn(&mut model, rep, r, &batch, found, target, select);
         progress.set(rep.deleted);
         progress.message(format!("{} batches", rep.batches));
         last_found = found;
-        if rep.batches.is_multiple_of(CHECKPOINT_EVERY) {
-            let schema = r.table.split('.').next().unwrap_or("main");
-            let _ = conn.query_row(
-                &format!("PRAGMA {schema}.wal_checkpoint(PASSIVE)"),
-                [],
-                |_| Ok(()),
-            );
-        }
         if filled < limit && found == filled {
             return Ok(());
         }
         lo = Some(hi);
-        // 4. Let the app's writers in.
-        let pause = pacer.next(batch.held, writers);
-        rep.paused_ms = Some(rep.paused_ms.unwrap_or(0) + pause.as_millis() as u64);
-        if !pause.is_zero() {
-            std::thread::sleep(pause);
+        // 4. Let the app's writers in, and meanwhile checkpoint what the batch wrote: the
+        // app's next commit then finds a short WAL instead of running a checkpoint of our
+        // pages itself (its auto-checkpoint, 1000 pages by default, fsyncs inside its commit).
+        let gap = Instant::now();
+        let window = pacer.next(batch.held, writers);
+        let _ = conn.query_row(&sql.checkpoint, [], |_| Ok(()));
+        let checkpointed = gap.elapsed();
+        times.checkpoint += checkpointed;
+        let through = wait_for_writer(
+            conn,
+            &sql.version,
+            batch.version,
+            gap + window,
+            prune.pause.is_none(),
+        );
+        times.paused += gap.elapsed().saturating_sub(checkpointed);
+        tracing::debug!(
+            "{} gap: checkpoint {:.1} ms, then {:.1} ms until {} (window {:.1} ms)",
+            r.label,
+            ms(checkpointed),
+            ms(gap.elapsed().saturating_sub(checkpointed)),
+            if through {
+                "a writer committed"
+            } else {
+                "the window closed"
+            },
+            ms(window)
+        );
+    }
+}
+
+/// The gap after a batch: until `until`, or (`early`, the adaptive pause) until another
+/// connection has committed since the batch (`data_version` moved from `before`): the writer
+/// the batch held off is through, and waiting longer would only slow the prune. Whether one
+/// did.
+fn wait_for_writer(
+    conn: &Connection,
+    version_sql: &str,
+    before: i64,
+    until: Instant,
+    early: bool,
+) -> bool {
+    loop {
+        if early
+            && conn
+                .query_row(version_sql, [], |row| row.get::<_, i64>(0))
+                .is_ok_and(|v| v != before)
+        {
+            return true;
         }
+        let now = Instant::now();
+        if now >= until {
+            return false;
+        }
+        std::thread::sleep(if early {
+            POLL.min(until - now)
+        } else {
+            until - now
+        });
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Where a rule's batches spent their time, summed as durations (whole milliseconds only in
+/// the figures: sums of many short phases would lose their fractions).
+#[derive(Default)]
+struct Times {
+    select: Duration,
+    locked: Duration,
+    checkpoint: Duration,
+    paused: Duration,
+}
+
+impl Times {
+    fn record(&self, rep: &mut RuleFigures) {
+        let whole = |d: Duration| Some(d.as_millis() as u64);
+        rep.select_ms = whole(self.select);
+        rep.locked_ms = whole(self.locked);
+        rep.checkpoint_ms = whole(self.checkpoint);
+        rep.paused_ms = whole(self.paused);
     }
 }
 
@@ -282,6 +380,7 @@ fn learn(
     batch: &Batch,
     found: usize,
     target: f64,
+    select: Duration,
 ) {
     let held = batch.held;
     let dep_changed: u64 = batch.changed[..batch.changed.len() - 1].iter().sum();
@@ -294,12 +393,14 @@ fn learn(
         held,
     );
     tracing::debug!(
-        "{} batch {}: {found} rows, {dep_changed} dependants, lock {} ms (statements {} ms + {} ms)",
+        "{} batch {}: {found} rows, {dep_changed} dependants, select {:.1} ms, waited {:.1} ms, lock {:.1} ms (statements {:.1} ms + {:.1} ms)",
         r.label,
         rep.batches,
-        held.as_secs_f64() * 1000.0,
-        root_time[0].as_secs_f64() * 1000.0,
-        dep_time.iter().sum::<Duration>().as_secs_f64() * 1000.0
+        ms(select),
+        ms(batch.waited),
+        ms(held),
+        ms(root_time[0]),
+        ms(dep_time.iter().sum::<Duration>()),
     );
     if held.as_secs_f64() > target {
         rep.batches_over_max_lock += 1;
@@ -380,6 +481,8 @@ impl Drop for CommitWithoutFsync<'_> {
 /// and the schema's `data_version` when the lock was taken.
 struct Batch {
     changed: Vec<u64>,
+    /// How long `BEGIN IMMEDIATE` waited for the app's writers.
+    waited: Duration,
     took: Vec<Duration>,
     held: Duration,
     version: i64,
@@ -395,9 +498,11 @@ fn write_batch(
     version_sql: &str,
     label: &str,
 ) -> Result<Batch, JobError> {
+    let asked = Instant::now();
     conn.execute_batch("BEGIN IMMEDIATE")
         .map_err(sql_err(format!("{label}: starting a write transaction (the app may hold the write lock longer than busy_timeout)")))?;
     let started = Instant::now();
+    let waited = started - asked;
     let version = match conn.query_row(version_sql, [], |row| row.get(0)) {
         Ok(v) => v,
         Err(e) => {
@@ -429,8 +534,44 @@ fn write_batch(
     })?;
     Ok(Batch {
         changed,
+        waited,
         took,
         held: started.elapsed(),
         version,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_adaptive_gap_ends_when_another_connection_commits_and_a_fixed_one_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gap.db");
+        let ours = Connection::open(&path).unwrap();
+        ours.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t(x)")
+            .unwrap();
+        let sql = "PRAGMA main.data_version";
+        let version = |c: &Connection| c.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap();
+        let before = version(&ours);
+        // Nobody commits: the gap lasts until its end, and says no writer got in.
+        let until = Instant::now() + Duration::from_millis(20);
+        assert!(!wait_for_writer(&ours, sql, before, until, true));
+        assert!(Instant::now() >= until);
+        // The app commits during the gap: an adaptive gap ends at once and says so...
+        let app = Connection::open(&path).unwrap();
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            app.execute("INSERT INTO t VALUES (1)", []).unwrap();
+        });
+        let long = Instant::now() + Duration::from_secs(60);
+        assert!(wait_for_writer(&ours, sql, before, long, true));
+        assert!(Instant::now() < long);
+        writer.join().unwrap();
+        // ...and a fixed one (`pause = "…"`) lasts its whole length whatever happened.
+        let until = Instant::now() + Duration::from_millis(20);
+        assert!(!wait_for_writer(&ours, sql, before, until, false));
+        assert!(Instant::now() >= until);
+    }
 }
