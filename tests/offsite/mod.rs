@@ -2,7 +2,9 @@
 //! (moto) and to `file://` directories, failures, listing, restore and retention.
 
 mod config;
+mod faults;
 mod fixture;
 mod restore;
 mod retention;
+mod s3sfs;
 mod upload;
