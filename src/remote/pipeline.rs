@@ -47,6 +47,9 @@ impl Write for Parts<'_> {
             self.failed = Some(e);
             return Err(io::Error::other(msg));
         }
+        // A full part is spawned as an upload task: on the store's runtime, never the
+        // caller's (`backups push` has none; a job's blocking thread has the daemon's).
+        let _rt = self.store.rt.enter();
         w.write(buf);
         self.hasher.update(buf);
         self.size += buf.len() as u64;

@@ -1,6 +1,6 @@
 //! Opening a remote: an `object_store` client for `s3://` (credentials from the environment,
 //! a file or a systemd credential, read when the remote is opened and never printed) or a
-//! local directory for `file://`, with its own current-thread runtime so blocking callers can
+//! local directory for `file://`, with its own runtime (one worker) so blocking callers can
 //! drive it. Client errors become [`RemoteError`]: one line naming the remote, its URL and the
 //! cause (DNS, connection refused, TLS, 403, missing bucket, timeout).
 
@@ -13,6 +13,7 @@ use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig};
 
+use super::cause::classify;
 use crate::config::{Credentials, Remote, Target};
 use crate::domain::ExitCode;
 
@@ -39,7 +40,11 @@ pub(crate) struct Store {
 
 impl Store {
     pub(crate) fn open(remote: Arc<Remote>) -> Result<Store, RemoteError> {
-        let rt = tokio::runtime::Builder::new_current_thread()
+        // One worker: the parts of a multipart upload go on while the caller compresses and
+        // encrypts the next one, whichever thread (or runtime) the caller is on.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("litekeeper-remote")
             .enable_all()
             .build()
             .map_err(|e| {
@@ -210,101 +215,6 @@ fn fail(remote: &Remote, what: impl Into<String>, cause: String, code: ExitCode)
         cause,
         code,
     }
-}
-
-/// The error and every source, one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        src = s.source();
-    }
-    out.replace(['\n', '\r'], " ")
-}
-
-/// What went wrong, in the operator's terms, and the exit code for it. The response body of
-/// an S3 error is never shown (it can echo the request's signing details).
-fn classify(remote: &Remote, e: &object_store::Error) -> (String, ExitCode) {
-    let text = chain(e);
-    let lower = text.to_ascii_lowercase();
-    let endpoint = remote.endpoint.as_deref().unwrap_or("the S3 endpoint");
-    let bucket = match &remote.target {
-        Target::S3 { bucket, .. } => bucket.as_str(),
-        Target::Dir { .. } => "",
-    };
-    if lower.contains("dns error") || lower.contains("failed to lookup address") {
-        return (
-            format!("DNS lookup of {endpoint} failed (check the endpoint's host name and this host's resolver)"),
-            ExitCode::TempFail,
-        );
-    }
-    if lower.contains("connection refused") {
-        return (
-            format!(
-                "connection refused by {endpoint} (is the server running, and the port right?)"
-            ),
-            ExitCode::TempFail,
-        );
-    }
-    if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake") {
-        return (
-            format!(
-                "TLS with {endpoint} failed (certificate not trusted or not for this host name)"
-            ),
-            ExitCode::TempFail,
-        );
-    }
-    if lower.contains("403 forbidden")
-        || lower.contains("status code: 403")
-        || lower.contains("accessdenied")
-        || lower.contains("signaturedoesnotmatch")
-        || lower.contains("invalidaccesskeyid")
-    {
-        return (
-            "access denied (403): check the access key and secret key of `credentials`, the bucket's policy, and this host's clock (signatures are refused when it is more than 15 minutes off)".to_string(),
-            ExitCode::Failed,
-        );
-    }
-    if lower.contains("nosuchbucket") || lower.contains("bucket does not exist") {
-        return (
-            format!("bucket {bucket:?} does not exist (404): create it, or fix the url"),
-            ExitCode::Failed,
-        );
-    }
-    if lower.contains("timed out") || lower.contains("timeout") || lower.contains("deadline") {
-        return (
-            format!(
-                "no answer from {endpoint} within {} (timeout)",
-                humantime::format_duration(remote.timeout)
-            ),
-            ExitCode::TempFail,
-        );
-    }
-    if matches!(e, object_store::Error::NotFound { .. }) {
-        return ("not found (404)".to_string(), ExitCode::NoInput);
-    }
-    if lower.contains("error sending request")
-        || lower.contains("connection reset")
-        || lower.contains("connection closed")
-        || lower.contains("broken pipe")
-        || lower.contains("incomplete message")
-    {
-        return (
-            format!("the connection to {endpoint} was lost"),
-            ExitCode::TempFail,
-        );
-    }
-    // Anything else: the client's words without a response body.
-    let short = text
-        .split(" - Server returned")
-        .next()
-        .unwrap_or(&text)
-        .chars()
-        .take(300)
-        .collect::<String>();
-    (short, ExitCode::Failed)
 }
 
 struct Keys {

@@ -3,7 +3,9 @@
 
 mod chains;
 mod config;
+mod faults;
 mod fixture;
 mod restore;
 mod retention;
+mod s3sfs;
 mod upload;
