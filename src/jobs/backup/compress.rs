@@ -1,44 +1,52 @@
-//! zstd compression of one backup copy: multithreaded, written behind, and proved by a
-//! round trip that runs while the copy is compressed instead of after it.
+//! zstd compression of one backup copy on every core, proved by a round trip that follows the
+//! compressed file as it is written.
 //!
-//! A [`Compressor`] is an [`std::io::Write`]: the raw copy's bytes go in, in order, and the
-//! compressed stream goes to the output file. Behind it:
+//! A [`Compressor`] follows the raw copy on disk. The copy writes its bytes to the raw file and
+//! then hands the same bytes, in order, to the compressor (its [`std::io::Write`] tee), which
+//! only hashes them (XXH3-128) and notes how far the raw file is final: the tee never waits for
+//! the compression, so the copy runs at file speed and its snapshot is released as soon as the
+//! bytes are out. Behind it:
 //!
-//! - the encoder runs on `zstd_workers()` threads (one zstd frame, `Encoder::multithread`),
-//!   with the frame's content checksum (XXH64 of the input, checked by every decoder);
-//! - a checker thread follows the output file as it grows (`pread` behind the writer, so the
-//!   only buffer is the page cache: memory does not grow with the file), hashes the stored
-//!   bytes (the manifest's SHA-256 is the hash of what was read back from the file),
-//!   decompresses them and hashes the result, and asks the kernel to start writing back each
-//!   range it has read (`sync_file_range`), so the final fsync only waits for the tail;
-//! - [`Compressor::finish`] ends the frame, fsyncs and returns both hashes. The raw SHA-256 it
-//!   returns is the hash of the decompressed stored bytes: the caller compares it with its own
-//!   hash of the copy ([`compress_file`] does), and a difference is a failed verification.
+//! - a feeder thread reads the raw file behind the copy (`pread`: the page cache is the only
+//!   buffer, memory does not grow with the file) into the encoder, which runs on
+//!   `zstd_workers()` threads (one zstd frame, `Encoder::multithread`) with the frame's content
+//!   checksum (XXH64 of the input, checked by every decoder);
+//! - a checker thread follows the compressed file as it grows (`pread` behind the writer),
+//!   hashes the stored bytes (SHA-256: the manifest's hash is of what was read back from the
+//!   file), decompresses them and hashes the result (XXH3-128), and asks the kernel to start
+//!   writing back each range it has read (`sync_file_range`), so the final fsync only waits
+//!   for the tail;
+//! - [`Compressor::finish`] waits for the end of the frame, fsyncs, waits for the round trip,
+//!   and requires it to give back exactly the bytes the tee was handed (size and XXH3-128):
+//!   a damaged or truncated frame, or other bytes, is a failed verification.
 //!
-//! Wiring it into the copy (the copy's tee): the copy hashes the raw bytes while it copies
-//! and hands the same bytes, in order, to `&mut Compressor` as its `Write` tee; after the
-//! copy, `finish()` and compare `Compressed::raw_sha256` with the copy's hash.
-//! `copy.rs` does exactly that for every path (after the backup API or VACUUM INTO, the
-//! finished file is read once into the tee). [`compress_file`] drives it from a finished copy
-//! on disk; tests use it.
+//! The raw copy is hashed once: the copy's own SHA-256 (of the bytes it handed to the tee) is
+//! the manifest's `raw_sha256`, which the round trip proves the stored file decompresses to.
+//! What the round trip costs beyond the compression is one decompression and two fast hashes,
+//! on whichever core is free; nothing runs after the compression but the fsync of its tail.
+//!
+//! [`compress_file`] drives it from a finished copy on disk; tests use it.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 use sha2::{Digest, Sha256};
+use xxhash_rust::xxh3::Xxh3Default;
 
 use crate::archive;
 use crate::jobs::JobError;
+use crate::progress::Progress as Bar;
 
 /// At most this many zstd worker threads, whatever the machine has.
 const MAX_WORKERS: u32 = 4;
 /// The checker starts write-back of the output in ranges of this size.
 const WRITE_BEHIND: u64 = 8 << 20;
-/// Read size when a copy on disk feeds the compressor.
+/// Read size of the feeder and of the checker's decompressed output.
 const CHUNK: usize = 1 << 20;
 
 /// What a finished compression stored and proved.
@@ -47,10 +55,12 @@ pub(super) struct Compressed {
     /// Size and SHA-256 (hex) of the compressed file, as read back from it.
     pub stored_bytes: u64,
     pub stored_sha256: String,
-    /// Size and SHA-256 (hex) of what the stored file decompresses to.
+    /// Size of what the stored file decompresses to: exactly the bytes handed to the tee.
     pub raw_bytes: u64,
-    pub raw_sha256: String,
 }
+
+/// Whether the job was cancelled: asked between chunks by the feeder.
+pub(super) type Cancel = Box<dyn Fn() -> bool + Send>;
 
 /// zstd worker threads for this machine: every core, at most [`MAX_WORKERS`].
 pub(super) fn zstd_workers() -> u32 {
@@ -60,10 +70,10 @@ pub(super) fn zstd_workers() -> u32 {
         .clamp(1, MAX_WORKERS)
 }
 
-/// How far the writer got, shared with the checker.
+/// How far a file is final, shared by its writer and the thread that reads behind it.
 #[derive(Default)]
 struct Progress {
-    state: Mutex<(u64, bool)>, // (bytes written to the file, writer done or gone)
+    state: Mutex<(u64, bool)>, // (bytes final in the file, writer done or gone)
     moved: Condvar,
 }
 
@@ -74,7 +84,7 @@ impl Progress {
         self.moved.notify_one();
     }
 
-    /// The writer is done (finished, or gone): the checker reads to what was written.
+    /// The writer is done (finished, or gone): the reader reads to what was written.
     fn end(&self) {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).1 = true;
         self.moved.notify_one();
@@ -88,6 +98,15 @@ impl Progress {
             s = self.moved.wait(s).unwrap_or_else(|e| e.into_inner());
         }
         s.0
+    }
+}
+
+/// Ends a [`Progress`] when dropped: its reader sees the end however the writer stops.
+struct EndOnDrop(Arc<Progress>);
+
+impl Drop for EndOnDrop {
+    fn drop(&mut self) {
+        self.0.end();
     }
 }
 
@@ -162,131 +181,285 @@ fn write_behind(file: &File, offset: u64, len: u64) {
 
 pub(super) type Wrap = Box<dyn FnOnce(Box<dyn Write + Send>) -> Box<dyn Write + Send>>;
 
+type Encoder = zstd::stream::write::Encoder<'static, Box<dyn Write + Send>>;
+
+/// Why the feeder stopped early.
+enum FeedError {
+    /// Reading the raw copy failed (or it ended before the bytes the tee was handed).
+    Read(io::Error),
+    /// Compressing into the output file failed.
+    Write(io::Error),
+    Cancelled,
+}
+
+/// What the feeder shares with the compressor: a stop request, and how far it compressed
+/// (for the progress line).
+#[derive(Default)]
+struct FeedState {
+    stop: AtomicBool,
+    done: AtomicU64,
+    bar: Mutex<Option<indicatif::ProgressBar>>,
+}
+
 /// Streaming zstd compressor of one backup copy into one file; see the module doc.
 pub(super) struct Compressor {
-    enc: Option<zstd::stream::write::Encoder<'static, Box<dyn Write + Send>>>,
+    /// The tee's side: hash and length of the bytes handed over, published to the feeder.
+    tee_hash: Xxh3Default,
+    fed: u64,
+    raw: Arc<Progress>,
+    raw_path: PathBuf,
+    state: Arc<FeedState>,
+    feeder: Option<JoinHandle<Result<u64, FeedError>>>,
+    checker: Option<JoinHandle<io::Result<RoundTrip>>>,
     file: File,
     path: PathBuf,
-    progress: Arc<Progress>,
-    checker: Option<JoinHandle<io::Result<Compressed>>>,
+    label: String,
 }
 
 impl Compressor {
-    /// Compress into `out` (a new, empty file at `path`) at `level`. `size`, when known, is
-    /// recorded in the frame header (the exact number of bytes that will be written).
+    /// Compress the raw copy being written at `raw` into `out` (a new, empty file at `path`)
+    /// at `level`. Every byte handed to [`Write::write`] must already be in `raw` at the same
+    /// offset (the copy writes, then tees); the round trip proves the result either way.
+    /// `size`, when known, is recorded in the frame header (the exact number of bytes that
+    /// will be handed over). `label` names the copy on the progress line.
     pub(super) fn new(
+        raw: &Path,
         out: &File,
         path: &Path,
         level: i32,
         size: Option<u64>,
+        label: &str,
+        cancel: Cancel,
     ) -> Result<Compressor, JobError> {
-        Self::with_sink(out, path, level, size, Box::new(|w| w))
+        Self::with_sink(raw, out, path, level, size, label, cancel, Box::new(|w| w))
     }
 
     /// As `new`, with `wrap` between the encoder and the file (tests corrupt bytes there).
+    #[allow(clippy::too_many_arguments)]
     fn with_sink(
+        raw: &Path,
         out: &File,
         path: &Path,
         level: i32,
         size: Option<u64>,
+        label: &str,
+        cancel: Cancel,
         wrap: Wrap,
     ) -> Result<Compressor, JobError> {
-        let io = |what: &str| {
-            let context = format!("{}: {what}", path.display());
+        let io = |p: &Path, what: &str| {
+            let context = format!("{}: {what}", p.display());
             move |source| JobError::Io { context, source }
         };
-        let file = out.try_clone().map_err(io("open"))?;
-        let progress = Arc::new(Progress::default());
+        let file = out.try_clone().map_err(io(path, "open"))?;
+        let written = Arc::new(Progress::default());
         let sink = FileSink {
-            file: out.try_clone().map_err(io("open"))?,
+            file: out.try_clone().map_err(io(path, "open"))?,
             written: 0,
-            progress: progress.clone(),
+            progress: written.clone(),
         };
-        let mut enc =
-            zstd::stream::write::Encoder::new(wrap(Box::new(sink)), level).map_err(io("zstd"))?;
+        let mut enc = Encoder::new(wrap(Box::new(sink)), level).map_err(io(path, "zstd"))?;
         enc.multithread(zstd_workers())
-            .map_err(io("zstd workers"))?;
-        enc.include_checksum(true).map_err(io("zstd"))?;
+            .map_err(io(path, "zstd workers"))?;
+        enc.include_checksum(true).map_err(io(path, "zstd"))?;
         if size.is_some() {
-            enc.set_pledged_src_size(size).map_err(io("zstd"))?;
+            enc.set_pledged_src_size(size).map_err(io(path, "zstd"))?;
         }
+        let input = File::open(raw).map_err(io(raw, "open for compression"))?;
         let tail = Tail {
-            file: File::open(path).map_err(io("open for the round trip"))?,
+            file: File::open(path).map_err(io(path, "open for the round trip"))?,
             pos: 0,
             synced: 0,
-            progress: progress.clone(),
+            progress: written.clone(),
             hash: Sha256::new(),
         };
         let checker = std::thread::Builder::new()
             .name("zstd-check".into())
             .spawn(move || round_trip(tail))
-            .map_err(io("start the round-trip thread"))?;
+            .map_err(io(path, "start the round-trip thread"))?;
+        let raw_progress = Arc::new(Progress::default());
+        let state = Arc::new(FeedState::default());
+        let feeder = {
+            let (raw_progress, state) = (raw_progress.clone(), state.clone());
+            let ended = EndOnDrop(written);
+            std::thread::Builder::new()
+                .name("zstd-feed".into())
+                .spawn(move || {
+                    let _ended = ended;
+                    feed(&input, &raw_progress, enc, &state, &cancel)
+                })
+        };
+        let feeder = match feeder {
+            Ok(f) => f,
+            Err(e) => {
+                // The encoder and the sink went with the closure: the checker sees the end.
+                let _ = checker.join();
+                return Err(io(path, "start the compression thread")(e));
+            }
+        };
         Ok(Compressor {
-            enc: Some(enc),
+            tee_hash: Xxh3Default::new(),
+            fed: 0,
+            raw: raw_progress,
+            raw_path: raw.to_path_buf(),
+            state,
+            feeder: Some(feeder),
+            checker: Some(checker),
             file,
             path: path.to_path_buf(),
-            progress,
-            checker: Some(checker),
+            label: label.to_string(),
         })
     }
 
-    /// End the frame, fsync the file and wait for the round trip. Errors: `JobError::Io`
-    /// when the file could not be written, `JobError::VerifyFailed` when the stored bytes do
-    /// not decompress (damaged frame, wrong content checksum).
+    /// The raw copy is complete: wait for the end of the frame, fsync the file and wait for
+    /// the round trip. Errors: `JobError::Io` when the raw copy could not be read or the file
+    /// written, `JobError::Cancelled`, `JobError::VerifyFailed` when the stored bytes do not
+    /// decompress (damaged or truncated frame, wrong content checksum) or decompress to other
+    /// bytes than the tee was handed.
     pub(super) fn finish(mut self) -> Result<Compressed, JobError> {
         let shown = self.path.display().to_string();
         let io = |what: &str| {
             let context = format!("{shown}: {what}");
             move |source| JobError::Io { context, source }
         };
-        let enc = self.enc.take().expect("finish runs once");
-        let written = enc.finish().and_then(|mut w| w.flush());
-        self.progress.end();
-        written.map_err(io("write"))?;
+        self.raw.end();
+        let bar = Bar::counted(
+            format!("backup {} zstd:", self.label),
+            "MiB compressed",
+            self.fed >> 20,
+        );
+        if let Some(b) = bar.handle() {
+            b.set_position(self.state.done.load(Ordering::Relaxed) >> 20);
+            *self.state.bar.lock().unwrap_or_else(|e| e.into_inner()) = Some(b);
+        }
+        let fed = self
+            .feeder
+            .take()
+            .expect("finish runs once")
+            .join()
+            .expect("compression thread");
+        drop(bar);
         // The checker reads the tail while the file syncs.
-        let synced = self.file.sync_all();
+        let synced = match fed {
+            Ok(_) => self.file.sync_all(),
+            Err(_) => Ok(()),
+        };
         let checked = self
             .checker
             .take()
             .expect("finish runs once")
             .join()
             .expect("round-trip thread");
+        match fed {
+            Ok(_) => {}
+            Err(FeedError::Cancelled) => return Err(JobError::Cancelled),
+            Err(FeedError::Read(source)) => {
+                return Err(JobError::Io {
+                    context: format!("{}: read for compression", self.raw_path.display()),
+                    source,
+                })
+            }
+            Err(FeedError::Write(e)) => return Err(io("write")(e)),
+        }
         synced.map_err(io("fsync"))?;
-        checked.map_err(|e| {
+        let rt = checked.map_err(|e| {
             JobError::VerifyFailed(format!(
                 "{shown}: the compressed copy does not decompress ({e})"
             ))
+        })?;
+        let want = self.tee_hash.digest128();
+        if rt.raw_bytes != self.fed || rt.raw_xxh3 != want {
+            return Err(JobError::VerifyFailed(format!(
+                "{shown}: the compressed copy decompresses to other bytes than the copy ({} \
+                 bytes, XXH3-128 {:032x}; the copy: {} bytes, {want:032x})",
+                rt.raw_bytes, rt.raw_xxh3, self.fed
+            )));
+        }
+        Ok(Compressed {
+            stored_bytes: rt.stored_bytes,
+            stored_sha256: rt.stored_sha256,
+            raw_bytes: rt.raw_bytes,
         })
     }
 }
 
 impl Write for Compressor {
+    /// `buf` is the next part of the raw copy, already in the raw file: hashed and made
+    /// available to the feeder; never waits.
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.enc.as_mut().expect("not finished").write(buf)
+        self.tee_hash.update(buf);
+        self.fed += buf.len() as u64;
+        self.raw.publish(self.fed);
+        Ok(buf.len())
     }
 
-    /// Ends the current zstd job early (costs ratio and parallelism): only [`finish`] is
-    /// needed to end the stream.
     fn flush(&mut self) -> io::Result<()> {
-        self.enc.as_mut().expect("not finished").flush()
+        Ok(())
     }
 }
 
 impl Drop for Compressor {
-    /// Dropped unfinished (an error elsewhere): the checker sees the end and stops.
+    /// Dropped unfinished (an error elsewhere): the feeder stops at its next chunk, and the
+    /// checker sees the end.
     fn drop(&mut self) {
-        self.enc = None;
-        self.progress.end();
+        self.state.stop.store(true, Ordering::Relaxed);
+        self.raw.end();
+        if let Some(feeder) = self.feeder.take() {
+            let _ = feeder.join();
+        }
         if let Some(checker) = self.checker.take() {
             let _ = checker.join();
         }
     }
 }
 
+/// The feeder thread: read the raw copy behind the copy into the encoder, to the end the tee
+/// reached; the bytes compressed.
+fn feed(
+    input: &File,
+    raw: &Progress,
+    mut enc: Encoder,
+    state: &FeedState,
+    cancel: &Cancel,
+) -> Result<u64, FeedError> {
+    let mut buf = vec![0u8; CHUNK];
+    let mut pos = 0u64;
+    loop {
+        let ready = raw.beyond(pos);
+        if state.stop.load(Ordering::Relaxed) || cancel() {
+            return Err(FeedError::Cancelled);
+        }
+        if ready <= pos {
+            break;
+        }
+        let n = usize::try_from(ready - pos).unwrap_or(CHUNK).min(CHUNK);
+        input
+            .read_exact_at(&mut buf[..n], pos)
+            .map_err(FeedError::Read)?;
+        enc.write_all(&buf[..n]).map_err(FeedError::Write)?;
+        pos += n as u64;
+        state.done.store(pos, Ordering::Relaxed);
+        if let Some(b) = &*state.bar.lock().unwrap_or_else(|e| e.into_inner()) {
+            b.set_position(pos >> 20);
+        }
+    }
+    enc.finish()
+        .and_then(|mut w| w.flush())
+        .map_err(FeedError::Write)?;
+    Ok(pos)
+}
+
+/// What the checker read and decompressed.
+struct RoundTrip {
+    stored_bytes: u64,
+    stored_sha256: String,
+    raw_bytes: u64,
+    raw_xxh3: u128,
+}
+
 /// The checker thread: decompress the file as it grows, hashing both sides.
-fn round_trip(tail: Tail) -> io::Result<Compressed> {
+fn round_trip(tail: Tail) -> io::Result<RoundTrip> {
     let mut dec = zstd::stream::read::Decoder::new(tail)?;
-    let mut raw = Sha256::new();
+    let mut raw = Xxh3Default::new();
     let mut raw_bytes = 0u64;
     let mut buf = vec![0u8; CHUNK];
     loop {
@@ -306,17 +479,17 @@ fn round_trip(tail: Tail) -> io::Result<Compressed> {
         )));
     }
     let tail = rest.into_inner();
-    Ok(Compressed {
+    Ok(RoundTrip {
         stored_bytes: tail.pos,
         stored_sha256: archive::hex(&tail.hash.finalize()),
         raw_bytes,
-        raw_sha256: archive::hex(&raw.finalize()),
+        raw_xxh3: raw.digest128(),
     })
 }
 
-/// Compress the finished copy `from` into `out` (a new file at `to`), reading it once and
-/// hashing it on the way; `checkpoint` runs between chunks (cancel). The round trip must
-/// give back the same SHA-256, or this is a `VerifyFailed`.
+/// Compress the finished copy `from` into `out` (a new file at `to`), handing its bytes to
+/// the tee in chunks; `checkpoint` runs between chunks (cancel). The SHA-256 of `from`, the
+/// raw SHA-256 the manifest would record, is returned beside.
 #[cfg(test)]
 pub(super) fn compress_file(
     from: &Path,
@@ -324,7 +497,7 @@ pub(super) fn compress_file(
     to: &Path,
     level: i32,
     checkpoint: &mut dyn FnMut() -> Result<(), JobError>,
-) -> Result<Compressed, JobError> {
+) -> Result<(Compressed, String), JobError> {
     compress_file_with(from, out, to, level, checkpoint, Box::new(|w| w))
 }
 
@@ -336,45 +509,35 @@ pub(super) fn compress_file_with(
     level: i32,
     checkpoint: &mut dyn FnMut() -> Result<(), JobError>,
     wrap: Wrap,
-) -> Result<Compressed, JobError> {
+) -> Result<(Compressed, String), JobError> {
     let io = |path: &Path, what: &str| {
         let context = format!("{}: {what}", path.display());
         move |source| JobError::Io { context, source }
     };
     let mut input = File::open(from).map_err(io(from, "open"))?;
     let size = input.metadata().map_err(io(from, "stat"))?.len();
-    let mut zst = Compressor::with_sink(out, to, level, Some(size), wrap)?;
+    let mut zst = Compressor::with_sink(
+        from,
+        out,
+        to,
+        level,
+        Some(size),
+        "test",
+        Box::new(|| false),
+        wrap,
+    )?;
     let mut hash = Sha256::new();
     let mut buf = vec![0u8; CHUNK];
-    let mut read = 0u64;
     loop {
         let n = input.read(&mut buf).map_err(io(from, "read"))?;
         if n == 0 {
             break;
         }
-        read += n as u64;
         hash.update(&buf[..n]);
         zst.write_all(&buf[..n]).map_err(io(to, "write"))?;
         checkpoint()?;
     }
-    if read != size {
-        return Err(JobError::Io {
-            context: format!("{}: changed while compressed", from.display()),
-            source: io::ErrorKind::UnexpectedEof.into(),
-        });
-    }
-    let done = zst.finish()?;
-    let raw = archive::hex(&hash.finalize());
-    if done.raw_sha256 != raw || done.raw_bytes != read {
-        return Err(JobError::VerifyFailed(format!(
-            "{}: the compressed copy decompresses to other bytes than the copy ({} bytes, \
-             SHA-256 {}; the copy: {read} bytes, {raw})",
-            to.display(),
-            done.raw_bytes,
-            done.raw_sha256
-        )));
-    }
-    Ok(done)
+    Ok((zst.finish()?, archive::hex(&hash.finalize())))
 }
 
 #[cfg(test)]
@@ -431,17 +594,43 @@ pub(super) mod tests {
         }
     }
 
+    /// Stores only the first `keep` bytes of the stream (and says it wrote them all).
+    struct Truncate {
+        inner: Box<dyn Write + Send>,
+        seen: u64,
+        keep: u64,
+    }
+
+    impl Write for Truncate {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let room = usize::try_from(self.keep.saturating_sub(self.seen)).unwrap_or(usize::MAX);
+            self.inner.write_all(&buf[..room.min(buf.len())])?;
+            self.seen += buf.len() as u64;
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            self.inner.flush()
+        }
+    }
+
+    fn verify_failed(err: JobError, what: &str) -> String {
+        match err {
+            JobError::VerifyFailed(msg) => msg,
+            other => panic!("{what}: not a verification failure: {other}"),
+        }
+    }
+
     #[test]
     fn round_trip_gives_the_hashes_of_both_sides() {
         let (dir, raw, bytes) = setup(24 << 20);
         let to = dir.path().join("copy.db.zst");
         let out = archive::create_private(&to).unwrap();
-        let done = compress_file(&raw, &out, &to, 3, &mut no_cancel()).unwrap();
+        let (done, raw_sha) = compress_file(&raw, &out, &to, 3, &mut no_cancel()).unwrap();
         let stored = std::fs::read(&to).unwrap();
         assert_eq!(done.stored_bytes, stored.len() as u64);
         assert_eq!(done.stored_sha256, archive::hex(&Sha256::digest(&stored)));
         assert_eq!(done.raw_bytes, bytes.len() as u64);
-        assert_eq!(done.raw_sha256, archive::hex(&Sha256::digest(&bytes)));
+        assert_eq!(raw_sha, archive::hex(&Sha256::digest(&bytes)));
         assert!(stored.len() < bytes.len() / 3, "{} bytes", stored.len());
         // One frame (the workers split the input into jobs, not frames), with its size.
         let frame = zstd::zstd_safe::find_frame_compressed_size(&stored).unwrap();
@@ -461,20 +650,77 @@ pub(super) mod tests {
             let out = archive::create_private(&to).unwrap();
             let wrap: Wrap = Box::new(move |inner| Box::new(FlipBit { inner, seen: 0, at }));
             let err = compress_file_with(&raw, &out, &to, 3, &mut no_cancel(), wrap).unwrap_err();
-            match err {
-                JobError::VerifyFailed(msg) => assert!(msg.contains("flip-"), "{msg}"),
-                other => panic!("flip at {at}: not a verification failure: {other}"),
+            let msg = verify_failed(err, &format!("flip at {at}"));
+            assert!(msg.contains("flip-"), "{msg}");
+        }
+    }
+
+    /// A frame cut short (the end of the stream lost: the last job, the checksum, or only
+    /// its last byte) does not decompress, and says so.
+    #[test]
+    fn a_truncated_frame_fails_the_round_trip() {
+        let (dir, raw, _) = setup(4 << 20);
+        let to = dir.path().join("whole.zst");
+        let out = archive::create_private(&to).unwrap();
+        let (done, _) = compress_file(&raw, &out, &to, 3, &mut no_cancel()).unwrap();
+        // The workers' output does not depend on their timing: every run stores these bytes.
+        let whole = done.stored_bytes;
+        for keep in [0u64, 1000, whole / 2, whole - 4, whole - 1] {
+            let to = dir.path().join(format!("cut-{keep}.zst"));
+            let out = archive::create_private(&to).unwrap();
+            let wrap: Wrap = Box::new(move |inner| {
+                Box::new(Truncate {
+                    inner,
+                    seen: 0,
+                    keep,
+                })
+            });
+            let err = compress_file_with(&raw, &out, &to, 3, &mut no_cancel(), wrap).unwrap_err();
+            let msg = verify_failed(err, &format!("cut at {keep}"));
+            assert!(msg.contains("does not decompress"), "cut at {keep}: {msg}");
+            assert_eq!(std::fs::metadata(&to).unwrap().len(), keep);
+        }
+    }
+
+    /// The raw file holds other bytes than the tee was handed (one bit): the stored file
+    /// decompresses to the file's bytes, which are not the copy's, and that fails.
+    #[test]
+    fn other_bytes_in_the_raw_file_than_the_tee_got_fail_the_round_trip() {
+        let (dir, raw, mut bytes) = setup(6 << 20);
+        bytes[3 << 20] ^= 1;
+        let to = dir.path().join("one-bit.zst");
+        let out = archive::create_private(&to).unwrap();
+        let mut zst = Compressor::new(&raw, &out, &to, 3, None, "t", Box::new(|| false)).unwrap();
+        zst.write_all(&bytes).unwrap();
+        let msg = verify_failed(zst.finish().unwrap_err(), "one bit");
+        assert!(
+            msg.contains("decompresses to other bytes than the copy"),
+            "{msg}"
+        );
+        // A tee that claims more bytes than the raw file holds cannot be compressed.
+        let to = dir.path().join("long.zst");
+        let out = archive::create_private(&to).unwrap();
+        let mut zst = Compressor::new(&raw, &out, &to, 3, None, "t", Box::new(|| false)).unwrap();
+        zst.write_all(&bytes).unwrap();
+        zst.write_all(b"more").unwrap();
+        match zst.finish().unwrap_err() {
+            JobError::Io { context, source } => {
+                assert!(
+                    context.contains("copy.db: read for compression"),
+                    "{context}"
+                );
+                assert_eq!(source.kind(), io::ErrorKind::UnexpectedEof);
             }
+            other => panic!("not a read error: {other}"),
         }
     }
 
     #[test]
     fn the_tee_shape_works_with_writes_of_any_size_and_an_empty_input() {
-        let dir = tempfile::tempdir().unwrap();
-        let bytes = sample(3 << 20);
+        let (dir, raw, bytes) = setup(3 << 20);
         let to = dir.path().join("tee.zst");
         let out = archive::create_private(&to).unwrap();
-        let mut zst = Compressor::new(&out, &to, 1, None).unwrap();
+        let mut zst = Compressor::new(&raw, &out, &to, 1, None, "t", Box::new(|| false)).unwrap();
         let mut rest = &bytes[..];
         let mut step = 1;
         while !rest.is_empty() {
@@ -484,25 +730,30 @@ pub(super) mod tests {
             step = step * 3 + 1;
         }
         let done = zst.finish().unwrap();
-        assert_eq!(done.raw_sha256, archive::hex(&Sha256::digest(&bytes)));
+        assert_eq!(done.raw_bytes, bytes.len() as u64);
         assert_eq!(
             zstd::decode_all(&std::fs::read(&to).unwrap()[..]).unwrap(),
             bytes
         );
 
+        let empty = dir.path().join("empty.db");
+        std::fs::write(&empty, b"").unwrap();
         let to = dir.path().join("empty.zst");
         let out = archive::create_private(&to).unwrap();
-        let done = Compressor::new(&out, &to, 3, None)
+        let done = Compressor::new(&empty, &out, &to, 3, None, "t", Box::new(|| false))
             .unwrap()
             .finish()
             .unwrap();
         assert_eq!(done.raw_bytes, 0);
-        assert_eq!(done.raw_sha256, archive::hex(&Sha256::digest(b"")));
+        assert!(zstd::decode_all(&std::fs::read(&to).unwrap()[..])
+            .unwrap()
+            .is_empty());
     }
 
     #[test]
     fn cancel_stops_the_compression_and_the_checker() {
-        let (dir, raw, _) = setup(8 << 20);
+        let (dir, raw, bytes) = setup(8 << 20);
+        // Between the tee's chunks: the compressor is dropped unfinished.
         let to = dir.path().join("cancel.zst");
         let out = archive::create_private(&to).unwrap();
         let mut calls = 0;
@@ -517,5 +768,21 @@ pub(super) mod tests {
         let err = compress_file(&raw, &out, &to, 3, &mut cancel).unwrap_err();
         assert!(matches!(err, JobError::Cancelled), "{err}");
         assert_eq!(calls, 3);
+
+        // While it compresses after the copy: the feeder asks between chunks.
+        let to = dir.path().join("cancel2.zst");
+        let out = archive::create_private(&to).unwrap();
+        let asked = Arc::new(AtomicU64::new(0));
+        let counted = asked.clone();
+        let cancel: Cancel = Box::new(move || counted.fetch_add(1, Ordering::Relaxed) >= 2);
+        let mut zst = Compressor::new(&raw, &out, &to, 3, None, "t", cancel).unwrap();
+        zst.write_all(&bytes).unwrap();
+        let err = zst.finish().unwrap_err();
+        assert!(matches!(err, JobError::Cancelled), "{err}");
+        assert_eq!(
+            asked.load(Ordering::Relaxed),
+            3,
+            "stopped at the third chunk"
+        );
     }
 }
