@@ -615,9 +615,9 @@ fn restore_at_restores_the_main_and_each_attached_database_to_one_point() {
             .unwrap();
         assert_eq!(o.status.code(), Some(0), "{}", both(&o));
         let to_files = env.path(&format!("r{i}-files.db"));
-        assert_eq!(sha256(&to), main["image_sha256"].as_str().unwrap());
+        assert_eq!(sha256_hex(&to), main["image_sha256"].as_str().unwrap());
         assert_eq!(
-            sha256(&to_files),
+            sha256_hex(&to_files),
             attached["image_sha256"].as_str().unwrap()
         );
         assert_eq!(integrity(&to_files), "ok");
