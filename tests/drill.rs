@@ -303,7 +303,7 @@ fn status_check_is_critical_after_a_failed_drill_and_ok_after_a_good_one() {
 }
 
 #[test]
-fn a_remote_source_is_refused_until_remotes_exist() {
+fn a_source_that_is_not_one_of_the_backups_remotes_is_refused() {
     let env = TestEnv::new();
     let db = env.sqlite("app/chat.db", "CREATE TABLE t(x);");
     env.config("")
@@ -318,7 +318,7 @@ fn a_remote_source_is_refused_until_remotes_exist() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         err.contains("drill.from")
-            && err.contains("remotes are not configured")
+            && err.contains("this database's backup has no remotes")
             && err.contains("offsite"),
         "{err}"
     );
@@ -329,7 +329,7 @@ fn a_remote_source_is_refused_until_remotes_exist() {
     let o = drill(&env, &["--from", "offsite"]);
     assert_eq!(o.status.code(), Some(64), "{}", both(&o));
     assert!(
-        both(&o).contains("remotes are not configured"),
+        both(&o).contains("unknown source \"offsite\": this database's drill reads from local"),
         "{}",
         both(&o)
     );

@@ -12,7 +12,7 @@ pub(crate) mod retain;
 mod store;
 
 pub(crate) use manifest::{Copy, RemoteManifest};
-pub(crate) use pipeline::{download, read_back, Uploaded};
+pub(crate) use pipeline::{download, read_back, Downloaded, Uploaded};
 pub(crate) use store::{RemoteError, Store};
 
 use std::path::Path;

@@ -2,6 +2,7 @@
 //! (moto) and to `file://` directories, failures, listing, restore and retention.
 
 mod config;
+mod drill;
 mod fixture;
 mod restore;
 mod retention;
