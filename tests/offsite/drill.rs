@@ -135,6 +135,20 @@ fn the_identity_may_be_a_systemd_credential() {
     let o = drill(&env, &[], &[("CREDENTIALS_DIRECTORY", &creds)]);
     assert_eq!(o.status.code(), Some(0), "{}", both(&o));
     assert!(both(&o).contains("from offsite"), "{}", both(&o));
+    // `systemd-units` loads it for the units that run drills, and only those.
+    let units = env.path("units");
+    let o = env.systemd_units(&units, &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    for unit in ["litekeeper.service.d", "litekeeper-drill@.service.d"] {
+        let text = std::fs::read_to_string(units.join(unit).join("identity.conf")).unwrap();
+        assert!(
+            text.contains("LoadCredential=drill-age\n"),
+            "{unit}: {text}"
+        );
+    }
+    assert!(!units
+        .join("litekeeper-backup@.service.d/identity.conf")
+        .exists());
     // Without the credentials directory: one line saying what to add to the unit.
     let o = drill(&env, &[], &[]);
     assert_eq!(o.status.code(), Some(66), "{}", both(&o));
