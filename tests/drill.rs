@@ -660,6 +660,14 @@ fn a_drill_restores_the_newest_point_of_a_chain_and_checks_its_image() {
 fn a_damaged_delta_fails_the_drill_of_the_newest_point_naming_the_link() {
     let env = TestEnv::new();
     let (dir, deltas) = with_points(&env, 20, &[5, 7, 3], "");
+    // The attached database has no points of its own (as when it was attached after its
+    // full backup's chain began): the points carry its full backup.
+    let mut m = manifest(&dir);
+    m["deltas"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|d| !d["file"].as_str().unwrap().starts_with("files-"));
+    std::fs::write(dir.join("manifest.json"), serde_json::to_vec(&m).unwrap()).unwrap();
     // The middle delta is damaged in place (same size): the newest point cannot be reached.
     let path = dir.join(&deltas[1]);
     let mut bytes = std::fs::read(&path).unwrap();
@@ -675,6 +683,10 @@ fn a_damaged_delta_fails_the_drill_of_the_newest_point_naming_the_link() {
             && text.contains(&format!("only {} restores", deltas[0])),
         "{text}"
     );
+    // No full backup is marked for it: the attached database's or the chain's base is not
+    // what failed.
+    let m = std::fs::read_to_string(dir.join("manifest.json")).unwrap();
+    assert!(!m.contains("\"drill\""), "{m}");
 }
 
 #[test]

@@ -265,7 +265,8 @@ impl CopySource for Local {
     }
 }
 
-/// Set the `drill` of every file of `copies` in `dir`'s manifest, under the directory's lock.
+/// Set the `drill` of every file of `copies` in `dir`'s manifest, under the directory's lock;
+/// full backup runs only.
 fn mark_in(
     dir: &Path,
     db: &Database,
@@ -275,7 +276,12 @@ fn mark_in(
     let held = archive::lock_dir(dir)?;
     let mut manifest = Manifest::load(dir)?;
     let mut changed = false;
-    for c in copies {
+    // A chain's point is not a copy of its own: its verdict is the run's (a full backup among
+    // its files, an attached database without a delta yet, is not what failed).
+    for c in copies
+        .iter()
+        .filter(|c| DeltaName::parse(&c.backup).is_none())
+    {
         for file in &c.files {
             if let Some(e) = manifest
                 .backups
