@@ -303,7 +303,7 @@ fn status_check_is_critical_after_a_failed_drill_and_ok_after_a_good_one() {
 }
 
 #[test]
-fn a_remote_source_is_refused_until_remotes_exist() {
+fn a_source_that_is_not_one_of_the_backups_remotes_is_refused() {
     let env = TestEnv::new();
     let db = env.sqlite("app/chat.db", "CREATE TABLE t(x);");
     env.config("")
@@ -318,7 +318,7 @@ fn a_remote_source_is_refused_until_remotes_exist() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         err.contains("drill.from")
-            && err.contains("remotes are not configured")
+            && err.contains("this database's backup has no remotes")
             && err.contains("offsite"),
         "{err}"
     );
@@ -329,7 +329,7 @@ fn a_remote_source_is_refused_until_remotes_exist() {
     let o = drill(&env, &["--from", "offsite"]);
     assert_eq!(o.status.code(), Some(64), "{}", both(&o));
     assert!(
-        both(&o).contains("remotes are not configured"),
+        both(&o).contains("unknown source \"offsite\": this database's drill reads from local"),
         "{}",
         both(&o)
     );
@@ -541,4 +541,164 @@ fn a_scratch_directory_inside_the_backup_directory_is_refused_at_load() {
         err.contains("drill.scratch_dir") && err.contains("must not contain each other"),
         "{err}"
     );
+}
+
+/// `app/chat.db` (table `user`) with `app/files.db` attached, zstd full backups and
+/// incremental points into `backups/`: a full backup with `rows` users, then one point per
+/// entry of `more` after adding that many users and a blob. The deltas of the main
+/// database, oldest first.
+fn with_points(env: &TestEnv, rows: u32, more: &[u32], drill: &str) -> (PathBuf, Vec<String>) {
+    let (db, dir) = setup(env, rows, 100, "");
+    let files = env.path("app/files.db");
+    env.config("")
+        .database(
+            "chat",
+            &db,
+            &format!(
+                "attach = {{ files = \"{}\" }}\n[database.backup]\ndir = \"{}\"\ncompress = \"zstd\"\nincremental = {{ keep = \"7d\" }}\n[database.drill]\n{drill}\n",
+                files.display(),
+                dir.display()
+            ),
+        )
+        .write();
+    for n in more {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.execute(
+            &format!(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < {n})
+                 INSERT INTO user(name, pic) SELECT 'v' || i, randomblob(100) FROM n"
+            ),
+            [],
+        )
+        .unwrap();
+        let f = rusqlite::Connection::open(&files).unwrap();
+        f.execute("INSERT INTO blob(data) VALUES (randomblob(50))", [])
+            .unwrap();
+        env.run_ok(&["run", "chat", "incremental"]);
+    }
+    let mut deltas: Vec<String> = crate::util::names(&dir)
+        .into_iter()
+        .filter(|n| n.starts_with("chat-") && n.ends_with(".delta.zst"))
+        .collect();
+    deltas.sort();
+    (dir, deltas)
+}
+
+#[test]
+fn a_drill_restores_the_newest_point_of_a_chain_and_checks_its_image() {
+    let env = TestEnv::new();
+    // 20 users in the full backup, then 5 and 7 more: the newest point has 32, and the
+    // attached database its three blobs.
+    let (dir, deltas) = with_points(
+        &env,
+        20,
+        &[5, 7],
+        "assert = [\"SELECT count(*) = 32 FROM user\", \"SELECT count(*) = 3 FROM files.blob\"]",
+    );
+    assert_eq!(deltas.len(), 2, "{deltas:?}");
+    let full = main_backups(&dir)
+        .into_iter()
+        .find(|n| !n.contains(".delta"))
+        .unwrap();
+    let o = drill(&env, &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let newest = &deltas[1];
+    for want in [
+        format!("{newest} from local"),
+        format!("image SHA-256 {newest} (2 delta(s) after {full}): as recorded: ok"),
+        "image SHA-256 files-".into(),
+        format!("row counts {newest}: not recorded for incremental points"),
+        "assert[0] \"SELECT count(*) = 32 FROM user\": ok".into(),
+        "assert[1] \"SELECT count(*) = 3 FROM files.blob\": ok".into(),
+        "verdict: ok".into(),
+    ] {
+        assert!(out.contains(&want), "{want:?} not in {out}");
+    }
+    let json = env.status_json();
+    let last = json["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["job"] == "drill")
+        .unwrap()["last"]
+        .clone();
+    let copy = &last["figures"]["copies"][0];
+    assert_eq!(copy["backup"], newest.as_str(), "{copy}");
+    assert!(
+        copy["files"][1].as_str().unwrap().starts_with("files-")
+            && copy["files"][1].as_str().unwrap().contains(".delta"),
+        "{copy}"
+    );
+
+    // An older point named on the command line: its own rows.
+    env.config("")
+        .database(
+            "chat",
+            &env.path("app/chat.db"),
+            &format!(
+                "attach = {{ files = \"{}\" }}\n[database.backup]\ndir = \"{}\"\ncompress = \"zstd\"\nincremental = {{ keep = \"7d\" }}\n[database.drill]\nassert = [\"SELECT count(*) = 25 FROM user\"]\n",
+                env.path("app/files.db").display(),
+                dir.display()
+            ),
+        )
+        .write();
+    let o = drill(&env, &[&deltas[0]]);
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains(&format!("{} from local", deltas[0]))
+            && out.contains(&format!(
+                "image SHA-256 {} (1 delta(s) after {full})",
+                deltas[0]
+            )),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_damaged_delta_fails_the_drill_of_the_newest_point_naming_the_link() {
+    let env = TestEnv::new();
+    let (dir, deltas) = with_points(&env, 20, &[5, 7, 3], "");
+    // The attached database has no points of its own (as when it was attached after its
+    // full backup's chain began): the points carry its full backup.
+    let mut m = manifest(&dir);
+    m["deltas"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|d| !d["file"].as_str().unwrap().starts_with("files-"));
+    std::fs::write(dir.join("manifest.json"), serde_json::to_vec(&m).unwrap()).unwrap();
+    // The middle delta is damaged in place (same size): the newest point cannot be reached.
+    let path = dir.join(&deltas[1]);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let i = bytes.len() / 2;
+    bytes[i] ^= 0x01;
+    std::fs::write(&path, &bytes).unwrap();
+    let o = drill(&env, &[]);
+    assert_eq!(o.status.code(), Some(65), "{}", both(&o));
+    let text = both(&o);
+    assert!(
+        text.contains(&format!("{} (local)", deltas[2]))
+            && text.contains(&format!("is broken at {}", deltas[1]))
+            && text.contains(&format!("only {} restores", deltas[0])),
+        "{text}"
+    );
+    // No full backup is marked for it: the attached database's or the chain's base is not
+    // what failed.
+    let m = std::fs::read_to_string(dir.join("manifest.json")).unwrap();
+    assert!(!m.contains("\"drill\""), "{m}");
+}
+
+#[test]
+fn newest_and_random_drills_the_newest_point_and_one_older_point() {
+    let env = TestEnv::new();
+    let (_dir, deltas) = with_points(&env, 10, &[1, 1, 1], "pick = \"newest+random\"");
+    let o = drill(&env, &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(out.matches("verdict: ok").count(), 2, "{out}");
+    // The newest point first, then one of the three older points (two deltas, the full).
+    let lines: Vec<&str> = out.lines().filter(|l| l.contains(" from local:")).collect();
+    assert!(lines[0].contains(&deltas[2]), "{out}");
+    assert!(!lines[1].contains(&deltas[2]), "{out}");
 }

@@ -46,7 +46,7 @@ pub fn run_with(path: &Path, args: RunArgs, ask: jobs::drill::Ask) -> Result<Exi
         return Err(no_section(&config, &db.name, kind));
     }
     if let (Some(from), Some(cfg)) = (&ask.from, &db.drill) {
-        jobs::drill::source_named(cfg, from).map_err(|why| {
+        jobs::drill::source_named(&db, cfg, from).map_err(|why| {
             Failure::new(ExitCode::Usage, anyhow::anyhow!("--from {from:?}: {why}"))
         })?;
     }

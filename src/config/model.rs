@@ -417,12 +417,14 @@ pub struct Incremental {
     pub keep: Duration,
 }
 
-/// Where a drill takes its copies from. Only the local backup directory today; a remote
-/// (off-site copies) becomes a variant of its own, named as in its configuration.
+/// Where a drill takes its copies from: the local backup directory, or one of the database's
+/// remotes (`backup.remotes`), named as in its `[[remote]]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DrillSource {
     /// The database's backup directory (`backup.dir`).
     Local,
+    /// The off-site copies in the `[[remote]]` of this name.
+    Remote(String),
 }
 
 impl DrillSource {
@@ -430,6 +432,7 @@ impl DrillSource {
     pub fn name(&self) -> &str {
         match self {
             DrillSource::Local => "local",
+            DrillSource::Remote(name) => name,
         }
     }
 }

@@ -14,7 +14,7 @@ pub(crate) mod retain;
 mod store;
 
 pub(crate) use manifest::{Copy, DeltaCopy, RemoteManifest};
-pub(crate) use pipeline::{download, read_back, Uploaded};
+pub(crate) use pipeline::{download, read_back, Downloaded, Uploaded};
 pub(crate) use store::{RemoteError, Store};
 
 use std::path::Path;

@@ -5,10 +5,13 @@
 //! for restore: to a temp file, checked against the manifest's SHA-256, then decrypted and
 //! decompressed.
 
+use std::cell::Cell;
 use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
 use std::path::Path;
+use std::rc::Rc;
 use std::str::FromStr;
+use std::time::{Duration, Instant};
 
 use object_store::WriteMultipart;
 use sha2::{Digest, Sha256};
@@ -168,6 +171,30 @@ pub(crate) fn read_back(store: &Store, key: &str) -> Result<(String, u64), Remot
     })
 }
 
+/// What one download took, after fetching (download and SHA-256 of the stored bytes):
+/// decrypt, the time inside the age reader; decode, the rest of the pass (decompressing and
+/// writing to `out`).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Downloaded {
+    pub decrypt: Duration,
+    pub decode: Duration,
+}
+
+/// A reader that adds the time spent in its reads to a shared total.
+struct Timed<R> {
+    inner: R,
+    spent: Rc<Cell<Duration>>,
+}
+
+impl<R: Read> Read for Timed<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let t = Instant::now();
+        let n = self.inner.read(buf);
+        self.spent.set(self.spent.get() + t.elapsed());
+        n
+    }
+}
+
 /// Download `copy` into `tmp` (created here, 0600), checking the stored bytes against the
 /// manifest's SHA-256; then decrypt with `identities` and write the local backup file it was
 /// made from into `out` (decompressing what the upload compressed), checked against the
@@ -179,7 +206,72 @@ pub(crate) fn download(
     tmp: &Path,
     identities: &[Box<dyn age::Identity>],
     out: &mut dyn Write,
-) -> Result<u64, RemoteError> {
+) -> Result<Downloaded, RemoteError> {
+    let clock = Instant::now();
+    fetch_checked(store, database, copy, tmp)?;
+    let fetch = clock.elapsed();
+    let key = store.key(database, &copy.object);
+    let what = format!("downloading {key}");
+    let damaged =
+        |step: &str, e: String| store.other(format!("{step} {key}"), e, ExitCode::DataErr);
+    let input = File::open(tmp).map_err(|e| store.other(&what, e.to_string(), ExitCode::IoErr))?;
+    let dec = age::Decryptor::new(BufReader::new(input))
+        .map_err(|e| damaged("decrypting", e.to_string()))?;
+    let plain = dec
+        .decrypt(identities.iter().map(|i| i.as_ref() as &dyn age::Identity))
+        .map_err(|e| {
+            damaged(
+                "decrypting",
+                format!("{e} (is --identity the key whose recipient is in encrypt_to?)"),
+            )
+        })?;
+    let decrypting = Rc::new(Cell::new(Duration::ZERO));
+    let plain = Timed {
+        inner: plain,
+        spent: decrypting.clone(),
+    };
+    let mut h = Sha256::new();
+    let mut reader: Box<dyn Read> = if copy.local_file.ends_with(".zst") {
+        Box::new(plain)
+    } else {
+        Box::new(zstd::Decoder::new(plain).map_err(|e| damaged("decompressing", e.to_string()))?)
+    };
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let k = reader
+            .read(&mut buf)
+            .map_err(|e| damaged("decrypting and decompressing", e.to_string()))?;
+        if k == 0 {
+            break;
+        }
+        h.update(&buf[..k]);
+        out.write_all(&buf[..k])
+            .map_err(|e| store.other(&what, e.to_string(), ExitCode::IoErr))?;
+    }
+    let local = crate::archive::hex(&h.finalize());
+    if local != copy.source_sha256 {
+        return Err(damaged(
+            "checking",
+            format!(
+                "the decrypted copy's SHA-256 {local} is not its backup's {}",
+                copy.source_sha256
+            ),
+        ));
+    }
+    let decrypt = decrypting.get();
+    Ok(Downloaded {
+        decrypt,
+        decode: clock.elapsed().saturating_sub(fetch + decrypt),
+    })
+}
+
+/// Stream the object of `copy` into the new file `tmp`; its SHA-256 must be the manifest's.
+fn fetch_checked(
+    store: &Store,
+    database: &str,
+    copy: &super::Copy,
+    tmp: &Path,
+) -> Result<(), RemoteError> {
     use futures::StreamExt;
     let key = store.key(database, &copy.object);
     let what = format!("downloading {key}");
@@ -219,51 +311,5 @@ pub(crate) fn download(
             ExitCode::DataErr,
         ));
     }
-    let damaged =
-        |step: &str, e: String| store.other(format!("{step} {key}"), e, ExitCode::DataErr);
-    let input = File::open(tmp).map_err(|e| store.other(&what, e.to_string(), ExitCode::IoErr))?;
-    let dec = age::Decryptor::new(BufReader::new(input))
-        .map_err(|e| damaged("decrypting", e.to_string()))?;
-    let plain = dec
-        .decrypt(identities.iter().map(|i| i.as_ref() as &dyn age::Identity))
-        .map_err(|e| {
-            damaged(
-                "decrypting",
-                format!("{e} (is --identity the key whose recipient is in encrypt_to?)"),
-            )
-        })?;
-    let mut h = Sha256::new();
-    let mut n = 0u64;
-    let mut sink = |buf: &[u8]| -> Result<(), RemoteError> {
-        h.update(buf);
-        n += buf.len() as u64;
-        out.write_all(buf)
-            .map_err(|e| store.other(&what, e.to_string(), ExitCode::IoErr))
-    };
-    let mut reader: Box<dyn Read> = if copy.local_file.ends_with(".zst") {
-        Box::new(plain)
-    } else {
-        Box::new(zstd::Decoder::new(plain).map_err(|e| damaged("decompressing", e.to_string()))?)
-    };
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let k = reader
-            .read(&mut buf)
-            .map_err(|e| damaged("decrypting and decompressing", e.to_string()))?;
-        if k == 0 {
-            break;
-        }
-        sink(&buf[..k])?;
-    }
-    let local = crate::archive::hex(&h.finalize());
-    if local != copy.source_sha256 {
-        return Err(damaged(
-            "checking",
-            format!(
-                "the decrypted copy's SHA-256 {local} is not its backup's {}",
-                copy.source_sha256
-            ),
-        ));
-    }
-    Ok(n)
+    Ok(())
 }

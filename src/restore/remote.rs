@@ -8,14 +8,15 @@
 use std::io::Write;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::point::{At, Broken, Point};
 use super::{BackupSource, RestoreError};
 use crate::archive::{self, BackupName};
 use crate::chain::DeltaEntry;
-use crate::config::{Config, Database};
+use crate::config::{Config, Database, Remote};
 use crate::domain::ExitCode;
-use crate::remote::{self, Copy, DeltaCopy, RemoteError, RemoteManifest, Store};
+use crate::remote::{self, Copy, DeltaCopy, Downloaded, RemoteError, RemoteManifest, Store};
 
 /// Copies fetched and checked, ready for the restore path (the main database first, then
 /// attached ones); their staging directory goes with them.
@@ -43,47 +44,26 @@ impl Drop for Staging {
 
 /// A remote opened for restore: its store, the operator's identities and `db`'s manifest there.
 struct Opened {
-    name: String,
     store: Store,
     identities: Vec<Box<dyn age::Identity>>,
     manifest: RemoteManifest,
 }
 
+/// Open `remote_name` of `db` with the operator's identity file and load its manifest.
 fn open(
     config: &Config,
     db: &Database,
     remote_name: &str,
     identity: Option<&Path>,
 ) -> Result<Opened, RestoreError> {
-    let backup = db
-        .backup
-        .as_ref()
-        .ok_or_else(|| RestoreError::NoBackupSection {
-            database: db.name.clone(),
-        })?;
-    let remote = config
-        .remotes
-        .iter()
-        .find(|r| r.name == remote_name && backup.remotes.contains(&r.name))
-        .ok_or_else(|| RestoreError::NoSuchRemote {
-            database: db.name.clone(),
-            remote: remote_name.to_string(),
-            known: backup.remotes.join(", "),
-        })?;
+    let remote = remote_of(config, db, remote_name)?;
     let identity = identity.ok_or_else(|| RestoreError::NoIdentity {
         remote: remote_name.to_string(),
     })?;
-    let identities = age::IdentityFile::from_file(identity.display().to_string())
-        .map_err(|e| e.to_string())
-        .and_then(|f| f.into_identities().map_err(|e| e.to_string()))
-        .map_err(|cause| RestoreError::Identity {
-            path: identity.to_path_buf(),
-            cause,
-        })?;
-    let store = Store::open(remote.clone()).map_err(RestoreError::Remote)?;
+    let identities = read_identity(identity)?;
+    let store = Store::open(remote).map_err(RestoreError::Remote)?;
     let manifest = RemoteManifest::load(&store, &db.name).map_err(RestoreError::Remote)?;
     Ok(Opened {
-        name: remote_name.to_string(),
         store,
         identities,
         manifest,
@@ -108,35 +88,94 @@ fn staging(config: &Config) -> Result<Staging, RestoreError> {
     Ok(Staging(Some(staging)))
 }
 
-/// The configured path of the live file of `series`.
-fn live_of(db: &Database, series: &str, file: &str) -> Result<PathBuf, RestoreError> {
-    Ok(db
-        .backup_sources()
-        .into_iter()
-        .find(|s| s.series == series)
-        .ok_or_else(|| RestoreError::NoLiveFile {
-            file: file.to_string(),
+/// The `[[remote]]` named `remote_name` among `db`'s backup remotes.
+pub(crate) fn remote_of(
+    config: &Config,
+    db: &Database,
+    remote_name: &str,
+) -> Result<Arc<Remote>, RestoreError> {
+    let backup = db
+        .backup
+        .as_ref()
+        .ok_or_else(|| RestoreError::NoBackupSection {
             database: db.name.clone(),
-        })?
-        .path)
+        })?;
+    config
+        .remotes
+        .iter()
+        .find(|r| r.name == remote_name && backup.remotes.contains(&r.name))
+        .cloned()
+        .ok_or_else(|| RestoreError::NoSuchRemote {
+            database: db.name.clone(),
+            remote: remote_name.to_string(),
+            known: backup.remotes.join(", "),
+        })
 }
 
-/// Download the full copy `copy` into `dir` as its plain database file (decompressed),
-/// every check of `remote::download` passed: the restore library's source for it.
-fn stage_full(
-    o: &Opened,
+/// The age identities in the file at `path`.
+pub(crate) fn read_identity(path: &Path) -> Result<Vec<Box<dyn age::Identity>>, RestoreError> {
+    age::IdentityFile::from_file(path.display().to_string())
+        .map_err(|e| e.to_string())
+        .and_then(|f| f.into_identities().map_err(|e| e.to_string()))
+        .map_err(|cause| RestoreError::Identity {
+            path: path.to_path_buf(),
+            cause,
+        })
+}
+
+/// The copy named `wanted` (local file or object name), or the newest of the main database.
+fn pick_copy(
+    manifest: &RemoteManifest,
+    db: &Database,
+    remote_name: &str,
+    wanted: Option<&str>,
+) -> Result<Copy, RestoreError> {
+    match wanted {
+        Some(w) => manifest
+            .copies
+            .iter()
+            .find(|c| c.local_file == w || c.object == w),
+        None => manifest
+            .copies
+            .iter()
+            .filter(|c| c.series == db.backup_sources()[0].series)
+            .max_by_key(|c| c.backup_time),
+    }
+    .cloned()
+    .ok_or_else(|| RestoreError::NoRemoteCopy {
+        remote: remote_name.to_string(),
+        database: db.name.clone(),
+        wanted: wanted.map(str::to_string),
+    })
+}
+
+/// Download `copy` into the directory `dir` (the caller's, private), check it, decrypt and
+/// decompress it into the plain file it restores: the restore library's source there, and
+/// how long each step took.
+pub(crate) fn fetch_into(
+    store: &Store,
     db: &Database,
     copy: &Copy,
+    identities: &[Box<dyn age::Identity>],
     dir: &Path,
-) -> Result<BackupSource, RestoreError> {
+) -> Result<(BackupSource, Downloaded), RestoreError> {
+    let no_copy = || RestoreError::NoRemoteCopy {
+        remote: store.remote.name.clone(),
+        database: db.name.clone(),
+        wanted: Some(copy.local_file.clone()),
+    };
     let name = BackupName::parse(&copy.local_file)
         .filter(|n| !n.failed)
-        .ok_or_else(|| RestoreError::NoRemoteCopy {
-            remote: o.name.clone(),
+        .ok_or_else(no_copy)?;
+    let live = db
+        .backup_sources()
+        .into_iter()
+        .find(|s| s.series == name.series)
+        .ok_or_else(|| RestoreError::NoLiveFile {
+            file: copy.local_file.clone(),
             database: db.name.clone(),
-            wanted: Some(copy.local_file.clone()),
-        })?;
-    let live = live_of(db, &name.series, &copy.local_file)?;
+        })?
+        .path;
     let staging_err = |cause: std::io::Error| RestoreError::Staging {
         path: dir.to_path_buf(),
         cause,
@@ -149,29 +188,23 @@ fn stage_full(
     let mut out = std::io::BufWriter::new(
         archive::create_private(&plain_path).map_err(RestoreError::Commit)?,
     );
-    let downloaded = dir.join("download.age");
-    if name.compressed {
+    let downloaded = dir.join(format!("{}.download", copy.object));
+    let took = if name.compressed {
         // The local backup was .zst: decompress it on its way to the staged file.
         let mut z = zstd::stream::write::Decoder::new(&mut out).map_err(staging_err)?;
-        remote::download(&o.store, &db.name, copy, &downloaded, &o.identities, &mut z)
+        let took = remote::download(store, &db.name, copy, &downloaded, identities, &mut z)
             .map_err(RestoreError::Remote)?;
         z.flush().map_err(staging_err)?;
+        took
     } else {
-        remote::download(
-            &o.store,
-            &db.name,
-            copy,
-            &downloaded,
-            &o.identities,
-            &mut out,
-        )
-        .map_err(RestoreError::Remote)?;
-    }
+        remote::download(store, &db.name, copy, &downloaded, identities, &mut out)
+            .map_err(RestoreError::Remote)?
+    };
     out.flush().map_err(staging_err)?;
     drop(out);
     let _ = std::fs::remove_file(&downloaded);
     let restored_size = std::fs::metadata(&plain_path).map_err(staging_err)?.len();
-    Ok(BackupSource {
+    let source = BackupSource {
         database: db.name.clone(),
         dir: dir.to_path_buf(),
         file: plain_name.file_name(),
@@ -180,7 +213,8 @@ fn stage_full(
         restored_size,
         live,
         point: None,
-    })
+    };
+    Ok((source, took))
 }
 
 /// Download the delta `d` into `dir` as the local delta file it was made from (checked
@@ -198,7 +232,7 @@ fn stage_delta(
             .map_err(|e| o.store.other(&what, e.to_string(), ExitCode::CantCreate))?,
     );
     let downloaded = dir.join("download.age");
-    let size = remote::download(
+    remote::download(
         &o.store,
         &db.name,
         &d.copy,
@@ -209,6 +243,10 @@ fn stage_delta(
     let _ = std::fs::remove_file(&downloaded);
     out.flush()
         .map_err(|e| o.store.other(&what, e.to_string(), ExitCode::IoErr))?;
+    drop(out);
+    let size = std::fs::metadata(&path)
+        .map_err(|e| o.store.other(&what, e.to_string(), ExitCode::IoErr))?
+        .len();
     Ok(d.entry(&db.name, size))
 }
 
@@ -248,7 +286,7 @@ pub(crate) fn fetch_at(
                     config.daemon.timezone.format(until)
                 )),
             })?;
-        let mut source = stage_full(&o, db, full, &dir)?;
+        let (mut source, _) = fetch_into(&o.store, db, full, &o.identities, &dir)?;
         let target = o
             .manifest
             .deltas
@@ -361,28 +399,10 @@ pub(crate) fn fetch(
     identity: Option<&Path>,
 ) -> Result<Fetched, RestoreError> {
     let o = open(config, db, remote_name, identity)?;
-    let copy = match wanted {
-        Some(w) => o
-            .manifest
-            .copies
-            .iter()
-            .find(|c| c.local_file == w || c.object == w),
-        None => o
-            .manifest
-            .copies
-            .iter()
-            .filter(|c| c.series == db.backup_sources()[0].series)
-            .max_by_key(|c| c.backup_time),
-    }
-    .ok_or_else(|| RestoreError::NoRemoteCopy {
-        remote: remote_name.to_string(),
-        database: db.name.clone(),
-        wanted: wanted.map(str::to_string),
-    })?
-    .clone();
+    let copy = pick_copy(&o.manifest, db, remote_name, wanted)?;
     let mut guard = staging(config)?;
     let dir = guard.0.clone().expect("staging");
-    let source = stage_full(&o, db, &copy, &dir)?;
+    let (source, _) = fetch_into(&o.store, db, &copy, &o.identities, &dir)?;
     guard.0 = None;
     Ok(Fetched {
         sources: vec![source],

@@ -3,6 +3,7 @@
 
 mod chains;
 mod config;
+mod drill;
 mod faults;
 mod fixture;
 mod restore;

@@ -193,7 +193,8 @@ pub(in crate::config) fn database(
         vacuum,
         drill: rd.drill.as_ref().map(|d| {
             let dir = backup.as_ref().map(|b| b.dir.as_path());
-            drill(c, &key.key("drill"), d, dir, daemon)
+            let remotes = backup.as_ref().map_or(&[][..], |b| &b.remotes[..]);
+            drill(c, &key.key("drill"), d, dir, remotes, daemon)
         }),
         backup,
         fleet: None,

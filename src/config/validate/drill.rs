@@ -14,6 +14,7 @@ pub(super) fn drill(
     key: &KeyPath,
     d: &RawDrill,
     backup_dir: Option<&std::path::Path>,
+    remotes: &[String],
     daemon: &Daemon,
 ) -> Drill {
     let has_backup = backup_dir.is_some();
@@ -30,11 +31,21 @@ pub(super) fn drill(
             for name in list {
                 let source = match name.as_str() {
                     "local" => DrillSource::Local,
+                    r if remotes.iter().any(|k| k == r) => DrillSource::Remote(r.to_string()),
                     _ => {
+                        let known = if remotes.is_empty() {
+                            "\"local\" (the backup directory); this database's backup has no \
+                             remotes"
+                                .to_string()
+                        } else {
+                            format!(
+                                "\"local\" or a remote of backup.remotes: {}",
+                                remotes.join(", ")
+                            )
+                        };
                         c.fail(
                             &from_key,
-                            "unknown source: remotes are not configured; the only source is \
-                             \"local\" (the backup directory)",
+                            format!("unknown source; expected {known}"),
                             Some(name.clone()),
                         );
                         continue;
@@ -78,6 +89,20 @@ pub(super) fn drill(
             }
             None => Identity::File(c.abs_path(&key.key("identity"), text)),
         });
+    if identity.is_none() {
+        if let Some(r) = from.iter().find(|s| matches!(s, DrillSource::Remote(_))) {
+            c.fail(
+                &key.key("identity"),
+                format!(
+                    "a drill from remote {:?} needs the age identity that decrypts its copies \
+                     (they are always encrypted): identity = \"/etc/litekeeper/drill.age\" or \
+                     \"credential:NAME\"",
+                    r.name()
+                ),
+                None,
+            );
+        }
+    }
     let mut asserts = Vec::new();
     for (i, sql) in d.asserts.iter().flatten().enumerate() {
         let k = key.key("assert").index(i);

@@ -3,6 +3,7 @@
 //! the configured assertions, all on one read-only connection with the attached databases of
 //! the same run attached under their aliases (as the application sees them).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use rusqlite::types::ValueRef;
@@ -12,11 +13,38 @@ use tokio_util::sync::CancellationToken;
 use crate::archive::Entry;
 use crate::sqlite::{fk_violations, quote_ident, row_counts, uri};
 
-/// One restored file: its schema name, where it is, and its manifest entry.
+/// One restored file: its schema name, where it is, the point's file it came from and what
+/// was recorded about it.
 pub(super) struct Restored<'a> {
     pub schema: String,
     pub path: PathBuf,
-    pub entry: &'a Entry,
+    pub name: &'a str,
+    pub expect: &'a Expect,
+}
+
+/// What was recorded about a copy at backup time, to compare the restored file with.
+#[derive(Debug, Clone, Default)]
+pub struct Expect {
+    /// Pages of the source snapshot (None: not recorded).
+    pub page_count: Option<u64>,
+    /// Rows per table (empty: not recorded, `unrecorded` says why).
+    pub tables: BTreeMap<String, i64>,
+    /// foreign_key_check violations at backup time (None: none recorded, so none allowed).
+    pub fk_violations: Option<i64>,
+    /// Why no row counts were recorded.
+    pub unrecorded: &'static str,
+}
+
+impl From<&Entry> for Expect {
+    fn from(e: &Entry) -> Expect {
+        Expect {
+            page_count: Some(e.page_count),
+            tables: e.tables.clone(),
+            fk_violations: e.fk_violations,
+            // verify = "none": the backup recorded no row counts to compare with.
+            unrecorded: "none recorded at backup time",
+        }
+    }
 }
 
 /// What the checks found: a line per check, and the failures (empty: the copy is good).
@@ -52,7 +80,8 @@ pub(super) fn run(files: &[Restored<'_>], asserts: &[String], cancel: &Cancellat
             break;
         }
         let s = quote_ident(&f.schema);
-        let name = &f.entry.file;
+        let name = f.name;
+        let expect = f.expect;
         match list(&conn, &format!("PRAGMA {s}.integrity_check(10)")) {
             Ok(rows) if rows == ["ok"] => found.check(true, format!("integrity_check {name}")),
             Ok(rows) => found.check(
@@ -62,7 +91,7 @@ pub(super) fn run(files: &[Restored<'_>], asserts: &[String], cancel: &Cancellat
             Err(e) => found.check(false, format!("integrity_check {name}: {e}")),
         }
         match fk_violations(&conn, &f.schema) {
-            Ok(n) => match f.entry.fk_violations {
+            Ok(n) => match expect.fk_violations {
                 Some(was) => found.check(
                     n <= was,
                     format!("foreign_key_check {name}: {n} violation(s), {was} at backup time"),
@@ -77,30 +106,30 @@ pub(super) fn run(files: &[Restored<'_>], asserts: &[String], cancel: &Cancellat
         match conn.query_row(&format!("PRAGMA {s}.page_count"), [], |r| {
             r.get::<_, i64>(0)
         }) {
-            Ok(n) => found.check(
-                n as u64 == f.entry.page_count,
-                format!(
-                    "page count {name}: {n}, the manifest recorded {}",
-                    f.entry.page_count
+            Ok(n) => match expect.page_count {
+                Some(want) => found.check(
+                    n as u64 == want,
+                    format!("page count {name}: {n}, the manifest recorded {want}"),
                 ),
-            ),
+                None => found
+                    .lines
+                    .push(format!("page count {name}: {n}, none recorded")),
+            },
             Err(e) => found.check(false, format!("page count {name}: {e}")),
         }
-        if f.entry.tables.is_empty() {
-            // verify = "none": the backup recorded no row counts to compare with.
+        if expect.tables.is_empty() {
             found
                 .lines
-                .push(format!("row counts {name}: none recorded at backup time"));
+                .push(format!("row counts {name}: {}", expect.unrecorded));
             continue;
         }
         match row_counts(&conn, &f.schema) {
-            Ok(counts) if counts == f.entry.tables => found.check(
+            Ok(counts) if counts == expect.tables => found.check(
                 true,
                 format!("row counts {name}: {} table(s) as recorded", counts.len()),
             ),
             Ok(counts) => {
-                let mut diff: Vec<String> = f
-                    .entry
+                let mut diff: Vec<String> = expect
                     .tables
                     .iter()
                     .filter(|(t, n)| counts.get(*t) != Some(n))
@@ -112,7 +141,7 @@ pub(super) fn run(files: &[Restored<'_>], asserts: &[String], cancel: &Cancellat
                 diff.extend(
                     counts
                         .keys()
-                        .filter(|t| !f.entry.tables.contains_key(*t))
+                        .filter(|t| !expect.tables.contains_key(*t))
                         .map(|t| format!("{t}: a table the manifest does not know")),
                 );
                 found.check(

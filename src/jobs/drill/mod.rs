@@ -13,9 +13,11 @@
 //! (`drill: failed`), and the run fails (exit 65).
 //!
 //! Layout: `mod.rs` (the run: sources, picking, phases, verdicts), `source.rs` (where copies
-//! come from: `CopySource`, `Local`), `checks.rs` (the checks on a restored copy).
+//! come from: `CopySource`, `Local` with its chains' points), `remote.rs` (a remote's copies,
+//! downloaded and decrypted), `checks.rs` (the checks on a restored copy).
 
 mod checks;
+mod remote;
 pub mod source;
 
 use std::path::{Path, PathBuf};
@@ -56,15 +58,26 @@ pub fn lock_name(database: &str) -> String {
     format!("{database}.drill")
 }
 
-/// The source `name` among those a drill of `cfg` may use, or why not.
-pub fn source_named(cfg: &Drill, name: &str) -> Result<DrillSource, String> {
-    cfg.from.iter().find(|s| s.name() == name).cloned().ok_or_else(|| {
-        let known: Vec<&str> = cfg.from.iter().map(|s| s.name()).collect();
-        format!(
-            "unknown source {name:?}: remotes are not configured; this database's drill reads from {}",
-            known.join(", ")
-        )
-    })
+/// The source `name` among those a drill of `db` may use: its `from`, or any remote of its
+/// backup (`--from REMOTE` on demand), or why not.
+pub fn source_named(db: &Database, cfg: &Drill, name: &str) -> Result<DrillSource, String> {
+    if let Some(s) = cfg.from.iter().find(|s| s.name() == name) {
+        return Ok(s.clone());
+    }
+    let remotes = db.backup.as_ref().map_or(&[][..], |b| &b.remotes[..]);
+    if remotes.iter().any(|r| r == name) {
+        return Ok(DrillSource::Remote(name.to_string()));
+    }
+    let known: Vec<&str> = cfg
+        .from
+        .iter()
+        .map(|s| s.name())
+        .chain(remotes.iter().map(String::as_str))
+        .collect();
+    Err(format!(
+        "unknown source {name:?}: this database's drill reads from {} (its `from` and backup.remotes)",
+        known.join(", ")
+    ))
 }
 
 pub fn run(ctx: &DrillCtx<'_>) -> Result<JobResult, JobError> {
@@ -74,7 +87,7 @@ pub fn run(ctx: &DrillCtx<'_>) -> Result<JobResult, JobError> {
         .as_ref()
         .ok_or_else(|| JobError::Refused("no [database.drill] section".into()))?;
     let sources = match &ctx.ask.from {
-        Some(name) => vec![source_named(cfg, name).map_err(JobError::Config)?],
+        Some(name) => vec![source_named(db, cfg, name).map_err(JobError::Config)?],
         None => cfg.from.clone(),
     };
     let guard = Scratch(prepare_scratch(&cfg.scratch_dir, &db.name)?);
@@ -82,7 +95,7 @@ pub fn run(ctx: &DrillCtx<'_>) -> Result<JobResult, JobError> {
     let mut copies = Vec::new();
     for s in &sources {
         let mut result = Ok(());
-        let source = source::open(s, db)?;
+        let source = source::open(s, ctx.config, cfg, db)?;
         let points = source.points(db)?;
         let picked = pick(&points, cfg.pick, ctx.ask.backup.as_deref()).map_err(|why| {
             JobError::NoInput(format!("{} ({} source): {why}", db.name, source.name()))
@@ -91,7 +104,7 @@ pub fn run(ctx: &DrillCtx<'_>) -> Result<JobResult, JobError> {
             copies.extend(picked.iter().map(|p| CopyDrill {
                 source: source.name().to_string(),
                 backup: p.main_file().to_string(),
-                files: p.files.iter().map(|(_, e)| e.file.clone()).collect(),
+                files: p.files.iter().map(|f| f.file.clone()).collect(),
                 created_at: Some(p.created_at),
                 ..CopyDrill::default()
             }));
@@ -234,7 +247,7 @@ fn pick<'a>(
             .unwrap_or(w);
         return points
             .iter()
-            .find(|p| p.files.iter().any(|(_, e)| e.file == w))
+            .find(|p| p.files.iter().any(|f| f.file == w))
             .map(|p| vec![p])
             .ok_or_else(|| format!("no backup named {w:?}"));
     }
@@ -317,10 +330,9 @@ fn drill_point(
     let mut copy = CopyDrill {
         source: source.name().to_string(),
         backup: point.main_file().to_string(),
-        files: point.files.iter().map(|(_, e)| e.file.clone()).collect(),
+        files: point.files.iter().map(|f| f.file.clone()).collect(),
         created_at: Some(point.created_at),
         age_seconds: (Utc::now() - point.created_at).num_seconds().max(0) as u64,
-        bytes: point.files.iter().map(|(_, e)| e.size).sum(),
         ..CopyDrill::default()
     };
     let mut phases = DrillPhases::default();
@@ -333,23 +345,31 @@ fn drill_point(
         };
         copy
     };
-    // Fetch (and checksum) and restore under the source's hold: the files stay.
+    // Fetch (and checksum; a remote's copies are downloaded, decrypted and decompressed
+    // into `staging`) and restore under the source's hold: the files stay.
     let held = source.hold()?;
+    let staging = Scratch(scratch.join(".fetched"));
+    archive::ensure_private_dir(&staging.0)?;
     let mut fetched = Vec::new();
-    for (schema, entry) in &point.files {
-        match source.fetch(ctx.db, &entry.file) {
-            Ok(b) => fetched.push((schema.clone(), entry, b)),
+    let (mut decrypt, mut decompress) = (Duration::ZERO, Duration::ZERO);
+    for f in &point.files {
+        match source.fetch(ctx.db, f, &staging.0) {
+            Ok(b) => {
+                decrypt += b.decrypt;
+                decompress += b.decompress;
+                copy.bytes += stored_bytes(&b.backup, f.size);
+                fetched.push((f, b.backup));
+            }
             Err(e) => {
                 phases.fetch_ms = ms(clock.elapsed());
-                return Ok(fail(copy, phases, format!("fetch {}: {e}", entry.file)));
+                return Ok(fail(copy, phases, format!("fetch {}: {e}", f.file)));
             }
         }
     }
-    phases.fetch_ms = ms(clock.elapsed());
-    // Decrypt: no copy is encrypted yet (a remote's may be; its source decrypts with
-    // `identity` and reports the time here).
-    phases.decrypt_ms = 0;
-    let need: u64 = fetched.iter().map(|(_, _, b)| b.restored_size).sum();
+    phases.fetch_ms = ms(clock.elapsed().saturating_sub(decrypt + decompress));
+    phases.decrypt_ms = ms(decrypt);
+    phases.decompress_ms = ms(decompress);
+    let need: u64 = fetched.iter().map(|(_, b)| b.restored_size).sum();
     let free = archive::free_bytes(scratch)?;
     if free < need {
         return Err(JobError::Refused(format!(
@@ -360,7 +380,8 @@ fn drill_point(
         )));
     }
     let mut restored = Vec::new();
-    for (schema, entry, b) in &fetched {
+    let mut proven = Vec::new();
+    for (f, b) in &fetched {
         if ctx.cancel.is_cancelled() {
             return Err(JobError::Cancelled);
         }
@@ -380,14 +401,34 @@ fn drill_point(
                 }
                 copy.restored_bytes += std::fs::metadata(&target).map(|m| m.len()).unwrap_or(0);
                 restored.push(checks::Restored {
-                    schema: schema.clone(),
+                    schema: f.schema.clone(),
                     path: target,
-                    entry,
+                    name: &f.file,
+                    expect: &f.expect,
                 });
             }
-            Err(e) => return Ok(fail(copy, phases, format!("restore {}: {e}", entry.file))),
+            Err(e) => return Ok(fail(copy, phases, format!("restore {}: {e}", f.file))),
+        }
+        if let Some(p) = &b.point {
+            // The restore stopped short of the point asked for: not the point the report names.
+            if let Some(broken) = &p.broken {
+                let why = format!(
+                    "the chain to {} is broken at {} ({}): only {} restores",
+                    broken.wanted, broken.link, broken.why, p.file
+                );
+                return Ok(fail(copy, phases, why));
+            }
+            if p.image_sha256.is_some() {
+                proven.push(format!(
+                    "image SHA-256 {} ({} delta(s) after {}): as recorded: ok",
+                    p.file,
+                    p.deltas.len(),
+                    b.file
+                ));
+            }
         }
     }
+    drop(staging);
     drop(held);
     let checking = Instant::now();
     let found = checks::run(&restored, &cfg.asserts, ctx.cancel);
@@ -398,7 +439,8 @@ fn drill_point(
     for r in &restored {
         let _ = std::fs::remove_file(&r.path);
     }
-    copy.checks = found.lines;
+    copy.checks = proven;
+    copy.checks.extend(found.lines);
     if !found.failures.is_empty() {
         return Ok(fail(copy, phases, found.failures.join("; ")));
     }
@@ -407,4 +449,15 @@ fn drill_point(
         ..phases
     };
     Ok(copy)
+}
+
+/// The bytes read to restore one file: a chain's full backup and its deltas, or the file.
+fn stored_bytes(b: &crate::restore::BackupSource, size: u64) -> u64 {
+    match &b.point {
+        Some(p) if !p.deltas.is_empty() => {
+            std::fs::metadata(b.path()).map_or(0, |m| m.len())
+                + p.deltas.iter().map(|d| d.size).sum::<u64>()
+        }
+        _ => size,
+    }
 }

@@ -1,34 +1,58 @@
 //! Where a drill's copies come from: a [`CopySource`] lists the restorable points of a
 //! database newest first, holds them while they are read, hands each file to the restore
-//! library, and records the verdict beside the copy. [`Local`] is the backup directory; a
-//! remote (off-site copies) is another implementation that downloads into the scratch
-//! directory and hands the restore library that directory (`restore::select_from`).
+//! library, and records the verdict beside the copy. [`Local`] is the backup directory (full
+//! backup runs and the points of their incremental chains); `remote::RemoteSource` downloads
+//! a remote's copies into the scratch directory (`restore::remote::fetch_into`).
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use super::checks::Expect;
 use crate::archive::{self, DrillMark, Entry, Manifest, SharedDirLock, Verified};
-use crate::config::{Database, DrillSource};
+use crate::chain::{self, DeltaEntry, DeltaName};
+use crate::config::{Config, Database, Drill, DrillSource};
 use crate::domain::{CopyDrill, DrillVerdict};
 use crate::jobs::JobError;
 use crate::restore::{self, BackupSource, RestoreError};
 
-/// One restorable point: the files one backup run wrote (main database first, then each
-/// attached database), with what the manifest recorded about each. An incremental chain's
-/// point is listed the same way by its source, its files being what restores that point.
+/// One restorable point: the files that restore it (main database first, then each attached
+/// database), with what was recorded about each. A full backup run's point is its files; an
+/// incremental chain's point is the delta of each file (its full backup and the deltas before
+/// it are fetched with it).
 #[derive(Debug, Clone)]
 pub struct Point {
     pub created_at: DateTime<Utc>,
-    /// (schema, manifest entry), in the order of `Database::backup_sources`.
-    pub files: Vec<(String, Entry)>,
+    /// In the order of `Database::backup_sources`.
+    pub files: Vec<PointFile>,
+}
+
+/// One file of a point.
+#[derive(Debug, Clone)]
+pub struct PointFile {
+    pub schema: String,
+    /// The file that names it: a full backup, a delta, or a remote copy's local file.
+    pub file: String,
+    /// Bytes stored (for a delta: the delta alone).
+    pub size: u64,
+    pub expect: Expect,
 }
 
 impl Point {
-    /// The main database's backup file.
+    /// The main database's file: the point's name in reports.
     pub fn main_file(&self) -> &str {
-        &self.files[0].1.file
+        &self.files[0].file
     }
+}
+
+/// A point's file fetched and checked, ready for the restore library, with the time spent
+/// decrypting and decompressing while fetching (a remote's; local copies are decompressed by
+/// the restore itself).
+pub struct Fetched {
+    pub backup: BackupSource,
+    pub decrypt: Duration,
+    pub decompress: Duration,
 }
 
 /// A place copies are drilled from.
@@ -39,15 +63,25 @@ pub trait CopySource {
     fn points(&self, db: &Database) -> Result<Vec<Point>, JobError>;
     /// Held while a point's files are read: nothing may remove them meanwhile.
     fn hold(&self) -> Result<Box<dyn std::any::Any>, JobError>;
-    /// The file `file` of `db`, ready for the restore library: fetched, SHA-256 checked
-    /// against the manifest.
-    fn fetch(&self, db: &Database, file: &str) -> Result<BackupSource, RestoreError>;
+    /// The file `file` of `db`, ready for the restore library: fetched (into `staging`, a
+    /// private directory, when it must be downloaded), SHA-256 checked against the manifest.
+    fn fetch(
+        &self,
+        db: &Database,
+        file: &PointFile,
+        staging: &Path,
+    ) -> Result<Fetched, RestoreError>;
     /// Record each copy's verdict beside it (the manifest's `drill` of each file).
     fn mark(&self, db: &Database, copies: &[CopyDrill], at: DateTime<Utc>) -> Result<(), JobError>;
 }
 
 /// The source named in the configuration.
-pub fn open(source: &DrillSource, db: &Database) -> Result<Box<dyn CopySource>, JobError> {
+pub fn open(
+    source: &DrillSource,
+    config: &Config,
+    cfg: &Drill,
+    db: &Database,
+) -> Result<Box<dyn CopySource>, JobError> {
     match source {
         DrillSource::Local => {
             let dir = db.backup.as_ref().map(|b| b.dir.clone()).ok_or_else(|| {
@@ -58,6 +92,9 @@ pub fn open(source: &DrillSource, db: &Database) -> Result<Box<dyn CopySource>, 
             })?;
             Ok(Box::new(Local { dir }))
         }
+        DrillSource::Remote(name) => Ok(Box::new(super::remote::RemoteSource::open(
+            config, cfg, db, name,
+        )?)),
     }
 }
 
@@ -66,45 +103,135 @@ pub struct Local {
     pub dir: PathBuf,
 }
 
+/// The points of full backup runs in `dir`: the files of one run (one stamp) that passed
+/// verification, main database first; newest first.
+pub(super) fn full_points(
+    dir: &Path,
+    manifest: &Manifest,
+    db: &Database,
+) -> Result<Vec<(Point, Vec<Entry>)>, JobError> {
+    let sources = db.backup_sources();
+    let found = archive::list_of(dir, manifest, &db.name)?;
+    let mut points: Vec<(Point, Vec<Entry>)> = Vec::new();
+    for f in found.iter().filter(|f| !f.name.failed) {
+        let Some(entry) = f.entry.clone() else {
+            continue;
+        };
+        if entry.verified == Verified::Failed || !f.recorded() {
+            continue;
+        }
+        let Some(schema) = sources
+            .iter()
+            .find(|s| s.series == f.name.series)
+            .map(|s| s.schema.clone())
+        else {
+            continue;
+        };
+        let file = PointFile {
+            schema,
+            file: entry.file.clone(),
+            size: entry.size,
+            expect: Expect::from(&entry),
+        };
+        match points.iter_mut().find(|(p, _)| p.created_at == f.name.time) {
+            Some((p, entries)) => {
+                p.files.push(file);
+                entries.push(entry);
+            }
+            None => points.push((
+                Point {
+                    created_at: f.name.time,
+                    files: vec![file],
+                },
+                vec![entry],
+            )),
+        }
+    }
+    let order = |schema: &str| sources.iter().position(|s| s.schema == schema);
+    for (p, entries) in &mut points {
+        let mut both: Vec<(PointFile, Entry)> = p.files.drain(..).zip(entries.drain(..)).collect();
+        both.sort_by_key(|(f, _)| order(&f.schema));
+        (p.files, *entries) = both.into_iter().unzip();
+    }
+    // A point restores the database only with its main file.
+    points.retain(|(p, _)| p.files.first().is_some_and(|f| f.schema == "main"));
+    points.sort_by_key(|(p, _)| std::cmp::Reverse(p.created_at));
+    Ok(points)
+}
+
+/// The points of the incremental chain starting at the full run `full` (its entries, main
+/// first): one per delta of the main database, each attached database at its newest point
+/// written before the main database's next one (a run writes the main point first).
+fn chain_points(
+    manifest: &Manifest,
+    db: &Database,
+    full: &[Entry],
+    schemas: &[String],
+) -> Vec<Point> {
+    let deltas = |e: &Entry| -> Vec<DeltaEntry> {
+        chain::deltas_of(manifest, &db.name, &e.series)
+            .filter(|d| d.base == e.file)
+            .cloned()
+            .collect()
+    };
+    let main = deltas(&full[0]);
+    let others: Vec<Vec<DeltaEntry>> = full[1..].iter().map(deltas).collect();
+    let mut points = Vec::new();
+    for (i, d) in main.iter().enumerate() {
+        let until = main.get(i + 1).map(|n| n.created_at);
+        let mut files = vec![delta_file(&schemas[0], d, &full[0])];
+        for (k, e) in full[1..].iter().enumerate() {
+            let at = others[k]
+                .iter()
+                .rfind(|o| until.is_none_or(|u| o.created_at < u));
+            files.push(match at {
+                Some(o) => delta_file(&schemas[k + 1], o, e),
+                None => PointFile {
+                    schema: schemas[k + 1].clone(),
+                    file: e.file.clone(),
+                    size: e.size,
+                    expect: Expect::from(e),
+                },
+            });
+        }
+        points.push(Point {
+            created_at: d.created_at,
+            files,
+        });
+    }
+    points
+}
+
+/// A delta as a point's file: its pages are recorded, its rows are not (the image's SHA-256,
+/// checked by the restore, proves its bytes); foreign-key violations as at its full backup.
+fn delta_file(schema: &str, d: &DeltaEntry, base: &Entry) -> PointFile {
+    PointFile {
+        schema: schema.to_string(),
+        file: d.file.clone(),
+        size: d.size,
+        expect: Expect {
+            page_count: Some(d.page_count),
+            tables: Default::default(),
+            fk_violations: base.fk_violations,
+            unrecorded: "not recorded for incremental points (the image SHA-256 is checked)",
+        },
+    }
+}
+
 impl CopySource for Local {
     fn name(&self) -> &str {
         "local"
     }
 
+    /// Full backup runs and the points of their chains.
     fn points(&self, db: &Database) -> Result<Vec<Point>, JobError> {
         let manifest = Manifest::load(&self.dir)?;
-        let sources = db.backup_sources();
-        let found = archive::list_of(&self.dir, &manifest, &db.name)?;
-        // Group the files of one run (one stamp), skipping copies that failed verification.
-        let mut points: Vec<Point> = Vec::new();
-        for f in found.iter().filter(|f| !f.name.failed) {
-            let Some(entry) = f.entry.clone() else {
-                continue;
-            };
-            if entry.verified == Verified::Failed || !f.recorded() {
-                continue;
-            }
-            let Some(schema) = sources
-                .iter()
-                .find(|s| s.series == f.name.series)
-                .map(|s| s.schema.clone())
-            else {
-                continue;
-            };
-            match points.iter_mut().find(|p| p.created_at == f.name.time) {
-                Some(p) => p.files.push((schema, entry)),
-                None => points.push(Point {
-                    created_at: f.name.time,
-                    files: vec![(schema, entry)],
-                }),
-            }
+        let mut points = Vec::new();
+        for (full, entries) in full_points(&self.dir, &manifest, db)? {
+            let schemas: Vec<String> = full.files.iter().map(|f| f.schema.clone()).collect();
+            points.extend(chain_points(&manifest, db, &entries, &schemas));
+            points.push(full);
         }
-        let order = |schema: &str| sources.iter().position(|s| s.schema == schema);
-        for p in &mut points {
-            p.files.sort_by_key(|(schema, _)| order(schema));
-        }
-        // A point restores the database only with its main file.
-        points.retain(|p| p.files.first().is_some_and(|(s, _)| s == "main"));
         points.sort_by_key(|p| std::cmp::Reverse(p.created_at));
         Ok(points)
     }
@@ -114,8 +241,23 @@ impl CopySource for Local {
         Ok(Box::new(held))
     }
 
-    fn fetch(&self, db: &Database, file: &str) -> Result<BackupSource, RestoreError> {
-        restore::select_from(db, &self.dir, Some(file))
+    fn fetch(&self, db: &Database, f: &PointFile, _: &Path) -> Result<Fetched, RestoreError> {
+        // A chain's point: its full backup and deltas, each checked, as `restore DELTA` does.
+        let backup = match DeltaName::parse(&f.file) {
+            Some(_) => restore::point::select_delta(db, &f.file)?.ok_or_else(|| {
+                RestoreError::NoSuchBackup {
+                    dir: self.dir.clone(),
+                    wanted: f.file.clone(),
+                    database: db.name.clone(),
+                }
+            })?,
+            None => restore::select_from(db, &self.dir, Some(&f.file))?,
+        };
+        Ok(Fetched {
+            backup,
+            decrypt: Duration::ZERO,
+            decompress: Duration::ZERO,
+        })
     }
 
     fn mark(&self, db: &Database, copies: &[CopyDrill], at: DateTime<Utc>) -> Result<(), JobError> {
@@ -123,7 +265,8 @@ impl CopySource for Local {
     }
 }
 
-/// Set the `drill` of every file of `copies` in `dir`'s manifest, under the directory's lock.
+/// Set the `drill` of every file of `copies` in `dir`'s manifest, under the directory's lock;
+/// full backup runs only.
 fn mark_in(
     dir: &Path,
     db: &Database,
@@ -133,7 +276,12 @@ fn mark_in(
     let held = archive::lock_dir(dir)?;
     let mut manifest = Manifest::load(dir)?;
     let mut changed = false;
-    for c in copies {
+    // A chain's point is not a copy of its own: its verdict is the run's (a full backup among
+    // its files, an attached database without a delta yet, is not what failed).
+    for c in copies
+        .iter()
+        .filter(|c| DeltaName::parse(&c.backup).is_none())
+    {
         for file in &c.files {
             if let Some(e) = manifest
                 .backups

@@ -1,0 +1,183 @@
+//! Drilling a remote's copies (`from = ["offsite"]`): the remote's manifest lists the points
+//! (the copies of one backup run), each file is downloaded into the scratch directory, its
+//! stored bytes checked against the remote manifest's SHA-256, decrypted with the drill's
+//! `identity` (a file, or a systemd credential) and decompressed by the same code as
+//! `restore --from REMOTE` (`restore::remote::fetch_into`), then restored by the restore
+//! library like a local copy. Page and row counts come from the local manifest's entry of
+//! the same backup (same file, same SHA-256) when it is still there.
+//!
+//! The identity is read, and checked against the remote's `encrypt_to`, when the source is
+//! opened: a missing or wrong key is one error for the run, not a failed copy.
+
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+
+use super::checks::Expect;
+use super::source::{CopySource, Fetched, Point, PointFile};
+use crate::archive::Manifest;
+use crate::config::{Config, Database, Drill, Identity};
+use crate::domain::CopyDrill;
+use crate::jobs::JobError;
+use crate::remote::{Copy, RemoteManifest, Store};
+use crate::restore::{self, RestoreError};
+
+pub(super) struct RemoteSource {
+    name: String,
+    store: Store,
+    identities: Vec<Box<dyn age::Identity>>,
+    /// The database's backup directory, whose manifest has the counts of each backup.
+    local_dir: Option<PathBuf>,
+    /// The remote manifest's copies, as `points` read them.
+    copies: RefCell<Vec<Copy>>,
+}
+
+impl RemoteSource {
+    pub(super) fn open(
+        config: &Config,
+        cfg: &Drill,
+        db: &Database,
+        name: &str,
+    ) -> Result<RemoteSource, JobError> {
+        let remote = restore::remote::remote_of(config, db, name)
+            .map_err(|e| JobError::Config(e.to_string()))?;
+        let path = identity_path(cfg.identity.as_ref(), name)?;
+        let identities = restore::remote::read_identity(&path)
+            .map_err(|e| JobError::NoInput(format!("drill from remote {name:?}: {e}")))?;
+        check_identity(&path, &remote.recipients, name)?;
+        let store = Store::open(remote).map_err(|e| JobError::Remote(e.to_string(), e.code))?;
+        Ok(RemoteSource {
+            name: name.to_string(),
+            store,
+            identities,
+            local_dir: db.backup.as_ref().map(|b| b.dir.clone()),
+            copies: RefCell::new(Vec::new()),
+        })
+    }
+}
+
+/// The identity file: the configured path, or `$CREDENTIALS_DIRECTORY/NAME` for
+/// `credential:NAME` (`LoadCredential=NAME:FILE` in the unit).
+fn identity_path(identity: Option<&Identity>, remote: &str) -> Result<PathBuf, JobError> {
+    match identity {
+        None => Err(JobError::Config(format!(
+            "a drill from remote {remote:?} needs `identity` in [database.drill]: the age identity that decrypts its copies"
+        ))),
+        Some(Identity::File(p)) => Ok(p.clone()),
+        Some(Identity::Credential(name)) => match std::env::var_os("CREDENTIALS_DIRECTORY") {
+            Some(dir) => Ok(Path::new(&dir).join(name)),
+            None => Err(JobError::NoInput(format!(
+                "drill.identity = \"credential:{name}\" is a systemd credential, but $CREDENTIALS_DIRECTORY is not set (add LoadCredential={name}:FILE to the drill's unit)"
+            ))),
+        },
+    }
+}
+
+/// Refuse an identity file whose X25519 keys are none of the remote's recipients: it cannot
+/// decrypt a copy made now. A file of other identities (plugins) is left to age.
+fn check_identity(path: &Path, recipients: &[String], remote: &str) -> Result<(), JobError> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let publics: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("AGE-SECRET-KEY-1"))
+        .filter_map(|l| age::x25519::Identity::from_str(l).ok())
+        .map(|i| i.to_public().to_string())
+        .collect();
+    if publics.is_empty() || publics.iter().any(|p| recipients.contains(p)) {
+        return Ok(());
+    }
+    Err(JobError::Config(format!(
+        "drill.identity {}: none of its keys ({}) is a recipient of remote {remote:?} (encrypt_to: {}), so it cannot decrypt the copies; point identity at the key whose public key (age-keygen -y) is in encrypt_to",
+        path.display(),
+        publics.join(", "),
+        recipients.join(", ")
+    )))
+}
+
+impl CopySource for RemoteSource {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The copies of one backup run (one backup time), main database first; newest first.
+    fn points(&self, db: &Database) -> Result<Vec<Point>, JobError> {
+        let manifest = RemoteManifest::load(&self.store, &db.name)
+            .map_err(|e| JobError::Remote(e.to_string(), e.code))?;
+        let local = self
+            .local_dir
+            .as_ref()
+            .and_then(|d| Manifest::load(d).ok())
+            .unwrap_or_default();
+        let sources = db.backup_sources();
+        let mut points: Vec<Point> = Vec::new();
+        for c in &manifest.copies {
+            let Some(schema) = sources.iter().find(|s| s.series == c.series) else {
+                continue;
+            };
+            let expect = match local.get(&c.local_file) {
+                Some(e) if e.sha256 == c.source_sha256 => Expect::from(e),
+                _ => Expect {
+                    unrecorded: "none recorded (the local manifest no longer has this backup)",
+                    ..Expect::default()
+                },
+            };
+            let file = PointFile {
+                schema: schema.schema.clone(),
+                file: c.local_file.clone(),
+                size: c.size,
+                expect,
+            };
+            match points.iter_mut().find(|p| p.created_at == c.backup_time) {
+                Some(p) => p.files.push(file),
+                None => points.push(Point {
+                    created_at: c.backup_time,
+                    files: vec![file],
+                }),
+            }
+        }
+        let order = |schema: &str| sources.iter().position(|s| s.schema == schema);
+        for p in &mut points {
+            p.files.sort_by_key(|f| order(&f.schema));
+        }
+        points.retain(|p| p.files.first().is_some_and(|f| f.schema == "main"));
+        points.sort_by_key(|p| std::cmp::Reverse(p.created_at));
+        *self.copies.borrow_mut() = manifest.copies;
+        Ok(points)
+    }
+
+    /// Remote retention runs in the backup job; a copy it deletes under a drill fails the
+    /// download, naming the object.
+    fn hold(&self) -> Result<Box<dyn std::any::Any>, JobError> {
+        Ok(Box::new(()))
+    }
+
+    fn fetch(&self, db: &Database, f: &PointFile, staging: &Path) -> Result<Fetched, RestoreError> {
+        let copy = self
+            .copies
+            .borrow()
+            .iter()
+            .find(|c| c.local_file == f.file)
+            .cloned()
+            .ok_or_else(|| RestoreError::NoRemoteCopy {
+                remote: self.name.clone(),
+                database: db.name.clone(),
+                wanted: Some(f.file.clone()),
+            })?;
+        let (backup, took) =
+            restore::remote::fetch_into(&self.store, db, &copy, &self.identities, staging)?;
+        Ok(Fetched {
+            backup,
+            decrypt: took.decrypt,
+            decompress: took.decode,
+        })
+    }
+
+    /// The remote manifest is the backup job's: a remote copy's verdict is in the run's
+    /// history, metrics and journal, not beside the copy.
+    fn mark(&self, _: &Database, _: &[CopyDrill], _: DateTime<Utc>) -> Result<(), JobError> {
+        Ok(())
+    }
+}

@@ -1,0 +1,268 @@
+//! Restore drills of off-site copies on a real S3 server (moto): a copy is downloaded,
+//! checked, decrypted with the drill's identity (a file or a systemd credential), restored and
+//! checked, with each phase timed; after the local backups are lost it still restores; a
+//! corrupted object fails the drill naming the copy and the remote; a missing, unreadable or
+//! wrong identity is one clear error, and no copy is marked for it.
+
+use std::path::Path;
+use std::process::Output;
+
+use super::fixture::*;
+use crate::util::{both, TestEnv};
+
+/// `litekeeper drill chat ARGS` with the moto credentials and `env_extra`.
+fn drill(env: &TestEnv, args: &[&str], env_extra: &[(&str, &Path)]) -> Output {
+    let mut c = env.cmd();
+    c.arg("drill").arg("chat").args(args);
+    for (k, v) in KEYS {
+        c.env(k, v);
+    }
+    for (k, v) in env_extra {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+/// moto with a bucket, `chat` backed up once and copied off-site, drilled as `drill` says
+/// (lines of `[database.drill]`). The identity file and the moto server.
+fn setup(env: &TestEnv, drill: &str) -> (std::path::PathBuf, Moto, String) {
+    let moto = Moto::start();
+    moto.bucket(BUCKET);
+    let (identity, public) = keygen(env);
+    let db = chat_db(env);
+    let body = s3_remote(&moto.endpoint(), &public);
+    config(
+        env,
+        &db,
+        &body,
+        &format!("compress = \"zstd\"\n[database.drill]\n{drill}\n"),
+    );
+    let o = run(env, &["run", "chat", "backup"]);
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    (identity, moto, body)
+}
+
+fn status_copies(env: &TestEnv) -> serde_json::Value {
+    let json = env.status_json();
+    json["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["job"] == "drill")
+        .unwrap()["last"]["figures"]["copies"]
+        .clone()
+}
+
+#[test]
+fn a_drill_from_s3_downloads_decrypts_restores_and_checks_the_copy_timing_each_phase() {
+    let env = TestEnv::new();
+    let (identity, _moto, _) = setup(
+        &env,
+        &format!(
+            "from = [\"local\", \"offsite\"]\nidentity = \"{}\"\nassert = [\"SELECT count(*) = 500 FROM m\"]",
+            env.path("identity.txt").display()
+        ),
+    );
+    assert!(identity.exists());
+    let copy = local_backups(&env)[0].clone();
+    let o = drill(&env, &[], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    for want in [
+        format!("{copy} from local"),
+        format!("{copy} from offsite"),
+        "decrypt ".into(),
+        format!("row counts {copy}: 1 table(s) as recorded: ok"),
+        "assert[0] \"SELECT count(*) = 500 FROM m\": ok".into(),
+    ] {
+        assert!(out.contains(&want), "{want:?} not in {out}");
+    }
+    assert_eq!(out.matches("verdict: ok").count(), 2, "{out}");
+    // Each phase is in the run's figures, the remote's copy with its stored bytes.
+    let copies = status_copies(&env);
+    let remote = copies
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["source"] == "offsite")
+        .unwrap()
+        .clone();
+    for phase in [
+        "fetch_ms",
+        "decrypt_ms",
+        "decompress_ms",
+        "restore_ms",
+        "check_ms",
+    ] {
+        assert!(
+            remote["phases"][phase].as_u64().is_some(),
+            "{phase}: {remote}"
+        );
+    }
+    assert!(remote["bytes"].as_u64().unwrap() > 0, "{remote}");
+    assert!(
+        remote["restored_bytes"].as_u64().unwrap() > remote["bytes"].as_u64().unwrap(),
+        "{remote}"
+    );
+    // Nothing is left in the scratch directory.
+    assert!(!env.path("state/drill/chat").exists());
+
+    // The worst day: the local backups are gone; the remote copy still restores, with no
+    // counts to compare (they lived in the local manifest).
+    std::fs::remove_dir_all(env.path("backups")).unwrap();
+    let o = drill(&env, &["--from", "offsite"], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains(&format!(
+            "row counts {copy}: none recorded (the local manifest no longer has this backup)"
+        )) && out.contains("integrity_check")
+            && out.contains("verdict: ok"),
+        "{out}"
+    );
+}
+
+#[test]
+fn the_identity_may_be_a_systemd_credential() {
+    let env = TestEnv::new();
+    let (identity, _moto, _) = setup(
+        &env,
+        "from = [\"offsite\"]\nidentity = \"credential:drill-age\"",
+    );
+    let creds = env.path("creds");
+    std::fs::create_dir(&creds).unwrap();
+    std::fs::copy(&identity, creds.join("drill-age")).unwrap();
+    let o = drill(&env, &[], &[("CREDENTIALS_DIRECTORY", &creds)]);
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    assert!(both(&o).contains("from offsite"), "{}", both(&o));
+    // `systemd-units` loads it for the units that run drills, and only those.
+    let units = env.path("units");
+    let o = env.systemd_units(&units, &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    for unit in ["litekeeper.service.d", "litekeeper-drill@.service.d"] {
+        let text = std::fs::read_to_string(units.join(unit).join("identity.conf")).unwrap();
+        assert!(
+            text.contains("LoadCredential=drill-age\n"),
+            "{unit}: {text}"
+        );
+    }
+    assert!(!units
+        .join("litekeeper-backup@.service.d/identity.conf")
+        .exists());
+    // Without the credentials directory: one line saying what to add to the unit.
+    let o = drill(&env, &[], &[]);
+    assert_eq!(o.status.code(), Some(66), "{}", both(&o));
+    assert!(
+        both(&o).contains("$CREDENTIALS_DIRECTORY is not set")
+            && both(&o).contains("LoadCredential=drill-age"),
+        "{}",
+        both(&o)
+    );
+}
+
+#[test]
+fn a_corrupted_remote_object_fails_the_drill_naming_the_copy_and_the_remote() {
+    let env = TestEnv::new();
+    let (_identity, moto, _) = setup(
+        &env,
+        &format!(
+            "from = [\"offsite\"]\nidentity = \"{}\"",
+            env.path("identity.txt").display()
+        ),
+    );
+    let copy = local_backups(&env)[0].clone();
+    let key = format!("lk/chat/{copy}.age");
+    let mut bytes = moto.get(&key).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    moto.put(&key, &bytes);
+    let o = drill(&env, &[], &[]);
+    assert_eq!(o.status.code(), Some(65), "{}", both(&o));
+    let text = both(&o);
+    assert!(
+        text.contains(&format!("{copy} (offsite)"))
+            && text.contains("remote \"offsite\"")
+            && text.contains("changed or damaged"),
+        "{text}"
+    );
+    let copies = status_copies(&env);
+    assert_eq!(copies[0]["verdict"], "failed", "{copies}");
+    assert_eq!(copies[0]["backup"], copy.as_str(), "{copies}");
+    // The local copy is not the one that failed: its manifest entry carries no mark.
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(env.path("backups/manifest.json")).unwrap()).unwrap();
+    let entry = m["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["file"] == copy.as_str())
+        .unwrap()
+        .clone();
+    assert!(entry.get("drill").is_none(), "{entry}");
+    assert!(!env.path("state/drill/chat").exists());
+}
+
+#[test]
+fn a_missing_or_wrong_identity_is_one_clear_error() {
+    let env = TestEnv::new();
+    let (_identity, _moto, body) = setup(&env, "from = [\"local\"]");
+    let db = env.path("chat.db");
+    let with = |drill: &str| {
+        config(
+            &env,
+            &db,
+            &body,
+            &format!("compress = \"zstd\"\n[database.drill]\n{drill}\n"),
+        )
+    };
+    // Not configured: refused at load, naming the key.
+    with("from = [\"offsite\"]");
+    let o = run(&env, &["check"]);
+    assert_eq!(o.status.code(), Some(78), "{}", both(&o));
+    assert!(
+        both(&o).contains("drill.identity") && both(&o).contains("needs the age identity"),
+        "{}",
+        both(&o)
+    );
+    // `--from offsite` when only local is scheduled, and no identity: one line, exit 78.
+    with("from = [\"local\"]");
+    let o = drill(&env, &["--from", "offsite"], &[]);
+    assert_eq!(o.status.code(), Some(78), "{}", both(&o));
+    assert!(both(&o).contains("needs `identity`"), "{}", both(&o));
+    // A file that is not there: exit 66, naming it.
+    let gone = env.path("gone.age");
+    with(&format!(
+        "from = [\"offsite\"]\nidentity = \"{}\"",
+        gone.display()
+    ));
+    let o = drill(&env, &[], &[]);
+    assert_eq!(o.status.code(), Some(66), "{}", both(&o));
+    assert!(
+        both(&o).contains(&gone.display().to_string())
+            && both(&o).contains("cannot read the age identity"),
+        "{}",
+        both(&o)
+    );
+    // Another key: exit 78, saying which keys it holds and which the remote wants.
+    let other = env.path("other.age");
+    std::fs::write(
+        &other,
+        "AGE-SECRET-KEY-1S5DV4KTN89CYX83LN6YCHR9ZX83X0R78RSNGVMX68ZK6SK7T4ADQGD6C9X\n",
+    )
+    .unwrap();
+    with(&format!(
+        "from = [\"offsite\"]\nidentity = \"{}\"",
+        other.display()
+    ));
+    let o = drill(&env, &[], &[]);
+    assert_eq!(o.status.code(), Some(78), "{}", both(&o));
+    assert!(
+        both(&o).contains("none of its keys") && both(&o).contains("remote \"offsite\""),
+        "{}",
+        both(&o)
+    );
+    // None of these failed a copy: no drill mark anywhere, no verdict recorded.
+    let m = std::fs::read_to_string(env.path("backups/manifest.json")).unwrap();
+    assert!(!m.contains("\"drill\""), "{m}");
+    assert!(!env.path("state/drill/chat").exists());
+}
