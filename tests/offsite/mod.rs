@@ -3,6 +3,7 @@
 
 mod config;
 mod fixture;
+mod ops;
 mod restore;
 mod retention;
 mod upload;

@@ -60,15 +60,12 @@ pub fn remotes_of<'a>(
         .collect()
 }
 
-/// Mark the copies just written pending on every remote of `db`, then push.
-pub fn after_backup(
-    config: &Config,
-    db: &Database,
-    written: &[Entry],
-) -> Result<Option<Pushed>, String> {
+/// Mark the copies just written pending on every remote of `db` (before local retention
+/// judges, so `offsite_hold` sees them; again is harmless).
+pub fn mark_pending(config: &Config, db: &Database, written: &[Entry]) -> Result<(), String> {
     let remotes = remotes_of(config, db, None);
     if remotes.is_empty() {
-        return Ok(None);
+        return Ok(());
     }
     let st = state(config)?;
     for r in &remotes {
@@ -77,6 +74,19 @@ pub fn after_backup(
                 .map_err(|e| e.to_string())?;
         }
     }
+    Ok(())
+}
+
+/// Mark the copies just written pending on every remote of `db`, then push.
+pub fn after_backup(
+    config: &Config,
+    db: &Database,
+    written: &[Entry],
+) -> Result<Option<Pushed>, String> {
+    if remotes_of(config, db, None).is_empty() {
+        return Ok(None);
+    }
+    mark_pending(config, db, written)?;
     push_pending(config, db, None).map(Some)
 }
 
@@ -135,6 +145,15 @@ pub fn push_pending(config: &Config, db: &Database, only: Option<&str>) -> Resul
                     stored_now.push(remote::object_name(&p.file));
                     st.pending_done(p).map_err(|e| e.to_string())?;
                     let _ = st.remote_stored(&db.name, &r.name, Utc::now(), up.size);
+                    let _ = st.copy_stored(&crate::state::StoredCopy {
+                        database: db.name.clone(),
+                        remote: r.name.clone(),
+                        file: p.file.clone(),
+                        series: entry.series.clone(),
+                        backup_time: entry.created_at,
+                        stored_at: Utc::now(),
+                        size: up.size,
+                    });
                     out.copies += 1;
                     out.bytes += up.size;
                     if !out.remotes.contains(&r.name) {
@@ -154,7 +173,10 @@ pub fn push_pending(config: &Config, db: &Database, only: Option<&str>) -> Resul
         // while the newest copy is missing.
         if !failed {
             match retain(config, db, &store, &stored_now) {
-                Ok(mut d) => out.deleted.append(&mut d),
+                Ok(mut d) => {
+                    forget_deleted(&st, &db.name, &r.name, &d);
+                    out.deleted.append(&mut d)
+                }
                 Err(e) => out.errors.push(e),
             }
         }
@@ -162,6 +184,23 @@ pub fn push_pending(config: &Config, db: &Database, only: Option<&str>) -> Resul
     out.elapsed = started.elapsed();
     out.pending = st.pending(&db.name, only).map_err(|e| e.to_string())?.len() as u64;
     Ok(out)
+}
+
+/// Remote retention deleted `objects`: their local files are no longer stored there.
+fn forget_deleted(st: &State, database: &str, remote: &str, objects: &[String]) {
+    if objects.is_empty() {
+        return;
+    }
+    let files: Vec<String> = st
+        .stored_copies(database, remote)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| objects.contains(&remote::object_name(&c.file)))
+        .map(|c| c.file)
+        .collect();
+    if let Err(e) = st.copies_deleted(database, remote, &files) {
+        tracing::warn!("remote {remote:?}: could not record the copies retention deleted: {e}");
+    }
 }
 
 /// Remote retention of `db` on `store` with the backup's `remote_keep`.
