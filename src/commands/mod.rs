@@ -3,6 +3,7 @@
 pub mod backups;
 mod backups_offsite;
 pub mod check;
+mod check_remote;
 pub mod daemon;
 pub mod demo;
 mod offsite_health;

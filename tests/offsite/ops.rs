@@ -35,6 +35,93 @@ fn line_with<'a>(text: &'a str, needle: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no line with {needle:?} in\n{text}"))
 }
 
+#[test]
+fn check_probes_each_remote_and_names_what_failed() {
+    let env = TestEnv::new();
+    let moto = Moto::start();
+    moto.bucket(BUCKET);
+    let (identity, public) = keygen(&env);
+    let db = chat_db(&env);
+
+    // A working remote: one ok line, the probe object gone afterwards.
+    config(&env, &db, &s3_remote(&moto.endpoint(), &public), "");
+    let o = run(&env, &["check", "--identity", identity.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let out = stdout(&o);
+    let ok = line_with(&out, "remote offsite: ok: ");
+    assert!(ok.contains("bucket \"lk-offsite\" writable"), "{ok}");
+    assert!(ok.contains("the identity decrypts"), "{ok}");
+    assert!(
+        objects(&moto, "lk").is_empty(),
+        "{:?}",
+        objects(&moto, "lk")
+    );
+    assert!(!both(&o).contains("lk-test-secret-never-printed"));
+
+    // An identity that is not among the recipients: the copies could not be restored with it.
+    let other = env.path("other.txt");
+    let g = std::process::Command::new("age-keygen")
+        .arg("-o")
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert!(g.status.success());
+    let o = run(&env, &["check", "--identity", other.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", both(&o));
+    let out = stdout(&o);
+    let err = line_with(&out, "remote offsite: error: ");
+    assert!(
+        err.contains("no recipient in encrypt_to belongs to this identity"),
+        "{err}"
+    );
+    assert!(
+        out.contains("remote offsite:   fix: encrypt_to must hold"),
+        "{out}"
+    );
+    assert!(
+        objects(&moto, "lk").is_empty(),
+        "the probe is deleted after a failure too"
+    );
+
+    // A missing bucket.
+    let missing = s3_remote(&moto.endpoint(), &public).replace(BUCKET, "lk-no-such-bucket");
+    config(&env, &db, &missing, "");
+    let o = run(&env, &["check"]);
+    assert_eq!(o.status.code(), Some(1), "{}", both(&o));
+    let err = line_with(&stdout(&o), "remote offsite: error: ").to_string();
+    assert!(
+        err.contains("bucket \"lk-no-such-bucket\" does not exist"),
+        "{err}"
+    );
+    let out = stdout(&o);
+    assert!(
+        out.contains("remote offsite:   fix: create the bucket"),
+        "{out}"
+    );
+    assert!(out.contains("\n1 error(s), "), "{out}");
+
+    // Nothing listening.
+    let down = format!("http://127.0.0.1:{}", free_port());
+    config(&env, &db, &s3_remote(&down, &public), "");
+    let o = run(&env, &["check"]);
+    assert_eq!(o.status.code(), Some(1), "{}", both(&o));
+    let err = line_with(&stdout(&o), "remote offsite: error: ").to_string();
+    assert!(err.contains("connection refused"), "{err}");
+
+    // No credentials in the environment.
+    config(&env, &db, &s3_remote(&moto.endpoint(), &public), "");
+    let o = env
+        .cmd()
+        .arg("check")
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", both(&o));
+    let err = line_with(&stdout(&o), "remote offsite: error: ").to_string();
+    assert!(err.contains("reading credentials"), "{err}");
+    assert!(err.contains("AWS_ACCESS_KEY_ID"), "{err}");
+}
+
 /// The metrics file's samples of `family` for chat → offsite.
 fn sample(prom: &std::path::Path, family: &str) -> Option<f64> {
     let text = std::fs::read_to_string(prom).unwrap();
