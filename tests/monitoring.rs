@@ -126,24 +126,30 @@ fn every_metric_the_rules_and_the_dashboard_query_is_one_the_daemon_writes() {
     }
 }
 
-#[test]
-fn promtool_accepts_the_rules() {
-    let rules = root().join("packaging/prometheus/litekeeper.rules.yml");
-    let o = match std::process::Command::new("promtool")
-        .arg("check")
-        .arg("rules")
-        .arg(&rules)
+/// `promtool ARGS FILE` (a file in packaging/prometheus/); None when promtool is missing
+/// outside CI.
+fn promtool(args: &[&str], file: &str) -> Option<std::process::Output> {
+    match std::process::Command::new("promtool")
+        .args(args)
+        .arg(root().join("packaging/prometheus").join(file))
         .output()
     {
-        Ok(o) => o,
+        Ok(o) => Some(o),
         Err(e) => {
             assert!(
                 !in_ci(),
                 "CI is set but promtool cannot run ({e}): apt-get install prometheus"
             );
             eprintln!("skipped: needs promtool (Debian package prometheus): {e}");
-            return;
+            None
         }
+    }
+}
+
+#[test]
+fn promtool_accepts_the_rules() {
+    let Some(o) = promtool(&["check", "rules"], "litekeeper.rules.yml") else {
+        return;
     };
     assert!(o.status.success(), "{}", both(&o));
     assert!(both(&o).contains("SUCCESS: 8 rules found"), "{}", both(&o));
@@ -151,22 +157,8 @@ fn promtool_accepts_the_rules() {
 
 #[test]
 fn promtool_unit_tests_of_the_offsite_alerts_pass() {
-    let tests = root().join("packaging/prometheus/litekeeper.rules.test.yml");
-    let o = match std::process::Command::new("promtool")
-        .arg("test")
-        .arg("rules")
-        .arg(&tests)
-        .output()
-    {
-        Ok(o) => o,
-        Err(e) => {
-            assert!(
-                !in_ci(),
-                "CI is set but promtool cannot run ({e}): apt-get install prometheus"
-            );
-            eprintln!("skipped: needs promtool (Debian package prometheus): {e}");
-            return;
-        }
+    let Some(o) = promtool(&["test", "rules"], "litekeeper.rules.test.yml") else {
+        return;
     };
     assert!(o.status.success(), "{}", both(&o));
     assert!(both(&o).contains("SUCCESS"), "{}", both(&o));

@@ -10,19 +10,7 @@ use crate::util::{both, stdout, TestEnv};
 fn objects(moto: &Moto, prefix: &str) -> Vec<String> {
     use futures::TryStreamExt;
     use object_store::ObjectStore;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let s3 = object_store::aws::AmazonS3Builder::new()
-        .with_bucket_name(BUCKET)
-        .with_region("us-east-1")
-        .with_endpoint(moto.endpoint())
-        .with_allow_http(true)
-        .with_access_key_id(KEYS[0].1)
-        .with_secret_access_key(KEYS[1].1)
-        .build()
-        .unwrap();
+    let (rt, s3) = moto.client();
     let p = object_store::path::Path::from(prefix);
     let found: Vec<object_store::ObjectMeta> =
         rt.block_on(s3.list(Some(&p)).try_collect()).unwrap();
@@ -213,19 +201,21 @@ fn metrics_and_status_follow_pending_and_stored_copies() {
     assert!(line.contains("s ago (max 3s)"), "{line}");
 }
 
+/// chat copied to an S3 remote on a port nothing listens on yet (`Moto::start_on(port)`
+/// brings it up), with `backup_extra` in `[database.backup]`: the port.
+fn chat_with_remote_down(env: &TestEnv, backup_extra: &str) -> u16 {
+    let (_identity, public) = keygen(env);
+    let db = chat_db(env);
+    let port = free_port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    config(env, &db, &s3_remote(&endpoint, &public), backup_extra);
+    port
+}
+
 #[test]
 fn backups_list_says_where_each_copy_stands_without_the_remote() {
     let env = TestEnv::new();
-    let (_identity, public) = keygen(&env);
-    let db = chat_db(&env);
-    let port = free_port();
-    let endpoint = format!("http://127.0.0.1:{port}");
-    config(
-        &env,
-        &db,
-        &s3_remote(&endpoint, &public),
-        "keep = { last = 5 }",
-    );
+    let port = chat_with_remote_down(&env, "keep = { last = 5 }");
     let moto = Moto::start_on(port);
     moto.bucket(BUCKET);
     let o = run(&env, &["run", "chat", "backup"]);
@@ -286,16 +276,7 @@ fn backups_list_says_where_each_copy_stands_without_the_remote() {
 #[test]
 fn local_retention_keeps_backups_a_remote_still_waits_for() {
     let env = TestEnv::new();
-    let (_identity, public) = keygen(&env);
-    let db = chat_db(&env);
-    let port = free_port();
-    let endpoint = format!("http://127.0.0.1:{port}");
-    config(
-        &env,
-        &db,
-        &s3_remote(&endpoint, &public),
-        "keep = { last = 1 }\nremote_keep = { last = 3 }",
-    );
+    let port = chat_with_remote_down(&env, "keep = { last = 1 }\nremote_keep = { last = 3 }");
     for _ in 0..3 {
         let o = run(&env, &["run", "chat", "backup"]);
         assert_eq!(o.status.code(), Some(75), "{}", both(&o));
@@ -355,15 +336,7 @@ fn local_retention_keeps_backups_a_remote_still_waits_for() {
 #[test]
 fn local_retention_does_not_hold_what_the_remote_would_not_keep() {
     let env = TestEnv::new();
-    let (_identity, public) = keygen(&env);
-    let db = chat_db(&env);
-    let endpoint = format!("http://127.0.0.1:{}", free_port());
-    config(
-        &env,
-        &db,
-        &s3_remote(&endpoint, &public),
-        "keep = { last = 1 }\nremote_keep = { last = 1 }",
-    );
+    chat_with_remote_down(&env, "keep = { last = 1 }\nremote_keep = { last = 1 }");
     for _ in 0..3 {
         let o = run(&env, &["run", "chat", "backup"]);
         assert_eq!(o.status.code(), Some(75), "{}", both(&o));
