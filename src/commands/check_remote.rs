@@ -104,6 +104,8 @@ fn fix(e: &RemoteError) -> &'static str {
         "encrypt_to must hold the public key of the identity you restore with (age-keygen -y IDENTITY)"
     } else if e.what.starts_with("deleting") {
         "the key may write but not delete: remote retention needs s3:DeleteObject on the prefix"
+    } else if e.what == "opening the directory" {
+        "mount the disk or create the directory (owned by the user litekeeper runs as)"
     } else if e.cause.contains("does not exist (404)") {
         "create the bucket, or fix the bucket in `url`"
     } else if e.what.starts_with("listing") {
@@ -119,6 +121,21 @@ fn probe(
     identities: Option<&[Box<dyn age::Identity>]>,
 ) -> Result<String, RemoteError> {
     let started = Instant::now();
+    // A missing directory is reported, not created: it may be an unmounted NAS.
+    if let crate::config::Target::Dir { dir } = &remote.target {
+        if !dir.is_dir() {
+            return Err(RemoteError {
+                remote: remote.name.clone(),
+                url: remote.url.clone(),
+                what: "opening the directory".into(),
+                cause: format!(
+                    "{} does not exist or is not a directory (is the disk or NAS mounted?)",
+                    dir.display()
+                ),
+                code: crate::domain::ExitCode::NoInput,
+            });
+        }
+    }
     let mut r = (**remote).clone();
     r.timeout = r.timeout.min(PROBE_TIMEOUT);
     let store = Store::open(Arc::new(r))?;

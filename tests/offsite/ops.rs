@@ -96,6 +96,35 @@ fn check_probes_each_remote_and_names_what_failed() {
     let err = line_with(&stdout(&o), "remote offsite: error: ").to_string();
     assert!(err.contains("connection refused"), "{err}");
 
+    // A file:// remote: probed the same way; a missing directory (an unmounted NAS?) is
+    // reported and not created.
+    let nas = env.path("nas");
+    let file_remote = format!(
+        "url = \"file://{}\"\nencrypt_to = [\"{public}\"]\n",
+        nas.display()
+    );
+    config(&env, &db, &file_remote, "");
+    let o = run(&env, &["check"]);
+    assert_eq!(o.status.code(), Some(1), "{}", both(&o));
+    let err = line_with(&stdout(&o), "remote offsite: error: ").to_string();
+    assert!(
+        err.contains("does not exist or is not a directory"),
+        "{err}"
+    );
+    assert!(!nas.exists(), "check created {}", nas.display());
+    std::fs::create_dir(&nas).unwrap();
+    let o = run(&env, &["check"]);
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    assert!(
+        stdout(&o).contains("remote offsite: ok: file://"),
+        "{}",
+        both(&o)
+    );
+    let probes = std::fs::read_dir(nas.join(".litekeeper-check"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(probes, 0, "the probe object is deleted");
+
     // No credentials in the environment.
     config(&env, &db, &s3_remote(&moto.endpoint(), &public), "");
     let o = env
