@@ -47,6 +47,9 @@ impl Write for Parts<'_> {
             self.failed = Some(e);
             return Err(io::Error::other(msg));
         }
+        // A full part is spawned on the store's runtime (a caller outside any runtime, like
+        // `backups push`, would panic).
+        let _rt = self.store.rt.enter();
         w.write(buf);
         self.hasher.update(buf);
         self.size += buf.len() as u64;
