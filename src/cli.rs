@@ -261,6 +261,10 @@ pub struct DrillArgs {
 pub struct CheckArgs {
     /// Only these databases or fleets (a fleet's name without {stem}; default: all).
     pub databases: Vec<String>,
+    /// An age identity file: check that it decrypts what each remote's encrypt_to encrypts
+    /// (the key you would restore with; it is read here only, never stored).
+    #[arg(long, value_name = "FILE")]
+    pub identity: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -12,6 +12,8 @@
 //! `keep_history`, so each write first adds the runs not counted yet to the totals the state DB
 //! keeps (`HistoryReader::tally`).
 //!
+//! The off-site families (per database and remote) are rendered by `remote.rs`.
+//!
 //! A write failure is logged as a warning and never fails the job. The daemon rewrites the
 //! file from one background writer, at most once a second (see `MetricsWriter`).
 
@@ -28,6 +30,8 @@ use crate::config::{Config, Database};
 use crate::db_files::{file_len, DbFiles};
 use crate::domain::{Figures, JobKind, Outcome, RunState};
 use crate::state::{History, HistoryReader, RunRecord, State};
+
+mod remote;
 
 /// Lock file in `lock_dir` serialising metrics writers ('.' cannot occur in a database name,
 /// so it never collides with a database's lock).
@@ -573,7 +577,7 @@ pub(crate) fn render(config: &Config, history: &HistoryReader) -> rusqlite::Resu
         }
         families.files(db);
     }
-    Ok(families.render())
+    Ok(families.render() + &remote::render(config, history)?)
 }
 
 #[cfg(test)]

@@ -93,6 +93,9 @@ pub enum Reason {
     NotABackup,
     /// The full backup an incremental chain starts from, kept while the chain's deltas are.
     ChainBase,
+    /// Its off-site copy is pending on a remote whose retention would keep it: kept until
+    /// stored (`jobs::backup::offsite_hold`).
+    OffsitePending,
 }
 
 impl Reason {
@@ -114,6 +117,7 @@ impl Reason {
             Reason::NotInManifest => "not-in-manifest",
             Reason::NotABackup => "not-a-backup",
             Reason::ChainBase => "chain-base",
+            Reason::OffsitePending => "offsite-pending",
         }
     }
 }

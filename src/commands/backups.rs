@@ -85,6 +85,9 @@ struct BackupJson {
     warning: Option<String>,
     /// The last restore drill of this copy (null when never drilled).
     drill: Option<crate::archive::DrillMark>,
+    /// Its copy on each remote of the database, from the state DB (absent without remotes).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    offsite: Vec<super::backups_offsite::OffsiteJson>,
 }
 
 pub fn list(path: &Path, args: BackupsListArgs) -> Result<ExitCode, Failure> {
@@ -132,15 +135,20 @@ pub fn list(path: &Path, args: BackupsListArgs) -> Result<ExitCode, Failure> {
     // Each database is listed as soon as its directory is read; one that cannot be read is
     // an entry with its error (and a line on stderr), and the listing goes on.
     let failed = std::cell::Cell::new(0usize);
+    let offsite = super::backups_offsite::Offsite::open(&config);
     let listed = dbs.iter().map(|db| {
         let cfg = db.backup.as_ref().expect("filtered above");
         let listed = check_names(db, cfg)
             .map_err(|e| format!("its backups cannot be written: {e}"))
             .and_then(|()| {
-                retention_plan(db, cfg, zone, now, None, &[]).map_err(|e| e.to_string())
+                let held = offsite.held(db, zone, now);
+                retention_plan(db, cfg, zone, now, None, &[], &held).map_err(|e| e.to_string())
             });
         Ok(match listed {
-            Ok(plan) => to_json(db, &cfg.dir, &plan, now),
+            Ok(plan) => {
+                let files: Vec<String> = plan.iter().map(|p| p.found.file()).collect();
+                to_json(db, &cfg.dir, &plan, now, offsite.of(db, &files))
+            }
             Err(e) => {
                 failed.set(failed.get() + 1);
                 eprintln!("litekeeper: backups list {}: {e}", db.name);
@@ -249,6 +257,14 @@ fn write_human(
                     b.kept_by.join(", ")
                 }
             )?;
+            if !b.offsite.is_empty() {
+                let ago = |t: DateTime<Utc>| age(Utc::now().signed_duration_since(t).num_seconds());
+                writeln!(
+                    out,
+                    "    off-site: {}",
+                    super::backups_offsite::human(&b.offsite, ago)
+                )?;
+            }
             if let Some(d) = &b.drill {
                 let ago = age(Utc::now().signed_duration_since(d.at).num_seconds());
                 match &d.error {
@@ -295,7 +311,13 @@ fn write_human(
     Ok(())
 }
 
-fn to_json(db: &Database, dir: &Path, plan: &[Planned], now: DateTime<Utc>) -> DatabaseJson {
+fn to_json(
+    db: &Database,
+    dir: &Path,
+    plan: &[Planned],
+    now: DateTime<Utc>,
+    mut offsite: std::collections::HashMap<String, Vec<super::backups_offsite::OffsiteJson>>,
+) -> DatabaseJson {
     let backups: Vec<BackupJson> = plan
         .iter()
         .map(|p| BackupJson {
@@ -326,6 +348,7 @@ fn to_json(db: &Database, dir: &Path, plan: &[Planned], now: DateTime<Utc>) -> D
                 .collect(),
             warning: p.warning(),
             drill: p.entry.as_ref().and_then(|e| e.drill.clone()),
+            offsite: offsite.remove(&p.found.file()).unwrap_or_default(),
         })
         .collect();
     DatabaseJson {
@@ -426,6 +449,17 @@ mod tests {
                             verdict: crate::domain::DrillVerdict::Failed,
                             error: Some("assert[0] \"SELECT 0\": returned 0".into()),
                         }),
+                        offsite: if j == 0 {
+                            vec![super::super::backups_offsite::OffsiteJson {
+                                remote: "offsite".into(),
+                                state: "pending",
+                                at: Some(utc("2026-11-25T01:00:03Z")),
+                                attempts: Some(2),
+                                error: Some("remote \"offsite\": timeout".into()),
+                            }]
+                        } else {
+                            vec![]
+                        },
                     })
                     .collect();
                 DatabaseJson {

@@ -1,5 +1,6 @@
 //! `litekeeper check [DB…]`: configuration, directories and every database, with the reason
 //! and the fix for each problem. Exit 1 when anything is broken; warnings are advice.
+//! Remotes are probed by `check_remote.rs`.
 
 use std::path::Path;
 
@@ -109,32 +110,10 @@ pub fn run(path: &Path, args: CheckArgs) -> Result<ExitCode, Failure> {
             println!("{}: warning: {}", f.handle, r.reason);
         }
     }
-    // A credentials file others can read gives away the store's keys.
-    for r in &config.remotes {
-        if let crate::config::Credentials::File(p) = &r.credentials {
-            use std::os::unix::fs::PermissionsExt;
-            match std::fs::metadata(p) {
-                Ok(m) if m.permissions().mode() & 0o077 != 0 => {
-                    warnings += 1;
-                    println!(
-                        "remote {}: warning: {} holds secrets and is readable by group or others (mode {:o}); chmod 600 it",
-                        r.name,
-                        p.display(),
-                        m.permissions().mode() & 0o777
-                    );
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    warnings += 1;
-                    println!(
-                        "remote {}: warning: credentials file {}: {e}",
-                        r.name,
-                        p.display()
-                    );
-                }
-            }
-        }
-    }
+    // Each remote: its credentials file's mode, then a probe of the store.
+    let (e, w) = super::check_remote::check(&config, selected.as_ref(), args.identity.as_deref());
+    errors += e;
+    warnings += w;
     println!("{errors} error(s), {warnings} warning(s)");
     Ok(if errors > 0 {
         ExitCode::Failed

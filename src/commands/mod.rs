@@ -1,9 +1,12 @@
 //! One module per subcommand, dispatched from `run`. Each returns the exit code to use.
 
 pub mod backups;
+mod backups_offsite;
 pub mod check;
+mod check_remote;
 pub mod daemon;
 pub mod demo;
+mod offsite_health;
 pub mod push;
 pub mod remote_list;
 mod remote_retry;

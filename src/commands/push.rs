@@ -38,6 +38,14 @@ pub fn run(path: &Path, args: BackupsPushArgs) -> Result<ExitCode, Failure> {
     })?;
     let pushed = offsite::push_pending(&config, db, args.remote.as_deref())
         .map_err(|e| fail(ExitCode::CantCreate, e))?;
+    // The off-site metrics (pending copies, last success) follow the push.
+    if let Some(state) =
+        crate::state::State::open_existing(&config.daemon.state_dir, config.daemon.keep_history)
+    {
+        if let Err(e) = crate::metrics::write(&config, &state) {
+            tracing::warn!("could not update the metrics: {e}");
+        }
+    }
     println!(
         "{}: stored {} pending cop{} ({}, {} MB/s); {} still pending; remote retention deleted {}",
         db.name,

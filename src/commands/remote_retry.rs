@@ -93,4 +93,11 @@ fn retry_round(config: &Config) {
             Err(e) => tracing::warn!("{}: retry of pending off-site copies: {e}", db.name),
         }
     }
+    // The off-site metrics (pending copies, last success) follow the retry.
+    if pending.is_empty() {
+        return;
+    }
+    if let Err(e) = crate::metrics::write(config, &state) {
+        tracing::warn!("could not update the metrics: {e}");
+    }
 }

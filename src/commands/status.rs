@@ -128,6 +128,18 @@ pub fn run(path: &Path, args: StatusArgs) -> Result<ExitCode, Failure> {
             Ok(())
         }
         .and_then(|()| write_table(&mut out, zone, batches))
+        .and_then(|()| {
+            let lines = super::offsite_health::status_lines(
+                &config,
+                state.as_ref(),
+                selected.as_ref(),
+                now,
+            );
+            for l in lines {
+                writeln!(out, "{l}")?;
+            }
+            Ok(())
+        })
     })
 }
 
@@ -224,7 +236,7 @@ impl CheckCode {
         self as i32
     }
 
-    fn word(self) -> &'static str {
+    pub(super) fn word(self) -> &'static str {
         match self {
             CheckCode::Ok => "OK",
             CheckCode::Warning => "WARNING",
@@ -346,6 +358,19 @@ fn check_jobs(
         }
     }
     problems.extend(fleet_problems(&config, only));
+    let backup_max = |db: &crate::config::Database| {
+        let timing = db.timing(JobKind::Backup)?;
+        overrides.get(&JobKind::Backup).copied().or_else(|| {
+            timing
+                .schedule
+                .as_ref()
+                .and_then(|s| default_max_age(s, timing.jitter, now, zone))
+        })
+    };
+    problems.extend(
+        super::offsite_health::problems(&config, conn.as_ref(), selected.as_ref(), backup_max, now)
+            .map_err(|e| sqlite_unreadable(&e))?,
+    );
     // Worst first (a monitoring system shows the first line as the status), config order within.
     problems.sort_by_key(|(code, _)| std::cmp::Reverse(*code));
     let code = problems.first().map_or(CheckCode::Ok, |(c, _)| *c);

@@ -202,7 +202,7 @@ pub struct History {
 /// run totals, see [`HistoryReader::tally`]). Errors are SQLite's own, so a caller can tell
 /// a damaged file ([`is_damaged`]) from one it may not read.
 pub struct HistoryReader {
-    conn: Connection,
+    pub(super) conn: Connection,
     /// Whether the run totals table exists (a state DB only ever opened read-only before v3
     /// may lack it).
     has_totals: bool,

@@ -5,7 +5,7 @@
 //!
 //! `schema.rs`: the tables and their migrations; `history.rs`: recording runs and reading
 //! them back (`RunRecord`, `History`, `HistoryReader`, the run totals); `queue.rs`: the runs
-//! the daemon has queued.
+//! the daemon has queued; `remote.rs` and `copies.rs`: off-site copies pending and stored.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -15,6 +15,7 @@ use rusqlite::{Connection, OpenFlags};
 
 use crate::db_files::DbFiles;
 
+mod copies;
 mod history;
 mod queue;
 mod remote;
@@ -22,6 +23,7 @@ mod schema;
 #[cfg(test)]
 mod tests;
 
+pub use copies::{FileCopy, OffsiteState, RemoteSummary, StoredCopy};
 pub use history::{History, HistoryReader, RunRecord};
 pub use remote::{Pending, RemoteStored};
 use schema::migrate;

@@ -8,10 +8,10 @@ use rusqlite::params;
 use super::{from_ms, ms, State, StateError};
 
 /// The columns of a [`Pending`] row, in the order [`pending_row`] reads them.
-const PENDING_COLUMNS: &str =
+pub(super) const PENDING_COLUMNS: &str =
     "SELECT database, remote, file, since, attempts, last_error FROM remote_pending";
 
-fn pending_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Pending> {
+pub(super) fn pending_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Pending> {
     Ok(Pending {
         database: r.get(0)?,
         remote: r.get(1)?,

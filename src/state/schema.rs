@@ -57,6 +57,19 @@ const MIGRATIONS: &[&str] = &[
         total      INTEGER NOT NULL,  -- bytes stored since counting began
         PRIMARY KEY (database, remote)
     ) WITHOUT ROWID;",
+    // v5: each copy stored on a remote, by its local file (see `copies.rs`): `backups list`
+    // says which backups are off-site without asking the remote, and local retention
+    // judges pending copies against what the remote holds.
+    "CREATE TABLE remote_copies (
+        database    TEXT NOT NULL,
+        remote      TEXT NOT NULL,
+        file        TEXT NOT NULL,     -- the local backup file
+        series      TEXT NOT NULL,
+        backup_time INTEGER NOT NULL,  -- unix milliseconds: when the local backup was made
+        stored_at   INTEGER NOT NULL,  -- unix milliseconds: when the copy was stored
+        size        INTEGER NOT NULL,  -- bytes stored
+        PRIMARY KEY (database, remote, file)
+    ) WITHOUT ROWID;",
 ];
 /// Bring the schema to the newest version. The version is read inside a write transaction,
 /// so two processes creating the state DB at once (daemon and a timer's run) do not both

@@ -67,7 +67,7 @@ impl Moto {
     }
 
     /// A signed client of the bucket (moto refuses anonymous reads of objects).
-    fn client(&self) -> (tokio::runtime::Runtime, object_store::aws::AmazonS3) {
+    pub fn client(&self) -> (tokio::runtime::Runtime, object_store::aws::AmazonS3) {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

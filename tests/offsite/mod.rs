@@ -6,6 +6,7 @@ mod config;
 mod drill;
 mod faults;
 mod fixture;
+mod ops;
 mod restore;
 mod retention;
 mod s3sfs;

@@ -24,6 +24,7 @@ mod copy;
 mod filecopy;
 pub mod incremental;
 pub mod offsite;
+pub mod offsite_hold;
 mod retain;
 
 use std::path::Path;
@@ -141,7 +142,8 @@ pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
             .iter()
             .map(|s| final_name(s, stamp, cfg).file_name())
             .collect();
-        let mut plan = retention_preview(ctx.db, cfg, &ctx.config.daemon.timezone, stamp)?;
+        let held = offsite_hold::held_now(ctx.config, ctx.db, stamp);
+        let mut plan = retention_preview(ctx.db, cfg, &ctx.config.daemon.timezone, stamp, &held)?;
         let remote = offsite::preview(ctx.config, ctx.db);
         if !remote.is_empty() {
             plan = format!("{plan}; {remote}");
@@ -184,12 +186,21 @@ pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
     let bytes: u64 = written.iter().map(|e| e.size).sum();
     let pages: u64 = written.iter().map(|e| e.page_count).sum();
     let main = &written[0];
+    // Backups whose off-site copy is pending and wanted by its remote stay until stored
+    // (this run's copies are pending from here on).
+    let files: Vec<_> = written
+        .iter()
+        .map(|e| (e.file.as_str(), e.created_at))
+        .collect();
+    offsite::mark_pending(ctx.config, ctx.db, &files).map_err(JobError::Refused)?;
+    let held = offsite_hold::held_now(ctx.config, ctx.db, Utc::now());
     let retention = apply_retention(
         ctx.db,
         cfg,
         &ctx.config.daemon.timezone,
         Utc::now(),
         &written.iter().map(|e| e.file.clone()).collect::<Vec<_>>(),
+        &held,
     )?;
     let chains = chains::apply_chain_retention(ctx.db, cfg, cfg.chain_keep(), Utc::now())?;
     // The copies are committed and no transaction is open: off-site copies now.

@@ -62,6 +62,28 @@ pub fn remotes_of<'a>(
         .collect()
 }
 
+/// Mark the copies (full backups or deltas: file name and backup time) just written pending
+/// on every remote of `db`, before local retention judges so `offsite_hold` sees them; again
+/// is harmless.
+pub fn mark_pending(
+    config: &Config,
+    db: &Database,
+    files: &[(&str, DateTime<Utc>)],
+) -> Result<(), String> {
+    let remotes = remotes_of(config, db, None);
+    if remotes.is_empty() {
+        return Ok(());
+    }
+    let st = state(config)?;
+    for r in &remotes {
+        for (file, at) in files {
+            st.add_pending(&db.name, &r.name, file, *at)
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
+}
+
 /// Mark the copies just written pending on every remote of `db`, then push.
 pub fn after_backup(
     config: &Config,
@@ -93,17 +115,10 @@ fn after_commit(
     db: &Database,
     files: &[(&str, DateTime<Utc>)],
 ) -> Result<Option<Pushed>, String> {
-    let remotes = remotes_of(config, db, None);
-    if remotes.is_empty() {
+    if remotes_of(config, db, None).is_empty() {
         return Ok(None);
     }
-    let st = state(config)?;
-    for r in &remotes {
-        for (file, at) in files {
-            st.add_pending(&db.name, &r.name, file, *at)
-                .map_err(|e| e.to_string())?;
-        }
-    }
+    mark_pending(config, db, files)?;
     push_pending(config, db, None).map(Some)
 }
 
@@ -149,11 +164,20 @@ pub fn push_pending(config: &Config, db: &Database, only: Option<&str>) -> Resul
                 }
                 Ok(Some(stored)) => {
                     st.pending_done(p).map_err(|e| e.to_string())?;
-                    for (object, size) in stored {
-                        stored_now.push(object);
-                        let _ = st.remote_stored(&db.name, &r.name, Utc::now(), size);
+                    for s in stored {
+                        stored_now.push(remote::object_name(&s.file));
+                        let _ = st.remote_stored(&db.name, &r.name, Utc::now(), s.size);
+                        let _ = st.copy_stored(&crate::state::StoredCopy {
+                            database: db.name.clone(),
+                            remote: r.name.clone(),
+                            file: s.file,
+                            series: s.series,
+                            backup_time: s.backup_time,
+                            stored_at: Utc::now(),
+                            size: s.size,
+                        });
                         out.copies += 1;
-                        out.bytes += size;
+                        out.bytes += s.size;
                     }
                     if !out.remotes.contains(&r.name) {
                         out.remotes.push(r.name.clone());
@@ -172,7 +196,10 @@ pub fn push_pending(config: &Config, db: &Database, only: Option<&str>) -> Resul
         // while the newest copy is missing.
         if !failed {
             match retain(config, db, &store, &stored_now) {
-                Ok(mut d) => out.deleted.append(&mut d),
+                Ok(mut d) => {
+                    forget_deleted(&st, &db.name, &r.name, &d);
+                    out.deleted.append(&mut d)
+                }
                 Err(e) => out.errors.push(e),
             }
         }
@@ -182,9 +209,17 @@ pub fn push_pending(config: &Config, db: &Database, only: Option<&str>) -> Resul
     Ok(out)
 }
 
+/// One local file stored on a remote by a push.
+struct Stored {
+    file: String,
+    series: String,
+    backup_time: DateTime<Utc>,
+    size: u64,
+}
+
 /// Upload the local `file` (a full backup or a delta of `dir`) to `store`; a delta after
 /// every earlier link of its chain (its full backup, the deltas before it) that the remote
-/// does not have yet, so the remote's chain is whole. The objects stored and their sizes;
+/// does not have yet, so the remote's chain is whole. The files stored and their sizes;
 /// None when the file is no longer in the local manifest or directory.
 fn push_one(
     store: &Store,
@@ -192,12 +227,12 @@ fn push_one(
     dir: &std::path::Path,
     local: &Manifest,
     file: &str,
-) -> Result<Option<Vec<(String, u64)>>, RemoteError> {
+) -> Result<Option<Vec<Stored>>, RemoteError> {
     let path = dir.join(file);
     if !path.is_file() {
         return Ok(None);
     }
-    let push_full = |e: &Entry| -> Result<(String, u64), RemoteError> {
+    let push_full = |e: &Entry| -> Result<Stored, RemoteError> {
         let path = dir.join(&e.file);
         let up = remote::push(
             store,
@@ -211,9 +246,14 @@ fn push_one(
                 verified: e.verified,
             },
         )?;
-        Ok((remote::object_name(&e.file), up.size))
+        Ok(Stored {
+            file: e.file.clone(),
+            series: e.series.clone(),
+            backup_time: e.created_at,
+            size: up.size,
+        })
     };
-    let push_delta = |d: &DeltaEntry| -> Result<(String, u64), RemoteError> {
+    let push_delta = |d: &DeltaEntry| -> Result<Stored, RemoteError> {
         let path = dir.join(&d.file);
         let up = remote::push_delta(
             store,
@@ -228,7 +268,12 @@ fn push_one(
             },
             d,
         )?;
-        Ok((remote::object_name(&d.file), up.size))
+        Ok(Stored {
+            file: d.file.clone(),
+            series: d.series.clone(),
+            backup_time: d.created_at,
+            size: up.size,
+        })
     };
     if let Some(entry) = local.get(file) {
         return push_full(entry).map(|s| Some(vec![s]));
@@ -250,6 +295,23 @@ fn push_one(
     }
     stored.push(push_delta(delta)?);
     Ok(Some(stored))
+}
+
+/// Remote retention deleted `objects`: their local files are no longer stored there.
+fn forget_deleted(st: &State, database: &str, remote: &str, objects: &[String]) {
+    if objects.is_empty() {
+        return;
+    }
+    let files: Vec<String> = st
+        .stored_copies(database, remote)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| objects.contains(&remote::object_name(&c.file)))
+        .map(|c| c.file)
+        .collect();
+    if let Err(e) = st.copies_deleted(database, remote, &files) {
+        tracing::warn!("remote {remote:?}: could not record the copies retention deleted: {e}");
+    }
 }
 
 /// Remote retention of `db` on `store` with the backup's `remote_keep` (and its chains').

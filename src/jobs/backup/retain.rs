@@ -66,7 +66,8 @@ impl Planned {
 /// of one of `db`'s configured series ([`archive::backup_of`]) is kept and reported
 /// (`not-a-backup`), never judged: the manifest says whose a backup is, the name which. `pending` is the time of a backup about to be
 /// written (a dry run): it takes part in the decision as a verified backup but is not listed.
-/// `this_run` names the files the deciding run wrote.
+/// `this_run` names the files the deciding run wrote; `held` those whose off-site copy is
+/// pending and wanted by its remote (`offsite_hold::held`), kept as `offsite-pending`.
 pub fn retention_plan(
     db: &Database,
     cfg: &Backup,
@@ -74,6 +75,7 @@ pub fn retention_plan(
     now: DateTime<Utc>,
     pending: Option<DateTime<Utc>>,
     this_run: &[String],
+    held: &[String],
 ) -> Result<Vec<Planned>, ArchiveError> {
     let manifest = Manifest::load(&cfg.dir)?;
     let series: Vec<String> = db.backup_sources().into_iter().map(|s| s.series).collect();
@@ -118,6 +120,9 @@ pub fn retention_plan(
         for (f, mut decision) in files.into_iter().zip(decisions) {
             if bases.contains(&f.file()) {
                 decision.reasons.push(retention::Reason::ChainBase);
+            }
+            if f.recorded() && held.contains(&f.file()) {
+                decision.reasons.push(retention::Reason::OffsitePending);
             }
             out.push(Planned {
                 entry: f.entry.clone(),
@@ -190,8 +195,9 @@ pub(super) fn retention_preview(
     cfg: &Backup,
     zone: &Zone,
     stamp: DateTime<Utc>,
+    held: &[String],
 ) -> Result<String, JobError> {
-    let plan = retention_plan(db, cfg, zone, stamp, Some(stamp), &[])?;
+    let plan = retention_plan(db, cfg, zone, stamp, Some(stamp), &[], held)?;
     let warnings = plan_warnings(&plan)
         .into_iter()
         .map(|w| format!("; warning: {w}"))
@@ -226,9 +232,10 @@ pub(super) fn apply_retention(
     zone: &Zone,
     now: DateTime<Utc>,
     written: &[String],
+    offsite_held: &[String],
 ) -> Result<RetentionOutcome, JobError> {
     let held = archive::lock_dir(&cfg.dir)?;
-    let plan = retention_plan(db, cfg, zone, now, None, written)?;
+    let plan = retention_plan(db, cfg, zone, now, None, written, offsite_held)?;
     let mut out = RetentionOutcome {
         warnings: plan_warnings(&plan),
         ..RetentionOutcome::default()

@@ -1,0 +1,245 @@
+//! `check`'s look at each `[[remote]]` the checked databases copy to: a credentials file
+//! others can read (a warning), then a probe of the store itself — credentials read,
+//! endpoint reached, bucket present and writable: a small probe object encrypted to the
+//! remote's recipients is put under `{prefix}/.litekeeper-check/`, read back and compared,
+//! listed, and deleted. With `--identity FILE` the probe is also decrypted with it, which
+//! proves that copies made now can be restored with that key. One line per remote, naming
+//! the step that failed and why; secrets are never printed.
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::config::{Config, Credentials, Remote};
+use crate::remote::{RemoteError, Store};
+
+/// Longest wait for one request of the probe (a remote's own `timeout` when shorter).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The remotes the checked databases use (all of them when none is named), in config order.
+fn used<'a>(config: &'a Config, selected: Option<&HashSet<String>>) -> Vec<&'a Arc<Remote>> {
+    config
+        .remotes
+        .iter()
+        .filter(|r| {
+            config.databases.iter().any(|db| {
+                selected.is_none_or(|s| s.contains(&db.name))
+                    && db
+                        .backup
+                        .as_ref()
+                        .is_some_and(|b| b.remotes.contains(&r.name))
+            }) || selected.is_none()
+        })
+        .collect()
+}
+
+/// Check every remote used; prints one line each (and warnings). Returns (errors, warnings).
+pub(super) fn check(
+    config: &Config,
+    selected: Option<&HashSet<String>>,
+    identity: Option<&Path>,
+) -> (usize, usize) {
+    let (mut errors, mut warnings) = (0, 0);
+    let identities = match identity.map(read_identity).transpose() {
+        Ok(i) => i,
+        Err(e) => {
+            println!("error: {e}");
+            return (1, 0);
+        }
+    };
+    for r in used(config, selected) {
+        if let Some(w) = credentials_warning(r) {
+            warnings += 1;
+            println!("remote {}: warning: {w}", r.name);
+        }
+        match probe(r, identities.as_deref()) {
+            Ok(ok) => println!("remote {}: ok: {ok}", r.name),
+            Err(e) => {
+                errors += 1;
+                println!("remote {}: error: {e}", r.name);
+                println!("remote {}:   fix: {}", r.name, fix(&e));
+            }
+        }
+    }
+    (errors, warnings)
+}
+
+/// A credentials file others can read gives away the store's keys.
+fn credentials_warning(r: &Remote) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let Credentials::File(p) = &r.credentials else {
+        return None;
+    };
+    match std::fs::metadata(p) {
+        Ok(m) if m.permissions().mode() & 0o077 != 0 => Some(format!(
+            "{} holds secrets and is readable by group or others (mode {:o}); chmod 600 it",
+            p.display(),
+            m.permissions().mode() & 0o777
+        )),
+        Ok(_) => None,
+        Err(e) => Some(format!("credentials file {}: {e}", p.display())),
+    }
+}
+
+fn read_identity(path: &Path) -> Result<Vec<Box<dyn age::Identity>>, String> {
+    age::IdentityFile::from_file(path.display().to_string())
+        .map_err(|e| e.to_string())
+        .and_then(|f| f.into_identities().map_err(|e| e.to_string()))
+        .map_err(|e| {
+            format!(
+                "--identity {}: cannot read an age identity: {e}",
+                path.display()
+            )
+        })
+}
+
+/// What to do about a failed probe, from the step that failed.
+fn fix(e: &RemoteError) -> &'static str {
+    if e.what.starts_with("reading credentials") {
+        "give the remote's `credentials` (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY) where the service can read them"
+    } else if e.what.starts_with("decrypting") {
+        "encrypt_to must hold the public key of the identity you restore with (age-keygen -y IDENTITY)"
+    } else if e.what.starts_with("deleting") {
+        "the key may write but not delete: remote retention needs s3:DeleteObject on the prefix"
+    } else if e.what == "opening the directory" {
+        "mount the disk or create the directory (owned by the user litekeeper runs as)"
+    } else if e.cause.contains("does not exist (404)") {
+        "create the bucket, or fix the bucket in `url`"
+    } else if e.what.starts_with("listing") {
+        "the key may write but not list: listing needs s3:ListBucket on the bucket"
+    } else {
+        "fix the cause above; `litekeeper backups push DB` then stores the pending copies"
+    }
+}
+
+/// Put, read back, list and delete a probe object; decrypt it with `identities` if given.
+fn probe(
+    remote: &Arc<Remote>,
+    identities: Option<&[Box<dyn age::Identity>]>,
+) -> Result<String, RemoteError> {
+    let started = Instant::now();
+    // A missing directory is reported, not created: it may be an unmounted NAS.
+    if let crate::config::Target::Dir { dir } = &remote.target {
+        if !dir.is_dir() {
+            return Err(RemoteError {
+                remote: remote.name.clone(),
+                url: remote.url.clone(),
+                what: "opening the directory".into(),
+                cause: format!(
+                    "{} does not exist or is not a directory (is the disk or NAS mounted?)",
+                    dir.display()
+                ),
+                code: crate::domain::ExitCode::NoInput,
+            });
+        }
+    }
+    let mut r = (**remote).clone();
+    r.timeout = r.timeout.min(PROBE_TIMEOUT);
+    let store = Store::open(Arc::new(r))?;
+    let secret = format!("litekeeper check probe {}", uuid::Uuid::new_v4());
+    let sealed = encrypt(&store, secret.as_bytes())?;
+    let name = format!(
+        "probe-{}-{}.age",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let dir = ".litekeeper-check";
+    let key = store.key(dir, &name);
+    store.put_small(&key, sealed.clone())?;
+    let result = (|| {
+        let back = store.get_small(&key)?;
+        if back.as_deref() != Some(sealed.as_slice()) {
+            return Err(store.other(
+                format!("reading {key} back"),
+                "the store returned other bytes than were written",
+                crate::domain::ExitCode::DataErr,
+            ));
+        }
+        let listed = store.list(dir)?;
+        if !listed.iter().any(|(k, _)| k.ends_with(&name)) {
+            return Err(store.other(
+                "listing",
+                format!("{key} was written but is not listed"),
+                crate::domain::ExitCode::Failed,
+            ));
+        }
+        if let Some(ids) = identities {
+            let plain = decrypt(&store, &sealed, ids)?;
+            if plain != secret.as_bytes() {
+                return Err(store.other(
+                    "decrypting the probe",
+                    "it decrypted to other bytes",
+                    crate::domain::ExitCode::DataErr,
+                ));
+            }
+        }
+        Ok(())
+    })();
+    // Deleted whatever happened above; a failed read is reported before a failed delete.
+    let deleted = store.delete(&key);
+    result?;
+    deleted?;
+    let n = remote.recipients.len();
+    Ok(format!(
+        "{}: credentials read, {} writable (put, get, list and delete of a probe object, {:.2} s), {n} recipient{}{}",
+        remote.url,
+        match &remote.target {
+            crate::config::Target::S3 { bucket, .. } => format!("bucket {bucket:?}"),
+            crate::config::Target::Dir { .. } => "directory".to_string(),
+        },
+        started.elapsed().as_secs_f64(),
+        if n == 1 { "" } else { "s" },
+        if identities.is_some() {
+            ", the identity decrypts what they encrypt"
+        } else {
+            " (pass --identity FILE to check the key you restore with)"
+        }
+    ))
+}
+
+fn encrypt(store: &Store, plain: &[u8]) -> Result<Vec<u8>, RemoteError> {
+    let bad = |e: String| {
+        store.other(
+            "encrypting the probe to encrypt_to",
+            e,
+            crate::domain::ExitCode::Config,
+        )
+    };
+    let recipients: Vec<age::x25519::Recipient> = store
+        .remote
+        .recipients
+        .iter()
+        .map(|r| age::x25519::Recipient::from_str(r).map_err(|e| bad(e.to_string())))
+        .collect::<Result<_, _>>()?;
+    let enc = age::Encryptor::with_recipients(recipients.iter().map(|r| r as &dyn age::Recipient))
+        .map_err(|e| bad(e.to_string()))?;
+    let mut out = Vec::new();
+    let mut w = enc.wrap_output(&mut out).map_err(|e| bad(e.to_string()))?;
+    w.write_all(plain).map_err(|e| bad(e.to_string()))?;
+    w.finish().map_err(|e| bad(e.to_string()))?;
+    Ok(out)
+}
+
+fn decrypt(
+    store: &Store,
+    sealed: &[u8],
+    identities: &[Box<dyn age::Identity>],
+) -> Result<Vec<u8>, RemoteError> {
+    let bad = |e: String| {
+        store.other(
+            "decrypting the probe with --identity",
+            format!("{e}: no recipient in encrypt_to belongs to this identity"),
+            crate::domain::ExitCode::Config,
+        )
+    };
+    let dec = age::Decryptor::new(sealed).map_err(|e| bad(e.to_string()))?;
+    let mut r = dec
+        .decrypt(identities.iter().map(|i| i.as_ref() as &dyn age::Identity))
+        .map_err(|e| bad(e.to_string()))?;
+    let mut out = Vec::new();
+    r.read_to_end(&mut out).map_err(|e| bad(e.to_string()))?;
+    Ok(out)
+}
