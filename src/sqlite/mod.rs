@@ -7,9 +7,11 @@
 //! Layout: `mod.rs` opens connections (flags, URIs, settings, REGEXP); `slow.rs` is the
 //! slow-statement log; `pool.rs` the per-database pools; `fleet.rs` the one-off and verified
 //! connections of fleet members; `diagnose.rs` the preflight and the findings of `check`;
-//! `wal.rs` reads the WAL format (wal-index header, frames, checksums) for the file copy.
+//! `wal.rs` reads the WAL format (wal-index header, frames, checksums) for the file copy;
+//! `fkcheck.rs` counts foreign key violations (an index instead of a table scan where it can).
 
 mod diagnose;
+mod fkcheck;
 mod fleet;
 mod pool;
 mod slow;
@@ -27,6 +29,7 @@ use rusqlite::{Connection, OpenFlags};
 use crate::config::{Database, JournalMode};
 
 pub(crate) use self::diagnose::{diagnose, preflight, Finding, Severity};
+pub(crate) use self::fkcheck::fk_violations;
 pub(crate) use self::fleet::{connect_once, connect_verified, file_id, VerifiedOpenError};
 pub(crate) use self::pool::Pools;
 use self::slow::install_slow_log;
@@ -166,17 +169,6 @@ pub(crate) fn row_counts(
         out.insert(name, n);
     }
     Ok(out)
-}
-
-/// How many rows `PRAGMA foreign_key_check` reports for `schema`.
-pub(crate) fn fk_violations(conn: &Connection, schema: &str) -> rusqlite::Result<i64> {
-    let mut stmt = conn.prepare(&format!("PRAGMA {}.foreign_key_check", quote_ident(schema)))?;
-    let mut rows = stmt.query([])?;
-    let mut n = 0;
-    while rows.next()?.is_some() {
-        n += 1;
-    }
-    Ok(n)
 }
 
 /// `wal_checkpoint(TRUNCATE)` of `schema` (already quoted), retried while readers keep it busy

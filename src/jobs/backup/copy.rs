@@ -19,9 +19,10 @@ use crate::jobs::{JobCtx, JobError};
 
 use super::compress::{Compressed, Compressor};
 use super::filecopy;
+use super::verify::{verify_copy, Checked};
 use super::{final_name, record_and_commit, sql, Snapshot, Source, TempFiles};
 use crate::db_files::file_len;
-use crate::sqlite::{fk_violations, quote_ident, row_counts};
+use crate::sqlite::quote_ident;
 
 /// Pages copied per backup step: cancel is checked between steps.
 const PAGES_PER_STEP: i32 = 1024;
@@ -43,96 +44,16 @@ pub(super) fn copy_one(
         ..final_name.clone()
     };
     let tmp = archive::temp_path(dir, &raw_name.file_name());
-    let mut temps = TempFiles(vec![archive::create_temp(&tmp)?]);
-    let out = temps.0[0]
-        .file()
-        .try_clone()
-        .map_err(|source| JobError::Io {
-            context: format!("{}: open", tmp.display()),
-            source,
-        })?;
-    // zstd: the compressor is the copy's tee: it compresses the raw copy from the file as the
-    // copy writes it (its round trip follows), and the raw copy is only kept if it fails
-    // verification.
-    let mut zst: Option<(Compressor, PathBuf)> = match cfg.compression {
-        Compression::None => None,
-        Compression::Zstd { level } => {
-            let ztmp = archive::create_temp(&archive::temp_path(dir, &final_name.file_name()))?;
-            let cancel = ctx.cancel.clone();
-            let c = Compressor::new(
-                &tmp,
-                ztmp.file(),
-                &ztmp.path,
-                level,
-                None,
-                &source.series,
-                Box::new(move || cancel.is_cancelled()),
-            )?;
-            let path = ztmp.path.clone();
-            temps.0.push(ztmp);
-            Some((c, path))
-        }
-    };
+    let (mut temps, out, mut zst) = open_outputs(ctx, cfg, source, &tmp, &final_name)?;
     let tee = zst.as_mut().map(|(c, _)| c as &mut (dyn Write + Send));
     let snapshot = copy_snapshot(ctx, cfg, source, &tmp, &out, tee)?;
     let copied = started.elapsed();
 
-    let mut entry = Entry {
-        file: String::new(),
-        series: source.series.clone(),
-        database: ctx.db.name.clone(),
-        source: source.path.display().to_string(),
-        created_at: stamp,
-        size: 0,
-        sha256: String::new(),
-        compressed: false,
-        raw_size: None,
-        raw_sha256: None,
-        verified: Verified::None,
-        page_count: snapshot.page_count,
-        page_size: snapshot.page_size,
-        tables: BTreeMap::new(),
-        duration_ms: 0,
-        error: None,
-        fk_violations: None,
-        drill: None,
-    };
-    // The copy's bytes are final and the snapshot released: fsync (of a file that is kept),
-    // the end of the compression, the checks (on both cores) and, unless the copy hashed
-    // itself, the SHA-256 all run at once.
-    let uncompressed = zst.is_none();
-    let (synced, checked, raw_sha, compressed) = std::thread::scope(|s| {
-        let hasher = snapshot
-            .sha256
-            .is_none()
-            .then(|| s.spawn(|| archive::sha256_file(&tmp)));
-        let fsync = s.spawn(|| {
-            let synced = if uncompressed {
-                archive::fsync_file(&tmp)
-            } else {
-                Ok(())
-            };
-            synced.map(|()| started.elapsed())
-        });
-        let finisher = zst
-            .take()
-            .map(|(c, path)| s.spawn(move || (c.finish(), path)));
-        let checked = match cfg.verify {
-            Verify::None => Ok(Checked::default()),
-            _ => verify_copy(&tmp, cfg.verify, &snapshot),
-        };
-        let synced = fsync.join().expect("fsync thread");
-        let sha = match (hasher, &snapshot.sha256) {
-            (Some(h), _) => h.join().expect("hash thread").map_err(JobError::from),
-            (None, Some(sha)) => Ok(sha.clone()),
-            (None, None) => unreachable!("hashed while copied or above"),
-        };
-        let compressed = finisher.map(|f| f.join().expect("compress thread"));
-        (synced, checked, sha, compressed)
-    });
-    let synced = synced?;
-    let raw_sha = raw_sha?;
-    let checked = match checked {
+    let mut entry = new_entry(ctx, source, stamp, &snapshot);
+    let done = finish_copy(cfg, &tmp, &snapshot, zst, started);
+    let synced = done.synced?;
+    let raw_sha = done.raw_sha?;
+    let checked = match done.checked {
         Ok(c) => c,
         Err(problem) => {
             return Err(keep_failed(
@@ -157,16 +78,16 @@ pub(super) fn copy_one(
     };
     ctx.checkpoint()?;
 
-    let (stored_tmp, sha) = match compressed {
+    let (stored_tmp, sha) = match done.compressed {
         None => (tmp.clone(), raw_sha),
-        Some((done, path)) => {
+        Some((finished, path)) => {
             // The round trip gave back exactly the bytes the copy hashed.
             let c = settle(
                 dir,
                 &mut entry,
                 &final_name,
                 &path,
-                done,
+                finished,
                 started,
                 &mut temps,
             )?;
@@ -193,6 +114,136 @@ pub(super) fn copy_one(
         snapshot.restarts
     );
     Ok((entry, snapshot.restarts, snapshot.path))
+}
+
+/// The compressor of a zstd backup and the path of its temp file.
+type Zst = Option<(Compressor, PathBuf)>;
+
+/// The temp files of one copy: the raw copy at `tmp` (its handle returned for the copy to
+/// write), and with zstd the compressed file with its compressor (the copy's tee: it
+/// compresses the raw copy from the file as the copy writes it, its round trip follows; the
+/// raw copy is only kept if it fails verification).
+fn open_outputs(
+    ctx: &JobCtx<'_>,
+    cfg: &Backup,
+    source: &Source,
+    tmp: &Path,
+    final_name: &BackupName,
+) -> Result<(TempFiles, File, Zst), JobError> {
+    let temps = TempFiles(vec![archive::create_temp(tmp)?]);
+    let out = temps.0[0]
+        .file()
+        .try_clone()
+        .map_err(|source| JobError::Io {
+            context: format!("{}: open", tmp.display()),
+            source,
+        })?;
+    let mut temps = temps;
+    let zst = match cfg.compression {
+        Compression::None => None,
+        Compression::Zstd { level } => {
+            let ztmp =
+                archive::create_temp(&archive::temp_path(&cfg.dir, &final_name.file_name()))?;
+            let cancel = ctx.cancel.clone();
+            let c = Compressor::new(
+                tmp,
+                ztmp.file(),
+                &ztmp.path,
+                level,
+                None,
+                &source.series,
+                Box::new(move || cancel.is_cancelled()),
+            )?;
+            let path = ztmp.path.clone();
+            temps.0.push(ztmp);
+            Some((c, path))
+        }
+    };
+    Ok((temps, out, zst))
+}
+
+/// The manifest entry of a copy of `snapshot`, before it is checked.
+fn new_entry(
+    ctx: &JobCtx<'_>,
+    source: &Source,
+    stamp: DateTime<Utc>,
+    snapshot: &Snapshot,
+) -> Entry {
+    Entry {
+        file: String::new(),
+        series: source.series.clone(),
+        database: ctx.db.name.clone(),
+        source: source.path.display().to_string(),
+        created_at: stamp,
+        size: 0,
+        sha256: String::new(),
+        compressed: false,
+        raw_size: None,
+        raw_sha256: None,
+        verified: Verified::None,
+        page_count: snapshot.page_count,
+        page_size: snapshot.page_size,
+        tables: BTreeMap::new(),
+        duration_ms: 0,
+        error: None,
+        fk_violations: None,
+        drill: None,
+    }
+}
+
+/// What happened to a copy once its bytes were final.
+struct Finished {
+    /// When its fsync was done (since the copy started).
+    synced: Result<Duration, JobError>,
+    checked: Result<Checked, String>,
+    /// SHA-256 of the raw copy.
+    raw_sha: Result<String, JobError>,
+    compressed: Option<(Result<Compressed, JobError>, PathBuf)>,
+}
+
+/// The copy's bytes are final and the snapshot released: its fsync (of a file that is kept),
+/// the end of the compression, the checks (on both cores) and, unless the copy hashed itself,
+/// its SHA-256 all run at once.
+fn finish_copy(
+    cfg: &Backup,
+    tmp: &Path,
+    snapshot: &Snapshot,
+    zst: Zst,
+    started: Instant,
+) -> Finished {
+    let uncompressed = zst.is_none();
+    std::thread::scope(|s| {
+        let hasher = snapshot
+            .sha256
+            .is_none()
+            .then(|| s.spawn(|| archive::sha256_file(tmp)));
+        let fsync = s.spawn(|| {
+            let synced = if uncompressed {
+                archive::fsync_file(tmp)
+            } else {
+                Ok(())
+            };
+            synced.map(|()| started.elapsed())
+        });
+        let finisher = zst.map(|(c, path)| s.spawn(move || (c.finish(), path)));
+        let checked = match cfg.verify {
+            Verify::None => Ok(Checked::default()),
+            _ => verify_copy(tmp, cfg.verify, snapshot),
+        };
+        let synced = fsync.join().expect("fsync thread").map_err(JobError::from);
+        let raw_sha = match (hasher, &snapshot.sha256) {
+            (Some(h), _) => h.join().expect("hash thread").map_err(JobError::from),
+            (None, Some(sha)) => Ok(sha.clone()),
+            (None, None) => unreachable!("hashed while copied or above"),
+        };
+        let compressed = finisher.map(|f| f.join().expect("compress thread"));
+        Finished {
+            synced,
+            checked,
+            raw_sha,
+            compressed,
+        }
+    })
 }
 
 /// The stored file's SHA-256, or: a compressed file that failed its round trip is kept as
@@ -424,65 +475,6 @@ fn backup_api(ctx: &JobCtx<'_>, source: &Source, tmp: &Path) -> Result<Snapshot,
     .map_err(sql("journal_mode of the copy"))?;
     dst.close().map_err(|(_, e)| sql("closing the copy")(e))?;
     Ok(snap)
-}
-
-/// What checking the copy found: its row counts (the snapshot's) and foreign key violations.
-#[derive(Debug, Default)]
-struct Checked {
-    tables: BTreeMap<String, i64>,
-    fk_violations: i64,
-}
-
-fn open_copy(path: &Path) -> rusqlite::Result<Connection> {
-    Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-}
-
-/// Check the copy: quick_check or integrity_check on one thread, its page count against the
-/// snapshot's, foreign_key_check and row counts on another. Err says what is wrong.
-fn verify_copy(path: &Path, verify: Verify, snap: &Snapshot) -> Result<Checked, String> {
-    let pragma = if verify == Verify::Full {
-        "integrity_check"
-    } else {
-        "quick_check"
-    };
-    let structure = || -> rusqlite::Result<Result<(), String>> {
-        let c = open_copy(path)?;
-        let check: Vec<String> = c
-            .prepare(&format!("PRAGMA {pragma}(10)"))?
-            .query_map([], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
-        if check != ["ok"] {
-            return Ok(Err(format!("{pragma}: {}", check.join("; "))));
-        }
-        Ok(Ok(()))
-    };
-    let contents = || -> rusqlite::Result<Result<Checked, String>> {
-        let c = open_copy(path)?;
-        if snap.path != CopyPath::VacuumInto {
-            let pages: i64 = c.query_row("PRAGMA page_count", [], |r| r.get(0))?;
-            if pages as u64 != snap.page_count {
-                return Ok(Err(format!(
-                    "page count {pages}, the source snapshot had {}",
-                    snap.page_count
-                )));
-            }
-        }
-        Ok(Ok(Checked {
-            fk_violations: fk_violations(&c, "main")?,
-            tables: row_counts(&c, "main")?,
-        }))
-    };
-    let unreadable = |e: rusqlite::Error| format!("cannot read the copy: {e}");
-    let (structure, contents) = std::thread::scope(|s| {
-        let t = s.spawn(structure);
-        let contents = contents();
-        (t.join().expect("check thread"), contents)
-    });
-    structure.unwrap_or_else(|e| Err(unreadable(e)))?;
-    contents.unwrap_or_else(|e| Err(unreadable(e)))
 }
 
 #[cfg(test)]

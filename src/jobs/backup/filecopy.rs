@@ -229,13 +229,14 @@ fn write_copy(
     };
     let page = p.page_size as usize;
     let total = u64::from(p.n_page) * page as u64;
-    let lock_page = wal::lock_byte_page(p.page_size);
     let bar = crate::progress::pages_bar(&source.series, u64::from(p.n_page));
     let (full_tx, full_rx) = mpsc::sync_channel::<Vec<u8>>(3);
     let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
-    let mut wal_pages = 0u64;
-    let mut wal_valid = true;
-    let mut scratch = vec![0u8; page];
+    let mut from_wal = FromWal {
+        valid: true,
+        pages: 0,
+        scratch: vec![0u8; page],
+    };
     let (written, hashed) = std::thread::scope(|s| {
         let hasher = s.spawn(move || -> std::io::Result<String> {
             let mut h = Sha256::new();
@@ -266,45 +267,7 @@ fn write_copy(
                         source,
                     }
                 })?;
-                for (i, slot) in buf.chunks_exact_mut(page).enumerate() {
-                    let pgno = (offset / page as u64) as u32 + i as u32 + 1;
-                    let frame = if wal_valid {
-                        p.map.as_ref().and_then(|m| m.frame_of(pgno))
-                    } else {
-                        None
-                    };
-                    if let (Some(f), Some(map), Some(walf)) = (frame, &p.map, p.files.wal) {
-                        if map
-                            .read_page(walf, f, &mut scratch)
-                            .map_err(|e| JobError::Io {
-                                context: format!("{shown}-wal: {e}"),
-                                source: std::io::Error::other(e.to_string()),
-                            })?
-                        {
-                            slot.copy_from_slice(&scratch);
-                            wal_pages += 1;
-                            continue;
-                        }
-                        // Rewritten since the scan: only possible with the reader on read
-                        // mark 0, so the database file is the snapshot (see the module doc).
-                        tracing::debug!(
-                            "{shown}: WAL restarted during the copy; the database file holds the snapshot"
-                        );
-                        wal_valid = false;
-                    }
-                    if i * page + page > got {
-                        if pgno == lock_page {
-                            slot.fill(0);
-                        } else {
-                            return Err(JobError::Io {
-                                context: format!(
-                                    "{shown}: page {pgno} is neither in the database file nor in its WAL"
-                                ),
-                                source: std::io::ErrorKind::UnexpectedEof.into(),
-                            });
-                        }
-                    }
-                }
+                p.put_wal_pages(&mut buf, offset, got, &mut from_wal, &shown)?;
                 if offset == 0 {
                     wal::set_rollback_journal(&mut buf[..100]);
                 }
@@ -342,8 +305,74 @@ fn write_copy(
         page_count: u64::from(p.n_page),
         page_size: u64::from(p.page_size),
         sha256,
-        wal_pages,
+        wal_pages: from_wal.pages,
     })
+}
+
+/// The WAL's part of the copy so far.
+struct FromWal {
+    /// False once the WAL was found restarted: the database file alone is the snapshot.
+    valid: bool,
+    /// Pages taken from the WAL.
+    pages: u64,
+    scratch: Vec<u8>,
+}
+
+impl Pinned<'_> {
+    /// Put the snapshot's WAL frames in place of the pages they replace in `buf`, the block
+    /// of the database file at `offset` of which `got` bytes were read (the rest, past the
+    /// file's end, must come from the WAL, or be the lock-byte page).
+    fn put_wal_pages(
+        &self,
+        buf: &mut [u8],
+        offset: u64,
+        got: usize,
+        wal: &mut FromWal,
+        shown: &str,
+    ) -> Result<(), JobError> {
+        let page = self.page_size as usize;
+        let lock_page = wal::lock_byte_page(self.page_size);
+        for (i, slot) in buf.chunks_exact_mut(page).enumerate() {
+            let pgno = (offset / page as u64) as u32 + i as u32 + 1;
+            let frame = if wal.valid {
+                self.map.as_ref().and_then(|m| m.frame_of(pgno))
+            } else {
+                None
+            };
+            if let (Some(f), Some(map), Some(walf)) = (frame, &self.map, self.files.wal) {
+                if map
+                    .read_page(walf, f, &mut wal.scratch)
+                    .map_err(|e| JobError::Io {
+                        context: format!("{shown}-wal: {e}"),
+                        source: std::io::Error::other(e.to_string()),
+                    })?
+                {
+                    slot.copy_from_slice(&wal.scratch);
+                    wal.pages += 1;
+                    continue;
+                }
+                // Rewritten since the scan: only possible with the reader on read mark 0, so
+                // the database file is the snapshot (see the module doc).
+                tracing::debug!(
+                    "{shown}: WAL restarted during the copy; the database file holds the snapshot"
+                );
+                wal.valid = false;
+            }
+            if i * page + page > got {
+                if pgno == lock_page {
+                    slot.fill(0);
+                } else {
+                    return Err(JobError::Io {
+                        context: format!(
+                            "{shown}: page {pgno} is neither in the database file nor in its WAL"
+                        ),
+                        source: std::io::ErrorKind::UnexpectedEof.into(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Start writing `[start, start+len)` to disk now (without waiting for it): the final fsync

@@ -26,9 +26,10 @@ pub mod incremental;
 pub mod offsite;
 pub mod offsite_hold;
 mod retain;
+mod verify;
 
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SubsecRound, Utc};
 
@@ -120,47 +121,10 @@ pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
     check_names(ctx.db, cfg)?;
     archive::ensure_private_dir(dir)?;
     let sources = ctx.db.backup_sources();
-    let need: u64 = sources
-        .iter()
-        .map(|s| {
-            let f = DbFiles::of(&s.path);
-            file_len(&f.main).unwrap_or(0) + file_len(&f.wal).unwrap_or(0)
-        })
-        .sum();
-    let free = archive::free_bytes(dir)?;
-    if free < need {
-        return Err(JobError::Refused(format!(
-            "{}: not enough free space for a backup: needs about {} (the database size), {} free; free some space or point backup.dir at a larger file system",
-            dir.display(),
-            human_bytes(need),
-            human_bytes(free)
-        )));
-    }
+    let need = check_space(dir, &sources)?;
     let stamp = unique_stamp(dir, &sources, cfg);
     if ctx.dry_run {
-        let names: Vec<String> = sources
-            .iter()
-            .map(|s| final_name(s, stamp, cfg).file_name())
-            .collect();
-        let held = offsite_hold::held_now(ctx.config, ctx.db, stamp);
-        let mut plan = retention_preview(ctx.db, cfg, &ctx.config.daemon.timezone, stamp, &held)?;
-        let remote = offsite::preview(ctx.config, ctx.db);
-        if !remote.is_empty() {
-            plan = format!("{plan}; {remote}");
-        }
-        return Ok(JobResult {
-            summary: format!(
-                "dry run: would write {} ({} to copy); {plan}",
-                names.join(", "),
-                human_bytes(need)
-            ),
-            figures: Some(Figures::Backup(BackupFigures {
-                bytes_before: need,
-                would_write: Some(names),
-                ..BackupFigures::default()
-            })),
-            skipped: false,
-        });
+        return dry_run(ctx, cfg, &sources, stamp, need);
     }
 
     let cleaned = archive::clean_leftovers(dir, &archive::lock_dir(dir)?)?;
@@ -172,20 +136,15 @@ pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
         );
     }
     let started = Instant::now();
-    let mut written = Vec::new();
-    let mut restarts = 0;
-    let mut copy_path = None;
+    let mut copies = Copies::default();
     for source in &sources {
         let (entry, r, path) = copy_one(ctx, cfg, source, stamp)?;
-        restarts += r;
-        copy_path.get_or_insert(path);
-        written.push(entry);
+        copies.restarts += r;
+        copies.path.get_or_insert(path);
+        copies.written.push(entry);
     }
-
-    let elapsed = started.elapsed();
-    let bytes: u64 = written.iter().map(|e| e.size).sum();
-    let pages: u64 = written.iter().map(|e| e.page_count).sum();
-    let main = &written[0];
+    copies.elapsed = started.elapsed();
+    let written = &copies.written;
     // Backups whose off-site copy is pending and wanted by its remote stay until stored
     // (this run's copies are pending from here on).
     let files: Vec<_> = written
@@ -204,7 +163,119 @@ pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
     )?;
     let chains = chains::apply_chain_retention(ctx.db, cfg, cfg.chain_keep(), Utc::now())?;
     // The copies are committed and no transaction is open: off-site copies now.
-    let pushed = offsite::after_backup(ctx.config, ctx.db, &written).map_err(JobError::Refused)?;
+    let pushed = offsite::after_backup(ctx.config, ctx.db, written).map_err(JobError::Refused)?;
+    let deleted = retention.deleted.len() + chains.deleted.len();
+    let figures = figures(dir, need, &copies, &retention, deleted, pushed.as_ref());
+    if let Some(p) = pushed.as_ref().filter(|p| !p.errors.is_empty()) {
+        return Err(JobError::Remote(
+            p.errors
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; "),
+            p.errors[0].code,
+        ));
+    }
+    let offsite = offsite_summary(pushed.as_ref());
+    Ok(JobResult {
+        summary: format!(
+            "wrote {} ({}, {}) to {}; {}{offsite}",
+            written
+                .iter()
+                .map(|e| e.file.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            human_bytes(written.iter().map(|e| e.size).sum()),
+            match written[0].verified {
+                Verified::None => "not verified".to_string(),
+                v => format!("verified {}", v.as_str()),
+            },
+            dir.display(),
+            retention.summary
+        ),
+        figures: Some(Figures::Backup(figures)),
+        skipped: false,
+    })
+}
+
+/// The copies a run made, in the order of the sources.
+#[derive(Default)]
+struct Copies {
+    written: Vec<Entry>,
+    restarts: u32,
+    /// How the first source was copied.
+    path: Option<CopyPath>,
+    elapsed: Duration,
+}
+
+/// The bytes a backup of `sources` needs (database files and WALs), refused when `dir`'s file
+/// system has less free.
+fn check_space(dir: &Path, sources: &[Source]) -> Result<u64, JobError> {
+    let need: u64 = sources
+        .iter()
+        .map(|s| {
+            let f = DbFiles::of(&s.path);
+            file_len(&f.main).unwrap_or(0) + file_len(&f.wal).unwrap_or(0)
+        })
+        .sum();
+    let free = archive::free_bytes(dir)?;
+    if free < need {
+        return Err(JobError::Refused(format!(
+            "{}: not enough free space for a backup: needs about {} (the database size), {} free; free some space or point backup.dir at a larger file system",
+            dir.display(),
+            human_bytes(need),
+            human_bytes(free)
+        )));
+    }
+    Ok(need)
+}
+
+/// What a run would write, and what retention would do then.
+fn dry_run(
+    ctx: &JobCtx<'_>,
+    cfg: &Backup,
+    sources: &[Source],
+    stamp: DateTime<Utc>,
+    need: u64,
+) -> Result<JobResult, JobError> {
+    let names: Vec<String> = sources
+        .iter()
+        .map(|s| final_name(s, stamp, cfg).file_name())
+        .collect();
+    let held = offsite_hold::held_now(ctx.config, ctx.db, stamp);
+    let mut plan = retention_preview(ctx.db, cfg, &ctx.config.daemon.timezone, stamp, &held)?;
+    let remote = offsite::preview(ctx.config, ctx.db);
+    if !remote.is_empty() {
+        plan = format!("{plan}; {remote}");
+    }
+    Ok(JobResult {
+        summary: format!(
+            "dry run: would write {} ({} to copy); {plan}",
+            names.join(", "),
+            human_bytes(need)
+        ),
+        figures: Some(Figures::Backup(BackupFigures {
+            bytes_before: need,
+            would_write: Some(names),
+            ..BackupFigures::default()
+        })),
+        skipped: false,
+    })
+}
+
+/// The run's figures: the main copy's, the totals of every copy, retention, off-site.
+fn figures(
+    dir: &Path,
+    need: u64,
+    copies: &Copies,
+    retention: &RetentionOutcome,
+    deleted: usize,
+    pushed: Option<&offsite::Pushed>,
+) -> BackupFigures {
+    let written = &copies.written;
+    let bytes: u64 = written.iter().map(|e| e.size).sum();
+    let pages: u64 = written.iter().map(|e| e.page_count).sum();
+    let main = &written[0];
     let figures = BackupFigures {
         bytes_before: need,
         would_write: None,
@@ -217,16 +288,16 @@ pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
         ),
         bytes_after: Some(bytes),
         pages: Some(pages),
-        pages_per_sec: Some((pages as f64 / elapsed.as_secs_f64().max(1e-6)) as u64),
+        pages_per_sec: Some((pages as f64 / copies.elapsed.as_secs_f64().max(1e-6)) as u64),
         verified: Some(main.verified),
         sha256: Some(main.sha256.clone()),
-        retention_deleted: Some((retention.deleted.len() + chains.deleted.len()) as u64),
+        retention_deleted: Some(deleted as u64),
         retention_warnings: Some(retention.warnings.len() as u64),
-        restarts: Some(u64::from(restarts)),
-        copy_path,
+        restarts: Some(u64::from(copies.restarts)),
+        copy_path: copies.path,
         ..BackupFigures::default()
     };
-    let figures = match &pushed {
+    match pushed {
         Some(p) => BackupFigures {
             remote: Some(p.remotes.join(",")),
             remote_url: Some(p.urls.join(" ")),
@@ -236,22 +307,12 @@ pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
             ..figures
         },
         None => figures,
-    };
-    if let Some(p) = pushed.as_ref().filter(|p| !p.errors.is_empty()) {
-        return Err(JobError::Remote(
-            p.errors
-                .iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join("; "),
-            p.errors[0].code,
-        ));
     }
-    let verified = match main.verified {
-        Verified::None => "not verified".to_string(),
-        v => format!("verified {}", v.as_str()),
-    };
-    let offsite = match &pushed {
+}
+
+/// The summary's part about off-site copies.
+fn offsite_summary(pushed: Option<&offsite::Pushed>) -> String {
+    match pushed {
         Some(p) if p.copies > 0 => format!(
             "; stored {} cop{} off-site on {} ({}, {} MB/s); remote retention deleted {}",
             p.copies,
@@ -262,22 +323,7 @@ pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
             p.deleted.len()
         ),
         _ => String::new(),
-    };
-    Ok(JobResult {
-        summary: format!(
-            "wrote {} ({}, {verified}) to {}; {}{offsite}",
-            written
-                .iter()
-                .map(|e| e.file.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
-            human_bytes(bytes),
-            dir.display(),
-            retention.summary
-        ),
-        figures: Some(Figures::Backup(figures)),
-        skipped: false,
-    })
+    }
 }
 
 fn final_name(source: &Source, stamp: DateTime<Utc>, cfg: &Backup) -> BackupName {
