@@ -216,7 +216,8 @@ fn read_header<const N: usize>(path: &Path) -> std::io::Result<[u8; N]> {
     let mut full = vec![0 as c_char; max_path as usize + 4];
     // SAFETY: `full` holds `mxPathname + 1` bytes as xFullPathname requires.
     let rc = unsafe { full_path(vfs, name.as_ptr(), max_path + 1, full.as_mut_ptr()) };
-    if rc != ffi::SQLITE_OK {
+    // SQLITE_OK_SYMLINK (an extended OK) says a symlink was resolved: the path is good.
+    if rc & 0xff != ffi::SQLITE_OK {
         return Err(failed("cannot resolve the path", rc));
     }
     // `sqlite3_file` objects are `szOsFile` bytes, pointer-aligned.
@@ -444,5 +445,8 @@ mod tests {
             .execute_batch("CREATE TABLE t(x)")
             .unwrap();
         preflight(&db).unwrap();
+        // Through a symlinked directory (SQLite resolves it and says so with an extended OK).
+        std::os::unix::fs::symlink(dir.path(), dir.path().join("link")).unwrap();
+        preflight(&dir.path().join("link").join("ok.db")).unwrap();
     }
 }
