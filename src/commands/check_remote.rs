@@ -106,7 +106,7 @@ fn fix(e: &RemoteError) -> &'static str {
         "the key may write but not delete: remote retention needs s3:DeleteObject on the prefix"
     } else if e.what == "opening the directory" {
         "mount the disk or create the directory (owned by the user litekeeper runs as)"
-    } else if e.cause.contains("does not exist (404)") {
+    } else if e.cause.contains("NoSuchBucket") {
         "create the bucket, or fix the bucket in `url`"
     } else if e.what.starts_with("listing") {
         "the key may write but not list: listing needs s3:ListBucket on the bucket"
