@@ -17,7 +17,43 @@ pub(super) fn drill(
     remotes: &[String],
     daemon: &Daemon,
 ) -> Drill {
-    let has_backup = backup_dir.is_some();
+    let from = sources(c, key, d, backup_dir.is_some(), remotes);
+    let identity = identity(c, key, d, &from);
+    let asserts = asserts(c, key, d);
+    Drill {
+        timing: c.timing(
+            key,
+            d.schedule.as_ref(),
+            d.jitter.as_ref(),
+            d.ping.as_ref(),
+            d.ping_timeout.as_ref(),
+        ),
+        from,
+        pick: c.choice(
+            &key.key("pick"),
+            d.pick.as_ref(),
+            &[
+                ("newest", DrillPick::Newest),
+                ("newest+random", DrillPick::NewestAndRandom),
+                ("all", DrillPick::All),
+            ],
+            DrillPick::Newest,
+        ),
+        identity,
+        asserts,
+        max_age: c.opt_duration(&key.key("max_age"), d.max_age.as_ref()),
+        scratch_dir: scratch_dir(c, key, d, backup_dir, daemon),
+    }
+}
+
+/// `from`: "local" and this database's remotes, each once ("local" needs a backup directory).
+fn sources(
+    c: &mut Checker,
+    key: &KeyPath,
+    d: &RawDrill,
+    has_backup: bool,
+    remotes: &[String],
+) -> Vec<DrillSource> {
     let from_key = key.key("from");
     let mut from = Vec::new();
     match &d.from {
@@ -67,6 +103,17 @@ pub(super) fn drill(
             Some("local".into()),
         );
     }
+    from
+}
+
+/// `identity`: an age identity file or `credential:NAME`; required when a source is a remote
+/// (its copies are always encrypted).
+fn identity(
+    c: &mut Checker,
+    key: &KeyPath,
+    d: &RawDrill,
+    from: &[DrillSource],
+) -> Option<Identity> {
     let identity = d
         .identity
         .as_ref()
@@ -103,6 +150,11 @@ pub(super) fn drill(
             );
         }
     }
+    identity
+}
+
+/// `assert`: SQL queries that must each return one true row.
+fn asserts(c: &mut Checker, key: &KeyPath, d: &RawDrill) -> Vec<String> {
     let mut asserts = Vec::new();
     for (i, sql) in d.asserts.iter().flatten().enumerate() {
         let k = key.key("assert").index(i);
@@ -117,30 +169,7 @@ pub(super) fn drill(
         }
         asserts.push(sql.clone());
     }
-    Drill {
-        timing: c.timing(
-            key,
-            d.schedule.as_ref(),
-            d.jitter.as_ref(),
-            d.ping.as_ref(),
-            d.ping_timeout.as_ref(),
-        ),
-        from,
-        pick: c.choice(
-            &key.key("pick"),
-            d.pick.as_ref(),
-            &[
-                ("newest", DrillPick::Newest),
-                ("newest+random", DrillPick::NewestAndRandom),
-                ("all", DrillPick::All),
-            ],
-            DrillPick::Newest,
-        ),
-        identity,
-        asserts,
-        max_age: c.opt_duration(&key.key("max_age"), d.max_age.as_ref()),
-        scratch_dir: scratch_dir(c, key, d, backup_dir, daemon),
-    }
+    asserts
 }
 
 /// The scratch directory: never inside the backup directory (which holds only backups, and

@@ -370,15 +370,7 @@ fn drill_point(
     phases.decrypt_ms = ms(decrypt);
     phases.decompress_ms = ms(decompress);
     let need: u64 = fetched.iter().map(|(_, b)| b.restored_size).sum();
-    let free = archive::free_bytes(scratch)?;
-    if free < need {
-        return Err(JobError::Refused(format!(
-            "{}: not enough free space for the scratch copy: needs {}, {} free; free some space or point drill.scratch_dir at a larger file system",
-            scratch.display(),
-            human_bytes(need),
-            human_bytes(free)
-        )));
-    }
+    ensure_scratch_space(scratch, need)?;
     let mut restored = Vec::new();
     let mut proven = Vec::new();
     for (f, b) in &fetched {
@@ -409,23 +401,9 @@ fn drill_point(
             }
             Err(e) => return Ok(fail(copy, phases, format!("restore {}: {e}", f.file))),
         }
-        if let Some(p) = &b.point {
-            // The restore stopped short of the point asked for: not the point the report names.
-            if let Some(broken) = &p.broken {
-                let why = format!(
-                    "the chain to {} is broken at {} ({}): only {} restores",
-                    broken.wanted, broken.link, broken.why, p.file
-                );
-                return Ok(fail(copy, phases, why));
-            }
-            if p.image_sha256.is_some() {
-                proven.push(format!(
-                    "image SHA-256 {} ({} delta(s) after {}): as recorded: ok",
-                    p.file,
-                    p.deltas.len(),
-                    b.file
-                ));
-            }
+        match point_proof(b) {
+            Ok(line) => proven.extend(line),
+            Err(why) => return Ok(fail(copy, phases, why)),
         }
     }
     drop(staging);
@@ -449,6 +427,42 @@ fn drill_point(
         ..phases
     };
     Ok(copy)
+}
+
+/// Refuse a drill whose scratch copy would not fit (`need` bytes restored).
+fn ensure_scratch_space(scratch: &Path, need: u64) -> Result<(), JobError> {
+    let free = archive::free_bytes(scratch)?;
+    if free < need {
+        return Err(JobError::Refused(format!(
+            "{}: not enough free space for the scratch copy: needs {}, {} free; free some space or point drill.scratch_dir at a larger file system",
+            scratch.display(),
+            human_bytes(need),
+            human_bytes(free)
+        )));
+    }
+    Ok(())
+}
+
+/// For a restored chain point: the line proving its image, or why the restore stopped short
+/// of the point asked for (then it is not the point the report names).
+fn point_proof(b: &crate::restore::BackupSource) -> Result<Option<String>, String> {
+    let Some(p) = &b.point else {
+        return Ok(None);
+    };
+    if let Some(broken) = &p.broken {
+        return Err(format!(
+            "the chain to {} is broken at {} ({}): only {} restores",
+            broken.wanted, broken.link, broken.why, p.file
+        ));
+    }
+    Ok(p.image_sha256.is_some().then(|| {
+        format!(
+            "image SHA-256 {} ({} delta(s) after {}): as recorded: ok",
+            p.file,
+            p.deltas.len(),
+            b.file
+        )
+    }))
 }
 
 /// The bytes read to restore one file: a chain's full backup and its deltas, or the file.
