@@ -275,6 +275,13 @@ impl Family {
         }
     }
 
+    fn counter(name: &'static str, help: &'static str) -> Self {
+        Family {
+            kind: "counter",
+            ..Family::gauge(name, help)
+        }
+    }
+
     fn push(&mut self, labels: &[(&'static str, &str)], value: String) {
         let labels = labels.iter().map(|(k, v)| (*k, v.to_string())).collect();
         self.samples.push((labels, value));

@@ -56,6 +56,8 @@ pub struct RemoteSummary {
     pub oldest_pending: Option<DateTime<Utc>>,
     /// When the last copy was stored.
     pub last_stored: Option<DateTime<Utc>>,
+    /// Bytes stored there for the database, every copy counted (a counter).
+    pub uploaded_bytes: u64,
     /// The error of the last failed attempt at the oldest pending copy.
     pub last_error: Option<String>,
 }
@@ -199,18 +201,20 @@ impl HistoryReader {
             }
         }
         if has_table(c, "remote_stored")? {
-            let mut st = c.prepare("SELECT database, remote, at FROM remote_stored")?;
+            let mut st = c.prepare("SELECT database, remote, at, total FROM remote_stored")?;
             let rows = st.query_map([], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     r.get::<_, String>(1)?,
                     r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
                 ))
             })?;
             for row in rows {
-                let (d, r, at) = row?;
+                let (d, r, at, total) = row?;
                 let mut s = entry(&mut out, &d, &r);
                 s.last_stored = Some(from_ms(at));
+                s.uploaded_bytes = total.max(0) as u64;
                 out.insert((d, r), s);
             }
         }
@@ -321,6 +325,7 @@ mod tests {
                 pending: 2,
                 oldest_pending: Some(t),
                 last_stored: Some(t),
+                uploaded_bytes: 42,
                 last_error: None,
             }]
         );

@@ -142,7 +142,12 @@ fn check_probes_each_remote_and_names_what_failed() {
 /// The metrics file's samples of `family` for chat → offsite.
 fn sample(prom: &std::path::Path, family: &str) -> Option<f64> {
     let text = std::fs::read_to_string(prom).unwrap();
-    assert!(text.contains(&format!("# TYPE {family} gauge")), "{text}");
+    let kind = if family.ends_with("_total") {
+        "counter"
+    } else {
+        "gauge"
+    };
+    assert!(text.contains(&format!("# TYPE {family} {kind}")), "{text}");
     let head = format!("{family}{{database=\"chat\",remote=\"offsite\"}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(head.as_str()))
@@ -195,6 +200,10 @@ fn metrics_and_status_follow_pending_and_stored_copies() {
         sample(&prom, "litekeeper_remote_last_success_timestamp_seconds"),
         None
     );
+    assert_eq!(
+        sample(&prom, "litekeeper_remote_uploaded_bytes_total"),
+        Some(0.0)
+    );
     let o = run(&env, &["status"]);
     let line = line_with(&stdout(&o), "chat -> remote offsite:").to_string();
     assert!(line.contains("no copy stored yet, 1 pending"), "{line}");
@@ -215,6 +224,8 @@ fn metrics_and_status_follow_pending_and_stored_copies() {
     let o = run(&env, &["backups", "push", "chat"]);
     assert_eq!(o.status.code(), Some(0), "{}", both(&o));
     assert_eq!(sample(&prom, "litekeeper_remote_pending_copies"), Some(0.0));
+    let stored_bytes = sample(&prom, "litekeeper_remote_uploaded_bytes_total").unwrap();
+    assert!(stored_bytes > 0.0, "{stored_bytes}");
     let at = sample(&prom, "litekeeper_remote_last_success_timestamp_seconds").unwrap();
     let now = chrono::Utc::now().timestamp() as f64;
     assert!((now - at).abs() < 60.0, "{at} vs {now}");
