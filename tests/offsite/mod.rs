@@ -6,6 +6,7 @@ mod config;
 mod drill;
 mod faults;
 mod fixture;
+mod fleet;
 mod ops;
 mod restore;
 mod retention;
