@@ -114,15 +114,8 @@ pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
         figures.remote_url = Some(p.urls.join(" "));
         figures.remote_bytes = Some(p.bytes);
         figures.remote_pending = Some(p.pending);
-        if !p.errors.is_empty() {
-            return Err(JobError::Remote(
-                p.errors
-                    .iter()
-                    .map(|e| e.to_string())
-                    .collect::<Vec<_>>()
-                    .join("; "),
-                p.errors[0].code,
-            ));
+        if let Some(e) = p.failure() {
+            return Err(e);
         }
     }
     let offsite = match &pushed {

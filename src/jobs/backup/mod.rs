@@ -166,15 +166,8 @@ pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
     let pushed = offsite::after_backup(ctx.config, ctx.db, written).map_err(JobError::Refused)?;
     let deleted = retention.deleted.len() + chains.deleted.len();
     let figures = figures(dir, need, &copies, &retention, deleted, pushed.as_ref());
-    if let Some(p) = pushed.as_ref().filter(|p| !p.errors.is_empty()) {
-        return Err(JobError::Remote(
-            p.errors
-                .iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join("; "),
-            p.errors[0].code,
-        ));
+    if let Some(e) = pushed.as_ref().and_then(offsite::Pushed::failure) {
+        return Err(e);
     }
     let offsite = offsite_summary(pushed.as_ref());
     Ok(JobResult {

@@ -34,6 +34,13 @@ pub struct Pushed {
 }
 
 impl Pushed {
+    /// The run's failure when a remote failed: every remote's line, the first one's exit code.
+    pub fn failure(&self) -> Option<crate::jobs::JobError> {
+        let first = self.errors.first()?;
+        let lines: Vec<String> = self.errors.iter().map(|e| e.to_string()).collect();
+        Some(crate::jobs::JobError::Remote(lines.join("; "), first.code))
+    }
+
     pub fn mb_per_sec(&self) -> f64 {
         let mb = self.bytes as f64 / 1e6;
         (mb / self.elapsed.as_secs_f64().max(1e-6) * 100.0).round() / 100.0
