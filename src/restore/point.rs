@@ -72,6 +72,34 @@ pub struct Point {
     pub broken: Option<Broken>,
 }
 
+impl Point {
+    /// The point reached by applying `deltas` (in order) to the full backup `base` made at
+    /// `base_time`: the last delta's, or the full backup itself when none applies.
+    pub(crate) fn reached(
+        base: &str,
+        base_time: DateTime<Utc>,
+        deltas: Vec<DeltaEntry>,
+        broken: Option<Broken>,
+    ) -> Point {
+        match deltas.last() {
+            Some(last) => Point {
+                file: last.file.clone(),
+                time: last.created_at,
+                image_sha256: Some(last.image_sha256.clone()),
+                deltas: deltas.clone(),
+                broken,
+            },
+            None => Point {
+                file: base.to_string(),
+                time: base_time,
+                image_sha256: None,
+                deltas,
+                broken,
+            },
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Broken {
     pub link: String,
@@ -201,27 +229,16 @@ fn with_deltas(
             }
         }
     }
-    let point = match deltas.last() {
-        Some(last) => Point {
-            file: last.file.clone(),
-            time: last.created_at,
-            image_sha256: Some(last.image_sha256.clone()),
-            deltas: deltas.clone(),
-            broken,
-        },
-        None => Point {
-            file: way.base.file.clone(),
-            time: way.base.created_at,
-            image_sha256: None,
-            deltas: Vec::new(),
-            broken,
-        },
-    };
     source.restored_size = deltas
         .iter()
         .map(|d| d.page_count * d.page_size)
         .fold(source.restored_size, u64::max);
-    source.point = Some(point);
+    source.point = Some(Point::reached(
+        &way.base.file,
+        way.base.created_at,
+        deltas,
+        broken,
+    ));
     Ok(source)
 }
 

@@ -324,22 +324,12 @@ pub(crate) fn fetch_at(
                 .iter()
                 .map(|d| d.page_count * d.page_size)
                 .fold(source.restored_size, u64::max);
-            source.point = Some(match deltas.last() {
-                Some(last) => Point {
-                    file: last.file.clone(),
-                    time: last.created_at,
-                    image_sha256: Some(last.image_sha256.clone()),
-                    deltas: deltas.clone(),
-                    broken,
-                },
-                None => Point {
-                    file: full.local_file.clone(),
-                    time: full.backup_time,
-                    image_sha256: None,
-                    deltas: Vec::new(),
-                    broken,
-                },
-            });
+            source.point = Some(Point::reached(
+                &full.local_file,
+                full.backup_time,
+                deltas,
+                broken,
+            ));
         }
         sources.push(source);
     }
