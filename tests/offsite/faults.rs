@@ -21,28 +21,6 @@ fn remote_line(err: &str) -> String {
         .to_string()
 }
 
-/// After a failed run: the local backup is there, listed, and its copy pending.
-fn kept_and_pending(env: &TestEnv) -> String {
-    let local = local_backups(env);
-    assert_eq!(local.len(), 1, "the local backup is kept: {local:?}");
-    let o = env
-        .cmd()
-        .args(["backups", "list", "chat", "--json"])
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
-    assert!(
-        String::from_utf8_lossy(&o.stdout).contains(&local[0]),
-        "listed: {}",
-        both(&o)
-    );
-    assert_eq!(
-        pending(env),
-        vec![("offsite".to_string(), local[0].clone())]
-    );
-    local[0].clone()
-}
-
 /// `litekeeper ARGS` with the right access key and `secret`.
 fn run_with(env: &TestEnv, args: &[&str], id: &str, secret: &str) -> std::process::Output {
     env.cmd()

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::util::KillOnDrop;
-use crate::util::TestEnv;
+use crate::util::{both, TestEnv};
 
 pub const BUCKET: &str = "lk-offsite";
 
@@ -215,4 +215,26 @@ pub fn local_backups(env: &TestEnv) -> Vec<String> {
         .into_iter()
         .filter(|n| n.starts_with("chat-"))
         .collect()
+}
+
+/// After a failed run: the local backup is there, listed, and its copy pending.
+pub fn kept_and_pending(env: &TestEnv) -> String {
+    let local = local_backups(env);
+    assert_eq!(local.len(), 1, "the local backup is kept: {local:?}");
+    let o = env
+        .cmd()
+        .args(["backups", "list", "chat", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains(&local[0]),
+        "listed: {}",
+        both(&o)
+    );
+    assert_eq!(
+        pending(env),
+        vec![("offsite".to_string(), local[0].clone())]
+    );
+    local[0].clone()
 }

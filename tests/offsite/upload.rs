@@ -131,23 +131,7 @@ fn unreachable_endpoint_keeps_the_local_backup_pending_and_the_next_run_stores_i
     assert!(line.contains(&format!("s3://{BUCKET}/lk")), "{line}");
     assert!(line.contains("connection refused"), "{line}");
     assert!(!err.contains("never-printed"), "{err}");
-    let first = local_backups(&env);
-    assert_eq!(first.len(), 1, "the local backup is kept");
-    assert_eq!(
-        pending(&env),
-        vec![("offsite".to_string(), first[0].clone())]
-    );
-    let o = env
-        .cmd()
-        .args(["backups", "list", "chat", "--json"])
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
-    assert!(
-        String::from_utf8_lossy(&o.stdout).contains(&first[0]),
-        "listed: {}",
-        both(&o)
-    );
+    kept_and_pending(&env);
 
     // The server is back: the next run stores the pending copy first, then its own.
     let moto = Moto::start_on(port);
