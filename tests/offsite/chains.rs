@@ -66,6 +66,26 @@ fn ok(env: &TestEnv, args: &[&str]) -> std::process::Output {
     o
 }
 
+/// `restore chat --at AT --from offsite --identity IDENTITY --to TO`.
+fn restore_at(env: &TestEnv, identity: &Path, at: &str, to: &Path) -> std::process::Output {
+    let (id, to) = (identity.display().to_string(), to.display().to_string());
+    run(
+        env,
+        &[
+            "restore",
+            "chat",
+            "--at",
+            at,
+            "--from",
+            "offsite",
+            "--identity",
+            &id,
+            "--to",
+            &to,
+        ],
+    )
+}
+
 fn sha(bytes: &[u8]) -> String {
     use sha2::{Digest, Sha256};
     Sha256::digest(bytes)
@@ -117,25 +137,11 @@ fn suite(env: &TestEnv, kind: Kind) {
 
     // The host is lost: every point comes back from the remote alone.
     std::fs::remove_dir_all(env.path("backups")).unwrap();
-    let id = identity.display().to_string();
     for (i, point) in deltas.iter().enumerate() {
         let at = point["created_at"].as_str().unwrap();
         let to = env.path(&format!("p{i}.db"));
-        let o = ok(
-            env,
-            &[
-                "restore",
-                "chat",
-                "--at",
-                at,
-                "--from",
-                "offsite",
-                "--identity",
-                &id,
-                "--to",
-                to.to_str().unwrap(),
-            ],
-        );
+        let o = restore_at(env, &identity, at, &to);
+        assert_eq!(o.status.code(), Some(0), "{}", both(&o));
         assert!(both(&o).contains("image SHA-256 matches"), "{}", both(&o));
         assert_eq!(
             sha(&std::fs::read(&to).unwrap()),
@@ -157,21 +163,7 @@ fn suite(env: &TestEnv, kind: Kind) {
     let middle = deltas[1]["file"].as_str().unwrap();
     kind.delete(&format!("{middle}.zst.age"));
     let to = env.path("broken.db");
-    let o = run(
-        env,
-        &[
-            "restore",
-            "chat",
-            "--at",
-            "latest",
-            "--from",
-            "offsite",
-            "--identity",
-            &id,
-            "--to",
-            to.to_str().unwrap(),
-        ],
-    );
+    let o = restore_at(env, &identity, "latest", &to);
     assert_eq!(o.status.code(), Some(65), "{}", both(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("warning") && err.contains(middle), "{err}");
@@ -256,22 +248,8 @@ fn a_delta_made_while_the_remote_is_down_is_pushed_with_its_chain() {
     assert_eq!(remote["deltas"].as_array().unwrap().len(), 2, "{remote}");
     std::fs::remove_dir_all(env.path("backups")).unwrap();
     let to = env.path("r.db");
-    let id = identity.display().to_string();
-    ok(
-        &env,
-        &[
-            "restore",
-            "chat",
-            "--at",
-            "latest",
-            "--from",
-            "offsite",
-            "--identity",
-            &id,
-            "--to",
-            to.to_str().unwrap(),
-        ],
-    );
+    let o = restore_at(&env, &identity, "latest", &to);
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
     assert_eq!(query_i64(&to, "SELECT count(*) FROM m"), 600);
 }
 
