@@ -118,17 +118,10 @@ pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
             return Err(e);
         }
     }
-    let offsite = match &pushed {
-        Some(p) if p.copies > 0 => format!(
-            "; stored {} cop{} off-site on {} ({}); remote retention deleted {}",
-            p.copies,
-            if p.copies == 1 { "y" } else { "ies" },
-            p.remotes.join(", "),
-            human_bytes(p.bytes),
-            p.deleted.len()
-        ),
-        _ => String::new(),
-    };
+    let offsite = pushed
+        .as_ref()
+        .map(super::offsite::Pushed::summary)
+        .unwrap_or_default();
     Ok(JobResult {
         summary: format!(
             "wrote {} (point {} after {}: {} of {} pages changed, {}); {}{offsite}",

@@ -169,7 +169,10 @@ pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
     if let Some(e) = pushed.as_ref().and_then(offsite::Pushed::failure) {
         return Err(e);
     }
-    let offsite = offsite_summary(pushed.as_ref());
+    let offsite = pushed
+        .as_ref()
+        .map(offsite::Pushed::summary)
+        .unwrap_or_default();
     Ok(JobResult {
         summary: format!(
             "wrote {} ({}, {}) to {}; {}{offsite}",
@@ -300,22 +303,6 @@ fn figures(
             ..figures
         },
         None => figures,
-    }
-}
-
-/// The summary's part about off-site copies.
-fn offsite_summary(pushed: Option<&offsite::Pushed>) -> String {
-    match pushed {
-        Some(p) if p.copies > 0 => format!(
-            "; stored {} cop{} off-site on {} ({}, {} MB/s); remote retention deleted {}",
-            p.copies,
-            if p.copies == 1 { "y" } else { "ies" },
-            p.remotes.join(", "),
-            human_bytes(p.bytes),
-            p.mb_per_sec(),
-            p.deleted.len()
-        ),
-        _ => String::new(),
     }
 }
 

@@ -34,6 +34,22 @@ pub struct Pushed {
 }
 
 impl Pushed {
+    /// The tail of a run's summary line: what was stored off-site (empty when nothing was).
+    pub fn summary(&self) -> String {
+        if self.copies == 0 {
+            return String::new();
+        }
+        format!(
+            "; stored {} cop{} off-site on {} ({}, {} MB/s); remote retention deleted {}",
+            self.copies,
+            if self.copies == 1 { "y" } else { "ies" },
+            self.remotes.join(", "),
+            crate::domain::human_bytes(self.bytes),
+            self.mb_per_sec(),
+            self.deleted.len()
+        )
+    }
+
     /// The run's failure when a remote failed: every remote's line, the first one's exit code.
     pub fn failure(&self) -> Option<crate::jobs::JobError> {
         let first = self.errors.first()?;
