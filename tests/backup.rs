@@ -252,11 +252,7 @@ fn in_place_restore_replaces_stale_wal_and_keeps_the_previous_file() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(75), "{}", both(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains(&holder.0.id().to_string()),
-        "{}",
-        both(&out)
-    );
+    crate::util::assert_stderr_has(&out, &holder.0.id().to_string());
     let _ = holder.0.kill();
     let _ = holder.0.wait();
     // Leave a stale -wal/-shm with post-backup changes next to the DB, then restore in place.
@@ -299,11 +295,7 @@ fn damaged_backup_is_refused_with_65() {
     let target = env.path("r.db");
     let out = env.restore_to(&["chat"], &target);
     assert_eq!(out.status.code(), Some(65), "{}", both(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("checksum mismatch"),
-        "{}",
-        both(&out)
-    );
+    crate::util::assert_stderr_has(&out, "checksum mismatch");
     assert!(!target.exists());
 }
 

@@ -313,9 +313,5 @@ dir = "{vectors}/backups"
     ));
     let o = run(&env, &config, &["check", "chat"]);
     assert_eq!(o.status.code(), Some(0), "{}", both(&o));
-    assert!(
-        String::from_utf8_lossy(&o.stdout).contains("configuration ok (2 databases)"),
-        "{}",
-        both(&o)
-    );
+    crate::util::assert_stdout_has(&o, "configuration ok (2 databases)");
 }

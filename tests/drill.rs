@@ -295,11 +295,7 @@ fn status_check_is_critical_after_a_failed_drill_and_ok_after_a_good_one() {
     std::thread::sleep(Duration::from_millis(1500));
     let o = check();
     assert_eq!(o.status.code(), Some(2), "{}", both(&o));
-    assert!(
-        String::from_utf8_lossy(&o.stdout).contains("CRITICAL drill chat: last success"),
-        "{}",
-        both(&o)
-    );
+    crate::util::assert_stdout_has(&o, "CRITICAL drill chat: last success");
 }
 
 #[test]
@@ -394,11 +390,7 @@ fn a_drill_beside_a_backup_completes_and_retention_deletes_nothing_under_it() {
     assert_eq!(status.code(), Some(0), "{}", d.log());
     assert!(d.log().contains(&drilled), "{}", d.log());
     // Retention ran after the drill let go: the drilled copy went then, not under it.
-    assert!(
-        String::from_utf8_lossy(&b.stdout).contains("retention deleted"),
-        "{}",
-        both(&b)
-    );
+    crate::util::assert_stdout_has(&b, "retention deleted");
 }
 
 #[test]

@@ -73,11 +73,7 @@ fn a_lock_directory_removed_under_a_running_job_does_not_let_a_second_job_in() {
         "a second job ran beside the first\n{}",
         both(&second)
     );
-    assert!(
-        String::from_utf8_lossy(&second.stderr).contains("running prune"),
-        "{}",
-        both(&second)
-    );
+    crate::util::assert_stderr_has(&second, "running prune");
     assert_eq!(o.status.code(), Some(0), "{}", both(&o));
     let left: i64 = Connection::open(&db)
         .unwrap()
@@ -159,11 +155,7 @@ fn a_guard_refusing_one_rule_skips_it_and_the_later_rules_run() {
     assert_eq!(n("one"), 1, "the refused rule deleted something");
     assert_eq!(n("many"), 90, "the later rule did not run");
     let o = env.cmd().args(["status", "--json"]).output().unwrap();
-    assert!(
-        String::from_utf8_lossy(&o.stdout).contains("refused"),
-        "{}",
-        both(&o)
-    );
+    crate::util::assert_stdout_has(&o, "refused");
 }
 
 #[test]

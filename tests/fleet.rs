@@ -59,11 +59,7 @@ fn every_file_is_a_database_with_its_own_backups() {
     ));
     let o = env.cmd().arg("check").output().unwrap();
     assert_eq!(o.status.code(), Some(78), "{}", both(&o));
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("{stem}"),
-        "{}",
-        both(&o)
-    );
+    crate::util::assert_stderr_has(&o, "{stem}");
     env.write_config(&format!(
         "{}[[database]]\nname = \"t-{{stem}}\"\npath = \"{}/*.db\"\n[database.backup]\ndir = \"{}\"\n",
         env.daemon_section(""),
@@ -72,11 +68,7 @@ fn every_file_is_a_database_with_its_own_backups() {
     ));
     let o = env.cmd().arg("check").output().unwrap();
     assert_eq!(o.status.code(), Some(78), "{}", both(&o));
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("its own backup directory"),
-        "{}",
-        both(&o)
-    );
+    crate::util::assert_stderr_has(&o, "its own backup directory");
 }
 
 #[test]
@@ -297,11 +289,7 @@ fn the_fleet_runs_as_a_whole_by_its_handle() {
     .unwrap();
     let o = env.cmd().arg("check").output().unwrap();
     assert_eq!(o.status.code(), Some(78), "{}", both(&o));
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("called \"tenant\""),
-        "{}",
-        both(&o)
-    );
+    crate::util::assert_stderr_has(&o, "called \"tenant\"");
 }
 
 /// `systemd-units` makes one timer per fleet job (the handle as its instance), not one per
@@ -341,11 +329,7 @@ fn a_fleet_gets_one_timer_per_job_and_its_fixed_directories() {
         !paths.contains("tenant-t0"),
         "no member directories: {paths}"
     );
-    assert!(
-        String::from_utf8_lossy(&o.stdout).contains("litekeeper-backup@tenant.timer"),
-        "{}",
-        both(&o)
-    );
+    crate::util::assert_stdout_has(&o, "litekeeper-backup@tenant.timer");
 }
 
 /// A member whose database is locked by the application fails on its own (busy); the
@@ -474,11 +458,7 @@ fn fleet_names_and_an_empty_fleet() {
         .write();
     let o = env.cmd().arg("check").output().unwrap();
     assert_eq!(o.status.code(), Some(78), "{}", both(&o));
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("same name template"),
-        "{}",
-        both(&o)
-    );
+    crate::util::assert_stderr_has(&o, "same name template");
     // `{stem}` over app/a/*.db is "a"; over app/*.db it would be "app", which the plain
     // database has: then it is "fleet1".
     env.config("timezone = \"UTC\"")

@@ -40,11 +40,7 @@ fn app_referencing(env: &TestEnv, id: &str) -> PathBuf {
 /// `ARGS` exits 73 and says `says` on stderr.
 fn assert_refused(env: &TestEnv, args: &[&str], says: &str) {
     let o = env.run_code(args, 73);
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains(says),
-        "{}",
-        both(&o)
-    );
+    crate::util::assert_stderr_has(&o, says);
 }
 
 /// `run chat backup` as the unprivileged user, with the variable `key` set to `value`.
@@ -185,11 +181,7 @@ fn a_directory_with_100k_entries_is_pruned_exactly() {
     let o = env.cmd().args(["run", "chat", "prune"]).output().unwrap();
     let took = t.elapsed();
     assert_eq!(o.status.code(), Some(0), "{}", both(&o));
-    assert!(
-        String::from_utf8_lossy(&o.stdout).contains("and 50000 files"),
-        "{}",
-        both(&o)
-    );
+    crate::util::assert_stdout_has(&o, "and 50000 files");
     let left: Vec<String> = std::fs::read_dir(&uploads)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -247,30 +239,18 @@ fn environment_overrides_cannot_send_an_unprivileged_daemon_elsewhere() {
     // Database entries cannot be reached from the environment at all.
     let o = unprivileged_backup(&env, "LITEKEEPER__DATABASE__0__BACKUP__DIR", "/root/x");
     assert_eq!(o.status.code(), Some(78), "{}", both(&o));
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("cannot be set from the environment"),
-        "{}",
-        both(&o)
-    );
+    crate::util::assert_stderr_has(&o, "cannot be set from the environment");
     // The daemon's own directories can, but the operating system still decides.
     let forbidden = PathBuf::from("/root/litekeeper-must-not-exist");
     let _ = std::fs::remove_dir_all(&forbidden);
     let o = unprivileged_backup(&env, "LITEKEEPER__DAEMON__STATE_DIR", &forbidden);
     assert_ne!(o.status.code(), Some(0), "{}", both(&o));
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains(&forbidden.display().to_string()),
-        "{}",
-        both(&o)
-    );
+    crate::util::assert_stderr_has(&o, &forbidden.display().to_string());
     assert!(!forbidden.exists());
     // A relative path through the environment is refused before anything runs.
     let o = unprivileged_backup(&env, "LITEKEEPER__DAEMON__STATE_DIR", "../../tmp/x");
     assert_eq!(o.status.code(), Some(78), "{}", both(&o));
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("LITEKEEPER__DAEMON__STATE_DIR"),
-        "{}",
-        both(&o)
-    );
+    crate::util::assert_stderr_has(&o, "LITEKEEPER__DAEMON__STATE_DIR");
 }
 
 #[test]

@@ -177,11 +177,7 @@ parent = \"message.id\"",
     }
     // A second run finds nothing more: the cascade completed in one run.
     let o = run_prune(&env, &[]);
-    assert!(
-        String::from_utf8_lossy(&o.stdout).contains("deleted 0 rows"),
-        "{}",
-        both(&o)
-    );
+    crate::util::assert_stdout_has(&o, "deleted 0 rows");
 }
 
 #[test]
@@ -269,11 +265,7 @@ fn max_fraction_and_missing_columns_refuse_before_deleting() {
         "{}",
         both(&o)
     );
-    assert!(
-        String::from_utf8_lossy(&o.stdout).contains("refused by a guard: rule[0]"),
-        "{}",
-        both(&o)
-    );
+    crate::util::assert_stdout_has(&o, "refused by a guard: rule[0]");
     assert_eq!(query_i64(&db, "SELECT count(*) FROM chat"), 400);
 
     // A rule naming a missing column: exit 78 with the config line of the key.
@@ -313,11 +305,7 @@ fn max_rows_caps_one_run_and_without_rowid_tables_batch_on_their_key() {
         "max_fraction = 1.0\nmax_rows = 1000\n[[database.prune.rule]]\ntable = \"files.blob\"\nwhere = \"length(data) > 10\"",
     );
     let o = prune_code(&env, &[], 0);
-    assert!(
-        String::from_utf8_lossy(&o.stdout).contains("stopped at max_rows = 1000"),
-        "{}",
-        both(&o)
-    );
+    crate::util::assert_stdout_has(&o, "stopped at max_rows = 1000");
     assert_eq!(query_i64(&blobs, "SELECT count(*) FROM blob"), 2602 - 1000);
     // Deleted in key order: the survivors are the largest keys.
     let smallest_left: String = Connection::open(&blobs)
@@ -433,16 +421,8 @@ quarantine_days = 7",
     config(&env, &db, None, &rule("SELECT id FROM chat WHERE 0"));
     // A guard's refusal: the rule is skipped with a warning, the run is ok (issue 13).
     let o = prune_code(&env, &[], 0);
-    assert!(
-        String::from_utf8_lossy(&o.stdout).contains("refused by a guard: files[0]"),
-        "{}",
-        both(&o)
-    );
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("referenced_by returned no ids"),
-        "{}",
-        both(&o)
-    );
+    crate::util::assert_stdout_has(&o, "refused by a guard: files[0]");
+    crate::util::assert_stderr_has(&o, "referenced_by returned no ids");
     assert!(uploads.join("c999_orphan.txt").exists());
 
     config(&env, &db, None, &rule("SELECT id FROM chat"));

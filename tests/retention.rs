@@ -89,11 +89,7 @@ fn backup_applies_retention_and_touches_only_our_files() {
     assert_eq!(names(&dir), before);
 
     let o = env.run_ok(&["run", "chat", "backup"]);
-    assert!(
-        String::from_utf8_lossy(&o.stdout).contains("retention deleted 4"),
-        "{}",
-        both(&o)
-    );
+    crate::util::assert_stdout_has(&o, "retention deleted 4");
     let left = names(&dir);
     let ours: Vec<&String> = left
         .iter()

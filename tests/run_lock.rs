@@ -151,11 +151,7 @@ fn missing_database_exits_66_and_is_not_created() {
     std::fs::remove_file(&db).unwrap();
     let o = env.cmd().args(["run", "chat", "backup"]).output().unwrap();
     assert_eq!(o.status.code(), Some(66), "{}", both(&o));
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains(&db.display().to_string()),
-        "{}",
-        both(&o)
-    );
+    crate::util::assert_stderr_has(&o, &db.display().to_string());
     assert!(!db.exists(), "the missing database was created");
     assert_eq!(backups(&env), 0);
 

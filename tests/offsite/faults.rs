@@ -145,11 +145,7 @@ fn server_killed_during_a_multipart_upload_then_back_stores_the_pending_copy() {
     server.restart();
     let o = run(&env, &["backups", "push", "chat"]);
     assert_eq!(o.status.code(), Some(0), "{}", both(&o));
-    assert!(
-        String::from_utf8_lossy(&o.stdout).contains("chat: stored 1 pending copy"),
-        "{}",
-        both(&o)
-    );
+    crate::util::assert_stdout_has(&o, "chat: stored 1 pending copy");
     assert!(pending(&env).is_empty());
     let copies = verified_copies(&env);
     assert_eq!(copies.len(), 1);

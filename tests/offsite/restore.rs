@@ -181,11 +181,7 @@ fn suite(env: &TestEnv, kind: Kind) {
     );
     let o = restore_from_offsite(env, &t2, &identity);
     assert_eq!(o.status.code(), Some(65), "{}", both(&o));
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("not in the store (deleted by hand?)"),
-        "{}",
-        both(&o)
-    );
+    crate::util::assert_stderr_has(&o, "not in the store (deleted by hand?)");
     assert!(!t2.exists());
 }
 

@@ -186,11 +186,7 @@ fn backups_push_stores_the_pending_copies() {
     moto.bucket(BUCKET);
     let o = run(&env, &["backups", "push", "chat", "offsite"]);
     assert_eq!(o.status.code(), Some(0), "{}", both(&o));
-    assert!(
-        String::from_utf8_lossy(&o.stdout).contains("chat: stored 1 pending copy"),
-        "{}",
-        both(&o)
-    );
+    crate::util::assert_stdout_has(&o, "chat: stored 1 pending copy");
     assert!(pending(&env).is_empty());
     let m = manifest(&moto);
     assert_eq!(
