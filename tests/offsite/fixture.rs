@@ -221,12 +221,7 @@ pub fn local_backups(env: &TestEnv) -> Vec<String> {
 pub fn kept_and_pending(env: &TestEnv) -> String {
     let local = local_backups(env);
     assert_eq!(local.len(), 1, "the local backup is kept: {local:?}");
-    let o = env
-        .cmd()
-        .args(["backups", "list", "chat", "--json"])
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let o = env.run_ok(&["backups", "list", "chat", "--json"]);
     assert!(
         String::from_utf8_lossy(&o.stdout).contains(&local[0]),
         "listed: {}",

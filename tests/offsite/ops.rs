@@ -267,12 +267,7 @@ fn backups_list_says_where_each_copy_stands_without_the_remote() {
     assert_eq!(local.len(), 2);
 
     // The server is down: the listing does not need it.
-    let o = env
-        .cmd()
-        .args(["backups", "list", "chat", "--json"])
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let o = env.run_ok(&["backups", "list", "chat", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let backups = v["databases"][0]["backups"].as_array().unwrap();
     let state = |file: &str| {
