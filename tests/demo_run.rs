@@ -150,7 +150,8 @@ fn the_demos_try_next_lines_run_as_printed_without_litekeeper_on_path() {
 }
 
 /// README's Quick start works on a fresh machine: the test suite's command comes with the
-/// command installing cargo-nextest, and `.ci/run` runs exactly those two.
+/// commands installing the tools the tests drive (`.ci/tools`) and cargo-nextest, and
+/// `.ci/run` runs exactly those.
 #[test]
 fn readme_quick_start_installs_nextest_and_ci_runs_the_same_commands() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -170,6 +171,7 @@ fn readme_quick_start_installs_nextest_and_ci_runs_the_same_commands() {
         commands,
         [
             "cargo run --release -- demo",
+            "bash .ci/tools",
             "cargo install --locked cargo-nextest",
             "cargo nextest run"
         ]
@@ -177,10 +179,15 @@ fn readme_quick_start_installs_nextest_and_ci_runs_the_same_commands() {
     let ci = std::fs::read_to_string(root.join(".ci/run")).unwrap();
     let ci_lines: Vec<&str> = ci.lines().map(str::trim).collect();
     assert!(
-        ci_lines
-            .iter()
-            .any(|l| l.ends_with("|| cargo install --locked cargo-nextest")),
-        ".ci/run does not install cargo-nextest as README says"
+        ci_lines.contains(&"bash .ci/tools"),
+        ".ci/run does not install the test tools as README says"
+    );
+    let tools = std::fs::read_to_string(root.join(".ci/tools")).unwrap();
+    assert!(
+        tools.lines().any(|l| l
+            .trim()
+            .ends_with("|| cargo install --locked cargo-nextest")),
+        ".ci/tools does not install cargo-nextest as README says"
     );
     assert_eq!(
         ci_lines
