@@ -7,12 +7,7 @@
 set -euo pipefail
 count=${1:-5000}
 cd "$(dirname "$0")/.."
-if [ -z "${LITEKEEPER_BIN:-}" ]; then
-  cargo build --release --quiet
-  bin=$PWD/target/release/litekeeper
-else
-  bin=$LITEKEEPER_BIN
-fi
+. benches/bin.sh
 T=$(mktemp -d /tmp/lk-load.XXXXXX)
 [ -n "${KEEP:-}" ] && echo "kept $T" || trap 'rm -rf "$T"' EXIT
 {

@@ -9,8 +9,7 @@
 set -euo pipefail
 size_mib=${1:-1024}
 cd "$(dirname "$0")/.."
-cargo build --release --quiet
-bin=$PWD/target/release/litekeeper
+. benches/bin.sh
 T=$(mktemp -d /tmp/lk-bench-drill.XXXXXX)
 moto_pid=
 trap '[ -n "$moto_pid" ] && kill "$moto_pid" 2>/dev/null; rm -rf "$T"' EXIT

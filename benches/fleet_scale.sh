@@ -16,12 +16,7 @@ count=${1:-10000}
 timeout=${TIMEOUT:-900}
 jitter=${JITTER:-20s}
 cd "$(dirname "$0")/.."
-if [ -z "${LITEKEEPER_BIN:-}" ]; then
-  cargo build --release --quiet
-  bin=$PWD/target/release/litekeeper
-else
-  bin=$LITEKEEPER_BIN
-fi
+. benches/bin.sh
 T=$(mktemp -d /tmp/lk-fleet.XXXXXX)
 P=0; S=0; Q=0
 cleanup() {

@@ -4,8 +4,7 @@
 set -euo pipefail
 secs=${1:-120}
 cd "$(dirname "$0")/.."
-cargo build --release --quiet
-bin=$PWD/target/release/litekeeper
+. benches/bin.sh
 T=$(mktemp -d /tmp/lk-idle.XXXXXX)
 trap 'kill $P 2>/dev/null || true; rm -rf "$T"' EXIT
 {

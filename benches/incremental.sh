@@ -15,12 +15,7 @@ size_mib=${1:-1024}
 points=${2:-144}
 churn=${CHURN_PERMILLE:-1}
 cd "$(dirname "$0")/.."
-if [ -z "${LITEKEEPER_BIN:-}" ]; then
-  cargo build --release --quiet
-  bin=$PWD/target/release/litekeeper
-else
-  bin=$LITEKEEPER_BIN
-fi
+. benches/bin.sh
 T=$(mktemp -d /tmp/lk-bench-incr.XXXXXX)
 trap 'rm -rf "$T"' EXIT
 db=$T/app.db

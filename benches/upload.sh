@@ -10,13 +10,12 @@
 #     while the push runs (the push holds no transaction: only CPU and disk are shared).
 # Usage: benches/upload.sh [SIZE_MIB] [WRITER_SECONDS]   (default 1024 and 20)
 # Needs sqlite3, python3, age-keygen, GNU time, and s3s-fs or moto_server. Builds release
-# unless LK_BIN names a binary. The machine is shared: compare the ratios, not the figures.
+# unless LITEKEEPER_BIN names a binary. The machine is shared: compare the ratios, not the figures.
 set -euo pipefail
 size_mib=${1:-1024}
 alone_s=${2:-20}
 cd "$(dirname "$0")/.."
-[ -n "${LK_BIN:-}" ] || cargo build --release --quiet
-bin=${LK_BIN:-$PWD/target/release/litekeeper}
+. benches/bin.sh
 T=$(mktemp -d "${TMPDIR:-/tmp}/lk-bench-upload.XXXXXX")
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$T"; }

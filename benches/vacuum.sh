@@ -14,12 +14,7 @@
 set -euo pipefail
 rows=${1:-1100000}
 cd "$(dirname "$0")/.."
-if [ -n "${LITEKEEPER_BIN:-}" ]; then
-  bin=$LITEKEEPER_BIN
-else
-  cargo build --release --quiet
-  bin=$PWD/target/release/litekeeper
-fi
+. benches/bin.sh
 T=$(mktemp -d /tmp/lk-bench-vacuum.XXXXXX)
 trap 'rm -rf "$T"' EXIT
 echo "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg); $(sqlite3 --version | cut -d' ' -f1) CLI; $("$bin" --version 2>/dev/null || echo "$bin")"

@@ -11,12 +11,7 @@
 set -euo pipefail
 rows=${1:-10800000}
 cd "$(dirname "$0")/.."
-if [ -n "${LITEKEEPER_BIN:-}" ]; then
-  bin=$LITEKEEPER_BIN
-else
-  cargo build --release --quiet
-  bin=$PWD/target/release/litekeeper
-fi
+. benches/bin.sh
 T=$(mktemp -d /tmp/lk-bench-vmeasure.XXXXXX)
 trap 'rm -rf "$T"' EXIT
 db=$T/frag.db

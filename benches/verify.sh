@@ -21,12 +21,7 @@ die() { echo "verify.sh: $*" >&2; exit 1; }
 case ${1:-} in -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;; esac
 for t in sqlite3 python3 hyperfine; do command -v $t >/dev/null || die "$t not found"; done
 runs=${BENCH_RUNS:-5}
-if [ -n "${LITEKEEPER_BIN:-}" ]; then
-  bin=$LITEKEEPER_BIN
-else
-  (cd "$repo" && cargo build --release --quiet) || die "cargo build --release failed"
-  bin=$repo/target/release/litekeeper
-fi
+. "$repo/benches/bin.sh"
 before=${LITEKEEPER_BEFORE:-}
 dir=${BENCH_DIR:-${TMPDIR:-/tmp}/litekeeper-bench}
 mkdir -p "$dir"

@@ -11,9 +11,8 @@ size_mib=${1:-512}
 level=${2:-3}
 rounds=${3:-3}
 cd "$(dirname "$0")/.."
-# LK_BIN=/path/to/litekeeper: measure that binary instead of building this tree.
-[ -n "${LK_BIN:-}" ] || cargo build --release --quiet
-bin=${LK_BIN:-$PWD/target/release/litekeeper}
+# LITEKEEPER_BIN=/path/to/litekeeper: measure that binary instead of building this tree.
+. benches/bin.sh
 T=$(mktemp -d /tmp/lk-bench-zstd.XXXXXX)
 trap 'rm -rf "$T"' EXIT
 db=$T/chat.db
