@@ -1,29 +1,31 @@
 //! zstd compression of one backup copy on every core, proved by a round trip that follows the
 //! compressed file as it is written.
 //!
-//! A [`Compressor`] follows the raw copy on disk. The copy writes its bytes to the raw file and
-//! then hands the same bytes, in order, to the compressor (its [`std::io::Write`] tee), which
-//! only hashes them (XXH3-128) and notes how far the raw file is final: the tee never waits for
-//! the compression, so the copy runs at file speed and its snapshot is released as soon as the
-//! bytes are out. Behind it:
+//! A [`Compressor`] follows the raw copy on disk (`follow.rs`): the copy writes its bytes to
+//! the raw file and publishes how far it is final ([`Compressor::written`]); it never waits
+//! for the compression, so the copy runs at file speed and its snapshot is released as soon
+//! as the bytes are out. Behind it:
 //!
 //! - a feeder thread reads the raw file behind the copy (`pread`: the page cache is the only
-//!   buffer, memory does not grow with the file) into the encoder, which runs on
-//!   `zstd_workers()` threads (one zstd frame, `Encoder::multithread`) with the frame's content
-//!   checksum (XXH64 of the input, checked by every decoder);
+//!   buffer, memory does not grow with the file), hashes it (SHA-256: the manifest's
+//!   `raw_sha256`; the raw file is read once, for both) and feeds the encoder, which runs on
+//!   `zstd_workers()` threads (one zstd frame, `Encoder::multithread`) with the frame's
+//!   content checksum (XXH64 of the encoder's input);
 //! - a checker thread follows the compressed file as it grows (`pread` behind the writer),
 //!   hashes the stored bytes (SHA-256: the manifest's hash is of what was read back from the
-//!   file), decompresses them and hashes the result (XXH3-128), and asks the kernel to start
-//!   writing back each range it has read (`sync_file_range`), so the final fsync only waits
-//!   for the tail;
+//!   file), decompresses them, and asks the kernel to start writing back each range it has
+//!   read (`sync_file_range`), so the final fsync only waits for the tail;
 //! - [`Compressor::finish`] waits for the end of the frame, fsyncs, waits for the round trip,
-//!   and requires it to give back exactly the bytes the tee was handed (size and XXH3-128):
-//!   a damaged or truncated frame, or other bytes, is a failed verification.
+//!   and requires the frame to carry its content checksum, the decoder to have accepted it,
+//!   and the decompressed size to be the bytes fed: a damaged or truncated frame, or other
+//!   bytes, is a failed verification.
 //!
-//! The raw copy is hashed once: the copy's own SHA-256 (of the bytes it handed to the tee) is
-//! the manifest's `raw_sha256`, which the round trip proves the stored file decompresses to.
-//! What the round trip costs beyond the compression is one decompression and two fast hashes,
-//! on whichever core is free; nothing runs after the compression but the fsync of its tail.
+//! The proof: the decoder checks the frame's XXH64 against what it decompressed, and that
+//! checksum was computed by the encoder over exactly the bytes the feeder hashed into
+//! `raw_sha256`. So the stored file decompresses to the bytes of that SHA-256 with no hash of
+//! our own over the decompressed side (an XXH3-128 of both sides did the same work again).
+//! Beyond the compression the round trip costs one decompression and the SHA-256 of the
+//! (smaller) stored file, on whichever core is free.
 //!
 //! [`compress_file`] drives it from a finished copy on disk; tests use it.
 
@@ -32,12 +34,13 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use xxhash_rust::xxh3::Xxh3Default;
 
+use super::follow::{read_behind, EndOnDrop, Written, CHUNK};
 use crate::archive;
 use crate::jobs::JobError;
 use crate::progress::Progress as Bar;
@@ -46,8 +49,6 @@ use crate::progress::Progress as Bar;
 const MAX_WORKERS: u32 = 4;
 /// The checker starts write-back of the output in ranges of this size.
 const WRITE_BEHIND: u64 = 8 << 20;
-/// Read size of the feeder and of the checker's decompressed output.
-const CHUNK: usize = 1 << 20;
 
 /// What a finished compression stored and proved.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,8 +56,13 @@ pub(super) struct Compressed {
     /// Size and SHA-256 (hex) of the compressed file, as read back from it.
     pub stored_bytes: u64,
     pub stored_sha256: String,
-    /// Size of what the stored file decompresses to: exactly the bytes handed to the tee.
+    /// Size and SHA-256 (hex) of what the stored file decompresses to: the raw file as the
+    /// feeder read it.
     pub raw_bytes: u64,
+    pub raw_sha256: String,
+    /// When the frame was complete, and when the round trip was (since `new`).
+    pub compressed_after: Duration,
+    pub checked_after: Duration,
 }
 
 /// Whether the job was cancelled: asked between chunks by the feeder.
@@ -70,51 +76,11 @@ pub(super) fn zstd_workers() -> u32 {
         .clamp(1, MAX_WORKERS)
 }
 
-/// How far a file is final, shared by its writer and the thread that reads behind it.
-#[derive(Default)]
-struct Progress {
-    state: Mutex<(u64, bool)>, // (bytes final in the file, writer done or gone)
-    moved: Condvar,
-}
-
-impl Progress {
-    fn publish(&self, written: u64) {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        s.0 = written;
-        self.moved.notify_one();
-    }
-
-    /// The writer is done (finished, or gone): the reader reads to what was written.
-    fn end(&self) {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).1 = true;
-        self.moved.notify_one();
-    }
-
-    /// Block until the file holds more than `pos` bytes or the writer is done; the bytes
-    /// written so far.
-    fn beyond(&self, pos: u64) -> u64 {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        while s.0 <= pos && !s.1 {
-            s = self.moved.wait(s).unwrap_or_else(|e| e.into_inner());
-        }
-        s.0
-    }
-}
-
-/// Ends a [`Progress`] when dropped: its reader sees the end however the writer stops.
-struct EndOnDrop(Arc<Progress>);
-
-impl Drop for EndOnDrop {
-    fn drop(&mut self) {
-        self.0.end();
-    }
-}
-
 /// The encoder's output: the file, publishing each write to the checker.
 struct FileSink {
     file: File,
     written: u64,
-    progress: Arc<Progress>,
+    progress: Arc<Written>,
 }
 
 impl Write for FileSink {
@@ -135,7 +101,7 @@ struct Tail {
     file: File,
     pos: u64,
     synced: u64,
-    progress: Arc<Progress>,
+    progress: Arc<Written>,
     hash: Sha256,
 }
 
@@ -185,7 +151,7 @@ type Encoder = zstd::stream::write::Encoder<'static, Box<dyn Write + Send>>;
 
 /// Why the feeder stopped early.
 enum FeedError {
-    /// Reading the raw copy failed (or it ended before the bytes the tee was handed).
+    /// Reading the raw copy failed (or it ended before the bytes the copy published).
     Read(io::Error),
     /// Compressing into the output file failed.
     Write(io::Error),
@@ -203,13 +169,12 @@ struct FeedState {
 
 /// Streaming zstd compressor of one backup copy into one file; see the module doc.
 pub(super) struct Compressor {
-    /// The tee's side: hash and length of the bytes handed over, published to the feeder.
-    tee_hash: Xxh3Default,
-    fed: u64,
-    raw: Arc<Progress>,
+    /// How far the raw copy is final: published by the copy, followed by the feeder.
+    raw: Arc<Written>,
     raw_path: PathBuf,
     state: Arc<FeedState>,
-    feeder: Option<JoinHandle<Result<u64, FeedError>>>,
+    feeder: Option<JoinHandle<Result<(u64, String), FeedError>>>,
+    started: Instant,
     checker: Option<JoinHandle<io::Result<RoundTrip>>>,
     file: File,
     path: PathBuf,
@@ -218,10 +183,9 @@ pub(super) struct Compressor {
 
 impl Compressor {
     /// Compress the raw copy being written at `raw` into `out` (a new, empty file at `path`)
-    /// at `level`. Every byte handed to [`Write::write`] must already be in `raw` at the same
-    /// offset (the copy writes, then tees); the round trip proves the result either way.
+    /// at `level`, following it as the copy publishes through [`Compressor::written`].
     /// `size`, when known, is recorded in the frame header (the exact number of bytes that
-    /// will be handed over). `label` names the copy on the progress line.
+    /// will be published). `label` names the copy on the progress line.
     pub(super) fn new(
         raw: &Path,
         out: &File,
@@ -251,7 +215,8 @@ impl Compressor {
             move |source| JobError::Io { context, source }
         };
         let file = out.try_clone().map_err(io(path, "open"))?;
-        let written = Arc::new(Progress::default());
+        let started = Instant::now();
+        let written = Arc::new(Written::default());
         let sink = FileSink {
             file: out.try_clone().map_err(io(path, "open"))?,
             written: 0,
@@ -276,7 +241,7 @@ impl Compressor {
             .name("zstd-check".into())
             .spawn(move || round_trip(tail))
             .map_err(io(path, "start the round-trip thread"))?;
-        let raw_progress = Arc::new(Progress::default());
+        let raw_progress = Arc::new(Written::default());
         let state = Arc::new(FeedState::default());
         let feeder = {
             let (raw_progress, state) = (raw_progress.clone(), state.clone());
@@ -297,12 +262,11 @@ impl Compressor {
             }
         };
         Ok(Compressor {
-            tee_hash: Xxh3Default::new(),
-            fed: 0,
             raw: raw_progress,
             raw_path: raw.to_path_buf(),
             state,
             feeder: Some(feeder),
+            started,
             checker: Some(checker),
             file,
             path: path.to_path_buf(),
@@ -310,11 +274,17 @@ impl Compressor {
         })
     }
 
+    /// Where the copy publishes how far the raw file is final (in order, never beyond what
+    /// is in the file).
+    pub(super) fn written(&self) -> &Written {
+        &self.raw
+    }
+
     /// The raw copy is complete: wait for the end of the frame, fsync the file and wait for
     /// the round trip. Errors: `JobError::Io` when the raw copy could not be read or the file
     /// written, `JobError::Cancelled`, `JobError::VerifyFailed` when the stored bytes do not
-    /// decompress (damaged or truncated frame, wrong content checksum) or decompress to other
-    /// bytes than the tee was handed.
+    /// decompress (damaged or truncated frame, wrong or missing content checksum) or
+    /// decompress to another size than the bytes fed.
     pub(super) fn finish(mut self) -> Result<Compressed, JobError> {
         let shown = self.path.display().to_string();
         let io = |what: &str| {
@@ -325,7 +295,7 @@ impl Compressor {
         let bar = Bar::counted(
             format!("backup {} zstd:", self.label),
             "MiB compressed",
-            self.fed >> 20,
+            self.raw.beyond(u64::MAX) >> 20,
         );
         if let Some(b) = bar.handle() {
             b.set_position(self.state.done.load(Ordering::Relaxed) >> 20);
@@ -338,6 +308,7 @@ impl Compressor {
             .join()
             .expect("compression thread");
         drop(bar);
+        let compressed_after = self.started.elapsed();
         // The checker reads the tail while the file syncs.
         let synced = match fed {
             Ok(_) => self.file.sync_all(),
@@ -349,8 +320,9 @@ impl Compressor {
             .expect("finish runs once")
             .join()
             .expect("round-trip thread");
-        match fed {
-            Ok(_) => {}
+        let checked_after = self.started.elapsed();
+        let (fed, raw_sha256) = match fed {
+            Ok(f) => f,
             Err(FeedError::Cancelled) => return Err(JobError::Cancelled),
             Err(FeedError::Read(source)) => {
                 return Err(JobError::Io {
@@ -359,41 +331,33 @@ impl Compressor {
                 })
             }
             Err(FeedError::Write(e)) => return Err(io("write")(e)),
-        }
+        };
         synced.map_err(io("fsync"))?;
         let rt = checked.map_err(|e| {
             JobError::VerifyFailed(format!(
                 "{shown}: the compressed copy does not decompress ({e})"
             ))
         })?;
-        let want = self.tee_hash.digest128();
-        if rt.raw_bytes != self.fed || rt.raw_xxh3 != want {
+        if !rt.checksummed {
             return Err(JobError::VerifyFailed(format!(
-                "{shown}: the compressed copy decompresses to other bytes than the copy ({} \
-                 bytes, XXH3-128 {:032x}; the copy: {} bytes, {want:032x})",
-                rt.raw_bytes, rt.raw_xxh3, self.fed
+                "{shown}: the compressed copy's frame carries no content checksum, so its \
+                 round trip proves nothing"
+            )));
+        }
+        if rt.raw_bytes != fed {
+            return Err(JobError::VerifyFailed(format!(
+                "{shown}: the compressed copy decompresses to {} bytes, the copy has {fed}",
+                rt.raw_bytes
             )));
         }
         Ok(Compressed {
             stored_bytes: rt.stored_bytes,
             stored_sha256: rt.stored_sha256,
             raw_bytes: rt.raw_bytes,
+            raw_sha256,
+            compressed_after,
+            checked_after,
         })
-    }
-}
-
-impl Write for Compressor {
-    /// `buf` is the next part of the raw copy, already in the raw file: hashed and made
-    /// available to the feeder; never waits.
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.tee_hash.update(buf);
-        self.fed += buf.len() as u64;
-        self.raw.publish(self.fed);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }
 
@@ -412,40 +376,47 @@ impl Drop for Compressor {
     }
 }
 
-/// The feeder thread: read the raw copy behind the copy into the encoder, to the end the tee
-/// reached; the bytes compressed.
+/// The feeder thread: read the raw copy behind the copy, hash it and feed it to the encoder,
+/// to the end the copy published; the bytes compressed and their SHA-256.
 fn feed(
     input: &File,
-    raw: &Progress,
+    raw: &Written,
     mut enc: Encoder,
     state: &FeedState,
     cancel: &Cancel,
-) -> Result<u64, FeedError> {
-    let mut buf = vec![0u8; CHUNK];
-    let mut pos = 0u64;
-    loop {
-        let ready = raw.beyond(pos);
-        if state.stop.load(Ordering::Relaxed) || cancel() {
-            return Err(FeedError::Cancelled);
+) -> Result<(u64, String), FeedError> {
+    let mut hash = Sha256::new();
+    let mut failed = None;
+    let mut bar_at = 0u64;
+    let stop = || state.stop.load(Ordering::Relaxed) || cancel();
+    let read = read_behind(input, raw, stop, |chunk| {
+        if failed.is_some() {
+            return;
         }
-        if ready <= pos {
-            break;
+        hash.update(chunk);
+        if let Err(e) = enc.write_all(chunk) {
+            failed = Some(e);
+            state.stop.store(true, Ordering::Relaxed);
+            return;
         }
-        let n = usize::try_from(ready - pos).unwrap_or(CHUNK).min(CHUNK);
-        input
-            .read_exact_at(&mut buf[..n], pos)
-            .map_err(FeedError::Read)?;
-        enc.write_all(&buf[..n]).map_err(FeedError::Write)?;
-        pos += n as u64;
-        state.done.store(pos, Ordering::Relaxed);
+        bar_at += chunk.len() as u64;
+        state.done.store(bar_at, Ordering::Relaxed);
         if let Some(b) = &*state.bar.lock().unwrap_or_else(|e| e.into_inner()) {
-            b.set_position(pos >> 20);
+            b.set_position(bar_at >> 20);
         }
+    });
+    if let Some(e) = failed {
+        return Err(FeedError::Write(e));
     }
+    let pos = match read {
+        Ok(pos) => pos,
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(FeedError::Cancelled),
+        Err(e) => return Err(FeedError::Read(e)),
+    };
     enc.finish()
         .and_then(|mut w| w.flush())
         .map_err(FeedError::Write)?;
-    Ok(pos)
+    Ok((pos, archive::hex(&hash.finalize())))
 }
 
 /// What the checker read and decompressed.
@@ -453,13 +424,15 @@ struct RoundTrip {
     stored_bytes: u64,
     stored_sha256: String,
     raw_bytes: u64,
-    raw_xxh3: u128,
+    /// The first frame's header announces a content checksum (which the decoder then
+    /// checked).
+    checksummed: bool,
 }
 
-/// The checker thread: decompress the file as it grows, hashing both sides.
+/// The checker thread: decompress the file as it grows (the decoder checks the frame's
+/// content checksum), hashing the stored side.
 fn round_trip(tail: Tail) -> io::Result<RoundTrip> {
     let mut dec = zstd::stream::read::Decoder::new(tail)?;
-    let mut raw = Xxh3Default::new();
     let mut raw_bytes = 0u64;
     let mut buf = vec![0u8; CHUNK];
     loop {
@@ -467,7 +440,6 @@ fn round_trip(tail: Tail) -> io::Result<RoundTrip> {
         if n == 0 {
             break;
         }
-        raw.update(&buf[..n]);
         raw_bytes += n as u64;
     }
     // Bytes after the last frame would be read here, so the stored hash covers them too.
@@ -479,17 +451,22 @@ fn round_trip(tail: Tail) -> io::Result<RoundTrip> {
         )));
     }
     let tail = rest.into_inner();
+    // Magic (4 bytes), then the frame header descriptor: bit 2 is Content_Checksum_flag.
+    let mut head = [0u8; 5];
+    let checksummed = tail.pos >= 5
+        && tail.file.read_exact_at(&mut head, 0).is_ok()
+        && head[..4] == zstd::zstd_safe::MAGICNUMBER.to_le_bytes()
+        && head[4] & 0x04 != 0;
     Ok(RoundTrip {
         stored_bytes: tail.pos,
         stored_sha256: archive::hex(&tail.hash.finalize()),
         raw_bytes,
-        raw_xxh3: raw.digest128(),
+        checksummed,
     })
 }
 
-/// Compress the finished copy `from` into `out` (a new file at `to`), handing its bytes to
-/// the tee in chunks; `checkpoint` runs between chunks (cancel). The SHA-256 of `from`, the
-/// raw SHA-256 the manifest would record, is returned beside.
+/// Compress the finished copy `from` into `out` (a new file at `to`), publishing its bytes to
+/// the compressor in chunks as a copy would; `checkpoint` runs between chunks (cancel).
 #[cfg(test)]
 pub(super) fn compress_file(
     from: &Path,
@@ -497,7 +474,7 @@ pub(super) fn compress_file(
     to: &Path,
     level: i32,
     checkpoint: &mut dyn FnMut() -> Result<(), JobError>,
-) -> Result<(Compressed, String), JobError> {
+) -> Result<Compressed, JobError> {
     compress_file_with(from, out, to, level, checkpoint, Box::new(|w| w))
 }
 
@@ -509,14 +486,14 @@ pub(super) fn compress_file_with(
     level: i32,
     checkpoint: &mut dyn FnMut() -> Result<(), JobError>,
     wrap: Wrap,
-) -> Result<(Compressed, String), JobError> {
-    let io = |path: &Path, what: &str| {
-        let context = format!("{}: {what}", path.display());
-        move |source| JobError::Io { context, source }
-    };
-    let mut input = File::open(from).map_err(io(from, "open"))?;
-    let size = input.metadata().map_err(io(from, "stat"))?.len();
-    let mut zst = Compressor::with_sink(
+) -> Result<Compressed, JobError> {
+    let size = std::fs::metadata(from)
+        .map_err(|source| JobError::Io {
+            context: format!("{}: stat", from.display()),
+            source,
+        })?
+        .len();
+    let zst = Compressor::with_sink(
         from,
         out,
         to,
@@ -526,18 +503,13 @@ pub(super) fn compress_file_with(
         Box::new(|| false),
         wrap,
     )?;
-    let mut hash = Sha256::new();
-    let mut buf = vec![0u8; CHUNK];
-    loop {
-        let n = input.read(&mut buf).map_err(io(from, "read"))?;
-        if n == 0 {
-            break;
-        }
-        hash.update(&buf[..n]);
-        zst.write_all(&buf[..n]).map_err(io(to, "write"))?;
+    let mut published = 0u64;
+    while published < size {
+        published = (published + CHUNK as u64).min(size);
+        zst.written().publish(published);
         checkpoint()?;
     }
-    Ok((zst.finish()?, archive::hex(&hash.finalize())))
+    zst.finish()
 }
 
 #[cfg(test)]
@@ -625,7 +597,8 @@ pub(super) mod tests {
         let (dir, raw, bytes) = setup(24 << 20);
         let to = dir.path().join("copy.db.zst");
         let out = archive::create_private(&to).unwrap();
-        let (done, raw_sha) = compress_file(&raw, &out, &to, 3, &mut no_cancel()).unwrap();
+        let done = compress_file(&raw, &out, &to, 3, &mut no_cancel()).unwrap();
+        let raw_sha = done.raw_sha256.clone();
         let stored = std::fs::read(&to).unwrap();
         assert_eq!(done.stored_bytes, stored.len() as u64);
         assert_eq!(done.stored_sha256, archive::hex(&Sha256::digest(&stored)));
@@ -662,7 +635,7 @@ pub(super) mod tests {
         let (dir, raw, _) = setup(4 << 20);
         let to = dir.path().join("whole.zst");
         let out = archive::create_private(&to).unwrap();
-        let (done, _) = compress_file(&raw, &out, &to, 3, &mut no_cancel()).unwrap();
+        let done = compress_file(&raw, &out, &to, 3, &mut no_cancel()).unwrap();
         // The workers' output does not depend on their timing: every run stores these bytes.
         let whole = done.stored_bytes;
         for keep in [0u64, 1000, whole / 2, whole - 4, whole - 1] {
@@ -682,31 +655,88 @@ pub(super) mod tests {
         }
     }
 
-    /// The raw file holds other bytes than the tee was handed (one bit): the stored file
-    /// decompresses to the file's bytes, which are not the copy's, and that fails.
+    /// A frame without its content checksum proves nothing (the decoder would have nothing
+    /// to check the decompressed bytes against): refused, even though it decompresses.
     #[test]
-    fn other_bytes_in_the_raw_file_than_the_tee_got_fail_the_round_trip() {
-        let (dir, raw, mut bytes) = setup(6 << 20);
-        bytes[3 << 20] ^= 1;
-        let to = dir.path().join("one-bit.zst");
+    fn a_frame_without_its_content_checksum_fails_the_round_trip() {
+        let (dir, raw, _) = setup(2 << 20);
+        let to = dir.path().join("no-sum.zst");
         let out = archive::create_private(&to).unwrap();
-        let mut zst = Compressor::new(&raw, &out, &to, 3, None, "t", Box::new(|| false)).unwrap();
-        zst.write_all(&bytes).unwrap();
-        let msg = verify_failed(zst.finish().unwrap_err(), "one bit");
-        assert!(
-            msg.contains("decompresses to other bytes than the copy"),
-            "{msg}"
+        // Clear Content_Checksum_flag in the frame header and drop the 4 checksum bytes.
+        let wrap: Wrap = Box::new(|inner| {
+            Box::new(NoChecksum {
+                inner,
+                seen: Vec::new(),
+            })
+        });
+        let err = compress_file_with(&raw, &out, &to, 3, &mut no_cancel(), wrap).unwrap_err();
+        let msg = verify_failed(err, "no checksum");
+        assert!(msg.contains("carries no content checksum"), "{msg}");
+        let stored = std::fs::read(&to).unwrap();
+        assert_eq!(
+            zstd::decode_all(&stored[..]).unwrap(),
+            std::fs::read(&raw).unwrap()
         );
-        // A tee that claims more bytes than the raw file holds cannot be compressed.
+    }
+
+    /// Rewrites a whole one-frame stream as the same frame without its content checksum
+    /// (buffers everything, writes it at flush).
+    struct NoChecksum {
+        inner: Box<dyn Write + Send>,
+        seen: Vec<u8>,
+    }
+
+    impl Write for NoChecksum {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.seen.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            if self.seen.len() > 8 {
+                let mut b = std::mem::take(&mut self.seen);
+                b[4] &= !0x04;
+                b.truncate(b.len() - 4);
+                self.inner.write_all(&b)?;
+            }
+            self.inner.flush()
+        }
+    }
+
+    /// The compressor hashes what it read behind the writer: written and published in odd
+    /// pieces while it runs, the raw SHA-256 is the file's, and the stored file decompresses
+    /// to it. A writer that publishes more than the file holds cannot be compressed.
+    #[test]
+    fn the_raw_hash_is_of_the_file_read_behind_the_writer() {
+        let (dir, _, bytes) = setup(7 << 20);
+        let raw = dir.path().join("growing.db");
+        let mut file = File::create(&raw).unwrap();
+        let to = dir.path().join("growing.zst");
+        let out = archive::create_private(&to).unwrap();
+        let zst = Compressor::new(&raw, &out, &to, 3, None, "t", Box::new(|| false)).unwrap();
+        let (mut done, mut step) = (0usize, 1usize);
+        while done < bytes.len() {
+            let n = step.min(bytes.len() - done);
+            file.write_all(&bytes[done..done + n]).unwrap();
+            done += n;
+            zst.written().publish(done as u64);
+            step = if step > 2 << 20 { 100 } else { step * 7 + 3 };
+        }
+        let c = zst.finish().unwrap();
+        assert_eq!(c.raw_bytes, bytes.len() as u64);
+        assert_eq!(c.raw_sha256, archive::hex(&Sha256::digest(&bytes)));
+        assert_eq!(
+            zstd::decode_all(&std::fs::read(&to).unwrap()[..]).unwrap(),
+            bytes
+        );
+
         let to = dir.path().join("long.zst");
         let out = archive::create_private(&to).unwrap();
-        let mut zst = Compressor::new(&raw, &out, &to, 3, None, "t", Box::new(|| false)).unwrap();
-        zst.write_all(&bytes).unwrap();
-        zst.write_all(b"more").unwrap();
+        let zst = Compressor::new(&raw, &out, &to, 3, None, "t", Box::new(|| false)).unwrap();
+        zst.written().publish(bytes.len() as u64 + 4);
         match zst.finish().unwrap_err() {
             JobError::Io { context, source } => {
                 assert!(
-                    context.contains("copy.db: read for compression"),
+                    context.contains("growing.db: read for compression"),
                     "{context}"
                 );
                 assert_eq!(source.kind(), io::ErrorKind::UnexpectedEof);
@@ -716,26 +746,8 @@ pub(super) mod tests {
     }
 
     #[test]
-    fn the_tee_shape_works_with_writes_of_any_size_and_an_empty_input() {
-        let (dir, raw, bytes) = setup(3 << 20);
-        let to = dir.path().join("tee.zst");
-        let out = archive::create_private(&to).unwrap();
-        let mut zst = Compressor::new(&raw, &out, &to, 1, None, "t", Box::new(|| false)).unwrap();
-        let mut rest = &bytes[..];
-        let mut step = 1;
-        while !rest.is_empty() {
-            let n = step.min(rest.len());
-            zst.write_all(&rest[..n]).unwrap();
-            rest = &rest[n..];
-            step = step * 3 + 1;
-        }
-        let done = zst.finish().unwrap();
-        assert_eq!(done.raw_bytes, bytes.len() as u64);
-        assert_eq!(
-            zstd::decode_all(&std::fs::read(&to).unwrap()[..]).unwrap(),
-            bytes
-        );
-
+    fn an_empty_input_compresses_to_an_empty_frame() {
+        let dir = tempfile::tempdir().unwrap();
         let empty = dir.path().join("empty.db");
         std::fs::write(&empty, b"").unwrap();
         let to = dir.path().join("empty.zst");
@@ -745,6 +757,7 @@ pub(super) mod tests {
             .finish()
             .unwrap();
         assert_eq!(done.raw_bytes, 0);
+        assert_eq!(done.raw_sha256, archive::hex(&Sha256::digest(b"")));
         assert!(zstd::decode_all(&std::fs::read(&to).unwrap()[..])
             .unwrap()
             .is_empty());
@@ -753,7 +766,7 @@ pub(super) mod tests {
     #[test]
     fn cancel_stops_the_compression_and_the_checker() {
         let (dir, raw, bytes) = setup(8 << 20);
-        // Between the tee's chunks: the compressor is dropped unfinished.
+        // Between the copy's chunks: the compressor is dropped unfinished.
         let to = dir.path().join("cancel.zst");
         let out = archive::create_private(&to).unwrap();
         let mut calls = 0;
@@ -775,8 +788,8 @@ pub(super) mod tests {
         let asked = Arc::new(AtomicU64::new(0));
         let counted = asked.clone();
         let cancel: Cancel = Box::new(move || counted.fetch_add(1, Ordering::Relaxed) >= 2);
-        let mut zst = Compressor::new(&raw, &out, &to, 3, None, "t", cancel).unwrap();
-        zst.write_all(&bytes).unwrap();
+        let zst = Compressor::new(&raw, &out, &to, 3, None, "t", cancel).unwrap();
+        zst.written().publish(bytes.len() as u64);
         let err = zst.finish().unwrap_err();
         assert!(matches!(err, JobError::Cancelled), "{err}");
         assert_eq!(

@@ -1,10 +1,11 @@
 //! One source's copy: the file copy, or the backup API in steps (or VACUUM INTO); verification
-//! of the copy after the snapshot is released; with zstd, the compressor is the copy's tee: it
-//! compresses the raw copy behind the copy, from the file, without slowing it down.
+//! of the copy after the snapshot is released. The copy never waits for its readers: it
+//! publishes how far the temp file is final, and its SHA-256 (or, with zstd, the compressor,
+//! which hashes what it compresses) follows it from the page cache (`follow.rs`), so the
+//! checks start when the last byte is written and overlap the rest of the hash and the fsync.
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,7 @@ use crate::jobs::{JobCtx, JobError};
 
 use super::compress::{Compressed, Compressor};
 use super::filecopy;
+use super::follow::{HashBehind, Written};
 use super::verify::{verify_copy, Checked};
 use super::{final_name, record_and_commit, sql, Snapshot, Source, TempFiles};
 use crate::db_files::file_len;
@@ -44,15 +46,13 @@ pub(super) fn copy_one(
         ..final_name.clone()
     };
     let tmp = archive::temp_path(dir, &raw_name.file_name());
-    let (mut temps, out, mut zst) = open_outputs(ctx, cfg, source, &tmp, &final_name)?;
-    let tee = zst.as_mut().map(|(c, _)| c as &mut (dyn Write + Send));
-    let snapshot = copy_snapshot(ctx, cfg, source, &tmp, &out, tee)?;
+    let (mut temps, out, follower) = open_outputs(ctx, cfg, source, &tmp, &final_name)?;
+    let snapshot = copy_snapshot(ctx, cfg, source, &tmp, &out, follower.written())?;
     let copied = started.elapsed();
 
     let mut entry = new_entry(ctx, source, stamp, &snapshot);
-    let done = finish_copy(cfg, &tmp, &snapshot, zst, started);
+    let done = finish_copy(cfg, &tmp, &snapshot, follower, started);
     let synced = done.synced?;
-    let raw_sha = done.raw_sha?;
     let checked = match done.checked {
         Ok(c) => c,
         Err(problem) => {
@@ -78,10 +78,10 @@ pub(super) fn copy_one(
     };
     ctx.checkpoint()?;
 
-    let (stored_tmp, sha) = match done.compressed {
-        None => (tmp.clone(), raw_sha),
-        Some((finished, path)) => {
-            // The round trip gave back exactly the bytes the copy hashed.
+    let (stored_tmp, sha) = match done.stored {
+        Stored::Raw(hashed) => (tmp.clone(), hashed?),
+        Stored::Zstd(finished, path) => {
+            // The round trip gave back exactly the bytes the compressor hashed.
             let c = settle(
                 dir,
                 &mut entry,
@@ -91,8 +91,14 @@ pub(super) fn copy_one(
                 started,
                 &mut temps,
             )?;
+            tracing::debug!(
+                "{}: zstd frame done at {} ms, round trip at {} ms",
+                source.series,
+                c.compressed_after.as_millis(),
+                c.checked_after.as_millis()
+            );
             entry.raw_size = Some(c.raw_bytes);
-            entry.raw_sha256 = Some(raw_sha);
+            entry.raw_sha256 = Some(c.raw_sha256);
             (path, c.stored_sha256)
         }
     };
@@ -105,42 +111,60 @@ pub(super) fn copy_one(
     record_and_commit(dir, &entry, &stored_tmp)?;
     temps.forget(&stored_tmp);
     tracing::debug!(
-        "{}: {} copy {} ms, fsync done at {} ms, verify+compress+hash done at {} ms, {} restarts",
+        "{}: {} copy {} ms, fsync done at {} ms, checks done at {} ms, verify+compress+hash \
+         done at {} ms, {} restarts",
         source.series,
         snapshot.path.as_str(),
         copied.as_millis(),
         synced.as_millis(),
+        done.checked_after.as_millis(),
         hashed.as_millis(),
         snapshot.restarts
     );
     Ok((entry, snapshot.restarts, snapshot.path))
 }
 
-/// The compressor of a zstd backup and the path of its temp file.
-type Zst = Option<(Compressor, PathBuf)>;
+/// What reads the raw copy behind the copy: its SHA-256, or the compressor (which hashes it
+/// too) with the path of its temp file.
+enum Follower {
+    Hash(HashBehind),
+    Zstd(Compressor, PathBuf),
+}
+
+impl Follower {
+    /// Where the copy publishes how far the raw file is final.
+    fn written(&self) -> &Written {
+        match self {
+            Follower::Hash(h) => h.written(),
+            Follower::Zstd(c, _) => c.written(),
+        }
+    }
+}
 
 /// The temp files of one copy: the raw copy at `tmp` (its handle returned for the copy to
-/// write), and with zstd the compressed file with its compressor (the copy's tee: it
-/// compresses the raw copy from the file as the copy writes it, its round trip follows; the
-/// raw copy is only kept if it fails verification).
+/// write), and its follower: its SHA-256, or with zstd the compressed file with its
+/// compressor (it compresses the raw copy from the file as the copy writes it, its round
+/// trip follows; the raw copy is only kept if it fails verification).
 fn open_outputs(
     ctx: &JobCtx<'_>,
     cfg: &Backup,
     source: &Source,
     tmp: &Path,
     final_name: &BackupName,
-) -> Result<(TempFiles, File, Zst), JobError> {
+) -> Result<(TempFiles, File, Follower), JobError> {
     let temps = TempFiles(vec![archive::create_temp(tmp)?]);
-    let out = temps.0[0]
-        .file()
-        .try_clone()
-        .map_err(|source| JobError::Io {
-            context: format!("{}: open", tmp.display()),
-            source,
-        })?;
+    let io = |what: &str| {
+        let context = format!("{}: {what}", tmp.display());
+        move |source| JobError::Io { context, source }
+    };
+    let out = temps.0[0].file().try_clone().map_err(io("open"))?;
     let mut temps = temps;
-    let zst = match cfg.compression {
-        Compression::None => None,
+    let follower = match cfg.compression {
+        Compression::None => Follower::Hash(
+            File::open(tmp)
+                .and_then(HashBehind::start)
+                .map_err(io("open for its SHA-256"))?,
+        ),
         Compression::Zstd { level } => {
             let ztmp =
                 archive::create_temp(&archive::temp_path(&cfg.dir, &final_name.file_name()))?;
@@ -156,10 +180,10 @@ fn open_outputs(
             )?;
             let path = ztmp.path.clone();
             temps.0.push(ztmp);
-            Some((c, path))
+            Follower::Zstd(c, path)
         }
     };
-    Ok((temps, out, zst))
+    Ok((temps, out, follower))
 }
 
 /// The manifest entry of a copy of `snapshot`, before it is checked.
@@ -196,27 +220,48 @@ struct Finished {
     /// When its fsync was done (since the copy started).
     synced: Result<Duration, JobError>,
     checked: Result<Checked, String>,
-    /// SHA-256 of the raw copy.
-    raw_sha: Result<String, JobError>,
-    compressed: Option<(Result<Compressed, JobError>, PathBuf)>,
+    /// When the checks were done (since the copy started).
+    checked_after: Duration,
+    stored: Stored,
+}
+
+/// The file to store, proved: the raw copy's SHA-256, or the compressed file's round trip.
+enum Stored {
+    Raw(Result<String, JobError>),
+    Zstd(Result<Compressed, JobError>, PathBuf),
 }
 
 /// The copy's bytes are final and the snapshot released: its fsync (of a file that is kept),
-/// the end of the compression, the checks (on both cores) and, unless the copy hashed itself,
-/// its SHA-256 all run at once.
+/// the rest of its SHA-256 or of the compression, and the checks (on both cores) all run at
+/// once.
 fn finish_copy(
     cfg: &Backup,
     tmp: &Path,
     snapshot: &Snapshot,
-    zst: Zst,
+    follower: Follower,
     started: Instant,
 ) -> Finished {
-    let uncompressed = zst.is_none();
+    let uncompressed = matches!(follower, Follower::Hash(_));
     std::thread::scope(|s| {
-        let hasher = snapshot
-            .sha256
-            .is_none()
-            .then(|| s.spawn(|| archive::sha256_file(tmp)));
+        let follower = s.spawn(move || match follower {
+            Follower::Hash(h) => {
+                let hashed = h.finish().map_err(|source| JobError::Io {
+                    context: format!("{}: read back for its SHA-256", tmp.display()),
+                    source,
+                });
+                if let Ok(h) = &hashed {
+                    tracing::debug!(
+                        "{}: SHA-256 of {} bytes done at {} ms ({} ms behind the copy)",
+                        tmp.display(),
+                        h.bytes,
+                        started.elapsed().as_millis(),
+                        h.took.as_millis()
+                    );
+                }
+                Stored::Raw(hashed.map(|h| h.sha256))
+            }
+            Follower::Zstd(c, path) => Stored::Zstd(c.finish(), path),
+        });
         let fsync = s.spawn(|| {
             let synced = if uncompressed {
                 archive::fsync_file(tmp)
@@ -225,23 +270,18 @@ fn finish_copy(
             };
             synced.map(|()| started.elapsed())
         });
-        let finisher = zst.map(|(c, path)| s.spawn(move || (c.finish(), path)));
         let checked = match cfg.verify {
             Verify::None => Ok(Checked::default()),
             _ => verify_copy(tmp, cfg.verify, snapshot),
         };
+        let checked_after = started.elapsed();
         let synced = fsync.join().expect("fsync thread").map_err(JobError::from);
-        let raw_sha = match (hasher, &snapshot.sha256) {
-            (Some(h), _) => h.join().expect("hash thread").map_err(JobError::from),
-            (None, Some(sha)) => Ok(sha.clone()),
-            (None, None) => unreachable!("hashed while copied or above"),
-        };
-        let compressed = finisher.map(|f| f.join().expect("compress thread"));
+        let stored = follower.join().expect("hash or compress thread");
         Finished {
             synced,
             checked,
-            raw_sha,
-            compressed,
+            checked_after,
+            stored,
         }
     })
 }
@@ -307,22 +347,22 @@ fn keep_failed(
 
 /// Copy `source` into the new, empty file `tmp` (open as `out`) from one read snapshot: the
 /// file copy where it applies, else SQLite's backup API (or VACUUM INTO when configured).
-/// `tee`, when given, receives the copy's bytes in order (the file copy streams them; after
-/// another path the finished file is read into it).
+/// `written` learns how far `tmp` is final: as it is written by the file copy, at once when
+/// another path is done.
 fn copy_snapshot(
     ctx: &JobCtx<'_>,
     cfg: &Backup,
     source: &Source,
     tmp: &Path,
     out: &File,
-    tee: Option<&mut (dyn Write + Send)>,
+    written: &Written,
 ) -> Result<Snapshot, JobError> {
     let snap = if cfg.method == BackupMethod::VacuumInto {
         vacuum_into(ctx, source, tmp)?
     } else {
         match filecopy::pin(ctx, source)? {
             Ok(pinned) => {
-                let c = filecopy::copy(ctx, source, pinned, out, tmp, tee)?;
+                let c = filecopy::copy(ctx, source, pinned, out, tmp, written)?;
                 tracing::debug!(
                     "{}: file copy, {} of {} pages from the WAL",
                     source.series,
@@ -334,7 +374,6 @@ fn copy_snapshot(
                     page_size: c.page_size,
                     restarts: 0,
                     path: CopyPath::File,
-                    sha256: Some(c.sha256),
                 });
             }
             Err(reason) => {
@@ -346,24 +385,11 @@ fn copy_snapshot(
             }
         }
     };
-    match tee {
-        Some(t) => stream_into(snap, tmp, t),
-        None => Ok(snap),
-    }
-}
-
-/// Hand a finished copy's bytes to `tee`, hashing them on the way.
-fn stream_into(
-    mut snap: Snapshot,
-    tmp: &Path,
-    tee: &mut (dyn Write + Send),
-) -> Result<Snapshot, JobError> {
-    snap.sha256 = Some(
-        filecopy::hash_file(tmp, Some(tee)).map_err(|source| JobError::Io {
-            context: format!("{}: read", tmp.display()),
-            source,
-        })?,
-    );
+    let len = std::fs::metadata(tmp).map_err(|source| JobError::Io {
+        context: format!("{}: stat", tmp.display()),
+        source,
+    })?;
+    written.publish(len.len());
     Ok(snap)
 }
 
@@ -398,7 +424,6 @@ fn vacuum_into(ctx: &JobCtx<'_>, source: &Source, tmp: &Path) -> Result<Snapshot
             .map_err(sql("page_size"))? as u64,
         restarts: 0,
         path: CopyPath::VacuumInto,
-        sha256: None,
     })
 }
 
@@ -435,7 +460,6 @@ fn backup_api(ctx: &JobCtx<'_>, source: &Source, tmp: &Path) -> Result<Snapshot,
                 .map_err(sql(format!("{shown}: page_size")))? as u64,
             restarts: 0,
             path: CopyPath::BackupApi,
-            sha256: None,
         };
         let backup = SqliteBackup::new_with_names(conn, source.schema.as_str(), &mut dst, MAIN_DB)
             .map_err(sql(format!("{shown}: start backup")))?;
@@ -507,8 +531,7 @@ mod tests {
                 at: 1000,
             })
         });
-        let stored =
-            compress_file_with(&raw, ztmp.file(), &zpath, 3, &mut || Ok(()), flip).map(|(c, _)| c);
+        let stored = compress_file_with(&raw, ztmp.file(), &zpath, 3, &mut || Ok(()), flip);
         let mut temps = TempFiles(vec![ztmp]);
         let mut entry = Entry {
             file: String::new(),

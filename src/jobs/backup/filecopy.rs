@@ -1,6 +1,7 @@
 //! The file copy of a WAL database: the database file read in large blocks with the WAL's
 //! frames up to the snapshot's end put in place of the pages they replace, written to the temp
-//! file with write-behind, and hashed (and handed to an optional tee) on another thread.
+//! file with write-behind. The copy never waits for a hash: it publishes how far the file is
+//! final, and its SHA-256 (or the zstd feeder) reads it back behind it (`follow.rs`).
 //!
 //! Pinning the snapshot: connection A takes the write lock (`BEGIN IMMEDIATE`, honouring
 //! busy_timeout), so the wal-index header in `-shm` is stable: it names the last committed
@@ -22,20 +23,17 @@
 //! index's) returns `Fallback` with the reason, and the caller uses SQLite's backup API.
 
 use std::fs::File;
-use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::mpsc;
 
 use rusqlite::Connection;
-use sha2::{Digest, Sha256};
 
-use crate::archive;
 use crate::jobs::{JobCtx, JobError};
 use crate::sqlite::quote_ident;
 use crate::sqlite::wal::{self, Handles, WalMap};
 
+use super::follow::Written;
 use super::{sql, Source};
 
 /// Bytes read, substituted and written per step (a multiple of every page size). Measured
@@ -54,8 +52,6 @@ const LOCK_TRIES: u32 = 3;
 pub(super) struct Copied {
     pub page_count: u64,
     pub page_size: u64,
-    /// SHA-256 (hex) of the bytes written.
-    pub sha256: String,
     /// Pages taken from the WAL.
     pub wal_pages: u64,
 }
@@ -70,18 +66,19 @@ pub(super) struct Pinned<'c> {
 }
 
 /// Copy the pinned snapshot of `source` into `out` (a new, empty temp file at `out_path`),
-/// handing the same bytes to `tee` in order. The read transaction is ended before returning.
+/// publishing to `written` how far it is final. The read transaction is ended before
+/// returning, before any hash, fsync or check of the copy.
 pub(super) fn copy(
     ctx: &JobCtx<'_>,
     source: &Source,
     pinned: Pinned<'_>,
     out: &File,
     out_path: &Path,
-    tee: Option<&mut (dyn Write + Send)>,
+    written: &Written,
 ) -> Result<Copied, JobError> {
     let conn: &Connection = ctx.conn;
     let shown = source.path.display().to_string();
-    let result = write_copy(ctx, source, &pinned, out, out_path, tee);
+    let result = write_copy(ctx, source, &pinned, out, out_path, written);
     // The snapshot is released as soon as the bytes are out, before any fsync or check.
     let end = conn.execute_batch("COMMIT");
     let copied = result?;
@@ -213,14 +210,15 @@ pub(super) fn pin<'c>(
     pinned
 }
 
-/// The copy itself, in B's read transaction.
+/// The copy itself, in B's read transaction: read, substitute, write, publish to `written`
+/// (its readers follow from the page cache; the copy never waits for them).
 fn write_copy(
     ctx: &JobCtx<'_>,
     source: &Source,
     p: &Pinned<'_>,
     out: &File,
     out_path: &Path,
-    tee: Option<&mut (dyn Write + Send)>,
+    written: &Written,
 ) -> Result<Copied, JobError> {
     let shown = source.path.display().to_string();
     let out_err = |what: &str| {
@@ -230,70 +228,40 @@ fn write_copy(
     let page = p.page_size as usize;
     let total = u64::from(p.n_page) * page as u64;
     let bar = crate::progress::pages_bar(&source.series, u64::from(p.n_page));
-    let (full_tx, full_rx) = mpsc::sync_channel::<Vec<u8>>(3);
-    let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
     let mut from_wal = FromWal {
         valid: true,
         pages: 0,
         scratch: vec![0u8; page],
     };
-    let (written, hashed) = std::thread::scope(|s| {
-        let hasher = s.spawn(move || -> std::io::Result<String> {
-            let mut h = Sha256::new();
-            let mut tee = tee;
-            for buf in full_rx {
-                h.update(&buf);
-                if let Some(t) = tee.as_mut() {
-                    t.write_all(&buf)?;
-                }
-                let _ = free_tx.send(buf);
-            }
-            if let Some(t) = tee.as_mut() {
-                t.flush()?;
-            }
-            Ok(archive::hex(&h.finalize()))
-        });
-        let written = (|| -> Result<(), JobError> {
-            let mut offset = 0u64;
-            let mut flushed = 0u64;
-            while offset < total {
-                ctx.checkpoint()?;
-                let len = (total - offset).min(BLOCK as u64) as usize;
-                let mut buf = free_rx.try_recv().unwrap_or_default();
-                buf.resize(len, 0);
-                let got = wal::pread_full(p.files.db, &mut buf, offset).map_err(|source| {
-                    JobError::Io {
-                        context: format!("{shown}: read"),
-                        source,
-                    }
-                })?;
-                p.put_wal_pages(&mut buf, offset, got, &mut from_wal, &shown)?;
-                if offset == 0 {
-                    wal::set_rollback_journal(&mut buf[..100]);
-                }
-                out.write_all_at(&buf, offset).map_err(out_err("write"))?;
-                offset += len as u64;
-                if offset - flushed >= WINDOW || offset == total {
-                    write_behind(out, flushed, offset - flushed);
-                    flushed = offset;
-                }
-                if let Some(bar) = &bar {
-                    bar.set_position(offset / page as u64);
-                }
-                if full_tx.send(buf).is_err() {
-                    break; // the hasher stopped: its error is reported below
-                }
-            }
-            Ok(())
-        })();
-        drop(full_tx);
-        (written, hasher.join().expect("hash thread"))
-    });
+    let mut buf = Vec::with_capacity(BLOCK);
+    let mut offset = 0u64;
+    let mut flushed = 0u64;
+    while offset < total {
+        ctx.checkpoint()?;
+        let len = (total - offset).min(BLOCK as u64) as usize;
+        buf.resize(len, 0);
+        let got = wal::pread_full(p.files.db, &mut buf, offset).map_err(|source| JobError::Io {
+            context: format!("{shown}: read"),
+            source,
+        })?;
+        p.put_wal_pages(&mut buf, offset, got, &mut from_wal, &shown)?;
+        if offset == 0 {
+            wal::set_rollback_journal(&mut buf[..100]);
+        }
+        out.write_all_at(&buf, offset).map_err(out_err("write"))?;
+        offset += len as u64;
+        written.publish(offset);
+        if offset - flushed >= WINDOW || offset == total {
+            write_behind(out, flushed, offset - flushed);
+            flushed = offset;
+        }
+        if let Some(bar) = &bar {
+            bar.set_position(offset / page as u64);
+        }
+    }
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    written?;
-    let sha256 = hashed.map_err(out_err("hash or tee"))?;
     let len = out.metadata().map_err(out_err("stat"))?.len();
     if len != total {
         return Err(JobError::Io {
@@ -304,7 +272,6 @@ fn write_copy(
     Ok(Copied {
         page_count: u64::from(p.n_page),
         page_size: u64::from(p.page_size),
-        sha256,
         wal_pages: from_wal.pages,
     })
 }
@@ -389,31 +356,4 @@ fn write_behind(f: &File, start: u64, len: u64) {
             libc::SYNC_FILE_RANGE_WRITE,
         );
     }
-}
-
-/// SHA-256 (hex) of the file at `path`, its bytes also handed to `tee` in order: the hash of
-/// a copy made by another path than the file copy.
-pub(super) fn hash_file(
-    path: &Path,
-    tee: Option<&mut (dyn Write + Send)>,
-) -> std::io::Result<String> {
-    use std::io::Read;
-    let mut f = File::open(path)?;
-    let mut h = Sha256::new();
-    let mut tee = tee;
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-        if let Some(t) = tee.as_mut() {
-            t.write_all(&buf[..n])?;
-        }
-    }
-    if let Some(t) = tee.as_mut() {
-        t.flush()?;
-    }
-    Ok(archive::hex(&h.finalize()))
 }

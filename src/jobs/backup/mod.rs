@@ -22,6 +22,7 @@ pub mod chains;
 mod compress;
 mod copy;
 mod filecopy;
+mod follow;
 pub mod incremental;
 pub mod offsite;
 pub mod offsite_hold;
@@ -107,8 +108,6 @@ struct Snapshot {
     page_size: u64,
     restarts: u32,
     path: CopyPath,
-    /// SHA-256 of the copy, when it was hashed while copying.
-    sha256: Option<String>,
 }
 
 pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
