@@ -76,7 +76,17 @@ fn recipients(store: &Store) -> Result<Vec<age::x25519::Recipient>, RemoteError>
 }
 
 /// Upload `src` as `key`, compressing first when `compress`, and check what was stored.
+/// The work runs on a thread of its own at the upload's lower priority (`priority`).
 pub(super) fn upload(
+    store: &Store,
+    key: &str,
+    src: &Path,
+    compress: bool,
+) -> Result<Uploaded, RemoteError> {
+    super::priority::in_background(|| upload_here(store, key, src, compress))
+}
+
+fn upload_here(
     store: &Store,
     key: &str,
     src: &Path,

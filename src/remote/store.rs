@@ -40,21 +40,33 @@ pub(crate) struct Store {
 
 impl Store {
     pub(crate) fn open(remote: Arc<Remote>) -> Result<Store, RemoteError> {
+        Self::open_with(remote, false)
+    }
+
+    /// A store for uploads: its runtime's threads (the worker sending the parts, the resolver's
+    /// blocking threads) run at the upload's lower priority (`priority`), so the app comes first.
+    pub(crate) fn open_for_upload(remote: Arc<Remote>) -> Result<Store, RemoteError> {
+        Self::open_with(remote, true)
+    }
+
+    fn open_with(remote: Arc<Remote>, background: bool) -> Result<Store, RemoteError> {
         // One worker: the parts of a multipart upload go on while the caller compresses and
         // encrypts the next one, whichever thread (or runtime) the caller is on.
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
+        let mut rt = tokio::runtime::Builder::new_multi_thread();
+        rt.worker_threads(1)
             .thread_name("litekeeper-remote")
-            .enable_all()
-            .build()
-            .map_err(|e| {
-                fail(
-                    &remote,
-                    "starting the client",
-                    e.to_string(),
-                    ExitCode::Failed,
-                )
-            })?;
+            .enable_all();
+        if background {
+            rt.on_thread_start(super::priority::background);
+        }
+        let rt = rt.build().map_err(|e| {
+            fail(
+                &remote,
+                "starting the client",
+                e.to_string(),
+                ExitCode::Failed,
+            )
+        })?;
         let mut secrets = Vec::new();
         let inner: Arc<dyn ObjectStore> = match &remote.target {
             Target::Dir { dir } => {
