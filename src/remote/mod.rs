@@ -15,6 +15,7 @@ mod priority;
 pub(crate) mod retain;
 mod store;
 
+pub(crate) use cause::Kind;
 pub(crate) use manifest::{Copy, DeltaCopy, RemoteManifest};
 pub(crate) use pipeline::{download, read_back, Downloaded, Uploaded};
 pub(crate) use store::{RemoteError, Store};

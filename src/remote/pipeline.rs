@@ -69,8 +69,11 @@ fn recipients(store: &Store) -> Result<Vec<age::x25519::Recipient>, RemoteError>
         .recipients
         .iter()
         .map(|r| {
-            age::x25519::Recipient::from_str(r)
-                .map_err(|e| store.other("reading encrypt_to", e.to_string(), ExitCode::Config))
+            age::x25519::Recipient::from_str(r).map_err(|e| {
+                store
+                    .other("reading encrypt_to", e.to_string(), ExitCode::Config)
+                    .of_kind(super::Kind::Keys)
+            })
         })
         .collect()
 }
@@ -133,7 +136,7 @@ fn upload_here(
             format!("checking {key}"),
             format!("the stored object differs from what was sent ({got_size} bytes, sha256 {got_sha}; sent {size} bytes, sha256 {sha256})"),
             ExitCode::DataErr,
-        ));
+        ).of_kind(super::Kind::Damaged));
     }
     Ok(Uploaded { size, sha256 })
 }
@@ -222,8 +225,11 @@ pub(crate) fn download(
     let fetch = clock.elapsed();
     let key = store.key(database, &copy.object);
     let what = format!("downloading {key}");
-    let damaged =
-        |step: &str, e: String| store.other(format!("{step} {key}"), e, ExitCode::DataErr);
+    let damaged = |step: &str, e: String| {
+        store
+            .other(format!("{step} {key}"), e, ExitCode::DataErr)
+            .of_kind(super::Kind::Damaged)
+    };
     let input = File::open(tmp).map_err(|e| store.other(&what, e.to_string(), ExitCode::IoErr))?;
     let dec = age::Decryptor::new(BufReader::new(input))
         .map_err(|e| damaged("decrypting", e.to_string()))?;

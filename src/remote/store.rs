@@ -13,7 +13,7 @@ use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig};
 
-use super::cause::classify;
+use super::cause::{classify, Kind};
 use crate::config::{Credentials, Remote, Target};
 use crate::domain::ExitCode;
 
@@ -27,6 +27,16 @@ pub struct RemoteError {
     pub what: String,
     pub cause: String,
     pub code: ExitCode,
+    /// The cause's class: what callers choose hints and actions by, never the text.
+    pub(crate) kind: Kind,
+}
+
+impl RemoteError {
+    /// The same error, of `kind`.
+    pub(crate) fn of_kind(mut self, kind: Kind) -> RemoteError {
+        self.kind = kind;
+        self
+    }
 }
 
 /// An opened remote.
@@ -65,6 +75,7 @@ impl Store {
                 "starting the client",
                 e.to_string(),
                 ExitCode::Failed,
+                Kind::Other,
             )
         })?;
         let mut secrets = Vec::new();
@@ -76,6 +87,7 @@ impl Store {
                         "creating the directory",
                         e.to_string(),
                         ExitCode::CantCreate,
+                        Kind::NoDirectory,
                     ));
                 }
                 let fs = LocalFileSystem::new_with_prefix(dir).map_err(|e| {
@@ -84,6 +96,7 @@ impl Store {
                         "opening the directory",
                         e.to_string(),
                         ExitCode::CantCreate,
+                        Kind::NoDirectory,
                     )
                 })?;
                 Arc::new(fs)
@@ -126,6 +139,7 @@ impl Store {
                         "configuring the client",
                         e.to_string(),
                         ExitCode::Config,
+                        Kind::Other,
                     )
                 })?;
                 Arc::new(s3)
@@ -155,14 +169,14 @@ impl Store {
 
     /// A client error as one line: the cause classified, secrets removed.
     pub(crate) fn error(&self, what: impl Into<String>, e: &object_store::Error) -> RemoteError {
-        let (cause, code) = classify(&self.remote, e);
+        let (cause, code, kind) = classify(&self.remote, e);
         let mut cause = cause;
         for s in &self.secrets {
             if !s.is_empty() {
                 cause = cause.replace(s.as_str(), "[secret]");
             }
         }
-        fail(&self.remote, what, cause, code)
+        fail(&self.remote, what, cause, code, kind)
     }
 
     pub(crate) fn other(
@@ -171,7 +185,7 @@ impl Store {
         cause: impl Into<String>,
         code: ExitCode,
     ) -> RemoteError {
-        fail(&self.remote, what, cause.into(), code)
+        fail(&self.remote, what, cause.into(), code, Kind::Other)
     }
 
     /// Run a client future to its end on this store's runtime.
@@ -219,13 +233,20 @@ impl Store {
     }
 }
 
-fn fail(remote: &Remote, what: impl Into<String>, cause: String, code: ExitCode) -> RemoteError {
+fn fail(
+    remote: &Remote,
+    what: impl Into<String>,
+    cause: String,
+    code: ExitCode,
+    kind: Kind,
+) -> RemoteError {
     RemoteError {
         remote: remote.name.clone(),
         url: remote.url.clone(),
         what: what.into(),
         cause,
         code,
+        kind,
     }
 }
 
@@ -246,6 +267,7 @@ fn read_credentials(remote: &Remote) -> Result<Keys, RemoteError> {
             "reading credentials",
             format!("{from} must set {ID} and {SECRET}"),
             ExitCode::Config,
+            Kind::NoCredentials,
         )
     };
     match &remote.credentials {
@@ -269,6 +291,7 @@ fn read_credentials(remote: &Remote) -> Result<Keys, RemoteError> {
                     "reading credentials",
                     format!("credentials = {name:?} is a systemd credential, but $CREDENTIALS_DIRECTORY is not set (add LoadCredential={name}:FILE to the unit; `litekeeper systemd-units` writes it)"),
                     ExitCode::Config,
+                    Kind::NoCredentials,
                 ));
             };
             from_file(remote, &Path::new(&dir).join(name), missing)
@@ -287,6 +310,7 @@ fn from_file(
             "reading credentials",
             format!("{}: {e}", path.display()),
             ExitCode::Config,
+            Kind::NoCredentials,
         )
     })?;
     let (mut id, mut secret, mut token) = (None, None, None);
