@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::{Config, Credentials, Remote};
-use crate::remote::{RemoteError, Store};
+use crate::remote::{Kind, RemoteError, Store};
 
 /// Longest wait for one request of the probe (a remote's own `timeout` when shorter).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -57,10 +57,10 @@ pub(super) fn check(
         }
         match probe(r, identities.as_deref()) {
             Ok(ok) => println!("remote {}: ok: {ok}", r.name),
-            Err(e) => {
+            Err((step, e)) => {
                 errors += 1;
                 println!("remote {}: error: {e}", r.name);
-                println!("remote {}:   fix: {}", r.name, fix(&e));
+                println!("remote {}:   fix: {}", r.name, fix(step, &e));
             }
         }
     }
@@ -96,22 +96,43 @@ fn read_identity(path: &Path) -> Result<Vec<Box<dyn age::Identity>>, String> {
         })
 }
 
-/// What to do about a failed probe, from the step that failed.
-fn fix(e: &RemoteError) -> &'static str {
-    if e.what.starts_with("reading credentials") {
-        "give the remote's `credentials` (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY) where the service can read them"
-    } else if e.what.starts_with("decrypting") {
-        "encrypt_to must hold the public key of the identity you restore with (age-keygen -y IDENTITY)"
-    } else if e.what.starts_with("deleting") {
-        "the key may write but not delete: remote retention needs s3:DeleteObject on the prefix"
-    } else if e.what == "opening the directory" {
-        "mount the disk or create the directory (owned by the user litekeeper runs as)"
-    } else if e.cause.contains("NoSuchBucket") {
-        "create the bucket, or fix the bucket in `url`"
-    } else if e.what.starts_with("listing") {
-        "the key may write but not list: listing needs s3:ListBucket on the bucket"
-    } else {
-        "fix the cause above; `litekeeper backups push DB` then stores the pending copies"
+/// The step of the probe a failure happened in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Open,
+    Encrypt,
+    Put,
+    Get,
+    List,
+    Decrypt,
+    Delete,
+}
+
+/// What to do about a failed probe: from the kind of failure (`RemoteError::kind`), and for a
+/// refused permission from the step that needed it.
+fn fix(step: Step, e: &RemoteError) -> &'static str {
+    match e.kind {
+        Kind::NoCredentials => "give the remote's `credentials` (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY) where the service can read them",
+        Kind::NoDirectory => "mount the disk or create the directory (owned by the user litekeeper runs as)",
+        Kind::NoBucket => "create the bucket, or fix the bucket in `url`",
+        Kind::Keys if step == Step::Decrypt => "encrypt_to must hold the public key of the identity you restore with (age-keygen -y IDENTITY)",
+        Kind::Keys => "encrypt_to (or encrypt_to_file) must hold age X25519 recipients (age1…, from age-keygen -y IDENTITY)",
+        Kind::Credentials => "check the access key and secret key the remote's `credentials` give (and the session token, if any)",
+        Kind::Clock => "set this host's clock right (NTP: timedatectl set-ntp true)",
+        Kind::Dns => "check the host name in `endpoint` and this host's resolver (resolvectl query HOST)",
+        Kind::Refused => "start the store, or fix the port in `endpoint`; under systemd, the unit needs the network drop-in `litekeeper systemd-units` writes",
+        Kind::Tls => "use the store's https port with a certificate this host trusts, or http:// with allow_http = true on a trusted network",
+        Kind::Timeout | Kind::Lost => "check the network path to `endpoint` (firewall, proxy); a slow link needs a longer `timeout`",
+        Kind::Unavailable => "the store failed: try again later, or ask its operator",
+        Kind::Denied => match step {
+            Step::Delete => "the key may write but not delete: remote retention needs s3:DeleteObject on the prefix",
+            Step::List => "the key may write but not list: listing needs s3:ListBucket on the bucket",
+            Step::Get => "the key may write but not read: the read-back check and restore need s3:GetObject on the prefix",
+            _ => "the key may not write: uploads need s3:PutObject (and s3:AbortMultipartUpload) on the prefix",
+        },
+        Kind::NotFound | Kind::Damaged | Kind::Other => {
+            "fix the cause above; `litekeeper backups push DB` then stores the pending copies"
+        }
     }
 }
 
@@ -119,28 +140,33 @@ fn fix(e: &RemoteError) -> &'static str {
 fn probe(
     remote: &Arc<Remote>,
     identities: Option<&[Box<dyn age::Identity>]>,
-) -> Result<String, RemoteError> {
+) -> Result<String, (Step, RemoteError)> {
+    let at = |step: Step| move |e: RemoteError| (step, e);
     let started = Instant::now();
     // A missing directory is reported, not created: it may be an unmounted NAS.
     if let crate::config::Target::Dir { dir } = &remote.target {
         if !dir.is_dir() {
-            return Err(RemoteError {
-                remote: remote.name.clone(),
-                url: remote.url.clone(),
-                what: "opening the directory".into(),
-                cause: format!(
-                    "{} does not exist or is not a directory (is the disk or NAS mounted?)",
-                    dir.display()
-                ),
-                code: crate::domain::ExitCode::NoInput,
-            });
+            return Err((
+                Step::Open,
+                RemoteError {
+                    remote: remote.name.clone(),
+                    url: remote.url.clone(),
+                    what: "opening the directory".into(),
+                    cause: format!(
+                        "{} does not exist or is not a directory (is the disk or NAS mounted?)",
+                        dir.display()
+                    ),
+                    code: crate::domain::ExitCode::NoInput,
+                    kind: Kind::NoDirectory,
+                },
+            ));
         }
     }
     let mut r = (**remote).clone();
     r.timeout = r.timeout.min(PROBE_TIMEOUT);
-    let store = Store::open(Arc::new(r))?;
+    let store = Store::open(Arc::new(r)).map_err(at(Step::Open))?;
     let secret = format!("litekeeper check probe {}", uuid::Uuid::new_v4());
-    let sealed = encrypt(&store, secret.as_bytes())?;
+    let sealed = encrypt(&store, secret.as_bytes()).map_err(at(Step::Encrypt))?;
     let name = format!(
         "probe-{}-{}.age",
         std::process::id(),
@@ -148,38 +174,53 @@ fn probe(
     );
     let dir = ".litekeeper-check";
     let key = store.key(dir, &name);
-    store.put_small(&key, sealed.clone())?;
+    store
+        .put_small(&key, sealed.clone())
+        .map_err(at(Step::Put))?;
     let result = (|| {
-        let back = store.get_small(&key)?;
+        let back = store.get_small(&key).map_err(at(Step::Get))?;
         if back.as_deref() != Some(sealed.as_slice()) {
-            return Err(store.other(
-                format!("reading {key} back"),
-                "the store returned other bytes than were written",
-                crate::domain::ExitCode::DataErr,
+            return Err((
+                Step::Get,
+                store
+                    .other(
+                        format!("reading {key} back"),
+                        "the store returned other bytes than were written",
+                        crate::domain::ExitCode::DataErr,
+                    )
+                    .of_kind(Kind::Damaged),
             ));
         }
-        let listed = store.list(dir)?;
+        let listed = store.list(dir).map_err(at(Step::List))?;
         if !listed.iter().any(|(k, _)| k.ends_with(&name)) {
-            return Err(store.other(
-                "listing",
-                format!("{key} was written but is not listed"),
-                crate::domain::ExitCode::Failed,
+            return Err((
+                Step::List,
+                store.other(
+                    "listing",
+                    format!("{key} was written but is not listed"),
+                    crate::domain::ExitCode::Failed,
+                ),
             ));
         }
         if let Some(ids) = identities {
-            let plain = decrypt(&store, &sealed, ids)?;
+            let plain = decrypt(&store, &sealed, ids).map_err(at(Step::Decrypt))?;
             if plain != secret.as_bytes() {
-                return Err(store.other(
-                    "decrypting the probe",
-                    "it decrypted to other bytes",
-                    crate::domain::ExitCode::DataErr,
+                return Err((
+                    Step::Decrypt,
+                    store
+                        .other(
+                            "decrypting the probe",
+                            "it decrypted to other bytes",
+                            crate::domain::ExitCode::DataErr,
+                        )
+                        .of_kind(Kind::Damaged),
                 ));
             }
         }
         Ok(())
     })();
     // Deleted whatever happened above; a failed read is reported before a failed delete.
-    let deleted = store.delete(&key);
+    let deleted = store.delete(&key).map_err(at(Step::Delete));
     result?;
     deleted?;
     let n = remote.recipients.len();
@@ -202,11 +243,13 @@ fn probe(
 
 fn encrypt(store: &Store, plain: &[u8]) -> Result<Vec<u8>, RemoteError> {
     let bad = |e: String| {
-        store.other(
-            "encrypting the probe to encrypt_to",
-            e,
-            crate::domain::ExitCode::Config,
-        )
+        store
+            .other(
+                "encrypting the probe to encrypt_to",
+                e,
+                crate::domain::ExitCode::Config,
+            )
+            .of_kind(Kind::Keys)
     };
     let recipients: Vec<age::x25519::Recipient> = store
         .remote
@@ -229,11 +272,13 @@ fn decrypt(
     identities: &[Box<dyn age::Identity>],
 ) -> Result<Vec<u8>, RemoteError> {
     let bad = |e: String| {
-        store.other(
-            "decrypting the probe with --identity",
-            format!("{e}: no recipient in encrypt_to belongs to this identity"),
-            crate::domain::ExitCode::Config,
-        )
+        store
+            .other(
+                "decrypting the probe with --identity",
+                format!("{e}: no recipient in encrypt_to belongs to this identity"),
+                crate::domain::ExitCode::Config,
+            )
+            .of_kind(Kind::Keys)
     };
     let dec = age::Decryptor::new(sealed).map_err(|e| bad(e.to_string()))?;
     let mut r = dec
@@ -242,4 +287,46 @@ fn decrypt(
     let mut out = Vec::new();
     r.read_to_end(&mut out).map_err(|e| bad(e.to_string()))?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::ExitCode;
+    use crate::remote::Kind;
+
+    fn error(what: &str, cause: &str, kind: Kind) -> RemoteError {
+        RemoteError {
+            remote: "offsite".into(),
+            url: "s3://b/lk".into(),
+            what: what.into(),
+            cause: cause.into(),
+            code: ExitCode::TempFail,
+            kind,
+        }
+    }
+
+    #[test]
+    fn fix_follows_the_kind_of_failure_not_the_step_text() {
+        // The server went away between the put and the delete: no permission is missing.
+        let e = error(
+            "deleting lk/.litekeeper-check/probe-1.age",
+            "connection refused by http://127.0.0.1:9 (is the server running, and the port right?)",
+            Kind::Refused,
+        );
+        let hint = fix(Step::Delete, &e);
+        assert!(!hint.contains("s3:DeleteObject"), "{hint}");
+        assert!(hint.contains("start the store"), "{hint}");
+        // A refused permission: the step says which.
+        let denied = |step| {
+            fix(
+                step,
+                &error("x", "access denied (403 AccessDenied)", Kind::Denied),
+            )
+        };
+        assert!(denied(Step::Delete).contains("s3:DeleteObject"));
+        assert!(denied(Step::List).contains("s3:ListBucket"));
+        assert!(denied(Step::Put).contains("s3:PutObject"));
+        assert!(denied(Step::Get).contains("s3:GetObject"));
+    }
 }

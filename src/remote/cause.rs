@@ -11,6 +11,44 @@ use object_store::client::{HttpError, HttpErrorKind};
 use crate::config::{Credentials, Remote, Target};
 use crate::domain::ExitCode;
 
+/// What kind of failure a [`super::RemoteError`] is: the cause's class, for whoever chooses
+/// what to tell the operator (`check`'s hints), never read back from the error's text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// The endpoint's host name does not resolve.
+    Dns,
+    /// Nothing listens at the endpoint.
+    Refused,
+    /// The TLS handshake failed (plain-http port, untrusted or wrong certificate).
+    Tls,
+    /// No answer within the remote's `timeout`.
+    Timeout,
+    /// The connection broke off.
+    Lost,
+    /// The store refused the keys (403: signature, unknown key, expired token).
+    Credentials,
+    /// The store refused the request's time (403 RequestTimeTooSkewed).
+    Clock,
+    /// The keys were accepted but may not do this (403).
+    Denied,
+    /// The bucket does not exist (404 NoSuchBucket).
+    NoBucket,
+    /// The object does not exist (404).
+    NotFound,
+    /// The store failed (5xx).
+    Unavailable,
+    /// No keys where `credentials` says (nothing asked of the store).
+    NoCredentials,
+    /// A `file://` remote's directory is missing or cannot be made.
+    NoDirectory,
+    /// Encryption or decryption with the remote's recipients or an identity failed.
+    Keys,
+    /// The stored bytes are not the ones sent or recorded.
+    Damaged,
+    /// Anything else (local I/O, another refusal).
+    Other,
+}
+
 /// The error and every source, one line.
 pub(super) fn chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
@@ -79,7 +117,7 @@ fn response(text: &str) -> Option<(u16, Option<String>)> {
     Some((status, code))
 }
 
-pub(super) fn classify(remote: &Remote, e: &object_store::Error) -> (String, ExitCode) {
+pub(super) fn classify(remote: &Remote, e: &object_store::Error) -> (String, ExitCode, Kind) {
     let endpoint = remote.endpoint.as_deref().unwrap_or("the S3 endpoint");
     if let Some((kind, detail)) = transport(e) {
         return transport_cause(remote, endpoint, kind, &detail);
@@ -89,7 +127,11 @@ pub(super) fn classify(remote: &Remote, e: &object_store::Error) -> (String, Exi
         return refused(remote, status, code.as_deref());
     }
     if matches!(e, object_store::Error::NotFound { .. }) {
-        return ("not found (404)".to_string(), ExitCode::NoInput);
+        return (
+            "not found (404)".to_string(),
+            ExitCode::NoInput,
+            Kind::NotFound,
+        );
     }
     // Anything else: the client's words, without a response body.
     let short = text
@@ -99,7 +141,7 @@ pub(super) fn classify(remote: &Remote, e: &object_store::Error) -> (String, Exi
         .chars()
         .take(300)
         .collect::<String>();
-    (short, ExitCode::Failed)
+    (short, ExitCode::Failed, Kind::Other)
 }
 
 /// The request got no answer: DNS, refused, TLS, timeout, connection lost.
@@ -108,7 +150,7 @@ fn transport_cause(
     endpoint: &str,
     kind: Option<HttpErrorKind>,
     detail: &str,
-) -> (String, ExitCode) {
+) -> (String, ExitCode, Kind) {
     let lower = detail.to_ascii_lowercase();
     let last = detail.rsplit(": ").next().unwrap_or(detail).trim();
     let host = url::Url::parse(endpoint)
@@ -119,6 +161,7 @@ fn transport_cause(
         return (
             format!("the host name {host:?} of {endpoint} does not resolve ({last}): check the endpoint's spelling and this host's resolver"),
             ExitCode::TempFail,
+            Kind::Dns,
         );
     }
     if lower.contains("connection refused") {
@@ -127,12 +170,14 @@ fn transport_cause(
                 "connection refused by {endpoint} (is the server running, and the port right?)"
             ),
             ExitCode::TempFail,
+            Kind::Refused,
         );
     }
     if lower.contains("corrupt message") || lower.contains("invalidcontenttype") {
         return (
             format!("TLS with {endpoint} failed: the server does not speak TLS there ({last}); is it a plain-http port? Use the store's https port, or http:// on a trusted network"),
             ExitCode::Failed,
+            Kind::Tls,
         );
     }
     if [
@@ -149,6 +194,7 @@ fn transport_cause(
         return (
             format!("TLS with {endpoint} failed ({last}): certificate not trusted, expired or not for this host name"),
             ExitCode::Failed,
+            Kind::Tls,
         );
     }
     if kind == Some(HttpErrorKind::Timeout) || lower.contains("timed out") {
@@ -158,11 +204,13 @@ fn transport_cause(
                 humantime::format_duration(remote.timeout)
             ),
             ExitCode::TempFail,
+            Kind::Timeout,
         );
     }
     (
         format!("the connection to {endpoint} was lost ({last})"),
         ExitCode::TempFail,
+        Kind::Lost,
     )
 }
 
@@ -178,7 +226,7 @@ fn credentials_source(remote: &Remote) -> String {
 }
 
 /// The server answered with an error status.
-fn refused(remote: &Remote, status: u16, code: Option<&str>) -> (String, ExitCode) {
+fn refused(remote: &Remote, status: u16, code: Option<&str>) -> (String, ExitCode, Kind) {
     let bucket = match &remote.target {
         Target::S3 { bucket, .. } => bucket.as_str(),
         Target::Dir { .. } => "",
@@ -188,33 +236,39 @@ fn refused(remote: &Remote, status: u16, code: Option<&str>) -> (String, ExitCod
         Some(c) => format!("{status} {c}"),
         None => status.to_string(),
     };
-    let text = match code.unwrap_or_default() {
-        "SignatureDoesNotMatch" => format!(
+    let (text, kind) = match code.unwrap_or_default() {
+        "SignatureDoesNotMatch" => (format!(
             "the credentials were refused ({what}: the secret key does not match the access key): check {keys}, and this host's clock"
-        ),
-        "InvalidAccessKeyId" | "NotSignedUp" => format!(
+        ), Kind::Credentials),
+        "InvalidAccessKeyId" | "NotSignedUp" => (format!(
             "the credentials were refused ({what}: the store does not know the access key): check {keys}"
-        ),
-        "RequestTimeTooSkewed" => format!(
+        ), Kind::Credentials),
+        "RequestTimeTooSkewed" => (format!(
             "the credentials were refused ({what}): this host's clock is more than 15 minutes off; fix its time (NTP)"
-        ),
-        "ExpiredToken" | "InvalidToken" | "TokenRefreshRequired" => format!(
+        ), Kind::Clock),
+        "ExpiredToken" | "InvalidToken" | "TokenRefreshRequired" => (format!(
             "the credentials were refused ({what}: the session token is expired or invalid): renew AWS_SESSION_TOKEN in {keys}"
+        ), Kind::Credentials),
+        "NoSuchBucket" => (
+            format!("bucket {bucket:?} does not exist ({what}): create it, or fix the url"),
+            Kind::NoBucket,
         ),
-        "NoSuchBucket" => format!("bucket {bucket:?} does not exist ({what}): create it, or fix the url"),
-        _ if status == 403 => format!(
+        _ if status == 403 => (format!(
             "access denied ({what}): the key was accepted but may not do this; check the bucket's policy and the key's permissions ({keys})"
-        ),
-        _ if status == 404 => return (format!("not found ({what})"), ExitCode::NoInput),
+        ), Kind::Denied),
+        _ if status == 404 => {
+            return (format!("not found ({what})"), ExitCode::NoInput, Kind::NotFound)
+        }
         _ if status >= 500 => {
             return (
                 format!("the store failed ({what}); try again later"),
                 ExitCode::TempFail,
+                Kind::Unavailable,
             )
         }
-        _ => format!("the store refused the request ({what})"),
+        _ => (format!("the store refused the request ({what})"), Kind::Other),
     };
-    (text, ExitCode::Failed)
+    (text, ExitCode::Failed, kind)
 }
 
 #[cfg(test)]
@@ -275,7 +329,7 @@ mod tests {
         // A bucket whose name holds "tls", "timeout" and "certificate".
         let r = remote("lk-tls-timeout-certificates");
         let url = "https://s3.example.net/lk-tls-timeout-certificates/lk/chat/x.age";
-        let (cause, code) = classify(
+        let (cause, code, _) = classify(
             &r,
             &transport_error(
                 HttpErrorKind::Connect,
@@ -285,12 +339,12 @@ mod tests {
         );
         assert!(cause.starts_with("connection refused by"), "{cause}");
         assert_eq!(code, ExitCode::TempFail);
-        let (cause, _) = classify(
+        let (cause, _, _) = classify(
             &r,
             &transport_error(HttpErrorKind::Request, "connection reset by peer", url),
         );
         assert!(cause.starts_with("the connection to"), "{cause}");
-        let (cause, code) = classify(
+        let (cause, code, _) = classify(
             &r,
             &transport_error(HttpErrorKind::Timeout, "operation timed out", url),
         );
@@ -310,21 +364,25 @@ mod tests {
                 source: text.into(),
             }
         };
-        let (cause, code) = classify(&r, &status("SignatureDoesNotMatch"));
+        let (cause, code, kind) = classify(&r, &status("SignatureDoesNotMatch"));
+        assert_eq!(kind, Kind::Credentials);
         assert!(
             cause.starts_with("the credentials were refused (403 SignatureDoesNotMatch"),
             "{cause}"
         );
         assert!(cause.contains("AWS_SECRET_ACCESS_KEY"), "{cause}");
         assert_eq!(code, ExitCode::Failed);
-        let (cause, _) = classify(&r, &status("InvalidAccessKeyId"));
+        let (cause, _, _) = classify(&r, &status("InvalidAccessKeyId"));
         assert!(cause.contains("does not know the access key"), "{cause}");
-        let (cause, _) = classify(&r, &status("AccessDenied"));
+        let (cause, _, kind) = classify(&r, &status("AccessDenied"));
+        assert_eq!(kind, Kind::Denied);
         assert!(
             cause.starts_with("access denied (403 AccessDenied)"),
             "{cause}"
         );
-        let (cause, _) = classify(&r, &status("RequestTimeTooSkewed"));
+        let (cause, _, kind) = classify(&r, &status("RequestTimeTooSkewed"));
+        assert_eq!(kind, Kind::Clock);
+        assert_eq!(classify(&r, &status("NoSuchBucket")).2, Kind::NoBucket);
         assert!(cause.contains("clock"), "{cause}");
     }
 }

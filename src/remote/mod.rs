@@ -2,7 +2,8 @@
 //! remote (S3-compatible bucket or directory) with its credentials and turns client errors
 //! into one line naming the remote and the cause; `pipeline` streams a local backup through
 //! zstd and age encryption into a multipart upload and reads it back to check its SHA-256;
-//! `cause` says why a request failed, in the operator's terms;
+//! `cause` says why a request failed, in the operator's terms; `priority` lowers the threads
+//! of an upload so that the application's own work comes first;
 //! `manifest` is the remote's list of copies, written last (one PUT, atomic by object
 //! semantics). Nothing here touches a database: callers run it after the local backup's
 //! commit, on a blocking thread (each `Store` has its own small runtime).
@@ -10,9 +11,11 @@
 mod cause;
 mod manifest;
 mod pipeline;
+mod priority;
 pub(crate) mod retain;
 mod store;
 
+pub(crate) use cause::Kind;
 pub(crate) use manifest::{Copy, DeltaCopy, RemoteManifest};
 pub(crate) use pipeline::{download, read_back, Downloaded, Uploaded};
 pub(crate) use store::{RemoteError, Store};

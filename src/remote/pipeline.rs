@@ -69,14 +69,27 @@ fn recipients(store: &Store) -> Result<Vec<age::x25519::Recipient>, RemoteError>
         .recipients
         .iter()
         .map(|r| {
-            age::x25519::Recipient::from_str(r)
-                .map_err(|e| store.other("reading encrypt_to", e.to_string(), ExitCode::Config))
+            age::x25519::Recipient::from_str(r).map_err(|e| {
+                store
+                    .other("reading encrypt_to", e.to_string(), ExitCode::Config)
+                    .of_kind(super::Kind::Keys)
+            })
         })
         .collect()
 }
 
 /// Upload `src` as `key`, compressing first when `compress`, and check what was stored.
+/// The work runs on a thread of its own at the upload's lower priority (`priority`).
 pub(super) fn upload(
+    store: &Store,
+    key: &str,
+    src: &Path,
+    compress: bool,
+) -> Result<Uploaded, RemoteError> {
+    super::priority::in_background(|| upload_here(store, key, src, compress))
+}
+
+fn upload_here(
     store: &Store,
     key: &str,
     src: &Path,
@@ -123,7 +136,7 @@ pub(super) fn upload(
             format!("checking {key}"),
             format!("the stored object differs from what was sent ({got_size} bytes, sha256 {got_sha}; sent {size} bytes, sha256 {sha256})"),
             ExitCode::DataErr,
-        ));
+        ).of_kind(super::Kind::Damaged));
     }
     Ok(Uploaded { size, sha256 })
 }
@@ -212,8 +225,11 @@ pub(crate) fn download(
     let fetch = clock.elapsed();
     let key = store.key(database, &copy.object);
     let what = format!("downloading {key}");
-    let damaged =
-        |step: &str, e: String| store.other(format!("{step} {key}"), e, ExitCode::DataErr);
+    let damaged = |step: &str, e: String| {
+        store
+            .other(format!("{step} {key}"), e, ExitCode::DataErr)
+            .of_kind(super::Kind::Damaged)
+    };
     let input = File::open(tmp).map_err(|e| store.other(&what, e.to_string(), ExitCode::IoErr))?;
     let dec = age::Decryptor::new(BufReader::new(input))
         .map_err(|e| damaged("decrypting", e.to_string()))?;

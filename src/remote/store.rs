@@ -13,7 +13,7 @@ use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig};
 
-use super::cause::classify;
+use super::cause::{classify, Kind};
 use crate::config::{Credentials, Remote, Target};
 use crate::domain::ExitCode;
 
@@ -27,6 +27,16 @@ pub struct RemoteError {
     pub what: String,
     pub cause: String,
     pub code: ExitCode,
+    /// The cause's class: what callers choose hints and actions by, never the text.
+    pub(crate) kind: Kind,
+}
+
+impl RemoteError {
+    /// The same error, of `kind`.
+    pub(crate) fn of_kind(mut self, kind: Kind) -> RemoteError {
+        self.kind = kind;
+        self
+    }
 }
 
 /// An opened remote.
@@ -40,21 +50,34 @@ pub(crate) struct Store {
 
 impl Store {
     pub(crate) fn open(remote: Arc<Remote>) -> Result<Store, RemoteError> {
+        Self::open_with(remote, false)
+    }
+
+    /// A store for uploads: its runtime's threads (the worker sending the parts, the resolver's
+    /// blocking threads) run at the upload's lower priority (`priority`), so the app comes first.
+    pub(crate) fn open_for_upload(remote: Arc<Remote>) -> Result<Store, RemoteError> {
+        Self::open_with(remote, true)
+    }
+
+    fn open_with(remote: Arc<Remote>, background: bool) -> Result<Store, RemoteError> {
         // One worker: the parts of a multipart upload go on while the caller compresses and
         // encrypts the next one, whichever thread (or runtime) the caller is on.
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
+        let mut rt = tokio::runtime::Builder::new_multi_thread();
+        rt.worker_threads(1)
             .thread_name("litekeeper-remote")
-            .enable_all()
-            .build()
-            .map_err(|e| {
-                fail(
-                    &remote,
-                    "starting the client",
-                    e.to_string(),
-                    ExitCode::Failed,
-                )
-            })?;
+            .enable_all();
+        if background {
+            rt.on_thread_start(super::priority::background);
+        }
+        let rt = rt.build().map_err(|e| {
+            fail(
+                &remote,
+                "starting the client",
+                e.to_string(),
+                ExitCode::Failed,
+                Kind::Other,
+            )
+        })?;
         let mut secrets = Vec::new();
         let inner: Arc<dyn ObjectStore> = match &remote.target {
             Target::Dir { dir } => {
@@ -64,6 +87,7 @@ impl Store {
                         "creating the directory",
                         e.to_string(),
                         ExitCode::CantCreate,
+                        Kind::NoDirectory,
                     ));
                 }
                 let fs = LocalFileSystem::new_with_prefix(dir).map_err(|e| {
@@ -72,6 +96,7 @@ impl Store {
                         "opening the directory",
                         e.to_string(),
                         ExitCode::CantCreate,
+                        Kind::NoDirectory,
                     )
                 })?;
                 Arc::new(fs)
@@ -114,6 +139,7 @@ impl Store {
                         "configuring the client",
                         e.to_string(),
                         ExitCode::Config,
+                        Kind::Other,
                     )
                 })?;
                 Arc::new(s3)
@@ -143,14 +169,14 @@ impl Store {
 
     /// A client error as one line: the cause classified, secrets removed.
     pub(crate) fn error(&self, what: impl Into<String>, e: &object_store::Error) -> RemoteError {
-        let (cause, code) = classify(&self.remote, e);
+        let (cause, code, kind) = classify(&self.remote, e);
         let mut cause = cause;
         for s in &self.secrets {
             if !s.is_empty() {
                 cause = cause.replace(s.as_str(), "[secret]");
             }
         }
-        fail(&self.remote, what, cause, code)
+        fail(&self.remote, what, cause, code, kind)
     }
 
     pub(crate) fn other(
@@ -159,7 +185,7 @@ impl Store {
         cause: impl Into<String>,
         code: ExitCode,
     ) -> RemoteError {
-        fail(&self.remote, what, cause.into(), code)
+        fail(&self.remote, what, cause.into(), code, Kind::Other)
     }
 
     /// Run a client future to its end on this store's runtime.
@@ -207,13 +233,20 @@ impl Store {
     }
 }
 
-fn fail(remote: &Remote, what: impl Into<String>, cause: String, code: ExitCode) -> RemoteError {
+fn fail(
+    remote: &Remote,
+    what: impl Into<String>,
+    cause: String,
+    code: ExitCode,
+    kind: Kind,
+) -> RemoteError {
     RemoteError {
         remote: remote.name.clone(),
         url: remote.url.clone(),
         what: what.into(),
         cause,
         code,
+        kind,
     }
 }
 
@@ -234,6 +267,7 @@ fn read_credentials(remote: &Remote) -> Result<Keys, RemoteError> {
             "reading credentials",
             format!("{from} must set {ID} and {SECRET}"),
             ExitCode::Config,
+            Kind::NoCredentials,
         )
     };
     match &remote.credentials {
@@ -257,6 +291,7 @@ fn read_credentials(remote: &Remote) -> Result<Keys, RemoteError> {
                     "reading credentials",
                     format!("credentials = {name:?} is a systemd credential, but $CREDENTIALS_DIRECTORY is not set (add LoadCredential={name}:FILE to the unit; `litekeeper systemd-units` writes it)"),
                     ExitCode::Config,
+                    Kind::NoCredentials,
                 ));
             };
             from_file(remote, &Path::new(&dir).join(name), missing)
@@ -275,6 +310,7 @@ fn from_file(
             "reading credentials",
             format!("{}: {e}", path.display()),
             ExitCode::Config,
+            Kind::NoCredentials,
         )
     })?;
     let (mut id, mut secret, mut token) = (None, None, None);

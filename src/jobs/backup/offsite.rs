@@ -162,7 +162,7 @@ pub fn push_pending(config: &Config, db: &Database, only: Option<&str>) -> Resul
         if pending.is_empty() {
             continue;
         }
-        let store = match Store::open(r.clone()) {
+        let store = match Store::open_for_upload(r.clone()) {
             Ok(s) => s,
             Err(e) => {
                 for p in &pending {
