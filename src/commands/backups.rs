@@ -266,11 +266,7 @@ fn write_human(
                 )?;
             }
             if let Some(d) = &b.drill {
-                let ago = age(Utc::now().signed_duration_since(d.at).num_seconds());
-                match &d.error {
-                    Some(e) => writeln!(out, "    drill: {} {ago} ago: {e}", d.verdict.as_str())?,
-                    None => writeln!(out, "    drill: {} {ago} ago", d.verdict.as_str())?,
-                }
+                writeln!(out, "    {}", drill_line(d))?;
             }
         }
         if !d.points.is_empty() {
@@ -401,6 +397,15 @@ fn when_and_size(zone: &Zone, at: DateTime<Utc>, age_seconds: i64, size: u64) ->
         age(age_seconds),
         human_bytes(size)
     )
+}
+
+/// "drill: failed 3m ago: why" — a copy's last drill, local or remote.
+pub(super) fn drill_line(d: &crate::archive::DrillMark) -> String {
+    let ago = age(Utc::now().signed_duration_since(d.at).num_seconds());
+    match &d.error {
+        Some(e) => format!("drill: {} {ago} ago: {e}", d.verdict.as_str()),
+        None => format!("drill: {} {ago} ago", d.verdict.as_str()),
+    }
 }
 
 fn age(secs: i64) -> String {

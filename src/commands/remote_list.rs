@@ -2,7 +2,8 @@
 //! manifests list for each database using it, each checked against the store: `ok`,
 //! `missing` (listed, not stored: deleted by hand), `size-differs`, and with `--verify`
 //! `damaged` (read back, SHA-256 differs); the deltas of incremental chains the same way,
-//! as `points`. Exit 65 when any copy or point is flagged.
+//! as `points`; each copy's last restore drill (`drill: failed …`). Exit 65 when any copy
+//! or point is flagged.
 
 use std::collections::HashMap;
 
@@ -63,6 +64,8 @@ struct CopyJson {
     source_sha256: String,
     /// ok | missing | size-differs | damaged
     state: &'static str,
+    /// The last restore drill of this copy (null when never drilled).
+    drill: Option<crate::archive::DrillMark>,
 }
 
 pub fn run(
@@ -160,6 +163,9 @@ pub fn run(
                     human_bytes(c.size),
                     state_text(c.state)
                 );
+                if let Some(d) = &c.drill {
+                    println!("    {}", super::backups::drill_line(d));
+                }
             }
             if !d.points.is_empty() {
                 println!("  incremental points: {}", d.points.len());
@@ -224,6 +230,7 @@ fn list_one(store: &Store, database: &str, verify: bool) -> Result<Listed, remot
             sha256: c.sha256.clone(),
             source_sha256: c.source_sha256.clone(),
             state,
+            drill: c.drill.clone(),
         });
     }
     let points = m

@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::store::{RemoteError, Store};
+use crate::archive::{self, DrillMark};
 use crate::domain::ExitCode;
 
 pub(super) const MANIFEST_NAME: &str = "litekeeper-manifest.json";
@@ -32,6 +33,19 @@ pub(crate) struct Copy {
     /// How the local backup was checked when it was taken.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verified: Option<crate::domain::Verified>,
+    /// The last restore drill of this copy (absent: never drilled, or an older manifest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drill: Option<DrillMark>,
+}
+
+impl Copy {
+    /// Its last drill failed: never the "newest verified" copy remote retention must keep,
+    /// never restored unless named.
+    pub(crate) fn drill_failed(&self) -> bool {
+        self.drill
+            .as_ref()
+            .is_some_and(|d| d.verdict == crate::domain::DrillVerdict::Failed)
+    }
 }
 
 /// A copy of a delta file (one point of an incremental chain): the copy, and what the local
@@ -110,7 +124,38 @@ impl RemoteManifest {
         }
     }
 
-    pub(crate) fn save(&self, store: &Store, database: &str) -> Result<(), RemoteError> {
+    /// The one way to change the manifest: load it, let `change` edit it, and save it when
+    /// `change` says it changed, all under the exclusive lock of the database's backup
+    /// directory `dir` (created if it is gone, as a backup would). Pushes (the database's
+    /// lock), remote retention and drills (no database lock: they may run beside a backup)
+    /// all write through here, so none overwrites another's edit with an older list.
+    pub(crate) fn update<T>(
+        store: &Store,
+        database: &str,
+        dir: &std::path::Path,
+        change: impl FnOnce(&mut RemoteManifest) -> (bool, T),
+    ) -> Result<T, RemoteError> {
+        let locked = || -> Result<archive::DirLock, archive::ArchiveError> {
+            archive::ensure_private_dir(dir)?;
+            archive::lock_dir(dir)
+        };
+        let held = locked().map_err(|e| {
+            store.other(
+                format!("updating {}", store.key(database, MANIFEST_NAME)),
+                format!("cannot lock the backup directory: {e}"),
+                ExitCode::CantCreate,
+            )
+        })?;
+        let mut m = RemoteManifest::load(store, database)?;
+        let (changed, out) = change(&mut m);
+        if changed {
+            m.save(store, database)?;
+        }
+        drop(held);
+        Ok(out)
+    }
+
+    fn save(&self, store: &Store, database: &str) -> Result<(), RemoteError> {
         let key = store.key(database, MANIFEST_NAME);
         let mut bytes = serde_json::to_vec_pretty(self).expect("manifest serializes");
         bytes.push(b'\n');

@@ -38,6 +38,8 @@ pub(crate) fn object_name(local_file: &str) -> String {
 #[derive(Debug, Clone)]
 pub(crate) struct Source<'a> {
     pub database: &'a str,
+    /// The database's backup directory: its lock serialises writers of the remote manifest.
+    pub dir: &'a Path,
     pub path: &'a Path,
     pub file: &'a str,
     pub series: &'a str,
@@ -52,9 +54,10 @@ pub(crate) struct Source<'a> {
 /// manifest (written last).
 pub(crate) fn push(store: &Store, src: &Source<'_>) -> Result<Uploaded, RemoteError> {
     let (up, copy) = upload_copy(store, src)?;
-    let mut m = RemoteManifest::load(store, src.database)?;
-    m.upsert(copy);
-    m.save(store, src.database)?;
+    RemoteManifest::update(store, src.database, src.dir, |m| {
+        m.upsert(copy);
+        (true, ())
+    })?;
     Ok(up)
 }
 
@@ -66,8 +69,7 @@ pub(crate) fn push_delta(
     delta: &crate::chain::DeltaEntry,
 ) -> Result<Uploaded, RemoteError> {
     let (up, copy) = upload_copy(store, src)?;
-    let mut m = RemoteManifest::load(store, src.database)?;
-    m.upsert_delta(DeltaCopy {
+    let delta = DeltaCopy {
         copy,
         base: delta.base.clone(),
         sequence: delta.sequence,
@@ -75,8 +77,11 @@ pub(crate) fn push_delta(
         page_count: delta.page_count,
         page_size: delta.page_size,
         image_sha256: delta.image_sha256.clone(),
-    });
-    m.save(store, src.database)?;
+    };
+    RemoteManifest::update(store, src.database, src.dir, |m| {
+        m.upsert_delta(delta);
+        (true, ())
+    })?;
     Ok(up)
 }
 
@@ -96,6 +101,7 @@ fn upload_copy(store: &Store, src: &Source<'_>) -> Result<(Uploaded, Copy), Remo
         backup_time: src.backup_time,
         created_at: Utc::now(),
         verified: Some(src.verified),
+        drill: None,
     };
     Ok((up, copy))
 }

@@ -46,7 +46,9 @@ pub(crate) fn plan(
                 time: c.backup_time,
                 failed: false,
                 // Older manifests did not record it: the copy was uploaded only once verified.
-                verified: !matches!(c.verified, Some(Verified::None) | Some(Verified::Failed)),
+                // A copy whose last drill failed is no "newest verified" copy to keep.
+                verified: !matches!(c.verified, Some(Verified::None) | Some(Verified::Failed))
+                    && !c.drill_failed(),
                 recorded: true,
                 this_run: this_run.contains(&c.object),
             })
@@ -88,27 +90,35 @@ pub(crate) fn chains(
         .collect()
 }
 
-/// Apply `plan` (and the expired chains' `deltas`) to `database` on `store`: the manifest
-/// without the copies to delete, then the objects. Returns the deleted object names.
+/// Remote retention of `database` on `store` at `now`: under the manifest's lock
+/// (`RemoteManifest::update`, the backup directory `dir`), plan with `keep` and the chains'
+/// `chain_keep` on the manifest as it is then (a drill's verdict written a moment before
+/// counts), and save it without the copies to delete; then delete their objects. Returns the
+/// deleted object names.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn apply(
     store: &Store,
     database: &str,
-    mut m: RemoteManifest,
-    planned: &[(Copy, Decision)],
-    deltas: &[String],
+    dir: &std::path::Path,
+    keep: Keep,
+    chain_keep: Duration,
+    zone: &Zone,
+    now: DateTime<Utc>,
+    this_run: &[String],
 ) -> Result<Vec<String>, RemoteError> {
-    let mut doomed: Vec<String> = planned
-        .iter()
-        .filter(|(_, d)| !d.keep())
-        .map(|(c, _)| c.object.clone())
-        .collect();
-    doomed.extend(deltas.iter().cloned());
-    if doomed.is_empty() {
-        return Ok(doomed);
-    }
-    m.copies.retain(|c| !doomed.contains(&c.object));
-    m.deltas.retain(|d| !doomed.contains(&d.copy.object));
-    m.save(store, database)?;
+    let doomed = RemoteManifest::update(store, database, dir, |m| {
+        let mut planned = plan(m, keep, zone, now, this_run);
+        let mut doomed: Vec<String> = chains(m, &mut planned, chain_keep, now);
+        doomed.extend(
+            planned
+                .iter()
+                .filter(|(_, d)| !d.keep())
+                .map(|(c, _)| c.object.clone()),
+        );
+        m.copies.retain(|c| !doomed.contains(&c.object));
+        m.deltas.retain(|d| !doomed.contains(&d.copy.object));
+        (!doomed.is_empty(), doomed)
+    })?;
     for o in &doomed {
         store.delete(&store.key(database, o))?;
     }
@@ -132,6 +142,7 @@ mod tests {
             backup_time: t,
             created_at: t,
             verified: Some(Verified::Quick),
+            drill: None,
         }
     }
 
@@ -213,6 +224,47 @@ mod tests {
             .map(|(c, _)| c.object.as_str())
             .collect();
         assert!(kept.contains(&old.object.as_str()), "{planned:?}");
+    }
+
+    /// The newest copy's last drill failed: it is no "newest verified" copy, so the older
+    /// good copy is kept (`newest-verified`) however few copies `remote_keep` keeps.
+    #[test]
+    fn a_copy_whose_drill_failed_is_not_the_newest_verified_copy_kept() {
+        let t = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        let old = copy(t);
+        let mut new = copy(t + chrono::Duration::days(1));
+        new.drill = Some(crate::archive::DrillMark {
+            at: t + chrono::Duration::days(1),
+            verdict: crate::domain::DrillVerdict::Failed,
+            error: Some("integrity_check: page 3 is never used".into()),
+        });
+        let m = RemoteManifest {
+            version: 1,
+            database: "chat".into(),
+            copies: vec![old.clone(), new.clone()],
+            deltas: Vec::new(),
+        };
+        let keep = Keep {
+            last: 1,
+            ..Keep::default()
+        };
+        let planned = plan(&m, keep, &Zone::Utc, t + chrono::Duration::days(2), &[]);
+        let kept: Vec<String> = planned
+            .iter()
+            .map(|(c, d)| format!("{} {}", c.local_file, d.describe()))
+            .collect();
+        assert!(planned.iter().all(|(_, d)| d.keep()), "{kept:?}");
+        assert!(
+            kept.iter()
+                .any(|k| k.starts_with(&old.local_file) && k.contains("newest-verified")),
+            "{kept:?}"
+        );
+        assert!(
+            !kept
+                .iter()
+                .any(|k| k.starts_with(&new.local_file) && k.contains("verified")),
+            "{kept:?}"
+        );
     }
 
     fn delta(base: &Copy, seq: u64, t: DateTime<Utc>) -> super::super::DeltaCopy {

@@ -123,7 +123,8 @@ pub(crate) fn read_identity(path: &Path) -> Result<Vec<Box<dyn age::Identity>>, 
         })
 }
 
-/// The copy named `wanted` (local file or object name), or the newest of the main database.
+/// The copy named `wanted` (local file or object name), or the newest of the main database
+/// whose last drill (if any) did not fail.
 fn pick_copy(
     manifest: &RemoteManifest,
     db: &Database,
@@ -135,10 +136,11 @@ fn pick_copy(
             .copies
             .iter()
             .find(|c| c.local_file == w || c.object == w),
+        // A copy whose last drill failed is not restored unless named (as locally).
         None => manifest
             .copies
             .iter()
-            .filter(|c| c.series == db.backup_sources()[0].series)
+            .filter(|c| c.series == db.backup_sources()[0].series && !c.drill_failed())
             .max_by_key(|c| c.backup_time),
     }
     .cloned()

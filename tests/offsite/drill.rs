@@ -199,6 +199,14 @@ fn a_corrupted_remote_object_fails_the_drill_naming_the_copy_and_the_remote() {
         .unwrap()
         .clone();
     assert!(entry.get("drill").is_none(), "{entry}");
+    // The remote's copy is: its manifest records the failed drill.
+    let remote: serde_json::Value =
+        serde_json::from_slice(&moto.get("lk/chat/litekeeper-manifest.json").unwrap()).unwrap();
+    assert_eq!(remote["copies"][0]["local_file"], copy.as_str(), "{remote}");
+    assert_eq!(
+        remote["copies"][0]["drill"]["verdict"], "failed",
+        "{remote}"
+    );
     assert!(!env.path("state/drill/chat").exists());
 }
 
@@ -265,4 +273,156 @@ fn a_missing_or_wrong_identity_is_one_clear_error() {
     let m = std::fs::read_to_string(env.path("backups/manifest.json")).unwrap();
     assert!(!m.contains("\"drill\""), "{m}");
     assert!(!env.path("state/drill/chat").exists());
+}
+
+/// A `file://` remote in `nas/`: `chat` (500 rows, zstd) copied there, drilled from it as
+/// `drill` says; `backup_extra` lines in `[database.backup]`. The identity file.
+fn setup_dir(env: &TestEnv, backup_extra: &str, drill: &str) -> std::path::PathBuf {
+    let (identity, public) = keygen(env);
+    let db = chat_db(env);
+    std::fs::create_dir(env.path("nas")).unwrap();
+    config(
+        env,
+        &db,
+        &nas_body(env, &public),
+        &format!(
+            "compress = \"zstd\"\n{backup_extra}\n[database.drill]\nidentity = \"{}\"\n{drill}\n",
+            identity.display()
+        ),
+    );
+    identity
+}
+
+fn nas_body(env: &TestEnv, public: &str) -> String {
+    format!(
+        "url = \"file://{}\"\nencrypt_to = [\"{public}\"]\n",
+        env.path("nas").display()
+    )
+}
+
+/// The remote manifest of `chat` in `nas/`.
+fn nas_manifest(env: &TestEnv) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(env.path("nas/chat/litekeeper-manifest.json")).unwrap())
+        .unwrap()
+}
+
+/// The remote manifest's copy of the local file `file`.
+fn nas_copy(env: &TestEnv, file: &str) -> serde_json::Value {
+    nas_manifest(env)["copies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["local_file"] == file)
+        .unwrap_or_else(|| panic!("{file} not in {}", nas_manifest(env)))
+        .clone()
+}
+
+#[test]
+fn a_failed_drill_of_a_remote_copy_is_marked_there_listed_and_never_kept_as_newest_verified() {
+    let env = TestEnv::new();
+    let identity = setup_dir(
+        &env,
+        "keep = { last = 10 }\nremote_keep = { last = 2 }",
+        "from = [\"offsite\"]",
+    );
+    for _ in 0..2 {
+        let o = run(&env, &["run", "chat", "backup"]);
+        assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    }
+    let local = local_backups(&env);
+    let (older, newest) = (local[0].clone(), local[1].clone());
+    // The newest copy is damaged in the store (same size: the listing cannot see it).
+    let object = env.path(&format!("nas/chat/{newest}.age"));
+    let good = std::fs::read(&object).unwrap();
+    let mut bad = good.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0x01;
+    std::fs::write(&object, &bad).unwrap();
+    let o = drill(&env, &[], &[]);
+    assert_eq!(o.status.code(), Some(65), "{}", both(&o));
+
+    // The verdict is beside the copy in the remote manifest, with its error.
+    let mark = &nas_copy(&env, &newest)["drill"];
+    assert_eq!(mark["verdict"], "failed", "{mark}");
+    assert!(
+        mark["error"]
+            .as_str()
+            .unwrap()
+            .contains("changed or damaged"),
+        "{mark}"
+    );
+    assert!(nas_copy(&env, &older).get("drill").is_none());
+    // `backups list --remote` shows it, in JSON (null for a copy never drilled) and text.
+    let o = run(
+        &env,
+        &["backups", "list", "chat", "--remote", "offsite", "--json"],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let listed: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let copies = listed["databases"][0]["copies"].as_array().unwrap();
+    let of = |f: &str| copies.iter().find(|c| c["local_file"] == f).unwrap();
+    assert_eq!(of(&newest)["drill"]["verdict"], "failed", "{listed}");
+    assert!(of(&older)["drill"].is_null(), "{listed}");
+    let o = run(&env, &["backups", "list", "chat", "--remote", "offsite"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("drill: failed") && text.contains("changed or damaged"),
+        "{text}"
+    );
+
+    // Remote retention keeping one copy keeps the older, good one too: the newest verified.
+    let db = env.path("chat.db");
+    let public = std::fs::read_to_string(&identity).unwrap();
+    let public = public
+        .lines()
+        .find_map(|l| l.strip_prefix("# public key: "))
+        .unwrap()
+        .to_string();
+    config(
+        &env,
+        &db,
+        &nas_body(&env, &public),
+        &format!(
+            "compress = \"zstd\"\nkeep = {{ last = 10 }}\nremote_keep = {{ last = 1 }}\n[database.drill]\nidentity = \"{}\"\nfrom = [\"offsite\"]\n",
+            identity.display()
+        ),
+    );
+    let o = run(&env, &["run", "chat", "backup", "--dry-run"]);
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    assert!(
+        both(&o).contains("remote \"offsite\": retention would delete nothing"),
+        "{}",
+        both(&o)
+    );
+    // A restore from the remote without a name takes the good copy, not the failed one.
+    let id = identity.display().to_string();
+    let to = env.path("restored.db");
+    let o = run(
+        &env,
+        &[
+            "restore",
+            "chat",
+            "--from",
+            "offsite",
+            "--identity",
+            &id,
+            "--to",
+            &to.display().to_string(),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let plain = |f: &str| f.trim_end_matches(".zst").to_string();
+    assert!(
+        both(&o).contains(&plain(&older)) && !both(&o).contains(&plain(&newest)),
+        "{older} {newest}: {}",
+        both(&o)
+    );
+
+    // The copy is repaired: a good drill of it replaces the mark.
+    std::fs::write(&object, &good).unwrap();
+    let o = drill(&env, &[&newest], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let mark = &nas_copy(&env, &newest)["drill"];
+    assert_eq!(mark["verdict"], "ok", "{mark}");
+    assert!(mark.get("error").is_none(), "{mark}");
 }

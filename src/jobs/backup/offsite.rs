@@ -261,6 +261,7 @@ fn push_one(
             store,
             &remote::Source {
                 database: &db.name,
+                dir,
                 path: &path,
                 file: &e.file,
                 series: &e.series,
@@ -282,6 +283,7 @@ fn push_one(
             store,
             &remote::Source {
                 database: &db.name,
+                dir,
                 path: &path,
                 file: &d.file,
                 series: &d.series,
@@ -347,17 +349,16 @@ fn retain(
     let Some(backup) = db.backup.as_ref() else {
         return Ok(Vec::new());
     };
-    let m = remote::RemoteManifest::load(store, &db.name)?;
-    let now = Utc::now();
-    let mut planned = remote::retain::plan(
-        &m,
+    remote::retain::apply(
+        store,
+        &db.name,
+        &backup.dir,
         backup.remote_keep,
+        backup.chain_keep(),
         &config.daemon.timezone,
-        now,
+        Utc::now(),
         this_run,
-    );
-    let deltas = remote::retain::chains(&m, &mut planned, backup.chain_keep(), now);
-    remote::retain::apply(store, &db.name, m, &planned, &deltas)
+    )
 }
 
 /// What remote retention would delete now, per remote (a dry run's preview).

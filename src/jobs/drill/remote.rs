@@ -16,8 +16,9 @@ use std::str::FromStr;
 use chrono::{DateTime, Utc};
 
 use super::checks::Expect;
-use super::source::{CopySource, Fetched, Point, PointFile};
-use crate::archive::Manifest;
+use super::source::{drill_mark, CopySource, Fetched, Point, PointFile};
+use crate::archive::{DrillMark, Manifest};
+use crate::chain::DeltaName;
 use crate::config::{Config, Database, Drill, Identity};
 use crate::domain::CopyDrill;
 use crate::jobs::JobError;
@@ -175,9 +176,32 @@ impl CopySource for RemoteSource {
         })
     }
 
-    /// The remote manifest is the backup job's: a remote copy's verdict is in the run's
-    /// history, metrics and journal, not beside the copy.
-    fn mark(&self, _: &Database, _: &[CopyDrill], _: DateTime<Utc>) -> Result<(), JobError> {
-        Ok(())
+    /// Each copy's verdict in the remote manifest (`drill` of its files), written as pushes
+    /// and remote retention write it (`RemoteManifest::update`: under the backup directory's
+    /// lock, reloaded, one PUT). Full backup runs only, as locally: a chain's point is not a
+    /// copy of its own.
+    fn mark(&self, db: &Database, copies: &[CopyDrill], at: DateTime<Utc>) -> Result<(), JobError> {
+        let marks: Vec<(&str, DrillMark)> = copies
+            .iter()
+            .filter(|c| DeltaName::parse(&c.backup).is_none())
+            .flat_map(|c| {
+                let mark = drill_mark(c, at);
+                c.files.iter().map(move |f| (f.as_str(), mark.clone()))
+            })
+            .collect();
+        let Some(dir) = self.local_dir.as_ref().filter(|_| !marks.is_empty()) else {
+            return Ok(());
+        };
+        RemoteManifest::update(&self.store, &db.name, dir, |m| {
+            let mut changed = false;
+            for c in &mut m.copies {
+                if let Some((_, mark)) = marks.iter().find(|(f, _)| *f == c.local_file) {
+                    c.drill = Some(mark.clone());
+                    changed = true;
+                }
+            }
+            (changed, ())
+        })
+        .map_err(|e| JobError::Remote(e.to_string(), e.code))
     }
 }

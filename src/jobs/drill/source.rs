@@ -265,6 +265,17 @@ impl CopySource for Local {
     }
 }
 
+/// What a drill of `c` at `at` records beside each of its files (the error when it failed).
+pub(super) fn drill_mark(c: &CopyDrill, at: DateTime<Utc>) -> DrillMark {
+    DrillMark {
+        at,
+        verdict: c.verdict,
+        error: (c.verdict == DrillVerdict::Failed)
+            .then(|| c.error.clone())
+            .flatten(),
+    }
+}
+
 /// Set the `drill` of every file of `copies` in `dir`'s manifest, under the directory's lock;
 /// full backup runs only.
 fn mark_in(
@@ -288,13 +299,7 @@ fn mark_in(
                 .iter_mut()
                 .find(|e| &e.file == file && e.database == db.name)
             {
-                e.drill = Some(DrillMark {
-                    at,
-                    verdict: c.verdict,
-                    error: (c.verdict == DrillVerdict::Failed)
-                        .then(|| c.error.clone())
-                        .flatten(),
-                });
+                e.drill = Some(drill_mark(c, at));
                 changed = true;
             }
         }
