@@ -1,0 +1,178 @@
+//! A hostile probe of off-site copies, drills and incremental chains: a remote manifest is
+//! untrusted input (names with `..`, `/`, absolute paths, objects litekeeper did not make), and
+//! the operator's worst days (files cut short or damaged by hand) lose no data and write
+//! nothing outside the staging or backup directory.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::offsite::fixture::{chat_db, config, keygen};
+use crate::util::{both, query_i64, TestEnv};
+
+/// `chat` backed up to a `file://` remote `remote/` with incremental chains; one full backup
+/// and one delta stored there. The identity file.
+fn chain_on_file_remote(env: &TestEnv) -> PathBuf {
+    let (identity, public) = keygen(env);
+    let db = chat_db(env);
+    std::fs::create_dir(env.path("remote")).unwrap();
+    let body = format!(
+        "url = \"file://{}\"\nencrypt_to = [\"{public}\"]\n",
+        env.path("remote").display()
+    );
+    config(
+        env,
+        &db,
+        &body,
+        "keep = { last = 5 }\nremote_keep = { last = 1 }\nincremental = { keep = \"7d\" }",
+    );
+    env.run_ok(&["run", "chat", "backup"]);
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute("INSERT INTO m(body) VALUES ('after the full')", [])
+        .unwrap();
+    env.run_ok(&["run", "chat", "incremental"]);
+    identity
+}
+
+fn manifest_path(env: &TestEnv) -> PathBuf {
+    env.path("remote/chat/litekeeper-manifest.json")
+}
+
+fn remote_manifest(env: &TestEnv) -> Value {
+    serde_json::from_slice(&std::fs::read(manifest_path(env)).unwrap()).unwrap()
+}
+
+fn tamper(env: &TestEnv, edit: impl FnOnce(&mut Value)) {
+    let mut m = remote_manifest(env);
+    edit(&mut m);
+    std::fs::write(manifest_path(env), serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+}
+
+/// Every file below `dir`, relative, sorted.
+fn tree(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(p.clone());
+            }
+            out.push(p.strip_prefix(dir).unwrap().display().to_string());
+        }
+    }
+    out.sort();
+    out
+}
+
+fn restore_from(env: &TestEnv, identity: &Path, extra: &[&str], to: &Path) -> std::process::Output {
+    let id = identity.display().to_string();
+    let mut args = vec!["--from", "offsite", "--identity", id.as_str()];
+    args.extend_from_slice(extra);
+    let mut all = vec!["chat"];
+    all.extend(args);
+    env.restore_to(&all, to)
+}
+
+/// A remote manifest whose names lead out of the staging directory (a delta's `local_file`
+/// with `../..`, a copy's `object` with `../..`, an absolute `local_file`): restore refuses
+/// it with exit 65 naming the entry, and no file appears outside the staging directory.
+#[test]
+fn remote_manifest_names_never_leave_the_staging_dir() {
+    let env = TestEnv::new();
+    let identity = chain_on_file_remote(&env);
+    let pristine = std::fs::read(manifest_path(&env)).unwrap();
+    let outside = env.path("outside");
+    std::fs::create_dir(&outside).unwrap();
+    let abs = outside.join("abs-20260101-000000.delta");
+    type Edit = Box<dyn Fn(&mut Value)>;
+    let cases: Vec<(&str, Edit)> = vec![
+        (
+            "delta local_file ../..",
+            Box::new(|m: &mut Value| {
+                m["deltas"][0]["local_file"] = "../../outside/up-20260101-000000.delta".into()
+            }),
+        ),
+        (
+            "delta local_file absolute",
+            Box::new(move |m: &mut Value| {
+                m["deltas"][0]["local_file"] = abs.display().to_string().into()
+            }),
+        ),
+        (
+            "copy object ../..",
+            Box::new(|m: &mut Value| m["copies"][0]["object"] = "../../outside/obj".into()),
+        ),
+        (
+            "delta base with a slash",
+            Box::new(|m: &mut Value| m["deltas"][0]["base"] = "../chat-20260101-000000.db".into()),
+        ),
+        (
+            "copy local_file with a newline",
+            Box::new(|m: &mut Value| {
+                m["copies"][0]["local_file"] = "chat\n-20260101-000000.db".into()
+            }),
+        ),
+    ];
+    for (what, edit) in cases {
+        std::fs::write(manifest_path(&env), &pristine).unwrap();
+        tamper(&env, edit);
+        let to = env.path("restored.db");
+        let o = restore_from(&env, &identity, &["--at", "latest"], &to);
+        assert_eq!(o.status.code(), Some(65), "{what}: {}", both(&o));
+        assert!(
+            both(&o).contains("litekeeper-manifest.json"),
+            "{what}: the manifest is named: {}",
+            both(&o)
+        );
+        assert!(!to.exists(), "{what}: nothing restored");
+        assert_eq!(tree(&outside), Vec::<String>::new(), "{what}");
+        let staging: Vec<String> = crate::util::names(&env.path("state"))
+            .into_iter()
+            .filter(|n| n.starts_with("remote-restore-"))
+            .collect();
+        assert!(staging.is_empty(), "{what}: {staging:?}");
+        assert!(
+            !tree(env.dir.path())
+                .iter()
+                .any(|f| f.contains(".download") || f.ends_with("20260101-000000.delta")),
+            "{what}: {:?}",
+            tree(env.dir.path())
+        );
+    }
+    // The untampered manifest still restores the point.
+    std::fs::write(manifest_path(&env), &pristine).unwrap();
+    let to = env.path("restored.db");
+    let o = restore_from(&env, &identity, &["--at", "latest"], &to);
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    assert_eq!(query_i64(&to, "SELECT count(*) FROM m"), 501);
+}
+
+/// Remote retention deletes only copies litekeeper made: a manifest entry naming an object
+/// that is not the copy of its `local_file` (an operator's file under the prefix) is refused,
+/// and the object stays.
+#[test]
+fn remote_retention_never_deletes_an_object_litekeeper_did_not_name() {
+    let env = TestEnv::new();
+    let _identity = chain_on_file_remote(&env);
+    std::fs::write(env.path("remote/chat/notes.txt"), b"the operator's").unwrap();
+    tamper(&env, |m| {
+        let mut fake = m["copies"][0].clone();
+        fake["object"] = "notes.txt".into();
+        fake["local_file"] = "chat-20200101-000000.db".into();
+        fake["backup_time"] = "2020-01-01T00:00:00Z".into();
+        m["copies"].as_array_mut().unwrap().insert(0, fake);
+    });
+    let o = env.output(&["run", "chat", "backup"]);
+    assert_ne!(o.status.code(), Some(0), "{}", both(&o));
+    assert!(
+        both(&o).contains("notes.txt") && both(&o).contains("litekeeper-manifest.json"),
+        "{}",
+        both(&o)
+    );
+    assert_eq!(
+        std::fs::read(env.path("remote/chat/notes.txt")).unwrap(),
+        b"the operator's"
+    );
+}
