@@ -176,3 +176,71 @@ fn remote_retention_never_deletes_an_object_litekeeper_did_not_name() {
         b"the operator's"
     );
 }
+
+/// `chat` at `live` (`rows` rows) backed up into `backups/`, drilled into `scratch`.
+fn drill_setup(env: &TestEnv, live: &str, scratch: &Path) -> PathBuf {
+    let db = env.sqlite(
+        live,
+        "CREATE TABLE m(id INTEGER PRIMARY KEY, body TEXT);
+         INSERT INTO m(body) VALUES ('one'), ('two'), ('three');",
+    );
+    env.config("")
+        .database(
+            "chat",
+            &db,
+            &format!(
+                "[database.backup]\ndir = \"{}\"\n[database.drill]\nscratch_dir = \"{}\"\n",
+                env.path("backups").display(),
+                scratch.display()
+            ),
+        )
+        .write();
+    env.run_ok(&["run", "chat", "backup"]);
+    db
+}
+
+/// A drill's scratch directory is `scratch_dir/NAME`; when something that is not a drill's
+/// scratch copy is already there (the live database file `app/chat` with `scratch_dir = app`,
+/// or the app's directory `chat/` with `scratch_dir` its parent) the drill refuses, naming
+/// it, and removes nothing.
+#[test]
+fn a_drill_never_removes_what_is_not_its_scratch_copy() {
+    let env = TestEnv::new();
+    // The live database is `app/chat`: scratch_dir/NAME is the live file.
+    let db = drill_setup(&env, "app/chat", &env.path("app"));
+    let o = env.output(&["drill", "chat"]);
+    assert_ne!(o.status.code(), Some(0), "{}", both(&o));
+    assert!(both(&o).contains(&db.display().to_string()), "{}", both(&o));
+    assert_eq!(
+        query_i64(&db, "SELECT count(*) FROM m"),
+        3,
+        "the live database"
+    );
+
+    // The app's directory `srv/chat/` is scratch_dir/NAME.
+    let env = TestEnv::new();
+    let db = drill_setup(&env, "srv/chat/chat.db", &env.path("srv"));
+    std::fs::write(env.path("srv/chat/uploads.bin"), b"user data").unwrap();
+    let o = env.output(&["drill", "chat"]);
+    assert_ne!(o.status.code(), Some(0), "{}", both(&o));
+    assert!(
+        both(&o).contains(&env.path("srv/chat").display().to_string()),
+        "{}",
+        both(&o)
+    );
+    assert_eq!(
+        query_i64(&db, "SELECT count(*) FROM m"),
+        3,
+        "the live database"
+    );
+    assert_eq!(
+        std::fs::read(env.path("srv/chat/uploads.bin")).unwrap(),
+        b"user data"
+    );
+
+    // A scratch directory a killed drill left (its mark inside) is removed and the drill runs.
+    let env = TestEnv::new();
+    let db = drill_setup(&env, "data/chat.db", &env.path("scratch"));
+    env.run_ok(&["drill", "chat"]);
+    assert_eq!(query_i64(&db, "SELECT count(*) FROM m"), 3);
+}
