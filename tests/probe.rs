@@ -244,3 +244,145 @@ fn a_drill_never_removes_what_is_not_its_scratch_copy() {
     env.run_ok(&["drill", "chat"]);
     assert_eq!(query_i64(&db, "SELECT count(*) FROM m"), 3);
 }
+
+/// `app.db` (WAL, table `n`) with zstd full and incremental backups into `b/`.
+fn chain_setup(env: &TestEnv) -> (PathBuf, PathBuf) {
+    let db = env.sqlite(
+        "app.db",
+        "PRAGMA journal_mode=WAL; CREATE TABLE n(id INTEGER PRIMARY KEY, pad BLOB);",
+    );
+    let dir = env.path("b");
+    env.config("")
+        .database(
+            "app",
+            &db,
+            &format!(
+                "[database.backup]\ndir = \"{}\"\ncompress = \"zstd\"\nincremental = {{ keep = \"7d\" }}",
+                dir.display()
+            ),
+        )
+        .write();
+    (db, dir)
+}
+
+fn insert(db: &Path, from: i64, to: i64) {
+    let c = rusqlite::Connection::open(db).unwrap();
+    c.execute(
+        "WITH RECURSIVE k(i) AS (SELECT ?1 UNION ALL SELECT i+1 FROM k WHERE i < ?2)
+         INSERT INTO n(id, pad) SELECT i, randomblob(300) FROM k",
+        [from, to],
+    )
+    .unwrap();
+}
+
+fn ids(db: &Path) -> Vec<i64> {
+    crate::util::query_ids(db, "SELECT id FROM n ORDER BY id")
+}
+
+fn local_deltas(dir: &Path) -> Vec<Value> {
+    let m: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    m["deltas"].as_array().cloned().unwrap_or_default()
+}
+
+/// `restore app --at latest --to NAME`: its output and the path.
+fn restore_latest(env: &TestEnv, name: &str) -> (std::process::Output, PathBuf) {
+    let to = env.path(name);
+    (env.restore_to(&["app", "--at", "latest"], &to), to)
+}
+
+/// The newest delta cut short by hand and the page-hash index of the point before it
+/// damaged (bytes of its hashes flipped): the next incremental continues from the last good
+/// point, and the point it makes restores the live rows exactly.
+#[test]
+fn a_cut_delta_and_a_damaged_index_never_make_a_point_that_restores_wrongly() {
+    let env = TestEnv::new();
+    let (db, dir) = chain_setup(&env);
+    insert(&db, 1, 200);
+    env.run_ok(&["run", "app", "backup"]);
+    insert(&db, 1000, 1050);
+    env.run_ok(&["run", "app", "incremental"]);
+    // The index of the newest point: flip bytes in its hashes (header intact).
+    let first = local_deltas(&dir)[0]["file"].as_str().unwrap().to_string();
+    let index = dir.join(format!("{first}.pages"));
+    let mut bytes = std::fs::read(&index).unwrap();
+    assert!(bytes.len() > 84 + 32, "{} bytes", bytes.len());
+    for b in &mut bytes[84..] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&index, &bytes).unwrap();
+    insert(&db, 2000, 2050);
+    env.run_ok(&["run", "app", "incremental"]);
+    let (o, to) = restore_latest(&env, "after-index.db");
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    assert_eq!(ids(&to), ids(&db));
+
+    // The newest delta cut in half by hand.
+    let second = local_deltas(&dir)[1]["file"].as_str().unwrap().to_string();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join(&second))
+        .unwrap();
+    let len = f.metadata().unwrap().len();
+    f.set_len(len / 2).unwrap();
+    drop(f);
+    insert(&db, 3000, 3050);
+    env.run_ok(&["run", "app", "incremental"]);
+    let newest = local_deltas(&dir).pop().unwrap();
+    assert_eq!(newest["prev"].as_str(), Some(first.as_str()), "{newest}");
+    let (o, to) = restore_latest(&env, "after-cut.db");
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    assert_eq!(ids(&to), ids(&db));
+    assert_eq!(query_i64(&to, "SELECT count(*) FROM n"), 200 + 51 * 3);
+}
+
+/// The file system refuses to grow the delta (RLIMIT_FSIZE, EFBIG: the full disk of a
+/// quota): the incremental fails naming the file, no delta or temp is left under any name,
+/// the manifest is unchanged, and the next run makes a point that restores.
+#[test]
+fn a_delta_write_refused_by_the_file_system_leaves_nothing_half_written() {
+    let env = TestEnv::new();
+    let (db, dir) = chain_setup(&env);
+    insert(&db, 1, 200);
+    env.run_ok(&["run", "app", "backup"]);
+    let before = std::fs::read(dir.join("manifest.json")).unwrap();
+    let names_before = crate::util::names(&dir);
+    insert(&db, 1000, 5000);
+    // 512 KiB: more than the manifest and state.db, less than the delta (1.2 MB of random).
+    let o = std::process::Command::new("bash")
+        .arg("-c")
+        .arg("ulimit -f 512; trap '' XFSZ; exec \"$@\"")
+        .arg("bash")
+        .args(env.std_cmd().get_program().to_str())
+        .args(env.std_cmd().get_args())
+        .args(["run", "app", "incremental"])
+        .env_clear()
+        .envs(
+            env.std_cmd()
+                .get_envs()
+                .filter_map(|(k, v)| v.map(|v| (k, v))),
+        )
+        .output()
+        .unwrap();
+    assert_ne!(o.status.code(), Some(0), "{}", both(&o));
+    assert!(
+        both(&o).contains(&dir.display().to_string()),
+        "{}",
+        both(&o)
+    );
+    assert_eq!(std::fs::read(dir.join("manifest.json")).unwrap(), before);
+    // Only the base's page-hash index is new (a whole file, made before the delta).
+    let mut want = names_before.clone();
+    want.extend(
+        names_before
+            .iter()
+            .filter(|n| n.ends_with(".db.zst"))
+            .map(|n| format!("{n}.pages")),
+    );
+    want.sort();
+    assert_eq!(crate::util::names(&dir), want, "{}", both(&o));
+    env.run_ok(&["run", "app", "incremental"]);
+    let (o, to) = restore_latest(&env, "r.db");
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    assert_eq!(ids(&to), ids(&db));
+}
