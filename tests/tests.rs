@@ -29,6 +29,7 @@ mod metrics;
 mod monitoring;
 mod offsite;
 mod pings;
+mod probe;
 mod progress;
 mod prune;
 mod prune_fk;

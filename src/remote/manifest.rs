@@ -4,13 +4,46 @@
 //! place in the chain (base, sequence, previous point, image SHA-256). Written last, after the copy is stored and checked,
 //! in one PUT (readers see the old or the new list, never half of one). Retention and
 //! listing touch only objects it names.
+//!
+//! The remote is untrusted: a manifest is refused at load (65, naming the entry) unless every
+//! name in it is one litekeeper makes — a backup or delta file name of a plain series (no
+//! `/`, no control character, no leading dot), its object that name's copy (`object_name`),
+//! a delta's `base` a full backup and `prev` the base or a delta of the same series — so no
+//! entry can lead a download out of its staging directory or retention to another object.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::store::{RemoteError, Store};
+use crate::archive::BackupName;
 use crate::archive::{self, DrillMark};
+use crate::chain::DeltaName;
 use crate::domain::ExitCode;
+
+/// `c` is the copy of a file named as litekeeper names them, of the series `parsed` read from
+/// its `local_file` (None: not such a name).
+fn check_copy(c: &Copy, parsed: Option<&str>) -> Result<(), String> {
+    let plain = |s: &str| {
+        !s.is_empty() && !s.starts_with('.') && !s.contains('/') && !s.chars().any(char::is_control)
+    };
+    match parsed {
+        Some(series) if series == c.series && plain(series) => {}
+        _ => {
+            return Err(format!(
+                "local_file {:?} is not a backup file name of series {:?}",
+                c.local_file, c.series
+            ))
+        }
+    }
+    let object = super::object_name(&c.local_file);
+    if c.object != object {
+        return Err(format!(
+            "object {:?} is not the copy of {:?} (that is {object:?})",
+            c.object, c.local_file
+        ));
+    }
+    Ok(())
+}
 
 pub(super) const MANIFEST_NAME: &str = "litekeeper-manifest.json";
 
@@ -114,13 +147,18 @@ impl RemoteManifest {
                 copies: Vec::new(),
                 deltas: Vec::new(),
             }),
-            Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                store.other(
-                    format!("reading {key}"),
-                    format!("not a litekeeper manifest: {e}"),
-                    ExitCode::DataErr,
-                )
-            }),
+            Some(bytes) => {
+                let refuse =
+                    |cause: String| store.other(format!("reading {key}"), cause, ExitCode::DataErr);
+                let m: RemoteManifest = serde_json::from_slice(&bytes)
+                    .map_err(|e| refuse(format!("not a litekeeper manifest: {e}")))?;
+                m.check(database).map_err(|e| {
+                    refuse(format!(
+                        "{e}: litekeeper did not write this manifest; restore it from a good copy or remove the entry"
+                    ))
+                })?;
+                Ok(m)
+            }
         }
     }
 
@@ -153,6 +191,42 @@ impl RemoteManifest {
         }
         drop(held);
         Ok(out)
+    }
+
+    /// Every entry names only what litekeeper makes for `database` (see the module doc).
+    fn check(&self, database: &str) -> Result<(), String> {
+        if self.database != database {
+            return Err(format!(
+                "it is the manifest of database {:?}, not {database:?}",
+                self.database
+            ));
+        }
+        for (i, c) in self.copies.iter().enumerate() {
+            let full = BackupName::parse(&c.local_file).filter(|n| !n.failed);
+            let series = full.as_ref().map(|n| n.series.as_str());
+            check_copy(c, series).map_err(|e| format!("copies[{i}]: {e}"))?;
+        }
+        for (i, d) in self.deltas.iter().enumerate() {
+            let at = |e: String| format!("deltas[{i}]: {e}");
+            let name = DeltaName::parse(&d.copy.local_file);
+            check_copy(&d.copy, name.as_ref().map(|n| n.series.as_str())).map_err(at)?;
+            let base = BackupName::parse(&d.base).filter(|n| !n.failed);
+            if base.is_none_or(|b| b.series != d.copy.series) {
+                return Err(at(format!(
+                    "base {:?} is not a full backup of series {:?}",
+                    d.base, d.copy.series
+                )));
+            }
+            let prev_ok = d.prev == d.base
+                || DeltaName::parse(&d.prev).is_some_and(|p| p.series == d.copy.series);
+            if !prev_ok {
+                return Err(at(format!(
+                    "prev {:?} is neither its base nor a delta of series {:?}",
+                    d.prev, d.copy.series
+                )));
+            }
+        }
+        Ok(())
     }
 
     fn save(&self, store: &Store, database: &str) -> Result<(), RemoteError> {

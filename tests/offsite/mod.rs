@@ -5,7 +5,7 @@ mod chains;
 mod config;
 mod drill;
 mod faults;
-mod fixture;
+pub mod fixture;
 mod fleet;
 mod ops;
 mod restore;

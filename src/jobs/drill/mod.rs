@@ -9,7 +9,9 @@
 //! each other through their own lock (`lock_name`). While it reads a copy it holds the backup
 //! directory's lock shared, so cleanup, manifest updates and retention (which take it
 //! exclusively) wait and never remove the copy under it. A scratch directory left by a killed
-//! drill is removed by the next one. A copy that fails is marked in the manifest
+//! drill is removed by the next one: only a directory carrying the drill's mark
+//! (`SCRATCH_MARK`) or empty; anything else at `scratch_dir/NAME` (the live database, the app's
+//! directory) is refused and left alone. A copy that fails is marked in the manifest
 //! (`drill: failed`), and the run fails (exit 65).
 //!
 //! Layout: `mod.rs` (the run: sources, picking, phases, verdicts), `source.rs` (where copies
@@ -267,19 +269,27 @@ fn pick<'a>(
     })
 }
 
-/// `scratch_dir/NAME`, new and private: what a killed drill left there is removed first
-/// (drills of this database hold their lock, so nothing else uses it).
+/// The file that marks a directory as a drill's scratch copy, made first in it.
+const SCRATCH_MARK: &str = ".litekeeper-drill-scratch";
+
+/// `scratch_dir/NAME`, new and private: what a killed drill left there (its mark inside, or
+/// empty) is removed first (drills of this database hold their lock, so nothing else uses it).
 fn prepare_scratch(root: &Path, name: &str) -> Result<PathBuf, JobError> {
     archive::ensure_private_dir(root)?;
     let dir = root.join(name);
     match std::fs::symlink_metadata(&dir) {
         Ok(m) => {
-            let removed = if m.is_dir() {
-                std::fs::remove_dir_all(&dir)
-            } else {
-                std::fs::remove_file(&dir)
-            };
-            removed.map_err(|source| JobError::Io {
+            // Empty: killed between making the directory and its mark; nothing to lose.
+            let marked = m.is_dir()
+                && (std::fs::symlink_metadata(dir.join(SCRATCH_MARK)).is_ok_and(|m| m.is_file())
+                    || std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_none()));
+            if !marked {
+                return Err(JobError::Refused(format!(
+                    "{}: is in the way of the drill's scratch copy and is not one (no {SCRATCH_MARK} in it), so it is left alone; point drill.scratch_dir at a directory of its own",
+                    dir.display()
+                )));
+            }
+            std::fs::remove_dir_all(&dir).map_err(|source| JobError::Io {
                 context: format!(
                     "{}: cannot remove the scratch copy of an earlier drill",
                     dir.display()
@@ -300,6 +310,7 @@ fn prepare_scratch(root: &Path, name: &str) -> Result<PathBuf, JobError> {
         }
     }
     archive::ensure_private_dir(&dir)?;
+    archive::create_private(&dir.join(SCRATCH_MARK))?;
     Ok(dir)
 }
 

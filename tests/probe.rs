@@ -1,0 +1,388 @@
+//! A hostile probe of off-site copies, drills and incremental chains: a remote manifest is
+//! untrusted input (names with `..`, `/`, absolute paths, objects litekeeper did not make), and
+//! the operator's worst days (files cut short or damaged by hand) lose no data and write
+//! nothing outside the staging or backup directory.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::offsite::fixture::{chat_db, config, keygen};
+use crate::util::{both, query_i64, TestEnv};
+
+/// `chat` backed up to a `file://` remote `remote/` with incremental chains; one full backup
+/// and one delta stored there. The identity file.
+fn chain_on_file_remote(env: &TestEnv) -> PathBuf {
+    let (identity, public) = keygen(env);
+    let db = chat_db(env);
+    std::fs::create_dir(env.path("remote")).unwrap();
+    let body = format!(
+        "url = \"file://{}\"\nencrypt_to = [\"{public}\"]\n",
+        env.path("remote").display()
+    );
+    config(
+        env,
+        &db,
+        &body,
+        "keep = { last = 5 }\nremote_keep = { last = 1 }\nincremental = { keep = \"7d\" }",
+    );
+    env.run_ok(&["run", "chat", "backup"]);
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute("INSERT INTO m(body) VALUES ('after the full')", [])
+        .unwrap();
+    env.run_ok(&["run", "chat", "incremental"]);
+    identity
+}
+
+fn manifest_path(env: &TestEnv) -> PathBuf {
+    env.path("remote/chat/litekeeper-manifest.json")
+}
+
+fn remote_manifest(env: &TestEnv) -> Value {
+    serde_json::from_slice(&std::fs::read(manifest_path(env)).unwrap()).unwrap()
+}
+
+fn tamper(env: &TestEnv, edit: impl FnOnce(&mut Value)) {
+    let mut m = remote_manifest(env);
+    edit(&mut m);
+    std::fs::write(manifest_path(env), serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+}
+
+/// Every file below `dir`, relative, sorted.
+fn tree(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(p.clone());
+            }
+            out.push(p.strip_prefix(dir).unwrap().display().to_string());
+        }
+    }
+    out.sort();
+    out
+}
+
+fn restore_from(env: &TestEnv, identity: &Path, extra: &[&str], to: &Path) -> std::process::Output {
+    let id = identity.display().to_string();
+    let mut args = vec!["--from", "offsite", "--identity", id.as_str()];
+    args.extend_from_slice(extra);
+    let mut all = vec!["chat"];
+    all.extend(args);
+    env.restore_to(&all, to)
+}
+
+/// A remote manifest whose names lead out of the staging directory (a delta's `local_file`
+/// with `../..`, a copy's `object` with `../..`, an absolute `local_file`): restore refuses
+/// it with exit 65 naming the entry, and no file appears outside the staging directory.
+#[test]
+fn remote_manifest_names_never_leave_the_staging_dir() {
+    let env = TestEnv::new();
+    let identity = chain_on_file_remote(&env);
+    let pristine = std::fs::read(manifest_path(&env)).unwrap();
+    let outside = env.path("outside");
+    std::fs::create_dir(&outside).unwrap();
+    let abs = outside.join("abs-20260101-000000.delta");
+    type Edit = Box<dyn Fn(&mut Value)>;
+    let cases: Vec<(&str, Edit)> = vec![
+        (
+            "delta local_file ../..",
+            Box::new(|m: &mut Value| {
+                m["deltas"][0]["local_file"] = "../../outside/up-20260101-000000.delta".into()
+            }),
+        ),
+        (
+            "delta local_file absolute",
+            Box::new(move |m: &mut Value| {
+                m["deltas"][0]["local_file"] = abs.display().to_string().into()
+            }),
+        ),
+        (
+            "copy object ../..",
+            Box::new(|m: &mut Value| m["copies"][0]["object"] = "../../outside/obj".into()),
+        ),
+        (
+            "delta base with a slash",
+            Box::new(|m: &mut Value| m["deltas"][0]["base"] = "../chat-20260101-000000.db".into()),
+        ),
+        (
+            "copy local_file with a newline",
+            Box::new(|m: &mut Value| {
+                m["copies"][0]["local_file"] = "chat\n-20260101-000000.db".into()
+            }),
+        ),
+    ];
+    for (what, edit) in cases {
+        std::fs::write(manifest_path(&env), &pristine).unwrap();
+        tamper(&env, edit);
+        let to = env.path("restored.db");
+        let o = restore_from(&env, &identity, &["--at", "latest"], &to);
+        assert_eq!(o.status.code(), Some(65), "{what}: {}", both(&o));
+        assert!(
+            both(&o).contains("litekeeper-manifest.json"),
+            "{what}: the manifest is named: {}",
+            both(&o)
+        );
+        assert!(!to.exists(), "{what}: nothing restored");
+        assert_eq!(tree(&outside), Vec::<String>::new(), "{what}");
+        let staging: Vec<String> = crate::util::names(&env.path("state"))
+            .into_iter()
+            .filter(|n| n.starts_with("remote-restore-"))
+            .collect();
+        assert!(staging.is_empty(), "{what}: {staging:?}");
+        assert!(
+            !tree(env.dir.path())
+                .iter()
+                .any(|f| f.contains(".download") || f.ends_with("20260101-000000.delta")),
+            "{what}: {:?}",
+            tree(env.dir.path())
+        );
+    }
+    // The untampered manifest still restores the point.
+    std::fs::write(manifest_path(&env), &pristine).unwrap();
+    let to = env.path("restored.db");
+    let o = restore_from(&env, &identity, &["--at", "latest"], &to);
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    assert_eq!(query_i64(&to, "SELECT count(*) FROM m"), 501);
+}
+
+/// Remote retention deletes only copies litekeeper made: a manifest entry naming an object
+/// that is not the copy of its `local_file` (an operator's file under the prefix) is refused,
+/// and the object stays.
+#[test]
+fn remote_retention_never_deletes_an_object_litekeeper_did_not_name() {
+    let env = TestEnv::new();
+    let _identity = chain_on_file_remote(&env);
+    std::fs::write(env.path("remote/chat/notes.txt"), b"the operator's").unwrap();
+    tamper(&env, |m| {
+        let mut fake = m["copies"][0].clone();
+        fake["object"] = "notes.txt".into();
+        fake["local_file"] = "chat-20200101-000000.db".into();
+        fake["backup_time"] = "2020-01-01T00:00:00Z".into();
+        m["copies"].as_array_mut().unwrap().insert(0, fake);
+    });
+    let o = env.output(&["run", "chat", "backup"]);
+    assert_ne!(o.status.code(), Some(0), "{}", both(&o));
+    assert!(
+        both(&o).contains("notes.txt") && both(&o).contains("litekeeper-manifest.json"),
+        "{}",
+        both(&o)
+    );
+    assert_eq!(
+        std::fs::read(env.path("remote/chat/notes.txt")).unwrap(),
+        b"the operator's"
+    );
+}
+
+/// `chat` at `live` (`rows` rows) backed up into `backups/`, drilled into `scratch`.
+fn drill_setup(env: &TestEnv, live: &str, scratch: &Path) -> PathBuf {
+    let db = env.sqlite(
+        live,
+        "CREATE TABLE m(id INTEGER PRIMARY KEY, body TEXT);
+         INSERT INTO m(body) VALUES ('one'), ('two'), ('three');",
+    );
+    env.config("")
+        .database(
+            "chat",
+            &db,
+            &format!(
+                "[database.backup]\ndir = \"{}\"\n[database.drill]\nscratch_dir = \"{}\"\n",
+                env.path("backups").display(),
+                scratch.display()
+            ),
+        )
+        .write();
+    env.run_ok(&["run", "chat", "backup"]);
+    db
+}
+
+/// A drill's scratch directory is `scratch_dir/NAME`; when something that is not a drill's
+/// scratch copy is already there (the live database file `app/chat` with `scratch_dir = app`,
+/// or the app's directory `chat/` with `scratch_dir` its parent) the drill refuses, naming
+/// it, and removes nothing.
+#[test]
+fn a_drill_never_removes_what_is_not_its_scratch_copy() {
+    let env = TestEnv::new();
+    // The live database is `app/chat`: scratch_dir/NAME is the live file.
+    let db = drill_setup(&env, "app/chat", &env.path("app"));
+    let o = env.output(&["drill", "chat"]);
+    assert_ne!(o.status.code(), Some(0), "{}", both(&o));
+    assert!(both(&o).contains(&db.display().to_string()), "{}", both(&o));
+    assert_eq!(
+        query_i64(&db, "SELECT count(*) FROM m"),
+        3,
+        "the live database"
+    );
+
+    // The app's directory `srv/chat/` is scratch_dir/NAME.
+    let env = TestEnv::new();
+    let db = drill_setup(&env, "srv/chat/chat.db", &env.path("srv"));
+    std::fs::write(env.path("srv/chat/uploads.bin"), b"user data").unwrap();
+    let o = env.output(&["drill", "chat"]);
+    assert_ne!(o.status.code(), Some(0), "{}", both(&o));
+    assert!(
+        both(&o).contains(&env.path("srv/chat").display().to_string()),
+        "{}",
+        both(&o)
+    );
+    assert_eq!(
+        query_i64(&db, "SELECT count(*) FROM m"),
+        3,
+        "the live database"
+    );
+    assert_eq!(
+        std::fs::read(env.path("srv/chat/uploads.bin")).unwrap(),
+        b"user data"
+    );
+
+    // A scratch directory a killed drill left (its mark inside) is removed and the drill runs.
+    let env = TestEnv::new();
+    let db = drill_setup(&env, "data/chat.db", &env.path("scratch"));
+    env.run_ok(&["drill", "chat"]);
+    assert_eq!(query_i64(&db, "SELECT count(*) FROM m"), 3);
+}
+
+/// `app.db` (WAL, table `n`) with zstd full and incremental backups into `b/`.
+fn chain_setup(env: &TestEnv) -> (PathBuf, PathBuf) {
+    let db = env.sqlite(
+        "app.db",
+        "PRAGMA journal_mode=WAL; CREATE TABLE n(id INTEGER PRIMARY KEY, pad BLOB);",
+    );
+    let dir = env.path("b");
+    env.config("")
+        .database(
+            "app",
+            &db,
+            &format!(
+                "[database.backup]\ndir = \"{}\"\ncompress = \"zstd\"\nincremental = {{ keep = \"7d\" }}",
+                dir.display()
+            ),
+        )
+        .write();
+    (db, dir)
+}
+
+fn insert(db: &Path, from: i64, to: i64) {
+    let c = rusqlite::Connection::open(db).unwrap();
+    c.execute(
+        "WITH RECURSIVE k(i) AS (SELECT ?1 UNION ALL SELECT i+1 FROM k WHERE i < ?2)
+         INSERT INTO n(id, pad) SELECT i, randomblob(300) FROM k",
+        [from, to],
+    )
+    .unwrap();
+}
+
+fn ids(db: &Path) -> Vec<i64> {
+    crate::util::query_ids(db, "SELECT id FROM n ORDER BY id")
+}
+
+fn local_deltas(dir: &Path) -> Vec<Value> {
+    let m: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    m["deltas"].as_array().cloned().unwrap_or_default()
+}
+
+/// `restore app --at latest --to NAME`: its output and the path.
+fn restore_latest(env: &TestEnv, name: &str) -> (std::process::Output, PathBuf) {
+    let to = env.path(name);
+    (env.restore_to(&["app", "--at", "latest"], &to), to)
+}
+
+/// The newest delta cut short by hand and the page-hash index of the point before it
+/// damaged (bytes of its hashes flipped): the next incremental continues from the last good
+/// point, and the point it makes restores the live rows exactly.
+#[test]
+fn a_cut_delta_and_a_damaged_index_never_make_a_point_that_restores_wrongly() {
+    let env = TestEnv::new();
+    let (db, dir) = chain_setup(&env);
+    insert(&db, 1, 200);
+    env.run_ok(&["run", "app", "backup"]);
+    insert(&db, 1000, 1050);
+    env.run_ok(&["run", "app", "incremental"]);
+    // The index of the newest point: flip bytes in its hashes (header intact).
+    let first = local_deltas(&dir)[0]["file"].as_str().unwrap().to_string();
+    let index = dir.join(format!("{first}.pages"));
+    let mut bytes = std::fs::read(&index).unwrap();
+    assert!(bytes.len() > 84 + 32, "{} bytes", bytes.len());
+    for b in &mut bytes[84..] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&index, &bytes).unwrap();
+    insert(&db, 2000, 2050);
+    env.run_ok(&["run", "app", "incremental"]);
+    let (o, to) = restore_latest(&env, "after-index.db");
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    assert_eq!(ids(&to), ids(&db));
+
+    // The newest delta cut in half by hand.
+    let second = local_deltas(&dir)[1]["file"].as_str().unwrap().to_string();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join(&second))
+        .unwrap();
+    let len = f.metadata().unwrap().len();
+    f.set_len(len / 2).unwrap();
+    drop(f);
+    insert(&db, 3000, 3050);
+    env.run_ok(&["run", "app", "incremental"]);
+    let newest = local_deltas(&dir).pop().unwrap();
+    assert_eq!(newest["prev"].as_str(), Some(first.as_str()), "{newest}");
+    let (o, to) = restore_latest(&env, "after-cut.db");
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    assert_eq!(ids(&to), ids(&db));
+    assert_eq!(query_i64(&to, "SELECT count(*) FROM n"), 200 + 51 * 3);
+}
+
+/// The file system refuses to grow the delta (RLIMIT_FSIZE, EFBIG: the full disk of a
+/// quota): the incremental fails naming the file, no delta or temp is left under any name,
+/// the manifest is unchanged, and the next run makes a point that restores.
+#[test]
+fn a_delta_write_refused_by_the_file_system_leaves_nothing_half_written() {
+    let env = TestEnv::new();
+    let (db, dir) = chain_setup(&env);
+    insert(&db, 1, 200);
+    env.run_ok(&["run", "app", "backup"]);
+    let before = std::fs::read(dir.join("manifest.json")).unwrap();
+    let names_before = crate::util::names(&dir);
+    insert(&db, 1000, 5000);
+    // 512 KiB: more than the manifest and state.db, less than the delta (1.2 MB of random).
+    let o = std::process::Command::new("bash")
+        .arg("-c")
+        .arg("ulimit -f 512; trap '' XFSZ; exec \"$@\"")
+        .arg("bash")
+        .args(env.std_cmd().get_program().to_str())
+        .args(env.std_cmd().get_args())
+        .args(["run", "app", "incremental"])
+        .env_clear()
+        .envs(
+            env.std_cmd()
+                .get_envs()
+                .filter_map(|(k, v)| v.map(|v| (k, v))),
+        )
+        .output()
+        .unwrap();
+    assert_ne!(o.status.code(), Some(0), "{}", both(&o));
+    assert!(
+        both(&o).contains(&dir.display().to_string()),
+        "{}",
+        both(&o)
+    );
+    assert_eq!(std::fs::read(dir.join("manifest.json")).unwrap(), before);
+    // Only the base's page-hash index is new (a whole file, made before the delta).
+    let mut want = names_before.clone();
+    want.extend(
+        names_before
+            .iter()
+            .filter(|n| n.ends_with(".db.zst"))
+            .map(|n| format!("{n}.pages")),
+    );
+    want.sort();
+    assert_eq!(crate::util::names(&dir), want, "{}", both(&o));
+    env.run_ok(&["run", "app", "incremental"]);
+    let (o, to) = restore_latest(&env, "r.db");
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    assert_eq!(ids(&to), ids(&db));
+}
