@@ -32,6 +32,7 @@ struct StatusJson {
     timezone: String,
     state_db: String,
     jobs: Vec<JobStatus>,
+    offsite: Vec<super::offsite_health::OffsiteStatus>,
 }
 
 #[derive(Serialize)]
@@ -111,6 +112,24 @@ pub fn run(path: &Path, args: StatusArgs) -> Result<ExitCode, Failure> {
     // The first batch before any output: an unreadable state DB prints nothing but the error.
     let first = batches.next().transpose()?;
     let batches = first.into_iter().map(Ok).chain(batches);
+    // Off-site copies, per database and remote: a handful of rows, read before any output.
+    let offsite = if args.json {
+        let reader = state
+            .as_ref()
+            .map(|s| HistoryReader::open(s.path(), true))
+            .transpose()
+            .or_exit(ExitCode::IoErr)?;
+        super::offsite_health::json(
+            &config,
+            reader.as_ref(),
+            selected.as_ref(),
+            |db| backup_max_age(db, &BTreeMap::new(), now, zone),
+            now,
+        )
+        .or_exit(ExitCode::IoErr)?
+    } else {
+        Vec::new()
+    };
     let mut out = stream_json::stdout();
     stream_json::finish(if args.json {
         let state_db = crate::state::db_path(&config.daemon.state_dir);
@@ -120,6 +139,7 @@ pub fn run(path: &Path, args: StatusArgs) -> Result<ExitCode, Failure> {
             &zone.to_string(),
             &state_db.display().to_string(),
             batches,
+            &offsite,
         )
     } else {
         if wanted.is_empty() {
@@ -150,6 +170,7 @@ fn write_json(
     timezone: &str,
     state_db: &str,
     batches: impl Iterator<Item = Result<Vec<JobStatus>, Failure>>,
+    offsite: &[super::offsite_health::OffsiteStatus],
 ) -> Result<(), Stop> {
     let mut doc = PrettyObject::new(&mut *out);
     doc.field("generated_at", &now)?;
@@ -162,7 +183,9 @@ fn write_json(
         }
         jobs.flush()?;
     }
-    jobs.end()?.end()?;
+    let mut doc = jobs.end()?;
+    doc.field("offsite", offsite)?;
+    doc.end()?;
     writeln!(out)?;
     out.flush()?;
     Ok(())
@@ -358,15 +381,7 @@ fn check_jobs(
         }
     }
     problems.extend(fleet_problems(&config, only));
-    let backup_max = |db: &crate::config::Database| {
-        let timing = db.timing(JobKind::Backup)?;
-        overrides.get(&JobKind::Backup).copied().or_else(|| {
-            timing
-                .schedule
-                .as_ref()
-                .and_then(|s| default_max_age(s, timing.jitter, now, zone))
-        })
-    };
+    let backup_max = |db: &crate::config::Database| backup_max_age(db, &overrides, now, zone);
     problems.extend(
         super::offsite_health::problems(&config, conn.as_ref(), selected.as_ref(), backup_max, now)
             .map_err(|e| sqlite_unreadable(&e))?,
@@ -535,6 +550,22 @@ pub fn default_max_age(
     Some(gap.to_std().ok()? * 2 + jitter)
 }
 
+/// The backup job's max age of `db`: its `--max-age backup=…`, else from its schedule.
+fn backup_max_age(
+    db: &crate::config::Database,
+    overrides: &BTreeMap<JobKind, Duration>,
+    now: DateTime<Utc>,
+    zone: &Zone,
+) -> Option<Duration> {
+    let timing = db.timing(JobKind::Backup)?;
+    overrides.get(&JobKind::Backup).copied().or_else(|| {
+        timing
+            .schedule
+            .as_ref()
+            .and_then(|s| default_max_age(s, timing.jitter, now, zone))
+    })
+}
+
 /// "45s", "20m", "30h", "30h5m", "8d", "2d4h", "2d30m": compact, to the minute, rounded down.
 pub fn fmt_age(d: Duration) -> String {
     let s = d.as_secs();
@@ -632,6 +663,7 @@ mod tests {
                 timezone: "Europe/Berlin".into(),
                 state_db: "/var/lib/litekeeper/state.db".into(),
                 jobs: jobs(n),
+                offsite: Vec::new(),
             })
             .unwrap()
                 + "\n";
@@ -647,6 +679,7 @@ mod tests {
                 "Europe/Berlin",
                 "/var/lib/litekeeper/state.db",
                 batches,
+                &[],
             )
             .unwrap();
             assert_eq!(String::from_utf8(out).unwrap(), whole, "{n} jobs");

@@ -208,6 +208,30 @@ fn metrics_and_status_follow_pending_and_stored_copies() {
     let line = line_with(&stdout(&o), "chat -> remote offsite:").to_string();
     assert!(line.contains("no copy stored yet, 1 pending"), "{line}");
     assert!(line.contains("connection refused"), "{line}");
+    let v = status_json(&env);
+    assert!(v["jobs"].is_array(), "{v:#}");
+    let s = &v["offsite"][0];
+    assert_eq!(
+        (&s["database"], &s["remote"]),
+        (&"chat".into(), &"offsite".into())
+    );
+    assert_eq!(s["url"], format!("s3://{BUCKET}/lk"));
+    assert_eq!(s["pending"], 1, "{s:#}");
+    assert!(s["oldest_pending"].is_string(), "{s:#}");
+    assert!(s["oldest_pending_age_s"].as_u64().unwrap() < 60, "{s:#}");
+    assert!(
+        s["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("connection refused"),
+        "{s:#}"
+    );
+    assert!(
+        s["last_success"].is_null() && s["newest_copy"].is_null(),
+        "{s:#}"
+    );
+    assert_eq!(s["max_age_s"], 3, "{s:#}");
+    assert_eq!(s["problems"], serde_json::json!([]), "{s:#}");
 
     // Pending for longer than max_age: CRITICAL with the cause.
     std::thread::sleep(std::time::Duration::from_millis(3500));
@@ -217,6 +241,11 @@ fn metrics_and_status_follow_pending_and_stored_copies() {
     assert!(line.contains("1 copy pending, the oldest for "), "{line}");
     assert!(line.contains("s (max 3s): remote \"offsite\""), "{line}");
     assert!(line.contains("connection refused"), "{line}");
+    let v = status_json(&env);
+    let p = &v["offsite"][0]["problems"];
+    assert_eq!(p.as_array().unwrap().len(), 1, "{v:#}");
+    assert_eq!(p[0]["level"], "critical");
+    assert_eq!(p[0]["message"], line, "the line of status --check");
 
     // The server is back: a push stores it and rewrites the metrics; status is OK.
     let moto = Moto::start_on(port);
@@ -231,6 +260,20 @@ fn metrics_and_status_follow_pending_and_stored_copies() {
     assert!((now - at).abs() < 60.0, "{at} vs {now}");
     let o = run(&env, &["status", "--check"]);
     assert!(!stdout(&o).contains("remote offsite"), "{}", both(&o));
+    let v = status_json(&env);
+    let s = &v["offsite"][0];
+    assert_eq!(s["pending"], 0, "{s:#}");
+    assert!(
+        s["oldest_pending"].is_null() && s["last_error"].is_null(),
+        "{s:#}"
+    );
+    assert!(s["last_success"].is_string(), "{s:#}");
+    assert_eq!(s["uploaded_bytes"].as_f64(), Some(stored_bytes), "{s:#}");
+    let newest = &s["newest_copy"];
+    assert_eq!(newest["file"], local_backups(&env)[0], "{s:#}");
+    assert!(newest["size"].as_u64().unwrap() > 0, "{s:#}");
+    assert!(newest["age_s"].as_u64().unwrap() < 60, "{s:#}");
+    assert_eq!(s["problems"], serde_json::json!([]), "{s:#}");
 
     // No copy since: the newest is older than max_age.
     std::thread::sleep(std::time::Duration::from_millis(3500));
@@ -239,6 +282,53 @@ fn metrics_and_status_follow_pending_and_stored_copies() {
     let line = line_with(&stdout(&o), "CRITICAL remote offsite chat:").to_string();
     assert!(line.contains("newest copy stored "), "{line}");
     assert!(line.contains("s ago (max 3s)"), "{line}");
+}
+
+fn status_json(env: &TestEnv) -> serde_json::Value {
+    let o = run(env, &["status", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", both(&o)))
+}
+
+#[test]
+fn status_json_has_each_file_remote_and_none_without_remotes() {
+    let env = TestEnv::new();
+    let (_identity, public) = keygen(&env);
+    let db = chat_db(&env);
+    let nas = env.path("nas");
+    std::fs::create_dir(&nas).unwrap();
+    let remote = format!(
+        "url = \"file://{}\"\nencrypt_to = [\"{public}\"]\nmax_age = \"1h\"\n",
+        nas.display()
+    );
+    config(&env, &db, &remote, "");
+    // Before any copy: no copy yet is a warning, as in status --check.
+    let v = status_json(&env);
+    let s = &v["offsite"][0];
+    assert_eq!(s["pending"], 0, "{s:#}");
+    assert!(s["newest_copy"].is_null(), "{s:#}");
+    assert_eq!(s["max_age_s"], 3600, "{s:#}");
+    assert_eq!(s["problems"][0]["level"], "warning", "{s:#}");
+    assert!(
+        s["problems"][0]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("WARNING remote offsite chat: no copy stored yet"),
+        "{s:#}"
+    );
+    let o = run(&env, &["run", "chat", "backup"]);
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let v = status_json(&env);
+    let s = &v["offsite"][0];
+    assert_eq!(v["offsite"].as_array().unwrap().len(), 1, "{v:#}");
+    assert_eq!(s["url"], format!("file://{}", nas.display()));
+    assert_eq!(s["newest_copy"]["file"], local_backups(&env)[0], "{s:#}");
+    assert_eq!(s["problems"], serde_json::json!([]), "{s:#}");
+    // The same database without remotes: the array is there, empty.
+    let text = std::fs::read_to_string(env.config_path()).unwrap();
+    env.write_config(&text.replace("remotes = [\"offsite\"]\n", ""));
+    let v = status_json(&env);
+    assert_eq!(v["offsite"], serde_json::json!([]), "{v:#}");
 }
 
 /// chat copied to an S3 remote on a port nothing listens on yet (`Moto::start_on(port)`
