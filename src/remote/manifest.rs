@@ -11,6 +11,8 @@
 //! a delta's `base` a full backup and `prev` the base or a delta of the same series — so no
 //! entry can lead a download out of its staging directory or retention to another object.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -66,9 +68,36 @@ pub(crate) struct Copy {
     /// How the local backup was checked when it was taken.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verified: Option<crate::domain::Verified>,
+    /// What the local manifest recorded of the backup when it was taken, so a drill of the
+    /// copy can compare without it (absent: a delta, or an older manifest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recorded: Option<Recorded>,
     /// The last restore drill of this copy (absent: never drilled, or an older manifest).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drill: Option<DrillMark>,
+}
+
+/// A backup's counts at backup time, from its local manifest entry.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Recorded {
+    /// Pages of the source snapshot.
+    pub page_count: u64,
+    /// Rows per table (empty when the backup was not verified: `verify = "none"`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tables: BTreeMap<String, i64>,
+    /// foreign_key_check violations in the source snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fk_violations: Option<i64>,
+}
+
+impl From<&crate::archive::Entry> for Recorded {
+    fn from(e: &crate::archive::Entry) -> Recorded {
+        Recorded {
+            page_count: e.page_count,
+            tables: e.tables.clone(),
+            fk_violations: e.fk_violations,
+        }
+    }
 }
 
 impl Copy {
@@ -261,5 +290,29 @@ impl RemoteManifest {
     pub(crate) fn has(&self, file: &str) -> bool {
         self.copies.iter().any(|c| c.local_file == file)
             || self.deltas.iter().any(|d| d.copy.local_file == file)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A manifest written before copies carried their counts and drills still loads: those
+    /// are absent, not an error; written again, absent fields stay out.
+    #[test]
+    fn an_older_manifest_without_counts_or_drills_loads() {
+        let old = r#"{"version":1,"database":"chat","copies":[{"object":"chat-20260101-000000.db.zst.age",
+            "local_file":"chat-20260101-000000.db","series":"chat","size":10,"sha256":"ab",
+            "source_sha256":"cd","backup_time":"2026-01-01T00:00:00Z",
+            "created_at":"2026-01-01T00:00:05Z"}]}"#;
+        let m: RemoteManifest = serde_json::from_str(old).unwrap();
+        let c = &m.copies[0];
+        assert_eq!((c.recorded.as_ref(), c.drill.as_ref()), (None, None));
+        assert!(!c.drill_failed());
+        let again = serde_json::to_string(&m).unwrap();
+        assert!(
+            !again.contains("recorded") && !again.contains("drill"),
+            "{again}"
+        );
     }
 }

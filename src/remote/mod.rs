@@ -16,7 +16,7 @@ pub(crate) mod retain;
 mod store;
 
 pub(crate) use cause::Kind;
-pub(crate) use manifest::{Copy, DeltaCopy, RemoteManifest};
+pub(crate) use manifest::{Copy, DeltaCopy, Recorded, RemoteManifest};
 pub(crate) use pipeline::{download, read_back, Downloaded, Uploaded};
 pub(crate) use store::{RemoteError, Store};
 
@@ -48,6 +48,8 @@ pub(crate) struct Source<'a> {
     /// When the local backup was made.
     pub backup_time: DateTime<Utc>,
     pub verified: crate::domain::Verified,
+    /// The local manifest's counts of a full backup (None for a delta).
+    pub recorded: Option<Recorded>,
 }
 
 /// Upload one verified local backup to `store`, check it, and add it to the remote's
@@ -101,6 +103,7 @@ fn upload_copy(store: &Store, src: &Source<'_>) -> Result<(Uploaded, Copy), Remo
         backup_time: src.backup_time,
         created_at: Utc::now(),
         verified: Some(src.verified),
+        recorded: src.recorded.clone(),
         drill: None,
     };
     Ok((up, copy))

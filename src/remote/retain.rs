@@ -142,6 +142,7 @@ mod tests {
             backup_time: t,
             created_at: t,
             verified: Some(Verified::Quick),
+            recorded: None,
             drill: None,
         }
     }

@@ -107,16 +107,16 @@ fn a_drill_from_s3_downloads_decrypts_restores_and_checks_the_copy_timing_each_p
     // Nothing is left in the scratch directory.
     assert!(!env.path("state/drill/chat").exists());
 
-    // The worst day: the local backups are gone; the remote copy still restores, with no
-    // counts to compare (they lived in the local manifest).
+    // The worst day: the local backups are gone; the remote copy still restores, and its
+    // counts travel with it in the remote manifest.
     std::fs::remove_dir_all(env.path("backups")).unwrap();
     let o = drill(&env, &["--from", "offsite"], &[]);
     assert_eq!(o.status.code(), Some(0), "{}", both(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(
-        out.contains(&format!(
-            "row counts {copy}: none recorded (the local manifest no longer has this backup)"
-        )) && out.contains("integrity_check")
+        out.contains(&format!("row counts {copy}: 1 table(s) as recorded: ok"))
+            && out.contains(&format!("page count {copy}: "))
+            && out.contains("integrity_check")
             && out.contains("verdict: ok"),
         "{out}"
     );
@@ -425,4 +425,50 @@ fn a_failed_drill_of_a_remote_copy_is_marked_there_listed_and_never_kept_as_newe
     let mark = &nas_copy(&env, &newest)["drill"];
     assert_eq!(mark["verdict"], "ok", "{mark}");
     assert!(mark.get("error").is_none(), "{mark}");
+}
+
+#[test]
+fn a_remote_copy_carries_its_counts_and_a_copy_that_disagrees_fails_naming_the_table() {
+    let env = TestEnv::new();
+    setup_dir(&env, "", "from = [\"offsite\"]");
+    let o = run(&env, &["run", "chat", "backup"]);
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let copy = local_backups(&env)[0].clone();
+    // The remote copy records what the local manifest recorded at backup time.
+    let local: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(env.path("backups/manifest.json")).unwrap()).unwrap();
+    let recorded = &nas_copy(&env, &copy)["recorded"];
+    assert_eq!(recorded["page_count"], local["backups"][0]["page_count"]);
+    assert_eq!(recorded["tables"]["m"], 500, "{recorded}");
+    // The local backups are lost; the remote manifest is edited to disagree on a table.
+    std::fs::remove_dir_all(env.path("backups")).unwrap();
+    let path = env.path("nas/chat/litekeeper-manifest.json");
+    let mut m = nas_manifest(&env);
+    m["copies"][0]["recorded"]["tables"]["m"] = 499.into();
+    std::fs::write(&path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    let o = drill(&env, &[], &[]);
+    assert_eq!(o.status.code(), Some(65), "{}", both(&o));
+    assert!(
+        both(&o).contains(&format!(
+            "row counts {copy} differ from the manifest (m: 500 rows, manifest 499)"
+        )),
+        "{}",
+        both(&o)
+    );
+    // A copy from an older manifest (no counts, no drill) still drills, saying so.
+    let mut m = nas_manifest(&env);
+    let c = m["copies"][0].as_object_mut().unwrap();
+    c.remove("recorded");
+    c.remove("drill");
+    std::fs::write(&path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    let o = drill(&env, &[], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    assert!(
+        both(&o).contains(&format!(
+            "row counts {copy}: none recorded (the remote manifest"
+        )) && both(&o).contains("verdict: ok"),
+        "{}",
+        both(&o)
+    );
+    assert_eq!(nas_copy(&env, &copy)["drill"]["verdict"], "ok");
 }

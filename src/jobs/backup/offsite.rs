@@ -268,6 +268,7 @@ fn push_one(
                 sha256: &e.sha256,
                 backup_time: e.created_at,
                 verified: e.verified,
+                recorded: Some(remote::Recorded::from(e)),
             },
         )?;
         Ok(Stored {
@@ -290,6 +291,7 @@ fn push_one(
                 sha256: &d.sha256,
                 backup_time: d.created_at,
                 verified: crate::domain::Verified::None,
+                recorded: None,
             },
             d,
         )?;

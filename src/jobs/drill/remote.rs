@@ -3,8 +3,10 @@
 //! stored bytes checked against the remote manifest's SHA-256, decrypted with the drill's
 //! `identity` (a file, or a systemd credential) and decompressed by the same code as
 //! `restore --from REMOTE` (`restore::remote::fetch_into`), then restored by the restore
-//! library like a local copy. Page and row counts come from the local manifest's entry of
-//! the same backup (same file, same SHA-256) when it is still there.
+//! library like a local copy. Page and row counts come from the remote manifest's copy
+//! (`recorded`, taken from the local manifest at upload), so they are checked after the
+//! local backups are lost; a copy from an older remote manifest falls back to the local
+//! manifest's entry of the same backup (same file, same SHA-256) when it is still there.
 //!
 //! The identity is read, and checked against the remote's `encrypt_to`, when the source is
 //! opened: a missing or wrong key is one error for the run, not a failed copy.
@@ -118,10 +120,18 @@ impl CopySource for RemoteSource {
             let Some(schema) = sources.iter().find(|s| s.series == c.series) else {
                 continue;
             };
-            let expect = match local.get(&c.local_file) {
-                Some(e) if e.sha256 == c.source_sha256 => Expect::from(e),
-                _ => Expect {
-                    unrecorded: "none recorded (the local manifest no longer has this backup)",
+            // The counts the copy carries; an older remote manifest's copy has none, so the
+            // local manifest's entry of the same backup (same file, same SHA-256) if any.
+            let expect = match (&c.recorded, local.get(&c.local_file)) {
+                (Some(r), _) => Expect {
+                    page_count: Some(r.page_count),
+                    tables: r.tables.clone(),
+                    fk_violations: r.fk_violations,
+                    unrecorded: "none recorded at backup time",
+                },
+                (None, Some(e)) if e.sha256 == c.source_sha256 => Expect::from(e),
+                (None, _) => Expect {
+                    unrecorded: "none recorded (the remote manifest predates recorded counts and the local manifest no longer has this backup)",
                     ..Expect::default()
                 },
             };
