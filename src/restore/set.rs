@@ -182,13 +182,23 @@ pub(crate) fn in_place_all(
         if let Err(why) = check(&t.path) {
             let back = put_back_all(&targets, &keeps, &swapped);
             let keep = keeps[targets.iter().position(|x| x.path == t.path).unwrap_or(0)].clone();
-            let failed = RestoreError::RestoredFailsCheck {
+            let failed = |back| RestoreError::RestoredFailsCheck {
                 target: t.path.clone(),
                 why,
                 keep,
-                back: Ok(()),
+                back,
             };
-            return Err(after_undo(failed, back, &targets, swapped.len(), marker));
+            // One file: its own error says whether the previous one is back.
+            if marker.is_none() {
+                return Err(failed(back));
+            }
+            return Err(after_undo(
+                failed(Ok(())),
+                back,
+                &targets,
+                swapped.len(),
+                marker,
+            ));
         }
     }
     if let Some(m) = &marker {
@@ -237,11 +247,8 @@ fn after_undo(
             cause,
             marker,
         },
-        (Err(cause), None) => RestoreError::SetHalfDone {
-            inner: Box::new(e),
-            cause,
-            marker: targets[0].path.clone(),
-        },
+        // One file: its own error says where its previous file is kept.
+        (Err(_), None) => e,
     }
 }
 
