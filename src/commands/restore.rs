@@ -111,8 +111,23 @@ pub fn run(path: &Path, args: RestoreArgs) -> Result<ExitCode, Failure> {
             );
         }
     }
-    for (backup, target) in backups.iter().zip(&targets) {
-        restore_one(&config, &args, backup, target.as_deref())?;
+    // All or nothing: every image is built and checked before any file is put in place.
+    let restored = match to {
+        Some(_) => {
+            let to: Vec<&Path> = targets.iter().flatten().map(|t| t.as_path()).collect();
+            restore::to_paths(&backups, &to).map_err(|e| failure(e, false))?
+        }
+        None => {
+            let how = InPlace {
+                lock_dir: &config.daemon.lock_dir,
+                state_dir: &config.daemon.state_dir,
+                force: args.force,
+            };
+            restore::in_place_all(&backups, how).map_err(|e| failure(e, true))?
+        }
+    };
+    for (backup, r) in backups.iter().zip(&restored) {
+        print_one(&config, &args, backup, r);
     }
     // A broken chain restored an earlier point than asked for: done, but not what was asked.
     if backups
@@ -124,24 +139,24 @@ pub fn run(path: &Path, args: RestoreArgs) -> Result<ExitCode, Failure> {
     Ok(ExitCode::Ok)
 }
 
-/// Restore one file (to `to`, or in place) and say what was done.
-fn restore_one(
+/// Say what was done to one file of the set.
+fn print_one(
     config: &crate::config::Config,
     args: &RestoreArgs,
     backup: &BackupSource,
-    to: Option<&Path>,
-) -> Result<(), Failure> {
-    let restored = match to {
-        Some(to) => restore::to_path(backup, to).map_err(|e| failure(e, false))?,
-        None => {
-            let how = InPlace {
-                lock_dir: &config.daemon.lock_dir,
-                state_dir: &config.daemon.state_dir,
-                force: args.force,
-            };
-            restore::in_place(backup, how).map_err(|e| failure(e, true))?
-        }
-    };
+    restored: &Restored,
+) {
+    if !restored.put_back_interrupted.is_empty() {
+        println!(
+            "an earlier restore was interrupted between its files: put back the previous {} first",
+            restored
+                .put_back_interrupted
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     print_moved_aside(&restored.moved_aside, args.in_place);
     if let Some(p) = backup.point.as_ref().filter(|p| p.image_sha256.is_some()) {
         println!(
@@ -154,7 +169,7 @@ fn restore_one(
     }
     let verified = verified_word(backup.verified);
     if args.in_place {
-        print_in_place_notes(&restored);
+        print_in_place_notes(restored);
         match &restored.kept {
             Some(keep) => println!(
                 "restored {} into {} (verified {verified}); previous file kept as {}",
@@ -175,7 +190,6 @@ fn restore_one(
             restored.target.display()
         );
     }
-    Ok(())
 }
 
 /// Stale sidecars found without their database at the target, moved aside.

@@ -397,6 +397,9 @@ fn run_blocking(env: &Env, req: &Request) -> Result<JobResult, JobError> {
     }
     // A killed in-place restore's full-size temp file goes with the next job (lock held).
     crate::restore::clean_leftovers(db);
+    if let Some(line) = crate::restore::interrupted(db) {
+        tracing::warn!("{line}");
+    }
     let busy = env.config.daemon.busy_timeout;
     // Say why a connection cannot be had, with the exit code that fits (locked: 75, corrupt:
     // 65, …).

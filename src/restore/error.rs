@@ -164,6 +164,29 @@ pub enum RestoreError {
         keep: PathBuf,
         back: Result<(), io::Error>,
     },
+    /// A file of a set failed after others were already done; they were undone (`how`: put
+    /// back in place, removed with `--to`), so nothing was changed.
+    #[error(
+        "{inner}; the file(s) of the set already done were {how} ({}): nothing was changed",
+        path_list(put_back)
+    )]
+    SetUndone {
+        inner: Box<RestoreError>,
+        put_back: Vec<PathBuf>,
+        how: &'static str,
+    },
+    /// A file of a set failed after others were replaced, and putting them back failed too:
+    /// `marker` lists the files and where the previous ones are kept.
+    #[error("{inner}; putting back the files already replaced failed ({cause}): {} lists which are restored and where the previous ones are kept; run the same restore again to finish it", marker.display())]
+    SetHalfDone {
+        inner: Box<RestoreError>,
+        cause: io::Error,
+        marker: PathBuf,
+    },
+    /// An earlier restore of the set was interrupted between its files, and its previous
+    /// files could not be put back.
+    #[error("{}: an earlier restore was interrupted between its files, and putting back the previous ones failed ({cause}); put them back by hand as it lists, then remove it", marker.display())]
+    Interrupted { marker: PathBuf, cause: io::Error },
     /// `inner` happened after stale sidecar files were moved aside (`moved`: from, to).
     #[error("{inner} (stale files moved aside before: {})", moved_list(moved))]
     AfterMovingAside {
@@ -215,7 +238,8 @@ impl RestoreError {
             CurrentDir(_) | Sync(_) | WriteTemp { .. } | Swap { .. } | RemoveSidecar { .. } => {
                 ExitCode::IoErr
             }
-            AfterMovingAside { inner, .. } => inner.exit_code(),
+            AfterMovingAside { inner, .. } | SetUndone { inner, .. } => inner.exit_code(),
+            SetHalfDone { .. } | Interrupted { .. } => ExitCode::IoErr,
         }
     }
 }
@@ -256,6 +280,14 @@ fn moved_list(moved: &[(PathBuf, PathBuf)]) -> String {
     moved
         .iter()
         .map(|(from, to)| format!("{} to {}", from.display(), to.display()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn path_list(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
         .collect::<Vec<_>>()
         .join(", ")
 }

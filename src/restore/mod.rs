@@ -1,6 +1,6 @@
 //! Restoring a database file from a backup, only after the backup's SHA-256 (from the
 //! manifest) and its integrity check pass. `litekeeper restore` parses its arguments, calls
-//! [`select`] and then [`to_path`] or [`in_place`], and prints the [`Restored`] it gets back;
+//! [`select`] and then [`to_path`] (`to_paths`) or [`in_place_all`], and prints the [`Restored`] it gets back;
 //! nothing here prints.
 //!
 //! The restored file is always written under a temp name in the target directory, fsynced,
@@ -8,7 +8,7 @@
 //! sidecar name, and the backup directory, and moves a stale `-wal`/`-shm`/`-journal` at the
 //! target aside first (SQLite would replay a foreign WAL onto the restored file).
 //!
-//! [`in_place`] restores the file the configured path points to (through a symlink), takes the
+//! [`in_place_all`] restores the file the configured path points to (through a symlink), takes the
 //! database's lock as the owner of `state_dir` (as `run` does), refuses while other processes
 //! have the file open (by device and inode, `open_check`; unless forced), first makes the old
 //! file whole (folds its WAL, rolls back a hot journal, as SQLite's next open would; refused if
@@ -16,6 +16,10 @@
 //! removes them from the live name, renames the restored file in, and puts the old one back if
 //! the result fails its check (`swap`). A killed restore's temp file is removed by the next
 //! restore and by the next job of that database ([`clean_leftovers`]).
+//!
+//! Several files (a database and its attached ones at one point) are restored all or
+//! nothing (`set`): every image is built and checked before the first is put in place, and a
+//! failure puts back (or, with `--to`, removes) the ones already done.
 //!
 //! Writing a new file atomically is `archive`'s (`temp_path`, `create_private`, `fsync_file`,
 //! `commit`, `fsync_dir`), used here as by backups; only the in-place swap, which must keep
@@ -25,6 +29,7 @@ mod error;
 mod open_check;
 pub(crate) mod point;
 pub(crate) mod remote;
+mod set;
 mod swap;
 
 use std::fs::{self, File};
@@ -36,10 +41,10 @@ use rusqlite::{Connection, OpenFlags};
 
 use crate::archive::{self, BackupName, Manifest, Verified};
 use crate::config::Database;
-use crate::lock::{self, LockError};
 
 pub(crate) use error::RestoreError;
 pub(crate) use open_check::pid_list;
+pub(crate) use set::{in_place_all, interrupted, to_paths};
 use swap::{TempFile, SIDECARS};
 
 /// A backup chosen for restore, its checksum verified against the manifest.
@@ -85,6 +90,9 @@ pub(crate) struct Restored {
     /// In place, forced: why the previous file was not whole by itself (its sidecars are kept
     /// beside it).
     pub forced_not_whole: Option<String>,
+    /// In place: live files an interrupted restore of the set had replaced, whose previous
+    /// files were put back before this one began.
+    pub put_back_interrupted: Vec<PathBuf>,
     /// In place, checked: processes seen that did not stop the restore.
     pub seen: Seen,
     /// Time spent writing the plain bytes (copying, or decompressing a `.zst` backup), and
@@ -184,22 +192,8 @@ pub(crate) fn select_from(
 
 /// Restore `backup` to the new file `target` (relative: from the current directory).
 pub(crate) fn to_path(backup: &BackupSource, target: &Path) -> Result<Restored, RestoreError> {
-    let clock = std::time::Instant::now();
-    let target = absolute(target)?;
-    let target_dir = existing_parent(&target)?;
-    new_target(&target, &target_dir, &backup.dir)?;
-    let (tmp, cleanup, writing) = write_checked(backup, &target, &target_dir, None)?;
-    let moved_aside = swap::move_aside_stale(&target)?;
-    archive::commit(&tmp, &target)
-        .map_err(|e| swap::after_moving_aside(&moved_aside, RestoreError::Commit(e)))?;
-    std::mem::forget(cleanup);
-    Ok(Restored {
-        target,
-        moved_aside,
-        writing,
-        finishing: clock.elapsed().saturating_sub(writing),
-        ..Restored::default()
-    })
+    let mut done = set::to_paths(std::slice::from_ref(backup), &[target])?;
+    Ok(done.remove(0))
 }
 
 /// Refuse `target` for `backup` as [`to_path`] would, before anything is written (a restore
@@ -223,74 +217,6 @@ pub(crate) fn attached_target(main: &Path, series: &str) -> PathBuf {
         .map(|e| format!(".{}", e.to_string_lossy()))
         .unwrap_or_default();
     main.with_file_name(format!("{stem}-{series}{ext}"))
-}
-
-/// Restore `backup` over its live file, keeping the previous one as
-/// `<db>.pre-restore-<time>`; see the module's text for the steps.
-pub(crate) fn in_place(backup: &BackupSource, how: InPlace<'_>) -> Result<Restored, RestoreError> {
-    let target = live_file(&backup.live)?;
-    existing_parent(&target)?;
-    // The lock first: no job may run on the database while it is replaced. Taken as the
-    // service's user, so the lock file stays usable by every later job.
-    let taken = crate::privileges::as_state_owner(how.state_dir, || {
-        lock::try_acquire(how.lock_dir, &backup.database, "restore")
-    })
-    .map_err(RestoreError::SwitchUser)?;
-    let _guard = match taken {
-        Ok(g) => g,
-        Err(LockError::Busy { database, holder }) => {
-            return Err(RestoreError::Busy { database, holder })
-        }
-        Err(e) => return Err(RestoreError::Lock(e)),
-    };
-    let mut seen = Seen::default();
-    if !how.force {
-        seen = nobody_else_has_it_open(&target)?;
-    }
-    // The old file must be whole by itself before its sidecars leave the live name.
-    let forced_not_whole = match swap::settle(&target) {
-        Ok(()) => None,
-        Err(why) if how.force => Some(why.text),
-        Err(why) => {
-            return Err(RestoreError::NotWhole {
-                target,
-                why: why.text,
-                busy: why.busy,
-            })
-        }
-    };
-    let target_dir = target.parent().unwrap_or(Path::new("/")).to_path_buf();
-    let (tmp, cleanup, _) =
-        write_checked(backup, &target, &target_dir, fs::metadata(&target).ok())?;
-    let keep = swap::keep_path(&target);
-    let swapped = swap::swap_in(&tmp, &target, &keep)?;
-    std::mem::forget(cleanup);
-    if let Err(why) = check(&target) {
-        // Put the previous database back: a restore that fails leaves things as they were.
-        let back = if swapped.kept {
-            swap::swap_back(&target, &keep)
-        } else {
-            Ok(())
-        };
-        return Err(swap::after_moving_aside(
-            &swapped.moved_aside,
-            RestoreError::RestoredFailsCheck {
-                target,
-                why,
-                keep,
-                back,
-            },
-        ));
-    }
-    Ok(Restored {
-        through_link: (backup.live != target).then(|| backup.live.clone()),
-        kept: swapped.kept.then_some(keep),
-        moved_aside: swapped.moved_aside,
-        forced_not_whole,
-        seen,
-        target,
-        ..Restored::default()
-    })
 }
 
 /// Refuse while other processes have `target` open (or may have: their open files are not

@@ -6,6 +6,7 @@
 
 use std::fs::{self, File};
 use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags};
@@ -214,18 +215,39 @@ pub(super) fn swap_in(tmp: &Path, target: &Path, keep: &Path) -> Result<Swapped,
     })
 }
 
-/// Undo `swap_in`: the kept file and its sidecars back under the live name.
+/// Undo `swap_in`, also one that stopped part way (or a killed one's): the kept file and
+/// its sidecars back under the live name. Nothing kept under `keep`: nothing to undo. Where the
+/// live name still holds the previous file (the rename was not done), the second names go.
 pub(super) fn swap_back(target: &Path, keep: &Path) -> io::Result<()> {
-    for s in SIDECARS {
-        let _ = fs::remove_file(side(target, s));
+    if fs::symlink_metadata(keep).is_err() {
+        return Ok(());
     }
-    let (live, kept) = (DbFiles::of(target), DbFiles::of(keep));
-    for (from, to) in [(&kept.wal, &live.wal), (&kept.journal, &live.journal)] {
-        if fs::symlink_metadata(from).is_ok() {
-            fs::rename(from, to)?;
+    let same = |a: &Path, b: &Path| match (fs::symlink_metadata(a), fs::symlink_metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    };
+    // The restored file is at the live name: its sidecars go, the previous file's come back.
+    let swapped = !same(target, keep);
+    for s in SIDECARS {
+        let (live, kept) = (side(target, s), side(keep, s));
+        if fs::symlink_metadata(&kept).is_ok() {
+            if same(&live, &kept) {
+                fs::remove_file(&kept)?;
+            } else {
+                fs::rename(&kept, &live)?;
+            }
+        } else if swapped {
+            match fs::remove_file(&live) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
         }
     }
-    fs::rename(keep, target)?;
+    if swapped {
+        fs::rename(keep, target)?;
+    } else {
+        fs::remove_file(keep)?;
+    }
     File::open(target.parent().unwrap_or(Path::new("/")))?.sync_all()
 }
 
@@ -280,5 +302,24 @@ mod tests {
         assert_eq!(fs::read(side(&target, "-wal")).unwrap(), b"old wal");
         assert_eq!(fs::read(side(&target, "-journal")).unwrap(), b"old journal");
         assert!(!keep.exists());
+    }
+
+    /// A swap that stopped after keeping the old file under a second name, before the rename.
+    #[test]
+    fn swap_back_undoes_a_swap_stopped_before_the_rename() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("app.db");
+        let keep = dir.path().join("app.db.pre-restore-x");
+        put(&target, b"old");
+        put(&side(&target, "-wal"), b"old wal");
+        fs::hard_link(&target, &keep).unwrap();
+        fs::rename(side(&target, "-wal"), side(&keep, "-wal")).unwrap();
+        swap_back(&target, &keep).unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"old");
+        assert_eq!(fs::read(side(&target, "-wal")).unwrap(), b"old wal");
+        assert!(!keep.exists() && !side(&keep, "-wal").exists());
+        // Nothing kept: nothing to undo, the live files stay.
+        swap_back(&target, &keep).unwrap();
+        assert_eq!(fs::read(side(&target, "-wal")).unwrap(), b"old wal");
     }
 }
