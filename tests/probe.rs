@@ -386,3 +386,40 @@ fn a_delta_write_refused_by_the_file_system_leaves_nothing_half_written() {
     assert_eq!(o.status.code(), Some(0), "{}", both(&o));
     assert_eq!(ids(&to), ids(&db));
 }
+
+/// A drill's age identity (a secret key on the machine) readable by others is a warning of
+/// `check`, like a remote's credentials file; the key itself is never printed.
+#[test]
+fn check_warns_of_a_drill_identity_others_can_read() {
+    let env = TestEnv::new();
+    let (identity, public) = keygen(&env);
+    let db = chat_db(&env);
+    std::fs::create_dir(env.path("remote")).unwrap();
+    let body = format!(
+        "url = \"file://{}\"\nencrypt_to = [\"{public}\"]\n",
+        env.path("remote").display()
+    );
+    config(
+        &env,
+        &db,
+        &body,
+        &format!(
+            "[database.drill]\nfrom = [\"offsite\"]\nidentity = \"{}\"",
+            identity.display()
+        ),
+    );
+    crate::util::set_mode(&identity, 0o600);
+    let o = env.output(&["check"]);
+    assert!(!both(&o).contains("identity.txt"), "{}", both(&o));
+    crate::util::set_mode(&identity, 0o644);
+    let o = env.output(&["check"]);
+    let out = both(&o);
+    assert!(
+        out.contains(&format!(
+            "chat: warning: drill.identity {} holds an age secret key and is readable by group or others (mode 644); chmod 600 it",
+            identity.display()
+        )),
+        "{out}"
+    );
+    assert!(!out.contains("AGE-SECRET-KEY"), "{out}");
+}
