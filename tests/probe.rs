@@ -10,9 +10,9 @@ use serde_json::Value;
 use crate::offsite::fixture::{chat_db, config, keygen};
 use crate::util::{both, query_i64, TestEnv};
 
-/// `chat` backed up to a `file://` remote `remote/` with incremental chains; one full backup
-/// and one delta stored there. The identity file.
-fn chain_on_file_remote(env: &TestEnv) -> PathBuf {
+/// `chat` backed up to a `file://` remote `remote/` with incremental chains and `remote_keep`;
+/// `fulls` full backups (a second apart) and one delta stored there. The identity file.
+fn chain_on_file_remote(env: &TestEnv, remote_keep: &str, fulls: u32) -> PathBuf {
     let (identity, public) = keygen(env);
     let db = chat_db(env);
     std::fs::create_dir(env.path("remote")).unwrap();
@@ -24,9 +24,14 @@ fn chain_on_file_remote(env: &TestEnv) -> PathBuf {
         env,
         &db,
         &body,
-        "keep = { last = 5 }\nremote_keep = { last = 1 }\nincremental = { keep = \"7d\" }",
+        &format!("keep = {{ last = 5 }}\nremote_keep = {{ {remote_keep} }}\nincremental = {{ keep = \"7d\" }}"),
     );
-    env.run_ok(&["run", "chat", "backup"]);
+    for i in 0..fulls {
+        if i > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(1100));
+        }
+        env.run_ok(&["run", "chat", "backup"]);
+    }
     rusqlite::Connection::open(&db)
         .unwrap()
         .execute("INSERT INTO m(body) VALUES ('after the full')", [])
@@ -81,7 +86,7 @@ fn restore_from(env: &TestEnv, identity: &Path, extra: &[&str], to: &Path) -> st
 #[test]
 fn remote_manifest_names_never_leave_the_staging_dir() {
     let env = TestEnv::new();
-    let identity = chain_on_file_remote(&env);
+    let identity = chain_on_file_remote(&env, "last = 1", 1);
     let pristine = std::fs::read(manifest_path(&env)).unwrap();
     let outside = env.path("outside");
     std::fs::create_dir(&outside).unwrap();
@@ -155,7 +160,7 @@ fn remote_manifest_names_never_leave_the_staging_dir() {
 #[test]
 fn remote_retention_never_deletes_an_object_litekeeper_did_not_name() {
     let env = TestEnv::new();
-    let _identity = chain_on_file_remote(&env);
+    let _identity = chain_on_file_remote(&env, "last = 1", 1);
     std::fs::write(env.path("remote/chat/notes.txt"), b"the operator's").unwrap();
     tamper(&env, |m| {
         let mut fake = m["copies"][0].clone();
@@ -257,7 +262,7 @@ fn chain_setup(env: &TestEnv) -> (PathBuf, PathBuf) {
             "app",
             &db,
             &format!(
-                "[database.backup]\ndir = \"{}\"\ncompress = \"zstd\"\nincremental = {{ keep = \"7d\" }}",
+                "[database.backup]\ndir = \"{}\"\ncompress = \"zstd\"\nkeep = {{ last = 5 }}\nincremental = {{ keep = \"7d\" }}",
                 dir.display()
             ),
         )
@@ -422,4 +427,65 @@ fn check_warns_of_a_drill_identity_others_can_read() {
         "{out}"
     );
     assert!(!out.contains("AGE-SECRET-KEY"), "{out}");
+}
+
+/// The full backup a chain starts from is gone by hand (an older full is still there):
+/// `restore --at latest` must not hand back the older full as if it were the newest point
+/// without a word: it restores the newest point it can reach and exits 65 with a warning
+/// naming the missing base and the point asked for.
+#[test]
+fn restore_at_with_the_chains_base_gone_says_so() {
+    let env = TestEnv::new();
+    let (db, dir) = chain_setup(&env);
+    insert(&db, 1, 100);
+    env.run_ok(&["run", "app", "backup"]);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    insert(&db, 200, 300);
+    env.run_ok(&["run", "app", "backup"]);
+    insert(&db, 400, 500);
+    env.run_ok(&["run", "app", "incremental"]);
+    let point = local_deltas(&dir)[0].clone();
+    let base = point["base"].as_str().unwrap().to_string();
+    std::fs::remove_file(dir.join(&base)).unwrap();
+    let (o, to) = restore_latest(&env, "r.db");
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert_eq!(o.status.code(), Some(65), "{}", both(&o));
+    assert!(err.contains("warning") && err.contains(&base), "{err}");
+    assert!(err.contains(point["file"].as_str().unwrap()), "{err}");
+    // What it restored is the older full, whole.
+    assert_eq!(query_i64(&to, "SELECT count(*) FROM n"), 100);
+    // No full backup at all: 66, and "latest" reads as now (not the year 262142).
+    for f in crate::util::names(&dir) {
+        if f.ends_with(".db.zst") {
+            std::fs::remove_file(dir.join(f)).unwrap();
+        }
+    }
+    let (o, _) = restore_latest(&env, "r2.db");
+    assert_eq!(o.status.code(), Some(66), "{}", both(&o));
+    assert!(both(&o).contains("at or before now"), "{}", both(&o));
+}
+
+/// The same off-site: the full copy a chain starts from is missing from the remote manifest
+/// (an older full copy is there): `restore --at latest --from` restores the older copy and
+/// exits 65 with a warning naming the missing base and the point asked for.
+#[test]
+fn remote_restore_at_with_the_chains_base_gone_says_so() {
+    let env = TestEnv::new();
+    let identity = chain_on_file_remote(&env, "last = 5", 2);
+    let m = remote_manifest(&env);
+    let point = m["deltas"][0].clone();
+    let base = point["base"].as_str().unwrap().to_string();
+    tamper(&env, |m| {
+        m["copies"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|c| c["local_file"].as_str() != Some(base.as_str()))
+    });
+    let to = env.path("r.db");
+    let o = restore_from(&env, &identity, &["--at", "latest"], &to);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert_eq!(o.status.code(), Some(65), "{}", both(&o));
+    assert!(err.contains("warning") && err.contains(&base), "{err}");
+    assert!(err.contains(point["local_file"].as_str().unwrap()), "{err}");
+    assert_eq!(query_i64(&to, "SELECT count(*) FROM m"), 500);
 }
