@@ -354,21 +354,7 @@ fn a_delta_write_refused_by_the_file_system_leaves_nothing_half_written() {
     let names_before = crate::util::names(&dir);
     insert(&db, 1000, 5000);
     // 512 KiB: more than the manifest and state.db, less than the delta (1.2 MB of random).
-    let o = std::process::Command::new("bash")
-        .arg("-c")
-        .arg("ulimit -f 512; trap '' XFSZ; exec \"$@\"")
-        .arg("bash")
-        .args(env.std_cmd().get_program().to_str())
-        .args(env.std_cmd().get_args())
-        .args(["run", "app", "incremental"])
-        .env_clear()
-        .envs(
-            env.std_cmd()
-                .get_envs()
-                .filter_map(|(k, v)| v.map(|v| (k, v))),
-        )
-        .output()
-        .unwrap();
+    let o = run_with_fsize(&env, 512, &["run", "app", "incremental"]);
     assert_ne!(o.status.code(), Some(0), "{}", both(&o));
     assert!(
         both(&o).contains(&dir.display().to_string()),
@@ -488,4 +474,66 @@ fn remote_restore_at_with_the_chains_base_gone_says_so() {
     assert!(err.contains("warning") && err.contains(&base), "{err}");
     assert!(err.contains(point["local_file"].as_str().unwrap()), "{err}");
     assert_eq!(query_i64(&to, "SELECT count(*) FROM m"), 500);
+}
+
+/// `litekeeper ARGS` with RLIMIT_FSIZE at `kib` KiB and SIGXFSZ ignored: a write past it
+/// fails with EFBIG, as on a full disk or quota.
+fn run_with_fsize(env: &TestEnv, kib: u32, args: &[&str]) -> std::process::Output {
+    let base = env.std_cmd();
+    std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!("ulimit -f {kib}; trap '' XFSZ; exec \"$@\""))
+        .arg("bash")
+        .arg(base.get_program())
+        .args(base.get_args())
+        .args(args)
+        .env_clear()
+        .envs(base.get_envs().filter_map(|(k, v)| v.map(|v| (k, v))))
+        .output()
+        .unwrap()
+}
+
+/// A download that the file system refuses to finish (EFBIG mid-way): restore --from fails
+/// naming the copy, writes nothing at `--to`, and leaves no staging directory or partial
+/// download (decrypted or not) behind; without the limit the same restore succeeds.
+#[test]
+fn a_download_refused_by_the_file_system_leaves_nothing_behind() {
+    let env = TestEnv::new();
+    let (identity, public) = keygen(&env);
+    let db = env.sqlite(
+        "chat.db",
+        "CREATE TABLE m(id INTEGER PRIMARY KEY, body BLOB);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 2000)
+         INSERT INTO m(body) SELECT randomblob(1000) FROM n;",
+    );
+    std::fs::create_dir(env.path("remote")).unwrap();
+    let body = format!(
+        "url = \"file://{}\"\nencrypt_to = [\"{public}\"]\n",
+        env.path("remote").display()
+    );
+    config(&env, &db, &body, "");
+    env.run_ok(&["run", "chat", "backup"]);
+    std::fs::remove_dir_all(env.path("backups")).unwrap();
+    let before = tree(env.dir.path());
+    let to = env.path("r.db");
+    let id = identity.display().to_string();
+    let to_s = to.display().to_string();
+    let args = [
+        "restore",
+        "chat",
+        "--from",
+        "offsite",
+        "--identity",
+        &id,
+        "--to",
+        &to_s,
+    ];
+    let o = run_with_fsize(&env, 512, &args);
+    assert_ne!(o.status.code(), Some(0), "{}", both(&o));
+    assert!(both(&o).contains("chat-"), "names the copy: {}", both(&o));
+    assert!(!to.exists());
+    assert_eq!(tree(env.dir.path()), before, "{}", both(&o));
+    let o = env.output(&args[..]);
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    assert_eq!(query_i64(&to, "SELECT count(*) FROM m"), 2000);
 }
