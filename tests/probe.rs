@@ -10,9 +10,9 @@ use serde_json::Value;
 use crate::offsite::fixture::{chat_db, config, keygen};
 use crate::util::{both, query_i64, TestEnv};
 
-/// `chat` backed up to a `file://` remote `remote/` with incremental chains; one full backup
-/// and one delta stored there. The identity file.
-fn chain_on_file_remote(env: &TestEnv) -> PathBuf {
+/// `chat` backed up to a `file://` remote `remote/` with incremental chains and `remote_keep`;
+/// `fulls` full backups (a second apart) and one delta stored there. The identity file.
+fn chain_on_file_remote(env: &TestEnv, remote_keep: &str, fulls: u32) -> PathBuf {
     let (identity, public) = keygen(env);
     let db = chat_db(env);
     std::fs::create_dir(env.path("remote")).unwrap();
@@ -24,9 +24,14 @@ fn chain_on_file_remote(env: &TestEnv) -> PathBuf {
         env,
         &db,
         &body,
-        "keep = { last = 5 }\nremote_keep = { last = 1 }\nincremental = { keep = \"7d\" }",
+        &format!("keep = {{ last = 5 }}\nremote_keep = {{ {remote_keep} }}\nincremental = {{ keep = \"7d\" }}"),
     );
-    env.run_ok(&["run", "chat", "backup"]);
+    for i in 0..fulls {
+        if i > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(1100));
+        }
+        env.run_ok(&["run", "chat", "backup"]);
+    }
     rusqlite::Connection::open(&db)
         .unwrap()
         .execute("INSERT INTO m(body) VALUES ('after the full')", [])
@@ -81,7 +86,7 @@ fn restore_from(env: &TestEnv, identity: &Path, extra: &[&str], to: &Path) -> st
 #[test]
 fn remote_manifest_names_never_leave_the_staging_dir() {
     let env = TestEnv::new();
-    let identity = chain_on_file_remote(&env);
+    let identity = chain_on_file_remote(&env, "last = 1", 1);
     let pristine = std::fs::read(manifest_path(&env)).unwrap();
     let outside = env.path("outside");
     std::fs::create_dir(&outside).unwrap();
@@ -155,7 +160,7 @@ fn remote_manifest_names_never_leave_the_staging_dir() {
 #[test]
 fn remote_retention_never_deletes_an_object_litekeeper_did_not_name() {
     let env = TestEnv::new();
-    let _identity = chain_on_file_remote(&env);
+    let _identity = chain_on_file_remote(&env, "last = 1", 1);
     std::fs::write(env.path("remote/chat/notes.txt"), b"the operator's").unwrap();
     tamper(&env, |m| {
         let mut fake = m["copies"][0].clone();
@@ -257,7 +262,7 @@ fn chain_setup(env: &TestEnv) -> (PathBuf, PathBuf) {
             "app",
             &db,
             &format!(
-                "[database.backup]\ndir = \"{}\"\ncompress = \"zstd\"\nincremental = {{ keep = \"7d\" }}",
+                "[database.backup]\ndir = \"{}\"\ncompress = \"zstd\"\nkeep = {{ last = 5 }}\nincremental = {{ keep = \"7d\" }}",
                 dir.display()
             ),
         )
@@ -349,21 +354,7 @@ fn a_delta_write_refused_by_the_file_system_leaves_nothing_half_written() {
     let names_before = crate::util::names(&dir);
     insert(&db, 1000, 5000);
     // 512 KiB: more than the manifest and state.db, less than the delta (1.2 MB of random).
-    let o = std::process::Command::new("bash")
-        .arg("-c")
-        .arg("ulimit -f 512; trap '' XFSZ; exec \"$@\"")
-        .arg("bash")
-        .args(env.std_cmd().get_program().to_str())
-        .args(env.std_cmd().get_args())
-        .args(["run", "app", "incremental"])
-        .env_clear()
-        .envs(
-            env.std_cmd()
-                .get_envs()
-                .filter_map(|(k, v)| v.map(|v| (k, v))),
-        )
-        .output()
-        .unwrap();
+    let o = run_with_fsize(&env, 512, &["run", "app", "incremental"]);
     assert_ne!(o.status.code(), Some(0), "{}", both(&o));
     assert!(
         both(&o).contains(&dir.display().to_string()),
@@ -385,4 +376,249 @@ fn a_delta_write_refused_by_the_file_system_leaves_nothing_half_written() {
     let (o, to) = restore_latest(&env, "r.db");
     assert_eq!(o.status.code(), Some(0), "{}", both(&o));
     assert_eq!(ids(&to), ids(&db));
+}
+
+/// A drill's age identity (a secret key on the machine) readable by others is a warning of
+/// `check`, like a remote's credentials file; the key itself is never printed.
+#[test]
+fn check_warns_of_a_drill_identity_others_can_read() {
+    let env = TestEnv::new();
+    let (identity, public) = keygen(&env);
+    let db = chat_db(&env);
+    std::fs::create_dir(env.path("remote")).unwrap();
+    let body = format!(
+        "url = \"file://{}\"\nencrypt_to = [\"{public}\"]\n",
+        env.path("remote").display()
+    );
+    config(
+        &env,
+        &db,
+        &body,
+        &format!(
+            "[database.drill]\nfrom = [\"offsite\"]\nidentity = \"{}\"",
+            identity.display()
+        ),
+    );
+    crate::util::set_mode(&identity, 0o600);
+    let o = env.output(&["check"]);
+    assert!(!both(&o).contains("identity.txt"), "{}", both(&o));
+    crate::util::set_mode(&identity, 0o644);
+    let o = env.output(&["check"]);
+    let out = both(&o);
+    assert!(
+        out.contains(&format!(
+            "chat: warning: drill.identity {} holds an age secret key and is readable by group or others (mode 644); chmod 600 it",
+            identity.display()
+        )),
+        "{out}"
+    );
+    assert!(!out.contains("AGE-SECRET-KEY"), "{out}");
+}
+
+/// The full backup a chain starts from is gone by hand (an older full is still there):
+/// `restore --at latest` must not hand back the older full as if it were the newest point
+/// without a word: it restores the newest point it can reach and exits 65 with a warning
+/// naming the missing base and the point asked for.
+#[test]
+fn restore_at_with_the_chains_base_gone_says_so() {
+    let env = TestEnv::new();
+    let (db, dir) = chain_setup(&env);
+    insert(&db, 1, 100);
+    env.run_ok(&["run", "app", "backup"]);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    insert(&db, 200, 300);
+    env.run_ok(&["run", "app", "backup"]);
+    insert(&db, 400, 500);
+    env.run_ok(&["run", "app", "incremental"]);
+    let point = local_deltas(&dir)[0].clone();
+    let base = point["base"].as_str().unwrap().to_string();
+    std::fs::remove_file(dir.join(&base)).unwrap();
+    let (o, to) = restore_latest(&env, "r.db");
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert_eq!(o.status.code(), Some(65), "{}", both(&o));
+    assert!(err.contains("warning") && err.contains(&base), "{err}");
+    assert!(err.contains(point["file"].as_str().unwrap()), "{err}");
+    // What it restored is the older full, whole.
+    assert_eq!(query_i64(&to, "SELECT count(*) FROM n"), 100);
+    // No full backup at all: 66, and "latest" reads as now (not the year 262142).
+    for f in crate::util::names(&dir) {
+        if f.ends_with(".db.zst") {
+            std::fs::remove_file(dir.join(f)).unwrap();
+        }
+    }
+    let (o, _) = restore_latest(&env, "r2.db");
+    assert_eq!(o.status.code(), Some(66), "{}", both(&o));
+    assert!(both(&o).contains("at or before now"), "{}", both(&o));
+}
+
+/// The same off-site: the full copy a chain starts from is missing from the remote manifest
+/// (an older full copy is there): `restore --at latest --from` restores the older copy and
+/// exits 65 with a warning naming the missing base and the point asked for.
+#[test]
+fn remote_restore_at_with_the_chains_base_gone_says_so() {
+    let env = TestEnv::new();
+    let identity = chain_on_file_remote(&env, "last = 5", 2);
+    let m = remote_manifest(&env);
+    let point = m["deltas"][0].clone();
+    let base = point["base"].as_str().unwrap().to_string();
+    tamper(&env, |m| {
+        m["copies"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|c| c["local_file"].as_str() != Some(base.as_str()))
+    });
+    let to = env.path("r.db");
+    let o = restore_from(&env, &identity, &["--at", "latest"], &to);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert_eq!(o.status.code(), Some(65), "{}", both(&o));
+    assert!(err.contains("warning") && err.contains(&base), "{err}");
+    assert!(err.contains(point["local_file"].as_str().unwrap()), "{err}");
+    assert_eq!(query_i64(&to, "SELECT count(*) FROM m"), 500);
+}
+
+/// `litekeeper ARGS` with RLIMIT_FSIZE at `kib` KiB and SIGXFSZ ignored: a write past it
+/// fails with EFBIG, as on a full disk or quota.
+fn run_with_fsize(env: &TestEnv, kib: u32, args: &[&str]) -> std::process::Output {
+    let base = env.std_cmd();
+    std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!("ulimit -f {kib}; trap '' XFSZ; exec \"$@\""))
+        .arg("bash")
+        .arg(base.get_program())
+        .args(base.get_args())
+        .args(args)
+        .env_clear()
+        .envs(base.get_envs().filter_map(|(k, v)| v.map(|v| (k, v))))
+        .output()
+        .unwrap()
+}
+
+/// A download that the file system refuses to finish (EFBIG mid-way): restore --from fails
+/// naming the copy, writes nothing at `--to`, and leaves no staging directory or partial
+/// download (decrypted or not) behind; without the limit the same restore succeeds.
+#[test]
+fn a_download_refused_by_the_file_system_leaves_nothing_behind() {
+    let env = TestEnv::new();
+    let (identity, public) = keygen(&env);
+    let db = env.sqlite(
+        "chat.db",
+        "CREATE TABLE m(id INTEGER PRIMARY KEY, body BLOB);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 2000)
+         INSERT INTO m(body) SELECT randomblob(1000) FROM n;",
+    );
+    std::fs::create_dir(env.path("remote")).unwrap();
+    let body = format!(
+        "url = \"file://{}\"\nencrypt_to = [\"{public}\"]\n",
+        env.path("remote").display()
+    );
+    config(&env, &db, &body, "");
+    env.run_ok(&["run", "chat", "backup"]);
+    std::fs::remove_dir_all(env.path("backups")).unwrap();
+    let before = tree(env.dir.path());
+    let to = env.path("r.db");
+    let id = identity.display().to_string();
+    let to_s = to.display().to_string();
+    let args = [
+        "restore",
+        "chat",
+        "--from",
+        "offsite",
+        "--identity",
+        &id,
+        "--to",
+        &to_s,
+    ];
+    let o = run_with_fsize(&env, 512, &args);
+    assert_ne!(o.status.code(), Some(0), "{}", both(&o));
+    assert!(both(&o).contains("chat-"), "names the copy: {}", both(&o));
+    assert!(!to.exists());
+    assert_eq!(tree(env.dir.path()), before, "{}", both(&o));
+    let o = env.output(&args[..]);
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    assert_eq!(query_i64(&to, "SELECT count(*) FROM m"), 2000);
+}
+
+/// SIGKILL at spread moments of `restore --at POINT --in-place`, alternating between two
+/// points A and B: after every kill the live file opens, passes `integrity_check` and holds
+/// exactly A's or B's rows — never half of one — and the next restore still succeeds.
+#[test]
+fn sigkill_during_restore_at_in_place_leaves_the_old_or_the_new_file() {
+    let env = TestEnv::new();
+    let (db, dir) = chain_setup(&env);
+    let c = rusqlite::Connection::open(&db).unwrap();
+    c.execute_batch(
+        "WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM k WHERE i < 8000)
+         INSERT INTO n(id, pad) SELECT i, randomblob(1000) FROM k;",
+    )
+    .unwrap();
+    drop(c);
+    env.run_ok(&["run", "app", "backup"]);
+    insert(&db, 30000, 30100);
+    env.run_ok(&["run", "app", "incremental"]);
+    let c = rusqlite::Connection::open(&db).unwrap();
+    c.execute("DELETE FROM n WHERE id % 3 = 0", []).unwrap();
+    drop(c);
+    env.run_ok(&["run", "app", "incremental"]);
+    let points = local_deltas(&dir);
+    let at: Vec<String> = points
+        .iter()
+        .map(|p| p["created_at"].as_str().unwrap().to_string())
+        .collect();
+    // The rows of each point, from a restore of it beside.
+    let want: Vec<Vec<i64>> = (0..2)
+        .map(|i| {
+            let to = env.path(&format!("p{i}.db"));
+            env.restore_ok(&["app", "--at", &at[i]], &to);
+            ids(&to)
+        })
+        .collect();
+    assert_ne!(want[0], want[1]);
+    // How long one in-place restore takes here.
+    let clock = std::time::Instant::now();
+    env.run_ok(&["restore", "app", "--at", &at[0], "--in-place"]);
+    let took = clock.elapsed();
+    assert_eq!(ids(&db), want[0]);
+    let mut current = 0;
+    for k in 0..10u32 {
+        let target = 1 - current;
+        let delay = took * k / 10;
+        let mut child = env
+            .std_cmd()
+            .args(["restore", "app", "--at", &at[target], "--in-place"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        let _ = child.kill();
+        let status = child.wait().unwrap();
+        let now = ids(&db);
+        let c = rusqlite::Connection::open(&db).unwrap();
+        let check: String = c
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        drop(c);
+        assert_eq!(check, "ok", "kill {k} after {delay:?}");
+        assert!(
+            now == want[0] || now == want[1],
+            "kill {k} after {delay:?} ({status}): {} rows, neither point",
+            now.len()
+        );
+        current = if now == want[target] { target } else { current };
+    }
+    // A restore after the kills finishes.
+    env.run_ok(&["restore", "app", "--at", &at[1 - current], "--in-place"]);
+    assert_eq!(ids(&db), want[1 - current]);
+    // No temp a killed restore left stays beside the live file (the kept `.pre-restore-`
+    // copies of replaced files are the restore's, by design).
+    let beside: Vec<String> = crate::util::names(db.parent().unwrap())
+        .into_iter()
+        .filter(|n| n.starts_with("app") && !n.contains(".pre-restore-"))
+        .collect();
+    assert!(
+        beside
+            .iter()
+            .all(|n| ["app.db", "app.db-wal", "app.db-shm"].contains(&n.as_str())),
+        "{beside:?}"
+    );
 }

@@ -1,5 +1,5 @@
 //! `check`'s look at each `[[remote]]` the checked databases copy to: a credentials file
-//! others can read (a warning), then a probe of the store itself — credentials read,
+//! or a drill's age identity others can read (a warning), then a probe of the store itself — credentials read,
 //! endpoint reached, bucket present and writable: a small probe object encrypted to the
 //! remote's recipients is put under `{prefix}/.litekeeper-check/`, read back and compared,
 //! listed, and deleted. With `--identity FILE` the probe is also decrypted with it, which
@@ -13,7 +13,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::{Config, Credentials, Remote};
+use crate::config::{Config, Credentials, Identity, Remote};
 use crate::remote::{Kind, RemoteError, Store};
 
 /// Longest wait for one request of the probe (a remote's own `timeout` when shorter).
@@ -50,6 +50,22 @@ pub(super) fn check(
             return (1, 0);
         }
     };
+    for db in &config.databases {
+        if selected.is_some_and(|s| !s.contains(&db.name)) {
+            continue;
+        }
+        let Some(Identity::File(p)) = db.drill.as_ref().and_then(|d| d.identity.as_ref()) else {
+            continue;
+        };
+        if let Some(mode) = loose_mode(p) {
+            warnings += 1;
+            println!(
+                "{}: warning: drill.identity {} holds an age secret key and is readable by group or others (mode {mode:o}); chmod 600 it",
+                db.name,
+                p.display()
+            );
+        }
+    }
     for r in used(config, selected) {
         if let Some(w) = credentials_warning(r) {
             warnings += 1;
@@ -65,6 +81,13 @@ pub(super) fn check(
         }
     }
     (errors, warnings)
+}
+
+/// The permission bits of the file at `p` when group or others may read or write it.
+fn loose_mode(p: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(p).ok()?.permissions().mode() & 0o777;
+    (mode & 0o077 != 0).then_some(mode)
 }
 
 /// A credentials file others can read gives away the store's keys.

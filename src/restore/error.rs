@@ -69,7 +69,8 @@ pub enum RestoreError {
     NoPointBefore {
         dir: PathBuf,
         database: String,
-        at: chrono::DateTime<chrono::Utc>,
+        /// `now` or a UTC time.
+        at: String,
     },
     #[error("{}: cannot build point {point}: {cause}", dir.display())]
     Chain {

@@ -128,15 +128,51 @@ fn select_at_series(db: &Database, at: At, series: &str) -> Result<BackupSource,
         .ok_or_else(|| RestoreError::NoPointBefore {
             dir: dir.clone(),
             database: db.name.clone(),
-            at: until,
+            at: at.to_string(),
         })?;
     let target = chain::deltas_of(&manifest, &db.name, series)
         .filter(|d| d.base == full.file && d.created_at <= until)
         .max_by_key(|d| (d.created_at, d.sequence))
         .cloned();
-    match target {
-        None => select(db, Some(&full.file)),
-        Some(t) => with_deltas(db, &dir, &manifest, &t),
+    let mut source = match &target {
+        None => select(db, Some(&full.file))?,
+        Some(t) => with_deltas(db, &dir, &manifest, t)?,
+    };
+    // A newer point at or before `at` on a chain whose full backup is gone: what is restored
+    // is older than asked, and says so.
+    let newer = chain::deltas_of(&manifest, &db.name, series)
+        .filter(|d| d.base != full.file && d.created_at <= until)
+        .filter(|d| d.created_at > target.as_ref().map_or(full.created_at, |t| t.created_at))
+        .max_by_key(|d| (d.created_at, d.sequence));
+    if let Some(n) = newer {
+        let lost = Broken {
+            link: n.base.clone(),
+            why: "the full backup its chain starts from is not in the backup directory".into(),
+            wanted: n.file.clone(),
+        };
+        match &mut source.point {
+            Some(p) => {
+                p.broken.get_or_insert(lost);
+            }
+            None => {
+                source.point = Some(Point::reached(
+                    &full.file,
+                    full.created_at,
+                    Vec::new(),
+                    Some(lost),
+                ))
+            }
+        }
+    }
+    Ok(source)
+}
+
+impl std::fmt::Display for At {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            At::Latest => f.write_str("now"),
+            At::Time(t) => write!(f, "{}", t.format("%Y-%m-%d %H:%M:%S UTC")),
+        }
     }
 }
 

@@ -333,6 +333,37 @@ pub(crate) fn fetch_at(
                 broken,
             ));
         }
+        // A newer point at or before `at` on a chain whose full copy is not in the manifest:
+        // what is restored is older than asked, and says so (as a local chain does).
+        let reached = target.map_or(full.backup_time, |t| t.copy.backup_time);
+        let newer = o
+            .manifest
+            .deltas
+            .iter()
+            .filter(|d| d.copy.series == s.series && d.base != full.local_file)
+            .filter(|d| d.copy.backup_time <= until && d.copy.backup_time > reached)
+            .max_by_key(|d| (d.copy.backup_time, d.sequence));
+        if let Some(n) = newer {
+            let lost = Broken {
+                link: n.base.clone(),
+                why: "the full copy its chain starts from is missing from the remote manifest"
+                    .into(),
+                wanted: n.copy.local_file.clone(),
+            };
+            match &mut source.point {
+                Some(p) => {
+                    p.broken.get_or_insert(lost);
+                }
+                None => {
+                    source.point = Some(Point::reached(
+                        &full.local_file,
+                        full.backup_time,
+                        Vec::new(),
+                        Some(lost),
+                    ))
+                }
+            }
+        }
         sources.push(source);
     }
     guard.0 = None;
