@@ -166,25 +166,6 @@ fn probe(
 ) -> Result<String, (Step, RemoteError)> {
     let at = |step: Step| move |e: RemoteError| (step, e);
     let started = Instant::now();
-    // A missing directory is reported, not created: it may be an unmounted NAS.
-    if let crate::config::Target::Dir { dir } = &remote.target {
-        if !dir.is_dir() {
-            return Err((
-                Step::Open,
-                RemoteError {
-                    remote: remote.name.clone(),
-                    url: remote.url.clone(),
-                    what: "opening the directory".into(),
-                    cause: format!(
-                        "{} does not exist or is not a directory (is the disk or NAS mounted?)",
-                        dir.display()
-                    ),
-                    code: crate::domain::ExitCode::NoInput,
-                    kind: Kind::NoDirectory,
-                },
-            ));
-        }
-    }
     let mut r = (**remote).clone();
     r.timeout = r.timeout.min(PROBE_TIMEOUT);
     let store = Store::open(Arc::new(r)).map_err(at(Step::Open))?;

@@ -81,12 +81,17 @@ impl Store {
         let mut secrets = Vec::new();
         let inner: Arc<dyn ObjectStore> = match &remote.target {
             Target::Dir { dir } => {
-                if let Err(e) = std::fs::create_dir_all(dir) {
+                // Never created here: a missing directory may be an unmounted disk or NAS, and
+                // copies written into its empty mount point would sit on the host they protect.
+                if !dir.is_dir() {
                     return Err(fail(
                         &remote,
-                        "creating the directory",
-                        e.to_string(),
-                        ExitCode::CantCreate,
+                        "opening the directory",
+                        format!(
+                            "{} does not exist or is not a directory (is the disk or NAS mounted?)",
+                            dir.display()
+                        ),
+                        ExitCode::NoInput,
                         Kind::NoDirectory,
                     ));
                 }

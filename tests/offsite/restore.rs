@@ -204,5 +204,6 @@ fn restore_from_a_server_that_checks_signatures_after_losing_the_local_backups()
 fn restore_from_a_file_remote_after_losing_the_local_backups() {
     let env = TestEnv::new();
     let dir = env.path("nas");
+    std::fs::create_dir(&dir).unwrap();
     suite(&env, Kind::Dir(dir));
 }

@@ -83,12 +83,36 @@ fn file_remote_copy_decrypts_to_the_local_backup() {
             "url = \"file://{}\"\nencrypt_to = [\"{public}\"]\n",
             nas.display()
         ),
-        "compress = \"zstd\"",
+        "compress = \"zstd\"\nkeep = { last = 5 }",
     );
+    // The directory is missing (an unmounted NAS?): never created, the copy waits.
+    let o = env.cmd().args(["run", "chat", "backup"]).output().unwrap();
+    assert_ne!(o.status.code(), Some(0), "{}", both(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    let line = err
+        .lines()
+        .find(|l| l.contains("remote \"offsite\""))
+        .unwrap_or_else(|| panic!("no line names the remote: {err}"));
+    assert!(
+        line.contains(&format!("{} does not exist", nas.display())),
+        "{line}"
+    );
+    assert!(!nas.exists(), "the remote's directory was created");
+    assert_eq!(local_backups(&env).len(), 1);
+    std::fs::create_dir(&nas).unwrap();
     let o = env.cmd().args(["run", "chat", "backup"]).output().unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let stored: Vec<String> = std::fs::read_dir(nas.join("chat"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".age"))
+        .collect();
+    assert_eq!(
+        stored.len(),
+        2,
+        "the pending copy was not stored: {stored:?}"
+    );
     let local = local_backups(&env);
-    assert_eq!(local.len(), 1);
     assert!(local[0].ends_with(".db.zst"), "{local:?}");
     let local_bytes = std::fs::read(env.path("backups").join(&local[0])).unwrap();
     let stored = std::fs::read(nas.join("chat").join(format!("{}.age", local[0]))).unwrap();
