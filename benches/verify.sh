@@ -9,7 +9,8 @@
 # run: `sqlite3 .backup` + sync, litekeeper backup with verify = "none" and "quick" (and, with
 # LITEKEEPER_BEFORE=path, "quick" with that other binary, e.g. a build of the previous commit).
 # Prints the medians, each as × `sqlite3 .backup` speed, then one debug-logged quick run's
-# phases: the copy, the fsync, each check (quick_check, foreign_key_check, row counts).
+# phases: the copy, the SHA-256 behind it, the fsync, each check (quick_check, foreign_key_check,
+# row counts).
 # Environment: BENCH_DIR (default ${TMPDIR:-/tmp}/litekeeper-bench), BENCH_RUNS, LITEKEEPER_BIN
 # (default: cargo build --release), LITEKEEPER_BEFORE. Needs sqlite3, python3, hyperfine.
 set -euo pipefail
@@ -66,7 +67,7 @@ PY
     rm -rf "$o"; mkdir -p "$o"; sync
     echo "phases of one verify=quick run (LITEKEEPER_LOG=debug):"
     LITEKEEPER_LOG=debug "$bin" -c "$W/lk/quick.toml" run bench backup 2>&1 \
-      | grep -E "quick_check|copy [0-9]+ ms|file copy," | sed -e "s#$W#<work>#g" -e 's/^/  /'
+      | grep -E "quick_check|copy [0-9]+ ms|file copy,|SHA-256 of" | sed -e "s#$W#<work>#g" -e 's/^/  /'
     rm -rf "$o"
   done
 done
