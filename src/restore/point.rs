@@ -150,21 +150,26 @@ fn select_at_series(db: &Database, at: At, series: &str) -> Result<BackupSource,
             why: "the full backup its chain starts from is not in the backup directory".into(),
             wanted: n.file.clone(),
         };
-        match &mut source.point {
-            Some(p) => {
-                p.broken.get_or_insert(lost);
-            }
-            None => {
-                source.point = Some(Point::reached(
-                    &full.file,
-                    full.created_at,
-                    Vec::new(),
-                    Some(lost),
-                ))
-            }
-        }
+        lost_newer(&mut source, &full.file, full.created_at, lost);
     }
     Ok(source)
+}
+
+/// Record on `source` (the full backup `full` made at `full_time`, with or without deltas)
+/// that a newer point at or before `--at` cannot be reached: `lost` says which and why,
+/// unless a broken link of its own way is already named.
+pub(crate) fn lost_newer(
+    source: &mut BackupSource,
+    full: &str,
+    full_time: DateTime<Utc>,
+    lost: Broken,
+) {
+    match &mut source.point {
+        Some(p) => {
+            p.broken.get_or_insert(lost);
+        }
+        None => source.point = Some(Point::reached(full, full_time, Vec::new(), Some(lost))),
+    }
 }
 
 impl std::fmt::Display for At {

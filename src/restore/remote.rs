@@ -350,19 +350,7 @@ pub(crate) fn fetch_at(
                     .into(),
                 wanted: n.copy.local_file.clone(),
             };
-            match &mut source.point {
-                Some(p) => {
-                    p.broken.get_or_insert(lost);
-                }
-                None => {
-                    source.point = Some(Point::reached(
-                        &full.local_file,
-                        full.backup_time,
-                        Vec::new(),
-                        Some(lost),
-                    ))
-                }
-            }
+            super::point::lost_newer(&mut source, &full.local_file, full.backup_time, lost);
         }
         sources.push(source);
     }
