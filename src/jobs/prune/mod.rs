@@ -18,6 +18,7 @@
 //! never followed, nothing outside the directory is touched, and a rule whose reference query
 //! returns nothing deletes nothing (unless `allow_empty_reference`).
 
+mod checkpointer;
 mod files;
 mod rows;
 mod schema;
@@ -343,14 +344,20 @@ fn summarize(
         figures.max_batch_ms = Some(max_ms);
         let sum =
             |f: fn(&RuleFigures) -> Option<u64>| -> u64 { reports.iter().filter_map(f).sum() };
-        let (locked, select, paused, checkpoint) = (
+        let (locked, select, paused, checkpoint, background) = (
             sum(|r| r.locked_ms),
             sum(|r| r.select_ms),
             sum(|r| r.paused_ms),
             sum(|r| r.checkpoint_ms),
+            sum(|r| r.checkpoint_bg_ms),
         );
+        let background = if background > 0 {
+            format!(" + {background} ms on a second thread")
+        } else {
+            String::new()
+        };
         format!(
-            "deleted {rows} rows{with_dependants} in {batches} batches (longest {max_ms} ms; {locked} ms holding the write lock, {select} ms finding rows, {paused} ms paused, {checkpoint} ms checkpointing) and {files} files ({}){}{}{refused_note}",
+            "deleted {rows} rows{with_dependants} in {batches} batches (longest {max_ms} ms; {locked} ms holding the write lock, {select} ms finding rows, {paused} ms paused, {checkpoint} ms checkpointing{background}) and {files} files ({}){}{}{refused_note}",
             human_bytes(bytes),
             over.concat(),
             stopped_early.map(|s| format!("; {s}")).unwrap_or_default()

@@ -8,6 +8,7 @@ use rusqlite::{params_from_iter, Connection};
 
 use super::super::prune_batch::{lock_aim, LockModel, Pacer, FIRST_BATCH};
 use super::super::prune_fk;
+use super::checkpointer::Checkpointer;
 use super::schema::{KeyCols, Resolved};
 use super::{add_dependant, sql_err};
 use crate::config::Prune;
@@ -213,6 +214,29 @@ fn batches(
     let conn: &Connection = ctx.conn;
     let sql = BatchSql::new(conn, r, end)?;
     let _sync = CommitWithoutFsync::new(conn, &r.schema);
+    // Declared after `_sync`, so dropped first: its thread has ended before the settings
+    // come back.
+    let background = Checkpointer::start(conn, &r.schema);
+    let done = batch_loop(ctx, prune, r, &sql, background.as_ref(), budget, rep, times);
+    if let Some(b) = &background {
+        times.background = b.spent();
+    }
+    done
+}
+
+/// The batches of one rule, checkpointed by `background` when there is one (else inline).
+#[allow(clippy::too_many_arguments)]
+fn batch_loop(
+    ctx: &JobCtx<'_>,
+    prune: &Prune,
+    r: &Resolved,
+    sql: &BatchSql,
+    background: Option<&Checkpointer>,
+    budget: &mut Option<u64>,
+    rep: &mut RuleFigures,
+    times: &mut Times,
+) -> Result<(), JobError> {
+    let conn: &Connection = ctx.conn;
     let target = prune.max_lock.as_secs_f64().max(0.000_1);
     let aim = lock_aim(prune.max_lock).as_secs_f64().max(0.000_1);
     let mut model = LockModel::default();
@@ -240,7 +264,11 @@ fn batches(
         let hi = sql.last_key(conn, r)?;
         let select = selecting.elapsed();
         times.select += select;
-        // 2. Dependants, then the batch, in one short write transaction.
+        // 2. Dependants, then the batch, in one short write transaction (first, past the WAL's
+        // bound, the background checkpoint catches up so this write restarts the WAL).
+        if let Some(b) = background {
+            times.checkpoint += b.restart_wal(conn, &r.schema);
+        }
         let batch = write_batch(conn, &sql.statements, &r.params, &sql.version, &r.label)?;
         let writers = version.is_some_and(|v| v != batch.version);
         version = Some(batch.version);
@@ -256,11 +284,18 @@ fn batches(
         }
         lo = Some(hi);
         // 4. Let the app's writers in, and meanwhile checkpoint what the batch wrote: the
-        // app's next commit then finds a short WAL instead of running a checkpoint of our
-        // pages itself (its auto-checkpoint, 1000 pages by default, fsyncs inside its commit).
+        // app's next commit then finds a short WAL, or the checkpoint lock taken, instead of
+        // running a checkpoint of our pages itself (its auto-checkpoint, 1000 pages by
+        // default, fsyncs inside its commit). In the background when it can, overlapping the
+        // next batch; `request` returns once the checkpoint runs.
         let gap = Instant::now();
         let window = pacer.next(batch.held, writers);
-        let _ = conn.query_row(&sql.checkpoint, [], |_| Ok(()));
+        match background {
+            Some(b) => b.request(),
+            None => {
+                let _ = conn.query_row(&sql.checkpoint, [], |_| Ok(()));
+            }
+        }
         let checkpointed = gap.elapsed();
         times.checkpoint += checkpointed;
         let through = wait_for_writer(
@@ -328,6 +363,8 @@ struct Times {
     select: Duration,
     locked: Duration,
     checkpoint: Duration,
+    /// Time the background checkpoint thread spent (beside the job's own).
+    background: Duration,
     paused: Duration,
 }
 
@@ -337,6 +374,9 @@ impl Times {
         rep.select_ms = whole(self.select);
         rep.locked_ms = whole(self.locked);
         rep.checkpoint_ms = whole(self.checkpoint);
+        rep.checkpoint_bg_ms = (!self.background.is_zero())
+            .then(|| whole(self.background))
+            .flatten();
         rep.paused_ms = whole(self.paused);
     }
 }
