@@ -10,9 +10,12 @@
 //! never `rowid IN (SELECT … LIMIT n)` re-scans; on a rowid table the walk ends at the highest
 //! rowid the rule matched when it was counted (rows matching only later, above it, wait for
 //! the next run). N adapts (dependants included) so one transaction holds the write lock for
-//! at most `max_lock`, aiming at the last retry of a held-off writer's busy handler within it;
-//! between batches the job checkpoints the WAL (PASSIVE) and pauses until the app's writer
-//! got in (`prune_batch::Pacer`), or for a fixed `pause`.
+//! at most `max_lock`, aiming at the last retry of a held-off writer's busy handler within it.
+//! After each batch a PASSIVE checkpoint of the WAL starts on a second connection and thread
+//! (`checkpointer`), overlapping the next batch, and the job finds the next batch's keys while
+//! the app's writers it held off get in; then it pauses until one of them committed
+//! (`prune_batch::Pacer`), or for a fixed `pause`. Past 24 MiB of WAL the job waits for the
+//! checkpoints to catch up, so the WAL restarts at its beginning.
 //!
 //! Files rules then compare a directory's entries with the ids a SELECT returns. Symlinks are
 //! never followed, nothing outside the directory is touched, and a rule whose reference query

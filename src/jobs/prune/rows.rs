@@ -1,5 +1,6 @@
 //! The keyset batch machinery of a row rule: one batch per short write transaction, sized
-//! by its measured lock time, and the WAL checkpoints around it.
+//! by its measured lock time; the next batch's keys found in the gap after it, while the
+//! app's writers get in; the WAL checkpoints (`checkpointer`) between them.
 
 use std::time::{Duration, Instant};
 
@@ -243,27 +244,34 @@ fn batch_loop(
     let mut pacer = Pacer::new(prune.pause);
     let progress = Progress::rows(&ctx.db.name, &r.label, rep.matched);
     progress.message("0 batches");
-    let mut lo: Option<Vec<Value>> = None;
     let mut last_found = FIRST_BATCH;
     let mut version = None;
+    let limit_for = |model: &LockModel, last_found: usize, budget: &Option<u64>| {
+        let n = model.rows_for(aim, last_found).clamp(MIN_BATCH, MAX_BATCH);
+        budget.map_or(n, |b| n.min(b as usize))
+    };
+    // 1. The keys of the first batch; each later batch's are found in the gap before it.
+    let (mut next, mut select_took) = select(
+        conn,
+        sql,
+        r,
+        &model,
+        aim,
+        None,
+        limit_for(&model, last_found, budget),
+    )?;
+    times.select += select_took;
     loop {
         ctx.checkpoint()?;
-        let n = model.rows_for(aim, last_found).clamp(MIN_BATCH, MAX_BATCH);
-        let limit = budget.map_or(n, |b| n.min(b as usize));
-        if limit == 0 {
+        let Some(Selected {
+            filled,
+            limit,
+            found,
+            hi,
+        }) = next
+        else {
             return Ok(());
-        }
-        // 1. The keys of the next batch, trimmed to fit the bound with their dependants.
-        let selecting = Instant::now();
-        let filled = sql.fill(conn, r, lo.as_deref(), limit)?;
-        if filled == 0 {
-            times.select += selecting.elapsed();
-            return Ok(());
-        }
-        let found = sql.trim_to_fit(conn, r, &model, aim, filled)?;
-        let hi = sql.last_key(conn, r)?;
-        let select = selecting.elapsed();
-        times.select += select;
+        };
         // 2. Dependants, then the batch, in one short write transaction (first, past the WAL's
         // bound, the background checkpoint catches up so this write restarts the WAL).
         if let Some(b) = background {
@@ -275,14 +283,13 @@ fn batch_loop(
         record(rep, &sql.plan, &batch, found, budget);
         times.locked += batch.held;
         // 3. Learn what a row costs under the lock; note what no batch size can bound.
-        learn(&mut model, rep, r, &batch, found, target, select);
+        learn(&mut model, rep, r, &batch, found, target, select_took);
         progress.set(rep.deleted);
         progress.message(format!("{} batches", rep.batches));
         last_found = found;
         if filled < limit && found == filled {
             return Ok(());
         }
-        lo = Some(hi);
         // 4. Let the app's writers in, and meanwhile checkpoint what the batch wrote: the
         // app's next commit then finds a short WAL, or the checkpoint lock taken, instead of
         // running a checkpoint of our pages itself (its auto-checkpoint, 1000 pages by
@@ -298,6 +305,14 @@ fn batch_loop(
         }
         let checkpointed = gap.elapsed();
         times.checkpoint += checkpointed;
+        // 5. While the writers the batch held off wake up (a read, no lock), find the next
+        // batch's keys; then wait out what is left of the gap.
+        let limit = limit_for(&model, last_found, budget);
+        (next, select_took) = select(conn, sql, r, &model, aim, Some(&hi), limit)?;
+        times.select += select_took;
+        if next.is_none() {
+            return Ok(());
+        }
         let through = wait_for_writer(
             conn,
             &sql.version,
@@ -305,12 +320,14 @@ fn batch_loop(
             gap + window,
             prune.pause.is_none(),
         );
-        times.paused += gap.elapsed().saturating_sub(checkpointed);
+        let waited = gap.elapsed().saturating_sub(checkpointed + select_took);
+        times.paused += waited;
         tracing::debug!(
-            "{} gap: checkpoint {:.1} ms, then {:.1} ms until {} (window {:.1} ms)",
+            "{} gap: checkpoint {:.1} ms, next batch found in {:.1} ms, then {:.1} ms until {} (window {:.1} ms)",
             r.label,
             ms(checkpointed),
-            ms(gap.elapsed().saturating_sub(checkpointed)),
+            ms(select_took),
+            ms(waited),
             if through {
                 "a writer committed"
             } else {
@@ -319,6 +336,46 @@ fn batch_loop(
             ms(window)
         );
     }
+}
+
+/// The next batch's keys in the temp table, trimmed to fit the bound with their dependants.
+struct Selected {
+    /// Rows found (up to `limit`), and kept after trimming.
+    filled: usize,
+    limit: usize,
+    found: usize,
+    /// The batch's last key: the next batch starts after it.
+    hi: Vec<Value>,
+}
+
+/// Find the next batch: up to `limit` matching rows after `lo` (None at the rule's end or
+/// when the budget is spent), and the time that took.
+fn select(
+    conn: &Connection,
+    sql: &BatchSql,
+    r: &Resolved,
+    model: &LockModel,
+    aim: f64,
+    lo: Option<&[Value]>,
+    limit: usize,
+) -> Result<(Option<Selected>, Duration), JobError> {
+    let t = Instant::now();
+    if limit == 0 {
+        return Ok((None, t.elapsed()));
+    }
+    let filled = sql.fill(conn, r, lo, limit)?;
+    if filled == 0 {
+        return Ok((None, t.elapsed()));
+    }
+    let found = sql.trim_to_fit(conn, r, model, aim, filled)?;
+    let hi = sql.last_key(conn, r)?;
+    let selected = Selected {
+        filled,
+        limit,
+        found,
+        hi,
+    };
+    Ok((Some(selected), t.elapsed()))
 }
 
 /// The gap after a batch: until `until`, or (`early`, the adaptive pause) until another
