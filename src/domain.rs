@@ -335,6 +335,10 @@ pub struct RuleFigures {
     pub locked_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub checkpoint_ms: Option<u64>,
+    /// Time a second thread spent checkpointing the WAL while the batches went on (beside
+    /// `checkpoint_ms`, the job's own time running or waiting for checkpoints).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint_bg_ms: Option<u64>,
     /// Set when a batch of a single row (and its dependants) held the lock longer than
     /// `max_lock`: the longest such batch, in ms. No batch size can keep the bound then.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -10,14 +10,18 @@
 //! never `rowid IN (SELECT … LIMIT n)` re-scans; on a rowid table the walk ends at the highest
 //! rowid the rule matched when it was counted (rows matching only later, above it, wait for
 //! the next run). N adapts (dependants included) so one transaction holds the write lock for
-//! at most `max_lock`, aiming at the last retry of a held-off writer's busy handler within it;
-//! between batches the job checkpoints the WAL (PASSIVE) and pauses until the app's writer
-//! got in (`prune_batch::Pacer`), or for a fixed `pause`.
+//! at most `max_lock`, aiming at the last retry of a held-off writer's busy handler within it.
+//! After each batch a PASSIVE checkpoint of the WAL starts on a second connection and thread
+//! (`checkpointer`), overlapping the next batch, and the job finds the next batch's keys while
+//! the app's writers it held off get in; then it pauses until one of them committed
+//! (`prune_batch::Pacer`), or for a fixed `pause`. Past 24 MiB of WAL the job waits for the
+//! checkpoints to catch up, so the WAL restarts at its beginning.
 //!
 //! Files rules then compare a directory's entries with the ids a SELECT returns. Symlinks are
 //! never followed, nothing outside the directory is touched, and a rule whose reference query
 //! returns nothing deletes nothing (unless `allow_empty_reference`).
 
+mod checkpointer;
 mod files;
 mod rows;
 mod schema;
@@ -343,14 +347,20 @@ fn summarize(
         figures.max_batch_ms = Some(max_ms);
         let sum =
             |f: fn(&RuleFigures) -> Option<u64>| -> u64 { reports.iter().filter_map(f).sum() };
-        let (locked, select, paused, checkpoint) = (
+        let (locked, select, paused, checkpoint, background) = (
             sum(|r| r.locked_ms),
             sum(|r| r.select_ms),
             sum(|r| r.paused_ms),
             sum(|r| r.checkpoint_ms),
+            sum(|r| r.checkpoint_bg_ms),
         );
+        let background = if background > 0 {
+            format!(" + {background} ms on a second thread")
+        } else {
+            String::new()
+        };
         format!(
-            "deleted {rows} rows{with_dependants} in {batches} batches (longest {max_ms} ms; {locked} ms holding the write lock, {select} ms finding rows, {paused} ms paused, {checkpoint} ms checkpointing) and {files} files ({}){}{}{refused_note}",
+            "deleted {rows} rows{with_dependants} in {batches} batches (longest {max_ms} ms; {locked} ms holding the write lock, {select} ms finding rows, {paused} ms paused, {checkpoint} ms checkpointing{background}) and {files} files ({}){}{}{refused_note}",
             human_bytes(bytes),
             over.concat(),
             stopped_early.map(|s| format!("; {s}")).unwrap_or_default()

@@ -1,5 +1,6 @@
 //! The keyset batch machinery of a row rule: one batch per short write transaction, sized
-//! by its measured lock time, and the WAL checkpoints around it.
+//! by its measured lock time; the next batch's keys found in the gap after it, while the
+//! app's writers get in; the WAL checkpoints (`checkpointer`) between them.
 
 use std::time::{Duration, Instant};
 
@@ -8,6 +9,7 @@ use rusqlite::{params_from_iter, Connection};
 
 use super::super::prune_batch::{lock_aim, LockModel, Pacer, FIRST_BATCH};
 use super::super::prune_fk;
+use super::checkpointer::Checkpointer;
 use super::schema::{KeyCols, Resolved};
 use super::{add_dependant, sql_err};
 use crate::config::Prune;
@@ -213,56 +215,104 @@ fn batches(
     let conn: &Connection = ctx.conn;
     let sql = BatchSql::new(conn, r, end)?;
     let _sync = CommitWithoutFsync::new(conn, &r.schema);
+    // Declared after `_sync`, so dropped first: its thread has ended before the settings
+    // come back.
+    let background = Checkpointer::start(conn, &r.schema);
+    let done = batch_loop(ctx, prune, r, &sql, background.as_ref(), budget, rep, times);
+    if let Some(b) = &background {
+        times.background = b.spent();
+    }
+    done
+}
+
+/// The batches of one rule, checkpointed by `background` when there is one (else inline).
+#[allow(clippy::too_many_arguments)]
+fn batch_loop(
+    ctx: &JobCtx<'_>,
+    prune: &Prune,
+    r: &Resolved,
+    sql: &BatchSql,
+    background: Option<&Checkpointer>,
+    budget: &mut Option<u64>,
+    rep: &mut RuleFigures,
+    times: &mut Times,
+) -> Result<(), JobError> {
+    let conn: &Connection = ctx.conn;
     let target = prune.max_lock.as_secs_f64().max(0.000_1);
     let aim = lock_aim(prune.max_lock).as_secs_f64().max(0.000_1);
     let mut model = LockModel::default();
     let mut pacer = Pacer::new(prune.pause);
     let progress = Progress::rows(&ctx.db.name, &r.label, rep.matched);
     progress.message("0 batches");
-    let mut lo: Option<Vec<Value>> = None;
     let mut last_found = FIRST_BATCH;
     let mut version = None;
+    let limit_for = |model: &LockModel, last_found: usize, budget: &Option<u64>| {
+        let n = model.rows_for(aim, last_found).clamp(MIN_BATCH, MAX_BATCH);
+        budget.map_or(n, |b| n.min(b as usize))
+    };
+    // 1. The keys of the first batch; each later batch's are found in the gap before it.
+    let (mut next, mut select_took) = select(
+        conn,
+        sql,
+        r,
+        &model,
+        aim,
+        None,
+        limit_for(&model, last_found, budget),
+    )?;
+    times.select += select_took;
     loop {
         ctx.checkpoint()?;
-        let n = model.rows_for(aim, last_found).clamp(MIN_BATCH, MAX_BATCH);
-        let limit = budget.map_or(n, |b| n.min(b as usize));
-        if limit == 0 {
+        let Some(Selected {
+            filled,
+            limit,
+            found,
+            hi,
+        }) = next
+        else {
             return Ok(());
+        };
+        // 2. Dependants, then the batch, in one short write transaction (first, past the WAL's
+        // bound, the background checkpoint catches up so this write restarts the WAL).
+        if let Some(b) = background {
+            times.checkpoint += b.restart_wal(conn, &r.schema);
         }
-        // 1. The keys of the next batch, trimmed to fit the bound with their dependants.
-        let selecting = Instant::now();
-        let filled = sql.fill(conn, r, lo.as_deref(), limit)?;
-        if filled == 0 {
-            times.select += selecting.elapsed();
-            return Ok(());
-        }
-        let found = sql.trim_to_fit(conn, r, &model, aim, filled)?;
-        let hi = sql.last_key(conn, r)?;
-        let select = selecting.elapsed();
-        times.select += select;
-        // 2. Dependants, then the batch, in one short write transaction.
         let batch = write_batch(conn, &sql.statements, &r.params, &sql.version, &r.label)?;
         let writers = version.is_some_and(|v| v != batch.version);
         version = Some(batch.version);
         record(rep, &sql.plan, &batch, found, budget);
         times.locked += batch.held;
         // 3. Learn what a row costs under the lock; note what no batch size can bound.
-        learn(&mut model, rep, r, &batch, found, target, select);
+        learn(&mut model, rep, r, &batch, found, target, select_took);
         progress.set(rep.deleted);
         progress.message(format!("{} batches", rep.batches));
         last_found = found;
         if filled < limit && found == filled {
             return Ok(());
         }
-        lo = Some(hi);
         // 4. Let the app's writers in, and meanwhile checkpoint what the batch wrote: the
-        // app's next commit then finds a short WAL instead of running a checkpoint of our
-        // pages itself (its auto-checkpoint, 1000 pages by default, fsyncs inside its commit).
+        // app's next commit then finds a short WAL, or the checkpoint lock taken, instead of
+        // running a checkpoint of our pages itself (its auto-checkpoint, 1000 pages by
+        // default, fsyncs inside its commit). In the background when it can, overlapping the
+        // next batch; `request` returns once the checkpoint runs.
         let gap = Instant::now();
         let window = pacer.next(batch.held, writers);
-        let _ = conn.query_row(&sql.checkpoint, [], |_| Ok(()));
+        match background {
+            Some(b) => b.request(),
+            None => {
+                let _ = conn.query_row(&sql.checkpoint, [], |_| Ok(()));
+            }
+        }
         let checkpointed = gap.elapsed();
         times.checkpoint += checkpointed;
+        // 5. While the writers the batch held off wake up (a read, no lock), find the next
+        // batch's keys; then wait out what is left of the gap.
+        let limit = limit_for(&model, last_found, budget);
+        (next, select_took) = select(conn, sql, r, &model, aim, Some(&hi), limit)?;
+        times.select += select_took;
+        if next.is_none() {
+            return Ok(());
+        }
         let through = wait_for_writer(
             conn,
             &sql.version,
@@ -270,12 +320,14 @@ fn batches(
             gap + window,
             prune.pause.is_none(),
         );
-        times.paused += gap.elapsed().saturating_sub(checkpointed);
+        let waited = gap.elapsed().saturating_sub(checkpointed + select_took);
+        times.paused += waited;
         tracing::debug!(
-            "{} gap: checkpoint {:.1} ms, then {:.1} ms until {} (window {:.1} ms)",
+            "{} gap: checkpoint {:.1} ms, next batch found in {:.1} ms, then {:.1} ms until {} (window {:.1} ms)",
             r.label,
             ms(checkpointed),
-            ms(gap.elapsed().saturating_sub(checkpointed)),
+            ms(select_took),
+            ms(waited),
             if through {
                 "a writer committed"
             } else {
@@ -284,6 +336,46 @@ fn batches(
             ms(window)
         );
     }
+}
+
+/// The next batch's keys in the temp table, trimmed to fit the bound with their dependants.
+struct Selected {
+    /// Rows found (up to `limit`), and kept after trimming.
+    filled: usize,
+    limit: usize,
+    found: usize,
+    /// The batch's last key: the next batch starts after it.
+    hi: Vec<Value>,
+}
+
+/// Find the next batch: up to `limit` matching rows after `lo` (None at the rule's end or
+/// when the budget is spent), and the time that took.
+fn select(
+    conn: &Connection,
+    sql: &BatchSql,
+    r: &Resolved,
+    model: &LockModel,
+    aim: f64,
+    lo: Option<&[Value]>,
+    limit: usize,
+) -> Result<(Option<Selected>, Duration), JobError> {
+    let t = Instant::now();
+    if limit == 0 {
+        return Ok((None, t.elapsed()));
+    }
+    let filled = sql.fill(conn, r, lo, limit)?;
+    if filled == 0 {
+        return Ok((None, t.elapsed()));
+    }
+    let found = sql.trim_to_fit(conn, r, model, aim, filled)?;
+    let hi = sql.last_key(conn, r)?;
+    let selected = Selected {
+        filled,
+        limit,
+        found,
+        hi,
+    };
+    Ok((Some(selected), t.elapsed()))
 }
 
 /// The gap after a batch: until `until`, or (`early`, the adaptive pause) until another
@@ -328,6 +420,8 @@ struct Times {
     select: Duration,
     locked: Duration,
     checkpoint: Duration,
+    /// Time the background checkpoint thread spent (beside the job's own).
+    background: Duration,
     paused: Duration,
 }
 
@@ -337,6 +431,9 @@ impl Times {
         rep.select_ms = whole(self.select);
         rep.locked_ms = whole(self.locked);
         rep.checkpoint_ms = whole(self.checkpoint);
+        rep.checkpoint_bg_ms = (!self.background.is_zero())
+            .then(|| whole(self.background))
+            .flatten();
         rep.paused_ms = whole(self.paused);
     }
 }
