@@ -472,3 +472,95 @@ fn a_remote_copy_carries_its_counts_and_a_copy_that_disagrees_fails_naming_the_t
     );
     assert_eq!(nas_copy(&env, &copy)["drill"]["verdict"], "ok");
 }
+
+/// Drills of a remote's chain points, the same on S3 and on a `file://` directory: `body` is
+/// the remote, `delete` removes one object (by name) from it.
+fn chain_points_suite(env: &TestEnv, body: &str, delete: &dyn Fn(&str)) {
+    let identity = env.path("identity.txt");
+    let db = env.path("chat.db");
+    config(
+        env,
+        &db,
+        body,
+        &format!(
+            "incremental = {{ keep = \"7d\" }}\n[database.drill]\nidentity = \"{}\"\nfrom = [\"offsite\"]\npick = \"newest+random\"\nassert = [\"SELECT count(*) >= 500 FROM m\"]\n",
+            identity.display()
+        ),
+    );
+    let o = run(env, &["run", "chat", "backup"]);
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    for k in 1..=3 {
+        super::chains::add_rows(&db, k * 1000, k * 1000 + 99);
+        let o = run(env, &["run", "chat", "incremental"]);
+        assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    }
+    let local: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(env.path("backups/manifest.json")).unwrap()).unwrap();
+    let full = local["backups"][0]["file"].as_str().unwrap().to_string();
+    let deltas: Vec<String> = local["deltas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["file"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(deltas.len(), 3, "{deltas:?}");
+    // The host is lost: the newest point comes back from the remote alone, its image proven,
+    // then one older point (a delta or the full) picked at random.
+    std::fs::remove_dir_all(env.path("backups")).unwrap();
+    let o = drill(env, &[], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let newest = &deltas[2];
+    for want in [
+        format!("{newest} from offsite"),
+        format!("image SHA-256 {newest} (3 delta(s) after {full}): as recorded: ok"),
+        "assert[0] \"SELECT count(*) >= 500 FROM m\": ok".into(),
+    ] {
+        assert!(out.contains(&want), "{want:?} not in {out}");
+    }
+    assert_eq!(out.matches("verdict: ok").count(), 2, "{out}");
+    let lines: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains(" from offsite:"))
+        .collect();
+    assert!(lines[0].contains(newest.as_str()), "{out}");
+    assert!(
+        [&deltas[0], &deltas[1], &full]
+            .iter()
+            .any(|f| lines[1].contains(f.as_str())),
+        "{out}"
+    );
+    // The middle delta is deleted from the store: the newest point fails, naming the link.
+    delete(&format!("{}.zst.age", deltas[1]));
+    let o = drill(env, &[newest], &[]);
+    assert_eq!(o.status.code(), Some(65), "{}", both(&o));
+    let text = both(&o);
+    assert!(
+        text.contains(&format!("{newest} (offsite)"))
+            && text.contains(&format!("is broken at {}", deltas[1]))
+            && text.contains(&format!("only {} restores", deltas[0])),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_drill_of_a_file_remote_restores_the_newest_chain_point_and_checks_its_image() {
+    let env = TestEnv::new();
+    let (_identity, public) = keygen(&env);
+    chat_db(&env);
+    std::fs::create_dir(env.path("nas")).unwrap();
+    let body = nas_body(&env, &public);
+    let nas = env.path("nas/chat");
+    chain_points_suite(&env, &body, &|o| std::fs::remove_file(nas.join(o)).unwrap());
+}
+
+#[test]
+fn a_drill_from_s3_restores_the_newest_chain_point_and_checks_its_image() {
+    let env = TestEnv::new();
+    let moto = Moto::start();
+    moto.bucket(BUCKET);
+    let (_identity, public) = keygen(&env);
+    chat_db(&env);
+    let body = s3_remote(&moto.endpoint(), &public);
+    chain_points_suite(&env, &body, &|o| moto.delete(&format!("lk/chat/{o}")));
+}
