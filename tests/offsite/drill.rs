@@ -276,8 +276,9 @@ fn a_missing_or_wrong_identity_is_one_clear_error() {
 }
 
 /// A `file://` remote in `nas/`: `chat` (500 rows, zstd) copied there, drilled from it as
-/// `drill` says; `backup_extra` lines in `[database.backup]`. The identity file.
-fn setup_dir(env: &TestEnv, backup_extra: &str, drill: &str) -> std::path::PathBuf {
+/// `drill` says; `backup_extra` lines in `[database.backup]`. The identity file and its
+/// public key.
+fn setup_dir(env: &TestEnv, backup_extra: &str, drill: &str) -> (std::path::PathBuf, String) {
     let (identity, public) = keygen(env);
     let db = chat_db(env);
     std::fs::create_dir(env.path("nas")).unwrap();
@@ -290,7 +291,7 @@ fn setup_dir(env: &TestEnv, backup_extra: &str, drill: &str) -> std::path::PathB
             identity.display()
         ),
     );
-    identity
+    (identity, public)
 }
 
 fn nas_body(env: &TestEnv, public: &str) -> String {
@@ -320,7 +321,7 @@ fn nas_copy(env: &TestEnv, file: &str) -> serde_json::Value {
 #[test]
 fn a_failed_drill_of_a_remote_copy_is_marked_there_listed_and_never_kept_as_newest_verified() {
     let env = TestEnv::new();
-    let identity = setup_dir(
+    let (identity, public) = setup_dir(
         &env,
         "keep = { last = 10 }\nremote_keep = { last = 2 }",
         "from = [\"offsite\"]",
@@ -372,12 +373,6 @@ fn a_failed_drill_of_a_remote_copy_is_marked_there_listed_and_never_kept_as_newe
 
     // Remote retention keeping one copy keeps the older, good one too: the newest verified.
     let db = env.path("chat.db");
-    let public = std::fs::read_to_string(&identity).unwrap();
-    let public = public
-        .lines()
-        .find_map(|l| l.strip_prefix("# public key: "))
-        .unwrap()
-        .to_string();
     config(
         &env,
         &db,
