@@ -394,16 +394,24 @@ fn write_plain(from: &Path, compressed: bool, tmp: &Path) -> Result<(), RestoreE
         path: from.to_path_buf(),
         cause,
     };
-    let mut reader: Box<dyn Read> = if compressed {
-        Box::new(zstd::stream::Decoder::new(input).map_err(unreadable)?)
-    } else {
-        Box::new(input)
-    };
     // Reading and writing fail for different reasons: a damaged backup, or a full disk.
     let unwritable = |cause| RestoreError::WriteTemp {
         dir: tmp.parent().unwrap_or(Path::new("/")).to_path_buf(),
         cause,
     };
+    if !compressed {
+        // File to file: std's copy uses copy_file_range(2) (in the kernel, no pass through
+        // user space; read/write where the file systems refuse it). Its error is either
+        // side's: a full disk or quota is the target's, anything else the backup's.
+        let mut input = input;
+        std::io::copy(&mut input, &mut out).map_err(|e| match e.raw_os_error() {
+            Some(libc::ENOSPC | libc::EDQUOT | libc::EFBIG) => unwritable(e),
+            _ => unreadable(e),
+        })?;
+        out.sync_all().map_err(unwritable)?;
+        return Ok(());
+    }
+    let mut reader = zstd::stream::Decoder::new(input).map_err(unreadable)?;
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let n = reader.read(&mut buf).map_err(unreadable)?;

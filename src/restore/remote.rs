@@ -220,36 +220,86 @@ pub(crate) fn fetch_into(
 }
 
 /// Download the delta `d` into `dir` as the local delta file it was made from (checked
-/// against the stored SHA-256 and the local file's); its manifest entry for `chain`.
+/// against the stored SHA-256 and the local file's); its manifest entry for `chain`, and how
+/// long decrypting and decompressing took.
 fn stage_delta(
-    o: &Opened,
+    store: &Store,
+    identities: &[Box<dyn age::Identity>],
     db: &Database,
     d: &DeltaCopy,
     dir: &Path,
-) -> Result<DeltaEntry, RemoteError> {
+) -> Result<(DeltaEntry, Downloaded), RemoteError> {
     let path = dir.join(&d.copy.local_file);
     let what = format!("staging {}", path.display());
     let mut out = std::io::BufWriter::new(
         archive::create_private(&path)
-            .map_err(|e| o.store.other(&what, e.to_string(), ExitCode::CantCreate))?,
+            .map_err(|e| store.other(&what, e.to_string(), ExitCode::CantCreate))?,
     );
     let downloaded = dir.join("download.age");
-    remote::download(
-        &o.store,
-        &db.name,
-        &d.copy,
-        &downloaded,
-        &o.identities,
-        &mut out,
-    )?;
+    let took = remote::download(store, &db.name, &d.copy, &downloaded, identities, &mut out)?;
     let _ = std::fs::remove_file(&downloaded);
     out.flush()
-        .map_err(|e| o.store.other(&what, e.to_string(), ExitCode::IoErr))?;
+        .map_err(|e| store.other(&what, e.to_string(), ExitCode::IoErr))?;
     drop(out);
     let size = std::fs::metadata(&path)
-        .map_err(|e| o.store.other(&what, e.to_string(), ExitCode::IoErr))?
+        .map_err(|e| store.other(&what, e.to_string(), ExitCode::IoErr))?
         .len();
-    Ok(d.entry(&db.name, size))
+    Ok((d.entry(&db.name, size), took))
+}
+
+/// One point of a remote chain, for the restore library: the full copy `full` of a series
+/// and the deltas of its chain from it to `target` (`m`'s links), downloaded and checked
+/// into `dir` (`fetch_into`, `stage_delta`); the image is proven against the point's
+/// SHA-256 by the restore. A link missing from the remote (not in `m`, deleted or damaged in
+/// the store) stops the way at the last good point before it, named in `Point::broken`.
+/// Used by `fetch_at` and by drills of a remote's chain points.
+pub(crate) fn fetch_point_into(
+    store: &Store,
+    identities: &[Box<dyn age::Identity>],
+    m: &RemoteManifest,
+    db: &Database,
+    full: &Copy,
+    target: &DeltaCopy,
+    dir: &Path,
+) -> Result<(BackupSource, Downloaded), RestoreError> {
+    let (mut source, mut took) = fetch_into(store, db, full, identities, dir)?;
+    let (way, missing) = way_to(m, full, target);
+    let mut broken = missing.map(|link| Broken {
+        link,
+        why: "missing from the remote manifest".into(),
+        wanted: target.copy.local_file.clone(),
+    });
+    let mut deltas = Vec::new();
+    for d in way {
+        match stage_delta(store, identities, db, d, dir) {
+            Ok((e, t)) => {
+                took.decrypt += t.decrypt;
+                took.decode += t.decode;
+                deltas.push(e);
+            }
+            // The object is gone or damaged: the way ends before it.
+            Err(e) if e.code == ExitCode::DataErr => {
+                broken = Some(Broken {
+                    link: d.copy.local_file.clone(),
+                    why: e.to_string(),
+                    wanted: target.copy.local_file.clone(),
+                });
+                break;
+            }
+            Err(e) => return Err(RestoreError::Remote(e)),
+        }
+    }
+    source.restored_size = deltas
+        .iter()
+        .map(|d| d.page_count * d.page_size)
+        .fold(source.restored_size, u64::max);
+    source.point = Some(Point::reached(
+        &full.local_file,
+        full.backup_time,
+        deltas,
+        broken,
+    ));
+    Ok((source, took))
 }
 
 /// Restore from a remote to a point in time (`restore DB --at WHEN --from REMOTE`): for the
@@ -288,7 +338,6 @@ pub(crate) fn fetch_at(
                     config.daemon.timezone.format(until)
                 )),
             })?;
-        let (mut source, _) = fetch_into(&o.store, db, full, &o.identities, &dir)?;
         let target = o
             .manifest
             .deltas
@@ -299,40 +348,12 @@ pub(crate) fn fetch_at(
                     && d.copy.backup_time <= until
             })
             .max_by_key(|d| (d.copy.backup_time, d.sequence));
-        if let Some(target) = target {
-            let (way, missing) = way_to(&o.manifest, full, target);
-            let mut broken = missing.map(|link| Broken {
-                link,
-                why: "missing from the remote manifest".into(),
-                wanted: target.copy.local_file.clone(),
-            });
-            let mut deltas = Vec::new();
-            for d in way {
-                match stage_delta(&o, db, d, &dir) {
-                    Ok(e) => deltas.push(e),
-                    // The object is gone or damaged: the way ends before it.
-                    Err(e) if e.code == ExitCode::DataErr => {
-                        broken = Some(Broken {
-                            link: d.copy.local_file.clone(),
-                            why: e.to_string(),
-                            wanted: target.copy.local_file.clone(),
-                        });
-                        break;
-                    }
-                    Err(e) => return Err(RestoreError::Remote(e)),
-                }
+        let (mut source, _) = match target {
+            Some(target) => {
+                fetch_point_into(&o.store, &o.identities, &o.manifest, db, full, target, &dir)?
             }
-            source.restored_size = deltas
-                .iter()
-                .map(|d| d.page_count * d.page_size)
-                .fold(source.restored_size, u64::max);
-            source.point = Some(Point::reached(
-                &full.local_file,
-                full.backup_time,
-                deltas,
-                broken,
-            ));
-        }
+            None => fetch_into(&o.store, db, full, &o.identities, &dir)?,
+        };
         // A newer point at or before `at` on a chain whose full copy is not in the manifest:
         // what is restored is older than asked, and says so (as a local chain does).
         let reached = target.map_or(full.backup_time, |t| t.copy.backup_time);

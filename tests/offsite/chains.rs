@@ -46,7 +46,7 @@ impl Kind {
     }
 }
 
-fn add_rows(db: &Path, from: i64, to: i64) {
+pub(super) fn add_rows(db: &Path, from: i64, to: i64) {
     let c = rusqlite::Connection::open(db).unwrap();
     c.execute(
         "WITH RECURSIVE n(i) AS (SELECT ?1 UNION ALL SELECT i+1 FROM n WHERE i < ?2)

@@ -276,8 +276,9 @@ fn a_missing_or_wrong_identity_is_one_clear_error() {
 }
 
 /// A `file://` remote in `nas/`: `chat` (500 rows, zstd) copied there, drilled from it as
-/// `drill` says; `backup_extra` lines in `[database.backup]`. The identity file.
-fn setup_dir(env: &TestEnv, backup_extra: &str, drill: &str) -> std::path::PathBuf {
+/// `drill` says; `backup_extra` lines in `[database.backup]`. The identity file and its
+/// public key.
+fn setup_dir(env: &TestEnv, backup_extra: &str, drill: &str) -> (std::path::PathBuf, String) {
     let (identity, public) = keygen(env);
     let db = chat_db(env);
     std::fs::create_dir(env.path("nas")).unwrap();
@@ -290,7 +291,7 @@ fn setup_dir(env: &TestEnv, backup_extra: &str, drill: &str) -> std::path::PathB
             identity.display()
         ),
     );
-    identity
+    (identity, public)
 }
 
 fn nas_body(env: &TestEnv, public: &str) -> String {
@@ -320,7 +321,7 @@ fn nas_copy(env: &TestEnv, file: &str) -> serde_json::Value {
 #[test]
 fn a_failed_drill_of_a_remote_copy_is_marked_there_listed_and_never_kept_as_newest_verified() {
     let env = TestEnv::new();
-    let identity = setup_dir(
+    let (identity, public) = setup_dir(
         &env,
         "keep = { last = 10 }\nremote_keep = { last = 2 }",
         "from = [\"offsite\"]",
@@ -372,12 +373,6 @@ fn a_failed_drill_of_a_remote_copy_is_marked_there_listed_and_never_kept_as_newe
 
     // Remote retention keeping one copy keeps the older, good one too: the newest verified.
     let db = env.path("chat.db");
-    let public = std::fs::read_to_string(&identity).unwrap();
-    let public = public
-        .lines()
-        .find_map(|l| l.strip_prefix("# public key: "))
-        .unwrap()
-        .to_string();
     config(
         &env,
         &db,
@@ -471,4 +466,96 @@ fn a_remote_copy_carries_its_counts_and_a_copy_that_disagrees_fails_naming_the_t
         both(&o)
     );
     assert_eq!(nas_copy(&env, &copy)["drill"]["verdict"], "ok");
+}
+
+/// Drills of a remote's chain points, the same on S3 and on a `file://` directory: `body` is
+/// the remote, `delete` removes one object (by name) from it.
+fn chain_points_suite(env: &TestEnv, body: &str, delete: &dyn Fn(&str)) {
+    let identity = env.path("identity.txt");
+    let db = env.path("chat.db");
+    config(
+        env,
+        &db,
+        body,
+        &format!(
+            "incremental = {{ keep = \"7d\" }}\n[database.drill]\nidentity = \"{}\"\nfrom = [\"offsite\"]\npick = \"newest+random\"\nassert = [\"SELECT count(*) >= 500 FROM m\"]\n",
+            identity.display()
+        ),
+    );
+    let o = run(env, &["run", "chat", "backup"]);
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    for k in 1..=3 {
+        super::chains::add_rows(&db, k * 1000, k * 1000 + 99);
+        let o = run(env, &["run", "chat", "incremental"]);
+        assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    }
+    let local: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(env.path("backups/manifest.json")).unwrap()).unwrap();
+    let full = local["backups"][0]["file"].as_str().unwrap().to_string();
+    let deltas: Vec<String> = local["deltas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["file"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(deltas.len(), 3, "{deltas:?}");
+    // The host is lost: the newest point comes back from the remote alone, its image proven,
+    // then one older point (a delta or the full) picked at random.
+    std::fs::remove_dir_all(env.path("backups")).unwrap();
+    let o = drill(env, &[], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let newest = &deltas[2];
+    for want in [
+        format!("{newest} from offsite"),
+        format!("image SHA-256 {newest} (3 delta(s) after {full}): as recorded: ok"),
+        "assert[0] \"SELECT count(*) >= 500 FROM m\": ok".into(),
+    ] {
+        assert!(out.contains(&want), "{want:?} not in {out}");
+    }
+    assert_eq!(out.matches("verdict: ok").count(), 2, "{out}");
+    let lines: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains(" from offsite:"))
+        .collect();
+    assert!(lines[0].contains(newest.as_str()), "{out}");
+    assert!(
+        [&deltas[0], &deltas[1], &full]
+            .iter()
+            .any(|f| lines[1].contains(f.as_str())),
+        "{out}"
+    );
+    // The middle delta is deleted from the store: the newest point fails, naming the link.
+    delete(&format!("{}.zst.age", deltas[1]));
+    let o = drill(env, &[newest], &[]);
+    assert_eq!(o.status.code(), Some(65), "{}", both(&o));
+    let text = both(&o);
+    assert!(
+        text.contains(&format!("{newest} (offsite)"))
+            && text.contains(&format!("is broken at {}", deltas[1]))
+            && text.contains(&format!("only {} restores", deltas[0])),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_drill_of_a_file_remote_restores_the_newest_chain_point_and_checks_its_image() {
+    let env = TestEnv::new();
+    let (_identity, public) = keygen(&env);
+    chat_db(&env);
+    std::fs::create_dir(env.path("nas")).unwrap();
+    let body = nas_body(&env, &public);
+    let nas = env.path("nas/chat");
+    chain_points_suite(&env, &body, &|o| std::fs::remove_file(nas.join(o)).unwrap());
+}
+
+#[test]
+fn a_drill_from_s3_restores_the_newest_chain_point_and_checks_its_image() {
+    let env = TestEnv::new();
+    let moto = Moto::start();
+    moto.bucket(BUCKET);
+    let (_identity, public) = keygen(&env);
+    chat_db(&env);
+    let body = s3_remote(&moto.endpoint(), &public);
+    chain_points_suite(&env, &body, &|o| moto.delete(&format!("lk/chat/{o}")));
 }

@@ -1,5 +1,5 @@
 //! Drilling a remote's copies (`from = ["offsite"]`): the remote's manifest lists the points
-//! (the copies of one backup run), each file is downloaded into the scratch directory, its
+//! (the copies of one backup run, and the points of their incremental chains: `deltas`), each file is downloaded into the scratch directory, its
 //! stored bytes checked against the remote manifest's SHA-256, decrypted with the drill's
 //! `identity` (a file, or a systemd credential) and decompressed by the same code as
 //! `restore --from REMOTE` (`restore::remote::fetch_into`), then restored by the restore
@@ -18,13 +18,13 @@ use std::str::FromStr;
 use chrono::{DateTime, Utc};
 
 use super::checks::Expect;
-use super::source::{drill_mark, CopySource, Fetched, Point, PointFile};
+use super::source::{self, drill_mark, CopySource, Fetched, Point, PointFile};
 use crate::archive::{DrillMark, Manifest};
 use crate::chain::DeltaName;
 use crate::config::{Config, Database, Drill, Identity};
 use crate::domain::CopyDrill;
 use crate::jobs::JobError;
-use crate::remote::{Copy, RemoteManifest, Store};
+use crate::remote::{DeltaCopy, RemoteManifest, Store};
 use crate::restore::{self, RestoreError};
 
 pub(super) struct RemoteSource {
@@ -33,8 +33,8 @@ pub(super) struct RemoteSource {
     identities: Vec<Box<dyn age::Identity>>,
     /// The database's backup directory, whose manifest has the counts of each backup.
     local_dir: Option<PathBuf>,
-    /// The remote manifest's copies, as `points` read them.
-    copies: RefCell<Vec<Copy>>,
+    /// The remote manifest, as `points` read it.
+    manifest: RefCell<RemoteManifest>,
 }
 
 impl RemoteSource {
@@ -56,7 +56,7 @@ impl RemoteSource {
             store,
             identities,
             local_dir: db.backup.as_ref().map(|b| b.dir.clone()),
-            copies: RefCell::new(Vec::new()),
+            manifest: RefCell::new(RemoteManifest::default()),
         })
     }
 }
@@ -154,8 +154,24 @@ impl CopySource for RemoteSource {
             p.files.sort_by_key(|f| order(&f.schema));
         }
         points.retain(|p| p.files.first().is_some_and(|f| f.schema == "main"));
+        // The points of each full run's incremental chains, from the remote's `deltas`.
+        let chains: Vec<Point> = points
+            .iter()
+            .flat_map(|full| {
+                source::chain_points(full, |f| {
+                    let mut of: Vec<&DeltaCopy> = manifest
+                        .deltas
+                        .iter()
+                        .filter(|d| d.base == f.file)
+                        .collect();
+                    of.sort_by_key(|d| (d.copy.backup_time, d.sequence));
+                    of.iter().map(|d| d.entry(&db.name, d.copy.size)).collect()
+                })
+            })
+            .collect();
+        points.extend(chains);
         points.sort_by_key(|p| std::cmp::Reverse(p.created_at));
-        *self.copies.borrow_mut() = manifest.copies;
+        *self.manifest.borrow_mut() = manifest;
         Ok(points)
     }
 
@@ -165,20 +181,34 @@ impl CopySource for RemoteSource {
         Ok(Box::new(()))
     }
 
+    /// A full backup's copy; or a chain's point: its full copy and the deltas up to it,
+    /// through the same code as `restore --at --from REMOTE` (`fetch_point_into`).
     fn fetch(&self, db: &Database, f: &PointFile, staging: &Path) -> Result<Fetched, RestoreError> {
-        let copy = self
-            .copies
-            .borrow()
-            .iter()
-            .find(|c| c.local_file == f.file)
-            .cloned()
-            .ok_or_else(|| RestoreError::NoRemoteCopy {
-                remote: self.name.clone(),
-                database: db.name.clone(),
-                wanted: Some(f.file.clone()),
-            })?;
-        let (backup, took) =
-            restore::remote::fetch_into(&self.store, db, &copy, &self.identities, staging)?;
+        let m = self.manifest.borrow();
+        let no_copy = || RestoreError::NoRemoteCopy {
+            remote: self.name.clone(),
+            database: db.name.clone(),
+            wanted: Some(f.file.clone()),
+        };
+        let full_of = |file: &str| m.copies.iter().find(|c| c.local_file == file);
+        let (backup, took) = match m.deltas.iter().find(|d| d.copy.local_file == f.file) {
+            Some(target) => restore::remote::fetch_point_into(
+                &self.store,
+                &self.identities,
+                &m,
+                db,
+                full_of(&target.base).ok_or_else(no_copy)?,
+                target,
+                staging,
+            )?,
+            None => restore::remote::fetch_into(
+                &self.store,
+                db,
+                full_of(&f.file).ok_or_else(no_copy)?,
+                &self.identities,
+                staging,
+            )?,
+        };
         Ok(Fetched {
             backup,
             decrypt: took.decrypt,

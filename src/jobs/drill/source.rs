@@ -159,39 +159,27 @@ pub(super) fn full_points(
     Ok(points)
 }
 
-/// The points of the incremental chain starting at the full run `full` (its entries, main
-/// first): one per delta of the main database, each attached database at its newest point
-/// written before the main database's next one (a run writes the main point first).
-fn chain_points(
-    manifest: &Manifest,
-    db: &Database,
-    full: &[Entry],
-    schemas: &[String],
+/// The points of the incremental chain starting at the full run `full` (main first): one per
+/// delta of the main database, each attached database at its newest point written before
+/// the main database's next one (a run writes the main point first). `deltas_of` gives the
+/// deltas whose base is a full backup file, oldest first (a local or a remote manifest's).
+pub(super) fn chain_points(
+    full: &Point,
+    deltas_of: impl Fn(&PointFile) -> Vec<DeltaEntry>,
 ) -> Vec<Point> {
-    let deltas = |e: &Entry| -> Vec<DeltaEntry> {
-        chain::deltas_of(manifest, &db.name, &e.series)
-            .filter(|d| d.base == e.file)
-            .cloned()
-            .collect()
-    };
-    let main = deltas(&full[0]);
-    let others: Vec<Vec<DeltaEntry>> = full[1..].iter().map(deltas).collect();
+    let main = deltas_of(&full.files[0]);
+    let others: Vec<Vec<DeltaEntry>> = full.files[1..].iter().map(&deltas_of).collect();
     let mut points = Vec::new();
     for (i, d) in main.iter().enumerate() {
         let until = main.get(i + 1).map(|n| n.created_at);
-        let mut files = vec![delta_file(&schemas[0], d, &full[0])];
-        for (k, e) in full[1..].iter().enumerate() {
+        let mut files = vec![delta_file(d, &full.files[0])];
+        for (k, base) in full.files[1..].iter().enumerate() {
             let at = others[k]
                 .iter()
                 .rfind(|o| until.is_none_or(|u| o.created_at < u));
             files.push(match at {
-                Some(o) => delta_file(&schemas[k + 1], o, e),
-                None => PointFile {
-                    schema: schemas[k + 1].clone(),
-                    file: e.file.clone(),
-                    size: e.size,
-                    expect: Expect::from(e),
-                },
+                Some(o) => delta_file(o, base),
+                None => base.clone(),
             });
         }
         points.push(Point {
@@ -204,15 +192,15 @@ fn chain_points(
 
 /// A delta as a point's file: its pages are recorded, its rows are not (the image's SHA-256,
 /// checked by the restore, proves its bytes); foreign-key violations as at its full backup.
-fn delta_file(schema: &str, d: &DeltaEntry, base: &Entry) -> PointFile {
+fn delta_file(d: &DeltaEntry, base: &PointFile) -> PointFile {
     PointFile {
-        schema: schema.to_string(),
+        schema: base.schema.clone(),
         file: d.file.clone(),
         size: d.size,
         expect: Expect {
             page_count: Some(d.page_count),
             tables: Default::default(),
-            fk_violations: base.fk_violations,
+            fk_violations: base.expect.fk_violations,
             unrecorded: "not recorded for incremental points (the image SHA-256 is checked)",
         },
     }
@@ -228,8 +216,18 @@ impl CopySource for Local {
         let manifest = Manifest::load(&self.dir)?;
         let mut points = Vec::new();
         for (full, entries) in full_points(&self.dir, &manifest, db)? {
-            let schemas: Vec<String> = full.files.iter().map(|f| f.schema.clone()).collect();
-            points.extend(chain_points(&manifest, db, &entries, &schemas));
+            points.extend(chain_points(&full, |f| {
+                entries
+                    .iter()
+                    .find(|e| e.file == f.file)
+                    .map(|e| {
+                        chain::deltas_of(&manifest, &db.name, &e.series)
+                            .filter(|d| d.base == e.file)
+                            .cloned()
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            }));
             points.push(full);
         }
         points.sort_by_key(|p| std::cmp::Reverse(p.created_at));
