@@ -18,6 +18,7 @@ mod store;
 pub(crate) use cause::Kind;
 pub(crate) use manifest::{Copy, DeltaCopy, Recorded, RemoteManifest};
 pub(crate) use pipeline::{download, read_back, Downloaded, Uploaded};
+pub(crate) use priority::idle_io_this_thread;
 pub(crate) use store::{RemoteError, Store};
 
 use std::path::Path;

@@ -83,6 +83,18 @@ pub(crate) fn lower_this_thread(nice: i32) -> io::Result<Priority> {
     this_thread()
 }
 
+/// Put the calling thread's I/O in the idle class: the block layer's schedulers that know
+/// classes (mq-deadline, BFQ) then serve it only while no best-effort I/O waits, so the
+/// app's commit fsync goes first. For a thread that only does such I/O and then ends.
+pub(crate) fn idle_io_this_thread() -> io::Result<()> {
+    let prio = IOPRIO_CLASS_IDLE << IOPRIO_CLASS_SHIFT;
+    // SAFETY: a syscall on our own thread id.
+    if unsafe { libc::syscall(libc::SYS_ioprio_set, IOPRIO_WHO_PROCESS, tid(), prio) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// [`lower_this_thread`] to [`UPLOAD_NICE`] for a thread that does upload work; a refusal is
 /// logged (debug) and the work goes on.
 pub(super) fn background() {
