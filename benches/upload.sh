@@ -8,8 +8,9 @@
 #   - peak RSS of the litekeeper process (GNU time; target < 100 MiB for any size);
 #   - the app writer's p99 commit latency (benches/app_writer.py, 200 commits/s) alone and
 #     while the push runs (the push holds no transaction: only CPU and disk are shared).
-#   The S3 server runs under `nice -n 10`: in production it is on another host, here it
-#   shares the 2 cores; niced, it models a remote server instead of competing with the app.
+#   The S3 server runs under `nice -n 10` and `ionice -c 3`: in production it is on another
+#   host, here it shares the 2 cores and the disk; lowered, it models a remote server instead
+#   of competing with the app for CPU and for the disk it stores the object on.
 #   (LK_SERVER_NICE=0 runs it at the app's priority, as the figures before 2026-12-06 did.)
 # Usage: benches/upload.sh [SIZE_MIB] [WRITER_SECONDS]   (default 1024 and 20)
 # Needs sqlite3, python3, age-keygen, GNU time, and s3s-fs or moto_server. Builds release
@@ -59,12 +60,12 @@ mkdir -p "$T/s3"
 if command -v s3s-fs >/dev/null; then
   server="s3s-fs $(s3s-fs --version 2>/dev/null | awk '{print $2}') (files in $T/s3)"
   mkdir -p "$T/s3/bench"
-  nice -n "${LK_SERVER_NICE:-10}" s3s-fs --host 127.0.0.1 --port "$port" --access-key "$AWS_ACCESS_KEY_ID" \
+  nice -n "${LK_SERVER_NICE:-10}" ionice -c "${LK_SERVER_IOCLASS:-3}" s3s-fs --host 127.0.0.1 --port "$port" --access-key "$AWS_ACCESS_KEY_ID" \
     --secret-key "$AWS_SECRET_ACCESS_KEY" "$T/s3" >"$T/server.log" 2>&1 &
   pids+=($!)
 else
   server="moto_server (in memory)"
-  nice -n "${LK_SERVER_NICE:-10}" moto_server -H 127.0.0.1 -p "$port" >"$T/server.log" 2>&1 &
+  nice -n "${LK_SERVER_NICE:-10}" ionice -c "${LK_SERVER_IOCLASS:-3}" moto_server -H 127.0.0.1 -p "$port" >"$T/server.log" 2>&1 &
   pids+=($!)
 fi
 for _ in $(seq 300); do
@@ -131,7 +132,7 @@ import json, sys
 b, cp_s, push_s, rss, stored = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 alone, during, server, size = json.loads(sys.argv[6]), json.loads(sys.argv[7]), sys.argv[8], sys.argv[9]
 mb = b / 1e6
-print(f"\nupload of a {b / 2**20:.0f} MiB backup (fixture {size} MiB) to {server}, server nice {__import__('os').environ.get('LK_SERVER_NICE', '10')}")
+print(f"\nupload of a {b / 2**20:.0f} MiB backup (fixture {size} MiB) to {server}, server nice {__import__('os').environ.get('LK_SERVER_NICE', '10')}, I/O class {__import__('os').environ.get('LK_SERVER_IOCLASS', '3')}")
 print(f"| measure | value |\n|---|---|")
 print(f"| cp + sync | {cp_s:.2f} s, {mb / cp_s:.0f} MB/s |")
 print(f"| litekeeper backups push (zstd + age + multipart + read-back check) | {push_s:.2f} s, {mb / push_s:.0f} MB/s ({mb / push_s / (mb / cp_s):.2f}x cp) |")
