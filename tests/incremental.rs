@@ -14,7 +14,7 @@ use crate::util::{both, sha256_hex, TestEnv};
 
 /// A WAL database `app.db` with table `n`, and a configuration taking zstd full backups and
 /// incremental ones (on demand) into `b/`, with `keep` for the chains.
-fn setup(keep: &str, extra_backup: &str) -> (TestEnv, PathBuf, PathBuf) {
+pub(crate) fn setup(keep: &str, extra_backup: &str) -> (TestEnv, PathBuf, PathBuf) {
     let env = TestEnv::new();
     let db = env.sqlite(
         "app.db",
@@ -42,7 +42,7 @@ fn names_ending(dir: &Path, suffix: &str) -> Vec<String> {
         .collect()
 }
 
-fn insert(db: &Path, from: i64, to: i64) {
+pub(crate) fn insert(db: &Path, from: i64, to: i64) {
     let c = Connection::open(db).unwrap();
     let tx = c.unchecked_transaction().unwrap();
     for i in from..=to {

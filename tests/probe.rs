@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use crate::incremental::{insert, setup};
 use crate::offsite::fixture::{chat_db, config, keygen};
 use crate::util::{both, query_i64, TestEnv};
 
@@ -250,36 +251,6 @@ fn a_drill_never_removes_what_is_not_its_scratch_copy() {
     assert_eq!(query_i64(&db, "SELECT count(*) FROM m"), 3);
 }
 
-/// `app.db` (WAL, table `n`) with zstd full and incremental backups into `b/`.
-fn chain_setup(env: &TestEnv) -> (PathBuf, PathBuf) {
-    let db = env.sqlite(
-        "app.db",
-        "PRAGMA journal_mode=WAL; CREATE TABLE n(id INTEGER PRIMARY KEY, pad BLOB);",
-    );
-    let dir = env.path("b");
-    env.config("")
-        .database(
-            "app",
-            &db,
-            &format!(
-                "[database.backup]\ndir = \"{}\"\ncompress = \"zstd\"\nkeep = {{ last = 5 }}\nincremental = {{ keep = \"7d\" }}",
-                dir.display()
-            ),
-        )
-        .write();
-    (db, dir)
-}
-
-fn insert(db: &Path, from: i64, to: i64) {
-    let c = rusqlite::Connection::open(db).unwrap();
-    c.execute(
-        "WITH RECURSIVE k(i) AS (SELECT ?1 UNION ALL SELECT i+1 FROM k WHERE i < ?2)
-         INSERT INTO n(id, pad) SELECT i, randomblob(300) FROM k",
-        [from, to],
-    )
-    .unwrap();
-}
-
 fn ids(db: &Path) -> Vec<i64> {
     crate::util::query_ids(db, "SELECT id FROM n ORDER BY id")
 }
@@ -301,8 +272,7 @@ fn restore_latest(env: &TestEnv, name: &str) -> (std::process::Output, PathBuf) 
 /// point, and the point it makes restores the live rows exactly.
 #[test]
 fn a_cut_delta_and_a_damaged_index_never_make_a_point_that_restores_wrongly() {
-    let env = TestEnv::new();
-    let (db, dir) = chain_setup(&env);
+    let (env, db, dir) = setup("7d", "keep = { last = 5 }");
     insert(&db, 1, 200);
     env.run_ok(&["run", "app", "backup"]);
     insert(&db, 1000, 1050);
@@ -346,8 +316,7 @@ fn a_cut_delta_and_a_damaged_index_never_make_a_point_that_restores_wrongly() {
 /// the manifest is unchanged, and the next run makes a point that restores.
 #[test]
 fn a_delta_write_refused_by_the_file_system_leaves_nothing_half_written() {
-    let env = TestEnv::new();
-    let (db, dir) = chain_setup(&env);
+    let (env, db, dir) = setup("7d", "keep = { last = 5 }");
     insert(&db, 1, 200);
     env.run_ok(&["run", "app", "backup"]);
     let before = std::fs::read(dir.join("manifest.json")).unwrap();
@@ -421,8 +390,7 @@ fn check_warns_of_a_drill_identity_others_can_read() {
 /// naming the missing base and the point asked for.
 #[test]
 fn restore_at_with_the_chains_base_gone_says_so() {
-    let env = TestEnv::new();
-    let (db, dir) = chain_setup(&env);
+    let (env, db, dir) = setup("7d", "keep = { last = 5 }");
     insert(&db, 1, 100);
     env.run_ok(&["run", "app", "backup"]);
     std::thread::sleep(std::time::Duration::from_millis(1100));
@@ -543,8 +511,7 @@ fn a_download_refused_by_the_file_system_leaves_nothing_behind() {
 /// exactly A's or B's rows — never half of one — and the next restore still succeeds.
 #[test]
 fn sigkill_during_restore_at_in_place_leaves_the_old_or_the_new_file() {
-    let env = TestEnv::new();
-    let (db, dir) = chain_setup(&env);
+    let (env, db, dir) = setup("7d", "keep = { last = 5 }");
     let c = rusqlite::Connection::open(&db).unwrap();
     c.execute_batch(
         "WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM k WHERE i < 8000)
