@@ -142,52 +142,57 @@ pub fn run(
             serde_json::to_string_pretty(&out).expect("serializes")
         );
     } else {
-        for d in &out.databases {
-            println!(
-                "remote {:?} ({}) database {}: {} cop{}, {}",
-                out.remote,
-                out.url,
-                d.database,
-                d.count,
-                if d.count == 1 { "y" } else { "ies" },
-                human_bytes(d.total_bytes)
-            );
-            if let Some(e) = &d.error {
-                println!("  error: {e}");
-            }
-            for c in &d.copies {
-                println!(
-                    "  {:<44} {}  {:>10}  {}",
-                    c.object,
-                    c.backup_time.format("%Y-%m-%d %H:%M:%S"),
-                    human_bytes(c.size),
-                    state_text(c.state)
-                );
-                if let Some(d) = &c.drill {
-                    println!("    {}", super::backups::drill_line(d));
-                }
-            }
-            if !d.points.is_empty() {
-                println!("  incremental points: {}", d.points.len());
-            }
-            for p in &d.points {
-                println!(
-                    "    {:<42} {}  {:>10}  point {} after {}  {}",
-                    p.object,
-                    p.backup_time.format("%Y-%m-%d %H:%M:%S"),
-                    human_bytes(p.size),
-                    p.sequence,
-                    p.base,
-                    state_text(p.state)
-                );
-            }
-        }
+        print_text(&out);
     }
     Ok(match (failed, flagged) {
         (Some(code), _) => code,
         (None, true) => ExitCode::DataErr,
         (None, false) => ExitCode::Ok,
     })
+}
+
+/// The listing as text: per database its copies and incremental points, one line each.
+fn print_text(out: &RemoteListJson) {
+    for d in &out.databases {
+        println!(
+            "remote {:?} ({}) database {}: {} cop{}, {}",
+            out.remote,
+            out.url,
+            d.database,
+            d.count,
+            if d.count == 1 { "y" } else { "ies" },
+            human_bytes(d.total_bytes)
+        );
+        if let Some(e) = &d.error {
+            println!("  error: {e}");
+        }
+        for c in &d.copies {
+            println!(
+                "  {:<44} {}  {:>10}  {}",
+                c.object,
+                c.backup_time.format("%Y-%m-%d %H:%M:%S"),
+                human_bytes(c.size),
+                state_text(c.state)
+            );
+            if let Some(d) = &c.drill {
+                println!("    {}", super::backups::drill_line(d));
+            }
+        }
+        if !d.points.is_empty() {
+            println!("  incremental points: {}", d.points.len());
+        }
+        for p in &d.points {
+            println!(
+                "    {:<42} {}  {:>10}  point {} after {}  {}",
+                p.object,
+                p.backup_time.format("%Y-%m-%d %H:%M:%S"),
+                human_bytes(p.size),
+                p.sequence,
+                p.base,
+                state_text(p.state)
+            );
+        }
+    }
 }
 
 fn state_text(state: &str) -> &'static str {

@@ -136,26 +136,7 @@ pub(crate) fn in_place_all(
     // An earlier restore of this set, killed between its swaps: its previous files back
     // first, so that the set is whole again before it is replaced.
     let put_back = recover(&marker_path(&paths[0]))?;
-    let mut targets = Vec::new();
-    for (path, seen) in paths.into_iter().zip(seen) {
-        // The old file must be whole by itself before its sidecars leave the live name.
-        let forced_not_whole = match swap::settle(&path) {
-            Ok(()) => None,
-            Err(why) if how.force => Some(why.text),
-            Err(why) => {
-                return Err(RestoreError::NotWhole {
-                    target: path,
-                    why: why.text,
-                    busy: why.busy,
-                })
-            }
-        };
-        targets.push(Target {
-            path,
-            seen,
-            forced_not_whole,
-        });
-    }
+    let targets = settled(paths, seen, how.force)?;
     let mut staged = Vec::new();
     for (backup, t) in backups.iter().zip(&targets) {
         let dir = t.path.parent().unwrap_or(Path::new("/")).to_path_buf();
@@ -220,6 +201,31 @@ pub(crate) fn in_place_all(
     }
     out[0].put_back_interrupted = put_back;
     Ok(out)
+}
+
+/// Each live file made whole by itself (WAL folded, hot journal rolled back) before its
+/// sidecars leave the live name; with `force`, one that cannot be is restored over anyway.
+fn settled(paths: Vec<PathBuf>, seen: Vec<Seen>, force: bool) -> Result<Vec<Target>, RestoreError> {
+    let mut targets = Vec::new();
+    for (path, seen) in paths.into_iter().zip(seen) {
+        let forced_not_whole = match swap::settle(&path) {
+            Ok(()) => None,
+            Err(why) if force => Some(why.text),
+            Err(why) => {
+                return Err(RestoreError::NotWhole {
+                    target: path,
+                    why: why.text,
+                    busy: why.busy,
+                })
+            }
+        };
+        targets.push(Target {
+            path,
+            seen,
+            forced_not_whole,
+        });
+    }
+    Ok(targets)
 }
 
 /// The error of a set whose swaps were undone (`back`: whether putting the first `n` back

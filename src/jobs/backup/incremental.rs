@@ -406,6 +406,17 @@ struct Scan {
     written: chain::Written,
 }
 
+/// `PRAGMA schema.name` of the snapshot, an integer.
+fn pragma(
+    conn: &rusqlite::Connection,
+    schema: &str,
+    name: &str,
+    shown: &str,
+) -> Result<i64, JobError> {
+    conn.query_row(&format!("PRAGMA {schema}.{name}"), [], |r| r.get(0))
+        .map_err(sql(format!("{shown}: {name}")))
+}
+
 /// Read every page of `source` (inside the caller's read transaction), write the changed ones.
 fn scan_snapshot(
     ctx: &JobCtx<'_>,
@@ -422,16 +433,8 @@ fn scan_snapshot(
     // One statement reads the whole database: slow by design, not worth a warning.
     crate::sqlite::expected_slow(|| -> Result<Scan, JobError> {
         // The first read pins this schema's snapshot for the whole pass.
-        let page_size = conn
-            .query_row(&format!("PRAGMA {schema}.page_size"), [], |r| {
-                r.get::<_, i64>(0)
-            })
-            .map_err(sql(format!("{shown}: page_size")))? as u32;
-        let page_count = conn
-            .query_row(&format!("PRAGMA {schema}.page_count"), [], |r| {
-                r.get::<_, i64>(0)
-            })
-            .map_err(sql(format!("{shown}: page_count")))? as u64;
+        let page_size = pragma(conn, &schema, "page_size", &shown)? as u32;
+        let page_count = pragma(conn, &schema, "page_count", &shown)? as u64;
         let same_size = index.page_size == page_size;
         let mut writer = DeltaWriter::new(out, page_size, level)
             .map_err(io_err(format!("{}: write", tmp.display())))?;
