@@ -73,6 +73,14 @@ pub(crate) fn lower_this_thread(nice: i32) -> io::Result<Priority> {
             return Err(io::Error::last_os_error());
         }
     }
+    // SCHED_IDLE: the app's threads preempt it at once on wakeup, where nice 10 alone still
+    // lets it finish a slice first (measured: the app writer's p99 commit doubled during a
+    // push at nice 10). Allowed without privilege; a refusal leaves the nice value.
+    // SAFETY: a syscall on our own thread id with a valid, zeroed parameter.
+    unsafe {
+        let param = libc::sched_param { sched_priority: 0 };
+        libc::sched_setscheduler(tid as libc::pid_t, libc::SCHED_IDLE, &param);
+    }
     if now.io_class != IOPRIO_CLASS_IDLE {
         let prio = (IOPRIO_CLASS_BE << IOPRIO_CLASS_SHIFT) | BE_LOWEST;
         // SAFETY: as above.
@@ -151,7 +159,13 @@ mod tests {
     #[test]
     fn in_background_runs_lowered_and_returns_the_value() {
         let before = this_thread().unwrap();
-        let seen = in_background(|| this_thread().unwrap());
+        let (seen, policy) = in_background(|| {
+            // SAFETY: reads the calling thread's policy.
+            (this_thread().unwrap(), unsafe {
+                libc::sched_getscheduler(0)
+            })
+        });
+        assert_eq!(policy, libc::SCHED_IDLE);
         assert_eq!(seen.nice, before.nice.max(UPLOAD_NICE));
         assert_eq!(this_thread().unwrap(), before);
     }
