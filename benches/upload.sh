@@ -8,9 +8,9 @@
 #   - peak RSS of the litekeeper process (GNU time; target < 100 MiB for any size);
 #   - the app writer's p99 commit latency (benches/app_writer.py, 200 commits/s) alone and
 #     while the push runs (the push holds no transaction: only CPU and disk are shared).
-#   The S3 server runs under `nice -n 10` and `ionice -c 3`: in production it is on another
-#   host, here it shares the 2 cores and the disk; lowered, it models a remote server instead
-#   of competing with the app for CPU and for the disk it stores the object on.
+#   The S3 server runs under `nice -n 10` and `ionice -c 3` and keeps its objects in RAM
+#   (/dev/shm): in production it is on another host, here it shares the 2 cores and would
+#   share the disk; so placed, it models a remote server instead of competing with the app.
 #   (LK_SERVER_NICE=0 runs it at the app's priority, as the figures before 2026-12-06 did.)
 # Usage: benches/upload.sh [SIZE_MIB] [WRITER_SECONDS]   (default 1024 and 20)
 # Needs sqlite3, python3, age-keygen, GNU time, and s3s-fs or moto_server. Builds release
@@ -22,7 +22,14 @@ cd "$(dirname "$0")/.."
 . benches/bin.sh
 T=$(mktemp -d "${TMPDIR:-/tmp}/lk-bench-upload.XXXXXX")
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$T"; }
+# The server's objects: in RAM (/dev/shm) where there is one, like a store on another host
+# (on the app's disk, the app's commit fsyncs would flush the server's writes too);
+# LK_SERVER_DIR names another place.
+S3=${LK_SERVER_DIR:-}
+if [ -z "$S3" ]; then
+  if [ -d /dev/shm ] && [ -w /dev/shm ]; then S3=$(mktemp -d /dev/shm/lk-bench-s3.XXXXXX); else S3=$T/s3; fi
+fi
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$T"; if [ -z "${LK_SERVER_DIR:-}" ]; then rm -rf "$S3"; fi; }
 trap cleanup EXIT
 now() { date +%s.%N; }
 secs() { python3 -c "print(f'{$2 - $1:.3f}')"; }
@@ -56,12 +63,12 @@ sqlite3 "$db" "PRAGMA wal_checkpoint(TRUNCATE);" >/dev/null
 # The S3 server.
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 export AWS_ACCESS_KEY_ID=AKIALITEKEEPERBENCH AWS_SECRET_ACCESS_KEY=lk-bench-secret
-mkdir -p "$T/s3"
+mkdir -p "$S3"
 if command -v s3s-fs >/dev/null; then
-  server="s3s-fs $(s3s-fs --version 2>/dev/null | awk '{print $2}') (files in $T/s3)"
-  mkdir -p "$T/s3/bench"
+  server="s3s-fs $(s3s-fs --version 2>/dev/null | awk '{print $2}') (files in $S3)"
+  mkdir -p "$S3/bench"
   nice -n "${LK_SERVER_NICE:-10}" ionice -c "${LK_SERVER_IOCLASS:-3}" s3s-fs --host 127.0.0.1 --port "$port" --access-key "$AWS_ACCESS_KEY_ID" \
-    --secret-key "$AWS_SECRET_ACCESS_KEY" "$T/s3" >"$T/server.log" 2>&1 &
+    --secret-key "$AWS_SECRET_ACCESS_KEY" "$S3" >"$T/server.log" 2>&1 &
   pids+=($!)
 else
   server="moto_server (in memory)"
@@ -125,7 +132,7 @@ kill -TERM "$wpid"; wait "$wpid" || true
 during=$(cat "$T/during.json")
 push_s=$(secs "$t0" "$t1")
 rss_kib=$(cat "$T/rss")
-stored=$(find "$T/s3" -name '*.age' -printf '%s\n' 2>/dev/null | head -1)
+stored=$(find "$S3" -name '*.age' -printf '%s\n' 2>/dev/null | head -1)
 
 python3 - "$bytes" "$cp_s" "$push_s" "$rss_kib" "${stored:-0}" "$alone" "$during" "$server" "$size_mib" <<'PY'
 import json, sys
