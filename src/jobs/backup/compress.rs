@@ -124,24 +124,16 @@ impl Read for Tail {
         self.hash.update(&buf[..n]);
         self.pos += n as u64;
         if self.pos - self.synced >= WRITE_BEHIND {
-            write_behind(&self.file, self.synced, self.pos - self.synced);
+            // Start its write-back without waiting: the final fsync then has little left.
+            super::filecopy::sync_file_range(
+                &self.file,
+                self.synced,
+                self.pos - self.synced,
+                libc::SYNC_FILE_RANGE_WRITE,
+            );
             self.synced = self.pos;
         }
         Ok(n)
-    }
-}
-
-/// Start the write-back of `len` bytes at `offset` without waiting for it: a hint, so the
-/// final fsync has little left to do and never queues a whole file at once.
-fn write_behind(file: &File, offset: u64, len: u64) {
-    use std::os::fd::AsRawFd;
-    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
-        return;
-    };
-    // SAFETY: a plain system call on a descriptor this function borrows; no memory is
-    // passed. Its failure only loses the hint.
-    unsafe {
-        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
     }
 }
 

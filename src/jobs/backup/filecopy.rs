@@ -409,15 +409,17 @@ impl Drop for Flusher {
     }
 }
 
-fn sync_file_range(f: &File, start: u64, len: u64, flags: libc::c_uint) {
+/// `sync_file_range(2)` of `[start, start+len)` with `flags`: a hint (start the write-back,
+/// or wait for it), so its failure only loses the hint; errors show at the fsync. Used by
+/// the copy's [`Flusher`] and by the compressor's write-behind.
+pub(super) fn sync_file_range(f: &File, start: u64, len: u64, flags: libc::c_uint) {
+    let (Ok(start), Ok(len)) = (libc::off64_t::try_from(start), libc::off64_t::try_from(len))
+    else {
+        return;
+    };
     // SAFETY: sync_file_range(2) only reads its integer arguments; the descriptor is open
     // for `f`'s lifetime.
     unsafe {
-        libc::sync_file_range(
-            f.as_raw_fd(),
-            start as libc::off64_t,
-            len as libc::off64_t,
-            flags,
-        );
+        libc::sync_file_range(f.as_raw_fd(), start, len, flags);
     }
 }
