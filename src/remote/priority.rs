@@ -82,11 +82,7 @@ pub(crate) fn lower_this_thread(nice: i32) -> io::Result<Priority> {
         libc::sched_setscheduler(tid as libc::pid_t, libc::SCHED_IDLE, &param);
     }
     if now.io_class != IOPRIO_CLASS_IDLE {
-        let prio = (IOPRIO_CLASS_BE << IOPRIO_CLASS_SHIFT) | BE_LOWEST;
-        // SAFETY: as above.
-        if unsafe { libc::syscall(libc::SYS_ioprio_set, IOPRIO_WHO_PROCESS, tid, prio) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        set_io_this_thread(IOPRIO_CLASS_BE, BE_LOWEST)?;
     }
     this_thread()
 }
@@ -95,8 +91,13 @@ pub(crate) fn lower_this_thread(nice: i32) -> io::Result<Priority> {
 /// classes (mq-deadline, BFQ) then serve it only while no best-effort I/O waits, so the
 /// app's commit fsync goes first. For a thread that only does such I/O and then ends.
 pub(crate) fn idle_io_this_thread() -> io::Result<()> {
-    let prio = IOPRIO_CLASS_IDLE << IOPRIO_CLASS_SHIFT;
-    // SAFETY: a syscall on our own thread id.
+    set_io_this_thread(IOPRIO_CLASS_IDLE, 0)
+}
+
+/// `ioprio_set` of the calling thread to `class` at `level`.
+fn set_io_this_thread(class: libc::c_int, level: libc::c_int) -> io::Result<()> {
+    let prio = (class << IOPRIO_CLASS_SHIFT) | level;
+    // SAFETY: a syscall on our own thread id; no memory is passed.
     if unsafe { libc::syscall(libc::SYS_ioprio_set, IOPRIO_WHO_PROCESS, tid(), prio) } != 0 {
         return Err(io::Error::last_os_error());
     }
