@@ -460,18 +460,9 @@ pub struct BackupFigures {
     /// Times an online copy started over because the database changed under it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub restarts: Option<u64>,
-    /// Off-site copies: the remotes that stored copies (comma-separated), their URLs (no
-    /// secrets), the bytes stored, the upload's rate and the copies still pending.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub remote: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub remote_url: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub remote_bytes: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub remote_mb_per_sec: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub remote_pending: Option<u64>,
+    /// Off-site copies of this run's backups (the `remote*` keys of the JSON).
+    #[serde(flatten)]
+    pub offsite: OffsiteFigures,
     /// How the main database's copy was made.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub copy_path: Option<CopyPath>,
@@ -500,13 +491,25 @@ pub struct IncrementalFigures {
     /// Delta files retention deleted.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retention_deleted: Option<u64>,
-    /// Off-site copies of the deltas, as for a full backup (`BackupFigures::remote`…).
+    /// Off-site copies of the deltas, as for a full backup.
+    #[serde(flatten)]
+    pub offsite: OffsiteFigures,
+}
+
+/// What a run stored off-site: the remotes that stored copies (comma-separated), their URLs
+/// (no secrets), the bytes stored, the upload's rate and the copies still pending. Shared by
+/// full and incremental backups; flattened into their JSON (`remote`, `remote_url`, …).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OffsiteFigures {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub remote: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub remote_url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub remote_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote_mb_per_sec: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub remote_pending: Option<u64>,
 }

@@ -13,7 +13,7 @@ use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::EnvFilter;
 
-use crate::domain::{Figures, JobKind, Outcome, Report, Trigger};
+use crate::domain::{Figures, JobKind, OffsiteFigures, Outcome, Report, Trigger};
 
 /// Where and how to log (`main` fills it from `--log-target` and `--log-format`).
 #[derive(Debug, Clone, Copy)]
@@ -238,6 +238,17 @@ struct JournalFigures<'a> {
 }
 
 impl<'a> JournalFigures<'a> {
+    /// The off-site fields alone, for a backup's figures to fill in the rest.
+    fn offsite(o: &'a OffsiteFigures) -> Self {
+        JournalFigures {
+            remote: o.remote.as_deref(),
+            remote_url: o.remote_url.as_deref(),
+            remote_bytes: o.remote_bytes,
+            remote_mb_per_sec: o.remote_mb_per_sec,
+            ..JournalFigures::default()
+        }
+    }
+
     fn of(figures: Option<&'a Figures>) -> Self {
         match figures {
             None => JournalFigures::default(),
@@ -258,12 +269,8 @@ impl<'a> JournalFigures<'a> {
                 verify: b.verified.map(|v| v.as_str()),
                 pages_per_sec: b.pages_per_sec,
                 sha256: b.sha256.as_deref(),
-                remote: b.remote.as_deref(),
-                remote_url: b.remote_url.as_deref(),
-                remote_bytes: b.remote_bytes,
-                remote_mb_per_sec: b.remote_mb_per_sec,
                 copy_path: b.copy_path.map(|p| p.as_str()),
-                ..JournalFigures::default()
+                ..JournalFigures::offsite(&b.offsite)
             },
             Some(Figures::Incremental(i)) => JournalFigures {
                 bytes_after: Some(i.bytes),
@@ -271,10 +278,7 @@ impl<'a> JournalFigures<'a> {
                 sha256: i.image_sha256.as_deref(),
                 pages_scanned: Some(i.pages_scanned),
                 pages_changed: Some(i.pages_changed),
-                remote: i.remote.as_deref(),
-                remote_url: i.remote_url.as_deref(),
-                remote_bytes: i.remote_bytes,
-                ..JournalFigures::default()
+                ..JournalFigures::offsite(&i.offsite)
             },
             Some(Figures::Drill(d)) => match d.newest() {
                 None => JournalFigures::default(),

@@ -116,10 +116,7 @@ pub fn run(ctx: &mut JobCtx<'_>) -> Result<JobResult, JobError> {
     let pushed = super::offsite::after_incremental(ctx.config, ctx.db, &written)
         .map_err(JobError::Refused)?;
     if let Some(p) = &pushed {
-        figures.remote = Some(p.remotes.join(","));
-        figures.remote_url = Some(p.urls.join(" "));
-        figures.remote_bytes = Some(p.bytes);
-        figures.remote_pending = Some(p.pending);
+        figures.offsite = p.figures();
         if let Some(e) = p.failure() {
             return Err(e);
         }

@@ -292,16 +292,9 @@ fn figures(
         copy_path: copies.path,
         ..BackupFigures::default()
     };
-    match pushed {
-        Some(p) => BackupFigures {
-            remote: Some(p.remotes.join(",")),
-            remote_url: Some(p.urls.join(" ")),
-            remote_bytes: Some(p.bytes),
-            remote_mb_per_sec: Some(p.mb_per_sec()),
-            remote_pending: Some(p.pending),
-            ..figures
-        },
-        None => figures,
+    BackupFigures {
+        offsite: pushed.map(offsite::Pushed::figures).unwrap_or_default(),
+        ..figures
     }
 }
 

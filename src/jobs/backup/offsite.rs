@@ -13,6 +13,7 @@ use chrono::{DateTime, Utc};
 use crate::archive::{Entry, Manifest};
 use crate::chain::DeltaEntry;
 use crate::config::{Config, Database, Remote};
+use crate::domain::OffsiteFigures;
 use crate::remote::{self, RemoteError, Store};
 use crate::state::State;
 
@@ -34,6 +35,17 @@ pub struct Pushed {
 }
 
 impl Pushed {
+    /// The run's figures of this push (journal fields and the JSON's `remote*` keys).
+    pub fn figures(&self) -> OffsiteFigures {
+        OffsiteFigures {
+            remote: Some(self.remotes.join(",")),
+            remote_url: Some(self.urls.join(" ")),
+            remote_bytes: Some(self.bytes),
+            remote_mb_per_sec: Some(self.mb_per_sec()),
+            remote_pending: Some(self.pending),
+        }
+    }
+
     /// The tail of a run's summary line: what was stored off-site (empty when nothing was).
     pub fn summary(&self) -> String {
         if self.copies == 0 {
