@@ -13,8 +13,8 @@
 //!   content checksum (XXH64 of the encoder's input);
 //! - a checker thread follows the compressed file as it grows (`pread` behind the writer),
 //!   hashes the stored bytes (SHA-256: the manifest's hash is of what was read back from the
-//!   file), decompresses them, and asks the kernel to start writing back each range it has
-//!   read (`sync_file_range`), so the final fsync only waits for the tail;
+//!   file), decompresses them, and has each range it has read written back behind it
+//!   (`writeback.rs`: at most two windows queued), so the final fsync only waits for the tail;
 //! - [`Compressor::finish`] waits for the end of the frame, fsyncs, waits for the round trip,
 //!   and requires the frame to carry its content checksum, the decoder to have accepted it,
 //!   and the decompressed size to be the bytes fed: a damaged or truncated frame, or other
@@ -41,14 +41,13 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 use super::follow::{read_behind, EndOnDrop, Written, CHUNK};
+use super::writeback::{Flusher, WINDOW};
 use crate::archive;
 use crate::jobs::JobError;
 use crate::progress::Progress as Bar;
 
 /// At most this many zstd worker threads, whatever the machine has.
 const MAX_WORKERS: u32 = 4;
-/// The checker starts write-back of the output in ranges of this size.
-const WRITE_BEHIND: u64 = 8 << 20;
 
 /// What a finished compression stored and proved.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,6 +100,8 @@ struct Tail {
     file: File,
     pos: u64,
     synced: u64,
+    /// Write-back of the output, started for each range the checker has read.
+    flusher: Flusher,
     progress: Arc<Written>,
     hash: Sha256,
 }
@@ -123,14 +124,11 @@ impl Read for Tail {
         }
         self.hash.update(&buf[..n]);
         self.pos += n as u64;
-        if self.pos - self.synced >= WRITE_BEHIND {
-            // Start its write-back without waiting: the final fsync then has little left.
-            super::filecopy::sync_file_range(
-                &self.file,
-                self.synced,
-                self.pos - self.synced,
-                libc::SYNC_FILE_RANGE_WRITE,
-            );
+        if self.pos - self.synced >= WINDOW {
+            // Start its write-back (at most two windows queued): the final fsync then has
+            // little left, and an app's commit does not wait behind the output.
+            self.flusher
+                .write_behind(self.synced, self.pos - self.synced);
             self.synced = self.pos;
         }
         Ok(n)
@@ -222,8 +220,10 @@ impl Compressor {
             enc.set_pledged_src_size(size).map_err(io(path, "zstd"))?;
         }
         let input = File::open(raw).map_err(io(raw, "open for compression"))?;
+        let read_back = File::open(path).map_err(io(path, "open for the round trip"))?;
         let tail = Tail {
-            file: File::open(path).map_err(io(path, "open for the round trip"))?,
+            flusher: Flusher::start(&read_back),
+            file: read_back,
             pos: 0,
             synced: 0,
             progress: written.clone(),

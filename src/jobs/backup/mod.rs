@@ -28,6 +28,7 @@ pub mod offsite;
 pub mod offsite_hold;
 mod retain;
 mod verify;
+mod writeback;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
