@@ -41,6 +41,9 @@ pub enum ArchiveError {
     },
     #[error("{}: {reason}", path.display())]
     Refused { reason: String, path: PathBuf },
+    /// The manifest is not one litekeeper wrote (unparsable, or an entry it would not make).
+    #[error("{}: {reason}", path.display())]
+    BadManifest { reason: String, path: PathBuf },
 }
 
 fn io_err<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(io::Error) -> ArchiveError + 'a {
@@ -537,24 +540,72 @@ pub struct Manifest {
     pub deltas: Vec<crate::chain::DeltaEntry>,
 }
 
+/// One path component as litekeeper makes file names: not empty, not hidden (nor `..`), no
+/// `/`, no control characters.
+pub(crate) fn plain_name(s: &str) -> bool {
+    !s.is_empty() && !s.starts_with('.') && !s.contains('/') && !s.chars().any(char::is_control)
+}
+
 impl Manifest {
     /// Read the manifest of `dir` (empty when there is none yet).
     pub fn load(dir: &Path) -> Result<Manifest, ArchiveError> {
         let path = dir.join(MANIFEST);
         // Only a regular file: a FIFO named manifest.json must not hang the job.
         match crate::safe_fs::read_regular(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| ArchiveError::Refused {
-                reason: format!(
-                    "unreadable manifest ({e}); move it aside and the next backup writes a new one"
-                ),
-                path,
-            }),
+            Ok(bytes) => {
+                let m: Manifest =
+                    serde_json::from_slice(&bytes).map_err(|e| ArchiveError::BadManifest {
+                        reason: format!(
+                            "unreadable manifest ({e}); move it aside and the next backup writes a new one"
+                        ),
+                        path: path.clone(),
+                    })?;
+                m.check().map_err(|e| ArchiveError::BadManifest {
+                    reason: format!(
+                        "{e}: litekeeper names its files itself, so this entry was edited; \
+                         remove it or move the manifest aside (the next backup writes a new one)"
+                    ),
+                    path,
+                })?;
+                Ok(m)
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Manifest {
                 version: 1,
                 ..Manifest::default()
             }),
             Err(e) => Err(io_err(&path, "cannot read manifest")(e)),
         }
+    }
+
+    /// Every delta entry names files as litekeeper names them, in the directory itself:
+    /// restores and chain retention join these names to the directory, to read and delete.
+    /// (A full backup's entry is only followed for a name the listing found in the
+    /// directory: see [`backup_of`].)
+    fn check(&self) -> Result<(), String> {
+        for (i, d) in self.deltas.iter().enumerate() {
+            let ours = |name: Option<&str>| name.is_some_and(|s| s == d.series && plain_name(s));
+            let full = |f: &str| BackupName::parse(f).filter(|n| !n.failed).map(|n| n.series);
+            let delta = |f: &str| crate::chain::DeltaName::parse(f).map(|n| n.series);
+            if !ours(delta(&d.file).as_deref()) {
+                return Err(format!(
+                    "deltas[{i}]: file {:?} is not a delta file name of series {:?}",
+                    d.file, d.series
+                ));
+            }
+            if !ours(full(&d.base).as_deref()) {
+                return Err(format!(
+                    "deltas[{i}]: base {:?} is not a full backup of series {:?}",
+                    d.base, d.series
+                ));
+            }
+            if d.prev != d.base && !ours(delta(&d.prev).as_deref()) {
+                return Err(format!(
+                    "deltas[{i}]: prev {:?} is neither its base nor a delta of series {:?}",
+                    d.prev, d.series
+                ));
+            }
+        }
+        Ok(())
     }
 
     pub fn get(&self, file: &str) -> Option<&Entry> {

@@ -589,3 +589,61 @@ fn sigkill_during_restore_at_in_place_leaves_the_old_or_the_new_file() {
         "{beside:?}"
     );
 }
+
+/// A local manifest whose entries name files outside the backup directory (`..`, a path, an
+/// absolute name: by hand or by another tool): no job or restore follows them. Chain
+/// retention deleted `../victim.txt` before (the run exited 0); now a delta entry that is not
+/// a delta name of its series makes the manifest refused (65) naming the entry.
+#[test]
+fn local_manifest_names_never_leave_the_backup_dir() {
+    let (env, db, dir) = setup("7d", "keep = { last = 5 }");
+    insert(&db, 1, 100);
+    env.run_ok(&["run", "app", "backup"]);
+    insert(&db, 200, 300);
+    env.run_ok(&["run", "app", "incremental"]);
+    let victim = dir.parent().unwrap().join("victim.txt");
+    std::fs::write(&victim, b"not a backup").unwrap();
+    let path = dir.join("manifest.json");
+    let good = std::fs::read(&path).unwrap();
+    let tamper = |edit: &dyn Fn(&mut Value)| {
+        let mut m: Value = serde_json::from_slice(&good).unwrap();
+        edit(&mut m);
+        std::fs::write(&path, serde_json::to_vec(&m).unwrap()).unwrap();
+    };
+    let expired_chain = |file: &str| {
+        let file = file.to_string();
+        move |m: &mut Value| {
+            let mut d = m["deltas"][0].clone();
+            d["file"] = Value::from(file.as_str());
+            d["base"] = Value::from("app-20200101T000000Z.db");
+            d["prev"] = Value::from("app-20200101T000000Z.db");
+            d["created_at"] = Value::from("2020-01-01T00:00:01Z");
+            m["deltas"].as_array_mut().unwrap().push(d);
+        }
+    };
+    for bad in ["../victim.txt", "app-20200101T000001Z/../../victim.txt"] {
+        tamper(&expired_chain(bad));
+        let o = env
+            .cmd()
+            .args(["run", "app", "incremental"])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(65), "{bad}: {}", both(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("manifest.json") && err.contains("deltas[1]"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(&victim).unwrap(), b"not a backup", "{bad}");
+    }
+    // A full backup's entry naming a path (kept working by the listing, which only takes
+    // backup names of the database's series): restore does not read it (the real backup is
+    // now unrecorded: 66), a backup's retention does not delete it.
+    let abs = victim.display().to_string();
+    tamper(&|m: &mut Value| m["backups"][0]["file"] = Value::from(abs.as_str()));
+    let o = env.restore_to(&["app"], &env.path("r.db"));
+    assert_eq!(o.status.code(), Some(66), "{}", both(&o));
+    assert!(!env.path("r.db").exists());
+    env.run_ok(&["run", "app", "backup"]);
+    assert_eq!(std::fs::read(&victim).unwrap(), b"not a backup");
+}

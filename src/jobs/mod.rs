@@ -108,6 +108,9 @@ impl JobError {
             JobError::Config(_) => ExitCode::Config,
             JobError::NoInput(_) => ExitCode::NoInput,
             JobError::Archive(crate::archive::ArchiveError::Refused { .. }) => ExitCode::CantCreate,
+            JobError::Archive(crate::archive::ArchiveError::BadManifest { .. }) => {
+                ExitCode::DataErr
+            }
             JobError::Archive(_) => ExitCode::IoErr,
             JobError::Remote(_, code) => *code,
             // Stopped by a signal (a `systemctl stop`), not failed: try again later.

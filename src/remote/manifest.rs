@@ -25,11 +25,8 @@ use crate::domain::ExitCode;
 /// `c` is the copy of a file named as litekeeper names them, of the series `parsed` read from
 /// its `local_file` (None: not such a name).
 fn check_copy(c: &Copy, parsed: Option<&str>) -> Result<(), String> {
-    let plain = |s: &str| {
-        !s.is_empty() && !s.starts_with('.') && !s.contains('/') && !s.chars().any(char::is_control)
-    };
     match parsed {
-        Some(series) if series == c.series && plain(series) => {}
+        Some(series) if series == c.series && archive::plain_name(series) => {}
         _ => {
             return Err(format!(
                 "local_file {:?} is not a backup file name of series {:?}",
