@@ -374,3 +374,21 @@ fn a_bad_daemon_host_is_a_config_error_naming_the_key() {
         assert!(err.contains("daemon.host"), "{bad:?}: {err}");
     }
 }
+
+#[test]
+fn a_drill_from_another_hosts_prefix_marks_nothing_there() {
+    let s = Shared::new();
+    let web1 = Host::new("web1", 30, &s.remote(), KEEP_ALL);
+    let drill = format!(
+        "{KEEP_ALL}\n[database.drill]\nidentity = \"{}\"\nfrom = [\"offsite\"]",
+        s.identity.display()
+    );
+    let web2 = Host::new("web2", 70, &s.remote(), &drill);
+    web1.backup();
+    let before = tree(&s.nas());
+    // The copy is drilled (it restores), but its verdict is web1's to write.
+    let o = web2.code(&["drill", "app"], 78);
+    assert_refusal(&o, "web1", "web2");
+    assert_eq!(tree(&s.nas()), before, "no drill mark written");
+    assert!(s.manifest()["copies"][0].get("drill").is_none());
+}
