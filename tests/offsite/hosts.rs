@@ -392,3 +392,19 @@ fn a_drill_from_another_hosts_prefix_marks_nothing_there() {
     assert_eq!(tree(&s.nas()), before, "no drill mark written");
     assert!(s.manifest()["copies"][0].get("drill").is_none());
 }
+
+#[test]
+fn a_dry_run_on_another_hosts_prefix_says_whose_it_is_not_what_it_would_delete() {
+    let s = Shared::new();
+    let web1 = Host::new("web1", 30, &s.remote(), KEEP_ALL);
+    let web2 = Host::new("web2", 70, &s.remote(), KEEP_ONE_REMOTE);
+    web1.backup();
+    web1.backup();
+    let o = web2.code(&["run", "app", "backup", "--dry-run"], 0);
+    let out = both(&o);
+    assert!(!out.contains("would delete app-"), "{out}");
+    assert!(
+        out.contains("belong to host \"web1\" (this host is \"web2\")"),
+        "{out}"
+    );
+}
