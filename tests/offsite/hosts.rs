@@ -299,6 +299,12 @@ fn a_new_host_restores_the_lost_hosts_copies_and_the_owner_stays() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["databases"][0]["owner"], "web1", "{v}");
     assert_eq!(v["databases"][0]["count"], 1, "{v}");
+    let o = web2.code(&["backups", "list", "app", "--remote", "offsite"], 0);
+    assert!(
+        both(&o).contains("owner: host \"web1\" (not this host \"web2\""),
+        "{}",
+        both(&o)
+    );
     assert_eq!(web2.restore_from_remote(&s.identity, &[]), (30, 0));
     assert_eq!(
         tree(&s.nas()),
@@ -306,13 +312,18 @@ fn a_new_host_restores_the_lost_hosts_copies_and_the_owner_stays() {
         "restore changes nothing on the remote"
     );
     // `check` says whose the copies are.
-    let o = web2.run(&["check"]);
+    let o = web2.code(&["check"], 0);
     let out = both(&o);
     assert!(
         out.lines()
-            .any(|l| l.contains("web1") && l.contains("web2") && l.contains("app")),
+            .any(|l| l.starts_with("remote offsite: warning: database app: ")
+                && l.contains("belong to host \"web1\", not this host \"web2\"")
+                && l.contains("--adopt")),
         "{out}"
     );
+    // web1's own check has no such line.
+    let out = both(&web1.code(&["check"], 0));
+    assert!(!out.contains("belong to host"), "{out}");
 }
 
 #[test]
