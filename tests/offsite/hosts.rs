@@ -419,3 +419,49 @@ fn a_dry_run_on_another_hosts_prefix_says_whose_it_is_not_what_it_would_delete()
         "{out}"
     );
 }
+
+#[test]
+fn host_in_the_url_works_for_fleet_members_and_from_the_environment() {
+    let s = Shared::new();
+    let env = TestEnv::new();
+    for (tenant, rows) in [("alice", 3), ("bob", 5)] {
+        env.sqlite(
+            &format!("tenants/{tenant}.db"),
+            &format!(
+                "CREATE TABLE t(x);
+                 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < {rows})
+                 INSERT INTO t SELECT i FROM n;"
+            ),
+        );
+    }
+    for h in ["web1", "web2"] {
+        std::fs::create_dir(s.nas().join(h)).unwrap();
+    }
+    env.write_config(&format!(
+        "{}[[database]]\nname = \"t-{{stem}}\"\npath = \"{}/*.db\"\n[database.backup]\ndir = \"{}/{{name}}\"\nremotes = [\"offsite\"]\n\n[[remote]]\nname = \"offsite\"\n{}\n",
+        env.daemon_section("host = \"web1\""),
+        env.path("tenants").display(),
+        env.path("backups").display(),
+        dir_remote(&s.nas(), "/{host}", &s.public)
+    ));
+    for member in ["t-alice", "t-bob"] {
+        let o = run(&env, &["run", member, "backup"]);
+        assert_eq!(o.status.code(), Some(0), "{member}: {}", both(&o));
+        let m = manifest_at(
+            &s.nas()
+                .join(format!("web1/{member}/litekeeper-manifest.json")),
+        );
+        assert_eq!(m["host"], "web1", "{m}");
+        assert_eq!(m["database"], member, "{m}");
+    }
+    // `[daemon] host` from the environment, like any [daemon] key.
+    let o = env
+        .cmd()
+        .args(["run", "t-alice", "backup"])
+        .env("LITEKEEPER__DAEMON__HOST", "web2")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let m = manifest_at(&s.nas().join("web2/t-alice/litekeeper-manifest.json"));
+    assert_eq!(m["host"], "web2", "{m}");
+}
