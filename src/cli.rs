@@ -323,6 +323,7 @@ pub enum BackupsCommand {
     /// Examples:
     ///   litekeeper backups push chat
     ///   litekeeper backups push chat offsite
+    ///   litekeeper backups push chat offsite --adopt   # this host replaces the old one
     #[command(verbatim_doc_comment)]
     Push(BackupsPushArgs),
 }
@@ -333,6 +334,11 @@ pub struct BackupsPushArgs {
     pub database: String,
     /// Only this `[[remote]]`.
     pub remote: Option<String>,
+    /// First make this host the owner of the database's copies on the remote(s), then push:
+    /// for a host that replaces the one that wrote them (same data, new machine). That host's
+    /// pushes are refused from then on.
+    #[arg(long)]
+    pub adopt: bool,
 }
 
 #[derive(Debug, Args)]

@@ -52,6 +52,7 @@ fn the_example_documents_every_key() {
         "state_dir",
         "lock_dir",
         "metrics_file",
+        "host",
         "slow_statement",
         "busy_timeout",
         "catch_up",

@@ -4,7 +4,9 @@
 //! remote's recipients is put under `{prefix}/.litekeeper-check/`, read back and compared,
 //! listed, and deleted. With `--identity FILE` the probe is also decrypted with it, which
 //! proves that copies made now can be restored with that key. One line per remote, naming
-//! the step that failed and why; secrets are never printed.
+//! the step that failed and why; secrets are never printed. Then, for each checked database
+//! on it, the owner of its remote manifest when that is another host (a warning: this
+//! host's pushes there are refused).
 
 use std::collections::HashSet;
 use std::io::{Read, Write};
@@ -14,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::{Config, Credentials, Identity, Remote};
-use crate::remote::{Kind, RemoteError, Store};
+use crate::remote::{Kind, RemoteError, RemoteManifest, Store};
 
 /// Longest wait for one request of the probe (a remote's own `timeout` when shorter).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -72,7 +74,13 @@ pub(super) fn check(
             println!("remote {}: warning: {w}", r.name);
         }
         match probe(r, identities.as_deref()) {
-            Ok(ok) => println!("remote {}: ok: {ok}", r.name),
+            Ok(ok) => {
+                println!("remote {}: ok: {ok}", r.name);
+                for w in owners(config, selected, r) {
+                    warnings += 1;
+                    println!("remote {}: warning: {w}", r.name);
+                }
+            }
             Err((step, e)) => {
                 errors += 1;
                 println!("remote {}: error: {e}", r.name);
@@ -81,6 +89,44 @@ pub(super) fn check(
         }
     }
     (errors, warnings)
+}
+
+/// A line for each checked database on `remote` whose remote manifest another host owns
+/// (or that cannot be read: that is said too, as a warning; the probe passed).
+fn owners(
+    config: &Config,
+    selected: Option<&HashSet<String>>,
+    remote: &Arc<Remote>,
+) -> Vec<String> {
+    let store = match Store::open(remote.clone()) {
+        Ok(s) => s,
+        Err(e) => return vec![e.to_string()],
+    };
+    let mut out = Vec::new();
+    for db in &config.databases {
+        let uses = db
+            .backup
+            .as_ref()
+            .is_some_and(|b| b.remotes.contains(&remote.name));
+        if !uses || selected.is_some_and(|s| !s.contains(&db.name)) {
+            continue;
+        }
+        match RemoteManifest::load(&store, &db.name) {
+            Err(e) => out.push(format!("database {}: {e}", db.name)),
+            Ok(m) => match m.host.as_deref() {
+                Some(owner) if owner != remote.host => out.push(format!(
+                    "database {}: the copies under {} belong to host {owner:?}, not this host {:?}: this host's pushes there are refused; give each host its own prefix with {{host}} in the url, or, if this host replaces {owner:?}, `litekeeper backups push {} {} --adopt`",
+                    db.name,
+                    store.key(&db.name, ""),
+                    remote.host,
+                    db.name,
+                    remote.name
+                )),
+                _ => {}
+            },
+        }
+    }
+    out
 }
 
 /// The permission bits of the file at `p` when group or others may read or write it.

@@ -1,13 +1,18 @@
-//! `litekeeper backups push DB [REMOTE]`: upload the database's pending off-site copies now,
-//! under its lock (a running backup job is waited for by no one: busy → exit 75).
+//! `litekeeper backups push DB [REMOTE] [--adopt]`: upload the database's pending off-site
+//! copies now, under its lock (a running backup job is waited for by no one: busy → exit 75).
+//! `--adopt` first makes this host the owner of the database's remote manifest(s), so a host
+//! that replaces another writes where the old one did.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::cli::BackupsPushArgs;
+use crate::config::{Database, Remote};
 use crate::domain::human_bytes;
 use crate::exit::{ExitCode, Failure};
 use crate::jobs::backup::offsite;
 use crate::lock::{self, LockError};
+use crate::remote::{RemoteManifest, Store};
 
 fn fail(code: ExitCode, msg: String) -> Failure {
     Failure::new(code, anyhow::anyhow!(msg))
@@ -36,6 +41,9 @@ pub fn run(path: &Path, args: BackupsPushArgs) -> Result<ExitCode, Failure> {
         };
         fail(code, e.to_string())
     })?;
+    if args.adopt {
+        adopt(db, &remotes)?;
+    }
     let pushed = offsite::push_pending(&config, db, args.remote.as_deref())
         .map_err(|e| fail(ExitCode::CantCreate, e))?;
     // The off-site metrics (pending copies, last success) follow the push.
@@ -61,4 +69,32 @@ pub fn run(path: &Path, args: BackupsPushArgs) -> Result<ExitCode, Failure> {
         return Err(fail(first.code, lines.join("; ")));
     }
     Ok(ExitCode::Ok)
+}
+
+/// Make this host the owner of `db`'s manifest on each of `remotes`; one line each.
+fn adopt(db: &Database, remotes: &[&Arc<Remote>]) -> Result<(), Failure> {
+    let Some(backup) = db.backup.as_ref() else {
+        return Ok(());
+    };
+    for r in remotes {
+        let store = Store::open((*r).clone()).map_err(|e| fail(e.code, e.to_string()))?;
+        let was = RemoteManifest::adopt(&store, &db.name, &backup.dir)
+            .map_err(|e| fail(e.code, e.to_string()))?;
+        let prefix = store.key(&db.name, "");
+        match was {
+            Some(w) if w == r.host => println!(
+                "{}: remote {:?}: the copies under {prefix} already belong to this host {:?}",
+                db.name, r.name, r.host
+            ),
+            Some(w) => println!(
+                "{}: remote {:?}: the copies under {prefix} now belong to this host {:?} (were host {w:?}'s; its pushes are refused from now on)",
+                db.name, r.name, r.host
+            ),
+            None => println!(
+                "{}: remote {:?}: the copies under {prefix} now belong to this host {:?}",
+                db.name, r.name, r.host
+            ),
+        }
+    }
+    Ok(())
 }

@@ -2,8 +2,9 @@
 //! manifests list for each database using it, each checked against the store: `ok`,
 //! `missing` (listed, not stored: deleted by hand), `size-differs`, and with `--verify`
 //! `damaged` (read back, SHA-256 differs); the deltas of incremental chains the same way,
-//! as `points`; each copy's last restore drill (`drill: failed …`). Exit 65 when any copy
-//! or point is flagged.
+//! as `points`; each copy's last restore drill (`drill: failed …`); the host that owns the
+//! database's copies there (`owner`, said in the text when it is not this host). Exit 65
+//! when any copy or point is flagged.
 
 use std::collections::HashMap;
 
@@ -25,6 +26,8 @@ struct RemoteListJson {
 #[derive(Serialize)]
 struct DbJson {
     database: String,
+    /// The host that writes the database's remote manifest (null: none recorded yet).
+    owner: Option<String>,
     count: usize,
     total_bytes: u64,
     /// Why the remote could not be listed for this database (null when all is well).
@@ -103,6 +106,7 @@ pub fn run(
         )));
     }
     let store = Store::open(r.clone()).map_err(|e| Failure::new(e.code, anyhow::anyhow!(e)))?;
+    let this_host = r.host.clone();
     let mut out = RemoteListJson {
         remote: r.name.clone(),
         url: r.url.clone(),
@@ -112,8 +116,9 @@ pub fn run(
     let mut failed = None;
     for db in dbs {
         let entry = match list_one(&store, &db.name, verify) {
-            Ok((copies, points)) => DbJson {
+            Ok((copies, points, owner)) => DbJson {
                 database: db.name.clone(),
+                owner,
                 count: copies.len(),
                 total_bytes: copies.iter().map(|c| c.size).sum(),
                 error: None,
@@ -124,6 +129,7 @@ pub fn run(
                 failed.get_or_insert(e.code);
                 DbJson {
                     database: db.name.clone(),
+                    owner: None,
                     count: 0,
                     total_bytes: 0,
                     error: Some(e.to_string()),
@@ -142,7 +148,7 @@ pub fn run(
             serde_json::to_string_pretty(&out).expect("serializes")
         );
     } else {
-        print_text(&out);
+        print_text(&out, &this_host);
     }
     Ok(match (failed, flagged) {
         (Some(code), _) => code,
@@ -152,7 +158,7 @@ pub fn run(
 }
 
 /// The listing as text: per database its copies and incremental points, one line each.
-fn print_text(out: &RemoteListJson) {
+fn print_text(out: &RemoteListJson, this_host: &str) {
     for d in &out.databases {
         println!(
             "remote {:?} ({}) database {}: {} cop{}, {}",
@@ -163,6 +169,9 @@ fn print_text(out: &RemoteListJson) {
             if d.count == 1 { "y" } else { "ies" },
             human_bytes(d.total_bytes)
         );
+        if let Some(owner) = d.owner.as_deref().filter(|o| *o != this_host) {
+            println!("  owner: host {owner:?} (not this host {this_host:?}: its copies, restorable here; pushes from here are refused)");
+        }
         if let Some(e) = &d.error {
             println!("  error: {e}");
         }
@@ -204,7 +213,7 @@ fn state_text(state: &str) -> &'static str {
     }
 }
 
-type Listed = (Vec<CopyJson>, Vec<PointJson>);
+type Listed = (Vec<CopyJson>, Vec<PointJson>, Option<String>);
 
 fn list_one(store: &Store, database: &str, verify: bool) -> Result<Listed, remote::RemoteError> {
     let m = RemoteManifest::load(store, database)?;
@@ -256,5 +265,5 @@ fn list_one(store: &Store, database: &str, verify: bool) -> Result<Listed, remot
             state: state_of(&d.copy),
         })
         .collect();
-    Ok((out, points))
+    Ok((out, points, m.host))
 }

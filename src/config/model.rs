@@ -122,6 +122,9 @@ pub struct Daemon {
     pub keep_history: Duration,
     /// Prometheus textfile written (atomically, from the state DB) after every run.
     pub metrics_file: Option<PathBuf>,
+    /// This host's name (`host`, else the machine's host name, lower-cased): the owner the
+    /// remote manifests it writes record, and `{host}` in a remote's `url`.
+    pub host: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

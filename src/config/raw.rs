@@ -29,6 +29,7 @@ pub struct RawDaemon {
     pub catch_up: Option<bool>,
     pub keep_history: Option<String>,
     pub metrics_file: Option<String>,
+    pub host: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

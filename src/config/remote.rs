@@ -14,8 +14,12 @@ pub struct Remote {
     pub name: String,
     /// Where objects go.
     pub target: Target,
-    /// The URL as written (no secrets: the validation refuses user info in it).
+    /// The URL as written with `{host}` replaced (no secrets: the validation refuses user
+    /// info in it).
     pub url: String,
+    /// This host (`[daemon] host`): the owner recorded in the remote manifests it writes;
+    /// another host's are not written (`remote::manifest`).
+    pub host: String,
     /// The endpoint of an S3-compatible store (`https://…`), none for AWS itself.
     pub endpoint: Option<String>,
     pub region: Option<String>,

@@ -281,6 +281,7 @@ mod tests {
         Remote {
             name: "offsite".into(),
             url: format!("s3://{bucket}/lk"),
+            host: "web1".into(),
             target: Target::S3 {
                 bucket: bucket.into(),
                 prefix: "lk".into(),

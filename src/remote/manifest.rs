@@ -10,6 +10,13 @@
 //! `/`, no control character, no leading dot), its object that name's copy (`object_name`),
 //! a delta's `base` a full backup and `prev` the base or a delta of the same series — so no
 //! entry can lead a download out of its staging directory or retention to another object.
+//!
+//! Many hosts, one bucket: the manifest records the host that writes it (`host`, the remote's
+//! `Remote::host`). Another host never writes it — no push, retention or drill mark: `update`
+//! and `check_owner` (called before an upload puts an object) refuse with one line naming
+//! both hosts and the two ways out (`{host}` in the url, or `backups push --adopt`, which is
+//! `adopt`). Reading needs no ownership: any host lists and restores any prefix. A manifest
+//! without `host` (written before hosts were recorded) is taken by the first host that writes.
 
 use std::collections::BTreeMap;
 
@@ -155,6 +162,9 @@ impl DeltaCopy {
 pub(crate) struct RemoteManifest {
     pub version: u32,
     pub database: String,
+    /// The host that writes this manifest (absent: written before hosts were recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     /// Full backups.
     pub copies: Vec<Copy>,
     /// Deltas of incremental chains.
@@ -170,6 +180,7 @@ impl RemoteManifest {
             None => Ok(RemoteManifest {
                 version: 1,
                 database: database.to_string(),
+                host: None,
                 copies: Vec::new(),
                 deltas: Vec::new(),
             }),
@@ -193,10 +204,57 @@ impl RemoteManifest {
     /// directory `dir` (created if it is gone, as a backup would). Pushes (the database's
     /// lock), remote retention and drills (no database lock: they may run beside a backup)
     /// all write through here, so none overwrites another's edit with an older list.
+    /// Another host's manifest is refused before `change` runs (see the module doc); one
+    /// without an owner becomes this host's when `change` writes it.
     pub(crate) fn update<T>(
         store: &Store,
         database: &str,
         dir: &std::path::Path,
+        change: impl FnOnce(&mut RemoteManifest) -> (bool, T),
+    ) -> Result<T, RemoteError> {
+        Self::update_as(store, database, dir, false, change)
+    }
+
+    /// Make this host the owner of `database`'s manifest on `store`, whoever owned it (a host
+    /// replaced by this one: `backups push --adopt`); the previous owner (None: none was
+    /// recorded, or there is no manifest yet). Copies, deltas and drills are kept as they are.
+    pub(crate) fn adopt(
+        store: &Store,
+        database: &str,
+        dir: &std::path::Path,
+    ) -> Result<Option<String>, RemoteError> {
+        Self::update_as(store, database, dir, true, |m| {
+            let was = m.host.clone();
+            (was.as_deref() != Some(store.remote.host.as_str()), was)
+        })
+    }
+
+    /// Refuse when another host owns this manifest: before an upload puts an object, and in
+    /// every `update`.
+    pub(crate) fn check_owner(&self, store: &Store, database: &str) -> Result<(), RemoteError> {
+        let this = store.remote.host.as_str();
+        match self.host.as_deref() {
+            Some(owner) if owner != this => {
+                let prefix = store.key(database, "");
+                Err(store.other(
+                    format!("writing {prefix}"),
+                    format!(
+                        "the copies under {prefix} belong to host {owner:?} (this host is {this:?}) and are never written by another host; give each host its own prefix with {{host}} in the remote's url (url = \"{}/{{host}}\"), or, if this host replaces {owner:?}, take them over: litekeeper backups push {database} {} --adopt",
+                        store.remote.url.trim_end_matches('/'),
+                        store.remote.name
+                    ),
+                    ExitCode::Config,
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn update_as<T>(
+        store: &Store,
+        database: &str,
+        dir: &std::path::Path,
+        adopt: bool,
         change: impl FnOnce(&mut RemoteManifest) -> (bool, T),
     ) -> Result<T, RemoteError> {
         let locked = || -> Result<archive::DirLock, archive::ArchiveError> {
@@ -211,8 +269,12 @@ impl RemoteManifest {
             )
         })?;
         let mut m = RemoteManifest::load(store, database)?;
+        if !adopt {
+            m.check_owner(store, database)?;
+        }
         let (changed, out) = change(&mut m);
         if changed {
+            m.host = Some(store.remote.host.clone());
             m.save(store, database)?;
         }
         drop(held);

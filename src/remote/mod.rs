@@ -5,7 +5,7 @@
 //! `cause` says why a request failed, in the operator's terms; `priority` lowers the threads
 //! of an upload so that the application's own work comes first;
 //! `manifest` is the remote's list of copies, written last (one PUT, atomic by object
-//! semantics). Nothing here touches a database: callers run it after the local backup's
+//! semantics), by the one host that owns it. Nothing here touches a database: callers run it after the local backup's
 //! commit, on a blocking thread (each `Store` has its own small runtime).
 
 mod cause;
@@ -88,8 +88,10 @@ pub(crate) fn push_delta(
     Ok(up)
 }
 
-/// The pipeline for one local file: compressed (unless it is), encrypted, uploaded, read back.
+/// The pipeline for one local file: compressed (unless it is), encrypted, uploaded, read back;
+/// refused before anything is put when another host owns the remote's manifest.
 fn upload_copy(store: &Store, src: &Source<'_>) -> Result<(Uploaded, Copy), RemoteError> {
+    RemoteManifest::load(store, src.database)?.check_owner(store, src.database)?;
     let object = object_name(src.file);
     let key = store.key(src.database, &object);
     let compress = !src.file.ends_with(".zst");

@@ -155,6 +155,7 @@ mod tests {
         let m = RemoteManifest {
             version: 1,
             database: "chat".into(),
+            host: None,
             copies: (0..366)
                 .map(|d| copy(start + chrono::Duration::days(d)))
                 .collect(),
@@ -209,6 +210,7 @@ mod tests {
         let m = RemoteManifest {
             version: 1,
             database: "chat".into(),
+            host: None,
             copies: vec![old.clone(), new],
             deltas: Vec::new(),
         };
@@ -242,6 +244,7 @@ mod tests {
         let m = RemoteManifest {
             version: 1,
             database: "chat".into(),
+            host: None,
             copies: vec![old.clone(), new.clone()],
             deltas: Vec::new(),
         };
@@ -295,6 +298,7 @@ mod tests {
         let m = RemoteManifest {
             version: 1,
             database: "chat".into(),
+            host: None,
             copies: vec![old.clone(), new],
             deltas: (1..=3)
                 .map(|i| delta(&old, i, t + chrono::Duration::minutes(10 * i as i64)))

@@ -7,6 +7,7 @@ mod drill;
 mod faults;
 pub mod fixture;
 mod fleet;
+mod hosts;
 mod ops;
 mod restore;
 mod retention;

@@ -1,17 +1,19 @@
 //! The `[daemon]` section: time zone, concurrency, directories, statement and busy timeouts,
-//! history kept, the metrics file.
+//! history kept, the metrics file, and this host's name (`host`: the owner of the remote
+//! manifests it writes, `{host}` in a remote's url).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::Checker;
+use super::{is_db_name, Checker, NAME_RULE};
 use crate::config::raw::RawDaemon;
 use crate::config::{Daemon, KeyPath};
 use crate::paths::Defaults;
 use crate::schedule::Zone;
 
-/// The daemon section with its defaults (directories from `defaults`).
-pub(super) fn daemon(c: &mut Checker, d: &RawDaemon, defaults: &Defaults) -> Daemon {
+/// The daemon section with its defaults (directories from `defaults`); `remotes`: whether
+/// any `[[remote]]` needs this host's name.
+pub(super) fn daemon(c: &mut Checker, d: &RawDaemon, defaults: &Defaults, remotes: bool) -> Daemon {
     let dk = KeyPath::root().key("daemon");
     let timezone = match d.timezone.as_deref() {
         None => Zone::Local,
@@ -61,7 +63,47 @@ pub(super) fn daemon(c: &mut Checker, d: &RawDaemon, defaults: &Defaults) -> Dae
             .metrics_file
             .as_ref()
             .map(|p| metrics_file(c, &dk.key("metrics_file"), p)),
+        host: host(c, &dk.key("host"), d.host.as_deref(), machine_host, remotes),
     }
+}
+
+/// This host's name: `host` as written (a name like a database's: it becomes part of object
+/// names through `{host}`), else the machine's host name lower-cased (`machine`). A machine
+/// name that could not name objects is an error only when a remote needs it.
+fn host(
+    c: &mut Checker,
+    key: &KeyPath,
+    given: Option<&str>,
+    machine: impl FnOnce() -> String,
+    needed: bool,
+) -> String {
+    if let Some(h) = given {
+        if !is_db_name(h) {
+            c.fail(key, NAME_RULE, Some(h.to_string()));
+        }
+        return h.to_string();
+    }
+    let h = machine().to_ascii_lowercase();
+    let usable = !h.is_empty()
+        && !h.starts_with(['.', '-'])
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if !usable && needed {
+        c.fail(
+            key,
+            format!("this machine's host name cannot name its off-site copies; set [daemon] host ({NAME_RULE})"),
+            Some(h.clone()),
+        );
+    }
+    h
+}
+
+/// The kernel's host name (uname's nodename).
+fn machine_host() -> String {
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// SQLite's busy handler takes whole milliseconds in a C `int`: a longer timeout made
@@ -93,4 +135,44 @@ fn metrics_file(c: &mut Checker, key: &KeyPath, text: &str) -> PathBuf {
         );
     }
     p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_given_is_a_name_like_a_database_name() {
+        let mut c = Checker::default();
+        let k = KeyPath::root().key("daemon").key("host");
+        let never = || unreachable!("the machine is not asked when host is given");
+        assert_eq!(host(&mut c, &k, Some("web-1"), never, true), "web-1");
+        assert!(c.problems.is_empty());
+        for bad in ["Web1", "web/1", "..", "", "-web", "web 1"] {
+            host(&mut c, &k, Some(bad), never, true);
+        }
+        assert_eq!(c.problems.len(), 6);
+        assert!(c
+            .problems
+            .iter()
+            .all(|p| p.key.to_string() == "daemon.host"));
+    }
+
+    #[test]
+    fn host_defaults_to_the_machine_name_lower_cased() {
+        let mut c = Checker::default();
+        let k = KeyPath::root().key("daemon").key("host");
+        let machine = |n: &'static str| move || n.to_string();
+        assert_eq!(
+            host(&mut c, &k, None, machine("Web1.example.com"), true),
+            "web1.example.com"
+        );
+        assert!(c.problems.is_empty());
+        // Unusable: an error only when a remote needs it.
+        host(&mut c, &k, None, machine("a/b"), false);
+        assert!(c.problems.is_empty());
+        host(&mut c, &k, None, machine("a/b"), true);
+        host(&mut c, &k, None, machine(""), true);
+        assert_eq!(c.problems.len(), 2);
+    }
 }

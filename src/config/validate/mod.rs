@@ -199,8 +199,8 @@ pub fn validate(
     defaults: &Defaults,
 ) -> Result<Config, Vec<Problem>> {
     let mut c = Checker::default();
-    let daemon = daemon::daemon(&mut c, &raw.daemon, defaults);
-    let remotes = remote::remotes(&mut c, &raw.remote);
+    let daemon = daemon::daemon(&mut c, &raw.daemon, defaults, !raw.remote.is_empty());
+    let remotes = remote::remotes(&mut c, &raw.remote, &daemon.host);
     remote::database_remotes(&mut c, &raw, &remotes);
     let (databases, mut fleets) = database::stanzas(&mut c, &raw, &daemon);
     handles::settle(&mut c, &databases, &mut fleets);

@@ -13,11 +13,16 @@ use crate::config::raw::{RawConfig, RawRemote};
 use crate::config::remote::{Credentials, Remote, Target, DEFAULT_RETRY_EVERY, DEFAULT_TIMEOUT};
 use crate::config::KeyPath;
 
+/// In a remote's `url`: this host's name (`[daemon] host`), so hosts sharing a bucket each
+/// get their own prefix.
+const HOST: &str = "{host}";
+
 const URL_HINT: &str =
     "expected s3://BUCKET/PREFIX or file:///DIR (gs:// and az:// are not supported)";
 
-/// Every `[[remote]]`, validated; names are unique.
-pub(super) fn remotes(c: &mut Checker, raw: &[RawRemote]) -> Vec<Arc<Remote>> {
+/// Every `[[remote]]`, validated; names are unique. `host` is this host's name (`[daemon]
+/// host`): `{host}` in a url becomes it, and each remote carries it (the owner it records).
+pub(super) fn remotes(c: &mut Checker, raw: &[RawRemote], host: &str) -> Vec<Arc<Remote>> {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     for (i, r) in raw.iter().enumerate() {
@@ -31,13 +36,16 @@ pub(super) fn remotes(c: &mut Checker, raw: &[RawRemote]) -> Vec<Arc<Remote>> {
                 Some(r.name.clone()),
             );
         }
-        out.push(Arc::new(remote(c, &key, r)));
+        out.push(Arc::new(remote(c, &key, r, host)));
     }
     out
 }
 
-fn remote(c: &mut Checker, key: &KeyPath, r: &RawRemote) -> Remote {
-    let target = target(c, &key.key("url"), &r.url);
+fn remote(c: &mut Checker, key: &KeyPath, r: &RawRemote, host: &str) -> Remote {
+    // `{host}` first, so the url checks judge the url as used (`[daemon] host` is checked
+    // like a database name, a machine's host name has no '/').
+    let url = r.url.replace(HOST, host);
+    let target = target(c, &key.key("url"), &url);
     // The fallback of a refused url is `Dir("/")`: then only the url is reported.
     let is_dir = matches!(&target, Target::Dir { dir } if dir != std::path::Path::new("/"));
     for (name, given) in [
@@ -61,7 +69,8 @@ fn remote(c: &mut Checker, key: &KeyPath, r: &RawRemote) -> Remote {
         .is_some_and(|e| e.starts_with("http://"));
     Remote {
         name: r.name.clone(),
-        url: r.url.clone(),
+        url,
+        host: host.to_string(),
         path_style: r.path_style.unwrap_or(endpoint.is_some()),
         region: r.region.clone(),
         endpoint,

@@ -384,6 +384,8 @@ pub fn preview(config: &Config, db: &Database) -> String {
     for r in remotes_of(config, db, None) {
         let plan = Store::open(r.clone()).and_then(|s| {
             let m = remote::RemoteManifest::load(&s, &db.name)?;
+            // Another host's copies are never this host's to delete: say so instead.
+            m.check_owner(&s, &db.name)?;
             let now = Utc::now();
             let mut p =
                 remote::retain::plan(&m, backup.remote_keep, &config.daemon.timezone, now, &[]);
