@@ -44,7 +44,7 @@ use crate::config::Database;
 
 pub(crate) use error::RestoreError;
 pub(crate) use open_check::pid_list;
-pub(crate) use set::{in_place_all, interrupted, to_paths};
+pub(crate) use set::{in_place_all, interrupted, recover_to, to_paths, Recovered};
 use swap::{TempFile, SIDECARS};
 
 /// A backup chosen for restore, its checksum verified against the manifest.
