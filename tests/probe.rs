@@ -13,7 +13,7 @@ use crate::util::{both, query_i64, TestEnv};
 
 /// `chat` backed up to a `file://` remote `remote/` with incremental chains and `remote_keep`;
 /// `fulls` full backups (a second apart) and one delta stored there. The identity file.
-fn chain_on_file_remote(env: &TestEnv, remote_keep: &str, fulls: u32) -> PathBuf {
+pub(crate) fn chain_on_file_remote(env: &TestEnv, remote_keep: &str, fulls: u32) -> PathBuf {
     let (identity, public) = keygen(env);
     let db = chat_db(env);
     std::fs::create_dir(env.path("remote")).unwrap();
@@ -45,11 +45,11 @@ fn manifest_path(env: &TestEnv) -> PathBuf {
     env.path("remote/chat/litekeeper-manifest.json")
 }
 
-fn remote_manifest(env: &TestEnv) -> Value {
+pub(crate) fn remote_manifest(env: &TestEnv) -> Value {
     serde_json::from_slice(&std::fs::read(manifest_path(env)).unwrap()).unwrap()
 }
 
-fn tamper(env: &TestEnv, edit: impl FnOnce(&mut Value)) {
+pub(crate) fn tamper(env: &TestEnv, edit: impl FnOnce(&mut Value)) {
     let mut m = remote_manifest(env);
     edit(&mut m);
     std::fs::write(manifest_path(env), serde_json::to_vec_pretty(&m).unwrap()).unwrap();
@@ -72,7 +72,12 @@ fn tree(dir: &Path) -> Vec<String> {
     out
 }
 
-fn restore_from(env: &TestEnv, identity: &Path, extra: &[&str], to: &Path) -> std::process::Output {
+pub(crate) fn restore_from(
+    env: &TestEnv,
+    identity: &Path,
+    extra: &[&str],
+    to: &Path,
+) -> std::process::Output {
     let id = identity.display().to_string();
     let mut args = vec!["--from", "offsite", "--identity", id.as_str()];
     args.extend_from_slice(extra);

@@ -250,3 +250,78 @@ fn a_marker_left_by_a_killed_restore_is_named_by_jobs_and_cleared_by_the_next_re
         "the point's rows"
     );
 }
+
+/// `restore --at … --to` of a database with an attached one, SIGKILLed at each rename it
+/// makes in turn (strace injects the signal on entry to the N-th rename): after every kill
+/// either the set is whole, or no file of it is there, or a marker beside the main target
+/// says it is incomplete; and the same restore run again finishes with both files at the
+/// point (or, the set being whole, refuses the existing name and leaves no marker).
+#[test]
+fn a_restore_to_killed_between_its_files_is_never_half_done_unsaid() {
+    if std::process::Command::new("strace")
+        .arg("-V")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: strace is not installed");
+        return;
+    }
+    let (env, _db, _files, at) = set_with_a_point();
+    for n in 1.. {
+        let out = env.path(&format!("out-{n}"));
+        std::fs::create_dir(&out).unwrap();
+        let (main, attached) = (out.join("r.db"), out.join("r-files.db"));
+        let base = env.std_cmd();
+        let o = Command::new("strace")
+            .args(["-f", "-qq", "-o", "/dev/null"])
+            .args(["-e", "trace=rename,renameat,renameat2"])
+            .arg("-e")
+            .arg(format!(
+                "inject=rename,renameat,renameat2:signal=KILL:when={n}"
+            ))
+            .arg(base.get_program())
+            .args(base.get_args())
+            .args(["restore", "app", "--at", &at, "--to"])
+            .arg(&main)
+            .env_clear()
+            .envs(base.get_envs().filter_map(|(k, v)| v.map(|v| (k, v))))
+            .output()
+            .unwrap();
+        if o.status.code() == Some(0) {
+            assert!(n > 2, "the restore made {} rename(s)", n - 1);
+            break;
+        }
+        let marker = out.join(".r.db.litekeeper-restore");
+        let (m, a) = (main.exists(), attached.exists());
+        assert!(
+            (m && a) || (!m && !a) || marker.exists(),
+            "kill at rename {n}: r.db {m}, r-files.db {a}, and no marker: {:?}",
+            crate::util::names(&out)
+        );
+        let again = env.restore_to(&["app", "--at", &at], &main);
+        if m && a {
+            assert!(
+                matches!(again.status.code(), Some(0 | 73)),
+                "{}",
+                both(&again)
+            );
+        } else {
+            assert_eq!(
+                again.status.code(),
+                Some(0),
+                "kill at {n}: {}",
+                both(&again)
+            );
+        }
+        assert!(
+            !marker.exists(),
+            "kill at {n}: {:?}",
+            crate::util::names(&out)
+        );
+        assert_eq!(crate::util::query_i64(&main, "SELECT count(*) FROM n"), 200);
+        assert_eq!(
+            crate::util::query_i64(&attached, "SELECT count(*) FROM f"),
+            200
+        );
+    }
+}

@@ -34,6 +34,7 @@ mod progress;
 mod prune;
 mod prune_fk;
 mod restore;
+mod restore_drilled;
 mod restore_set;
 mod retention;
 mod run_lock;

@@ -9,7 +9,7 @@ use std::path::Path;
 use crate::archive::Verified;
 use crate::cli::RestoreArgs;
 use crate::exit::{ExitCode, Failure};
-use crate::restore::{self, pid_list, BackupSource, InPlace, RestoreError, Restored};
+use crate::restore::{self, pid_list, BackupSource, InPlace, Recovered, RestoreError, Restored};
 
 fn fail(code: ExitCode, msg: String) -> Failure {
     Failure::new(code, anyhow::anyhow!(msg))
@@ -95,6 +95,31 @@ pub fn run(path: &Path, args: RestoreArgs) -> Result<ExitCode, Failure> {
             })
         })
         .collect();
+    // An earlier restore to the same path, killed between its files: finished first.
+    if let Some(Some(main)) = targets.first().filter(|_| backups.len() > 1) {
+        match restore::recover_to(main).map_err(|e| failure(e, false))? {
+            Some(Recovered::Whole(marker)) => println!(
+                "an earlier restore to {} was interrupted after its last file: the set is whole, removed {}",
+                main.display(),
+                marker.display()
+            ),
+            Some(Recovered::Removed(marker, removed)) => println!(
+                "an earlier restore to {} was interrupted between its files: removed the files it had made ({}) and {}",
+                main.display(),
+                if removed.is_empty() {
+                    "none".to_string()
+                } else {
+                    removed
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                },
+                marker.display()
+            ),
+            None => {}
+        }
+    }
     for (b, t) in backups.iter().zip(&targets) {
         if let Some(t) = t {
             restore::check_target(b, t).map_err(|e| failure(e, false))?;

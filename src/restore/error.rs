@@ -4,7 +4,7 @@
 use std::io;
 use std::path::PathBuf;
 
-use crate::archive::ArchiveError;
+use crate::archive::{ArchiveError, DrillMark};
 use crate::domain::human_bytes;
 use crate::exit::ExitCode;
 use crate::lock::LockError;
@@ -53,6 +53,10 @@ pub enum RestoreError {
     },
     #[error("{}: no verified backup of {database:?} to restore", dir.display())]
     NoVerifiedBackup { dir: PathBuf, database: String },
+    /// Every copy a restore would pick by default failed its last drill: the newest is
+    /// named, with its drill, and how to restore it anyway (naming it).
+    #[error("{0}")]
+    AllDrillsFailed(Box<DrillsFailed>),
     #[error("{}: not in {}/manifest.json, so its checksum cannot be verified; refusing", path.display(), dir.display())]
     NotInManifest { path: PathBuf, dir: PathBuf },
     /// The backup file could not be read to compute its checksum.
@@ -223,6 +227,7 @@ impl RestoreError {
             ListBackups(_)
             | NoSuchBackup { .. }
             | NoVerifiedBackup { .. }
+            | AllDrillsFailed(_)
             | NoPointBefore { .. }
             | Checksum(_)
             | DanglingLink { .. }
@@ -242,6 +247,41 @@ impl RestoreError {
             AfterMovingAside { inner, .. } | SetUndone { inner, .. } => inner.exit_code(),
             SetHalfDone { .. } | Interrupted { .. } => ExitCode::IoErr,
         }
+    }
+}
+
+/// What [`RestoreError::AllDrillsFailed`] says.
+#[derive(Debug)]
+pub struct DrillsFailed {
+    /// The backup directory, or `remote "NAME"`.
+    pub place: String,
+    /// "verified backup", "full backup at or before …".
+    pub what: String,
+    pub database: String,
+    /// The newest copy, and its drill.
+    pub newest: String,
+    pub mark: DrillMark,
+    /// The remote, for the override's `--from`.
+    pub from: Option<String>,
+}
+
+impl std::fmt::Display for DrillsFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let DrillsFailed {
+            place,
+            what,
+            database,
+            newest,
+            mark,
+            from,
+        } = self;
+        write!(
+            f,
+            "{place}: every {what} of {database:?} failed its restore drill; the newest, {newest}, failed it at {} ({}); to restore it anyway, name it: `litekeeper restore {database} {newest}{} --to NEW_PATH`",
+            mark.at.format("%Y-%m-%d %H:%M:%S UTC"),
+            mark.error.as_deref().unwrap_or("no reason recorded"),
+            from.as_deref().map(|r| format!(" --from {r}")).unwrap_or_default()
+        )
     }
 }
 

@@ -44,7 +44,7 @@ use crate::config::Database;
 
 pub(crate) use error::RestoreError;
 pub(crate) use open_check::pid_list;
-pub(crate) use set::{in_place_all, interrupted, to_paths};
+pub(crate) use set::{in_place_all, interrupted, recover_to, to_paths, Recovered};
 use swap::{TempFile, SIDECARS};
 
 /// A backup chosen for restore, its checksum verified against the manifest.
@@ -367,20 +367,94 @@ fn pick_backup(
             });
     }
     let main_series = db.backup_sources().remove(0).series;
-    found
+    let verified: Vec<(BackupName, String, &archive::Entry)> = found
         .into_iter()
         .filter(|f| f.name.series == main_series && !f.name.failed)
-        .find_map(|f| {
+        .filter_map(|f| {
             let file = f.path.file_name()?.to_str()?.to_string();
             let entry = manifest.get(&file)?;
-            // A copy whose last drill failed is not restored unless named.
-            (matches!(entry.verified, Verified::Quick | Verified::Full) && !entry.drill_failed())
-                .then_some((f.name, file))
+            matches!(entry.verified, Verified::Quick | Verified::Full)
+                .then_some((f.name, file, entry))
         })
-        .ok_or_else(|| RestoreError::NoVerifiedBackup {
+        .collect();
+    // A copy whose last drill failed is not restored unless named.
+    match drilled(verified, |(_, _, e)| {
+        e.drill.as_ref().filter(|_| e.drill_failed())
+    }) {
+        Drilled::Pick(((name, file, _), _)) => Ok((name, file)),
+        Drilled::AllFailed((_, file, _), mark) => Err(all_drills_failed(
+            dir.display().to_string(),
+            "verified backup",
+            db,
+            &file,
+            mark,
+            None,
+        )),
+        Drilled::NoCopy => Err(RestoreError::NoVerifiedBackup {
             dir: dir.to_path_buf(),
             database: db.name.clone(),
-        })
+        }),
+    }
+}
+
+/// Copies a restore picks from by default, against their drills.
+pub(crate) enum Drilled<T> {
+    /// The newest copy whose last drill did not fail, and the newest one skipped because
+    /// its drill failed (newer than it), with that drill's mark.
+    Pick((T, Option<(T, archive::DrillMark)>)),
+    /// Every copy failed its drill: the newest, and its mark.
+    AllFailed(T, archive::DrillMark),
+    NoCopy,
+}
+
+/// Sort `newest_first` against their drills; `failed` gives a copy's mark when its last
+/// drill failed.
+pub(crate) fn drilled<T>(
+    newest_first: Vec<T>,
+    failed: impl Fn(&T) -> Option<&archive::DrillMark>,
+) -> Drilled<T> {
+    let mut skipped = None;
+    for c in newest_first {
+        match failed(&c).cloned() {
+            None => return Drilled::Pick((c, skipped)),
+            Some(mark) => {
+                skipped.get_or_insert((c, mark));
+            }
+        }
+    }
+    match skipped {
+        Some((c, mark)) => Drilled::AllFailed(c, mark),
+        None => Drilled::NoCopy,
+    }
+}
+
+/// The error when every copy a restore would pick failed its drill: `newest` named, with
+/// its drill's mark, and the override (`from`: the remote).
+pub(crate) fn all_drills_failed(
+    place: String,
+    what: &str,
+    db: &Database,
+    newest: &str,
+    mark: archive::DrillMark,
+    from: Option<&str>,
+) -> RestoreError {
+    RestoreError::AllDrillsFailed(Box::new(error::DrillsFailed {
+        place,
+        what: what.to_string(),
+        database: db.name.clone(),
+        newest: newest.to_string(),
+        mark,
+        from: from.map(str::to_string),
+    }))
+}
+
+/// Why a full backup newer than the one restored was skipped: its drill failed (`mark`).
+pub(crate) fn drill_failed_why(mark: &archive::DrillMark) -> String {
+    format!(
+        "its drill failed at {}: {}; a copy whose drill failed is restored only when named",
+        mark.at.format("%Y-%m-%d %H:%M:%S UTC"),
+        mark.error.as_deref().unwrap_or("no reason recorded")
+    )
 }
 
 /// Copy (or decompress) the backup into the new file `tmp`, mode 0600.

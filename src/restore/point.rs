@@ -7,12 +7,12 @@
 
 use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
 
-use crate::archive::{self, Manifest};
+use crate::archive::{self, Entry, Manifest};
 use crate::chain::{self, DeltaEntry};
 use crate::config::Database;
 use crate::schedule::Zone;
 
-use super::{select, BackupSource, RestoreError};
+use super::{all_drills_failed, drilled, select, BackupSource, Drilled, RestoreError};
 
 /// When to restore to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,16 +120,33 @@ pub(crate) fn select_at_all(db: &Database, at: At) -> Result<Vec<BackupSource>, 
 fn select_at_series(db: &Database, at: At, series: &str) -> Result<BackupSource, RestoreError> {
     let (dir, manifest) = dir_and_manifest(db)?;
     let until = at.until();
-    let full = archive::list_of(&dir, &manifest, &db.name)
+    let fulls: Vec<Entry> = archive::list_of(&dir, &manifest, &db.name)
         .map_err(RestoreError::ListBackups)?
         .into_iter()
         .filter(|f| f.name.series == series && !f.name.failed && f.name.time <= until)
-        .find_map(|f| f.entry)
-        .ok_or_else(|| RestoreError::NoPointBefore {
-            dir: dir.clone(),
-            database: db.name.clone(),
-            at: at.to_string(),
-        })?;
+        .filter_map(|f| f.entry)
+        .collect();
+    // A full backup whose last drill failed is passed over like a missing one.
+    let (full, skipped) = match drilled(fulls, |e| e.drill.as_ref().filter(|_| e.drill_failed())) {
+        Drilled::Pick(picked) => picked,
+        Drilled::AllFailed(newest, mark) => {
+            return Err(all_drills_failed(
+                dir.display().to_string(),
+                &format!("full backup at or before {at}"),
+                db,
+                &newest.file,
+                mark,
+                None,
+            ))
+        }
+        Drilled::NoCopy => {
+            return Err(RestoreError::NoPointBefore {
+                dir: dir.clone(),
+                database: db.name.clone(),
+                at: at.to_string(),
+            })
+        }
+    };
     let target = chain::deltas_of(&manifest, &db.name, series)
         .filter(|d| d.base == full.file && d.created_at <= until)
         .max_by_key(|d| (d.created_at, d.sequence))
@@ -138,6 +155,20 @@ fn select_at_series(db: &Database, at: At, series: &str) -> Result<BackupSource,
         None => select(db, Some(&full.file))?,
         Some(t) => with_deltas(db, &dir, &manifest, t)?,
     };
+    // A newer full backup whose drill failed: what is restored is older than asked (that
+    // full's newest point at or before `at`, or the full itself), and says so.
+    if let Some((failed, mark)) = skipped {
+        let wanted = chain::deltas_of(&manifest, &db.name, series)
+            .filter(|d| d.base == failed.file && d.created_at <= until)
+            .max_by_key(|d| (d.created_at, d.sequence))
+            .map_or(failed.file.clone(), |d| d.file.clone());
+        let lost = Broken {
+            link: failed.file.clone(),
+            why: super::drill_failed_why(&mark),
+            wanted,
+        };
+        lost_newer(&mut source, &full.file, full.created_at, lost);
+    }
     // A newer point at or before `at` on a chain whose full backup is gone: what is restored
     // is older than asked, and says so.
     let newer = chain::deltas_of(&manifest, &db.name, series)

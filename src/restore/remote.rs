@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::point::{At, Broken, Point};
-use super::{BackupSource, RestoreError};
+use super::{BackupSource, Drilled, RestoreError};
 use crate::archive::{self, BackupName};
 use crate::chain::DeltaEntry;
 use crate::config::{Config, Database, Remote};
@@ -137,11 +137,22 @@ fn pick_copy(
             .iter()
             .find(|c| c.local_file == w || c.object == w),
         // A copy whose last drill failed is not restored unless named (as locally).
-        None => manifest
-            .copies
-            .iter()
-            .filter(|c| c.series == db.backup_sources()[0].series && !c.drill_failed())
-            .max_by_key(|c| c.backup_time),
+        None => {
+            let main = &db.backup_sources()[0].series;
+            let mut copies: Vec<&Copy> = manifest
+                .copies
+                .iter()
+                .filter(|c| &c.series == main)
+                .collect();
+            copies.sort_by_key(|c| std::cmp::Reverse(c.backup_time));
+            match super::drilled(copies, |c| c.drill.as_ref().filter(|_| c.drill_failed())) {
+                Drilled::Pick((c, _)) => Some(c),
+                Drilled::AllFailed(c, mark) => {
+                    return Err(all_failed(remote_name, "copy", db, c, mark));
+                }
+                Drilled::NoCopy => None,
+            }
+        }
     }
     .cloned()
     .ok_or_else(|| RestoreError::NoRemoteCopy {
@@ -149,6 +160,24 @@ fn pick_copy(
         database: db.name.clone(),
         wanted: wanted.map(str::to_string),
     })
+}
+
+/// Every copy of `remote_name` a restore would pick failed its drill: the newest, `c`.
+fn all_failed(
+    remote_name: &str,
+    what: &str,
+    db: &Database,
+    c: &Copy,
+    mark: crate::archive::DrillMark,
+) -> RestoreError {
+    super::all_drills_failed(
+        format!("remote {remote_name:?}"),
+        what,
+        db,
+        &c.local_file,
+        mark,
+        Some(remote_name),
+    )
 }
 
 /// Download `copy` into the directory `dir` (the caller's, private), check it, decrypt and
@@ -322,22 +351,34 @@ pub(crate) fn fetch_at(
     let dir = guard.0.clone().expect("staging");
     let mut sources = Vec::new();
     for s in db.backup_sources() {
-        let full = o
+        let mut fulls: Vec<&Copy> = o
             .manifest
             .copies
             .iter()
             .filter(|c| c.series == s.series && c.backup_time <= until)
             .filter(|c| BackupName::parse(&c.local_file).is_some_and(|n| !n.failed))
-            .max_by_key(|c| c.backup_time)
-            .ok_or_else(|| RestoreError::NoRemoteCopy {
-                remote: remote_name.to_string(),
-                database: db.name.clone(),
-                wanted: Some(format!(
-                    "of {} at or before {}",
-                    s.series,
-                    config.daemon.timezone.format(until)
-                )),
-            })?;
+            .collect();
+        fulls.sort_by_key(|c| std::cmp::Reverse(c.backup_time));
+        // A full copy whose last drill failed is passed over like a missing one.
+        let (full, skipped) =
+            match super::drilled(fulls, |c| c.drill.as_ref().filter(|_| c.drill_failed())) {
+                Drilled::Pick(picked) => picked,
+                Drilled::AllFailed(c, mark) => {
+                    let what = format!("full copy at or before {at}");
+                    return Err(all_failed(remote_name, &what, db, c, mark));
+                }
+                Drilled::NoCopy => {
+                    return Err(RestoreError::NoRemoteCopy {
+                        remote: remote_name.to_string(),
+                        database: db.name.clone(),
+                        wanted: Some(format!(
+                            "of {} at or before {}",
+                            s.series,
+                            config.daemon.timezone.format(until)
+                        )),
+                    })
+                }
+            };
         let target = o
             .manifest
             .deltas
@@ -354,6 +395,22 @@ pub(crate) fn fetch_at(
             }
             None => fetch_into(&o.store, db, full, &o.identities, &dir)?,
         };
+        // A newer full copy whose drill failed: what is restored is older than asked.
+        if let Some((failed, mark)) = skipped {
+            let wanted = o
+                .manifest
+                .deltas
+                .iter()
+                .filter(|d| d.base == failed.local_file && d.copy.backup_time <= until)
+                .max_by_key(|d| (d.copy.backup_time, d.sequence))
+                .map_or(failed.local_file.clone(), |d| d.copy.local_file.clone());
+            let lost = Broken {
+                link: failed.local_file.clone(),
+                why: super::drill_failed_why(&mark),
+                wanted,
+            };
+            super::point::lost_newer(&mut source, &full.local_file, full.backup_time, lost);
+        }
         // A newer point at or before `at` on a chain whose full copy is not in the manifest:
         // what is restored is older than asked, and says so (as a local chain does).
         let reached = target.map_or(full.backup_time, |t| t.copy.backup_time);

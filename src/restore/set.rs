@@ -15,6 +15,12 @@
 //! every job of the database warns in one line ([`interrupted`]), and the next in-place
 //! restore puts back the previous files it lists before it starts, so that running the same
 //! restore again finishes it (the previous files are then kept as usual).
+//!
+//! With `--to` the same marker goes beside the new main file, listing each new file with the
+//! device and inode of its staged copy, and the main file is renamed last: after a kill
+//! there is no main file unless the set is whole, and the next `restore --to` the same path
+//! ([`recover_to`]) removes the files that restore made (only those: same device and inode)
+//! or, all being there, just the marker. A job of a database configured at that path warns.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -30,7 +36,10 @@ use crate::config::Database;
 use crate::lock::{self, LockError};
 
 /// Restore each backup to its new file (`targets`, in the same order); on a failure no file
-/// of the set is left behind.
+/// of the set is left behind. Several files: the marker goes beside the main target before
+/// the first rename and the attached files are renamed first, the main one last, so a kill
+/// between them leaves no main file and a marker saying which files it made
+/// ([`recover_to`], the next restore to the same path, removes them).
 pub(crate) fn to_paths(
     backups: &[BackupSource],
     targets: &[&Path],
@@ -44,8 +53,17 @@ pub(crate) fn to_paths(
         let (tmp, guard, writing) = write_checked(backup, &target, &dir, None)?;
         staged.push((target, tmp, guard, writing, clock));
     }
+    let marker = match (staged.len() > 1, backups.first()) {
+        (true, Some(first)) => Some(write_to_marker(
+            &first.database,
+            staged
+                .iter()
+                .map(|(target, tmp, ..)| (target.as_path(), tmp.as_path())),
+        )?),
+        _ => None,
+    };
     let mut done: Vec<Restored> = Vec::new();
-    for (target, tmp, guard, writing, clock) in staged {
+    for (target, tmp, guard, writing, clock) in staged.into_iter().rev() {
         let committed = swap::move_aside_stale(&target).and_then(|moved| {
             archive::commit(&tmp, &target)
                 .map(|()| moved.clone())
@@ -71,11 +89,94 @@ pub(crate) fn to_paths(
                 for t in &removed {
                     let _ = archive::fsync_dir(t.parent().unwrap_or(Path::new("/")));
                 }
+                if let Some(m) = &marker {
+                    remove_marker(m);
+                }
                 return Err(undone(e, removed, "removed"));
             }
         }
     }
+    if let Some(m) = &marker {
+        remove_marker(m);
+    }
+    done.reverse();
     Ok(done)
+}
+
+/// What the next `restore --to` found of an earlier one to the same path, killed between
+/// its files.
+#[derive(Debug)]
+pub(crate) enum Recovered {
+    /// Every file was in place (killed before its marker went): only the marker removed.
+    Whole(PathBuf),
+    /// The files it had made, removed (none when it was killed before its first rename).
+    Removed(PathBuf, Vec<PathBuf>),
+}
+
+/// Before a `restore --to main`: finish what a restore to the same path left when it was
+/// killed between its files (its marker beside `main`): a set whose files are all there is
+/// whole (the marker goes); otherwise the files it made (the same device and inode) are
+/// removed, then the marker. Nothing else is touched.
+pub(crate) fn recover_to(main: &Path) -> Result<Option<Recovered>, RestoreError> {
+    let main = absolute(main)?;
+    let marker = marker_path(&main);
+    let Some(m) = read_marker(&marker)? else {
+        return Ok(None);
+    };
+    undo_made(&marker, &m).map(Some)
+}
+
+/// Undo (or, when whole, keep) the files a `--to` restore's marker `m` lists as made.
+fn undo_made(marker: &Path, m: &Marker) -> Result<Recovered, RestoreError> {
+    let ours = |f: &MarkedFile| {
+        f.made
+            .is_some_and(|id| fs::symlink_metadata(&f.live).is_ok_and(|meta| id == Made::of(&meta)))
+    };
+    if m.files.iter().all(ours) {
+        remove_marker(marker);
+        return Ok(Recovered::Whole(marker.to_path_buf()));
+    }
+    let mut removed = Vec::new();
+    for f in m.files.iter().filter(|f| ours(f)) {
+        fs::remove_file(&f.live).map_err(|cause| RestoreError::Interrupted {
+            marker: marker.to_path_buf(),
+            cause,
+        })?;
+        let _ = archive::fsync_dir(f.live.parent().unwrap_or(Path::new("/")));
+        removed.push(f.live.clone());
+    }
+    remove_marker(marker);
+    Ok(Recovered::Removed(marker.to_path_buf(), removed))
+}
+
+/// The marker of a `--to` set about to be renamed into place: each new file and the device
+/// and inode of its staged copy (a rename keeps them).
+fn write_to_marker<'a>(
+    database: &str,
+    files: impl Iterator<Item = (&'a Path, &'a Path)>,
+) -> Result<PathBuf, RestoreError> {
+    let mut listed = Vec::new();
+    for (target, tmp) in files {
+        let meta = fs::metadata(tmp).map_err(|cause| RestoreError::WriteTemp {
+            dir: tmp.parent().unwrap_or(Path::new("/")).to_path_buf(),
+            cause,
+        })?;
+        listed.push(MarkedFile {
+            live: target.to_path_buf(),
+            previous_kept_as: None,
+            made: Some(Made::of(&meta)),
+        });
+    }
+    let path = marker_path(&listed[0].live);
+    let marker = Marker {
+        what: "a restore --to of these files was interrupted between them if this file is still here: the set is whole only when every file listed is there (the main file is renamed last). `litekeeper restore` --to the same path removes the files it made (made: their device and inode) and starts again; or remove them and this file by hand".into(),
+        database: database.to_string(),
+        started: chrono::Utc::now(),
+        files: listed,
+    };
+    let text = serde_json::to_vec_pretty(&marker).expect("a marker serializes");
+    archive::write_atomic(&path, &text).map_err(RestoreError::Sync)?;
+    Ok(path)
 }
 
 /// `e`, saying which files of the set were undone (`how`) before it was returned.
@@ -299,6 +400,26 @@ struct MarkedFile {
     live: PathBuf,
     /// Where the previous file is kept once this one is swapped (None: there was none).
     previous_kept_as: Option<PathBuf>,
+    /// `--to`: the new file's device and inode, so that an undo removes only a file the
+    /// restore made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    made: Option<Made>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Made {
+    dev: u64,
+    ino: u64,
+}
+
+impl Made {
+    fn of(meta: &fs::Metadata) -> Made {
+        use std::os::unix::fs::MetadataExt;
+        Made {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        }
+    }
 }
 
 fn write_marker(
@@ -317,6 +438,7 @@ fn write_marker(
             .map(|(t, keep)| MarkedFile {
                 live: t.path.clone(),
                 previous_kept_as: fs::symlink_metadata(&t.path).is_ok().then(|| keep.clone()),
+                made: None,
             })
             .collect(),
     };
@@ -331,12 +453,11 @@ fn remove_marker(marker: &Path) {
     }
 }
 
-/// Put back the previous files an interrupted restore's `marker` lists (those it had
-/// swapped), then remove it. Returns the live files put back.
-fn recover(marker: &Path) -> Result<Vec<PathBuf>, RestoreError> {
+/// The marker at `marker`, if there is one.
+fn read_marker(marker: &Path) -> Result<Option<Marker>, RestoreError> {
     let text = match fs::read(marker) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(cause) => {
             return Err(RestoreError::Interrupted {
                 marker: marker.to_path_buf(),
@@ -344,10 +465,25 @@ fn recover(marker: &Path) -> Result<Vec<PathBuf>, RestoreError> {
             })
         }
     };
-    let m: Marker = serde_json::from_slice(&text).map_err(|e| RestoreError::Interrupted {
-        marker: marker.to_path_buf(),
-        cause: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-    })?;
+    serde_json::from_slice(&text)
+        .map(Some)
+        .map_err(|e| RestoreError::Interrupted {
+            marker: marker.to_path_buf(),
+            cause: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        })
+}
+
+/// Put back the previous files an interrupted restore's `marker` lists (those it had
+/// swapped), then remove it. Returns the live files put back. A `--to` restore's marker
+/// (its target since configured as the database) is undone as the next `--to` would.
+fn recover(marker: &Path) -> Result<Vec<PathBuf>, RestoreError> {
+    let Some(m) = read_marker(marker)? else {
+        return Ok(Vec::new());
+    };
+    if m.files.iter().any(|f| f.made.is_some()) {
+        undo_made(marker, &m)?;
+        return Ok(Vec::new());
+    }
     let mut put_back = Vec::new();
     for f in &m.files {
         let Some(keep) = &f.previous_kept_as else {
@@ -371,11 +507,23 @@ pub(crate) fn interrupted(db: &Database) -> Option<String> {
     let main = live_file(&db.path).ok()?;
     let marker = marker_path(&main);
     fs::symlink_metadata(&marker).ok()?;
-    Some(format!(
-        "{}: a restore of {:?} in place was interrupted between its files, some are restored and some not; run the restore again (it first puts back the previous files this file lists), or put them back by hand as it says",
-        marker.display(),
-        db.name
-    ))
+    let to = read_marker(&marker)
+        .ok()
+        .flatten()
+        .is_some_and(|m| m.files.iter().any(|f| f.made.is_some()));
+    Some(if to {
+        format!(
+            "{}: a restore --to of {:?}'s files to this path was interrupted between them, the set may be incomplete; run the same restore --to again (it removes the files it made first), or remove them and this file by hand",
+            marker.display(),
+            db.name
+        )
+    } else {
+        format!(
+            "{}: a restore of {:?} in place was interrupted between its files, some are restored and some not; run the restore again (it first puts back the previous files this file lists), or put them back by hand as it says",
+            marker.display(),
+            db.name
+        )
+    })
 }
 
 #[cfg(test)]
