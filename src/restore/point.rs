@@ -152,6 +152,25 @@ fn select_at_series(db: &Database, at: At, series: &str) -> Result<BackupSource,
         };
         lost_newer(&mut source, &full.file, full.created_at, lost);
     }
+    // A newer full backup at or before `at` that the manifest records but the directory no
+    // longer has (deleted by hand): the point restored is older than one that was made.
+    let gone = manifest
+        .backups
+        .iter()
+        .filter(|e| e.database == db.name && e.series == series)
+        .filter(|e| e.verified != crate::domain::Verified::Failed)
+        .filter(|e| e.created_at > full.created_at && e.created_at <= until)
+        .filter(|e| std::fs::symlink_metadata(dir.join(&e.file)).is_err())
+        .max_by_key(|e| e.created_at);
+    if let Some(g) = gone {
+        let lost = Broken {
+            link: g.file.clone(),
+            why: "the manifest records this full backup but the backup directory has no such file"
+                .into(),
+            wanted: g.file.clone(),
+        };
+        lost_newer(&mut source, &full.file, full.created_at, lost);
+    }
     Ok(source)
 }
 

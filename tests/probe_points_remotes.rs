@@ -1,0 +1,65 @@
+//! A hostile probe of this round's new paths, second pass: `restore --at` when a newer full
+//! backup was deleted by hand.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::incremental::{insert, setup};
+use crate::util::{both, query_ids, TestEnv};
+
+fn ids(db: &Path) -> Vec<i64> {
+    query_ids(db, "SELECT id FROM n ORDER BY id")
+}
+
+/// `restore app --at AT --to NAME`.
+fn restore_at(env: &TestEnv, at: &str, name: &str) -> (std::process::Output, std::path::PathBuf) {
+    let to = env.path(name);
+    let o = env
+        .cmd()
+        .args(["restore", "app", "--at", at, "--to"])
+        .arg(&to)
+        .output()
+        .unwrap();
+    (o, to)
+}
+
+/// The newest full backup (a point after the chain of the older one) deleted by hand while
+/// the manifest still records it: `restore --at latest` restores the newest point it can
+/// reach, but says which newer backup is gone and exits 65, as for a broken link; a time
+/// before the deleted backup restores without a word.
+#[test]
+fn restore_at_latest_says_so_when_a_newer_full_backup_was_deleted_by_hand() {
+    let (env, db, dir) = setup("7d", "");
+    insert(&db, 1, 50);
+    env.run_ok(&["run", "app", "backup"]);
+    insert(&db, 51, 60);
+    env.run_ok(&["run", "app", "incremental"]);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    insert(&db, 61, 70);
+    env.run_ok(&["run", "app", "backup"]);
+    let fulls: Vec<String> = crate::util::names(&dir)
+        .into_iter()
+        .filter(|n| n.ends_with(".db.zst"))
+        .collect();
+    assert_eq!(fulls.len(), 2, "{fulls:?}");
+    std::fs::remove_file(dir.join(&fulls[1])).unwrap();
+
+    let (o, to) = restore_at(&env, "latest", "latest.db");
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert_eq!(o.status.code(), Some(65), "{}", both(&o));
+    assert!(err.contains(&fulls[1]) && err.contains("warning"), "{err}");
+    assert_eq!(
+        ids(&to),
+        (1..=60).collect::<Vec<_>>(),
+        "the last point reached"
+    );
+
+    let m: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    let point = m["deltas"][0]["created_at"].as_str().unwrap().to_string();
+    let (o, to) = restore_at(&env, &point, "point.db");
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    assert!(!both(&o).contains("warning"), "{}", both(&o));
+    assert_eq!(ids(&to), (1..=60).collect::<Vec<_>>());
+}
