@@ -1,5 +1,6 @@
 //! A hostile probe of this round's new paths, second pass: `restore --at` when a newer full
-//! backup was deleted by hand.
+//! backup was deleted by hand, and `[[remote]]` stanzas an unlucky operator writes (a
+//! recipients file of comments only).
 
 use std::path::Path;
 
@@ -7,6 +8,9 @@ use serde_json::Value;
 
 use crate::incremental::{insert, setup};
 use crate::util::{both, query_ids, TestEnv};
+
+/// A public key: recipients are not secret.
+const RECIPIENT: &str = "age1k4tahxkpfqrjz5dxuhgjvmz9ef9kzv7l0nvfjmd2k5eaxmr7kfqsanmp8z";
 
 fn ids(db: &Path) -> Vec<i64> {
     query_ids(db, "SELECT id FROM n ORDER BY id")
@@ -62,4 +66,54 @@ fn restore_at_latest_says_so_when_a_newer_full_backup_was_deleted_by_hand() {
     assert_eq!(o.status.code(), Some(0), "{}", both(&o));
     assert!(!both(&o).contains("warning"), "{}", both(&o));
     assert_eq!(ids(&to), (1..=60).collect::<Vec<_>>());
+}
+
+/// A configuration with one file remote whose stanza ends with `remote_extra`; `schedule`
+/// loads it.
+fn load_remote(env: &TestEnv, remote_extra: &str) -> std::process::Output {
+    let db = env.sqlite("chat.db", "CREATE TABLE IF NOT EXISTS t(x);");
+    env.write_config(&format!(
+        "{}[[database]]\nname = \"chat\"\npath = \"{}\"\n[database.backup]\ndir = \"{}\"\nremotes = [\"offsite\"]\n\n[[remote]]\nname = \"offsite\"\n{remote_extra}\n",
+        env.daemon_section(""),
+        db.display(),
+        env.path("backups").display()
+    ));
+    env.cmd().arg("schedule").output().unwrap()
+}
+
+/// `encrypt_to = []`, or a recipients file of comments and blank lines (CRLF, as an editor
+/// on another system saves it): no one to encrypt to, refused at load naming the key (not
+/// accepted, then failing every upload with age's "Missing recipients"); the same file with
+/// one recipient line is taken.
+#[test]
+fn a_remote_with_no_recipient_is_refused_at_load() {
+    let env = TestEnv::new();
+    let url = format!("url = \"file://{}\"\n", env.path("nas").display());
+    let o = load_remote(&env, &format!("{url}encrypt_to = []"));
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert_eq!(o.status.code(), Some(78), "{}", both(&o));
+    assert!(
+        err.contains("remote[0].encrypt_to") && err.contains("no age recipient"),
+        "{err}"
+    );
+
+    let file = env.path("recipients.txt");
+    std::fs::write(&file, "# the team's key goes here\r\n\r\n").unwrap();
+    let o = load_remote(
+        &env,
+        &format!("{url}encrypt_to_file = \"{}\"", file.display()),
+    );
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert_eq!(o.status.code(), Some(78), "{}", both(&o));
+    assert!(
+        err.contains("remote[0].encrypt_to_file") && err.contains("no age recipient"),
+        "{err}"
+    );
+
+    std::fs::write(&file, format!("# the team's key\r\n{RECIPIENT}\r\n")).unwrap();
+    let o = load_remote(
+        &env,
+        &format!("{url}encrypt_to_file = \"{}\"", file.display()),
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
 }
