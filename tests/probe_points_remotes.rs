@@ -1,6 +1,6 @@
 //! A hostile probe of this round's new paths, second pass: `restore --at` when a newer full
 //! backup was deleted by hand, and `[[remote]]` stanzas an unlucky operator writes (a
-//! recipients file of comments only).
+//! recipients file of comments only, an endpoint carrying a token in its query).
 
 use std::path::Path;
 
@@ -116,4 +116,31 @@ fn a_remote_with_no_recipient_is_refused_at_load() {
         &format!("{url}encrypt_to_file = \"{}\"", file.display()),
     );
     assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+}
+
+/// An endpoint with a query (a gateway's token, a signature) or a fragment is refused at
+/// load without echoing it: accepted, it was printed in every connection error and journal
+/// line of the remote.
+#[test]
+fn an_endpoint_with_a_query_is_refused_without_echoing_it() {
+    let env = TestEnv::new();
+    let secret = "lk-endpoint-token-never-shown";
+    for endpoint in [
+        format!("https://minio.internal:9000/?X-Amz-Signature={secret}"),
+        format!("https://minio.internal:9000/#{secret}"),
+    ] {
+        let o = load_remote(
+            &env,
+            &format!(
+                "url = \"s3://acme-backups/lk\"\nendpoint = \"{endpoint}\"\nencrypt_to = [\"{RECIPIENT}\"]"
+            ),
+        );
+        let out = both(&o);
+        assert_eq!(o.status.code(), Some(78), "{out}");
+        assert!(
+            out.contains("remote[0].endpoint") && out.contains("no query or fragment"),
+            "{out}"
+        );
+        assert!(!out.contains(secret), "{out}");
+    }
 }

@@ -180,6 +180,15 @@ fn endpoint(c: &mut Checker, key: &KeyPath, text: &str, allow_http: bool) -> Str
         );
         return String::new();
     }
+    if url.query().is_some() || url.fragment().is_some() {
+        // Not echoed: a query may carry a token or a signature.
+        c.fail(
+            key,
+            "an endpoint has no query or fragment (a token or signature there would be logged); give the store's base URL and `credentials`",
+            None,
+        );
+        return String::new();
+    }
     match url.scheme() {
         "https" => {}
         "http" => {
