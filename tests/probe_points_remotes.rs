@@ -144,3 +144,101 @@ fn an_endpoint_with_a_query_is_refused_without_echoing_it() {
         assert!(!out.contains(secret), "{out}");
     }
 }
+
+/// `app` at `db` backed up into `b/` (zstd) with incremental chains and a `file://` remote
+/// `remote/` encrypted to a new key. The identity file.
+fn app_with_file_remote(env: &TestEnv, db: &Path) -> std::path::PathBuf {
+    let (identity, public) = crate::offsite::fixture::keygen(env);
+    std::fs::create_dir(env.path("remote")).unwrap();
+    env.write_config(&format!(
+        "{}[[database]]\nname = \"app\"\npath = \"{}\"\n[database.backup]\ndir = \"{}\"\ncompress = \"zstd\"\nremotes = [\"offsite\"]\nincremental = {{ keep = \"7d\" }}\n\n[[remote]]\nname = \"offsite\"\nurl = \"file://{}\"\nencrypt_to = [\"{public}\"]\n",
+        env.daemon_section(""),
+        db.display(),
+        env.path("b").display(),
+        env.path("remote").display()
+    ));
+    identity
+}
+
+/// Points made more than once a second are dated ahead of the clock, so the full backup made
+/// right after them is dated before the newest point of the older chain (whose full backup
+/// is still there). `restore --at latest`, local and `--from` the remote, restores that newer
+/// full backup with exit 0 and no warning: nothing is lost, and no backup is "missing".
+#[test]
+fn a_full_backup_dated_before_the_last_point_is_no_broken_chain() {
+    let env = TestEnv::new();
+    let db = env.sqlite(
+        "app.db",
+        "PRAGMA journal_mode=WAL; CREATE TABLE n(id INTEGER PRIMARY KEY, pad BLOB);",
+    );
+    let identity = app_with_file_remote(&env, &db);
+    let dir = env.path("b");
+    insert(&db, 1, 10);
+    env.run_ok(&["run", "app", "backup"]);
+    let newest_point = || -> chrono::DateTime<chrono::Utc> {
+        let m: Value =
+            serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+        m["deltas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["created_at"].as_str().unwrap().parse().unwrap())
+            .max()
+            .unwrap()
+    };
+    let mut id = 10;
+    for _ in 0..60 {
+        id += 1;
+        insert(&db, id, id);
+        env.run_ok(&["run", "app", "incremental"]);
+        if newest_point() >= chrono::Utc::now() + chrono::Duration::seconds(3) {
+            break;
+        }
+    }
+    insert(&db, id + 1, id + 5);
+    env.run_ok(&["run", "app", "backup"]);
+    let fulls: Vec<String> = crate::util::names(&dir)
+        .into_iter()
+        .filter(|n| n.ends_with(".db.zst"))
+        .collect();
+    let second: chrono::NaiveDateTime = chrono::NaiveDateTime::parse_from_str(
+        fulls[1]
+            .trim_start_matches("app-")
+            .trim_end_matches(".db.zst"),
+        "%Y%m%d-%H%M%S",
+    )
+    .unwrap();
+    assert!(
+        second.and_utc() < newest_point(),
+        "the new full {} must be dated before the newest point {}",
+        fulls[1],
+        newest_point()
+    );
+    let all: Vec<i64> = (1..=id + 5).collect();
+
+    let (o, to) = restore_at(&env, "latest", "local.db");
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    assert!(!both(&o).contains("warning"), "{}", both(&o));
+    assert_eq!(ids(&to), all);
+
+    let to = env.path("remote.db");
+    let o = env
+        .cmd()
+        .args([
+            "restore",
+            "app",
+            "--at",
+            "latest",
+            "--from",
+            "offsite",
+            "--identity",
+        ])
+        .arg(&identity)
+        .arg("--to")
+        .arg(&to)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    assert!(!both(&o).contains("warning"), "{}", both(&o));
+    assert_eq!(ids(&to), all);
+}

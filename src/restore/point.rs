@@ -139,9 +139,14 @@ fn select_at_series(db: &Database, at: At, series: &str) -> Result<BackupSource,
         Some(t) => with_deltas(db, &dir, &manifest, t)?,
     };
     // A newer point at or before `at` on a chain whose full backup is gone: what is restored
-    // is older than asked, and says so.
+    // is older than asked, and says so. (A point of an older chain whose full is still here
+    // may be dated after `full`: points run more than once a second are dated ahead of the
+    // clock, and the full backup made next is dated by it. `full` is then the newer state.)
+    let gone = |base: &str| {
+        manifest.get(base).is_none() || std::fs::symlink_metadata(dir.join(base)).is_err()
+    };
     let newer = chain::deltas_of(&manifest, &db.name, series)
-        .filter(|d| d.base != full.file && d.created_at <= until)
+        .filter(|d| d.base != full.file && d.created_at <= until && gone(&d.base))
         .filter(|d| d.created_at > target.as_ref().map_or(full.created_at, |t| t.created_at))
         .max_by_key(|d| (d.created_at, d.sequence));
     if let Some(n) = newer {
