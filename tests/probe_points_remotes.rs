@@ -242,3 +242,70 @@ fn a_full_backup_dated_before_the_last_point_is_no_broken_chain() {
     assert!(!both(&o).contains("warning"), "{}", both(&o));
     assert_eq!(ids(&to), all);
 }
+
+/// A backup whose copy waits (the NAS not mounted) and is damaged on the local disk before
+/// the push (a flipped byte: bit rot, a tool writing into it): the push refuses to store it,
+/// naming the file and exiting 65, leaves no object in the store and the copy pending.
+/// Stored, it was listed `ok` (even with `--verify`) and restore from the remote refused
+/// it only once the host was lost.
+#[test]
+fn a_local_backup_damaged_before_its_push_is_never_stored_as_a_good_copy() {
+    use crate::offsite::fixture::{chat_db, config, keygen};
+    let env = TestEnv::new();
+    let (_identity, public) = keygen(&env);
+    let db = chat_db(&env);
+    let nas = env.path("nas");
+    config(
+        &env,
+        &db,
+        &format!(
+            "url = \"file://{}\"\nencrypt_to = [\"{public}\"]\n",
+            nas.display()
+        ),
+        "",
+    );
+    let o = env.cmd().args(["run", "chat", "backup"]).output().unwrap();
+    assert_ne!(
+        o.status.code(),
+        Some(0),
+        "the NAS is not there: {}",
+        both(&o)
+    );
+    let backups = env.path("backups");
+    let file: String = crate::util::names(&backups)
+        .into_iter()
+        .find(|n| n.starts_with("chat-") && n.ends_with(".db"))
+        .unwrap();
+    let path = backups.join(&file);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[3000] ^= 0x55;
+    std::fs::write(&path, &bytes).unwrap();
+    std::fs::create_dir(&nas).unwrap();
+
+    let o = env
+        .cmd()
+        .args(["backups", "push", "chat"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert_eq!(o.status.code(), Some(65), "{}", both(&o));
+    assert!(
+        err.contains(&file) && err.contains("changed or was damaged"),
+        "{err}"
+    );
+    let stored: Vec<String> = crate::util::names(&nas.join("chat"))
+        .into_iter()
+        .filter(|n| n.ends_with(".age"))
+        .collect();
+    assert!(stored.is_empty(), "nothing stored: {stored:?}");
+    let o = env
+        .cmd()
+        .args(["backups", "list", "chat"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("offsite: pending"),
+        "{}",
+        both(&o)
+    );
+}
