@@ -30,6 +30,7 @@ mod monitoring;
 mod offsite;
 mod pings;
 mod probe;
+mod probe_points_remotes;
 mod progress;
 mod prune;
 mod prune_fk;

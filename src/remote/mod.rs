@@ -95,7 +95,7 @@ fn upload_copy(store: &Store, src: &Source<'_>) -> Result<(Uploaded, Copy), Remo
     let object = object_name(src.file);
     let key = store.key(src.database, &object);
     let compress = !src.file.ends_with(".zst");
-    let up = pipeline::upload(store, &key, src.path, compress)?;
+    let up = pipeline::upload(store, &key, src.path, src.sha256, compress)?;
     let copy = Copy {
         object,
         local_file: src.file.to_string(),

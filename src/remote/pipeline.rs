@@ -78,27 +78,49 @@ fn recipients(store: &Store) -> Result<Vec<age::x25519::Recipient>, RemoteError>
         .collect()
 }
 
+/// A reader that hashes what it reads: the local file's bytes as they enter the pipeline.
+struct Hashed<R> {
+    inner: R,
+    hasher: Sha256,
+}
+
+impl<R: Read> Read for Hashed<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
 /// Upload `src` as `key`, compressing first when `compress`, and check what was stored.
+/// The bytes read from `src` must be the verified backup (`src_sha256`, the local manifest's):
+/// a file changed or damaged since is not stored (the upload is aborted).
 /// The work runs on a thread of its own at the upload's lower priority (`priority`).
 pub(super) fn upload(
     store: &Store,
     key: &str,
     src: &Path,
+    src_sha256: &str,
     compress: bool,
 ) -> Result<Uploaded, RemoteError> {
-    super::priority::in_background(|| upload_here(store, key, src, compress))
+    super::priority::in_background(|| upload_here(store, key, src, src_sha256, compress))
 }
 
 fn upload_here(
     store: &Store,
     key: &str,
     src: &Path,
+    src_sha256: &str,
     compress: bool,
 ) -> Result<Uploaded, RemoteError> {
     let what = format!("uploading {key}");
     let recipients = recipients(store)?;
-    let mut input = File::open(src)
+    let file = File::open(src)
         .map_err(|e| store.other(&what, format!("{}: {e}", src.display()), ExitCode::NoInput))?;
+    let mut input = Hashed {
+        inner: file,
+        hasher: Sha256::new(),
+    };
     let path = Store::path(key);
     let upload = store
         .block_on(store.inner.put_multipart(&path))
@@ -126,6 +148,20 @@ fn upload_here(
             None => store.other(&what, e.to_string(), ExitCode::IoErr),
         });
     }
+    let read = crate::archive::hex(&input.hasher.finalize());
+    if read != src_sha256 {
+        let _ = store.block_on(upload.abort());
+        return Err(store
+            .other(
+                &what,
+                format!(
+                    "{}: SHA-256 {read} is not the {src_sha256} recorded when it was verified: the local backup changed or was damaged since, and is not stored; take a new backup",
+                    src.display()
+                ),
+                ExitCode::DataErr,
+            )
+            .of_kind(super::Kind::Damaged));
+    }
     store
         .block_on(upload.finish())
         .map_err(|e| store.error(&what, &e))?;
@@ -143,7 +179,7 @@ fn upload_here(
 
 /// file → [zstd] → age → `out`.
 fn stream(
-    input: &mut File,
+    input: &mut impl Read,
     out: &mut Parts<'_>,
     recipients: &[age::x25519::Recipient],
     compress: bool,

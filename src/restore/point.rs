@@ -170,9 +170,14 @@ fn select_at_series(db: &Database, at: At, series: &str) -> Result<BackupSource,
         lost_newer(&mut source, &full.file, full.created_at, lost);
     }
     // A newer point at or before `at` on a chain whose full backup is gone: what is restored
-    // is older than asked, and says so.
+    // is older than asked, and says so. (A point of an older chain whose full is still here
+    // may be dated after `full`: points run more than once a second are dated ahead of the
+    // clock, and the full backup made next is dated by it. `full` is then the newer state.)
+    let gone = |base: &str| {
+        manifest.get(base).is_none() || std::fs::symlink_metadata(dir.join(base)).is_err()
+    };
     let newer = chain::deltas_of(&manifest, &db.name, series)
-        .filter(|d| d.base != full.file && d.created_at <= until)
+        .filter(|d| d.base != full.file && d.created_at <= until && gone(&d.base))
         .filter(|d| d.created_at > target.as_ref().map_or(full.created_at, |t| t.created_at))
         .max_by_key(|d| (d.created_at, d.sequence));
     if let Some(n) = newer {
@@ -180,6 +185,25 @@ fn select_at_series(db: &Database, at: At, series: &str) -> Result<BackupSource,
             link: n.base.clone(),
             why: "the full backup its chain starts from is not in the backup directory".into(),
             wanted: n.file.clone(),
+        };
+        lost_newer(&mut source, &full.file, full.created_at, lost);
+    }
+    // A newer full backup at or before `at` that the manifest records but the directory no
+    // longer has (deleted by hand): the point restored is older than one that was made.
+    let gone = manifest
+        .backups
+        .iter()
+        .filter(|e| e.database == db.name && e.series == series)
+        .filter(|e| e.verified != crate::domain::Verified::Failed)
+        .filter(|e| e.created_at > full.created_at && e.created_at <= until)
+        .filter(|e| std::fs::symlink_metadata(dir.join(&e.file)).is_err())
+        .max_by_key(|e| e.created_at);
+    if let Some(g) = gone {
+        let lost = Broken {
+            link: g.file.clone(),
+            why: "the manifest records this full backup but the backup directory has no such file"
+                .into(),
+            wanted: g.file.clone(),
         };
         lost_newer(&mut source, &full.file, full.created_at, lost);
     }

@@ -419,6 +419,8 @@ pub(crate) fn fetch_at(
             .deltas
             .iter()
             .filter(|d| d.copy.series == s.series && d.base != full.local_file)
+            // Its full copy listed (older, the delta dated ahead of the clock): not lost.
+            .filter(|d| !o.manifest.copies.iter().any(|c| c.local_file == d.base))
             .filter(|d| d.copy.backup_time <= until && d.copy.backup_time > reached)
             .max_by_key(|d| (d.copy.backup_time, d.sequence));
         if let Some(n) = newer {

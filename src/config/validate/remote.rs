@@ -189,6 +189,15 @@ fn endpoint(c: &mut Checker, key: &KeyPath, text: &str, allow_http: bool) -> Str
         );
         return String::new();
     }
+    if url.query().is_some() || url.fragment().is_some() {
+        // Not echoed: a query may carry a token or a signature.
+        c.fail(
+            key,
+            "an endpoint has no query or fragment (a token or signature there would be logged); give the store's base URL and `credentials`",
+            None,
+        );
+        return String::new();
+    }
     match url.scheme() {
         "https" => {}
         "http" => {
@@ -247,6 +256,7 @@ fn credentials(c: &mut Checker, key: &KeyPath, text: Option<&str>) -> Credential
 }
 
 fn recipients(c: &mut Checker, key: &KeyPath, r: &RawRemote) -> Vec<String> {
+    let problems_before = c.problems.len();
     let mut out = Vec::new();
     for (j, text) in r.encrypt_to.iter().flatten().enumerate() {
         let k = key.key("encrypt_to").index(j);
@@ -299,6 +309,19 @@ fn recipients(c: &mut Checker, key: &KeyPath, r: &RawRemote) -> Vec<String> {
             &key.key("encrypt_to"),
             "off-site copies are always encrypted: give encrypt_to = [\"age1…\"] or encrypt_to_file",
             None,
+        );
+    } else if out.is_empty() && problems_before == c.problems.len() {
+        // `encrypt_to = []`, or a recipients file of comments and blank lines only: every
+        // upload would fail with age's "missing recipients".
+        let k = if r.encrypt_to_file.is_some() {
+            key.key("encrypt_to_file")
+        } else {
+            key.key("encrypt_to")
+        };
+        c.fail(
+            &k,
+            "holds no age recipient: copies could be encrypted to no one; give at least one age1… (age-keygen -y KEYFILE)",
+            r.encrypt_to_file.clone(),
         );
     }
     out
