@@ -309,3 +309,48 @@ fn a_local_backup_damaged_before_its_push_is_never_stored_as_a_good_copy() {
         both(&o)
     );
 }
+
+/// Files saved by an editor as UTF-8 "with BOM" (and CRLF): a recipients file whose first
+/// line is a comment, and a credentials file whose first line is the key id. Both are read
+/// as written: the recipients load, and `check` gets past the credentials to the endpoint
+/// (a closed port here) instead of saying the file does not set AWS_ACCESS_KEY_ID.
+#[test]
+fn files_saved_with_a_byte_order_mark_are_read_as_written() {
+    let env = TestEnv::new();
+    let file = env.path("recipients.txt");
+    std::fs::write(
+        &file,
+        format!("\u{feff}# the team's key\r\n{RECIPIENT}\r\n"),
+    )
+    .unwrap();
+    let o = load_remote(
+        &env,
+        &format!(
+            "url = \"file://{}\"\nencrypt_to_file = \"{}\"",
+            env.path("nas").display(),
+            file.display()
+        ),
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+
+    let creds = env.path("s3.env");
+    let secret = "lk-bom-secret-never-shown";
+    std::fs::write(
+        &creds,
+        format!("\u{feff}AWS_ACCESS_KEY_ID=AKIALITEKEEPER\r\nAWS_SECRET_ACCESS_KEY={secret}\r\n"),
+    )
+    .unwrap();
+    load_remote(
+        &env,
+        &format!(
+            "url = \"s3://acme-backups/lk\"\nendpoint = \"http://127.0.0.1:9\"\ntimeout = \"3s\"\ncredentials = \"{}\"\nencrypt_to = [\"{RECIPIENT}\"]",
+            creds.display()
+        ),
+    );
+    let o = env.cmd().arg("check").output().unwrap();
+    let out = both(&o);
+    assert!(out.contains("remote offsite: error:"), "{out}");
+    assert!(!out.contains("must set"), "{out}");
+    assert!(out.contains("refused"), "{out}");
+    assert!(!out.contains(secret), "{out}");
+}

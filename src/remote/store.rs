@@ -319,7 +319,8 @@ fn from_file(
         )
     })?;
     let (mut id, mut secret, mut token) = (None, None, None);
-    for line in text.lines() {
+    // A byte-order mark (an editor's UTF-8 "with BOM") is not part of the first key.
+    for line in text.trim_start_matches('\u{feff}').lines() {
         let line = line.trim();
         let line = line.strip_prefix("export ").unwrap_or(line);
         let Some((k, v)) = line.split_once('=') else {

@@ -280,7 +280,8 @@ fn recipients(c: &mut Checker, key: &KeyPath, r: &RawRemote) -> Vec<String> {
                 Some(file.clone()),
             ),
             Ok(text) => {
-                for (n, line) in text.lines().enumerate() {
+                // A byte-order mark (an editor's UTF-8 "with BOM") is not part of line 1.
+                for (n, line) in text.trim_start_matches('\u{feff}').lines().enumerate() {
                     let line = line.trim();
                     if line.is_empty() || line.starts_with('#') {
                         continue;
