@@ -229,8 +229,29 @@ impl RemoteManifest {
         })
     }
 
-    /// Refuse when another host owns this manifest: before an upload puts an object, and in
-    /// every `update`.
+    /// Before an upload puts an object under `database`'s prefix: refuse when another host
+    /// owns its manifest; when there is none yet, make this host the owner with an empty
+    /// manifest put only if none exists, so of two hosts starting on one prefix at once the
+    /// second is refused too (on a store without conditional puts the later one wins).
+    pub(crate) fn claim(store: &Store, database: &str) -> Result<(), RemoteError> {
+        let key = store.key(database, MANIFEST_NAME);
+        if store.get_small(&key)?.is_none() {
+            let mine = RemoteManifest {
+                version: 1,
+                database: database.to_string(),
+                host: Some(store.remote.host.clone()),
+                copies: Vec::new(),
+                deltas: Vec::new(),
+            };
+            if store.put_new(&key, mine.bytes())? {
+                return Ok(());
+            }
+        }
+        RemoteManifest::load(store, database)?.check_owner(store, database)
+    }
+
+    /// Refuse when another host owns this manifest: before an upload puts an object
+    /// (`claim`), and in every `update`.
     pub(crate) fn check_owner(&self, store: &Store, database: &str) -> Result<(), RemoteError> {
         let this = store.remote.host.as_str();
         match self.host.as_deref() {
@@ -318,10 +339,13 @@ impl RemoteManifest {
     }
 
     fn save(&self, store: &Store, database: &str) -> Result<(), RemoteError> {
-        let key = store.key(database, MANIFEST_NAME);
+        store.put_small(&store.key(database, MANIFEST_NAME), self.bytes())
+    }
+
+    fn bytes(&self) -> Vec<u8> {
         let mut bytes = serde_json::to_vec_pretty(self).expect("manifest serializes");
         bytes.push(b'\n');
-        store.put_small(&key, bytes)
+        bytes
     }
 
     /// Add or replace the copy of the same object; kept sorted by backup time.
@@ -355,6 +379,64 @@ impl RemoteManifest {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+
+    /// A store on the directory `dir` as host `host`.
+    fn dir_store(dir: &std::path::Path, host: &str) -> Store {
+        use crate::config::{Credentials, Remote, Target};
+        Store::open(Arc::new(Remote {
+            name: "nas".into(),
+            url: format!("file://{}", dir.display()),
+            host: host.into(),
+            target: Target::Dir {
+                dir: dir.to_path_buf(),
+            },
+            endpoint: None,
+            region: None,
+            path_style: false,
+            allow_http: false,
+            credentials: Credentials::Env,
+            recipients: vec!["age1x".into()],
+            retry_every: std::time::Duration::from_secs(900),
+            max_age: None,
+            timeout: std::time::Duration::from_secs(5),
+        }))
+        .unwrap()
+    }
+
+    /// The first host to push to a new prefix owns it: its claim is a create-only put, so a
+    /// second host's claim, or its put racing the first, finds the owner and is refused.
+    #[test]
+    fn the_first_claim_of_a_prefix_wins_and_the_second_host_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (web1, web2) = (dir_store(dir.path(), "web1"), dir_store(dir.path(), "web2"));
+        let key = web1.key("app", MANIFEST_NAME);
+        // Create-only: the second put finds the first's object and leaves it as it is.
+        assert!(web1.put_new(&key, b"first".to_vec()).unwrap());
+        assert!(!web2.put_new(&key, b"second".to_vec()).unwrap());
+        assert_eq!(web2.get_small(&key).unwrap().unwrap(), b"first");
+        web1.delete(&key).unwrap();
+
+        RemoteManifest::claim(&web1, "app").unwrap();
+        let m = RemoteManifest::load(&web2, "app").unwrap();
+        assert_eq!(m.host.as_deref(), Some("web1"));
+        RemoteManifest::claim(&web1, "app").unwrap();
+        let e = RemoteManifest::claim(&web2, "app").unwrap_err();
+        assert_eq!(e.code, ExitCode::Config);
+        let line = e.to_string();
+        for needle in [
+            "\"nas\"",
+            "app/",
+            "host \"web1\"",
+            "this host is \"web2\"",
+            "{host}",
+            "backups push app nas --adopt",
+        ] {
+            assert!(line.contains(needle), "{needle} not in {line}");
+        }
+        // Another database on the prefix is web2's to claim.
+        RemoteManifest::claim(&web2, "other").unwrap();
+    }
 
     /// A manifest written before copies carried their counts and drills still loads: those
     /// are absent, not an error; written again, absent fields stay out.

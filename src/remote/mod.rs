@@ -91,7 +91,7 @@ pub(crate) fn push_delta(
 /// The pipeline for one local file: compressed (unless it is), encrypted, uploaded, read back;
 /// refused before anything is put when another host owns the remote's manifest.
 fn upload_copy(store: &Store, src: &Source<'_>) -> Result<(Uploaded, Copy), RemoteError> {
-    RemoteManifest::load(store, src.database)?.check_owner(store, src.database)?;
+    RemoteManifest::claim(store, src.database)?;
     let object = object_name(src.file);
     let key = store.key(src.database, &object);
     let compress = !src.file.ends_with(".zst");

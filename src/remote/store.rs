@@ -224,6 +224,26 @@ impl Store {
             .map_err(|e| self.error(format!("writing {key}"), &e))
     }
 
+    /// Put a small object only if none exists at `key` (a create-only PUT: `If-None-Match: *`
+    /// on S3, a hard link on a directory); false when one existed. A store that cannot do
+    /// conditional puts gets a plain PUT.
+    pub(crate) fn put_new(&self, key: &str, bytes: Vec<u8>) -> Result<bool, RemoteError> {
+        let opts = object_store::PutOptions {
+            mode: object_store::PutMode::Create,
+            ..Default::default()
+        };
+        let r = self.block_on(
+            self.inner
+                .put_opts(&Self::path(key), bytes.clone().into(), opts),
+        );
+        match r {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(object_store::Error::NotImplemented) => self.put_small(key, bytes).map(|()| true),
+            Err(e) => Err(self.error(format!("writing {key}"), &e)),
+        }
+    }
+
     /// A small object whole; `None` when it does not exist.
     pub(crate) fn get_small(&self, key: &str) -> Result<Option<Vec<u8>>, RemoteError> {
         let r = self.block_on(async {

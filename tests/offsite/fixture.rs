@@ -233,3 +233,13 @@ pub fn kept_and_pending(env: &TestEnv) -> String {
     );
     local[0].clone()
 }
+
+/// The local files of the full backups a remote manifest (parsed) lists, in its order.
+pub fn listed_fulls(m: &serde_json::Value) -> Vec<String> {
+    m["copies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["local_file"].as_str().unwrap().to_string())
+        .collect()
+}

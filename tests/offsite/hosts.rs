@@ -132,16 +132,6 @@ fn manifest_at(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
 
-/// The local files a remote manifest lists (full backups).
-fn listed(m: &serde_json::Value) -> Vec<String> {
-    m["copies"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["local_file"].as_str().unwrap().to_string())
-        .collect()
-}
-
 /// A shared `nas/` directory (in its own temp dir) and an age key pair.
 struct Shared {
     env: TestEnv,
@@ -171,6 +161,16 @@ impl Shared {
     }
 }
 
+/// A shared remote, web1 (30 rows, everything kept) with one backup copied there, and web2
+/// (70 rows, `web2_keep`) on the same prefix.
+fn two_hosts(web2_keep: &str) -> (Shared, Host, Host) {
+    let s = Shared::new();
+    let web1 = Host::new("web1", 30, &s.remote(), KEEP_ALL);
+    let web2 = Host::new("web2", 70, &s.remote(), web2_keep);
+    web1.backup();
+    (s, web1, web2)
+}
+
 /// The refusal line: names the remote, the object prefix, both hosts and both ways out.
 fn assert_refusal(o: &std::process::Output, owner: &str, this: &str) {
     let err = String::from_utf8_lossy(&o.stderr);
@@ -192,15 +192,12 @@ fn assert_refusal(o: &std::process::Output, owner: &str, this: &str) {
 
 #[test]
 fn a_second_host_on_the_same_prefix_is_refused_and_the_first_hosts_copies_stay() {
-    let s = Shared::new();
-    let web1 = Host::new("web1", 30, &s.remote(), KEEP_ALL);
-    let web2 = Host::new("web2", 70, &s.remote(), KEEP_ONE_REMOTE);
-    web1.backup();
+    let (s, web1, web2) = two_hosts(KEEP_ONE_REMOTE);
     web1.backup();
     let before = tree(&s.nas());
     let m = s.manifest();
     assert_eq!(m["host"], "web1", "{m}");
-    assert_eq!(listed(&m), web1.local());
+    assert_eq!(listed_fulls(&m), web1.local());
 
     // web2's backup is kept locally, its copy pending; nothing of web1's is touched, and its
     // retention (last = 1) deletes nothing.
@@ -221,16 +218,13 @@ fn a_second_host_on_the_same_prefix_is_refused_and_the_first_hosts_copies_stay()
 
     // web1 goes on as before.
     web1.backup();
-    assert_eq!(listed(&s.manifest()), web1.local());
+    assert_eq!(listed_fulls(&s.manifest()), web1.local());
     assert_eq!(s.manifest()["host"], "web1");
 }
 
 #[test]
 fn remote_retention_from_the_other_host_deletes_nothing() {
-    let s = Shared::new();
-    let web1 = Host::new("web1", 30, &s.remote(), KEEP_ALL);
-    let web2 = Host::new("web2", 70, &s.remote(), KEEP_ONE_REMOTE);
-    web1.backup();
+    let (s, web1, web2) = two_hosts(KEEP_ONE_REMOTE);
     web1.backup();
     let before = tree(&s.nas());
     // web2 has a pending copy whose local file is gone: a push stores nothing and goes on to
@@ -265,7 +259,7 @@ fn host_in_the_url_gives_each_host_its_own_prefix_on_s3_and_each_restores_its_ro
         let key = format!("lk/{}/app/litekeeper-manifest.json", h.name);
         let m: serde_json::Value = serde_json::from_slice(&moto.get(&key).unwrap()).unwrap();
         assert_eq!(m["host"], h.name, "{m}");
-        assert_eq!(listed(&m), h.local());
+        assert_eq!(listed_fulls(&m), h.local());
         // The url everyone sees is the host's.
         let o = h.code(
             &["backups", "list", "app", "--remote", "offsite", "--json"],
@@ -286,10 +280,7 @@ fn host_in_the_url_gives_each_host_its_own_prefix_on_s3_and_each_restores_its_ro
 
 #[test]
 fn a_new_host_restores_the_lost_hosts_copies_and_the_owner_stays() {
-    let s = Shared::new();
-    let web1 = Host::new("web1", 30, &s.remote(), KEEP_ALL);
-    let web2 = Host::new("web2", 70, &s.remote(), KEEP_ALL);
-    web1.backup();
+    let (s, web1, web2) = two_hosts(KEEP_ALL);
     let before = tree(&s.nas());
     // No ceremony: the listing shows the owner, restore takes web1's rows; nothing written.
     let o = web2.code(
@@ -328,10 +319,7 @@ fn a_new_host_restores_the_lost_hosts_copies_and_the_owner_stays() {
 
 #[test]
 fn adopt_takes_the_prefix_over_and_the_old_host_is_then_refused() {
-    let s = Shared::new();
-    let web1 = Host::new("web1", 30, &s.remote(), KEEP_ALL);
-    let web2 = Host::new("web2", 70, &s.remote(), KEEP_ALL);
-    web1.backup();
+    let (s, web1, web2) = two_hosts(KEEP_ALL);
     let old = web1.local();
     // web1 is lost; web2 replaces it: its first backup is refused, `--adopt` takes over.
     web2.code(&["run", "app", "backup"], 78);
@@ -342,7 +330,7 @@ fn adopt_takes_the_prefix_over_and_the_old_host_is_then_refused() {
     assert_eq!(m["host"], "web2", "{m}");
     // web1's copies are kept, web2's added (one name if both were made in the same second).
     let want: BTreeSet<String> = old.iter().cloned().chain(web2.local()).collect();
-    assert_eq!(listed(&m).into_iter().collect::<BTreeSet<_>>(), want);
+    assert_eq!(listed_fulls(&m).into_iter().collect::<BTreeSet<_>>(), want);
     assert!(pending(&web2.env).is_empty());
     // From now on web2 pushes without --adopt; web1, back by mistake, is refused.
     web2.backup();
@@ -354,10 +342,7 @@ fn adopt_takes_the_prefix_over_and_the_old_host_is_then_refused() {
 
 #[test]
 fn a_manifest_written_before_hosts_is_adopted_by_the_first_host_that_writes() {
-    let s = Shared::new();
-    let web1 = Host::new("web1", 30, &s.remote(), KEEP_ALL);
-    let web2 = Host::new("web2", 70, &s.remote(), KEEP_ALL);
-    web1.backup();
+    let (s, _web1, web2) = two_hosts(KEEP_ALL);
     // As written before this change: no `host`.
     let path = s.nas().join("app/litekeeper-manifest.json");
     let mut m = manifest_at(&path);
@@ -367,7 +352,7 @@ fn a_manifest_written_before_hosts_is_adopted_by_the_first_host_that_writes() {
     let m = s.manifest();
     assert_eq!(m["host"], "web2", "{m}");
     // web2's copy is listed (web1's too, unless both were made in the same second: one name).
-    assert!(listed(&m).contains(&web2.local()[0]), "{m}");
+    assert!(listed_fulls(&m).contains(&web2.local()[0]), "{m}");
     assert_eq!(pending(&web2.env), vec![]);
 }
 
@@ -406,10 +391,7 @@ fn a_drill_from_another_hosts_prefix_marks_nothing_there() {
 
 #[test]
 fn a_dry_run_on_another_hosts_prefix_says_whose_it_is_not_what_it_would_delete() {
-    let s = Shared::new();
-    let web1 = Host::new("web1", 30, &s.remote(), KEEP_ALL);
-    let web2 = Host::new("web2", 70, &s.remote(), KEEP_ONE_REMOTE);
-    web1.backup();
+    let (_s, web1, web2) = two_hosts(KEEP_ONE_REMOTE);
     web1.backup();
     let o = web2.code(&["run", "app", "backup", "--dry-run"], 0);
     let out = both(&o);
