@@ -548,3 +548,72 @@ fn in_place_restore_refuses_a_live_file_it_cannot_make_whole() {
     assert_eq!(marker(&db), "backup");
     assert_eq!(kept(&db).len(), 1);
 }
+
+/// A restore reads its backup once: its SHA-256 is checked as it is copied, not in a pass of
+/// its own (strace counts the bytes read from the backup file by any system call).
+#[test]
+fn a_restore_reads_the_backup_file_once() {
+    if !crate::util::have_strace() {
+        return;
+    }
+    let env = TestEnv::new();
+    let db = env.sqlite(
+        "app.db",
+        "CREATE TABLE t(x BLOB);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 2000)
+         INSERT INTO t SELECT randomblob(1000) FROM n;",
+    );
+    let dir = env.path("b");
+    env.config("")
+        .database(
+            "app",
+            &db,
+            &format!("[database.backup]\ndir = \"{}\"", dir.display()),
+        )
+        .write();
+    env.run_ok(&["run", "app", "backup"]);
+    let backup = crate::util::names(&dir)
+        .into_iter()
+        .find(|n| n.ends_with(".db"))
+        .map(|n| dir.join(n))
+        .unwrap();
+    let size = std::fs::metadata(&backup).unwrap().len();
+    let log = env.path("strace.log");
+    let base = env.std_cmd();
+    let to = env.path("r.db");
+    let o = std::process::Command::new("strace")
+        .args(["-f", "-qq", "-y", "-o"])
+        .arg(&log)
+        .args([
+            "-e",
+            "trace=read,pread64,readv,preadv,preadv2,copy_file_range,sendfile",
+        ])
+        .arg(base.get_program())
+        .args(base.get_args())
+        .args(["restore", "app", "--to"])
+        .arg(&to)
+        .env_clear()
+        .envs(base.get_envs().filter_map(|(k, v)| v.map(|v| (k, v))))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", crate::util::both(&o));
+    // `read(3</path/to/backup>, …) = N`: the first argument names the file.
+    let tag = format!("<{}>", backup.display());
+    let read: u64 = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .filter(|l| {
+            l.split_once('(')
+                .and_then(|(_, args)| args.split_once(','))
+                .is_some_and(|(fd, _)| fd.ends_with(&tag))
+        })
+        .filter_map(|l| l.rsplit_once(" = ")?.1.trim().parse::<u64>().ok())
+        .sum();
+    assert_eq!(
+        read,
+        size,
+        "bytes read from {} ({size} bytes)",
+        backup.display()
+    );
+    assert_eq!(crate::util::query_i64(&to, "SELECT count(*) FROM t"), 2000);
+}

@@ -258,12 +258,7 @@ fn a_marker_left_by_a_killed_restore_is_named_by_jobs_and_cleared_by_the_next_re
 /// point (or, the set being whole, refuses the existing name and leaves no marker).
 #[test]
 fn a_restore_to_killed_between_its_files_is_never_half_done_unsaid() {
-    if std::process::Command::new("strace")
-        .arg("-V")
-        .output()
-        .is_err()
-    {
-        eprintln!("skipped: strace is not installed");
+    if !crate::util::have_strace() {
         return;
     }
     let (env, _db, _files, at) = set_with_a_point();

@@ -4,7 +4,8 @@
 //! nothing here prints.
 //!
 //! The restored file is always written under a temp name in the target directory, fsynced,
-//! checked, and renamed into place. [`to_path`] refuses an existing name (a symlink too), a
+//! checked, and renamed into place. The backup is read once: its SHA-256 is computed as it
+//! is copied (or decompressed) into the temp file, and a mismatch leaves nothing behind. [`to_path`] refuses an existing name (a symlink too), a
 //! sidecar name, and the backup directory, and moves a stale `-wal`/`-shm`/`-journal` at the
 //! target aside first (SQLite would replay a foreign WAL onto the restored file).
 //!
@@ -38,6 +39,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags};
+use sha2::{Digest, Sha256};
 
 use crate::archive::{self, BackupName, Manifest, Verified};
 use crate::config::Database;
@@ -66,6 +68,9 @@ pub struct BackupSource {
     pub live: PathBuf,
     /// A point of an incremental chain: the deltas applied after this full backup.
     pub point: Option<point::Point>,
+    /// The manifest's SHA-256 of the file, checked as the restore reads it (None: checked
+    /// already, as a remote copy's staged file is).
+    pub sha256: Option<String>,
 }
 
 impl BackupSource {
@@ -154,15 +159,7 @@ pub(crate) fn select_from(
             path: path.clone(),
             dir: dir.clone(),
         })?;
-    let sha = archive::sha256_file(&path).map_err(RestoreError::Checksum)?;
-    if sha != entry.sha256 {
-        return Err(RestoreError::ChecksumMismatch {
-            path,
-            actual: sha,
-            expected: entry.sha256.clone(),
-            database: db.name.clone(),
-        });
-    }
+    // The file's SHA-256 is checked as the restore reads it (`write_plain`): one read.
     // Which live file this backup belongs to (the main database or an attachment).
     let live = db
         .backup_sources()
@@ -187,6 +184,7 @@ pub(crate) fn select_from(
         restored_size,
         live,
         point: None,
+        sha256: Some(entry.sha256.clone()),
     })
 }
 
@@ -276,7 +274,7 @@ fn write_checked(
     let cleanup = TempFile(tmp.clone());
     let from = backup.path();
     let clock = std::time::Instant::now();
-    write_plain(&from, backup.name.compressed, &tmp)?;
+    write_plain(backup, &tmp)?;
     if let Some(p) = &backup.point {
         apply_point(backup, p, &tmp)?;
     }
@@ -457,15 +455,19 @@ pub(crate) fn drill_failed_why(mark: &archive::DrillMark) -> String {
     )
 }
 
-/// Copy (or decompress) the backup into the new file `tmp`, mode 0600.
-fn write_plain(from: &Path, compressed: bool, tmp: &Path) -> Result<(), RestoreError> {
+/// Copy (or decompress) the backup into the new file `tmp`, mode 0600, reading it once:
+/// the SHA-256 of its bytes (as stored, compressed or not) is computed on the way and
+/// checked against the manifest's. A backup that cannot be decompressed is read to its end
+/// all the same, so that a damaged file is named as one (checksum mismatch).
+fn write_plain(backup: &BackupSource, tmp: &Path) -> Result<(), RestoreError> {
+    let from = backup.path();
     let mut out = archive::create_private(tmp).map_err(RestoreError::CreateTemp)?;
-    let input = File::open(from).map_err(|cause| RestoreError::OpenBackup {
-        path: from.to_path_buf(),
+    let input = File::open(&from).map_err(|cause| RestoreError::OpenBackup {
+        path: from.clone(),
         cause,
     })?;
     let unreadable = |cause| RestoreError::ReadBackup {
-        path: from.to_path_buf(),
+        path: from.clone(),
         cause,
     };
     // Reading and writing fail for different reasons: a damaged backup, or a full disk.
@@ -473,29 +475,73 @@ fn write_plain(from: &Path, compressed: bool, tmp: &Path) -> Result<(), RestoreE
         dir: tmp.parent().unwrap_or(Path::new("/")).to_path_buf(),
         cause,
     };
-    if !compressed {
-        // File to file: std's copy uses copy_file_range(2) (in the kernel, no pass through
-        // user space; read/write where the file systems refuse it). Its error is either
-        // side's: a full disk or quota is the target's, anything else the backup's.
-        let mut input = input;
-        std::io::copy(&mut input, &mut out).map_err(|e| match e.raw_os_error() {
-            Some(libc::ENOSPC | libc::EDQUOT | libc::EFBIG) => unwritable(e),
-            _ => unreadable(e),
-        })?;
-        out.sync_all().map_err(unwritable)?;
-        return Ok(());
-    }
-    let mut reader = zstd::stream::Decoder::new(input).map_err(unreadable)?;
+    let mut input = Hashing {
+        inner: input,
+        sha: Sha256::new(),
+    };
     let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = reader.read(&mut buf).map_err(unreadable)?;
-        if n == 0 {
-            break;
+    let copied = if backup.name.compressed {
+        decompress(&mut input, &mut out, &mut buf)
+    } else {
+        copy(&mut input, &mut out, &mut buf)
+    };
+    // What is left of the file after a decoding error (or bytes after the frame) is hashed
+    // too: the hash is of the whole file.
+    let rest = std::io::copy(&mut input, &mut std::io::sink());
+    let actual = archive::hex(&input.sha.clone().finalize());
+    if let (Some(expected), Ok(_)) = (&backup.sha256, &rest) {
+        if *expected != actual && !matches!(copied, Err(Copy::Write(_))) {
+            return Err(RestoreError::ChecksumMismatch {
+                path: from,
+                actual,
+                expected: expected.clone(),
+                database: backup.database.clone(),
+            });
         }
-        out.write_all(&buf[..n]).map_err(unwritable)?;
     }
+    match copied {
+        Err(Copy::Read(e)) => return Err(unreadable(e)),
+        Err(Copy::Write(e)) => return Err(unwritable(e)),
+        Ok(()) => {}
+    }
+    rest.map_err(unreadable)?;
     out.sync_all().map_err(unwritable)?;
     Ok(())
+}
+
+/// Which side of a copy failed.
+enum Copy {
+    Read(std::io::Error),
+    Write(std::io::Error),
+}
+
+fn copy(input: &mut impl Read, out: &mut File, buf: &mut [u8]) -> Result<(), Copy> {
+    loop {
+        let n = input.read(buf).map_err(Copy::Read)?;
+        if n == 0 {
+            return Ok(());
+        }
+        out.write_all(&buf[..n]).map_err(Copy::Write)?;
+    }
+}
+
+fn decompress(input: &mut impl Read, out: &mut File, buf: &mut [u8]) -> Result<(), Copy> {
+    let mut reader = zstd::stream::Decoder::new(input).map_err(Copy::Read)?;
+    copy(&mut reader, out, buf)
+}
+
+/// A reader that hashes every byte it reads.
+struct Hashing<R> {
+    inner: R,
+    sha: Sha256,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.sha.update(&buf[..n]);
+        Ok(n)
+    }
 }
 
 /// Open read-only and run quick_check.

@@ -244,6 +244,8 @@ pub(crate) fn fetch_into(
         restored_size,
         live,
         point: None,
+        // Checked on download (the stored bytes and the local file's SHA-256).
+        sha256: None,
     };
     Ok((source, took))
 }

@@ -293,3 +293,20 @@ pub fn both(o: &std::process::Output) -> String {
 pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
+
+/// Whether `strace` runs here (tests that inject faults or count reads with it). Under CI
+/// (`CI` set: `.ci/tools` installs it) a missing strace fails the test instead of skipping it.
+pub fn have_strace() -> bool {
+    let found = std::process::Command::new("strace")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "strace is not installed (CI runs .ci/tools, which installs it)"
+        );
+        eprintln!("skipped: strace is not installed");
+    }
+    found
+}
