@@ -178,6 +178,7 @@ pub struct RawRemote {
     pub retry_every: Option<String>,
     pub max_age: Option<String>,
     pub timeout: Option<String>,
+    pub rate_limit: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -36,6 +36,8 @@ pub struct Remote {
     pub max_age: Option<Duration>,
     /// Time limit of one request (connect and transfer of one part).
     pub timeout: Duration,
+    /// Most stored bytes per second an upload sends (`rate_limit`; None: as fast as it goes).
+    pub rate_limit: Option<u64>,
 }
 
 /// Where a remote keeps its objects.

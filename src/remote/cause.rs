@@ -295,6 +295,7 @@ mod tests {
             retry_every: Duration::from_secs(900),
             max_age: None,
             timeout: Duration::from_secs(5),
+            rate_limit: None,
         }
     }
 

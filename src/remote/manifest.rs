@@ -400,6 +400,7 @@ mod tests {
             retry_every: std::time::Duration::from_secs(900),
             max_age: None,
             timeout: std::time::Duration::from_secs(5),
+            rate_limit: None,
         }))
         .unwrap()
     }

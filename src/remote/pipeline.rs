@@ -1,7 +1,8 @@
 //! The streaming pipeline of one copy: the verified local file → zstd (unless already
 //! compressed) → age encryption → SHA-256 of the stored bytes → a multipart upload in 8 MiB
 //! parts, at most two in flight; memory stays bounded whatever the file's size. The object is
-//! then read back, streaming, and its SHA-256 and size compared. `download` is the reverse
+//! then read back, streaming, and its SHA-256 and size compared. Both run under the remote's
+//! `rate_limit` when it has one (`Pace`). `download` is the reverse
 //! for restore: to a temp file, checked against the manifest's SHA-256, then decrypted and
 //! decompressed.
 
@@ -40,6 +41,37 @@ struct Parts<'a> {
     hasher: Sha256,
     size: u64,
     failed: Option<object_store::Error>,
+    pace: Pace,
+}
+
+/// The remote's `rate_limit`: how long to wait so that the bytes moved since `start` stay
+/// under the rate. The pipeline then works in short bursts with idle time between them, which
+/// also leaves the CPU to the app (benches/RESULTS.md: on a 2-vCPU VM an upload keeping both
+/// vCPUs busy made every app fsync wait, whatever the upload's priority).
+struct Pace {
+    rate: Option<u64>,
+    start: Instant,
+    bytes: u64,
+}
+
+impl Pace {
+    fn new(store: &Store) -> Pace {
+        Pace {
+            rate: store.remote.rate_limit,
+            start: Instant::now(),
+            bytes: 0,
+        }
+    }
+
+    /// `n` more bytes moved: the time to wait before the next ones (zero when on pace).
+    fn wait_after(&mut self, n: usize) -> Duration {
+        self.bytes += n as u64;
+        let Some(rate) = self.rate else {
+            return Duration::ZERO;
+        };
+        let due = Duration::from_secs_f64(self.bytes as f64 / rate as f64);
+        due.saturating_sub(self.start.elapsed())
+    }
 }
 
 impl Write for Parts<'_> {
@@ -56,6 +88,10 @@ impl Write for Parts<'_> {
         w.write(buf);
         self.hasher.update(buf);
         self.size += buf.len() as u64;
+        let wait = self.pace.wait_after(buf.len());
+        if !wait.is_zero() {
+            std::thread::sleep(wait);
+        }
         Ok(buf.len())
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -131,6 +167,7 @@ fn upload_here(
         hasher: Sha256::new(),
         size: 0,
         failed: None,
+        pace: Pace::new(store),
     };
     let streamed = stream(&mut input, &mut parts, &recipients, compress);
     let Parts {
@@ -211,10 +248,15 @@ pub(crate) fn read_back(store: &Store, key: &str) -> Result<(String, u64), Remot
         let mut s = got.into_stream();
         let mut h = Sha256::new();
         let mut n = 0u64;
+        let mut pace = Pace::new(store);
         while let Some(chunk) = s.next().await {
             let chunk = chunk.map_err(|e| store.error(&what, &e))?;
             h.update(&chunk);
             n += chunk.len() as u64;
+            let wait = pace.wait_after(chunk.len());
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
         }
         Ok((crate::archive::hex(&h.finalize()), n))
     })

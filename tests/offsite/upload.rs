@@ -249,3 +249,66 @@ fn the_daemon_retries_pending_copies_every_retry_every() {
         local_backups(&env)[0].as_str()
     );
 }
+
+/// `rate_limit`: an upload and its read-back move at most that many bytes per second (so a
+/// push of S stored bytes at S bytes/s takes at least two seconds), and what is stored is the
+/// same copy; a rate that is not one is a config error naming the key.
+#[test]
+fn rate_limit_paces_the_upload_and_its_read_back() {
+    let env = TestEnv::new();
+    let (_identity, public) = keygen(&env);
+    let db = chat_db(&env);
+    let nas = env.path("nas");
+    let remote = |extra: &str| {
+        format!(
+            "url = \"file://{}\"\nencrypt_to = [\"{public}\"]\n{extra}",
+            nas.display()
+        )
+    };
+    // A pending copy first (the NAS is not there yet), to know the bytes it will store.
+    config(&env, &db, &remote(""), "keep = { last = 5 }");
+    let o = env.cmd().args(["run", "chat", "backup"]).output().unwrap();
+    assert_ne!(o.status.code(), Some(0), "{}", both(&o));
+    let local = env.path("backups").join(&local_backups(&env)[0]);
+    // The stored object is the compressed copy plus age's overhead: a rate of the local
+    // file's size is below the stored size per second only if zstd shrinks nothing.
+    let rate = std::fs::metadata(&local).unwrap().len() / 4;
+    config(
+        &env,
+        &db,
+        &remote(&format!("rate_limit = \"{rate}/s\"")),
+        "keep = { last = 5 }",
+    );
+    std::fs::create_dir(&nas).unwrap();
+    let t = std::time::Instant::now();
+    let o = env
+        .cmd()
+        .args(["backups", "push", "chat"])
+        .output()
+        .unwrap();
+    let took = t.elapsed();
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let stored: Vec<u64> = std::fs::read_dir(nas.join("chat"))
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".age"))
+        .map(|e| e.metadata().unwrap().len())
+        .collect();
+    assert_eq!(stored.len(), 1, "{}", both(&o));
+    let floor = std::time::Duration::from_secs_f64(2.0 * stored[0] as f64 / rate as f64);
+    assert!(
+        took >= floor.mul_f64(0.95),
+        "{} stored bytes at {rate} B/s took {took:?}, under {floor:?}",
+        stored[0]
+    );
+    // Not a rate: one line naming the key, exit 78.
+    config(
+        &env,
+        &db,
+        &remote("rate_limit = \"fast\""),
+        "keep = { last = 5 }",
+    );
+    let o = env.cmd().args(["check"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(78), "{}", both(&o));
+    assert!(both(&o).contains("rate_limit"), "{}", both(&o));
+}

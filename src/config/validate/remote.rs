@@ -84,7 +84,25 @@ fn remote(c: &mut Checker, key: &KeyPath, r: &RawRemote, host: &str) -> Remote {
         ),
         max_age: c.opt_duration(&key.key("max_age"), r.max_age.as_ref()),
         timeout: c.duration(&key.key("timeout"), r.timeout.as_ref(), DEFAULT_TIMEOUT),
+        rate_limit: rate_limit(c, &key.key("rate_limit"), r.rate_limit.as_deref()),
         target,
+    }
+}
+
+/// `rate_limit = "20MB/s"`: bytes per second (units as every size; the `/s` is optional).
+fn rate_limit(c: &mut Checker, key: &KeyPath, text: Option<&str>) -> Option<u64> {
+    let text = text?;
+    let size = text.trim().strip_suffix("/s").unwrap_or(text);
+    match super::parse_size(size) {
+        Ok(n) if n >= 1024 => Some(n),
+        _ => {
+            c.fail(
+                key,
+                "expected bytes per second of at least 1KiB, like \"20MB/s\" or \"512KiB/s\"",
+                Some(text.to_string()),
+            );
+            None
+        }
     }
 }
 
