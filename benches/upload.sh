@@ -18,6 +18,7 @@
 #   share the disk; so placed, it models a remote server instead of competing with the app.
 #   (LK_SERVER_NICE=0 runs it at the app's priority, as the figures before 2026-12-06 did.)
 # Usage: benches/upload.sh [SIZE_MIB] [ROUNDS]   (default 1024 and 4)
+#   LK_RATE_LIMIT=10MB/s sets the remotes' rate_limit (default: none).
 # Needs sqlite3, python3, age-keygen, GNU time, and s3s-fs or moto_server. Builds release
 # unless LITEKEEPER_BIN names a binary. The machine is shared: compare the ratios, not the figures.
 set -euo pipefail
@@ -101,6 +102,8 @@ verify = "quick"
 keep = { last = 2 }
 remotes = [$(seq -s, -f '"offsite%g"' "$rounds")]
 CONF
+rate_line=""
+if [ -n "${LK_RATE_LIMIT:-}" ]; then rate_line="rate_limit = \"$LK_RATE_LIMIT\""; fi
 for r in $(seq "$rounds"); do
   cat >> "$T/lk.toml" <<CONF
 [[remote]]
@@ -110,6 +113,7 @@ endpoint = "http://127.0.0.1:$port"
 region = "us-east-1"
 credentials = "env"
 encrypt_to = ["$recipient"]
+$rate_line
 CONF
 done
 # A local backup whose copy is pending: the first run finds the remote "down" (a port
@@ -167,7 +171,7 @@ rng = random.Random(17)
 diffs = sorted(p(rng.choices(during, k=len(during)), 0.99) - p(rng.choices(alone, k=len(alone)), 0.99) for _ in range(400))
 lo, hi = diffs[int(0.025 * len(diffs))], diffs[int(0.975 * len(diffs)) - 1]
 push_s = statistics.median(pushes)
-print(f"\nupload of a {b / 2**20:.0f} MiB backup (fixture {size} MiB) to {server}, server nice {os.environ.get('LK_SERVER_NICE', '10')}, I/O class {os.environ.get('LK_SERVER_IOCLASS', '3')}, {len(pushes)} rounds")
+print(f"\nupload of a {b / 2**20:.0f} MiB backup (fixture {size} MiB, rate_limit {os.environ.get('LK_RATE_LIMIT') or 'none'}) to {server}, server nice {os.environ.get('LK_SERVER_NICE', '10')}, I/O class {os.environ.get('LK_SERVER_IOCLASS', '3')}, {len(pushes)} rounds")
 print("| measure | value |\n|---|---|")
 print(f"| cp + sync | {cp_s:.2f} s, {mb / cp_s:.0f} MB/s |")
 print(f"| litekeeper backups push (zstd + age + multipart + read-back check), median of {len(pushes)} | {push_s:.2f} s, {mb / push_s:.0f} MB/s ({cp_s / push_s:.2f}x cp); each: {', '.join(f'{x:.1f}' for x in pushes)} s |")
