@@ -97,28 +97,7 @@ pub fn run(path: &Path, args: RestoreArgs) -> Result<ExitCode, Failure> {
         .collect();
     // An earlier restore to the same path, killed between its files: finished first.
     if let Some(Some(main)) = targets.first().filter(|_| backups.len() > 1) {
-        match restore::recover_to(main).map_err(|e| failure(e, false))? {
-            Some(Recovered::Whole(marker)) => println!(
-                "an earlier restore to {} was interrupted after its last file: the set is whole, removed {}",
-                main.display(),
-                marker.display()
-            ),
-            Some(Recovered::Removed(marker, removed)) => println!(
-                "an earlier restore to {} was interrupted between its files: removed the files it had made ({}) and {}",
-                main.display(),
-                if removed.is_empty() {
-                    "none".to_string()
-                } else {
-                    removed
-                        .iter()
-                        .map(|p| p.display().to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                },
-                marker.display()
-            ),
-            None => {}
-        }
+        finish_interrupted_to(main)?;
     }
     for (b, t) in backups.iter().zip(&targets) {
         if let Some(t) = t {
@@ -162,6 +141,34 @@ pub fn run(path: &Path, args: RestoreArgs) -> Result<ExitCode, Failure> {
         return Ok(ExitCode::DataErr);
     }
     Ok(ExitCode::Ok)
+}
+
+/// An earlier `restore --to` of a set to `main`, killed between its files: undone (or, the
+/// set being whole, its marker removed), and said so.
+fn finish_interrupted_to(main: &Path) -> Result<(), Failure> {
+    match restore::recover_to(main).map_err(|e| failure(e, false))? {
+        Some(Recovered::Whole(marker)) => println!(
+            "an earlier restore to {} was interrupted after its last file: the set is whole, removed {}",
+            main.display(),
+            marker.display()
+        ),
+        Some(Recovered::Removed(marker, removed)) => println!(
+            "an earlier restore to {} was interrupted between its files: removed the files it had made ({}) and {}",
+            main.display(),
+            if removed.is_empty() {
+                "none".to_string()
+            } else {
+                removed
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+            marker.display()
+        ),
+        None => {}
+    }
+    Ok(())
 }
 
 /// Say what was done to one file of the set.
