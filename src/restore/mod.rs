@@ -1,16 +1,17 @@
 //! Restoring a database file from a backup, only after the backup's SHA-256 (from the
 //! manifest) and its integrity check pass. `litekeeper restore` parses its arguments, calls
-//! [`select`] and then [`to_path`] (`to_paths`) or [`in_place_all`], and prints the [`Restored`] it gets back;
-//! nothing here prints.
+//! [`select`] and then [`to_path`] (`to_paths`) or [`in_place_all`], and prints the
+//! [`Restored`] it gets back; nothing here prints.
 //!
 //! The restored file is always written under a temp name in the target directory, fsynced,
 //! checked, and renamed into place. The backup is read once: its SHA-256 is computed as it
-//! is copied (or decompressed) into the temp file, and a mismatch leaves nothing behind. [`to_path`] refuses an existing name (a symlink too), a
-//! sidecar name, and the backup directory, and moves a stale `-wal`/`-shm`/`-journal` at the
-//! target aside first (SQLite would replay a foreign WAL onto the restored file).
+//! is copied (or decompressed) into the temp file, and a mismatch leaves nothing behind.
+//! [`to_path`] refuses an existing name (a symlink too), a sidecar name, and the backup
+//! directory, and moves a stale `-wal`/`-shm`/`-journal` at the target aside first (SQLite
+//! would replay a foreign WAL onto the restored file).
 //!
-//! [`in_place_all`] restores the file the configured path points to (through a symlink), takes the
-//! database's lock as the owner of `state_dir` (as `run` does), refuses while other processes
+//! [`in_place_all`] restores the file the configured path points to (through a symlink), takes
+//! the database's lock as the owner of `state_dir` (as `run` does), refuses while other processes
 //! have the file open (by device and inode, `open_check`; unless forced), first makes the old
 //! file whole (folds its WAL, rolls back a hot journal, as SQLite's next open would; refused if
 //! that fails, unless forced), keeps it with its sidecars as `<db>.pre-restore-<time>`,
