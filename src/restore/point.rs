@@ -41,19 +41,30 @@ pub(crate) fn parse_at(text: &str, zone: &Zone) -> Result<At, String> {
                 "--at {t:?}: expected \"latest\", a time like \"2026-12-06 14:05\" (in the configuration's zone, {zone}) or \"2026-12-06T14:05:00Z\""
             )
         })?;
+    // A wall-clock time the clock shows twice (DST ends) is refused: restoring the earlier
+    // of the two silently could leave out the hour the operator wanted.
+    fn one<Tz: TimeZone>(
+        local: chrono::LocalResult<DateTime<Tz>>,
+    ) -> Result<DateTime<Utc>, Option<(String, String)>> {
+        match local {
+            chrono::LocalResult::Single(d) => Ok(d.with_timezone(&Utc)),
+            chrono::LocalResult::Ambiguous(a, b) => Err(Some((
+                a.fixed_offset().to_rfc3339(),
+                b.fixed_offset().to_rfc3339(),
+            ))),
+            chrono::LocalResult::None => Err(None),
+        }
+    }
     let local = match zone {
-        Zone::Utc => Some(Utc.from_utc_datetime(&naive)),
-        Zone::Local => chrono::Local
-            .from_local_datetime(&naive)
-            .earliest()
-            .map(|d| d.with_timezone(&Utc)),
-        Zone::Named(tz) => tz
-            .from_local_datetime(&naive)
-            .earliest()
-            .map(|d| d.with_timezone(&Utc)),
+        Zone::Utc => Ok(Utc.from_utc_datetime(&naive)),
+        Zone::Local => one(chrono::Local.from_local_datetime(&naive)),
+        Zone::Named(tz) => one(tz.from_local_datetime(&naive)),
     };
-    local.map(At::Time).ok_or_else(|| {
-        format!("--at {t:?}: that wall-clock time does not exist in {zone} (a DST gap)")
+    local.map(At::Time).map_err(|twice| match twice {
+        Some((a, b)) => format!(
+            "--at {t:?}: that wall-clock time happens twice in {zone} (the clocks go back): give one of them, --at {a} or --at {b}"
+        ),
+        None => format!("--at {t:?}: that wall-clock time does not exist in {zone} (a DST gap)"),
     })
 }
 
@@ -362,6 +373,13 @@ mod tests {
         assert!(parse_at("2026-03-29 02:30", &berlin)
             .unwrap_err()
             .contains("DST gap"));
+        // Twice on the clock (DST ends): refused, naming both instants to choose from.
+        let twice = parse_at("2026-10-25 02:30", &berlin).unwrap_err();
+        assert!(
+            twice.contains("2026-10-25T02:30:00+02:00")
+                && twice.contains("2026-10-25T02:30:00+01:00"),
+            "{twice}"
+        );
         assert!(parse_at("yesterday", &Zone::Utc)
             .unwrap_err()
             .contains("--at"));
