@@ -637,3 +637,33 @@ fn restore_at_restores_the_main_and_each_attached_database_to_one_point() {
         want_f
     );
 }
+
+/// A chain whose full backup was deleted by hand: `backups list` still shows its points (not
+/// restorable) instead of "no backups yet", so the operator sees what is left.
+#[test]
+fn backups_list_shows_the_points_of_a_chain_whose_full_backup_is_gone() {
+    let (env, db, dir) = setup("7d", "keep = { last = 5 }");
+    insert(&db, 1, 50);
+    env.run_ok(&["run", "app", "backup"]);
+    insert(&db, 51, 60);
+    env.run_ok(&["run", "app", "incremental"]);
+    let delta = manifest(&dir)["deltas"][0]["file"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for f in crate::util::names(&dir) {
+        if f.ends_with(".db.zst") {
+            std::fs::remove_file(dir.join(f)).unwrap();
+        }
+    }
+    let o = env.cmd().args(["backups", "list", "app"]).output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(!out.contains("no backups yet"), "{out}");
+    assert!(out.contains("no full backup"), "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.contains("#1 "))
+        .unwrap_or_else(|| panic!("no point listed: {out}"));
+    assert!(line.contains("NOT restorable"), "{line}");
+    assert!(std::fs::metadata(dir.join(&delta)).is_ok());
+}

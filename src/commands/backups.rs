@@ -230,16 +230,21 @@ fn write_human(
             out.flush()?;
             continue;
         }
-        if d.backups.is_empty() {
+        if d.backups.is_empty() && d.points.is_empty() {
             writeln!(out, "  no backups yet")?;
             out.flush()?;
             continue;
         }
-        writeln!(
-            out,
-            "  {:<27} {:>8} {:>10}  {:<4} {:<8} {:<12}  kept by",
-            "time", "age", "size", "zstd", "verified", "sha256"
-        )?;
+        if d.backups.is_empty() {
+            // Points left of a chain whose full backup is gone: shown, not restorable.
+            writeln!(out, "  no full backup")?;
+        } else {
+            writeln!(
+                out,
+                "  {:<27} {:>8} {:>10}  {:<4} {:<8} {:<12}  kept by",
+                "time", "age", "size", "zstd", "verified", "sha256"
+            )?;
+        }
         for b in &d.backups {
             writeln!(
                 out,
