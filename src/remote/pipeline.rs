@@ -2,9 +2,8 @@
 //! compressed) → age encryption → SHA-256 of the stored bytes → a multipart upload in 8 MiB
 //! parts, at most two in flight; memory stays bounded whatever the file's size. The object is
 //! then read back, streaming, and its SHA-256 and size compared. Both run under the remote's
-//! `rate_limit` when it has one (`Pace`). `download` is the reverse
-//! for restore: to a temp file, checked against the manifest's SHA-256, then decrypted and
-//! decompressed.
+//! `rate_limit` when it has one (`Pace`). `download` is the reverse for restore: to a temp
+//! file, checked against the manifest's SHA-256, then decrypted and decompressed.
 
 use std::cell::Cell;
 use std::fs::File;
