@@ -462,6 +462,35 @@ pub fn sha256_file(path: &Path) -> Result<String, ArchiveError> {
     Ok(hex(&h.finalize()))
 }
 
+/// A reader that computes the SHA-256 of every byte read through it: a file checked against
+/// its recorded hash in the same pass that uses it (an upload, a restore).
+pub(crate) struct Sha256Reader<R> {
+    inner: R,
+    sha: Sha256,
+}
+
+impl<R> Sha256Reader<R> {
+    pub(crate) fn new(inner: R) -> Sha256Reader<R> {
+        Sha256Reader {
+            inner,
+            sha: Sha256::new(),
+        }
+    }
+
+    /// The SHA-256 (hex) of the bytes read so far.
+    pub(crate) fn hex(&self) -> String {
+        hex(&self.sha.clone().finalize())
+    }
+}
+
+impl<R: Read> Read for Sha256Reader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.sha.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -113,20 +113,6 @@ fn recipients(store: &Store) -> Result<Vec<age::x25519::Recipient>, RemoteError>
         .collect()
 }
 
-/// A reader that hashes what it reads: the local file's bytes as they enter the pipeline.
-struct Hashed<R> {
-    inner: R,
-    hasher: Sha256,
-}
-
-impl<R: Read> Read for Hashed<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-}
-
 /// Upload `src` as `key`, compressing first when `compress`, and check what was stored.
 /// The bytes read from `src` must be the verified backup (`src_sha256`, the local manifest's):
 /// a file changed or damaged since is not stored (the upload is aborted).
@@ -152,10 +138,8 @@ fn upload_here(
     let recipients = recipients(store)?;
     let file = File::open(src)
         .map_err(|e| store.other(&what, format!("{}: {e}", src.display()), ExitCode::NoInput))?;
-    let mut input = Hashed {
-        inner: file,
-        hasher: Sha256::new(),
-    };
+    // The local file's bytes hashed as they enter the pipeline.
+    let mut input = crate::archive::Sha256Reader::new(file);
     let path = Store::path(key);
     let upload = store
         .block_on(store.inner.put_multipart(&path))
@@ -184,7 +168,7 @@ fn upload_here(
             None => store.other(&what, e.to_string(), ExitCode::IoErr),
         });
     }
-    let read = crate::archive::hex(&input.hasher.finalize());
+    let read = input.hex();
     if read != src_sha256 {
         let _ = store.block_on(upload.abort());
         return Err(store

@@ -40,7 +40,6 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags};
-use sha2::{Digest, Sha256};
 
 use crate::archive::{self, BackupName, Manifest, Verified};
 use crate::config::Database;
@@ -476,10 +475,7 @@ fn write_plain(backup: &BackupSource, tmp: &Path) -> Result<(), RestoreError> {
         dir: tmp.parent().unwrap_or(Path::new("/")).to_path_buf(),
         cause,
     };
-    let mut input = Hashing {
-        inner: input,
-        sha: Sha256::new(),
-    };
+    let mut input = archive::Sha256Reader::new(input);
     let mut buf = vec![0u8; 1 << 20];
     let copied = if backup.name.compressed {
         decompress(&mut input, &mut out, &mut buf)
@@ -489,7 +485,7 @@ fn write_plain(backup: &BackupSource, tmp: &Path) -> Result<(), RestoreError> {
     // What is left of the file after a decoding error (or bytes after the frame) is hashed
     // too: the hash is of the whole file.
     let rest = std::io::copy(&mut input, &mut std::io::sink());
-    let actual = archive::hex(&input.sha.clone().finalize());
+    let actual = input.hex();
     if let (Some(expected), Ok(_)) = (&backup.sha256, &rest) {
         if *expected != actual && !matches!(copied, Err(Copy::Write(_))) {
             return Err(RestoreError::ChecksumMismatch {
@@ -529,20 +525,6 @@ fn copy(input: &mut impl Read, out: &mut File, buf: &mut [u8]) -> Result<(), Cop
 fn decompress(input: &mut impl Read, out: &mut File, buf: &mut [u8]) -> Result<(), Copy> {
     let mut reader = zstd::stream::Decoder::new(input).map_err(Copy::Read)?;
     copy(&mut reader, out, buf)
-}
-
-/// A reader that hashes every byte it reads.
-struct Hashing<R> {
-    inner: R,
-    sha: Sha256,
-}
-
-impl<R: Read> Read for Hashing<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.sha.update(&buf[..n]);
-        Ok(n)
-    }
 }
 
 /// Open read-only and run quick_check.
