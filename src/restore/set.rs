@@ -168,15 +168,13 @@ fn write_to_marker<'a>(
         });
     }
     let path = marker_path(&listed[0].live);
-    let marker = Marker {
+    Marker {
         what: "a restore --to of these files was interrupted between them if this file is still here: the set is whole only when every file listed is there (the main file is renamed last). `litekeeper restore` --to the same path removes the files it made (made: their device and inode) and starts again; or remove them and this file by hand".into(),
         database: database.to_string(),
         started: chrono::Utc::now(),
         files: listed,
-    };
-    let text = serde_json::to_vec_pretty(&marker).expect("a marker serializes");
-    archive::write_atomic(&path, &text).map_err(RestoreError::Sync)?;
-    Ok(path)
+    }
+    .save(path)
 }
 
 /// `e`, saying which files of the set were undone (`how`) before it was returned.
@@ -395,6 +393,15 @@ struct Marker {
     files: Vec<MarkedFile>,
 }
 
+impl Marker {
+    /// Written atomically (temp, fsync, rename) at `path`, which is returned.
+    fn save(&self, path: PathBuf) -> Result<PathBuf, RestoreError> {
+        let text = serde_json::to_vec_pretty(self).expect("a marker serializes");
+        archive::write_atomic(&path, &text).map_err(RestoreError::Sync)?;
+        Ok(path)
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 struct MarkedFile {
     live: PathBuf,
@@ -428,7 +435,7 @@ fn write_marker(
     keeps: &[PathBuf],
 ) -> Result<PathBuf, RestoreError> {
     let path = marker_path(&targets[0].path);
-    let marker = Marker {
+    Marker {
         what: "a restore of these files in place was interrupted between them if this file is still here: a live file whose previous_kept_as exists is restored, the others are not. `litekeeper restore` of this database in place puts the previous files back first; or put them back by hand (rename previous_kept_as, with its -wal or -journal, to live) and remove this file".into(),
         database: database.to_string(),
         started: chrono::Utc::now(),
@@ -441,10 +448,8 @@ fn write_marker(
                 made: None,
             })
             .collect(),
-    };
-    let text = serde_json::to_vec_pretty(&marker).expect("a marker serializes");
-    archive::write_atomic(&path, &text).map_err(RestoreError::Sync)?;
-    Ok(path)
+    }
+    .save(path)
 }
 
 fn remove_marker(marker: &Path) {
