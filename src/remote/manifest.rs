@@ -173,17 +173,22 @@ pub(crate) struct RemoteManifest {
 }
 
 impl RemoteManifest {
+    /// A manifest listing nothing yet, owned by `host` (None: no owner recorded).
+    fn empty(database: &str, host: Option<String>) -> RemoteManifest {
+        RemoteManifest {
+            version: 1,
+            database: database.to_string(),
+            host,
+            copies: Vec::new(),
+            deltas: Vec::new(),
+        }
+    }
+
     /// The manifest of `database` on `store` (empty when there is none yet).
     pub(crate) fn load(store: &Store, database: &str) -> Result<RemoteManifest, RemoteError> {
         let key = store.key(database, MANIFEST_NAME);
         match store.get_small(&key)? {
-            None => Ok(RemoteManifest {
-                version: 1,
-                database: database.to_string(),
-                host: None,
-                copies: Vec::new(),
-                deltas: Vec::new(),
-            }),
+            None => Ok(RemoteManifest::empty(database, None)),
             Some(bytes) => {
                 let refuse =
                     |cause: String| store.other(format!("reading {key}"), cause, ExitCode::DataErr);
@@ -236,13 +241,7 @@ impl RemoteManifest {
     pub(crate) fn claim(store: &Store, database: &str) -> Result<(), RemoteError> {
         let key = store.key(database, MANIFEST_NAME);
         if store.get_small(&key)?.is_none() {
-            let mine = RemoteManifest {
-                version: 1,
-                database: database.to_string(),
-                host: Some(store.remote.host.clone()),
-                copies: Vec::new(),
-                deltas: Vec::new(),
-            };
+            let mine = RemoteManifest::empty(database, Some(store.remote.host.clone()));
             if store.put_new(&key, mine.bytes())? {
                 return Ok(());
             }
