@@ -59,7 +59,7 @@ pub(super) fn check(
         let Some(Identity::File(p)) = db.drill.as_ref().and_then(|d| d.identity.as_ref()) else {
             continue;
         };
-        if let Some(mode) = loose_mode(p) {
+        if let Some(mode) = std::fs::metadata(p).ok().as_ref().and_then(loose_mode) {
             warnings += 1;
             println!(
                 "{}: warning: drill.identity {} holds an age secret key and is readable by group or others (mode {mode:o}); chmod 600 it",
@@ -129,26 +129,25 @@ fn owners(
     out
 }
 
-/// The permission bits of the file at `p` when group or others may read or write it.
-fn loose_mode(p: &Path) -> Option<u32> {
+/// The permission bits of a file when group or others may read or write it.
+fn loose_mode(meta: &std::fs::Metadata) -> Option<u32> {
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(p).ok()?.permissions().mode() & 0o777;
+    let mode = meta.permissions().mode() & 0o777;
     (mode & 0o077 != 0).then_some(mode)
 }
 
 /// A credentials file others can read gives away the store's keys.
 fn credentials_warning(r: &Remote) -> Option<String> {
-    use std::os::unix::fs::PermissionsExt;
     let Credentials::File(p) = &r.credentials else {
         return None;
     };
     match std::fs::metadata(p) {
-        Ok(m) if m.permissions().mode() & 0o077 != 0 => Some(format!(
-            "{} holds secrets and is readable by group or others (mode {:o}); chmod 600 it",
-            p.display(),
-            m.permissions().mode() & 0o777
-        )),
-        Ok(_) => None,
+        Ok(m) => loose_mode(&m).map(|mode| {
+            format!(
+                "{} holds secrets and is readable by group or others (mode {mode:o}); chmod 600 it",
+                p.display()
+            )
+        }),
         Err(e) => Some(format!("credentials file {}: {e}", p.display())),
     }
 }
