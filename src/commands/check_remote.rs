@@ -1,6 +1,6 @@
 //! `check`'s look at each `[[remote]]` the checked databases copy to: a credentials file
-//! or a drill's age identity others can read (a warning), then a probe of the store itself — credentials read,
-//! endpoint reached, bucket present and writable: a small probe object encrypted to the
+//! or a drill's age identity others can read (a warning), then a probe of the store itself
+//! — credentials read, endpoint reached, bucket present and writable: a small probe object encrypted to the
 //! remote's recipients is put under `{prefix}/.litekeeper-check/`, read back and compared,
 //! listed, and deleted. With `--identity FILE` the probe is also decrypted with it, which
 //! proves that copies made now can be restored with that key. One line per remote, naming

@@ -5,8 +5,9 @@
 //! `cause` says why a request failed, in the operator's terms; `priority` lowers the threads
 //! of an upload so that the application's own work comes first;
 //! `manifest` is the remote's list of copies, written last (one PUT, atomic by object
-//! semantics), by the one host that owns it. Nothing here touches a database: callers run it after the local backup's
-//! commit, on a blocking thread (each `Store` has its own small runtime).
+//! semantics), by the one host that owns it. Nothing here touches a database: callers run it
+//! after the local backup's commit, on a blocking thread (each `Store` has its own small
+//! runtime).
 
 mod cause;
 mod manifest;

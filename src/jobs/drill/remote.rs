@@ -1,6 +1,6 @@
 //! Drilling a remote's copies (`from = ["offsite"]`): the remote's manifest lists the points
-//! (the copies of one backup run, and the points of their incremental chains: `deltas`), each file is downloaded into the scratch directory, its
-//! stored bytes checked against the remote manifest's SHA-256, decrypted with the drill's
+//! (the copies of one backup run, and the points of their incremental chains: `deltas`),
+//! each file is downloaded into the scratch directory, its stored bytes checked against the remote manifest's SHA-256, decrypted with the drill's
 //! `identity` (a file, or a systemd credential) and decompressed by the same code as
 //! `restore --from REMOTE` (`restore::remote::fetch_into`), then restored by the restore
 //! library like a local copy. Page and row counts come from the remote manifest's copy
