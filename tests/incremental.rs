@@ -42,6 +42,34 @@ fn names_ending(dir: &Path, suffix: &str) -> Vec<String> {
         .collect()
 }
 
+/// `app.db` (table `n`) with `files.db` (table `f`) attached, both WAL, backed up to `b/`
+/// with incremental chains kept 7 days; `extra_backup` adds lines to `[database.backup]`.
+/// Returns the env, both paths and the backup directory.
+pub(crate) fn app_with_files(extra_backup: &str) -> (TestEnv, PathBuf, PathBuf, PathBuf) {
+    let env = TestEnv::new();
+    let db = env.sqlite(
+        "app.db",
+        "PRAGMA journal_mode=WAL; CREATE TABLE n(id INTEGER PRIMARY KEY, pad BLOB);",
+    );
+    let files = env.sqlite(
+        "files.db",
+        "PRAGMA journal_mode=WAL; CREATE TABLE f(id INTEGER PRIMARY KEY, pad BLOB);",
+    );
+    let dir = env.path("b");
+    env.config("")
+        .database(
+            "app",
+            &db,
+            &format!(
+                "attach = {{ files = \"{}\" }}\n[database.backup]\ndir = \"{}\"\n{extra_backup}incremental = {{ keep = \"7d\" }}",
+                files.display(),
+                dir.display()
+            ),
+        )
+        .write();
+    (env, db, files, dir)
+}
+
 pub(crate) fn insert(db: &Path, from: i64, to: i64) {
     let c = Connection::open(db).unwrap();
     let tx = c.unchecked_transaction().unwrap();
@@ -520,27 +548,7 @@ fn status_check_judges_incremental_freshness_by_its_own_schedule() {
 /// (WAL commits of two files are not one atomic step).
 #[test]
 fn restore_at_restores_the_main_and_each_attached_database_to_one_point() {
-    let env = TestEnv::new();
-    let db = env.sqlite(
-        "app.db",
-        "PRAGMA journal_mode=WAL; CREATE TABLE n(id INTEGER PRIMARY KEY, pad BLOB);",
-    );
-    let files = env.sqlite(
-        "files.db",
-        "PRAGMA journal_mode=WAL; CREATE TABLE f(id INTEGER PRIMARY KEY, pad BLOB);",
-    );
-    let dir = env.path("b");
-    env.config("")
-        .database(
-            "app",
-            &db,
-            &format!(
-                "attach = {{ files = \"{}\" }}\n[database.backup]\ndir = \"{}\"\ncompress = \"zstd\"\nincremental = {{ keep = \"7d\" }}",
-                files.display(),
-                dir.display()
-            ),
-        )
-        .write();
+    let (env, db, files, dir) = app_with_files("compress = \"zstd\"\n");
     fn write_both(c: &Connection, id: i64) {
         let tx = c.unchecked_transaction().unwrap();
         tx.execute("INSERT INTO n(id, pad) VALUES (?1, randomblob(200))", [id])

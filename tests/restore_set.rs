@@ -14,27 +14,7 @@ use crate::util::{assert_stderr_has, both, TestEnv};
 /// `app.db` with `files.db` attached, a full backup of both, one incremental point, then more
 /// rows in both (so the live files differ from the point). Returns the point's time.
 fn set_with_a_point() -> (TestEnv, PathBuf, PathBuf, String) {
-    let env = TestEnv::new();
-    let db = env.sqlite(
-        "app.db",
-        "PRAGMA journal_mode=WAL; CREATE TABLE n(id INTEGER PRIMARY KEY, pad BLOB);",
-    );
-    let files = env.sqlite(
-        "files.db",
-        "PRAGMA journal_mode=WAL; CREATE TABLE f(id INTEGER PRIMARY KEY, pad BLOB);",
-    );
-    let dir = env.path("b");
-    env.config("")
-        .database(
-            "app",
-            &db,
-            &format!(
-                "attach = {{ files = \"{}\" }}\n[database.backup]\ndir = \"{}\"\nincremental = {{ keep = \"7d\" }}",
-                files.display(),
-                dir.display()
-            ),
-        )
-        .write();
+    let (env, db, files, dir) = crate::incremental::app_with_files("");
     let write = |from: i64, to: i64| {
         let c = Connection::open(&db).unwrap();
         c.execute("ATTACH ?1 AS files", [files.to_str().unwrap()])
